@@ -1,0 +1,35 @@
+//! `kstack graph <env>`
+
+use crate::model::Project;
+
+use super::{load_and_compile, report_problems, Failure};
+
+/// Print the resource graph of an environment: each AWS resource and what it depends on.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  kstack graph dev | dot -Tsvg > dev.svg\n  kstack graph dev --format json | jq '.resources[].address'")]
+pub struct Args {
+    /// Environment name (environments/<env>.yaml) or path to an environment file.
+    env: String,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Dot)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// Graphviz DOT.
+    Dot,
+    /// Resources with their attributes, and edges, as JSON.
+    Json,
+}
+
+pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+    let (sources, result) = load_and_compile(project, &args.env);
+    let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
+    match args.format {
+        Format::Dot => print!("{}", compiled.graph.to_dot(&compiled.checked.environment.name)),
+        Format::Json => println!("{:#}", compiled.graph.to_json()),
+    }
+    Ok(())
+}

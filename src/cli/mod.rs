@@ -1,0 +1,119 @@
+//! The command line: argument parsing, dispatch, and exit codes.
+//! Only this module knows about the terminal; everything below it returns data.
+
+mod graph;
+mod term;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::compile::compile;
+use crate::diagnostics::{Problems, Sources};
+use crate::graph::ResourceGraph;
+use crate::model::{load_environment, Checked, Project};
+
+const ABOUT: &str = "Stand up and run Kubernetes node fleets on AWS.";
+
+const EXAMPLES: &str = "\
+Examples:
+  kstack validate dev              check environments/dev.yaml and everything it extends
+  kstack graph dev | dot -Tsvg > dev.svg
+                                   draw the resources of dev and their dependencies
+  kstack completions bash > /etc/bash_completion.d/kstack";
+
+#[derive(Debug, Parser)]
+#[command(name = "kstack", version, about = ABOUT, after_help = EXAMPLES)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Project directory holding environments/, images/ and roles/ [default: the nearest
+    /// directory at or above the current one that has environments/]
+    #[arg(short = 'C', long, global = true, env = "KSTACK_PROJECT", value_name = "DIR")]
+    project: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Validate(validate::Args),
+    Graph(graph::Args),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack")]
+    Completions {
+        shell: clap_complete::Shell,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let project = match &cli.project {
+        Some(dir) => Project { root: dir.clone() },
+        None => Project::discover(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))),
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&project, &args),
+        Command::Graph(args) => graph::run(&project, &args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported) => ExitCode::FAILURE,
+    }
+}
+
+/// A command failed and has already told the user why.
+#[derive(Debug)]
+pub enum Failure {
+    Reported,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "kstack=info",
+        2 => "kstack=debug",
+        _ => "kstack=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(term::stderr_color())
+        .init();
+}
+
+/// An environment loaded, checked and compiled, or the problems that stopped it.
+pub struct Compiled {
+    pub checked: Checked,
+    pub graph: ResourceGraph,
+}
+
+pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compiled, Problems>) {
+    let loaded = load_environment(project, env);
+    let result = loaded.result.and_then(|checked| {
+        let mut problems = Problems::default();
+        match compile(&checked, &mut problems) {
+            Some(graph) if problems.is_empty() => Ok(Compiled { checked, graph }),
+            _ => Err(problems),
+        }
+    });
+    (loaded.sources, result)
+}
+
+/// Prints problems with `env` in the summary line and returns the failure to exit with.
+fn report_problems(env: &str, problems: Problems, sources: &Sources) -> Failure {
+    eprint!("{}", term::render_problems(&format!("environment `{env}`"), problems, sources));
+    Failure::Reported
+}

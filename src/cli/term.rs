@@ -1,0 +1,70 @@
+//! What the terminal can show: colour, width, and rendering of problems.
+
+use std::io::IsTerminal;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, ThemeCharacters, ThemeStyles};
+
+use crate::diagnostics::{display_path, Problem, ProblemReport, Problems, Sources};
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set (https://no-color.org).
+pub fn stderr_color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+pub fn stdout_color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
+fn report_handler() -> GraphicalReportHandler {
+    let styles = if stderr_color() { ThemeStyles::ansi() } else { ThemeStyles::none() };
+    let width = terminal_width().unwrap_or(100);
+    GraphicalReportHandler::new_themed(GraphicalTheme {
+        characters: ThemeCharacters::unicode(),
+        styles,
+    })
+    .with_width(width)
+    .with_links(false)
+}
+
+fn terminal_width() -> Option<usize> {
+    std::env::var("COLUMNS").ok()?.parse().ok()
+}
+
+/// Renders every problem, then a one-line count, for stderr.
+pub fn render_problems(what: &str, problems: Problems, sources: &Sources) -> String {
+    let handler = report_handler();
+    let problems = problems.into_sorted();
+    let mut out = String::new();
+    for problem in &problems {
+        let report = ProblemReport::new(problem.clone(), sources);
+        if handler.render_report(&mut out, &report).is_err() {
+            out.push_str(&problem.message);
+        }
+        out.push('\n');
+    }
+    let count = problems.len();
+    out.push_str(&format!(
+        "error: {what} has {count} problem{}; nothing was changed\n",
+        if count == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// Problems as JSON, for editors and CI annotations.
+pub fn problems_json(problems: Problems, sources: &Sources) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = problems
+        .into_sorted()
+        .into_iter()
+        .map(|Problem { message, loc, label, hint }| {
+            let location = loc.map(|loc| {
+                serde_json::json!({
+                    "file": display_path(&sources.get(loc.source).path),
+                    "line": loc.line,
+                    "column": loc.column,
+                })
+            });
+            serde_json::json!({"message": message, "location": location, "label": label, "hint": hint})
+        })
+        .collect();
+    serde_json::json!(list)
+}

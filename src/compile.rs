@@ -1,0 +1,364 @@
+//! Compiles a checked environment into its resource graph. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use crate::diagnostics::Problems;
+use crate::graph::ResourceGraph;
+use crate::model::network::SubnetLayout;
+use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, Rule, SubnetSelection};
+use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Resource, Route, RuleSpec, Spec, UserData};
+use crate::template::Renderer;
+
+/// Tag keys kstack sets on everything it creates, so state can be rebuilt from AWS.
+pub const TAG_ENVIRONMENT: &str = "kstack:environment";
+pub const TAG_ADDRESS: &str = "kstack:address";
+
+pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGraph> {
+    let mut compiler = Compiler {
+        env: &checked.environment,
+        subnets: &checked.subnets,
+        resources: Vec::new(),
+    };
+    compiler.network();
+    compiler.security_groups();
+    compiler.iam();
+    compiler.load_balancers();
+    compiler.node_groups(problems);
+    match ResourceGraph::build(compiler.resources) {
+        Ok(graph) => Some(graph),
+        Err(error) => {
+            problems
+                .general(format!("internal error while building the resource graph: {error}"))
+                .hint("this is a bug in kstack; please report it with the environment file");
+            None
+        }
+    }
+}
+
+struct Compiler<'a> {
+    env: &'a Environment,
+    subnets: &'a [SubnetLayout],
+    resources: Vec<Resource>,
+}
+
+fn vpc() -> Address {
+    Address::new(Kind::Vpc, "main")
+}
+
+fn subnet_address(tier: &str, zone: &str) -> Address {
+    Address::new(Kind::Subnet, &format!("{tier}.{zone}"))
+}
+
+fn security_group_address(name: &str) -> Address {
+    Address::new(Kind::SecurityGroup, name)
+}
+
+impl Compiler<'_> {
+    fn add(&mut self, kind: Kind, key: &str, aws_name: String, spec: Spec) -> Address {
+        self.add_tagged(kind, key, aws_name, spec, &BTreeMap::new())
+    }
+
+    fn add_tagged(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        aws_name: String,
+        spec: Spec,
+        extra_tags: &BTreeMap<String, crate::diagnostics::Spanned<String>>,
+    ) -> Address {
+        let address = Address::new(kind, key);
+        let mut tags: BTreeMap<String, String> = self
+            .env
+            .tags
+            .iter()
+            .chain(extra_tags)
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        tags.insert(String::from("Name"), aws_name.clone());
+        tags.insert(TAG_ENVIRONMENT.to_owned(), self.env.name.clone());
+        tags.insert(TAG_ADDRESS.to_owned(), address.to_string());
+        self.resources.push(Resource {
+            address: address.clone(),
+            name: aws_name,
+            tags,
+            spec,
+            after: Vec::new(),
+        });
+        address
+    }
+
+    fn aws_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.env.name)
+    }
+
+    fn network(&mut self) {
+        let env_name = self.env.name.clone();
+        let network = &self.env.network;
+        self.add(Kind::Vpc, "main", env_name.clone(), Spec::Vpc { cidr: network.vpc_cidr.value });
+        let has_public = self.subnets.iter().any(|s| s.public);
+        let internet_gateway = has_public.then(|| {
+            self.add(Kind::InternetGateway, "main", env_name.clone(), Spec::InternetGateway { vpc: vpc() })
+        });
+        let nat_zones: Vec<&str> = match network.nat_gateways {
+            NatGateways::None => Vec::new(),
+            NatGateways::Single => network.availability_zones.iter().take(1).map(|z| z.value.as_str()).collect(),
+            NatGateways::PerZone => network.availability_zones.iter().map(|z| z.value.as_str()).collect(),
+        };
+        let has_private = self.subnets.iter().any(|s| !s.public);
+        let first_public_tier = self.subnets.iter().find(|s| s.public).map(|s| s.tier.clone());
+        let mut nat_by_zone = BTreeMap::new();
+        if let (true, Some(public_tier)) = (has_private, &first_public_tier) {
+            for zone in &nat_zones {
+                let eip = self.add(Kind::ElasticIp, &format!("nat.{zone}"), self.aws_name(&format!("nat-{zone}")), Spec::ElasticIp {});
+                let nat = self.add(
+                    Kind::NatGateway,
+                    zone,
+                    self.aws_name(&format!("nat-{zone}")),
+                    Spec::NatGateway {
+                        subnet: subnet_address(public_tier, zone),
+                        elastic_ip: eip,
+                    },
+                );
+                nat_by_zone.insert(zone.to_string(), nat);
+            }
+        }
+        // Public tiers share one route table to the internet gateway. Private tiers get one
+        // per zone when each zone has its own NAT gateway, so traffic stays in its zone.
+        let tiers: Vec<(String, bool)> = network
+            .subnet_tiers
+            .iter()
+            .map(|t| (t.name.value.clone(), t.public))
+            .collect();
+        for (tier, public) in tiers {
+            let per_zone = !public && nat_by_zone.len() > 1;
+            let mut shared_table = None;
+            for subnet in self.subnets.iter().filter(|s| s.tier == tier) {
+                let target = if public {
+                    internet_gateway.clone()
+                } else {
+                    nat_by_zone.get(&subnet.zone).or_else(|| nat_by_zone.values().next()).cloned()
+                };
+                let routes: Vec<Route> = target
+                    .into_iter()
+                    .map(|target| Route {
+                        destination: "0.0.0.0/0".parse().expect("valid CIDR"),
+                        target,
+                    })
+                    .collect();
+                let table = match (&shared_table, per_zone) {
+                    (Some(table), false) => Clone::clone(table),
+                    _ => {
+                        let key = if per_zone { format!("{tier}.{}", subnet.zone) } else { tier.clone() };
+                        let name = self.aws_name(&key.replace('.', "-"));
+                        let table = self.add(Kind::RouteTable, &key, name, Spec::RouteTable { vpc: vpc(), routes });
+                        shared_table = Some(table.clone());
+                        table
+                    }
+                };
+                self.add(
+                    Kind::Subnet,
+                    &format!("{tier}.{}", subnet.zone),
+                    self.aws_name(&format!("{tier}-{}", subnet.zone)),
+                    Spec::Subnet {
+                        vpc: vpc(),
+                        cidr: subnet.cidr,
+                        zone: subnet.zone.clone(),
+                        map_public_ip_on_launch: public,
+                        route_table: table,
+                    },
+                );
+            }
+        }
+    }
+
+    fn security_groups(&mut self) {
+        for group in &self.env.security_groups {
+            let name = &group.name.value;
+            let address = self.add(
+                Kind::SecurityGroup,
+                name,
+                self.aws_name(name),
+                Spec::SecurityGroup {
+                    vpc: vpc(),
+                    description: group.description.clone(),
+                },
+            );
+            let rules = |rules: &[Rule]| -> Vec<RuleSpec> {
+                let mut specs: Vec<RuleSpec> = rules.iter().map(|r| rule_spec(r, &address)).collect();
+                specs.sort();
+                specs
+            };
+            let spec = Spec::SecurityGroupRules {
+                group: address.clone(),
+                ingress: rules(&group.ingress),
+                egress: group.egress.as_deref().map(rules),
+            };
+            self.add(Kind::SecurityGroupRules, name, self.aws_name(name), spec);
+        }
+    }
+
+    fn iam(&mut self) {
+        for role in &self.env.iam_roles {
+            let name = &role.name.value;
+            let assume_role_policy = serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"Service": role.assumed_by},
+                    "Action": "sts:AssumeRole",
+                }],
+            });
+            let address = self.add(
+                Kind::IamRole,
+                name,
+                self.aws_name(name),
+                Spec::IamRole {
+                    assume_role_policy,
+                    managed_policies: role.managed_policies.iter().map(|p| p.value.clone()).collect(),
+                    inline_policies: role.inline_policies.clone(),
+                },
+            );
+            if role.instance_profile {
+                self.add(Kind::InstanceProfile, name, self.aws_name(name), Spec::InstanceProfile { role: address });
+            }
+        }
+    }
+
+    fn selected_subnets(&self, selection: &SubnetSelection) -> Vec<Address> {
+        self.subnets
+            .iter()
+            .filter(|s| s.tier == selection.tier.value)
+            .filter(|s| selection.zones.is_empty() || selection.zones.iter().any(|z| z.value == s.zone))
+            .map(|s| subnet_address(&s.tier, &s.zone))
+            .collect()
+    }
+
+    fn load_balancers(&mut self) {
+        for lb in &self.env.load_balancers {
+            let spec = Spec::LoadBalancer {
+                internal: lb.internal,
+                subnets: self.selected_subnets(&lb.subnets),
+                security_groups: lb.security_groups.iter().map(|g| security_group_address(&g.value)).collect(),
+                listeners: lb.listeners.clone(),
+                health_check: lb.health_check.clone(),
+                connection_draining: lb.connection_draining,
+                cross_zone: lb.cross_zone,
+                idle_timeout: lb.idle_timeout,
+            };
+            let name = &lb.name.value;
+            self.add(Kind::LoadBalancer, name, self.aws_name(name), spec);
+        }
+    }
+
+    fn node_groups(&mut self, problems: &mut Problems) {
+        let renderer = Renderer::default();
+        for group in &self.env.node_groups {
+            let user_data = group.user_data.as_ref().and_then(|template| {
+                renderer
+                    .render(template, &self.template_context(group), problems)
+                    .map(UserData::new)
+            });
+            let launch = LaunchSpec {
+                image: match &group.image.value {
+                    ImageRef::Ami(id) => ImageSpec::Ami(id.clone()),
+                    ImageRef::Named(name) => ImageSpec::Named(name.clone()),
+                },
+                instance_type: group.instance_type.value.clone(),
+                security_groups: group.security_groups.iter().map(|g| security_group_address(&g.value)).collect(),
+                instance_profile: group
+                    .iam_role
+                    .as_ref()
+                    .map(|r| Address::new(Kind::InstanceProfile, &r.value)),
+                user_data,
+                root_volume: group.root_volume.clone(),
+                metadata: group.metadata.clone(),
+                key_name: group.key_name.clone(),
+            };
+            let name = &group.name.value;
+            let launch_address = match group.launch {
+                LaunchMechanism::Template => {
+                    self.add_tagged(Kind::LaunchTemplate, name, self.aws_name(name), Spec::LaunchTemplate(launch), &group.tags)
+                }
+                LaunchMechanism::Configuration => {
+                    // Launch configurations are immutable: each version gets a name of its own,
+                    // so a change creates the new one before the group lets go of the old.
+                    let digest = content_digest(&launch);
+                    let aws_name = self.aws_name(&format!("{name}-{}", &digest[..12]));
+                    self.add_tagged(Kind::LaunchConfiguration, name, aws_name, Spec::LaunchConfiguration(launch), &group.tags)
+                }
+            };
+            let load_balancers = self
+                .env
+                .load_balancers
+                .iter()
+                .filter(|lb| lb.node_groups.iter().any(|g| g.value == *name))
+                .map(|lb| Address::new(Kind::LoadBalancer, &lb.name.value))
+                .collect();
+            let spec = Spec::AutoScalingGroup {
+                min: group.min.value,
+                max: group.max.value,
+                desired: group.desired.value,
+                subnets: self.selected_subnets(&group.subnets),
+                launch: launch_address,
+                load_balancers,
+                health_check: group.health_check.clone(),
+            };
+            self.add_tagged(Kind::AutoScalingGroup, name, self.aws_name(name), spec, &group.tags);
+            let rules = group
+                .security_groups
+                .iter()
+                .map(|g| Address::new(Kind::SecurityGroupRules, &g.value))
+                .collect();
+            if let Some(asg) = self.resources.last_mut() {
+                asg.after = rules;
+            }
+        }
+    }
+
+    fn template_context(&self, group: &NodeGroup) -> minijinja::Value {
+        let mut context: BTreeMap<String, minijinja::Value> = self
+            .env
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), minijinja::Value::from_serialize(&v.value)))
+            .collect();
+        context.insert("env".into(), self.env.name.clone().into());
+        context.insert("region".into(), self.env.region.value.clone().into());
+        context.insert(
+            "group".into(),
+            minijinja::context! {
+                name => group.name.value,
+                min => group.min.value,
+                max => group.max.value,
+                desired => group.desired.value,
+                instance_type => group.instance_type.value,
+            },
+        );
+        minijinja::Value::from_iter(context)
+    }
+}
+
+fn rule_spec(rule: &Rule, own_group: &Address) -> RuleSpec {
+    let mut groups: Vec<Address> = rule.groups.iter().map(|g| security_group_address(&g.value)).collect();
+    if rule.self_ {
+        groups.push(own_group.clone());
+    }
+    groups.sort();
+    groups.dedup();
+    let mut cidrs: Vec<_> = rule.cidrs.iter().map(|c| c.value).collect();
+    cidrs.sort();
+    RuleSpec {
+        protocol: rule.protocol.value,
+        ports: rule.ports.as_ref().map(|p| p.value),
+        cidrs,
+        groups,
+        description: rule.description.clone(),
+    }
+}
+
+/// A stable hex digest of a value's JSON form.
+pub fn content_digest(value: &impl serde::Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    format!("{:x}", Sha256::digest(json))
+}

@@ -1,0 +1,12 @@
+//! kstack: Kubernetes node fleets on AWS from one declarative model.
+//!
+//! See ARCHITECTURE.md for how the modules fit together.
+
+pub mod cli;
+pub mod compile;
+pub mod diagnostics;
+pub mod graph;
+pub mod model;
+pub mod resource;
+pub mod template;
+pub mod yaml;

@@ -1,0 +1,144 @@
+//! Finds and reads environment files, following `extends` chains.
+
+use std::path::{Path, PathBuf};
+
+use marked_yaml::Node;
+
+use super::network::SubnetLayout;
+use super::{check, decode, merge, Environment};
+use crate::diagnostics::{display_path, expected_one_of, Problems, Sources};
+use crate::yaml::{self, MapReader};
+
+/// The project a command works in: the directory holding `environments/`, `images/`, `roles/`.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub root: PathBuf,
+}
+
+impl Project {
+    /// The nearest directory at or above `start` that has an `environments/` directory, like
+    /// cargo finds `Cargo.toml`; `start` itself when there is none.
+    pub fn discover(start: &Path) -> Project {
+        let root = start
+            .ancestors()
+            .find(|dir| dir.join("environments").is_dir())
+            .unwrap_or(start)
+            .to_path_buf();
+        Project { root }
+    }
+
+    pub fn environments_dir(&self) -> PathBuf {
+        self.root.join("environments")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// `dev` means `environments/dev.yaml`; anything with a `/` or a `.yaml` suffix is a path.
+    pub fn environment_path(&self, name_or_path: &str) -> PathBuf {
+        if name_or_path.contains('/') || name_or_path.ends_with(".yaml") || name_or_path.ends_with(".yml") {
+            PathBuf::from(name_or_path)
+        } else {
+            self.environments_dir().join(format!("{name_or_path}.yaml"))
+        }
+    }
+}
+
+/// An environment and the files it was read from; the files are needed to render problems.
+#[derive(Debug)]
+pub struct LoadedEnvironment {
+    pub sources: Sources,
+    pub result: Result<Checked, Problems>,
+}
+
+/// An environment that passed every check, with its subnet layout worked out.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub environment: Environment,
+    pub subnets: Vec<SubnetLayout>,
+}
+
+pub fn load_environment(project: &Project, name_or_path: &str) -> LoadedEnvironment {
+    let mut sources = Sources::default();
+    let mut problems = Problems::default();
+    let path = project.environment_path(name_or_path);
+    let checked = read_chain(&path, &mut sources, &mut problems, &mut Vec::new()).and_then(|root| {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment");
+        let environment = decode::environment(name, &root, &mut problems)?;
+        let subnets = check::check(&environment, &project.images_dir(), &mut problems);
+        Some(Checked { environment, subnets })
+    });
+    let result = match checked {
+        Some(checked) if problems.is_empty() => Ok(checked),
+        _ => Err(problems),
+    };
+    LoadedEnvironment { sources, result }
+}
+
+/// Reads `path` and, recursively, the files it extends; returns the merged document.
+/// `chain` holds the files being read, innermost last, to detect cycles.
+fn read_chain(path: &Path, sources: &mut Sources, problems: &mut Problems, chain: &mut Vec<PathBuf>) -> Option<Node> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            report_unreadable(path, &error, problems);
+            return None;
+        }
+    };
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let source = sources.add(path, text);
+    let text = sources.get(source).text.clone();
+    let node = yaml::parse(source, &text, problems)?;
+    chain.push(canonical);
+    let merged = match extends_of(&node, problems) {
+        None => Some(node),
+        Some(base_name) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(&base_name.value);
+            let base_canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
+            if let Some(start) = chain.iter().position(|p| *p == base_canonical) {
+                let cycle: Vec<String> = chain[start..]
+                    .iter()
+                    .chain(std::iter::once(&base_canonical))
+                    .map(|p| display_path(p))
+                    .collect();
+                problems
+                    .error(base_name.loc, format!("`extends` forms a cycle: {}", cycle.join(" -> ")))
+                    .label("cycle closes here")
+                    .hint("an environment may extend a base, never itself or one of its own extenders");
+                None
+            } else if !base_path.is_file() {
+                problems
+                    .error(base_name.loc, format!("the base file {} does not exist", display_path(&base_path)))
+                    .label("file not found")
+                    .hint("`extends` takes a path relative to this file, e.g. `extends: base.yaml`");
+                None
+            } else {
+                read_chain(&base_path, sources, problems, chain).map(|base| merge::merge(base, node))
+            }
+        }
+    };
+    chain.pop();
+    merged
+}
+
+fn extends_of(node: &Node, problems: &mut Problems) -> Option<crate::diagnostics::Spanned<String>> {
+    // Only `extends` is read here; the full key check happens when the merged tree is decoded.
+    let mut map = MapReader::new(node, "environment", problems)?;
+    map.get("extends").and_then(|n| yaml::string(n, problems))
+}
+
+fn report_unreadable(path: &Path, error: &std::io::Error, problems: &mut Problems) {
+    let shown = display_path(path);
+    if error.kind() != std::io::ErrorKind::NotFound {
+        problems.general(format!("cannot read {shown}: {error}"));
+        return;
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let known = check::list_yaml_stems(dir);
+    let wanted = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let refs: Vec<&str> = known.iter().map(String::as_str).collect();
+    problems
+        .general(format!("environment file {shown} does not exist"))
+        .hint(format!("environments in {}: {}", display_path(dir), expected_one_of(wanted, &refs)));
+}

@@ -1,0 +1,235 @@
+//! The environment model: what one cluster in one region should look like.
+//!
+//! [`load`] reads `environments/<env>.yaml` (merging the files it `extends`), [`decode`]
+//! turns the YAML into these types, and [`check`] finds what is inconsistent across them.
+//! Every value keeps the location it was written at, so later problems can point at it.
+
+pub mod check;
+pub mod decode;
+pub mod load;
+pub mod merge;
+pub mod network;
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+
+use crate::diagnostics::{Loc, Spanned};
+
+pub use load::{load_environment, Checked, LoadedEnvironment, Project};
+
+/// One environment, after `extends` has been merged and every value decoded.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub region: Spanned<String>,
+    pub variables: BTreeMap<String, Spanned<serde_json::Value>>,
+    pub tags: BTreeMap<String, Spanned<String>>,
+    pub network: Network,
+    pub security_groups: Vec<SecurityGroup>,
+    pub iam_roles: Vec<IamRole>,
+    pub load_balancers: Vec<LoadBalancer>,
+    pub node_groups: Vec<NodeGroup>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub vpc_cidr: Spanned<Ipv4Net>,
+    pub availability_zones: Vec<Spanned<String>>,
+    pub subnet_tiers: Vec<SubnetTier>,
+    pub nat_gateways: NatGateways,
+    pub loc: Loc,
+}
+
+/// A row of subnets, one per availability zone, sharing a routing policy.
+#[derive(Debug, Clone)]
+pub struct SubnetTier {
+    pub name: Spanned<String>,
+    pub public: bool,
+    pub cidrs: SubnetCidrs,
+}
+
+#[derive(Debug, Clone)]
+pub enum SubnetCidrs {
+    /// Carve one block of this prefix length per zone from the VPC CIDR.
+    Carved { prefix_len: Spanned<u8> },
+    /// One explicit block per zone, by zone name.
+    Explicit(Vec<(Spanned<String>, Spanned<Ipv4Net>)>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatGateways {
+    /// Private subnets reach nothing outside the VPC.
+    None,
+    /// One NAT gateway in the first zone serves every private subnet.
+    Single,
+    /// One NAT gateway per zone, so losing a zone does not cut the others off.
+    PerZone,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityGroup {
+    pub name: Spanned<String>,
+    pub description: String,
+    pub ingress: Vec<Rule>,
+    /// `None` keeps AWS's default of allowing all outbound traffic.
+    pub egress: Option<Vec<Rule>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub protocol: Spanned<Protocol>,
+    pub ports: Option<Spanned<PortRange>>,
+    pub cidrs: Vec<Spanned<Ipv4Net>>,
+    /// Other security groups of this environment, by name.
+    pub groups: Vec<Spanned<String>>,
+    /// The group the rule belongs to, as a peer of itself.
+    pub self_: bool,
+    pub description: Option<String>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct PortRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct IamRole {
+    pub name: Spanned<String>,
+    pub assumed_by: String,
+    pub managed_policies: Vec<Spanned<String>>,
+    pub inline_policies: BTreeMap<String, serde_json::Value>,
+    pub instance_profile: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadBalancer {
+    pub name: Spanned<String>,
+    pub internal: bool,
+    pub subnets: SubnetSelection,
+    pub security_groups: Vec<Spanned<String>>,
+    pub listeners: Vec<Listener>,
+    pub health_check: HealthCheck,
+    /// Seconds in-flight requests may finish after an instance leaves; `None` turns draining off.
+    pub connection_draining: Option<u16>,
+    pub cross_zone: bool,
+    pub idle_timeout: u16,
+    /// The node groups whose instances serve this load balancer.
+    pub node_groups: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listener {
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    pub instance_port: u16,
+    pub instance_protocol: ListenerProtocol,
+    pub certificate: Option<String>,
+    #[serde(skip)]
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ListenerProtocol {
+    Tcp,
+    Ssl,
+    Http,
+    Https,
+}
+
+impl ListenerProtocol {
+    pub fn needs_certificate(self) -> bool {
+        matches!(self, ListenerProtocol::Ssl | ListenerProtocol::Https)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HealthCheck {
+    /// In ELB's own syntax, e.g. `TCP:30080` or `HTTP:10254/healthz`.
+    pub target: String,
+    pub interval: u16,
+    pub timeout: u16,
+    pub healthy_threshold: u8,
+    pub unhealthy_threshold: u8,
+    #[serde(skip)]
+    pub loc: Loc,
+}
+
+/// Which subnets something is placed in: a tier, optionally narrowed to some zones.
+#[derive(Debug, Clone)]
+pub struct SubnetSelection {
+    pub tier: Spanned<String>,
+    /// Empty means every zone of the environment.
+    pub zones: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeGroup {
+    pub name: Spanned<String>,
+    pub min: Spanned<u32>,
+    pub max: Spanned<u32>,
+    pub desired: Spanned<u32>,
+    pub subnets: SubnetSelection,
+    pub instance_type: Spanned<String>,
+    pub image: Spanned<ImageRef>,
+    pub security_groups: Vec<Spanned<String>>,
+    pub iam_role: Option<Spanned<String>>,
+    pub root_volume: RootVolume,
+    pub user_data: Option<Spanned<String>>,
+    pub metadata: InstanceMetadata,
+    pub launch: LaunchMechanism,
+    pub key_name: Option<String>,
+    pub health_check: GroupHealthCheck,
+    pub tags: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// A literal AMI id.
+    Ami(String),
+    /// An image defined in `images/<name>.yaml`, resolved by tag at plan time.
+    Named(String),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RootVolume {
+    pub size_gib: u32,
+    pub volume_type: String,
+    pub encrypted: bool,
+    pub iops: Option<u32>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceMetadata {
+    /// IMDSv2 only, the default: a stolen instance role cannot be reached through SSRF.
+    pub require_tokens: bool,
+    /// 2 lets containers with their own network namespace reach the metadata service.
+    pub hop_limit: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchMechanism {
+    Template,
+    /// Legacy: accounts created since 2024-10-01 cannot create launch configurations.
+    Configuration,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupHealthCheck {
+    pub elb: bool,
+    pub grace_period: u32,
+}
