@@ -315,7 +315,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn template_context(&self, group: &NodeGroup) -> minijinja::Value {
+    fn template_context(&self, group: &NodeGroup) -> BTreeMap<String, minijinja::Value> {
         let mut context: BTreeMap<String, minijinja::Value> = self
             .env
             .variables
@@ -334,7 +334,7 @@ impl Compiler<'_> {
                 instance_type => group.instance_type.value,
             },
         );
-        minijinja::Value::from_iter(context)
+        context
     }
 }
 

@@ -54,7 +54,9 @@ impl ResourceGraph {
         }
         edges.sort_unstable();
         edges.dedup();
-        graph.extend_with_edges(edges);
+        for (from, to) in edges {
+            graph.add_edge(from, to, ());
+        }
         let order = toposort(&graph, None).map_err(|cycle| GraphError::Cycle(graph[cycle.node_id()].address.clone()))?;
         Ok(ResourceGraph { graph, index, order })
     }

@@ -3,9 +3,11 @@
 //! Undefined variables are errors, not empty strings: a typo in a template must fail
 //! validation rather than boot a fleet with a blank setting.
 
-use minijinja::{Environment, UndefinedBehavior};
+use std::collections::BTreeMap;
 
-use crate::diagnostics::{Loc, Problems, Spanned};
+use minijinja::{Environment, UndefinedBehavior, Value};
+
+use crate::diagnostics::{did_you_mean, Loc, Problems, Spanned};
 
 pub struct Renderer {
     jinja: Environment<'static>,
@@ -20,46 +22,131 @@ impl Default for Renderer {
     }
 }
 
+const HINT: &str = "templates see the environment's `variables`, plus `env`, `region` and `group`";
+
 impl Renderer {
-    /// Renders `template` with `context`; a failure becomes a problem at the template line.
-    pub fn render(&self, template: &Spanned<String>, context: &minijinja::Value, problems: &mut Problems) -> Option<String> {
-        match self.jinja.render_str(&template.value, context) {
+    /// Renders `template` with `context`. Each undefined variable is reported at its own
+    /// position; any other failure becomes a problem at the template line minijinja names.
+    pub fn render(
+        &self,
+        template: &Spanned<String>,
+        context: &BTreeMap<String, Value>,
+        problems: &mut Problems,
+    ) -> Option<String> {
+        let compiled = match self.jinja.template_from_str(&template.value) {
+            Ok(compiled) => compiled,
+            Err(error) => {
+                report(template, &error, problems);
+                return None;
+            }
+        };
+        let mut undefined: Vec<String> = compiled
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|name| !context.contains_key(name))
+            .collect();
+        if !undefined.is_empty() {
+            undefined.sort();
+            let known: Vec<&str> = context.keys().map(String::as_str).collect();
+            for name in undefined {
+                let hint = did_you_mean(&name, known.iter().copied())
+                    .map_or_else(|| HINT.to_string(), |close| format!("did you mean `{close}`? {HINT}"));
+                problems
+                    .error(variable_loc(template, &name), format!("undefined template variable `{name}`"))
+                    .label("undefined")
+                    .hint(hint);
+            }
+            return None;
+        }
+        match compiled.render(Value::from_iter(context.clone())) {
             Ok(text) => Some(text),
             Err(error) => {
-                let loc = error.line().map_or(template.loc, |line| line_in_block(template.loc, line));
-                let mut message = error.kind().to_string();
-                if let Some(detail) = error.detail() {
-                    message = format!("{message}: {detail}");
-                }
-                problems
-                    .error(loc, format!("template error: {message}"))
-                    .hint("templates see the environment's `variables`, plus `env`, `region` and `group`");
+                report(template, &error, problems);
                 None
             }
         }
     }
 }
 
-/// The file location of line `line` (from 1) of a template that starts at `start`.
-/// A block scalar (`|`) starts its text on the line after its indicator.
-fn line_in_block(start: Loc, line: usize) -> Loc {
-    Loc {
-        line: start.line + line,
-        column: 1,
-        len: 0,
-        ..start
+fn report(template: &Spanned<String>, error: &minijinja::Error, problems: &mut Problems) {
+    let loc = error.line().map_or(template.loc, |line| line_loc(template, line));
+    let mut message = error.kind().to_string();
+    if let Some(detail) = error.detail() {
+        message = format!("{message}: {detail}");
     }
+    problems.error(loc, format!("template error: {message}")).hint(HINT);
+}
+
+/// The file location of line `line` (from 1) of a template. marked-yaml starts a scalar's
+/// span at its first character, which for a block scalar (`|`) is the first text line.
+fn line_loc(template: &Spanned<String>, line: usize) -> Loc {
+    let text = template.value.lines().nth(line.saturating_sub(1)).unwrap_or("");
+    Loc {
+        line: template.loc.line + line - 1,
+        column: template.loc.column,
+        len: text.trim_end().len().max(1),
+        ..template.loc
+    }
+}
+
+/// Where `name` is first used inside `{{ }}` or `{% %}` in the template.
+fn variable_loc(template: &Spanned<String>, name: &str) -> Loc {
+    for (index, text) in template.value.lines().enumerate() {
+        if let Some(column) = find_identifier(text, name) {
+            return Loc {
+                line: template.loc.line + index,
+                column: template.loc.column + column,
+                len: name.len(),
+                ..template.loc
+            };
+        }
+    }
+    template.loc
+}
+
+/// Byte offset of `name` as a whole identifier in `line`.
+fn find_identifier(line: &str, name: &str) -> Option<usize> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    line.match_indices(name).map(|(at, _)| at).find(|&at| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + name.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn template(text: &str) -> Spanned<String> {
+        Spanned::new(String::from(text), Loc { source: 0, line: 10, column: 7, len: 1 })
+    }
+
     #[test]
-    fn undefined_variables_are_errors() {
-        let template = Spanned::new(String::from("a\n{{ missing }}\n"), Loc { source: 0, line: 10, column: 3, len: 1 });
+    fn undefined_variables_are_reported_where_they_are_used() {
+        let context = BTreeMap::from([("cluster_domain".to_string(), Value::from("k8s.local"))]);
         let mut problems = Problems::default();
-        let rendered = Renderer::default().render(&template, &minijinja::context! {}, &mut problems);
+        let rendered = Renderer::default().render(&template("a\necho {{ cluster_domian }}\n"), &context, &mut problems);
+        assert!(rendered.is_none());
+        let problem = problems.iter().next().unwrap();
+        assert_eq!(problem.message, "undefined template variable `cluster_domian`");
+        let loc = problem.loc.unwrap();
+        assert_eq!((loc.line, loc.column, loc.len), (11, 15, 14));
+        assert!(problem.hint.as_deref().unwrap().contains("did you mean `cluster_domain`?"));
+    }
+
+    #[test]
+    fn renders_defined_variables() {
+        let context = BTreeMap::from([("env".to_string(), Value::from("dev"))]);
+        let mut problems = Problems::default();
+        let rendered = Renderer::default().render(&template("name={{ env }}\n"), &context, &mut problems);
+        assert_eq!(rendered.as_deref(), Some("name=dev\n"));
+    }
+
+    #[test]
+    fn syntax_errors_point_at_their_line() {
+        let mut problems = Problems::default();
+        let rendered = Renderer::default().render(&template("a\nb\n{% if %}\n"), &BTreeMap::new(), &mut problems);
         assert!(rendered.is_none());
         assert_eq!(problems.iter().next().unwrap().loc.unwrap().line, 12);
     }

@@ -17,6 +17,7 @@ use crate::diagnostics::{did_you_mean, expected_one_of, Loc, Problems, SourceId,
 pub fn parse(source: SourceId, text: &str, problems: &mut Problems) -> Option<Node> {
     let options = marked_yaml::LoaderOptions::default()
         .error_on_duplicate_keys(true)
+        .prevent_coercion(true)
         .toplevel_mapping();
     match marked_yaml::parse_yaml_with_options(source, text, options) {
         Ok(node) => Some(node),

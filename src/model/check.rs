@@ -175,7 +175,7 @@ fn check_image_exists(name: &str, loc: Loc, images_dir: &Path, problems: &mut Pr
         .error(loc, format!("image `{name}` is not defined: there is no {}", crate::diagnostics::display_path(&path)))
         .label("unknown image")
         .hint(format!(
-            "name an image from images/ ({}) or use an AMI id such as `ami-0abcdef1234567890`",
+            "{}; or use an AMI id such as `ami-0abcdef1234567890`",
             expected_one_of(name, &known_refs)
         ));
 }
@@ -215,7 +215,11 @@ impl<'a> References<'a> {
         }
     }
 
-    fn dangling(&self, name: &Spanned<String>, what: &str, known: &[&str], problems: &mut Problems) {
+    fn dangling(&self, name: &Spanned<String>, what: &'static str, known: &[&str], problems: &mut Problems) {
+        // An entry that failed to decode exists; its own problems are already reported.
+        if self.env.undecoded.contains(&(what, name.value.clone())) {
+            return;
+        }
         problems
             .error(name.loc, format!("{what} `{}` is not defined", name.value))
             .label(format!("unknown {what}"))

@@ -3,7 +3,7 @@
 //! Only shapes and single values are checked here (types, unknown keys, ranges, formats);
 //! anything that relates two parts of the model is left to [`super::check`].
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
 use marked_yaml::Node;
@@ -30,33 +30,26 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         .collect();
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
     let network = map.required("network", problems).and_then(|n| network(n, problems));
-    let security_groups = map
-        .get("security_groups")
-        .map(|n| named(n, "security group", problems, security_group))
-        .unwrap_or_default();
-    let iam_roles = map
-        .get("iam_roles")
-        .map(|n| named(n, "IAM role", problems, iam_role))
-        .unwrap_or_default();
-    let load_balancers = map
-        .get("load_balancers")
-        .map(|n| named(n, "load balancer", problems, load_balancer))
-        .unwrap_or_default();
+    let mut undecoded = BTreeSet::new();
+    let security_groups = section(map.get("security_groups"), "security group", &mut undecoded, problems, security_group);
+    let iam_roles = section(map.get("iam_roles"), "IAM role", &mut undecoded, problems, iam_role);
+    let load_balancers = section(map.get("load_balancers"), "load balancer", &mut undecoded, problems, load_balancer);
     let node_defaults = map.get("node_defaults");
     if let Some(defaults) = node_defaults {
         MapReader::new(defaults, "node defaults", problems);
     }
-    let node_groups = map
-        .get("node_groups")
-        .map(|n| {
-            named(n, "node group", problems, |name, group, problems| match node_defaults {
-                // Defaults are merged before decoding, so a problem in them is reported once
-                // per group that inherits it; `Problems::into_sorted` drops the repeats.
-                Some(defaults) => node_group(name, &merge::merge(defaults.clone(), group.clone()), problems),
-                None => node_group(name, group, problems),
-            })
-        })
-        .unwrap_or_default();
+    let node_groups = section(
+        map.get("node_groups"),
+        "node group",
+        &mut undecoded,
+        problems,
+        |name, group, problems| match node_defaults {
+            // Defaults are merged before decoding, so a problem in them is reported once
+            // per group that inherits it; `Problems::into_sorted` drops the repeats.
+            Some(defaults) => node_group(name, &merge::merge(defaults.clone(), group.clone()), problems),
+            None => node_group(name, group, problems),
+        },
+    );
     map.finish(problems);
     Some(Environment {
         name: name.to_owned(),
@@ -68,6 +61,27 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         iam_roles,
         load_balancers,
         node_groups,
+        undecoded,
+    })
+}
+
+/// A mapping of named entries. The names of entries that fail to decode are recorded, so
+/// references to them are not reported a second time as dangling.
+fn section<T>(
+    node: Option<&Node>,
+    what: &'static str,
+    undecoded: &mut BTreeSet<(&'static str, String)>,
+    problems: &mut Problems,
+    mut item: impl FnMut(Spanned<String>, &Node, &mut Problems) -> Option<T>,
+) -> Vec<T> {
+    let Some(node) = node else { return Vec::new() };
+    named(node, what, problems, |name, value, problems| {
+        let key = name.value.clone();
+        let decoded = item(name, value, problems);
+        if decoded.is_none() {
+            undecoded.insert((what, key));
+        }
+        decoded
     })
 }
 
@@ -210,7 +224,8 @@ fn rule(node: &Node, problems: &mut Problems) -> Option<Rule> {
             problems,
         )
     });
-    let ports = map.get("ports").and_then(|n| port_range(n, problems));
+    let ports_node = map.get("ports");
+    let ports = ports_node.and_then(|n| port_range(n, problems));
     let cidrs = map
         .get("cidrs")
         .and_then(|n| list(n, problems, cidr))
@@ -223,6 +238,9 @@ fn rule(node: &Node, problems: &mut Problems) -> Option<Rule> {
     let description = map.get("description").and_then(|n| string(n, problems)).map(|d| d.value);
     map.finish(problems);
     let protocol = protocol?;
+    if ports_node.is_some() && ports.is_none() {
+        return None;
+    }
     match (protocol.value, &ports) {
         (Protocol::Tcp | Protocol::Udp, None) => {
             problems

@@ -10,7 +10,7 @@ pub mod load;
 pub mod merge;
 pub mod network;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 
@@ -30,6 +30,8 @@ pub struct Environment {
     pub iam_roles: Vec<IamRole>,
     pub load_balancers: Vec<LoadBalancer>,
     pub node_groups: Vec<NodeGroup>,
+    /// (kind, name) of entries that had problems of their own and were left out above.
+    pub undecoded: BTreeSet<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone)]
