@@ -6,7 +6,7 @@ use crate::diagnostics::Problems;
 use crate::graph::ResourceGraph;
 use crate::model::network::SubnetLayout;
 use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, Rule, SubnetSelection};
-use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Resource, Route, RuleSpec, Spec, UserData};
+use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Peer, Resource, Route, RuleSpec, Spec, UserData};
 use crate::template::Renderer;
 
 /// Tag keys kstack sets on everything it creates, so state can be rebuilt from AWS.
@@ -184,8 +184,9 @@ impl Compiler<'_> {
                 },
             );
             let rules = |rules: &[Rule]| -> Vec<RuleSpec> {
-                let mut specs: Vec<RuleSpec> = rules.iter().map(|r| rule_spec(r, &address)).collect();
+                let mut specs: Vec<RuleSpec> = rules.iter().flat_map(|r| rule_specs(r, &address)).collect();
                 specs.sort();
+                specs.dedup();
                 specs
             };
             let spec = Spec::SecurityGroupRules {
@@ -338,22 +339,22 @@ impl Compiler<'_> {
     }
 }
 
-fn rule_spec(rule: &Rule, own_group: &Address) -> RuleSpec {
-    let mut groups: Vec<Address> = rule.groups.iter().map(|g| security_group_address(&g.value)).collect();
-    if rule.self_ {
-        groups.push(own_group.clone());
-    }
-    groups.sort();
-    groups.dedup();
-    let mut cidrs: Vec<_> = rule.cidrs.iter().map(|c| c.value).collect();
-    cidrs.sort();
-    RuleSpec {
-        protocol: rule.protocol.value,
-        ports: rule.ports.as_ref().map(|p| p.value),
-        cidrs,
-        groups,
-        description: rule.description.clone(),
-    }
+/// A rule of the model split into one rule per peer.
+fn rule_specs(rule: &Rule, own_group: &Address) -> Vec<RuleSpec> {
+    let groups = rule.groups.iter().map(|g| security_group_address(&g.value));
+    let peers = rule
+        .cidrs
+        .iter()
+        .map(|c| Peer::Cidr(c.value))
+        .chain(groups.chain(rule.self_.then(|| own_group.clone())).map(Peer::Group));
+    peers
+        .map(|peer| RuleSpec {
+            protocol: rule.protocol.value,
+            ports: rule.ports.as_ref().map(|p| p.value),
+            peer,
+            description: rule.description.clone(),
+        })
+        .collect()
 }
 
 /// A stable hex digest of a value's JSON form.

@@ -7,14 +7,20 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{GroupHealthCheck, HealthCheck, InstanceMetadata, Listener, PortRange, Protocol, RootVolume};
 
 /// A resource's stable name within an environment, e.g. `subnet.private.eu-west-1a`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Address(String);
+
+impl From<&str> for Address {
+    fn from(text: &str) -> Address {
+        Address(text.to_owned())
+    }
+}
 
 impl Address {
     pub fn new(kind: Kind, name: &str) -> Address {
@@ -24,6 +30,10 @@ impl Address {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn is_kind(&self, kind: Kind) -> bool {
+        self.0.strip_prefix(kind.prefix()).is_some_and(|rest| rest.starts_with('.'))
+    }
 }
 
 impl fmt::Display for Address {
@@ -32,7 +42,7 @@ impl fmt::Display for Address {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Vpc,
@@ -171,13 +181,21 @@ pub struct Route {
     pub target: Address,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// One permission of a security group: a protocol and ports to or from one peer. Rules are
+/// kept one peer each because that is how AWS stores them and how a change is applied.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RuleSpec {
     pub protocol: Protocol,
     pub ports: Option<PortRange>,
-    pub cidrs: Vec<Ipv4Net>,
-    pub groups: Vec<Address>,
+    pub peer: Peer,
     pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peer {
+    Cidr(Ipv4Net),
+    Group(Address),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,7 +263,10 @@ impl Spec {
             Spec::RouteTable { vpc, routes } => std::iter::once(vpc).chain(routes.iter().map(|r| &r.target)).collect(),
             Spec::Subnet { vpc, route_table, .. } => vec![vpc, route_table],
             Spec::SecurityGroupRules { group, ingress, egress } => std::iter::once(group)
-                .chain(ingress.iter().chain(egress.iter().flatten()).flat_map(|r| &r.groups))
+                .chain(ingress.iter().chain(egress.iter().flatten()).filter_map(|r| match &r.peer {
+                    Peer::Group(group) => Some(group),
+                    Peer::Cidr(_) => None,
+                }))
                 .collect(),
             Spec::InstanceProfile { role } => vec![role],
             Spec::LaunchTemplate(launch) | Spec::LaunchConfiguration(launch) => {

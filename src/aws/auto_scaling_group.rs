@@ -1,0 +1,200 @@
+//! `asg`: a node group's auto scaling group.
+
+use std::time::Duration;
+
+use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, Tag};
+use serde_json::json;
+
+use super::{id_of, AwsError, Cloud, Ids, Observed};
+use crate::compile::TAG_ENVIRONMENT;
+use crate::resource::{Address, Kind, Resource, Spec};
+
+pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let mut found = Vec::new();
+    let filter = Filter::builder()
+        .name(format!("tag:{TAG_ENVIRONMENT}"))
+        .values(&cloud.environment)
+        .build();
+    let mut pages = cloud.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for group in page?.auto_scaling_groups() {
+            let tags = group
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+                .collect();
+            let mut subnets: Vec<&str> = group
+                .vpc_zone_identifier()
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            subnets.sort_unstable();
+            let mut balancers: Vec<&str> = group.load_balancer_names().iter().map(String::as_str).collect();
+            balancers.sort_unstable();
+            let launch = group
+                .launch_template()
+                .and_then(|t| t.launch_template_id())
+                .or(group.launch_configuration_name());
+            let attributes = json!({
+                "min": group.min_size(),
+                "max": group.max_size(),
+                "desired": group.desired_capacity(),
+                "subnets": subnets,
+                "launch": launch,
+                "load_balancers": balancers,
+                "health_check": {
+                    "elb": group.health_check_type() == Some("ELB"),
+                    "grace_period": group.health_check_grace_period().unwrap_or(0),
+                },
+            });
+            let name = group.auto_scaling_group_name().unwrap_or_default();
+            found.extend(super::tags::observed(Kind::AutoScalingGroup, name, tags, attributes));
+        }
+    }
+    Ok(found)
+}
+
+struct Settings {
+    subnets: String,
+    launch_template: Option<LaunchTemplateSpecification>,
+    launch_configuration: Option<String>,
+    health_check_type: &'static str,
+}
+
+fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
+    let Spec::AutoScalingGroup { subnets, launch, health_check, .. } = &resource.spec else {
+        unreachable!("takes an auto scaling group")
+    };
+    let subnets = subnets
+        .iter()
+        .map(|s| id_of(ids, s))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(",");
+    let launch_id = id_of(ids, launch)?;
+    let (launch_template, launch_configuration) = if launch.is_kind(Kind::LaunchTemplate) {
+        // The latest version, so instances launched after a template change use it.
+        let spec = LaunchTemplateSpecification::builder()
+            .launch_template_id(launch_id)
+            .version("$Latest")
+            .build();
+        (Some(spec), None)
+    } else {
+        (None, Some(launch_id.to_owned()))
+    };
+    Ok(Settings {
+        subnets,
+        launch_template,
+        launch_configuration,
+        health_check_type: if health_check.elb { "ELB" } else { "EC2" },
+    })
+}
+
+fn load_balancer_names(balancers: &[Address], ids: &Ids) -> Result<Vec<String>, AwsError> {
+    balancers.iter().map(|b| id_of(ids, b).map(str::to_owned)).collect()
+}
+
+pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+    let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
+        unreachable!("takes an auto scaling group")
+    };
+    let settings = settings(resource, ids)?;
+    let tags = resource
+        .tags
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).propagate_at_launch(true).build())
+        .collect();
+    cloud
+        .autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(&resource.name)
+        .min_size(*min as i32)
+        .max_size(*max as i32)
+        .desired_capacity(*desired as i32)
+        .vpc_zone_identifier(settings.subnets)
+        .set_launch_template(settings.launch_template)
+        .set_launch_configuration_name(settings.launch_configuration)
+        .set_load_balancer_names(Some(load_balancer_names(load_balancers, ids)?))
+        .health_check_type(settings.health_check_type)
+        .health_check_grace_period(health_check.grace_period as i32)
+        .set_tags(Some(tags))
+        .send()
+        .await?;
+    Ok(resource.name.clone())
+}
+
+pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
+        unreachable!("takes an auto scaling group")
+    };
+    let settings = settings(resource, ids)?;
+    cloud
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&actual.id)
+        .min_size(*min as i32)
+        .max_size(*max as i32)
+        .desired_capacity(*desired as i32)
+        .vpc_zone_identifier(settings.subnets)
+        .set_launch_template(settings.launch_template)
+        .set_launch_configuration_name(settings.launch_configuration)
+        .health_check_type(settings.health_check_type)
+        .health_check_grace_period(health_check.grace_period as i32)
+        .send()
+        .await?;
+    let wanted = load_balancer_names(load_balancers, ids)?;
+    let current: Vec<String> = actual.attributes["load_balancers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.as_str())
+        .map(|b| ids.get(&Address::from(b)).cloned().unwrap_or_else(|| b.to_owned()))
+        .collect();
+    let attach: Vec<String> = wanted.iter().filter(|b| !current.contains(b)).cloned().collect();
+    let detach: Vec<String> = current.iter().filter(|b| !wanted.contains(b)).cloned().collect();
+    if !attach.is_empty() {
+        cloud
+            .autoscaling
+            .attach_load_balancers()
+            .auto_scaling_group_name(&actual.id)
+            .set_load_balancer_names(Some(attach))
+            .send()
+            .await?;
+    }
+    if !detach.is_empty() {
+        cloud
+            .autoscaling
+            .detach_load_balancers()
+            .auto_scaling_group_name(&actual.id)
+            .set_load_balancer_names(Some(detach))
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+/// Deletes the group with its instances and waits until it is gone, so that its subnets,
+/// security groups and launch settings can be deleted after it.
+pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
+    cloud
+        .autoscaling
+        .delete_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .force_delete(true)
+        .send()
+        .await?;
+    for attempt in 0..180u64 {
+        let described = cloud
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(name)
+            .send()
+            .await?;
+        if described.auto_scaling_groups().is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(attempt.min(4) + 1)).await;
+    }
+    Err(AwsError::internal(format!("auto scaling group {name} was still deleting after 10 minutes")))
+}

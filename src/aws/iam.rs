@@ -1,0 +1,251 @@
+//! `iam_role` and `instance_profile`. Both live under the path `/kstack/<env>/`, so one
+//! listing finds the environment's own; their ids are ARNs, unique across kinds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_iam::types::{EntityType, Tag};
+use serde_json::json;
+
+use super::{id_of, AwsError, Cloud, Ids, Observed};
+use crate::resource::{Kind, Resource, Spec};
+
+pub fn name_from_arn(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect()
+}
+
+fn iam_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, AwsError> {
+    tags.iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect::<Result<_, _>>()
+        .map_err(|e| AwsError::internal(e.to_string()))
+}
+
+/// Policy documents come back URL-encoded (RFC 3986) from some IAM calls.
+fn policy_json(document: &str) -> serde_json::Value {
+    let decoded = if document.trim_start().starts_with('{') {
+        document.to_owned()
+    } else {
+        percent_decode(document)
+    };
+    serde_json::from_str(&decoded).unwrap_or(serde_json::Value::String(decoded))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let path = cloud.iam_path();
+    let mut found = Vec::new();
+    // One paginated call returns every role with its policies, instead of three per role.
+    let mut pages = cloud
+        .iam
+        .get_account_authorization_details()
+        .filter(EntityType::Role)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for role in page?.role_detail_list() {
+            if role.path() != Some(path.as_str()) {
+                continue;
+            }
+            let tags = tags_of(role.tags());
+            let mut managed: Vec<&str> = role.attached_managed_policies().iter().filter_map(|p| p.policy_arn()).collect();
+            managed.sort_unstable();
+            let inline: BTreeMap<&str, serde_json::Value> = role
+                .role_policy_list()
+                .iter()
+                .filter_map(|p| Some((p.policy_name()?, policy_json(p.policy_document()?))))
+                .collect();
+            let attributes = json!({
+                "assume_role_policy": role.assume_role_policy_document().map(policy_json),
+                "managed_policies": managed,
+                "inline_policies": inline,
+            });
+            found.extend(super::tags::observed(Kind::IamRole, role.arn().unwrap_or_default(), tags, attributes));
+        }
+    }
+    let mut pages = cloud.iam.list_instance_profiles().path_prefix(&path).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for profile in page?.instance_profiles() {
+            let attributes = json!({ "role": profile.roles().first().map(|r| r.arn()) });
+            found.extend(super::tags::observed(Kind::InstanceProfile, profile.arn(), tags_of(profile.tags()), attributes));
+        }
+    }
+    Ok(found)
+}
+
+pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
+    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else {
+        unreachable!("takes an IAM role")
+    };
+    let created = cloud
+        .iam
+        .create_role()
+        .role_name(&resource.name)
+        .path(cloud.iam_path())
+        .assume_role_policy_document(assume_role_policy.to_string())
+        .set_tags(Some(iam_tags(&resource.tags)?))
+        .send()
+        .await?;
+    let arn = created.role().map(|r| r.arn().to_owned()).unwrap_or_default();
+    for policy in managed_policies {
+        cloud.iam.attach_role_policy().role_name(&resource.name).policy_arn(policy).send().await?;
+    }
+    for (name, document) in inline_policies {
+        put_inline(cloud, &resource.name, name, document).await?;
+    }
+    Ok(arn)
+}
+
+async fn put_inline(cloud: &Cloud, role: &str, name: &str, document: &serde_json::Value) -> Result<(), AwsError> {
+    cloud
+        .iam
+        .put_role_policy()
+        .role_name(role)
+        .policy_name(name)
+        .policy_document(document.to_string())
+        .send()
+        .await?;
+    Ok(())
+}
+
+pub async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Observed) -> Result<(), AwsError> {
+    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else {
+        unreachable!("takes an IAM role")
+    };
+    let role = name_from_arn(&actual.id);
+    if actual.attributes["assume_role_policy"] != *assume_role_policy {
+        cloud
+            .iam
+            .update_assume_role_policy()
+            .role_name(role)
+            .policy_document(assume_role_policy.to_string())
+            .send()
+            .await?;
+    }
+    let attached: BTreeSet<&str> = actual.attributes["managed_policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for policy in managed_policies.iter().filter(|p| !attached.contains(p.as_str())) {
+        cloud.iam.attach_role_policy().role_name(role).policy_arn(policy).send().await?;
+    }
+    for policy in attached.iter().filter(|p| !managed_policies.iter().any(|m| m == *p)) {
+        cloud.iam.detach_role_policy().role_name(role).policy_arn(*policy).send().await?;
+    }
+    let existing = actual.attributes["inline_policies"].as_object().cloned().unwrap_or_default();
+    for (name, document) in inline_policies {
+        if existing.get(name) != Some(document) {
+            put_inline(cloud, role, name, document).await?;
+        }
+    }
+    for name in existing.keys().filter(|n| !inline_policies.contains_key(*n)) {
+        cloud.iam.delete_role_policy().role_name(role).policy_name(name).send().await?;
+    }
+    Ok(())
+}
+
+pub async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
+    let role = name_from_arn(&actual.id);
+    for policy in actual.attributes["managed_policies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
+        cloud.iam.detach_role_policy().role_name(role).policy_arn(policy).send().await?;
+    }
+    for name in actual.attributes["inline_policies"].as_object().into_iter().flat_map(|m| m.keys()) {
+        cloud.iam.delete_role_policy().role_name(role).policy_name(name).send().await?;
+    }
+    let profiles = cloud.iam.list_instance_profiles_for_role().role_name(role).send().await?;
+    for profile in profiles.instance_profiles() {
+        cloud
+            .iam
+            .remove_role_from_instance_profile()
+            .instance_profile_name(profile.instance_profile_name())
+            .role_name(role)
+            .send()
+            .await?;
+    }
+    cloud.iam.delete_role().role_name(role).send().await?;
+    Ok(())
+}
+
+pub async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+    let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
+    let created = cloud
+        .iam
+        .create_instance_profile()
+        .instance_profile_name(&resource.name)
+        .path(cloud.iam_path())
+        .set_tags(Some(iam_tags(&resource.tags)?))
+        .send()
+        .await?;
+    let arn = created.instance_profile().map(|p| p.arn().to_owned()).unwrap_or_default();
+    cloud
+        .iam
+        .add_role_to_instance_profile()
+        .instance_profile_name(&resource.name)
+        .role_name(name_from_arn(id_of(ids, role)?))
+        .send()
+        .await?;
+    Ok(arn)
+}
+
+pub async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
+    let profile = name_from_arn(&actual.id);
+    remove_roles(cloud, profile).await?;
+    cloud
+        .iam
+        .add_role_to_instance_profile()
+        .instance_profile_name(profile)
+        .role_name(name_from_arn(id_of(ids, role)?))
+        .send()
+        .await?;
+    Ok(())
+}
+
+async fn remove_roles(cloud: &Cloud, profile: &str) -> Result<(), AwsError> {
+    let described = cloud.iam.get_instance_profile().instance_profile_name(profile).send().await?;
+    for role in described.instance_profile().map(|p| p.roles()).unwrap_or_default() {
+        cloud
+            .iam
+            .remove_role_from_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(role.role_name())
+            .send()
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn delete_instance_profile(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
+    let profile = name_from_arn(&actual.id);
+    remove_roles(cloud, profile).await?;
+    cloud.iam.delete_instance_profile().instance_profile_name(profile).send().await?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `internet_gateway`: the public subnets' way out, attached to the VPC.
+
+use aws_sdk_ec2::types::ResourceType;
+use serde_json::json;
+
+use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::{id_of, AwsError, Cloud, Ids, Observed};
+use crate::resource::{Kind, Resource, Spec};
+
+pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let mut found = Vec::new();
+    let mut pages = cloud
+        .ec2
+        .describe_internet_gateways()
+        .filters(environment_filter(cloud))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for gateway in page?.internet_gateways() {
+            let vpc = gateway.attachments().first().and_then(|a| a.vpc_id());
+            let attributes = json!({ "vpc": vpc });
+            let id = gateway.internet_gateway_id().unwrap_or_default();
+            found.extend(observed(Kind::InternetGateway, id, from_ec2(gateway.tags()), attributes));
+        }
+    }
+    Ok(found)
+}
+
+pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+    let Spec::InternetGateway { vpc } = &resource.spec else { unreachable!("takes an internet gateway") };
+    let created = cloud
+        .ec2
+        .create_internet_gateway()
+        .tag_specifications(ec2_tag_specification(ResourceType::InternetGateway, &resource.tags))
+        .send()
+        .await?;
+    let id = created
+        .internet_gateway()
+        .and_then(|g| g.internet_gateway_id())
+        .unwrap_or_default()
+        .to_owned();
+    cloud
+        .ec2
+        .attach_internet_gateway()
+        .internet_gateway_id(&id)
+        .vpc_id(id_of(ids, vpc)?)
+        .send()
+        .await?;
+    Ok(id)
+}
+
+pub async fn delete(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
+    // Detaching needs the VPC's id, which the gateway itself reports.
+    let gateways = cloud
+        .ec2
+        .describe_internet_gateways()
+        .internet_gateway_ids(&actual.id)
+        .send()
+        .await?;
+    for attachment in gateways.internet_gateways().iter().flat_map(|g| g.attachments()) {
+        if let Some(vpc) = attachment.vpc_id() {
+            cloud
+                .ec2
+                .detach_internet_gateway()
+                .internet_gateway_id(&actual.id)
+                .vpc_id(vpc)
+                .send()
+                .await?;
+        }
+    }
+    cloud.ec2.delete_internet_gateway().internet_gateway_id(&actual.id).send().await?;
+    Ok(())
+}

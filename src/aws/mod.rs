@@ -1,0 +1,266 @@
+//! The AWS providers: read every resource of an environment, and create, update and delete
+//! one resource. One file per resource kind; this file holds what they share.
+//!
+//! Readers return [`Observed`] resources whose attributes have the same JSON shape as the
+//! desired [`Spec`](crate::resource::Spec) attributes, with AWS ids in reference fields;
+//! [`refresh`] then swaps ids for addresses so the plan can compare the two directly.
+
+mod auto_scaling_group;
+mod calls;
+mod error;
+mod iam;
+mod image;
+mod internet_gateway;
+mod launch_configuration;
+mod launch_template;
+mod load_balancer;
+mod nat_gateway;
+mod route_table;
+mod security_group;
+mod subnet;
+mod tags;
+mod vpc;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use calls::ApiCalls;
+pub use error::AwsError;
+
+use crate::resource::{Address, Kind, Resource};
+
+/// Clients for the four AWS services kstack uses, sharing one configuration and call counter.
+#[derive(Clone)]
+pub struct Cloud {
+    pub ec2: aws_sdk_ec2::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub elb: aws_sdk_elasticloadbalancing::Client,
+    pub iam: aws_sdk_iam::Client,
+    pub calls: Arc<ApiCalls>,
+    /// The environment whose resources are read and written.
+    pub environment: String,
+}
+
+impl Cloud {
+    /// Connects with the standard aws-config chain (environment, profiles, `AWS_ENDPOINT_URL`),
+    /// in the environment's region.
+    pub async fn connect(region: &str, environment: &str) -> Cloud {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8))
+            .load()
+            .await;
+        let calls = Arc::new(ApiCalls::default());
+        Cloud {
+            ec2: aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
+            ),
+            autoscaling: aws_sdk_autoscaling::Client::from_conf(
+                aws_sdk_autoscaling::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
+            ),
+            elb: aws_sdk_elasticloadbalancing::Client::from_conf(
+                aws_sdk_elasticloadbalancing::config::Builder::from(&config)
+                    .interceptor(calls.interceptor())
+                    .build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
+            ),
+            calls,
+            environment: environment.to_owned(),
+        }
+    }
+
+    /// The IAM path of the environment's roles and instance profiles, which lets one
+    /// listing call find them all.
+    fn iam_path(&self) -> String {
+        format!("/kstack/{}/", self.environment)
+    }
+}
+
+/// A resource as it exists in AWS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    pub address: Address,
+    pub kind: Kind,
+    pub id: String,
+    pub tags: BTreeMap<String, String>,
+    pub attributes: serde_json::Value,
+}
+
+/// Addresses of resources that exist, with their AWS ids.
+pub type Ids = BTreeMap<Address, String>;
+
+/// Reads every resource of the environment, a few batched calls per resource kind.
+pub async fn refresh(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let (network, security, iam, launch, groups) = tokio::try_join!(
+        read_network(cloud),
+        security_group::read(cloud),
+        iam::read(cloud),
+        read_launch(cloud),
+        read_groups(cloud),
+    )?;
+    let mut observed: Vec<Observed> = network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).collect();
+    observed.sort_by(|a, b| a.address.cmp(&b.address));
+    // Rules share their group's id; references to that id mean the group.
+    let by_id: BTreeMap<String, Address> = observed
+        .iter()
+        .filter(|o| o.kind != Kind::SecurityGroupRules)
+        .map(|o| (o.id.clone(), o.address.clone()))
+        .collect();
+    for resource in &mut observed {
+        ids_to_addresses(&mut resource.attributes, &by_id);
+    }
+    Ok(observed)
+}
+
+async fn read_network(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let (vpcs, gateways, addresses, nats, tables, subnets) = tokio::try_join!(
+        vpc::read(cloud),
+        internet_gateway::read(cloud),
+        nat_gateway::read_elastic_ips(cloud),
+        nat_gateway::read(cloud),
+        route_table::describe(cloud),
+        subnet::describe(cloud),
+    )?;
+    let mut observed = vpcs;
+    observed.extend(gateways);
+    observed.extend(addresses);
+    observed.extend(nats);
+    observed.extend(route_table::observe(&tables));
+    observed.extend(subnet::observe(&subnets, &tables));
+    Ok(observed)
+}
+
+async fn read_launch(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let (templates, configurations) =
+        tokio::try_join!(launch_template::read(cloud), launch_configuration::read(cloud))?;
+    Ok(templates.into_iter().chain(configurations).collect())
+}
+
+async fn read_groups(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let (groups, balancers) = tokio::try_join!(auto_scaling_group::read(cloud), load_balancer::read(cloud))?;
+    Ok(groups.into_iter().chain(balancers).collect())
+}
+
+/// Replaces every string that is the id of a known resource with that resource's address.
+fn ids_to_addresses(value: &mut serde_json::Value, by_id: &BTreeMap<String, Address>) {
+    match value {
+        serde_json::Value::String(text) => {
+            if let Some(address) = by_id.get(text.as_str()) {
+                *text = address.to_string();
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| ids_to_addresses(v, by_id)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| ids_to_addresses(v, by_id)),
+        _ => {}
+    }
+}
+
+/// Looks up the AWS id of a resource this one refers to; it was created earlier in the walk.
+fn id_of<'a>(ids: &'a Ids, address: &Address) -> Result<&'a str, AwsError> {
+    ids.get(address)
+        .map(String::as_str)
+        .ok_or_else(|| AwsError::internal(format!("{address} has no id yet although it was needed")))
+}
+
+/// Creates `resource` and returns its id.
+pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+    use crate::resource::Spec;
+    match &resource.spec {
+        Spec::Vpc { .. } => vpc::create(cloud, resource).await,
+        Spec::InternetGateway { .. } => internet_gateway::create(cloud, resource, ids).await,
+        Spec::ElasticIp {} => nat_gateway::create_elastic_ip(cloud, resource).await,
+        Spec::NatGateway { .. } => nat_gateway::create(cloud, resource, ids).await,
+        Spec::RouteTable { .. } => route_table::create(cloud, resource, ids).await,
+        Spec::Subnet { .. } => subnet::create(cloud, resource, ids).await,
+        Spec::SecurityGroup { .. } => security_group::create(cloud, resource, ids).await,
+        Spec::SecurityGroupRules { .. } => security_group::create_rules(cloud, resource, ids).await,
+        Spec::IamRole { .. } => iam::create_role(cloud, resource).await,
+        Spec::InstanceProfile { .. } => iam::create_instance_profile(cloud, resource, ids).await,
+        Spec::LaunchTemplate(_) => launch_template::create(cloud, resource, ids).await,
+        Spec::LaunchConfiguration(_) => launch_configuration::create(cloud, resource, ids).await,
+        Spec::AutoScalingGroup { .. } => auto_scaling_group::create(cloud, resource, ids).await,
+        Spec::LoadBalancer { .. } => load_balancer::create(cloud, resource, ids).await,
+    }
+}
+
+/// Brings `actual` in line with `resource`. `changed` names the attributes that differ, none
+/// of which forces replacement; a launch template keeps its id and gains a version.
+pub async fn update(
+    cloud: &Cloud,
+    resource: &Resource,
+    actual: &Observed,
+    changed: &[String],
+    ids: &Ids,
+) -> Result<(), AwsError> {
+    use crate::resource::Spec;
+    if changed.iter().any(|c| c == "tags") {
+        tags::update(cloud, resource.kind(), &actual.id, &actual.tags, &resource.tags).await?;
+    }
+    if changed.iter().all(|c| c == "tags") {
+        return Ok(());
+    }
+    match &resource.spec {
+        Spec::RouteTable { .. } => route_table::update(cloud, resource, actual, ids).await,
+        Spec::Subnet { .. } => subnet::update(cloud, resource, actual, ids).await,
+        Spec::SecurityGroupRules { .. } => security_group::update_rules(cloud, resource, actual, ids).await,
+        Spec::IamRole { .. } => iam::update_role(cloud, resource, actual).await,
+        Spec::InstanceProfile { .. } => iam::update_instance_profile(cloud, resource, actual, ids).await,
+        Spec::LaunchTemplate(_) => launch_template::update(cloud, resource, actual, ids).await,
+        Spec::AutoScalingGroup { .. } => auto_scaling_group::update(cloud, resource, actual, ids).await,
+        Spec::LoadBalancer { .. } => load_balancer::update(cloud, resource, actual, ids).await,
+        // Every other attribute of these forces replacement; only tags change in place.
+        Spec::Vpc { .. }
+        | Spec::InternetGateway { .. }
+        | Spec::ElasticIp {}
+        | Spec::NatGateway { .. }
+        | Spec::SecurityGroup { .. }
+        | Spec::LaunchConfiguration(_) => Ok(()),
+    }
+}
+
+/// Deletes a resource and waits until it is gone far enough for its dependencies to go.
+pub async fn delete(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let id = actual.id.as_str();
+    match actual.kind {
+        Kind::Vpc => vpc::delete(cloud, id).await,
+        Kind::InternetGateway => internet_gateway::delete(cloud, actual).await,
+        Kind::ElasticIp => nat_gateway::delete_elastic_ip(cloud, id).await,
+        Kind::NatGateway => nat_gateway::delete(cloud, id).await,
+        Kind::RouteTable => route_table::delete(cloud, id).await,
+        Kind::Subnet => subnet::delete(cloud, id).await,
+        Kind::SecurityGroup => security_group::delete(cloud, id).await,
+        Kind::SecurityGroupRules => security_group::delete_rules(cloud, actual, ids).await,
+        Kind::IamRole => iam::delete_role(cloud, actual).await,
+        Kind::InstanceProfile => iam::delete_instance_profile(cloud, actual).await,
+        Kind::LaunchTemplate => launch_template::delete(cloud, id).await,
+        Kind::LaunchConfiguration => launch_configuration::delete(cloud, id).await,
+        Kind::AutoScalingGroup => auto_scaling_group::delete(cloud, id).await,
+        Kind::LoadBalancer => load_balancer::delete(cloud, id).await,
+    }
+}
+
+pub use image::resolve_images;
+
+/// The attributes a change to which cannot be made in place.
+pub fn forces_replacement(kind: Kind, attribute: &str) -> bool {
+    match kind {
+        Kind::Vpc => attribute == "cidr",
+        Kind::InternetGateway => attribute == "vpc",
+        Kind::NatGateway => true,
+        Kind::ElasticIp => true,
+        Kind::RouteTable => attribute == "vpc",
+        Kind::Subnet => matches!(attribute, "vpc" | "cidr" | "zone"),
+        Kind::SecurityGroup => true,
+        Kind::SecurityGroupRules => attribute == "group",
+        Kind::IamRole => false,
+        Kind::InstanceProfile => false,
+        Kind::LaunchTemplate => false,
+        Kind::LaunchConfiguration => true,
+        Kind::AutoScalingGroup => false,
+        Kind::LoadBalancer => attribute == "internal",
+    }
+}

@@ -1,0 +1,119 @@
+//! `route_table`: where a tier's traffic leaves the VPC (internet or NAT gateway).
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{ResourceType, RouteOrigin, RouteTable};
+use serde_json::json;
+
+use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::{id_of, AwsError, Cloud, Ids, Observed};
+use crate::resource::{Address, Kind, Resource, Route, Spec};
+
+/// The environment's route tables; subnets read their associations from the same answer.
+pub async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
+    let mut tables = Vec::new();
+    let mut pages = cloud.ec2.describe_route_tables().filters(environment_filter(cloud)).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        tables.extend(page?.route_tables().iter().cloned());
+    }
+    Ok(tables)
+}
+
+pub fn observe(tables: &[RouteTable]) -> Vec<Observed> {
+    tables
+        .iter()
+        .filter_map(|table| {
+            let mut routes: Vec<serde_json::Value> = table
+                .routes()
+                .iter()
+                // The VPC's own `local` route is part of every table and not kstack's.
+                .filter(|r| r.origin() != Some(&RouteOrigin::CreateRouteTable))
+                .filter(|r| r.gateway_id() != Some("local"))
+                .map(|r| {
+                    json!({
+                        "destination": r.destination_cidr_block(),
+                        "target": r.nat_gateway_id().or(r.gateway_id()),
+                    })
+                })
+                .collect();
+            routes.sort_by_key(|r| r.to_string());
+            let attributes = json!({ "vpc": table.vpc_id(), "routes": routes });
+            observed(Kind::RouteTable, table.route_table_id()?, from_ec2(table.tags()), attributes)
+        })
+        .collect()
+}
+
+pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+    let Spec::RouteTable { vpc, routes } = &resource.spec else { unreachable!("takes a route table") };
+    let created = cloud
+        .ec2
+        .create_route_table()
+        .vpc_id(id_of(ids, vpc)?)
+        .tag_specifications(ec2_tag_specification(ResourceType::RouteTable, &resource.tags))
+        .send()
+        .await?;
+    let id = created.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_owned();
+    for route in routes {
+        create_route(cloud, &id, route, ids).await?;
+    }
+    Ok(id)
+}
+
+async fn create_route(cloud: &Cloud, table: &str, route: &Route, ids: &Ids) -> Result<(), AwsError> {
+    let request = cloud
+        .ec2
+        .create_route()
+        .route_table_id(table)
+        .destination_cidr_block(route.destination.to_string());
+    let target = id_of(ids, &route.target)?;
+    let request = if route.target.is_kind(Kind::NatGateway) {
+        request.nat_gateway_id(target)
+    } else {
+        request.gateway_id(target)
+    };
+    request.send().await?;
+    Ok(())
+}
+
+pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let Spec::RouteTable { routes, .. } = &resource.spec else { unreachable!("takes a route table") };
+    let existing: BTreeMap<String, Address> = actual.attributes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["destination"].as_str()?.to_owned(), Address::from(r["target"].as_str()?))))
+        .collect();
+    for route in routes {
+        match existing.get(&route.destination.to_string()) {
+            Some(target) if *target == route.target => {}
+            Some(_) => {
+                cloud
+                    .ec2
+                    .delete_route()
+                    .route_table_id(&actual.id)
+                    .destination_cidr_block(route.destination.to_string())
+                    .send()
+                    .await?;
+                create_route(cloud, &actual.id, route, ids).await?;
+            }
+            None => create_route(cloud, &actual.id, route, ids).await?,
+        }
+    }
+    for destination in existing.keys() {
+        if !routes.iter().any(|r| r.destination.to_string() == *destination) {
+            cloud
+                .ec2
+                .delete_route()
+                .route_table_id(&actual.id)
+                .destination_cidr_block(destination)
+                .send()
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+    cloud.ec2.delete_route_table().route_table_id(id).send().await?;
+    Ok(())
+}

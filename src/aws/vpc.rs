@@ -1,0 +1,45 @@
+//! `vpc`: the environment's VPC.
+
+use aws_sdk_ec2::types::ResourceType;
+use serde_json::json;
+
+use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::{AwsError, Cloud, Observed};
+use crate::resource::{Kind, Resource, Spec};
+
+pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+    let mut found = Vec::new();
+    let mut pages = cloud.ec2.describe_vpcs().filters(environment_filter(cloud)).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for vpc in page?.vpcs() {
+            let attributes = json!({ "cidr": vpc.cidr_block() });
+            found.extend(observed(Kind::Vpc, vpc.vpc_id().unwrap_or_default(), from_ec2(vpc.tags()), attributes));
+        }
+    }
+    Ok(found)
+}
+
+pub async fn create(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
+    let Spec::Vpc { cidr } = &resource.spec else { unreachable!("vpc::create takes a VPC") };
+    let created = cloud
+        .ec2
+        .create_vpc()
+        .cidr_block(cidr.to_string())
+        .tag_specifications(ec2_tag_specification(ResourceType::Vpc, &resource.tags))
+        .send()
+        .await?;
+    let id = created.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();
+    // Nodes resolve each other and AWS endpoints by name; hostnames are off by default.
+    cloud.ec2.modify_vpc_attribute().vpc_id(&id).enable_dns_support(enabled()).send().await?;
+    cloud.ec2.modify_vpc_attribute().vpc_id(&id).enable_dns_hostnames(enabled()).send().await?;
+    Ok(id)
+}
+
+fn enabled() -> aws_sdk_ec2::types::AttributeBooleanValue {
+    aws_sdk_ec2::types::AttributeBooleanValue::builder().value(true).build()
+}
+
+pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+    cloud.ec2.delete_vpc().vpc_id(id).send().await?;
+    Ok(())
+}
