@@ -8,6 +8,8 @@ pub mod compile;
 pub mod diagnostics;
 pub mod graph;
 pub mod model;
+pub mod plan;
 pub mod resource;
+pub mod state;
 pub mod template;
 pub mod yaml;

@@ -1,0 +1,169 @@
+//! The plan: what apply must do to turn the resources that exist into the ones the model
+//! describes. Pure: built from the compiled graph and a refresh, no I/O.
+
+mod diff;
+mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use diff::{attributes_of, Change};
+pub use render::render;
+
+use crate::aws::{forces_replacement, Observed};
+use crate::graph::ResourceGraph;
+use crate::resource::{Address, Kind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Create,
+    Update,
+    Replace,
+    Delete,
+    NoOp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Action {
+    pub address: Address,
+    pub kind: Kind,
+    pub action: ActionKind,
+    /// The AWS id of the existing resource, for updates, replacements and deletions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub changes: Vec<Change>,
+    /// Attributes whose change forces replacement.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forced_by: Vec<String>,
+    /// For a replacement: the new resource is created before the old one is deleted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub create_before_destroy: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub replace: usize,
+    pub delete: usize,
+    pub unchanged: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub environment: String,
+    pub actions: Vec<Action>,
+    pub summary: Summary,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        self.actions.iter().any(|a| a.action != ActionKind::NoOp)
+    }
+}
+
+/// Compares the desired graph (images resolved) with what refresh found.
+pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -> Plan {
+    let mut actual: BTreeMap<&Address, &Observed> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for resource in observed {
+        if actual.insert(&resource.address, resource).is_some() {
+            // Two resources claim one address, e.g. a create retried after a crash: the one
+            // kept is arbitrary but stable; the other must go.
+            duplicates.push(resource);
+        }
+    }
+    let mut actions = Vec::new();
+    let mut replaced: BTreeSet<&Address> = BTreeSet::new();
+    for resource in desired.in_dependency_order() {
+        let Some(existing) = actual.get(&resource.address) else {
+            actions.push(Action {
+                address: resource.address.clone(),
+                kind: resource.kind(),
+                action: ActionKind::Create,
+                id: None,
+                changes: diff::creation(resource),
+                forced_by: Vec::new(),
+                create_before_destroy: false,
+            });
+            continue;
+        };
+        let mut changes = diff::changes(resource, existing);
+        // A dependency replaced gets a new id: whatever refers to it changes too.
+        let desired_attributes = attributes_of(resource);
+        for (name, value) in desired_attributes.as_object().into_iter().flatten() {
+            let refers_to_replaced = replaced.iter().any(|r| diff::mentions(value, r.as_str()));
+            if refers_to_replaced && !changes.iter().any(|c| c.path.split('.').next() == Some(name)) {
+                changes.push(Change {
+                    path: name.clone(),
+                    before: Some(value.clone()),
+                    after: Some(value.clone()),
+                    forces_replacement: forces_replacement(resource.kind(), name),
+                    replaced_dependency: true,
+                });
+            }
+        }
+        for change in &mut changes {
+            let attribute = change.path.split('.').next().unwrap_or_default();
+            change.forces_replacement = attribute != "tags" && forces_replacement(resource.kind(), attribute);
+        }
+        let forced_by: Vec<String> = changes
+            .iter()
+            .filter(|c| c.forces_replacement)
+            .map(|c| c.path.clone())
+            .collect();
+        let action = if changes.is_empty() {
+            ActionKind::NoOp
+        } else if forced_by.is_empty() {
+            ActionKind::Update
+        } else {
+            replaced.insert(&resource.address);
+            ActionKind::Replace
+        };
+        actions.push(Action {
+            address: resource.address.clone(),
+            kind: resource.kind(),
+            action,
+            id: Some(existing.id.clone()),
+            changes,
+            forced_by,
+            // Launch configurations are immutable and named by content: the new one can
+            // exist beside the old, and the group moves over before the old goes.
+            create_before_destroy: resource.kind() == Kind::LaunchConfiguration,
+        });
+    }
+    let mut deletions: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| desired.get(&o.address).is_none())
+        .chain(duplicates)
+        .collect();
+    deletions.sort_by(|a, b| a.address.cmp(&b.address).then(a.id.cmp(&b.id)));
+    for resource in deletions {
+        actions.push(Action {
+            address: resource.address.clone(),
+            kind: resource.kind,
+            action: ActionKind::Delete,
+            id: Some(resource.id.clone()),
+            changes: diff::deletion(resource),
+            forced_by: Vec::new(),
+            create_before_destroy: false,
+        });
+    }
+    let mut summary = Summary::default();
+    for action in &actions {
+        match action.action {
+            ActionKind::Create => summary.create += 1,
+            ActionKind::Update => summary.update += 1,
+            ActionKind::Replace => summary.replace += 1,
+            ActionKind::Delete => summary.delete += 1,
+            ActionKind::NoOp => summary.unchanged += 1,
+        }
+    }
+    Plan {
+        environment: environment.to_owned(),
+        actions,
+        summary,
+    }
+}

@@ -1,0 +1,147 @@
+//! The plan as text, in the style Terraform users read every day.
+
+use std::fmt::Write;
+
+use owo_colors::{OwoColorize, Style};
+use serde_json::Value;
+
+use super::{Action, ActionKind, Change, Plan};
+
+struct Styles {
+    create: Style,
+    update: Style,
+    delete: Style,
+    dim: Style,
+    bold: Style,
+}
+
+impl Styles {
+    fn new(color: bool) -> Styles {
+        if color {
+            Styles {
+                create: Style::new().green(),
+                update: Style::new().yellow(),
+                delete: Style::new().red(),
+                dim: Style::new().dimmed(),
+                bold: Style::new().bold(),
+            }
+        } else {
+            Styles {
+                create: Style::new(),
+                update: Style::new(),
+                delete: Style::new(),
+                dim: Style::new(),
+                bold: Style::new(),
+            }
+        }
+    }
+}
+
+pub fn render(plan: &Plan, color: bool) -> String {
+    let styles = Styles::new(color);
+    let mut out = String::new();
+    if !plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "{} environment `{}` matches its model ({} resources).",
+            "No changes.".style(styles.bold),
+            plan.environment,
+            plan.summary.unchanged
+        );
+        return out;
+    }
+    let _ = writeln!(out, "kstack will perform the following actions in `{}`:\n", plan.environment);
+    for action in plan.actions.iter().filter(|a| a.action != ActionKind::NoOp) {
+        render_action(&mut out, action, &styles);
+    }
+    let s = &plan.summary;
+    let _ = writeln!(
+        out,
+        "{} {} to add, {} to change, {} to destroy{}.",
+        "Plan:".style(styles.bold),
+        s.create + s.replace,
+        s.update,
+        s.delete + s.replace,
+        if s.replace > 0 { format!(" ({} replaced)", s.replace) } else { String::new() }
+    );
+    out
+}
+
+fn render_action(out: &mut String, action: &Action, styles: &Styles) {
+    let (symbol, style, what) = match action.action {
+        ActionKind::Create => ("  +", styles.create, String::from("will be created")),
+        ActionKind::Update => ("  ~", styles.update, String::from("will be updated in place")),
+        ActionKind::Replace if action.create_before_destroy => {
+            ("+/-", styles.update, String::from("must be replaced (new one created first)"))
+        }
+        ActionKind::Replace => ("-/+", styles.delete, String::from("must be replaced")),
+        ActionKind::Delete => ("  -", styles.delete, String::from("will be destroyed")),
+        ActionKind::NoOp => return,
+    };
+    let _ = writeln!(out, "  {}", format!("# {} {what}", action.address).style(styles.bold));
+    let id = action.id.as_deref().map(|id| format!(" ({id})")).unwrap_or_default();
+    let _ = writeln!(out, "{} {}{}", symbol.style(style), action.address, id.style(styles.dim));
+    match action.action {
+        ActionKind::Delete => {}
+        _ => {
+            for change in &action.changes {
+                render_change(out, change, styles);
+            }
+        }
+    }
+    out.push('\n');
+}
+
+fn render_change(out: &mut String, change: &Change, styles: &Styles) {
+    let forces = if change.forces_replacement {
+        format!(" {}", "# forces replacement".style(styles.delete))
+    } else {
+        String::new()
+    };
+    match (&change.before, &change.after) {
+        (None, Some(after)) => {
+            let _ = writeln!(out, "      {} {} = {}", "+".style(styles.create), change.path, value(after));
+        }
+        (Some(before), None) => {
+            let _ = writeln!(out, "      {} {} = {}", "-".style(styles.delete), change.path, value(before));
+        }
+        (Some(_), Some(after)) if change.replaced_dependency => {
+            let _ = writeln!(
+                out,
+                "      {} {} = {} {}{forces}",
+                "~".style(styles.update),
+                change.path,
+                value(after),
+                "(refers to a replaced resource)".style(styles.dim)
+            );
+        }
+        (Some(Value::Array(before)), Some(Value::Array(after))) => {
+            let _ = writeln!(out, "      {} {} = [{forces}", "~".style(styles.update), change.path);
+            for item in before.iter().filter(|i| !after.contains(i)) {
+                let _ = writeln!(out, "          {} {}", "-".style(styles.delete), value(item));
+            }
+            for item in after.iter().filter(|i| !before.contains(i)) {
+                let _ = writeln!(out, "          {} {}", "+".style(styles.create), value(item));
+            }
+            let _ = writeln!(out, "        ]");
+        }
+        (Some(before), Some(after)) => {
+            let _ = writeln!(
+                out,
+                "      {} {} = {} -> {}{forces}",
+                "~".style(styles.update),
+                change.path,
+                value(before),
+                value(after)
+            );
+        }
+        (None, None) => {}
+    }
+}
+
+fn value(value: &Value) -> String {
+    match value {
+        Value::Null => String::from("(none)"),
+        other => other.to_string(),
+    }
+}
