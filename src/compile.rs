@@ -281,10 +281,7 @@ impl Compiler<'_> {
                     self.add_tagged(Kind::LaunchTemplate, name, self.aws_name(name), Spec::LaunchTemplate(launch), &group.tags)
                 }
                 LaunchMechanism::Configuration => {
-                    // Launch configurations are immutable: each version gets a name of its own,
-                    // so a change creates the new one before the group lets go of the old.
-                    let digest = content_digest(&launch);
-                    let aws_name = self.aws_name(&format!("{name}-{}", &digest[..12]));
+                    let aws_name = launch_configuration_name(&self.env.name, name, &launch);
                     self.add_tagged(Kind::LaunchConfiguration, name, aws_name, Spec::LaunchConfiguration(launch), &group.tags)
                 }
             };
@@ -355,6 +352,52 @@ fn rule_specs(rule: &Rule, own_group: &Address) -> Vec<RuleSpec> {
             description: rule.description.clone(),
         })
         .collect()
+}
+
+/// Launch configurations are immutable: each version gets a name of its own, so a change
+/// creates the new one before the group lets go of the old.
+fn launch_configuration_name(environment: &str, group: &str, launch: &LaunchSpec) -> String {
+    format!("{environment}-{group}-{}", &content_digest(launch)[..12])
+}
+
+/// Replaces image names with the AMIs found for them; returns the names without one.
+pub fn resolve_images(graph: &mut ResourceGraph, environment: &str, amis: &BTreeMap<String, String>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for resource in graph.resources_mut() {
+        let (Spec::LaunchTemplate(launch) | Spec::LaunchConfiguration(launch)) = &mut resource.spec else { continue };
+        let ImageSpec::Named(name) = &launch.image else { continue };
+        match amis.get(name) {
+            Some(ami) => launch.image = ImageSpec::Ami(ami.clone()),
+            None => {
+                missing.push(name.clone());
+                continue;
+            }
+        }
+        if let Spec::LaunchConfiguration(launch) = &resource.spec {
+            let group = resource.address.as_str().split_once('.').map_or("", |(_, group)| group);
+            resource.name = launch_configuration_name(environment, group, launch);
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Names of the images of `images/` that the graph's launch settings use.
+pub fn image_names(graph: &ResourceGraph) -> Vec<String> {
+    let mut names: Vec<String> = graph
+        .in_dependency_order()
+        .filter_map(|r| match &r.spec {
+            Spec::LaunchTemplate(launch) | Spec::LaunchConfiguration(launch) => match &launch.image {
+                ImageSpec::Named(name) => Some(name.clone()),
+                ImageSpec::Ami(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// A stable hex digest of a value's JSON form.

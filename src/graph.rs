@@ -77,6 +77,11 @@ impl ResourceGraph {
         self.index.get(address).map(|&node| &self.graph[node])
     }
 
+    /// Every resource, for changes that keep addresses and dependencies as they are.
+    pub fn resources_mut(&mut self) -> impl Iterator<Item = &mut Resource> {
+        self.graph.node_weights_mut()
+    }
+
     /// Resources in an order where each comes after everything it depends on.
     pub fn in_dependency_order(&self) -> impl Iterator<Item = &Resource> {
         self.order.iter().map(|&node| &self.graph[node])

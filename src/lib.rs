@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub mod apply;
 pub mod aws;
 pub mod cli;
 pub mod compile;

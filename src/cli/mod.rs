@@ -1,7 +1,12 @@
 //! The command line: argument parsing, dispatch, and exit codes.
 //! Only this module knows about the terminal; everything below it returns data.
 
+mod apply;
 mod graph;
+mod plan;
+mod progress;
+mod session;
+mod state;
 mod term;
 mod validate;
 
@@ -22,6 +27,9 @@ Examples:
   kstack validate dev              check environments/dev.yaml and everything it extends
   kstack graph dev | dot -Tsvg > dev.svg
                                    draw the resources of dev and their dependencies
+  kstack plan dev                  show what apply would change in AWS
+  kstack apply dev                 make AWS match the model, after confirmation
+  kstack destroy dev               delete everything of dev
   kstack completions bash > /etc/bash_completion.d/kstack";
 
 #[derive(Debug, Parser)]
@@ -44,6 +52,10 @@ struct Cli {
 enum Command {
     Validate(validate::Args),
     Graph(graph::Args),
+    Plan(plan::Args),
+    Apply(apply::ApplyArgs),
+    Destroy(apply::DestroyArgs),
+    State(state::Args),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack")]
     Completions {
@@ -61,6 +73,14 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(&project, &args),
         Command::Graph(args) => graph::run(&project, &args),
+        Command::Plan(args) => match plan::run(&project, &args) {
+            Ok(true) => return ExitCode::from(2),
+            Ok(false) => Ok(()),
+            Err(failure) => Err(failure),
+        },
+        Command::Apply(args) => apply::run_apply(&project, &args),
+        Command::Destroy(args) => apply::run_destroy(&project, &args),
+        Command::State(args) => state::run(&project, &args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut std::io::stdout());
             Ok(())

@@ -68,3 +68,15 @@ pub fn problems_json(problems: Problems, sources: &Sources) -> serde_json::Value
         .collect();
     serde_json::json!(list)
 }
+
+/// An error that is not about input files, with an optional hint, on stderr.
+pub fn error(message: &str, hint: Option<&str>) {
+    use owo_colors::OwoColorize;
+    let color = stderr_color();
+    let label = if color { "error:".red().bold().to_string() } else { String::from("error:") };
+    eprintln!("{label} {message}");
+    if let Some(hint) = hint {
+        let label = if color { "hint:".cyan().to_string() } else { String::from("hint:") };
+        eprintln!("  {label} {hint}");
+    }
+}

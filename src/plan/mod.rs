@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use diff::{attributes_of, Change};
+pub use diff::{attributes_of, mentions, Change};
 pub use render::render;
 
 use crate::aws::{forces_replacement, Observed};

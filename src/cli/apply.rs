@@ -1,0 +1,196 @@
+//! `kstack apply <env|FILE>` and `kstack destroy <env>`
+
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::apply::{apply, Options, Outcome};
+use crate::compile::content_digest;
+use crate::model::Project;
+use crate::plan::render;
+
+use super::progress::Progress;
+use super::session::{runtime, Desired, SavedPlan, Session};
+use super::{term, Failure};
+
+/// Make the environment match its model: show the plan, ask, then create, update and delete.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack apply dev
+  kstack apply dev --auto-approve --parallelism 20
+  kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
+
+Exit status: 0 applied (or nothing to do), 1 error or cancelled.")]
+pub struct ApplyArgs {
+    /// Environment name (environments/<env>.yaml), path to an environment file, or a plan
+    /// saved with `kstack plan --out`.
+    target: String,
+
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    auto_approve: bool,
+
+    /// How many resources to work on at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    parallelism: u16,
+}
+
+/// Delete every resource of the environment, found by tag and by state.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack destroy dev
+  kstack destroy dev --auto-approve
+
+Exit status: 0 destroyed (or nothing to do), 1 error or cancelled.")]
+pub struct DestroyArgs {
+    /// Environment name (environments/<env>.yaml) or path to an environment file.
+    env: String,
+
+    /// Destroy without asking for confirmation.
+    #[arg(long)]
+    auto_approve: bool,
+
+    /// How many resources to work on at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
+    parallelism: u16,
+}
+
+fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    Some(serde_json::from_str(&text).map_err(|error| format!("{} is not a kstack plan: {error}", path.display())))
+}
+
+pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
+    let saved = match load_saved_plan(Path::new(&args.target)) {
+        None => None,
+        Some(Ok(saved)) => Some(saved),
+        Some(Err(message)) => {
+            term::error(&message, Some("make one with `kstack plan <env> --out FILE`"));
+            return Err(Failure::Reported);
+        }
+    };
+    let env = saved.as_ref().map_or(args.target.as_str(), |s| s.source.as_str()).to_owned();
+    let runtime = runtime()?;
+    let command = format!("kstack apply {}", args.target);
+    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model))?;
+    if let Some(saved) = &saved {
+        let stale = if saved.desired_digest != session.desired_digest() {
+            Some("the environment's model (or the images it uses) changed")
+        } else if saved.actual_digest != content_digest(&session.observed) {
+            Some("resources in AWS changed")
+        } else {
+            None
+        };
+        if let Some(what) = stale {
+            term::error(
+                &format!("the saved plan {} is stale: {what} since it was made", args.target),
+                Some(&format!("run `kstack plan {env} --out {}` again and review it", args.target)),
+            );
+            return Err(Failure::Reported);
+        }
+    }
+    print!("{}", render(&session.plan, term::stdout_color()));
+    if !session.plan.has_changes() {
+        return Ok(());
+    }
+    // A saved plan was reviewed when it was made.
+    if saved.is_none() && !args.auto_approve {
+        confirm(&format!("Do you want to perform these actions in `{}`?", session.environment))?;
+    }
+    execute(&runtime, session, args.parallelism, "Apply")
+}
+
+pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {
+    let runtime = runtime()?;
+    let command = format!("kstack destroy {}", args.env);
+    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing))?;
+    print!("{}", render(&session.plan, term::stdout_color()));
+    if !session.plan.has_changes() {
+        return Ok(());
+    }
+    if !args.auto_approve {
+        confirm(&format!(
+            "Do you really want to destroy all {} resources of `{}`? There is no undo.",
+            session.plan.summary.delete, session.environment
+        ))?;
+    }
+    execute(&runtime, session, args.parallelism, "Destroy")
+}
+
+/// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform.
+fn confirm(question: &str) -> Result<(), Failure> {
+    eprint!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let mut answer = String::new();
+    let read = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(read, Ok(n) if n > 0) && answer.trim() == "yes" {
+        eprintln!();
+        return Ok(());
+    }
+    eprintln!();
+    term::error("cancelled; nothing was changed", None);
+    Err(Failure::Reported)
+}
+
+fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, what: &str) -> Result<(), Failure> {
+    let Session { cloud, desired, observed, plan, store, mut state, .. } = session;
+    // Record what refresh found first, so resources adopted by tag are in state even if the
+    // run stops before touching them.
+    state.resources = observed
+        .iter()
+        .rev()
+        .map(|o| (o.address.clone(), o.clone()))
+        .collect();
+    if let Err(error) = store.save(&mut state) {
+        term::error(&error.to_string(), Some("check that the project directory is writable"));
+        return Err(Failure::Reported);
+    }
+    let steps = plan.summary.create + plan.summary.update + plan.summary.delete + 2 * plan.summary.replace;
+    let progress = Arc::new(Progress::new(steps));
+    let events = Arc::clone(&progress);
+    let outcome = runtime.block_on(apply(
+        cloud,
+        &plan,
+        &desired,
+        &observed,
+        store.clone(),
+        state,
+        Options { parallelism: usize::from(parallelism) },
+        move |event| events.event(event),
+    ));
+    progress.finish();
+    report(&outcome, what, &plan, &store.path())
+}
+
+fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_path: &Path) -> Result<(), Failure> {
+    if let Some(error) = &outcome.state_error {
+        term::error(error, Some("AWS was changed but state could not be saved; the next plan finds the resources by tag"));
+        return Err(Failure::Reported);
+    }
+    if outcome.failures.is_empty() {
+        let s = &plan.summary;
+        println!(
+            "\n{what} complete! Resources: {} added, {} changed, {} destroyed. State: {}",
+            s.create + s.replace,
+            s.update,
+            s.delete + s.replace,
+            state_path.display()
+        );
+        return Ok(());
+    }
+    for failure in &outcome.failures {
+        term::error(&format!("{} could not be {}: {}", failure.address, failure.verb.past(), failure.error), None);
+    }
+    term::error(
+        &format!(
+            "{what} stopped after {} of {} steps; {} not started. State holds everything done so far.",
+            outcome.done,
+            outcome.done + outcome.failures.len() + outcome.not_started.len(),
+            outcome.not_started.len()
+        ),
+        Some("fix the cause above and run the command again; it continues from where it stopped"),
+    );
+    Err(Failure::Reported)
+}

@@ -1,0 +1,58 @@
+//! `kstack plan <env>`
+
+use std::path::PathBuf;
+
+use crate::model::Project;
+use crate::plan::render;
+
+use super::session::{runtime, Desired, Session};
+use super::{term, Failure};
+
+/// Show what `apply` would change: refresh the environment from AWS and compare it with
+/// its model, attribute by attribute.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack plan dev
+  kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
+  kstack plan dev --json | jq '.plan.summary'
+
+Exit status: 0 success, 1 error; with --detailed-exitcode 0 no changes, 1 error, 2 changes.")]
+pub struct Args {
+    /// Environment name (environments/<env>.yaml) or path to an environment file.
+    env: String,
+
+    /// Print the plan as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Exit 2 when there are changes, 0 when there are none.
+    #[arg(long)]
+    detailed_exitcode: bool,
+
+    /// Save the plan for `kstack apply FILE`, which refuses it if anything changed since.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
+    let runtime = runtime()?;
+    let command = format!("kstack plan {}", args.env);
+    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Model))?;
+    if args.json {
+        let json = serde_json::json!({ "plan": session.plan, "refresh": session.refresh });
+        println!("{json:#}");
+    } else {
+        print!("{}", render(&session.plan, term::stdout_color()));
+    }
+    if let Some(path) = &args.out {
+        let saved = serde_json::to_string_pretty(&session.saved(&args.env)).unwrap_or_default();
+        std::fs::write(path, saved + "\n").map_err(|error| {
+            term::error(&format!("cannot write the plan to {}: {error}", path.display()), None);
+            Failure::Reported
+        })?;
+        if !args.json {
+            println!("\nSaved the plan to {}; run `kstack apply {}` to carry it out.", path.display(), path.display());
+        }
+    }
+    Ok(args.detailed_exitcode && session.plan.has_changes())
+}

@@ -1,0 +1,153 @@
+//! What plan, apply and destroy share: load and compile the environment, take its lock,
+//! connect to AWS, resolve images, refresh, and plan.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aws::{self, Cloud, Observed};
+use crate::compile::{content_digest, image_names, resolve_images};
+use crate::graph::ResourceGraph;
+use crate::model::Project;
+use crate::plan::{plan, Plan};
+use crate::state::{Lock, State, StateStore};
+
+use super::{load_and_compile, report_problems, term, Failure};
+
+pub struct Session {
+    pub environment: String,
+    pub cloud: Cloud,
+    pub desired: ResourceGraph,
+    pub observed: Vec<Observed>,
+    pub plan: Plan,
+    pub store: StateStore,
+    pub state: State,
+    pub refresh: RefreshStats,
+    /// Held until the session ends.
+    _lock: Lock,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshStats {
+    pub api_calls: u64,
+    pub seconds: f64,
+    pub resources: usize,
+}
+
+/// What a saved plan pins: the inputs it was made from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedPlan {
+    pub kstack_plan: u32,
+    pub environment: String,
+    /// The environment argument the plan was made with, to load the same model again.
+    pub source: String,
+    pub desired_digest: String,
+    pub actual_digest: String,
+    pub plan: Plan,
+}
+
+pub enum Desired {
+    /// The environment as its model describes it.
+    Model,
+    /// Nothing: everything of the environment goes.
+    Nothing,
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new().map_err(|error| {
+        term::error(&format!("cannot start the async runtime: {error}"), None);
+        Failure::Reported
+    })
+}
+
+impl Session {
+    pub async fn open(project: &Project, env: &str, command: &str, desired: Desired) -> Result<Session, Failure> {
+        let (sources, result) = load_and_compile(project, env);
+        let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
+        let environment = compiled.checked.environment.name.clone();
+        let region = compiled.checked.environment.region.value.clone();
+        let store = StateStore::new(&project.root, &environment);
+        let lock = store.lock(command).map_err(|error| {
+            term::error(&error.to_string(), Some(&error.hint()));
+            Failure::Reported
+        })?;
+        let state = store.load().map_err(|error| {
+            term::error(&error.to_string(), Some("restore the file from a backup, or move it away to rebuild state from AWS tags"));
+            Failure::Reported
+        })?;
+        let cloud = Cloud::connect(&region, &environment).await;
+        let mut graph = match desired {
+            Desired::Model => compiled.graph,
+            Desired::Nothing => ResourceGraph::build(Vec::new()).unwrap_or(compiled.graph),
+        };
+        let names = image_names(&graph);
+        if !names.is_empty() {
+            let amis = aws::resolve_images(&cloud, &names).await.map_err(|e| aws_failure(&region, "resolving images", &e))?;
+            let missing = resolve_images(&mut graph, &environment, &amis);
+            if !missing.is_empty() {
+                let list = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
+                term::error(
+                    &format!("no AMI has been baked in {region} for image {list}"),
+                    Some(&format!("bake it first with `kstack bake {}`, or name an AMI id as the group's `image`", missing[0])),
+                );
+                return Err(Failure::Reported);
+            }
+        }
+        let before = cloud.calls.total();
+        let started = Instant::now();
+        let mut observed = aws::refresh(&cloud).await.map_err(|e| aws_failure(&region, "refreshing", &e))?;
+        let refresh = RefreshStats {
+            api_calls: cloud.calls.total() - before,
+            seconds: round_millis(started.elapsed()),
+            resources: observed.len(),
+        };
+        tracing::info!(api_calls = refresh.api_calls, seconds = refresh.seconds, "refreshed {} resources", observed.len());
+        // Resources only state knows of (their tags were removed by hand) still belong to the
+        // environment; deleting one that is already gone succeeds.
+        for (address, known) in &state.resources {
+            if !observed.iter().any(|o| &o.address == address) && matches!(desired, Desired::Nothing) {
+                observed.push(known.clone());
+            }
+        }
+        let plan = plan(&environment, &graph, &observed);
+        Ok(Session {
+            environment,
+            cloud,
+            desired: graph,
+            observed,
+            plan,
+            store,
+            state,
+            refresh,
+            _lock: lock,
+        })
+    }
+
+    pub fn saved(&self, source: &str) -> SavedPlan {
+        SavedPlan {
+            kstack_plan: 1,
+            environment: self.environment.clone(),
+            source: source.to_owned(),
+            desired_digest: self.desired_digest(),
+            actual_digest: content_digest(&self.observed),
+            plan: self.plan.clone(),
+        }
+    }
+
+    pub fn desired_digest(&self) -> String {
+        // User data is serialized as its hash, so the digest covers its content too.
+        content_digest(&self.desired.in_dependency_order().collect::<Vec<_>>())
+    }
+}
+
+fn round_millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+pub fn aws_failure(region: &str, doing: &str, error: &aws::AwsError) -> Failure {
+    term::error(
+        &format!("AWS failed while {doing} in {region}: {error}"),
+        Some("check credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID) and AWS_ENDPOINT_URL, then run again"),
+    );
+    Failure::Reported
+}
