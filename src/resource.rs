@@ -62,6 +62,12 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Launch configurations cannot be tagged, and security group rules are part of their
+    /// group: neither has tags of its own to compare or change.
+    pub fn has_own_tags(self) -> bool {
+        !matches!(self, Kind::LaunchConfiguration | Kind::SecurityGroupRules)
+    }
+
     pub fn prefix(self) -> &'static str {
         match self {
             Kind::Vpc => "vpc",

@@ -114,6 +114,18 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
 }
 
 pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+    // A table with subnet associations cannot be deleted; subnets still around fall back to
+    // the VPC's main table.
+    let described = cloud.ec2.describe_route_tables().route_table_ids(id).send().await?;
+    let associations = described
+        .route_tables()
+        .iter()
+        .flat_map(|t| t.associations())
+        .filter(|a| a.main() != Some(true))
+        .filter_map(|a| a.route_table_association_id());
+    for association in associations {
+        cloud.ec2.disassociate_route_table().association_id(association).send().await?;
+    }
     cloud.ec2.delete_route_table().route_table_id(id).send().await?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::aws::Observed;
-use crate::resource::{Kind, Resource};
+use crate::resource::Resource;
 
 /// One attribute that differs, by dotted path (`health_check.interval`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub fn attributes_of(resource: &Resource) -> Value {
     let spec = serde_json::to_value(&resource.spec).unwrap_or_default();
     let mut attributes = spec.get("attributes").cloned().unwrap_or_else(|| Value::Object(Default::default()));
     if let Value::Object(map) = &mut attributes {
-        if resource.kind() != Kind::LaunchConfiguration {
+        if resource.kind().has_own_tags() {
             map.insert("tags".into(), serde_json::to_value(&resource.tags).unwrap_or_default());
         }
     }
@@ -36,7 +36,7 @@ pub fn attributes_of(resource: &Resource) -> Value {
 fn observed_attributes(resource: &Observed) -> Value {
     let mut attributes = resource.attributes.clone();
     if let Value::Object(map) = &mut attributes {
-        if resource.kind != Kind::LaunchConfiguration {
+        if resource.kind.has_own_tags() {
             map.insert("tags".into(), serde_json::to_value(&resource.tags).unwrap_or_default());
         }
     }

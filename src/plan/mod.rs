@@ -151,6 +151,8 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             create_before_destroy: false,
         });
     }
+    // Read like a listing, as Terraform users expect; apply orders by the graph itself.
+    actions.sort_by(|a, b| a.address.cmp(&b.address).then(a.id.cmp(&b.id)));
     let mut summary = Summary::default();
     for action in &actions {
         match action.action {
