@@ -31,14 +31,14 @@ pub struct Action {
     pub kind: Kind,
     pub action: ActionKind,
     /// The AWS id of the existing resource, for updates, replacements and deletions.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<String>,
     pub changes: Vec<Change>,
     /// Attributes whose change forces replacement.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub forced_by: Vec<String>,
     /// For a replacement: the new resource is created before the old one is deleted.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub create_before_destroy: bool,
 }
 

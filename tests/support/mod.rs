@@ -1,0 +1,219 @@
+//! Test harness: a real AWS emulator (moto's server, installed by `scripts/setup`) on an
+//! ephemeral loopback port per test, a private copy of the project, and SDK clients for
+//! checking results with real API calls.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const REGION: &str = "eu-west-1";
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let server = repo().join(".venv/moto/bin/moto_server");
+        assert!(server.exists(), "{} is missing: run scripts/setup first", server.display());
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("kstack-moto-{port}.log"))).unwrap();
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // AWS managed policies (arn:aws:iam::aws:policy/...) exist in every real account.
+            .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        moto.wait_ready(SocketAddr::from(([127, 0, 0, 1], port)));
+        moto
+    }
+
+    fn wait_ready(&self, address: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+                let _ = stream.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: localhost\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.") && answer.contains(" 200 ") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("moto did not answer on {address} within 30 s");
+    }
+
+    /// The environment variables that point kstack and the SDK at this emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", String::from("testing")),
+            ("AWS_SECRET_ACCESS_KEY", String::from("testing")),
+            ("AWS_REGION", String::from(REGION)),
+            ("AWS_EC2_METADATA_DISABLED", String::from("true")),
+        ]
+    }
+
+    pub async fn config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
+            .load()
+            .await
+    }
+
+    pub async fn clients(&self) -> Clients {
+        let config = self.config().await;
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(&config),
+            autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            elb: aws_sdk_elasticloadbalancing::Client::new(&config),
+            iam: aws_sdk_iam::Client::new(&config),
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Clients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub elb: aws_sdk_elasticloadbalancing::Client,
+    pub iam: aws_sdk_iam::Client,
+}
+
+impl Clients {
+    /// Stands in for `kstack bake node` until baking lands: a copy of the image's source
+    /// AMI (stock Ubuntu 16.04), tagged as a bake of `name` is.
+    pub async fn seed_image(&self, name: &str) -> String {
+        let images = self
+            .ec2
+            .describe_images()
+            .owners("099720109477")
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("name")
+                    .values("ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let source = images.images().iter().max_by_key(|i| i.creation_date().map(str::to_owned)).expect("xenial AMI");
+        let copied = self
+            .ec2
+            .copy_image()
+            .source_image_id(source.image_id().unwrap())
+            .source_region(REGION)
+            .name(format!("kstack-{name}-test"))
+            .send()
+            .await
+            .unwrap();
+        let id = copied.image_id().unwrap().to_owned();
+        self.ec2
+            .create_tags()
+            .resources(&id)
+            .tags(aws_sdk_ec2::types::Tag::builder().key("kstack:image").value(name).build())
+            .send()
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Ids of the environment's VPCs, found by kstack's tag.
+    pub async fn vpcs_of(&self, environment: &str) -> Vec<String> {
+        let vpcs = self.ec2.describe_vpcs().filters(env_filter(environment)).send().await.unwrap();
+        vpcs.vpcs().iter().filter_map(|v| v.vpc_id().map(str::to_owned)).collect()
+    }
+}
+
+pub fn env_filter(environment: &str) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name("tag:kstack:environment")
+        .values(environment)
+        .build()
+}
+
+/// A private copy of the project's environments and images, so tests can edit them.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn copy() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["environments", "images"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, relative: &str, text: &str) {
+        std::fs::write(self.path().join(relative), text).unwrap();
+    }
+
+    pub fn edit(&self, relative: &str, from: &str, to: &str) {
+        let path = self.path().join(relative);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{relative} has no `{from}`");
+        std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// `kstack -C <project>` against `moto`, without colour.
+    pub fn kstack(&self, moto: &Moto) -> assert_cmd::Command {
+        let mut command = assert_cmd::Command::cargo_bin("kstack").unwrap();
+        command.arg("-C").arg(self.path()).env("NO_COLOR", "1").env_remove("AWS_PROFILE");
+        for (key, value) in moto.env() {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// The same, as a plain process for tests that interact with it while it runs.
+    pub fn kstack_process(&self, moto: &Moto) -> Command {
+        let mut command = Command::new(assert_cmd::cargo::cargo_bin("kstack"));
+        command.arg("-C").arg(self.path()).env("NO_COLOR", "1").env_remove("AWS_PROFILE");
+        for (key, value) in moto.env() {
+            command.env(key, value);
+        }
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+pub fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&output.stdout))
+    })
+}
