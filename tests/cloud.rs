@@ -280,3 +280,31 @@ fn a_launch_configuration_change_creates_the_new_one_before_deleting_the_old() {
     });
     project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(0);
 }
+
+#[test]
+fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues() {
+    let moto = Moto::start();
+    let project = Project::copy();
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let real = "arn:aws:iam::aws:policy/AmazonEC2ReadOnlyAccess";
+    let missing = "arn:aws:iam::aws:policy/NoSuchPolicyForKstackTests";
+    project.edit("environments/base.yaml", real, missing);
+
+    let failed = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(message.contains("iam_role.masters could not be created: NoSuchEntity"), "{message}");
+    assert!(message.contains("not started"), "{message}");
+    // Everything that was created is in state, and nothing depending on the role was started.
+    let listed = String::from_utf8_lossy(&project.kstack(&moto).args(["state", "list", "dev"]).output().unwrap().stdout).into_owned();
+    assert!(listed.contains("vpc.main\tvpc-"), "{listed}");
+    assert!(!listed.contains("instance_profile.masters"), "{listed}");
+    assert!(!listed.contains("asg.masters"), "{listed}");
+
+    project.edit("environments/base.yaml", missing, real);
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(0);
+    assert_eq!(rt.block_on(aws.vpcs_of("dev")).len(), 1);
+}

@@ -103,7 +103,7 @@ pub async fn refresh(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
         read_groups(cloud),
     )?;
     let mut observed: Vec<Observed> = network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).collect();
-    observed.sort_by(|a, b| a.address.cmp(&b.address));
+    observed.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.id.cmp(&b.id)));
     // Rules share their group's id; references to that id mean the group.
     let by_id: BTreeMap<String, Address> = observed
         .iter()

@@ -30,6 +30,8 @@ pub struct Session {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefreshStats {
     pub api_calls: u64,
+    /// Calls by `service:Operation`.
+    pub by_operation: std::collections::BTreeMap<String, u64>,
     pub seconds: f64,
     pub resources: usize,
 }
@@ -93,11 +95,22 @@ impl Session {
                 return Err(Failure::Reported);
             }
         }
-        let before = cloud.calls.total();
+        let before = cloud.calls.snapshot();
         let started = Instant::now();
         let mut observed = aws::refresh(&cloud).await.map_err(|e| aws_failure(&region, "refreshing", &e))?;
+        let by_operation: std::collections::BTreeMap<String, u64> = cloud
+            .calls
+            .snapshot()
+            .into_iter()
+            .map(|(operation, count)| {
+                let earlier = before.get(&operation).copied().unwrap_or(0);
+                (operation, count - earlier)
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
         let refresh = RefreshStats {
-            api_calls: cloud.calls.total() - before,
+            api_calls: by_operation.values().sum(),
+            by_operation,
             seconds: round_millis(started.elapsed()),
             resources: observed.len(),
         };

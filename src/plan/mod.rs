@@ -69,10 +69,13 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
     let mut actual: BTreeMap<&Address, &Observed> = BTreeMap::new();
     let mut duplicates = Vec::new();
     for resource in observed {
-        if actual.insert(&resource.address, resource).is_some() {
-            // Two resources claim one address, e.g. a create retried after a crash: the one
-            // kept is arbitrary but stable; the other must go.
-            duplicates.push(resource);
+        match actual.entry(&resource.address) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(resource);
+            }
+            // Two resources claim one address, e.g. a create retried after a crash: the
+            // first one refresh reports is kept; the other must go.
+            std::collections::btree_map::Entry::Occupied(_) => duplicates.push(resource),
         }
     }
     let mut actions = Vec::new();
@@ -167,5 +170,88 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
         environment: environment.to_owned(),
         actions,
         summary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::resource::{Resource, Spec};
+
+    fn resource(kind: Kind, name: &str, spec: Spec) -> Resource {
+        Resource {
+            address: Address::new(kind, name),
+            name: name.into(),
+            tags: BTreeMap::new(),
+            spec,
+            after: Vec::new(),
+        }
+    }
+
+    fn observed(resource: &Resource, id: &str, attributes: serde_json::Value) -> Observed {
+        Observed {
+            address: resource.address.clone(),
+            kind: resource.kind(),
+            id: id.into(),
+            tags: BTreeMap::new(),
+            attributes,
+        }
+    }
+
+    fn action<'a>(plan: &'a Plan, address: &str) -> &'a Action {
+        plan.actions.iter().find(|a| a.address.as_str() == address).unwrap()
+    }
+
+    #[test]
+    fn a_replaced_resource_replaces_what_cannot_follow_it_and_orphans_are_deleted() {
+        let vpc = resource(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
+        let group = resource(
+            Kind::SecurityGroup,
+            "web",
+            Spec::SecurityGroup { vpc: vpc.address.clone(), description: "web".into() },
+        );
+        let graph = ResourceGraph::build(vec![vpc.clone(), group.clone()]).unwrap();
+        let stray = Observed {
+            address: Address::new(Kind::Vpc, "old"),
+            kind: Kind::Vpc,
+            id: "vpc-2".into(),
+            tags: BTreeMap::new(),
+            attributes: json!({"cidr": "10.9.0.0/16"}),
+        };
+        let actual = vec![
+            observed(&vpc, "vpc-1", json!({"cidr": "10.0.0.0/16"})),
+            observed(&group, "sg-1", json!({"vpc": "vpc.main", "description": "web"})),
+            stray,
+        ];
+        let plan = plan("test", &graph, &actual);
+        let vpc = action(&plan, "vpc.main");
+        assert_eq!(vpc.action, ActionKind::Replace);
+        assert_eq!(vpc.forced_by, ["cidr"]);
+        assert!(!vpc.create_before_destroy);
+        let group = action(&plan, "security_group.web");
+        assert_eq!(group.action, ActionKind::Replace, "a group cannot move to another VPC");
+        assert!(group.changes[0].replaced_dependency);
+        assert_eq!(action(&plan, "vpc.old").action, ActionKind::Delete);
+        assert_eq!(
+            plan.summary,
+            Summary { create: 0, update: 0, replace: 2, delete: 1, unchanged: 0 }
+        );
+    }
+
+    #[test]
+    fn a_second_resource_claiming_an_address_is_deleted() {
+        let vpc = resource(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
+        let graph = ResourceGraph::build(vec![vpc.clone()]).unwrap();
+        let actual = vec![
+            observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})),
+            observed(&vpc, "vpc-2", json!({"cidr": "10.1.0.0/16"})),
+        ];
+        let plan = plan("test", &graph, &actual);
+        let kinds: Vec<(ActionKind, Option<&str>)> = plan.actions.iter().map(|a| (a.action, a.id.as_deref())).collect();
+        assert_eq!(kinds, [(ActionKind::NoOp, Some("vpc-1")), (ActionKind::Delete, Some("vpc-2"))]);
     }
 }
