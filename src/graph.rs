@@ -143,20 +143,11 @@ mod tests {
     use super::*;
     use crate::resource::{Kind, Spec};
 
-    fn resource(kind: Kind, name: &str, spec: Spec) -> Resource {
-        Resource {
-            address: Address::new(kind, name),
-            name: name.into(),
-            tags: Default::default(),
-            spec,
-            after: Vec::new(),
-        }
-    }
 
     #[test]
     fn dependencies_come_first_and_dangling_references_are_caught() {
-        let vpc = resource(Kind::Vpc, "main", Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() });
-        let igw = resource(Kind::InternetGateway, "main", Spec::InternetGateway { vpc: vpc.address.clone() });
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() });
+        let igw = Resource::new(Kind::InternetGateway, "main", Spec::InternetGateway { vpc: vpc.address.clone() });
         let graph = ResourceGraph::build(vec![igw.clone(), vpc]).unwrap();
         let order: Vec<&str> = graph.in_dependency_order().map(|r| r.address.as_str()).collect();
         assert_eq!(order, ["vpc.main", "internet_gateway.main"]);

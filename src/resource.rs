@@ -104,6 +104,17 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// A resource without tags or extra ordering, e.g. for tests.
+    pub fn new(kind: Kind, name: &str, spec: Spec) -> Resource {
+        Resource {
+            address: Address::new(kind, name),
+            name: name.into(),
+            tags: BTreeMap::new(),
+            spec,
+            after: Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.spec.kind()
     }

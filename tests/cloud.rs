@@ -52,8 +52,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
             assert_eq!(layout.iter().filter(|(z, _)| z == zone).count(), 2, "{zone}");
         }
 
-        let groups = aws.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names("dev-workers").send().await.unwrap();
-        let workers = &groups.auto_scaling_groups()[0];
+        let workers = aws.group("dev-workers").await;
         assert_eq!((workers.min_size(), workers.max_size(), workers.desired_capacity()), (Some(3), Some(30), Some(3)));
         assert_eq!(workers.vpc_zone_identifier().unwrap().split(',').count(), 3);
         let template = workers.launch_template().expect("launch template is the default");
@@ -74,8 +73,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
             "IMDSv2 is required by default"
         );
 
-        let ingress = aws.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names("dev-ingress").send().await.unwrap();
-        assert_eq!(ingress.auto_scaling_groups()[0].load_balancer_names(), ["dev-ingress"]);
+        assert_eq!(aws.group("dev-ingress").await.load_balancer_names(), ["dev-ingress"]);
 
         let elbs = aws.elb.describe_load_balancers().load_balancer_names("dev-ingress").send().await.unwrap();
         let elb = &elbs.load_balancer_descriptions()[0];
@@ -97,11 +95,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
     assert_eq!(actions(&plan), [(String::from("asg.workers"), String::from("update"))]);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
-    let desired = rt.block_on(async {
-        let groups = aws.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names("dev-workers").send().await.unwrap();
-        groups.auto_scaling_groups()[0].desired_capacity()
-    });
-    assert_eq!(desired, Some(5));
+    assert_eq!(rt.block_on(aws.group("dev-workers")).desired_capacity(), Some(5));
 
     // An instance type change is a new launch template version, not a new template.
     project.edit(DEV, "    instance_type: m5.large\n", "    instance_type: m5.xlarge\n");
@@ -154,16 +148,7 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
     let rt = runtime();
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
-    // As if kstack died right after creating the VPC, before writing state.
-    let orphan = rt.block_on(async {
-        let tags = aws_sdk_ec2::types::TagSpecification::builder()
-            .resource_type(aws_sdk_ec2::types::ResourceType::Vpc)
-            .tags(aws_sdk_ec2::types::Tag::builder().key("kstack:environment").value("dev").build())
-            .tags(aws_sdk_ec2::types::Tag::builder().key("kstack:address").value("vpc.main").build())
-            .build();
-        let vpc = aws.ec2.create_vpc().cidr_block("10.20.0.0/16").tag_specifications(tags).send().await.unwrap();
-        vpc.vpc().unwrap().vpc_id().unwrap().to_owned()
-    });
+    let orphan = rt.block_on(aws.create_tagged_vpc("dev", "vpc.main"));
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
     let vpc = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "vpc.main").unwrap().clone();
     assert_eq!(vpc["action"], "update", "only its missing tags differ: {vpc:#}");
@@ -225,14 +210,7 @@ fn a_saved_plan_is_applied_as_reviewed_or_refused_when_the_world_changed() {
 
     project.kstack(&moto).args(["plan", "dev", "--out", plan_file]).assert().success();
     // Someone creates a resource of the environment in the meantime.
-    rt.block_on(async {
-        let tags = aws_sdk_ec2::types::TagSpecification::builder()
-            .resource_type(aws_sdk_ec2::types::ResourceType::Vpc)
-            .tags(aws_sdk_ec2::types::Tag::builder().key("kstack:environment").value("dev").build())
-            .tags(aws_sdk_ec2::types::Tag::builder().key("kstack:address").value("vpc.main").build())
-            .build();
-        aws.ec2.create_vpc().cidr_block("10.20.0.0/16").tag_specifications(tags).send().await.unwrap();
-    });
+    rt.block_on(aws.create_tagged_vpc("dev", "vpc.main"));
     let refused = project.kstack(&moto).args(["apply", plan_file]).output().unwrap();
     assert_eq!(refused.status.code(), Some(1));
     let message = String::from_utf8_lossy(&refused.stderr);
@@ -252,10 +230,7 @@ fn a_launch_configuration_change_creates_the_new_one_before_deleting_the_old() {
     rt.block_on(aws.seed_image("node"));
     project.edit(DEV, "    instance_type: m5.large\n", "    instance_type: m5.large\n    launch: configuration\n");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
-    let first = rt.block_on(async {
-        let groups = aws.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names("dev-workers").send().await.unwrap();
-        groups.auto_scaling_groups()[0].launch_configuration_name().unwrap().to_owned()
-    });
+    let first = rt.block_on(aws.group("dev-workers")).launch_configuration_name().unwrap().to_owned();
     assert!(first.starts_with("dev-workers-"), "{first}");
 
     project.edit(DEV, "    instance_type: m5.large\n", "    instance_type: m5.xlarge\n");
@@ -270,8 +245,7 @@ fn a_launch_configuration_change_creates_the_new_one_before_deleting_the_old() {
 
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     rt.block_on(async {
-        let groups = aws.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names("dev-workers").send().await.unwrap();
-        let second = groups.auto_scaling_groups()[0].launch_configuration_name().unwrap().to_owned();
+        let second = aws.group("dev-workers").await.launch_configuration_name().unwrap().to_owned();
         assert_ne!(second, first);
         let configs = aws.autoscaling.describe_launch_configurations().send().await.unwrap();
         let names: Vec<&str> = configs.launch_configurations().iter().filter_map(|c| c.launch_configuration_name()).collect();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, Tag};
 use serde_json::json;
 
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::compile::TAG_ENVIRONMENT;
 use crate::resource::{Address, Kind, Resource, Spec};
 
@@ -67,11 +67,7 @@ fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
     let Spec::AutoScalingGroup { subnets, launch, health_check, .. } = &resource.spec else {
         unreachable!("takes an auto scaling group")
     };
-    let subnets = subnets
-        .iter()
-        .map(|s| id_of(ids, s))
-        .collect::<Result<Vec<_>, _>>()?
-        .join(",");
+    let subnets = ids_of(ids, subnets)?.join(",");
     let launch_id = id_of(ids, launch)?;
     let (launch_template, launch_configuration) = if launch.is_kind(Kind::LaunchTemplate) {
         // The latest version, so instances launched after a template change use it.
@@ -89,10 +85,6 @@ fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
         launch_configuration,
         health_check_type: if health_check.elb { "ELB" } else { "EC2" },
     })
-}
-
-fn load_balancer_names(balancers: &[Address], ids: &Ids) -> Result<Vec<String>, AwsError> {
-    balancers.iter().map(|b| id_of(ids, b).map(str::to_owned)).collect()
 }
 
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
@@ -115,7 +107,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .vpc_zone_identifier(settings.subnets)
         .set_launch_template(settings.launch_template)
         .set_launch_configuration_name(settings.launch_configuration)
-        .set_load_balancer_names(Some(load_balancer_names(load_balancers, ids)?))
+        .set_load_balancer_names(Some(ids_of(ids, load_balancers)?))
         .health_check_type(settings.health_check_type)
         .health_check_grace_period(health_check.grace_period as i32)
         .set_tags(Some(tags))
@@ -143,7 +135,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         .health_check_grace_period(health_check.grace_period as i32)
         .send()
         .await?;
-    let wanted = load_balancer_names(load_balancers, ids)?;
+    let wanted = ids_of(ids, load_balancers)?;
     let current: Vec<String> = actual.attributes["load_balancers"]
         .as_array()
         .into_iter()

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
 #[derive(Debug, Default)]
@@ -36,9 +37,12 @@ impl Intercept for CountCalls {
         "kstack::CountCalls"
     }
 
-    fn read_before_execution(
+    // Client-level interceptors see `read_before_execution` before the operation's own
+    // configuration (which holds its name) is in the bag; serialization comes after.
+    fn read_before_serialization(
         &self,
         _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
         config: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let operation = config

@@ -6,7 +6,7 @@
 use aws_sdk_autoscaling::types::{BlockDeviceMapping, Ebs, InstanceMetadataHttpTokensState, InstanceMetadataOptions};
 
 use super::launch_template::{ami, launch_attributes, root_device, LaunchAttributes};
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
 use crate::resource::{Address, Kind, Resource, Spec};
 
@@ -62,11 +62,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::LaunchConfiguration(launch) = &resource.spec else { unreachable!("takes a launch configuration") };
     let ami = ami(launch)?;
-    let security_groups = launch
-        .security_groups
-        .iter()
-        .map(|g| id_of(ids, g).map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()?;
+    let security_groups = ids_of(ids, &launch.security_groups)?;
     let profile = match &launch.instance_profile {
         Some(profile) => Some(id_of(ids, profile)?.to_owned()),
         None => None,

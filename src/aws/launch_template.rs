@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, ec2_tags, environment_filter, from_ec2, observed};
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, Spec, UserData};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
@@ -131,11 +131,7 @@ pub async fn root_device(cloud: &Cloud, ami: &str) -> Result<String, AwsError> {
 
 async fn template_data(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, ids: &Ids) -> Result<RequestLaunchTemplateData, AwsError> {
     let ami = ami(launch)?;
-    let security_groups = launch
-        .security_groups
-        .iter()
-        .map(|g| id_of(ids, g).map(str::to_owned))
-        .collect::<Result<Vec<_>, _>>()?;
+    let security_groups = ids_of(ids, &launch.security_groups)?;
     let profile = match &launch.instance_profile {
         Some(profile) => Some(
             LaunchTemplateIamInstanceProfileSpecificationRequest::builder()

@@ -7,7 +7,7 @@ use aws_sdk_elasticloadbalancing::types::{
 };
 use serde_json::json;
 
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{ids_of, AwsError, Cloud, Ids, Observed};
 use crate::compile::TAG_ENVIRONMENT;
 use crate::model::{self, ListenerProtocol};
 use crate::resource::{Kind, Resource, Spec};
@@ -130,10 +130,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .create_load_balancer()
         .load_balancer_name(&resource.name)
         .set_listeners(Some(listeners.iter().map(listener).collect::<Result<_, _>>()?))
-        .set_subnets(Some(subnets.iter().map(|s| id_of(ids, s).map(str::to_owned)).collect::<Result<_, _>>()?))
-        .set_security_groups(Some(
-            security_groups.iter().map(|g| id_of(ids, g).map(str::to_owned)).collect::<Result<_, _>>()?,
-        ))
+        .set_subnets(Some(ids_of(ids, subnets)?))
+        .set_security_groups(Some(ids_of(ids, security_groups)?))
         .set_scheme(internal.then(|| String::from("internal")))
         .set_tags(Some(tags))
         .send()
@@ -211,7 +209,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
             .send()
             .await?;
     }
-    let wanted: Vec<String> = subnets.iter().map(|s| id_of(ids, s).map(str::to_owned)).collect::<Result<_, _>>()?;
+    let wanted = ids_of(ids, subnets)?;
     let current: Vec<String> = actual.attributes["subnets"]
         .as_array()
         .into_iter()
@@ -231,9 +229,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         .elb
         .apply_security_groups_to_load_balancer()
         .load_balancer_name(name)
-        .set_security_groups(Some(
-            security_groups.iter().map(|g| id_of(ids, g).map(str::to_owned)).collect::<Result<_, _>>()?,
-        ))
+        .set_security_groups(Some(ids_of(ids, security_groups)?))
         .send()
         .await?;
     configure(cloud, resource, name).await

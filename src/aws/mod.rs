@@ -166,6 +166,11 @@ fn id_of<'a>(ids: &'a Ids, address: &Address) -> Result<&'a str, AwsError> {
         .ok_or_else(|| AwsError::internal(format!("{address} has no id yet although it was needed")))
 }
 
+/// The AWS ids of several resources, in order.
+fn ids_of(ids: &Ids, addresses: &[Address]) -> Result<Vec<String>, AwsError> {
+    addresses.iter().map(|a| id_of(ids, a).map(str::to_owned)).collect()
+}
+
 /// Creates `resource` and returns its id.
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     use crate::resource::Spec;

@@ -186,57 +186,46 @@ enum Direction {
     Egress,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Grant {
+    Authorize,
+    Revoke,
+}
+
 async fn authorize(cloud: &Cloud, group_id: &str, direction: Direction, rules: &[RuleSpec], ids: &Ids) -> Result<(), AwsError> {
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let permissions = permissions(rules, ids)?;
-    match direction {
-        Direction::Ingress => {
-            cloud
-                .ec2
-                .authorize_security_group_ingress()
-                .group_id(group_id)
-                .set_ip_permissions(Some(permissions))
-                .send()
-                .await?;
-        }
-        Direction::Egress => {
-            cloud
-                .ec2
-                .authorize_security_group_egress()
-                .group_id(group_id)
-                .set_ip_permissions(Some(permissions))
-                .send()
-                .await?;
-        }
-    }
-    Ok(())
+    change(cloud, group_id, direction, Grant::Authorize, rules, ids).await
 }
 
 async fn revoke(cloud: &Cloud, group_id: &str, direction: Direction, rules: &[RuleSpec], ids: &Ids) -> Result<(), AwsError> {
+    change(cloud, group_id, direction, Grant::Revoke, rules, ids).await
+}
+
+/// One call for all `rules` of a direction; each of the four is its own EC2 operation.
+async fn change(
+    cloud: &Cloud,
+    group_id: &str,
+    direction: Direction,
+    grant: Grant,
+    rules: &[RuleSpec],
+    ids: &Ids,
+) -> Result<(), AwsError> {
     if rules.is_empty() {
         return Ok(());
     }
-    let permissions = permissions(rules, ids)?;
-    match direction {
-        Direction::Ingress => {
-            cloud
-                .ec2
-                .revoke_security_group_ingress()
-                .group_id(group_id)
-                .set_ip_permissions(Some(permissions))
-                .send()
-                .await?;
+    let permissions = Some(permissions(rules, ids)?);
+    let ec2 = &cloud.ec2;
+    match (direction, grant) {
+        (Direction::Ingress, Grant::Authorize) => {
+            ec2.authorize_security_group_ingress().group_id(group_id).set_ip_permissions(permissions).send().await?;
         }
-        Direction::Egress => {
-            cloud
-                .ec2
-                .revoke_security_group_egress()
-                .group_id(group_id)
-                .set_ip_permissions(Some(permissions))
-                .send()
-                .await?;
+        (Direction::Egress, Grant::Authorize) => {
+            ec2.authorize_security_group_egress().group_id(group_id).set_ip_permissions(permissions).send().await?;
+        }
+        (Direction::Ingress, Grant::Revoke) => {
+            ec2.revoke_security_group_ingress().group_id(group_id).set_ip_permissions(permissions).send().await?;
+        }
+        (Direction::Egress, Grant::Revoke) => {
+            ec2.revoke_security_group_egress().group_id(group_id).set_ip_permissions(permissions).send().await?;
         }
     }
     Ok(())

@@ -182,15 +182,6 @@ mod tests {
     use super::*;
     use crate::resource::{Resource, Spec};
 
-    fn resource(kind: Kind, name: &str, spec: Spec) -> Resource {
-        Resource {
-            address: Address::new(kind, name),
-            name: name.into(),
-            tags: BTreeMap::new(),
-            spec,
-            after: Vec::new(),
-        }
-    }
 
     fn observed(resource: &Resource, id: &str, attributes: serde_json::Value) -> Observed {
         Observed {
@@ -208,8 +199,8 @@ mod tests {
 
     #[test]
     fn a_replaced_resource_replaces_what_cannot_follow_it_and_orphans_are_deleted() {
-        let vpc = resource(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
-        let group = resource(
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
+        let group = Resource::new(
             Kind::SecurityGroup,
             "web",
             Spec::SecurityGroup { vpc: vpc.address.clone(), description: "web".into() },
@@ -244,7 +235,7 @@ mod tests {
 
     #[test]
     fn a_second_resource_claiming_an_address_is_deleted() {
-        let vpc = resource(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
         let graph = ResourceGraph::build(vec![vpc.clone()]).unwrap();
         let actual = vec![
             observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})),

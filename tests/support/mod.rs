@@ -139,6 +139,23 @@ impl Clients {
         id
     }
 
+    /// As if kstack died right after creating `address`'s VPC, before writing state.
+    pub async fn create_tagged_vpc(&self, environment: &str, address: &str) -> String {
+        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Vpc)
+            .tags(Tag::builder().key("kstack:environment").value(environment).build())
+            .tags(Tag::builder().key("kstack:address").value(address).build())
+            .build();
+        let vpc = self.ec2.create_vpc().cidr_block("10.20.0.0/16").tag_specifications(tags).send().await.unwrap();
+        vpc.vpc().unwrap().vpc_id().unwrap().to_owned()
+    }
+
+    pub async fn group(&self, name: &str) -> aws_sdk_autoscaling::types::AutoScalingGroup {
+        let groups = self.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
+        groups.auto_scaling_groups().first().cloned().unwrap_or_else(|| panic!("no group {name}"))
+    }
+
     /// Ids of the environment's VPCs, found by kstack's tag.
     pub async fn vpcs_of(&self, environment: &str) -> Vec<String> {
         let vpcs = self.ec2.describe_vpcs().filters(env_filter(environment)).send().await.unwrap();
