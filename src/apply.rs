@@ -104,14 +104,19 @@ pub struct Options {
     pub parallelism: usize,
 }
 
+/// Where each change is recorded as it happens.
+pub struct Journal {
+    pub store: StateStore,
+    pub state: State,
+}
+
 /// Executes `plan`, built from `desired` (images resolved) and `observed`.
 pub async fn apply(
     cloud: Cloud,
     plan: &Plan,
     desired: &ResourceGraph,
     observed: &[Observed],
-    store: StateStore,
-    state: State,
+    journal: Journal,
     options: Options,
     events: impl Fn(Event) + Send + Sync + 'static,
 ) -> Outcome {
@@ -157,8 +162,8 @@ pub async fn apply(
     let context = Arc::new(Context {
         cloud,
         ids: Mutex::new(ids),
-        state: Mutex::new(state),
-        store,
+        state: Mutex::new(journal.state),
+        store: journal.store,
         parallelism: options.parallelism.max(1),
         events: Box::new(events),
     });

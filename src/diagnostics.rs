@@ -129,7 +129,7 @@ impl Problems {
 
     /// Problems in file order, so output reads top to bottom, without repeats.
     pub fn into_sorted(mut self) -> Vec<Problem> {
-        self.list.sort_by(|a, b| a.loc.cmp(&b.loc));
+        self.list.sort_by_key(|problem| problem.loc);
         self.list.dedup();
         self.list
     }

@@ -155,7 +155,7 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
     assert_eq!(vpc["id"], orphan.as_str());
 
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
-    assert_eq!(rt.block_on(aws.vpcs_of("dev")), [orphan.clone()]);
+    assert_eq!(rt.block_on(aws.vpcs_of("dev")), vec![orphan.clone()]);
     let listed = project.kstack(&moto).args(["state", "list", "dev"]).output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&format!("vpc.main\t{orphan}")));
 

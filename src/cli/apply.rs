@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::apply::{apply, Options, Outcome};
+use crate::apply::{apply, Journal, Options, Outcome};
 use crate::compile::content_digest;
 use crate::model::Project;
 use crate::plan::render;
@@ -155,8 +155,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         &plan,
         &desired,
         &observed,
-        store.clone(),
-        state,
+        Journal { store: store.clone(), state },
         Options { parallelism: usize::from(parallelism) },
         move |event| events.event(event),
     ));

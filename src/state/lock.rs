@@ -22,7 +22,7 @@ pub enum LockError {
         "environment `{environment}` is locked by {}@{} (pid {}, `{}`) since {}",
         info.holder, info.host, info.pid, info.command, info.started
     )]
-    Held { environment: String, info: LockInfo, stale: bool },
+    Held { environment: String, info: Box<LockInfo>, stale: bool },
     #[error("cannot take the lock {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -85,7 +85,7 @@ impl Lock {
                     started: String::from("an unknown time"),
                 });
                 let stale = info.host == hostname() && !Path::new(&format!("/proc/{}", info.pid)).exists();
-                Err(LockError::Held { environment: environment.to_owned(), info, stale })
+                Err(LockError::Held { environment: environment.to_owned(), info: Box::new(info), stale })
             }
             Err(error) => Err(io(error)),
         }
