@@ -27,7 +27,12 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
     let aws = rt.block_on(moto.clients());
     let ami = rt.block_on(aws.seed_image("node"));
 
-    project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(2);
+    let first = project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).output().unwrap();
+    assert_eq!(first.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(text.contains("Plan: 31 to add, 0 to change, 0 to destroy."), "{text}");
+    assert!(text.contains("+ user_data.sha256 = \""), "user data is shown as its hash");
+    assert!(!text.contains("systemctl restart kubelet"), "user data itself is never shown");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
 
     rt.block_on(async {
@@ -92,6 +97,8 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
 
     // A size change is one in-place update of one group.
     project.edit(DEV, "    desired: 3\n", "    desired: 5\n");
+    let text = project.kstack(&moto).args(["plan", "dev"]).output().unwrap().stdout;
+    insta::assert_snapshot!("plan_size_change", String::from_utf8_lossy(&text));
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
     assert_eq!(actions(&plan), [(String::from("asg.workers"), String::from("update"))]);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
@@ -149,6 +156,24 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
     let orphan = rt.block_on(aws.create_tagged_vpc("dev", "vpc.main"));
+    // And a security group whose rules were never written: its AWS default egress must go.
+    rt.block_on(async {
+        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::SecurityGroup)
+            .tags(Tag::builder().key("kstack:environment").value("dev").build())
+            .tags(Tag::builder().key("kstack:address").value("security_group.ingress-elb").build())
+            .build();
+        aws.ec2
+            .create_security_group()
+            .group_name("dev-ingress-elb")
+            .description("The shared ingress load balancer")
+            .vpc_id(&orphan)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .unwrap();
+    });
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
     let vpc = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "vpc.main").unwrap().clone();
     assert_eq!(vpc["action"], "update", "only its missing tags differ: {vpc:#}");
@@ -279,6 +304,7 @@ fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues(
 
     project.edit("environments/base.yaml", missing, real);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
-    project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(0);
+    let replan = project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).output().unwrap();
+    assert_eq!(replan.status.code(), Some(0), "{}", String::from_utf8_lossy(&replan.stdout));
     assert_eq!(rt.block_on(aws.vpcs_of("dev")).len(), 1);
 }

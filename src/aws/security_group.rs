@@ -59,10 +59,18 @@ fn observe(group: &SecurityGroup) -> Vec<Observed> {
     found
 }
 
+/// The allow-all egress rule AWS gives every new group.
+fn default_egress() -> RuleSpec {
+    RuleSpec {
+        protocol: Protocol::All,
+        ports: None,
+        peer: Peer::Cidr("0.0.0.0/0".parse().expect("valid CIDR")),
+        description: None,
+    }
+}
+
 fn is_default_egress(rules: &[RuleSpec]) -> bool {
-    rules.len() == 1
-        && rules[0].protocol == Protocol::All
-        && rules[0].peer == Peer::Cidr("0.0.0.0/0".parse().expect("valid CIDR"))
+    matches!(rules, [only] if only.protocol == Protocol::All && only.peer == default_egress().peer)
 }
 
 fn rules_of(permissions: &[IpPermission]) -> Vec<RuleSpec> {
@@ -128,13 +136,7 @@ pub async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Resu
     let group_id = id_of(ids, group)?.to_owned();
     authorize(cloud, &group_id, Direction::Ingress, ingress, ids).await?;
     if let Some(egress) = egress {
-        let default = [RuleSpec {
-            protocol: Protocol::All,
-            ports: None,
-            peer: Peer::Cidr("0.0.0.0/0".parse().expect("valid CIDR")),
-            description: None,
-        }];
-        revoke(cloud, &group_id, Direction::Egress, &default, ids).await?;
+        revoke(cloud, &group_id, Direction::Egress, &[default_egress()], ids).await?;
         authorize(cloud, &group_id, Direction::Egress, egress, ids).await?;
     }
     Ok(group_id)
@@ -148,7 +150,9 @@ pub async fn update_rules(cloud: &Cloud, resource: &Resource, actual: &Observed,
     let group_id = actual.id.as_str();
     sync(cloud, group_id, Direction::Ingress, &actual_ingress, ingress, ids).await?;
     if let Some(egress) = egress {
-        sync(cloud, group_id, Direction::Egress, &actual_egress.unwrap_or_default(), egress, ids).await?;
+        // No egress rules read back means AWS's default is in place, and must go too.
+        let actual_egress = actual_egress.unwrap_or_else(|| vec![default_egress()]);
+        sync(cloud, group_id, Direction::Egress, &actual_egress, egress, ids).await?;
     }
     Ok(())
 }
