@@ -1,0 +1,53 @@
+//! Facts about a host, gathered once per run by one small script.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+pub const SCRIPT: &str = r#". /etc/os-release 2>/dev/null
+echo "os_id=$ID"
+echo "os_version=$VERSION_ID"
+echo "os_codename=$VERSION_CODENAME"
+echo "kernel=$(uname -r)"
+echo "arch=$(uname -m)"
+echo "cpus=$(nproc)"
+echo "memory_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+echo "virtualization=$(systemd-detect-virt 2>/dev/null || echo none)"
+echo "hostname=$(hostname)""#;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Facts {
+    pub os_id: String,
+    pub os_version: String,
+    pub os_codename: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_kib: u64,
+    /// `none` on a VM or bare metal host; a container type (e.g. `systemd-nspawn`) inside one,
+    /// where kernel settings cannot be changed.
+    pub virtualization: String,
+    pub hostname: String,
+}
+
+impl Facts {
+    pub fn parse(text: &str) -> Facts {
+        let values: BTreeMap<&str, &str> = text.lines().filter_map(|line| line.split_once('=')).collect();
+        let get = |key: &str| values.get(key).copied().unwrap_or_default().trim().to_owned();
+        Facts {
+            os_id: get("os_id"),
+            os_version: get("os_version"),
+            os_codename: get("os_codename"),
+            kernel: get("kernel"),
+            arch: get("arch"),
+            cpus: get("cpus").parse().unwrap_or(0),
+            memory_kib: get("memory_kib").parse().unwrap_or(0),
+            virtualization: get("virtualization"),
+            hostname: get("hostname"),
+        }
+    }
+
+    pub fn in_container(&self) -> bool {
+        !matches!(self.virtualization.as_str(), "" | "none" | "kvm" | "xen" | "amazon" | "vmware" | "microsoft" | "qemu")
+    }
+}

@@ -1,0 +1,254 @@
+//! The SSH transport: one russh connection per host for a whole run, a channel per command,
+//! file writes over the command's stdin with a verified checksum, and `sudo` when the login
+//! user is not root. Host keys are checked against a known_hosts file.
+
+mod facts;
+mod known_hosts;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::ChannelMsg;
+
+pub use facts::Facts;
+pub use known_hosts::HostKeys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot reach {host}: {message}")]
+    Unreachable { host: String, message: String },
+    #[error(
+        "the host key of {host} has changed: it no longer matches line {line} of {known_hosts}; \
+         this can mean someone is intercepting the connection"
+    )]
+    HostKeyChanged { host: String, line: usize, known_hosts: PathBuf },
+    #[error("the host key of {host} is not in {known_hosts}")]
+    HostKeyUnknown { host: String, known_hosts: PathBuf },
+    #[error("{user}@{host} refused the key {key}")]
+    AuthenticationFailed { host: String, user: String, key: PathBuf },
+    #[error("cannot read the private key {path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("SSH to {host} failed: {message}")]
+    Protocol { host: String, message: String },
+    #[error("writing {path} on {host} failed: {message}")]
+    Write { host: String, path: String, message: String },
+}
+
+impl SshError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SshError::HostKeyChanged { host, line, known_hosts } => Some(format!(
+                "if the host was rebuilt, remove line {line} for {host} from {} and connect again",
+                known_hosts.display()
+            )),
+            SshError::HostKeyUnknown { .. } => {
+                Some(String::from("add its key to the known_hosts file, or pass --trust-new-hosts to record it on first use"))
+            }
+            SshError::AuthenticationFailed { .. } => Some(String::from("check --ssh-user and --ssh-key")),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach and log in to hosts.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: String,
+    pub key: PathBuf,
+    pub port: u16,
+    pub host_keys: HostKeys,
+    pub connect_timeout: Duration,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub status: u32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == 0
+    }
+}
+
+struct Verifier {
+    host: String,
+    port: u16,
+    host_keys: HostKeys,
+    /// Why the key was refused, for an error better than "disconnected".
+    refusal: Arc<std::sync::Mutex<Option<SshError>>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        match self.host_keys.check(&self.host, self.port, key) {
+            Ok(()) => Ok(true),
+            Err(error) => {
+                if let Ok(mut refusal) = self.refusal.lock() {
+                    *refusal = Some(error);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// An open, authenticated connection to one host.
+pub struct Connection {
+    pub host: String,
+    handle: Handle<Verifier>,
+    /// Prefix for commands that need root, empty when logged in as root.
+    become_root: bool,
+}
+
+impl Connection {
+    pub async fn open(host: &str, login: &Login) -> Result<Connection, SshError> {
+        let config = Arc::new(client::Config {
+            inactivity_timeout: Some(Duration::from_secs(300)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            ..Default::default()
+        });
+        let refusal = Arc::new(std::sync::Mutex::new(None));
+        let verifier = Verifier {
+            host: host.to_owned(),
+            port: login.port,
+            host_keys: login.host_keys.clone(),
+            refusal: Arc::clone(&refusal),
+        };
+        let unreachable = |message: String| SshError::Unreachable { host: host.to_owned(), message };
+        let connecting = client::connect(config, (host, login.port), verifier);
+        let mut handle = match tokio::time::timeout(login.connect_timeout, connecting).await {
+            Err(_) => return Err(unreachable(format!("no answer within {}s", login.connect_timeout.as_secs()))),
+            Ok(Ok(handle)) => handle,
+            Ok(Err(error)) => {
+                if let Some(refused) = refusal.lock().ok().and_then(|mut r| r.take()) {
+                    return Err(refused);
+                }
+                return Err(unreachable(error.to_string()));
+            }
+        };
+        let key = russh::keys::load_secret_key(&login.key, None).map_err(|e| SshError::Key {
+            path: login.key.clone(),
+            message: e.to_string(),
+        })?;
+        let protocol = |e: russh::Error| SshError::Protocol { host: host.to_owned(), message: e.to_string() };
+        let hash = handle.best_supported_rsa_hash().await.map_err(protocol)?.flatten();
+        let auth = handle
+            .authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(protocol)?;
+        if !auth.success() {
+            return Err(SshError::AuthenticationFailed {
+                host: host.to_owned(),
+                user: login.user.clone(),
+                key: login.key.clone(),
+            });
+        }
+        Ok(Connection {
+            host: host.to_owned(),
+            handle,
+            become_root: login.user != "root",
+        })
+    }
+
+    fn protocol(&self, error: russh::Error) -> SshError {
+        SshError::Protocol { host: self.host.clone(), message: error.to_string() }
+    }
+
+    /// Runs `script` with `sh` as root on its own channel, feeding `stdin` to it.
+    pub async fn run(&self, script: &str, stdin: Option<&[u8]>) -> Result<Output, SshError> {
+        let command = if self.become_root {
+            format!("sudo -n sh -c {}", shell_quote(script))
+        } else {
+            format!("sh -c {}", shell_quote(script))
+        };
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| self.protocol(e))?;
+        channel.exec(true, command).await.map_err(|e| self.protocol(e))?;
+        if let Some(input) = stdin {
+            channel.data(input).await.map_err(|e| self.protocol(e))?;
+        }
+        channel.eof().await.map_err(|e| self.protocol(e))?;
+        let mut output = Output::default();
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut status = None;
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                ChannelMsg::ExitSignal { signal_name, .. } => {
+                    stderr.extend_from_slice(format!("killed by signal {signal_name:?}").as_bytes());
+                    status = Some(255);
+                }
+                _ => {}
+            }
+        }
+        output.status = status.unwrap_or(255);
+        output.stdout = String::from_utf8_lossy(&stdout).into_owned();
+        output.stderr = String::from_utf8_lossy(&stderr).into_owned();
+        Ok(output)
+    }
+
+    /// Writes `content` to `path` atomically (a temporary file renamed into place) with the
+    /// given mode and owner, and checks its SHA-256 on the host before the rename.
+    pub async fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> Result<(), SshError> {
+        use sha2::{Digest, Sha256};
+        let digest = format!("{:x}", Sha256::digest(content));
+        let path_q = shell_quote(path);
+        let script = format!(
+            "set -e; d=$(dirname {path_q}); mkdir -p \"$d\"; t=$(mktemp \"$d/.kstack.XXXXXX\"); \
+             trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; \
+             echo '{digest}  '\"$t\" | sha256sum -c --quiet - >/dev/null || {{ echo 'checksum mismatch' >&2; exit 3; }}; \
+             chmod {mode:o} \"$t\"; chown {}:{} \"$t\"; mv -f \"$t\" {path_q}; trap - EXIT",
+            shell_quote(owner),
+            shell_quote(group)
+        );
+        let output = self.run(&script, Some(content)).await?;
+        if output.success() {
+            Ok(())
+        } else {
+            Err(SshError::Write {
+                host: self.host.clone(),
+                path: path.to_owned(),
+                message: output.stderr.trim().to_owned(),
+            })
+        }
+    }
+
+    /// Facts about the host, gathered in one round trip.
+    pub async fn facts(&self) -> Result<Facts, SshError> {
+        let output = self.run(facts::SCRIPT, None).await?;
+        Ok(Facts::parse(&output.stdout))
+    }
+
+    pub async fn close(self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// Quotes `text` as one word for a POSIX shell.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+}

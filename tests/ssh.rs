@@ -1,0 +1,77 @@
+//! The SSH transport against booted test nodes.
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::time::Duration;
+
+use kstack::ssh::{Connection, HostKeys, Login, SshError};
+use node::{ClientKey, Node};
+
+fn login(key: &ClientKey, known_hosts: &std::path::Path, trust_on_first_use: bool) -> Login {
+    Login {
+        user: String::from("root"),
+        key: key.private(),
+        port: 22,
+        host_keys: HostKeys { path: known_hosts.to_owned(), trust_on_first_use },
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn one_connection_runs_commands_writes_verified_files_and_gathers_facts() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, node.known_hosts_line()).unwrap();
+    runtime().block_on(async {
+        let connection = Connection::open(&node.address, &login(&key, &known_hosts, false)).await.unwrap();
+        let output = connection.run("echo out; echo err >&2; exit 3", None).await.unwrap();
+        assert_eq!((output.status, output.stdout.as_str(), output.stderr.as_str()), (3, "out\n", "err\n"));
+        let piped = connection.run("tr a-z A-Z", Some(b"shout")).await.unwrap();
+        assert_eq!(piped.stdout, "SHOUT");
+
+        connection.write_file("/etc/kstack/it's here.conf", b"key=value\n", 0o640, "root", "root").await.unwrap();
+        let stat = connection.run("stat -c '%a %U' \"/etc/kstack/it's here.conf\"; cat \"/etc/kstack/it's here.conf\"", None).await.unwrap();
+        assert_eq!(stat.stdout, "640 root\nkey=value\n");
+
+        let facts = connection.facts().await.unwrap();
+        assert_eq!(facts.os_id, "debian");
+        assert_eq!(facts.os_codename, "bookworm");
+        assert!(facts.cpus >= 1 && facts.memory_kib > 0, "{facts:?}");
+        assert!(facts.in_container(), "a test node is a container: {facts:?}");
+        connection.close().await;
+    });
+    assert_eq!(std::fs::read_to_string(node.file("/etc/kstack/it's here.conf")).unwrap(), "key=value\n");
+}
+
+#[test]
+fn a_changed_host_key_is_refused_and_an_unknown_one_only_trusted_when_asked() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    // A key recorded for this address earlier, before the host was "rebuilt".
+    let other = tempfile::tempdir().unwrap();
+    let old_key = other.path().join("old");
+    std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&old_key).status().unwrap();
+    let old = std::fs::read_to_string(old_key.with_extension("pub")).unwrap();
+    let mut parts = old.split_whitespace();
+    std::fs::write(&known_hosts, format!("{} {} {}\n", node.address, parts.next().unwrap(), parts.next().unwrap())).unwrap();
+
+    let rt = runtime();
+    let error = rt.block_on(Connection::open(&node.address, &login(&key, &known_hosts, true))).err().unwrap();
+    assert!(matches!(error, SshError::HostKeyChanged { line: 1, .. }), "{error}");
+    assert!(error.to_string().contains("has changed"), "{error}");
+
+    let fresh = key.dir.path().join("fresh_known_hosts");
+    let error = rt.block_on(Connection::open(&node.address, &login(&key, &fresh, false))).err().unwrap();
+    assert!(matches!(error, SshError::HostKeyUnknown { .. }), "{error}");
+    let connection = rt.block_on(Connection::open(&node.address, &login(&key, &fresh, true))).unwrap();
+    rt.block_on(connection.close());
+    assert!(std::fs::read_to_string(&fresh).unwrap().contains("ssh-ed25519"), "trusted on first use and recorded");
+    rt.block_on(Connection::open(&node.address, &login(&key, &fresh, false))).unwrap();
+}

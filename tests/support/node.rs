@@ -1,0 +1,151 @@
+//! Test nodes: `systemd-nspawn --boot` containers on an overlay of the cached Debian rootfs
+//! (built by `scripts/setup`), each with sshd on its own loopback address, a generated host
+//! key and an authorized test key. A node is shut down when dropped, even after a failure.
+//!
+//! By hand (as root): see "Test nodes" in the README.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn rootfs() -> PathBuf {
+    let cache = std::env::var_os("KSTACK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kstack"));
+    cache.join("rootfs/bookworm")
+}
+
+/// A loopback address no other test process uses: the second octet comes from the pid.
+pub fn next_address() -> String {
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let process = 100 + std::process::id() % 120;
+    format!("127.{process}.{}.{}", n / 200, n % 200 + 2)
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kstack-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (openssh-client) is installed by scripts/setup");
+    assert!(status.success());
+}
+
+/// The client key every node of a test process authorizes.
+pub struct ClientKey {
+    pub dir: tempfile::TempDir,
+}
+
+impl ClientKey {
+    pub fn new() -> ClientKey {
+        let dir = tempfile::tempdir().unwrap();
+        keygen(&dir.path().join("id_ed25519"));
+        ClientKey { dir }
+    }
+
+    pub fn private(&self) -> PathBuf {
+        self.dir.path().join("id_ed25519")
+    }
+
+    pub fn public(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("id_ed25519.pub")).unwrap()
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub address: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn boot(key: &ClientKey) -> Node {
+        Node::boot_at(key, &next_address())
+    }
+
+    pub fn boot_at(key: &ClientKey, address: &str) -> Node {
+        let rootfs = rootfs();
+        assert!(rootfs.join("usr/sbin/sshd").exists(), "{} is missing: run scripts/setup", rootfs.display());
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        for sub in ["etc/ssh/sshd_config.d", "root/.ssh"] {
+            std::fs::create_dir_all(upper.join(sub)).unwrap();
+        }
+        let host_key = upper.join("etc/ssh/ssh_host_ed25519_key");
+        keygen(&host_key);
+        std::fs::write(upper.join("root/.ssh/authorized_keys"), key.public()).unwrap();
+        std::fs::write(
+            upper.join("etc/ssh/sshd_config.d/kstack-test.conf"),
+            format!(
+                "ListenAddress {address}\nHostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nUseDNS no\nMaxSessions 100\nMaxStartups 100\n"
+            ),
+        )
+        .unwrap();
+        let name = format!("kstack-{}", address.replace('.', "-"));
+        let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
+        let child = Command::new("systemd-nspawn")
+            .arg("-q")
+            .arg("-D")
+            .arg(&rootfs)
+            .arg(format!("--overlay={}:{}:/", rootfs.display(), upper.display()))
+            .args(["--boot", "--register=no", "--keep-unit", "-M", &name])
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .expect("systemd-nspawn (systemd-container) is installed by scripts/setup");
+        let node = Node { name, address: address.to_owned(), dir, child: Some(child) };
+        node.wait_for_ssh();
+        node
+    }
+
+    fn wait_for_ssh(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address: std::net::SocketAddr = format!("{}:22", self.address).parse().unwrap();
+        while Instant::now() < deadline {
+            if let Ok(stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+                let mut banner = [0u8; 4];
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                if std::io::Read::read_exact(&mut &stream, &mut banner).is_ok() && &banner == b"SSH-" {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let console = std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default();
+        panic!("node {} did not answer SSH within 30 s; console:\n{console}", self.address);
+    }
+
+    /// The node's host public key as a known_hosts line.
+    pub fn known_hosts_line(&self) -> String {
+        let public = std::fs::read_to_string(self.dir.path().join("upper/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+        let mut parts = public.split_whitespace();
+        format!("{} {} {}\n", self.address, parts.next().unwrap(), parts.next().unwrap())
+    }
+
+    /// A path inside the node's writable layer, to look at what kstack wrote.
+    pub fn file(&self, path: &str) -> PathBuf {
+        self.dir.path().join("upper").join(path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SIGTERM makes nspawn power the container off cleanly; SIGKILL if it hangs.
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
