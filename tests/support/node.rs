@@ -56,7 +56,6 @@ impl ClientKey {
 }
 
 pub struct Node {
-    pub name: String,
     pub address: String,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
@@ -98,7 +97,7 @@ impl Node {
             .stderr(console)
             .spawn()
             .expect("systemd-nspawn (systemd-container) is installed by scripts/setup");
-        let node = Node { name, address: address.to_owned(), dir, child: Some(child) };
+        let node = Node { address: address.to_owned(), dir, child: Some(child) };
         node.wait_for_ssh();
         node
     }
