@@ -11,6 +11,7 @@ pub mod graph;
 pub mod model;
 pub mod plan;
 pub mod resource;
+pub mod roles;
 pub mod ssh;
 pub mod state;
 pub mod template;

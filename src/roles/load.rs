@@ -1,0 +1,252 @@
+//! Reads roles from `roles/<name>/`: `tasks.yaml` (`depends` and `tasks`), `handlers.yaml`
+//! (handler name → task), `defaults.yaml` (variables), `checks.yaml` (check name → check),
+//! `templates/` and `files/`. Every problem is reported with its location, all at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use marked_yaml::Node;
+
+use super::checks::{self, Check};
+use super::modules::{Module, NAMES};
+use crate::diagnostics::{did_you_mean, display_path, expected_one_of, Loc, Problems, Sources, Spanned};
+use crate::yaml::{self, MapReader};
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    /// The module's name, e.g. `file`.
+    pub module: String,
+    /// Its arguments as written; strings are templates, rendered per host.
+    pub args: serde_json::Value,
+    /// Content read from the role's `files/`, used as is (never rendered).
+    pub raw_content: Option<String>,
+    pub notify: Vec<String>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub dir: PathBuf,
+    pub depends: Vec<String>,
+    pub tasks: Vec<Task>,
+    /// In file order; notified handlers run in this order once the role's tasks are done.
+    pub handlers: Vec<Task>,
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+    pub checks: Vec<Check>,
+}
+
+/// Loads `names` and the roles they depend on, dependencies first, each once.
+pub fn load_roles(roles_dir: &Path, names: &[Spanned<String>], sources: &mut Sources) -> Result<Vec<Role>, Problems> {
+    let mut problems = Problems::default();
+    let mut loaded: Vec<Role> = Vec::new();
+    let mut visiting: Vec<String> = Vec::new();
+    for name in names {
+        visit(roles_dir, name, sources, &mut loaded, &mut visiting, &mut problems);
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(problems)
+    }
+}
+
+fn visit(
+    roles_dir: &Path,
+    name: &Spanned<String>,
+    sources: &mut Sources,
+    loaded: &mut Vec<Role>,
+    visiting: &mut Vec<String>,
+    problems: &mut Problems,
+) {
+    if loaded.iter().any(|r| r.name == name.value) {
+        return;
+    }
+    if visiting.contains(&name.value) {
+        let chain = visiting.iter().chain(std::iter::once(&name.value)).cloned().collect::<Vec<_>>().join(" -> ");
+        problems
+            .error(name.loc, format!("roles depend on each other in a cycle: {chain}"))
+            .hint("a role may depend on roles that do not depend on it");
+        return;
+    }
+    let dir = roles_dir.join(&name.value);
+    if !dir.join("tasks.yaml").is_file() {
+        let known = super::list_roles(roles_dir);
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        problems
+            .error(name.loc, format!("role `{}` does not exist: there is no {}", name.value, display_path(&dir.join("tasks.yaml"))))
+            .label("unknown role")
+            .hint(expected_one_of(&name.value, &known));
+        return;
+    }
+    visiting.push(name.value.clone());
+    let Some(role) = read_role(&name.value, &dir, sources, problems) else {
+        visiting.pop();
+        return;
+    };
+    for dependency in &role.1 {
+        visit(roles_dir, dependency, sources, loaded, visiting, problems);
+    }
+    visiting.pop();
+    loaded.push(role.0);
+}
+
+fn read_file(path: &Path, sources: &mut Sources, problems: &mut Problems) -> Option<(Node, crate::diagnostics::SourceId)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let id = sources.add(path, text.clone());
+    yaml::parse(id, &text, problems).map(|node| (node, id))
+}
+
+/// The role, and its dependencies with their locations.
+fn read_role(name: &str, dir: &Path, sources: &mut Sources, problems: &mut Problems) -> Option<(Role, Vec<Spanned<String>>)> {
+    let (root, _) = read_file(&dir.join("tasks.yaml"), sources, problems)?;
+    let mut map = MapReader::new(&root, "tasks file", problems)?;
+    let depends = map.get("depends").and_then(|n| yaml::string_list(n, problems)).unwrap_or_default();
+    let tasks = map
+        .required("tasks", problems)
+        .and_then(|n| yaml::list(n, problems, |node, problems| task(node, None, dir, problems)))
+        .unwrap_or_default();
+    map.finish(problems);
+    let handlers = match read_file(&dir.join("handlers.yaml"), sources, problems) {
+        Some((node, _)) => yaml::named(&node, "handler", problems, |key, body, problems| task(body, Some(key), dir, problems)),
+        None => Vec::new(),
+    };
+    let defaults = match read_file(&dir.join("defaults.yaml"), sources, problems) {
+        Some((node, _)) => yaml::to_json(&node).as_object().cloned().unwrap_or_default(),
+        None => serde_json::Map::new(),
+    };
+    let checks = match read_file(&dir.join("checks.yaml"), sources, problems) {
+        Some((node, _)) => checks::read(&node, problems),
+        None => Vec::new(),
+    };
+    for task in &tasks {
+        for handler in &task.notify {
+            if !handlers.iter().any(|h: &Task| &h.name == handler) {
+                let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
+                problems
+                    .error(task.loc, format!("task `{}` notifies `{handler}`, which is not a handler of role `{name}`", task.name))
+                    .hint(expected_one_of(handler, &names));
+            }
+        }
+    }
+    let role = Role {
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        depends: depends.iter().map(|d| d.value.clone()).collect(),
+        tasks,
+        handlers,
+        defaults,
+        checks,
+    };
+    Some((role, depends))
+}
+
+/// One task: `name`, `notify` and exactly one module key.
+fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems: &mut Problems) -> Option<Task> {
+    let Node::Mapping(map) = node else {
+        problems.error(yaml::loc(node), "a task must be a mapping with `name` and one module, e.g. `file: {...}`");
+        return None;
+    };
+    let mut name = handler_name.map(|n| n.value);
+    let mut notify = Vec::new();
+    let mut module: Option<(String, &Node, Loc)> = None;
+    for (key, value) in map.iter() {
+        match key.as_str() {
+            "name" if name.is_none() => name = yaml::string(value, problems).map(|s| s.value),
+            "notify" => {
+                notify = match value {
+                    Node::Scalar(_) => yaml::string(value, problems).map(|s| vec![s.value]).unwrap_or_default(),
+                    _ => yaml::string_list(value, problems).unwrap_or_default().into_iter().map(|s| s.value).collect(),
+                }
+            }
+            other if NAMES.contains(&other) => {
+                if let Some((first, _, _)) = &module {
+                    problems
+                        .error(yaml::scalar_loc(key), format!("a task has one module; this one has `{first}` and `{other}`"))
+                        .hint("split it into two tasks");
+                } else {
+                    module = Some((other.to_owned(), value, yaml::scalar_loc(key)));
+                }
+            }
+            other => {
+                let hint = match did_you_mean(other, NAMES.iter().copied().chain(["name", "notify"])) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("modules: {}", NAMES.join(", ")),
+                };
+                problems
+                    .error(yaml::scalar_loc(key), format!("unknown module or setting `{other}` in task"))
+                    .label("unknown")
+                    .hint(hint);
+            }
+        }
+    }
+    let loc = yaml::loc(node);
+    let Some((module, args_node, module_loc)) = module else {
+        problems
+            .error(loc, "this task names no module")
+            .hint(format!("add one of: {}", NAMES.join(", ")));
+        return None;
+    };
+    let Some(name) = name else {
+        problems.error(loc, "this task has no `name`").hint("add `name: <what it does>`, shown in every run");
+        return None;
+    };
+    let mut args = yaml::to_json(args_node);
+    let mut raw_content = None;
+    if let Some(src) = args.get("src").and_then(|s| s.as_str()).map(str::to_owned) {
+        let folder = if module == "copy" { "files" } else { "templates" };
+        let path = dir.join(folder).join(&src);
+        match std::fs::read_to_string(&path) {
+            Ok(text) if module == "copy" => raw_content = Some(text),
+            Ok(text) => {
+                args["content"] = serde_json::Value::String(text);
+            }
+            Err(_) => {
+                problems
+                    .error(yaml::loc(args_node), format!("`src: {src}` names {}, which does not exist", display_path(&path)))
+                    .hint(format!("put the file in the role's {folder}/ directory"));
+                return None;
+            }
+        }
+        if let Some(map) = args.as_object_mut() {
+            map.remove("src");
+        }
+    }
+    if let Some(key) = args.get("key_src").and_then(|s| s.as_str()).map(str::to_owned) {
+        let path = dir.join("files").join(&key);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                args["key"] = serde_json::Value::String(text);
+                args.as_object_mut().map(|m| m.remove("key_src"));
+            }
+            Err(_) => {
+                problems.error(yaml::loc(args_node), format!("`key_src: {key}` names {}, which does not exist", display_path(&path)));
+                return None;
+            }
+        }
+    }
+    // Checked now, before any host is touched; checked again after templating.
+    let mut typed = serde_json::Map::new();
+    let mut checked_args = args.clone();
+    if let (Some(content), Some(map)) = (&raw_content, checked_args.as_object_mut()) {
+        map.insert("content".into(), serde_json::Value::String(content.clone()));
+    }
+    typed.insert(module.clone(), checked_args);
+    if let Err(error) = serde_json::from_value::<Module>(serde_json::Value::Object(typed)) {
+        problems
+            .error(module_loc, format!("invalid `{module}` arguments: {error}"))
+            .hint("see the module reference in the README");
+        return None;
+    }
+    Some(Task {
+        name,
+        module,
+        args,
+        raw_content,
+        notify,
+        loc,
+    })
+}
+
+pub type Variables = BTreeMap<String, serde_json::Value>;

@@ -1,0 +1,97 @@
+//! `user` and `group`: local accounts.
+
+use serde::Deserialize;
+
+use super::{quote, FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub system: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub shell: Option<String>,
+    pub home: Option<String>,
+    /// Supplementary groups the user must be in (others are left alone).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub system: bool,
+}
+
+impl Group {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let current = host.connection.run(&format!("getent group {}", quote(&self.name)), None).await?.stdout;
+        let gid = current.split(':').nth(2).map(str::trim).unwrap_or_default().to_owned();
+        let mut diffs = Vec::new();
+        let mut script = String::new();
+        if current.is_empty() {
+            diffs.push(FieldDiff::new("state", "absent", "present"));
+            let gid = self.gid.map(|g| format!(" --gid {g}")).unwrap_or_default();
+            let system = if self.system { " --system" } else { "" };
+            script = format!("groupadd{system}{gid} {}", quote(&self.name));
+        } else if let Some(wanted) = self.gid.filter(|g| g.to_string() != gid) {
+            diffs.push(FieldDiff::new("gid", gid, wanted.to_string()));
+            script = format!("groupmod --gid {wanted} {}", quote(&self.name));
+        }
+        if !diffs.is_empty() && !host.check {
+            host.must(&script, "changing the group").await?;
+        }
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}
+
+impl User {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let name = quote(&self.name);
+        let text = host
+            .connection
+            .run(&format!("getent passwd {name}; echo '--- kstack ---'; id -nG {name} 2>/dev/null || true"), None)
+            .await?
+            .stdout;
+        let (passwd, groups) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
+        let fields: Vec<&str> = passwd.trim().split(':').collect();
+        let member_of: Vec<&str> = groups.split_whitespace().collect();
+        let missing: Vec<&str> = self.groups.iter().map(String::as_str).filter(|g| !member_of.contains(g)).collect();
+        let mut diffs = Vec::new();
+        let mut options = String::new();
+        if let Some(uid) = self.uid.filter(|u| fields.get(2) != Some(&u.to_string().as_str())) {
+            diffs.push(FieldDiff::new("uid", fields.get(2).copied().unwrap_or_default(), uid.to_string()));
+            options.push_str(&format!(" --uid {uid}"));
+        }
+        if let Some(shell) = self.shell.as_deref().filter(|s| fields.get(6) != Some(s)) {
+            diffs.push(FieldDiff::new("shell", fields.get(6).copied().unwrap_or_default(), shell));
+            options.push_str(&format!(" --shell {}", quote(shell)));
+        }
+        if let Some(home) = self.home.as_deref().filter(|h| fields.get(5) != Some(h)) {
+            diffs.push(FieldDiff::new("home", fields.get(5).copied().unwrap_or_default(), home));
+            options.push_str(&format!(" --home {}", quote(home)));
+        }
+        if !missing.is_empty() {
+            diffs.push(FieldDiff::new("groups", member_of.join(","), self.groups.join(",")));
+            options.push_str(&format!(" --groups {}", quote(&missing.join(","))));
+        }
+        let exists = fields.len() >= 7;
+        if !exists {
+            diffs.insert(0, FieldDiff::new("state", "absent", "present"));
+        }
+        if !diffs.is_empty() && !host.check {
+            let script = if exists {
+                format!("usermod{} {name}", options.replace(" --groups", " --append --groups").replace(" --home", " --move-home --home"))
+            } else {
+                let system = if self.system { " --system" } else { " --create-home" };
+                format!("useradd{system}{options} {name}")
+            };
+            host.must(&script, "changing the user").await?;
+        }
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}

@@ -1,0 +1,39 @@
+//! `command`: a shell command, made idempotent by `creates` (skip when a path exists) or
+//! `unless` (skip when another command succeeds).
+
+use serde::Deserialize;
+
+use super::{quote, FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub run: String,
+    pub creates: Option<String>,
+    pub unless: Option<String>,
+    pub chdir: Option<String>,
+}
+
+impl Command {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let guard = match (&self.creates, &self.unless) {
+            (Some(path), _) => Some(format!("test -e {}", quote(path))),
+            (None, Some(unless)) => Some(unless.clone()),
+            (None, None) => None,
+        };
+        if let Some(guard) = guard {
+            if host.connection.run(&guard, None).await?.success() {
+                return Ok(Outcome::default());
+            }
+        }
+        let diffs = vec![FieldDiff::new("run", "", self.run.clone())];
+        if !host.check {
+            let script = match &self.chdir {
+                Some(dir) => format!("cd {} && {}", quote(dir), self.run),
+                None => self.run.clone(),
+            };
+            host.must(&script, "the command").await?;
+        }
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}

@@ -1,0 +1,125 @@
+//! `copy`, `template` and `line`: a file's whole content, or one line of it. The content is
+//! computed here and written with a verified checksum only when it differs.
+
+use serde::Deserialize;
+
+use super::file::{attribute_diffs, Stat, STAT};
+use super::{parse_mode, quote, FieldDiff, Host, Outcome, TaskError};
+
+/// `copy` (from `content`, or `src` in the role's `files/`) and `template` (`src` in the
+/// role's `templates/`). The role loader turns `src` into `content` before the task runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Copy {
+    pub dest: String,
+    pub content: Option<String>,
+    pub src: Option<String>,
+    pub mode: Option<String>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// A line in a file: present (replacing the first line that `regexp` matches) or absent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub path: String,
+    pub line: String,
+    /// Lines matching this are replaced by `line` (present) or removed (absent).
+    pub regexp: Option<String>,
+    #[serde(default = "present")]
+    pub state: String,
+    pub mode: Option<String>,
+}
+
+fn present() -> String {
+    String::from("present")
+}
+
+/// The current content and attributes of a file, in one round trip.
+async fn read(host: &Host<'_>, path: &str) -> Result<(Stat, Option<String>), TaskError> {
+    let script = format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path));
+    let text = host.must(&script, "reading the file").await?;
+    let (head, body) = text.split_once("--- kstack content ---\n").unwrap_or((&text, ""));
+    let stat = Stat::parse(head);
+    let content = (stat.kind == "file").then(|| body.to_owned());
+    Ok((stat, content))
+}
+
+/// Writes `wanted` when it or the attributes differ from what `read` found.
+async fn converge_content(
+    host: &Host<'_>,
+    path: &str,
+    stat: &Stat,
+    current: Option<&str>,
+    wanted: &str,
+    mode: Option<u32>,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> Result<Outcome, TaskError> {
+    let mut diffs = Vec::new();
+    let mut content_diff = None;
+    if current != Some(wanted) {
+        use sha2::{Digest, Sha256};
+        let hash = |text: &str| format!("sha256:{}", &format!("{:x}", Sha256::digest(text.as_bytes()))[..12]);
+        diffs.push(FieldDiff::new("content", current.map_or_else(|| String::from("(absent)"), hash), hash(wanted)));
+        let diff = similar::TextDiff::from_lines(current.unwrap_or_default(), wanted);
+        content_diff = Some(diff.unified_diff().header(path, path).to_string());
+    }
+    attribute_diffs(stat, mode, owner, group, &mut diffs);
+    if !diffs.is_empty() && !host.check {
+        let keep = |field: &str, value: &str| if value.is_empty() { field.to_owned() } else { value.to_owned() };
+        let mode = mode.unwrap_or_else(|| u32::from_str_radix(&stat.mode, 8).unwrap_or(0o644));
+        host.connection
+            .write_file(
+                path,
+                wanted.as_bytes(),
+                mode,
+                owner.map_or_else(|| keep("root", &stat.owner), str::to_owned).as_str(),
+                group.map_or_else(|| keep("root", &stat.group), str::to_owned).as_str(),
+            )
+            .await?;
+    }
+    Ok(Outcome { diffs, content_diff, notes: Vec::new() })
+}
+
+impl Copy {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let Some(wanted) = &self.content else {
+            return Err(TaskError::Failed(String::from("give `content`, or `src` naming a file of the role")));
+        };
+        let mode = self.mode.as_deref().map(parse_mode).transpose()?;
+        let (stat, current) = read(host, &self.dest).await?;
+        converge_content(host, &self.dest, &stat, current.as_deref(), wanted, mode, self.owner.as_deref(), self.group.as_deref()).await
+    }
+}
+
+impl Line {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let mode = self.mode.as_deref().map(parse_mode).transpose()?;
+        let pattern = match &self.regexp {
+            Some(pattern) => Some(regex_lite::Regex::new(pattern).map_err(|e| TaskError::Failed(format!("`regexp` is invalid: {e}")))?),
+            None => None,
+        };
+        let (stat, current) = read(host, &self.path).await?;
+        let text = current.clone().unwrap_or_default();
+        let matches = |line: &str| line == self.line || pattern.as_ref().is_some_and(|p| p.is_match(line));
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        match self.state.as_str() {
+            "present" => match lines.iter().position(|l| matches(l)) {
+                Some(index) => lines[index] = self.line.clone(),
+                None => lines.push(self.line.clone()),
+            },
+            "absent" => lines.retain(|l| !matches(l)),
+            other => return Err(TaskError::Failed(format!("`state: {other}` is neither present nor absent"))),
+        }
+        let mut wanted = lines.join("\n");
+        if !wanted.is_empty() {
+            wanted.push('\n');
+        }
+        if current.is_none() && self.state == "absent" {
+            return Ok(Outcome::default());
+        }
+        converge_content(host, &self.path, &stat, current.as_deref(), &wanted, mode, None, None).await
+    }
+}

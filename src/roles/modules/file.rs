@@ -1,0 +1,129 @@
+//! `file`: a file, directory or symlink with its mode and owner, or its absence.
+
+use serde::Deserialize;
+
+use super::{parse_mode, quote, FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    #[default]
+    File,
+    Directory,
+    Link,
+    Absent,
+}
+
+impl FileState {
+    fn name(self) -> &'static str {
+        match self {
+            FileState::File => "file",
+            FileState::Directory => "directory",
+            FileState::Link => "link",
+            FileState::Absent => "absent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub path: String,
+    #[serde(default)]
+    pub state: FileState,
+    /// Where a link points.
+    pub src: Option<String>,
+    pub mode: Option<String>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// The type, link target, mode, owner and group of `path`, in one line each.
+pub const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
+stat -c '%a %U %G' "$p" 2>/dev/null || echo"#;
+
+pub struct Stat {
+    pub kind: String,
+    pub target: String,
+    pub mode: String,
+    pub owner: String,
+    pub group: String,
+}
+
+impl Stat {
+    pub fn parse(text: &str) -> Stat {
+        let mut lines = text.lines();
+        let kind = lines.next().unwrap_or("absent").to_owned();
+        let target = lines.next().unwrap_or_default().to_owned();
+        let mut attributes = lines.next().unwrap_or_default().split_whitespace();
+        Stat {
+            kind,
+            target,
+            mode: attributes.next().unwrap_or_default().to_owned(),
+            owner: attributes.next().unwrap_or_default().to_owned(),
+            group: attributes.next().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// Diffs of mode, owner and group, for modules that manage them.
+pub fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str>, group: Option<&str>, diffs: &mut Vec<FieldDiff>) {
+    if let Some(mode) = mode {
+        let wanted = format!("{mode:o}");
+        if stat.mode != wanted {
+            diffs.push(FieldDiff::new("mode", stat.mode.clone(), wanted));
+        }
+    }
+    if let Some(owner) = owner.filter(|o| stat.owner != *o) {
+        diffs.push(FieldDiff::new("owner", stat.owner.clone(), owner));
+    }
+    if let Some(group) = group.filter(|g| stat.group != *g) {
+        diffs.push(FieldDiff::new("group", stat.group.clone(), group));
+    }
+}
+
+impl File {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let path = quote(&self.path);
+        let mode = self.mode.as_deref().map(parse_mode).transpose()?;
+        if self.state == FileState::Link && self.src.is_none() {
+            return Err(TaskError::Failed(String::from("a link needs `src`, the path it points to")));
+        }
+        let stat = Stat::parse(&host.must(&format!("p={path}\n{STAT}"), "reading the file").await?);
+        let mut diffs = Vec::new();
+        if stat.kind != self.state.name() {
+            diffs.push(FieldDiff::new("state", stat.kind.clone(), self.state.name()));
+        }
+        if self.state == FileState::Link {
+            let src = self.src.as_deref().unwrap_or_default();
+            if stat.target != src {
+                diffs.push(FieldDiff::new("src", stat.target.clone(), src));
+            }
+        } else if self.state != FileState::Absent {
+            attribute_diffs(&stat, mode, self.owner.as_deref(), self.group.as_deref(), &mut diffs);
+        }
+        if diffs.is_empty() || host.check {
+            return Ok(Outcome { diffs, ..Outcome::default() });
+        }
+        let mut script = String::from("set -e\n");
+        match self.state {
+            FileState::Absent => script.push_str(&format!("rm -rf {path}\n")),
+            FileState::Directory => script.push_str(&format!("mkdir -p {path}\n")),
+            FileState::File => script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n")),
+            FileState::Link => script.push_str(&format!("ln -sfn {} {path}\n", quote(self.src.as_deref().unwrap_or_default()))),
+        }
+        if self.state != FileState::Absent && self.state != FileState::Link {
+            if let Some(mode) = mode {
+                script.push_str(&format!("chmod {mode:o} {path}\n"));
+            }
+        }
+        if let Some(owner) = &self.owner {
+            script.push_str(&format!("chown -h {} {path}\n", quote(owner)));
+        }
+        if let Some(group) = &self.group {
+            script.push_str(&format!("chgrp -h {} {path}\n", quote(group)));
+        }
+        host.must(&script, "changing the file").await?;
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}

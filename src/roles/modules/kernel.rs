@@ -1,0 +1,94 @@
+//! `kernel_cmdline`: a parameter on the kernel command line, through GRUB's defaults and
+//! `update-grub`; it takes effect at the next boot.
+
+use serde::Deserialize;
+
+use super::{FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCmdline {
+    /// `name=value` or a bare flag, e.g. `transparent_hugepage=never`.
+    pub parameter: String,
+    #[serde(default = "present")]
+    pub state: String,
+}
+
+fn present() -> String {
+    String::from("present")
+}
+
+const GRUB: &str = "/etc/default/grub";
+const KEY: &str = "GRUB_CMDLINE_LINUX_DEFAULT";
+
+/// The file with the parameter set (replacing another value of the same name) or removed.
+fn edit(grub: &str, parameter: &str, present: bool) -> String {
+    let name = parameter.split('=').next().unwrap_or(parameter);
+    let mut found = false;
+    let mut lines: Vec<String> = grub
+        .lines()
+        .map(|line| {
+            let Some(value) = line.strip_prefix(&format!("{KEY}=")) else { return line.to_owned() };
+            found = true;
+            let mut words: Vec<&str> = value
+                .trim_matches('"')
+                .split_whitespace()
+                .filter(|w| w.split('=').next() != Some(name))
+                .collect();
+            if present {
+                words.push(parameter);
+            }
+            format!("{KEY}=\"{}\"", words.join(" "))
+        })
+        .collect();
+    if !found && present {
+        lines.push(format!("{KEY}=\"{parameter}\""));
+    }
+    lines.join("\n") + "\n"
+}
+
+impl KernelCmdline {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let present = match self.state.as_str() {
+            "present" => true,
+            "absent" => false,
+            other => return Err(TaskError::Failed(format!("`state: {other}` is neither present nor absent"))),
+        };
+        let current = host.connection.run(&format!("cat {GRUB} 2>/dev/null || true"), None).await?.stdout;
+        let wanted = edit(&current, &self.parameter, present);
+        if wanted == current {
+            return Ok(Outcome::default());
+        }
+        let diffs = vec![FieldDiff::new(KEY, line_of(&current), line_of(&wanted))];
+        let mut notes = vec![String::from("takes effect at the next boot")];
+        if !host.check {
+            host.connection.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
+            let output = host.connection.run("command -v update-grub >/dev/null || exit 100; update-grub 2>&1", None).await?;
+            match output.status {
+                0 => {}
+                100 => notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed")),
+                status => return Err(TaskError::Failed(format!("update-grub failed (exit {status}): {}", output.stdout.trim()))),
+            }
+        }
+        Ok(Outcome { diffs, content_diff: None, notes })
+    }
+}
+
+fn line_of(grub: &str) -> String {
+    grub.lines().find(|l| l.starts_with(KEY)).unwrap_or("(unset)").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit;
+
+    #[test]
+    fn parameters_are_added_replaced_and_removed_once() {
+        let grub = "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet transparent_hugepage=always\"\n";
+        let set = edit(grub, "transparent_hugepage=never", true);
+        assert_eq!(set, "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet transparent_hugepage=never\"\n");
+        assert_eq!(edit(&set, "transparent_hugepage=never", true), set);
+        assert_eq!(edit(&set, "transparent_hugepage", false), "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n");
+        assert_eq!(edit("", "quiet", true), "GRUB_CMDLINE_LINUX_DEFAULT=\"quiet\"\n");
+    }
+}

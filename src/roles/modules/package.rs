@@ -1,0 +1,133 @@
+//! `package` (apt: install, pin a version, hold, remove) and `apt_repository` (a source list
+//! entry and its signing key).
+
+use serde::Deserialize;
+
+use super::{quote, FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageState {
+    #[default]
+    Present,
+    Absent,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    pub name: String,
+    /// An exact version to install, e.g. `17.03.2~ce-0~ubuntu-xenial`.
+    pub version: Option<String>,
+    #[serde(default)]
+    pub state: PackageState,
+    /// Hold the package at its version, so unattended upgrades leave it alone.
+    pub hold: Option<bool>,
+    /// Run `apt-get update` before installing.
+    #[serde(default)]
+    pub update_cache: bool,
+}
+
+const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold";
+
+impl Package {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let name = quote(&self.name);
+        let script = format!(
+            "dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {name} 2>/dev/null || true; echo '--- kstack ---'; apt-mark showhold {name} 2>/dev/null || true"
+        );
+        let text = host.must(&script, "querying dpkg").await?;
+        let (status, holds) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
+        let (abbrev, version) = status.trim().split_once('|').unwrap_or(("", ""));
+        let installed = abbrev.starts_with("ii") || abbrev.starts_with("hi");
+        let held = holds.lines().any(|l| l.trim() == self.name);
+        let mut diffs = Vec::new();
+        let mut script = String::from("set -e\n");
+        if self.update_cache {
+            script.push_str(&format!("{APT} update\n"));
+        }
+        match self.state {
+            PackageState::Present => {
+                let wrong_version = self.version.as_deref().is_some_and(|v| v != version);
+                if !installed || wrong_version {
+                    let before = if installed { version.to_owned() } else { String::from("(not installed)") };
+                    diffs.push(FieldDiff::new("version", before, self.version.clone().unwrap_or_else(|| String::from("any"))));
+                    let target = match &self.version {
+                        Some(v) => quote(&format!("{}={v}", self.name)),
+                        None => name.clone(),
+                    };
+                    if held {
+                        script.push_str(&format!("apt-mark unhold {name} >/dev/null\n"));
+                    }
+                    script.push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
+                }
+            }
+            PackageState::Absent => {
+                if installed {
+                    diffs.push(FieldDiff::new("state", "present", "absent"));
+                    script.push_str(&format!("{APT} remove --allow-change-held-packages {name}\n"));
+                }
+            }
+        }
+        if let Some(hold) = self.hold.filter(|_| self.state == PackageState::Present) {
+            if hold != held || (hold && !diffs.is_empty()) {
+                if hold != held {
+                    diffs.push(FieldDiff::new("hold", held.to_string(), hold.to_string()));
+                }
+                script.push_str(&format!("apt-mark {} {name} >/dev/null\n", if hold { "hold" } else { "unhold" }));
+            }
+        }
+        if !diffs.is_empty() && !host.check {
+            host.must(&script, &format!("apt for {}", self.name)).await?;
+        }
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptRepository {
+    /// Names the files: `/etc/apt/sources.list.d/<name>.list`, `/etc/apt/keyrings/<name>.asc`.
+    pub name: String,
+    /// The source line, e.g. `deb [arch=amd64] https://download.docker.com/linux/ubuntu xenial stable`.
+    /// `signed-by` is added when a key is given.
+    pub source: String,
+    /// The ASCII-armored signing key; `key_src` names a file of the role instead.
+    pub key: Option<String>,
+    pub key_src: Option<String>,
+}
+
+impl AptRepository {
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let list = format!("/etc/apt/sources.list.d/{}.list", self.name);
+        let keyring = format!("/etc/apt/keyrings/{}.asc", self.name);
+        let source = match (&self.key, self.source.strip_prefix("deb ")) {
+            (Some(_), Some(rest)) if !self.source.contains("signed-by") => match rest.strip_prefix('[') {
+                Some(options) => format!("deb [signed-by={keyring} {options}"),
+                None => format!("deb [signed-by={keyring}] {rest}"),
+            },
+            _ => self.source.clone(),
+        };
+        let wanted_list = format!("{source}\n");
+        let script = format!("cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true", quote(&list), quote(&keyring));
+        let text = host.must(&script, "reading the repository").await?;
+        let (current_list, current_key) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
+        let mut diffs = Vec::new();
+        if current_list != wanted_list {
+            diffs.push(FieldDiff::new("source", current_list.trim(), source.clone()));
+        }
+        if let Some(key) = &self.key {
+            if current_key != key {
+                diffs.push(FieldDiff::new("key", if current_key.is_empty() { "(absent)" } else { "differs" }, keyring.clone()));
+            }
+        }
+        if !diffs.is_empty() && !host.check {
+            if let Some(key) = &self.key {
+                host.connection.write_file(&keyring, key.as_bytes(), 0o644, "root", "root").await?;
+            }
+            host.connection.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
+            host.must(&format!("{APT} update"), "apt-get update").await?;
+        }
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}

@@ -1,0 +1,58 @@
+//! `sysctl`: a kernel setting, persisted in `/etc/sysctl.d` and applied at once. Inside a
+//! container the kernel's settings are the host's: kstack persists the setting and says it
+//! could not apply it, rather than pretend.
+
+use serde::Deserialize;
+
+use super::{quote, FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sysctl {
+    pub name: String,
+    pub value: String,
+}
+
+impl Sysctl {
+    fn file(&self) -> String {
+        format!("/etc/sysctl.d/60-kstack-{}.conf", self.name.replace(['/', '.'], "-"))
+    }
+
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        if self.name.contains(|c: char| c.is_whitespace() || c == '=') {
+            return Err(TaskError::Failed(format!("`{}` is not a sysctl name", self.name)));
+        }
+        let file = self.file();
+        let wanted_file = format!("{} = {}\n", self.name, self.value);
+        let script = format!(
+            "cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true",
+            quote(&file),
+            quote(&self.name)
+        );
+        let text = host.must(&script, "reading the setting").await?;
+        let (persisted, running) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
+        let normalize = |v: &str| v.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut diffs = Vec::new();
+        let mut notes = Vec::new();
+        if persisted != wanted_file {
+            diffs.push(FieldDiff::new("persisted", persisted.trim(), wanted_file.trim()));
+        }
+        let container = host.facts.in_container();
+        if container {
+            notes.push(format!(
+                "{} is a {} container: {} is persisted for the next boot of a real machine, not applied",
+                host.connection.host, host.facts.virtualization, self.name
+            ));
+        } else if normalize(running) != normalize(&self.value) {
+            diffs.push(FieldDiff::new("value", normalize(running), normalize(&self.value)));
+        }
+        if !diffs.is_empty() && !host.check {
+            host.connection.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root").await?;
+            if !container {
+                host.must(&format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)), "applying the setting")
+                    .await?;
+            }
+        }
+        Ok(Outcome { diffs, content_diff: None, notes })
+    }
+}

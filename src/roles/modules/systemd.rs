@@ -1,0 +1,98 @@
+//! `systemd_unit` and `service`: a unit file or drop-in (optional), whether the unit is
+//! enabled, and whether it runs. A changed unit file is followed by `daemon-reload`, and a
+//! running unit whose file changed is restarted.
+
+use serde::Deserialize;
+
+use super::{quote, FieldDiff, Host, Outcome, TaskError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Started,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Systemd {
+    /// The unit, e.g. `docker.service`.
+    pub name: String,
+    /// The unit file (or drop-in) content; `src` names a template of the role instead.
+    pub content: Option<String>,
+    pub src: Option<String>,
+    /// Write a drop-in `/etc/systemd/system/<name>.d/<dropin>.conf` instead of the unit.
+    pub dropin: Option<String>,
+    pub enabled: Option<bool>,
+    pub state: Option<RunState>,
+}
+
+impl Systemd {
+    fn unit_file(&self) -> String {
+        match &self.dropin {
+            Some(dropin) => format!("/etc/systemd/system/{}.d/{dropin}.conf", self.name),
+            None => format!("/etc/systemd/system/{}", self.name),
+        }
+    }
+
+    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        let unit = quote(&self.name);
+        let file = self.unit_file();
+        let script = format!(
+            "systemctl is-enabled {unit} 2>/dev/null; echo; systemctl is-active {unit} 2>/dev/null; echo; echo '--- kstack ---'; cat {} 2>/dev/null || true",
+            quote(&file)
+        );
+        let text = host.connection.run(&script, None).await?.stdout;
+        let (status, current) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
+        let mut lines = status.lines().filter(|l| !l.is_empty());
+        let enabled = lines.next().unwrap_or("unknown").trim().to_owned();
+        let active = lines.next().unwrap_or("unknown").trim().to_owned();
+        let mut diffs = Vec::new();
+        let file_changed = match &self.content {
+            Some(content) if current != content => {
+                let exists = !current.is_empty();
+                diffs.push(FieldDiff::new(if self.dropin.is_some() { "dropin" } else { "unit_file" }, if exists { "differs" } else { "(absent)" }, file.clone()));
+                true
+            }
+            _ => false,
+        };
+        let is_enabled = matches!(enabled.as_str(), "enabled" | "enabled-runtime" | "static" | "alias");
+        if let Some(wanted) = self.enabled {
+            if wanted != is_enabled {
+                diffs.push(FieldDiff::new("enabled", is_enabled.to_string(), wanted.to_string()));
+            }
+        }
+        let running = active == "active" || active == "activating";
+        match self.state {
+            Some(RunState::Started) if !running => diffs.push(FieldDiff::new("state", active.clone(), "started")),
+            Some(RunState::Stopped) if running => diffs.push(FieldDiff::new("state", active.clone(), "stopped")),
+            Some(RunState::Started) if file_changed => diffs.push(FieldDiff::new("state", "started", "restarted")),
+            _ => {}
+        }
+        if diffs.is_empty() || host.check {
+            return Ok(Outcome { diffs, ..Outcome::default() });
+        }
+        if let Some(content) = &self.content {
+            if file_changed {
+                host.connection.write_file(&file, content.as_bytes(), 0o644, "root", "root").await?;
+            }
+        }
+        let mut script = String::from("set -e\n");
+        if file_changed {
+            script.push_str("systemctl daemon-reload\n");
+        }
+        match self.enabled {
+            Some(true) if !is_enabled => script.push_str(&format!("systemctl enable {unit}\n")),
+            Some(false) if is_enabled => script.push_str(&format!("systemctl disable {unit}\n")),
+            _ => {}
+        }
+        match self.state {
+            Some(RunState::Started) if !running => script.push_str(&format!("systemctl start {unit}\n")),
+            Some(RunState::Started) if file_changed => script.push_str(&format!("systemctl restart {unit}\n")),
+            Some(RunState::Stopped) if running => script.push_str(&format!("systemctl stop {unit}\n")),
+            _ => {}
+        }
+        host.must(&script, &format!("systemctl for {}", self.name)).await?;
+        Ok(Outcome { diffs, ..Outcome::default() })
+    }
+}

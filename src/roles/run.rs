@@ -1,0 +1,272 @@
+//! Applies roles to hosts: one SSH connection per host, hosts in parallel (bounded by
+//! `forks`), tasks in order, notified handlers once after each role, and a failed task
+//! stopping only its own host. `verify` runs the roles' checks the same way.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::checks::CheckResult;
+use super::load::{Role, Task, Variables};
+use super::modules::{Host, Module, Outcome, TaskError};
+use crate::ssh::{Connection, Facts, Login};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub check: bool,
+    pub forks: usize,
+    /// Stop starting new hosts once more than this many have failed.
+    pub max_fail: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Ok,
+    Changed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskReport {
+    pub role: String,
+    pub task: String,
+    pub handler: bool,
+    pub status: TaskStatus,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    /// Why the host could not be worked on at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+    pub tasks: Vec<TaskReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckResult>,
+}
+
+impl HostReport {
+    pub fn count(&self, status: TaskStatus) -> usize {
+        self.tasks.iter().filter(|t| t.status == status).count()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.unreachable.is_some() || self.count(TaskStatus::Failed) > 0 || self.checks.iter().any(|c| !c.passed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    Task { host: String, report: TaskReport },
+    Unreachable { host: String, error: String },
+}
+
+type Events = Arc<dyn Fn(RunEvent) + Send + Sync>;
+
+/// What each host needs: the roles, the variables, and what to do with them.
+enum Work {
+    Converge { check: bool },
+    Verify,
+}
+
+pub async fn run(
+    hosts: &[String],
+    login: &Login,
+    roles: &[Role],
+    variables: &Variables,
+    options: &RunOptions,
+    events: Events,
+) -> Vec<HostReport> {
+    for_each_host(hosts, login, roles, variables, options, Work::Converge { check: options.check }, events).await
+}
+
+pub async fn verify(hosts: &[String], login: &Login, roles: &[Role], options: &RunOptions, events: Events) -> Vec<HostReport> {
+    for_each_host(hosts, login, roles, &Variables::new(), options, Work::Verify, events).await
+}
+
+async fn for_each_host(
+    hosts: &[String],
+    login: &Login,
+    roles: &[Role],
+    variables: &Variables,
+    options: &RunOptions,
+    work: Work,
+    events: Events,
+) -> Vec<HostReport> {
+    let shared = Arc::new((login.clone(), roles.to_vec(), variables.clone(), work));
+    let slots = Arc::new(Semaphore::new(options.forks.max(1)));
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut running = JoinSet::new();
+    for (index, host) in hosts.iter().enumerate() {
+        let (shared, slots, failures, events, host) =
+            (Arc::clone(&shared), Arc::clone(&slots), Arc::clone(&failures), Arc::clone(&events), host.clone());
+        let max_fail = options.max_fail;
+        running.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            if max_fail.is_some_and(|max| failures.load(std::sync::atomic::Ordering::SeqCst) > max) {
+                let report = HostReport {
+                    host,
+                    unreachable: Some(String::from("not started: more hosts failed than --max-fail allows")),
+                    ..HostReport::default()
+                };
+                return (index, report);
+            }
+            let (login, roles, variables, work) = &*shared;
+            let report = on_host(&host, login, roles, variables, work, &events).await;
+            if report.failed() {
+                failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            (index, report)
+        });
+    }
+    let mut reports: Vec<(usize, HostReport)> = Vec::new();
+    while let Some(joined) = running.join_next().await {
+        if let Ok(done) = joined {
+            reports.push(done);
+        }
+    }
+    reports.sort_by_key(|(index, _)| *index);
+    reports.into_iter().map(|(_, report)| report).collect()
+}
+
+async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
+    let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
+    let connected = match Connection::open(host, login).await {
+        Ok(connection) => connection.facts().await.map(|facts| (connection, facts)),
+        Err(error) => Err(error),
+    };
+    let (connection, facts) = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            let message = match error.hint() {
+                Some(hint) => format!("{error} ({hint})"),
+                None => error.to_string(),
+            };
+            events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
+            report.unreachable = Some(message);
+            return report;
+        }
+    };
+    match work {
+        Work::Converge { check } => {
+            'roles: for role in roles {
+                let context = context(role, variables, &facts, host);
+                let mut notified: Vec<&str> = Vec::new();
+                for task in &role.tasks {
+                    let done = run_task(&connection, &facts, *check, role, task, &context, false).await;
+                    events(RunEvent::Task { host: host.to_owned(), report: done.clone() });
+                    let status = done.status;
+                    if status == TaskStatus::Changed {
+                        notified.extend(task.notify.iter().map(String::as_str));
+                    }
+                    report.tasks.push(done);
+                    if status == TaskStatus::Failed {
+                        break 'roles;
+                    }
+                }
+                for handler in role.handlers.iter().filter(|h| notified.contains(&h.name.as_str())) {
+                    let done = run_task(&connection, &facts, *check, role, handler, &context, true).await;
+                    events(RunEvent::Task { host: host.to_owned(), report: done.clone() });
+                    let failed = done.status == TaskStatus::Failed;
+                    report.tasks.push(done);
+                    if failed {
+                        break 'roles;
+                    }
+                }
+            }
+        }
+        Work::Verify => {
+            for check in roles.iter().flat_map(|r| &r.checks) {
+                match check.run(&connection, &facts).await {
+                    Ok(result) => report.checks.push(result),
+                    Err(error) => {
+                        report.unreachable = Some(error.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    connection.close().await;
+    report
+}
+
+/// Template variables: the role's defaults, overridden by the caller's merged variables,
+/// plus `facts` and `host`.
+fn context(role: &Role, variables: &Variables, facts: &Facts, host: &str) -> minijinja::Value {
+    let mut context: Variables = role.defaults.clone().into_iter().collect();
+    context.extend(variables.clone());
+    context.insert("facts".into(), serde_json::to_value(facts).unwrap_or_default());
+    context.insert("host".into(), serde_json::Value::String(host.to_owned()));
+    minijinja::Value::from_serialize(&context)
+}
+
+fn render(value: &serde_json::Value, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<serde_json::Value, String> {
+    Ok(match value {
+        serde_json::Value::String(text) if text.contains("{{") || text.contains("{%") => {
+            serde_json::Value::String(jinja.render_str(text, context).map_err(|e| {
+                let mut message = e.kind().to_string();
+                if let Some(detail) = e.detail() {
+                    message = format!("{message}: {detail}");
+                }
+                format!("template error in `{}`: {message}", text.lines().next().unwrap_or_default())
+            })?)
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(|v| render(v, jinja, context)).collect::<Result<_, _>>()?)
+        }
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render(v, jinja, context)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+async fn run_task(
+    connection: &Connection,
+    facts: &Facts,
+    check: bool,
+    role: &Role,
+    task: &Task,
+    context: &minijinja::Value,
+    handler: bool,
+) -> TaskReport {
+    let mut jinja = minijinja::Environment::new();
+    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    jinja.set_keep_trailing_newline(true);
+    let report = |status, outcome, error| TaskReport {
+        role: role.name.clone(),
+        task: task.name.clone(),
+        handler,
+        status,
+        outcome,
+        error,
+    };
+    let module = render(&task.args, &jinja, context).and_then(|mut args| {
+        if let (Some(content), Some(map)) = (&task.raw_content, args.as_object_mut()) {
+            map.insert("content".into(), serde_json::Value::String(content.clone()));
+        }
+        let mut wrapped = serde_json::Map::new();
+        wrapped.insert(task.module.clone(), args);
+        serde_json::from_value::<Module>(serde_json::Value::Object(wrapped)).map_err(|e| format!("invalid arguments: {e}"))
+    });
+    let module = match module {
+        Ok(module) => module,
+        Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error)),
+    };
+    let host = Host { connection, facts, check };
+    match module.converge(&host).await {
+        Ok(outcome) if outcome.changed() => report(TaskStatus::Changed, outcome, None),
+        Ok(outcome) => report(TaskStatus::Ok, outcome, None),
+        Err(TaskError::Ssh(error)) => report(TaskStatus::Failed, Outcome::default(), Some(error.to_string())),
+        Err(TaskError::Failed(message)) => report(TaskStatus::Failed, Outcome::default(), Some(message)),
+    }
+}
