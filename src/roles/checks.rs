@@ -80,7 +80,8 @@ impl Check {
             CheckKind::Package { name, version } => {
                 let found = out(format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name))).await?.stdout;
                 let (status, installed) = found.split_once('|').unwrap_or(("", ""));
-                let ok = status.starts_with('i') && status.get(1..2) == Some("i") && version.as_ref().is_none_or(|v| v == installed);
+                // The second letter of the abbreviated status is the package's state.
+                let ok = status.chars().nth(1) == Some('i') && version.as_ref().is_none_or(|v| v == installed);
                 result(ok, format!("expected {name} {}, found {}", version.as_deref().unwrap_or("installed"), if status.is_empty() { "not installed" } else { installed }))
             }
             CheckKind::File { path, exists, mode, contains, sha256 } => {
@@ -137,8 +138,13 @@ impl Check {
                 }
             }
             CheckKind::Port { port } => {
-                let found = out(String::from("ss -Hltn 2>/dev/null || netstat -ltn 2>/dev/null")).await?.stdout;
-                let listening = found.lines().any(|l| l.split_whitespace().any(|w| w.rsplit(':').next() == Some(port.to_string().as_str())));
+                // The kernel's own tables: no dependency on ss or netstat being installed.
+                let found = out(String::from("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null")).await?.stdout;
+                let listening = found.lines().any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+                    fields.get(3) == Some(&"0A") && local_port == Some(*port)
+                });
                 result(listening, format!("nothing listens on TCP port {port}"))
             }
             CheckKind::Command { run, exit_status, output_contains } => {

@@ -194,7 +194,9 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
     };
     let mut args = yaml::to_json(args_node);
     let mut raw_content = None;
-    if let Some(src) = args.get("src").and_then(|s| s.as_str()).map(str::to_owned) {
+    // `src` names a file of the role for these; for `file` it is a link's target.
+    let reads_src = matches!(module.as_str(), "copy" | "template" | "systemd_unit" | "service");
+    if let Some(src) = args.get("src").and_then(|s| s.as_str()).filter(|_| reads_src).map(str::to_owned) {
         let folder = if module == "copy" { "files" } else { "templates" };
         let path = dir.join(folder).join(&src);
         match std::fs::read_to_string(&path) {

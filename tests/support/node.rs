@@ -4,6 +4,8 @@
 //!
 //! By hand (as root): see "Test nodes" in the README.
 
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

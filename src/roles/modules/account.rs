@@ -88,7 +88,8 @@ impl User {
                 format!("usermod{} {name}", options.replace(" --groups", " --append --groups").replace(" --home", " --move-home --home"))
             } else {
                 let system = if self.system { " --system" } else { " --create-home" };
-                format!("useradd{system}{options} {name}")
+                // A group named like the user becomes its primary group rather than a clash.
+                format!("set --; if getent group {name} >/dev/null; then set -- --gid {name}; fi; useradd{system}{options} \"$@\" {name}")
             };
             host.must(&script, "changing the user").await?;
         }

@@ -46,16 +46,20 @@ async fn read(host: &Host<'_>, path: &str) -> Result<(Stat, Option<String>), Tas
     Ok((stat, content))
 }
 
+/// The attributes a file should have; `None` keeps what it has.
+struct Attributes<'a> {
+    mode: Option<u32>,
+    owner: Option<&'a str>,
+    group: Option<&'a str>,
+}
+
 /// Writes `wanted` when it or the attributes differ from what `read` found.
 async fn converge_content(
     host: &Host<'_>,
     path: &str,
-    stat: &Stat,
-    current: Option<&str>,
+    (stat, current): (&Stat, Option<&str>),
     wanted: &str,
-    mode: Option<u32>,
-    owner: Option<&str>,
-    group: Option<&str>,
+    Attributes { mode, owner, group }: Attributes<'_>,
 ) -> Result<Outcome, TaskError> {
     let mut diffs = Vec::new();
     let mut content_diff = None;
@@ -90,7 +94,8 @@ impl Copy {
         };
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         let (stat, current) = read(host, &self.dest).await?;
-        converge_content(host, &self.dest, &stat, current.as_deref(), wanted, mode, self.owner.as_deref(), self.group.as_deref()).await
+        let attributes = Attributes { mode, owner: self.owner.as_deref(), group: self.group.as_deref() };
+        converge_content(host, &self.dest, (&stat, current.as_deref()), wanted, attributes).await
     }
 }
 
@@ -120,6 +125,7 @@ impl Line {
         if current.is_none() && self.state == "absent" {
             return Ok(Outcome::default());
         }
-        converge_content(host, &self.path, &stat, current.as_deref(), &wanted, mode, None, None).await
+        let attributes = Attributes { mode, owner: None, group: None };
+        converge_content(host, &self.path, (&stat, current.as_deref()), &wanted, attributes).await
     }
 }

@@ -126,7 +126,13 @@ impl AptRepository {
                 host.connection.write_file(&keyring, key.as_bytes(), 0o644, "root", "root").await?;
             }
             host.connection.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
-            host.must(&format!("{APT} update"), "apt-get update").await?;
+            // Only the new source: its package lists are what the next task needs, and the
+            // others do not have to be fetched again for it.
+            let update = format!(
+                "{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0",
+                quote(&list)
+            );
+            host.must(&update, "apt-get update").await?;
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }

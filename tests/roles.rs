@@ -1,0 +1,182 @@
+//! The role engine on booted test nodes: converge, idempotence, check mode, handlers,
+//! failures confined to their host, and verify.
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kstack::diagnostics::{Loc, Sources, Spanned};
+use kstack::roles::{load_roles, run, verify, HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
+use kstack::ssh::{HostKeys, Login};
+use node::{ClientKey, Node};
+
+fn roles_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/project/roles")
+}
+
+fn load(name: &str) -> Vec<Role> {
+    let mut sources = Sources::default();
+    let source = sources.add(Path::new("test"), String::from(name));
+    let names = [Spanned::new(name.to_owned(), Loc { source, line: 1, column: 1, len: name.len() })];
+    load_roles(&roles_dir(), &names, &mut sources).unwrap_or_else(|problems| {
+        panic!("{:?}", problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>())
+    })
+}
+
+fn login(key: &ClientKey) -> Login {
+    Login {
+        user: String::from("root"),
+        key: key.private(),
+        port: 22,
+        host_keys: HostKeys { path: key.dir.path().join("known_hosts"), trust_on_first_use: true },
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+fn variables() -> Variables {
+    Variables::from([(String::from("env"), serde_json::json!("test"))])
+}
+
+struct Runner {
+    rt: tokio::runtime::Runtime,
+    login: Login,
+    roles: Vec<Role>,
+}
+
+impl Runner {
+    fn new(key: &ClientKey) -> Runner {
+        Runner {
+            rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
+            login: login(key),
+            roles: load("everything"),
+        }
+    }
+
+    fn converge(&self, hosts: &[&Node], check: bool) -> Vec<HostReport> {
+        let hosts: Vec<String> = hosts.iter().map(|n| n.address.clone()).collect();
+        let options = RunOptions { check, forks: 10, max_fail: None };
+        let seen = Arc::new(Mutex::new(0usize));
+        let counter = Arc::clone(&seen);
+        let events = Arc::new(move |event: RunEvent| {
+            if let RunEvent::Task { .. } = event {
+                *counter.lock().unwrap() += 1;
+            }
+        });
+        let reports = self.rt.block_on(run(&hosts, &self.login, &self.roles, &variables(), &options, events));
+        let reported: usize = reports.iter().map(|r| r.tasks.len()).sum();
+        assert_eq!(*seen.lock().unwrap(), reported, "every task result is also an event");
+        reports
+    }
+
+    fn verify(&self, node: &Node) -> HostReport {
+        let options = RunOptions { check: false, forks: 1, max_fail: None };
+        let reports = self.rt.block_on(verify(std::slice::from_ref(&node.address), &self.login, &self.roles, &options, Arc::new(|_| {})));
+        reports.into_iter().next().unwrap()
+    }
+}
+
+fn statuses(report: &HostReport) -> Vec<(String, TaskStatus)> {
+    report.tasks.iter().map(|t| (t.task.clone(), t.status)).collect()
+}
+
+fn failures(report: &HostReport) -> Vec<String> {
+    report
+        .tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Failed)
+        .map(|t| format!("{}: {}", t.task, t.error.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn a_role_using_every_module_converges_once_then_reports_no_change_and_verifies() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let runner = Runner::new(&key);
+
+    let first = &runner.converge(&[&node], false)[0];
+    assert!(first.unreachable.is_none(), "{:?}", first.unreachable);
+    assert_eq!(failures(first), Vec::<String>::new());
+    assert!(first.count(TaskStatus::Changed) >= 15, "{:?}", statuses(first));
+    let handlers: Vec<_> = first.tasks.iter().filter(|t| t.handler).collect();
+    assert_eq!(handlers.len(), 1, "notified three times, the handler runs once");
+    let sysctl = first.tasks.iter().find(|t| t.task == "swappiness").unwrap();
+    assert!(sysctl.outcome.notes.iter().any(|n| n.contains("container")), "{:?}", sysctl.outcome.notes);
+
+    let second = &runner.converge(&[&node], false)[0];
+    let changed: Vec<_> = statuses(second).into_iter().filter(|(_, s)| *s != TaskStatus::Ok).collect();
+    assert_eq!(changed, [], "a converged host reports no change");
+    assert!(second.tasks.iter().all(|t| !t.handler), "no change, no handler");
+    let restarts = std::fs::read_to_string(node.file("/var/lib/app/restarts")).unwrap();
+    assert_eq!(restarts.lines().count(), 1);
+
+    // What the modules did, seen from the node's own filesystem.
+    let config = std::fs::read_to_string(node.file("/etc/app/app.conf")).unwrap();
+    assert_eq!(config, "# test on debian 12\nname = app\n");
+    assert_eq!(
+        std::fs::read_to_string(node.file("/etc/app/banner.txt")).unwrap(),
+        "Written by kstack: {{ not a template }}\n",
+        "files/ are copied as they are"
+    );
+    assert!(std::fs::read_to_string(node.file("/etc/environment")).unwrap().contains("APP_ENV=test\n"));
+    assert_eq!(std::fs::read_to_string(node.file("/etc/sysctl.d/60-kstack-vm-swappiness.conf")).unwrap(), "vm.swappiness = 1\n");
+    assert!(std::fs::read_to_string(node.file("/etc/default/grub")).unwrap().contains("transparent_hugepage=never"));
+    assert!(std::fs::read_to_string(node.file("/etc/systemd/system/app.service.d/limits.conf")).unwrap().contains("LimitNOFILE=65536"));
+
+    let verified = runner.verify(&node);
+    let failed: Vec<_> = verified.checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+    assert_eq!(failed, Vec::<String>::new());
+    let skipped: Vec<&str> = verified.checks.iter().filter(|c| c.skipped.is_some()).map(|c| c.name.as_str()).collect();
+    assert_eq!(skipped, ["swappiness", "huge pages off"], "kernel checks are skipped, not faked, in a container");
+}
+
+#[test]
+fn check_mode_reports_drift_without_changing_it_and_verify_names_the_failing_check() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let runner = Runner::new(&key);
+    assert_eq!(failures(&runner.converge(&[&node], false)[0]), Vec::<String>::new());
+
+    // Drift: someone edits the config and stops the service.
+    std::fs::write(node.file("/etc/app/app.conf"), "name = hand-edited\n").unwrap();
+    runner.rt.block_on(async {
+        let connection = kstack::ssh::Connection::open(&node.address, &runner.login).await.unwrap();
+        assert!(connection.run("systemctl stop app.service", None).await.unwrap().success());
+    });
+
+    let checked = &runner.converge(&[&node], true)[0];
+    let drifted: Vec<_> = statuses(checked).into_iter().filter(|(_, s)| *s == TaskStatus::Changed).map(|(t, _)| t).collect();
+    assert!(drifted.contains(&String::from("config file")), "{drifted:?}");
+    assert!(drifted.contains(&String::from("app unit")), "{drifted:?}");
+    let config = checked.tasks.iter().find(|t| t.task == "config file").unwrap();
+    let diff = config.outcome.content_diff.as_deref().unwrap();
+    assert!(diff.contains("-name = hand-edited") && diff.contains("+name = app"), "{diff}");
+    assert_eq!(std::fs::read_to_string(node.file("/etc/app/app.conf")).unwrap(), "name = hand-edited\n", "check mode changed nothing");
+
+    let verified = runner.verify(&node);
+    let failed: Vec<&str> = verified.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, ["config present", "service running"]);
+    assert!(verified.failed());
+}
+
+#[test]
+fn a_failing_task_stops_only_its_own_host() {
+    let key = ClientKey::new();
+    let good = Node::boot(&key);
+    let bad = Node::boot(&key);
+    // On the bad node, a file stands where the role wants a directory.
+    std::fs::create_dir_all(bad.file("/etc")).unwrap();
+    std::fs::write(bad.file("/etc/app"), "not a directory\n").unwrap();
+    let runner = Runner::new(&key);
+
+    let reports = runner.converge(&[&good, &bad], false);
+    assert_eq!(failures(&reports[0]), Vec::<String>::new());
+    assert!(!reports[0].failed());
+    let failed = failures(&reports[1]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].starts_with("config directory: "), "{failed:?}");
+    assert_eq!(reports[1].tasks.last().unwrap().task, "config directory", "nothing ran after the failure");
+}
