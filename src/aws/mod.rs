@@ -10,6 +10,7 @@ mod calls;
 mod error;
 mod iam;
 mod image;
+mod instances;
 mod internet_gateway;
 mod launch_configuration;
 mod launch_template;
@@ -249,6 +250,7 @@ pub async fn delete(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), A
 }
 
 pub use image::resolve_images;
+pub use instances::{running_instances, Instance};
 
 /// The attributes a change to which cannot be made in place.
 pub fn forces_replacement(kind: Kind, attribute: &str) -> bool {

@@ -5,6 +5,7 @@ mod apply;
 mod graph;
 mod plan;
 mod progress;
+mod provision;
 mod session;
 mod state;
 mod term;
@@ -30,6 +31,8 @@ Examples:
   kstack plan dev                  show what apply would change in AWS
   kstack apply dev                 make AWS match the model, after confirmation
   kstack destroy dev               delete everything of dev
+  kstack provision dev --check     show what the node roles would change on running nodes
+  kstack verify dev                run the roles' checks on running nodes
   kstack completions bash > /etc/bash_completion.d/kstack";
 
 #[derive(Debug, Parser)]
@@ -56,6 +59,8 @@ enum Command {
     Apply(apply::ApplyArgs),
     Destroy(apply::DestroyArgs),
     State(state::Args),
+    Provision(provision::ProvisionArgs),
+    Verify(provision::VerifyArgs),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack")]
     Completions {
@@ -81,6 +86,8 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run_apply(&project, &args),
         Command::Destroy(args) => apply::run_destroy(&project, &args),
         Command::State(args) => state::run(&project, &args),
+        Command::Provision(args) => provision::run_provision(&project, &args),
+        Command::Verify(args) => provision::run_verify(&project, &args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut std::io::stdout());
             Ok(())

@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod decode;
+pub mod image;
 pub mod load;
 pub mod merge;
 pub mod network;

@@ -176,13 +176,33 @@ pub struct Project {
 }
 
 impl Project {
+    /// A copy of the repository's own project.
     pub fn copy() -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        for sub in ["environments", "images"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-            for entry in std::fs::read_dir(repo().join(sub)).unwrap() {
+        Project::copy_from(&repo())
+    }
+
+    /// A copy of `tests/fixtures/<name>`.
+    pub fn fixture(name: &str) -> Project {
+        Project::copy_from(&repo().join("tests/fixtures").join(name))
+    }
+
+    fn copy_from(source: &Path) -> Project {
+        fn copy_tree(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for entry in std::fs::read_dir(from).unwrap() {
                 let entry = entry.unwrap();
-                std::fs::copy(entry.path(), dir.path().join(sub).join(entry.file_name())).unwrap();
+                let target = to.join(entry.file_name());
+                if entry.file_type().unwrap().is_dir() {
+                    copy_tree(&entry.path(), &target);
+                } else {
+                    std::fs::copy(entry.path(), target).unwrap();
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["environments", "images", "roles"] {
+            if source.join(sub).is_dir() {
+                copy_tree(&source.join(sub), &dir.path().join(sub));
             }
         }
         Project { dir }

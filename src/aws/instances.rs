@@ -1,0 +1,42 @@
+//! The running instances of an environment's node groups, for SSH.
+
+use aws_sdk_ec2::types::Filter;
+
+use super::tags::environment_filter;
+use super::{AwsError, Cloud};
+use crate::compile::TAG_ADDRESS;
+
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    /// The node group, from the `asg.<group>` address its group propagates to it.
+    pub group: String,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+}
+
+/// Running instances of the environment, one paginated call.
+pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError> {
+    let mut found = Vec::new();
+    let mut pages = cloud
+        .ec2
+        .describe_instances()
+        .filters(environment_filter(cloud))
+        .filters(Filter::builder().name("instance-state-name").values("running").build())
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for instance in page?.reservations().iter().flat_map(|r| r.instances()) {
+            let address = instance.tags().iter().find(|t| t.key() == Some(TAG_ADDRESS)).and_then(|t| t.value());
+            let Some(group) = address.and_then(|a| a.strip_prefix("asg.")) else { continue };
+            found.push(Instance {
+                id: instance.instance_id().unwrap_or_default().to_owned(),
+                group: group.to_owned(),
+                private_ip: instance.private_ip_address().map(str::to_owned),
+                public_ip: instance.public_ip_address().map(str::to_owned),
+            });
+        }
+    }
+    found.sort_by(|a, b| (&a.group, &a.private_ip).cmp(&(&b.group, &b.private_ip)));
+    Ok(found)
+}

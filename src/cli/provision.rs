@@ -1,0 +1,313 @@
+//! `kstack provision <env>` and `kstack verify <env>`: node roles over SSH on the running
+//! instances of the environment's node groups.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use owo_colors::OwoColorize;
+
+use crate::aws::{running_instances, Cloud};
+use crate::diagnostics::Sources;
+use crate::model::image::load_image;
+use crate::model::{ImageRef, Project};
+use crate::roles::{load_roles, HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
+use crate::ssh::{HostKeys, Login};
+
+use super::session::{aws_failure, runtime};
+use super::{load_and_compile, report_problems, term, Failure};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Targets {
+    /// Environment name (environments/<env>.yaml) or path to an environment file.
+    env: String,
+
+    /// Only these node groups (repeatable).
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+
+    /// Only these hosts: addresses or instance ids (repeatable).
+    #[arg(long = "limit", value_name = "HOST")]
+    limit: Vec<String>,
+
+    /// Log in as this user [default: the image's `ssh_user`]; sudo is used when not root.
+    #[arg(long, value_name = "USER")]
+    ssh_user: Option<String>,
+
+    /// Private key to log in with.
+    #[arg(long, value_name = "FILE", default_value = "~/.ssh/id_ed25519")]
+    ssh_key: String,
+
+    #[arg(long, value_name = "PORT", default_value_t = 22)]
+    ssh_port: u16,
+
+    /// Host keys are checked against this file.
+    #[arg(long, value_name = "FILE", default_value = "~/.ssh/known_hosts")]
+    known_hosts: String,
+
+    /// Record the key of a host not yet in the known_hosts file instead of refusing it.
+    /// A key that differs from a recorded one is always refused.
+    #[arg(long)]
+    trust_new_hosts: bool,
+
+    /// Reach instances by their public addresses instead of their private ones.
+    #[arg(long)]
+    public_addresses: bool,
+
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=500))]
+    forks: u16,
+
+    /// Stop starting new hosts once more than this many have failed.
+    #[arg(long, value_name = "N")]
+    max_fail: Option<usize>,
+
+    /// Print the per-host reports as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Apply each node group's roles (from its image) to its running instances over SSH.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack provision dev
+  kstack provision dev --group workers --limit 10.20.33.7 --check --diff
+  kstack provision dev --ssh-user admin --ssh-key ~/.ssh/fleet --max-fail 2
+
+Exit status: 0 every host converged (or would, with --check), 1 a host failed or was unreachable.")]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    targets: Targets,
+
+    /// Report what would change, change nothing.
+    #[arg(long)]
+    check: bool,
+
+    /// Show file content changes as unified diffs.
+    #[arg(long)]
+    diff: bool,
+}
+
+/// Run the checks of each node group's roles on its running instances.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack verify dev
+  kstack verify dev --group ingress --json
+
+Exit status: 0 every check passed, 1 a check failed or a host was unreachable.")]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    targets: Targets,
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// A node group's hosts, roles and variables.
+struct GroupWork {
+    hosts: Vec<String>,
+    roles: Vec<Role>,
+    variables: Variables,
+    ssh_user: String,
+}
+
+fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Failure> {
+    let (sources, result) = load_and_compile(project, &targets.env);
+    let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
+    let environment = compiled.checked.environment;
+    for wanted in &targets.groups {
+        if !environment.node_groups.iter().any(|g| &g.name.value == wanted) {
+            let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
+            term::error(&format!("`{wanted}` is not a node group of `{}`", environment.name), Some(&crate::diagnostics::expected_one_of(wanted, &names)));
+            return Err(Failure::Reported);
+        }
+    }
+    let runtime = runtime()?;
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
+    let instances = runtime
+        .block_on(running_instances(&cloud))
+        .map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
+    let mut work = Vec::new();
+    let mut sources = Sources::default();
+    for group in &environment.node_groups {
+        let name = &group.name.value;
+        if !targets.groups.is_empty() && !targets.groups.contains(name) {
+            continue;
+        }
+        let ImageRef::Named(image_name) = &group.image.value else {
+            tracing::warn!("node group `{name}` runs a plain AMI id: it has no roles to apply");
+            continue;
+        };
+        let image = load_image(project, image_name, &mut sources).map_err(|problems| report_problems(image_name, problems, &sources))?;
+        let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources)
+            .map_err(|problems| report_problems(&format!("image `{image_name}`"), problems, &sources))?;
+        let hosts: Vec<String> = instances
+            .iter()
+            .filter(|i| &i.group == name)
+            .filter_map(|i| {
+                let address = if targets.public_addresses { i.public_ip.clone() } else { i.private_ip.clone() }?;
+                let wanted = targets.limit.is_empty() || targets.limit.iter().any(|l| *l == address || *l == i.id);
+                wanted.then_some(address)
+            })
+            .collect();
+        let mut variables: Variables = image.variables.clone().into_iter().collect();
+        variables.extend(environment.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())));
+        variables.insert("env".into(), serde_json::json!(environment.name));
+        variables.insert("region".into(), serde_json::json!(environment.region.value));
+        variables.insert(
+            "group".into(),
+            serde_json::json!({
+                "name": name,
+                "instance_type": group.instance_type.value,
+                "min": group.min.value,
+                "max": group.max.value,
+                "desired": group.desired.value,
+            }),
+        );
+        work.push(GroupWork {
+            hosts,
+            roles,
+            variables,
+            ssh_user: targets.ssh_user.clone().unwrap_or_else(|| image.ssh_user.clone()),
+        });
+    }
+    let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
+    if hosts == 0 {
+        term::error(
+            &format!("no running instance of `{}` matches", environment.name),
+            Some("check `kstack apply` has run, and the --group and --limit filters"),
+        );
+        return Err(Failure::Reported);
+    }
+    Ok(work)
+}
+
+fn login(targets: &Targets, user: &str) -> Login {
+    Login {
+        user: user.to_owned(),
+        key: expand_home(&targets.ssh_key),
+        port: targets.ssh_port,
+        host_keys: HostKeys { path: expand_home(&targets.known_hosts), trust_on_first_use: targets.trust_new_hosts },
+        connect_timeout: Duration::from_secs(15),
+    }
+}
+
+pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
+    let work = plan_work(project, &args.targets)?;
+    let runtime = runtime()?;
+    let color = term::stdout_color();
+    let (show, diff) = (!args.targets.json, args.diff);
+    let events = Arc::new(move |event: RunEvent| {
+        if show {
+            print_event(&event, color, diff);
+        }
+    });
+    let mut reports = Vec::new();
+    for group in &work {
+        let options = RunOptions { check: args.check, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
+        let login = login(&args.targets, &group.ssh_user);
+        reports.extend(runtime.block_on(crate::roles::run(&group.hosts, &login, &group.roles, &group.variables, &options, events.clone())));
+    }
+    finish(&reports, args.targets.json, color)
+}
+
+pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
+    let work = plan_work(project, &args.targets)?;
+    let runtime = runtime()?;
+    let color = term::stdout_color();
+    let mut reports = Vec::new();
+    for group in &work {
+        let options = RunOptions { check: true, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
+        let login = login(&args.targets, &group.ssh_user);
+        reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &options, Arc::new(|_| {}))));
+    }
+    if !args.targets.json {
+        for report in &reports {
+            for check in &report.checks {
+                let (mark, text) = match (&check.skipped, check.passed) {
+                    (Some(why), _) => ("skip", format!("{} ({why})", check.name)),
+                    (None, true) => ("pass", check.name.clone()),
+                    (None, false) => ("FAIL", format!("{}: {}", check.name, check.detail)),
+                };
+                let mark = match (color, mark) {
+                    (true, "pass") => mark.green().to_string(),
+                    (true, "FAIL") => mark.red().bold().to_string(),
+                    (true, _) => mark.dimmed().to_string(),
+                    _ => mark.to_owned(),
+                };
+                println!("{mark}: [{}] {text}", report.host);
+            }
+        }
+    }
+    finish(&reports, args.targets.json, color)
+}
+
+fn print_event(event: &RunEvent, color: bool, diff: bool) {
+    match event {
+        RunEvent::Unreachable { host, error } => {
+            let label = if color { "unreachable".red().bold().to_string() } else { String::from("unreachable") };
+            println!("{label}: [{host}] {error}");
+        }
+        RunEvent::Task { host, report } => {
+            let (label, paint): (&str, fn(&str) -> String) = match report.status {
+                TaskStatus::Ok => ("ok", |s| s.green().to_string()),
+                TaskStatus::Changed => ("changed", |s| s.yellow().to_string()),
+                TaskStatus::Failed => ("failed", |s| s.red().bold().to_string()),
+            };
+            let label = if color { paint(label) } else { label.to_owned() };
+            let handler = if report.handler { " (handler)" } else { "" };
+            println!("{label}: [{host}] {} / {}{handler}", report.role, report.task);
+            for change in &report.outcome.diffs {
+                println!("    {}: {} -> {}", change.field, change.before, change.after);
+            }
+            if diff {
+                if let Some(content) = &report.outcome.content_diff {
+                    for line in content.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+            for note in &report.outcome.notes {
+                println!("    note: {note}");
+            }
+            if let Some(error) = &report.error {
+                println!("    {error}");
+            }
+        }
+    }
+}
+
+/// The recap, one line per host, and the exit status.
+fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure> {
+    if json {
+        println!("{:#}", serde_json::to_value(reports).unwrap_or_default());
+    } else {
+        println!("\nRECAP");
+        let width = reports.iter().map(|r| r.host.len()).max().unwrap_or(0);
+        for report in reports {
+            let line = format!(
+                "{:width$} : ok={} changed={} failed={} unreachable={}{}",
+                report.host,
+                report.count(TaskStatus::Ok),
+                report.count(TaskStatus::Changed),
+                report.count(TaskStatus::Failed),
+                u8::from(report.unreachable.is_some()),
+                if report.checks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" checks_failed={}", report.checks.iter().filter(|c| !c.passed).count())
+                },
+            );
+            println!("{}", if color && report.failed() { line.red().to_string() } else { line });
+        }
+    }
+    if reports.iter().any(HostReport::failed) {
+        Err(Failure::Reported)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! `kstack provision` and `kstack verify` through the binary: instances found through the AWS
+//! emulator, served by booted test nodes at the loopback addresses the emulator gave them.
+
+mod support;
+
+#[path = "support/node.rs"]
+mod node;
+
+use node::{ClientKey, Node};
+use support::{runtime, Moto, Project};
+
+const FLEET: &str = "environments/fleet.yaml";
+
+/// A fleet applied to the emulator, with a booted node behind each instance address.
+struct Fleet {
+    moto: Moto,
+    project: Project,
+    key: ClientKey,
+    nodes: Vec<Node>,
+}
+
+impl Fleet {
+    fn start() -> Fleet {
+        let moto = Moto::start();
+        let project = Project::fixture("project");
+        // Loopback addresses no other fleet of this machine uses at the same time.
+        static FLEETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let octet = 10 + std::process::id() % 80;
+        let subnet = FLEETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        project.edit(FLEET, "VPC_CIDR", &format!("127.{octet}.0.0/16"));
+        project.edit(FLEET, "SUBNET_CIDR", &format!("127.{octet}.{subnet}.0/24"));
+        let rt = runtime();
+        let aws = rt.block_on(moto.clients());
+        rt.block_on(aws.seed_image("node"));
+        project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+        let addresses = rt.block_on(async {
+            let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+            let mut addresses: Vec<String> = described
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.private_ip_address().map(str::to_owned))
+                .collect();
+            addresses.sort();
+            addresses
+        });
+        assert_eq!(addresses.len(), 2, "{addresses:?}");
+        assert!(addresses.iter().all(|a| a.starts_with(&format!("127.{octet}.{subnet}."))), "{addresses:?}");
+        let key = ClientKey::new();
+        let nodes = addresses.iter().map(|a| Node::boot_at(&key, a)).collect();
+        Fleet { moto, project, key, nodes }
+    }
+
+    fn kstack(&self, args: &[&str]) -> std::process::Output {
+        let key = self.key.private();
+        let known_hosts = self.key.dir.path().join("known_hosts");
+        self.project
+            .kstack(&self.moto)
+            .args(args)
+            .args(["--ssh-key", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn provision_converges_the_fleet_then_changes_nothing_and_verify_catches_drift() {
+    let fleet = Fleet::start();
+    let first = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
+    let text = stdout(&first);
+    assert!(first.status.success(), "{text}\n{}", String::from_utf8_lossy(&first.stderr));
+    for node in &fleet.nodes {
+        assert!(text.contains(&format!("changed: [{}] everything / config file", node.address)), "{text}");
+        assert!(text.lines().any(|l| l.starts_with(&node.address) && l.contains("failed=0 unreachable=0")), "{text}");
+    }
+
+    let second = fleet.kstack(&["provision", "fleet"]);
+    let text = stdout(&second);
+    assert!(second.status.success(), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains(" changed=0 failed=0")).count(), 2, "{text}");
+
+    let verified = fleet.kstack(&["verify", "fleet"]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+
+    // Drift on one node: --check shows it with a diff and changes nothing.
+    let drifted = &fleet.nodes[1];
+    std::fs::write(drifted.file("/etc/app/app.conf"), "name = hand-edited\n").unwrap();
+    let checked = fleet.kstack(&["provision", "fleet", "--check", "--diff", "--limit", &drifted.address]);
+    let text = stdout(&checked);
+    assert!(checked.status.success(), "{text}");
+    assert!(text.contains(&format!("changed: [{}] everything / config file", drifted.address)), "{text}");
+    assert!(text.contains("-name = hand-edited") && text.contains("+name = app"), "{text}");
+    assert!(!text.contains(&fleet.nodes[0].address), "--limit keeps the other node out: {text}");
+    assert_eq!(std::fs::read_to_string(drifted.file("/etc/app/app.conf")).unwrap(), "name = hand-edited\n");
+
+    let verified = fleet.kstack(&["verify", "fleet"]);
+    let text = stdout(&verified);
+    assert_eq!(verified.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("FAIL: [{}] config present", drifted.address)), "{text}");
+    assert!(text.contains(&format!("pass: [{}] config present", fleet.nodes[0].address)), "{text}");
+}
+
+#[test]
+fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
+    let fleet = Fleet::start();
+    let known_hosts = fleet.key.dir.path().join("known_hosts");
+    // A stale key recorded for the first node, as after a rebuild or an attack.
+    let stale = tempfile::tempdir().unwrap();
+    let stale_key = stale.path().join("key");
+    std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&stale_key).status().unwrap();
+    let public = std::fs::read_to_string(stale_key.with_extension("pub")).unwrap();
+    let mut parts = public.split_whitespace();
+    std::fs::write(&known_hosts, format!("{} {} {}\n", fleet.nodes[0].address, parts.next().unwrap(), parts.next().unwrap())).unwrap();
+
+    let output = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("unreachable: [{}] the host key of {} has changed", fleet.nodes[0].address, fleet.nodes[0].address)), "{text}");
+    assert!(text.lines().any(|l| l.starts_with(&fleet.nodes[1].address) && l.contains("failed=0 unreachable=0")), "{text}");
+}
