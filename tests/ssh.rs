@@ -75,3 +75,24 @@ fn a_changed_host_key_is_refused_and_an_unknown_one_only_trusted_when_asked() {
     assert!(std::fs::read_to_string(&fresh).unwrap().contains("ssh-ed25519"), "trusted on first use and recorded");
     rt.block_on(Connection::open(&node.address, &login(&key, &fresh, false))).unwrap();
 }
+
+#[test]
+fn a_login_user_other_than_root_works_as_root_through_sudo() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    runtime().block_on(async {
+        let root = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
+        let setup = "useradd --create-home admin && mkdir -p ~admin/.ssh && cp /root/.ssh/authorized_keys ~admin/.ssh/ \
+                     && chown -R admin: ~admin/.ssh && echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/admin";
+        assert!(root.run(setup, None).await.unwrap().success());
+        root.close().await;
+        let mut admin_login = login(&key, &known_hosts, false);
+        admin_login.user = String::from("admin");
+        let admin = Connection::open(&node.address, &admin_login).await.unwrap();
+        let output = admin.run("id -un; echo $SUDO_USER", None).await.unwrap();
+        assert_eq!(output.stdout, "root\nadmin\n", "commands run as root, through sudo");
+        admin.write_file("/etc/kstack/owned-by-root", b"x", 0o600, "root", "root").await.unwrap();
+    });
+    assert_eq!(std::fs::read_to_string(node.file("/etc/kstack/owned-by-root")).unwrap(), "x");
+}
