@@ -289,19 +289,21 @@ fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure
         println!("\nRECAP");
         let width = reports.iter().map(|r| r.host.len()).max().unwrap_or(0);
         for report in reports {
-            let line = format!(
-                "{:width$} : ok={} changed={} failed={} unreachable={}{}",
-                report.host,
-                report.count(TaskStatus::Ok),
-                report.count(TaskStatus::Changed),
-                report.count(TaskStatus::Failed),
-                u8::from(report.unreachable.is_some()),
-                if report.checks.is_empty() {
-                    String::new()
-                } else {
-                    format!(" checks_failed={}", report.checks.iter().filter(|c| !c.passed).count())
-                },
-            );
+            let unreachable = u8::from(report.unreachable.is_some());
+            let line = if report.checks.is_empty() {
+                format!(
+                    "{:width$} : ok={} changed={} failed={} unreachable={unreachable}",
+                    report.host,
+                    report.count(TaskStatus::Ok),
+                    report.count(TaskStatus::Changed),
+                    report.count(TaskStatus::Failed),
+                )
+            } else {
+                let skipped = report.checks.iter().filter(|c| c.skipped.is_some()).count();
+                let failed = report.checks.iter().filter(|c| !c.passed).count();
+                let passed = report.checks.len() - skipped - failed;
+                format!("{:width$} : passed={passed} skipped={skipped} failed={failed} unreachable={unreachable}", report.host)
+            };
             println!("{}", if color && report.failed() { line.red().to_string() } else { line });
         }
     }
