@@ -115,6 +115,7 @@ fn main() {
         port: 22,
         host_keys: HostKeys { path: work.path().join("known_hosts"), trust_on_first_use: true },
         connect_timeout: Duration::from_secs(10),
+        bastion: None,
     };
     let hosts: Vec<String> = kstack_nodes.iter().map(|n| n.address.clone()).collect();
     let variables = Variables::from([(String::from("env"), serde_json::json!("bench"))]);

@@ -33,6 +33,7 @@ fn login(key: &ClientKey) -> Login {
         port: 22,
         host_keys: HostKeys { path: key.dir.path().join("known_hosts"), trust_on_first_use: true },
         connect_timeout: Duration::from_secs(10),
+        bastion: None,
     }
 }
 

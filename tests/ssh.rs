@@ -5,7 +5,7 @@ mod node;
 
 use std::time::Duration;
 
-use kstack::ssh::{Connection, HostKeys, Login, SshError};
+use kstack::ssh::{Bastion, Connection, HostKeys, Login, SshError};
 use node::{ClientKey, Node};
 
 fn login(key: &ClientKey, known_hosts: &std::path::Path, trust_on_first_use: bool) -> Login {
@@ -15,6 +15,7 @@ fn login(key: &ClientKey, known_hosts: &std::path::Path, trust_on_first_use: boo
         port: 22,
         host_keys: HostKeys { path: known_hosts.to_owned(), trust_on_first_use },
         connect_timeout: Duration::from_secs(10),
+        bastion: None,
     }
 }
 
@@ -95,4 +96,28 @@ fn a_login_user_other_than_root_works_as_root_through_sudo() {
         admin.write_file("/etc/kstack/owned-by-root", b"x", 0o600, "root", "root").await.unwrap();
     });
     assert_eq!(std::fs::read_to_string(node.file("/etc/kstack/owned-by-root")).unwrap(), "x");
+}
+
+#[test]
+fn hosts_are_reached_through_a_bastion_when_one_is_named() {
+    let key = ClientKey::new();
+    let bastion = Node::boot(&key);
+    let target = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    let mut through = login(&key, &known_hosts, true);
+    through.bastion = Some(format!("root@{}:22", bastion.address).parse::<Bastion>().unwrap());
+    let rt = runtime();
+    rt.block_on(async {
+        let connection = Connection::open(&target.address, &through).await.unwrap();
+        let output = connection.run("cat /etc/ssh/sshd_config.d/kstack-test.conf", None).await.unwrap();
+        assert!(output.stdout.contains(&format!("ListenAddress {}", target.address)), "{}", output.stdout);
+        // The bastion saw the login that carried the tunnel.
+        let direct = Connection::open(&bastion.address, &login(&key, &known_hosts, true)).await.unwrap();
+        let log = direct.run("journalctl -q -u ssh --no-pager | grep -c 'Accepted publickey'", None).await.unwrap();
+        assert_eq!(log.stdout.trim(), "2", "the tunnel's login and this one");
+    });
+    // A bastion that does not answer makes the host unreachable, naming it.
+    through.bastion = Some(Bastion { user: None, host: String::from("127.0.0.1"), port: 1 });
+    let error = rt.block_on(Connection::open(&target.address, &through)).err().unwrap();
+    assert!(matches!(error, SshError::Unreachable { ref host, .. } if host == "127.0.0.1"), "{error}");
 }

@@ -54,6 +54,10 @@ pub struct Targets {
     #[arg(long)]
     public_addresses: bool,
 
+    /// Reach instances through this jump host, `[user@]host[:port]` (like `ssh -J`).
+    #[arg(long, value_name = "HOST")]
+    bastion: Option<crate::ssh::Bastion>,
+
     /// Hosts worked on at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=500))]
     forks: u16,
@@ -193,6 +197,7 @@ fn login(targets: &Targets, user: &str) -> Login {
         port: targets.ssh_port,
         host_keys: HostKeys { path: expand_home(&targets.known_hosts), trust_on_first_use: targets.trust_new_hosts },
         connect_timeout: Duration::from_secs(15),
+        bastion: targets.bastion.clone(),
     }
 }
 

@@ -61,6 +61,35 @@ pub struct Login {
     pub port: u16,
     pub host_keys: HostKeys,
     pub connect_timeout: Duration,
+    /// Reach hosts through this jump host, as `ssh -J` does.
+    pub bastion: Option<Bastion>,
+}
+
+/// A jump host: `[user@]host[:port]`; the user defaults to the login user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bastion {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for Bastion {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Bastion, String> {
+        let (user, rest) = match text.split_once('@') {
+            Some((user, rest)) => (Some(user.to_owned()), rest),
+            None => (None, text),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse().map_err(|_| format!("`{port}` is not a port number"))?),
+            None => (rest, 22),
+        };
+        if host.is_empty() {
+            return Err(String::from("expected [user@]host[:port]"));
+        }
+        Ok(Bastion { user, host: host.to_owned(), port })
+    }
 }
 
 /// What a command printed and how it ended.
@@ -108,12 +137,31 @@ impl client::Handler for Verifier {
 pub struct Connection {
     pub host: String,
     handle: Handle<Verifier>,
-    /// Prefix for commands that need root, empty when logged in as root.
+    /// Whether commands go through `sudo`: the login user is not root.
     become_root: bool,
+    /// The bastion connection this one is tunnelled through, kept open as long as it is.
+    _jump: Option<Box<Connection>>,
 }
 
 impl Connection {
+    /// Connects and authenticates, through the bastion when the login names one.
     pub async fn open(host: &str, login: &Login) -> Result<Connection, SshError> {
+        let jump = match &login.bastion {
+            Some(bastion) => {
+                let jump_login = Login {
+                    user: bastion.user.clone().unwrap_or_else(|| login.user.clone()),
+                    port: bastion.port,
+                    bastion: None,
+                    ..login.clone()
+                };
+                Some(Box::new(Connection::establish(&bastion.host, &jump_login, None).await?))
+            }
+            None => None,
+        };
+        Connection::establish(host, login, jump).await
+    }
+
+    async fn establish(host: &str, login: &Login, jump: Option<Box<Connection>>) -> Result<Connection, SshError> {
         let config = Arc::new(client::Config {
             inactivity_timeout: Some(Duration::from_secs(300)),
             keepalive_interval: Some(Duration::from_secs(30)),
@@ -127,7 +175,18 @@ impl Connection {
             refusal: Arc::clone(&refusal),
         };
         let unreachable = |message: String| SshError::Unreachable { host: host.to_owned(), message };
-        let connecting = client::connect(config, (host, login.port), verifier);
+        let connecting = async {
+            match &jump {
+                None => client::connect(config, (host, login.port), verifier).await,
+                Some(jump) => {
+                    let channel = jump
+                        .handle
+                        .channel_open_direct_tcpip(host, u32::from(login.port), "127.0.0.1", 0)
+                        .await?;
+                    client::connect_stream(config, channel.into_stream(), verifier).await
+                }
+            }
+        };
         let mut handle = match tokio::time::timeout(login.connect_timeout, connecting).await {
             Err(_) => return Err(unreachable(format!("no answer within {}s", login.connect_timeout.as_secs()))),
             Ok(Ok(handle)) => handle,
@@ -135,7 +194,8 @@ impl Connection {
                 if let Some(refused) = refusal.lock().ok().and_then(|mut r| r.take()) {
                     return Err(refused);
                 }
-                return Err(unreachable(error.to_string()));
+                let through = jump.as_ref().map(|j| format!(" (through bastion {})", j.host)).unwrap_or_default();
+                return Err(unreachable(format!("{error}{through}")));
             }
         };
         let key = russh::keys::load_secret_key(&login.key, None).map_err(|e| SshError::Key {
@@ -159,6 +219,7 @@ impl Connection {
             host: host.to_owned(),
             handle,
             become_root: login.user != "root",
+            _jump: jump,
         })
     }
 
