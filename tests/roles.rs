@@ -181,3 +181,18 @@ fn a_failing_task_stops_only_its_own_host() {
     assert!(failed[0].starts_with("config directory: "), "{failed:?}");
     assert_eq!(reports[1].tasks.last().unwrap().task, "config directory", "nothing ran after the failure");
 }
+
+#[test]
+fn max_fail_stops_starting_hosts_once_too_many_have_failed() {
+    let key = ClientKey::new();
+    let runner = Runner::new(&key);
+    // Nothing listens on these addresses: each host fails at once.
+    let hosts: Vec<String> = (1..=3).map(|i| format!("127.254.254.{i}")).collect();
+    let options = RunOptions { check: false, forks: 1, max_fail: Some(0) };
+    let reports = runner.rt.block_on(run(&hosts, &runner.login, &runner.roles, &variables(), &options, Arc::new(|_| {})));
+    let reasons: Vec<&str> = reports.iter().map(|r| r.unreachable.as_deref().unwrap_or_default()).collect();
+    assert!(reasons[0].starts_with("cannot reach 127.254.254.1"), "{reasons:?}");
+    for reason in &reasons[1..] {
+        assert!(reason.starts_with("not started: more hosts failed than --max-fail allows"), "{reasons:?}");
+    }
+}
