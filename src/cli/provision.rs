@@ -262,6 +262,7 @@ fn print_event(event: &RunEvent, color: bool, diff: bool) {
                 TaskStatus::Ok => ("ok", |s| s.green().to_string()),
                 TaskStatus::Changed => ("changed", |s| s.yellow().to_string()),
                 TaskStatus::Failed => ("failed", |s| s.red().bold().to_string()),
+                TaskStatus::Skipped => ("skipped", |s| s.dimmed().to_string()),
             };
             let label = if color { paint(label) } else { label.to_owned() };
             let handler = if report.handler { " (handler)" } else { "" };
@@ -297,11 +298,12 @@ fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure
             let unreachable = u8::from(report.unreachable.is_some());
             let line = if report.checks.is_empty() {
                 format!(
-                    "{:width$} : ok={} changed={} failed={} unreachable={unreachable}",
+                    "{:width$} : ok={} changed={} failed={} skipped={} unreachable={unreachable}",
                     report.host,
                     report.count(TaskStatus::Ok),
                     report.count(TaskStatus::Changed),
                     report.count(TaskStatus::Failed),
+                    report.count(TaskStatus::Skipped),
                 )
             } else {
                 let skipped = report.checks.iter().filter(|c| c.skipped.is_some()).count();

@@ -26,6 +26,10 @@ pub enum CheckKind {
     Sysctl { name: String, value: String },
     KernelParameter { parameter: String },
     Port { port: u16 },
+    /// Transparent huge pages: the `enabled` and `defrag` modes in effect.
+    TransparentHugePages { enabled: String, defrag: String },
+    /// The MTU of an interface (the default route's when not named).
+    Mtu { interface: Option<String>, value: u32 },
     Command {
         run: String,
         #[serde(default)]
@@ -63,7 +67,7 @@ pub fn read(node: &Node, problems: &mut Problems) -> Vec<Check> {
             Err(error) => {
                 problems
                     .error(yaml::loc(body), format!("invalid check `{}`: {error}", name.value))
-                    .hint("a check is one of: package, file, service, sysctl, kernel_parameter, port, command");
+                    .hint("a check is one of: package, file, service, sysctl, kernel_parameter, port, transparent_huge_pages, mtu, command");
                 None
             }
         }
@@ -146,6 +150,37 @@ impl Check {
                     fields.get(3) == Some(&"0A") && local_port == Some(*port)
                 });
                 result(listening, format!("nothing listens on TCP port {port}"))
+            }
+            CheckKind::TransparentHugePages { enabled, defrag } => {
+                if facts.in_container() {
+                    skip(format!("needs a real VM: huge pages are the host kernel's in a {} container", facts.virtualization))
+                } else {
+                    let found = out(String::from(
+                        "cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag",
+                    ))
+                    .await?
+                    .stdout;
+                    // The mode in effect is the one in brackets: `always madvise [never]`.
+                    let selected = |line: &str| line.split('[').nth(1).and_then(|r| r.split(']').next()).unwrap_or_default().to_owned();
+                    let mut lines = found.lines();
+                    let (now_enabled, now_defrag) = (selected(lines.next().unwrap_or_default()), selected(lines.next().unwrap_or_default()));
+                    result(
+                        now_enabled == *enabled && now_defrag == *defrag,
+                        format!("enabled={now_enabled} defrag={now_defrag}, expected enabled={enabled} defrag={defrag}"),
+                    )
+                }
+            }
+            CheckKind::Mtu { interface, value } => {
+                if facts.in_container() {
+                    skip(format!("needs a real VM: a {} container shares the host's interfaces", facts.virtualization))
+                } else {
+                    let interface = match interface {
+                        Some(name) => name.clone(),
+                        None => out(String::from("awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route")).await?.stdout.trim().to_owned(),
+                    };
+                    let found = out(format!("cat /sys/class/net/{}/mtu", quote(&interface))).await?.stdout;
+                    result(found.trim() == value.to_string(), format!("{interface} has MTU {}, expected {value}", found.trim()))
+                }
             }
             CheckKind::Command { run, exit_status, output_contains } => {
                 let output = connection.run(run, None).await?;

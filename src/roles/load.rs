@@ -22,6 +22,9 @@ pub struct Task {
     /// Content read from the role's `files/`, used as is (never rendered).
     pub raw_content: Option<String>,
     pub notify: Vec<String>,
+    /// A minijinja expression; the task is skipped when it is false, e.g.
+    /// `facts.virtualization == "none"`.
+    pub when: Option<String>,
     pub loc: Loc,
 }
 
@@ -150,6 +153,7 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
     };
     let mut name = handler_name.map(|n| n.value);
     let mut notify = Vec::new();
+    let mut when = None;
     let mut module: Option<(String, &Node, Loc)> = None;
     for (key, value) in map.iter() {
         match key.as_str() {
@@ -158,6 +162,19 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
                 notify = match value {
                     Node::Scalar(_) => yaml::string(value, problems).map(|s| vec![s.value]).unwrap_or_default(),
                     _ => yaml::string_list(value, problems).unwrap_or_default().into_iter().map(|s| s.value).collect(),
+                }
+            }
+            "when" => {
+                if let Some(expression) = yaml::string(value, problems) {
+                    let jinja = minijinja::Environment::new();
+                    match jinja.compile_expression(&expression.value) {
+                        Ok(_) => when = Some(expression.value),
+                        Err(error) => {
+                            problems
+                                .error(expression.loc, format!("`when` is not a valid expression: {}", error.detail().unwrap_or("syntax error")))
+                                .hint("e.g. `when: facts.virtualization == \"none\"`");
+                        }
+                    }
                 }
             }
             other if NAMES.contains(&other) => {
@@ -170,7 +187,7 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
                 }
             }
             other => {
-                let hint = match did_you_mean(other, NAMES.iter().copied().chain(["name", "notify"])) {
+                let hint = match did_you_mean(other, NAMES.iter().copied().chain(["name", "notify", "when"])) {
                     Some(close) => format!("did you mean `{close}`?"),
                     None => format!("modules: {}", NAMES.join(", ")),
                 };
@@ -247,6 +264,7 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
         args,
         raw_content,
         notify,
+        when,
         loc,
     })
 }

@@ -27,6 +27,8 @@ pub enum TaskStatus {
     Ok,
     Changed,
     Failed,
+    /// Its `when` was false.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -250,6 +252,17 @@ async fn run_task(
         outcome,
         error,
     };
+    if let Some(condition) = &task.when {
+        let holds = jinja
+            .compile_expression(condition)
+            .and_then(|expression| expression.eval(context))
+            .map(|value| value.is_true());
+        match holds {
+            Ok(true) => {}
+            Ok(false) => return report(TaskStatus::Skipped, Outcome::default(), None),
+            Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(format!("`when: {condition}`: {error}"))),
+        }
+    }
     let module = render(&task.args, &jinja, context).and_then(|mut args| {
         if let (Some(content), Some(map)) = (&task.raw_content, args.as_object_mut()) {
             map.insert("content".into(), serde_json::Value::String(content.clone()));
