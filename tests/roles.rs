@@ -3,80 +3,18 @@
 
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/runner.rs"]
+mod runner;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use kstack::diagnostics::{Loc, Sources, Spanned};
-use kstack::roles::{load_roles, run, verify, HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
-use kstack::ssh::{HostKeys, Login};
+use kstack::roles::{run, HostReport, RunOptions, TaskStatus, Variables};
 use node::{ClientKey, Node};
+use runner::{fixture_roles, Runner};
 
-fn roles_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/project/roles")
-}
-
-fn load(name: &str) -> Vec<Role> {
-    let mut sources = Sources::default();
-    let source = sources.add(Path::new("test"), String::from(name));
-    let names = [Spanned::new(name.to_owned(), Loc { source, line: 1, column: 1, len: name.len() })];
-    load_roles(&roles_dir(), &names, &mut sources).unwrap_or_else(|problems| {
-        panic!("{:?}", problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>())
-    })
-}
-
-fn login(key: &ClientKey) -> Login {
-    Login {
-        user: String::from("root"),
-        key: key.private(),
-        port: 22,
-        host_keys: HostKeys { path: key.dir.path().join("known_hosts"), trust_on_first_use: true },
-        connect_timeout: Duration::from_secs(10),
-        bastion: None,
-    }
-}
-
-fn variables() -> Variables {
-    Variables::from([(String::from("env"), serde_json::json!("test"))])
-}
-
-struct Runner {
-    rt: tokio::runtime::Runtime,
-    login: Login,
-    roles: Vec<Role>,
-}
-
-impl Runner {
-    fn new(key: &ClientKey) -> Runner {
-        Runner {
-            rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap(),
-            login: login(key),
-            roles: load("everything"),
-        }
-    }
-
-    fn converge(&self, hosts: &[&Node], check: bool) -> Vec<HostReport> {
-        let hosts: Vec<String> = hosts.iter().map(|n| n.address.clone()).collect();
-        let options = RunOptions { check, forks: 10, max_fail: None };
-        let seen = Arc::new(Mutex::new(0usize));
-        let counter = Arc::clone(&seen);
-        let events = Arc::new(move |event: RunEvent| {
-            if let RunEvent::Task { .. } = event {
-                *counter.lock().unwrap() += 1;
-            }
-        });
-        let reports = self.rt.block_on(run(&hosts, &self.login, &self.roles, &variables(), &options, events));
-        let reported: usize = reports.iter().map(|r| r.tasks.len()).sum();
-        assert_eq!(*seen.lock().unwrap(), reported, "every task result is also an event");
-        reports
-    }
-
-    fn verify(&self, node: &Node) -> HostReport {
-        let options = RunOptions { check: false, forks: 1, max_fail: None };
-        let reports = self.rt.block_on(verify(std::slice::from_ref(&node.address), &self.login, &self.roles, &options, Arc::new(|_| {})));
-        reports.into_iter().next().unwrap()
-    }
+fn runner(key: &ClientKey) -> Runner {
+    let variables = Variables::from([(String::from("env"), serde_json::json!("test"))]);
+    Runner::new(key, &fixture_roles(), &["everything"], variables)
 }
 
 fn statuses(report: &HostReport) -> Vec<(String, TaskStatus)> {
@@ -96,7 +34,7 @@ fn failures(report: &HostReport) -> Vec<String> {
 fn a_role_using_every_module_converges_once_then_reports_no_change_and_verifies() {
     let key = ClientKey::new();
     let node = Node::boot(&key);
-    let runner = Runner::new(&key);
+    let runner = runner(&key);
 
     let first = &runner.converge(&[&node], false)[0];
     assert!(first.unreachable.is_none(), "{:?}", first.unreachable);
@@ -138,7 +76,7 @@ fn a_role_using_every_module_converges_once_then_reports_no_change_and_verifies(
 fn check_mode_reports_drift_without_changing_it_and_verify_names_the_failing_check() {
     let key = ClientKey::new();
     let node = Node::boot(&key);
-    let runner = Runner::new(&key);
+    let runner = runner(&key);
     assert_eq!(failures(&runner.converge(&[&node], false)[0]), Vec::<String>::new());
 
     // Drift: someone edits the config and stops the service.
@@ -171,7 +109,7 @@ fn a_failing_task_stops_only_its_own_host() {
     // On the bad node, a file stands where the role wants a directory.
     std::fs::create_dir_all(bad.file("/etc")).unwrap();
     std::fs::write(bad.file("/etc/app"), "not a directory\n").unwrap();
-    let runner = Runner::new(&key);
+    let runner = runner(&key);
 
     let reports = runner.converge(&[&good, &bad], false);
     assert_eq!(failures(&reports[0]), Vec::<String>::new());
@@ -185,11 +123,11 @@ fn a_failing_task_stops_only_its_own_host() {
 #[test]
 fn max_fail_stops_starting_hosts_once_too_many_have_failed() {
     let key = ClientKey::new();
-    let runner = Runner::new(&key);
+    let runner = runner(&key);
     // Nothing listens on these addresses: each host fails at once.
     let hosts: Vec<String> = (1..=3).map(|i| format!("127.254.254.{i}")).collect();
     let options = RunOptions { check: false, forks: 1, max_fail: Some(0) };
-    let reports = runner.rt.block_on(run(&hosts, &runner.login, &runner.roles, &variables(), &options, Arc::new(|_| {})));
+    let reports = runner.rt.block_on(run(&hosts, &runner.login, &runner.roles, &runner.variables, &options, Arc::new(|_| {})));
     let reasons: Vec<&str> = reports.iter().map(|r| r.unreachable.as_deref().unwrap_or_default()).collect();
     assert!(reasons[0].starts_with("cannot reach 127.254.254.1"), "{reasons:?}");
     for reason in &reasons[1..] {

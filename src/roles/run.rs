@@ -200,12 +200,17 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
 }
 
 /// Template variables: the role's defaults, overridden by the caller's merged variables,
-/// plus `facts` and `host`.
+/// plus `facts`, `host`, and `host_seed`: a number stable per host, for spreading hosts
+/// over a window (e.g. reboot times) without coordination.
 fn context(role: &Role, variables: &Variables, facts: &Facts, host: &str) -> minijinja::Value {
+    use sha2::{Digest, Sha256};
     let mut context: Variables = role.defaults.clone().into_iter().collect();
     context.extend(variables.clone());
     context.insert("facts".into(), serde_json::to_value(facts).unwrap_or_default());
     context.insert("host".into(), serde_json::Value::String(host.to_owned()));
+    let digest = Sha256::digest(host.as_bytes());
+    let seed = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    context.insert("host_seed".into(), serde_json::json!(seed));
     minijinja::Value::from_serialize(&context)
 }
 

@@ -69,6 +69,12 @@ impl Node {
     }
 
     pub fn boot_at(key: &ClientKey, address: &str) -> Node {
+        Node::boot_with(key, address, |_| {})
+    }
+
+    /// Boots after `prepare` has written into the node's writable layer (given as the path
+    /// of its root), so the node sees the files from the start.
+    pub fn boot_with(key: &ClientKey, address: &str, prepare: impl FnOnce(&Path)) -> Node {
         let rootfs = rootfs();
         assert!(rootfs.join("usr/sbin/sshd").exists(), "{} is missing: run scripts/setup", rootfs.display());
         let dir = tempfile::tempdir().unwrap();
@@ -86,6 +92,7 @@ impl Node {
             ),
         )
         .unwrap();
+        prepare(&upper);
         let name = format!("kstack-{}", address.replace('.', "-"));
         let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
         let child = Command::new("systemd-nspawn")

@@ -99,9 +99,11 @@ pub struct AptRepository {
 
 impl AptRepository {
     pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        // An empty key (a variable left unset) means none.
+        let key = self.key.as_deref().filter(|k| !k.trim().is_empty());
         let list = format!("/etc/apt/sources.list.d/{}.list", self.name);
         let keyring = format!("/etc/apt/keyrings/{}.asc", self.name);
-        let source = match (&self.key, self.source.strip_prefix("deb ")) {
+        let source = match (key, self.source.strip_prefix("deb ")) {
             (Some(_), Some(rest)) if !self.source.contains("signed-by") => match rest.strip_prefix('[') {
                 Some(options) => format!("deb [signed-by={keyring} {options}"),
                 None => format!("deb [signed-by={keyring}] {rest}"),
@@ -116,13 +118,13 @@ impl AptRepository {
         if current_list != wanted_list {
             diffs.push(FieldDiff::new("source", current_list.trim(), source.clone()));
         }
-        if let Some(key) = &self.key {
+        if let Some(key) = key {
             if current_key != key {
                 diffs.push(FieldDiff::new("key", if current_key.is_empty() { "(absent)" } else { "differs" }, keyring.clone()));
             }
         }
         if !diffs.is_empty() && !host.check {
-            if let Some(key) = &self.key {
+            if let Some(key) = key {
                 host.connection.write_file(&keyring, key.as_bytes(), 0o644, "root", "root").await?;
             }
             host.connection.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
