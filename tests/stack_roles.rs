@@ -25,8 +25,10 @@ fn service(description: &str) -> String {
     format!("[Unit]\nDescription={description} (test stand-in)\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n")
 }
 
-/// (package, version, files it installs)
-fn packages() -> Vec<(&'static str, &'static str, Vec<(&'static str, String)>)> {
+/// A package's name, version and the files it installs.
+type StandIn = (&'static str, &'static str, Vec<(&'static str, String)>);
+
+fn packages() -> Vec<StandIn> {
     let tool = |name: &str| format!("#!/bin/sh\n# {name} stand-in\nexit 0\n");
     vec![
         ("linux-generic-hwe-16.04", "4.15.0.142.137", vec![]),
