@@ -75,7 +75,7 @@ fn provision_converges_the_fleet_then_changes_nothing_and_verify_catches_drift()
     assert!(first.status.success(), "{text}\n{}", String::from_utf8_lossy(&first.stderr));
     for node in &fleet.nodes {
         assert!(text.contains(&format!("changed: [{}] everything / config file", node.address)), "{text}");
-        assert!(text.lines().any(|l| l.starts_with(&node.address) && l.contains("failed=0 unreachable=0")), "{text}");
+        assert!(text.lines().any(|l| l.starts_with(&node.address) && l.contains("failed=0 skipped=0 unreachable=0")), "{text}");
     }
 
     let second = fleet.kstack(&["provision", "fleet"]);
@@ -120,5 +120,5 @@ fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains(&format!("unreachable: [{}] the host key of {} has changed", fleet.nodes[0].address, fleet.nodes[0].address)), "{text}");
-    assert!(text.lines().any(|l| l.starts_with(&fleet.nodes[1].address) && l.contains("failed=0 unreachable=0")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with(&fleet.nodes[1].address) && l.contains("failed=0 skipped=0 unreachable=0")), "{text}");
 }
