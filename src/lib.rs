@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod aws;
+pub mod bake;
 pub mod cli;
 pub mod compile;
 pub mod diagnostics;

@@ -42,6 +42,7 @@ pub struct Cloud {
     pub calls: Arc<ApiCalls>,
     /// The environment whose resources are read and written.
     pub environment: String,
+    pub region: String,
 }
 
 impl Cloud {
@@ -71,6 +72,7 @@ impl Cloud {
             ),
             calls,
             environment: environment.to_owned(),
+            region: region.to_owned(),
         }
     }
 
@@ -250,6 +252,7 @@ pub async fn delete(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), A
 }
 
 pub use image::resolve_images;
+pub use launch_template::root_device;
 pub use instances::{running_instances, Instance};
 
 /// The attributes a change to which cannot be made in place.

@@ -2,6 +2,7 @@
 //! Only this module knows about the terminal; everything below it returns data.
 
 mod apply;
+mod bake;
 mod graph;
 mod plan;
 mod progress;
@@ -31,6 +32,7 @@ Examples:
   kstack plan dev                  show what apply would change in AWS
   kstack apply dev                 make AWS match the model, after confirmation
   kstack destroy dev               delete everything of dev
+  kstack bake node                 bake images/node.yaml into an AMI (reused if unchanged)
   kstack provision dev --check     show what the node roles would change on running nodes
   kstack verify dev                run the roles' checks on running nodes
   kstack completions bash > /etc/bash_completion.d/kstack";
@@ -59,6 +61,7 @@ enum Command {
     Apply(apply::ApplyArgs),
     Destroy(apply::DestroyArgs),
     State(state::Args),
+    Bake(bake::Args),
     Provision(provision::ProvisionArgs),
     Verify(provision::VerifyArgs),
     /// Print a shell completion script.
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => apply::run_apply(&project, &args),
         Command::Destroy(args) => apply::run_destroy(&project, &args),
         Command::State(args) => state::run(&project, &args),
+        Command::Bake(args) => bake::run(&project, &args),
         Command::Provision(args) => provision::run_provision(&project, &args),
         Command::Verify(args) => provision::run_verify(&project, &args),
         Command::Completions { shell } => {

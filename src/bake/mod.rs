@@ -1,0 +1,140 @@
+//! `kstack bake <image>`: an immutable node AMI from roles, replacing Packer's amazon-ebs.
+//!
+//! Resolve the source AMI and the bake's content hash; reuse an AMI with that hash; otherwise
+//! launch a tagged builder with a one-off SSH key (user data, as cloud-init installs it) and
+//! a security group admitting SSH from this machine only, apply the roles, run their checks,
+//! clean the instance, stop it, create the image, copy it, and delete everything temporary:
+//! also on failure and Ctrl-C, unless asked to keep it for debugging.
+
+mod builder;
+mod hash;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use builder::cleanup_leftovers;
+pub use hash::content_hash;
+
+use crate::aws::{AwsError, Cloud};
+use crate::model::image::{Image, ImageSource};
+use crate::roles::Role;
+
+/// Tags of a bake's temporary resources and of the AMI it makes.
+pub const TAG_BAKE: &str = "kstack:bake";
+pub const TAG_HASH: &str = "kstack:bake-hash";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    #[error("AWS failed while {doing}: {error}")]
+    Aws { doing: String, error: AwsError },
+    #[error("{0}")]
+    Failed(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl BakeError {
+    fn aws(doing: &str) -> impl FnOnce(AwsError) -> BakeError + '_ {
+        move |error| BakeError::Aws { doing: doing.to_owned(), error }
+    }
+}
+
+pub struct Options {
+    pub force: bool,
+    pub keep_on_error: bool,
+    /// The CIDR SSH is admitted from; by default the address this machine uses to reach the
+    /// builder.
+    pub ssh_cidr: Option<String>,
+    pub ssh_timeout: Duration,
+}
+
+/// What a bake produced, also written as the JSON manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub image: String,
+    pub hash: String,
+    pub source_ami: String,
+    pub reused: bool,
+    /// AMI id per region, the bake's own region first.
+    pub amis: BTreeMap<String, String>,
+    pub seconds: f64,
+}
+
+/// Progress for the terminal: a step started, or finished after some time.
+pub type Progress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeError> {
+    match &image.source {
+        ImageSource::Ami(id) => Ok(id.clone()),
+        ImageSource::Search { owner, name } => {
+            let found = cloud
+                .ec2
+                .describe_images()
+                .owners(owner)
+                .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(name).build())
+                .filters(aws_sdk_ec2::types::Filter::builder().name("state").values("available").build())
+                .send()
+                .await
+                .map_err(|e| BakeError::Aws { doing: String::from("finding the source AMI"), error: e.into() })?;
+            found
+                .images()
+                .iter()
+                .max_by_key(|i| i.creation_date().unwrap_or_default().to_owned())
+                .and_then(|i| i.image_id())
+                .map(str::to_owned)
+                .ok_or_else(|| BakeError::Failed(format!("no AMI of owner {owner} matches `{name}`")))
+        }
+    }
+}
+
+/// An AMI baked from exactly this content, if there is one.
+async fn existing(cloud: &Cloud, hash: &str) -> Result<Option<String>, BakeError> {
+    let found = cloud
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_HASH}")).values(hash).build())
+        .send()
+        .await
+        .map_err(|e| BakeError::Aws { doing: String::from("looking for an earlier bake"), error: e.into() })?;
+    Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
+}
+
+pub async fn bake(
+    cloud: &Cloud,
+    image: &Image,
+    roles: &[Role],
+    roles_dir: &std::path::Path,
+    options: &Options,
+    progress: Progress,
+) -> Result<Manifest, BakeError> {
+    let started = Instant::now();
+    progress(&format!("resolving the source of image `{}`", image.name));
+    let source = source_ami(cloud, image).await?;
+    let hash = content_hash(&source, image, roles, roles_dir);
+    let region = cloud.region.clone();
+    if !options.force {
+        if let Some(ami) = existing(cloud, &hash).await? {
+            progress(&format!("reusing {ami}: it was baked from the same source, roles and variables (hash {})", &hash[..12]));
+            return Ok(Manifest {
+                image: image.name.clone(),
+                hash,
+                source_ami: source,
+                reused: true,
+                amis: BTreeMap::from([(region, ami)]),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    let amis = builder::build(cloud, image, roles, &source, &hash, options, progress).await?;
+    Ok(Manifest {
+        image: image.name.clone(),
+        hash,
+        source_ami: source,
+        reused: false,
+        amis,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

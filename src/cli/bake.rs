@@ -1,0 +1,125 @@
+//! `kstack bake <image>`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aws::Cloud;
+use crate::bake::{bake, cleanup_leftovers, Options};
+use crate::diagnostics::Sources;
+use crate::model::image::load_image;
+use crate::model::{load_environment, Project};
+use crate::roles::load_roles;
+
+use super::session::runtime;
+use super::{report_problems, term, Failure};
+
+/// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
+/// and save it as an image. An AMI baked from the same source, roles and variables is reused.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack bake node
+  kstack bake node --force --keep-on-error
+  kstack bake node --json > node-manifest.json
+  kstack bake node --cleanup          remove builders and groups earlier bakes left behind
+
+Exit status: 0 an image is available (baked or reused), 1 the bake failed (nothing is left behind
+unless --keep-on-error).")]
+pub struct Args {
+    /// Image name (images/<image>.yaml).
+    image: String,
+
+    /// Bake even if an AMI with the same content hash exists.
+    #[arg(long)]
+    force: bool,
+
+    /// On failure, keep the builder and its security group and say how to log in.
+    #[arg(long)]
+    keep_on_error: bool,
+
+    /// Admit SSH to the builder from this CIDR [default: this machine's address towards it].
+    #[arg(long, value_name = "CIDR")]
+    ssh_cidr: Option<String>,
+
+    /// How long to wait for the builder to accept SSH, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    ssh_timeout: u64,
+
+    /// Print the manifest (AMI per region, hash, source) as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Also write the manifest to this file.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+
+    /// Instead of baking, remove what earlier bakes left behind (found by tag).
+    #[arg(long)]
+    cleanup: bool,
+}
+
+pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+    let mut sources = Sources::default();
+    let image = load_image(project, &args.image, &mut sources).map_err(|p| report_problems(&args.image, p, &sources))?;
+    let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources)
+        .map_err(|p| report_problems(&format!("image `{}`", image.name), p, &sources))?;
+    let Some(place) = &image.build else {
+        term::error(
+            &format!("image `{}` says nowhere to build", image.name),
+            Some("add `build: { environment: <env>, subnet_tier: <tier> }` to its file"),
+        );
+        return Err(Failure::Reported);
+    };
+    let loaded = load_environment(project, &place.environment);
+    let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
+    let region = checked.environment.region.value.clone();
+    let runtime = runtime()?;
+    let cloud = runtime.block_on(Cloud::connect(&region, &place.environment));
+    let progress: crate::bake::Progress = Arc::new(|line: &str| eprintln!("bake: {line}"));
+    if args.cleanup {
+        return match runtime.block_on(cleanup_leftovers(&cloud, &progress)) {
+            Ok(removed) => {
+                println!("removed {removed} leftover bake resources in {region}");
+                Ok(())
+            }
+            Err(error) => {
+                term::error(&error.to_string(), None);
+                Err(Failure::Reported)
+            }
+        };
+    }
+    let options = Options {
+        force: args.force,
+        keep_on_error: args.keep_on_error,
+        ssh_cidr: args.ssh_cidr.clone(),
+        ssh_timeout: Duration::from_secs(args.ssh_timeout),
+    };
+    let roles_dir = project.root.join("roles");
+    match runtime.block_on(bake(&cloud, &image, &roles, &roles_dir, &options, progress)) {
+        Ok(manifest) => {
+            let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+            if let Some(path) = &args.manifest {
+                if let Err(error) = std::fs::write(path, format!("{json}\n")) {
+                    term::error(&format!("cannot write {}: {error}", path.display()), None);
+                    return Err(Failure::Reported);
+                }
+            }
+            if args.json {
+                println!("{json}");
+            } else {
+                let how = if manifest.reused { "reused" } else { "baked" };
+                for (region, ami) in &manifest.amis {
+                    println!("{region}: {ami} ({how}, image `{}`, hash {})", manifest.image, &manifest.hash[..12]);
+                }
+            }
+            Ok(())
+        }
+        Err(error) => {
+            term::error(
+                &format!("bake of `{}` failed: {error}", image.name),
+                Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" }),
+            );
+            Err(Failure::Reported)
+        }
+    }
+}

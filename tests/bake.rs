@@ -1,0 +1,189 @@
+//! `kstack bake` through the binary on the AWS emulator: the builder instance gets a loopback
+//! address in the fleet's VPC, and the test boots a test node there with the key the bake put
+//! in the instance's user data, as cloud-init would install it.
+
+mod support;
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use node::{ClientKey, Node};
+use support::{runtime, Clients, Moto, Project};
+
+const FLEET: &str = "environments/fleet.yaml";
+
+fn fleet(moto: &Moto, rt: &tokio::runtime::Runtime) -> (Project, Clients) {
+    let project = Project::fixture("project");
+    static FLEETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let octet = 10 + (std::process::id() + 40) % 80;
+    let subnet = FLEETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    project.edit(FLEET, "VPC_CIDR", &format!("127.{octet}.0.0/16"));
+    project.edit(FLEET, "SUBNET_CIDR", &format!("127.{octet}.{subnet}.0/24"));
+    // The fleet itself needs no instances here: only its network.
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 0\n    max: 2\n");
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    (project, aws)
+}
+
+fn start_bake(project: &Project, moto: &Moto, image: &str) -> Child {
+    project.kstack_process(moto).args(["bake", image, "--ssh-timeout", "60"]).stdin(Stdio::null()).spawn().unwrap()
+}
+
+/// The running builder's address and the public key its user data asks cloud-init to install.
+fn builder(aws: &Clients, rt: &tokio::runtime::Runtime) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = rt.block_on(async {
+            let described = aws
+                .ec2
+                .describe_instances()
+                .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build())
+                .filters(aws_sdk_ec2::types::Filter::builder().name("instance-state-name").values("running").build())
+                .send()
+                .await
+                .unwrap();
+            let instance = described.reservations().iter().flat_map(|r| r.instances()).next().cloned()?;
+            let id = instance.instance_id()?.to_owned();
+            let attribute = aws
+                .ec2
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+                .send()
+                .await
+                .unwrap();
+            let data = attribute.user_data()?.value()?.to_owned();
+            let text = String::from_utf8(aws_smithy_types::base64::decode(&data).unwrap()).unwrap();
+            let key = text.lines().find_map(|l| l.trim().strip_prefix("- "))?.to_owned();
+            Some((instance.private_ip_address()?.to_owned(), key))
+        });
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no builder was launched");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Boots a node at the builder's address with the bake's key installed.
+fn serve(address: &str, public_key: &str) -> Node {
+    let key = ClientKey::new();
+    let public_key = public_key.to_owned();
+    Node::boot_with(&key, address, move |root| {
+        std::fs::write(root.join("root/.ssh/authorized_keys"), format!("{public_key}\n")).unwrap();
+    })
+}
+
+fn wait(child: Child) -> std::process::Output {
+    child.wait_with_output().unwrap()
+}
+
+fn leftovers(aws: &Clients, rt: &tokio::runtime::Runtime) -> (usize, usize) {
+    rt.block_on(async {
+        let instances = aws
+            .ec2
+            .describe_instances()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build())
+            .send()
+            .await
+            .unwrap();
+        let alive = instances
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+            .count();
+        let groups = aws
+            .ec2
+            .describe_security_groups()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build())
+            .send()
+            .await
+            .unwrap();
+        (alive, groups.security_groups().len())
+    })
+}
+
+#[test]
+fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt);
+
+    let child = start_bake(&project, &moto, "node");
+    let (address, key) = builder(&aws, &rt);
+    let _node = serve(&address, &key);
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("the first key seen is trusted"), "host key trust is stated: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let ami = stdout.split_whitespace().find(|w| w.starts_with("ami-")).unwrap().to_owned();
+    assert!(stdout.contains("(baked, image `node`"), "{stdout}");
+
+    rt.block_on(async {
+        let images = aws.ec2.describe_images().image_ids(&ami).send().await.unwrap();
+        let image = &images.images()[0];
+        let tag = |key: &str| image.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
+        assert_eq!(tag("kstack:image").as_deref(), Some("node"));
+        assert_eq!(tag("kstack:roles").as_deref(), Some("common,everything"));
+        assert_eq!(tag("Team").as_deref(), Some("platform"));
+        assert!(tag("kstack:bake-hash").is_some_and(|h| h.len() == 64));
+        assert!(tag("kstack:source-ami").is_some_and(|s| s.starts_with("ami-")));
+        assert!(image.name().unwrap().starts_with("kstack-node-"));
+    });
+    assert_eq!(leftovers(&aws, &rt), (0, 0), "builder terminated, security group deleted");
+
+    // Same source, roles and variables: the AMI is reused and nothing is launched.
+    let again = project.kstack(&moto).args(["bake", "node"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && stdout.contains(&format!("{ami} (reused")), "{stdout}");
+    let builders = rt.block_on(async {
+        let described = aws
+            .ec2
+            .describe_instances()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build())
+            .send()
+            .await
+            .unwrap();
+        described.reservations().iter().flat_map(|r| r.instances()).count()
+    });
+    assert_eq!(builders, 1, "only the first bake launched a builder");
+}
+
+#[test]
+fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt);
+    std::fs::create_dir_all(project.path().join("roles/failing")).unwrap();
+    project.write("roles/failing/tasks.yaml", "tasks:\n  - name: marker\n    copy: { dest: /etc/marker, content: \"x\\n\" }\n");
+    project.write("roles/failing/checks.yaml", "never there:\n  file: { path: /etc/not-made-by-any-task }\n");
+    let image = std::fs::read_to_string(project.path().join("images/node.yaml")).unwrap();
+    project.write("images/broken.yaml", &image.replace("roles: [everything]", "roles: [failing]"));
+
+    let child = start_bake(&project, &moto, "broken");
+    let (address, key) = builder(&aws, &rt);
+    let node = serve(&address, &key);
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("checks failed, no image was made: never there"), "{stderr}");
+    assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
+    drop(node);
+
+    // Interrupted while waiting for SSH: no node answers this time.
+    let child = start_bake(&project, &moto, "node");
+    builder(&aws, &rt);
+    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
+}
