@@ -139,6 +139,14 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     });
     assert_eq!(leftovers(&aws, &rt), (0, 0), "builder terminated, security group deleted");
 
+    // The fleet was applied with the earlier image of `node`: its plan now moves to the bake.
+    let plan = project.kstack(&moto).args(["plan", "fleet", "--json"]).output().unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let template = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "launch_template.app").unwrap();
+    assert_eq!(template["action"], "update", "{template:#}");
+    let change = template["changes"].as_array().unwrap().iter().find(|c| c["path"] == "image.ami").unwrap();
+    assert_eq!(change["after"], ami.as_str());
+
     // Same source, roles and variables: the AMI is reused and nothing is launched.
     let again = project.kstack(&moto).args(["bake", "node"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
