@@ -194,4 +194,14 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
+
+    // Killed outright, a bake cannot clean up: `--cleanup` finds its leftovers by tag.
+    let mut child = start_bake(&project, &moto, "node");
+    builder(&aws, &rt);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(leftovers(&aws, &rt), (1, 1));
+    let cleaned = project.kstack(&moto).args(["bake", "node", "--cleanup"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&cleaned.stdout).contains("removed 2 leftover bake resources"));
+    assert_eq!(leftovers(&aws, &rt), (0, 0));
 }
