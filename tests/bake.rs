@@ -115,6 +115,11 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let rt = runtime();
     let (project, aws) = fleet(&moto, &rt);
 
+    // The fleet runs an AMI not baked from the current definition of `node`: plan says so.
+    let before = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    let warning = String::from_utf8_lossy(&before.stderr);
+    assert!(warning.contains("image `node` changed since its newest AMI"), "{warning}");
+
     let child = start_bake(&project, &moto, "node");
     let (address, key) = builder(&aws, &rt);
     let _node = serve(&address, &key);
@@ -141,6 +146,7 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
 
     // The fleet was applied with the earlier image of `node`: its plan now moves to the bake.
     let plan = project.kstack(&moto).args(["plan", "fleet", "--json"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&plan.stderr).contains("warning"), "the bake is current");
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let template = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "launch_template.app").unwrap();
     assert_eq!(template["action"], "update", "{template:#}");

@@ -89,6 +89,12 @@ pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeErro
     }
 }
 
+/// The AMI baked from the image's current definition (source, roles, variables), if any.
+pub async fn current_ami(cloud: &Cloud, image: &Image, roles: &[Role], roles_dir: &std::path::Path) -> Result<Option<String>, BakeError> {
+    let source = source_ami(cloud, image).await?;
+    existing(cloud, &content_hash(&source, image, roles, roles_dir)).await
+}
+
 /// An AMI baked from exactly this content, if there is one.
 async fn existing(cloud: &Cloud, hash: &str) -> Result<Option<String>, BakeError> {
     let found = cloud

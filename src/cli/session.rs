@@ -84,16 +84,8 @@ impl Session {
         };
         let names = image_names(&graph);
         if !names.is_empty() {
-            let amis = aws::resolve_images(&cloud, &names).await.map_err(|e| aws_failure(&region, "resolving images", &e))?;
-            let missing = resolve_images(&mut graph, &environment, &amis);
-            if !missing.is_empty() {
-                let list = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
-                term::error(
-                    &format!("no AMI has been baked in {region} for image {list}"),
-                    Some(&format!("bake it first with `kstack bake {}`, or name an AMI id as the group's `image`", missing[0])),
-                );
-                return Err(Failure::Reported);
-            }
+            let amis = resolve_named_images(project, &cloud, &names).await?;
+            resolve_images(&mut graph, &environment, &amis);
         }
         let before = cloud.calls.snapshot();
         let started = Instant::now();
@@ -151,6 +143,46 @@ impl Session {
         // User data is serialized as its hash, so the digest covers its content too.
         content_digest(&self.desired.in_dependency_order().collect::<Vec<_>>())
     }
+}
+
+/// Each image's AMI: the one baked from its current definition, or else the newest bake with
+/// a warning that the definition changed since.
+async fn resolve_named_images(
+    project: &Project,
+    cloud: &Cloud,
+    names: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+    let region = &cloud.region;
+    let newest = aws::resolve_images(cloud, names).await.map_err(|e| aws_failure(region, "resolving images", &e))?;
+    let mut amis = std::collections::BTreeMap::new();
+    for name in names {
+        let mut sources = crate::diagnostics::Sources::default();
+        let image = crate::model::image::load_image(project, name, &mut sources)
+            .map_err(|problems| report_problems(name, problems, &sources))?;
+        let roles = crate::roles::load_roles(&project.root.join("roles"), &image.roles, &mut sources)
+            .map_err(|problems| report_problems(&format!("image `{name}`"), problems, &sources))?;
+        let current = crate::bake::current_ami(cloud, &image, &roles, &project.root.join("roles")).await;
+        match (current, newest.get(name)) {
+            (Ok(Some(ami)), _) => {
+                amis.insert(name.clone(), ami);
+            }
+            (_, Some(ami)) => {
+                term::warning(&format!(
+                    "image `{name}` changed since its newest AMI {ami} was baked; planning with that AMI. \
+                     Run `kstack bake {name}` to bake the current definition."
+                ));
+                amis.insert(name.clone(), ami.clone());
+            }
+            (_, None) => {
+                term::error(
+                    &format!("no AMI has been baked in {region} for image `{name}`"),
+                    Some(&format!("bake it first with `kstack bake {name}`, or name an AMI id as the group's `image`")),
+                );
+                return Err(Failure::Reported);
+            }
+        }
+    }
+    Ok(amis)
 }
 
 fn round_millis(duration: Duration) -> f64 {

@@ -80,3 +80,10 @@ pub fn error(message: &str, hint: Option<&str>) {
         eprintln!("  {label} {hint}");
     }
 }
+
+/// A warning on stderr: the command goes on.
+pub fn warning(message: &str) {
+    use owo_colors::OwoColorize;
+    let label = if stderr_color() { "warning:".yellow().bold().to_string() } else { String::from("warning:") };
+    eprintln!("{label} {message}");
+}
