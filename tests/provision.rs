@@ -78,6 +78,9 @@ fn provision_converges_the_fleet_then_changes_nothing_and_verify_catches_drift()
         assert!(text.lines().any(|l| l.starts_with(&node.address) && l.contains("failed=0 skipped=0 unreachable=0")), "{text}");
     }
 
+    let config = std::fs::read_to_string(fleet.nodes[0].file("/etc/app/app.conf")).unwrap();
+    assert_eq!(config, "# fleet on debian 12\nname = app\nnote = from the group\n", "environment and group variables reach the roles");
+
     let second = fleet.kstack(&["provision", "fleet"]);
     let text = stdout(&second);
     assert!(second.status.success(), "{text}");

@@ -160,6 +160,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             .collect();
         let mut variables: Variables = image.variables.clone().into_iter().collect();
         variables.extend(environment.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())));
+        variables.extend(group.variables.clone());
         variables.insert("env".into(), serde_json::json!(environment.name));
         variables.insert("region".into(), serde_json::json!(environment.region.value));
         variables.insert(

@@ -543,6 +543,11 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         |n| group_health_check(n, problems),
     );
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
+    // Role variables for this group's nodes, above the environment's.
+    let variables = map
+        .get("variables")
+        .map(|n| yaml::to_json(n).as_object().cloned().unwrap_or_default())
+        .unwrap_or_default();
     map.finish(problems);
     let min = min?;
     Some(NodeGroup {
@@ -562,6 +567,7 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         key_name,
         health_check: health_check?,
         tags,
+        variables,
     })
 }
 

@@ -197,6 +197,8 @@ pub struct NodeGroup {
     pub key_name: Option<String>,
     pub health_check: GroupHealthCheck,
     pub tags: BTreeMap<String, Spanned<String>>,
+    /// Role variables for the group's nodes (`kstack provision`).
+    pub variables: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
