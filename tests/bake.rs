@@ -30,8 +30,8 @@ fn fleet(moto: &Moto, rt: &tokio::runtime::Runtime) -> (Project, Clients) {
     (project, aws)
 }
 
-fn start_bake(project: &Project, moto: &Moto, image: &str) -> Child {
-    project.kstack_process(moto).args(["bake", image, "--ssh-timeout", "60"]).stdin(Stdio::null()).spawn().unwrap()
+fn start_bake(project: &Project, moto: &Moto, image: &str, extra: &[&str]) -> Child {
+    project.kstack_process(moto).args(["bake", image, "--ssh-timeout", "60"]).args(extra).stdin(Stdio::null()).spawn().unwrap()
 }
 
 /// The running builder's address and the public key its user data asks cloud-init to install.
@@ -120,7 +120,7 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let warning = String::from_utf8_lossy(&before.stderr);
     assert!(warning.contains("image `node` changed since its newest AMI"), "{warning}");
 
-    let child = start_bake(&project, &moto, "node");
+    let child = start_bake(&project, &moto, "node", &[]);
     let (address, key) = builder(&aws, &rt);
     let _node = serve(&address, &key);
     let output = wait(child);
@@ -128,8 +128,11 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("the first key seen is trusted"), "host key trust is stated: {stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let ami = stdout.split_whitespace().find(|w| w.starts_with("ami-")).unwrap().to_owned();
+    let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
     assert!(stdout.contains("(baked, image `node`"), "{stdout}");
+    // The image asks for a copy in eu-central-1; the manifest lists it. (Where the emulator
+    // files the copy is not checked: it does not follow AWS's per-region routing here.)
+    assert!(stdout.lines().any(|l| l.starts_with("eu-central-1: ami-")), "{stdout}");
 
     rt.block_on(async {
         let images = aws.ec2.describe_images().image_ids(&ami).send().await.unwrap();
@@ -156,7 +159,7 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     // Same source, roles and variables: the AMI is reused and nothing is launched.
     let again = project.kstack(&moto).args(["bake", "node"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(again.status.success() && stdout.contains(&format!("{ami} (reused")), "{stdout}");
+    assert!(again.status.success() && stdout.contains(&format!("eu-west-1: {ami} (reused")), "{stdout}");
     let builders = rt.block_on(async {
         let described = aws
             .ec2
@@ -181,7 +184,7 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     let image = std::fs::read_to_string(project.path().join("images/node.yaml")).unwrap();
     project.write("images/broken.yaml", &image.replace("roles: [everything]", "roles: [failing]"));
 
-    let child = start_bake(&project, &moto, "broken");
+    let child = start_bake(&project, &moto, "broken", &[]);
     let (address, key) = builder(&aws, &rt);
     let node = serve(&address, &key);
     let output = wait(child);
@@ -191,8 +194,21 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
     drop(node);
 
+    // With --keep-on-error the builder stays for debugging, with directions to reach it.
+    let child = start_bake(&project, &moto, "broken", &["--keep-on-error"]);
+    let (address, key) = builder(&aws, &rt);
+    let node = serve(&address, &key);
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("kept the builder for debugging") && stderr.contains("ssh -i "), "{stderr}");
+    assert_eq!(leftovers(&aws, &rt), (1, 1));
+    project.kstack(&moto).args(["bake", "broken", "--cleanup"]).assert().success();
+    assert_eq!(leftovers(&aws, &rt), (0, 0));
+    drop(node);
+
     // Interrupted while waiting for SSH: no node answers this time.
-    let child = start_bake(&project, &moto, "node");
+    let child = start_bake(&project, &moto, "node", &[]);
     builder(&aws, &rt);
     std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
     let output = wait(child);
@@ -202,7 +218,7 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
 
     // Killed outright, a bake cannot clean up: `--cleanup` finds its leftovers by tag.
-    let mut child = start_bake(&project, &moto, "node");
+    let mut child = start_bake(&project, &moto, "node", &[]);
     builder(&aws, &rt);
     child.kill().unwrap();
     child.wait().unwrap();

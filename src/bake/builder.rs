@@ -291,11 +291,20 @@ async fn steps(
             .source_image_id(&ami)
             .source_region(&cloud.region)
             .name(&name)
-            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(tags(&image_tags))).build())
             .send()
             .await
             .map_err(|e| BakeError::aws("copying the image")(e.into()))?;
-        amis.insert(region.clone(), copied.image_id().unwrap_or_default().to_owned());
+        let copy = copied.image_id().unwrap_or_default().to_owned();
+        // Tagged once it exists: the AWS emulator ignores CopyImage's tag specifications.
+        there
+            .ec2
+            .create_tags()
+            .resources(&copy)
+            .set_tags(Some(tags(&image_tags)))
+            .send()
+            .await
+            .map_err(|e| BakeError::aws("tagging the copied image")(e.into()))?;
+        amis.insert(region.clone(), copy);
     }
     step(&format!("image {ami} is available"));
     Ok(amis)
