@@ -83,21 +83,27 @@ fn wait(child: Child) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn leftovers(aws: &Clients, rt: &tokio::runtime::Runtime) -> (usize, usize) {
+/// Every builder instance any bake launched, whatever its state.
+fn builders(aws: &Clients, rt: &tokio::runtime::Runtime) -> Vec<aws_sdk_ec2::types::Instance> {
     rt.block_on(async {
-        let instances = aws
+        let described = aws
             .ec2
             .describe_instances()
             .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build())
             .send()
             .await
             .unwrap();
-        let alive = instances
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
-            .count();
+        described.reservations().iter().flat_map(|r| r.instances()).cloned().collect()
+    })
+}
+
+/// Builders not terminated, and bake security groups.
+fn leftovers(aws: &Clients, rt: &tokio::runtime::Runtime) -> (usize, usize) {
+    let alive = builders(aws, rt)
+        .iter()
+        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
+        .count();
+    rt.block_on(async {
         let groups = aws
             .ec2
             .describe_security_groups()
@@ -160,17 +166,7 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let again = project.kstack(&moto).args(["bake", "node"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success() && stdout.contains(&format!("eu-west-1: {ami} (reused")), "{stdout}");
-    let builders = rt.block_on(async {
-        let described = aws
-            .ec2
-            .describe_instances()
-            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build())
-            .send()
-            .await
-            .unwrap();
-        described.reservations().iter().flat_map(|r| r.instances()).count()
-    });
-    assert_eq!(builders, 1, "only the first bake launched a builder");
+    assert_eq!(builders(&aws, &rt).len(), 1, "only the first bake launched a builder");
 }
 
 #[test]
