@@ -136,9 +136,20 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let stdout = String::from_utf8_lossy(&output.stdout);
     let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
     assert!(stdout.contains("(baked, image `node`"), "{stdout}");
-    // The image asks for a copy in eu-central-1; the manifest lists it. (Where the emulator
-    // files the copy is not checked: it does not follow AWS's per-region routing here.)
-    assert!(stdout.lines().any(|l| l.starts_with("eu-central-1: ami-")), "{stdout}");
+    // Copied to the other region the image asks for, tagged like the original.
+    let copy = stdout.lines().find_map(|l| l.strip_prefix("eu-central-1: ")).expect("a copy in eu-central-1");
+    let copy = copy.split_whitespace().next().unwrap().to_owned();
+    rt.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&moto.endpoint)
+            .region(aws_config::Region::new("eu-central-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
+            .load()
+            .await;
+        let images = aws_sdk_ec2::Client::new(&config).describe_images().image_ids(&copy).send().await.unwrap();
+        let tags = images.images()[0].tags();
+        assert!(tags.iter().any(|t| t.key() == Some("kstack:image") && t.value() == Some("node")), "{tags:?}");
+    });
 
     rt.block_on(async {
         let images = aws.ec2.describe_images().image_ids(&ami).send().await.unwrap();
