@@ -79,6 +79,13 @@ fn serve(address: &str, public_key: &str) -> Node {
     })
 }
 
+/// Gone from the node: absent from its writable layer, or hidden there by an overlayfs
+/// whiteout (a 0/0 character device) when the base rootfs has the file.
+fn removed(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).map_or(true, |m| m.file_type().is_char_device())
+}
+
 fn wait(child: Child) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
@@ -128,10 +135,14 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
 
     let child = start_bake(&project, &moto, "node", &[]);
     let (address, key) = builder(&aws, &rt);
-    let _node = serve(&address, &key);
+    let node = serve(&address, &key);
     let output = wait(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
+    // Cleaned before imaging: nothing that makes the builder unique is left.
+    assert!(removed(&node.file("/root/.ssh/authorized_keys")), "the bake key is removed");
+    assert!(removed(&node.file("/etc/ssh/ssh_host_ed25519_key")), "host keys are made anew on each node");
+    assert!(node.file("/etc/app/app.conf").exists(), "the roles' work stays");
     assert!(stderr.contains("the first key seen is trusted"), "host key trust is stated: {stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
@@ -178,6 +189,18 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success() && stdout.contains(&format!("eu-west-1: {ami} (reused")), "{stdout}");
     assert_eq!(builders(&aws, &rt).len(), 1, "only the first bake launched a builder");
+
+    // --force bakes anyway.
+    let mut forced = start_bake(&project, &moto, "node", &["--force"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while builders(&aws, &rt).len() < 2 {
+        assert!(Instant::now() < deadline, "--force launched no builder");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    forced.kill().unwrap();
+    forced.wait().unwrap();
+    project.kstack(&moto).args(["bake", "node", "--cleanup"]).assert().success();
+    assert_eq!(leftovers(&aws, &rt), (0, 0));
 }
 
 #[test]

@@ -334,7 +334,13 @@ async fn host_keys_from_console(cloud: &Cloud, instance: &str, address: &str) ->
         .and_then(|o| aws_smithy_types::base64::decode(o).ok())
         .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
         .unwrap_or_default();
-    let Some(block) = text.split("-----BEGIN SSH HOST KEY KEYS-----").nth(1) else { return String::new() };
+    known_hosts_from_console(&text, address)
+}
+
+/// The host keys cloud-init prints between its `SSH HOST KEY KEYS` markers, as known_hosts
+/// lines for `address`.
+fn known_hosts_from_console(console: &str, address: &str) -> String {
+    let Some(block) = console.split("-----BEGIN SSH HOST KEY KEYS-----").nth(1) else { return String::new() };
     block
         .split("-----END SSH HOST KEY KEYS-----")
         .next()
@@ -483,4 +489,24 @@ pub async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) 
 /// `kstack bake --cleanup`: everything any bake left behind.
 pub async fn cleanup_leftovers(cloud: &Cloud, progress: &Progress) -> Result<usize, BakeError> {
     cleanup(cloud, None, progress).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::known_hosts_from_console;
+
+    #[test]
+    fn host_keys_are_read_from_cloud_init_console_output() {
+        let console = "[  12.3] cloud-init[912]: Cloud-init v. 0.7.9 running\n\
+            -----BEGIN SSH HOST KEY KEYS-----\n\
+            ecdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-5\n\
+            ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 root@ip-10-0-0-5\n\
+            -----END SSH HOST KEY KEYS-----\n\
+            [  13.0] cloud-init[912]: finished\n";
+        assert_eq!(
+            known_hosts_from_console(console, "10.0.0.5"),
+            "10.0.0.5 ecdsa-sha2-nistp256 AAAAE2VjZHNh\n10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\n"
+        );
+        assert_eq!(known_hosts_from_console("no keys printed", "10.0.0.5"), "");
+    }
 }
