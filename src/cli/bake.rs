@@ -12,7 +12,7 @@ use crate::model::{load_environment, Project};
 use crate::roles::load_roles;
 
 use super::session::runtime;
-use super::{report_problems, term, Failure};
+use super::{report_image_problems, report_problems, term, Failure};
 
 /// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
 /// and save it as an image. An AMI baked from the same source, roles and variables is reused.
@@ -60,9 +60,9 @@ pub struct Args {
 
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let mut sources = Sources::default();
-    let image = load_image(project, &args.image, &mut sources).map_err(|p| report_problems(&args.image, p, &sources))?;
+    let image = load_image(project, &args.image, &mut sources).map_err(|p| report_image_problems(&args.image, p, &sources))?;
     let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources)
-        .map_err(|p| report_problems(&format!("image `{}`", image.name), p, &sources))?;
+        .map_err(|p| report_image_problems(&image.name, p, &sources))?;
     let Some(place) = &image.build else {
         term::error(
             &format!("image `{}` says nowhere to build", image.name),

@@ -145,6 +145,15 @@ pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compil
 
 /// Prints problems with `env` in the summary line and returns the failure to exit with.
 fn report_problems(env: &str, problems: Problems, sources: &Sources) -> Failure {
-    eprint!("{}", term::render_problems(&format!("environment `{env}`"), problems, sources));
+    report_problems_of(&format!("environment `{env}`"), problems, sources)
+}
+
+/// Prints problems of an image definition or its roles.
+fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> Failure {
+    report_problems_of(&format!("image `{image}`"), problems, sources)
+}
+
+fn report_problems_of(what: &str, problems: Problems, sources: &Sources) -> Failure {
+    eprint!("{}", term::render_problems(what, problems, sources));
     Failure::Reported
 }

@@ -15,7 +15,7 @@ use crate::roles::{load_roles, HostReport, Role, RunEvent, RunOptions, TaskStatu
 use crate::ssh::{HostKeys, Login};
 
 use super::session::{aws_failure, runtime};
-use super::{load_and_compile, report_problems, term, Failure};
+use super::{load_and_compile, report_image_problems, report_problems, term, Failure};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Targets {
@@ -146,9 +146,9 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             tracing::warn!("node group `{name}` runs a plain AMI id: it has no roles to apply");
             continue;
         };
-        let image = load_image(project, image_name, &mut sources).map_err(|problems| report_problems(image_name, problems, &sources))?;
+        let image = load_image(project, image_name, &mut sources).map_err(|problems| report_image_problems(image_name, problems, &sources))?;
         let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources)
-            .map_err(|problems| report_problems(&format!("image `{image_name}`"), problems, &sources))?;
+            .map_err(|problems| report_image_problems(image_name, problems, &sources))?;
         let hosts: Vec<String> = instances
             .iter()
             .filter(|i| &i.group == name)

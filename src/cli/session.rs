@@ -12,7 +12,7 @@ use crate::model::Project;
 use crate::plan::{plan, Plan};
 use crate::state::{Lock, State, StateStore};
 
-use super::{load_and_compile, report_problems, term, Failure};
+use super::{load_and_compile, report_image_problems, report_problems, term, Failure};
 
 pub struct Session {
     pub environment: String,
@@ -158,9 +158,9 @@ async fn resolve_named_images(
     for name in names {
         let mut sources = crate::diagnostics::Sources::default();
         let image = crate::model::image::load_image(project, name, &mut sources)
-            .map_err(|problems| report_problems(name, problems, &sources))?;
+            .map_err(|problems| report_image_problems(name, problems, &sources))?;
         let roles = crate::roles::load_roles(&project.root.join("roles"), &image.roles, &mut sources)
-            .map_err(|problems| report_problems(&format!("image `{name}`"), problems, &sources))?;
+            .map_err(|problems| report_image_problems(name, problems, &sources))?;
         let current = crate::bake::current_ami(cloud, &image, &roles, &project.root.join("roles")).await;
         match (current, newest.get(name)) {
             (Ok(Some(ami)), _) => {
