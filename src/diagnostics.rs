@@ -115,6 +115,11 @@ impl Problems {
         }
     }
 
+    /// Adds problems found by another reader.
+    pub fn extend(&mut self, other: Problems) {
+        self.list.extend(other.list);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

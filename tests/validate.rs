@@ -1,5 +1,6 @@
 //! `kstack validate` and `kstack graph` through the binary.
 
+use std::path::Path;
 use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
@@ -145,4 +146,28 @@ fn completions_are_generated_for_bash() {
     let output = kstack().args(["completions", "bash"]).output().unwrap();
     assert!(output.status.success());
     assert!(String::from_utf8(output.stdout).unwrap().contains("validate"));
+}
+
+#[test]
+fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
+    let project = tempfile::tempdir().unwrap();
+    for dir in ["environments", "images", "roles/base"] {
+        std::fs::create_dir_all(project.path().join(dir)).unwrap();
+    }
+    let minimal = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal.yaml")).unwrap();
+    std::fs::write(project.path().join("environments/test.yaml"), minimal.replace("image: ami-0123456789abcdef0", "image: node")).unwrap();
+    std::fs::write(
+        project.path().join("images/node.yaml"),
+        "source: { owner: \"099720109477\", name: ubuntu-* }\nroles: [base, missing]\n",
+    )
+    .unwrap();
+    std::fs::write(project.path().join("roles/base/tasks.yaml"), "tasks:\n  - name: typo\n    fille: { path: /tmp/x }\n").unwrap();
+    let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("role `missing` does not exist"), "{stderr}");
+    assert!(stderr.contains("images/node.yaml:2:"), "{stderr}");
+    assert!(stderr.contains("unknown module or setting `fille` in task"), "{stderr}");
+    assert!(stderr.contains("did you mean `file`?"), "{stderr}");
+    assert!(stderr.contains("roles/base/tasks.yaml:3:5"), "{stderr}");
 }

@@ -131,16 +131,32 @@ pub struct Compiled {
     pub graph: ResourceGraph,
 }
 
+/// Loads, checks and compiles an environment, and loads the images its groups name with
+/// their roles, so their problems show up with the environment's.
 pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compiled, Problems>) {
     let loaded = load_environment(project, env);
+    let mut sources = loaded.sources;
     let result = loaded.result.and_then(|checked| {
         let mut problems = Problems::default();
-        match compile(&checked, &mut problems) {
+        let graph = compile(&checked, &mut problems);
+        if let Some(graph) = &graph {
+            for name in crate::compile::image_names(graph) {
+                match crate::model::image::load_image(project, &name, &mut sources) {
+                    Ok(image) => {
+                        if let Err(more) = crate::roles::load_roles(&project.root.join("roles"), &image.roles, &mut sources) {
+                            problems.extend(more);
+                        }
+                    }
+                    Err(more) => problems.extend(more),
+                }
+            }
+        }
+        match graph {
             Some(graph) if problems.is_empty() => Ok(Compiled { checked, graph }),
             _ => Err(problems),
         }
     });
-    (loaded.sources, result)
+    (sources, result)
 }
 
 /// Prints problems with `env` in the summary line and returns the failure to exit with.
