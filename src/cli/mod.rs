@@ -7,6 +7,7 @@ mod graph;
 mod plan;
 mod progress;
 mod provision;
+mod roll;
 mod session;
 mod state;
 mod term;
@@ -64,6 +65,7 @@ enum Command {
     Bake(bake::Args),
     Provision(provision::ProvisionArgs),
     Verify(provision::VerifyArgs),
+    Roll(roll::Args),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack")]
     Completions {
@@ -92,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Bake(args) => bake::run(&project, &args),
         Command::Provision(args) => provision::run_provision(&project, &args),
         Command::Verify(args) => provision::run_verify(&project, &args),
+        Command::Roll(args) => roll::run(&project, &args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut std::io::stdout());
             Ok(())

@@ -1,0 +1,270 @@
+//! Rolling a node group onto its current launch settings: surge new instances, wait until
+//! they are in service (and healthy behind the group's load balancers), then terminate the
+//! outdated ones through the group, which deregisters them from their load balancers and
+//! waits out connection draining first. Capacity never drops below the group's size.
+//!
+//! An instance is outdated when its AMI or instance type differs from the group's launch
+//! template (latest version) or launch configuration: the instance's own attributes, which
+//! AWS and the emulator both report truthfully, rather than the group's bookkeeping.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use aws_sdk_autoscaling::types::AutoScalingGroup;
+
+use crate::aws::{AwsError, Cloud};
+
+/// Processes that would fight a roll: rebalancing across zones and replacing instances the
+/// roll takes out of service.
+const SUSPENDED: [&str; 2] = ["AZRebalance", "ReplaceUnhealthy"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollError {
+    #[error("AWS failed while {doing}: {error}")]
+    Aws { doing: String, error: AwsError },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {
+    move |error| RollError::Aws { doing: doing.to_owned(), error }
+}
+
+/// A group's instances, split by whether they run its current launch settings.
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    pub group: String,
+    pub current: Vec<String>,
+    pub outdated: Vec<String>,
+}
+
+async fn describe_group(cloud: &Cloud, name: &str) -> Result<AutoScalingGroup, RollError> {
+    let described = cloud
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+        .map_err(|e| aws("describing the group")(e.into()))?;
+    described
+        .auto_scaling_groups()
+        .first()
+        .cloned()
+        .ok_or_else(|| RollError::Failed(format!("auto scaling group {name} does not exist; apply the environment first")))
+}
+
+/// The (AMI, instance type) the group launches now.
+async fn desired_settings(cloud: &Cloud, group: &AutoScalingGroup) -> Result<(String, String), RollError> {
+    if let Some(template) = group.launch_template().and_then(|t| t.launch_template_id()) {
+        let versions = cloud
+            .ec2
+            .describe_launch_template_versions()
+            .launch_template_id(template)
+            .versions("$Latest")
+            .send()
+            .await
+            .map_err(|e| aws("reading the launch template")(e.into()))?;
+        let data = versions.launch_template_versions().first().and_then(|v| v.launch_template_data());
+        return Ok((
+            data.and_then(|d| d.image_id()).unwrap_or_default().to_owned(),
+            data.and_then(|d| d.instance_type()).map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        ));
+    }
+    let name = group.launch_configuration_name().unwrap_or_default();
+    let configs = cloud
+        .autoscaling
+        .describe_launch_configurations()
+        .launch_configuration_names(name)
+        .send()
+        .await
+        .map_err(|e| aws("reading the launch configuration")(e.into()))?;
+    let config = configs
+        .launch_configurations()
+        .first()
+        .ok_or_else(|| RollError::Failed(format!("launch configuration {name} does not exist")))?;
+    Ok((
+        config.image_id().unwrap_or_default().to_owned(),
+        config.instance_type().unwrap_or_default().to_owned(),
+    ))
+}
+
+pub async fn group_state(cloud: &Cloud, name: &str) -> Result<GroupState, RollError> {
+    let group = describe_group(cloud, name).await?;
+    let (ami, instance_type) = desired_settings(cloud, &group).await?;
+    let ids: Vec<String> = group.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let mut state = GroupState { group: name.to_owned(), current: Vec::new(), outdated: Vec::new() };
+    if ids.is_empty() {
+        return Ok(state);
+    }
+    let described = cloud
+        .ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids))
+        .send()
+        .await
+        .map_err(|e| aws("describing the group's instances")(e.into()))?;
+    for instance in described.reservations().iter().flat_map(|r| r.instances()) {
+        let id = instance.instance_id().unwrap_or_default().to_owned();
+        let same = instance.image_id() == Some(ami.as_str())
+            && instance.instance_type().map(|t| t.as_str()) == Some(instance_type.as_str());
+        if same {
+            state.current.push(id);
+        } else {
+            state.outdated.push(id);
+        }
+    }
+    state.current.sort();
+    state.outdated.sort();
+    Ok(state)
+}
+
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// Replaces the group's outdated instances, `surge` at a time. Returns how many.
+pub async fn roll_group(cloud: &Cloud, name: &str, surge: usize, timeout: Duration, progress: Progress<'_>) -> Result<usize, RollError> {
+    let state = group_state(cloud, name).await?;
+    if state.outdated.is_empty() {
+        return Ok(0);
+    }
+    cloud
+        .autoscaling
+        .suspend_processes()
+        .auto_scaling_group_name(name)
+        .set_scaling_processes(Some(SUSPENDED.iter().map(|p| (*p).to_owned()).collect()))
+        .send()
+        .await
+        .map_err(|e| aws("suspending the group's processes")(e.into()))?;
+    let rolled = replace_outdated(cloud, name, &state.outdated, surge.max(1), timeout, progress).await;
+    // Restored whatever happened, so a failed roll leaves the group healing itself again.
+    let resumed = cloud
+        .autoscaling
+        .resume_processes()
+        .auto_scaling_group_name(name)
+        .set_scaling_processes(Some(SUSPENDED.iter().map(|p| (*p).to_owned()).collect()))
+        .send()
+        .await;
+    let rolled = rolled?;
+    resumed.map_err(|e| aws("resuming the group's processes")(e.into()))?;
+    Ok(rolled)
+}
+
+async fn replace_outdated(
+    cloud: &Cloud,
+    name: &str,
+    outdated: &[String],
+    surge: usize,
+    timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<usize, RollError> {
+    let mut replaced = 0;
+    for batch in outdated.chunks(surge) {
+        let group = describe_group(cloud, name).await?;
+        let desired = group.desired_capacity().unwrap_or(0);
+        let max = group.max_size().unwrap_or(0);
+        let known: BTreeSet<String> = group.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+        let wanted = desired + batch.len() as i32;
+        progress(&format!("{name}: surging to {wanted} for {}", batch.join(", ")));
+        cloud
+            .autoscaling
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .desired_capacity(wanted)
+            .max_size(max.max(wanted))
+            .send()
+            .await
+            .map_err(|e| aws("surging the group")(e.into()))?;
+        let fresh = wait_for_new_in_service(cloud, name, &known, batch.len(), timeout).await?;
+        progress(&format!("{name}: {} in service", fresh.join(", ")));
+        for old in batch {
+            progress(&format!("{name}: terminating {old} (the group deregisters it and waits out connection draining)"));
+            cloud
+                .autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(old)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await
+                .map_err(|e| aws("terminating an outdated instance")(e.into()))?;
+        }
+        wait_until_gone(cloud, name, batch, timeout).await?;
+        cloud
+            .autoscaling
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .max_size(max)
+            .send()
+            .await
+            .map_err(|e| aws("restoring the group's maximum")(e.into()))?;
+        replaced += batch.len();
+    }
+    Ok(replaced)
+}
+
+/// Waits for `count` instances not in `known` to be InService in the group and healthy on
+/// every load balancer of the group.
+async fn wait_for_new_in_service(
+    cloud: &Cloud,
+    name: &str,
+    known: &BTreeSet<String>,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<String>, RollError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let group = describe_group(cloud, name).await?;
+        let fresh: Vec<String> = group
+            .instances()
+            .iter()
+            .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .filter(|id| !known.contains(id))
+            .collect();
+        if fresh.len() >= count && healthy_behind_load_balancers(cloud, &group, &fresh).await? {
+            return Ok(fresh);
+        }
+        if Instant::now() > deadline {
+            return Err(RollError::Failed(format!(
+                "{name}: new instances were not in service and healthy within {}s; the outdated ones are untouched",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn healthy_behind_load_balancers(cloud: &Cloud, group: &AutoScalingGroup, instances: &[String]) -> Result<bool, RollError> {
+    for balancer in group.load_balancer_names() {
+        let health = cloud
+            .elb
+            .describe_instance_health()
+            .load_balancer_name(balancer)
+            .send()
+            .await
+            .map_err(|e| aws("reading load balancer health")(e.into()))?;
+        let healthy = instances.iter().all(|id| {
+            health
+                .instance_states()
+                .iter()
+                .any(|s| s.instance_id() == Some(id.as_str()) && s.state() == Some("InService"))
+        });
+        if !healthy {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn wait_until_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Duration) -> Result<(), RollError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let group = describe_group(cloud, name).await?;
+        let left = group.instances().iter().any(|i| i.instance_id().is_some_and(|id| instances.iter().any(|o| o == id)));
+        if !left {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(RollError::Failed(format!("{name}: {} did not leave the group within {}s", instances.join(", "), timeout.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

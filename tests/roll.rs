@@ -1,0 +1,57 @@
+//! `kstack roll` through the binary on the AWS emulator.
+
+mod support;
+
+use support::{runtime, Moto, Project};
+
+const FLEET: &str = "environments/fleet.yaml";
+
+#[test]
+fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_does_nothing() {
+    let moto = Moto::start();
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", "10.30.0.0/16");
+    project.edit(FLEET, "SUBNET_CIDR", "10.30.1.0/24");
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 3\n    max: 4\n");
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let before: Vec<String> = rt.block_on(aws.group("fleet-app")).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    assert_eq!(before.len(), 3);
+
+    let dry = project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&dry.stdout).trim(), "app: 0 outdated of 3");
+
+    // A new instance type: a new launch template version, and three outdated instances.
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let dry = project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&dry.stdout).starts_with("app: 3 outdated of 3: i-"), "{}", String::from_utf8_lossy(&dry.stdout));
+
+    let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&rolled.stderr);
+    assert!(rolled.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&rolled.stdout).trim(), "app: 3 replaced, 0 already current");
+    // Surge first: each batch is in service before its outdated instance is terminated.
+    let surge = stderr.find("surging to 4").unwrap();
+    let terminate = stderr.find("terminating").unwrap();
+    assert!(surge < terminate, "{stderr}");
+
+    let group = rt.block_on(aws.group("fleet-app"));
+    assert_eq!((group.desired_capacity(), group.max_size()), (Some(3), Some(4)), "size and maximum restored");
+    assert!(group.suspended_processes().is_empty(), "processes resumed: {:?}", group.suspended_processes());
+    let after: Vec<String> = group.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|id| !before.contains(id)), "every instance replaced: {before:?} -> {after:?}");
+    rt.block_on(async {
+        let described = aws.ec2.describe_instances().set_instance_ids(Some(after.clone())).send().await.unwrap();
+        for instance in described.reservations().iter().flat_map(|r| r.instances()) {
+            assert_eq!(instance.instance_type().map(|t| t.as_str()), Some("t3.medium"));
+        }
+    });
+
+    let again = project.kstack(&moto).args(["roll", "fleet"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("Nothing to roll"), "{stdout}");
+}
