@@ -29,7 +29,40 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
     let dry = project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap();
     assert!(String::from_utf8_lossy(&dry.stdout).starts_with("app: 3 outdated of 3: i-"), "{}", String::from_utf8_lossy(&dry.stdout));
 
+    // Sample the in-service count while the roll runs: it must never drop below the size.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = std::sync::Arc::clone(&sampling);
+        let endpoint = moto.endpoint.clone();
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let config = rt.block_on(
+                aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .endpoint_url(endpoint)
+                    .region(aws_config::Region::new("eu-west-1"))
+                    .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
+                    .load(),
+            );
+            let client = aws_sdk_autoscaling::Client::new(&config);
+            let mut samples = Vec::new();
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                let groups = rt.block_on(client.describe_auto_scaling_groups().auto_scaling_group_names("fleet-app").send()).unwrap();
+                let in_service = groups.auto_scaling_groups()[0]
+                    .instances()
+                    .iter()
+                    .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+                    .count();
+                samples.push(in_service);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            samples
+        })
+    };
     let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.join().unwrap();
+    assert!(samples.len() >= 3, "sampled throughout: {samples:?}");
+    assert!(samples.iter().all(|n| *n >= 3), "in service never below the group's size: {samples:?}");
     let stderr = String::from_utf8_lossy(&rolled.stderr);
     assert!(rolled.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&rolled.stdout).trim(), "app: 3 replaced, 0 already current");
