@@ -22,13 +22,14 @@ pub struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
-    /// Only these node groups (repeatable), in the environment's order.
+    /// Only these node groups (repeatable); groups go in the environment's `roll_order`.
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
 
-    /// Instances replaced at a time, surged before the old ones go.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
-    max_surge: u16,
+    /// Instances replaced at a time, surged before the old ones go [default: each group's
+    /// `max_surge`, 1 unless set].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    max_surge: Option<u16>,
 
     /// Print the outdated instances per group and change nothing.
     #[arg(long)]
@@ -50,22 +51,23 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     })?;
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
-    let groups: Vec<&str> = environment
-        .node_groups
-        .iter()
-        .map(|g| g.name.value.as_str())
-        .filter(|g| args.groups.is_empty() || args.groups.iter().any(|w| w == g))
+    let groups: Vec<(&str, u32)> = environment
+        .roll_sequence()
+        .into_iter()
+        .map(|g| (g.name.value.as_str(), g.max_surge))
+        .filter(|(g, _)| args.groups.is_empty() || args.groups.iter().any(|w| w == g))
         .collect();
     let progress = |line: &str| eprintln!("roll: {line}");
     let mut replaced = 0;
-    for group in groups {
+    for (group, group_surge) in groups {
+        let surge = args.max_surge.map_or(group_surge as usize, usize::from);
         let aws_name = format!("{}-{group}", environment.name);
         let outcome: Result<_, crate::roll::RollError> = runtime.block_on(async {
             let state = group_state(&cloud, &aws_name).await?;
             if args.dry_run || state.outdated.is_empty() {
                 return Ok((state, 0));
             }
-            let rolled = roll_group(&cloud, &aws_name, usize::from(args.max_surge), Duration::from_secs(args.timeout), &progress).await?;
+            let rolled = roll_group(&cloud, &aws_name, surge, Duration::from_secs(args.timeout), &progress).await?;
             Ok((state, rolled))
         });
         match outcome {

@@ -46,6 +46,9 @@ pub fn check(env: &Environment, images_dir: &Path, problems: &mut Problems) -> V
                 .hint("kstack names it `<environment>-<name>`; shorten the load balancer's name");
         }
     }
+    for group in &env.roll_order {
+        refs.node_group(group, problems);
+    }
     for group in &env.node_groups {
         refs.subnets(&group.subnets, problems);
         refs.security_groups(&group.security_groups, problems);

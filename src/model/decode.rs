@@ -50,6 +50,8 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
             None => node_group(name, group, problems),
         },
     );
+    // Groups rolled first, in this order (e.g. masters); the rest follow in file order.
+    let roll_order = map.get("roll_order").and_then(|n| string_list(n, problems)).unwrap_or_default();
     map.finish(problems);
     Some(Environment {
         name: name.to_owned(),
@@ -61,6 +63,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         iam_roles,
         load_balancers,
         node_groups,
+        roll_order,
         undecoded,
     })
 }
@@ -543,6 +546,8 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         |n| group_health_check(n, problems),
     );
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
+    // Instances a roll replaces at a time in this group.
+    let max_surge = map.get("max_surge").and_then(|n| number(n, 1..=1000u32, problems)).map_or(1, |n| n.value);
     // Role variables for this group's nodes, above the environment's.
     let variables = map
         .get("variables")
@@ -568,6 +573,7 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         health_check: health_check?,
         tags,
         variables,
+        max_surge,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Environment {
     pub iam_roles: Vec<IamRole>,
     pub load_balancers: Vec<LoadBalancer>,
     pub node_groups: Vec<NodeGroup>,
+    /// Node groups rolled first, in this order; the others follow in file order.
+    pub roll_order: Vec<Spanned<String>>,
     /// (kind, name) of entries that had problems of their own and were left out above.
     pub undecoded: BTreeSet<(&'static str, String)>,
 }
@@ -199,6 +201,17 @@ pub struct NodeGroup {
     pub tags: BTreeMap<String, Spanned<String>>,
     /// Role variables for the group's nodes (`kstack provision`).
     pub variables: serde_json::Map<String, serde_json::Value>,
+    /// Instances `kstack roll` replaces at a time.
+    pub max_surge: u32,
+}
+
+impl Environment {
+    /// Node groups in the order `kstack roll` takes them.
+    pub fn roll_sequence(&self) -> Vec<&NodeGroup> {
+        let first = self.roll_order.iter().filter_map(|name| self.node_groups.iter().find(|g| g.name.value == name.value));
+        let rest = self.node_groups.iter().filter(|g| !self.roll_order.iter().any(|n| n.value == g.name.value));
+        first.chain(rest).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,4 +250,19 @@ pub enum LaunchMechanism {
 pub struct GroupHealthCheck {
     pub elb: bool,
     pub grace_period: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roll_order_puts_its_groups_first_and_keeps_file_order_for_the_rest() {
+        let project = Project { root: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")) };
+        let checked = load_environment(&project, "dev").result.expect("dev is valid");
+        let order: Vec<&str> = checked.environment.roll_sequence().iter().map(|g| g.name.value.as_str()).collect();
+        assert_eq!(order, ["masters", "workers", "ingress"]);
+        let workers = checked.environment.node_groups.iter().find(|g| g.name.value == "workers").unwrap();
+        assert_eq!(workers.max_surge, 3);
+    }
 }
