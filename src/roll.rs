@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_autoscaling::types::AutoScalingGroup;
 
 use crate::aws::{AwsError, Cloud};
+use crate::model::RollHooks;
 
 /// Processes that would fight a roll: rebalancing across zones and replacing instances the
 /// roll takes out of service.
@@ -120,8 +121,21 @@ pub async fn group_state(cloud: &Cloud, name: &str) -> Result<GroupState, RollEr
 
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
+/// What a roll of one group needs besides AWS.
+pub struct RollGroup<'a> {
+    pub environment: &'a str,
+    /// The node group's name in the model.
+    pub group: &'a str,
+    /// Its auto scaling group's name.
+    pub aws_name: &'a str,
+    pub surge: usize,
+    pub timeout: Duration,
+    pub hooks: &'a RollHooks,
+}
+
 /// Replaces the group's outdated instances, `surge` at a time. Returns how many.
-pub async fn roll_group(cloud: &Cloud, name: &str, surge: usize, timeout: Duration, progress: Progress<'_>) -> Result<usize, RollError> {
+pub async fn roll_group(cloud: &Cloud, roll: &RollGroup<'_>, progress: Progress<'_>) -> Result<usize, RollError> {
+    let (name, surge, timeout) = (roll.aws_name, roll.surge, roll.timeout);
     let state = group_state(cloud, name).await?;
     if state.outdated.is_empty() {
         return Ok(0);
@@ -134,7 +148,7 @@ pub async fn roll_group(cloud: &Cloud, name: &str, surge: usize, timeout: Durati
         .send()
         .await
         .map_err(|e| aws("suspending the group's processes")(e.into()))?;
-    let rolled = replace_outdated(cloud, name, &state.outdated, surge.max(1), timeout, progress).await;
+    let rolled = replace_outdated(cloud, roll, &state.outdated, surge.max(1), timeout, progress).await;
     // Restored whatever happened, so a failed roll leaves the group healing itself again.
     let resumed = cloud
         .autoscaling
@@ -150,12 +164,13 @@ pub async fn roll_group(cloud: &Cloud, name: &str, surge: usize, timeout: Durati
 
 async fn replace_outdated(
     cloud: &Cloud,
-    name: &str,
+    roll: &RollGroup<'_>,
     outdated: &[String],
     surge: usize,
     timeout: Duration,
     progress: Progress<'_>,
 ) -> Result<usize, RollError> {
+    let name = roll.aws_name;
     let mut replaced = 0;
     for batch in outdated.chunks(surge) {
         let group = describe_group(cloud, name).await?;
@@ -175,7 +190,16 @@ async fn replace_outdated(
             .map_err(|e| aws("surging the group")(e.into()))?;
         let fresh = wait_for_new_in_service(cloud, name, &known, batch.len(), timeout).await?;
         progress(&format!("{name}: {} in service", fresh.join(", ")));
-        for old in batch {
+        if let Some(hook) = &roll.hooks.readiness {
+            for instance in describe_instances(cloud, &fresh).await? {
+                run_hook("readiness", hook, roll, Some(&instance), progress).await?;
+            }
+        }
+        for instance in describe_instances(cloud, batch).await? {
+            if let Some(hook) = &roll.hooks.pre_stop {
+                run_hook("pre_stop", hook, roll, Some(&instance), progress).await?;
+            }
+            let old = &instance.id;
             progress(&format!("{name}: terminating {old} (the group deregisters it and waits out connection draining)"));
             cloud
                 .autoscaling
@@ -187,6 +211,9 @@ async fn replace_outdated(
                 .map_err(|e| aws("terminating an outdated instance")(e.into()))?;
         }
         wait_until_gone(cloud, name, batch, timeout).await?;
+        if let Some(hook) = &roll.hooks.validate {
+            run_hook("validate", hook, roll, None, progress).await?;
+        }
         cloud
             .autoscaling
             .update_auto_scaling_group()
@@ -267,4 +294,68 @@ async fn wait_until_gone(cloud: &Cloud, name: &str, instances: &[String], timeou
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// What hooks are told about an instance.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub address: String,
+    /// The private DNS name, which Kubernetes uses as the node name on AWS.
+    pub name: String,
+}
+
+async fn describe_instances(cloud: &Cloud, ids: &[String]) -> Result<Vec<InstanceInfo>, RollError> {
+    let described = cloud
+        .ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+        .map_err(|e| aws("describing instances")(e.into()))?;
+    let mut found: Vec<InstanceInfo> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| InstanceInfo {
+            id: i.instance_id().unwrap_or_default().to_owned(),
+            address: i.private_ip_address().unwrap_or_default().to_owned(),
+            name: i.private_dns_name().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    // In the order asked for, so hooks run in a predictable order.
+    found.sort_by_key(|i| ids.iter().position(|id| *id == i.id));
+    Ok(found)
+}
+
+/// Renders and runs a hook with `sh -c` on this machine; a failure stops the roll.
+async fn run_hook(
+    which: &str,
+    template: &str,
+    roll: &RollGroup<'_>,
+    instance: Option<&InstanceInfo>,
+    progress: Progress<'_>,
+) -> Result<(), RollError> {
+    let mut jinja = minijinja::Environment::new();
+    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let context = minijinja::context! { env => roll.environment, group => roll.group, instance => instance };
+    let command = jinja
+        .render_str(template, context)
+        .map_err(|e| RollError::Failed(format!("the {which} hook is not a valid template: {e}")))?;
+    progress(&format!("{}: {which} hook: {command}", roll.aws_name));
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .output()
+        .await
+        .map_err(|e| RollError::Failed(format!("cannot run the {which} hook: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
+    Err(RollError::Failed(format!(
+        "the {which} hook failed{on} ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    )))
 }

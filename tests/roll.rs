@@ -13,6 +13,13 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
     project.edit(FLEET, "VPC_CIDR", "10.30.0.0/16");
     project.edit(FLEET, "SUBNET_CIDR", "10.30.1.0/24");
     project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 3\n    max: 4\n");
+    let log = project.path().join("hooks.log");
+    let log = log.display();
+    let hooks = format!(
+        "roll_hooks:\n  readiness: echo ready {{{{ instance.id }}}} {{{{ instance.address }}}} >> {log}\n  pre_stop: echo stop {{{{ instance.id }}}} {{{{ group }}}} >> {log}\n  validate: echo validate {{{{ env }}}}/{{{{ group }}}} >> {log}\n"
+    );
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}{hooks}"));
     let rt = runtime();
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
@@ -83,6 +90,23 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
             assert_eq!(instance.instance_type().map(|t| t.as_str()), Some("t3.medium"));
         }
     });
+
+    // Hooks ran per batch: readiness for the new instance, pre-stop for the old, then validate.
+    let log = std::fs::read_to_string(project.path().join("hooks.log")).unwrap();
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines.len(), 9, "{log}");
+    let mut stopped = Vec::new();
+    for chunk in lines.chunks(3) {
+        assert_eq!(chunk[0][0], "ready", "{log}");
+        assert!(after.contains(&chunk[0][1].to_owned()) && chunk[0][2].contains('.'), "a new instance with its address: {log}");
+        assert_eq!((chunk[1][0], chunk[1][2]), ("stop", "app"), "{log}");
+        stopped.push(chunk[1][1].to_owned());
+        assert_eq!(chunk[2][..], ["validate", "fleet/app"], "{log}");
+    }
+    stopped.sort();
+    let mut old = before.clone();
+    old.sort();
+    assert_eq!(stopped, old, "every old instance got its pre-stop hook");
 
     let again = project.kstack(&moto).args(["roll", "fleet"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::aws::Cloud;
 use crate::model::Project;
-use crate::roll::{group_state, roll_group};
+use crate::roll::{group_state, roll_group, RollGroup};
 use crate::state::StateStore;
 
 use super::session::runtime;
@@ -67,7 +67,15 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             if args.dry_run || state.outdated.is_empty() {
                 return Ok((state, 0));
             }
-            let rolled = roll_group(&cloud, &aws_name, surge, Duration::from_secs(args.timeout), &progress).await?;
+            let roll = RollGroup {
+                environment: &environment.name,
+                group,
+                aws_name: &aws_name,
+                surge,
+                timeout: Duration::from_secs(args.timeout),
+                hooks: &environment.roll_hooks,
+            };
+            let rolled = roll_group(&cloud, &roll, &progress).await?;
             Ok((state, rolled))
         });
         match outcome {

@@ -52,6 +52,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     );
     // Groups rolled first, in this order (e.g. masters); the rest follow in file order.
     let roll_order = map.get("roll_order").and_then(|n| string_list(n, problems)).unwrap_or_default();
+    let roll_hooks = map.get("roll_hooks").and_then(|n| roll_hooks(n, problems)).unwrap_or_default();
     map.finish(problems);
     Some(Environment {
         name: name.to_owned(),
@@ -64,8 +65,21 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         load_balancers,
         node_groups,
         roll_order,
+        roll_hooks,
         undecoded,
     })
+}
+
+fn roll_hooks(node: &Node, problems: &mut Problems) -> Option<RollHooks> {
+    let mut map = MapReader::new(node, "roll hooks", problems)?;
+    let mut hook = |key| map.get(key).and_then(|n| string(n, problems)).map(|s| s.value);
+    let hooks = RollHooks {
+        readiness: hook("readiness"),
+        pre_stop: hook("pre_stop"),
+        validate: hook("validate"),
+    };
+    map.finish(problems);
+    Some(hooks)
 }
 
 /// A mapping of named entries. The names of entries that fail to decode are recorded, so

@@ -33,6 +33,7 @@ pub struct Environment {
     pub node_groups: Vec<NodeGroup>,
     /// Node groups rolled first, in this order; the others follow in file order.
     pub roll_order: Vec<Spanned<String>>,
+    pub roll_hooks: RollHooks,
     /// (kind, name) of entries that had problems of their own and were left out above.
     pub undecoded: BTreeSet<(&'static str, String)>,
 }
@@ -203,6 +204,18 @@ pub struct NodeGroup {
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// Instances `kstack roll` replaces at a time.
     pub max_surge: u32,
+}
+
+/// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with
+/// `env`, `group` and (except `validate`) `instance` (`id`, `address`, `name`).
+#[derive(Debug, Clone, Default)]
+pub struct RollHooks {
+    /// Must succeed for each new instance before any old one goes, e.g. `kubectl wait node`.
+    pub readiness: Option<String>,
+    /// Runs for each old instance before it is terminated, e.g. `kubectl drain`.
+    pub pre_stop: Option<String>,
+    /// Must succeed after each batch before the next, e.g. a cluster health check.
+    pub validate: Option<String>,
 }
 
 impl Environment {
