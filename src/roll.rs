@@ -190,14 +190,21 @@ async fn replace_outdated(
             .map_err(|e| aws("surging the group")(e.into()))?;
         let fresh = wait_for_new_in_service(cloud, name, &known, batch.len(), timeout).await?;
         progress(&format!("{name}: {} in service", fresh.join(", ")));
+        // Until an old instance goes, a failure undoes the surge: the group is as it was.
         if let Some(hook) = &roll.hooks.readiness {
             for instance in describe_instances(cloud, &fresh).await? {
-                run_hook("readiness", hook, roll, Some(&instance), progress).await?;
+                if let Err(error) = run_hook("readiness", hook, roll, Some(&instance), progress).await {
+                    undo_surge(cloud, roll, &fresh, max, progress).await?;
+                    return Err(error);
+                }
             }
         }
-        for instance in describe_instances(cloud, batch).await? {
+        for (done, instance) in describe_instances(cloud, batch).await?.into_iter().enumerate() {
             if let Some(hook) = &roll.hooks.pre_stop {
-                run_hook("pre_stop", hook, roll, Some(&instance), progress).await?;
+                if let Err(error) = run_hook("pre_stop", hook, roll, Some(&instance), progress).await {
+                    undo_surge(cloud, roll, &fresh[done..], max, progress).await?;
+                    return Err(error);
+                }
             }
             let old = &instance.id;
             progress(&format!("{name}: terminating {old} (the group deregisters it and waits out connection draining)"));
@@ -225,6 +232,33 @@ async fn replace_outdated(
         replaced += batch.len();
     }
     Ok(replaced)
+}
+
+/// Terminates surged instances that no old instance made room for, and restores the
+/// group's maximum, so a stopped roll leaves the group's size as it found it.
+async fn undo_surge(cloud: &Cloud, roll: &RollGroup<'_>, surplus: &[String], max: i32, progress: Progress<'_>) -> Result<(), RollError> {
+    let name = roll.aws_name;
+    for id in surplus {
+        progress(&format!("{name}: stopping; terminating surged instance {id}"));
+        cloud
+            .autoscaling
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .map_err(|e| aws("undoing the surge")(e.into()))?;
+    }
+    wait_until_gone(cloud, name, surplus, roll.timeout).await?;
+    cloud
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .max_size(max)
+        .send()
+        .await
+        .map_err(|e| aws("restoring the group's maximum")(e.into()))?;
+    Ok(())
 }
 
 /// Waits for `count` instances not in `known` to be InService in the group and healthy on

@@ -112,3 +112,37 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(stdout.contains("Nothing to roll"), "{stdout}");
 }
+
+#[test]
+fn a_failing_readiness_hook_stops_the_roll_with_the_group_as_it_was_and_a_rerun_finishes() {
+    let moto = Moto::start();
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", "10.31.0.0/16");
+    project.edit(FLEET, "SUBNET_CIDR", "10.31.1.0/24");
+    let flag = project.path().join("node-ready");
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}roll_hooks:\n  readiness: test -e {}\n", flag.display()));
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let before: Vec<String> = rt.block_on(aws.group("fleet-app")).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+
+    let stopped = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the readiness hook failed for i-"), "{stderr}");
+    let group = rt.block_on(aws.group("fleet-app"));
+    let now: Vec<String> = group.instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    assert_eq!(now, before, "the surged instance is gone, the old ones untouched");
+    assert_eq!((group.desired_capacity(), group.max_size()), (Some(2), Some(2)));
+    assert!(group.suspended_processes().is_empty(), "processes resumed after the failure");
+
+    std::fs::write(&flag, "").unwrap();
+    let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    assert_eq!(String::from_utf8_lossy(&rolled.stdout).trim(), "app: 2 replaced, 0 already current");
+    assert_eq!(rt.block_on(aws.group("fleet-app")).desired_capacity(), Some(2));
+}
