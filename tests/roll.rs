@@ -111,6 +111,13 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
     let again = project.kstack(&moto).args(["roll", "fleet"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(stdout.contains("Nothing to roll"), "{stdout}");
+
+    // `apply --roll` does both in one go.
+    project.edit(FLEET, "instance_type: t3.medium", "instance_type: t3.large");
+    let both = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--roll"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&both.stdout);
+    assert!(both.status.success(), "{}", String::from_utf8_lossy(&both.stderr));
+    assert!(stdout.contains("Apply complete!") && stdout.contains("app: 3 replaced, 0 already current"), "{stdout}");
 }
 
 #[test]

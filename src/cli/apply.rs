@@ -19,6 +19,7 @@ use super::{term, Failure};
   kstack apply dev
   kstack apply dev --auto-approve --parallelism 20
   kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
+  kstack apply dev --auto-approve --roll
 
 Exit status: 0 applied (or nothing to do), 1 error or cancelled.")]
 pub struct ApplyArgs {
@@ -33,6 +34,10 @@ pub struct ApplyArgs {
     /// How many resources to work on at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
     parallelism: u16,
+
+    /// Then roll every node group onto its current launch settings (see `kstack roll`).
+    #[arg(long)]
+    roll: bool,
 }
 
 /// Delete every resource of the environment, found by tag and by state.
@@ -64,6 +69,15 @@ fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
 }
 
 pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
+    let env = apply_only(project, args)?;
+    if args.roll {
+        super::roll::run(project, &super::roll::Args::everything(&env))?;
+    }
+    Ok(())
+}
+
+/// Applies and returns the environment argument the model was loaded with.
+fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     let saved = match load_saved_plan(Path::new(&args.target)) {
         None => None,
         Some(Ok(saved)) => Some(saved),
@@ -94,13 +108,14 @@ pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
     }
     print!("{}", render(&session.plan, term::stdout_color()));
     if !session.plan.has_changes() {
-        return Ok(());
+        return Ok(env);
     }
     // A saved plan was reviewed when it was made.
     if saved.is_none() && !args.auto_approve {
         confirm(&format!("Do you want to perform these actions in `{}`?", session.environment))?;
     }
-    execute(&runtime, session, args.parallelism, "Apply")
+    execute(&runtime, session, args.parallelism, "Apply")?;
+    Ok(env)
 }
 
 pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {

@@ -40,6 +40,13 @@ pub struct Args {
     timeout: u64,
 }
 
+impl Args {
+    /// Every group of `env`, with the groups' own settings: what `apply --roll` runs.
+    pub fn everything(env: &str) -> Args {
+        Args { env: env.to_owned(), groups: Vec::new(), max_surge: None, dry_run: false, timeout: 900 }
+    }
+}
+
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
