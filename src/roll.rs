@@ -208,27 +208,13 @@ async fn replace_outdated(
             }
             let old = &instance.id;
             progress(&format!("{name}: terminating {old} (the group deregisters it and waits out connection draining)"));
-            cloud
-                .autoscaling
-                .terminate_instance_in_auto_scaling_group()
-                .instance_id(old)
-                .should_decrement_desired_capacity(true)
-                .send()
-                .await
-                .map_err(|e| aws("terminating an outdated instance")(e.into()))?;
+            terminate_in_group(cloud, old, "terminating an outdated instance").await?;
         }
         wait_until_gone(cloud, name, batch, timeout).await?;
         if let Some(hook) = &roll.hooks.validate {
             run_hook("validate", hook, roll, None, progress).await?;
         }
-        cloud
-            .autoscaling
-            .update_auto_scaling_group()
-            .auto_scaling_group_name(name)
-            .max_size(max)
-            .send()
-            .await
-            .map_err(|e| aws("restoring the group's maximum")(e.into()))?;
+        set_max_size(cloud, name, max).await?;
         replaced += batch.len();
     }
     Ok(replaced)
@@ -240,16 +226,26 @@ async fn undo_surge(cloud: &Cloud, roll: &RollGroup<'_>, surplus: &[String], max
     let name = roll.aws_name;
     for id in surplus {
         progress(&format!("{name}: stopping; terminating surged instance {id}"));
-        cloud
-            .autoscaling
-            .terminate_instance_in_auto_scaling_group()
-            .instance_id(id)
-            .should_decrement_desired_capacity(true)
-            .send()
-            .await
-            .map_err(|e| aws("undoing the surge")(e.into()))?;
+        terminate_in_group(cloud, id, "undoing the surge").await?;
     }
     wait_until_gone(cloud, name, surplus, roll.timeout).await?;
+    set_max_size(cloud, name, max).await
+}
+
+/// Terminates an instance through its group, which shrinks by one and drains it first.
+async fn terminate_in_group(cloud: &Cloud, id: &str, doing: &str) -> Result<(), RollError> {
+    cloud
+        .autoscaling
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(id)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .map_err(|e| aws(doing)(e.into()))?;
+    Ok(())
+}
+
+async fn set_max_size(cloud: &Cloud, name: &str, max: i32) -> Result<(), RollError> {
     cloud
         .autoscaling
         .update_auto_scaling_group()
