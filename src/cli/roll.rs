@@ -10,7 +10,7 @@ use crate::state::StateStore;
 use super::session::runtime;
 use super::{load_and_compile, report_problems, term, Failure};
 
-/// Move every node group onto its current launch settings (AMI, instance type, user data)
+/// Move every node group onto its current launch settings (AMI and instance type)
 /// without losing capacity: new instances first, then the outdated ones go through the group.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
