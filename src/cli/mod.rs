@@ -13,6 +13,7 @@ mod state;
 mod term;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,7 +22,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::compile::compile;
 use crate::diagnostics::{Problems, Sources};
 use crate::graph::ResourceGraph;
+use crate::model::image::{load_image, Image};
 use crate::model::{load_environment, Checked, Project};
+use crate::roles::{load_roles, Role};
 
 const ABOUT: &str = "Stand up and run Kubernetes node fleets on AWS.";
 
@@ -132,6 +135,13 @@ fn init_logging(verbose: u8) {
 pub struct Compiled {
     pub checked: Checked,
     pub graph: ResourceGraph,
+    /// The images its node groups name, with their roles.
+    pub images: BTreeMap<String, LoadedImage>,
+}
+
+pub struct LoadedImage {
+    pub image: Image,
+    pub roles: Vec<Role>,
 }
 
 /// Loads, checks and compiles an environment, and loads the images its groups name with
@@ -142,20 +152,20 @@ pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compil
     let result = loaded.result.and_then(|checked| {
         let mut problems = Problems::default();
         let graph = compile(&checked, &mut problems);
-        if let Some(graph) = &graph {
-            for name in crate::compile::image_names(graph) {
-                match crate::model::image::load_image(project, &name, &mut sources) {
-                    Ok(image) => {
-                        if let Err(more) = crate::roles::load_roles(&project.root.join("roles"), &image.roles, &mut sources) {
-                            problems.extend(more);
-                        }
+        let mut images = BTreeMap::new();
+        for name in graph.as_ref().map(crate::compile::image_names).unwrap_or_default() {
+            match load_image(project, &name, &mut sources) {
+                Ok(image) => match load_roles(&project.root.join("roles"), &image.roles, &mut sources) {
+                    Ok(roles) => {
+                        images.insert(name, LoadedImage { image, roles });
                     }
                     Err(more) => problems.extend(more),
-                }
+                },
+                Err(more) => problems.extend(more),
             }
         }
         match graph {
-            Some(graph) if problems.is_empty() => Ok(Compiled { checked, graph }),
+            Some(graph) if problems.is_empty() => Ok(Compiled { checked, graph, images }),
             _ => Err(problems),
         }
     });

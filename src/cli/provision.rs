@@ -8,14 +8,12 @@ use std::time::Duration;
 use owo_colors::OwoColorize;
 
 use crate::aws::{running_instances, Cloud};
-use crate::diagnostics::Sources;
-use crate::model::image::load_image;
 use crate::model::{ImageRef, Project};
-use crate::roles::{load_roles, HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
+use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
 use crate::ssh::{HostKeys, Login};
 
 use super::session::{aws_failure, runtime};
-use super::{load_and_compile, report_image_problems, report_problems, term, Failure};
+use super::{load_and_compile, report_problems, term, Failure, LoadedImage};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Targets {
@@ -122,7 +120,7 @@ struct GroupWork {
 fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Failure> {
     let (sources, result) = load_and_compile(project, &targets.env);
     let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
-    let environment = compiled.checked.environment;
+    let environment = &compiled.checked.environment;
     for wanted in &targets.groups {
         if !environment.node_groups.iter().any(|g| &g.name.value == wanted) {
             let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
@@ -136,7 +134,6 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
         .block_on(running_instances(&cloud))
         .map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
     let mut work = Vec::new();
-    let mut sources = Sources::default();
     for group in &environment.node_groups {
         let name = &group.name.value;
         if !targets.groups.is_empty() && !targets.groups.contains(name) {
@@ -146,9 +143,8 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             tracing::warn!("node group `{name}` runs a plain AMI id: it has no roles to apply");
             continue;
         };
-        let image = load_image(project, image_name, &mut sources).map_err(|problems| report_image_problems(image_name, problems, &sources))?;
-        let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources)
-            .map_err(|problems| report_image_problems(image_name, problems, &sources))?;
+        // Loaded with the environment, which stops on problems.
+        let Some(LoadedImage { image, roles }) = compiled.images.get(image_name) else { continue };
         let hosts: Vec<String> = instances
             .iter()
             .filter(|i| &i.group == name)
@@ -175,7 +171,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
         );
         work.push(GroupWork {
             hosts,
-            roles,
+            roles: roles.clone(),
             variables,
             ssh_user: targets.ssh_user.clone().unwrap_or_else(|| image.ssh_user.clone()),
         });

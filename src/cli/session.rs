@@ -12,7 +12,7 @@ use crate::model::Project;
 use crate::plan::{plan, Plan};
 use crate::state::{Lock, State, StateStore};
 
-use super::{load_and_compile, report_image_problems, report_problems, term, Failure};
+use super::{load_and_compile, report_problems, term, Failure, LoadedImage};
 
 pub struct Session {
     pub environment: String,
@@ -82,9 +82,10 @@ impl Session {
             Desired::Model => compiled.graph,
             Desired::Nothing => ResourceGraph::build(Vec::new()).unwrap_or(compiled.graph),
         };
+        let images = compiled.images;
         let names = image_names(&graph);
         if !names.is_empty() {
-            let amis = resolve_named_images(project, &cloud, &names).await?;
+            let amis = resolve_named_images(project, &images, &cloud, &names).await?;
             resolve_images(&mut graph, &environment, &amis);
         }
         let before = cloud.calls.snapshot();
@@ -149,6 +150,7 @@ impl Session {
 /// a warning that the definition changed since.
 async fn resolve_named_images(
     project: &Project,
+    images: &std::collections::BTreeMap<String, LoadedImage>,
     cloud: &Cloud,
     names: &[String],
 ) -> Result<std::collections::BTreeMap<String, String>, Failure> {
@@ -156,12 +158,11 @@ async fn resolve_named_images(
     let newest = aws::resolve_images(cloud, names).await.map_err(|e| aws_failure(region, "resolving images", &e))?;
     let mut amis = std::collections::BTreeMap::new();
     for name in names {
-        let mut sources = crate::diagnostics::Sources::default();
-        let image = crate::model::image::load_image(project, name, &mut sources)
-            .map_err(|problems| report_image_problems(name, problems, &sources))?;
-        let roles = crate::roles::load_roles(&project.root.join("roles"), &image.roles, &mut sources)
-            .map_err(|problems| report_image_problems(name, problems, &sources))?;
-        let current = crate::bake::current_ami(cloud, &image, &roles, &project.root.join("roles")).await;
+        // Loaded with the environment, which stops on problems: every name is here.
+        let current = match images.get(name) {
+            Some(LoadedImage { image, roles }) => crate::bake::current_ami(cloud, image, roles, &project.root.join("roles")).await,
+            None => Ok(None),
+        };
         match (current, newest.get(name)) {
             (Ok(Some(ami)), _) => {
                 amis.insert(name.clone(), ami);
