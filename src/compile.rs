@@ -360,27 +360,19 @@ fn launch_configuration_name(environment: &str, group: &str, launch: &LaunchSpec
     format!("{environment}-{group}-{}", &content_digest(launch)[..12])
 }
 
-/// Replaces image names with the AMIs found for them; returns the names without one.
-pub fn resolve_images(graph: &mut ResourceGraph, environment: &str, amis: &BTreeMap<String, String>) -> Vec<String> {
-    let mut missing = Vec::new();
+/// Replaces image names with the AMIs found for them (every name of `image_names`); a
+/// launch configuration is renamed for its new content.
+pub fn resolve_images(graph: &mut ResourceGraph, environment: &str, amis: &BTreeMap<String, String>) {
     for resource in graph.resources_mut() {
         let (Spec::LaunchTemplate(launch) | Spec::LaunchConfiguration(launch)) = &mut resource.spec else { continue };
         let ImageSpec::Named(name) = &launch.image else { continue };
-        match amis.get(name) {
-            Some(ami) => launch.image = ImageSpec::Ami(ami.clone()),
-            None => {
-                missing.push(name.clone());
-                continue;
-            }
-        }
+        let Some(ami) = amis.get(name) else { continue };
+        launch.image = ImageSpec::Ami(ami.clone());
         if let Spec::LaunchConfiguration(launch) = &resource.spec {
             let group = resource.address.as_str().split_once('.').map_or("", |(_, group)| group);
             resource.name = launch_configuration_name(environment, group, launch);
         }
     }
-    missing.sort();
-    missing.dedup();
-    missing
 }
 
 /// Names of the images of `images/` that the graph's launch settings use.
