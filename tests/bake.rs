@@ -17,11 +17,7 @@ const FLEET: &str = "environments/fleet.yaml";
 
 fn fleet(moto: &Moto, rt: &tokio::runtime::Runtime) -> (Project, Clients) {
     let project = Project::fixture("project");
-    static FLEETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    let octet = 10 + (std::process::id() + 40) % 80;
-    let subnet = FLEETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    project.edit(FLEET, "VPC_CIDR", &format!("127.{octet}.0.0/16"));
-    project.edit(FLEET, "SUBNET_CIDR", &format!("127.{octet}.{subnet}.0/24"));
+    project.loopback_fleet(40);
     // The fleet itself needs no instances here: only its network.
     project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 0\n    max: 2\n");
     let aws = rt.block_on(moto.clients());

@@ -9,8 +9,6 @@ mod node;
 use node::{ClientKey, Node};
 use support::{runtime, Moto, Project};
 
-const FLEET: &str = "environments/fleet.yaml";
-
 /// A fleet applied to the emulator, with a booted node behind each instance address.
 struct Fleet {
     moto: Moto,
@@ -23,12 +21,7 @@ impl Fleet {
     fn start() -> Fleet {
         let moto = Moto::start();
         let project = Project::fixture("project");
-        // Loopback addresses no other fleet of this machine uses at the same time.
-        static FLEETS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-        let octet = 10 + std::process::id() % 80;
-        let subnet = FLEETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        project.edit(FLEET, "VPC_CIDR", &format!("127.{octet}.0.0/16"));
-        project.edit(FLEET, "SUBNET_CIDR", &format!("127.{octet}.{subnet}.0/24"));
+        let subnet = project.loopback_fleet(0);
         let rt = runtime();
         let aws = rt.block_on(moto.clients());
         rt.block_on(aws.seed_image("node"));
@@ -45,7 +38,7 @@ impl Fleet {
             addresses
         });
         assert_eq!(addresses.len(), 2, "{addresses:?}");
-        assert!(addresses.iter().all(|a| a.starts_with(&format!("127.{octet}.{subnet}."))), "{addresses:?}");
+        assert!(addresses.iter().all(|a| a.starts_with(&subnet)), "{addresses:?}");
         let key = ClientKey::new();
         let nodes = addresses.iter().map(|a| Node::boot_at(&key, a)).collect();
         Fleet { moto, project, key, nodes }
@@ -112,12 +105,7 @@ fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
     let fleet = Fleet::start();
     let known_hosts = fleet.key.dir.path().join("known_hosts");
     // A stale key recorded for the first node, as after a rebuild or an attack.
-    let stale = tempfile::tempdir().unwrap();
-    let stale_key = stale.path().join("key");
-    std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&stale_key).status().unwrap();
-    let public = std::fs::read_to_string(stale_key.with_extension("pub")).unwrap();
-    let mut parts = public.split_whitespace();
-    std::fs::write(&known_hosts, format!("{} {} {}\n", fleet.nodes[0].address, parts.next().unwrap(), parts.next().unwrap())).unwrap();
+    std::fs::write(&known_hosts, node::stale_known_hosts_line(&fleet.nodes[0].address)).unwrap();
 
     let output = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
     let text = stdout(&output);

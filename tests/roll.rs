@@ -2,29 +2,41 @@
 
 mod support;
 
-use support::{runtime, Moto, Project};
+use support::{runtime, Clients, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
+
+/// The fixture fleet in `10.<octet>.0.0/16`, sized to `min`..`max`, with `roll_hooks`,
+/// applied with a seeded image of `node`.
+fn applied_fleet(moto: &Moto, rt: &tokio::runtime::Runtime, octet: u8, size: (u32, u32), hooks: &str) -> (Project, Clients) {
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", &format!("10.{octet}.0.0/16"));
+    project.edit(FLEET, "SUBNET_CIDR", &format!("10.{octet}.1.0/24"));
+    project.edit(FLEET, "    min: 2\n    max: 2\n", &format!("    min: {}\n    max: {}\n", size.0, size.1));
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}roll_hooks:\n{hooks}"));
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    (project, aws)
+}
+
+fn instance_ids(aws: &Clients, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    rt.block_on(aws.group("fleet-app")).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect()
+}
 
 #[test]
 fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_does_nothing() {
     let moto = Moto::start();
-    let project = Project::fixture("project");
-    project.edit(FLEET, "VPC_CIDR", "10.30.0.0/16");
-    project.edit(FLEET, "SUBNET_CIDR", "10.30.1.0/24");
-    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 3\n    max: 4\n");
-    let log = project.path().join("hooks.log");
-    let log = log.display();
-    let hooks = format!(
-        "roll_hooks:\n  readiness: echo ready {{{{ instance.id }}}} {{{{ instance.address }}}} >> {log}\n  pre_stop: echo stop {{{{ instance.id }}}} {{{{ group }}}} >> {log}\n  validate: echo validate {{{{ env }}}}/{{{{ group }}}} >> {log}\n"
-    );
-    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
-    project.write(FLEET, &format!("{fleet}{hooks}"));
     let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
-    let before: Vec<String> = rt.block_on(aws.group("fleet-app")).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("hooks.log");
+    let shown = log.display();
+    let hooks = format!(
+        "  readiness: echo ready {{{{ instance.id }}}} {{{{ instance.address }}}} >> {shown}\n  pre_stop: echo stop {{{{ instance.id }}}} {{{{ group }}}} >> {shown}\n  validate: echo validate {{{{ env }}}}/{{{{ group }}}} >> {shown}\n"
+    );
+    let (project, aws) = applied_fleet(&moto, &rt, 30, (3, 4), &hooks);
+    let before = instance_ids(&aws, &rt);
     assert_eq!(before.len(), 3);
 
     let dry = project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap();
@@ -92,7 +104,7 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
     });
 
     // Hooks ran per batch: readiness for the new instance, pre-stop for the old, then validate.
-    let log = std::fs::read_to_string(project.path().join("hooks.log")).unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(lines.len(), 9, "{log}");
     let mut stopped = Vec::new();
@@ -123,17 +135,11 @@ fn a_roll_replaces_every_outdated_instance_without_shrinking_the_group_and_then_
 #[test]
 fn a_failing_readiness_hook_stops_the_roll_with_the_group_as_it_was_and_a_rerun_finishes() {
     let moto = Moto::start();
-    let project = Project::fixture("project");
-    project.edit(FLEET, "VPC_CIDR", "10.31.0.0/16");
-    project.edit(FLEET, "SUBNET_CIDR", "10.31.1.0/24");
-    let flag = project.path().join("node-ready");
-    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
-    project.write(FLEET, &format!("{fleet}roll_hooks:\n  readiness: test -e {}\n", flag.display()));
     let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
-    let before: Vec<String> = rt.block_on(aws.group("fleet-app")).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let flag = scratch.path().join("node-ready");
+    let (project, aws) = applied_fleet(&moto, &rt, 31, (2, 2), &format!("  readiness: test -e {}\n", flag.display()));
+    let before = instance_ids(&aws, &rt);
     project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
     project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
 

@@ -56,12 +56,7 @@ fn a_changed_host_key_is_refused_and_an_unknown_one_only_trusted_when_asked() {
     let node = Node::boot(&key);
     let known_hosts = key.dir.path().join("known_hosts");
     // A key recorded for this address earlier, before the host was "rebuilt".
-    let other = tempfile::tempdir().unwrap();
-    let old_key = other.path().join("old");
-    std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&old_key).status().unwrap();
-    let old = std::fs::read_to_string(old_key.with_extension("pub")).unwrap();
-    let mut parts = old.split_whitespace();
-    std::fs::write(&known_hosts, format!("{} {} {}\n", node.address, parts.next().unwrap(), parts.next().unwrap())).unwrap();
+    std::fs::write(&known_hosts, node::stale_known_hosts_line(&node.address)).unwrap();
 
     let rt = runtime();
     let error = rt.block_on(Connection::open(&node.address, &login(&key, &known_hosts, true))).err().unwrap();

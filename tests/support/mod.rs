@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub const REGION: &str = "eu-west-1";
@@ -210,6 +211,18 @@ impl Project {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Gives the fixture's `fleet` environment a loopback VPC whose addresses no other fleet
+    /// on this machine uses at the same time (`spread` keeps test binaries apart), so test
+    /// nodes can serve its instances. Returns the subnet's address prefix, e.g. `127.42.3.`.
+    pub fn loopback_fleet(&self, spread: u32) -> String {
+        static FLEETS: AtomicU32 = AtomicU32::new(1);
+        let octet = 10 + (std::process::id() + spread) % 80;
+        let subnet = FLEETS.fetch_add(1, Ordering::SeqCst);
+        self.edit("environments/fleet.yaml", "VPC_CIDR", &format!("127.{octet}.0.0/16"));
+        self.edit("environments/fleet.yaml", "SUBNET_CIDR", &format!("127.{octet}.{subnet}.0/24"));
+        format!("127.{octet}.{subnet}.")
     }
 
     pub fn write(&self, relative: &str, text: &str) {

@@ -36,6 +36,20 @@ fn keygen(path: &Path) {
     assert!(status.success());
 }
 
+fn known_hosts_line(address: &str, public_key: &Path) -> String {
+    let public = std::fs::read_to_string(public_key).unwrap();
+    let mut parts = public.split_whitespace();
+    format!("{address} {} {}\n", parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// A known_hosts line with a key `address` does not have, as recorded before a rebuild.
+pub fn stale_known_hosts_line(address: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("stale");
+    keygen(&key);
+    known_hosts_line(address, &key.with_extension("pub"))
+}
+
 /// The client key every node of a test process authorizes.
 pub struct ClientKey {
     pub dir: tempfile::TempDir,
@@ -130,9 +144,7 @@ impl Node {
 
     /// The node's host public key as a known_hosts line.
     pub fn known_hosts_line(&self) -> String {
-        let public = std::fs::read_to_string(self.dir.path().join("upper/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
-        let mut parts = public.split_whitespace();
-        format!("{} {} {}\n", self.address, parts.next().unwrap(), parts.next().unwrap())
+        known_hosts_line(&self.address, &self.dir.path().join("upper/etc/ssh/ssh_host_ed25519_key.pub"))
     }
 
     /// A path inside the node's writable layer, to look at what kstack wrote.
