@@ -7,7 +7,7 @@ use aws_sdk_iam::types::{EntityType, Tag};
 use serde_json::json;
 
 use super::{id_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Address, Kind, Resource, Spec};
 
 pub fn name_from_arn(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
@@ -205,20 +205,11 @@ pub async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &I
         .send()
         .await?;
     let arn = created.instance_profile().map(|p| p.arn().to_owned()).unwrap_or_default();
-    cloud
-        .iam
-        .add_role_to_instance_profile()
-        .instance_profile_name(&resource.name)
-        .role_name(name_from_arn(id_of(ids, role)?))
-        .send()
-        .await?;
+    add_role(cloud, &resource.name, role, ids).await?;
     Ok(arn)
 }
 
-pub async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
-    let profile = name_from_arn(&actual.id);
-    remove_roles(cloud, profile).await?;
+async fn add_role(cloud: &Cloud, profile: &str, role: &Address, ids: &Ids) -> Result<(), AwsError> {
     cloud
         .iam
         .add_role_to_instance_profile()
@@ -227,6 +218,13 @@ pub async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual:
         .send()
         .await?;
     Ok(())
+}
+
+pub async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
+    let profile = name_from_arn(&actual.id);
+    remove_roles(cloud, profile).await?;
+    add_role(cloud, profile, role, ids).await
 }
 
 async fn remove_roles(cloud: &Cloud, profile: &str) -> Result<(), AwsError> {
