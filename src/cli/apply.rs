@@ -110,6 +110,12 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     if !session.plan.has_changes() {
         return Ok(env);
     }
+    // Applying would reset the size of a group a batch has surged.
+    if let Some(record) = &session.state.roll {
+        let (message, hint) = super::roll::unfinished(&session.environment, record);
+        term::error(&format!("{message}; nothing was applied"), Some(&hint));
+        return Err(Failure::Reported);
+    }
     // A saved plan was reviewed when it was made.
     if saved.is_none() && !args.auto_approve {
         confirm(&format!("Do you want to perform these actions in `{}`?", session.environment))?;

@@ -3,19 +3,21 @@
 use std::time::Duration;
 
 use crate::aws::Cloud;
-use crate::model::Project;
-use crate::roll::{group_state, roll_group, RollGroup};
+use crate::model::{Amount, PolicyOverrides, Project};
+use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
 use crate::state::StateStore;
 
 use super::session::runtime;
 use super::{load_and_compile, report_problems, term, Failure};
 
-/// Move every node group onto its current launch settings (AMI and instance type)
-/// without losing capacity: new instances first, then the outdated ones go through the group.
+/// Move every node group onto its current launch settings (AMI, instance type, user data)
+/// in batches, without dropping below the capacity each group's roll policy keeps.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  kstack roll dev --dry-run        show which instances are outdated
-  kstack roll dev --group workers --max-surge 2
+  kstack roll dev --dry-run                  show the outdated instances and the batches
+  kstack roll dev --group workers --max-surge 25%
+  kstack roll dev --resume                   continue a roll that stopped
+  kstack roll dev --abort                    put the group being rolled back to its size
 
 Exit status: 0 every group runs its current settings, 1 the roll stopped (see the message).")]
 pub struct Args {
@@ -26,14 +28,32 @@ pub struct Args {
     #[arg(long = "group", value_name = "GROUP")]
     groups: Vec<String>,
 
-    /// Instances replaced at a time, surged before the old ones go [default: each group's
-    /// `max_surge`, 1 unless set].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
-    max_surge: Option<u16>,
+    /// New instances launched above a group's size per batch: a count or a percentage of the
+    /// group [default: the group's `roll.max_surge`, 1 unless set].
+    #[arg(long, value_name = "AMOUNT")]
+    max_surge: Option<Amount>,
 
-    /// Print the outdated instances per group and change nothing.
+    /// Outdated instances taken out before their replacements serve, per batch [default: the
+    /// group's `roll.max_unavailable`, 0 unless set].
+    #[arg(long, value_name = "AMOUNT")]
+    max_unavailable: Option<Amount>,
+
+    /// In-service instances never drop below this percentage of a group's size.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=100))]
+    min_healthy_percent: Option<u32>,
+
+    /// Print the outdated instances and the batches per group, and change nothing.
     #[arg(long)]
     dry_run: bool,
+
+    /// Continue the roll that stopped, with the settings it was started with.
+    #[arg(long, conflicts_with_all = ["abort", "dry_run", "groups", "max_surge", "max_unavailable", "min_healthy_percent"])]
+    resume: bool,
+
+    /// Stop the roll that stopped for good: terminate instances it surged above the group's
+    /// size, restore the group's size and processes, and forget it.
+    #[arg(long, conflicts_with_all = ["dry_run", "groups", "max_surge", "max_unavailable", "min_healthy_percent"])]
+    abort: bool,
 
     /// How long to wait for new instances to be in service, or old ones to leave, in seconds.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
@@ -43,70 +63,174 @@ pub struct Args {
 impl Args {
     /// Every group of `env`, with the groups' own settings: what `apply --roll` runs.
     pub fn everything(env: &str) -> Args {
-        Args { env: env.to_owned(), groups: Vec::new(), max_surge: None, dry_run: false, timeout: 900 }
+        Args {
+            env: env.to_owned(),
+            groups: Vec::new(),
+            max_surge: None,
+            max_unavailable: None,
+            min_healthy_percent: None,
+            dry_run: false,
+            resume: false,
+            abort: false,
+            timeout: 900,
+        }
     }
+
+    fn overrides(&self) -> PolicyOverrides {
+        PolicyOverrides {
+            max_surge: self.max_surge,
+            max_unavailable: self.max_unavailable,
+            min_healthy_percent: self.min_healthy_percent,
+        }
+    }
+}
+
+/// The message and hint for an environment with a roll that did not finish.
+pub fn unfinished(env: &str, record: &RollRecord) -> (String, String) {
+    let why = match &record.stopped {
+        Some(reason) => format!("it stopped: {reason}"),
+        None => "it was interrupted".to_owned(),
+    };
+    (
+        format!("a roll of `{env}` started {} by `{}` did not finish; {why}", record.started, record.command),
+        format!("run `kstack roll {env} --resume` to continue it, or `kstack roll {env} --abort` to restore the group's size and forget it"),
+    )
+}
+
+fn fail(message: &str, hint: Option<&str>) -> Failure {
+    term::error(message, hint);
+    Failure::Reported
 }
 
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
-    let store = StateStore::new(&project.root, &environment.name);
-    let _lock = store.lock(&format!("kstack roll {}", args.env)).map_err(|error| {
-        term::error(&error.to_string(), Some(&error.hint()));
-        Failure::Reported
-    })?;
-    let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
-    let groups: Vec<(&str, u32)> = environment
-        .roll_sequence()
-        .into_iter()
-        .map(|g| (g.name.value.as_str(), g.max_surge))
-        .filter(|(g, _)| args.groups.is_empty() || args.groups.iter().any(|w| w == g))
+    let env = &environment.name;
+    let store = StateStore::new(&project.root, env);
+    let command = format!("kstack roll {}", args.env);
+    let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let unknown: Vec<&str> = args
+        .groups
+        .iter()
+        .filter(|g| !environment.node_groups.iter().any(|n| &n.name.value == *g))
+        .map(String::as_str)
         .collect();
+    if !unknown.is_empty() {
+        let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
+        return Err(fail(&format!("`{env}` has no node group {}", unknown.join(", ")), Some(&format!("its groups: {}", names.join(", ")))));
+    }
+    let runtime = runtime()?;
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, env));
+    let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
     let progress = |line: &str| eprintln!("roll: {line}");
+    let timeout = Duration::from_secs(args.timeout);
+
+    if args.dry_run {
+        if let Some(journal) = &unfinished_roll {
+            let (message, hint) = unfinished(env, &journal.record);
+            term::warning(&format!("{message}; {hint}"));
+        }
+        return runtime.block_on(dry_run(&cloud, environment, args)).map_err(|e| fail(&e.to_string(), None));
+    }
+    let mut journal = match (unfinished_roll, args.resume || args.abort) {
+        (Some(journal), true) => journal,
+        (Some(journal), false) => {
+            let (message, hint) = unfinished(env, &journal.record);
+            return Err(fail(&message, Some(&hint)));
+        }
+        (None, true) => return Err(fail(&format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`")))),
+        (None, false) => {
+            let groups = environment
+                .roll_sequence()
+                .into_iter()
+                .map(|g| g.name.value.clone())
+                .filter(|g| args.groups.is_empty() || args.groups.contains(g))
+                .collect();
+            Journal::new(store, &command, groups, args.overrides(), args.timeout)
+        }
+    };
+    if args.abort {
+        runtime.block_on(abort(&cloud, &mut journal, timeout, &progress)).map_err(|e| fail(&format!("abort stopped: {e}"), None))?;
+        println!("Roll of `{env}` aborted: group sizes and processes restored.");
+        return Ok(());
+    }
+    if args.resume {
+        eprintln!("roll: resuming the roll started {} by `{}`", journal.record.started, journal.record.command);
+    }
+    let record = journal.record.clone();
     let mut replaced = 0;
-    for (group, group_surge) in groups {
-        let surge = args.max_surge.map_or(group_surge as usize, usize::from);
-        let aws_name = format!("{}-{group}", environment.name);
-        let outcome: Result<_, crate::roll::RollError> = runtime.block_on(async {
-            let state = group_state(&cloud, &aws_name).await?;
-            if args.dry_run || state.outdated.is_empty() {
-                return Ok((state, 0));
-            }
-            let roll = RollGroup {
-                environment: &environment.name,
-                group,
-                aws_name: &aws_name,
-                surge,
-                timeout: Duration::from_secs(args.timeout),
-                hooks: &environment.roll_hooks,
-            };
-            let rolled = roll_group(&cloud, &roll, &progress).await?;
-            Ok((state, rolled))
-        });
-        match outcome {
-            Ok((state, rolled)) => {
+    for name in &record.groups {
+        let Some(group) = environment.node_groups.iter().find(|g| &g.name.value == name) else { continue };
+        let aws_name = format!("{env}-{name}");
+        let roll = RollGroup {
+            environment: env,
+            group: name,
+            aws_name: &aws_name,
+            policy: record.overrides.over(group.roll),
+            timeout: Duration::from_secs(record.timeout_seconds),
+            hooks: &environment.roll_hooks,
+            progress: &progress,
+        };
+        match runtime.block_on(roll_group(&cloud, &roll, &mut journal)) {
+            Ok(rolled) => {
                 replaced += rolled;
-                if args.dry_run {
-                    println!(
-                        "{group}: {} outdated of {}{}",
-                        state.outdated.len(),
-                        state.outdated.len() + state.current.len(),
-                        if state.outdated.is_empty() { String::new() } else { format!(": {}", state.outdated.join(", ")) }
-                    );
-                } else {
-                    println!("{group}: {rolled} replaced, {} already current", state.current.len());
+                if rolled > 0 {
+                    println!("{name}: {rolled} replaced");
                 }
             }
             Err(error) => {
-                term::error(&format!("roll of `{group}` stopped: {error}"), Some("fix the cause and run `kstack roll` again; it continues with what is still outdated"));
-                return Err(Failure::Reported);
+                let reason = format!("{name}: {error}");
+                // The stop reason is worth keeping, but the roll failing is the news.
+                let _ = journal.update(|r| r.stopped = Some(reason));
+                let in_flight = journal.batch().is_some();
+                let hint = if in_flight {
+                    format!("the batch in flight is recorded and {aws_name}'s processes stay suspended: fix the cause, then `kstack roll {env} --resume`, or `--abort`")
+                } else {
+                    format!("{aws_name} is back at its size: fix the cause, then `kstack roll {env} --resume` continues, or `--abort` forgets the roll")
+                };
+                return Err(fail(&format!("roll of `{name}` stopped: {error}"), Some(&hint)));
             }
         }
     }
-    if !args.dry_run && replaced == 0 {
+    journal.finish().map_err(|e| fail(&e.to_string(), None))?;
+    if replaced == 0 {
         println!("Nothing to roll: every instance runs its group's current launch settings.");
+    }
+    Ok(())
+}
+
+/// Per group: the outdated instances, and the batches a roll would take them in.
+async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, args: &Args) -> Result<(), RollError> {
+    for group in environment.roll_sequence() {
+        let name = &group.name.value;
+        if !args.groups.is_empty() && !args.groups.contains(name) {
+            continue;
+        }
+        let state = group_state(cloud, &format!("{}-{name}", environment.name)).await?;
+        let total = state.outdated.len() + state.current.len();
+        println!("{name}: {} outdated of {total}", state.outdated.len());
+        if state.outdated.is_empty() {
+            continue;
+        }
+        let policy = args.overrides().over(group.roll);
+        let size = match policy.batch(state.group.desired_capacity().unwrap_or(0).max(0) as u32) {
+            Ok(size) => size,
+            Err(why) => {
+                println!("  cannot roll: {why}");
+                continue;
+            }
+        };
+        for (number, (surged, first)) in batches(&state.outdated, size).iter().enumerate() {
+            let mut parts = Vec::new();
+            if !surged.is_empty() {
+                parts.push(format!("surge for {}", surged.join(", ")));
+            }
+            if !first.is_empty() {
+                parts.push(format!("take out {}", first.join(", ")));
+            }
+            println!("  batch {}: {}", number + 1, parts.join("; "));
+        }
     }
     Ok(())
 }

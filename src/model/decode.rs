@@ -560,8 +560,7 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         |n| group_health_check(n, problems),
     );
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
-    // Instances a roll replaces at a time in this group.
-    let max_surge = map.get("max_surge").and_then(|n| number(n, 1..=1000u32, problems)).map_or(1, |n| n.value);
+    let roll = map.get("roll").map_or_else(|| Some(RollPolicy::default()), |n| roll_policy(n, problems));
     // Role variables for this group's nodes, above the environment's.
     let variables = map
         .get("variables")
@@ -587,8 +586,44 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         health_check: health_check?,
         tags,
         variables,
-        max_surge,
+        roll: roll?,
     })
+}
+
+/// A group's `roll:` settings: `max_surge` and `max_unavailable` as a count or a
+/// percentage of the group's size, and `min_healthy_percent`.
+fn roll_policy(node: &Node, problems: &mut Problems) -> Option<RollPolicy> {
+    let mut map = MapReader::new(node, "roll policy", problems)?;
+    let defaults = RollPolicy::default();
+    let surge_node = map.get("max_surge");
+    let max_surge = surge_node.map(|n| amount(n, problems));
+    let max_unavailable = map.get("max_unavailable").map(|n| amount(n, problems));
+    let min_healthy_percent = map.get("min_healthy_percent").map(|n| number(n, 0..=100u32, problems).map(|p| p.value));
+    map.finish(problems);
+    let policy = RollPolicy {
+        max_surge: max_surge.unwrap_or(Some(defaults.max_surge))?,
+        max_unavailable: max_unavailable.unwrap_or(Some(defaults.max_unavailable))?,
+        min_healthy_percent: min_healthy_percent.unwrap_or(None),
+    };
+    if policy.max_surge.is_zero() && policy.max_unavailable.is_zero() {
+        problems
+            .error(yaml::loc(surge_node.unwrap_or(node)), "a roll with max_surge 0 and max_unavailable 0 can never replace an instance")
+            .label("no room to replace instances")
+            .hint("set max_surge (new instances first, e.g. 1 or 25%) or max_unavailable (e.g. 1)");
+        return None;
+    }
+    Some(policy)
+}
+
+fn amount(node: &Node, problems: &mut Problems) -> Option<Amount> {
+    let text = string(node, problems)?;
+    match text.value.parse() {
+        Ok(amount) => Some(amount),
+        Err(message) => {
+            problems.error(text.loc, message).label("invalid amount").hint("write a count such as 1, or a percentage of the group such as 25%");
+            None
+        }
+    }
 }
 
 fn instance_type(node: &Node, problems: &mut Problems) -> Option<Spanned<String>> {

@@ -10,6 +10,7 @@ pub mod image;
 pub mod load;
 pub mod merge;
 pub mod network;
+pub mod roll_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +19,7 @@ use ipnet::Ipv4Net;
 use crate::diagnostics::{Loc, Spanned};
 
 pub use load::{load_environment, Checked, LoadedEnvironment, Project};
+pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
 
 /// One environment, after `extends` has been merged and every value decoded.
 #[derive(Debug, Clone)]
@@ -202,8 +204,8 @@ pub struct NodeGroup {
     pub tags: BTreeMap<String, Spanned<String>>,
     /// Role variables for the group's nodes (`kstack provision`).
     pub variables: serde_json::Map<String, serde_json::Value>,
-    /// Instances `kstack roll` replaces at a time.
-    pub max_surge: u32,
+    /// How fast `kstack roll` replaces the group's instances.
+    pub roll: RollPolicy,
 }
 
 /// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with
@@ -276,6 +278,6 @@ mod tests {
         let order: Vec<&str> = checked.environment.roll_sequence().iter().map(|g| g.name.value.as_str()).collect();
         assert_eq!(order, ["masters", "workers", "ingress"]);
         let workers = checked.environment.node_groups.iter().find(|g| g.name.value == "workers").unwrap();
-        assert_eq!(workers.max_surge, 3);
+        assert_eq!(workers.roll.max_surge, Amount::Percent(25));
     }
 }

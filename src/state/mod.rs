@@ -16,6 +16,7 @@ pub use time::now_rfc3339;
 
 use crate::aws::Observed;
 use crate::resource::Address;
+use crate::roll::RollRecord;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -39,6 +40,9 @@ pub struct State {
     pub serial: u64,
     pub updated: String,
     pub resources: BTreeMap<Address, Observed>,
+    /// A roll that has not finished: what `kstack roll --resume` continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll: Option<RollRecord>,
 }
 
 /// Where an environment's state and lock live.
@@ -81,6 +85,7 @@ impl StateStore {
                     serial: 0,
                     updated: now_rfc3339(),
                     resources: BTreeMap::new(),
+                    roll: None,
                 })
             }
             Err(source) => return Err(StateError::Read { path, source }),

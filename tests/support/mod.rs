@@ -68,24 +68,18 @@ impl Moto {
         ]
     }
 
-    pub async fn config(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(aws_config::Region::new(REGION))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
-            .load()
-            .await
-    }
-
     pub async fn clients(&self) -> Clients {
-        let config = self.config().await;
-        Clients {
-            ec2: aws_sdk_ec2::Client::new(&config),
-            autoscaling: aws_sdk_autoscaling::Client::new(&config),
-            elb: aws_sdk_elasticloadbalancing::Client::new(&config),
-            iam: aws_sdk_iam::Client::new(&config),
-        }
+        Clients::at(&self.endpoint).await
     }
+}
+
+async fn config_at(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(REGION))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
+        .load()
+        .await
 }
 
 impl Drop for Moto {
@@ -103,6 +97,17 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Clients of the emulator at `endpoint`, for a thread with its own runtime.
+    pub async fn at(endpoint: &str) -> Clients {
+        let config = config_at(endpoint).await;
+        Clients {
+            ec2: aws_sdk_ec2::Client::new(&config),
+            autoscaling: aws_sdk_autoscaling::Client::new(&config),
+            elb: aws_sdk_elasticloadbalancing::Client::new(&config),
+            iam: aws_sdk_iam::Client::new(&config),
+        }
+    }
+
     /// Stands in for `kstack bake node` until baking lands: a copy of the image's source
     /// AMI (stock Ubuntu 16.04), tagged as a bake of `name` is.
     pub async fn seed_image(&self, name: &str) -> String {

@@ -1,0 +1,396 @@
+//! Rolling a node group onto its current launch settings in batches sized by its
+//! [`RollPolicy`]: each batch terminates up to `max_unavailable` outdated instances (the
+//! group replaces them) and surges up to `max_surge` new ones above the group's size, waits
+//! until the new instances are in service, healthy behind the group's load balancers and
+//! pass the readiness hook, then terminates the surged-for outdated instances through the
+//! group, which deregisters them and waits out connection draining first.
+//!
+//! Every step is recorded in the [`Journal`] before it is taken, and every step is derived
+//! from what AWS shows plus that record, so a roll that failed or was killed resumes where
+//! it stopped, or is undone by [`abort`].
+
+mod hooks;
+mod journal;
+mod outdated;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use aws_sdk_autoscaling::types::AutoScalingGroup;
+
+use crate::aws::{AwsError, Cloud};
+use crate::model::{BatchSize, RollHooks, RollPolicy};
+use hooks::{describe_instances, Hook};
+
+pub use journal::{BatchRecord, GroupRecord, Journal, RollRecord};
+pub use outdated::{group_state, GroupState};
+
+/// Processes that would fight a roll: rebalancing across zones and replacing instances the
+/// roll takes out of service.
+const SUSPENDED: [&str; 2] = ["AZRebalance", "ReplaceUnhealthy"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollError {
+    #[error("AWS failed while {doing}: {error}")]
+    Aws { doing: String, error: AwsError },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {
+    move |error| RollError::Aws { doing: doing.to_owned(), error }
+}
+
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// What a roll of one group needs besides AWS.
+pub struct RollGroup<'a> {
+    pub environment: &'a str,
+    /// The node group's name in the model.
+    pub group: &'a str,
+    /// Its auto scaling group's name.
+    pub aws_name: &'a str,
+    pub policy: RollPolicy,
+    pub timeout: Duration,
+    pub hooks: &'a RollHooks,
+    pub progress: Progress<'a>,
+}
+
+/// The group's instances that are not on their way out.
+pub fn live_members(group: &AutoScalingGroup) -> Vec<String> {
+    group
+        .instances()
+        .iter()
+        .filter(|i| {
+            let state = i.lifecycle_state().map_or("", |s| s.as_str());
+            !(state.starts_with("Terminat") || state.starts_with("Detach"))
+        })
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect()
+}
+
+/// Replaces the group's outdated instances, continuing the journal's batch if it is this
+/// group's. Returns how many instances were replaced.
+pub async fn roll_group(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal) -> Result<usize, RollError> {
+    let resuming = journal.group().is_some_and(|g| g.group == roll.group);
+    let state = group_state(cloud, roll.aws_name).await?;
+    if state.outdated.is_empty() && !resuming {
+        return Ok(0);
+    }
+    if !resuming {
+        let group = &state.group;
+        let already_suspended = group
+            .suspended_processes()
+            .iter()
+            .filter_map(|p| p.process_name())
+            .filter(|p| SUSPENDED.contains(p))
+            .map(str::to_owned)
+            .collect();
+        let record = GroupRecord {
+            group: roll.group.to_owned(),
+            auto_scaling_group: roll.aws_name.to_owned(),
+            desired: group.desired_capacity().unwrap_or(0),
+            max: group.max_size().unwrap_or(0),
+            already_suspended,
+            batch: None,
+        };
+        journal.update(|r| r.group = Some(record))?;
+    }
+    set_processes(cloud, roll.aws_name, &[], true).await?;
+    let outcome = replace_outdated(cloud, roll, journal).await;
+    // With no batch in flight the group is at its own size again: let it heal itself.
+    // Otherwise its processes stay suspended until `--resume` or `--abort`.
+    if journal.batch().is_none() {
+        if let Some(group) = journal.group().cloned() {
+            set_processes(cloud, roll.aws_name, &group.already_suspended, false).await?;
+            journal.update(|r| r.group = None)?;
+        }
+    }
+    outcome
+}
+
+async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal) -> Result<usize, RollError> {
+    let Some(record) = journal.group().cloned() else { return Ok(0) };
+    let size = roll.policy.batch(record.desired.max(0) as u32).map_err(|m| RollError::Failed(format!("{}: {m}", roll.group)))?;
+    let mut replaced = 0;
+    let mut number = 0;
+    if let Some(batch) = record.batch.clone() {
+        number = batch.number;
+        replaced += run_batch(cloud, roll, journal, &batch).await?;
+    }
+    let mut seen_outdated: Option<BTreeSet<String>> = None;
+    loop {
+        let state = group_state(cloud, roll.aws_name).await?;
+        if state.outdated.is_empty() {
+            return Ok(replaced);
+        }
+        // Outdated instances the roll did not start with were launched during it: the
+        // group's settings changed under the roll, which would never end.
+        if let Some(seen) = &seen_outdated {
+            let unexpected: Vec<&str> = state.outdated.iter().filter(|id| !seen.contains(*id)).map(String::as_str).collect();
+            if !unexpected.is_empty() {
+                return Err(RollError::Failed(format!(
+                    "{}: new instances {} do not run the group's current launch settings; did they change during the roll?",
+                    roll.aws_name,
+                    unexpected.join(", ")
+                )));
+            }
+        }
+        seen_outdated = Some(state.outdated.iter().cloned().collect());
+        let planned = batches(&state.outdated, size);
+        let Some((surged, replaced_first)) = planned.first().cloned() else { return Ok(replaced) };
+        number += 1;
+        let batch = BatchRecord { number, surged, replaced: replaced_first, known: live_members(&state.group) };
+        (roll.progress)(&format!(
+            "{}: batch {number}/{}: replacing {} ({} surged for, {} taken out first)",
+            roll.aws_name,
+            number + planned.len() - 1,
+            [batch.surged.as_slice(), batch.replaced.as_slice()].concat().join(", "),
+            batch.surged.len(),
+            batch.replaced.len()
+        ));
+        journal.set_batch(Some(batch.clone()))?;
+        replaced += run_batch(cloud, roll, journal, &batch).await?;
+    }
+}
+
+/// The batches that replace `outdated`: per batch, the instances surged for (they go once
+/// their replacements serve) and the ones taken out first.
+pub fn batches(outdated: &[String], size: BatchSize) -> Vec<(Vec<String>, Vec<String>)> {
+    let per_batch = (size.surge + size.unavailable).max(1) as usize;
+    outdated
+        .chunks(per_batch)
+        .map(|batch| {
+            let (surged, first) = batch.split_at(batch.len().min(size.surge as usize));
+            (surged.to_vec(), first.to_vec())
+        })
+        .collect()
+}
+
+/// Runs one recorded batch from wherever it got to. Any failure before the batch's
+/// surged-for instances are gone undoes the surge, so the group keeps its size.
+async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, batch: &BatchRecord) -> Result<usize, RollError> {
+    let Some(record) = journal.group().cloned() else { return Ok(0) };
+    let name = roll.aws_name;
+    let group = outdated::describe_group(cloud, name).await?;
+    let live = live_members(&group);
+    let still = |ids: &[String]| ids.iter().filter(|id| live.contains(id)).cloned().collect::<Vec<String>>();
+    let target = record.desired + still(&batch.surged).len() as i32;
+    if group.desired_capacity() != Some(target) || group.max_size().unwrap_or(0) < target {
+        (roll.progress)(&format!("{name}: surging to {target} instances"));
+        set_size(cloud, name, Some(target), record.max.max(target)).await?;
+    }
+    let mut failing = None;
+    let brought_up = bring_up(cloud, roll, batch, &still(&batch.replaced), &mut failing).await;
+    let fresh = match brought_up {
+        Ok(fresh) => fresh,
+        Err(error) => return Err(stop_batch(cloud, roll, journal, error, failing.as_deref()).await),
+    };
+    (roll.progress)(&format!("{name}: {} in service and ready", fresh.join(", ")));
+    for old in describe_instances(cloud, &still(&batch.surged)).await? {
+        if let Err(error) = hooks::run(Hook::PreStop, roll, Some(&old)).await {
+            return Err(stop_batch(cloud, roll, journal, error, None).await);
+        }
+        (roll.progress)(&format!("{name}: terminating {} (the group deregisters it and waits out connection draining)", old.id));
+        terminate_in_group(cloud, &old.id, true).await?;
+    }
+    let old = [batch.surged.as_slice(), batch.replaced.as_slice()].concat();
+    wait_gone(cloud, name, &old, roll.timeout, roll.progress).await?;
+    set_size(cloud, name, None, record.max).await?;
+    journal.set_batch(None)?;
+    hooks::run(Hook::Validate, roll, None).await?;
+    Ok(old.len())
+}
+
+/// Undoes the batch's surge after `error`, and says so if that fails too.
+async fn stop_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, error: RollError, prefer: Option<&str>) -> RollError {
+    match undo_surge(cloud, roll.aws_name, journal, roll.timeout, roll.progress, prefer).await {
+        Ok(()) => error,
+        Err(undo) => RollError::Failed(format!("{error}; undoing the batch's surge failed too: {undo}")),
+    }
+}
+
+/// Takes the batch's replaced instances out (the group launches their successors), then
+/// waits for every new instance to be in service and pass the readiness hook.
+async fn bring_up(
+    cloud: &Cloud,
+    roll: &RollGroup<'_>,
+    batch: &BatchRecord,
+    replaced: &[String],
+    failing: &mut Option<String>,
+) -> Result<Vec<String>, RollError> {
+    for old in describe_instances(cloud, replaced).await? {
+        hooks::run(Hook::PreStop, roll, Some(&old)).await?;
+        (roll.progress)(&format!("{}: terminating {} (the group launches its replacement)", roll.aws_name, old.id));
+        terminate_in_group(cloud, &old.id, false).await?;
+    }
+    let expected = batch.surged.len() + batch.replaced.len();
+    let fresh = wait_for_new_in_service(cloud, roll, &batch.known, expected).await?;
+    for instance in describe_instances(cloud, &fresh).await? {
+        if let Err(error) = hooks::run(Hook::Readiness, roll, Some(&instance)).await {
+            *failing = Some(instance.id);
+            return Err(error);
+        }
+    }
+    Ok(fresh)
+}
+
+/// Terminates the new instances above the group's recorded size (`prefer` first, then the
+/// newest) and restores its size, so a stopped roll leaves the group as big as it found
+/// it. The batch stays recorded when some of its instances were already replaced: their
+/// successors still have to pass the readiness hook when the roll resumes.
+async fn undo_surge(
+    cloud: &Cloud,
+    name: &str,
+    journal: &mut Journal,
+    timeout: Duration,
+    progress: Progress<'_>,
+    prefer: Option<&str>,
+) -> Result<(), RollError> {
+    let (Some(record), Some(batch)) = (journal.group().cloned(), journal.batch().cloned()) else { return Ok(()) };
+    let group = outdated::describe_group(cloud, name).await?;
+    let surplus = (group.desired_capacity().unwrap_or(0) - record.desired).max(0) as usize;
+    let mut fresh: Vec<String> = live_members(&group).into_iter().filter(|id| !batch.known.contains(id)).rev().collect();
+    if let Some(position) = prefer.and_then(|p| fresh.iter().position(|id| id == p)) {
+        let failing = fresh.remove(position);
+        fresh.insert(0, failing);
+    }
+    fresh.truncate(surplus);
+    for id in &fresh {
+        progress(&format!("{name}: stopping; terminating surged instance {id}"));
+        terminate_in_group(cloud, id, true).await?;
+    }
+    wait_gone(cloud, name, &fresh, timeout, progress).await?;
+    set_size(cloud, name, Some(record.desired), record.max).await?;
+    if batch.replaced.is_empty() {
+        journal.set_batch(None)?;
+    }
+    Ok(())
+}
+
+/// Puts the journal's group back to its size and processes from before the roll and forgets
+/// the roll. New instances already serving stay; surged ones above the size go.
+pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, progress: Progress<'_>) -> Result<(), RollError> {
+    if let Some(group) = journal.group().cloned() {
+        let name = &group.auto_scaling_group;
+        undo_surge(cloud, name, journal, timeout, progress, None).await?;
+        set_size(cloud, name, Some(group.desired), group.max).await?;
+        set_processes(cloud, name, &group.already_suspended, false).await?;
+        progress(&format!("{name}: back to {} instances (maximum {}), processes resumed", group.desired, group.max));
+    }
+    journal.finish()
+}
+
+/// Suspends the roll's processes, or resumes them except those in `keep`.
+async fn set_processes(cloud: &Cloud, name: &str, keep: &[String], suspend: bool) -> Result<(), RollError> {
+    let processes: Vec<String> = SUSPENDED.iter().map(|p| (*p).to_owned()).filter(|p| !keep.contains(p)).collect();
+    if processes.is_empty() {
+        return Ok(());
+    }
+    let processes = Some(processes);
+    if suspend {
+        let request = cloud.autoscaling.suspend_processes().auto_scaling_group_name(name).set_scaling_processes(processes);
+        request.send().await.map_err(|e| aws("suspending the group's processes")(e.into()))?;
+    } else {
+        let request = cloud.autoscaling.resume_processes().auto_scaling_group_name(name).set_scaling_processes(processes);
+        request.send().await.map_err(|e| aws("resuming the group's processes")(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Terminates an instance through its group, which drains it first. With `shrink` the
+/// group's size drops by one; without, the group launches a replacement.
+async fn terminate_in_group(cloud: &Cloud, id: &str, shrink: bool) -> Result<(), RollError> {
+    cloud
+        .autoscaling
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(id)
+        .should_decrement_desired_capacity(shrink)
+        .send()
+        .await
+        .map_err(|e| aws("terminating an instance")(e.into()))?;
+    Ok(())
+}
+
+async fn set_size(cloud: &Cloud, name: &str, desired: Option<i32>, max: i32) -> Result<(), RollError> {
+    cloud
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(name)
+        .set_desired_capacity(desired)
+        .max_size(max)
+        .send()
+        .await
+        .map_err(|e| aws("resizing the group")(e.into()))?;
+    Ok(())
+}
+
+/// Waits for `count` instances not in `known` to be InService in the group and healthy on
+/// every load balancer of the group.
+async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[String], count: usize) -> Result<Vec<String>, RollError> {
+    let name = roll.aws_name;
+    let started = Instant::now();
+    (roll.progress)(&format!("{name}: waiting for {count} new instance(s) to be in service and healthy"));
+    loop {
+        let group = outdated::describe_group(cloud, name).await?;
+        let fresh: Vec<String> = group
+            .instances()
+            .iter()
+            .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .filter(|id| !known.contains(id))
+            .collect();
+        if fresh.len() >= count && healthy_behind_load_balancers(cloud, &group, &fresh).await? {
+            (roll.progress)(&format!("{name}: in service after {}s", started.elapsed().as_secs()));
+            return Ok(fresh);
+        }
+        if started.elapsed() > roll.timeout {
+            return Err(RollError::Failed(format!(
+                "{name}: new instances were not in service and healthy within {}s",
+                roll.timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn healthy_behind_load_balancers(cloud: &Cloud, group: &AutoScalingGroup, instances: &[String]) -> Result<bool, RollError> {
+    for balancer in group.load_balancer_names() {
+        let health = cloud
+            .elb
+            .describe_instance_health()
+            .load_balancer_name(balancer)
+            .send()
+            .await
+            .map_err(|e| aws("reading load balancer health")(e.into()))?;
+        let healthy = instances.iter().all(|id| {
+            health
+                .instance_states()
+                .iter()
+                .any(|s| s.instance_id() == Some(id.as_str()) && s.state() == Some("InService"))
+        });
+        if !healthy {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Duration, progress: Progress<'_>) -> Result<(), RollError> {
+    if instances.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    progress(&format!("{name}: waiting for {} to leave the group", instances.join(", ")));
+    loop {
+        let group = outdated::describe_group(cloud, name).await?;
+        let left = group.instances().iter().any(|i| i.instance_id().is_some_and(|id| instances.iter().any(|o| o == id)));
+        if !left {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(RollError::Failed(format!("{name}: {} did not leave the group within {}s", instances.join(", "), timeout.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
