@@ -12,6 +12,7 @@ pub mod graph;
 pub mod model;
 pub mod plan;
 pub mod resource;
+pub mod reboots;
 pub mod roll;
 pub mod roles;
 pub mod ssh;

@@ -11,6 +11,7 @@ use marked_yaml::Node;
 use super::*;
 use crate::diagnostics::Problems;
 use crate::model::merge;
+use crate::model::reboots::reboot_policy;
 use crate::yaml::{self, boolean, choice, list, named, number, string, string_list, string_map, MapReader};
 
 pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<Environment> {
@@ -34,6 +35,9 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     let security_groups = section(map.get("security_groups"), "security group", &mut undecoded, problems, security_group);
     let iam_roles = section(map.get("iam_roles"), "IAM role", &mut undecoded, problems, iam_role);
     let load_balancers = section(map.get("load_balancers"), "load balancer", &mut undecoded, problems, load_balancer);
+    // A group's own `reboots:` is merged over the environment's.
+    let reboots_node = map.get("reboots");
+    let reboots = reboots_node.and_then(|n| reboot_policy(n, problems));
     let node_defaults = map.get("node_defaults");
     if let Some(defaults) = node_defaults {
         MapReader::new(defaults, "node defaults", problems);
@@ -46,8 +50,8 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         |name, group, problems| match node_defaults {
             // Defaults are merged before decoding, so a problem in them is reported once
             // per group that inherits it; `Problems::into_sorted` drops the repeats.
-            Some(defaults) => node_group(name, &merge::merge(defaults.clone(), group.clone()), problems),
-            None => node_group(name, group, problems),
+            Some(defaults) => node_group(name, &merge::merge(defaults.clone(), group.clone()), reboots_node, problems),
+            None => node_group(name, group, reboots_node, problems),
         },
     );
     // Groups rolled first, in this order (e.g. masters); the rest follow in file order.
@@ -66,6 +70,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         node_groups,
         roll_order,
         roll_hooks,
+        reboots,
         undecoded,
     })
 }
@@ -515,7 +520,7 @@ fn health_check_target_is_valid(target: &str) -> bool {
     }
 }
 
-fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Option<NodeGroup> {
+fn node_group(name: Spanned<String>, node: &Node, env_reboots: Option<&Node>, problems: &mut Problems) -> Option<NodeGroup> {
     let mut map = MapReader::new(node, "node group", problems)?;
     let min = map.required("min", problems).and_then(|n| number(n, 0..=10_000, problems));
     let max = map.required("max", problems).and_then(|n| number(n, 0..=10_000, problems));
@@ -561,6 +566,7 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
     );
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
     let roll = map.get("roll").map_or_else(|| Some(RollPolicy::default()), |n| roll_policy(n, problems));
+    let reboots = group_reboots(map.get("reboots"), env_reboots, problems);
     // Role variables for this group's nodes, above the environment's.
     let variables = map
         .get("variables")
@@ -587,7 +593,31 @@ fn node_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Op
         tags,
         variables,
         roll: roll?,
+        reboots: reboots?,
     })
+}
+
+/// The group's reboot policy: its own `reboots:` over the environment's. `Some(None)` when
+/// neither sets one; `None` when there is a problem.
+fn group_reboots(own: Option<&Node>, env: Option<&Node>, problems: &mut Problems) -> Option<Option<RebootPolicy>> {
+    if let Some(Node::Mapping(map)) = own {
+        // Both compare nodes across groups, so one value holds for the environment.
+        for key in ["time_zone", "zone_gap_minutes"] {
+            if let Some(found) = map.keys().find(|k| k.as_str() == key) {
+                problems
+                    .error(yaml::loc(&Node::Scalar(found.clone())), format!("`{key}` is set for the whole environment, not per node group"))
+                    .label("environment-wide setting")
+                    .hint(format!("move `{key}` to the environment's `reboots:`"));
+                return None;
+            }
+        }
+    }
+    let merged = match (env, own) {
+        (Some(env), Some(own)) => merge::merge(env.clone(), own.clone()),
+        (None, Some(only)) | (Some(only), None) => only.clone(),
+        (None, None) => return Some(None),
+    };
+    reboot_policy(&merged, problems).map(Some)
 }
 
 /// A group's `roll:` settings: `max_surge` and `max_unavailable` as a count or a

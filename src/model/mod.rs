@@ -10,6 +10,7 @@ pub mod image;
 pub mod load;
 pub mod merge;
 pub mod network;
+pub mod reboots;
 pub mod roll_policy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use ipnet::Ipv4Net;
 use crate::diagnostics::{Loc, Spanned};
 
 pub use load::{load_environment, Checked, LoadedEnvironment, Project};
+pub use reboots::{RebootPolicy, RebootWindow};
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
 
 /// One environment, after `extends` has been merged and every value decoded.
@@ -36,6 +38,8 @@ pub struct Environment {
     /// Node groups rolled first, in this order; the others follow in file order.
     pub roll_order: Vec<Spanned<String>>,
     pub roll_hooks: RollHooks,
+    /// The environment's reboot settings, which also hold `time_zone` and `zone_gap_minutes`.
+    pub reboots: Option<RebootPolicy>,
     /// (kind, name) of entries that had problems of their own and were left out above.
     pub undecoded: BTreeSet<(&'static str, String)>,
 }
@@ -206,6 +210,8 @@ pub struct NodeGroup {
     pub variables: serde_json::Map<String, serde_json::Value>,
     /// How fast `kstack roll` replaces the group's instances.
     pub roll: RollPolicy,
+    /// When its nodes may reboot for OS updates (`kstack reboots`), if anywhere says.
+    pub reboots: Option<RebootPolicy>,
 }
 
 /// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with
