@@ -12,6 +12,8 @@ use crate::template::Renderer;
 /// Tag keys kstack sets on everything it creates, so state can be rebuilt from AWS.
 pub const TAG_ENVIRONMENT: &str = "kstack:environment";
 pub const TAG_ADDRESS: &str = "kstack:address";
+/// An instance's daily reboot time, `HH:MM` in its reboot window's time zone (`kstack reboots`).
+pub const TAG_REBOOT_TIME: &str = "kstack:reboot-time";
 
 pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGraph> {
     let mut compiler = Compiler {

@@ -93,7 +93,7 @@ fn variables() -> Variables {
         (String::from("group"), serde_json::json!({ "name": "workers" })),
         (String::from("docker_apt_source"), local.clone()),
         (String::from("kubernetes_apt_source"), local),
-        (String::from("reboot_time"), serde_json::json!("04:30")),
+        (String::from("reboot_time_zone"), serde_json::json!("Europe/Berlin")),
     ])
 }
 
@@ -147,6 +147,7 @@ fn the_stack_roles_converge_idempotently_and_their_checks_pass() {
         "/etc/monit/conf.d/dns",
         "/etc/apt/apt.conf.d/50unattended-upgrades",
         "/etc/apt/apt.conf.d/20auto-upgrades",
+        "/etc/systemd/system/kstack-reboot.timer",
         "/etc/apt/sources.list.d/docker.list",
         "/etc/default/grub",
         "/etc/sysctl.d/60-kstack-net-netfilter-nf_conntrack_max.conf",
@@ -156,21 +157,4 @@ fn the_stack_roles_converge_idempotently_and_their_checks_pass() {
         rendered.push_str(&format!("== {path}\n{}\n", std::fs::read_to_string(node.file(path)).unwrap()));
     }
     insta::assert_snapshot!("stack_rendered_files", rendered.replace(REPOSITORY, "<repository>"));
-}
-
-#[test]
-fn without_a_scheduled_time_nodes_reboot_at_stable_times_spread_over_the_window() {
-    let template = std::fs::read_to_string(project_roles().join("unattended-upgrades/templates/50unattended-upgrades.j2")).unwrap();
-    let mut jinja = minijinja::Environment::new();
-    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let time_for = |seed: u32| {
-        let context = minijinja::context! { reboot_time => "", reboot_window_start_hour => 3, reboot_window_hours => 2, host_seed => seed };
-        let text = jinja.render_str(&template, context).unwrap();
-        let line = text.lines().find(|l| l.contains("Automatic-Reboot-Time")).unwrap().to_owned();
-        line.split('"').nth(1).unwrap().to_owned()
-    };
-    let times: std::collections::BTreeSet<String> = (0..200u32).map(|i| time_for(i.wrapping_mul(2_654_435_761))).collect();
-    assert!(times.len() > 50, "spread out: {times:?}");
-    assert!(times.iter().all(|t| ("03:00".."05:00").contains(&t.as_str())), "inside 03:00-05:00: {times:?}");
-    assert_eq!(time_for(7), time_for(7), "stable for a host");
 }

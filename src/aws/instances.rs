@@ -4,13 +4,16 @@ use aws_sdk_ec2::types::Filter;
 
 use super::tags::environment_filter;
 use super::{AwsError, Cloud};
-use crate::compile::TAG_ADDRESS;
+use crate::compile::{TAG_ADDRESS, TAG_REBOOT_TIME};
 
 #[derive(Debug, Clone)]
 pub struct Instance {
     pub id: String,
     /// The node group, from the `asg.<group>` address its group propagates to it.
     pub group: String,
+    pub zone: String,
+    /// Its reboot time (`HH:MM`), from the `kstack:reboot-time` tag `kstack reboots` sets.
+    pub reboot_time: Option<String>,
     pub private_ip: Option<String>,
     pub public_ip: Option<String>,
 }
@@ -27,11 +30,13 @@ pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError>
         .send();
     while let Some(page) = pages.next().await {
         for instance in page?.reservations().iter().flat_map(|r| r.instances()) {
-            let address = instance.tags().iter().find(|t| t.key() == Some(TAG_ADDRESS)).and_then(|t| t.value());
-            let Some(group) = address.and_then(|a| a.strip_prefix("asg.")) else { continue };
+            let tag = |key| instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
+            let Some(group) = tag(TAG_ADDRESS).and_then(|a| a.strip_prefix("asg.").map(str::to_owned)) else { continue };
             found.push(Instance {
                 id: instance.instance_id().unwrap_or_default().to_owned(),
-                group: group.to_owned(),
+                group,
+                zone: instance.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
+                reboot_time: tag(TAG_REBOOT_TIME),
                 private_ip: instance.private_ip_address().map(str::to_owned),
                 public_ip: instance.public_ip_address().map(str::to_owned),
             });

@@ -7,6 +7,7 @@ mod graph;
 mod plan;
 mod progress;
 mod provision;
+mod reboots;
 mod roll;
 mod session;
 mod state;
@@ -69,6 +70,7 @@ enum Command {
     Provision(provision::ProvisionArgs),
     Verify(provision::VerifyArgs),
     Roll(roll::Args),
+    Reboots(reboots::Args),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack")]
     Completions {
@@ -98,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Provision(args) => provision::run_provision(&project, &args),
         Command::Verify(args) => provision::run_verify(&project, &args),
         Command::Roll(args) => roll::run(&project, &args),
+        Command::Reboots(args) => reboots::run(&project, &args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut std::io::stdout());
             Ok(())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use owo_colors::OwoColorize;
 
 use crate::aws::{running_instances, Cloud};
+use crate::model::reboots::format_minute;
 use crate::model::{ImageRef, Project};
 use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
 use crate::ssh::{HostKeys, Login};
@@ -28,6 +29,25 @@ pub struct Targets {
     #[arg(long = "limit", value_name = "HOST")]
     limit: Vec<String>,
 
+    #[command(flatten)]
+    ssh: SshArgs,
+
+    /// Hosts worked on at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=500))]
+    forks: u16,
+
+    /// Stop starting new hosts once more than this many have failed.
+    #[arg(long, value_name = "N")]
+    max_fail: Option<usize>,
+
+    /// Print the per-host reports as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to reach the nodes over SSH.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SshArgs {
     /// Log in as this user [default: the image's `ssh_user`]; sudo is used when not root.
     #[arg(long, value_name = "USER")]
     ssh_user: Option<String>,
@@ -55,18 +75,25 @@ pub struct Targets {
     /// Reach instances through this jump host, `[user@]host[:port]` (like `ssh -J`).
     #[arg(long, value_name = "HOST")]
     bastion: Option<crate::ssh::Bastion>,
+}
 
-    /// Hosts worked on at once.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=500))]
-    forks: u16,
+impl SshArgs {
+    /// The address to reach an instance at.
+    pub fn address(&self, instance: &crate::aws::Instance) -> Option<String> {
+        if self.public_addresses { instance.public_ip.clone() } else { instance.private_ip.clone() }
+    }
 
-    /// Stop starting new hosts once more than this many have failed.
-    #[arg(long, value_name = "N")]
-    max_fail: Option<usize>,
-
-    /// Print the per-host reports as JSON on stdout.
-    #[arg(long)]
-    json: bool,
+    /// Logging in as `--ssh-user`, or else `default_user` (the image's).
+    pub fn login(&self, default_user: &str) -> Login {
+        Login {
+            user: self.ssh_user.clone().unwrap_or_else(|| default_user.to_owned()),
+            key: expand_home(&self.ssh_key),
+            port: self.ssh_port,
+            host_keys: HostKeys { path: expand_home(&self.known_hosts), trust_on_first_use: self.trust_new_hosts },
+            connect_timeout: Duration::from_secs(15),
+            bastion: self.bastion.clone(),
+        }
+    }
 }
 
 /// Apply each node group's roles (from its image) to its running instances over SSH.
@@ -149,7 +176,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             .iter()
             .filter(|i| &i.group == name)
             .filter_map(|i| {
-                let address = if targets.public_addresses { i.public_ip.clone() } else { i.private_ip.clone() }?;
+                let address = targets.ssh.address(i)?;
                 let wanted = targets.limit.is_empty() || targets.limit.iter().any(|l| *l == address || *l == i.id);
                 wanted.then_some(address)
             })
@@ -157,6 +184,14 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
         let mut variables: Variables = image.variables.clone().into_iter().collect();
         variables.extend(environment.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())));
         variables.extend(group.variables.clone());
+        if let Some(reboots) = &group.reboots {
+            // The unattended-upgrades role's window, for nodes without an assigned slot.
+            variables.insert("reboot_window_start".into(), serde_json::json!(format_minute(reboots.window.start)));
+            variables.insert("reboot_window_end".into(), serde_json::json!(format_minute(reboots.window.end)));
+            variables.insert("reboot_days".into(), serde_json::json!(reboots.window.days.join(" ")));
+            variables.insert("reboot_time_zone".into(), serde_json::json!(reboots.time_zone));
+            variables.insert("reboot_gap_minutes".into(), serde_json::json!(reboots.group_gap_minutes));
+        }
         variables.insert("env".into(), serde_json::json!(environment.name));
         variables.insert("region".into(), serde_json::json!(environment.region.value));
         variables.insert(
@@ -173,7 +208,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             hosts,
             roles: roles.clone(),
             variables,
-            ssh_user: targets.ssh_user.clone().unwrap_or_else(|| image.ssh_user.clone()),
+            ssh_user: image.ssh_user.clone(),
         });
     }
     let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
@@ -185,17 +220,6 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
         return Err(Failure::Reported);
     }
     Ok(work)
-}
-
-fn login(targets: &Targets, user: &str) -> Login {
-    Login {
-        user: user.to_owned(),
-        key: expand_home(&targets.ssh_key),
-        port: targets.ssh_port,
-        host_keys: HostKeys { path: expand_home(&targets.known_hosts), trust_on_first_use: targets.trust_new_hosts },
-        connect_timeout: Duration::from_secs(15),
-        bastion: targets.bastion.clone(),
-    }
 }
 
 pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
@@ -211,7 +235,7 @@ pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Fail
     let mut reports = Vec::new();
     for group in &work {
         let options = RunOptions { check: args.check, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
-        let login = login(&args.targets, &group.ssh_user);
+        let login = args.targets.ssh.login(&group.ssh_user);
         reports.extend(runtime.block_on(crate::roles::run(&group.hosts, &login, &group.roles, &group.variables, &options, events.clone())));
     }
     finish(&reports, args.targets.json, color)
@@ -224,7 +248,7 @@ pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
     let mut reports = Vec::new();
     for group in &work {
         let options = RunOptions { check: true, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
-        let login = login(&args.targets, &group.ssh_user);
+        let login = args.targets.ssh.login(&group.ssh_user);
         reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &options, Arc::new(|_| {}))));
     }
     if !args.targets.json {

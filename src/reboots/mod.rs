@@ -1,6 +1,7 @@
 //! Reboot windows: a schedule of daily reboot minutes for a fleet's nodes ([`schedule`]),
 //! and the figures that compare it with random choice ([`stats`]).
 
+pub mod node_config;
 pub mod schedule;
 pub mod stats;
 

@@ -1,0 +1,338 @@
+//! `kstack reboots <env>`: the reboot schedule of the running nodes, and with `--assign`
+//! the tags and node files that put it in force.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use owo_colors::OwoColorize;
+use serde::Serialize;
+
+use crate::aws::{running_instances, Cloud, Instance};
+use crate::compile::TAG_REBOOT_TIME;
+use crate::model::reboots::{format_minute, MINUTES_PER_DAY};
+use crate::model::{Environment, ImageRef, Project, RebootPolicy};
+use crate::reboots::schedule::slots;
+use crate::reboots::stats::{birthday, random_within_gap, worst_within_gap};
+use crate::reboots::{assign, node_config, violations, Fleet, Member};
+use crate::ssh::{Connection, Login};
+use crate::state::StateStore;
+
+use super::provision::SshArgs;
+use super::session::{aws_failure, runtime};
+use super::{load_and_compile, report_problems, term, Failure};
+
+/// Show when each running node reboots for OS updates; with --assign, tag the instances and
+/// write each node's slot over SSH.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  kstack reboots dev                      the schedule, and how random times would compare
+  kstack reboots dev --assign             tag the instances and write the nodes' slots
+  kstack reboots dev --assign --seed 7    reproduce a spread
+
+Exit status: 0 the schedule holds every rule (and was written, with --assign), 1 it cannot,
+or a node could not be written.")]
+pub struct Args {
+    /// Environment name (environments/<env>.yaml) or path to an environment file.
+    env: String,
+
+    /// Put the schedule in force: tag each instance and write its slot to the node over SSH.
+    #[arg(long)]
+    assign: bool,
+
+    /// Seed of the random spread [default: a random one, printed so it can be reproduced].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Give every node a new time instead of keeping the times that still fit.
+    #[arg(long)]
+    reshuffle: bool,
+
+    /// Print the schedule as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Nodes written to at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=500))]
+    forks: u16,
+
+    #[command(flatten)]
+    ssh: SshArgs,
+}
+
+#[derive(Debug, Serialize)]
+struct Slot {
+    instance: String,
+    group: String,
+    zone: String,
+    address: Option<String>,
+    time: String,
+    /// Whether the instance's tag says otherwise (or nothing).
+    changed: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct GroupFigures {
+    group: String,
+    nodes: usize,
+    policy: RebootPolicy,
+    /// The most of the group's reboots starting within any gap-long stretch.
+    worst_within_gap: usize,
+    /// If every node picked a random minute of the window instead.
+    random_shared_minute: f64,
+    random_within_gap: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Schedule {
+    environment: String,
+    seed: u64,
+    slots: Vec<Slot>,
+    groups: Vec<GroupFigures>,
+    /// No two nodes of one availability zone start closer than this.
+    zone_gap_minutes: u32,
+    /// Running groups without reboot settings.
+    unscheduled_groups: Vec<String>,
+}
+
+fn fail(message: &str, hint: Option<&str>) -> Failure {
+    term::error(message, hint);
+    Failure::Reported
+}
+
+pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+    let (sources, result) = load_and_compile(project, &args.env);
+    let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
+    let environment = &compiled.checked.environment;
+    let policies: BTreeMap<String, RebootPolicy> =
+        environment.node_groups.iter().filter_map(|g| g.reboots.clone().map(|p| (g.name.value.clone(), p))).collect();
+    if policies.is_empty() {
+        return Err(fail(
+            &format!("`{}` has no reboot settings", environment.name),
+            Some("add `reboots: { window: { start: \"03:00\", end: \"05:00\" } }` to the environment (or to a node group)"),
+        ));
+    }
+    let store = StateStore::new(&project.root, &environment.name);
+    let _lock = match args.assign {
+        true => Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?),
+        false => None,
+    };
+    let runtime = runtime()?;
+    let region = &environment.region.value;
+    let cloud = runtime.block_on(Cloud::connect(region, &environment.name));
+    let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(region, "listing instances", &e))?;
+    let (scheduled, unscheduled): (Vec<&Instance>, Vec<&Instance>) = instances.iter().partition(|i| policies.contains_key(&i.group));
+    let members: Vec<Member> = scheduled
+        .iter()
+        .map(|i| Member {
+            id: i.id.clone(),
+            group: i.group.clone(),
+            zone: i.zone.clone(),
+            current: i.reboot_time.as_deref().and_then(parse_tag),
+        })
+        .collect();
+    let zone_gap_minutes = environment.reboots.as_ref().map_or(0, |p| p.zone_gap_minutes);
+    let fleet = Fleet { members, groups: policies.clone(), zone_gap_minutes };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let assignment = assign(&fleet, seed, args.reshuffle).map_err(|e| fail(&format!("no reboot schedule for `{}`: {e}", environment.name), Some(e.hint())))?;
+    // The checker is independent of the search: a schedule that breaks a rule is never used.
+    let broken = violations(&fleet, &assignment);
+    if !broken.is_empty() {
+        return Err(fail(&format!("the reboot schedule breaks its rules: {}", broken.join("; ")), Some("this is a bug in kstack; please report it")));
+    }
+    let schedule = describe(&fleet, &scheduled, &unscheduled, &assignment, seed, &args.ssh, &environment.name);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&schedule).unwrap_or_default());
+    } else {
+        print_schedule(&schedule, term::stdout_color());
+    }
+    if !args.assign {
+        if schedule.slots.iter().any(|s| s.changed) && !args.json {
+            println!("\nRun with --assign to tag the instances and write the nodes' slots.");
+        }
+        return Ok(());
+    }
+    runtime.block_on(tag_instances(&cloud, &schedule.slots)).map_err(|e| aws_failure(region, "tagging instances", &e))?;
+    let writes = node_writes(environment, &compiled.images, &schedule, &fleet, &assignment, &args.ssh);
+    let failures = runtime.block_on(write_slots(writes, usize::from(args.forks)));
+    for (address, error) in &failures {
+        term::error(&format!("{address}: could not write the reboot slot: {error}"), None);
+    }
+    if !failures.is_empty() {
+        return Err(fail(
+            &format!("{} of {} nodes were not written; their tags are set", failures.len(), schedule.slots.len()),
+            Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times"),
+        ));
+    }
+    if !args.json {
+        println!("\nAssigned: {} nodes tagged ({TAG_REBOOT_TIME}) and written ({}).", schedule.slots.len(), node_config::PATH);
+    }
+    Ok(())
+}
+
+fn parse_tag(text: &str) -> Option<u32> {
+    let (hours, minutes) = text.split_once(':')?;
+    let minute = hours.parse::<u32>().ok()? * 60 + minutes.parse::<u32>().ok()?;
+    (minute < MINUTES_PER_DAY).then_some(minute)
+}
+
+fn describe(
+    fleet: &Fleet,
+    scheduled: &[&Instance],
+    unscheduled: &[&Instance],
+    assignment: &BTreeMap<String, u32>,
+    seed: u64,
+    ssh: &SshArgs,
+    environment: &str,
+) -> Schedule {
+    let slots: Vec<Slot> = scheduled
+        .iter()
+        .map(|i| {
+            let time = format_minute(assignment[&i.id]);
+            Slot {
+                instance: i.id.clone(),
+                group: i.group.clone(),
+                zone: i.zone.clone(),
+                address: ssh.address(i),
+                changed: i.reboot_time.as_deref() != Some(time.as_str()),
+                time,
+            }
+        })
+        .collect();
+    let groups = fleet
+        .groups
+        .iter()
+        .filter_map(|(group, policy)| {
+            let times: Vec<u32> = scheduled.iter().filter(|i| &i.group == group).map(|i| assignment[&i.id]).collect();
+            let nodes = times.len();
+            (nodes > 0).then(|| GroupFigures {
+                group: group.clone(),
+                nodes,
+                policy: policy.clone(),
+                worst_within_gap: worst_within_gap(&times, policy.group_gap_minutes),
+                random_shared_minute: birthday(nodes as u32, policy.window.minutes()),
+                random_within_gap: random_within_gap(nodes as u32, policy.window.minutes(), policy.group_gap_minutes, seed),
+            })
+        })
+        .collect();
+    let mut unscheduled_groups: Vec<String> = unscheduled.iter().map(|i| i.group.clone()).collect();
+    unscheduled_groups.dedup();
+    Schedule { environment: environment.to_owned(), seed, slots, groups, zone_gap_minutes: fleet.zone_gap_minutes, unscheduled_groups }
+}
+
+fn print_schedule(schedule: &Schedule, color: bool) {
+    println!("Reboot schedule of `{}` (seed {})", schedule.environment, schedule.seed);
+    for figures in &schedule.groups {
+        let policy = &figures.policy;
+        let window = &policy.window;
+        println!(
+            "\n{}: {} nodes, {}-{} {} ({}), {} minutes apart ({} within a zone), at most {} down",
+            figures.group,
+            figures.nodes,
+            format_minute(window.start),
+            format_minute(window.end),
+            window.days.join(","),
+            policy.time_zone,
+            policy.group_gap_minutes,
+            schedule.zone_gap_minutes,
+            policy.max_down
+        );
+        let mut rows: Vec<&Slot> = schedule.slots.iter().filter(|s| s.group == figures.group).collect();
+        rows.sort_by(|a, b| (&a.zone, &a.time).cmp(&(&b.zone, &b.time)));
+        for slot in rows {
+            let note = if slot.changed { "new" } else { "kept" };
+            let note = if color && slot.changed { note.yellow().to_string() } else { note.to_owned() };
+            println!("  {:<12} {:<21} {:<15} {}  {note}", slot.zone, slot.instance, slot.address.as_deref().unwrap_or("-"), slot.time);
+        }
+        println!(
+            "  scheduled: at most {} reboot(s) within any {} minutes (window fits {} reboots that far apart)",
+            figures.worst_within_gap,
+            policy.group_gap_minutes,
+            match slots(window.minutes(), policy.group_gap_minutes) {
+                u32::MAX => String::from("any number of"),
+                n => n.to_string(),
+            }
+        );
+        println!(
+            "  random minutes instead: P(two share a minute) = {:.4}, P(two within {} minutes) = {:.4}",
+            figures.random_shared_minute, policy.group_gap_minutes, figures.random_within_gap
+        );
+    }
+    if !schedule.unscheduled_groups.is_empty() {
+        println!("\nNo reboot settings (not scheduled): {}", schedule.unscheduled_groups.join(", "));
+    }
+}
+
+async fn tag_instances(cloud: &Cloud, slots: &[Slot]) -> Result<(), crate::aws::AwsError> {
+    let mut by_time: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for slot in slots.iter().filter(|s| s.changed) {
+        by_time.entry(&slot.time).or_default().push(slot.instance.clone());
+    }
+    // One call per distinct time: CreateTags takes many resources, one value.
+    for (time, instances) in by_time {
+        let tag = aws_sdk_ec2::types::Tag::builder().key(TAG_REBOOT_TIME).value(time).build();
+        cloud.ec2.create_tags().set_resources(Some(instances)).tags(tag).send().await?;
+    }
+    Ok(())
+}
+
+/// Per node: its address, how to log in, and the file to write.
+fn node_writes(
+    environment: &Environment,
+    images: &BTreeMap<String, super::LoadedImage>,
+    schedule: &Schedule,
+    fleet: &Fleet,
+    assignment: &BTreeMap<String, u32>,
+    ssh: &SshArgs,
+) -> Vec<(String, Login, String)> {
+    let mut writes = Vec::new();
+    for slot in &schedule.slots {
+        let Some(address) = slot.address.clone() else { continue };
+        let policy = &fleet.groups[&slot.group];
+        let peers: Vec<(String, u32)> = fleet
+            .members
+            .iter()
+            .filter(|m| m.group == slot.group && m.id != slot.instance)
+            .map(|m| (m.id.clone(), assignment[&m.id]))
+            .collect();
+        let user = environment
+            .node_groups
+            .iter()
+            .find(|g| g.name.value == slot.group)
+            .and_then(|g| match &g.image.value {
+                ImageRef::Named(name) => images.get(name).map(|i| i.image.ssh_user.clone()),
+                ImageRef::Ami(_) => None,
+            })
+            .unwrap_or_else(|| String::from("ubuntu"));
+        let content = node_config::apt_config(&environment.name, &slot.instance, assignment[&slot.instance], policy, &peers);
+        writes.push((address, ssh.login(&user), content));
+    }
+    writes
+}
+
+/// Writes every node's slot, `forks` at a time; returns the nodes that failed.
+async fn write_slots(writes: Vec<(String, Login, String)>, forks: usize) -> Vec<(String, String)> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(forks.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (address, login, content) in writes {
+        let permits = Arc::clone(&permits);
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let written = async {
+                let connection = Connection::open(&address, &login).await?;
+                connection.write_file(node_config::PATH, content.as_bytes(), 0o644, "root", "root").await
+            };
+            let written = written.await.map_err(|e| e.to_string());
+            (address, written)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((address, Err(error))) => failures.push((address, error)),
+            Err(error) => failures.push((String::from("?"), error.to_string())),
+        }
+    }
+    failures.sort();
+    failures
+}

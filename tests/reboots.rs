@@ -1,0 +1,196 @@
+//! `kstack reboots` through the binary: a schedule for instances in a loopback VPC of the
+//! emulator, tagged on the instances and written to the test nodes serving their addresses,
+//! and the node-side guard that acts on it.
+
+mod support;
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::time::Duration;
+
+use kstack::ssh::{Connection, HostKeys, Login};
+use node::{ClientKey, Node};
+use support::{json, runtime, Moto, Project};
+
+const FLEET: &str = "environments/fleet.yaml";
+const GUARD: &str = "roles/unattended-upgrades/files/kstack-reboot-guard";
+const REBOOTS: &str = "reboots:\n  window: { start: \"03:00\", end: \"05:00\", days: [mon, tue, wed, thu, fri] }\n  group_gap_minutes: 15\n  zone_gap_minutes: 5\n";
+
+fn minutes(time: &str) -> u32 {
+    let (h, m) = time.split_once(':').unwrap();
+    h.parse::<u32>().unwrap() * 60 + m.parse::<u32>().unwrap()
+}
+
+/// Runs `command` on the node as root and returns its stdout.
+fn on_node(rt: &tokio::runtime::Runtime, key: &ClientKey, node: &Node, command: &str) -> String {
+    let known_hosts = node.dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, node.known_hosts_line()).unwrap();
+    let login = Login {
+        user: String::from("root"),
+        key: key.private(),
+        port: 22,
+        host_keys: HostKeys { path: known_hosts, trust_on_first_use: false },
+        connect_timeout: Duration::from_secs(10),
+        bastion: None,
+    };
+    rt.block_on(async {
+        let connection = Connection::open(&node.address, &login).await.unwrap();
+        let output = connection.run(command, None).await.unwrap();
+        assert_eq!(output.status, 0, "{command}: {}", output.stderr);
+        output.stdout
+    })
+}
+
+#[test]
+fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let project = Project::fixture("project");
+    project.loopback_fleet(11);
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 4\n    max: 4\n");
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}{REBOOTS}"));
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let instances = rt.block_on(async {
+        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+        described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| (i.instance_id().unwrap().to_owned(), i.private_ip_address().unwrap().to_owned()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(instances.len(), 4);
+    let key = ClientKey::new();
+    let guard = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GUARD)).unwrap();
+    let nodes: Vec<Node> = instances
+        .iter()
+        .map(|(_, address)| {
+            Node::boot_with(&key, address, |root| {
+                std::fs::create_dir_all(root.join("usr/local/sbin")).unwrap();
+                let path = root.join("usr/local/sbin/kstack-reboot-guard");
+                std::fs::write(&path, &guard).unwrap();
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            })
+        })
+        .collect();
+
+    // The schedule: every node in the window, 15 minutes apart, none assigned yet.
+    let shown = project.kstack(&moto).args(["reboots", "fleet", "--seed", "7", "--json"]).output().unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let schedule = json(&shown);
+    let slots = schedule["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 4);
+    let mut times: Vec<u32> = slots.iter().map(|s| minutes(s["time"].as_str().unwrap())).collect();
+    times.sort();
+    assert!(times.iter().all(|t| (180..300).contains(t)), "{times:?}");
+    assert!(times.windows(2).all(|w| w[1] - w[0] >= 15), "{times:?}");
+    assert!(slots.iter().all(|s| s["changed"] == true));
+    let figures = &schedule["groups"][0];
+    assert_eq!(figures["worst_within_gap"], 1);
+    let expected = 1.0 - (0..4).map(|k| 1.0 - f64::from(k) / 120.0).product::<f64>();
+    assert!((figures["random_shared_minute"].as_f64().unwrap() - expected).abs() < 1e-9, "{figures}");
+    let again = project.kstack(&moto).args(["reboots", "fleet", "--seed", "7", "--json"]).output().unwrap();
+    assert_eq!(json(&again)["slots"], schedule["slots"], "the same seed, the same schedule");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let known_hosts = scratch.path().join("known_hosts");
+    let private_key = key.private();
+    let ssh = [
+        "--ssh-user",
+        "root",
+        "--ssh-key",
+        private_key.to_str().unwrap(),
+        "--known-hosts",
+        known_hosts.to_str().unwrap(),
+        "--trust-new-hosts",
+    ];
+    let assigned = project.kstack(&moto).args(["reboots", "fleet", "--seed", "7", "--assign"]).args(ssh).output().unwrap();
+    let stdout = String::from_utf8_lossy(&assigned.stdout);
+    assert!(assigned.status.success(), "{}{}", stdout, String::from_utf8_lossy(&assigned.stderr));
+    assert!(stdout.contains("random minutes instead: P(two share a minute) = 0.0492"), "{stdout}");
+    assert!(stdout.contains("Assigned: 4 nodes"), "{stdout}");
+
+    // Each instance's tag and its node's configuration hold the same, scheduled time.
+    let tags = rt.block_on(async {
+        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+        described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| {
+                let tag = i.tags().iter().find(|t| t.key() == Some("kstack:reboot-time")).and_then(|t| t.value()).map(str::to_owned);
+                (i.instance_id().unwrap().to_owned(), tag)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    });
+    for ((id, _), node) in instances.iter().zip(&nodes) {
+        let slot = slots.iter().find(|s| s["instance"] == id.as_str()).unwrap();
+        let time = slot["time"].as_str().unwrap();
+        assert_eq!(tags[id].as_deref(), Some(time), "{id}");
+        let config = std::fs::read_to_string(node.file("/etc/apt/apt.conf.d/51kstack-reboot")).unwrap();
+        assert!(config.contains(&format!("Kstack::Reboot::Time \"{time}\";")), "{config}");
+        assert!(config.contains("Unattended-Upgrade::Automatic-Reboot \"false\";"), "{config}");
+        assert_eq!(config.matches('@').count(), 3, "its three peers: {config}");
+        // The guard, reading that configuration through apt: reboot at the slot only.
+        let at = |now: &str| on_node(&rt, &key, node, &format!("KSTACK_REBOOT_NOW='{now}' kstack-reboot-guard --dry-run")).trim().to_owned();
+        assert_eq!(at(&format!("tue {time}")), format!("reboot now at {time}"));
+        assert_eq!(at("tue 02:00"), format!("waiting for {time}"));
+        assert_eq!(at(&format!("sun {time}")), "no reboot on sun");
+    }
+
+    // A second assignment keeps every time, whatever the seed.
+    let kept = project.kstack(&moto).args(["reboots", "fleet", "--seed", "99", "--json"]).output().unwrap();
+    assert!(json(&kept)["slots"].as_array().unwrap().iter().all(|s| s["changed"] == false), "{}", String::from_utf8_lossy(&kept.stdout));
+
+    // A node whose slot collides with a peer's (a stale or random pick) waits the gap out.
+    let node = &nodes[0];
+    on_node(
+        &rt,
+        &key,
+        node,
+        "printf 'Kstack::Reboot::Time \"03:20\";\\nKstack::Reboot::Peers \"i-early@03:10 i-late@04:30\";\\n' > /etc/apt/apt.conf.d/52test",
+    );
+    let deferred = on_node(&rt, &key, node, "KSTACK_REBOOT_NOW='wed 03:20' kstack-reboot-guard --dry-run");
+    assert_eq!(deferred.trim(), "waiting for 03:25 (i-early reboots at 03:10, within 15 minutes)");
+    let now = on_node(&rt, &key, node, "KSTACK_REBOOT_NOW='wed 03:25' kstack-reboot-guard --dry-run");
+    assert_eq!(now.trim(), "reboot now at 03:25 (i-early reboots at 03:10, within 15 minutes)");
+
+    // A node without a slot picks a random minute of the window.
+    on_node(&rt, &key, node, "rm /etc/apt/apt.conf.d/51kstack-reboot /etc/apt/apt.conf.d/52test");
+    let random = on_node(&rt, &key, node, "KSTACK_REBOOT_NOW='mon 12:00' kstack-reboot-guard --dry-run");
+    let picked = random.trim().strip_prefix("waiting for ").unwrap_or_else(|| panic!("{random}"));
+    assert!((180..300).contains(&minutes(picked)), "{picked}");
+}
+
+#[test]
+fn a_fleet_too_big_for_its_window_is_refused_with_the_reason_and_nothing_is_tagged() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", "10.40.0.0/16");
+    project.edit(FLEET, "SUBNET_CIDR", "10.40.1.0/24");
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 3\n    max: 3\n");
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}{}", REBOOTS.replace("group_gap_minutes: 15", "group_gap_minutes: 60")));
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+
+    let refused = project.kstack(&moto).args(["reboots", "fleet", "--assign"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no reboot schedule for `fleet`: group `app` has 3 nodes but its 120-minute window fits only 2 reboots 60 minutes apart"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("widen the window"), "{stderr}");
+    let tagged = rt.block_on(async {
+        let filter = aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:reboot-time").build();
+        aws.ec2.describe_instances().filters(filter).send().await.unwrap().reservations().len()
+    });
+    assert_eq!(tagged, 0);
+}
