@@ -146,6 +146,17 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     let kept = project.kstack(&moto).args(["reboots", "fleet", "--seed", "99", "--json"]).output().unwrap();
     assert!(json(&kept)["slots"].as_array().unwrap().iter().all(|s| s["changed"] == false), "{}", String::from_utf8_lossy(&kept.stdout));
 
+    // A new instance (the group grew) has no slot: apply says so, and the next schedule
+    // folds it in, keeping everyone else's time.
+    project.edit(FLEET, "    min: 4\n    max: 4\n", "    min: 5\n    max: 5\n");
+    let grown = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    let warned = String::from_utf8_lossy(&grown.stderr);
+    assert!(warned.contains("1 running instance(s) of `fleet` have no reboot slot yet"), "{warned}");
+    let folded = json(&project.kstack(&moto).args(["reboots", "fleet", "--json"]).output().unwrap());
+    let changed: Vec<&serde_json::Value> = folded["slots"].as_array().unwrap().iter().filter(|s| s["changed"] == true).collect();
+    assert_eq!(changed.len(), 1, "{folded}");
+    assert!(!instances.iter().any(|(id, _)| changed[0]["instance"] == id.as_str()), "only the new instance gets a time");
+
     // A node whose slot collides with a peer's (a stale or random pick) waits the gap out.
     let node = &nodes[0];
     on_node(

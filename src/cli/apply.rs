@@ -120,7 +120,9 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     if saved.is_none() && !args.auto_approve {
         confirm(&format!("Do you want to perform these actions in `{}`?", session.environment))?;
     }
+    let (cloud, environment, reboot_groups) = (session.cloud.clone(), session.environment.clone(), session.reboot_groups.clone());
     execute(&runtime, session, args.parallelism, "Apply")?;
+    runtime.block_on(super::reboots::warn_unscheduled(&cloud, &environment, &reboot_groups));
     Ok(env)
 }
 

@@ -189,7 +189,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             variables.insert("reboot_window_start".into(), serde_json::json!(format_minute(reboots.window.start)));
             variables.insert("reboot_window_end".into(), serde_json::json!(format_minute(reboots.window.end)));
             variables.insert("reboot_days".into(), serde_json::json!(reboots.window.days.join(" ")));
-            variables.insert("reboot_time_zone".into(), serde_json::json!(reboots.time_zone));
+            variables.insert("reboot_time_zone".into(), serde_json::json!(reboots.window.time_zone));
             variables.insert("reboot_gap_minutes".into(), serde_json::json!(reboots.group_gap_minutes));
         }
         variables.insert("env".into(), serde_json::json!(environment.name));

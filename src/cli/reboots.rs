@@ -169,6 +169,22 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Warns when running instances of `groups` (those with reboot settings) have no slot yet:
+/// new instances since the last assignment, which picked a random minute at boot.
+pub async fn warn_unscheduled(cloud: &Cloud, environment: &str, groups: &[String]) {
+    if groups.is_empty() {
+        return;
+    }
+    let Ok(instances) = running_instances(cloud).await else { return };
+    let missing = instances.iter().filter(|i| groups.contains(&i.group) && i.reboot_time.is_none()).count();
+    if missing > 0 {
+        term::warning(&format!(
+            "{missing} running instance(s) of `{environment}` have no reboot slot yet (they picked a random minute of their window at boot); \
+             run `kstack reboots {environment} --assign` to fold them into the schedule"
+        ));
+    }
+}
+
 fn parse_tag(text: &str) -> Option<u32> {
     let (hours, minutes) = text.split_once(':')?;
     let minute = hours.parse::<u32>().ok()? * 60 + minutes.parse::<u32>().ok()?;
@@ -231,7 +247,7 @@ fn print_schedule(schedule: &Schedule, color: bool) {
             format_minute(window.start),
             format_minute(window.end),
             window.days.join(","),
-            policy.time_zone,
+            window.time_zone,
             policy.group_gap_minutes,
             schedule.zone_gap_minutes,
             policy.max_down

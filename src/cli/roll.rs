@@ -196,6 +196,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     journal.finish().map_err(|e| fail(&e.to_string(), None))?;
     if replaced == 0 {
         println!("Nothing to roll: every instance runs its group's current launch settings.");
+    } else {
+        runtime.block_on(super::reboots::warn_unscheduled(&cloud, env, &environment.reboot_groups()));
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct Session {
     pub store: StateStore,
     pub state: State,
     pub refresh: RefreshStats,
+    /// Node groups with reboot settings, whose new instances need a slot after an apply.
+    pub reboot_groups: Vec<String>,
     /// Held until the session ends.
     _lock: Lock,
 }
@@ -67,6 +69,7 @@ impl Session {
         let (sources, result) = load_and_compile(project, env);
         let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
         let environment = compiled.checked.environment.name.clone();
+        let reboot_groups = compiled.checked.environment.reboot_groups();
         let region = compiled.checked.environment.region.value.clone();
         let store = StateStore::new(&project.root, &environment);
         let lock = store.lock(command).map_err(|error| {
@@ -125,6 +128,7 @@ impl Session {
             store,
             state,
             refresh,
+            reboot_groups,
             _lock: lock,
         })
     }

@@ -600,17 +600,24 @@ fn node_group(name: Spanned<String>, node: &Node, env_reboots: Option<&Node>, pr
 /// The group's reboot policy: its own `reboots:` over the environment's. `Some(None)` when
 /// neither sets one; `None` when there is a problem.
 fn group_reboots(own: Option<&Node>, env: Option<&Node>, problems: &mut Problems) -> Option<Option<RebootPolicy>> {
+    // Both compare nodes across groups, so one value holds for the environment.
+    let window = own.and_then(|n| match n {
+        Node::Mapping(map) => map.get("window"),
+        _ => None,
+    });
+    let mut environment_wide: Vec<(&str, &marked_yaml::types::MarkedScalarNode)> = Vec::new();
     if let Some(Node::Mapping(map)) = own {
-        // Both compare nodes across groups, so one value holds for the environment.
-        for key in ["time_zone", "zone_gap_minutes"] {
-            if let Some(found) = map.keys().find(|k| k.as_str() == key) {
-                problems
-                    .error(yaml::loc(&Node::Scalar(found.clone())), format!("`{key}` is set for the whole environment, not per node group"))
-                    .label("environment-wide setting")
-                    .hint(format!("move `{key}` to the environment's `reboots:`"));
-                return None;
-            }
-        }
+        environment_wide.extend(map.keys().filter(|k| k.as_str() == "zone_gap_minutes").map(|k| ("zone_gap_minutes", k)));
+    }
+    if let Some(Node::Mapping(map)) = window {
+        environment_wide.extend(map.keys().filter(|k| k.as_str() == "time_zone").map(|k| ("window.time_zone", k)));
+    }
+    if let Some((key, found)) = environment_wide.first() {
+        problems
+            .error(yaml::loc(&Node::Scalar((*found).clone())), format!("`{key}` is set for the whole environment, not per node group"))
+            .label("environment-wide setting")
+            .hint(format!("move `{key}` to the environment's `reboots:`"));
+        return None;
     }
     let merged = match (env, own) {
         (Some(env), Some(own)) => merge::merge(env.clone(), own.clone()),

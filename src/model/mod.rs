@@ -38,7 +38,7 @@ pub struct Environment {
     /// Node groups rolled first, in this order; the others follow in file order.
     pub roll_order: Vec<Spanned<String>>,
     pub roll_hooks: RollHooks,
-    /// The environment's reboot settings, which also hold `time_zone` and `zone_gap_minutes`.
+    /// The environment's reboot settings, whose `window.time_zone` and `zone_gap_minutes` hold for every group.
     pub reboots: Option<RebootPolicy>,
     /// (kind, name) of entries that had problems of their own and were left out above.
     pub undecoded: BTreeSet<(&'static str, String)>,
@@ -232,6 +232,11 @@ impl Environment {
         let first = self.roll_order.iter().filter_map(|name| self.node_groups.iter().find(|g| g.name.value == name.value));
         let rest = self.node_groups.iter().filter(|g| !self.roll_order.iter().any(|n| n.value == g.name.value));
         first.chain(rest).collect()
+    }
+
+    /// Node groups with reboot settings: the ones `kstack reboots` schedules.
+    pub fn reboot_groups(&self) -> Vec<String> {
+        self.node_groups.iter().filter(|g| g.reboots.is_some()).map(|g| g.name.value.clone()).collect()
     }
 }
 

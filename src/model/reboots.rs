@@ -18,6 +18,8 @@ pub struct RebootWindow {
     pub end: u32,
     /// `mon` .. `sun`.
     pub days: Vec<String>,
+    /// An IANA time zone the window is in; nodes convert with their own tz database.
+    pub time_zone: String,
 }
 
 impl RebootWindow {
@@ -44,8 +46,6 @@ impl RebootWindow {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RebootPolicy {
     pub window: RebootWindow,
-    /// An IANA time zone the window is in; nodes convert with their own tz database.
-    pub time_zone: String,
     /// No two nodes of a group start rebooting closer than this.
     pub group_gap_minutes: u32,
     /// No two nodes of an availability zone (of any group) start closer than this.
@@ -114,7 +114,6 @@ fn time_zone(node: &Node, problems: &mut Problems) -> Option<String> {
 pub fn reboot_policy(node: &Node, problems: &mut Problems) -> Option<RebootPolicy> {
     let mut map = MapReader::new(node, "reboot settings", problems)?;
     let window = map.required("window", problems).and_then(|n| window(n, problems));
-    let time_zone = map.get("time_zone").map_or_else(|| Some("UTC".to_owned()), |n| time_zone(n, problems));
     let mut minutes = |key, default, range| map.get(key).map_or(Some(default), |n| number(n, range, problems).map(|m| m.value));
     let group_gap_minutes = minutes("group_gap_minutes", 15, 0..=MINUTES_PER_DAY);
     let zone_gap_minutes = minutes("zone_gap_minutes", 5, 0..=MINUTES_PER_DAY);
@@ -123,7 +122,6 @@ pub fn reboot_policy(node: &Node, problems: &mut Problems) -> Option<RebootPolic
     map.finish(problems);
     Some(RebootPolicy {
         window: window?,
-        time_zone: time_zone?,
         group_gap_minutes: group_gap_minutes?,
         zone_gap_minutes: zone_gap_minutes?,
         max_down: max_down?,
@@ -136,13 +134,14 @@ fn window(node: &Node, problems: &mut Problems) -> Option<RebootWindow> {
     let start = map.required("start", problems).and_then(|n| time_of_day(n, problems));
     let end = map.required("end", problems).and_then(|n| time_of_day(n, problems));
     let days = map.get("days").map_or_else(|| Some(DAYS.iter().map(|d| (*d).to_owned()).collect()), |n| list(n, problems, day));
+    let time_zone = map.get("time_zone").map_or_else(|| Some("UTC".to_owned()), |n| time_zone(n, problems));
     map.finish(problems);
     let days = days?;
     if days.is_empty() {
         problems.error(yaml::loc(node), "the reboot window has no days").label("no days").hint("list at least one day, e.g. [mon, tue, wed, thu, fri]");
         return None;
     }
-    Some(RebootWindow { start: start?, end: end?, days })
+    Some(RebootWindow { start: start?, end: end?, days, time_zone: time_zone? })
 }
 
 #[cfg(test)]
@@ -151,12 +150,12 @@ mod tests {
 
     #[test]
     fn windows_may_span_midnight_or_the_whole_day() {
-        let night = RebootWindow { start: 23 * 60, end: 60, days: vec![] };
+        let night = RebootWindow { start: 23 * 60, end: 60, days: vec![], time_zone: "UTC".into() };
         assert_eq!(night.minutes(), 120);
         assert_eq!(night.minute_at(90), 30);
         assert_eq!(night.offset_of(30), Some(90));
         assert_eq!(night.offset_of(12 * 60), None);
-        let all_day = RebootWindow { start: 180, end: 180, days: vec![] };
+        let all_day = RebootWindow { start: 180, end: 180, days: vec![], time_zone: "UTC".into() };
         assert_eq!(all_day.minutes(), MINUTES_PER_DAY);
         assert_eq!(parse_minute("03:07"), Some(187));
         assert_eq!(parse_minute("3:07"), None);

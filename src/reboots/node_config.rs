@@ -27,7 +27,7 @@ pub fn apt_config(environment: &str, instance: &str, minute: u32, policy: &Reboo
          Kstack::Reboot::GapMinutes \"{}\";\n\
          Kstack::Reboot::Peers \"{}\";\n",
         format_minute(minute),
-        policy.time_zone,
+        window.time_zone,
         format_minute(window.start),
         format_minute(window.end),
         window.days.join(" "),

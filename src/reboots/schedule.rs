@@ -265,8 +265,7 @@ mod tests {
 
     fn policy(start: u32, length: u32, gap: u32, max_down: u32, reboot: u32) -> RebootPolicy {
         RebootPolicy {
-            window: RebootWindow { start, end: (start + length) % MINUTES_PER_DAY, days: vec!["mon".into()] },
-            time_zone: "UTC".into(),
+            window: RebootWindow { start, end: (start + length) % MINUTES_PER_DAY, days: vec!["mon".into()], time_zone: "UTC".into() },
             group_gap_minutes: gap,
             zone_gap_minutes: 0,
             max_down,
