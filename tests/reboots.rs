@@ -17,6 +17,11 @@ const FLEET: &str = "environments/fleet.yaml";
 const GUARD: &str = "roles/unattended-upgrades/files/kstack-reboot-guard";
 const REBOOTS: &str = "reboots:\n  window: { start: \"03:00\", end: \"05:00\", days: [mon, tue, wed, thu, fri] }\n  group_gap_minutes: 15\n  zone_gap_minutes: 5\n";
 
+/// Instance id → time of a schedule's slots.
+fn slot_times(slots: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    slots.as_array().unwrap().iter().map(|s| (s["instance"].as_str().unwrap().to_owned(), s["time"].as_str().unwrap().to_owned())).collect()
+}
+
 fn minutes(time: &str) -> u32 {
     let (h, m) = time.split_once(':').unwrap();
     h.parse::<u32>().unwrap() * 60 + m.parse::<u32>().unwrap()
@@ -53,7 +58,25 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     project.write(FLEET, &format!("{fleet}{REBOOTS}"));
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let key = ClientKey::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let known_hosts = scratch.path().join("known_hosts");
+    let private_key = key.private();
+    let ssh = [
+        "--ssh-user",
+        "root",
+        "--ssh-key",
+        private_key.to_str().unwrap(),
+        "--known-hosts",
+        known_hosts.to_str().unwrap(),
+        "--trust-new-hosts",
+    ];
+    // The apply that launches the instances gives them their slots (tags); their nodes are
+    // not up yet, so their files wait for `--assign`.
+    let applied = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).args(ssh).output().unwrap();
+    let warned = String::from_utf8_lossy(&applied.stderr);
+    assert!(applied.status.success(), "{warned}");
+    assert!(warned.contains("reboot schedule: 4 new node(s) folded in, but 4 of 4 nodes were not written"), "{warned}");
     let instances = rt.block_on(async {
         let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
         described
@@ -64,7 +87,6 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
             .collect::<Vec<_>>()
     });
     assert_eq!(instances.len(), 4);
-    let key = ClientKey::new();
     let guard = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GUARD)).unwrap();
     let nodes: Vec<Node> = instances
         .iter()
@@ -78,8 +100,8 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
         })
         .collect();
 
-    // The schedule: every node in the window, 15 minutes apart, none assigned yet.
-    let shown = project.kstack(&moto).args(["reboots", "fleet", "--seed", "7", "--json"]).output().unwrap();
+    // The schedule: every node in the window, 15 minutes apart, as tagged.
+    let shown = project.kstack(&moto).args(["reboots", "fleet", "--json"]).output().unwrap();
     assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
     let schedule = json(&shown);
     let slots = schedule["slots"].as_array().unwrap();
@@ -88,27 +110,16 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     times.sort();
     assert!(times.iter().all(|t| (180..300).contains(t)), "{times:?}");
     assert!(times.windows(2).all(|w| w[1] - w[0] >= 15), "{times:?}");
-    assert!(slots.iter().all(|s| s["changed"] == true));
+    assert!(slots.iter().all(|s| s["changed"] == false));
     let figures = &schedule["groups"][0];
     assert_eq!(figures["worst_within_gap"], 1);
     let expected = 1.0 - (0..4).map(|k| 1.0 - f64::from(k) / 120.0).product::<f64>();
     assert!((figures["random_shared_minute"].as_f64().unwrap() - expected).abs() < 1e-9, "{figures}");
-    let again = project.kstack(&moto).args(["reboots", "fleet", "--seed", "7", "--json"]).output().unwrap();
-    assert_eq!(json(&again)["slots"], schedule["slots"], "the same seed, the same schedule");
+    let spread = |seed: &str| json(&project.kstack(&moto).args(["reboots", "fleet", "--reshuffle", "--seed", seed, "--json"]).output().unwrap());
+    assert_eq!(spread("7")["slots"], spread("7")["slots"], "the same seed, the same spread");
+    assert_ne!(slot_times(&spread("7")["slots"]), slot_times(&spread("8")["slots"]));
 
-    let scratch = tempfile::tempdir().unwrap();
-    let known_hosts = scratch.path().join("known_hosts");
-    let private_key = key.private();
-    let ssh = [
-        "--ssh-user",
-        "root",
-        "--ssh-key",
-        private_key.to_str().unwrap(),
-        "--known-hosts",
-        known_hosts.to_str().unwrap(),
-        "--trust-new-hosts",
-    ];
-    let assigned = project.kstack(&moto).args(["reboots", "fleet", "--seed", "7", "--assign"]).args(ssh).output().unwrap();
+    let assigned = project.kstack(&moto).args(["reboots", "fleet", "--assign"]).args(ssh).output().unwrap();
     let stdout = String::from_utf8_lossy(&assigned.stdout);
     assert!(assigned.status.success(), "{}{}", stdout, String::from_utf8_lossy(&assigned.stderr));
     assert!(stdout.contains("random minutes instead: P(two share a minute) = 0.0492"), "{stdout}");
@@ -142,20 +153,32 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
         assert_eq!(at(&format!("sun {time}")), "no reboot on sun");
     }
 
-    // A second assignment keeps every time, whatever the seed.
+    // Another schedule keeps every time, whatever the seed.
     let kept = project.kstack(&moto).args(["reboots", "fleet", "--seed", "99", "--json"]).output().unwrap();
-    assert!(json(&kept)["slots"].as_array().unwrap().iter().all(|s| s["changed"] == false), "{}", String::from_utf8_lossy(&kept.stdout));
+    assert_eq!(slot_times(&json(&kept)["slots"]), slot_times(&schedule["slots"]));
 
-    // A new instance (the group grew) has no slot: apply says so, and the next schedule
-    // folds it in, keeping everyone else's time.
+    // A new instance (the group grew) is folded in by the apply that made it, keeping
+    // everyone else's time; its node is not up yet, so writing its slot waits for --assign.
     project.edit(FLEET, "    min: 4\n    max: 4\n", "    min: 5\n    max: 5\n");
-    let grown = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    let grown = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).args(ssh).output().unwrap();
     let warned = String::from_utf8_lossy(&grown.stderr);
-    assert!(warned.contains("1 running instance(s) of `fleet` have no reboot slot yet"), "{warned}");
+    assert!(grown.status.success(), "{warned}");
+    assert!(warned.contains("reboot schedule: 1 new node(s) folded in, but 1 of 5 nodes were not written"), "{warned}");
+    assert!(warned.contains("run `kstack reboots fleet --assign` once SSH reaches them"), "{warned}");
     let folded = json(&project.kstack(&moto).args(["reboots", "fleet", "--json"]).output().unwrap());
-    let changed: Vec<&serde_json::Value> = folded["slots"].as_array().unwrap().iter().filter(|s| s["changed"] == true).collect();
-    assert_eq!(changed.len(), 1, "{folded}");
-    assert!(!instances.iter().any(|(id, _)| changed[0]["instance"] == id.as_str()), "only the new instance gets a time");
+    let before = slot_times(&schedule["slots"]);
+    let after = slot_times(&folded["slots"]);
+    assert!(before.iter().all(|(id, time)| after.get(id) == Some(time)), "old times kept: {before:?} -> {after:?}");
+    let folded = folded["slots"].as_array().unwrap().clone();
+    assert!(folded.iter().all(|s| s["changed"] == false), "every instance tagged: {folded:?}");
+    let new_slot = folded.iter().find(|s| !instances.iter().any(|(id, _)| s["instance"] == id.as_str())).unwrap();
+    let new_node = Node::boot_at(&key, new_slot["address"].as_str().unwrap());
+    let assigned = project.kstack(&moto).args(["reboots", "fleet", "--assign"]).args(ssh).output().unwrap();
+    assert!(assigned.status.success(), "{}", String::from_utf8_lossy(&assigned.stderr));
+    let config = std::fs::read_to_string(new_node.file("/etc/apt/apt.conf.d/51kstack-reboot")).unwrap();
+    assert!(config.contains(&format!("Kstack::Reboot::Time \"{}\";", new_slot["time"].as_str().unwrap())), "{config}");
+    let peers = std::fs::read_to_string(nodes[1].file("/etc/apt/apt.conf.d/51kstack-reboot")).unwrap();
+    assert!(peers.contains(&format!("{}@{}", new_slot["instance"].as_str().unwrap(), new_slot["time"].as_str().unwrap())), "{peers}");
 
     // A node whose slot collides with a peer's (a stale or random pick) waits the gap out.
     let node = &nodes[0];

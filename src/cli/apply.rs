@@ -38,6 +38,10 @@ pub struct ApplyArgs {
     /// Then roll every node group onto its current launch settings (see `kstack roll`).
     #[arg(long)]
     roll: bool,
+
+    /// Reaching new nodes to write their reboot slots (environments with `reboots:`).
+    #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
+    ssh: super::provision::SshArgs,
 }
 
 /// Delete every resource of the environment, found by tag and by state.
@@ -71,7 +75,7 @@ fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
 pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
     let env = apply_only(project, args)?;
     if args.roll {
-        super::roll::run(project, &super::roll::Args::everything(&env))?;
+        super::roll::run(project, &super::roll::Args::everything(&env, args.ssh.clone()))?;
     }
     Ok(())
 }
@@ -120,9 +124,13 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     if saved.is_none() && !args.auto_approve {
         confirm(&format!("Do you want to perform these actions in `{}`?", session.environment))?;
     }
-    let (cloud, environment, reboot_groups) = (session.cloud.clone(), session.environment.clone(), session.reboot_groups.clone());
+    let mut session = session;
+    let (cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
     execute(&runtime, session, args.parallelism, "Apply")?;
-    runtime.block_on(super::reboots::warn_unscheduled(&cloud, &environment, &reboot_groups));
+    // With --roll the roll folds in the instances it brings.
+    if !args.roll {
+        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, &model, &images, &args.ssh));
+    }
     Ok(env)
 }
 

@@ -18,8 +18,8 @@ use crate::ssh::{Connection, Login};
 use crate::state::StateStore;
 
 use super::provision::SshArgs;
-use super::session::{aws_failure, runtime};
-use super::{load_and_compile, report_problems, term, Failure};
+use super::session::runtime;
+use super::{load_and_compile, report_problems, term, Failure, LoadedImage};
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
 /// write each node's slot over SSH.
@@ -103,9 +103,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
-    let policies: BTreeMap<String, RebootPolicy> =
-        environment.node_groups.iter().filter_map(|g| g.reboots.clone().map(|p| (g.name.value.clone(), p))).collect();
-    if policies.is_empty() {
+    if environment.reboot_groups().is_empty() {
         return Err(fail(
             &format!("`{}` has no reboot settings", environment.name),
             Some("add `reboots: { window: { start: \"03:00\", end: \"05:00\" } }` to the environment (or to a node group)"),
@@ -117,9 +115,45 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         false => None,
     };
     let runtime = runtime()?;
-    let region = &environment.region.value;
-    let cloud = runtime.block_on(Cloud::connect(region, &environment.name));
-    let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(region, "listing instances", &e))?;
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&planned.schedule).unwrap_or_default());
+    } else {
+        print_schedule(&planned.schedule, term::stdout_color());
+    }
+    if !args.assign {
+        if planned.schedule.slots.iter().any(|s| s.changed) && !args.json {
+            println!("\nRun with --assign to tag the instances and write the nodes' slots.");
+        }
+        return Ok(());
+    }
+    runtime
+        .block_on(put_in_force(&cloud, environment, &compiled.images, &planned, &args.ssh, usize::from(args.forks)))
+        .map_err(|message| fail(&message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times")))?;
+    if !args.json {
+        let nodes = planned.schedule.slots.len();
+        println!("\nAssigned: {nodes} nodes tagged ({TAG_REBOOT_TIME}) and written ({}).", node_config::PATH);
+    }
+    Ok(())
+}
+
+/// A checked schedule of the environment's running nodes.
+struct Planned {
+    fleet: Fleet,
+    assignment: BTreeMap<String, u32>,
+    schedule: Schedule,
+}
+
+/// Schedules the running nodes of the groups with reboot settings, or says why it cannot
+/// (message, hint).
+async fn plan(cloud: &Cloud, environment: &Environment, seed: u64, reshuffle: bool, ssh: &SshArgs) -> Result<Planned, (String, String)> {
+    let policies: BTreeMap<String, RebootPolicy> =
+        environment.node_groups.iter().filter_map(|g| g.reboots.clone().map(|p| (g.name.value.clone(), p))).collect();
+    let instances = running_instances(cloud).await.map_err(|e| {
+        (format!("AWS failed while listing instances: {e}"), String::from("check credentials and AWS_ENDPOINT_URL, then run again"))
+    })?;
     let (scheduled, unscheduled): (Vec<&Instance>, Vec<&Instance>) = instances.iter().partition(|i| policies.contains_key(&i.group));
     let members: Vec<Member> = scheduled
         .iter()
@@ -131,57 +165,60 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         })
         .collect();
     let zone_gap_minutes = environment.reboots.as_ref().map_or(0, |p| p.zone_gap_minutes);
-    let fleet = Fleet { members, groups: policies.clone(), zone_gap_minutes };
-    let seed = args.seed.unwrap_or_else(rand::random);
-    let assignment = assign(&fleet, seed, args.reshuffle).map_err(|e| fail(&format!("no reboot schedule for `{}`: {e}", environment.name), Some(e.hint())))?;
+    let fleet = Fleet { members, groups: policies, zone_gap_minutes };
+    let assignment = assign(&fleet, seed, reshuffle).map_err(|e| (format!("no reboot schedule for `{}`: {e}", environment.name), e.hint().to_owned()))?;
     // The checker is independent of the search: a schedule that breaks a rule is never used.
     let broken = violations(&fleet, &assignment);
     if !broken.is_empty() {
-        return Err(fail(&format!("the reboot schedule breaks its rules: {}", broken.join("; ")), Some("this is a bug in kstack; please report it")));
+        return Err((format!("the reboot schedule breaks its rules: {}", broken.join("; ")), String::from("this is a bug in kstack; please report it")));
     }
-    let schedule = describe(&fleet, &scheduled, &unscheduled, &assignment, seed, &args.ssh, &environment.name);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&schedule).unwrap_or_default());
-    } else {
-        print_schedule(&schedule, term::stdout_color());
-    }
-    if !args.assign {
-        if schedule.slots.iter().any(|s| s.changed) && !args.json {
-            println!("\nRun with --assign to tag the instances and write the nodes' slots.");
-        }
-        return Ok(());
-    }
-    runtime.block_on(tag_instances(&cloud, &schedule.slots)).map_err(|e| aws_failure(region, "tagging instances", &e))?;
-    let writes = node_writes(environment, &compiled.images, &schedule, &fleet, &assignment, &args.ssh);
-    let failures = runtime.block_on(write_slots(writes, usize::from(args.forks)));
+    let schedule = describe(&fleet, &scheduled, &unscheduled, &assignment, seed, ssh, &environment.name);
+    Ok(Planned { fleet, assignment, schedule })
+}
+
+/// Tags the instances whose time changed, then writes every node's slot (its peers' times
+/// change with theirs). Per-node failures are reported; the message sums them up.
+async fn put_in_force(
+    cloud: &Cloud,
+    environment: &Environment,
+    images: &BTreeMap<String, LoadedImage>,
+    planned: &Planned,
+    ssh: &SshArgs,
+    forks: usize,
+) -> Result<(), String> {
+    tag_instances(cloud, &planned.schedule.slots).await.map_err(|e| format!("AWS failed while tagging instances: {e}"))?;
+    let writes = node_writes(environment, images, &planned.schedule, &planned.fleet, &planned.assignment, ssh);
+    let failures = write_slots(writes, forks).await;
     for (address, error) in &failures {
         term::error(&format!("{address}: could not write the reboot slot: {error}"), None);
     }
-    if !failures.is_empty() {
-        return Err(fail(
-            &format!("{} of {} nodes were not written; their tags are set", failures.len(), schedule.slots.len()),
-            Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times"),
-        ));
+    match failures.len() {
+        0 => Ok(()),
+        failed => Err(format!("{failed} of {} nodes were not written; their tags are set", planned.schedule.slots.len())),
     }
-    if !args.json {
-        println!("\nAssigned: {} nodes tagged ({TAG_REBOOT_TIME}) and written ({}).", schedule.slots.len(), node_config::PATH);
-    }
-    Ok(())
 }
 
-/// Warns when running instances of `groups` (those with reboot settings) have no slot yet:
-/// new instances since the last assignment, which picked a random minute at boot.
-pub async fn warn_unscheduled(cloud: &Cloud, environment: &str, groups: &[String]) {
-    if groups.is_empty() {
+/// After `apply` or `roll`: gives running nodes without a slot (new since the last
+/// assignment) one, keeping everyone else's, and writes the groups' nodes. Problems are
+/// warnings: the change to the fleet itself succeeded.
+pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images: &BTreeMap<String, LoadedImage>, ssh: &SshArgs) {
+    if environment.reboot_groups().is_empty() {
         return;
     }
-    let Ok(instances) = running_instances(cloud).await else { return };
-    let missing = instances.iter().filter(|i| groups.contains(&i.group) && i.reboot_time.is_none()).count();
-    if missing > 0 {
-        term::warning(&format!(
-            "{missing} running instance(s) of `{environment}` have no reboot slot yet (they picked a random minute of their window at boot); \
-             run `kstack reboots {environment} --assign` to fold them into the schedule"
-        ));
+    let name = &environment.name;
+    let planned = match plan(cloud, environment, rand::random(), false, ssh).await {
+        Ok(planned) => planned,
+        Err((message, hint)) => return term::warning(&format!("reboot schedule not updated: {message} ({hint})")),
+    };
+    let new = planned.schedule.slots.iter().filter(|s| s.changed).count();
+    if new == 0 {
+        return;
+    }
+    match put_in_force(cloud, environment, images, &planned, ssh, 10).await {
+        Ok(()) => eprintln!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it."),
+        Err(message) => term::warning(&format!(
+            "reboot schedule: {new} new node(s) folded in, but {message}; run `kstack reboots {name} --assign` once SSH reaches them"
+        )),
     }
 }
 
@@ -294,7 +331,7 @@ async fn tag_instances(cloud: &Cloud, slots: &[Slot]) -> Result<(), crate::aws::
 /// Per node: its address, how to log in, and the file to write.
 fn node_writes(
     environment: &Environment,
-    images: &BTreeMap<String, super::LoadedImage>,
+    images: &BTreeMap<String, LoadedImage>,
     schedule: &Schedule,
     fleet: &Fleet,
     assignment: &BTreeMap<String, u32>,

@@ -7,6 +7,7 @@ use crate::model::{Amount, PolicyOverrides, Project};
 use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
 use crate::state::StateStore;
 
+use super::provision::SshArgs;
 use super::session::runtime;
 use super::{load_and_compile, report_problems, term, Failure};
 
@@ -58,11 +59,15 @@ pub struct Args {
     /// How long to wait for new instances to be in service, or old ones to leave, in seconds.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     timeout: u64,
+
+    /// Reaching new nodes to write their reboot slots (environments with `reboots:`).
+    #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
+    ssh: SshArgs,
 }
 
 impl Args {
     /// Every group of `env`, with the groups' own settings: what `apply --roll` runs.
-    pub fn everything(env: &str) -> Args {
+    pub fn everything(env: &str, ssh: SshArgs) -> Args {
         Args {
             env: env.to_owned(),
             groups: Vec::new(),
@@ -73,6 +78,7 @@ impl Args {
             resume: false,
             abort: false,
             timeout: 900,
+            ssh,
         }
     }
 
@@ -197,7 +203,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     if replaced == 0 {
         println!("Nothing to roll: every instance runs its group's current launch settings.");
     } else {
-        runtime.block_on(super::reboots::warn_unscheduled(&cloud, env, &environment.reboot_groups()));
+        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &compiled.images, &args.ssh));
     }
     Ok(())
 }

@@ -23,8 +23,9 @@ pub struct Session {
     pub store: StateStore,
     pub state: State,
     pub refresh: RefreshStats,
-    /// Node groups with reboot settings, whose new instances need a slot after an apply.
-    pub reboot_groups: Vec<String>,
+    /// The environment's model and images, for what follows an apply (reboot slots).
+    pub model: crate::model::Environment,
+    pub images: std::collections::BTreeMap<String, LoadedImage>,
     /// Held until the session ends.
     _lock: Lock,
 }
@@ -69,7 +70,6 @@ impl Session {
         let (sources, result) = load_and_compile(project, env);
         let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
         let environment = compiled.checked.environment.name.clone();
-        let reboot_groups = compiled.checked.environment.reboot_groups();
         let region = compiled.checked.environment.region.value.clone();
         let store = StateStore::new(&project.root, &environment);
         let lock = store.lock(command).map_err(|error| {
@@ -128,7 +128,8 @@ impl Session {
             store,
             state,
             refresh,
-            reboot_groups,
+            model: compiled.checked.environment,
+            images,
             _lock: lock,
         })
     }
