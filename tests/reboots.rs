@@ -198,6 +198,13 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     let random = on_node(&rt, &key, node, "KSTACK_REBOOT_NOW='mon 12:00' kstack-reboot-guard --dry-run");
     let picked = random.trim().strip_prefix("waiting for ").unwrap_or_else(|| panic!("{random}"));
     assert!((180..300).contains(&minutes(picked)), "{picked}");
+    // Run by its timer (no update pending), it keeps a picked minute for good.
+    on_node(&rt, &key, node, "kstack-reboot-guard");
+    let kept = std::fs::read_to_string(node.file("/etc/apt/apt.conf.d/51kstack-reboot")).unwrap();
+    let time = kept.split('"').nth(1).unwrap_or_else(|| panic!("{kept}"));
+    assert!((180..300).contains(&minutes(time)), "{kept}");
+    let later = on_node(&rt, &key, node, "KSTACK_REBOOT_NOW='mon 12:00' kstack-reboot-guard --dry-run");
+    assert_eq!(later.trim(), format!("waiting for {time}"));
 }
 
 #[test]
