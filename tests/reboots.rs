@@ -27,6 +27,14 @@ fn minutes(time: &str) -> u32 {
     h.parse::<u32>().unwrap() * 60 + m.parse::<u32>().unwrap()
 }
 
+/// The environment's instances as EC2 describes them.
+fn described(rt: &tokio::runtime::Runtime, aws: &support::Clients) -> Vec<aws_sdk_ec2::types::Instance> {
+    rt.block_on(async {
+        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+        described.reservations().iter().flat_map(|r| r.instances()).cloned().collect()
+    })
+}
+
 /// Runs `command` on the node as root and returns its stdout.
 fn on_node(rt: &tokio::runtime::Runtime, key: &ClientKey, node: &Node, command: &str) -> String {
     let known_hosts = node.dir.path().join("known_hosts");
@@ -77,15 +85,10 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     let warned = String::from_utf8_lossy(&applied.stderr);
     assert!(applied.status.success(), "{warned}");
     assert!(warned.contains("reboot schedule: 4 new node(s) folded in, but 4 of 4 nodes were not written"), "{warned}");
-    let instances = rt.block_on(async {
-        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
-        described
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .map(|i| (i.instance_id().unwrap().to_owned(), i.private_ip_address().unwrap().to_owned()))
-            .collect::<Vec<_>>()
-    });
+    let instances: Vec<(String, String)> = described(&rt, &aws)
+        .iter()
+        .map(|i| (i.instance_id().unwrap().to_owned(), i.private_ip_address().unwrap().to_owned()))
+        .collect();
     assert_eq!(instances.len(), 4);
     let guard = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GUARD)).unwrap();
     let nodes: Vec<Node> = instances
@@ -126,18 +129,13 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     assert!(stdout.contains("Assigned: 4 nodes"), "{stdout}");
 
     // Each instance's tag and its node's configuration hold the same, scheduled time.
-    let tags = rt.block_on(async {
-        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
-        described
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .map(|i| {
-                let tag = i.tags().iter().find(|t| t.key() == Some("kstack:reboot-time")).and_then(|t| t.value()).map(str::to_owned);
-                (i.instance_id().unwrap().to_owned(), tag)
-            })
-            .collect::<std::collections::BTreeMap<_, _>>()
-    });
+    let tags: std::collections::BTreeMap<String, Option<String>> = described(&rt, &aws)
+        .iter()
+        .map(|i| {
+            let tag = i.tags().iter().find(|t| t.key() == Some("kstack:reboot-time")).and_then(|t| t.value()).map(str::to_owned);
+            (i.instance_id().unwrap().to_owned(), tag)
+        })
+        .collect();
     for ((id, _), node) in instances.iter().zip(&nodes) {
         let slot = slots.iter().find(|s| s["instance"] == id.as_str()).unwrap();
         let time = slot["time"].as_str().unwrap();

@@ -37,6 +37,16 @@ fn fleet_at(octet: u8) -> Project {
     project
 }
 
+/// A fleet of `size` applied, then given a new instance type: every instance outdated.
+/// Returns the instances it had.
+fn outdated_fleet(moto: &Moto, rt: &tokio::runtime::Runtime, octet: u8, size: u32, hooks: &str) -> (Project, Clients, Vec<String>) {
+    let (project, aws) = applied_fleet(moto, rt, fleet_at(octet), size, "", hooks);
+    let before = instance_ids(&aws, rt);
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    (project, aws, before)
+}
+
 fn instance_ids(aws: &Clients, rt: &tokio::runtime::Runtime) -> Vec<String> {
     rt.block_on(aws.group(GROUP)).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect()
 }
@@ -277,10 +287,7 @@ fn a_failing_readiness_hook_stops_the_roll_with_the_group_as_it_was_and_resume_f
     let rt = runtime();
     let scratch = tempfile::tempdir().unwrap();
     let flag = scratch.path().join("node-ready");
-    let (project, aws) = applied_fleet(&moto, &rt, fleet_at(31), 2, "", &format!("  readiness: test -e {}\n", flag.display()));
-    let before = instance_ids(&aws, &rt);
-    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let (project, aws, before) = outdated_fleet(&moto, &rt, 31, 2, &format!("  readiness: test -e {}\n", flag.display()));
 
     let stopped = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
     assert_eq!(stopped.status.code(), Some(1), "{}", stderr(&stopped));
@@ -336,10 +343,7 @@ fn kill_when_surged(project: &Project, moto: &Moto) {
 fn a_roll_killed_mid_batch_resumes_without_losing_or_leaking_an_instance() {
     let moto = Moto::start();
     let rt = runtime();
-    let (project, aws) = applied_fleet(&moto, &rt, fleet_at(32), 3, "", "  readiness: sleep 1\n");
-    let before = instance_ids(&aws, &rt);
-    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let (project, aws, before) = outdated_fleet(&moto, &rt, 32, 3, "  readiness: sleep 1\n");
 
     kill_mid_roll(&project, &moto);
     let group = rt.block_on(aws.group(GROUP));
@@ -369,10 +373,7 @@ fn a_roll_killed_mid_batch_resumes_without_losing_or_leaking_an_instance() {
 fn an_aborted_roll_puts_the_group_back_to_its_size_and_processes() {
     let moto = Moto::start();
     let rt = runtime();
-    let (project, aws) = applied_fleet(&moto, &rt, fleet_at(33), 2, "", "  readiness: sleep 1\n");
-    let before = instance_ids(&aws, &rt);
-    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let (project, aws, before) = outdated_fleet(&moto, &rt, 33, 2, "  readiness: sleep 1\n");
 
     kill_mid_roll(&project, &moto);
     assert_eq!(rt.block_on(aws.group(GROUP)).desired_capacity(), Some(3));

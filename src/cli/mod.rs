@@ -118,6 +118,12 @@ pub enum Failure {
     Reported,
 }
 
+/// Reports an error (with a hint on what to do) and returns the failure that says so.
+fn fail(message: &str, hint: Option<&str>) -> Failure {
+    term::error(message, hint);
+    Failure::Reported
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",

@@ -19,7 +19,7 @@ use crate::state::StateStore;
 
 use super::provision::SshArgs;
 use super::session::runtime;
-use super::{load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
 /// write each node's slot over SSH.
@@ -92,11 +92,6 @@ struct Schedule {
     zone_gap_minutes: u32,
     /// Running groups without reboot settings.
     unscheduled_groups: Vec<String>,
-}
-
-fn fail(message: &str, hint: Option<&str>) -> Failure {
-    term::error(message, hint);
-    Failure::Reported
 }
 
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {

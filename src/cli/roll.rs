@@ -9,7 +9,7 @@ use crate::state::StateStore;
 
 use super::provision::SshArgs;
 use super::session::runtime;
-use super::{load_and_compile, report_problems, term, Failure};
+use super::{fail, load_and_compile, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -101,11 +101,6 @@ pub fn unfinished(env: &str, record: &RollRecord) -> (String, String) {
         format!("a roll of `{env}` started {} by `{}` did not finish; {why}", record.started, record.command),
         format!("run `kstack roll {env} --resume` to continue it, or `kstack roll {env} --abort` to restore the group's size and forget it"),
     )
-}
-
-fn fail(message: &str, hint: Option<&str>) -> Failure {
-    term::error(message, hint);
-    Failure::Reported
 }
 
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
