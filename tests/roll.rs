@@ -387,3 +387,23 @@ fn an_aborted_roll_puts_the_group_back_to_its_size_and_processes() {
     let state = std::fs::read_to_string(project.path().join(".kstack/state/fleet.json")).unwrap();
     assert!(!state.contains("\"roll\""), "the roll is forgotten: {state}");
 }
+
+#[test]
+fn a_launch_configuration_group_rolls_onto_its_new_configuration() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = applied_fleet(&moto, &rt, fleet_at(34), 2, "    launch: configuration\n", "  validate: 'true'\n");
+    let before = instance_ids(&aws, &rt);
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    // AWS reports each instance's launch configuration; the emulator reports the group's
+    // current one for every instance, so here the instance type is what gives them away.
+    let group = rt.block_on(aws.group(GROUP));
+    assert!(group.launch_configuration_name().is_some() && group.launch_template().is_none());
+    let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    assert_eq!(stdout(&rolled).trim(), "app: 2 replaced");
+    let after = instance_ids(&aws, &rt);
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|id| !before.contains(id)), "{before:?} -> {after:?}");
+}
