@@ -191,10 +191,10 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         move |event| events.event(event),
     ));
     progress.finish();
-    report(&outcome, what, &plan, &store.path())
+    report(&outcome, what, &plan, &store.location())
 }
 
-fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_path: &Path) -> Result<(), Failure> {
+fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), Failure> {
     if let Some(error) = &outcome.state_error {
         term::error(error, Some("AWS was changed but state could not be saved; the next plan finds the resources by tag"));
         return Err(Failure::Reported);
@@ -206,7 +206,7 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_path: &
             s.create + s.replace,
             s.update,
             s.delete + s.replace,
-            state_path.display()
+            state_location
         );
         return Ok(());
     }

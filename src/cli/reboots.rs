@@ -15,10 +15,9 @@ use crate::reboots::schedule::slots;
 use crate::reboots::stats::{birthday, random_within_gap, worst_within_gap};
 use crate::reboots::{assign, node_config, violations, Fleet, Member};
 use crate::ssh::{Connection, Login};
-use crate::state::StateStore;
 
 use super::provision::SshArgs;
-use super::session::runtime;
+use super::session::{open_store, runtime};
 use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
@@ -104,12 +103,14 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             Some("add `reboots: { window: { start: \"03:00\", end: \"05:00\" } }` to the environment (or to a node group)"),
         ));
     }
-    let store = StateStore::new(&project.root, &environment.name);
+    let runtime = runtime()?;
     let _lock = match args.assign {
-        true => Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?),
+        true => {
+            let store = runtime.block_on(open_store(project, environment))?;
+            Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
+        }
         false => None,
     };
-    let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
     let seed = args.seed.unwrap_or_else(rand::random);
     let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;

@@ -5,10 +5,9 @@ use std::time::Duration;
 use crate::aws::Cloud;
 use crate::model::{Amount, PolicyOverrides, Project};
 use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
-use crate::state::StateStore;
 
 use super::provision::SshArgs;
-use super::session::runtime;
+use super::session::{open_store, runtime};
 use super::{fail, load_and_compile, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
@@ -108,7 +107,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     let env = &environment.name;
-    let store = StateStore::new(&project.root, env);
+    let runtime = runtime()?;
+    let store = runtime.block_on(open_store(project, environment))?;
     let command = format!("kstack roll {}", args.env);
     let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let unknown: Vec<&str> = args
@@ -121,7 +121,6 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
         return Err(fail(&format!("`{env}` has no node group {}", unknown.join(", ")), Some(&format!("its groups: {}", names.join(", ")))));
     }
-    let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, env));
     let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
     let progress = |line: &str| eprintln!("roll: {line}");

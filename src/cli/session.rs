@@ -12,7 +12,7 @@ use crate::model::Project;
 use crate::plan::{plan, Plan};
 use crate::state::{Lock, State, StateStore};
 
-use super::{load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 pub struct Session {
     pub environment: String,
@@ -58,6 +58,13 @@ pub enum Desired {
     Nothing,
 }
 
+/// The state store the environment names (S3 connects and checks its bucket).
+pub async fn open_store(project: &Project, environment: &crate::model::Environment) -> Result<StateStore, Failure> {
+    StateStore::open(&project.root, &environment.name, &environment.state)
+        .await
+        .map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+}
+
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new().map_err(|error| {
         term::error(&format!("cannot start the async runtime: {error}"), None);
@@ -71,15 +78,9 @@ impl Session {
         let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
         let environment = compiled.checked.environment.name.clone();
         let region = compiled.checked.environment.region.value.clone();
-        let store = StateStore::new(&project.root, &environment);
-        let lock = store.lock(command).map_err(|error| {
-            term::error(&error.to_string(), Some(&error.hint()));
-            Failure::Reported
-        })?;
-        let state = store.load().map_err(|error| {
-            term::error(&error.to_string(), Some("restore the file from a backup, or move it away to rebuild state from AWS tags"));
-            Failure::Reported
-        })?;
+        let store = open_store(project, &compiled.checked.environment).await?;
+        let lock = store.lock(command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         let cloud = Cloud::connect(&region, &environment).await;
         let mut graph = match desired {
             Desired::Model => compiled.graph,

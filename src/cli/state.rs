@@ -1,20 +1,29 @@
-//! `kstack state list|show|unlock <env>`
+//! `kstack state list|show|unlock|migrate <env>`
 
-use crate::model::Project;
+use crate::model::{Environment, Project, StateBackend};
 use crate::resource::Address;
-use crate::state::{Lock, StateStore};
+use crate::state::StateStore;
 
-use super::{term, Failure};
+use super::session::{open_store, runtime};
+use super::{fail, load_and_compile, report_problems, term, Failure};
 
-/// Inspect what kstack knows exists, or release a lock left by a run that died.
+/// Inspect what kstack knows exists, release a lock left by a run that died, or move state
+/// between the local and the S3 backend.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   kstack state list dev
   kstack state show dev asg.workers
-  kstack state unlock dev")]
+  kstack state unlock dev 3f2a9c01      the id is in the message of the command the lock refused
+  kstack state migrate dev --to s3      after adding `state: { backend: s3, bucket: ... }`")]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Target {
+    Local,
+    S3,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -35,7 +44,26 @@ enum Command {
     Unlock {
         /// Environment name.
         env: String,
+        /// The lock's id, from the message of the command it refused (required for S3).
+        lock_id: Option<String>,
     },
+    /// Copy the state between the local file and the S3 object the environment's `state:`
+    /// names, byte for byte, under both locks; the source is retired (a local file kept as
+    /// `.migrated`, an S3 object deleted with versioning keeping it).
+    Migrate {
+        /// Environment name.
+        env: String,
+        /// Where the state goes.
+        #[arg(long)]
+        to: Target,
+    },
+}
+
+/// The environment's model, for where its state lives.
+fn environment(project: &Project, env: &str) -> Result<Environment, Failure> {
+    let (sources, result) = load_and_compile(project, env);
+    let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
+    Ok(compiled.checked.environment)
 }
 
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
@@ -64,34 +92,67 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Unlock { env } => {
-            let store = StateStore::new(&project.root, env);
-            let path = store.lock_path();
-            let holder = Lock::holder(&path);
-            match Lock::force_release(&path) {
-                Ok(true) => {
-                    match holder {
-                        Some(h) => println!("removed the lock of `{env}` held by {}@{} (pid {}) since {}", h.holder, h.host, h.pid, h.started),
-                        None => println!("removed the lock of `{env}`"),
-                    }
-                    Ok(())
-                }
-                Ok(false) => {
-                    println!("`{env}` is not locked");
-                    Ok(())
-                }
-                Err(error) => {
-                    term::error(&format!("cannot remove {}: {error}", path.display()), None);
-                    Err(Failure::Reported)
-                }
+        Command::Unlock { env, lock_id } => {
+            let environment = environment(project, env)?;
+            let runtime = runtime()?;
+            let store = runtime.block_on(open_store(project, &environment))?;
+            match store.unlock(lock_id.as_deref()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
+                Some(h) => println!("removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}", h.id, h.holder, h.host, h.pid, h.command, h.started),
+                None => println!("`{env}` is not locked"),
             }
+            Ok(())
         }
+        Command::Migrate { env, to } => migrate(project, env, *to),
     }
 }
 
+fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
+    let environment = environment(project, env)?;
+    if environment.state == StateBackend::Local {
+        return Err(fail(
+            &format!("`{env}` names no S3 location for its state"),
+            Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
+        ));
+    }
+    let runtime = runtime()?;
+    let s3 = runtime.block_on(open_store(project, &environment))?;
+    let local = StateStore::local(&project.root, &environment.name);
+    let (source, target) = match to {
+        Target::S3 => (local, s3),
+        Target::Local => (s3, local),
+    };
+    let command = format!("kstack state migrate {env}");
+    let _source_lock = source.lock(&command).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let _target_lock = target.lock(&command).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let state_error = |e: crate::state::StateError| fail(&e.to_string(), Some(&e.hint()));
+    let Some(bytes) = source.read_raw().map_err(state_error)? else {
+        return Err(fail(&format!("there is no state of `{env}` in {}", source.location()), Some("nothing to migrate")));
+    };
+    match target.read_raw().map_err(state_error)? {
+        Some(existing) if existing == bytes => {}
+        Some(_) => {
+            return Err(fail(
+                &format!("{} already holds a different state of `{env}`; nothing was copied", target.location()),
+                Some("compare the two (`kstack state list`), keep one, and move the other away first"),
+            ))
+        }
+        None => target.write_raw(&bytes).map_err(state_error)?,
+    }
+    // Read back what landed before the source goes.
+    if target.read_raw().map_err(state_error)?.as_deref() != Some(bytes.as_slice()) {
+        return Err(fail(&format!("the copy in {} does not match; the source was kept", target.location()), None));
+    }
+    let retired = source.retire().map_err(state_error)?;
+    println!("Migrated the state of `{env}` ({} bytes) to {}; retired {retired}.", bytes.len(), target.location());
+    if matches!(to, Target::Local) {
+        term::warning(&format!("set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"));
+    }
+    Ok(())
+}
+
 fn load(project: &Project, env: &str) -> Result<crate::state::State, Failure> {
-    StateStore::new(&project.root, env).load().map_err(|error| {
-        term::error(&error.to_string(), None);
-        Failure::Reported
-    })
+    let environment = environment(project, env)?;
+    let runtime = runtime()?;
+    let store = runtime.block_on(open_store(project, &environment))?;
+    store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }

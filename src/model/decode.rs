@@ -35,6 +35,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     let security_groups = section(map.get("security_groups"), "security group", &mut undecoded, problems, security_group);
     let iam_roles = section(map.get("iam_roles"), "IAM role", &mut undecoded, problems, iam_role);
     let load_balancers = section(map.get("load_balancers"), "load balancer", &mut undecoded, problems, load_balancer);
+    let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, region.as_ref(), problems));
     // A group's own `reboots:` is merged over the environment's.
     let reboots_node = map.get("reboots");
     let reboots = reboots_node.and_then(|n| reboot_policy(n, problems));
@@ -70,9 +71,30 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         node_groups,
         roll_order,
         roll_hooks,
+        state: state?,
         reboots,
         undecoded,
     })
+}
+
+/// `state: { backend: s3, bucket, key, region, kms_key_id }`; `backend: local` is the default.
+fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>>, problems: &mut Problems) -> Option<StateBackend> {
+    let mut map = MapReader::new(node, "state settings", problems)?;
+    let s3 = map.get("backend").and_then(|n| choice(n, &[("local", false), ("s3", true)], problems)).is_some_and(|c| c.value);
+    let bucket = if s3 { map.required("bucket", problems) } else { map.get("bucket") }.and_then(|n| string(n, problems));
+    let key = map.get("key").and_then(|n| string(n, problems)).map(|k| k.value);
+    let bucket_region = map.get("region").and_then(|n| string(n, problems)).map(|r| r.value);
+    let kms_key_id = map.get("kms_key_id").and_then(|n| string(n, problems)).map(|k| k.value);
+    map.finish(problems);
+    if !s3 {
+        return Some(StateBackend::Local);
+    }
+    Some(StateBackend::S3(S3State {
+        bucket: bucket?.value,
+        key: key.unwrap_or_else(|| format!("kstack/{environment}.json")),
+        region: bucket_region.or_else(|| region.map(|r| r.value.clone())).unwrap_or_default(),
+        kms_key_id,
+    }))
 }
 
 fn roll_hooks(node: &Node, problems: &mut Problems) -> Option<RollHooks> {

@@ -38,6 +38,8 @@ pub struct Environment {
     /// Node groups rolled first, in this order; the others follow in file order.
     pub roll_order: Vec<Spanned<String>>,
     pub roll_hooks: RollHooks,
+    /// Where the environment's state and lock live.
+    pub state: StateBackend,
     /// The environment's reboot settings, whose `window.time_zone` and `zone_gap_minutes` hold for every group.
     pub reboots: Option<RebootPolicy>,
     /// (kind, name) of entries that had problems of their own and were left out above.
@@ -212,6 +214,26 @@ pub struct NodeGroup {
     pub roll: RollPolicy,
     /// When its nodes may reboot for OS updates (`kstack reboots`), if anywhere says.
     pub reboots: Option<RebootPolicy>,
+}
+
+/// Where an environment's state lives: a file under `.kstack/state/` (the default), or an
+/// S3 object shared by a team, locked with S3 conditional writes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StateBackend {
+    #[default]
+    Local,
+    S3(S3State),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3State {
+    pub bucket: String,
+    /// The state object's key; its lock is `<key>.lock`.
+    pub key: String,
+    /// The bucket's region, when not the environment's.
+    pub region: String,
+    /// SSE-KMS key for the state object, when not the bucket's default encryption.
+    pub kms_key_id: Option<String>,
 }
 
 /// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with

@@ -1,7 +1,6 @@
-//! The exclusive lock of an environment: a file created with `O_EXCL`, holding who took it.
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
+//! The exclusive lock of an environment and who holds it. The local backend's lock is a
+//! file created with `O_EXCL`; the S3 backend's is an object created with `If-None-Match: *`
+//! and renewed as a lease (see `s3.rs`). Both record the same [`LockInfo`].
 
 use serde::{Deserialize, Serialize};
 
@@ -9,124 +8,113 @@ use super::now_rfc3339;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
+    /// Names this lock for `kstack state unlock <env> <id>`.
+    #[serde(default)]
+    pub id: String,
     pub holder: String,
     pub host: String,
     pub pid: u32,
     pub command: String,
     pub started: String,
+    /// Until when the holder's lease runs (S3 backend): a live holder renews it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl LockInfo {
+    /// Who is taking the lock now, for `command`.
+    pub fn ours(command: &str) -> LockInfo {
+        LockInfo {
+            id: format!("{:08x}", rand::random::<u32>()),
+            holder: std::env::var("USER").unwrap_or_else(|_| String::from("unknown")),
+            host: hostname(),
+            pid: std::process::id(),
+            command: command.to_owned(),
+            started: now_rfc3339(),
+            expires: None,
+        }
+    }
+
+    pub fn unknown() -> LockInfo {
+        LockInfo {
+            id: String::new(),
+            holder: String::from("unknown"),
+            host: String::from("unknown-host"),
+            pid: 0,
+            command: String::from("unknown command"),
+            started: String::from("an unknown time"),
+            expires: None,
+        }
+    }
+
+    /// Whether the holder is certainly gone: a process of this host that no longer runs, or
+    /// a lease that ran out.
+    pub fn is_stale(&self) -> bool {
+        let dead_here = self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
+        // RFC 3339 UTC timestamps of one format compare as text.
+        let lapsed = self.expires.as_ref().is_some_and(|expires| expires.as_str() < now_rfc3339().as_str());
+        dead_here || lapsed
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "environment `{environment}` is locked by {}@{} (pid {}, `{}`) since {}",
-        info.holder, info.host, info.pid, info.command, info.started
+        "environment `{environment}` is locked by {}@{} (pid {}, `{}`) since {} [lock {}]{}",
+        info.holder, info.host, info.pid, info.command, info.started, info.id,
+        info.expires.as_ref().map(|e| format!(", lease until {e}")).unwrap_or_default()
     )]
     Held { environment: String, info: Box<LockInfo>, stale: bool },
-    #[error("cannot take the lock {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("the lock of `{environment}` is [lock {held}], not [lock {given}]; nothing was removed")]
+    WrongId { environment: String, held: String, given: String },
+    #[error("unlocking `{environment}` needs the lock's id: it is held by {}@{} (`{}`) since {} [lock {}]", info.holder, info.host, info.command, info.started, info.id)]
+    IdNeeded { environment: String, info: Box<LockInfo> },
+    #[error("cannot take or release the lock {location}: {message}")]
+    Io { location: String, message: String },
 }
 
 impl LockError {
     pub fn hint(&self) -> String {
         match self {
-            LockError::Held { environment, stale: true, .. } => format!(
-                "that process is no longer running; if no other kstack is working on `{environment}`, run `kstack state unlock {environment}`"
+            LockError::Held { environment, stale: true, info } => format!(
+                "that run is gone (its process ended or its lease ran out); if no other kstack is working on `{environment}`, run `kstack state unlock {environment} {}`",
+                info.id
             ),
-            LockError::Held { environment, .. } => format!(
-                "wait for it to finish; if it died on another machine, run `kstack state unlock {environment}`"
+            LockError::Held { environment, info, .. } => format!(
+                "wait for it to finish; if it died on another machine, run `kstack state unlock {environment} {}`",
+                info.id
             ),
-            LockError::Io { .. } => String::from("check that the project directory is writable"),
+            LockError::WrongId { environment, .. } => format!("check the id in the message of the command that was refused, or `kstack state unlock {environment}` to see it"),
+            LockError::IdNeeded { environment, info } => format!("if that run is gone: `kstack state unlock {environment} {}`", info.id),
+            LockError::Io { .. } => String::from("check access to where the state lives (the project directory, or the bucket)"),
         }
     }
 }
 
 /// Held while it lives; dropping it releases the lock.
-#[derive(Debug)]
 pub struct Lock {
-    path: PathBuf,
+    pub(super) release: Option<Box<dyn FnOnce() + Send>>,
 }
 
-fn hostname() -> String {
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lock")
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| String::from("unknown-host"))
-}
-
-impl Lock {
-    pub fn acquire(path: &Path, environment: &str, command: &str) -> Result<Lock, LockError> {
-        let io = |source| LockError::Io { path: path.to_owned(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let info = LockInfo {
-            holder: std::env::var("USER").unwrap_or_else(|_| String::from("unknown")),
-            host: hostname(),
-            pid: std::process::id(),
-            command: command.to_owned(),
-            started: now_rfc3339(),
-        };
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
-            Ok(mut file) => {
-                let text = serde_json::to_string_pretty(&info).unwrap_or_default();
-                file.write_all(text.as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok(Lock { path: path.to_owned() })
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                let info = Lock::holder(path).unwrap_or(LockInfo {
-                    holder: String::from("unknown"),
-                    host: String::from("unknown-host"),
-                    pid: 0,
-                    command: String::from("unknown command"),
-                    started: String::from("an unknown time"),
-                });
-                let stale = info.host == hostname() && !Path::new(&format!("/proc/{}", info.pid)).exists();
-                Err(LockError::Held { environment: environment.to_owned(), info: Box::new(info), stale })
-            }
-            Err(error) => Err(io(error)),
-        }
-    }
-
-    /// Who holds the lock at `path`, if anyone.
-    pub fn holder(path: &Path) -> Option<LockInfo> {
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-    }
-
-    /// Removes a lock left by a run that died.
-    pub fn force_release(path: &Path) -> std::io::Result<bool> {
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(true),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(error),
-        }
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_taker_is_refused_and_told_who_holds_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dev.lock");
-        let first = Lock::acquire(&path, "dev", "kstack apply dev").unwrap();
-        let error = Lock::acquire(&path, "dev", "kstack plan dev").unwrap_err();
-        let message = error.to_string();
-        assert!(message.contains("locked by"), "{message}");
-        assert!(message.contains("kstack apply dev"), "{message}");
-        assert!(matches!(error, LockError::Held { stale: false, .. }));
-        drop(first);
-        assert!(Lock::acquire(&path, "dev", "kstack plan dev").is_ok());
-    }
 }

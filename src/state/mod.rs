@@ -1,13 +1,16 @@
-//! Local state: one JSON file per environment under `.kstack/state/`, holding what kstack
-//! knows exists (address, id, attributes). It is written atomically after every change in
-//! AWS, so a crash loses at most the change in flight, which refresh then finds by tag.
+//! State: what kstack knows exists (address, id, attributes) and an unfinished roll, per
+//! environment, written after every change in AWS, so a crash loses at most the change in
+//! flight, which refresh then finds by tag. It lives in a local file (the default,
+//! `local.rs`) or in S3 for teams (`s3.rs`); both lock the environment (`lock.rs`).
 
+mod local;
 mod lock;
+mod s3;
 mod time;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,21 +18,46 @@ pub use lock::{Lock, LockError, LockInfo};
 pub use time::now_rfc3339;
 
 use crate::aws::Observed;
+use crate::model::StateBackend;
 use crate::resource::Address;
 use crate::roll::RollRecord;
+use local::LocalBackend;
+use s3::S3Backend;
 
 const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("state file {path} is not valid kstack state: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
-    #[error("state file {path} has format version {found}; this kstack reads version {FORMAT_VERSION}")]
-    Version { path: PathBuf, found: u32 },
-    #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the state {location}: {message}")]
+    Read { location: String, message: String },
+    #[error("the state {location} is not valid kstack state: {source}")]
+    Parse { location: String, source: serde_json::Error },
+    #[error("the state {location} has format version {found}; this kstack reads version {FORMAT_VERSION}")]
+    Version { location: String, found: u32 },
+    #[error("cannot write the state {location}: {message}")]
+    Write { location: String, message: String },
+    #[error("the state {location} changed since kstack read it; nothing was overwritten")]
+    Conflict { location: String },
+    #[error("bucket {bucket} has versioning off; kstack keeps state only where every write can be recovered")]
+    Unversioned { bucket: String },
+    #[error("the environment keeps its state in {configured}, which has none, but {found} exists")]
+    Elsewhere { configured: String, found: String },
+}
+
+impl StateError {
+    pub fn hint(&self) -> String {
+        match self {
+            StateError::Conflict { .. } => String::from("another run wrote it (was the lock bypassed?); run the command again to work from the new state"),
+            StateError::Unversioned { bucket } => {
+                format!("aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled")
+            }
+            StateError::Elsewhere { .. } => String::from("move it there with `kstack state migrate <env> --to s3`, or set `state: { backend: local }`"),
+            StateError::Parse { .. } | StateError::Version { .. } => {
+                String::from("restore it from a backup (or an earlier S3 version), or move it away to rebuild state from AWS tags")
+            }
+            StateError::Read { .. } | StateError::Write { .. } => String::from("check access to where the state lives, then run again"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,80 +73,113 @@ pub struct State {
     pub roll: Option<RollRecord>,
 }
 
-/// Where an environment's state and lock live.
-#[derive(Debug, Clone)]
+/// Where an environment's state and lock live. Cloning shares the backend (and so the
+/// version of the state it last read).
+#[derive(Clone)]
 pub struct StateStore {
-    dir: PathBuf,
-    environment: String,
+    local: Arc<LocalBackend>,
+    s3: Option<Arc<S3Backend>>,
 }
 
 impl StateStore {
-    pub fn new(project_root: &Path, environment: &str) -> StateStore {
-        StateStore {
-            dir: project_root.join(".kstack").join("state"),
-            environment: environment.to_owned(),
+    /// The local backend: `.kstack/state/<env>.json` under the project.
+    pub fn local(project_root: &Path, environment: &str) -> StateStore {
+        let local = LocalBackend { dir: project_root.join(".kstack").join("state"), environment: environment.to_owned() };
+        StateStore { local: Arc::new(local), s3: None }
+    }
+
+    /// The backend the environment's `state:` names. S3 needs a running tokio runtime.
+    pub async fn open(project_root: &Path, environment: &str, backend: &StateBackend) -> Result<StateStore, StateError> {
+        let mut store = StateStore::local(project_root, environment);
+        if let StateBackend::S3(location) = backend {
+            store.s3 = Some(Arc::new(S3Backend::connect(location, environment).await?));
+        }
+        Ok(store)
+    }
+
+    /// Where the state lives, for messages.
+    pub fn location(&self) -> String {
+        match &self.s3 {
+            Some(s3) => s3.location(),
+            None => self.local.path().display().to_string(),
         }
     }
 
-    pub fn path(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", self.environment))
+    pub fn is_local(&self) -> bool {
+        self.s3.is_none()
     }
 
-    pub fn lock_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.lock", self.environment))
+    /// The stored state's bytes as they are, if there is any.
+    pub fn read_raw(&self) -> Result<Option<Vec<u8>>, StateError> {
+        match &self.s3 {
+            Some(s3) => s3.read(),
+            None => self.local.read(),
+        }
+    }
+
+    /// Writes `bytes` where none are stored yet (S3: conditionally; local: atomically).
+    pub fn write_raw(&self, bytes: &[u8]) -> Result<(), StateError> {
+        match &self.s3 {
+            Some(s3) => s3.write(bytes),
+            None => self.local.write(bytes),
+        }
+    }
+
+    /// Retires the stored state after it was migrated elsewhere: a local file is kept aside
+    /// as `<env>.json.migrated`; an S3 object is deleted (the bucket's versioning keeps it).
+    pub fn retire(&self) -> Result<String, StateError> {
+        match &self.s3 {
+            Some(s3) => s3.retire().map(|()| format!("{} (deleted; versioning keeps it)", s3.location())),
+            None => self.local.retire().map(|aside| format!("{} (kept as {})", self.local.path().display(), aside.display())),
+        }
     }
 
     /// Takes the environment's exclusive lock for the lifetime of the returned guard.
     pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
-        Lock::acquire(&self.lock_path(), &self.environment, command)
+        match &self.s3 {
+            Some(s3) => s3.lock(command),
+            None => self.local.lock(command),
+        }
+    }
+
+    /// Removes the lock (only the one named `id`, when given; S3 requires it).
+    pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+        match &self.s3 {
+            Some(s3) => s3.unlock(id),
+            None => self.local.unlock(id),
+        }
     }
 
     /// The stored state, or an empty one for an environment never applied.
     pub fn load(&self) -> Result<State, StateError> {
-        let path = self.path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(State {
-                    version: FORMAT_VERSION,
-                    environment: self.environment.clone(),
-                    serial: 0,
-                    updated: now_rfc3339(),
-                    resources: BTreeMap::new(),
-                    roll: None,
-                })
+        let location = self.location();
+        let Some(bytes) = self.read_raw()? else {
+            if self.s3.is_some() && self.local.path().exists() {
+                return Err(StateError::Elsewhere { configured: location, found: self.local.path().display().to_string() });
             }
-            Err(source) => return Err(StateError::Read { path, source }),
+            return Ok(State {
+                version: FORMAT_VERSION,
+                environment: self.local.environment.clone(),
+                serial: 0,
+                updated: now_rfc3339(),
+                resources: BTreeMap::new(),
+                roll: None,
+            });
         };
-        let state: State = serde_json::from_str(&text).map_err(|source| StateError::Parse { path: path.clone(), source })?;
+        let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse { location: location.clone(), source })?;
         if state.version != FORMAT_VERSION {
-            return Err(StateError::Version { path, found: state.version });
+            return Err(StateError::Version { location, found: state.version });
         }
         Ok(state)
     }
 
-    /// Writes the state atomically: a temporary file, synced, renamed over the old one.
-    /// Readable by the owner only, since attributes describe the account's infrastructure.
+    /// Writes the state with a new serial: atomically to a local file, or to S3 only if the
+    /// object is still the version this store read.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
         state.serial += 1;
         state.updated = now_rfc3339();
-        let path = self.path();
-        let error = |source| StateError::Write { path: path.clone(), source };
-        std::fs::create_dir_all(&self.dir).map_err(error)?;
-        let temporary = self.dir.join(format!(".{}.json.{}.tmp", self.environment, std::process::id()));
-        let mut text = serde_json::to_vec_pretty(state).map_err(|e| error(std::io::Error::other(e)))?;
+        let mut text = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write { location: self.location(), message: e.to_string() })?;
         text.push(b'\n');
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&temporary).map_err(error)?;
-        file.write_all(&text).map_err(error)?;
-        file.sync_all().map_err(error)?;
-        std::fs::rename(&temporary, &path).map_err(error)?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        self.write_raw(&text)
     }
 }

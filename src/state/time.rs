@@ -3,8 +3,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_rfc3339() -> String {
-    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    rfc3339(seconds)
+    rfc3339_in(0)
+}
+
+/// The instant `seconds` from now.
+pub fn rfc3339_in(seconds: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    rfc3339(now + seconds)
 }
 
 fn rfc3339(unix_seconds: u64) -> String {

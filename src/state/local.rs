@@ -1,0 +1,124 @@
+//! The local backend: `.kstack/state/<env>.json` and its lock file `<env>.lock`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::lock::{Lock, LockError, LockInfo};
+use super::StateError;
+
+#[derive(Debug, Clone)]
+pub struct LocalBackend {
+    pub dir: PathBuf,
+    pub environment: String,
+}
+
+impl LocalBackend {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.environment))
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.lock", self.environment))
+    }
+
+    pub fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.path();
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Read { location: path.display().to_string(), message: source.to_string() }),
+        }
+    }
+
+    /// Writes atomically: a temporary file, synced, renamed over the old one. Readable by
+    /// the owner only, since attributes describe the account's infrastructure.
+    pub fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.path();
+        let error = |source: std::io::Error| StateError::Write { location: path.display().to_string(), message: source.to_string() };
+        std::fs::create_dir_all(&self.dir).map_err(error)?;
+        let temporary = self.dir.join(format!(".{}.json.{}.tmp", self.environment, std::process::id()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary).map_err(error)?;
+        file.write_all(bytes).map_err(error)?;
+        file.sync_all().map_err(error)?;
+        std::fs::rename(&temporary, &path).map_err(error)?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Moves the state file aside after it was migrated elsewhere, keeping it as a backup.
+    pub fn retire(&self) -> Result<PathBuf, StateError> {
+        let path = self.path();
+        let aside = path.with_extension("json.migrated");
+        std::fs::rename(&path, &aside).map_err(|e| StateError::Write { location: path.display().to_string(), message: e.to_string() })?;
+        Ok(aside)
+    }
+
+    pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
+        let path = self.lock_path();
+        let io = |source: std::io::Error| LockError::Io { location: path.display().to_string(), message: source.to_string() };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let info = LockInfo::ours(command);
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                let text = serde_json::to_string_pretty(&info).unwrap_or_default();
+                file.write_all(text.as_bytes()).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                let owned = path.clone();
+                Ok(Lock { release: Some(Box::new(move || drop(std::fs::remove_file(owned)))) })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let info = holder(&path).unwrap_or_else(LockInfo::unknown);
+                let stale = info.is_stale();
+                Err(LockError::Held { environment: self.environment.clone(), info: Box::new(info), stale })
+            }
+            Err(error) => Err(io(error)),
+        }
+    }
+
+    /// Removes the lock (when `id` is given, only if it is that one). Returns who held it.
+    pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+        let path = self.lock_path();
+        let Some(info) = holder(&path).or_else(|| path.exists().then(LockInfo::unknown)) else { return Ok(None) };
+        if let Some(given) = id {
+            if given != info.id {
+                return Err(LockError::WrongId { environment: self.environment.clone(), held: info.id, given: given.to_owned() });
+            }
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(Some(info)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(LockError::Io { location: path.display().to_string(), message: error.to_string() }),
+        }
+    }
+}
+
+fn holder(path: &Path) -> Option<LockInfo> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_taker_is_refused_and_told_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend { dir: dir.path().to_owned(), environment: String::from("dev") };
+        let first = backend.lock("kstack apply dev").unwrap();
+        let error = backend.lock("kstack plan dev").unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("locked by") && message.contains("kstack apply dev"), "{message}");
+        assert!(matches!(error, LockError::Held { stale: false, .. }));
+        drop(first);
+        let second = backend.lock("kstack plan dev").unwrap();
+        let LockError::WrongId { .. } = backend.unlock(Some("nope")).unwrap_err() else { panic!("a wrong id removes nothing") };
+        drop(second);
+        assert!(backend.unlock(None).unwrap().is_none(), "released on drop");
+    }
+}
