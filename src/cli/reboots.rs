@@ -106,7 +106,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let runtime = runtime()?;
     let _lock = match args.assign {
         true => {
-            let store = runtime.block_on(open_store(project, environment))?;
+            let store = open_store(project, environment)?;
             Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
         }
         false => None,

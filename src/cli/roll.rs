@@ -108,7 +108,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let environment = &compiled.checked.environment;
     let env = &environment.name;
     let runtime = runtime()?;
-    let store = runtime.block_on(open_store(project, environment))?;
+    let store = open_store(project, environment)?;
     let command = format!("kstack roll {}", args.env);
     let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let unknown: Vec<&str> = args

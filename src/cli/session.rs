@@ -59,10 +59,8 @@ pub enum Desired {
 }
 
 /// The state store the environment names (S3 connects and checks its bucket).
-pub async fn open_store(project: &Project, environment: &crate::model::Environment) -> Result<StateStore, Failure> {
-    StateStore::open(&project.root, &environment.name, &environment.state)
-        .await
-        .map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+pub fn open_store(project: &Project, environment: &crate::model::Environment) -> Result<StateStore, Failure> {
+    StateStore::open(&project.root, &environment.name, &environment.state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -78,7 +76,7 @@ impl Session {
         let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
         let environment = compiled.checked.environment.name.clone();
         let region = compiled.checked.environment.region.value.clone();
-        let store = open_store(project, &compiled.checked.environment).await?;
+        let store = open_store(project, &compiled.checked.environment)?;
         let lock = store.lock(command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         let cloud = Cloud::connect(&region, &environment).await;

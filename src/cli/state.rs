@@ -4,7 +4,7 @@ use crate::model::{Environment, Project, StateBackend};
 use crate::resource::Address;
 use crate::state::StateStore;
 
-use super::session::{open_store, runtime};
+use super::session::open_store;
 use super::{fail, load_and_compile, report_problems, term, Failure};
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
@@ -94,8 +94,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         }
         Command::Unlock { env, lock_id } => {
             let environment = environment(project, env)?;
-            let runtime = runtime()?;
-            let store = runtime.block_on(open_store(project, &environment))?;
+            let store = open_store(project, &environment)?;
             match store.unlock(lock_id.as_deref()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
                 Some(h) => println!("removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}", h.id, h.holder, h.host, h.pid, h.command, h.started),
                 None => println!("`{env}` is not locked"),
@@ -114,8 +113,7 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
             Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
         ));
     }
-    let runtime = runtime()?;
-    let s3 = runtime.block_on(open_store(project, &environment))?;
+    let s3 = open_store(project, &environment)?;
     let local = StateStore::local(&project.root, &environment.name);
     let (source, target) = match to {
         Target::S3 => (local, s3),
@@ -152,7 +150,6 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
 
 fn load(project: &Project, env: &str) -> Result<crate::state::State, Failure> {
     let environment = environment(project, env)?;
-    let runtime = runtime()?;
-    let store = runtime.block_on(open_store(project, &environment))?;
+    let store = open_store(project, &environment)?;
     store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }

@@ -88,11 +88,11 @@ impl StateStore {
         StateStore { local: Arc::new(local), s3: None }
     }
 
-    /// The backend the environment's `state:` names. S3 needs a running tokio runtime.
-    pub async fn open(project_root: &Path, environment: &str, backend: &StateBackend) -> Result<StateStore, StateError> {
+    /// The backend the environment's `state:` names (S3: connected, its bucket checked).
+    pub fn open(project_root: &Path, environment: &str, backend: &StateBackend) -> Result<StateStore, StateError> {
         let mut store = StateStore::local(project_root, environment);
         if let StateBackend::S3(location) = backend {
-            store.s3 = Some(Arc::new(S3Backend::connect(location, environment).await?));
+            store.s3 = Some(Arc::new(S3Backend::connect(location, environment)?));
         }
         Ok(store)
     }

@@ -25,7 +25,13 @@ use crate::model::S3State;
 const LEASE: Duration = Duration::from_secs(60);
 const RENEW_EVERY: Duration = Duration::from_secs(20);
 
+/// The backend. Its requests run on a small runtime of its own, so they complete whatever
+/// the caller's runtime is doing (apply writes state while other tasks wait for it).
 pub struct S3Backend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: aws_sdk_s3::Client,
     bucket: String,
     key: String,
@@ -33,16 +39,29 @@ pub struct S3Backend {
     environment: String,
     /// The state object's ETag as last read or written: `Some(None)` when it did not exist.
     version: Mutex<Option<Option<String>>>,
-    /// The runtime the blocking methods run their requests on.
-    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
-/// Runs `future` to completion from synchronous code, inside or outside the runtime.
-fn block<F: Future>(handle: &tokio::runtime::Handle, future: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(|| handle.block_on(future)),
-        Err(_) => handle.block_on(future),
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which async contexts forbid; nothing of it is pending.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
+}
+
+/// Runs `future` on `runtime` and waits for it, from synchronous or asynchronous code.
+fn run_on<T: Send + 'static>(runtime: &tokio::runtime::Runtime, future: impl Future<Output = T> + Send + 'static) -> T {
+    let task = runtime.spawn(future);
+    let wait = || runtime.block_on(task);
+    let joined = match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(wait),
+        // On a current-thread runtime, or none: wait on another thread.
+        Ok(_) => std::thread::scope(|scope| scope.spawn(wait).join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+        Err(_) => wait(),
+    };
+    joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
 }
 
 /// Whether S3 refused a conditional request because its condition did not hold.
@@ -63,40 +82,15 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(error: &aws_s
     }
 }
 
-impl S3Backend {
-    /// Connects to the bucket and checks that versioning is on.
-    pub async fn connect(location: &S3State, environment: &str) -> Result<S3Backend, StateError> {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(location.region.clone()))
-            .load()
-            .await;
-        // A custom endpoint (an S3-compatible store, or an emulator) seldom serves
-        // bucket-named host names; AWS itself gets the default, virtual-hosted style.
-        let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-        let client = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint).build());
-        let backend = S3Backend {
-            client,
-            bucket: location.bucket.clone(),
-            key: location.key.clone(),
-            kms_key_id: location.kms_key_id.clone(),
-            environment: environment.to_owned(),
-            version: Mutex::new(None),
-            handle: tokio::runtime::Handle::current(),
-        };
-        let versioning = backend
-            .client
-            .get_bucket_versioning()
-            .bucket(&backend.bucket)
-            .send()
-            .await
-            .map_err(|e| StateError::Read { location: backend.location(), message: describe(&e) })?;
-        if versioning.status() != Some(&BucketVersioningStatus::Enabled) {
-            return Err(StateError::Unversioned { bucket: backend.bucket.clone() });
+impl Inner {
+    fn run<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
+        match &self.runtime {
+            Some(runtime) => run_on(runtime, future),
+            None => unreachable!("the runtime lives as long as the backend"),
         }
-        Ok(backend)
     }
 
-    pub fn location(&self) -> String {
+    fn location(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
     }
 
@@ -104,109 +98,184 @@ impl S3Backend {
         format!("{}.lock", self.key)
     }
 
+    fn lock_error(&self, message: String) -> LockError {
+        LockError::Io { location: format!("s3://{}/{}", self.bucket, self.lock_key()), message }
+    }
+}
+
+/// The lock object's holder and ETag, if there is one.
+async fn holder(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<(LockInfo, String)>, String> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(output) => {
+            let etag = output.e_tag().unwrap_or_default().to_owned();
+            let body = output.body.collect().await.map_err(|e| e.to_string())?.into_bytes();
+            Ok(Some((serde_json::from_slice(&body).unwrap_or_else(|_| LockInfo::unknown()), etag)))
+        }
+        Err(error) if is_missing(&error) => Ok(None),
+        Err(error) => Err(describe(&error)),
+    }
+}
+
+impl S3Backend {
+    /// Connects to the bucket and checks that versioning is on.
+    pub fn connect(location: &S3State, environment: &str) -> Result<S3Backend, StateError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kstack-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| StateError::Read { location: format!("s3://{}/{}", location.bucket, location.key), message: e.to_string() })?;
+        let region = location.region.clone();
+        let client = run_on(&runtime, async move {
+            let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(region)).load().await;
+            // A custom endpoint (an S3-compatible store, or an emulator) seldom serves
+            // bucket-named host names; AWS itself gets the default, virtual-hosted style.
+            let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+            aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint).build())
+        });
+        let inner = Inner {
+            client,
+            bucket: location.bucket.clone(),
+            key: location.key.clone(),
+            kms_key_id: location.kms_key_id.clone(),
+            environment: environment.to_owned(),
+            version: Mutex::new(None),
+            runtime: Some(runtime),
+        };
+        let (client, bucket) = (inner.client.clone(), inner.bucket.clone());
+        let enabled = inner.run(async move {
+            match client.get_bucket_versioning().bucket(bucket).send().await {
+                Ok(versioning) => Ok(versioning.status() == Some(&BucketVersioningStatus::Enabled)),
+                // Some S3-compatible servers (the test emulator among them) answer with another
+                // root element, which the SDK rejects; the status inside is what matters.
+                Err(error) if error.raw_response().is_some_and(|r| r.status().is_success()) => Ok(error
+                    .raw_response()
+                    .and_then(|r| r.body().bytes())
+                    .is_some_and(|body| String::from_utf8_lossy(body).contains("<Status>Enabled</Status>"))),
+                Err(error) => Err(describe(&error)),
+            }
+        });
+        match enabled {
+            Ok(true) => Ok(S3Backend { inner: Arc::new(inner) }),
+            Ok(false) => Err(StateError::Unversioned { bucket: inner.bucket.clone() }),
+            Err(message) => Err(StateError::Read { location: inner.location(), message }),
+        }
+    }
+
+    pub fn location(&self) -> String {
+        self.inner.location()
+    }
+
     /// The state object's bytes, remembering its version for the next write.
     pub fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
-        block(&self.handle, async {
-            let got = self.client.get_object().bucket(&self.bucket).key(&self.key).send().await;
-            let (bytes, etag) = match got {
+        let inner = &self.inner;
+        let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.key.clone());
+        let got = inner.run(async move {
+            match client.get_object().bucket(bucket).key(key).send().await {
                 Ok(output) => {
                     let etag = output.e_tag().map(str::to_owned);
-                    let body = output.body.collect().await.map_err(|e| StateError::Read { location: self.location(), message: e.to_string() })?;
-                    (Some(body.into_bytes().to_vec()), etag)
+                    let body = output.body.collect().await.map_err(|e| e.to_string())?;
+                    Ok((Some(body.into_bytes().to_vec()), etag))
                 }
-                Err(error) if is_missing(&error) => (None, None),
-                Err(error) => return Err(StateError::Read { location: self.location(), message: describe(&error) }),
-            };
-            if let Ok(mut version) = self.version.lock() {
-                *version = Some(etag);
+                Err(error) if is_missing(&error) => Ok((None, None)),
+                Err(error) => Err(describe(&error)),
             }
-            Ok(bytes)
-        })
+        });
+        let (bytes, etag) = got.map_err(|message| StateError::Read { location: inner.location(), message })?;
+        if let Ok(mut version) = inner.version.lock() {
+            *version = Some(etag);
+        }
+        Ok(bytes)
     }
 
     /// Writes the state object if it is still the version last read (or written).
     pub fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
-        let known = self.version.lock().ok().and_then(|v| v.clone());
+        let inner = &self.inner;
         // Never read: only a first write is safe.
-        let expected = known.unwrap_or(None);
-        block(&self.handle, async {
-            let mut put = self.client.put_object().bucket(&self.bucket).key(&self.key).body(ByteStream::from(bytes.to_vec()));
-            put = match &expected {
-                Some(etag) => put.if_match(etag),
-                None => put.if_none_match("*"),
-            };
-            if let Some(kms) = &self.kms_key_id {
-                put = put.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(kms);
-            }
+        let expected = inner.version.lock().ok().and_then(|v| v.clone()).unwrap_or(None);
+        let mut put = inner.client.put_object().bucket(&inner.bucket).key(&inner.key).body(ByteStream::from(bytes.to_vec()));
+        put = match &expected {
+            Some(etag) => put.if_match(etag),
+            None => put.if_none_match("*"),
+        };
+        if let Some(kms) = &inner.kms_key_id {
+            put = put.server_side_encryption(ServerSideEncryption::AwsKms).ssekms_key_id(kms);
+        }
+        let sent = inner.run(async move {
             match put.send().await {
-                Ok(output) => {
-                    if let Ok(mut version) = self.version.lock() {
-                        *version = Some(output.e_tag().map(str::to_owned));
-                    }
-                    Ok(())
-                }
-                Err(error) if is_precondition(&error) => Err(StateError::Conflict { location: self.location() }),
-                Err(error) => Err(StateError::Write { location: self.location(), message: describe(&error) }),
+                Ok(output) => Ok(output.e_tag().map(str::to_owned)),
+                Err(error) if is_precondition(&error) => Err(None),
+                Err(error) => Err(Some(describe(&error))),
             }
-        })
+        });
+        match sent {
+            Ok(etag) => {
+                if let Ok(mut version) = inner.version.lock() {
+                    *version = Some(etag);
+                }
+                Ok(())
+            }
+            Err(None) => Err(StateError::Conflict { location: inner.location() }),
+            Err(Some(message)) => Err(StateError::Write { location: inner.location(), message }),
+        }
     }
 
     /// Deletes the state object after a migration elsewhere (versioning keeps it), if it is
     /// still the version read.
     pub fn retire(&self) -> Result<(), StateError> {
-        let expected = self.version.lock().ok().and_then(|v| v.clone()).flatten();
-        block(&self.handle, async {
-            let mut delete = self.client.delete_object().bucket(&self.bucket).key(&self.key);
-            if let Some(etag) = &expected {
-                delete = delete.if_match(etag);
-            }
+        let inner = &self.inner;
+        let expected = inner.version.lock().ok().and_then(|v| v.clone()).flatten();
+        let mut delete = inner.client.delete_object().bucket(&inner.bucket).key(&inner.key);
+        if let Some(etag) = &expected {
+            delete = delete.if_match(etag);
+        }
+        let sent = inner.run(async move {
             match delete.send().await {
                 Ok(_) => Ok(()),
-                Err(error) if is_precondition(&error) => Err(StateError::Conflict { location: self.location() }),
-                Err(error) => Err(StateError::Write { location: self.location(), message: describe(&error) }),
+                Err(error) if is_precondition(&error) => Err(None),
+                Err(error) => Err(Some(describe(&error))),
             }
+        });
+        sent.map_err(|error| match error {
+            None => StateError::Conflict { location: inner.location() },
+            Some(message) => StateError::Write { location: inner.location(), message },
         })
     }
 
-    fn lock_error(&self, error: String) -> LockError {
-        LockError::Io { location: format!("s3://{}/{}", self.bucket, self.lock_key()), message: error }
-    }
-
-    /// The lock object's holder and ETag, if there is one.
-    async fn holder(&self) -> Result<Option<(LockInfo, String)>, LockError> {
-        match self.client.get_object().bucket(&self.bucket).key(self.lock_key()).send().await {
-            Ok(output) => {
-                let etag = output.e_tag().unwrap_or_default().to_owned();
-                let body = output.body.collect().await.map_err(|e| self.lock_error(e.to_string()))?.into_bytes();
-                Ok(Some((serde_json::from_slice(&body).unwrap_or_else(|_| LockInfo::unknown()), etag)))
-            }
-            Err(error) if is_missing(&error) => Ok(None),
-            Err(error) => Err(self.lock_error(describe(&error))),
-        }
-    }
-
     pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
+        let inner = &self.inner;
         let mut info = LockInfo::ours(command);
         info.expires = Some(rfc3339_in(LEASE.as_secs()));
         let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
-        let created = block(&self.handle, self.client.put_object().bucket(&self.bucket).key(self.lock_key()).body(ByteStream::from(body)).if_none_match("*").send());
-        let etag = match created {
-            Ok(output) => output.e_tag().unwrap_or_default().to_owned(),
-            Err(error) if is_precondition(&error) => {
-                let (held, _) = block(&self.handle, self.holder())?.unwrap_or_else(|| (LockInfo::unknown(), String::new()));
-                let stale = held.is_stale();
-                return Err(LockError::Held { environment: self.environment.clone(), info: Box::new(held), stale });
+        let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.lock_key());
+        let created = inner.run(async move {
+            match client.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).if_none_match("*").send().await {
+                Ok(output) => Ok(Ok(output.e_tag().unwrap_or_default().to_owned())),
+                Err(error) if is_precondition(&error) => holder(&client, &bucket, &key).await.map(Err),
+                Err(error) => Err(describe(&error)),
             }
-            Err(error) => return Err(self.lock_error(describe(&error))),
+        });
+        let etag = match created.map_err(|message| inner.lock_error(message))? {
+            Ok(etag) => etag,
+            Err(held) => {
+                let held = held.map_or_else(LockInfo::unknown, |(info, _)| info);
+                let stale = held.is_stale();
+                return Err(LockError::Held { environment: inner.environment.clone(), info: Box::new(held), stale });
+            }
         };
         let etag = Arc::new(Mutex::new(etag));
-        let renewal = self.handle.spawn(renew(self.client.clone(), self.bucket.clone(), self.lock_key(), info, Arc::clone(&etag)));
-        let (client, bucket, key, handle) = (self.client.clone(), self.bucket.clone(), self.lock_key(), self.handle.clone());
+        let renewal = inner.runtime.as_ref().map(|runtime| {
+            runtime.spawn(renew(inner.client.clone(), inner.bucket.clone(), inner.lock_key(), info, Arc::clone(&etag)))
+        });
+        let owner = Arc::clone(inner);
         let release = move || {
-            renewal.abort();
+            if let Some(renewal) = renewal {
+                renewal.abort();
+            }
             let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
             // Only our lock: if someone broke and retook it, theirs stays.
-            let _ = block(&handle, client.delete_object().bucket(bucket).key(key).if_match(current).send());
+            let delete = owner.client.delete_object().bucket(&owner.bucket).key(owner.lock_key()).if_match(current);
+            owner.run(async move { drop(delete.send().await) });
         };
         Ok(Lock { release: Some(Box::new(release)) })
     }
@@ -214,23 +283,27 @@ impl S3Backend {
     /// Removes the lock if it is the one named `id`; the id is required, since the holder may
     /// be alive on another machine. Returns who held it.
     pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
-        block(&self.handle, async {
-            let Some((info, etag)) = self.holder().await? else { return Ok(None) };
-            let Some(given) = id else {
-                return Err(LockError::IdNeeded { environment: self.environment.clone(), info: Box::new(info) });
-            };
-            if given != info.id {
-                return Err(LockError::WrongId { environment: self.environment.clone(), held: info.id, given: given.to_owned() });
-            }
-            match self.client.delete_object().bucket(&self.bucket).key(self.lock_key()).if_match(etag).send().await {
-                Ok(_) => Ok(Some(info)),
+        let inner = &self.inner;
+        let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.lock_key());
+        let Some((info, etag)) = inner.run(async move { holder(&client, &bucket, &key).await }).map_err(|m| inner.lock_error(m))? else {
+            return Ok(None);
+        };
+        let Some(given) = id else {
+            return Err(LockError::IdNeeded { environment: inner.environment.clone(), info: Box::new(info) });
+        };
+        if given != info.id {
+            return Err(LockError::WrongId { environment: inner.environment.clone(), held: info.id, given: given.to_owned() });
+        }
+        let delete = inner.client.delete_object().bucket(&inner.bucket).key(inner.lock_key()).if_match(etag);
+        let deleted = inner.run(async move {
+            match delete.send().await {
+                Ok(_) => Ok(()),
                 // Renewed or retaken meanwhile: its holder is alive.
-                Err(error) if is_precondition(&error) => {
-                    Err(LockError::Io { location: self.lock_key(), message: String::from("the lock changed while it was being removed: its holder is alive") })
-                }
-                Err(error) => Err(self.lock_error(describe(&error))),
+                Err(error) if is_precondition(&error) => Err(String::from("the lock changed while it was being removed: its holder is alive")),
+                Err(error) => Err(describe(&error)),
             }
-        })
+        });
+        deleted.map(|()| Some(info)).map_err(|message| inner.lock_error(message))
     }
 }
 

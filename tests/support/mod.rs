@@ -94,6 +94,7 @@ pub struct Clients {
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub iam: aws_sdk_iam::Client,
+    pub s3: aws_sdk_s3::Client,
 }
 
 impl Clients {
@@ -105,6 +106,7 @@ impl Clients {
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
             elb: aws_sdk_elasticloadbalancing::Client::new(&config),
             iam: aws_sdk_iam::Client::new(&config),
+            s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build()),
         }
     }
 

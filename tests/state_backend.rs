@@ -1,0 +1,179 @@
+//! The S3 state backend on the emulator: applies keep state in the bucket, a second run is
+//! locked out with the holder named, a stale lock is removed only by its id, a writer that
+//! lost a race does not overwrite, and state migrates local → S3 → local byte for byte.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, VersioningConfiguration};
+use support::{runtime, Clients, Moto, Project};
+
+const FLEET: &str = "environments/fleet.yaml";
+const BUCKET: &str = "kstack-state";
+const KEY: &str = "teams/fleet.json";
+
+fn bucket(rt: &tokio::runtime::Runtime, aws: &Clients, name: &str, versioned: bool) {
+    rt.block_on(async {
+        let location = CreateBucketConfiguration::builder().location_constraint(BucketLocationConstraint::EuWest1).build();
+        aws.s3.create_bucket().bucket(name).create_bucket_configuration(location).send().await.unwrap();
+        if versioned {
+            let versioning = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+            aws.s3.put_bucket_versioning().bucket(name).versioning_configuration(versioning).send().await.unwrap();
+        }
+    });
+}
+
+fn object(rt: &tokio::runtime::Runtime, aws: &Clients, key: &str) -> Option<Vec<u8>> {
+    rt.block_on(async {
+        let got = aws.s3.get_object().bucket(BUCKET).key(key).send().await.ok()?;
+        Some(got.body.collect().await.unwrap().into_bytes().to_vec())
+    })
+}
+
+/// The fixture fleet in `10.<octet>.0.0/16` with `state` appended, and a seeded image.
+fn fleet(moto: &Moto, rt: &tokio::runtime::Runtime, octet: u8, state: &str) -> (Project, Clients) {
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", &format!("10.{octet}.0.0/16"));
+    project.edit(FLEET, "SUBNET_CIDR", &format!("10.{octet}.1.0/24"));
+    let text = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{text}{state}"));
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    (project, aws)
+}
+
+fn s3_state(extra: &str) -> String {
+    format!("state: {{ backend: s3, bucket: {BUCKET}, key: {KEY}{extra} }}\n")
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn applies_share_state_in_s3_and_a_second_run_is_locked_out_until_an_explicit_unlock() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt, 50, &s3_state(", kms_key_id: alias/kstack-state"));
+    bucket(&rt, &aws, BUCKET, true);
+
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let stored: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).expect("state in the bucket")).unwrap();
+    assert!(stored["resources"].as_object().unwrap().len() >= 5, "{stored}");
+    assert!(!project.path().join(".kstack/state/fleet.json").exists(), "nothing local");
+    assert!(object(&rt, &aws, &format!("{KEY}.lock")).is_none(), "the lock is released");
+    let head = rt.block_on(aws.s3.head_object().bucket(BUCKET).key(KEY).send()).unwrap();
+    assert_eq!(head.ssekms_key_id(), Some("alias/kstack-state"), "written with the configured KMS key");
+    project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+
+    // Two applies at once: the second is refused with the first named, the first finishes.
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    let mut first = project.kstack_process(&moto).args(["apply", "fleet", "--auto-approve"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while object(&rt, &aws, &format!("{KEY}.lock")).is_none() {
+        assert!(Instant::now() < deadline, "the first apply never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let refused = stderr(&second);
+    assert!(refused.contains("environment `fleet` is locked by") && refused.contains("`kstack apply fleet`"), "{refused}");
+    assert!(refused.contains("lease until"), "{refused}");
+    assert!(first.wait().unwrap().success());
+    let after: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
+    assert!(after["serial"].as_u64() > stored["serial"].as_u64());
+    project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+
+    // A holder that crashed on another machine: its lease ran out, but only its id unlocks.
+    let crashed = serde_json::json!({
+        "id": "0badc0de", "holder": "ci", "host": "runner-7", "pid": 4242,
+        "command": "kstack apply fleet", "started": "2026-01-01T00:00:00Z", "expires": "2026-01-01T00:01:00Z"
+    });
+    rt.block_on(aws.s3.put_object().bucket(BUCKET).key(format!("{KEY}.lock")).body(ByteStream::from(crashed.to_string().into_bytes())).send())
+        .unwrap();
+    let locked = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(locked.status.code(), Some(1));
+    let message = stderr(&locked);
+    assert!(message.contains("locked by ci@runner-7 (pid 4242, `kstack apply fleet`)") && message.contains("[lock 0badc0de]"), "{message}");
+    assert!(message.contains("its lease ran out") && message.contains("kstack state unlock fleet 0badc0de"), "{message}");
+    let no_id = project.kstack(&moto).args(["state", "unlock", "fleet"]).output().unwrap();
+    assert!(stderr(&no_id).contains("needs the lock's id"), "{}", stderr(&no_id));
+    let wrong = project.kstack(&moto).args(["state", "unlock", "fleet", "12345678"]).output().unwrap();
+    assert!(stderr(&wrong).contains("nothing was removed"), "{}", stderr(&wrong));
+    assert!(object(&rt, &aws, &format!("{KEY}.lock")).is_some());
+    let unlocked = project.kstack(&moto).args(["state", "unlock", "fleet", "0badc0de"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&unlocked.stdout).contains("removed the lock of `fleet` [lock 0badc0de] held by ci@runner-7"));
+    project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+}
+
+#[test]
+fn a_writer_that_lost_the_race_does_not_overwrite() {
+    let moto = Moto::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let aws = rt.block_on(moto.clients());
+    bucket(&rt, &aws, BUCKET, true);
+    for (key, value) in moto.env() {
+        std::env::set_var(key, value);
+    }
+    let root = tempfile::tempdir().unwrap();
+    let backend = kstack::model::StateBackend::S3(kstack::model::S3State {
+        bucket: BUCKET.into(),
+        key: KEY.into(),
+        region: "eu-west-1".into(),
+        kms_key_id: None,
+    });
+    let ours = kstack::state::StateStore::open(root.path(), "fleet", &backend).unwrap();
+    let mut state = ours.load().unwrap();
+    ours.save(&mut state).unwrap();
+    let mut state = ours.load().unwrap();
+    // Another writer gets in between our read and our write.
+    let theirs = kstack::state::StateStore::open(root.path(), "fleet", &backend).unwrap();
+    let mut their_state = theirs.load().unwrap();
+    their_state.serial = 41;
+    theirs.save(&mut their_state).unwrap();
+    let error = ours.save(&mut state).unwrap_err();
+    assert!(error.to_string().contains("changed since kstack read it; nothing was overwritten"), "{error}");
+    let stored: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
+    assert_eq!(stored["serial"], 42, "the winner's write stands");
+}
+
+#[test]
+fn state_migrates_local_to_s3_and_back_byte_for_byte_and_an_unversioned_bucket_is_refused() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt, 51, "");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let local = project.path().join(".kstack/state/fleet.json");
+    let original = std::fs::read(&local).unwrap();
+
+    // Without versioning, the bucket is refused.
+    let text = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{text}state: {{ backend: s3, bucket: unversioned, key: {KEY} }}\n"));
+    bucket(&rt, &aws, "unversioned", false);
+    let refused = project.kstack(&moto).args(["state", "migrate", "fleet", "--to", "s3"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("bucket unversioned has versioning off"), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("put-bucket-versioning --bucket unversioned"), "{}", stderr(&refused));
+
+    project.edit(FLEET, "bucket: unversioned", &format!("bucket: {BUCKET}"));
+    bucket(&rt, &aws, BUCKET, true);
+    let moved = project.kstack(&moto).args(["state", "migrate", "fleet", "--to", "s3"]).output().unwrap();
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    assert_eq!(object(&rt, &aws, KEY).as_deref(), Some(original.as_slice()), "byte for byte in S3");
+    assert!(!local.exists() && project.path().join(".kstack/state/fleet.json.migrated").exists());
+    project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+
+    let back = project.kstack(&moto).args(["state", "migrate", "fleet", "--to", "local"]).output().unwrap();
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert_eq!(std::fs::read(&local).unwrap(), original, "local → S3 → local is byte-identical");
+    assert!(object(&rt, &aws, KEY).is_none(), "retired from the bucket");
+    let versions = rt.block_on(aws.s3.list_object_versions().bucket(BUCKET).prefix(KEY).send()).unwrap();
+    assert!(!versions.versions().is_empty(), "versioning keeps the retired copy");
+
+    // The environment still names S3, which is empty now: kstack says where the state is.
+    let elsewhere = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(elsewhere.status.code(), Some(1));
+    assert!(stderr(&elsewhere).contains("which has none, but") && stderr(&elsewhere).contains("fleet.json exists"), "{}", stderr(&elsewhere));
+}
