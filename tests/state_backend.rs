@@ -123,6 +123,7 @@ fn a_writer_that_lost_the_race_does_not_overwrite() {
         key: KEY.into(),
         region: "eu-west-1".into(),
         kms_key_id: None,
+        lease_seconds: 60,
     });
     let ours = kstack::state::StateStore::open(root.path(), "fleet", &backend).unwrap();
     let mut state = ours.load().unwrap();
@@ -176,4 +177,41 @@ fn state_migrates_local_to_s3_and_back_byte_for_byte_and_an_unversioned_bucket_i
     let elsewhere = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
     assert_eq!(elsewhere.status.code(), Some(1));
     assert!(stderr(&elsewhere).contains("which has none, but") && stderr(&elsewhere).contains("fleet.json exists"), "{}", stderr(&elsewhere));
+}
+
+#[test]
+fn a_long_run_renews_its_lease_and_keeps_its_roll_journal_in_s3() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let hooks = "roll_hooks:\n  readiness: sleep 5\n";
+    let (project, aws) = fleet(&moto, &rt, 52, &format!("{hooks}{}", s3_state(", lock_lease_seconds: 3")));
+    bucket(&rt, &aws, BUCKET, true);
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+
+    let mut roll = project.kstack_process(&moto).args(["roll", "fleet"]).spawn().unwrap();
+    let lock = format!("{KEY}.lock");
+    let expiry = || object(&rt, &aws, &lock).map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["expires"].clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(expires) = expiry() {
+            break expires;
+        }
+        assert!(Instant::now() < deadline, "the roll never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // While the roll waits on its hook, its lease is extended (every second for a 3 s lease).
+    let mut renewed = false;
+    while Instant::now() < deadline && !renewed {
+        std::thread::sleep(Duration::from_millis(500));
+        renewed = expiry().is_some_and(|now| now != first);
+    }
+    assert!(renewed, "the lease was renewed past {first}");
+    let journal: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
+    assert!(journal["roll"]["group"]["auto_scaling_group"] == "fleet-app", "the roll's journal is in the bucket: {journal}");
+    assert!(roll.wait().unwrap().success());
+    assert!(object(&rt, &aws, &lock).is_none(), "released at the end");
+    let done: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
+    assert!(done.get("roll").is_none(), "the finished roll is forgotten: {done}");
 }

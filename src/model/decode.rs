@@ -85,6 +85,7 @@ fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>
     let key = map.get("key").and_then(|n| string(n, problems)).map(|k| k.value);
     let bucket_region = map.get("region").and_then(|n| string(n, problems)).map(|r| r.value);
     let kms_key_id = map.get("kms_key_id").and_then(|n| string(n, problems)).map(|k| k.value);
+    let lease_seconds = map.get("lock_lease_seconds").map_or(Some(60), |n| number(n, 3..=3600u64, problems).map(|s| s.value));
     map.finish(problems);
     if !s3 {
         return Some(StateBackend::Local);
@@ -94,6 +95,7 @@ fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>
         key: key.unwrap_or_else(|| format!("kstack/{environment}.json")),
         region: bucket_region.or_else(|| region.map(|r| r.value.clone())).unwrap_or_default(),
         kms_key_id,
+        lease_seconds: lease_seconds?,
     }))
 }
 

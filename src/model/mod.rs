@@ -234,6 +234,8 @@ pub struct S3State {
     pub region: String,
     /// SSE-KMS key for the state object, when not the bucket's default encryption.
     pub kms_key_id: Option<String>,
+    /// How long a lock holds without renewal; a live holder renews it every third of that.
+    pub lease_seconds: u64,
 }
 
 /// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with

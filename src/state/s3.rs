@@ -21,10 +21,6 @@ use super::time::rfc3339_in;
 use super::StateError;
 use crate::model::S3State;
 
-/// How long a lock holds without renewal, and how often a live holder renews it.
-const LEASE: Duration = Duration::from_secs(60);
-const RENEW_EVERY: Duration = Duration::from_secs(20);
-
 /// The backend. Its requests run on a small runtime of its own, so they complete whatever
 /// the caller's runtime is doing (apply writes state while other tasks wait for it).
 pub struct S3Backend {
@@ -37,6 +33,8 @@ struct Inner {
     key: String,
     kms_key_id: Option<String>,
     environment: String,
+    /// How long a lock holds without renewal; renewed every third of it.
+    lease: Duration,
     /// The state object's ETag as last read or written: `Some(None)` when it did not exist.
     version: Mutex<Option<Option<String>>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -139,6 +137,7 @@ impl S3Backend {
             key: location.key.clone(),
             kms_key_id: location.kms_key_id.clone(),
             environment: environment.to_owned(),
+            lease: Duration::from_secs(location.lease_seconds),
             version: Mutex::new(None),
             runtime: Some(runtime),
         };
@@ -245,7 +244,7 @@ impl S3Backend {
     pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
         let inner = &self.inner;
         let mut info = LockInfo::ours(command);
-        info.expires = Some(rfc3339_in(LEASE.as_secs()));
+        info.expires = Some(rfc3339_in(inner.lease.as_secs()));
         let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
         let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.lock_key());
         let created = inner.run(async move {
@@ -265,7 +264,7 @@ impl S3Backend {
         };
         let etag = Arc::new(Mutex::new(etag));
         let renewal = inner.runtime.as_ref().map(|runtime| {
-            runtime.spawn(renew(inner.client.clone(), inner.bucket.clone(), inner.lock_key(), info, Arc::clone(&etag)))
+            runtime.spawn(renew(inner.client.clone(), inner.bucket.clone(), inner.lock_key(), info, Arc::clone(&etag), inner.lease))
         });
         let owner = Arc::clone(inner);
         let release = move || {
@@ -308,10 +307,10 @@ impl S3Backend {
 }
 
 /// Extends the lease until the lock is released (the task is aborted) or taken from us.
-async fn renew(client: aws_sdk_s3::Client, bucket: String, key: String, mut info: LockInfo, etag: Arc<Mutex<String>>) {
+async fn renew(client: aws_sdk_s3::Client, bucket: String, key: String, mut info: LockInfo, etag: Arc<Mutex<String>>, lease: Duration) {
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        info.expires = Some(rfc3339_in(LEASE.as_secs()));
+        tokio::time::sleep(lease / 3).await;
+        info.expires = Some(rfc3339_in(lease.as_secs()));
         let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
         let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
         match client.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).if_match(current).send().await {
