@@ -318,7 +318,7 @@ fn kill_mid_roll(project: &Project, moto: &Moto) {
     kill_when_surged(project, moto);
     let locked = project.kstack(moto).args(["roll", "fleet", "--resume"]).output().unwrap();
     assert!(stderr(&locked).contains("is locked by") && stderr(&locked).contains("`kstack roll fleet`"), "{}", stderr(&locked));
-    assert!(stderr(&locked).contains("that process is no longer running"), "{}", stderr(&locked));
+    assert!(stderr(&locked).contains("that run is gone"), "{}", stderr(&locked));
     project.kstack(moto).args(["state", "unlock", "fleet"]).assert().success();
 }
 
