@@ -139,12 +139,7 @@ pub async fn apply(
         match (action.action, resource, actual) {
             (ActionKind::Create, Some(resource), _) => changes.push(Step::Create(resource)),
             (ActionKind::Update, Some(resource), Some(actual)) => {
-                let mut changed: Vec<String> = action
-                    .changes
-                    .iter()
-                    .map(|c| c.path.split('.').next().unwrap_or_default().to_owned())
-                    .collect();
-                changed.dedup();
+                let changed = changed_attributes(&action.changes);
                 changes.push(Step::Update { resource, actual, changed });
             }
             (ActionKind::Replace, Some(resource), Some(actual)) => {
@@ -292,11 +287,24 @@ async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
                 .map(|()| actual.id.clone()),
             Step::Delete(actual) => aws::delete(&context.cloud, actual, &ids).await.map(|()| actual.id.clone()),
         };
+        let result = match (result, step) {
+            // The create may have happened anyway: a reply lost, or an earlier attempt's.
+            (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() => {
+                match adopt(context, resource, &ids).await {
+                    Ok(Some(id)) => Ok(id),
+                    Ok(None) => Err(error),
+                    Err(lookup) => Err(if lookup.is_ambiguous() { error } else { lookup }),
+                }
+            }
+            (result, _) => result,
+        };
         match result {
             Ok(id) => break id,
             // Instances of a deleted group release their network interfaces a while later.
             Err(error)
-                if (error.is_transient() || (verb == Verb::Delete && error.is_code("DependencyViolation")))
+                if (error.is_transient()
+                    || error.is_ambiguous()
+                    || (verb == Verb::Delete && error.is_code("DependencyViolation")))
                     && Instant::now() + delay < deadline =>
             {
                 (context.events)(Event::Retrying { address: address.clone(), error, delay });
@@ -312,6 +320,26 @@ async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
     record(context, step, &id).map_err(StepError::State)?;
     (context.events)(Event::Finished { address, verb, id, elapsed: started.elapsed() });
     Ok(())
+}
+
+/// Top-level attributes that `changes` touch, as providers' updates take them.
+fn changed_attributes(changes: &[crate::plan::Change]) -> Vec<String> {
+    let mut changed: Vec<String> = changes.iter().map(|c| c.path.split('.').next().unwrap_or_default().to_owned()).collect();
+    changed.dedup();
+    changed
+}
+
+/// The resource a create made after all (its reply was lost, or an earlier attempt's was),
+/// found by its tags and brought in line with the model; `None` when AWS has no such resource.
+async fn adopt(context: &Context, resource: &Resource, ids: &Ids) -> Result<Option<String>, AwsError> {
+    let observed = aws::refresh(&context.cloud).await?;
+    let Some(found) = observed.into_iter().find(|o| o.address == resource.address) else { return Ok(None) };
+    let changes: Vec<crate::plan::Change> = crate::plan::diff::changes(resource, &found).into_iter().filter(|c| !c.forces_replacement).collect();
+    if !changes.is_empty() {
+        aws::update(&context.cloud, resource, &found, &changed_attributes(&changes), ids).await?;
+    }
+    tracing::info!("{}: adopted {} (created by an attempt whose reply was lost)", resource.address, found.id);
+    Ok(Some(found.id))
 }
 
 /// Writes the change to state before anything else starts depending on it.

@@ -30,6 +30,30 @@ impl AwsError {
         self.code.as_deref() == Some(code)
     }
 
+    /// Failures after which AWS may or may not have acted: the connection broke (a reply lost,
+    /// a reset, a timeout) or AWS failed internally.
+    pub fn is_ambiguous(&self) -> bool {
+        match self.code.as_deref() {
+            None => true,
+            Some(code) => matches!(code, "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "InternalServerError"),
+        }
+    }
+
+    /// A create refused because the resource is there already: an earlier attempt whose
+    /// reply was lost, or a resource kstack did not make.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some(
+                "EntityAlreadyExists"
+                    | "AlreadyExists"
+                    | "InvalidGroup.Duplicate"
+                    | "InvalidLaunchTemplateName.AlreadyExistsException"
+                    | "DuplicateLoadBalancerName"
+            )
+        )
+    }
+
     /// Failures that go away by themselves: throttling the SDK gave up on, and AWS's eventual
     /// consistency (a resource created a moment ago not yet visible to another API).
     pub fn is_transient(&self) -> bool {

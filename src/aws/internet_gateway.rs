@@ -32,6 +32,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .ec2
         .create_internet_gateway()
         .tag_specifications(ec2_tag_specification(ResourceType::InternetGateway, &resource.tags))
+        .customize()
+        .config_override(super::without_retries())
         .send()
         .await?;
     let id = created

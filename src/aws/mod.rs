@@ -175,6 +175,13 @@ fn ids_of(ids: &Ids, addresses: &[Address]) -> Result<Vec<String>, AwsError> {
 }
 
 /// Creates `resource` and returns its id.
+/// For creates AWS cannot deduplicate (no client token, no unique name): the SDK retrying
+/// after a lost reply would make a second resource, so kstack retries those itself, after
+/// looking for the first one by its tags (`apply`).
+pub(crate) fn without_retries() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(aws_config::retry::RetryConfig::disabled())
+}
+
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     use crate::resource::Spec;
     match &resource.spec {

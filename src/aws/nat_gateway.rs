@@ -24,6 +24,8 @@ pub async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<Str
         .allocate_address()
         .domain(DomainType::Vpc)
         .tag_specifications(ec2_tag_specification(ResourceType::ElasticIp, &resource.tags))
+        .customize()
+        .config_override(super::without_retries())
         .send()
         .await?;
     Ok(created.allocation_id().unwrap_or_default().to_owned())
@@ -61,6 +63,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .subnet_id(id_of(ids, subnet)?)
         .allocation_id(id_of(ids, elastic_ip)?)
         .tag_specifications(ec2_tag_specification(ResourceType::Natgateway, &resource.tags))
+        .customize()
+        .config_override(super::without_retries())
         .send()
         .await?;
     let id = created.nat_gateway().and_then(|n| n.nat_gateway_id()).unwrap_or_default().to_owned();

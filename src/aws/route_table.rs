@@ -50,6 +50,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .create_route_table()
         .vpc_id(id_of(ids, vpc)?)
         .tag_specifications(ec2_tag_specification(ResourceType::RouteTable, &resource.tags))
+        .customize()
+        .config_override(super::without_retries())
         .send()
         .await?;
     let id = created.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_owned();

@@ -51,6 +51,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .cidr_block(cidr.to_string())
         .availability_zone(zone)
         .tag_specifications(ec2_tag_specification(ResourceType::Subnet, &resource.tags))
+        .customize()
+        .config_override(super::without_retries())
         .send()
         .await?;
     let id = created.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();

@@ -26,6 +26,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource) -> Result<String, AwsErr
         .create_vpc()
         .cidr_block(cidr.to_string())
         .tag_specifications(ec2_tag_specification(ResourceType::Vpc, &resource.tags))
+        .customize()
+        .config_override(super::without_retries())
         .send()
         .await?;
     let id = created.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();

@@ -1,7 +1,7 @@
 //! The plan: what apply must do to turn the resources that exist into the ones the model
 //! describes. Pure: built from the compiled graph and a refresh, no I/O.
 
-mod diff;
+pub mod diff;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -109,8 +109,10 @@ async fn for_each_host(
         let (shared, slots, failures, events, host) =
             (Arc::clone(&shared), Arc::clone(&slots), Arc::clone(&failures), Arc::clone(&events), host.clone());
         let max_fail = options.max_fail;
+        // Hosts start in the order given, as slots free up.
+        let slot = slots.acquire_owned().await;
         running.spawn(async move {
-            let _slot = slots.acquire_owned().await;
+            let _slot = slot;
             if max_fail.is_some_and(|max| failures.load(std::sync::atomic::Ordering::SeqCst) > max) {
                 let report = HostReport {
                     host,
