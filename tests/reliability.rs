@@ -1,0 +1,132 @@
+//! Reliability: apply and destroy through a proxy that injects AWS faults (throttling, 5xx,
+//! resets, slow and lost replies), then checks with direct API calls that every run ended
+//! consistent: after apply, each resource exists exactly once and a plan finds nothing to do;
+//! after destroy, nothing tagged with the environment is left.
+//!
+//! `KSTACK_RELIABILITY_RUNS` (default 3) and `KSTACK_FAULT_RATE` (percent of requests, default
+//! 20) size it; CI runs the default, a longer soak is `KSTACK_RELIABILITY_RUNS=30 cargo test
+//! --test reliability -- --nocapture`.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::faults::{Fault, FaultProxy};
+use support::{env_filter, runtime, Clients, Moto, Project};
+
+const FLEET: &str = "environments/fleet.yaml";
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Runs `kstack <args>` through the proxy until it succeeds (a run a fault stopped is fine,
+/// as long as running it again converges); returns how many runs it took.
+fn until_success(project: &Project, moto: &Moto, proxy: &FaultProxy, args: &[&str]) -> Result<usize, String> {
+    let mut last = String::new();
+    for attempt in 1..=8 {
+        let mut command = project.kstack(moto);
+        for (key, value) in proxy.env() {
+            command.env(key, value);
+        }
+        let output = command.args(args).timeout(std::time::Duration::from_secs(600)).output().unwrap();
+        if output.status.success() {
+            return Ok(attempt);
+        }
+        last = String::from_utf8_lossy(&output.stderr).into_owned();
+    }
+    Err(format!("`kstack {}` never succeeded through the faults: {last}", args.join(" ")))
+}
+
+/// kstack's address tags of every resource of the environment that EC2 and Auto Scaling
+/// report, counted.
+fn tagged(rt: &tokio::runtime::Runtime, aws: &Clients, environment: &str) -> BTreeMap<String, usize> {
+    rt.block_on(async {
+        let mut addresses: Vec<String> = Vec::new();
+        let address = |tags: &[aws_sdk_ec2::types::Tag]| {
+            tags.iter().find(|t| t.key() == Some("kstack:address")).and_then(|t| t.value()).unwrap_or("?").to_owned()
+        };
+        let filter = env_filter(environment);
+        let vpcs = aws.ec2.describe_vpcs().filters(filter.clone()).send().await.unwrap();
+        addresses.extend(vpcs.vpcs().iter().map(|v| address(v.tags())));
+        let subnets = aws.ec2.describe_subnets().filters(filter.clone()).send().await.unwrap();
+        addresses.extend(subnets.subnets().iter().map(|s| address(s.tags())));
+        let tables = aws.ec2.describe_route_tables().filters(filter.clone()).send().await.unwrap();
+        addresses.extend(tables.route_tables().iter().map(|t| address(t.tags())));
+        let gateways = aws.ec2.describe_internet_gateways().filters(filter.clone()).send().await.unwrap();
+        addresses.extend(gateways.internet_gateways().iter().map(|g| address(g.tags())));
+        let groups = aws.ec2.describe_security_groups().filters(filter.clone()).send().await.unwrap();
+        addresses.extend(groups.security_groups().iter().map(|g| address(g.tags())));
+        let templates = aws.ec2.describe_launch_templates().filters(filter).send().await.unwrap();
+        addresses.extend(templates.launch_templates().iter().map(|t| address(t.tags())));
+        let scaling = aws.autoscaling.describe_auto_scaling_groups().send().await.unwrap();
+        addresses.extend(
+            scaling
+                .auto_scaling_groups()
+                .iter()
+                .filter(|g| g.tags().iter().any(|t| t.key() == Some("kstack:environment") && t.value() == Some(environment)))
+                .map(|g| g.tags().iter().find(|t| t.key() == Some("kstack:address")).and_then(|t| t.value()).unwrap_or("?").to_owned()),
+        );
+        let mut counted = BTreeMap::new();
+        for address in addresses {
+            *counted.entry(address).or_insert(0) += 1;
+        }
+        counted
+    })
+}
+
+#[test]
+fn apply_and_destroy_through_injected_faults_always_end_consistent() {
+    let runs = setting("KSTACK_RELIABILITY_RUNS", 3);
+    let rate = setting("KSTACK_FAULT_RATE", 20);
+    let rt = runtime();
+    let mut injected: BTreeMap<Fault, u64> = BTreeMap::new();
+    let mut inconsistent = Vec::new();
+    let mut reruns = 0;
+    for seed in 1..=runs {
+        let moto = Moto::start();
+        let aws = rt.block_on(moto.clients());
+        rt.block_on(aws.seed_image("node"));
+        let project = Project::fixture("project");
+        project.edit(FLEET, "VPC_CIDR", &format!("10.{}.0.0/16", 100 + seed));
+        project.edit(FLEET, "SUBNET_CIDR", &format!("10.{}.1.0/24", 100 + seed));
+        let proxy = FaultProxy::start(&moto.endpoint, seed, rate);
+
+        let mut check = |what: &str, result: Result<(), String>| {
+            if let Err(problem) = result {
+                inconsistent.push(format!("seed {seed}, {what}: {problem}"));
+            }
+        };
+        match until_success(&project, &moto, &proxy, &["apply", "fleet", "--auto-approve"]) {
+            Ok(attempts) => reruns += attempts - 1,
+            Err(problem) => check("apply", Err(problem)),
+        }
+        let counted = tagged(&rt, &aws, "fleet");
+        let duplicated: Vec<String> = counted.iter().filter(|(_, n)| **n > 1).map(|(a, n)| format!("{a} x{n}")).collect();
+        check("apply left duplicates", if duplicated.is_empty() { Ok(()) } else { Err(duplicated.join(", ")) });
+        let expected = ["asg.app", "launch_template.app", "route_table.nodes", "security_group.nodes", "subnet.nodes.eu-west-1a", "vpc.main"];
+        let missing: Vec<&str> = expected.iter().copied().filter(|a| !counted.contains_key(*a)).collect();
+        check("apply left resources missing", if missing.is_empty() { Ok(()) } else { Err(missing.join(", ")) });
+        let plan = project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).output().unwrap();
+        check("plan after apply", if plan.status.code() == Some(0) { Ok(()) } else { Err(String::from_utf8_lossy(&plan.stdout).into_owned()) });
+
+        match until_success(&project, &moto, &proxy, &["destroy", "fleet", "--auto-approve"]) {
+            Ok(attempts) => reruns += attempts - 1,
+            Err(problem) => check("destroy", Err(problem)),
+        }
+        let left = tagged(&rt, &aws, "fleet");
+        check("destroy left orphans", if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) });
+        for (fault, count) in proxy.injected() {
+            *injected.entry(fault).or_default() += count;
+        }
+    }
+    let total: u64 = injected.values().sum();
+    let kinds: Vec<String> = Fault::ALL.iter().map(|f| format!("{} {}", f.name(), injected.get(f).copied().unwrap_or(0))).collect();
+    println!(
+        "reliability: faults {total} injected ({}), {runs} apply/destroy runs, {reruns} reruns after a fault stopped one, {} inconsistent",
+        kinds.join(", "),
+        inconsistent.len()
+    );
+    assert!(total > 0, "the proxy injected faults");
+    assert_eq!(inconsistent, Vec::<String>::new());
+}
