@@ -130,3 +130,69 @@ fn apply_and_destroy_through_injected_faults_always_end_consistent() {
     assert!(total > 0, "the proxy injected faults");
     assert_eq!(inconsistent, Vec::<String>::new());
 }
+
+/// Runs `kstack <args>` and kills it (SIGKILL) after `after`; removes the lock a killed run
+/// leaves. Returns whether it was killed before it finished.
+fn kill_after(project: &Project, moto: &Moto, args: &[&str], after: std::time::Duration) -> bool {
+    let mut child = project.kstack_process(moto).args(args).spawn().unwrap();
+    std::thread::sleep(after);
+    let finished = child.try_wait().unwrap().is_some();
+    if !finished {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    if !finished {
+        project.kstack(moto).args(["state", "unlock", "fleet"]).assert().success();
+    }
+    !finished
+}
+
+#[test]
+fn apply_and_destroy_killed_at_many_points_converge_without_duplicates_or_orphans() {
+    let points = setting("KSTACK_KILL_POINTS", 5);
+    let rt = runtime();
+    let moto = Moto::start();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", "10.120.0.0/16");
+    project.edit(FLEET, "SUBNET_CIDR", "10.120.1.0/24");
+    let expected = ["asg.app", "launch_template.app", "route_table.nodes", "security_group.nodes", "subnet.nodes.eu-west-1a", "vpc.main"];
+    let mut killed = 0;
+    let mut inconsistent = Vec::new();
+    // Kills spread over the run (a run here takes a few seconds), each followed by a clean
+    // check that nothing is duplicated, then a run to the end.
+    for (verb, args) in [("apply", ["apply", "fleet", "--auto-approve"]), ("destroy", ["destroy", "fleet", "--auto-approve"])] {
+        for point in 0..points {
+            let after = std::time::Duration::from_millis(150 + point * 2000 / points.max(1));
+            if kill_after(&project, &moto, &args, after) {
+                killed += 1;
+            }
+            let duplicated: Vec<String> = tagged(&rt, &aws, "fleet").into_iter().filter(|(_, n)| *n > 1).map(|(a, n)| format!("{a} x{n}")).collect();
+            if !duplicated.is_empty() {
+                inconsistent.push(format!("{verb} killed after {after:?}: {}", duplicated.join(", ")));
+            }
+        }
+        let finished = project.kstack(&moto).args(args).output().unwrap();
+        if !finished.status.success() {
+            inconsistent.push(format!("{verb} after the kills: {}", String::from_utf8_lossy(&finished.stderr)));
+        }
+        let counted = tagged(&rt, &aws, "fleet");
+        let consistent = match verb {
+            "apply" => counted.len() == expected.len() && expected.iter().all(|a| counted.get(*a) == Some(&1)),
+            _ => counted.is_empty(),
+        };
+        if !consistent {
+            inconsistent.push(format!("after the final {verb}: {counted:?}"));
+        }
+        if verb == "apply" {
+            let plan = project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).output().unwrap();
+            if plan.status.code() != Some(0) {
+                inconsistent.push(format!("plan after apply: {}", String::from_utf8_lossy(&plan.stdout)));
+            }
+        }
+    }
+    println!("kills: {killed} of {} runs killed mid-way, {} inconsistent", 2 * points, inconsistent.len());
+    assert!(killed > 0, "some runs were killed before they finished");
+    assert_eq!(inconsistent, Vec::<String>::new());
+}

@@ -134,3 +134,36 @@ fn max_fail_stops_starting_hosts_once_too_many_have_failed() {
         assert!(reason.starts_with("not started: more hosts failed than --max-fail allows"), "{reasons:?}");
     }
 }
+
+#[test]
+fn a_connection_dropped_mid_role_is_retried_on_that_host_and_keeps_its_handlers() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let dir = tempfile::tempdir().unwrap();
+    let role = dir.path().join("dropper");
+    std::fs::create_dir_all(&role).unwrap();
+    // The second task kills the sshd process serving its connection, once: the connection
+    // drops after the first task changed a file and notified a handler.
+    std::fs::write(
+        role.join("tasks.yaml"),
+        r#"tasks:
+  - name: config
+    copy: { content: "v1\n", dest: /etc/dropper.conf }
+    notify: reload
+  - name: drop the connection once
+    command: { run: "test -e /root/dropped || { touch /root/dropped; kill -9 $PPID; }" }
+  - name: after the drop
+    copy: { content: "done\n", dest: /etc/dropper.done }
+"#,
+    )
+    .unwrap();
+    std::fs::write(role.join("handlers.yaml"), "reload:\n  command: { run: \"echo reloaded >> /root/reloads\" }\n").unwrap();
+    let runner = Runner::new(&key, dir.path(), &["dropper"], Variables::new());
+
+    let report = &runner.converge(&[&node], false)[0];
+    assert_eq!(report.reconnects, 1, "{:?}", statuses(report));
+    assert!(report.unreachable.is_none() && failures(report).is_empty(), "{:?} {:?}", report.unreachable, failures(report));
+    assert_eq!(std::fs::read_to_string(node.file("/etc/dropper.done")).unwrap(), "done\n");
+    assert_eq!(std::fs::read_to_string(node.file("/root/reloads")).unwrap(), "reloaded\n", "the handler ran once, after the retry");
+    assert!(node.file("/root/dropped").exists(), "the connection was dropped");
+}

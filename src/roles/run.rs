@@ -51,7 +51,17 @@ pub struct HostReport {
     pub tasks: Vec<TaskReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckResult>,
+    /// Times the connection dropped mid-role and the role was run again on a new one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reconnects: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// New connections a host gets after the one it had dropped mid-role.
+const RECONNECTS: u32 = 2;
 
 impl HostReport {
     pub fn count(&self, status: TaskStatus) -> usize {
@@ -139,19 +149,22 @@ async fn for_each_host(
     reports.into_iter().map(|(_, report)| report).collect()
 }
 
-async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
-    let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
+async fn connect(host: &str, login: &Login) -> Result<(Connection, Facts), String> {
     let connected = match Connection::open(host, login).await {
         Ok(connection) => connection.facts().await.map(|facts| (connection, facts)),
         Err(error) => Err(error),
     };
-    let (connection, facts) = match connected {
+    connected.map_err(|error| match error.hint() {
+        Some(hint) => format!("{error} ({hint})"),
+        None => error.to_string(),
+    })
+}
+
+async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
+    let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
+    let (mut connection, mut facts) = match connect(host, login).await {
         Ok(connected) => connected,
-        Err(error) => {
-            let message = match error.hint() {
-                Some(hint) => format!("{error} ({hint})"),
-                None => error.to_string(),
-            };
+        Err(message) => {
             events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
             report.unreachable = Some(message);
             return report;
@@ -159,28 +172,40 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
     };
     match work {
         Work::Converge { check } => {
-            'roles: for role in roles {
-                let context = context(role, variables, &facts, host);
-                let mut notified: Vec<&str> = Vec::new();
-                for task in &role.tasks {
-                    let done = run_task(&connection, &facts, *check, role, task, &context, false).await;
-                    events(RunEvent::Task { host: host.to_owned(), report: done.clone() });
-                    let status = done.status;
-                    if status == TaskStatus::Changed {
-                        notified.extend(task.notify.iter().map(String::as_str));
+            let mut role_index = 0;
+            // Handlers notified survive a dropped connection: the rerun finds those tasks done.
+            let mut notified: Vec<String> = Vec::new();
+            while let Some(role) = roles.get(role_index) {
+                let on = OnHost { connection: &connection, facts: &facts, check: *check, host, events };
+                match converge_role(&on, role, variables, &mut notified).await {
+                    RoleOutcome::Done(tasks) => {
+                        report.tasks.extend(tasks);
+                        notified.clear();
+                        role_index += 1;
                     }
-                    report.tasks.push(done);
-                    if status == TaskStatus::Failed {
-                        break 'roles;
+                    RoleOutcome::Failed(tasks) => {
+                        report.tasks.extend(tasks);
+                        break;
                     }
-                }
-                for handler in role.handlers.iter().filter(|h| notified.contains(&h.name.as_str())) {
-                    let done = run_task(&connection, &facts, *check, role, handler, &context, true).await;
-                    events(RunEvent::Task { host: host.to_owned(), report: done.clone() });
-                    let failed = done.status == TaskStatus::Failed;
-                    report.tasks.push(done);
-                    if failed {
-                        break 'roles;
+                    // Tasks converge, so the role runs again from its start on a new connection;
+                    // a file write cut off left the old file (writes go to a temporary + rename).
+                    RoleOutcome::Dropped(tasks) if report.reconnects < RECONNECTS => {
+                        // What ran before the drop stays in the report, as it did happen.
+                        report.tasks.extend(tasks);
+                        report.reconnects += 1;
+                        tracing::warn!("{host}: the connection dropped during role {}; reconnecting", role.name);
+                        match connect(host, login).await {
+                            Ok(connected) => (connection, facts) = connected,
+                            Err(message) => {
+                                events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
+                                report.unreachable = Some(message);
+                                return report;
+                            }
+                        }
+                    }
+                    RoleOutcome::Dropped(tasks) => {
+                        report.tasks.extend(tasks);
+                        break;
                     }
                 }
             }
@@ -199,6 +224,57 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
     }
     connection.close().await;
     report
+}
+
+enum RoleOutcome {
+    Done(Vec<TaskReport>),
+    Failed(Vec<TaskReport>),
+    /// The connection went away under a task.
+    Dropped(Vec<TaskReport>),
+}
+
+/// A host being worked on, over one connection.
+struct OnHost<'a> {
+    connection: &'a Connection,
+    facts: &'a Facts,
+    check: bool,
+    host: &'a str,
+    events: &'a Events,
+}
+
+/// One role's tasks, then the handlers they (or an earlier, dropped attempt) notified.
+async fn converge_role(on: &OnHost<'_>, role: &Role, variables: &Variables, notified: &mut Vec<String>) -> RoleOutcome {
+    let OnHost { connection, facts, check, host, events } = *on;
+    let context = context(role, variables, facts, host);
+    let mut done = Vec::new();
+    for task in &role.tasks {
+        let report = run_task(connection, facts, check, role, task, &context, false).await;
+        if report.status == TaskStatus::Failed && connection.is_closed() {
+            return RoleOutcome::Dropped(done);
+        }
+        events(RunEvent::Task { host: host.to_owned(), report: report.clone() });
+        if report.status == TaskStatus::Changed {
+            notified.extend(task.notify.iter().cloned());
+        }
+        let failed = report.status == TaskStatus::Failed;
+        done.push(report);
+        if failed {
+            return RoleOutcome::Failed(done);
+        }
+    }
+    for handler in role.handlers.iter().filter(|h| notified.contains(&h.name)) {
+        let report = run_task(connection, facts, check, role, handler, &context, true).await;
+        if report.status == TaskStatus::Failed && connection.is_closed() {
+            return RoleOutcome::Dropped(done);
+        }
+        events(RunEvent::Task { host: host.to_owned(), report: report.clone() });
+        let failed = report.status == TaskStatus::Failed;
+        done.push(report);
+        if failed {
+            return RoleOutcome::Failed(done);
+        }
+    }
+    RoleOutcome::Done(done)
 }
 
 /// Template variables: the role's defaults, overridden by the caller's merged variables,

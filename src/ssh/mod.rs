@@ -144,6 +144,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Whether the SSH connection has gone (the server or the network dropped it).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     /// Connects and authenticates, through the bastion when the login names one.
     pub async fn open(host: &str, login: &Login) -> Result<Connection, SshError> {
         let jump = match &login.bastion {
