@@ -149,7 +149,7 @@ fn kill_after(project: &Project, moto: &Moto, args: &[&str], after: std::time::D
 
 #[test]
 fn apply_and_destroy_killed_at_many_points_converge_without_duplicates_or_orphans() {
-    let points = setting("KSTACK_KILL_POINTS", 5);
+    let points = setting("KSTACK_KILL_POINTS", 6);
     let rt = runtime();
     let moto = Moto::start();
     let aws = rt.block_on(moto.clients());
@@ -164,7 +164,7 @@ fn apply_and_destroy_killed_at_many_points_converge_without_duplicates_or_orphan
     // check that nothing is duplicated, then a run to the end.
     for (verb, args) in [("apply", ["apply", "fleet", "--auto-approve"]), ("destroy", ["destroy", "fleet", "--auto-approve"])] {
         for point in 0..points {
-            let after = std::time::Duration::from_millis(150 + point * 2000 / points.max(1));
+            let after = std::time::Duration::from_millis(60 + point * 900 / points.max(1));
             if kill_after(&project, &moto, &args, after) {
                 killed += 1;
             }
