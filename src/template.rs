@@ -18,9 +18,14 @@ impl Default for Renderer {
         let mut jinja = Environment::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
         jinja.set_keep_trailing_newline(true);
+        // A template runs in bounded time, however it loops.
+        jinja.set_fuel(Some(FUEL));
         Renderer { jinja }
     }
 }
+
+/// Instructions a template may run: far more than any user data needs.
+const FUEL: u64 = 1_000_000;
 
 const HINT: &str = "templates see the environment's `variables`, plus `env`, `region` and `group`";
 
