@@ -54,6 +54,15 @@ impl AwsError {
         )
     }
 
+    /// The resource does not exist (any more).
+    pub fn is_not_found(&self) -> bool {
+        let Some(code) = self.code.as_deref() else { return false };
+        code.ends_with(".NotFound")
+            || code.ends_with("NotFoundException")
+            || matches!(code, "NoSuchEntity" | "LoadBalancerNotFound" | "NotFound")
+            || (code == "ValidationError" && self.message.to_ascii_lowercase().contains("not found"))
+    }
+
     /// Failures that go away by themselves: throttling the SDK gave up on, and AWS's eventual
     /// consistency (a resource created a moment ago not yet visible to another API).
     pub fn is_transient(&self) -> bool {

@@ -238,7 +238,16 @@ pub async fn update(
 }
 
 /// Deletes a resource and waits until it is gone far enough for its dependencies to go.
+/// A resource already gone counts as deleted: a run killed after its delete went out leaves
+/// it in state.
 pub async fn delete(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    match delete_once(cloud, actual, ids).await {
+        Err(error) if error.is_not_found() => Ok(()),
+        deleted => deleted,
+    }
+}
+
+async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let id = actual.id.as_str();
     match actual.kind {
         Kind::Vpc => vpc::delete(cloud, id).await,
