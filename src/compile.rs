@@ -322,6 +322,9 @@ impl Compiler<'_> {
             .iter()
             .map(|(k, v)| (k.clone(), minijinja::Value::from_serialize(&v.value)))
             .collect();
+        for (name, secret) in &self.env.secrets {
+            context.insert(name.clone(), secret.value().into());
+        }
         context.insert("env".into(), self.env.name.clone().into());
         context.insert("region".into(), self.env.region.value.clone().into());
         context.insert(

@@ -113,3 +113,49 @@ fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
     assert!(text.contains(&format!("unreachable: [{}] the host key of {} has changed", fleet.nodes[0].address, fleet.nodes[0].address)), "{text}");
     assert!(text.lines().any(|l| l.starts_with(&fleet.nodes[1].address) && l.contains("failed=0 skipped=0 unreachable=0")), "{text}");
 }
+
+#[test]
+fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
+    let fleet = Fleet::start();
+    const TOKEN: &str = "s3cr3t-t0ken-value";
+    let fleet_file = fleet.project.path().join("environments/fleet.yaml");
+    let text = std::fs::read_to_string(&fleet_file).unwrap();
+    std::fs::write(&fleet_file, format!("{text}secrets:\n  api_token: KSTACK_TEST_API_TOKEN\n")).unwrap();
+
+    // Unset, the secret is a problem at its line, and nothing runs.
+    let unset = fleet.project.kstack(&fleet.moto).args(["validate", "fleet"]).env_remove("KSTACK_TEST_API_TOKEN").output().unwrap();
+    assert_eq!(unset.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unset.stderr).contains("secret `api_token` reads $KSTACK_TEST_API_TOKEN, which is not set"));
+
+    let with_secret = |args: &[&str]| {
+        let key = fleet.key.private();
+        let known_hosts = fleet.key.dir.path().join("known_hosts");
+        let mut command = fleet.project.kstack(&fleet.moto);
+        command.args(args).env("KSTACK_TEST_API_TOKEN", TOKEN);
+        if args[0] != "plan" {
+            command.args(["--ssh-key", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap(), "--trust-new-hosts"]);
+        }
+        command.output().unwrap()
+    };
+    let provisioned = with_secret(&["provision", "fleet", "--diff"]);
+    let shown = format!("{}{}", stdout(&provisioned), String::from_utf8_lossy(&provisioned.stderr));
+    assert!(provisioned.status.success(), "{shown}");
+    assert!(!shown.contains(TOKEN), "{shown}");
+    assert!(shown.contains("+token = (secret)"), "the diff shows where, not what: {shown}");
+    let config = std::fs::read_to_string(fleet.nodes[0].file("/etc/app/app.conf")).unwrap();
+    assert!(config.contains(&format!("token = {TOKEN}")), "the node has it: {config}");
+
+    // Used in user data too: the plan and its JSON show a hash. (Applying it is left out: the
+    // emulator cannot launch group instances from a launch template with user data.)
+    let text = std::fs::read_to_string(&fleet_file).unwrap();
+    std::fs::write(&fleet_file, text.replace("    image: node\n", "    image: node\n    user_data: \"#!/bin/sh\\necho {{ api_token }} > /etc/token\\n\"\n")).unwrap();
+    for args in [&["plan", "fleet"][..], &["plan", "fleet", "--json"][..]] {
+        let planned = with_secret(args);
+        let shown = format!("{}{}", stdout(&planned), String::from_utf8_lossy(&planned.stderr));
+        assert!(shown.contains("user_data") && !shown.contains(TOKEN), "{shown}");
+    }
+    // A drifted file's diff in JSON: redacted as well.
+    std::fs::write(fleet.nodes[0].file("/etc/app/app.conf"), "drift\n").unwrap();
+    let json = with_secret(&["provision", "fleet", "--json", "--check", "--diff"]);
+    assert!(!stdout(&json).contains(TOKEN) && stdout(&json).contains("(secret)"), "{}", stdout(&json));
+}

@@ -29,6 +29,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         .unwrap_or_default()
         .into_iter()
         .collect();
+    let secrets = map.get("secrets").map(|n| crate::model::secrets::secrets(n, problems)).unwrap_or_default();
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
     let network = map.required("network", problems).and_then(|n| network(n, problems));
     let mut undecoded = BTreeSet::new();
@@ -63,6 +64,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         name: name.to_owned(),
         region: region?,
         variables,
+        secrets,
         tags,
         network: network?,
         security_groups,

@@ -12,6 +12,7 @@ pub mod merge;
 pub mod network;
 pub mod reboots;
 pub mod roll_policy;
+pub mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +22,7 @@ use crate::diagnostics::{Loc, Spanned};
 
 pub use load::{load_environment, Checked, LoadedEnvironment, Project};
 pub use reboots::{RebootPolicy, RebootWindow};
+pub use secrets::Secret;
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
 
 /// One environment, after `extends` has been merged and every value decoded.
@@ -29,6 +31,8 @@ pub struct Environment {
     pub name: String,
     pub region: Spanned<String>,
     pub variables: BTreeMap<String, Spanned<serde_json::Value>>,
+    /// Values read from environment variables, for templates and roles, never shown.
+    pub secrets: BTreeMap<String, Secret>,
     pub tags: BTreeMap<String, Spanned<String>>,
     pub network: Network,
     pub security_groups: Vec<SecurityGroup>,

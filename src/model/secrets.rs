@@ -1,0 +1,70 @@
+//! Secrets: values that templates and roles use but no file holds. `secrets: { name: VAR }`
+//! reads each from the environment variable `VAR` when the environment loads; kstack shows
+//! `(secret)` wherever one would appear in its output (user data is only ever shown and
+//! stored as a hash).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use marked_yaml::Node;
+
+use crate::diagnostics::{Problems, Spanned};
+use crate::yaml::{named, string};
+
+#[derive(Clone)]
+pub struct Secret {
+    /// The environment variable it was read from.
+    pub env_var: String,
+    value: String,
+}
+
+impl Secret {
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} = (secret))", self.env_var)
+    }
+}
+
+/// `text` with every secret's value replaced by `(secret)`.
+pub fn redact(text: &str, secrets: &BTreeMap<String, Secret>) -> String {
+    secrets
+        .values()
+        .filter(|s| !s.value.is_empty())
+        .fold(text.to_owned(), |text, secret| text.replace(&secret.value, "(secret)"))
+}
+
+/// Decodes `secrets:` and reads each variable; an unset one is a problem at its name.
+pub fn secrets(node: &Node, problems: &mut Problems) -> BTreeMap<String, Secret> {
+    named(node, "secret", problems, |name, value, problems| {
+        let env_var: Spanned<String> = string(value, problems)?;
+        match std::env::var(&env_var.value) {
+            Ok(value) => Some((name.value, Secret { env_var: env_var.value, value })),
+            Err(_) => {
+                problems
+                    .error(env_var.loc, format!("secret `{}` reads ${}, which is not set", name.value, env_var.value))
+                    .label("not set")
+                    .hint(format!("export {}=... before running kstack; secrets never live in files", env_var.value));
+                None
+            }
+        }
+    })
+    .into_iter()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_replaces_every_occurrence_and_debug_never_shows_a_value() {
+        let secrets = BTreeMap::from([(String::from("token"), Secret { env_var: String::from("TOKEN"), value: String::from("hunter22") })]);
+        assert_eq!(redact("a=hunter22 b=hunter22", &secrets), "a=(secret) b=(secret)");
+        assert!(!format!("{secrets:?}").contains("hunter22"));
+    }
+}
