@@ -58,7 +58,8 @@ pub fn load_image(project: &Project, name: &str, sources: &mut Sources) -> Resul
     }
 }
 
-fn decode(name: &str, root: &marked_yaml::Node, problems: &mut Problems) -> Option<Image> {
+/// Decodes an image definition (public for the fuzz targets).
+pub fn decode(name: &str, root: &marked_yaml::Node, problems: &mut Problems) -> Option<Image> {
     let mut map = MapReader::new(root, "image", problems)?;
     let loc = map.loc();
     let source = map.required("source", problems).and_then(|node| {
