@@ -174,7 +174,6 @@ fn ids_of(ids: &Ids, addresses: &[Address]) -> Result<Vec<String>, AwsError> {
     addresses.iter().map(|a| id_of(ids, a).map(str::to_owned)).collect()
 }
 
-/// Creates `resource` and returns its id.
 /// For creates AWS cannot deduplicate (no client token, no unique name): the SDK retrying
 /// after a lost reply would make a second resource, so kstack retries those itself, after
 /// looking for the first one by its tags (`apply`).
@@ -182,6 +181,7 @@ pub(crate) fn without_retries() -> aws_sdk_ec2::config::Builder {
     aws_sdk_ec2::config::Builder::default().retry_config(aws_config::retry::RetryConfig::disabled())
 }
 
+/// Creates `resource` and returns its id.
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     use crate::resource::Spec;
     match &resource.spec {

@@ -118,6 +118,20 @@ pub enum Failure {
     Reported,
 }
 
+/// Refuses `wanted` node groups the environment does not have, each with a did-you-mean.
+fn check_groups(environment: &crate::model::Environment, wanted: &[String]) -> Result<(), Failure> {
+    let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
+    let unknown: Vec<&String> = wanted.iter().filter(|w| !names.contains(&w.as_str())).collect();
+    for group in &unknown {
+        term::error(&format!("`{group}` is not a node group of `{}`", environment.name), Some(&crate::diagnostics::expected_one_of(group, &names)));
+    }
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Reported)
+    }
+}
+
 /// Reports an error (with a hint on what to do) and returns the failure that says so.
 fn fail(message: &str, hint: Option<&str>) -> Failure {
     term::error(message, hint);

@@ -16,7 +16,7 @@ use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskReport, TaskStatu
 use crate::ssh::{HostKeys, Login};
 
 use super::session::{aws_failure, runtime};
-use super::{load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::{check_groups, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Targets {
@@ -152,13 +152,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<(Vec<GroupWork>, Se
     let (sources, result) = load_and_compile(project, &targets.env);
     let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
-    for wanted in &targets.groups {
-        if !environment.node_groups.iter().any(|g| &g.name.value == wanted) {
-            let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
-            term::error(&format!("`{wanted}` is not a node group of `{}`", environment.name), Some(&crate::diagnostics::expected_one_of(wanted, &names)));
-            return Err(Failure::Reported);
-        }
-    }
+    check_groups(environment, &targets.groups)?;
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
     let instances = runtime

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::aws::{running_instances, Cloud, Instance};
 use crate::compile::TAG_REBOOT_TIME;
-use crate::model::reboots::{format_minute, MINUTES_PER_DAY};
+use crate::model::reboots::{format_minute, parse_minute};
 use crate::model::{Environment, ImageRef, Project, RebootPolicy};
 use crate::reboots::schedule::slots;
 use crate::reboots::stats::{birthday, random_within_gap, worst_within_gap};
@@ -157,7 +157,7 @@ async fn plan(cloud: &Cloud, environment: &Environment, seed: u64, reshuffle: bo
             id: i.id.clone(),
             group: i.group.clone(),
             zone: i.zone.clone(),
-            current: i.reboot_time.as_deref().and_then(parse_tag),
+            current: i.reboot_time.as_deref().and_then(parse_minute),
         })
         .collect();
     let zone_gap_minutes = environment.reboots.as_ref().map_or(0, |p| p.zone_gap_minutes);
@@ -216,12 +216,6 @@ pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images:
             "reboot schedule: {new} new node(s) folded in, but {message}; run `kstack reboots {name} --assign` once SSH reaches them"
         )),
     }
-}
-
-fn parse_tag(text: &str) -> Option<u32> {
-    let (hours, minutes) = text.split_once(':')?;
-    let minute = hours.parse::<u32>().ok()? * 60 + minutes.parse::<u32>().ok()?;
-    (minute < MINUTES_PER_DAY).then_some(minute)
 }
 
 fn describe(

@@ -8,7 +8,7 @@ use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, R
 
 use super::provision::SshArgs;
 use super::session::{open_store, runtime};
-use super::{fail, load_and_compile, report_problems, term, Failure};
+use super::{check_groups, fail, load_and_compile, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -107,20 +107,11 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     let env = &environment.name;
+    check_groups(environment, &args.groups)?;
     let runtime = runtime()?;
     let store = open_store(project, environment)?;
     let command = format!("kstack roll {}", args.env);
     let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-    let unknown: Vec<&str> = args
-        .groups
-        .iter()
-        .filter(|g| !environment.node_groups.iter().any(|n| &n.name.value == *g))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
-        let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
-        return Err(fail(&format!("`{env}` has no node group {}", unknown.join(", ")), Some(&format!("its groups: {}", names.join(", ")))));
-    }
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, env));
     let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
     let progress = |line: &str| eprintln!("roll: {line}");

@@ -60,7 +60,8 @@ pub fn format_minute(minute: u32) -> String {
     format!("{:02}:{:02}", minute / 60 % 24, minute % 60)
 }
 
-fn parse_minute(text: &str) -> Option<u32> {
+/// `HH:MM` as minutes after midnight.
+pub fn parse_minute(text: &str) -> Option<u32> {
     let (hours, minutes) = text.split_once(':')?;
     let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
     (hours < 24 && minutes < 60 && text.len() == 5).then_some(hours * 60 + minutes)

@@ -105,10 +105,6 @@ impl StateStore {
         }
     }
 
-    pub fn is_local(&self) -> bool {
-        self.s3.is_none()
-    }
-
     /// The stored state's bytes as they are, if there is any.
     pub fn read_raw(&self) -> Result<Option<Vec<u8>>, StateError> {
         match &self.s3 {
