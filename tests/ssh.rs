@@ -116,3 +116,45 @@ fn hosts_are_reached_through_a_bastion_when_one_is_named() {
     let error = rt.block_on(Connection::open(&target.address, &through)).err().unwrap();
     assert!(matches!(error, SshError::Unreachable { ref host, .. } if host == "127.0.0.1"), "{error}");
 }
+
+#[test]
+fn a_write_cut_off_mid_way_leaves_the_previous_file_and_no_temporary() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    let path = "/etc/kstack/large.conf";
+    runtime().block_on(async {
+        let writer = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
+        let observer = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
+        writer.write_file(path, b"previous\n", 0o644, "root", "root").await.unwrap();
+        // Once the new content is 2 MiB into its temporary file, the writer's SSH session
+        // dies as it would when the network drops: its sshd process is killed.
+        let cut = r#"
+            for i in $(seq 1 600); do
+              for p in $(pgrep -x cat); do
+                t=$(readlink /proc/$p/fd/1 2>/dev/null) || continue
+                case "$t" in */.kstack.*) ;; *) continue ;; esac
+                [ "$(stat -c %s "$t" 2>/dev/null || echo 0)" -gt 2097152 ] || continue
+                shell=$(ps -o ppid= -p $p); session=$(ps -o ppid= -p $shell)
+                kill -9 $session && echo cut && exit 0
+              done
+              sleep 0.02
+            done
+            echo 'the write never reached 2 MiB' >&2; exit 1"#;
+        let large = vec![b'x'; 32 << 20];
+        let (written, observed) = tokio::join!(writer.write_file(path, &large, 0o644, "root", "root"), observer.run(cut, None));
+        let observed = observed.unwrap();
+        assert_eq!(observed.stdout.trim(), "cut", "{}", observed.stderr);
+        assert!(written.is_err(), "a write whose session died cannot have succeeded");
+        let mut leftovers = String::new();
+        for _ in 0..50 {
+            leftovers = observer.run("ls -A /etc/kstack | grep '^.kstack' || true", None).await.unwrap().stdout;
+            if leftovers.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(leftovers, "", "the temporary file is removed");
+    });
+    assert_eq!(std::fs::read_to_string(node.file(path)).unwrap(), "previous\n", "the previous content is intact");
+}

@@ -149,6 +149,14 @@ impl Connection {
         self.handle.is_closed()
     }
 
+    /// Resolves once the connection has gone. russh leaves a send that waits for window space
+    /// pending forever when the server disappears mid-transfer, so sends race this.
+    async fn closed(&self) {
+        while !self.is_closed() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connects and authenticates, through the bastion when the login names one.
     pub async fn open(host: &str, login: &Login) -> Result<Connection, SshError> {
         let jump = match &login.bastion {
@@ -242,7 +250,12 @@ impl Connection {
         let mut channel = self.handle.channel_open_session().await.map_err(|e| self.protocol(e))?;
         channel.exec(true, command).await.map_err(|e| self.protocol(e))?;
         if let Some(input) = stdin {
-            channel.data(input).await.map_err(|e| self.protocol(e))?;
+            tokio::select! {
+                sent = channel.data(input) => sent.map_err(|e| self.protocol(e))?,
+                () = self.closed() => {
+                    return Err(SshError::Protocol { host: self.host.clone(), message: String::from("the connection dropped while sending input") })
+                }
+            }
         }
         channel.eof().await.map_err(|e| self.protocol(e))?;
         let mut output = Output::default();
@@ -274,7 +287,7 @@ impl Connection {
         let path_q = shell_quote(path);
         let script = format!(
             "set -e; d=$(dirname {path_q}); mkdir -p \"$d\"; t=$(mktemp \"$d/.kstack.XXXXXX\"); \
-             trap 'rm -f \"$t\"' EXIT; cat > \"$t\"; \
+             trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; cat > \"$t\"; \
              echo '{digest}  '\"$t\" | sha256sum -c --quiet - >/dev/null || {{ echo 'checksum mismatch' >&2; exit 3; }}; \
              chmod {mode:o} \"$t\"; chown {}:{} \"$t\"; mv -f \"$t\" {path_q}; trap - EXIT",
             shell_quote(owner),
