@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use kstack::diagnostics::{Loc, Sources, Spanned};
+use kstack_project::diagnostics::{Loc, Sources, Spanned};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let mut sources = Sources::default();
     let source = sources.add(Path::new("fuzz"), String::from("fuzz"));
     let names = [Spanned::new(String::from("fuzz"), Loc { source, line: 1, column: 1, len: 4 })];
-    let _ = kstack::roles::load_roles(dir.path(), &names, &mut sources);
+    let _ = kstack_project::roles::load_roles(dir.path(), &names, &mut sources);
 });

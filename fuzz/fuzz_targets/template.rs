@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kstack::diagnostics::{Loc, Problems, Sources, Spanned};
+use kstack_project::diagnostics::{Loc, Problems, Sources, Spanned};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,5 +13,5 @@ fuzz_target!(|data: &[u8]| {
     let source = sources.add(Path::new("fuzz"), text.clone());
     let template = Spanned::new(text.clone(), Loc { source, line: 1, column: 1, len: text.len() });
     let context = BTreeMap::from([(String::from("env"), minijinja::Value::from("fuzz"))]);
-    let _ = kstack::template::Renderer::default().render(&template, &context, &mut Problems::default());
+    let _ = kstack_project::template::Renderer::default().render(&template, &context, &mut Problems::default());
 });

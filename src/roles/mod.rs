@@ -1,25 +1,10 @@
 //! Node roles: configuring machines over SSH, the way Ansible roles do, with typed modules.
-//! `load` reads roles from `roles/`, `run` applies them to hosts, `checks` verifies hosts.
+//! Roles are read by `kstack_project::roles`; `run` applies them to hosts, `checks` verifies
+//! hosts.
 
 pub mod checks;
-mod load;
 pub mod modules;
 mod run;
 
-use std::path::Path;
-
-pub use load::{load_roles, Role, Task, Variables};
+pub use kstack_project::roles::{list_roles, load_roles, Role, Task, Variables};
 pub use run::{run, verify, HostReport, RunEvent, RunOptions, TaskReport, TaskStatus};
-
-/// The names of the roles in `roles_dir`, sorted.
-pub fn list_roles(roles_dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(roles_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("tasks.yaml").is_file())
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .collect();
-    names.sort();
-    names
-}

@@ -8,10 +8,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::checks::CheckResult;
-use super::load::{Role, Task, Variables};
-use super::modules::{Host, Module, Outcome, TaskError};
+use super::checks::{self, CheckResult};
+use super::modules::{self, Host, Outcome, TaskError};
+use super::{Role, Task, Variables};
 use crate::ssh::{Connection, Facts, Login};
+use kstack_project::roles::modules::Module;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -98,7 +99,13 @@ pub async fn run(
     for_each_host(hosts, login, roles, variables, options, Work::Converge { check: options.check }, events).await
 }
 
-pub async fn verify(hosts: &[String], login: &Login, roles: &[Role], options: &RunOptions, events: Events) -> Vec<HostReport> {
+pub async fn verify(
+    hosts: &[String],
+    login: &Login,
+    roles: &[Role],
+    options: &RunOptions,
+    events: Events,
+) -> Vec<HostReport> {
     for_each_host(hosts, login, roles, &Variables::new(), options, Work::Verify, events).await
 }
 
@@ -160,7 +167,14 @@ async fn connect(host: &str, login: &Login) -> Result<(Connection, Facts), Strin
     })
 }
 
-async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
+async fn on_host(
+    host: &str,
+    login: &Login,
+    roles: &[Role],
+    variables: &Variables,
+    work: &Work,
+    events: &Events,
+) -> HostReport {
     let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
     let (mut connection, mut facts) = match connect(host, login).await {
         Ok(connected) => connected,
@@ -212,7 +226,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
         }
         Work::Verify => {
             for check in roles.iter().flat_map(|r| &r.checks) {
-                match check.run(&connection, &facts).await {
+                match checks::run(check, &connection, &facts).await {
                     Ok(result) => report.checks.push(result),
                     Err(error) => {
                         report.unreachable = Some(error.to_string());
@@ -292,7 +306,11 @@ fn context(role: &Role, variables: &Variables, facts: &Facts, host: &str) -> min
     minijinja::Value::from_serialize(&context)
 }
 
-fn render(value: &serde_json::Value, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<serde_json::Value, String> {
+fn render(
+    value: &serde_json::Value,
+    jinja: &minijinja::Environment,
+    context: &minijinja::Value,
+) -> Result<serde_json::Value, String> {
     Ok(match value {
         serde_json::Value::String(text) if text.contains("{{") || text.contains("{%") => {
             serde_json::Value::String(jinja.render_str(text, context).map_err(|e| {
@@ -307,9 +325,7 @@ fn render(value: &serde_json::Value, jinja: &minijinja::Environment, context: &m
             serde_json::Value::Array(items.iter().map(|v| render(v, jinja, context)).collect::<Result<_, _>>()?)
         }
         serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), render(v, jinja, context)?)))
-                .collect::<Result<_, String>>()?,
+            map.iter().map(|(k, v)| Ok((k.clone(), render(v, jinja, context)?))).collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
     })
@@ -343,7 +359,9 @@ async fn run_task(
         match holds {
             Ok(true) => {}
             Ok(false) => return report(TaskStatus::Skipped, Outcome::default(), None),
-            Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(format!("`when: {condition}`: {error}"))),
+            Err(error) => {
+                return report(TaskStatus::Failed, Outcome::default(), Some(format!("`when: {condition}`: {error}")))
+            }
         }
     }
     let module = render(&task.args, &jinja, context).and_then(|mut args| {
@@ -352,14 +370,15 @@ async fn run_task(
         }
         let mut wrapped = serde_json::Map::new();
         wrapped.insert(task.module.clone(), args);
-        serde_json::from_value::<Module>(serde_json::Value::Object(wrapped)).map_err(|e| format!("invalid arguments: {e}"))
+        serde_json::from_value::<Module>(serde_json::Value::Object(wrapped))
+            .map_err(|e| format!("invalid arguments: {e}"))
     });
     let module = match module {
         Ok(module) => module,
         Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error)),
     };
     let host = Host { connection, facts, check };
-    match module.converge(&host).await {
+    match modules::converge(&module, &host).await {
         Ok(outcome) if outcome.changed() => report(TaskStatus::Changed, outcome, None),
         Ok(outcome) => report(TaskStatus::Ok, outcome, None),
         Err(TaskError::Ssh(error)) => report(TaskStatus::Failed, Outcome::default(), Some(error.to_string())),

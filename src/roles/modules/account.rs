@@ -1,34 +1,10 @@
 //! `user` and `group`: local accounts.
 
-use serde::Deserialize;
+use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::{Group, User};
 
-use super::{quote, FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Group {
-    pub name: String,
-    pub gid: Option<u32>,
-    #[serde(default)]
-    pub system: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    pub name: String,
-    pub uid: Option<u32>,
-    pub shell: Option<String>,
-    pub home: Option<String>,
-    /// Supplementary groups the user must be in (others are left alone).
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub system: bool,
-}
-
-impl Group {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Group {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let current = host.connection.run(&format!("getent group {}", quote(&self.name)), None).await?.stdout;
         let gid = current.split(':').nth(2).map(str::trim).unwrap_or_default().to_owned();
         let mut diffs = Vec::new();
@@ -49,8 +25,8 @@ impl Group {
     }
 }
 
-impl User {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for User {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
         let text = host
             .connection
@@ -85,7 +61,10 @@ impl User {
         }
         if !diffs.is_empty() && !host.check {
             let script = if exists {
-                format!("usermod{} {name}", options.replace(" --groups", " --append --groups").replace(" --home", " --move-home --home"))
+                format!(
+                    "usermod{} {name}",
+                    options.replace(" --groups", " --append --groups").replace(" --home", " --move-home --home")
+                )
             } else {
                 let system = if self.system { " --system" } else { " --create-home" };
                 // A group named like the user becomes its primary group rather than a clash.

@@ -1,21 +1,11 @@
 //! `command`: a shell command, made idempotent by `creates` (skip when a path exists) or
 //! `unless` (skip when another command succeeds).
 
-use serde::Deserialize;
+use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::Command;
 
-use super::{quote, FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Command {
-    pub run: String,
-    pub creates: Option<String>,
-    pub unless: Option<String>,
-    pub chdir: Option<String>,
-}
-
-impl Command {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Command {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let guard = match (&self.creates, &self.unless) {
             (Some(path), _) => Some(format!("test -e {}", quote(path))),
             (None, Some(unless)) => Some(unless.clone()),

@@ -1,44 +1,14 @@
 //! `copy`, `template` and `line`: a file's whole content, or one line of it. The content is
 //! computed here and written with a verified checksum only when it differs.
 
-use serde::Deserialize;
-
 use super::file::{attribute_diffs, Stat, STAT};
-use super::{parse_mode, quote, FieldDiff, Host, Outcome, TaskError};
-
-/// `copy` (from `content`, or `src` in the role's `files/`) and `template` (`src` in the
-/// role's `templates/`). The role loader turns `src` into `content` before the task runs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Copy {
-    pub dest: String,
-    pub content: Option<String>,
-    pub src: Option<String>,
-    pub mode: Option<String>,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-}
-
-/// A line in a file: present (replacing the first line that `regexp` matches) or absent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Line {
-    pub path: String,
-    pub line: String,
-    /// Lines matching this are replaced by `line` (present) or removed (absent).
-    pub regexp: Option<String>,
-    #[serde(default = "present")]
-    pub state: String,
-    pub mode: Option<String>,
-}
-
-fn present() -> String {
-    String::from("present")
-}
+use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::{Copy, Line};
 
 /// The current content and attributes of a file, in one round trip.
 async fn read(host: &Host<'_>, path: &str) -> Result<(Stat, Option<String>), TaskError> {
-    let script = format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path));
+    let script =
+        format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path));
     let text = host.must(&script, "reading the file").await?;
     let (head, body) = text.split_once("--- kstack content ---\n").unwrap_or((&text, ""));
     let stat = Stat::parse(head);
@@ -72,7 +42,13 @@ async fn converge_content(
     }
     attribute_diffs(stat, mode, owner, group, &mut diffs);
     if !diffs.is_empty() && !host.check {
-        let keep = |field: &str, value: &str| if value.is_empty() { field.to_owned() } else { value.to_owned() };
+        let keep = |field: &str, value: &str| {
+            if value.is_empty() {
+                field.to_owned()
+            } else {
+                value.to_owned()
+            }
+        };
         let mode = mode.unwrap_or_else(|| u32::from_str_radix(&stat.mode, 8).unwrap_or(0o644));
         host.connection
             .write_file(
@@ -87,8 +63,8 @@ async fn converge_content(
     Ok(Outcome { diffs, content_diff, notes: Vec::new() })
 }
 
-impl Copy {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Copy {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let Some(wanted) = &self.content else {
             return Err(TaskError::Failed(String::from("give `content`, or `src` naming a file of the role")));
         };
@@ -99,11 +75,13 @@ impl Copy {
     }
 }
 
-impl Line {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Line {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         let pattern = match &self.regexp {
-            Some(pattern) => Some(regex_lite::Regex::new(pattern).map_err(|e| TaskError::Failed(format!("`regexp` is invalid: {e}")))?),
+            Some(pattern) => Some(
+                regex_lite::Regex::new(pattern).map_err(|e| TaskError::Failed(format!("`regexp` is invalid: {e}")))?,
+            ),
             None => None,
         };
         let (stat, current) = read(host, &self.path).await?;

@@ -1,42 +1,7 @@
 //! `file`: a file, directory or symlink with its mode and owner, or its absence.
 
-use serde::Deserialize;
-
-use super::{parse_mode, quote, FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileState {
-    #[default]
-    File,
-    Directory,
-    Link,
-    Absent,
-}
-
-impl FileState {
-    fn name(self) -> &'static str {
-        match self {
-            FileState::File => "file",
-            FileState::Directory => "directory",
-            FileState::Link => "link",
-            FileState::Absent => "absent",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct File {
-    pub path: String,
-    #[serde(default)]
-    pub state: FileState,
-    /// Where a link points.
-    pub src: Option<String>,
-    pub mode: Option<String>,
-    pub owner: Option<String>,
-    pub group: Option<String>,
-}
+use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::{File, FileState};
 
 /// The type, link target, mode, owner and group of `path`, in one line each.
 pub const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
@@ -67,7 +32,13 @@ impl Stat {
 }
 
 /// Diffs of mode, owner and group, for modules that manage them.
-pub fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str>, group: Option<&str>, diffs: &mut Vec<FieldDiff>) {
+pub fn attribute_diffs(
+    stat: &Stat,
+    mode: Option<u32>,
+    owner: Option<&str>,
+    group: Option<&str>,
+    diffs: &mut Vec<FieldDiff>,
+) {
     if let Some(mode) = mode {
         let wanted = format!("{mode:o}");
         if stat.mode != wanted {
@@ -82,8 +53,8 @@ pub fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str>, grou
     }
 }
 
-impl File {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for File {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let path = quote(&self.path);
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         if self.state == FileState::Link && self.src.is_none() {
@@ -109,8 +80,12 @@ impl File {
         match self.state {
             FileState::Absent => script.push_str(&format!("rm -rf {path}\n")),
             FileState::Directory => script.push_str(&format!("mkdir -p {path}\n")),
-            FileState::File => script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n")),
-            FileState::Link => script.push_str(&format!("ln -sfn {} {path}\n", quote(self.src.as_deref().unwrap_or_default()))),
+            FileState::File => {
+                script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n"))
+            }
+            FileState::Link => {
+                script.push_str(&format!("ln -sfn {} {path}\n", quote(self.src.as_deref().unwrap_or_default())))
+            }
         }
         if self.state != FileState::Absent && self.state != FileState::Link {
             if let Some(mode) = mode {

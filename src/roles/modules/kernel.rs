@@ -1,22 +1,8 @@
 //! `kernel_cmdline`: a parameter on the kernel command line, through GRUB's defaults and
 //! `update-grub`; it takes effect at the next boot.
 
-use serde::Deserialize;
-
-use super::{FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KernelCmdline {
-    /// `name=value` or a bare flag, e.g. `transparent_hugepage=never`.
-    pub parameter: String,
-    #[serde(default = "present")]
-    pub state: String,
-}
-
-fn present() -> String {
-    String::from("present")
-}
+use super::{Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::KernelCmdline;
 
 const GRUB: &str = "/etc/default/grub";
 const KEY: &str = "GRUB_CMDLINE_LINUX_DEFAULT";
@@ -28,13 +14,12 @@ fn edit(grub: &str, parameter: &str, present: bool) -> String {
     let mut lines: Vec<String> = grub
         .lines()
         .map(|line| {
-            let Some(value) = line.strip_prefix(&format!("{KEY}=")) else { return line.to_owned() };
+            let Some(value) = line.strip_prefix(&format!("{KEY}=")) else {
+                return line.to_owned();
+            };
             found = true;
-            let mut words: Vec<&str> = value
-                .trim_matches('"')
-                .split_whitespace()
-                .filter(|w| w.split('=').next() != Some(name))
-                .collect();
+            let mut words: Vec<&str> =
+                value.trim_matches('"').split_whitespace().filter(|w| w.split('=').next() != Some(name)).collect();
             if present {
                 words.push(parameter);
             }
@@ -47,8 +32,8 @@ fn edit(grub: &str, parameter: &str, present: bool) -> String {
     lines.join("\n") + "\n"
 }
 
-impl KernelCmdline {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for KernelCmdline {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let present = match self.state.as_str() {
             "present" => true,
             "absent" => false,
@@ -63,11 +48,19 @@ impl KernelCmdline {
         let mut notes = vec![String::from("takes effect at the next boot")];
         if !host.check {
             host.connection.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
-            let output = host.connection.run("command -v update-grub >/dev/null || exit 100; update-grub 2>&1", None).await?;
+            let output =
+                host.connection.run("command -v update-grub >/dev/null || exit 100; update-grub 2>&1", None).await?;
             match output.status {
                 0 => {}
-                100 => notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed")),
-                status => return Err(TaskError::Failed(format!("update-grub failed (exit {status}): {}", output.stdout.trim()))),
+                100 => {
+                    notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed"))
+                }
+                status => {
+                    return Err(TaskError::Failed(format!(
+                        "update-grub failed (exit {status}): {}",
+                        output.stdout.trim()
+                    )))
+                }
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

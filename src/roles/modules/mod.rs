@@ -1,6 +1,7 @@
-//! The modules a task can use. Each is typed (unknown keys are errors) and idempotent: it
-//! first queries the host and answers "ok" or "needs change" with a field-level diff, and
-//! acts only on a change and never in check mode. A query is one round trip; so is an act.
+//! How each task module converges a host; their arguments are typed in
+//! `kstack_project::roles::modules`. Each module is idempotent: it first queries the host and
+//! answers "ok" or "needs change" with a field-level diff, and acts only on a change and never
+//! in check mode. A query is one round trip; so is an act.
 
 mod account;
 mod command;
@@ -11,7 +12,8 @@ mod package;
 mod sysctl;
 mod systemd;
 
-use serde::{Deserialize, Serialize};
+use kstack_project::roles::modules::Module;
+use serde::Serialize;
 
 use crate::ssh::{Connection, Facts, SshError};
 
@@ -75,57 +77,25 @@ impl Host<'_> {
     }
 }
 
-/// A task's module and its arguments, after templating.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Module {
-    File(file::File),
-    Copy(content::Copy),
-    Template(content::Copy),
-    Line(content::Line),
-    Sysctl(sysctl::Sysctl),
-    SystemdUnit(systemd::Systemd),
-    Service(systemd::Systemd),
-    Package(package::Package),
-    AptRepository(package::AptRepository),
-    KernelCmdline(kernel::KernelCmdline),
-    User(account::User),
-    Group(account::Group),
-    Command(command::Command),
+/// Brings the host in line with one module's arguments.
+pub(crate) trait Converge {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError>;
 }
 
-/// Module names, for "did you mean" on an unknown one.
-pub const NAMES: &[&str] = &[
-    "file",
-    "copy",
-    "template",
-    "line",
-    "sysctl",
-    "systemd_unit",
-    "service",
-    "package",
-    "apt_repository",
-    "kernel_cmdline",
-    "user",
-    "group",
-    "command",
-];
-
-impl Module {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
-        match self {
-            Module::File(m) => m.converge(host).await,
-            Module::Copy(m) | Module::Template(m) => m.converge(host).await,
-            Module::Line(m) => m.converge(host).await,
-            Module::Sysctl(m) => m.converge(host).await,
-            Module::SystemdUnit(m) | Module::Service(m) => m.converge(host).await,
-            Module::Package(m) => m.converge(host).await,
-            Module::AptRepository(m) => m.converge(host).await,
-            Module::KernelCmdline(m) => m.converge(host).await,
-            Module::User(m) => m.converge(host).await,
-            Module::Group(m) => m.converge(host).await,
-            Module::Command(m) => m.converge(host).await,
-        }
+/// Converges the host to `module`: the module's query, and its act unless in check mode.
+pub async fn converge(module: &Module, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    match module {
+        Module::File(m) => m.converge(host).await,
+        Module::Copy(m) | Module::Template(m) => m.converge(host).await,
+        Module::Line(m) => m.converge(host).await,
+        Module::Sysctl(m) => m.converge(host).await,
+        Module::SystemdUnit(m) | Module::Service(m) => m.converge(host).await,
+        Module::Package(m) => m.converge(host).await,
+        Module::AptRepository(m) => m.converge(host).await,
+        Module::KernelCmdline(m) => m.converge(host).await,
+        Module::User(m) => m.converge(host).await,
+        Module::Group(m) => m.converge(host).await,
+        Module::Command(m) => m.converge(host).await,
     }
 }
 

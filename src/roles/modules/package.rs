@@ -1,37 +1,13 @@
 //! `package` (apt: install, pin a version, hold, remove) and `apt_repository` (a source list
 //! entry and its signing key).
 
-use serde::Deserialize;
-
-use super::{quote, FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PackageState {
-    #[default]
-    Present,
-    Absent,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Package {
-    pub name: String,
-    /// An exact version to install, e.g. `17.03.2~ce-0~ubuntu-xenial`.
-    pub version: Option<String>,
-    #[serde(default)]
-    pub state: PackageState,
-    /// Hold the package at its version, so unattended upgrades leave it alone.
-    pub hold: Option<bool>,
-    /// Run `apt-get update` before installing.
-    #[serde(default)]
-    pub update_cache: bool,
-}
+use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::{AptRepository, Package, PackageState};
 
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold";
 
-impl Package {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Package {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
         let script = format!(
             "dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {name} 2>/dev/null || true; echo '--- kstack ---'; apt-mark showhold {name} 2>/dev/null || true"
@@ -51,7 +27,11 @@ impl Package {
                 let wrong_version = self.version.as_deref().is_some_and(|v| v != version);
                 if !installed || wrong_version {
                     let before = if installed { version.to_owned() } else { String::from("(not installed)") };
-                    diffs.push(FieldDiff::new("version", before, self.version.clone().unwrap_or_else(|| String::from("any"))));
+                    diffs.push(FieldDiff::new(
+                        "version",
+                        before,
+                        self.version.clone().unwrap_or_else(|| String::from("any")),
+                    ));
                     let target = match &self.version {
                         Some(v) => quote(&format!("{}={v}", self.name)),
                         None => name.clone(),
@@ -59,7 +39,8 @@ impl Package {
                     if held {
                         script.push_str(&format!("apt-mark unhold {name} >/dev/null\n"));
                     }
-                    script.push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
+                    script
+                        .push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
                 }
             }
             PackageState::Absent => {
@@ -84,21 +65,8 @@ impl Package {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AptRepository {
-    /// Names the files: `/etc/apt/sources.list.d/<name>.list`, `/etc/apt/keyrings/<name>.asc`.
-    pub name: String,
-    /// The source line, e.g. `deb [arch=amd64] https://download.docker.com/linux/ubuntu xenial stable`.
-    /// `signed-by` is added when a key is given.
-    pub source: String,
-    /// The ASCII-armored signing key; `key_src` names a file of the role instead.
-    pub key: Option<String>,
-    pub key_src: Option<String>,
-}
-
-impl AptRepository {
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for AptRepository {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         // An empty key (a variable left unset) means none.
         let key = self.key.as_deref().filter(|k| !k.trim().is_empty());
         let list = format!("/etc/apt/sources.list.d/{}.list", self.name);
@@ -111,7 +79,11 @@ impl AptRepository {
             _ => self.source.clone(),
         };
         let wanted_list = format!("{source}\n");
-        let script = format!("cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true", quote(&list), quote(&keyring));
+        let script = format!(
+            "cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true",
+            quote(&list),
+            quote(&keyring)
+        );
         let text = host.must(&script, "reading the repository").await?;
         let (current_list, current_key) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let mut diffs = Vec::new();
@@ -120,7 +92,11 @@ impl AptRepository {
         }
         if let Some(key) = key {
             if current_key != key {
-                diffs.push(FieldDiff::new("key", if current_key.is_empty() { "(absent)" } else { "differs" }, keyring.clone()));
+                diffs.push(FieldDiff::new(
+                    "key",
+                    if current_key.is_empty() { "(absent)" } else { "differs" },
+                    keyring.clone(),
+                ));
             }
         }
         if !diffs.is_empty() && !host.check {

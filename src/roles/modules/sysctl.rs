@@ -2,27 +2,20 @@
 //! container the kernel's settings are the host's: kstack persists the setting and says it
 //! could not apply it, rather than pretend.
 
-use serde::Deserialize;
+use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::Sysctl;
 
-use super::{quote, FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sysctl {
-    pub name: String,
-    pub value: String,
+/// Where the setting is persisted.
+fn file(sysctl: &Sysctl) -> String {
+    format!("/etc/sysctl.d/60-kstack-{}.conf", sysctl.name.replace(['/', '.'], "-"))
 }
 
-impl Sysctl {
-    fn file(&self) -> String {
-        format!("/etc/sysctl.d/60-kstack-{}.conf", self.name.replace(['/', '.'], "-"))
-    }
-
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Sysctl {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         if self.name.contains(|c: char| c.is_whitespace() || c == '=') {
             return Err(TaskError::Failed(format!("`{}` is not a sysctl name", self.name)));
         }
-        let file = self.file();
+        let file = file(self);
         let wanted_file = format!("{} = {}\n", self.name, self.value);
         let script = format!(
             "cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true",
@@ -49,8 +42,11 @@ impl Sysctl {
         if !diffs.is_empty() && !host.check {
             host.connection.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root").await?;
             if !container {
-                host.must(&format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)), "applying the setting")
-                    .await?;
+                host.must(
+                    &format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)),
+                    "applying the setting",
+                )
+                .await?;
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

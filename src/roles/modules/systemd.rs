@@ -2,42 +2,21 @@
 //! enabled, and whether it runs. A changed unit file is followed by `daemon-reload`, and a
 //! running unit whose file changed is restarted.
 
-use serde::Deserialize;
+use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use kstack_project::roles::modules::{RunState, Systemd};
 
-use super::{quote, FieldDiff, Host, Outcome, TaskError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Started,
-    Stopped,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Systemd {
-    /// The unit, e.g. `docker.service`.
-    pub name: String,
-    /// The unit file (or drop-in) content; `src` names a template of the role instead.
-    pub content: Option<String>,
-    pub src: Option<String>,
-    /// Write a drop-in `/etc/systemd/system/<name>.d/<dropin>.conf` instead of the unit.
-    pub dropin: Option<String>,
-    pub enabled: Option<bool>,
-    pub state: Option<RunState>,
-}
-
-impl Systemd {
-    fn unit_file(&self) -> String {
-        match &self.dropin {
-            Some(dropin) => format!("/etc/systemd/system/{}.d/{dropin}.conf", self.name),
-            None => format!("/etc/systemd/system/{}", self.name),
-        }
+/// The unit file, or the drop-in when one is named.
+fn unit_file(unit: &Systemd) -> String {
+    match &unit.dropin {
+        Some(dropin) => format!("/etc/systemd/system/{}.d/{dropin}.conf", unit.name),
+        None => format!("/etc/systemd/system/{}", unit.name),
     }
+}
 
-    pub async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+impl Converge for Systemd {
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let unit = quote(&self.name);
-        let file = self.unit_file();
+        let file = unit_file(self);
         let script = format!(
             "systemctl is-enabled {unit} 2>/dev/null; echo; systemctl is-active {unit} 2>/dev/null; echo; echo '--- kstack ---'; cat {} 2>/dev/null || true",
             quote(&file)
@@ -51,7 +30,11 @@ impl Systemd {
         let file_changed = match &self.content {
             Some(content) if current != content => {
                 let exists = !current.is_empty();
-                diffs.push(FieldDiff::new(if self.dropin.is_some() { "dropin" } else { "unit_file" }, if exists { "differs" } else { "(absent)" }, file.clone()));
+                diffs.push(FieldDiff::new(
+                    if self.dropin.is_some() { "dropin" } else { "unit_file" },
+                    if exists { "differs" } else { "(absent)" },
+                    file.clone(),
+                ));
                 true
             }
             _ => false,

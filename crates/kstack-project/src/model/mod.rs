@@ -312,7 +312,8 @@ mod tests {
 
     #[test]
     fn roll_order_puts_its_groups_first_and_keeps_file_order_for_the_rest() {
-        let project = Project { root: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")) };
+        // The repository's own environments, two levels up from this crate.
+        let project = Project { root: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..") };
         let checked = load_environment(&project, "dev").result.expect("dev is valid");
         let order: Vec<&str> = checked.environment.roll_sequence().iter().map(|g| g.name.value.as_str()).collect();
         assert_eq!(order, ["masters", "workers", "ingress"]);
