@@ -110,7 +110,7 @@ fn main() {
     let roles = load_roles(&work.path().join("roles"), &names, &mut sources).unwrap_or_else(|_| panic!("bench role"));
     let login = Login {
         user: String::from("root"),
-        key: key.private(),
+        key: kstack::ssh::LoginKey::File(key.private()),
         port: 22,
         host_keys: HostKeys { path: work.path().join("known_hosts"), trust_on_first_use: true },
         connect_timeout: Duration::from_secs(10),

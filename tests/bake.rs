@@ -82,6 +82,17 @@ fn removed(path: &std::path::Path) -> bool {
     std::fs::symlink_metadata(path).map_or(true, |m| m.file_type().is_char_device())
 }
 
+/// An EC2 client for another region of the emulator.
+async fn ec2_in(moto: &Moto, region: &'static str) -> aws_sdk_ec2::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&moto.endpoint)
+        .region(aws_config::Region::new(region))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&config)
+}
+
 fn wait(child: Child) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
@@ -147,13 +158,7 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let copy = stdout.lines().find_map(|l| l.strip_prefix("eu-central-1: ")).expect("a copy in eu-central-1");
     let copy = copy.split_whitespace().next().unwrap().to_owned();
     rt.block_on(async {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&moto.endpoint)
-            .region(aws_config::Region::new("eu-central-1"))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
-            .load()
-            .await;
-        let images = aws_sdk_ec2::Client::new(&config).describe_images().image_ids(&copy).send().await.unwrap();
+        let images = ec2_in(&moto, "eu-central-1").await.describe_images().image_ids(&copy).send().await.unwrap();
         let tags = images.images()[0].tags();
         assert!(tags.iter().any(|t| t.key() == Some("kstack:image") && t.value() == Some("node")), "{tags:?}");
     });
@@ -252,4 +257,119 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     let cleaned = project.kstack(&moto).args(["bake", "node", "--cleanup"]).output().unwrap();
     assert!(String::from_utf8_lossy(&cleaned.stdout).contains("removed 2 leftover bake resources"));
     assert_eq!(leftovers(&aws, &rt), (0, 0));
+}
+
+/// Baked images of `node` in `region`.
+fn baked(moto: &Moto, rt: &tokio::runtime::Runtime, region: &'static str) -> Vec<String> {
+    rt.block_on(async {
+        let ec2 = ec2_in(moto, region).await;
+        let images = ec2
+            .describe_images()
+            .owners("self")
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake-hash").build())
+            .send()
+            .await
+            .unwrap();
+        images.images().iter().filter_map(|i| i.image_id()).map(str::to_owned).collect()
+    })
+}
+
+fn running_builders(aws: &Clients, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    let running = builders(aws, rt).into_iter().filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("running"));
+    running.filter_map(|i| i.instance_id().map(str::to_owned)).collect()
+}
+
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Files under `dir` holding a private key.
+fn private_keys(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(private_keys(&path));
+        } else if std::fs::read_to_string(&path).is_ok_and(|text| text.contains("PRIVATE KEY")) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_bake_killed_at_any_step_is_finished_by_the_next_one_without_duplicates_leftovers_or_keys() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt);
+    let temp = tempfile::tempdir().unwrap();
+    let bake = || {
+        let mut command = project.kstack_process(&moto);
+        command.args(["bake", "node", "--ssh-timeout", "60"]).env("TMPDIR", temp.path()).stdin(Stdio::null());
+        command.spawn().unwrap()
+    };
+    for moment in ["its security group exists", "its builder runs", "the roles are applying", "its image exists"] {
+        let mut killed = bake();
+        let node = match moment {
+            "its security group exists" => {
+                until(moment, || leftovers(&aws, &rt).1 == 1);
+                None
+            }
+            "its builder runs" => {
+                builder(&aws, &rt);
+                // A running bake is neither doubled nor cleaned up from under itself.
+                let second = project.kstack(&moto).args(["bake", "node"]).env("TMPDIR", temp.path()).output().unwrap();
+                let stderr = String::from_utf8_lossy(&second.stderr);
+                assert_eq!(second.status.code(), Some(1), "{stderr}");
+                assert!(stderr.contains("is being baked from this same content by"), "{stderr}");
+                let cleanup = project.kstack(&moto).args(["bake", "node", "--cleanup"]).output().unwrap();
+                let said = String::from_utf8_lossy(&cleanup.stderr);
+                assert!(cleanup.status.success() && said.contains("is running") && said.contains("left alone"), "{said}");
+                assert_eq!(leftovers(&aws, &rt), (1, 1), "the running bake keeps its builder and group");
+                None
+            }
+            _ => {
+                let (address, key) = builder(&aws, &rt);
+                let node = serve(&address, &key);
+                if moment == "the roles are applying" {
+                    until(moment, || node.file("/etc/app/app.conf").exists());
+                } else {
+                    until(moment, || !baked(&moto, &rt, "eu-west-1").is_empty());
+                }
+                Some(node)
+            }
+        };
+        killed.kill().unwrap();
+        killed.wait().unwrap();
+        assert_eq!(private_keys(temp.path()), Vec::<std::path::PathBuf>::new(), "killed when {moment}: no key on disk");
+        drop(node);
+
+        // A plain bake clears what the killed one left, then bakes, or finishes its image.
+        let stale = running_builders(&aws, &rt);
+        let next = bake();
+        let node = (moment != "its image exists").then(|| {
+            until("the killed bake's builder is gone", || running_builders(&aws, &rt).iter().all(|id| !stale.contains(id)));
+            let (address, key) = builder(&aws, &rt);
+            serve(&address, &key)
+        });
+        let output = wait(next);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "after a kill when {moment}: {stderr}");
+        assert_eq!(leftovers(&aws, &rt), (0, 0), "after a kill when {moment}: {stderr}");
+        let (home, copies) = (baked(&moto, &rt, "eu-west-1"), baked(&moto, &rt, "eu-central-1"));
+        assert_eq!((home.len(), copies.len()), (1, 1), "one image per region after a kill when {moment}: {stderr}");
+        assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0, "no bake's files are left locally");
+        drop(node);
+
+        // Forget the image, so the next moment bakes again.
+        rt.block_on(async {
+            for (region, ami) in [("eu-west-1", &home[0]), ("eu-central-1", &copies[0])] {
+                ec2_in(&moto, region).await.deregister_image().image_id(ami).send().await.unwrap();
+            }
+        });
+    }
 }

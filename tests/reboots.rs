@@ -41,7 +41,7 @@ fn on_node(rt: &tokio::runtime::Runtime, key: &ClientKey, node: &Node, command: 
     std::fs::write(&known_hosts, node.known_hosts_line()).unwrap();
     let login = Login {
         user: String::from("root"),
-        key: key.private(),
+        key: kstack::ssh::LoginKey::File(key.private()),
         port: 22,
         host_keys: HostKeys { path: known_hosts, trust_on_first_use: false },
         connect_timeout: Duration::from_secs(10),

@@ -11,7 +11,7 @@ use node::{ClientKey, Node};
 fn login(key: &ClientKey, known_hosts: &std::path::Path, trust_on_first_use: bool) -> Login {
     Login {
         user: String::from("root"),
-        key: key.private(),
+        key: kstack::ssh::LoginKey::File(key.private()),
         port: 22,
         host_keys: HostKeys { path: known_hosts.to_owned(), trust_on_first_use },
         connect_timeout: Duration::from_secs(10),

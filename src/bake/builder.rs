@@ -11,12 +11,14 @@ use aws_sdk_ec2::types::{
     InstanceType, IpPermission, IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
 
+use super::lease::{self, Leftover, Standing, RENEW_EVERY, TAG_KEPT};
 use super::{BakeError, Options, Progress, TAG_BAKE, TAG_HASH};
 use crate::aws::Cloud;
 use crate::compile::TAG_ADDRESS;
 use crate::model::image::Image;
 use crate::roles::{Role, RunOptions, Variables};
-use crate::ssh::{Connection, HostKeys, Login, SshError};
+use crate::ssh::{Connection, HostKeys, Login, LoginKey, SshError};
+use russh::keys::PrivateKey;
 
 /// Removes what makes an instance unique, so every node launched from the image starts fresh.
 const CLEAN: &str = "set +e
@@ -42,28 +44,75 @@ pub async fn build(
     progress: Progress,
 ) -> Result<BTreeMap<String, String>, BakeError> {
     let bake_id = format!("{}-{}-{}", image.name, &hash[..8], rand::random::<u32>());
-    let key_dir = std::env::temp_dir().join(format!("kstack-bake-{bake_id}"));
+    let scratch = scratch_dir(&bake_id);
+    let key = Arc::new(
+        PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+            .map_err(|e| BakeError::Failed(format!("cannot make an SSH key: {e}")))?,
+    );
     let result = tokio::select! {
-        result = steps(cloud, image, roles, source, hash, options, &bake_id, &key_dir, &progress) => result,
+        result = steps(cloud, image, roles, source, hash, options, &bake_id, &key, &scratch, &progress) => result,
+        never = renew_lease(cloud, &bake_id) => match never {},
         _ = tokio::signal::ctrl_c() => Err(BakeError::Interrupted),
     };
     match (&result, options.keep_on_error) {
-        (Err(_), true) => {
-            progress(&format!(
-                "kept the builder for debugging (tag {TAG_BAKE}={bake_id}); log in with `ssh -i {} {}@<address>`, \
-                 remove it with `kstack bake --cleanup`",
-                key_dir.join("id_ed25519").display(),
-                image.ssh_user
-            ));
-        }
+        (Err(_), true) => keep(cloud, image, &bake_id, &key, &scratch, &progress).await,
         _ => {
-            let _ = std::fs::remove_dir_all(&key_dir);
+            let _ = std::fs::remove_dir_all(&scratch);
             if let Err(error) = cleanup(cloud, Some(&bake_id), &progress).await {
                 progress(&format!("cleanup failed: {error}; run `kstack bake --cleanup` to retry"));
             }
         }
     }
     result
+}
+
+/// A bake's local files: known_hosts, and the key of a builder kept for debugging. The key
+/// stays in memory otherwise, so a killed bake leaves no secret behind.
+fn scratch_dir(bake_id: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("kstack-bake-{bake_id}"))
+}
+
+/// Leaves a failed bake's builder for debugging: marked kept (so later bakes leave it alone),
+/// with its key written, readable by the owner only, for the user to log in.
+async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &Progress) {
+    let resources = temporaries(cloud, Some(bake_id)).await.unwrap_or_default().ids();
+    if !resources.is_empty() {
+        let kept = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(TAG_KEPT).value("true").build());
+        if let Err(error) = kept.send().await {
+            progress(&format!("could not mark the builder as kept: {}", crate::aws::AwsError::from(error)));
+        }
+    }
+    let key_path = scratch.join("id_ed25519");
+    let written = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(|e| e.to_string())
+        .and_then(|text| write_private(&key_path, text.as_bytes()).map_err(|e| e.to_string()));
+    match written {
+        Ok(()) => progress(&format!(
+            "kept the builder for debugging (tag {TAG_BAKE}={bake_id}); log in with `ssh -i {} {}@<address>`, \
+             remove it with `kstack bake --cleanup`",
+            key_path.display(),
+            image.ssh_user
+        )),
+        Err(error) => progress(&format!("kept the builder (tag {TAG_BAKE}={bake_id}) but cannot write its key: {error}")),
+    }
+}
+
+/// Renews the bake's lease on its temporary resources for as long as the bake runs.
+async fn renew_lease(cloud: &Cloud, bake_id: &str) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(RENEW_EVERY).await;
+        let Ok(found) = temporaries(cloud, Some(bake_id)).await else { continue };
+        let resources = found.ids();
+        if resources.is_empty() {
+            continue;
+        }
+        let (key, value) = lease::renewed();
+        let renewed = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(key).value(value).build());
+        if let Err(error) = renewed.send().await {
+            tracing::warn!("renewing the bake's lease failed: {}", crate::aws::AwsError::from(error));
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -75,7 +124,8 @@ async fn steps(
     hash: &str,
     options: &Options,
     bake_id: &str,
-    key_dir: &std::path::Path,
+    key: &Arc<PrivateKey>,
+    scratch: &std::path::Path,
     progress: &Progress,
 ) -> Result<BTreeMap<String, String>, BakeError> {
     let step_started = Instant::now();
@@ -101,7 +151,14 @@ async fn steps(
         )));
     };
     let (subnet_id, vpc_id) = (subnet.subnet_id().unwrap_or_default(), subnet.vpc_id().unwrap_or_default());
-    let marker = [(TAG_BAKE, bake_id), ("kstack:image", image.name.as_str())];
+    let [(holder_key, holder), (expires_key, expires)] = lease::ours();
+    let marker = [
+        (TAG_BAKE, bake_id),
+        ("kstack:image", image.name.as_str()),
+        (TAG_HASH, hash),
+        (holder_key.as_str(), holder.as_str()),
+        (expires_key.as_str(), expires.as_str()),
+    ];
 
     step("creating a temporary security group");
     let group = cloud
@@ -117,13 +174,7 @@ async fn steps(
     let group_id = group.group_id().unwrap_or_default().to_owned();
 
     // A one-off key, installed by cloud-init from user data: no EC2 key pair to leak.
-    let key = russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-        .map_err(|e| BakeError::Failed(format!("cannot make an SSH key: {e}")))?;
     let public = key.public_key().to_openssh().map_err(|e| BakeError::Failed(e.to_string()))?;
-    std::fs::create_dir_all(key_dir).map_err(|e| BakeError::Failed(e.to_string()))?;
-    let key_path = key_dir.join("id_ed25519");
-    let private = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| BakeError::Failed(e.to_string()))?;
-    write_private(&key_path, private.as_bytes()).map_err(|e| BakeError::Failed(format!("cannot write the bake key: {e}")))?;
     let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n");
 
     step(&format!("launching the builder from {source}"));
@@ -152,7 +203,7 @@ async fn steps(
                 .build(),
         )
         .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags(&[marker[0], marker[1], ("Name", &format!("kstack-bake-{}", image.name))]))).build())
+        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags(&[marker.as_slice(), &[("Name", &format!("kstack-bake-{}", image.name))]].concat()))).build())
         .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags(&marker))).build())
         .send()
         .await
@@ -181,7 +232,8 @@ async fn steps(
         .await
         .map_err(|e| BakeError::aws("admitting SSH to the builder")(e.into()))?;
 
-    let known_hosts = key_dir.join("known_hosts");
+    std::fs::create_dir_all(scratch).map_err(|e| BakeError::Failed(e.to_string()))?;
+    let known_hosts = scratch.join("known_hosts");
     let from_console = host_keys_from_console(cloud, &instance_id, &address).await;
     let trust_on_first_use = from_console.is_empty();
     if trust_on_first_use {
@@ -192,7 +244,7 @@ async fn steps(
     }
     let login = Login {
         user: image.ssh_user.clone(),
-        key: key_path,
+        key: LoginKey::InMemory(Arc::clone(key)),
         port: 22,
         host_keys: HostKeys { path: known_hosts, trust_on_first_use },
         connect_timeout: Duration::from_secs(10),
@@ -268,44 +320,7 @@ async fn steps(
         .await
         .map_err(|e| BakeError::aws("creating the image")(e.into()))?;
     let ami = created.image_id().unwrap_or_default().to_owned();
-    let snapshots = wait_for_image(cloud, &ami).await?;
-    // Snapshots are tagged once they exist rather than through CreateImage's own tag
-    // specifications, which the AWS emulator the tests use does not take for snapshots.
-    if !snapshots.is_empty() {
-        cloud
-            .ec2
-            .create_tags()
-            .set_resources(Some(snapshots))
-            .set_tags(Some(tags(&image_tags)))
-            .send()
-            .await
-            .map_err(|e| BakeError::aws("tagging the image's snapshots")(e.into()))?;
-    }
-    let mut amis = BTreeMap::from([(cloud.region.clone(), ami.clone())]);
-    for region in &image.copy_to {
-        step(&format!("copying {ami} to {region}"));
-        let there = Cloud::connect(region, &cloud.environment).await;
-        let copied = there
-            .ec2
-            .copy_image()
-            .source_image_id(&ami)
-            .source_region(&cloud.region)
-            .name(&name)
-            .send()
-            .await
-            .map_err(|e| BakeError::aws("copying the image")(e.into()))?;
-        let copy = copied.image_id().unwrap_or_default().to_owned();
-        // Tagged once it exists: the AWS emulator ignores CopyImage's tag specifications.
-        there
-            .ec2
-            .create_tags()
-            .resources(&copy)
-            .set_tags(Some(tags(&image_tags)))
-            .send()
-            .await
-            .map_err(|e| BakeError::aws("tagging the copied image")(e.into()))?;
-        amis.insert(region.clone(), copy);
-    }
+    let amis = super::finish::finish(cloud, image, &ami, &step).await?;
     step(&format!("image {ami} is available"));
     Ok(amis)
 }
@@ -391,56 +406,69 @@ async fn wait_for_instance(cloud: &Cloud, id: &str, wanted: InstanceStateName) -
     Err(BakeError::Failed(format!("builder {id} did not become {} in 10 minutes", wanted.as_str())))
 }
 
-/// Waits until the image is available; returns its snapshots.
-async fn wait_for_image(cloud: &Cloud, ami: &str) -> Result<Vec<String>, BakeError> {
-    for _ in 0..450 {
-        let described = cloud
-            .ec2
-            .describe_images()
-            .image_ids(ami)
-            .send()
-            .await
-            .map_err(|e| BakeError::aws("waiting for the image")(e.into()))?;
-        let image = described.images().first();
-        match image.and_then(|i| i.state()).map(|s| s.as_str()) {
-            Some("available") => {
-                let snapshots = image
-                    .map(|i| i.block_device_mappings())
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
-                    .collect();
-                return Ok(snapshots);
-            }
-            Some("failed" | "error") => return Err(BakeError::Failed(format!("image {ami} failed"))),
-            _ => tokio::time::sleep(Duration::from_secs(4)).await,
-        }
-    }
-    Err(BakeError::Failed(format!("image {ami} was not available after 30 minutes")))
+/// The temporary resources of one bake (or of every bake), found by tag: builders that are
+/// not terminated and security groups, each with what its bake's tags say.
+#[derive(Default)]
+struct Temporaries {
+    instances: Vec<(String, Leftover)>,
+    groups: Vec<(String, Leftover)>,
 }
 
-/// Terminates builders and deletes security groups of one bake (or of every bake), found
-/// by tag. Returns how many resources were removed.
-pub async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) -> Result<usize, BakeError> {
+impl Temporaries {
+    fn ids(&self) -> Vec<String> {
+        self.instances.iter().chain(&self.groups).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// One entry per bake.
+    fn bakes(&self) -> Vec<Leftover> {
+        let mut bakes: BTreeMap<String, Leftover> = BTreeMap::new();
+        for (_, leftover) in self.groups.iter().chain(&self.instances) {
+            bakes.entry(leftover.bake_id.clone()).or_insert_with(|| leftover.clone());
+        }
+        bakes.into_values().collect()
+    }
+
+    fn only(self, keep: impl Fn(&Leftover) -> bool) -> Temporaries {
+        Temporaries {
+            instances: self.instances.into_iter().filter(|(_, l)| keep(l)).collect(),
+            groups: self.groups.into_iter().filter(|(_, l)| keep(l)).collect(),
+        }
+    }
+}
+
+async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries, BakeError> {
     let filter = || match bake_id {
         Some(id) => Filter::builder().name(format!("tag:{TAG_BAKE}")).values(id).build(),
         None => Filter::builder().name("tag-key").values(TAG_BAKE).build(),
     };
-    let described = cloud
-        .ec2
-        .describe_instances()
-        .filters(filter())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("finding builders")(e.into()))?;
-    let instances: Vec<String> = described
+    let (described, groups) = tokio::join!(
+        cloud.ec2.describe_instances().filters(filter()).send(),
+        cloud.ec2.describe_security_groups().filters(filter()).send()
+    );
+    let described = described.map_err(|e| BakeError::aws("finding builders")(e.into()))?;
+    let groups = groups.map_err(|e| BakeError::aws("finding bake security groups")(e.into()))?;
+    let instances = described
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
         .filter(|i| !matches!(i.state().and_then(|s| s.name()), Some(InstanceStateName::Terminated)))
-        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .filter_map(|i| Some((i.instance_id()?.to_owned(), Leftover::from_tags(i.tags())?)))
         .collect();
-    let mut removed = 0;
+    let groups = groups
+        .security_groups()
+        .iter()
+        .filter_map(|g| Some((g.group_id()?.to_owned(), Leftover::from_tags(g.tags())?)))
+        .collect();
+    Ok(Temporaries { instances, groups })
+}
+
+/// Terminates builders, then deletes their security groups. Returns how many resources were
+/// removed.
+async fn remove(cloud: &Cloud, found: &Temporaries, progress: &Progress) -> Result<usize, BakeError> {
+    for bake in found.bakes() {
+        let _ = std::fs::remove_dir_all(scratch_dir(&bake.bake_id));
+    }
+    let instances: Vec<String> = found.instances.iter().map(|(id, _)| id.clone()).collect();
     if !instances.is_empty() {
         progress(&format!("terminating builder {}", instances.join(", ")));
         cloud
@@ -453,17 +481,8 @@ pub async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) 
         for id in &instances {
             let _ = wait_for_instance(cloud, id, InstanceStateName::Terminated).await;
         }
-        removed += instances.len();
     }
-    let groups = cloud
-        .ec2
-        .describe_security_groups()
-        .filters(filter())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("finding bake security groups")(e.into()))?;
-    for group in groups.security_groups() {
-        let id = group.group_id().unwrap_or_default();
+    for (id, _) in &found.groups {
         progress(&format!("deleting security group {id}"));
         let mut attempt = 0;
         loop {
@@ -472,6 +491,9 @@ pub async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) 
                 // The terminated builder's network interface lingers for a while.
                 Err(error) if attempt < 30 => {
                     let error = crate::aws::AwsError::from(error);
+                    if error.is_not_found() {
+                        break;
+                    }
                     if !error.is_code("DependencyViolation") {
                         return Err(BakeError::aws("deleting a bake security group")(error));
                     }
@@ -481,14 +503,50 @@ pub async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) 
                 Err(error) => return Err(BakeError::aws("deleting a bake security group")(error.into())),
             }
         }
-        removed += 1;
     }
-    Ok(removed)
+    Ok(instances.len() + found.groups.len())
 }
 
-/// `kstack bake --cleanup`: everything any bake left behind.
+/// Removes everything one bake made that is temporary.
+async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) -> Result<usize, BakeError> {
+    remove(cloud, &temporaries(cloud, bake_id).await?, progress).await
+}
+
+/// What other bakes left, before a bake starts: removes what dead bakes left and returns the
+/// bakes still running. Builders kept for debugging are left alone (and mentioned).
+pub async fn clear_abandoned(cloud: &Cloud, progress: &Progress) -> Result<Vec<Leftover>, BakeError> {
+    let found = temporaries(cloud, None).await?;
+    let bakes = found.bakes();
+    for bake in &bakes {
+        match &bake.standing {
+            Standing::Abandoned { holder } => progress(&format!(
+                "removing what bake {} of image `{}` left behind: its holder {holder} is gone",
+                bake.bake_id, bake.image
+            )),
+            Standing::Kept => progress(&format!(
+                "bake {} of image `{}` was kept for debugging; `kstack bake --cleanup` removes it",
+                bake.bake_id, bake.image
+            )),
+            Standing::Running { .. } => {}
+        }
+    }
+    remove(cloud, &found.only(|l| matches!(l.standing, Standing::Abandoned { .. })), progress).await?;
+    Ok(bakes.into_iter().filter(|b| matches!(b.standing, Standing::Running { .. })).collect())
+}
+
+/// `kstack bake --cleanup`: what dead bakes left and builders kept for debugging; bakes that
+/// still run are named and left alone. Returns how many resources were removed.
 pub async fn cleanup_leftovers(cloud: &Cloud, progress: &Progress) -> Result<usize, BakeError> {
-    cleanup(cloud, None, progress).await
+    let found = temporaries(cloud, None).await?;
+    for bake in found.bakes() {
+        if let Standing::Running { holder, expires } = &bake.standing {
+            progress(&format!(
+                "bake {} of image `{}` is running ({holder}, lease until {expires}): left alone",
+                bake.bake_id, bake.image
+            ));
+        }
+    }
+    remove(cloud, &found.only(|l| !matches!(l.standing, Standing::Running { .. })), progress).await
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! launch a tagged builder with a one-off SSH key (user data, as cloud-init installs it) and
 //! a security group admitting SSH from this machine only, apply the roles, run their checks,
 //! clean the instance, stop it, create the image, copy it, and delete everything temporary:
-//! also on failure and Ctrl-C, unless asked to keep it for debugging.
+//! also on failure and Ctrl-C, unless asked to keep it for debugging. What a killed bake left
+//! is removed by the next one (`lease.rs`), which also finishes its image (`finish.rs`).
 
 mod builder;
+mod finish;
 mod hash;
+mod lease;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -120,16 +123,26 @@ pub async fn bake(
     progress(&format!("resolving the source of image `{}`", image.name));
     let source = source_ami(cloud, image).await?;
     let hash = content_hash(&source, image, roles, roles_dir);
-    let region = cloud.region.clone();
+    let running = builder::clear_abandoned(cloud, &progress).await?;
+    for other in running.iter().filter(|b| b.image == image.name && b.hash == hash) {
+        if let lease::Standing::Running { holder, expires } = &other.standing {
+            return Err(BakeError::Failed(format!(
+                "image `{}` is being baked from this same content by {holder} (bake {}, lease until {expires}); \
+                 wait for it to finish, then run again to reuse its AMI",
+                image.name, other.bake_id
+            )));
+        }
+    }
     if !options.force {
         if let Some(ami) = existing(cloud, &hash).await? {
             progress(&format!("reusing {ami}: it was baked from the same source, roles and variables (hash {})", &hash[..12]));
+            let amis = finish::finish(cloud, image, &ami, &*progress).await?;
             return Ok(Manifest {
                 image: image.name.clone(),
                 hash,
                 source_ami: source,
                 reused: true,
-                amis: BTreeMap::from([(region, ami)]),
+                amis,
                 seconds: started.elapsed().as_secs_f64(),
             });
         }

@@ -21,7 +21,7 @@ use super::{report_image_problems, report_problems, term, Failure};
   kstack bake node
   kstack bake node --force --keep-on-error
   kstack bake node --json > node-manifest.json
-  kstack bake node --cleanup          remove builders and groups earlier bakes left behind
+  kstack bake node --cleanup          remove what dead bakes left and builders kept for debugging
 
 Exit status: 0 an image is available (baked or reused), 1 the bake failed (nothing is left behind
 unless --keep-on-error).")]
@@ -53,7 +53,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
 
-    /// Instead of baking, remove what earlier bakes left behind (found by tag).
+    /// Instead of baking, remove what dead bakes left and builders kept for debugging (found by
+    /// tag); bakes still running are named and left alone.
     #[arg(long)]
     cleanup: bool,
 }

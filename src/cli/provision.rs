@@ -13,7 +13,7 @@ use crate::model::reboots::format_minute;
 use crate::model::secrets::redact;
 use crate::model::{ImageRef, Project, Secret};
 use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskReport, TaskStatus, Variables};
-use crate::ssh::{HostKeys, Login};
+use crate::ssh::{HostKeys, Login, LoginKey};
 
 use super::session::{aws_failure, runtime};
 use super::{check_groups, load_and_compile, report_problems, term, Failure, LoadedImage};
@@ -89,7 +89,7 @@ impl SshArgs {
     pub fn login(&self, default_user: &str) -> Login {
         Login {
             user: self.ssh_user.clone().unwrap_or_else(|| default_user.to_owned()),
-            key: expand_home(&self.ssh_key),
+            key: LoginKey::File(expand_home(&self.ssh_key)),
             port: self.ssh_port,
             host_keys: HostKeys { path: expand_home(&self.known_hosts), trust_on_first_use: self.trust_new_hosts },
             connect_timeout: Duration::from_secs(15),

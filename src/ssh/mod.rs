@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::client::{self, Handle};
-use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::ChannelMsg;
 
 pub use facts::Facts;
@@ -28,7 +28,7 @@ pub enum SshError {
     #[error("the host key of {host} is not in {known_hosts}")]
     HostKeyUnknown { host: String, known_hosts: PathBuf },
     #[error("{user}@{host} refused the key {key}")]
-    AuthenticationFailed { host: String, user: String, key: PathBuf },
+    AuthenticationFailed { host: String, user: String, key: LoginKey },
     #[error("cannot read the private key {path}: {message}")]
     Key { path: PathBuf, message: String },
     #[error("SSH to {host} failed: {message}")]
@@ -57,12 +57,41 @@ impl SshError {
 #[derive(Debug, Clone)]
 pub struct Login {
     pub user: String,
-    pub key: PathBuf,
+    pub key: LoginKey,
     pub port: u16,
     pub host_keys: HostKeys,
     pub connect_timeout: Duration,
     /// Reach hosts through this jump host, as `ssh -J` does.
     pub bastion: Option<Bastion>,
+}
+
+/// The private key a login authenticates with.
+#[derive(Debug, Clone)]
+pub enum LoginKey {
+    /// An OpenSSH private key file, e.g. `~/.ssh/id_ed25519`.
+    File(PathBuf),
+    /// A key made for one job and never written to disk, e.g. a bake's one-off key.
+    InMemory(Arc<PrivateKey>),
+}
+
+impl LoginKey {
+    fn load(&self) -> Result<Arc<PrivateKey>, SshError> {
+        match self {
+            LoginKey::File(path) => russh::keys::load_secret_key(path, None)
+                .map(Arc::new)
+                .map_err(|e| SshError::Key { path: path.clone(), message: e.to_string() }),
+            LoginKey::InMemory(key) => Ok(Arc::clone(key)),
+        }
+    }
+}
+
+impl std::fmt::Display for LoginKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginKey::File(path) => write!(f, "{}", path.display()),
+            LoginKey::InMemory(_) => f.write_str("(a one-off key held in memory)"),
+        }
+    }
 }
 
 /// A jump host: `[user@]host[:port]`; the user defaults to the login user.
@@ -211,14 +240,11 @@ impl Connection {
                 return Err(unreachable(format!("{error}{through}")));
             }
         };
-        let key = russh::keys::load_secret_key(&login.key, None).map_err(|e| SshError::Key {
-            path: login.key.clone(),
-            message: e.to_string(),
-        })?;
+        let key = login.key.load()?;
         let protocol = |e: russh::Error| SshError::Protocol { host: host.to_owned(), message: e.to_string() };
         let hash = handle.best_supported_rsa_hash().await.map_err(protocol)?.flatten();
         let auth = handle
-            .authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(key, hash))
             .await
             .map_err(protocol)?;
         if !auth.success() {

@@ -33,7 +33,7 @@ pub fn load(dir: &Path, names: &[&str]) -> Vec<Role> {
 pub fn login(key: &ClientKey) -> Login {
     Login {
         user: String::from("root"),
-        key: key.private(),
+        key: kstack::ssh::LoginKey::File(key.private()),
         port: 22,
         host_keys: HostKeys { path: key.dir.path().join("known_hosts"), trust_on_first_use: true },
         connect_timeout: Duration::from_secs(10),
