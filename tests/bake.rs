@@ -233,9 +233,13 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("kept the builder for debugging") && stderr.contains("ssh -i "), "{stderr}");
+    let key = stderr.split("ssh -i ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the kept builder's key is the owner's only");
     assert_eq!(leftovers(&aws, &rt), (1, 1));
     project.kstack(&moto).args(["bake", "broken", "--cleanup"]).assert().success();
     assert_eq!(leftovers(&aws, &rt), (0, 0));
+    assert!(!std::path::Path::new(key).exists(), "the key goes with the builder");
     drop(node);
 
     // Interrupted while waiting for SSH: no node answers this time.

@@ -34,6 +34,8 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
     assert!(text.contains("+ user_data.sha256 = \""), "user data is shown as its hash");
     assert!(!text.contains("systemctl restart kubelet"), "user data itself is never shown");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    let state = std::fs::metadata(project.path().join(".kstack/state/dev.json")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&state.permissions()) & 0o777, 0o600, "state is the owner's only");
 
     rt.block_on(async {
         let vpcs = aws.ec2.describe_vpcs().filters(env_filter("dev")).send().await.unwrap();
