@@ -3,8 +3,8 @@
 //! consistent: after apply, each resource exists exactly once and a plan finds nothing to do;
 //! after destroy, nothing tagged with the environment is left.
 //!
-//! `KSTACK_RELIABILITY_RUNS` (default 3) and `KSTACK_FAULT_RATE` (percent of requests, default
-//! 20) size it; CI runs the default, a longer soak is `KSTACK_RELIABILITY_RUNS=30 cargo test
+//! `KSTACK_RELIABILITY_RUNS` (default 6) and `KSTACK_FAULT_RATE` (percent of requests, default
+//! 25) size it; CI runs the default, a longer soak is `KSTACK_RELIABILITY_RUNS=30 cargo test
 //! --test reliability -- --nocapture`.
 
 mod support;
@@ -77,8 +77,8 @@ fn tagged(rt: &tokio::runtime::Runtime, aws: &Clients, environment: &str) -> BTr
 
 #[test]
 fn apply_and_destroy_through_injected_faults_always_end_consistent() {
-    let runs = setting("KSTACK_RELIABILITY_RUNS", 3);
-    let rate = setting("KSTACK_FAULT_RATE", 20);
+    let runs = setting("KSTACK_RELIABILITY_RUNS", 6);
+    let rate = setting("KSTACK_FAULT_RATE", 25);
     let rt = runtime();
     let mut injected: BTreeMap<Fault, u64> = BTreeMap::new();
     let mut inconsistent = Vec::new();

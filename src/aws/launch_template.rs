@@ -189,6 +189,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .ec2
         .create_launch_template()
         .launch_template_name(&resource.name)
+        .client_token(super::client_token(&resource.name))
         .launch_template_data(data)
         .tag_specifications(ec2_tag_specification(ResourceType::LaunchTemplate, &resource.tags))
         .send()
@@ -207,6 +208,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         .ec2
         .create_launch_template_version()
         .launch_template_id(&actual.id)
+        .client_token(super::client_token(&actual.id))
         .launch_template_data(data)
         .send()
         .await?;

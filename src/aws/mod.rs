@@ -174,6 +174,16 @@ fn ids_of(ids: &Ids, addresses: &[Address]) -> Result<Vec<String>, AwsError> {
     addresses.iter().map(|a| id_of(ids, a).map(str::to_owned)).collect()
 }
 
+/// An idempotency token for one create or new version of `scope` (e.g. a launch template's
+/// id) in this kstack process. The SDK sends the same token when it retries the call, so a
+/// retry after a lost reply gets the first result back instead of making a second one.
+pub(crate) fn client_token(scope: &str) -> String {
+    use sha2::{Digest, Sha256};
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(rand::random::<u64>);
+    format!("kstack-{run:016x}-{}", &format!("{:x}", Sha256::digest(scope.as_bytes()))[..16])
+}
+
 /// For creates AWS cannot deduplicate (no client token, no unique name): the SDK retrying
 /// after a lost reply would make a second resource, so kstack retries those itself, after
 /// looking for the first one by its tags (`apply`).

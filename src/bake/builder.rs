@@ -186,6 +186,8 @@ async fn steps(
         .instance_type(InstanceType::from(image.instance_type.as_str()))
         .min_count(1)
         .max_count(1)
+        // One builder per bake, however often the SDK retries the call.
+        .client_token(crate::aws::client_token(bake_id))
         .subnet_id(subnet_id)
         .security_group_ids(&group_id)
         .user_data(aws_smithy_types::base64::encode(&user_data))
