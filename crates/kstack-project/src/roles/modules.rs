@@ -49,6 +49,7 @@ pub struct Group {
     #[serde(default)]
     pub system: bool,
 }
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
@@ -75,8 +76,7 @@ pub struct Command {
     pub chdir: Option<String>,
 }
 
-// `copy`, `template` and `line`: a file's whole content, or one line of it. The content is
-// computed here and written with a verified checksum only when it differs.
+// `copy`, `template` and `line`: a file's whole content, or one line of it.
 
 /// `copy` (from `content`, or `src` in the role's `files/`) and `template` (`src` in the
 /// role's `templates/`). The role loader turns `src` into `content` before the task runs.
@@ -90,6 +90,7 @@ pub struct Copy {
     pub owner: Option<String>,
     pub group: Option<String>,
 }
+
 /// A line in a file: present (replacing the first line that `regexp` matches) or absent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +103,7 @@ pub struct Line {
     pub state: String,
     pub mode: Option<String>,
 }
+
 fn present() -> String {
     String::from("present")
 }
@@ -117,6 +119,7 @@ pub enum FileState {
     Link,
     Absent,
 }
+
 impl FileState {
     pub fn name(self) -> &'static str {
         match self {
@@ -127,6 +130,7 @@ impl FileState {
         }
     }
 }
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -162,6 +166,7 @@ pub enum PackageState {
     Present,
     Absent,
 }
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Package {
@@ -176,6 +181,7 @@ pub struct Package {
     #[serde(default)]
     pub update_cache: bool,
 }
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AptRepository {
@@ -210,6 +216,7 @@ pub enum RunState {
     Started,
     Stopped,
 }
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Systemd {
