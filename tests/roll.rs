@@ -369,6 +369,62 @@ fn a_roll_killed_mid_batch_resumes_without_losing_or_leaking_an_instance() {
     assert_eq!(running_instances(&aws, &rt), 3, "no surged instance left running");
 }
 
+/// Runs a roll and kills it (SIGKILL) right after its `after`-th progress line; returns
+/// whether it was killed before it finished.
+fn kill_after_line(project: &Project, moto: &Moto, after: usize) -> bool {
+    let mut child = project.kstack_process(moto).args(["roll", "fleet", "--timeout", "60"]).spawn().unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    if lines.map_while(Result::ok).nth(after - 1).is_some() {
+        child.kill().unwrap();
+    }
+    !child.wait().unwrap().success()
+}
+
+#[test]
+fn a_roll_killed_after_any_of_its_steps_resumes_to_the_same_end() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = applied_fleet(&moto, &rt, fleet_at(35), 3, "", "  validate: 'true'\n");
+    let types = ["t3.small", "t3.medium"];
+    let mut round = 0;
+    // Every instance outdated again: the other instance type.
+    let mut outdate = || {
+        round += 1;
+        let (from, to) = (types[(round + 1) % 2], types[round % 2]);
+        project.edit(FLEET, &format!("instance_type: {from}"), &format!("instance_type: {to}"));
+        project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    };
+    outdate();
+    let whole = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    let lines = stderr(&whole).lines().count();
+    // About ten moments spread over the whole roll, its last step included.
+    let moments: Vec<usize> = (1..lines).step_by((lines / 10).max(1)).chain([lines - 1]).collect();
+    let mut killed = 0;
+    for step in moments.iter().copied() {
+        outdate();
+        let before = instance_ids(&aws, &rt);
+        // Late moments can lose the race with the roll's own end; that run ends as it should.
+        killed += usize::from(kill_after_line(&project, &moto, step));
+        project.kstack(&moto).args(["state", "unlock", "fleet"]).assert().success();
+        let mut resumed = project.kstack(&moto).args(["roll", "fleet", "--resume", "--timeout", "60"]).output().unwrap();
+        if stderr(&resumed).contains("has no unfinished roll") {
+            // Killed before its journal was written: nothing to resume, so roll afresh.
+            resumed = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+        }
+        assert!(resumed.status.success(), "killed after line {step}: {}", stderr(&resumed));
+
+        let group = rt.block_on(aws.group(GROUP));
+        assert_eq!((group.desired_capacity(), group.max_size()), (Some(3), Some(4)), "killed after line {step}");
+        assert!(group.suspended_processes().is_empty(), "killed after line {step}: processes resumed");
+        let after = instance_ids(&aws, &rt);
+        assert!(after.iter().all(|id| !before.contains(id)), "killed after line {step}: all replaced");
+        assert_eq!(running_instances(&aws, &rt), 3, "killed after line {step}: none lost or leaked");
+        let state = std::fs::read_to_string(project.path().join(".kstack/state/fleet.json")).unwrap();
+        assert!(!state.contains("\"roll\""), "killed after line {step}: the roll is finished");
+    }
+    assert!(killed + 2 >= moments.len(), "killed at {killed} of {} moments", moments.len());
+}
+
 #[test]
 fn an_aborted_roll_puts_the_group_back_to_its_size_and_processes() {
     let moto = Moto::start();
