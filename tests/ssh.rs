@@ -127,21 +127,21 @@ fn a_write_cut_off_mid_way_leaves_the_previous_file_and_no_temporary() {
         let writer = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
         let observer = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
         writer.write_file(path, b"previous\n", 0o644, "root", "root").await.unwrap();
-        // Once the new content is 2 MiB into its temporary file, the writer's SSH session
+        // Once the new content is 1 MiB into its temporary file, the writer's SSH session
         // dies as it would when the network drops: its sshd process is killed.
         let cut = r#"
             for i in $(seq 1 600); do
               for p in $(pgrep -x cat); do
                 t=$(readlink /proc/$p/fd/1 2>/dev/null) || continue
                 case "$t" in */.kstack.*) ;; *) continue ;; esac
-                [ "$(stat -c %s "$t" 2>/dev/null || echo 0)" -gt 2097152 ] || continue
+                [ "$(stat -c %s "$t" 2>/dev/null || echo 0)" -gt 1048576 ] || continue
                 shell=$(ps -o ppid= -p $p); session=$(ps -o ppid= -p $shell)
                 kill -9 $session && echo cut && exit 0
               done
               sleep 0.02
             done
-            echo 'the write never reached 2 MiB' >&2; exit 1"#;
-        let large = vec![b'x'; 32 << 20];
+            echo 'the write never reached 1 MiB' >&2; exit 1"#;
+        let large = vec![b'x'; 64 << 20];
         let (written, observed) = tokio::join!(writer.write_file(path, &large, 0o644, "root", "root"), observer.run(cut, None));
         let observed = observed.unwrap();
         assert_eq!(observed.stdout.trim(), "cut", "{}", observed.stderr);

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
     InstanceType, IpPermission, IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use super::lease::{self, Leftover, Standing, RENEW_EVERY, TAG_KEPT};
+use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY, TAG_KEPT};
 use super::{BakeError, Options, Progress, TAG_BAKE, TAG_HASH};
 use crate::aws::Cloud;
 use crate::compile::TAG_ADDRESS;
@@ -51,7 +51,7 @@ pub async fn build(
     );
     let result = tokio::select! {
         result = steps(cloud, image, roles, source, hash, options, &bake_id, &key, &scratch, &progress) => result,
-        never = renew_lease(cloud, &bake_id) => match never {},
+        error = renew_lease(cloud, &bake_id) => Err(error),
         _ = tokio::signal::ctrl_c() => Err(BakeError::Interrupted),
     };
     match (&result, options.keep_on_error) {
@@ -75,12 +75,17 @@ fn scratch_dir(bake_id: &str) -> std::path::PathBuf {
 /// Leaves a failed bake's builder for debugging: marked kept (so later bakes leave it alone),
 /// with its key written, readable by the owner only, for the user to log in.
 async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &Progress) {
-    let resources = temporaries(cloud, Some(bake_id)).await.unwrap_or_default().ids();
-    if !resources.is_empty() {
-        let kept = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(TAG_KEPT).value("true").build());
-        if let Err(error) = kept.send().await {
-            progress(&format!("could not mark the builder as kept: {}", crate::aws::AwsError::from(error)));
+    let marked = match temporaries(cloud, Some(bake_id)).await {
+        Ok(found) => {
+            let kept = cloud.ec2.create_tags().set_resources(Some(found.ids())).tags(Tag::builder().key(TAG_KEPT).value("true").build());
+            kept.send().await.map(drop).map_err(|e| crate::aws::AwsError::from(e).to_string())
         }
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = marked {
+        progress(&format!(
+            "could not mark the builder as kept ({error}): a later bake may remove it once this one's lease runs out"
+        ));
     }
     let key_path = scratch.join("id_ed25519");
     let written = key
@@ -98,20 +103,51 @@ async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scr
     }
 }
 
-/// Renews the bake's lease on its temporary resources for as long as the bake runs.
-async fn renew_lease(cloud: &Cloud, bake_id: &str) -> std::convert::Infallible {
+/// Renews the bake's lease on its temporary resources for as long as the bake runs. Stops the
+/// bake before a lease it cannot renew runs out: another bake would take it for dead and
+/// remove its builder.
+async fn renew_lease(cloud: &Cloud, bake_id: &str) -> BakeError {
+    let mut renewed_at = Instant::now();
     loop {
         tokio::time::sleep(RENEW_EVERY).await;
-        let Ok(found) = temporaries(cloud, Some(bake_id)).await else { continue };
-        let resources = found.ids();
-        if resources.is_empty() {
-            continue;
+        let renewal = async {
+            let resources = temporaries(cloud, Some(bake_id)).await?.ids();
+            if resources.is_empty() {
+                return Ok(());
+            }
+            let (key, value) = lease::renewed();
+            let renewed = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(key).value(value).build());
+            renewed.send().await.map(drop).map_err(|e| BakeError::aws("renewing the bake's lease")(e.into()))
+        };
+        match renewal.await {
+            Ok(()) => renewed_at = Instant::now(),
+            Err(error) if renewed_at.elapsed() + RENEW_EVERY >= LEASE => {
+                return BakeError::Failed(format!("stopped: the bake's lease could not be renewed ({error})"));
+            }
+            Err(error) => tracing::warn!("renewing the bake's lease failed, will retry: {error}"),
         }
-        let (key, value) = lease::renewed();
-        let renewed = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(key).value(value).build());
-        if let Err(error) = renewed.send().await {
-            tracing::warn!("renewing the bake's lease failed: {}", crate::aws::AwsError::from(error));
-        }
+    }
+}
+
+/// Of two bakes of the same content started together, the younger gives way once both have
+/// tagged their security groups (the check before starting cannot see a bake that had not
+/// made its group yet).
+async fn refuse_if_second(cloud: &Cloud, image: &Image, hash: &str, bake_id: &str) -> Result<(), BakeError> {
+    let bakes = temporaries(cloud, None).await?.bakes();
+    let Some(ours) = bakes.iter().find(|b| b.bake_id == bake_id) else { return Ok(()) };
+    let older = bakes.iter().find(|other| {
+        other.bake_id != bake_id
+            && other.image == image.name
+            && other.hash == hash
+            && matches!(other.standing, Standing::Running { .. })
+            && (&other.started, &other.bake_id) < (&ours.started, &ours.bake_id)
+    });
+    match older {
+        Some(other) => Err(BakeError::Failed(format!(
+            "bake {} of the same content started first; this one gives way (run again when it is done to reuse its AMI)",
+            other.bake_id
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -151,14 +187,9 @@ async fn steps(
         )));
     };
     let (subnet_id, vpc_id) = (subnet.subnet_id().unwrap_or_default(), subnet.vpc_id().unwrap_or_default());
-    let [(holder_key, holder), (expires_key, expires)] = lease::ours();
-    let marker = [
-        (TAG_BAKE, bake_id),
-        ("kstack:image", image.name.as_str()),
-        (TAG_HASH, hash),
-        (holder_key.as_str(), holder.as_str()),
-        (expires_key.as_str(), expires.as_str()),
-    ];
+    let lease = lease::ours();
+    let mut marker = vec![(TAG_BAKE, bake_id), ("kstack:image", image.name.as_str()), (TAG_HASH, hash)];
+    marker.extend(lease.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
     step("creating a temporary security group");
     let group = cloud
@@ -172,6 +203,7 @@ async fn steps(
         .await
         .map_err(|e| BakeError::aws("creating the security group")(e.into()))?;
     let group_id = group.group_id().unwrap_or_default().to_owned();
+    refuse_if_second(cloud, image, hash, bake_id).await?;
 
     // A one-off key, installed by cloud-init from user data: no EC2 key pair to leak.
     let public = key.public_key().to_openssh().map_err(|e| BakeError::Failed(e.to_string()))?;
@@ -205,7 +237,7 @@ async fn steps(
                 .build(),
         )
         .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags(&[marker.as_slice(), &[("Name", &format!("kstack-bake-{}", image.name))]].concat()))).build())
+        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags(&[marker.as_slice(), &[("Name", format!("kstack-bake-{}", image.name).as_str())]].concat()))).build())
         .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags(&marker))).build())
         .send()
         .await

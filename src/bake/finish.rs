@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Tag;
 
-use super::{existing, BakeError, TAG_HASH};
+use super::BakeError;
 use crate::aws::Cloud;
 use crate::model::image::Image;
+
+/// On a copy: the AMI it was copied from.
+const TAG_COPIED_FROM: &str = "kstack:copied-from";
 
 /// The AMI per region, the bake's own region first.
 pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<BTreeMap<String, String>, BakeError> {
     let made = wait_for_image(cloud, ami).await?;
     let tags: Vec<Tag> = made.tags().iter().filter(|t| !t.key().unwrap_or_default().starts_with("aws:")).cloned().collect();
-    let hash = tags.iter().find(|t| t.key() == Some(TAG_HASH)).and_then(|t| t.value()).unwrap_or_default().to_owned();
     let snapshots: Vec<String> = made
         .block_device_mappings()
         .iter()
@@ -35,9 +37,11 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
             .map_err(|e| BakeError::aws("tagging the image's snapshots")(e.into()))?;
     }
     let mut amis = BTreeMap::from([(cloud.region.clone(), ami.to_owned())]);
+    let mut copy_tags = tags.clone();
+    copy_tags.push(Tag::builder().key(TAG_COPIED_FROM).value(ami).build());
     for region in &image.copy_to {
         let there = Cloud::connect(region, &cloud.environment).await;
-        if let Some(copy) = existing(&there, &hash).await? {
+        if let Some(copy) = copy_of(&there, ami).await? {
             progress(&format!("{region} has {copy} already"));
             amis.insert(region.clone(), copy);
             continue;
@@ -51,7 +55,7 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
             .name(made.name().unwrap_or(ami))
             // The same token for the same copy: a copy whose reply was lost, or whose bake
             // was killed before tagging it, is returned again rather than made twice.
-            .client_token(format!("kstack-{}-{region}", &hash[..hash.len().min(40)]))
+            .client_token(format!("kstack-{ami}-{region}"))
             .send()
             .await
             .map_err(|e| BakeError::aws("copying the image")(e.into()))?;
@@ -61,13 +65,26 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
             .ec2
             .create_tags()
             .resources(&copy)
-            .set_tags(Some(tags.clone()))
+            .set_tags(Some(copy_tags.clone()))
             .send()
             .await
             .map_err(|e| BakeError::aws("tagging the copied image")(e.into()))?;
         amis.insert(region.clone(), copy);
     }
     Ok(amis)
+}
+
+/// The copy of `ami` in the region of `there`, if one was made.
+async fn copy_of(there: &Cloud, ami: &str) -> Result<Option<String>, BakeError> {
+    let found = there
+        .ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_COPIED_FROM}")).values(ami).build())
+        .send()
+        .await
+        .map_err(|e| BakeError::aws("looking for an earlier copy")(e.into()))?;
+    Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
 }
 
 async fn wait_for_image(cloud: &Cloud, ami: &str) -> Result<aws_sdk_ec2::types::Image, BakeError> {

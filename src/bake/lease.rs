@@ -8,10 +8,14 @@ use std::time::Duration;
 use aws_sdk_ec2::types::Tag;
 
 use super::{TAG_BAKE, TAG_HASH};
-use crate::state::{rfc3339_in, LockInfo};
+use crate::state::{hostname, now_rfc3339, rfc3339_in, LockInfo};
 
-/// `user@host pid N` of the running bake.
+/// `user@host pid N` of the running bake, for people.
 pub const TAG_HOLDER: &str = "kstack:bake-holder";
+/// `host/pid-namespace/pid` of the running bake, to tell whether its process still lives.
+const TAG_PROCESS: &str = "kstack:bake-process";
+/// When the bake started (RFC 3339, UTC): of two bakes of the same content, the older goes on.
+pub const TAG_STARTED: &str = "kstack:bake-started";
 /// When the holder's lease runs out (RFC 3339, UTC), unless renewed.
 pub const TAG_EXPIRES: &str = "kstack:bake-expires";
 /// On a builder kept with `--keep-on-error`: left for the user, removed only by `--cleanup`.
@@ -19,16 +23,26 @@ pub const TAG_KEPT: &str = "kstack:bake-kept";
 
 /// Long enough to ride out a slow API, short enough that another machine's crashed bake is
 /// cleaned up by the next bake a few minutes later.
-const LEASE: Duration = Duration::from_secs(180);
+pub const LEASE: Duration = Duration::from_secs(180);
 pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 
-/// The holder and lease tags of a bake this process starts now.
-pub fn ours() -> [(String, String); 2] {
+/// This process as `host/pid-namespace/pid`. Containers can share a host name but not a pid
+/// namespace, so a process is only judged gone by one that sees the same pids.
+fn this_process() -> Option<String> {
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}/{}", hostname(), namespace.display(), std::process::id()))
+}
+
+/// The tags of a bake this process starts now.
+pub fn ours() -> Vec<(String, String)> {
     let me = LockInfo::ours("kstack bake");
-    [
+    let mut tags = vec![
         (TAG_HOLDER.to_owned(), format!("{}@{} pid {}", me.holder, me.host, me.pid)),
+        (TAG_STARTED.to_owned(), now_rfc3339()),
         (TAG_EXPIRES.to_owned(), rfc3339_in(LEASE.as_secs())),
-    ]
+    ];
+    tags.extend(this_process().map(|process| (TAG_PROCESS.to_owned(), process)));
+    tags
 }
 
 /// The lease tag as renewed now.
@@ -42,6 +56,7 @@ pub struct Leftover {
     pub bake_id: String,
     pub image: String,
     pub hash: String,
+    pub started: String,
     pub standing: Standing,
 }
 
@@ -61,34 +76,32 @@ impl Leftover {
         let tag = |key: &str| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
         let bake_id = tag(TAG_BAKE)?;
         let holder = tag(TAG_HOLDER).unwrap_or_else(|| String::from("an unknown holder"));
-        let standing = if tag(TAG_KEPT).is_some() {
-            Standing::Kept
-        } else {
-            let expires = tag(TAG_EXPIRES);
-            if is_stale(&holder, expires.as_deref()) {
-                Standing::Abandoned { holder }
-            } else {
-                Standing::Running { holder, expires: expires.unwrap_or_default() }
-            }
+        let standing = match (tag(TAG_KEPT), tag(TAG_EXPIRES)) {
+            (Some(_), _) => Standing::Kept,
+            (None, Some(expires)) if !is_gone(tag(TAG_PROCESS).as_deref(), &expires) => Standing::Running { holder, expires },
+            // No lease: left by a kstack from before leases.
+            (None, _) => Standing::Abandoned { holder },
         };
-        Some(Leftover { bake_id, image: tag("kstack:image").unwrap_or_default(), hash: tag(TAG_HASH).unwrap_or_default(), standing })
+        Some(Leftover {
+            bake_id,
+            image: tag("kstack:image").unwrap_or_default(),
+            hash: tag(TAG_HASH).unwrap_or_default(),
+            started: tag(TAG_STARTED).unwrap_or_default(),
+            standing,
+        })
     }
 }
 
-/// A holder `user@host pid N` is gone when it ran here and its process has ended, or when
-/// its lease ran out; resources without a lease (left by an older kstack) count as gone.
-fn is_stale(holder: &str, expires: Option<&str>) -> bool {
-    let Some(expires) = expires else { return true };
-    let (user_host, pid) = holder.rsplit_once(" pid ").unwrap_or((holder, "0"));
-    let (user, host) = user_host.split_once('@').unwrap_or(("", user_host));
-    LockInfo {
-        holder: user.to_owned(),
-        host: host.to_owned(),
-        pid: pid.parse().unwrap_or(0),
-        expires: Some(expires.to_owned()),
-        ..LockInfo::unknown()
+/// Whether a bake is certainly gone: its lease ran out, or its process (seen from the same
+/// host and pid namespace as this one) has ended.
+fn is_gone(process: Option<&str>, expires: &str) -> bool {
+    // RFC 3339 UTC timestamps of one format compare as text.
+    if expires < now_rfc3339().as_str() {
+        return true;
     }
-    .is_stale()
+    let (Some(process), Some(ours)) = (process, this_process()) else { return false };
+    let (Some((place, pid)), Some((our_place, _))) = (process.rsplit_once('/'), ours.rsplit_once('/')) else { return false };
+    place == our_place && !std::path::Path::new("/proc").join(pid).exists()
 }
 
 #[cfg(test)]
@@ -101,24 +114,31 @@ mod tests {
 
     #[test]
     fn a_bake_is_running_while_its_process_lives_and_its_lease_holds() {
-        let [(_, holder), (_, expires)] = ours();
-        let live = Leftover::from_tags(&tags(&[(TAG_BAKE, "b1"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires)])).unwrap();
-        assert!(matches!(live.standing, Standing::Running { .. }), "{live:?}");
+        let ours: Vec<(String, String)> = ours();
+        let value = |key: &str| ours.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap();
+        let (holder, expires, process) = (value(TAG_HOLDER), value(TAG_EXPIRES), value(TAG_PROCESS));
+        let with = |pairs: &[(&str, &str)]| Leftover::from_tags(&tags(pairs)).unwrap().standing;
 
-        let me = LockInfo::ours("test");
-        // No process of this machine has pid 0x7fff_fff0 (above Linux's pid_max).
-        let gone = format!("{}@{} pid {}", me.holder, me.host, 0x7fff_fff0_u32);
-        let dead = Leftover::from_tags(&tags(&[(TAG_BAKE, "b2"), (TAG_HOLDER, &gone), (TAG_EXPIRES, &expires)])).unwrap();
-        assert_eq!(dead.standing, Standing::Abandoned { holder: gone.clone() });
+        let live = with(&[(TAG_BAKE, "b1"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &process)]);
+        assert!(matches!(live, Standing::Running { .. }), "{live:?}");
 
-        let elsewhere = "ci@another-host pid 1";
-        let lapsed = Leftover::from_tags(&tags(&[(TAG_BAKE, "b3"), (TAG_HOLDER, elsewhere), (TAG_EXPIRES, "2020-01-01T00:00:00Z")]));
-        assert_eq!(lapsed.unwrap().standing, Standing::Abandoned { holder: elsewhere.to_owned() });
-        let leased = Leftover::from_tags(&tags(&[(TAG_BAKE, "b4"), (TAG_HOLDER, elsewhere), (TAG_EXPIRES, &expires)]));
-        assert!(matches!(leased.unwrap().standing, Standing::Running { .. }), "another machine's bake runs until its lease ends");
+        // No process has pid 0x7fff_fff0 (above Linux's pid_max).
+        let (place, _) = process.rsplit_once('/').unwrap();
+        let ended = format!("{place}/{}", 0x7fff_fff0_u32);
+        let dead = with(&[(TAG_BAKE, "b2"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &ended)]);
+        assert_eq!(dead, Standing::Abandoned { holder: holder.clone() });
 
-        let kept = Leftover::from_tags(&tags(&[(TAG_BAKE, "b5"), (TAG_HOLDER, &gone), (TAG_KEPT, "true")])).unwrap();
-        assert_eq!(kept.standing, Standing::Kept);
+        // Another pid namespace (a container with this host name): only its lease counts.
+        let (host, _) = place.split_once('/').unwrap();
+        let elsewhere = format!("{host}/pid:[1]/{}", 0x7fff_fff0_u32);
+        let contained = with(&[(TAG_BAKE, "b3"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &elsewhere)]);
+        assert!(matches!(contained, Standing::Running { .. }), "{contained:?}");
+        let lapsed = with(&[(TAG_BAKE, "b4"), (TAG_HOLDER, &holder), (TAG_EXPIRES, "2020-01-01T00:00:00Z"), (TAG_PROCESS, &elsewhere)]);
+        assert_eq!(lapsed, Standing::Abandoned { holder: holder.clone() });
+
+        let kept = with(&[(TAG_BAKE, "b5"), (TAG_HOLDER, &holder), (TAG_KEPT, "true")]);
+        assert_eq!(kept, Standing::Kept);
+        assert_eq!(with(&[(TAG_BAKE, "b6")]), Standing::Abandoned { holder: String::from("an unknown holder") }, "no lease");
         assert!(Leftover::from_tags(&tags(&[("Name", "x")])).is_none());
     }
 }

@@ -105,6 +105,8 @@ async fn existing(cloud: &Cloud, hash: &str) -> Result<Option<String>, BakeError
         .describe_images()
         .owners("self")
         .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_HASH}")).values(hash).build())
+        // A failed image is no bake to reuse; a pending one is finished by `finish`.
+        .filters(aws_sdk_ec2::types::Filter::builder().name("state").values("available").values("pending").build())
         .send()
         .await
         .map_err(|e| BakeError::Aws { doing: String::from("looking for an earlier bake"), error: e.into() })?;

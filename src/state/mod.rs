@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use lock::{Lock, LockError, LockInfo};
+pub use lock::{hostname, Lock, LockError, LockInfo};
 pub use time::{now_rfc3339, rfc3339_in};
 
 use crate::aws::Observed;
