@@ -158,3 +158,20 @@ fn a_write_cut_off_mid_way_leaves_the_previous_file_and_no_temporary() {
     });
     assert_eq!(std::fs::read_to_string(node.file(path)).unwrap(), "previous\n", "the previous content is intact");
 }
+
+#[test]
+fn a_command_that_ends_without_reading_its_input_does_not_hang_the_sender() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    runtime().block_on(async {
+        let connection = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
+        // As a write does when `mkdir` or `sudo` fails before its content is read.
+        let input = vec![b'x'; 64 << 20];
+        let ended = tokio::time::timeout(Duration::from_secs(60), connection.run("exit 3", Some(&input))).await;
+        let output = ended.expect("the send gives up once the command has ended");
+        assert!(output.map_or(true, |o| o.status == 3), "a failure, not a success");
+        let again = connection.run("echo still here", None).await.unwrap();
+        assert_eq!(again.stdout, "still here\n", "the connection stays usable");
+    });
+}

@@ -273,36 +273,58 @@ impl Connection {
         } else {
             format!("sh -c {}", shell_quote(script))
         };
-        let mut channel = self.handle.channel_open_session().await.map_err(|e| self.protocol(e))?;
+        let channel = self.handle.channel_open_session().await.map_err(|e| self.protocol(e))?;
         channel.exec(true, command).await.map_err(|e| self.protocol(e))?;
-        if let Some(input) = stdin {
-            tokio::select! {
-                sent = channel.data(input) => sent.map_err(|e| self.protocol(e))?,
-                () = self.closed() => {
-                    return Err(SshError::Protocol { host: self.host.clone(), message: String::from("the connection dropped while sending input") })
-                }
+        // Input is sent while output is read: a command that ends without reading all of its
+        // input (a failing `sudo`, a write whose directory cannot be made) closes the channel,
+        // which ends the send instead of leaving it waiting for window space forever.
+        let (mut reader, writer) = channel.split();
+        let send = async {
+            if let Some(input) = stdin {
+                writer.data(input).await?;
             }
-        }
-        channel.eof().await.map_err(|e| self.protocol(e))?;
-        let mut output = Output::default();
+            writer.eof().await
+        };
+        tokio::pin!(send);
+        let mut sending = true;
+        let mut send_error = None;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let mut status = None;
-        while let Some(message) = channel.wait().await {
+        loop {
+            let message = tokio::select! {
+                sent = &mut send, if sending => {
+                    sending = false;
+                    send_error = sent.err();
+                    continue;
+                }
+                message = reader.wait() => message,
+                // The connection, not just the channel, is gone: russh may never say so here.
+                () = self.closed(), if sending => None,
+            };
             match message {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-                ChannelMsg::ExitSignal { signal_name, .. } => {
+                Some(ChannelMsg::Data { data }) => stdout.extend_from_slice(&data),
+                Some(ChannelMsg::ExtendedData { data, .. }) => stderr.extend_from_slice(&data),
+                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
                     stderr.extend_from_slice(format!("killed by signal {signal_name:?}").as_bytes());
                     status = Some(255);
                 }
-                _ => {}
+                Some(_) => {}
+                None => break,
             }
         }
-        output.status = status.unwrap_or(255);
-        output.stdout = String::from_utf8_lossy(&stdout).into_owned();
-        output.stderr = String::from_utf8_lossy(&stderr).into_owned();
-        Ok(output)
+        let Some(status) = status else {
+            let message = match send_error {
+                Some(error) => format!("the connection dropped while sending input: {error}"),
+                None => String::from("the connection dropped before the command finished"),
+            };
+            return Err(SshError::Protocol { host: self.host.clone(), message });
+        };
+        Ok(Output {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
     }
 
     /// Writes `content` to `path` atomically (a temporary file renamed into place) with the
