@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Tag;
 
-use super::BakeError;
+use super::{image_tagged, BakeError};
 use crate::aws::Cloud;
 use crate::model::image::Image;
 
@@ -41,7 +41,7 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
     copy_tags.push(Tag::builder().key(TAG_COPIED_FROM).value(ami).build());
     for region in &image.copy_to {
         let there = Cloud::connect(region, &cloud.environment).await;
-        if let Some(copy) = copy_of(&there, ami).await? {
+        if let Some(copy) = image_tagged(&there, TAG_COPIED_FROM, ami).await? {
             progress(&format!("{region} has {copy} already"));
             amis.insert(region.clone(), copy);
             continue;
@@ -72,19 +72,6 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
         amis.insert(region.clone(), copy);
     }
     Ok(amis)
-}
-
-/// The copy of `ami` in the region of `there`, if one was made.
-async fn copy_of(there: &Cloud, ami: &str) -> Result<Option<String>, BakeError> {
-    let found = there
-        .ec2
-        .describe_images()
-        .owners("self")
-        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_COPIED_FROM}")).values(ami).build())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("looking for an earlier copy")(e.into()))?;
-    Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
 }
 
 async fn wait_for_image(cloud: &Cloud, ami: &str) -> Result<aws_sdk_ec2::types::Image, BakeError> {

@@ -100,16 +100,21 @@ pub async fn current_ami(cloud: &Cloud, image: &Image, roles: &[Role], roles_dir
 
 /// An AMI baked from exactly this content, if there is one.
 async fn existing(cloud: &Cloud, hash: &str) -> Result<Option<String>, BakeError> {
+    image_tagged(cloud, TAG_HASH, hash).await
+}
+
+/// An image of ours tagged `key=value` that is usable or becoming so: a failed image is no
+/// bake to reuse; a pending one is finished by `finish`.
+async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<String>, BakeError> {
     let found = cloud
         .ec2
         .describe_images()
         .owners("self")
-        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_HASH}")).values(hash).build())
-        // A failed image is no bake to reuse; a pending one is finished by `finish`.
+        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build())
         .filters(aws_sdk_ec2::types::Filter::builder().name("state").values("available").values("pending").build())
         .send()
         .await
-        .map_err(|e| BakeError::Aws { doing: String::from("looking for an earlier bake"), error: e.into() })?;
+        .map_err(|e| BakeError::Aws { doing: format!("looking for an image tagged {key}={value}"), error: e.into() })?;
     Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
 }
 
