@@ -79,8 +79,10 @@ fn a_login_user_other_than_root_works_as_root_through_sudo() {
     let known_hosts = key.dir.path().join("known_hosts");
     runtime().block_on(async {
         let root = Connection::open(&node.address, &login(&key, &known_hosts, true)).await.unwrap();
+        // Until boot finishes, /run/nologin keeps users other than root out (pam_nologin).
         let setup = "useradd --create-home admin && mkdir -p ~admin/.ssh && cp /root/.ssh/authorized_keys ~admin/.ssh/ \
-                     && chown -R admin: ~admin/.ssh && echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/admin";
+                     && chown -R admin: ~admin/.ssh && echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/admin \
+                     && while [ -e /run/nologin ]; do sleep 0.1; done";
         assert!(root.run(setup, None).await.unwrap().success());
         root.close().await;
         let mut admin_login = login(&key, &known_hosts, false);
