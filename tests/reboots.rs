@@ -81,7 +81,7 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     ];
     // The apply that launches the instances gives them their slots (tags); their nodes are
     // not up yet, so their files wait for `--assign`.
-    let applied = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).args(ssh).output().unwrap();
+    let applied = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--write-reboot-slots"]).args(ssh).output().unwrap();
     let warned = String::from_utf8_lossy(&applied.stderr);
     assert!(applied.status.success(), "{warned}");
     assert!(warned.contains("reboot schedule: 4 new node(s) folded in, but 4 of 4 nodes were not written"), "{warned}");
@@ -158,7 +158,7 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     // A new instance (the group grew) is folded in by the apply that made it, keeping
     // everyone else's time; its node is not up yet, so writing its slot waits for --assign.
     project.edit(FLEET, "    min: 4\n    max: 4\n", "    min: 5\n    max: 5\n");
-    let grown = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).args(ssh).output().unwrap();
+    let grown = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--write-reboot-slots"]).args(ssh).output().unwrap();
     let warned = String::from_utf8_lossy(&grown.stderr);
     assert!(grown.status.success(), "{warned}");
     assert!(warned.contains("reboot schedule: 1 new node(s) folded in, but 1 of 5 nodes were not written"), "{warned}");

@@ -39,7 +39,12 @@ pub struct ApplyArgs {
     #[arg(long)]
     roll: bool,
 
-    /// Reaching new nodes to write their reboot slots (environments with `reboots:`).
+    /// Also write new nodes' reboot slots over SSH (environments with `reboots:`); without it
+    /// new nodes are only tagged with their slot.
+    #[arg(long)]
+    write_reboot_slots: bool,
+
+    /// Reaching new nodes to write their reboot slots (with --write-reboot-slots).
     #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
     ssh: super::provision::SshArgs,
 }
@@ -75,7 +80,7 @@ fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
 pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
     let env = apply_only(project, args)?;
     if args.roll {
-        super::roll::run(project, &super::roll::Args::everything(&env, args.ssh.clone()))?;
+        super::roll::run(project, &super::roll::Args::everything(&env, args.ssh.clone(), args.write_reboot_slots))?;
     }
     Ok(())
 }
@@ -129,7 +134,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     execute(&runtime, session, args.parallelism, "Apply")?;
     // With --roll the roll folds in the instances it brings.
     if !args.roll {
-        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, &model, &images, &args.ssh));
+        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, &model, &images, &args.ssh, args.write_reboot_slots));
     }
     Ok(env)
 }

@@ -197,7 +197,13 @@ async fn put_in_force(
 /// After `apply` or `roll`: gives running nodes without a slot (new since the last
 /// assignment) one, keeping everyone else's, and writes the groups' nodes. Problems are
 /// warnings: the change to the fleet itself succeeded.
-pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images: &BTreeMap<String, LoadedImage>, ssh: &SshArgs) {
+pub async fn fold_in_new_nodes(
+    cloud: &Cloud,
+    environment: &Environment,
+    images: &BTreeMap<String, LoadedImage>,
+    ssh: &SshArgs,
+    write_slots: bool,
+) {
     if environment.reboot_groups().is_empty() {
         return;
     }
@@ -209,6 +215,16 @@ pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images:
     let new = planned.schedule.slots.iter().filter(|s| s.changed).count();
     if new == 0 {
         return;
+    }
+    if !write_slots {
+        // apply and roll reach nodes over SSH only when asked: the tags are the schedule, and a
+        // node without its slot file picks a minute of the window at boot until `--assign`.
+        return match tag_instances(cloud, &planned.schedule.slots).await {
+            Ok(()) => eprintln!(
+                "Reboot schedule: {new} new node(s) folded in (tagged); `kstack reboots {name} --assign` writes their slots on the nodes."
+            ),
+            Err(error) => term::warning(&format!("reboot schedule not updated: AWS failed while tagging instances: {error}")),
+        };
     }
     match put_in_force(cloud, environment, images, &planned, ssh, 10).await {
         Ok(()) => eprintln!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it."),

@@ -59,14 +59,19 @@ pub struct Args {
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     timeout: u64,
 
-    /// Reaching new nodes to write their reboot slots (environments with `reboots:`).
+    /// Also write new nodes' reboot slots over SSH (environments with `reboots:`); without it
+    /// new nodes are only tagged with their slot.
+    #[arg(long)]
+    write_reboot_slots: bool,
+
+    /// Reaching new nodes to write their reboot slots (with --write-reboot-slots).
     #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
     ssh: SshArgs,
 }
 
 impl Args {
     /// Every group of `env`, with the groups' own settings: what `apply --roll` runs.
-    pub fn everything(env: &str, ssh: SshArgs) -> Args {
+    pub fn everything(env: &str, ssh: SshArgs, write_reboot_slots: bool) -> Args {
         Args {
             env: env.to_owned(),
             groups: Vec::new(),
@@ -77,6 +82,7 @@ impl Args {
             resume: false,
             abort: false,
             timeout: 900,
+            write_reboot_slots,
             ssh,
         }
     }
@@ -188,7 +194,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     if replaced == 0 {
         println!("Nothing to roll: every instance runs its group's current launch settings.");
     } else {
-        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &compiled.images, &args.ssh));
+        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &compiled.images, &args.ssh, args.write_reboot_slots));
     }
     Ok(())
 }
