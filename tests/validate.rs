@@ -148,6 +148,24 @@ fn completions_are_generated_for_bash() {
     assert!(String::from_utf8(output.stdout).unwrap().contains("validate"));
 }
 
+/// `kstack graph dev | head -n 1`: a reader that leaves early is no error (the demo runs under
+/// `set -o pipefail`), but output that cannot be written for another reason is.
+#[test]
+fn output_to_a_closed_pipe_is_quietly_dropped_and_a_full_disk_fails() {
+    let mut child = kstack().args(["graph", "dev"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(closed.status.success(), "exit {:?}: {stderr}", closed.status);
+    assert!(stderr.is_empty(), "{stderr}");
+
+    let full = kstack().args(["graph", "dev"]).stdout(std::fs::File::create("/dev/full").unwrap()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: cannot write to stdout: No space left on device"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     let project = tempfile::tempdir().unwrap();

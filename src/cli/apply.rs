@@ -115,7 +115,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
             return Err(Failure::Reported);
         }
     }
-    print!("{}", render(&session.plan, term::stdout_color()));
+    term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
         return Ok(env);
     }
@@ -143,7 +143,7 @@ pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure>
     let runtime = runtime()?;
     let command = format!("kstack destroy {}", args.env);
     let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing))?;
-    print!("{}", render(&session.plan, term::stdout_color()));
+    term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
         return Ok(());
     }
@@ -158,14 +158,14 @@ pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure>
 
 /// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform.
 fn confirm(question: &str) -> Result<(), Failure> {
-    eprint!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    term::err(format_args!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "));
     let mut answer = String::new();
     let read = std::io::stdin().lock().read_line(&mut answer);
     if matches!(read, Ok(n) if n > 0) && answer.trim() == "yes" {
-        eprintln!();
+        term::errln(format_args!(""));
         return Ok(());
     }
-    eprintln!();
+    term::errln(format_args!(""));
     term::error("cancelled; nothing was changed", None);
     Err(Failure::Reported)
 }
@@ -206,13 +206,13 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
     }
     if outcome.failures.is_empty() {
         let s = &plan.summary;
-        println!(
+        term::outln(format_args!(
             "\n{what} complete! Resources: {} added, {} changed, {} destroyed. State: {}",
             s.create + s.replace,
             s.update,
             s.delete + s.replace,
             state_location
-        );
+        ));
         return Ok(());
     }
     for failure in &outcome.failures {

@@ -76,11 +76,11 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&region, &place.environment));
-    let progress: crate::bake::Progress = Arc::new(|line: &str| eprintln!("bake: {line}"));
+    let progress: crate::bake::Progress = Arc::new(|line: &str| term::errln(format_args!("bake: {line}")));
     if args.cleanup {
         return match runtime.block_on(cleanup_leftovers(&cloud, &progress)) {
             Ok(removed) => {
-                println!("removed {removed} leftover bake resources in {region}");
+                term::outln(format_args!("removed {removed} leftover bake resources in {region}"));
                 Ok(())
             }
             Err(error) => {
@@ -106,11 +106,11 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 }
             }
             if args.json {
-                println!("{json}");
+                term::outln(format_args!("{json}"));
             } else {
                 let how = if manifest.reused { "reused" } else { "baked" };
                 for (region, ami) in &manifest.amis {
-                    println!("{region}: {ami} ({how}, image `{}`, hash {})", manifest.image, &manifest.hash[..12]);
+                    term::outln(format_args!("{region}: {ami} ({how}, image `{}`, hash {})", manifest.image, &manifest.hash[..12]));
                 }
             }
             Ok(())

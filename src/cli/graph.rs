@@ -2,7 +2,7 @@
 
 use crate::model::Project;
 
-use super::{load_and_compile, report_problems, Failure};
+use super::{load_and_compile, report_problems, term, Failure};
 
 /// Print the resource graph of an environment: each AWS resource and what it depends on.
 #[derive(Debug, clap::Args)]
@@ -28,8 +28,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     match args.format {
-        Format::Dot => print!("{}", compiled.graph.to_dot(&compiled.checked.environment.name)),
-        Format::Json => println!("{:#}", compiled.graph.to_json()),
+        Format::Dot => term::out(format_args!("{}", compiled.graph.to_dot(&compiled.checked.environment.name))),
+        Format::Json => term::outln(format_args!("{:#}", compiled.graph.to_json())),
     }
     Ok(())
 }

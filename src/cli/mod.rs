@@ -89,8 +89,8 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&project, &args),
         Command::Graph(args) => graph::run(&project, &args),
         Command::Plan(args) => match plan::run(&project, &args) {
-            Ok(true) => return ExitCode::from(2),
-            Ok(false) => Ok(()),
+            Ok(true) if !term::stdout_failed() => return ExitCode::from(2),
+            Ok(_) => Ok(()),
             Err(failure) => Err(failure),
         },
         Command::Apply(args) => apply::run_apply(&project, &args),
@@ -102,13 +102,15 @@ pub fn main() -> ExitCode {
         Command::Roll(args) => roll::run(&project, &args),
         Command::Reboots(args) => reboots::run(&project, &args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kstack", &mut script);
+            term::out(format_args!("{}", String::from_utf8_lossy(&script)));
             Ok(())
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Reported) => ExitCode::FAILURE,
+        Ok(()) if !term::stdout_failed() => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::Reported) => ExitCode::FAILURE,
     }
 }
 
@@ -206,6 +208,6 @@ fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> 
 }
 
 fn report_problems_of(what: &str, problems: Problems, sources: &Sources) -> Failure {
-    eprint!("{}", term::render_problems(what, problems, sources));
+    term::err(format_args!("{}", term::render_problems(what, problems, sources)));
     Failure::Reported
 }

@@ -40,9 +40,9 @@ pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Model))?;
     if args.json {
         let json = serde_json::json!({ "plan": session.plan, "refresh": session.refresh });
-        println!("{json:#}");
+        term::outln(format_args!("{json:#}"));
     } else {
-        print!("{}", render(&session.plan, term::stdout_color()));
+        term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     }
     if let Some(path) = &args.out {
         let saved = serde_json::to_string_pretty(&session.saved(&args.env)).unwrap_or_default();
@@ -51,7 +51,7 @@ pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
             Failure::Reported
         })?;
         if !args.json {
-            println!("\nSaved the plan to {}; run `kstack apply {}` to carry it out.", path.display(), path.display());
+            term::outln(format_args!("\nSaved the plan to {}; run `kstack apply {}` to carry it out.", path.display(), path.display()));
         }
     }
     Ok(args.detailed_exitcode && session.plan.has_changes())

@@ -33,7 +33,7 @@ impl Progress {
 
     fn line(&self, text: String) {
         if self.bar.is_hidden() {
-            eprintln!("{text}");
+            term::errln(format_args!("{text}"));
         } else {
             self.bar.println(text);
         }

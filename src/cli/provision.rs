@@ -291,7 +291,7 @@ pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
                     (true, _) => mark.dimmed().to_string(),
                     _ => mark.to_owned(),
                 };
-                println!("{mark}: [{}] {text}", report.host);
+                term::outln(format_args!("{mark}: [{}] {text}", report.host));
             }
         }
     }
@@ -302,7 +302,7 @@ fn print_event(event: &RunEvent, color: bool, diff: bool) {
     match event {
         RunEvent::Unreachable { host, error } => {
             let label = if color { "unreachable".red().bold().to_string() } else { String::from("unreachable") };
-            println!("{label}: [{host}] {error}");
+            term::outln(format_args!("{label}: [{host}] {error}"));
         }
         RunEvent::Task { host, report } => {
             let (label, paint): (&str, fn(&str) -> String) = match report.status {
@@ -313,22 +313,22 @@ fn print_event(event: &RunEvent, color: bool, diff: bool) {
             };
             let label = if color { paint(label) } else { label.to_owned() };
             let handler = if report.handler { " (handler)" } else { "" };
-            println!("{label}: [{host}] {} / {}{handler}", report.role, report.task);
+            term::outln(format_args!("{label}: [{host}] {} / {}{handler}", report.role, report.task));
             for change in &report.outcome.diffs {
-                println!("    {}: {} -> {}", change.field, change.before, change.after);
+                term::outln(format_args!("    {}: {} -> {}", change.field, change.before, change.after));
             }
             if diff {
                 if let Some(content) = &report.outcome.content_diff {
                     for line in content.lines() {
-                        println!("    {line}");
+                        term::outln(format_args!("    {line}"));
                     }
                 }
             }
             for note in &report.outcome.notes {
-                println!("    note: {note}");
+                term::outln(format_args!("    note: {note}"));
             }
             if let Some(error) = &report.error {
-                println!("    {error}");
+                term::outln(format_args!("    {error}"));
             }
         }
     }
@@ -337,9 +337,9 @@ fn print_event(event: &RunEvent, color: bool, diff: bool) {
 /// The recap, one line per host, and the exit status.
 fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure> {
     if json {
-        println!("{:#}", serde_json::to_value(reports).unwrap_or_default());
+        term::outln(format_args!("{:#}", serde_json::to_value(reports).unwrap_or_default()));
     } else {
-        println!("\nRECAP");
+        term::outln(format_args!("\nRECAP"));
         let width = reports.iter().map(|r| r.host.len()).max().unwrap_or(0);
         for report in reports {
             let unreachable = u8::from(report.unreachable.is_some());
@@ -358,7 +358,7 @@ fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure
                 let passed = report.checks.len() - skipped - failed;
                 format!("{:width$} : passed={passed} skipped={skipped} failed={failed} unreachable={unreachable}", report.host)
             };
-            println!("{}", if color && report.failed() { line.red().to_string() } else { line });
+            term::outln(format_args!("{}", if color && report.failed() { line.red().to_string() } else { line }));
         }
     }
     if reports.iter().any(HostReport::failed) {

@@ -115,13 +115,13 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&planned.schedule).unwrap_or_default());
+        term::outln(format_args!("{}", serde_json::to_string_pretty(&planned.schedule).unwrap_or_default()));
     } else {
         print_schedule(&planned.schedule, term::stdout_color());
     }
     if !args.assign {
         if planned.schedule.slots.iter().any(|s| s.changed) && !args.json {
-            println!("\nRun with --assign to tag the instances and write the nodes' slots.");
+            term::outln(format_args!("\nRun with --assign to tag the instances and write the nodes' slots."));
         }
         return Ok(());
     }
@@ -130,7 +130,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         .map_err(|message| fail(&message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times")))?;
     if !args.json {
         let nodes = planned.schedule.slots.len();
-        println!("\nAssigned: {nodes} nodes tagged ({TAG_REBOOT_TIME}) and written ({}).", node_config::PATH);
+        term::outln(format_args!("\nAssigned: {nodes} nodes tagged ({TAG_REBOOT_TIME}) and written ({}).", node_config::PATH));
     }
     Ok(())
 }
@@ -220,14 +220,14 @@ pub async fn fold_in_new_nodes(
         // apply and roll reach nodes over SSH only when asked: the tags are the schedule, and a
         // node without its slot file picks a minute of the window at boot until `--assign`.
         return match tag_instances(cloud, &planned.schedule.slots).await {
-            Ok(()) => eprintln!(
+            Ok(()) => term::errln(format_args!(
                 "Reboot schedule: {new} new node(s) folded in (tagged); `kstack reboots {name} --assign` writes their slots on the nodes."
-            ),
+            )),
             Err(error) => term::warning(&format!("reboot schedule not updated: AWS failed while tagging instances: {error}")),
         };
     }
     match put_in_force(cloud, environment, images, &planned, ssh, 10).await {
-        Ok(()) => eprintln!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it."),
+        Ok(()) => term::errln(format_args!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it.")),
         Err(message) => term::warning(&format!(
             "reboot schedule: {new} new node(s) folded in, but {message}; run `kstack reboots {name} --assign` once SSH reaches them"
         )),
@@ -279,11 +279,11 @@ fn describe(
 }
 
 fn print_schedule(schedule: &Schedule, color: bool) {
-    println!("Reboot schedule of `{}` (seed {})", schedule.environment, schedule.seed);
+    term::outln(format_args!("Reboot schedule of `{}` (seed {})", schedule.environment, schedule.seed));
     for figures in &schedule.groups {
         let policy = &figures.policy;
         let window = &policy.window;
-        println!(
+        term::outln(format_args!(
             "\n{}: {} nodes, {}-{} {} ({}), {} minutes apart ({} within a zone), at most {} down",
             figures.group,
             figures.nodes,
@@ -294,15 +294,15 @@ fn print_schedule(schedule: &Schedule, color: bool) {
             policy.group_gap_minutes,
             schedule.zone_gap_minutes,
             policy.max_down
-        );
+        ));
         let mut rows: Vec<&Slot> = schedule.slots.iter().filter(|s| s.group == figures.group).collect();
         rows.sort_by(|a, b| (&a.zone, &a.time).cmp(&(&b.zone, &b.time)));
         for slot in rows {
             let note = if slot.changed { "new" } else { "kept" };
             let note = if color && slot.changed { note.yellow().to_string() } else { note.to_owned() };
-            println!("  {:<12} {:<21} {:<15} {}  {note}", slot.zone, slot.instance, slot.address.as_deref().unwrap_or("-"), slot.time);
+            term::outln(format_args!("  {:<12} {:<21} {:<15} {}  {note}", slot.zone, slot.instance, slot.address.as_deref().unwrap_or("-"), slot.time));
         }
-        println!(
+        term::outln(format_args!(
             "  scheduled: at most {} reboot(s) within any {} minutes (window fits {} reboots that far apart)",
             figures.worst_within_gap,
             policy.group_gap_minutes,
@@ -310,14 +310,14 @@ fn print_schedule(schedule: &Schedule, color: bool) {
                 u32::MAX => String::from("any number of"),
                 n => n.to_string(),
             }
-        );
-        println!(
+        ));
+        term::outln(format_args!(
             "  random minutes instead: P(two share a minute) = {:.4}, P(two within {} minutes) = {:.4}",
             figures.random_shared_minute, policy.group_gap_minutes, figures.random_within_gap
-        );
+        ));
     }
     if !schedule.unscheduled_groups.is_empty() {
-        println!("\nNo reboot settings (not scheduled): {}", schedule.unscheduled_groups.join(", "));
+        term::outln(format_args!("\nNo reboot settings (not scheduled): {}", schedule.unscheduled_groups.join(", ")));
     }
 }
 

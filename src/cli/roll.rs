@@ -120,7 +120,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, env));
     let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
-    let progress = |line: &str| eprintln!("roll: {line}");
+    let progress = |line: &str| term::errln(format_args!("roll: {line}"));
     let timeout = Duration::from_secs(args.timeout);
 
     if args.dry_run {
@@ -149,11 +149,11 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     };
     if args.abort {
         runtime.block_on(abort(&cloud, &mut journal, timeout, &progress)).map_err(|e| fail(&format!("abort stopped: {e}"), None))?;
-        println!("Roll of `{env}` aborted: group sizes and processes restored.");
+        term::outln(format_args!("Roll of `{env}` aborted: group sizes and processes restored."));
         return Ok(());
     }
     if args.resume {
-        eprintln!("roll: resuming the roll started {} by `{}`", journal.record.started, journal.record.command);
+        term::errln(format_args!("roll: resuming the roll started {} by `{}`", journal.record.started, journal.record.command));
     }
     let record = journal.record.clone();
     let mut replaced = 0;
@@ -173,7 +173,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             Ok(rolled) => {
                 replaced += rolled;
                 if rolled > 0 {
-                    println!("{name}: {rolled} replaced");
+                    term::outln(format_args!("{name}: {rolled} replaced"));
                 }
             }
             Err(error) => {
@@ -192,7 +192,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     }
     journal.finish().map_err(|e| fail(&e.to_string(), None))?;
     if replaced == 0 {
-        println!("Nothing to roll: every instance runs its group's current launch settings.");
+        term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
     } else {
         runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &compiled.images, &args.ssh, args.write_reboot_slots));
     }
@@ -208,7 +208,7 @@ async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, args: &
         }
         let state = group_state(cloud, &format!("{}-{name}", environment.name)).await?;
         let total = state.outdated.len() + state.current.len();
-        println!("{name}: {} outdated of {total}", state.outdated.len());
+        term::outln(format_args!("{name}: {} outdated of {total}", state.outdated.len()));
         if state.outdated.is_empty() {
             continue;
         }
@@ -216,7 +216,7 @@ async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, args: &
         let size = match policy.batch(state.group.desired_capacity().unwrap_or(0).max(0) as u32) {
             Ok(size) => size,
             Err(why) => {
-                println!("  cannot roll: {why}");
+                term::outln(format_args!("  cannot roll: {why}"));
                 continue;
             }
         };
@@ -228,7 +228,7 @@ async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, args: &
             if !first.is_empty() {
                 parts.push(format!("take out {}", first.join(", ")));
             }
-            println!("  batch {}: {}", number + 1, parts.join("; "));
+            term::outln(format_args!("  batch {}: {}", number + 1, parts.join("; ")));
         }
     }
     Ok(())

@@ -71,7 +71,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         Command::List { env } => {
             let state = load(project, env)?;
             for (address, resource) in &state.resources {
-                println!("{address}\t{}", resource.id);
+                term::outln(format_args!("{address}\t{}", resource.id));
             }
             Ok(())
         }
@@ -79,7 +79,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             let state = load(project, env)?;
             match state.resources.get(&Address::from(address.as_str())) {
                 Some(resource) => {
-                    println!("{:#}", serde_json::to_value(resource).unwrap_or_default());
+                    term::outln(format_args!("{:#}", serde_json::to_value(resource).unwrap_or_default()));
                     Ok(())
                 }
                 None => {
@@ -96,8 +96,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             let environment = environment(project, env)?;
             let store = open_store(project, &environment)?;
             match store.unlock(lock_id.as_deref()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
-                Some(h) => println!("removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}", h.id, h.holder, h.host, h.pid, h.command, h.started),
-                None => println!("`{env}` is not locked"),
+                Some(h) => term::outln(format_args!("removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}", h.id, h.holder, h.host, h.pid, h.command, h.started)),
+                None => term::outln(format_args!("`{env}` is not locked")),
             }
             Ok(())
         }
@@ -141,7 +141,7 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
         return Err(fail(&format!("the copy in {} does not match; the source was kept", target.location()), None));
     }
     let retired = source.retire().map_err(state_error)?;
-    println!("Migrated the state of `{env}` ({} bytes) to {}; retired {retired}.", bytes.len(), target.location());
+    term::outln(format_args!("Migrated the state of `{env}` ({} bytes) to {}; retired {retired}.", bytes.len(), target.location()));
     if matches!(to, Target::Local) {
         term::warning(&format!("set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"));
     }

@@ -1,6 +1,8 @@
 //! What the terminal can show: colour, width, and rendering of problems.
 
-use std::io::IsTerminal;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 
 use miette::{GraphicalReportHandler, GraphicalTheme, ThemeCharacters, ThemeStyles};
 
@@ -13,6 +15,57 @@ pub fn stderr_color() -> bool {
 
 pub fn stdout_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
+/// How writing to stdout went: a reader that left (`kstack state list dev | head`) is normal,
+/// any other failure (a full disk) makes the command fail once it has finished its work.
+#[derive(Clone, Copy, PartialEq)]
+enum StdoutHealth {
+    Open,
+    ReaderGone,
+    Failed,
+}
+
+static STDOUT: Mutex<StdoutHealth> = Mutex::new(StdoutHealth::Open);
+
+/// Prints to stdout like `print!`, without the panic `print!` gives once stdout is closed:
+/// the command carries on (an apply must not stop half-way because its pager quit) and later
+/// output is dropped.
+pub fn out(text: fmt::Arguments) {
+    let mut health = STDOUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if *health != StdoutHealth::Open {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            *health = StdoutHealth::ReaderGone;
+        } else {
+            *health = StdoutHealth::Failed;
+            error(&format!("cannot write to stdout: {err}"), None);
+        }
+    }
+}
+
+/// `out` with a newline, like `println!`.
+pub fn outln(text: fmt::Arguments) {
+    out(format_args!("{text}\n"));
+}
+
+/// Prints to stderr like `eprint!`, without its panic: when stderr itself is gone there is
+/// nowhere left to report that, and the command's work and exit code matter more.
+pub fn err(text: fmt::Arguments) {
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
+/// `err` with a newline, like `eprintln!`.
+pub fn errln(text: fmt::Arguments) {
+    err(format_args!("{text}\n"));
+}
+
+/// Whether some output could not be written for a reason other than its reader leaving.
+pub fn stdout_failed() -> bool {
+    *STDOUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) == StdoutHealth::Failed
 }
 
 fn report_handler() -> GraphicalReportHandler {
@@ -74,10 +127,10 @@ pub fn error(message: &str, hint: Option<&str>) {
     use owo_colors::OwoColorize;
     let color = stderr_color();
     let label = if color { "error:".red().bold().to_string() } else { String::from("error:") };
-    eprintln!("{label} {message}");
+    errln(format_args!("{label} {message}"));
     if let Some(hint) = hint {
         let label = if color { "hint:".cyan().to_string() } else { String::from("hint:") };
-        eprintln!("  {label} {hint}");
+        errln(format_args!("  {label} {hint}"));
     }
 }
 
@@ -85,5 +138,5 @@ pub fn error(message: &str, hint: Option<&str>) {
 pub fn warning(message: &str) {
     use owo_colors::OwoColorize;
     let label = if stderr_color() { "warning:".yellow().bold().to_string() } else { String::from("warning:") };
-    eprintln!("{label} {message}");
+    errln(format_args!("{label} {message}"));
 }

@@ -21,14 +21,14 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     match (result, args.json) {
         (Ok(compiled), false) => {
             let env = &compiled.checked.environment;
-            println!(
+            term::outln(format_args!(
                 "environment `{}` is valid: {} resources, {} dependencies in {} across {} zones",
                 env.name,
                 compiled.graph.len(),
                 compiled.graph.edge_count(),
                 env.region.value,
                 env.network.availability_zones.len()
-            );
+            ));
             Ok(())
         }
         (Ok(compiled), true) => {
@@ -38,7 +38,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 "resources": compiled.graph.len(),
                 "problems": [],
             });
-            println!("{json:#}");
+            term::outln(format_args!("{json:#}"));
             Ok(())
         }
         (Err(problems), false) => Err(report_problems(&args.env, problems, &sources)),
@@ -48,7 +48,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 "valid": false,
                 "problems": term::problems_json(problems, &sources),
             });
-            println!("{json:#}");
+            term::outln(format_args!("{json:#}"));
             Err(Failure::Reported)
         }
     }
