@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::Tag;
 
 use super::{TAG_BAKE, TAG_HASH};
-use crate::state::{hostname, now_rfc3339, rfc3339_in, LockInfo};
+use crate::state::{lock, now_rfc3339, rfc3339_in, LockInfo};
 
 /// `user@host pid N` of the running bake, for people.
 pub const TAG_HOLDER: &str = "kstack:bake-holder";
@@ -26,13 +26,6 @@ pub const TAG_KEPT: &str = "kstack:bake-kept";
 pub const LEASE: Duration = Duration::from_secs(180);
 pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 
-/// This process as `host/pid-namespace/pid`. Containers can share a host name but not a pid
-/// namespace, so a process is only judged gone by one that sees the same pids.
-fn this_process() -> Option<String> {
-    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    Some(format!("{}/{}/{}", hostname(), namespace.display(), std::process::id()))
-}
-
 /// The tags of a bake this process starts now.
 pub fn ours() -> Vec<(String, String)> {
     let me = LockInfo::ours("kstack bake");
@@ -41,7 +34,9 @@ pub fn ours() -> Vec<(String, String)> {
         (TAG_STARTED.to_owned(), now_rfc3339()),
         (TAG_EXPIRES.to_owned(), rfc3339_in(LEASE.as_secs())),
     ];
-    tags.extend(this_process().map(|process| (TAG_PROCESS.to_owned(), process)));
+    if let Some(namespace) = &me.pid_namespace {
+        tags.push((TAG_PROCESS.to_owned(), format!("{}/{namespace}/{}", me.host, me.pid)));
+    }
     tags
 }
 
@@ -92,16 +87,15 @@ impl Leftover {
     }
 }
 
-/// Whether a bake is certainly gone: its lease ran out, or its process (seen from the same
-/// host and pid namespace as this one) has ended.
+/// Whether a bake is certainly gone: its lease ran out, or its process (`host/pid-namespace/pid`)
+/// has ended, the same judgement as for an environment's lock.
 fn is_gone(process: Option<&str>, expires: &str) -> bool {
-    // RFC 3339 UTC timestamps of one format compare as text.
-    if expires < now_rfc3339().as_str() {
-        return true;
-    }
-    let (Some(process), Some(ours)) = (process, this_process()) else { return false };
-    let (Some((place, pid)), Some((our_place, _))) = (process.rsplit_once('/'), ours.rsplit_once('/')) else { return false };
-    place == our_place && !std::path::Path::new("/proc").join(pid).exists()
+    let ended = || {
+        let (place, pid) = process?.rsplit_once('/')?;
+        let (host, namespace) = place.split_once('/')?;
+        Some(lock::has_ended(host, namespace, pid.parse().ok()?))
+    };
+    lock::has_passed(expires) || ended() == Some(true)
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ pub struct LockInfo {
     pub holder: String,
     pub host: String,
     pub pid: u32,
+    /// The holder's pid namespace (`pid:[4026531836]`), so that a container sharing the host
+    /// name does not judge the holder by its own pids. Absent in locks of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
     pub command: String,
     pub started: String,
     /// Until when the holder's lease runs (S3 backend): a live holder renews it.
@@ -29,6 +33,7 @@ impl LockInfo {
             holder: std::env::var("USER").unwrap_or_else(|_| String::from("unknown")),
             host: hostname(),
             pid: std::process::id(),
+            pid_namespace: pid_namespace(),
             command: command.to_owned(),
             started: now_rfc3339(),
             expires: None,
@@ -41,20 +46,38 @@ impl LockInfo {
             holder: String::from("unknown"),
             host: String::from("unknown-host"),
             pid: 0,
+            pid_namespace: None,
             command: String::from("unknown command"),
             started: String::from("an unknown time"),
             expires: None,
         }
     }
 
-    /// Whether the holder is certainly gone: a process of this host that no longer runs, or
-    /// a lease that ran out.
+    /// Whether the holder is certainly gone: its process ended (as seen from the same host and
+    /// pid namespace), or its lease ran out.
     pub fn is_stale(&self) -> bool {
-        let dead_here = self.host == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
-        // RFC 3339 UTC timestamps of one format compare as text.
-        let lapsed = self.expires.as_ref().is_some_and(|expires| expires.as_str() < now_rfc3339().as_str());
-        dead_here || lapsed
+        let ended = self.pid_namespace.as_deref().is_some_and(|namespace| has_ended(&self.host, namespace, self.pid));
+        ended || self.expires.as_deref().is_some_and(has_passed)
     }
+}
+
+/// Whether process `pid` of `host` and pid `namespace` has certainly ended. Only a process on
+/// the same host and in the same pid namespace can tell; from anywhere else it may still run.
+pub fn has_ended(host: &str, namespace: &str, pid: u32) -> bool {
+    host == hostname()
+        && pid_namespace().as_deref() == Some(namespace)
+        && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Whether an RFC 3339 UTC time, such as a lease's end, is past.
+pub fn has_passed(time: &str) -> bool {
+    // Timestamps of one format compare as text.
+    time < now_rfc3339().as_str()
+}
+
+/// This process's pid namespace, as the kernel names it (`pid:[4026531836]`).
+pub fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid").ok().map(|link| link.display().to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,4 +140,25 @@ pub fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| String::from("unknown-host"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No process has pid 0x7fff_fff0 (above Linux's pid_max).
+    const ENDED: u32 = 0x7fff_fff0;
+
+    #[test]
+    fn a_holder_is_stale_when_its_process_ended_here_or_its_lease_ran_out() {
+        let live = LockInfo::ours("kstack apply dev");
+        assert!(!live.is_stale());
+        assert!(LockInfo { pid: ENDED, ..live.clone() }.is_stale());
+        // A container with this host name sees other pids: only a lease tells there.
+        let contained = LockInfo { pid: ENDED, pid_namespace: Some(String::from("pid:[1]")), ..live.clone() };
+        assert!(!contained.is_stale());
+        assert!(LockInfo { expires: Some(String::from("2020-01-01T00:00:00Z")), ..contained }.is_stale());
+        // A lock written before pid namespaces were recorded cannot be judged by its pid.
+        assert!(!LockInfo { pid: ENDED, pid_namespace: None, ..live }.is_stale());
+    }
 }

@@ -4,7 +4,7 @@
 //! `local.rs`) or in S3 for teams (`s3.rs`); both lock the environment (`lock.rs`).
 
 mod local;
-mod lock;
+pub mod lock;
 mod s3;
 mod time;
 
