@@ -115,6 +115,9 @@ impl Node {
             .arg(&rootfs)
             .arg(format!("--overlay={}:{}:/", rootfs.display(), upper.display()))
             .args(["--boot", "--register=no", "--keep-unit", "-M", &name])
+            // No resolv.conf: the host's DNS server is outside loopback, and a node that looked
+            // names up there (sudo looks up its host name) would send traffic off the machine.
+            .arg("--resolv-conf=delete")
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)
