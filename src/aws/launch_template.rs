@@ -208,7 +208,9 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         .ec2
         .create_launch_template_version()
         .launch_template_id(&actual.id)
-        .client_token(super::client_token(&actual.id))
+        // Scoped to the version this one builds on, so a retry of this step is deduplicated
+        // while a later change of the same template in this process makes its own version.
+        .client_token(super::client_token(&format!("{}:{}", actual.id, actual.attributes)))
         .launch_template_data(data)
         .send()
         .await?;
