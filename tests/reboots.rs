@@ -233,3 +233,15 @@ fn a_fleet_too_big_for_its_window_is_refused_with_the_reason_and_nothing_is_tagg
     });
     assert_eq!(tagged, 0);
 }
+
+/// SSH options only serve `--write-reboot-slots` in apply and roll: alone, they are refused
+/// before anything runs instead of being silently ignored.
+#[test]
+fn ssh_options_without_write_reboot_slots_are_refused() {
+    for args in [["apply", "dev", "--ssh-user", "admin"], ["roll", "dev", "--bastion", "jump.internal"]] {
+        let output = assert_cmd::Command::cargo_bin("kstack").unwrap().args(args).env_remove("KSTACK_PROJECT").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("required arguments were not provided:\n  --write-reboot-slots"), "{args:?}: {stderr}");
+    }
+}

@@ -22,6 +22,8 @@ use super::{term, Failure};
   kstack apply dev --auto-approve --roll
 
 Exit status: 0 applied (or nothing to do), 1 error or cancelled.")]
+// SSH options only serve --write-reboot-slots: given alone, they are refused, not ignored.
+#[command(mut_group("SshArgs", |group| group.requires("write_reboot_slots")))]
 pub struct ApplyArgs {
     /// Environment name (environments/<env>.yaml), path to an environment file, or a plan
     /// saved with `kstack plan --out`.
@@ -44,7 +46,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     write_reboot_slots: bool,
 
-    /// Reaching new nodes to write their reboot slots (with --write-reboot-slots).
+    /// Reaching new nodes to write their reboot slots (only with --write-reboot-slots).
     #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
     ssh: super::provision::SshArgs,
 }

@@ -20,6 +20,8 @@ use super::{check_groups, fail, load_and_compile, report_problems, term, Failure
   kstack roll dev --abort                    put the group being rolled back to its size
 
 Exit status: 0 every group runs its current settings, 1 the roll stopped (see the message).")]
+// SSH options only serve --write-reboot-slots: given alone, they are refused, not ignored.
+#[command(mut_group("SshArgs", |group| group.requires("write_reboot_slots")))]
 pub struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
@@ -64,7 +66,7 @@ pub struct Args {
     #[arg(long)]
     write_reboot_slots: bool,
 
-    /// Reaching new nodes to write their reboot slots (with --write-reboot-slots).
+    /// Reaching new nodes to write their reboot slots (only with --write-reboot-slots).
     #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
     ssh: SshArgs,
 }
