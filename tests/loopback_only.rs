@@ -1,5 +1,5 @@
 //! `scripts/loopback-only`, which the suite and CI's demo run in, catches traffic meant for
-//! addresses outside loopback even when the program ignores its failure.
+//! addresses outside loopback, name lookups included, even when the program ignores its failure.
 
 use std::process::Command;
 
@@ -21,4 +21,12 @@ fn a_connection_attempt_outside_loopback_fails_the_run_even_when_shrugged_off() 
     let stderr = String::from_utf8_lossy(&caught.stderr);
     assert_eq!(caught.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("bash tried to reach addresses outside loopback (1 IPv4 and 0 IPv6 packets found no route)"), "{stderr}");
+}
+
+#[test]
+fn a_name_lookup_fails_the_run_whatever_resolver_the_host_has() {
+    let caught = loopback_only("getent hosts kstack-test.invalid; exit 0");
+    let stderr = String::from_utf8_lossy(&caught.stderr);
+    assert_eq!(caught.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("tried to reach addresses outside loopback"), "{stderr}");
 }

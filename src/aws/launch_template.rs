@@ -208,8 +208,8 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         .ec2
         .create_launch_template_version()
         .launch_template_id(&actual.id)
-        // Scoped to the version this one builds on, so a retry of this step is deduplicated
-        // while a later change of the same template in this process makes its own version.
+        // Scoped to the observed content of `$Latest`, which this version replaces: a retry of
+        // this step is deduplicated, a later change of the template in this process is not.
         .client_token(super::client_token(&format!("{}:{}", actual.id, actual.attributes)))
         .launch_template_data(data)
         .send()

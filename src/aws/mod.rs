@@ -175,7 +175,7 @@ fn ids_of(ids: &Ids, addresses: &[Address]) -> Result<Vec<String>, AwsError> {
 }
 
 /// An idempotency token for one create or new version of `scope` (e.g. a launch template's
-/// name, or its id and the version a new one builds on) in this kstack process. The SDK sends the same token when it retries the call, so a
+/// name, or its id and the content a new version replaces) in this kstack process. The SDK sends the same token when it retries the call, so a
 /// retry after a lost reply gets the first result back instead of making a second one.
 pub(crate) fn client_token(scope: &str) -> String {
     use sha2::{Digest, Sha256};

@@ -12,7 +12,8 @@ use crate::state::{lock, now_rfc3339, rfc3339_in, LockInfo};
 
 /// `user@host pid N` of the running bake, for people.
 pub const TAG_HOLDER: &str = "kstack:bake-holder";
-/// `host/pid-namespace/pid` of the running bake, to tell whether its process still lives.
+/// `pid-scope/pid` of the running bake (see `state::lock::pid_scope`), to tell whether its
+/// process still lives.
 const TAG_PROCESS: &str = "kstack:bake-process";
 /// When the bake started (RFC 3339, UTC): of two bakes of the same content, the older goes on.
 pub const TAG_STARTED: &str = "kstack:bake-started";
@@ -34,8 +35,8 @@ pub fn ours() -> Vec<(String, String)> {
         (TAG_STARTED.to_owned(), now_rfc3339()),
         (TAG_EXPIRES.to_owned(), rfc3339_in(LEASE.as_secs())),
     ];
-    if let Some(namespace) = &me.pid_namespace {
-        tags.push((TAG_PROCESS.to_owned(), format!("{}/{namespace}/{}", me.host, me.pid)));
+    if let Some(scope) = &me.pid_scope {
+        tags.push((TAG_PROCESS.to_owned(), format!("{scope}/{}", me.pid)));
     }
     tags
 }
@@ -87,13 +88,12 @@ impl Leftover {
     }
 }
 
-/// Whether a bake is certainly gone: its lease ran out, or its process (`host/pid-namespace/pid`)
-/// has ended, the same judgement as for an environment's lock.
+/// Whether a bake is certainly gone: its lease ran out, or its process (`pid-scope/pid`) has
+/// ended, the same judgement as for an environment's lock.
 fn is_gone(process: Option<&str>, expires: &str) -> bool {
     let ended = || {
-        let (place, pid) = process?.rsplit_once('/')?;
-        let (host, namespace) = place.split_once('/')?;
-        Some(lock::has_ended(host, namespace, pid.parse().ok()?))
+        let (scope, pid) = process?.rsplit_once('/')?;
+        Some(lock::has_ended(scope, pid.parse().ok()?))
     };
     lock::has_passed(expires) || ended() == Some(true)
 }
@@ -117,14 +117,14 @@ mod tests {
         assert!(matches!(live, Standing::Running { .. }), "{live:?}");
 
         // No process has pid 0x7fff_fff0 (above Linux's pid_max).
-        let (place, _) = process.rsplit_once('/').unwrap();
-        let ended = format!("{place}/{}", 0x7fff_fff0_u32);
+        let (scope, _) = process.rsplit_once('/').unwrap();
+        let ended = format!("{scope}/{}", 0x7fff_fff0_u32);
         let dead = with(&[(TAG_BAKE, "b2"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &ended)]);
         assert_eq!(dead, Standing::Abandoned { holder: holder.clone() });
 
-        // Another pid namespace (a container with this host name): only its lease counts.
-        let (host, _) = place.split_once('/').unwrap();
-        let elsewhere = format!("{host}/pid:[1]/{}", 0x7fff_fff0_u32);
+        // Another pid namespace (a container on this machine): only its lease counts.
+        let (boot, _) = scope.split_once('/').unwrap();
+        let elsewhere = format!("{boot}/pid:[1]/{}", 0x7fff_fff0_u32);
         let contained = with(&[(TAG_BAKE, "b3"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &elsewhere)]);
         assert!(matches!(contained, Standing::Running { .. }), "{contained:?}");
         let lapsed = with(&[(TAG_BAKE, "b4"), (TAG_HOLDER, &holder), (TAG_EXPIRES, "2020-01-01T00:00:00Z"), (TAG_PROCESS, &elsewhere)]);

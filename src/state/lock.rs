@@ -14,10 +14,10 @@ pub struct LockInfo {
     pub holder: String,
     pub host: String,
     pub pid: u32,
-    /// The holder's pid namespace (`pid:[4026531836]`), so that a container sharing the host
-    /// name does not judge the holder by its own pids. Absent in locks of older versions.
+    /// Which pids the holder's `pid` is one of (see [`pid_scope`]). Absent in locks of older
+    /// versions, which are then not judged by their pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_namespace: Option<String>,
+    pub pid_scope: Option<String>,
     pub command: String,
     pub started: String,
     /// Until when the holder's lease runs (S3 backend): a live holder renews it.
@@ -33,7 +33,7 @@ impl LockInfo {
             holder: std::env::var("USER").unwrap_or_else(|_| String::from("unknown")),
             host: hostname(),
             pid: std::process::id(),
-            pid_namespace: pid_namespace(),
+            pid_scope: pid_scope(),
             command: command.to_owned(),
             started: now_rfc3339(),
             expires: None,
@@ -46,27 +46,25 @@ impl LockInfo {
             holder: String::from("unknown"),
             host: String::from("unknown-host"),
             pid: 0,
-            pid_namespace: None,
+            pid_scope: None,
             command: String::from("unknown command"),
             started: String::from("an unknown time"),
             expires: None,
         }
     }
 
-    /// Whether the holder is certainly gone: its process ended (as seen from the same host and
-    /// pid namespace), or its lease ran out.
+    /// Whether the holder is certainly gone: its process ended (as seen from the same pid
+    /// scope), or its lease ran out.
     pub fn is_stale(&self) -> bool {
-        let ended = self.pid_namespace.as_deref().is_some_and(|namespace| has_ended(&self.host, namespace, self.pid));
+        let ended = self.pid_scope.as_deref().is_some_and(|scope| has_ended(scope, self.pid));
         ended || self.expires.as_deref().is_some_and(has_passed)
     }
 }
 
-/// Whether process `pid` of `host` and pid `namespace` has certainly ended. Only a process on
-/// the same host and in the same pid namespace can tell; from anywhere else it may still run.
-pub fn has_ended(host: &str, namespace: &str, pid: u32) -> bool {
-    host == hostname()
-        && pid_namespace().as_deref() == Some(namespace)
-        && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+/// Whether process `pid` of pid `scope` has certainly ended. Only a process that sees the same
+/// pids can tell; from anywhere else it may still run.
+pub fn has_ended(scope: &str, pid: u32) -> bool {
+    pid_scope().as_deref() == Some(scope) && !std::path::Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Whether an RFC 3339 UTC time, such as a lease's end, is past.
@@ -75,9 +73,13 @@ pub fn has_passed(time: &str) -> bool {
     time < now_rfc3339().as_str()
 }
 
-/// This process's pid namespace, as the kernel names it (`pid:[4026531836]`).
-pub fn pid_namespace() -> Option<String> {
-    std::fs::read_link("/proc/self/ns/pid").ok().map(|link| link.display().to_string())
+/// The pids this process sees, as `boot-id/pid-namespace`: the boot id tells machines apart
+/// (cloned machines share host names, and every host's first pid namespace has the same
+/// name) and changes at reboot, when pids start over; the namespace tells containers apart.
+pub fn pid_scope() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), namespace.display()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,11 +156,15 @@ mod tests {
         let live = LockInfo::ours("kstack apply dev");
         assert!(!live.is_stale());
         assert!(LockInfo { pid: ENDED, ..live.clone() }.is_stale());
-        // A container with this host name sees other pids: only a lease tells there.
-        let contained = LockInfo { pid: ENDED, pid_namespace: Some(String::from("pid:[1]")), ..live.clone() };
+        // A container on this machine sees other pids, and so does another machine: only a
+        // lease tells there.
+        let (boot, _) = live.pid_scope.as_deref().unwrap().split_once('/').unwrap();
+        let contained = LockInfo { pid: ENDED, pid_scope: Some(format!("{boot}/pid:[1]")), ..live.clone() };
         assert!(!contained.is_stale());
+        let cloned = LockInfo { pid: ENDED, pid_scope: Some(String::from("00000000-0000-0000-0000-000000000000/pid:[4026531836]")), ..live.clone() };
+        assert!(!cloned.is_stale());
         assert!(LockInfo { expires: Some(String::from("2020-01-01T00:00:00Z")), ..contained }.is_stale());
-        // A lock written before pid namespaces were recorded cannot be judged by its pid.
-        assert!(!LockInfo { pid: ENDED, pid_namespace: None, ..live }.is_stale());
+        // A lock written before pid scopes were recorded cannot be judged by its pid.
+        assert!(!LockInfo { pid: ENDED, pid_scope: None, ..live }.is_stale());
     }
 }
