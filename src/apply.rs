@@ -332,8 +332,8 @@ fn changed_attributes(changes: &[crate::plan::Change]) -> Vec<String> {
 /// The resource a create made after all (its reply was lost, or an earlier attempt's was),
 /// found by its tags and brought in line with the model; `None` when AWS has no such resource.
 async fn adopt(context: &Context, resource: &Resource, ids: &Ids) -> Result<Option<String>, AwsError> {
-    let observed = aws::refresh(&context.cloud).await?;
-    let Some(found) = observed.into_iter().find(|o| o.address == resource.address) else { return Ok(None) };
+    let refreshed = aws::refresh(&context.cloud).await?;
+    let Some(found) = refreshed.observed.into_iter().find(|o| o.address == resource.address) else { return Ok(None) };
     let changes: Vec<crate::plan::Change> = crate::plan::diff::changes(resource, &found).into_iter().filter(|c| !c.forces_replacement).collect();
     if !changes.is_empty() {
         aws::update(&context.cloud, resource, &found, &changed_attributes(&changes), ids).await?;

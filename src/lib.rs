@@ -8,6 +8,7 @@ pub mod bake;
 pub mod cli;
 pub mod compile;
 pub mod graph;
+pub mod identity;
 pub mod plan;
 pub mod reboots;
 pub mod resource;

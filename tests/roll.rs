@@ -54,7 +54,7 @@ fn instance_ids(aws: &Clients, rt: &tokio::runtime::Runtime) -> Vec<String> {
 /// Instances of the group EC2 reports running, whatever the group thinks.
 fn running_instances(aws: &Clients, rt: &tokio::runtime::Runtime) -> usize {
     rt.block_on(async {
-        let filter = aws_sdk_ec2::types::Filter::builder().name("tag:aws:autoscaling:groupName").values(GROUP).build();
+        let filter = aws_sdk_ec2::types::Filter::builder().name("tag:kstack:address").values("asg.app").build();
         let running = aws_sdk_ec2::types::Filter::builder().name("instance-state-name").values("running").build();
         let described = aws.ec2.describe_instances().filters(filter).filters(running).send().await.unwrap();
         described.reservations().iter().map(|r| r.instances().len()).sum()
@@ -124,7 +124,7 @@ impl NodeKeeper {
             let mut booted = 0;
             while flag.load(Ordering::SeqCst) {
                 let addresses: Vec<String> = rt.block_on(async {
-                    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:aws:autoscaling:groupName").values(GROUP).build();
+                    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:kstack:address").values("asg.app").build();
                     let running = aws_sdk_ec2::types::Filter::builder().name("instance-state-name").values("running").build();
                     let described = aws.ec2.describe_instances().filters(filter).filters(running).send().await.unwrap();
                     described

@@ -13,7 +13,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let filter = Filter::builder()
         .name(format!("tag:{TAG_ENVIRONMENT}"))
-        .values(&cloud.environment)
+        .values(cloud.environment())
         .build();
     let mut pages = cloud.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
     while let Some(page) = pages.next().await {

@@ -1,5 +1,6 @@
-//! `iam_role` and `instance_profile`. Both live under the path `/kstack/<env>/`, so one
-//! listing finds the environment's own; their ids are ARNs, unique across kinds.
+//! `iam_role` and `instance_profile`. Both live under the path `/kstack/<env>/<identity>/`
+//! (IAM is global: the path tells regions and projects apart), so one listing finds the
+//! environment's own; their ids are ARNs, unique across kinds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -59,7 +60,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let path = cloud.iam_path();
+    let prefix = cloud.owner.iam_path_prefix();
     let mut found = Vec::new();
     // One paginated call returns every role with its policies, instead of three per role.
     let mut pages = cloud
@@ -70,7 +71,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
         .send();
     while let Some(page) = pages.next().await {
         for role in page?.role_detail_list() {
-            if role.path() != Some(path.as_str()) {
+            if !cloud.owner.owns_iam(role.path().unwrap_or_default(), role.arn().unwrap_or_default()) {
                 continue;
             }
             let tags = tags_of(role.tags());
@@ -89,14 +90,31 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
             found.extend(super::tags::observed(Kind::IamRole, role.arn().unwrap_or_default(), tags, attributes));
         }
     }
-    let mut pages = cloud.iam.list_instance_profiles().path_prefix(&path).into_paginator().send();
+    let mut pages = cloud.iam.list_instance_profiles().path_prefix(&prefix).into_paginator().send();
     while let Some(page) = pages.next().await {
         for profile in page?.instance_profiles() {
+            if !cloud.owner.owns_iam(profile.path(), profile.arn()) {
+                continue;
+            }
+            // AWS's listing leaves tags out (the emulator's does not, and lacks the call for
+            // them); an environment has a handful of profiles.
+            let tags = match profile.tags() {
+                [] => {
+                    let listed = cloud.iam.list_instance_profile_tags().instance_profile_name(profile.instance_profile_name()).send().await?;
+                    tags_of(listed.tags())
+                }
+                tags => tags_of(tags),
+            };
             let attributes = json!({ "role": profile.roles().first().map(|r| r.arn()) });
-            found.extend(super::tags::observed(Kind::InstanceProfile, profile.arn(), tags_of(profile.tags()), attributes));
+            found.extend(super::tags::observed(Kind::InstanceProfile, profile.arn(), tags, attributes));
         }
     }
     Ok(found)
+}
+
+/// Where new roles and profiles go: the path that names the environment's identity.
+fn path_for_new(cloud: &Cloud) -> Result<String, AwsError> {
+    cloud.owner.iam_path().ok_or_else(|| AwsError::internal(String::from("the environment has no identity yet")))
 }
 
 pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
@@ -107,7 +125,7 @@ pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, A
         .iam
         .create_role()
         .role_name(&resource.name)
-        .path(cloud.iam_path())
+        .path(path_for_new(cloud)?)
         .assume_role_policy_document(assume_role_policy.to_string())
         .set_tags(Some(iam_tags(&resource.tags)?))
         .send()
@@ -200,7 +218,7 @@ pub async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &I
         .iam
         .create_instance_profile()
         .instance_profile_name(&resource.name)
-        .path(cloud.iam_path())
+        .path(path_for_new(cloud)?)
         .set_tags(Some(iam_tags(&resource.tags)?))
         .send()
         .await?;

@@ -2,7 +2,7 @@
 
 use aws_sdk_ec2::types::Filter;
 
-use super::tags::environment_filter;
+use super::tags::{environment_filter, from_ec2};
 use super::{AwsError, Cloud};
 use crate::compile::{TAG_ADDRESS, TAG_REBOOT_TIME};
 
@@ -18,7 +18,7 @@ pub struct Instance {
     pub public_ip: Option<String>,
 }
 
-/// Running instances of the environment, one paginated call.
+/// Running instances of the environment (see `Owner::owns_instance`), one paginated call.
 pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError> {
     let mut found = Vec::new();
     let mut pages = cloud
@@ -30,10 +30,15 @@ pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError>
         .send();
     while let Some(page) = pages.next().await {
         for instance in page?.reservations().iter().flat_map(|r| r.instances()) {
-            let tag = |key| instance.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
+            let tags = from_ec2(instance.tags());
+            let tag = |key: &str| tags.get(key).cloned();
+            let id = instance.instance_id().unwrap_or_default();
+            if !cloud.owner.owns_instance(id, &tags, tags.get("aws:autoscaling:groupName").map(String::as_str)) {
+                continue;
+            }
             let Some(group) = tag(TAG_ADDRESS).and_then(|a| a.strip_prefix("asg.").map(str::to_owned)) else { continue };
             found.push(Instance {
-                id: instance.instance_id().unwrap_or_default().to_owned(),
+                id: id.to_owned(),
                 group,
                 zone: instance.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_owned(),
                 reboot_time: tag(TAG_REBOOT_TIME),

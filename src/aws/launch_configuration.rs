@@ -1,21 +1,15 @@
 //! `launch_configuration`: the legacy, immutable way to describe how instances boot. Each
-//! version has a name of its own (`<env>-<group>-<digest>`), so a change creates the new one,
-//! moves the group over, and only then deletes the old. Launch configurations cannot be
-//! tagged: they are found by name.
+//! version has a name of its own (`<env>-<group>-<digest>-<identity short form>`), so a
+//! change creates the new one, moves the group over, and only then deletes the old. Launch
+//! configurations cannot be tagged: they are found by exact name (see `Owner`).
 
 use aws_sdk_autoscaling::types::{BlockDeviceMapping, Ebs, InstanceMetadataHttpTokensState, InstanceMetadataOptions};
 
 use super::launch_template::{ami, launch_attributes, root_device, LaunchAttributes};
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
+use crate::identity::TAG_IDENTITY;
 use crate::resource::{Address, Kind, Resource, Spec};
-
-/// The group a launch configuration name belongs to, if it is one of this environment's.
-fn group_of<'a>(environment: &str, name: &'a str) -> Option<&'a str> {
-    let rest = name.strip_prefix(environment)?.strip_prefix('-')?;
-    let (group, digest) = rest.rsplit_once('-')?;
-    (digest.len() == 12 && digest.chars().all(|c| c.is_ascii_hexdigit())).then_some(group)
-}
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
@@ -23,7 +17,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     while let Some(page) = pages.next().await {
         for config in page?.launch_configurations() {
             let name = config.launch_configuration_name().unwrap_or_default();
-            let Some(group) = group_of(&cloud.environment, name) else { continue };
+            let Some(group) = cloud.owner.launch_configuration_group(name) else { continue };
             let address = Address::new(Kind::LaunchConfiguration, group);
             let volume = config.block_device_mappings().first().and_then(|b| b.ebs());
             let metadata = config.metadata_options();
@@ -43,15 +37,20 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 hop_limit: metadata.and_then(|m| m.http_put_response_hop_limit()),
                 key_name: config.key_name().filter(|k| !k.is_empty()),
             });
-            let tags = [
-                (TAG_ENVIRONMENT.to_owned(), cloud.environment.clone()),
+            let mut tags: std::collections::BTreeMap<String, String> = [
+                (TAG_ENVIRONMENT.to_owned(), cloud.environment().to_owned()),
                 (TAG_ADDRESS.to_owned(), address.to_string()),
-            ];
+            ]
+            .into();
+            // The name carries the identity's short form, or state recorded it (no identity).
+            if let Some(identity) = cloud.owner.identity.as_ref().filter(|i| name.ends_with(&format!("-{}", i.short()))) {
+                tags.insert(TAG_IDENTITY.to_owned(), identity.to_string());
+            }
             found.push(Observed {
                 address,
                 kind: Kind::LaunchConfiguration,
                 id: name.to_owned(),
-                tags: tags.into_iter().collect(),
+                tags,
                 attributes,
             });
         }
@@ -116,17 +115,4 @@ pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
         .send()
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::group_of;
-
-    #[test]
-    fn names_map_back_to_their_group_only_within_the_environment() {
-        assert_eq!(group_of("dev", "dev-workers-0123456789ab"), Some("workers"));
-        assert_eq!(group_of("dev", "dev-spot-workers-0123456789ab"), Some("spot-workers"));
-        assert_eq!(group_of("dev", "devx-workers-0123456789ab"), None);
-        assert_eq!(group_of("dev", "dev-workers"), None);
-    }
 }

@@ -1,4 +1,4 @@
-//! `elb`: a classic load balancer, named `<env>-<name>`.
+//! `elb`: a classic load balancer, named `<env>-<name>-<identity short form>`.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +19,7 @@ fn build_error(error: impl std::fmt::Display) -> AwsError {
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     // Classic ELBs cannot be filtered by tag: list the names with the environment's prefix,
     // then confirm ownership by tag, twenty names per call.
-    let prefix = format!("{}-", cloud.environment);
+    let prefix = format!("{}-", cloud.environment());
     let mut balancers = Vec::new();
     let mut pages = cloud.elb.describe_load_balancers().into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -48,7 +48,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     for balancer in &balancers {
         let name = balancer.load_balancer_name().unwrap_or_default();
         let Some(tags) = tags_by_name.remove(name) else { continue };
-        if tags.get(TAG_ENVIRONMENT) != Some(&cloud.environment) {
+        if tags.get(TAG_ENVIRONMENT).map(String::as_str) != Some(cloud.environment()) || !cloud.owner.owns(name, &tags) {
             continue;
         }
         // Attributes have no batch call; an environment has a handful of load balancers.

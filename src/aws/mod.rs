@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use calls::ApiCalls;
 pub use error::AwsError;
 
+use crate::identity::{Owner, Ownership};
 use crate::resource::{Address, Kind, Resource};
 
 /// Clients for the four AWS services kstack uses, sharing one configuration and call counter.
@@ -40,15 +41,15 @@ pub struct Cloud {
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub iam: aws_sdk_iam::Client,
     pub calls: Arc<ApiCalls>,
-    /// The environment whose resources are read and written.
-    pub environment: String,
+    /// Whose resources are read and written.
+    pub owner: Owner,
     pub region: String,
 }
 
 impl Cloud {
     /// Connects with the standard aws-config chain (environment, profiles, `AWS_ENDPOINT_URL`),
     /// in the environment's region.
-    pub async fn connect(region: &str, environment: &str) -> Cloud {
+    pub async fn connect(region: &str, owner: Owner) -> Cloud {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8))
@@ -71,15 +72,13 @@ impl Cloud {
                 aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
             ),
             calls,
-            environment: environment.to_owned(),
+            owner,
             region: region.to_owned(),
         }
     }
 
-    /// The IAM path of the environment's roles and instance profiles, which lets one
-    /// listing call find them all.
-    fn iam_path(&self) -> String {
-        format!("/kstack/{}/", self.environment)
+    pub fn environment(&self) -> &str {
+        &self.owner.environment
     }
 }
 
@@ -96,8 +95,25 @@ pub struct Observed {
 /// Addresses of resources that exist, with their AWS ids.
 pub type Ids = BTreeMap<Address, String>;
 
-/// Reads every resource of the environment, a few batched calls per resource kind.
-pub async fn refresh(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+/// What refresh found under the environment's tag.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// The environment's own resources (see [`Owner`]).
+    pub observed: Vec<Observed>,
+    /// Tagged with the environment's name but not its own: left alone, and reported.
+    pub foreign: Vec<Observed>,
+}
+
+impl Refreshed {
+    /// Own resources made before identities existed, which the next apply tags.
+    pub fn to_take_over<'a>(&'a self, cloud: &'a Cloud) -> impl Iterator<Item = &'a Observed> + 'a {
+        self.observed.iter().filter(|o| cloud.owner.judge(&o.id, &o.tags) == Ownership::Recorded)
+    }
+}
+
+/// Reads every resource of the environment, a few batched calls per resource kind, and
+/// keeps apart what is not its own.
+pub async fn refresh(cloud: &Cloud) -> Result<Refreshed, AwsError> {
     let (network, security, iam, launch, groups) = tokio::try_join!(
         read_network(cloud),
         security_group::read(cloud),
@@ -105,7 +121,13 @@ pub async fn refresh(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
         read_launch(cloud),
         read_groups(cloud),
     )?;
-    let mut observed: Vec<Observed> = network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).collect();
+    let (mut observed, foreign): (Vec<Observed>, Vec<Observed>) = network
+        .into_iter()
+        .chain(security)
+        .chain(iam)
+        .chain(launch)
+        .chain(groups)
+        .partition(|o| cloud.owner.owns(&o.id, &o.tags));
     observed.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.id.cmp(&b.id)));
     // Rules share their group's id; references to that id mean the group.
     let by_id: BTreeMap<String, Address> = observed
@@ -116,7 +138,7 @@ pub async fn refresh(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     for resource in &mut observed {
         ids_to_addresses(&mut resource.attributes, &by_id);
     }
-    Ok(observed)
+    Ok(Refreshed { observed, foreign })
 }
 
 async fn read_network(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
@@ -278,6 +300,7 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
 }
 
 pub use image::resolve_images;
+pub use tags::from_ec2 as tags_of;
 pub use launch_template::root_device;
 pub use instances::{running_instances, Instance};
 

@@ -12,7 +12,7 @@ use crate::resource::{Address, Kind};
 pub fn environment_filter(cloud: &Cloud) -> Filter {
     Filter::builder()
         .name(format!("tag:{TAG_ENVIRONMENT}"))
-        .values(&cloud.environment)
+        .values(cloud.environment())
         .build()
 }
 

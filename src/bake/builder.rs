@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
 use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY, TAG_KEPT};
 use super::{BakeError, Options, Progress, TAG_BAKE, TAG_HASH};
 use crate::aws::Cloud;
-use crate::compile::TAG_ADDRESS;
+use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
 use crate::model::image::Image;
 use crate::roles::{Role, RunOptions, Variables};
 use crate::ssh::{Connection, HostKeys, Login, LoginKey, SshError};
@@ -175,12 +175,13 @@ async fn steps(
     let subnets = cloud
         .ec2
         .describe_subnets()
-        .filters(Filter::builder().name("tag:kstack:environment").values(&place.environment).build())
+        .filters(Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(&place.environment).build())
         .filters(Filter::builder().name(format!("tag:{TAG_ADDRESS}")).values(format!("subnet.{}.*", place.subnet_tier)).build())
         .send()
         .await
         .map_err(|e| BakeError::aws("finding the build subnet")(e.into()))?;
-    let Some(subnet) = subnets.subnets().first() else {
+    let owned = |s: &&aws_sdk_ec2::types::Subnet| cloud.owner.owns(s.subnet_id().unwrap_or_default(), &crate::aws::tags_of(s.tags()));
+    let Some(subnet) = subnets.subnets().iter().find(owned) else {
         return Err(BakeError::Failed(format!(
             "environment `{}` has no subnet of tier `{}` in {}: apply it first",
             place.environment, place.subnet_tier, cloud.region

@@ -40,7 +40,7 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
     let mut copy_tags = tags.clone();
     copy_tags.push(Tag::builder().key(TAG_COPIED_FROM).value(ami).build());
     for region in &image.copy_to {
-        let there = Cloud::connect(region, &cloud.environment).await;
+        let there = Cloud::connect(region, cloud.owner.clone()).await;
         if let Some(copy) = image_tagged(&there, TAG_COPIED_FROM, ami).await? {
             progress(&format!("{region} has {copy} already"));
             amis.insert(region.clone(), copy);

@@ -11,7 +11,7 @@ use crate::model::image::load_image;
 use crate::model::{load_environment, Project};
 use crate::roles::load_roles;
 
-use super::session::runtime;
+use super::session::{open_store, owner, runtime};
 use super::{report_image_problems, report_problems, term, Failure};
 
 /// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
@@ -75,7 +75,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&region, &place.environment));
+    let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment)?)?));
     let progress: crate::bake::Progress = Arc::new(|line: &str| term::errln(format_args!("bake: {line}")));
     if args.cleanup {
         return match runtime.block_on(cleanup_leftovers(&cloud, &progress)) {

@@ -15,7 +15,7 @@ use crate::model::{ImageRef, Project, Secret};
 use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskReport, TaskStatus, Variables};
 use crate::ssh::{HostKeys, Login, LoginKey};
 
-use super::session::{aws_failure, runtime};
+use super::session::{aws_failure, open_store, owner, runtime};
 use super::{check_groups, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -154,7 +154,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<(Vec<GroupWork>, Se
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&open_store(project, environment)?)?));
     let instances = runtime
         .block_on(running_instances(&cloud))
         .map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;

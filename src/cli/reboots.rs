@@ -17,7 +17,7 @@ use crate::reboots::{assign, node_config, violations, Fleet, Member};
 use crate::ssh::{Connection, Login};
 
 use super::provision::SshArgs;
-use super::session::{open_store, runtime};
+use super::session::{open_store, owner, runtime};
 use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
@@ -104,14 +104,12 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         ));
     }
     let runtime = runtime()?;
+    let store = open_store(project, environment)?;
     let _lock = match args.assign {
-        true => {
-            let store = open_store(project, environment)?;
-            Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
-        }
+        true => Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?),
         false => None,
     };
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, &environment.name));
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
     let seed = args.seed.unwrap_or_else(rand::random);
     let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;
     if args.json {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::aws::Cloud;
 use crate::model::{Amount, PolicyOverrides, Project};
-use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
+use crate::roll::{abort, batches, group_state, roll_group, Journal, RollGroup, RollRecord};
 
 use super::provision::SshArgs;
 use super::session::{open_store, runtime};
@@ -120,7 +120,9 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let store = open_store(project, environment)?;
     let command = format!("kstack roll {}", args.env);
     let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, env));
+    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let group_names = GroupNames(&state);
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, state.owner()));
     let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
     let progress = |line: &str| term::errln(format_args!("roll: {line}"));
     let timeout = Duration::from_secs(args.timeout);
@@ -130,7 +132,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             let (message, hint) = unfinished(env, &journal.record);
             term::warning(&format!("{message}; {hint}"));
         }
-        return runtime.block_on(dry_run(&cloud, environment, args)).map_err(|e| fail(&e.to_string(), None));
+        return runtime.block_on(dry_run(&cloud, environment, &group_names, args));
     }
     let mut journal = match (unfinished_roll, args.resume || args.abort) {
         (Some(journal), true) => journal,
@@ -161,7 +163,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let mut replaced = 0;
     for name in &record.groups {
         let Some(group) = environment.node_groups.iter().find(|g| &g.name.value == name) else { continue };
-        let aws_name = format!("{env}-{name}");
+        let aws_name = group_names.get(env, name)?;
         let roll = RollGroup {
             environment: env,
             group: name,
@@ -201,14 +203,32 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The auto scaling group names state recorded: they carry the environment's identity (or
+/// predate identities), so they cannot be derived from the model alone.
+struct GroupNames<'a>(&'a crate::state::State);
+
+impl GroupNames<'_> {
+    fn get(&self, env: &str, group: &str) -> Result<String, Failure> {
+        let address = crate::resource::Address::new(crate::resource::Kind::AutoScalingGroup, group);
+        match self.0.resources.get(&address) {
+            Some(recorded) => Ok(recorded.id.clone()),
+            None => Err(fail(
+                &format!("node group `{group}` of `{env}` has no auto scaling group in state"),
+                Some(&format!("apply the environment first with `kstack apply {env}`")),
+            )),
+        }
+    }
+}
+
 /// Per group: the outdated instances, and the batches a roll would take them in.
-async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, args: &Args) -> Result<(), RollError> {
+async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, names: &GroupNames<'_>, args: &Args) -> Result<(), Failure> {
     for group in environment.roll_sequence() {
         let name = &group.name.value;
         if !args.groups.is_empty() && !args.groups.contains(name) {
             continue;
         }
-        let state = group_state(cloud, &format!("{}-{name}", environment.name)).await?;
+        let aws_name = names.get(&environment.name, name)?;
+        let state = group_state(cloud, &aws_name).await.map_err(|e| fail(&e.to_string(), None))?;
         let total = state.outdated.len() + state.current.len();
         term::outln(format_args!("{name}: {} outdated of {total}", state.outdated.len()));
         if state.outdated.is_empty() {

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::aws::{self, Cloud, Observed};
 use crate::compile::{content_digest, image_names, resolve_images};
 use crate::graph::ResourceGraph;
+use crate::identity::Identity;
 use crate::model::Project;
-use crate::plan::{plan, Plan};
+use crate::plan::{plan, Foreign, Plan};
 use crate::state::{Lock, State, StateStore};
 
 use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
@@ -58,6 +59,13 @@ pub enum Desired {
     Nothing,
 }
 
+/// Whose resources commands that only read state may touch: what the environment's state
+/// records (its identity, and ids from before identities).
+pub fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failure> {
+    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    Ok(state.owner())
+}
+
 /// The state store the environment names (S3 connects and checks its bucket).
 pub fn open_store(project: &Project, environment: &crate::model::Environment) -> Result<StateStore, Failure> {
     StateStore::open(&project.root, &environment.name, &environment.state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
@@ -78,8 +86,18 @@ impl Session {
         let region = compiled.checked.environment.region.value.clone();
         let store = open_store(project, &compiled.checked.environment)?;
         let lock = store.lock(command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-        let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-        let cloud = Cloud::connect(&region, &environment).await;
+        let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        let identity = match &state.identity {
+            Some(identity) => identity.clone(),
+            None => {
+                // Kept before anything is created, so every resource carries it from the start.
+                let identity = Identity::generate();
+                state.identity = Some(identity.clone());
+                store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+                identity
+            }
+        };
+        let cloud = Cloud::connect(&region, state.owner()).await;
         let mut graph = match desired {
             Desired::Model => compiled.graph,
             Desired::Nothing => ResourceGraph::build(Vec::new()).unwrap_or(compiled.graph),
@@ -90,9 +108,11 @@ impl Session {
             let amis = resolve_named_images(project, &images, &cloud, &names).await?;
             resolve_images(&mut graph, &environment, &amis);
         }
+        crate::identity::stamp(&mut graph, &identity);
         let before = cloud.calls.snapshot();
         let started = Instant::now();
-        let mut observed = aws::refresh(&cloud).await.map_err(|e| aws_failure(&region, "refreshing", &e))?;
+        let refreshed = aws::refresh(&cloud).await.map_err(|e| aws_failure(&region, "refreshing", &e))?;
+        let mut observed = refreshed.observed;
         let by_operation: std::collections::BTreeMap<String, u64> = cloud
             .calls
             .snapshot()
@@ -117,7 +137,11 @@ impl Session {
                 observed.push(known.clone());
             }
         }
-        let plan = plan(&environment, &graph, &observed);
+        let mut plan = plan(&environment, &graph, &observed);
+        plan.left_alone = refreshed.foreign.iter().map(Foreign::of).collect();
+        if state.resources.is_empty() {
+            warn_of_lost_state(&environment, &region, &plan.left_alone);
+        }
         Ok(Session {
             environment,
             cloud,
@@ -148,6 +172,21 @@ impl Session {
         // User data is serialized as its hash, so the digest covers its content too.
         content_digest(&self.desired.in_dependency_order().collect::<Vec<_>>())
     }
+}
+
+/// An empty state beside resources of an environment of the same name: another project's, or
+/// this environment's with its state lost. Only a person can tell; say how to claim them.
+fn warn_of_lost_state(environment: &str, region: &str, foreign: &[Foreign]) {
+    let identities: std::collections::BTreeSet<&str> = foreign.iter().filter_map(|f| f.identity.as_deref()).collect();
+    if identities.is_empty() {
+        return;
+    }
+    term::warning(&format!(
+        "the state of `{environment}` records no resources, but {region} holds resources of an environment named \
+         `{environment}` with identity {}. They are left alone. If they are this environment's and its state was \
+         lost, `kstack state identity {environment} --recover <id>` makes them its own again.",
+        identities.into_iter().collect::<Vec<_>>().join(", ")
+    ));
 }
 
 /// Each image's AMI: the one baked from its current definition, or else the newest bake with

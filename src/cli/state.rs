@@ -1,5 +1,6 @@
-//! `kstack state list|show|unlock|migrate <env>`
+//! `kstack state list|show|unlock|migrate|identity <env>`
 
+use crate::identity::Identity;
 use crate::model::{Environment, Project, StateBackend};
 use crate::resource::Address;
 use crate::state::StateStore;
@@ -14,7 +15,8 @@ use super::{fail, load_and_compile, report_problems, term, Failure};
   kstack state list dev
   kstack state show dev asg.workers
   kstack state unlock dev 3f2a9c01      the id is in the message of the command the lock refused
-  kstack state migrate dev --to s3      after adding `state: { backend: s3, bucket: ... }`")]
+  kstack state migrate dev --to s3      after adding `state: { backend: s3, bucket: ... }`
+  kstack state identity dev             the id every resource of `dev` is tagged with (kstack:id)")]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
@@ -56,6 +58,16 @@ enum Command {
         /// Where the state goes.
         #[arg(long)]
         to: Target,
+    },
+    /// Print the environment's identity: the `kstack:id` tag that makes a resource its own.
+    /// With `--recover`, give a state that lost its resources the identity they carry.
+    Identity {
+        /// Environment name.
+        env: String,
+        /// The identity the environment's resources carry (`kstack:id`), for a state that was
+        /// lost: only accepted while the state records no resources.
+        #[arg(long, value_name = "ID")]
+        recover: Option<String>,
     },
 }
 
@@ -102,7 +114,35 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Migrate { env, to } => migrate(project, env, *to),
+        Command::Identity { env, recover: None } => {
+            match load(project, env)?.identity {
+                Some(identity) => term::outln(format_args!("{identity}")),
+                None => term::outln(format_args!("`{env}` has no identity yet: its first plan or apply gives it one")),
+            }
+            Ok(())
+        }
+        Command::Identity { env, recover: Some(id) } => recover_identity(project, env, id),
     }
+}
+
+/// Gives an environment whose state was lost the identity its resources carry, so the next
+/// plan finds them again. Never over a state that records resources: those would be orphaned.
+fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failure> {
+    let identity = Identity::try_from(id.to_owned()).map_err(|why| fail(&why, Some("copy it from a resource's `kstack:id` tag")))?;
+    let environment = environment(project, env)?;
+    let store = open_store(project, &environment)?;
+    let _lock = store.lock(&format!("kstack state identity {env} --recover")).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    if !state.resources.is_empty() && state.identity.as_ref() != Some(&identity) {
+        return Err(fail(
+            &format!("the state of `{env}` records {} resources; its identity stays {}", state.resources.len(), state.identity.as_ref().map_or("unset", |i| i.as_str())),
+            Some("--recover is for a state that was lost; an environment's resources never change hands"),
+        ));
+    }
+    state.identity = Some(identity.clone());
+    store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    term::outln(format_args!("`{env}` has identity {identity}: its next plan finds the resources tagged with it."));
+    Ok(())
 }
 
 fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {

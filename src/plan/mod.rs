@@ -13,6 +13,7 @@ pub use render::render;
 
 use crate::aws::{forces_replacement, Observed};
 use crate::graph::ResourceGraph;
+use crate::identity::TAG_IDENTITY;
 use crate::resource::{Address, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,34 @@ pub struct Plan {
     pub environment: String,
     pub actions: Vec<Action>,
     pub summary: Summary,
+    /// Resources state recorded before environments had identities: the plan's tag updates
+    /// give them the environment's identity; nothing is recreated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takes_over: Vec<Address>,
+    /// Resources tagged with the environment's name that are another environment's: the plan
+    /// leaves them alone (see `identity.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_alone: Vec<Foreign>,
+}
+
+/// A resource under the environment's name that is not its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Foreign {
+    pub address: Address,
+    pub id: String,
+    /// The identity it carries; none when it predates identities and state never recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl Foreign {
+    pub fn of(resource: &Observed) -> Foreign {
+        Foreign {
+            address: resource.address.clone(),
+            id: resource.id.clone(),
+            identity: resource.tags.get(TAG_IDENTITY).cloned(),
+        }
+    }
 }
 
 impl Plan {
@@ -166,10 +195,18 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             ActionKind::NoOp => summary.unchanged += 1,
         }
     }
+    // Launch configurations cannot carry tags: their names keep them recognised.
+    let takes_over = observed
+        .iter()
+        .filter(|o| o.kind.has_own_tags() && !o.tags.contains_key(TAG_IDENTITY) && desired.get(&o.address).is_some())
+        .map(|o| o.address.clone())
+        .collect();
     Plan {
         environment: environment.to_owned(),
         actions,
         summary,
+        takes_over,
+        left_alone: Vec::new(),
     }
 }
 

@@ -40,6 +40,7 @@ impl Styles {
 pub fn render(plan: &Plan, color: bool) -> String {
     let styles = Styles::new(color);
     let mut out = String::new();
+    render_ownership(&mut out, plan, &styles);
     if !plan.has_changes() {
         let _ = writeln!(
             out,
@@ -65,6 +66,37 @@ pub fn render(plan: &Plan, color: bool) -> String {
         if s.replace > 0 { format!(" ({} replaced)", s.replace) } else { String::new() }
     );
     out
+}
+
+/// What the plan takes over and what it leaves alone, before the actions.
+fn render_ownership(out: &mut String, plan: &Plan, styles: &Styles) {
+    if !plan.takes_over.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} {} resources of `{}` recorded before environments had identities; their tag \
+             updates below give them the environment's identity (nothing is recreated).\n",
+            "Takes over".style(styles.bold),
+            plan.takes_over.len(),
+            plan.environment
+        );
+    }
+    if !plan.left_alone.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} {} resources tagged `kstack:environment={}` belong to another environment and are left alone:",
+            "Note:".style(styles.update),
+            plan.left_alone.len(),
+            plan.environment
+        );
+        for foreign in &plan.left_alone {
+            let whose = match &foreign.identity {
+                Some(identity) => format!("identity {identity}"),
+                None => String::from("no identity, not in this environment's state"),
+            };
+            let _ = writeln!(out, "  {} {} ({whose})", foreign.address, foreign.id.style(styles.dim));
+        }
+        let _ = writeln!(out);
+    }
 }
 
 fn render_action(out: &mut String, action: &Action, styles: &Styles) {

@@ -18,6 +18,7 @@ pub use lock::{hostname, Lock, LockError, LockInfo};
 pub use time::{now_rfc3339, rfc3339_in};
 
 use crate::aws::Observed;
+use crate::identity::{Identity, Owner};
 use crate::model::StateBackend;
 use crate::resource::Address;
 use crate::roll::RollRecord;
@@ -67,10 +68,21 @@ pub struct State {
     /// Bumped on every write, so two copies can be told apart.
     pub serial: u64,
     pub updated: String,
+    /// The environment's identity (see `identity.rs`), from its first plan or apply on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
     pub resources: BTreeMap<Address, Observed>,
     /// A roll that has not finished: what `kstack roll --resume` continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roll: Option<RollRecord>,
+}
+
+impl State {
+    /// Whose resources this state's environment may touch: its identity, and the ids it
+    /// recorded (groups by name, so their instances count too).
+    pub fn owner(&self) -> Owner {
+        Owner::new(&self.environment, self.identity.clone(), self.resources.values().map(|r| r.id.clone()))
+    }
 }
 
 /// Where an environment's state and lock live. Cloning shares the backend (and so the
@@ -158,6 +170,7 @@ impl StateStore {
                 environment: self.local.environment.clone(),
                 serial: 0,
                 updated: now_rfc3339(),
+                identity: None,
                 resources: BTreeMap::new(),
                 roll: None,
             });

@@ -149,21 +149,34 @@ impl Clients {
         id
     }
 
-    /// As if kstack died right after creating `address`'s VPC, before writing state.
-    pub async fn create_tagged_vpc(&self, environment: &str, address: &str) -> String {
+    /// A VPC tagged as kstack tags `address` of `environment`: with `identity`, as if kstack
+    /// died right after creating it, before writing state; without, as some other tool or an
+    /// environment of the same name elsewhere might have left it.
+    pub async fn create_tagged_vpc(&self, environment: &str, identity: Option<&str>, address: &str) -> String {
         use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-        let tags = TagSpecification::builder()
+        let mut tags = TagSpecification::builder()
             .resource_type(ResourceType::Vpc)
             .tags(Tag::builder().key("kstack:environment").value(environment).build())
-            .tags(Tag::builder().key("kstack:address").value(address).build())
-            .build();
-        let vpc = self.ec2.create_vpc().cidr_block("10.20.0.0/16").tag_specifications(tags).send().await.unwrap();
+            .tags(Tag::builder().key("kstack:address").value(address).build());
+        if let Some(identity) = identity {
+            tags = tags.tags(Tag::builder().key("kstack:id").value(identity).build());
+        }
+        let vpc = self.ec2.create_vpc().cidr_block("10.20.0.0/16").tag_specifications(tags.build()).send().await.unwrap();
         vpc.vpc().unwrap().vpc_id().unwrap().to_owned()
     }
 
+    /// The auto scaling group `name` (`<env>-<group>`), whose AWS name ends in its
+    /// environment's identity (`-<8 hex>`).
     pub async fn group(&self, name: &str) -> aws_sdk_autoscaling::types::AutoScalingGroup {
-        let groups = self.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await.unwrap();
-        groups.auto_scaling_groups().first().cloned().unwrap_or_else(|| panic!("no group {name}"))
+        let groups = self.autoscaling.describe_auto_scaling_groups().send().await.unwrap();
+        let named = |g: &&aws_sdk_autoscaling::types::AutoScalingGroup| {
+            let aws_name = g.auto_scaling_group_name().unwrap_or_default();
+            aws_name.strip_prefix(name).and_then(|rest| rest.strip_prefix('-')).is_some_and(|short| short.len() == 8)
+        };
+        let mut matching = groups.auto_scaling_groups().iter().filter(named);
+        let group = matching.next().cloned().unwrap_or_else(|| panic!("no group {name}"));
+        assert!(matching.next().is_none(), "more than one group {name}");
+        group
     }
 
     /// Ids of the environment's VPCs, found by kstack's tag.
@@ -232,6 +245,13 @@ impl Project {
         self.edit("environments/fleet.yaml", "VPC_CIDR", &format!("127.{octet}.0.0/16"));
         self.edit("environments/fleet.yaml", "SUBNET_CIDR", &format!("127.{octet}.{subnet}.0/24"));
         format!("127.{octet}.{subnet}.")
+    }
+
+    /// The identity `env`'s state records (`kstack:id`).
+    pub fn identity(&self, env: &str) -> String {
+        let state = std::fs::read(self.path().join(format!(".kstack/state/{env}.json"))).unwrap();
+        let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+        state["identity"].as_str().unwrap_or_else(|| panic!("{env} has no identity")).to_owned()
     }
 
     pub fn write(&self, relative: &str, text: &str) {

@@ -1,0 +1,259 @@
+//! Which resources are an environment's own. Names and the `kstack:environment` tag are not
+//! enough: `dev` and `dev-eu` share a prefix, and two projects (or regions, for IAM) can each
+//! have a `dev`. So every environment gets an [`Identity`] at its first plan or apply, a
+//! random id kept in its state and tagged on everything it creates (`kstack:id`), and used
+//! in the names AWS requires to be unique. Refresh, adoption and destroy go by [`Owner`]:
+//! a resource is the environment's only if it carries its identity, or, for resources made
+//! before identities existed, if state recorded its id. Knows nothing of AWS calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::graph::ResourceGraph;
+use crate::resource::Kind;
+
+pub const TAG_IDENTITY: &str = "kstack:id";
+
+/// An environment's identity: 32 lowercase hex digits (128 random bits).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Identity(String);
+
+impl Identity {
+    pub fn generate() -> Identity {
+        Identity(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part that keeps AWS names apart (`dev-workers-3f9a2c7d`). Ownership is never
+    /// decided by it alone where a tag can carry the whole identity.
+    pub fn short(&self) -> &str {
+        &self.0[..8]
+    }
+}
+
+impl TryFrom<String> for Identity {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Identity, String> {
+        if text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Identity(text))
+        } else {
+            Err(format!("`{text}` is not a kstack identity (32 lowercase hex digits)"))
+        }
+    }
+}
+
+impl From<Identity> for String {
+    fn from(identity: Identity) -> String {
+        identity.0
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a resource found under the environment's tag relates to the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// It carries the environment's identity.
+    Ours,
+    /// It carries no identity, but state recorded it: made before identities existed, it is
+    /// taken over (tagged) by the next apply.
+    Recorded,
+    /// Another environment's: another identity, or none and unknown to state.
+    Foreign { identity: Option<String> },
+}
+
+/// Whose resources a run may read, adopt, change and delete.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub environment: String,
+    /// None until the environment's first plan or apply: it then owns nothing by tag.
+    pub identity: Option<Identity>,
+    /// AWS ids state recorded (names, for launch configurations and groups).
+    recorded: BTreeSet<String>,
+}
+
+impl Owner {
+    pub fn new(environment: &str, identity: Option<Identity>, recorded: impl IntoIterator<Item = String>) -> Owner {
+        Owner { environment: environment.to_owned(), identity, recorded: recorded.into_iter().collect() }
+    }
+
+    /// Judges a resource by its AWS id and tags (already filtered by `kstack:environment`).
+    pub fn judge(&self, id: &str, tags: &BTreeMap<String, String>) -> Ownership {
+        match (tags.get(TAG_IDENTITY), &self.identity) {
+            (Some(tagged), Some(ours)) if tagged == ours.as_str() => Ownership::Ours,
+            (Some(tagged), _) => Ownership::Foreign { identity: Some(tagged.clone()) },
+            (None, _) if self.recorded.contains(id) => Ownership::Recorded,
+            (None, _) => Ownership::Foreign { identity: None },
+        }
+    }
+
+    pub fn owns(&self, id: &str, tags: &BTreeMap<String, String>) -> bool {
+        !matches!(self.judge(id, tags), Ownership::Foreign { .. })
+    }
+
+    /// Whether an instance is one of the environment's: tagged with its identity, or (launched
+    /// before its group was taken over) in a group state recorded.
+    pub fn owns_instance(&self, id: &str, tags: &BTreeMap<String, String>, group: Option<&str>) -> bool {
+        self.owns(id, tags) || (!tags.contains_key(TAG_IDENTITY) && group.is_some_and(|g| self.recorded.contains(g)))
+    }
+
+    /// The IAM path of the environment's roles and instance profiles: IAM is global, so the
+    /// path names the identity, not just the environment.
+    pub fn iam_path(&self) -> Option<String> {
+        self.identity.as_ref().map(|identity| format!("/kstack/{}/{identity}/", self.environment))
+    }
+
+    /// The path roles had before identities, and the prefix under which both are listed.
+    pub fn iam_path_prefix(&self) -> String {
+        format!("/kstack/{}/", self.environment)
+    }
+
+    /// Whether an IAM entity at `path` with `arn` is the environment's: at its identity's
+    /// path, or recorded in state (roles from before identities live at the older path).
+    /// Instance profile listings carry no tags on AWS, so the path decides for new ones.
+    pub fn owns_iam(&self, path: &str, arn: &str) -> bool {
+        Some(path) == self.iam_path().as_deref() || self.recorded.contains(arn)
+    }
+
+    /// The group of a launch configuration named `<env>-<group>-<digest>-<short>` (or without
+    /// `-<short>` before identities), if it is the environment's. Launch configurations cannot
+    /// be tagged: a name is the environment's only if it parses exactly and carries the
+    /// identity's short form, or if state recorded it.
+    pub fn launch_configuration_group<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let is_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let rest = name.strip_prefix(&self.environment)?.strip_prefix('-')?;
+        let (rest, short) = match rest.rsplit_once('-') {
+            Some((front, last)) if is_hex(last, 8) => (front, Some(last)),
+            _ => (rest, None),
+        };
+        let (group, digest) = rest.rsplit_once('-')?;
+        let carries_identity = short.is_some() && short == self.identity.as_ref().map(Identity::short);
+        let ours = carries_identity || self.recorded.contains(name);
+        (ours && is_hex(digest, 12) && !group.is_empty()).then_some(group)
+    }
+}
+
+/// Kinds whose names AWS requires to be unique in an account (IAM) or region: these carry
+/// the identity's short form so that environments named alike never collide.
+fn has_unique_name(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::IamRole | Kind::InstanceProfile | Kind::LaunchTemplate | Kind::LaunchConfiguration | Kind::AutoScalingGroup | Kind::LoadBalancer
+    )
+}
+
+/// Stamps the identity on a compiled graph: the `kstack:id` tag on every resource and the
+/// short form on unique names. Runs after images are resolved (which renames launch
+/// configurations for their content).
+pub fn stamp(graph: &mut ResourceGraph, identity: &Identity) {
+    for resource in graph.resources_mut() {
+        resource.tags.insert(TAG_IDENTITY.to_owned(), identity.as_str().to_owned());
+        if has_unique_name(resource.kind()) {
+            resource.name = format!("{}-{}", resource.name, identity.short());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(text: &str) -> Identity {
+        Identity::try_from(format!("{text:0<32}")).unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn identities_are_32_hex_digits() {
+        assert_eq!(Identity::generate().as_str().len(), 32);
+        assert_ne!(Identity::generate(), Identity::generate());
+        assert!(Identity::try_from(String::from("dev")).is_err());
+        assert!(Identity::try_from("A".repeat(32)).is_err());
+        assert_eq!(identity("3f9a2c7d").short(), "3f9a2c7d");
+    }
+
+    #[test]
+    fn only_the_identity_or_a_recorded_id_makes_a_resource_ours() {
+        let owner = Owner::new("dev", Some(identity("aa")), [String::from("vpc-recorded")]);
+        let ours = tags(&[(TAG_IDENTITY, identity("aa").as_str())]);
+        let theirs = tags(&[(TAG_IDENTITY, identity("bb").as_str())]);
+        assert_eq!(owner.judge("vpc-1", &ours), Ownership::Ours);
+        assert_eq!(owner.judge("vpc-recorded", &tags(&[])), Ownership::Recorded);
+        assert_eq!(owner.judge("vpc-2", &tags(&[])), Ownership::Foreign { identity: None });
+        // A recorded id never makes another environment's tagged resource ours.
+        assert!(matches!(owner.judge("vpc-recorded", &theirs), Ownership::Foreign { identity: Some(_) }));
+        assert!(!owner.owns("vpc-recorded", &theirs));
+        // Before its first plan an environment owns only what state recorded.
+        let fresh = Owner::new("dev", None, []);
+        assert!(!fresh.owns("vpc-1", &ours));
+    }
+
+    #[test]
+    fn instances_of_recorded_groups_are_ours_until_they_carry_an_identity() {
+        let owner = Owner::new("dev", Some(identity("aa")), [String::from("dev-workers")]);
+        assert!(owner.owns_instance("i-1", &tags(&[]), Some("dev-workers")));
+        assert!(!owner.owns_instance("i-2", &tags(&[]), Some("dev-workers-bbbbbbbb")));
+        let theirs = tags(&[(TAG_IDENTITY, identity("bb").as_str())]);
+        assert!(!owner.owns_instance("i-3", &theirs, Some("dev-workers")));
+    }
+
+    #[test]
+    fn iam_entities_are_ours_at_the_identity_path_or_recorded_at_the_old_one() {
+        let owner = Owner::new("dev", Some(identity("aa")), [String::from("arn:aws:iam::1:role/kstack/dev/dev-nodes")]);
+        let path = owner.iam_path().unwrap();
+        assert_eq!(path, format!("/kstack/dev/{}/", identity("aa")));
+        assert!(owner.owns_iam(&path, "arn:aws:iam::1:role/anything"));
+        assert!(owner.owns_iam("/kstack/dev/", "arn:aws:iam::1:role/kstack/dev/dev-nodes"));
+        assert!(!owner.owns_iam("/kstack/dev/", "arn:aws:iam::1:role/kstack/dev/dev-masters"));
+        assert!(!owner.owns_iam("/kstack/dev/", "arn:aws:iam::1:role/anything"));
+        assert!(!owner.owns_iam(&format!("/kstack/dev/{}/", identity("bb")), "arn:aws:iam::1:role/x"));
+        assert!(!owner.owns_iam(&format!("/kstack/dev-eu/{}/", identity("aa")), "arn:aws:iam::1:role/x"));
+    }
+
+    #[test]
+    fn launch_configuration_names_match_exactly_never_by_prefix() {
+        let recorded = String::from("dev-workers-0123456789ab");
+        let owner = Owner::new("dev", Some(identity("aa")), [recorded.clone(), String::from("dev-web-0123456789ab-cc000000")]);
+        assert_eq!(owner.launch_configuration_group("dev-workers-0123456789ab-aa000000"), Some("workers"));
+        assert_eq!(owner.launch_configuration_group("dev-spot-workers-0123456789ab-aa000000"), Some("spot-workers"));
+        assert_eq!(owner.launch_configuration_group(&recorded), Some("workers"));
+        assert_eq!(owner.launch_configuration_group("dev-web-0123456789ab-cc000000"), Some("web"), "recorded");
+        // Another environment's: another identity, another environment sharing the prefix, or
+        // an old-style name state never recorded.
+        assert_eq!(owner.launch_configuration_group("dev-workers-0123456789ab-bb000000"), None);
+        assert_eq!(owner.launch_configuration_group("dev-eu-workers-0123456789ab-bb000000"), None);
+        assert_eq!(owner.launch_configuration_group("devx-workers-0123456789ab-aa000000"), None);
+        assert_eq!(owner.launch_configuration_group("dev-masters-0123456789ab"), None);
+        assert_eq!(owner.launch_configuration_group("dev-workers"), None);
+    }
+
+    #[test]
+    fn stamping_tags_everything_and_suffixes_unique_names() {
+        use crate::resource::{Address, Resource, Spec};
+        let vpc = Resource {
+            address: Address::new(Kind::Vpc, "main"),
+            name: String::from("dev"),
+            tags: BTreeMap::new(),
+            spec: Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() },
+            after: Vec::new(),
+        };
+        let mut graph = ResourceGraph::build(vec![vpc]).unwrap();
+        stamp(&mut graph, &identity("aa"));
+        let vpc = graph.in_dependency_order().next().unwrap();
+        assert_eq!(vpc.tags[TAG_IDENTITY], identity("aa").as_str());
+        assert_eq!(vpc.name, "dev", "VPC names need not be unique");
+    }
+}
