@@ -143,13 +143,30 @@ impl Owner {
     }
 }
 
-/// Kinds whose names AWS requires to be unique in an account (IAM) or region: these carry
-/// the identity's short form so that environments named alike never collide.
-fn has_unique_name(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::IamRole | Kind::InstanceProfile | Kind::LaunchTemplate | Kind::LaunchConfiguration | Kind::AutoScalingGroup | Kind::LoadBalancer
-    )
+/// The length AWS allows the names of kinds it requires to be unique in an account (IAM) or
+/// region: these names carry the identity's short form so that environments named alike
+/// never collide.
+fn unique_name_limit(kind: Kind) -> Option<usize> {
+    match kind {
+        Kind::LoadBalancer => Some(32),
+        Kind::IamRole => Some(64),
+        Kind::InstanceProfile | Kind::LaunchTemplate => Some(128),
+        Kind::LaunchConfiguration | Kind::AutoScalingGroup => Some(255),
+        _ => None,
+    }
+}
+
+/// `<name>-<short>`; a name too long for that keeps its start (for people) and a digest of
+/// the whole (so long names sharing a start stay apart): `<start>-<digest>-<short>`.
+fn unique_name(name: &str, identity: &Identity, limit: usize) -> String {
+    let short = identity.short();
+    if name.len() + 1 + short.len() <= limit {
+        return format!("{name}-{short}");
+    }
+    use sha2::{Digest, Sha256};
+    let digest = format!("{:x}", Sha256::digest(name.as_bytes()));
+    let start: String = name.chars().take(limit - 2 * (1 + short.len())).collect();
+    format!("{}-{}-{short}", start.trim_end_matches('-'), &digest[..short.len()])
 }
 
 /// Stamps the identity on a compiled graph: the `kstack:id` tag on every resource and the
@@ -158,8 +175,12 @@ fn has_unique_name(kind: Kind) -> bool {
 pub fn stamp(graph: &mut ResourceGraph, identity: &Identity) {
     for resource in graph.resources_mut() {
         resource.tags.insert(TAG_IDENTITY.to_owned(), identity.as_str().to_owned());
-        if has_unique_name(resource.kind()) {
-            resource.name = format!("{}-{}", resource.name, identity.short());
+        match unique_name_limit(resource.kind()) {
+            // Launch configurations are found by parsing their names: never shortened (env
+            // and group names are far below the limit).
+            Some(_) if resource.kind() == Kind::LaunchConfiguration => resource.name = format!("{}-{}", resource.name, identity.short()),
+            Some(limit) => resource.name = unique_name(&resource.name, identity, limit),
+            None => {}
         }
     }
 }
@@ -255,5 +276,17 @@ mod tests {
         let vpc = graph.in_dependency_order().next().unwrap();
         assert_eq!(vpc.tags[TAG_IDENTITY], identity("aa").as_str());
         assert_eq!(vpc.name, "dev", "VPC names need not be unique");
+    }
+
+    #[test]
+    fn unique_names_fit_their_limit_and_stay_apart() {
+        let id = identity("3f9a2c7d");
+        assert_eq!(unique_name("dev-ingress", &id, 32), "dev-ingress-3f9a2c7d");
+        let long = unique_name("staging-eu-west-public-ingress-for-the-cluster", &id, 32);
+        let other = unique_name("staging-eu-west-public-ingress-for-the-admins", &id, 32);
+        assert_eq!(long.len(), 32, "{long}");
+        assert!(long.starts_with("staging-eu-wes-") && long.ends_with("-3f9a2c7d"), "{long}");
+        assert_ne!(long, other);
+        assert_eq!(unique_name("staging-eu-west-public-ingress-for-the-cluster", &id, 32), long, "stable");
     }
 }

@@ -39,12 +39,6 @@ pub fn check(env: &Environment, images_dir: &Path, problems: &mut Problems) -> V
             refs.node_group(group, problems);
         }
         check_listeners(lb, problems);
-        let full_name = format!("{}-{}", env.name, lb.name.value);
-        if full_name.len() > 32 {
-            problems
-                .error(lb.name.loc, format!("load balancer name `{full_name}` is longer than ELB's limit of 32 characters"))
-                .hint("kstack names it `<environment>-<name>`; shorten the load balancer's name");
-        }
     }
     for group in &env.roll_order {
         refs.node_group(group, problems);
