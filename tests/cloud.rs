@@ -289,9 +289,9 @@ fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues(
     let rt = runtime();
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
-    let real = "arn:aws:iam::aws:policy/AmazonEC2ReadOnlyAccess";
-    let missing = "arn:aws:iam::aws:policy/NoSuchPolicyForKstackTests";
-    project.edit("environments/base.yaml", real, missing);
+    let without = "  masters:\n    inline_policies:";
+    let missing = "  masters:\n    managed_policies: [arn:aws:iam::aws:policy/NoSuchPolicyForKstackTests]\n    inline_policies:";
+    project.edit("environments/base.yaml", without, missing);
 
     let failed = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
     assert_eq!(failed.status.code(), Some(1));
@@ -304,7 +304,7 @@ fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues(
     assert!(!listed.contains("instance_profile.masters"), "{listed}");
     assert!(!listed.contains("asg.masters"), "{listed}");
 
-    project.edit("environments/base.yaml", missing, real);
+    project.edit("environments/base.yaml", missing, without);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let replan = project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).output().unwrap();
     assert_eq!(replan.status.code(), Some(0), "{}", String::from_utf8_lossy(&replan.stdout));
