@@ -94,6 +94,32 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         let draining = attributes.load_balancer_attributes().unwrap().connection_draining().unwrap();
         assert!(draining.enabled());
         assert_eq!(draining.timeout(), Some(300));
+
+        // Least privilege as applied: the masters' cloud provider changes only what carries
+        // the cluster tag their role carries, and only the masters reach the kubelet API.
+        let roles = aws.iam.list_roles().path_prefix("/kstack/dev/").send().await.unwrap();
+        let role = roles.roles().iter().find(|r| r.role_name().ends_with("masters")).expect("masters role");
+        let tags = aws.iam.list_role_tags().role_name(role.role_name()).send().await.unwrap();
+        assert!(tags.tags().iter().any(|t| t.key() == "KubernetesCluster" && t.value() == "dev"));
+        let policy = aws.iam.get_role_policy().role_name(role.role_name()).policy_name("kubernetes-master").send().await.unwrap();
+        // Real IAM returns the document URL-encoded; moto encodes only some characters.
+        let document = ["%22", "%3A", "%2F", "%2A"].iter().zip(["\"", ":", "/", "*"]).fold(policy.policy_document().to_owned(), |text, (code, c)| text.replace(code, c));
+        assert!(document.contains("\"aws:ResourceTag/KubernetesCluster\""), "{document}");
+        assert!(!document.contains("\"ec2:*\"") && !document.contains("\"elasticloadbalancing:*\""), "{document}");
+        let groups = aws.ec2.describe_security_groups().filters(env_filter("dev")).send().await.unwrap();
+        let id_of = |suffix: &str| {
+            let group = groups.security_groups().iter().find(|g| g.group_name().unwrap().ends_with(suffix)).unwrap();
+            group.group_id().unwrap().to_owned()
+        };
+        let (workers, masters) = (id_of("-workers"), id_of("-masters"));
+        let workers_group = groups.security_groups().iter().find(|g| g.group_id() == Some(workers.as_str())).unwrap();
+        let kubelet_peers: Vec<&str> = workers_group
+            .ip_permissions()
+            .iter()
+            .filter(|r| r.ip_protocol() == Some("-1") || (r.ip_protocol() == Some("tcp") && r.from_port() <= Some(10250) && r.to_port() >= Some(10250)))
+            .flat_map(|r| r.user_id_group_pairs().iter().filter_map(|p| p.group_id()))
+            .collect();
+        assert_eq!(kubelet_peers, [masters.as_str()], "only the masters reach the workers' kubelet API");
     });
 
     // Applied: nothing left to do.
@@ -315,9 +341,9 @@ fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues(
     let rt = runtime();
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
-    let real = "arn:aws:iam::aws:policy/AmazonEC2ReadOnlyAccess";
-    let missing = "arn:aws:iam::aws:policy/NoSuchPolicyForKstackTests";
-    project.edit("environments/base.yaml", real, missing);
+    let without = "  masters:\n    inline_policies:";
+    let missing = "  masters:\n    managed_policies: [arn:aws:iam::aws:policy/NoSuchPolicyForKstackTests]\n    inline_policies:";
+    project.edit("environments/base.yaml", without, missing);
 
     let failed = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
     assert_eq!(failed.status.code(), Some(1));
@@ -330,7 +356,7 @@ fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues(
     assert!(!listed.contains("instance_profile.masters"), "{listed}");
     assert!(!listed.contains("asg.masters"), "{listed}");
 
-    project.edit("environments/base.yaml", missing, real);
+    project.edit("environments/base.yaml", missing, without);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let replan = project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).output().unwrap();
     assert_eq!(replan.status.code(), Some(0), "{}", String::from_utf8_lossy(&replan.stdout));

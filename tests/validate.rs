@@ -172,7 +172,7 @@ fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     for dir in ["environments", "images", "roles/base"] {
         std::fs::create_dir_all(project.path().join(dir)).unwrap();
     }
-    let minimal = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minimal.yaml")).unwrap();
+    let minimal = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid/base/minimal.yaml")).unwrap();
     std::fs::write(project.path().join("environments/test.yaml"), minimal.replace("image: ami-0123456789abcdef0", "image: node")).unwrap();
     std::fs::write(
         project.path().join("images/node.yaml"),
@@ -188,4 +188,145 @@ fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     assert!(stderr.contains("unknown module or setting `fille` in task"), "{stderr}");
     assert!(stderr.contains("did you mean `file`?"), "{stderr}");
     assert!(stderr.contains("roles/base/tasks.yaml:3:5"), "{stderr}");
+}
+
+/// A scratch project whose `test` environment runs `image: node` with `roles`.
+fn project_with_roles(roles: &str) -> tempfile::TempDir {
+    let project = tempfile::tempdir().unwrap();
+    for dir in ["environments", "images", "roles"] {
+        std::fs::create_dir_all(project.path().join(dir)).unwrap();
+    }
+    let minimal = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid/base/minimal.yaml")).unwrap();
+    std::fs::write(project.path().join("environments/test.yaml"), minimal.replace("image: ami-0123456789abcdef0", "image: node")).unwrap();
+    std::fs::write(project.path().join("images/node.yaml"), format!("source: ami-0123456789abcdef0\nroles: {roles}\n")).unwrap();
+    project
+}
+
+/// A vendored role cannot make kstack read files outside it (and so ship them to the nodes):
+/// absolute paths, `..` and symlinks leading out are each reported where they are written,
+/// all at once, by every command that loads roles, before anything runs.
+#[test]
+fn role_files_outside_the_role_are_refused_before_anything_runs() {
+    const SECRET: &str = "aws_secret_access_key = do-not-ship-me";
+    let project = project_with_roles("[leaky, ../roles/leaky]");
+    let root = project.path();
+    std::fs::write(root.join("secret"), SECRET).unwrap();
+    let role = root.join("roles/leaky");
+    std::fs::create_dir_all(role.join("files")).unwrap();
+    std::fs::write(
+        role.join("tasks.yaml"),
+        "tasks:\n  \
+         - name: climb out\n    copy: { dest: /etc/stolen, src: ../../secret }\n  \
+         - name: absolute\n    template: { dest: /etc/copy, src: /etc/passwd }\n  \
+         - name: through a link\n    copy: { dest: /etc/linked, src: link }\n  \
+         - name: key from home\n    apt_repository: { name: x, source: \"deb http://127.0.0.1/ x main\", key_src: /root/.aws/credentials }\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../../../secret", role.join("files/link")).unwrap();
+    std::os::unix::fs::symlink(root.join("secret"), role.join("defaults.yaml")).unwrap();
+    let secret = root.join("secret").canonicalize().unwrap();
+
+    let expected = [
+        "role name `../roles/leaky` is not a plain name".to_owned(),
+        "images/node.yaml:2:16".to_owned(),
+        "`src: ../../secret` contains `..`, which could lead outside the role".to_owned(),
+        "roles/leaky/tasks.yaml:3:37".to_owned(),
+        "`src: /etc/passwd` is an absolute path, outside the role".to_owned(),
+        "roles/leaky/tasks.yaml:5:39".to_owned(),
+        format!("`src: link` resolves to {}, outside the role", secret.display()),
+        "roles/leaky/tasks.yaml:7:37".to_owned(),
+        "`key_src: /root/.aws/credentials` is an absolute path, outside the role".to_owned(),
+        format!("defaults.yaml resolves to {}, outside the role", secret.display()),
+        "images/node.yaml:2:9".to_owned(),
+        "name a file in the role's files/ directory by its path there".to_owned(),
+    ];
+    // `provision --check` would connect to AWS next: pointed at a closed loopback port, so a
+    // regression fails here instead of reaching out.
+    for command in [&["validate", "test"][..], &["provision", "test", "--check"]] {
+        let output = kstack()
+            .arg("-C")
+            .arg(root)
+            .args(command)
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        for part in &expected {
+            assert!(stderr.contains(part.as_str()), "{command:?}: missing {part:?} in\n{stderr}");
+        }
+        assert!(stderr.contains("has 6 problems"), "{command:?}: {stderr}");
+        assert!(!stderr.contains("listing instances"), "{command:?} must stop before AWS: {stderr}");
+        let all = format!("{}{stderr}", String::from_utf8_lossy(&output.stdout));
+        assert!(!all.contains("do-not-ship-me"), "the secret must never be read: {all}");
+    }
+}
+
+/// `extends` through a symlink that leads out of the project is refused like a `..`.
+#[test]
+fn a_base_file_linked_from_outside_the_project_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let base = outside.path().join("base.yaml");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid/base/minimal.yaml"), &base).unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(project.path().join("environments")).unwrap();
+    std::os::unix::fs::symlink(&base, project.path().join("environments/base.yaml")).unwrap();
+    std::fs::write(project.path().join("environments/test.yaml"), "extends: base.yaml\n").unwrap();
+    let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let resolved = base.canonicalize().unwrap();
+    assert!(stderr.contains(&format!("`extends: base.yaml` resolves to {}, outside the project", resolved.display())), "{stderr}");
+    assert!(stderr.contains("environments/test.yaml:1:10"), "{stderr}");
+
+    // The same file copied in is fine.
+    std::fs::remove_file(project.path().join("environments/base.yaml")).unwrap();
+    std::fs::copy(&base, project.path().join("environments/base.yaml")).unwrap();
+    let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Like git since CVE-2022-24765: a project found above the working directory that another
+/// user owns (here uid 65534, which could have planted `environments/` there) is not used,
+/// even by root; naming it with `-C` is the way to say it is trusted.
+#[test]
+fn a_project_owned_by_another_user_is_not_discovered() {
+    use std::os::unix::fs::chown;
+    let scratch = tempfile::tempdir().unwrap();
+    let planted = scratch.path().join("shared");
+    std::fs::create_dir_all(planted.join("environments")).unwrap();
+    std::fs::create_dir_all(planted.join("work/sub")).unwrap();
+    std::fs::write(planted.join("environments/dev.yaml"), "region: eu-west-1\n").unwrap();
+    let discover = || kstack().current_dir(planted.join("work/sub")).args(["validate", "dev"]).output().unwrap();
+
+    // Owned by this user, it is found (and its half-written environment is reported).
+    let own = discover();
+    let stderr = String::from_utf8_lossy(&own.stderr);
+    assert!(stderr.contains("missing required setting `network`"), "{stderr}");
+
+    // The owner of /proc/self is this process's effective user.
+    let user = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    for owned_by_other in [planted.clone(), planted.join("environments")] {
+        chown(&owned_by_other, Some(65534), Some(65534)).unwrap();
+        let refused = discover();
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        let expected = format!(
+            "error: {} looks like a kstack project, but {} is owned by uid 65534, not by you (uid {user}); kstack does not use it",
+            planted.display(),
+            owned_by_other.display(),
+        );
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(stderr.contains(&format!("hint: if you trust it, name it with `-C {}`", planted.display())), "{stderr}");
+        assert!(!stderr.contains("network"), "nothing of the project may be read: {stderr}");
+        chown(&owned_by_other, Some(user), Some(user)).unwrap();
+    }
+
+    // Named explicitly, it is used.
+    chown(&planted, Some(65534), Some(65534)).unwrap();
+    let named = kstack().current_dir(planted.join("work/sub")).arg("-C").arg(&planted).args(["validate", "dev"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&named.stderr).contains("missing required setting `network`"));
 }

@@ -83,7 +83,17 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let project = match &cli.project {
         Some(dir) => Project { root: dir.clone() },
-        None => Project::discover(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))),
+        None => match Project::discover(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))) {
+            Ok(project) => project,
+            // Completions need no project.
+            Err(_) if matches!(cli.command, Command::Completions { .. }) => Project { root: PathBuf::from(".") },
+            Err(foreign) => {
+                let root = foreign.root.display();
+                let hint = format!("if you trust it, name it with `-C {root}` (or KSTACK_PROJECT={root}); otherwise run kstack inside a project of your own");
+                fail(&foreign.to_string(), Some(&hint));
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let result = match cli.command {
         Command::Validate(args) => validate::run(&project, &args),

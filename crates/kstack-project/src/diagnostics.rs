@@ -103,6 +103,12 @@ impl Problems {
         self.push(None, message.into())
     }
 
+    /// A problem at `loc` when there is one, such as a name given either in a file or on the
+    /// command line.
+    pub fn at(&mut self, loc: Option<Loc>, message: impl Into<String>) -> ProblemBuilder<'_> {
+        self.push(loc, message.into())
+    }
+
     fn push(&mut self, loc: Option<Loc>, message: String) -> ProblemBuilder<'_> {
         self.list.push(Problem {
             message,

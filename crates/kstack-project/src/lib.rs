@@ -6,6 +6,7 @@
 
 pub mod diagnostics;
 pub mod model;
+pub mod paths;
 pub mod roles;
 pub mod template;
 pub mod yaml;

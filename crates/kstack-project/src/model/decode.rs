@@ -720,6 +720,9 @@ fn image_ref(node: &Node, problems: &mut Problems) -> Option<Spanned<ImageRef>> 
         }
         return Some(Spanned::new(ImageRef::Ami(text.value), text.loc));
     }
+    if !crate::paths::check_name(&text.value, Some(text.loc), "image", super::image::IMAGE_NAMES, problems) {
+        return None;
+    }
     Some(Spanned::new(ImageRef::Named(text.value), text.loc))
 }
 

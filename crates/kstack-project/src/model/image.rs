@@ -2,6 +2,7 @@
 //! it, and the roles (with variables) that make a node.
 
 use crate::diagnostics::{Loc, Problems, Sources, Spanned};
+use crate::paths;
 use crate::yaml::{self, MapReader};
 
 use super::Project;
@@ -41,9 +42,20 @@ pub struct Image {
     pub loc: Loc,
 }
 
+/// Where image names lead, for the hint on one that is not a plain name.
+pub const IMAGE_NAMES: &str = "images are files images/<name>.yaml, named without the directory and `.yaml`";
+
 pub fn load_image(project: &Project, name: &str, sources: &mut Sources) -> Result<Image, Problems> {
     let mut problems = Problems::default();
+    // Names written in an environment were checked where they were written; this one may
+    // come from the command line.
+    if !paths::check_name(name, None, "image", IMAGE_NAMES, &mut problems) {
+        return Err(problems);
+    }
     let path = project.images_dir().join(format!("{name}.yaml"));
+    if !paths::check_inside(&project.images_dir(), &path, "the project's images/ directory", None, &mut problems) {
+        return Err(problems);
+    }
     let Ok(text) = std::fs::read_to_string(&path) else {
         problems
             .general(format!("image `{name}` is not defined: there is no {}", crate::diagnostics::display_path(&path)))

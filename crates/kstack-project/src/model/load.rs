@@ -1,12 +1,14 @@
 //! Finds and reads environment files, following `extends` chains.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use marked_yaml::Node;
 
 use super::network::SubnetLayout;
 use super::{check, decode, merge, Environment};
-use crate::diagnostics::{display_path, expected_one_of, Problems, Sources};
+use crate::diagnostics::{display_path, expected_one_of, Problems, Sources, Spanned};
+use crate::paths;
 use crate::yaml::{self, MapReader};
 
 /// The project a command works in: the directory holding `environments/`, `images/`, `roles/`.
@@ -15,16 +17,35 @@ pub struct Project {
     pub root: PathBuf,
 }
 
+/// A project found above the working directory that belongs to another user, who could have
+/// planted it there (as git refuses such a repository, CVE-2022-24765).
+#[derive(Debug, thiserror::Error)]
+#[error("{} looks like a kstack project, but {} is owned by uid {owner}, not by you (uid {user}); kstack does not use it", root.display(), path.display())]
+pub struct ForeignProject {
+    pub root: PathBuf,
+    /// The directory owned by someone else: the root or one of its input directories.
+    pub path: PathBuf,
+    pub owner: u32,
+    pub user: u32,
+}
+
 impl Project {
     /// The nearest directory at or above `start` that has an `environments/` directory, like
-    /// cargo finds `Cargo.toml`; `start` itself when there is none.
-    pub fn discover(start: &Path) -> Project {
-        let root = start
-            .ancestors()
-            .find(|dir| dir.join("environments").is_dir())
-            .unwrap_or(start)
-            .to_path_buf();
-        Project { root }
+    /// cargo finds `Cargo.toml`; `start` itself when there is none. A project that someone
+    /// else owns is refused: its roles and hooks would run with this user's credentials.
+    pub fn discover(start: &Path) -> Result<Project, ForeignProject> {
+        let Some(root) = start.ancestors().find(|dir| dir.join("environments").is_dir()) else {
+            return Ok(Project { root: start.to_path_buf() });
+        };
+        let user = rustix::process::geteuid().as_raw();
+        for path in [root.to_path_buf(), root.join("environments"), root.join("images"), root.join("roles")] {
+            // `symlink_metadata`: a link's own owner, since whoever owns it chose its target.
+            let Ok(owner) = std::fs::symlink_metadata(&path).map(|m| m.uid()) else { continue };
+            if owner != user {
+                return Err(ForeignProject { root: root.to_path_buf(), path, owner, user });
+            }
+        }
+        Ok(Project { root: root.to_path_buf() })
     }
 
     pub fn environments_dir(&self) -> PathBuf {
@@ -63,7 +84,7 @@ pub fn load_environment(project: &Project, name_or_path: &str) -> LoadedEnvironm
     let mut sources = Sources::default();
     let mut problems = Problems::default();
     let path = project.environment_path(name_or_path);
-    let checked = read_chain(&path, &mut sources, &mut problems, &mut Vec::new()).and_then(|root| {
+    let checked = read_chain(project, &path, &mut sources, &mut problems, &mut Vec::new()).and_then(|root| {
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment");
         let environment = decode::environment(name, &root, &mut problems)?;
         let subnets = check::check(&environment, &project.images_dir(), &mut problems);
@@ -78,7 +99,7 @@ pub fn load_environment(project: &Project, name_or_path: &str) -> LoadedEnvironm
 
 /// Reads `path` and, recursively, the files it extends; returns the merged document.
 /// `chain` holds the files being read, innermost last, to detect cycles.
-fn read_chain(path: &Path, sources: &mut Sources, problems: &mut Problems, chain: &mut Vec<PathBuf>) -> Option<Node> {
+fn read_chain(project: &Project, path: &Path, sources: &mut Sources, problems: &mut Problems, chain: &mut Vec<PathBuf>) -> Option<Node> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) => {
@@ -93,36 +114,56 @@ fn read_chain(path: &Path, sources: &mut Sources, problems: &mut Problems, chain
     chain.push(canonical);
     let merged = match extends_of(&node, problems) {
         None => Some(node),
-        Some(base_name) => {
-            let base_path = path.parent().unwrap_or(Path::new(".")).join(&base_name.value);
-            let base_canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
-            if let Some(start) = chain.iter().position(|p| *p == base_canonical) {
-                let cycle: Vec<String> = chain[start..]
-                    .iter()
-                    .chain(std::iter::once(&base_canonical))
-                    .map(|p| display_path(p))
-                    .collect();
-                problems
-                    .error(base_name.loc, format!("`extends` forms a cycle: {}", cycle.join(" -> ")))
-                    .label("cycle closes here")
-                    .hint("an environment may extend a base, never itself or one of its own extenders");
-                None
-            } else if !base_path.is_file() {
-                problems
-                    .error(base_name.loc, format!("the base file {} does not exist", display_path(&base_path)))
-                    .label("file not found")
-                    .hint("`extends` takes a path relative to this file, e.g. `extends: base.yaml`");
-                None
-            } else {
-                read_chain(&base_path, sources, problems, chain).map(|base| merge::merge(base, node))
-            }
-        }
+        Some(base_name) => read_base(project, path, &base_name, sources, problems, chain).map(|base| merge::merge(base, node)),
     };
     chain.pop();
     merged
 }
 
-fn extends_of(node: &Node, problems: &mut Problems) -> Option<crate::diagnostics::Spanned<String>> {
+/// The merged base that `extends` names in the file at `path`.
+fn read_base(
+    project: &Project,
+    path: &Path,
+    base_name: &Spanned<String>,
+    sources: &mut Sources,
+    problems: &mut Problems,
+    chain: &mut Vec<PathBuf>,
+) -> Option<Node> {
+    let reference = paths::Reference {
+        key: "extends",
+        path: base_name,
+        base: path.parent().unwrap_or(Path::new(".")),
+        root: &project.root,
+        scope: "the project",
+        hint: EXTENDS_HINT,
+    };
+    let base_path = reference.resolve(problems)?;
+    let base_canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
+    if let Some(start) = chain.iter().position(|p| *p == base_canonical) {
+        let cycle: Vec<String> = chain[start..]
+            .iter()
+            .chain(std::iter::once(&base_canonical))
+            .map(|p| display_path(p))
+            .collect();
+        problems
+            .error(base_name.loc, format!("`extends` forms a cycle: {}", cycle.join(" -> ")))
+            .label("cycle closes here")
+            .hint("an environment may extend a base, never itself or one of its own extenders");
+        return None;
+    }
+    if !base_path.is_file() {
+        problems
+            .error(base_name.loc, format!("the base file {} does not exist", display_path(&base_path)))
+            .label("file not found")
+            .hint(EXTENDS_HINT);
+        return None;
+    }
+    read_chain(project, &base_path, sources, problems, chain)
+}
+
+const EXTENDS_HINT: &str = "`extends` takes a path relative to this file, inside the project, e.g. `extends: base.yaml`";
+
+fn extends_of(node: &Node, problems: &mut Problems) -> Option<Spanned<String>> {
     // Only `extends` is read here; the full key check happens when the merged tree is decoded.
     let mut map = MapReader::new(node, "environment", problems)?;
     map.get("extends").and_then(|n| yaml::string(n, problems))

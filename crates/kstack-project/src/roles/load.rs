@@ -10,6 +10,7 @@ use marked_yaml::Node;
 use super::checks::{self, Check};
 use super::modules::{Module, NAMES};
 use crate::diagnostics::{did_you_mean, display_path, expected_one_of, Loc, Problems, Sources, Spanned};
+use crate::paths;
 use crate::yaml::{self, MapReader};
 
 #[derive(Debug, Clone)]
@@ -73,7 +74,13 @@ fn visit(
             .hint("a role may depend on roles that do not depend on it");
         return;
     }
+    if !paths::check_name(&name.value, Some(name.loc), "role", "roles are directories under roles/", problems) {
+        return;
+    }
     let dir = roles_dir.join(&name.value);
+    if !paths::check_inside(roles_dir, &dir, "the project's roles/ directory", Some(name.loc), problems) {
+        return;
+    }
     if !dir.join("tasks.yaml").is_file() {
         let known = super::list_roles(roles_dir);
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -84,7 +91,7 @@ fn visit(
         return;
     }
     visiting.push(name.value.clone());
-    let Some(role) = read_role(&name.value, &dir, sources, problems) else {
+    let Some(role) = read_role(name, &dir, sources, problems) else {
         visiting.pop();
         return;
     };
@@ -95,15 +102,21 @@ fn visit(
     loaded.push(role.0);
 }
 
-fn read_file(path: &Path, sources: &mut Sources, problems: &mut Problems) -> Option<(Node, crate::diagnostics::SourceId)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let id = sources.add(path, text.clone());
-    yaml::parse(id, &text, problems).map(|node| (node, id))
+/// One of the role's YAML files (`tasks.yaml`, ...), if it exists and stays inside the role;
+/// `name` is where the role was named, for a symlink leading out.
+fn read_file(dir: &Path, file: &str, name: &Spanned<String>, sources: &mut Sources, problems: &mut Problems) -> Option<Node> {
+    let path = dir.join(file);
+    if !paths::check_inside(dir, &path, "the role", Some(name.loc), problems) {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let id = sources.add(&path, text.clone());
+    yaml::parse(id, &text, problems)
 }
 
 /// The role, and its dependencies with their locations.
-fn read_role(name: &str, dir: &Path, sources: &mut Sources, problems: &mut Problems) -> Option<(Role, Vec<Spanned<String>>)> {
-    let (root, _) = read_file(&dir.join("tasks.yaml"), sources, problems)?;
+fn read_role(name: &Spanned<String>, dir: &Path, sources: &mut Sources, problems: &mut Problems) -> Option<(Role, Vec<Spanned<String>>)> {
+    let root = read_file(dir, "tasks.yaml", name, sources, problems)?;
     let mut map = MapReader::new(&root, "tasks file", problems)?;
     let depends = map.get("depends").and_then(|n| yaml::string_list(n, problems)).unwrap_or_default();
     let tasks = map
@@ -111,16 +124,16 @@ fn read_role(name: &str, dir: &Path, sources: &mut Sources, problems: &mut Probl
         .and_then(|n| yaml::list(n, problems, |node, problems| task(node, None, dir, problems)))
         .unwrap_or_default();
     map.finish(problems);
-    let handlers = match read_file(&dir.join("handlers.yaml"), sources, problems) {
-        Some((node, _)) => yaml::named(&node, "handler", problems, |key, body, problems| task(body, Some(key), dir, problems)),
+    let handlers = match read_file(dir, "handlers.yaml", name, sources, problems) {
+        Some(node) => yaml::named(&node, "handler", problems, |key, body, problems| task(body, Some(key), dir, problems)),
         None => Vec::new(),
     };
-    let defaults = match read_file(&dir.join("defaults.yaml"), sources, problems) {
-        Some((node, _)) => yaml::to_json(&node).as_object().cloned().unwrap_or_default(),
+    let defaults = match read_file(dir, "defaults.yaml", name, sources, problems) {
+        Some(node) => yaml::to_json(&node).as_object().cloned().unwrap_or_default(),
         None => serde_json::Map::new(),
     };
-    let checks = match read_file(&dir.join("checks.yaml"), sources, problems) {
-        Some((node, _)) => checks::read(&node, problems),
+    let checks = match read_file(dir, "checks.yaml", name, sources, problems) {
+        Some(node) => checks::read(&node, problems),
         None => Vec::new(),
     };
     for task in &tasks {
@@ -128,13 +141,13 @@ fn read_role(name: &str, dir: &Path, sources: &mut Sources, problems: &mut Probl
             if !handlers.iter().any(|h: &Task| &h.name == handler) {
                 let names: Vec<&str> = handlers.iter().map(|h| h.name.as_str()).collect();
                 problems
-                    .error(task.loc, format!("task `{}` notifies `{handler}`, which is not a handler of role `{name}`", task.name))
+                    .error(task.loc, format!("task `{}` notifies `{handler}`, which is not a handler of role `{}`", task.name, name.value))
                     .hint(expected_one_of(handler, &names));
             }
         }
     }
     let role = Role {
-        name: name.to_owned(),
+        name: name.value.clone(),
         dir: dir.to_owned(),
         depends: depends.iter().map(|d| d.value.clone()).collect(),
         tasks,
@@ -213,37 +226,20 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
     let mut raw_content = None;
     // `src` names a file of the role for these; for `file` it is a link's target.
     let reads_src = matches!(module.as_str(), "copy" | "template" | "systemd_unit" | "service");
-    if let Some(src) = args.get("src").and_then(|s| s.as_str()).filter(|_| reads_src).map(str::to_owned) {
+    if reads_src {
         let folder = if module == "copy" { "files" } else { "templates" };
-        let path = dir.join(folder).join(&src);
-        match std::fs::read_to_string(&path) {
-            Ok(text) if module == "copy" => raw_content = Some(text),
-            Ok(text) => {
+        if let Some(text) = role_file(args_node, "src", dir, folder, problems).ok()? {
+            if module == "copy" {
+                raw_content = Some(text);
+            } else {
                 args["content"] = serde_json::Value::String(text);
             }
-            Err(_) => {
-                problems
-                    .error(yaml::loc(args_node), format!("`src: {src}` names {}, which does not exist", display_path(&path)))
-                    .hint(format!("put the file in the role's {folder}/ directory"));
-                return None;
-            }
-        }
-        if let Some(map) = args.as_object_mut() {
-            map.remove("src");
+            args.as_object_mut().map(|m| m.remove("src"));
         }
     }
-    if let Some(key) = args.get("key_src").and_then(|s| s.as_str()).map(str::to_owned) {
-        let path = dir.join("files").join(&key);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                args["key"] = serde_json::Value::String(text);
-                args.as_object_mut().map(|m| m.remove("key_src"));
-            }
-            Err(_) => {
-                problems.error(yaml::loc(args_node), format!("`key_src: {key}` names {}, which does not exist", display_path(&path)));
-                return None;
-            }
-        }
+    if let Some(key) = role_file(args_node, "key_src", dir, "files", problems).ok()? {
+        args["key"] = serde_json::Value::String(key);
+        args.as_object_mut().map(|m| m.remove("key_src"));
     }
     // Checked now, before any host is touched; checked again after templating.
     let mut typed = serde_json::Map::new();
@@ -267,6 +263,38 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
         when,
         loc,
     })
+}
+
+/// The text of the file that `key` (`src`, `key_src`) names in the role's `folder`, read
+/// only when it stays inside the role; `Ok(None)` when the task has no such key.
+fn role_file(args: &Node, key: &'static str, dir: &Path, folder: &str, problems: &mut Problems) -> Result<Option<String>, ()> {
+    let Some(written) = args
+        .as_mapping()
+        .and_then(|m| m.get_node(key))
+        .filter(|n| matches!(n, Node::Scalar(_)))
+        .and_then(|n| yaml::string(n, problems))
+    else {
+        return Ok(None);
+    };
+    let hint = format!("name a file in the role's {folder}/ directory by its path there, e.g. `{key}: app.conf`");
+    let reference = paths::Reference {
+        key,
+        path: &written,
+        base: &dir.join(folder),
+        root: dir,
+        scope: "the role",
+        hint: &hint,
+    };
+    let path = reference.resolve(problems).ok_or(())?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text)),
+        Err(_) => {
+            problems
+                .error(written.loc, format!("`{key}: {}` names {}, which does not exist", written.value, display_path(&path)))
+                .hint(format!("put the file in the role's {folder}/ directory"));
+            Err(())
+        }
+    }
 }
 
 pub type Variables = BTreeMap<String, serde_json::Value>;
