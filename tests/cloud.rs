@@ -98,7 +98,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         // Least privilege as applied: the masters' cloud provider changes only what carries
         // the cluster tag their role carries, and only the masters reach the kubelet API.
         let roles = aws.iam.list_roles().path_prefix("/kstack/dev/").send().await.unwrap();
-        let role = roles.roles().iter().find(|r| r.role_name().ends_with("masters")).expect("masters role");
+        let role = roles.roles().iter().find(|r| r.role_name().starts_with("dev-masters-")).expect("masters role");
         let tags = aws.iam.list_role_tags().role_name(role.role_name()).send().await.unwrap();
         assert!(tags.tags().iter().any(|t| t.key() == "KubernetesCluster" && t.value() == "dev"));
         let policy = aws.iam.get_role_policy().role_name(role.role_name()).policy_name("kubernetes-master").send().await.unwrap();
