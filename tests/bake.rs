@@ -454,6 +454,7 @@ fn the_builder_is_trusted_by_the_host_key_its_console_shows_and_refused_when_it_
     let output = wait(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the builder offers a host key its console output does not show, so nothing was run on it"), "{stderr}");
     assert!(stderr.contains(&format!("the host key of {address} has changed: it offers ssh-ed25519 SHA256:")), "{stderr}");
     assert!(!node.file("/etc/app").exists(), "nothing ran on the refused builder");
     assert_eq!(baked(&moto, &rt, "eu-west-1").len(), 1, "only the first bake made an image");

@@ -459,16 +459,17 @@ async fn wait_for_ssh(address: &str, login: &Login, timeout: Duration) -> Result
     loop {
         match Connection::open(address, login).await {
             Ok(connection) => return Ok(connection),
+            Err(error @ SshError::HostKeyChanged { .. }) => {
+                return Err(BakeError::Failed(format!(
+                    "the builder offers a host key its console output does not show, so nothing was run on it: {error}"
+                )))
+            }
             Err(
-                error @ (SshError::HostKeyChanged { .. }
-                | SshError::HostKeyRevoked { .. }
+                error @ (SshError::HostKeyRevoked { .. }
                 | SshError::KnownHostsUnreadable { .. }
                 | SshError::KnownHostsMalformed { .. }
                 | SshError::Key { .. }),
-            ) => {
-                let hint = error.hint().map(|hint| format!(" ({hint})")).unwrap_or_default();
-                return Err(BakeError::Failed(format!("{error}{hint}")));
-            }
+            ) => return Err(BakeError::Failed(error.to_string())),
             // Booting, or cloud-init has not installed the key yet.
             Err(error) if Instant::now() > deadline => {
                 return Err(BakeError::Failed(format!("the builder did not accept SSH within {}s: {error}", timeout.as_secs())))
