@@ -11,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use node::{ClientKey, Node};
+use support::faults::FaultProxy;
 use support::{runtime, Clients, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
@@ -26,8 +27,17 @@ fn fleet(moto: &Moto, rt: &tokio::runtime::Runtime) -> (Project, Clients) {
     (project, aws)
 }
 
+/// Emulator gap: moto's console output never shows the builder's host keys, so a bake waits
+/// only a second for them unless the test says otherwise (AWS posts them minutes after start).
+const HOST_KEY_WAIT: [&str; 2] = ["--host-key-wait", "1"];
+
 fn start_bake(project: &Project, moto: &Moto, image: &str, extra: &[&str]) -> Child {
-    project.kstack_process(moto).args(["bake", image, "--ssh-timeout", "60"]).args(extra).stdin(Stdio::null()).spawn().unwrap()
+    let mut command = project.kstack_process(moto);
+    command.args(["bake", image, "--ssh-timeout", "60"]).args(extra);
+    if !extra.contains(&HOST_KEY_WAIT[0]) {
+        command.args(HOST_KEY_WAIT);
+    }
+    command.stdin(Stdio::null()).spawn().unwrap()
 }
 
 /// The running builder's address and the public key its user data asks cloud-init to install.
@@ -140,17 +150,21 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     let warning = String::from_utf8_lossy(&before.stderr);
     assert!(warning.contains("image `node` changed since its newest AMI"), "{warning}");
 
-    let child = start_bake(&project, &moto, "node", &[]);
+    let manifest = project.path().join("manifest.json");
+    let child = start_bake(&project, &moto, "node", &["--manifest", manifest.to_str().unwrap()]);
     let (address, key) = builder(&aws, &rt);
     let node = serve(&address, &key);
     let output = wait(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("its console showed no SSH host keys within 1s, so the first key seen is trusted"), "{stderr}");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(manifest["host_key"], "trusted-on-first-use", "{manifest:#}");
     // Cleaned before imaging: nothing that makes the builder unique is left.
     assert!(removed(&node.file("/root/.ssh/authorized_keys")), "the bake key is removed");
     assert!(removed(&node.file("/etc/ssh/ssh_host_ed25519_key")), "host keys are made anew on each node");
+    assert_eq!(std::fs::read_to_string(node.file("/etc/machine-id")).unwrap(), "", "each node makes its own machine id");
     assert!(node.file("/etc/app/app.conf").exists(), "the roles' work stays");
-    assert!(stderr.contains("the first key seen is trusted"), "host key trust is stated: {stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
     assert!(stdout.contains("(baked, image `node`"), "{stdout}");
@@ -315,7 +329,7 @@ fn a_bake_killed_at_any_step_is_finished_by_the_next_one_without_duplicates_left
     let temp = tempfile::tempdir().unwrap();
     let bake = || {
         let mut command = project.kstack_process(&moto);
-        command.args(["bake", "node", "--ssh-timeout", "60"]).env("TMPDIR", temp.path()).stdin(Stdio::null());
+        command.args(["bake", "node", "--ssh-timeout", "60"]).args(HOST_KEY_WAIT).env("TMPDIR", temp.path()).stdin(Stdio::null());
         command.spawn().unwrap()
     };
     for moment in ["its security group exists", "its builder runs", "the roles are applying", "its image exists"] {
@@ -387,4 +401,99 @@ fn a_bake_killed_at_any_step_is_finished_by_the_next_one_without_duplicates_left
             }
         });
     }
+}
+
+/// What cloud-init prints to the console of an instance with this public key file.
+fn console_showing(public_key: &str) -> String {
+    format!(
+        "[   11.2] cloud-init[803]: Cloud-init v. 0.7.9 running 'modules:final'\n\
+         -----BEGIN SSH HOST KEY KEYS-----\n{}\n-----END SSH HOST KEY KEYS-----\n\
+         [   11.9] cloud-init[803]: Cloud-init v. 0.7.9 finished\n",
+        public_key.trim()
+    )
+}
+
+#[test]
+fn the_builder_is_trusted_by_the_host_key_its_console_shows_and_refused_when_it_offers_another() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt);
+    // Emulator gap: moto's GetConsoleOutput never shows host keys, so this proxy answers it
+    // with the console output AWS would post once cloud-init has printed them.
+    let proxy = FaultProxy::start(&moto.endpoint, 1, 0);
+    let bake = |extra: &[&str]| {
+        let mut command = project.kstack_process(&moto);
+        command.args(["bake", "node", "--ssh-timeout", "60", "--host-key-wait", "120"]).args(extra).envs(proxy.env());
+        command.stdin(Stdio::null()).spawn().unwrap()
+    };
+
+    // The keys show only after a few reads: the bake keeps reading until they do.
+    let child = bake(&["--json"]);
+    let (address, key) = builder(&aws, &rt);
+    let node = serve(&address, &key);
+    until("the bake has read the console twice", || proxy.console_reads() >= 2);
+    let offered = std::fs::read_to_string(node.file("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    proxy.set_console_output(Some(console_showing(&offered)));
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("host keys taken from its console output"), "{stderr}");
+    assert!(!stderr.contains("first key seen is trusted"), "{stderr}");
+    let manifest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(manifest["host_key"], "verified-from-console", "{manifest:#}");
+    assert!(removed(&node.file("/etc/ssh/ssh_host_ed25519_key")), "the bake went on to clean the builder");
+    drop(node);
+
+    // A builder that offers a key other than the one its console shows is refused before
+    // anything runs on it, and the bake leaves no image and nothing temporary.
+    proxy.set_console_output(None);
+    let child = bake(&["--force"]);
+    let (address, key) = builder(&aws, &rt);
+    let node = serve(&address, &key);
+    proxy.set_console_output(Some(console_showing(node::stale_known_hosts_line(&address).split_once(' ').unwrap().1)));
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the builder offers a host key its console output does not show, so nothing was run on it"), "{stderr}");
+    assert!(stderr.contains(&format!("the host key of {address} has changed: it offers ssh-ed25519 SHA256:")), "{stderr}");
+    assert!(!node.file("/etc/app").exists(), "nothing ran on the refused builder");
+    assert_eq!(baked(&moto, &rt, "eu-west-1").len(), 1, "only the first bake made an image");
+    assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
+}
+
+#[test]
+fn a_clean_up_that_fails_on_the_builder_fails_the_bake_with_its_output_and_makes_no_image() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt);
+    let child = start_bake(&project, &moto, "node", &[]);
+    let (address, key) = builder(&aws, &rt);
+    let node = serve(&address, &key);
+    // An immutable host key (set from outside the node, in its writable layer) cannot be
+    // removed: the image would hand the builder's host key to every node.
+    let host_key = node.file("/etc/ssh/ssh_host_ed25519_key");
+    let chattr = |flag: &str| assert!(std::process::Command::new("chattr").arg(flag).arg(&host_key).status().unwrap().success());
+    chattr("+i");
+    let output = wait(child);
+    chattr("-i");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cleaning the builder failed (exit status 1), no image was made"), "{stderr}");
+    assert!(stderr.contains("+ rm -f /etc/ssh/ssh_host_") && stderr.contains("Operation not permitted"), "the script's output: {stderr}");
+    assert!(host_key.exists(), "the failure was real: the key is still there");
+    assert!(node.file("/etc/app/app.conf").exists(), "the roles ran before the clean-up");
+    let images = rt.block_on(async {
+        let found = aws
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag:kstack:image").values("node").build())
+            .filters(aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake-hash").build())
+            .send()
+            .await
+            .unwrap();
+        found.images().iter().filter_map(|i| i.image_id()).map(str::to_owned).collect::<Vec<_>>()
+    });
+    assert_eq!(images, Vec::<String>::new(), "no AMI carries the bake's tags");
+    assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
 }

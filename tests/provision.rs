@@ -115,6 +115,35 @@ fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
 }
 
 #[test]
+fn a_host_whose_recorded_key_is_of_another_type_is_refused_with_trust_new_hosts_and_gets_nothing_written() {
+    let fleet = Fleet::start();
+    let known_hosts = fleet.key.dir.path().join("known_hosts");
+    let refused = &fleet.nodes[0];
+    // The node offers ed25519; an ecdsa key is recorded for it. Trust on first use must not
+    // take the ed25519 key as a new host's.
+    let recorded = node::stale_known_hosts_line_of_type("ecdsa", &refused.address);
+    std::fs::write(&known_hosts, &recorded).unwrap();
+
+    let output = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let offered = std::fs::read_to_string(refused.file("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    let fingerprint = std::process::Command::new("ssh-keygen").arg("-lf").arg(refused.file("/etc/ssh/ssh_host_ed25519_key.pub")).output().unwrap();
+    let fingerprint = String::from_utf8_lossy(&fingerprint.stdout).split_whitespace().nth(1).unwrap().to_owned();
+    assert!(offered.starts_with("ssh-ed25519 ") && fingerprint.starts_with("SHA256:"), "{offered} {fingerprint}");
+    let line = text.lines().find(|l| l.starts_with(&format!("unreachable: [{}]", refused.address))).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&format!("the host key of {} has changed: it offers ssh-ed25519 {fingerprint}", refused.address)), "{line}");
+    assert!(line.contains(&format!("line 1 of {}", known_hosts.display())) && line.contains(recorded.trim()), "{line}");
+    assert!(line.contains(&format!("ssh-keygen -R {} -f {}", refused.address, known_hosts.display())), "{line}");
+    // Nothing reached the refused node; the other one converged and its key was recorded.
+    assert!(!refused.file("/etc/app").exists(), "no file was written on the refused node");
+    assert!(fleet.nodes[1].file("/etc/app/app.conf").exists(), "{text}");
+    let now = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(now.starts_with(&recorded) && !now[recorded.len()..].contains(&refused.address), "the recorded key stays alone: {now}");
+    assert!(now.contains(&format!("{} ssh-ed25519 ", fleet.nodes[1].address)), "{now}");
+}
+
+#[test]
 fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
     let fleet = Fleet::start();
     const TOKEN: &str = "s3cr3t-t0ken-value";

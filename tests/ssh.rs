@@ -72,6 +72,43 @@ fn a_changed_host_key_is_refused_and_an_unknown_one_only_trusted_when_asked() {
     rt.block_on(Connection::open(&node.address, &login(&key, &fresh, false))).unwrap();
 }
 
+/// Hashes the host names of a known_hosts file, as `ssh-keygen -H` does for `HashKnownHosts`.
+fn hash_known_hosts(path: &std::path::Path) {
+    let status = std::process::Command::new("ssh-keygen").arg("-q").arg("-H").arg("-f").arg(path).output().unwrap();
+    assert!(status.status.success(), "{status:?}");
+    assert!(std::fs::read_to_string(path).unwrap().starts_with("|1|"));
+}
+
+#[test]
+fn a_hashed_entry_of_another_key_type_refuses_the_host_and_a_bastion_is_checked_the_same_way() {
+    let key = ClientKey::new();
+    let bastion = Node::boot(&key);
+    let target = Node::boot(&key);
+    let known_hosts = key.dir.path().join("known_hosts");
+    let rt = runtime();
+
+    // An RSA key recorded for the target under a hashed name; it offers ed25519.
+    std::fs::write(&known_hosts, node::stale_known_hosts_line_of_type("rsa", &target.address)).unwrap();
+    hash_known_hosts(&known_hosts);
+    let error = rt.block_on(Connection::open(&target.address, &login(&key, &known_hosts, true))).err().unwrap();
+    assert!(matches!(error, SshError::HostKeyChanged { ref recorded, .. } if recorded.starts_with("|1|") && recorded.contains("ssh-rsa")), "{error}");
+
+    // Its own key under a hashed name is found.
+    std::fs::write(&known_hosts, target.known_hosts_line()).unwrap();
+    hash_known_hosts(&known_hosts);
+    let connection = rt.block_on(Connection::open(&target.address, &login(&key, &known_hosts, false))).unwrap();
+    rt.block_on(connection.close());
+
+    // Through a bastion whose recorded key is of another type: refused at the bastion.
+    let recorded = std::fs::read_to_string(&known_hosts).unwrap();
+    std::fs::write(&known_hosts, format!("{recorded}{}", node::stale_known_hosts_line_of_type("ecdsa", &bastion.address))).unwrap();
+    let mut through = login(&key, &known_hosts, true);
+    through.bastion = Some(format!("root@{}:22", bastion.address).parse::<Bastion>().unwrap());
+    let error = rt.block_on(Connection::open(&target.address, &through)).err().unwrap();
+    assert!(matches!(error, SshError::HostKeyChanged { ref host, line: 2, .. } if host == &bastion.address), "{error}");
+    assert!(error.to_string().contains("it offers ssh-ed25519 SHA256:"), "{error}");
+}
+
 #[test]
 fn a_login_user_other_than_root_works_as_root_through_sudo() {
     let key = ClientKey::new();

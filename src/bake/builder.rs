@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY, TAG_KEPT};
-use super::{BakeError, Options, Progress, TAG_BAKE, TAG_HASH};
+use super::{BakeError, HostKeyTrust, Options, Progress, TAG_BAKE, TAG_HASH};
 use crate::aws::Cloud;
 use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
 use crate::model::image::Image;
@@ -21,14 +21,21 @@ use crate::ssh::{Connection, HostKeys, Login, LoginKey, SshError};
 use russh::keys::PrivateKey;
 
 /// Removes what makes an instance unique, so every node launched from the image starts fresh.
-const CLEAN: &str = "set +e
+/// Every step must succeed (`-e`), and each is echoed (`-x`) so a failure shows which one: an
+/// image that kept the builder's host keys or login key would hand them to a whole fleet.
+const CLEAN: &str = "exec 2>&1
+set -ex
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 rm -f /etc/ssh/ssh_host_*
-command -v cloud-init >/dev/null && cloud-init clean --logs
+if command -v cloud-init >/dev/null; then cloud-init clean --logs; fi
+truncate -s 0 /etc/machine-id
 find /var/log -type f -exec truncate -s 0 {} +
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys /root/.bash_history /home/*/.bash_history
 sync";
+
+/// How often the builder's console output is read while waiting for its host keys.
+const CONSOLE_POLL: Duration = Duration::from_secs(5);
 
 fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
     pairs.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect()
@@ -42,7 +49,7 @@ pub async fn build(
     hash: &str,
     options: &Options,
     progress: Progress,
-) -> Result<BTreeMap<String, String>, BakeError> {
+) -> Result<(BTreeMap<String, String>, HostKeyTrust), BakeError> {
     let bake_id = format!("{}-{}-{}", image.name, &hash[..8], rand::random::<u32>());
     let scratch = scratch_dir(&bake_id);
     let key = Arc::new(
@@ -163,7 +170,7 @@ async fn steps(
     key: &Arc<PrivateKey>,
     scratch: &std::path::Path,
     progress: &Progress,
-) -> Result<BTreeMap<String, String>, BakeError> {
+) -> Result<(BTreeMap<String, String>, HostKeyTrust), BakeError> {
     let step_started = Instant::now();
     let step = |text: &str| progress(&format!("[{:>5.1}s] {text}", step_started.elapsed().as_secs_f64()));
     let Some(place) = &image.build else {
@@ -269,19 +276,28 @@ async fn steps(
 
     std::fs::create_dir_all(scratch).map_err(|e| BakeError::Failed(e.to_string()))?;
     let known_hosts = scratch.join("known_hosts");
-    let from_console = host_keys_from_console(cloud, &instance_id, &address).await;
-    let trust_on_first_use = from_console.is_empty();
-    if trust_on_first_use {
-        step(&format!("builder {instance_id} at {address}: its console shows no host keys, so the first key seen is trusted"));
-    } else {
-        std::fs::write(&known_hosts, from_console).map_err(|e| BakeError::Failed(e.to_string()))?;
-        step(&format!("builder {instance_id} at {address}: host keys taken from its console output"));
-    }
+    let wait = options.host_key_wait;
+    step(&format!("builder {instance_id} at {address}: waiting up to {}s for its console to show its SSH host keys", wait.as_secs()));
+    let host_key = match host_keys_from_console(cloud, &instance_id, &address, wait).await {
+        Some(from_console) => {
+            std::fs::write(&known_hosts, from_console).map_err(|e| BakeError::Failed(e.to_string()))?;
+            step(&format!("builder {instance_id} at {address}: host keys taken from its console output"));
+            HostKeyTrust::VerifiedFromConsole
+        }
+        None => {
+            step(&format!(
+                "builder {instance_id} at {address}: its console showed no SSH host keys within {}s, so the first key seen \
+                 is trusted (the manifest says host_key: trusted-on-first-use)",
+                wait.as_secs()
+            ));
+            HostKeyTrust::TrustedOnFirstUse
+        }
+    };
     let login = Login {
         user: image.ssh_user.clone(),
         key: LoginKey::InMemory(Arc::clone(key)),
         port: 22,
-        host_keys: HostKeys { path: known_hosts, trust_on_first_use },
+        host_keys: HostKeys { path: known_hosts, trust_on_first_use: host_key == HostKeyTrust::TrustedOnFirstUse },
         connect_timeout: Duration::from_secs(10),
         bastion: None,
     };
@@ -320,8 +336,17 @@ async fn steps(
 
     step("cleaning the builder");
     let connection = Connection::open(&address, &login).await.map_err(|e| BakeError::Failed(e.to_string()))?;
-    let _ = connection.run(CLEAN, None).await;
+    let cleaned = connection.run(CLEAN, None).await;
     connection.close().await;
+    let cleaned = cleaned.map_err(|e| BakeError::Failed(format!("cleaning the builder failed, no image was made: {e}")))?;
+    if !cleaned.success() {
+        return Err(BakeError::Failed(format!(
+            "cleaning the builder failed (exit status {}), no image was made: an image of it could carry its SSH host keys \
+             or the bake's login key to every node; its output:\n{}",
+            cleaned.status,
+            format!("{}{}", cleaned.stdout, cleaned.stderr).trim_end()
+        )));
+    }
     cloud
         .ec2
         .stop_instances()
@@ -357,7 +382,7 @@ async fn steps(
     let ami = created.image_id().unwrap_or_default().to_owned();
     let amis = super::finish::finish(cloud, image, &ami, &step).await?;
     step(&format!("image {ami} is available"));
-    Ok(amis)
+    Ok((amis, host_key))
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -376,15 +401,39 @@ fn local_address_towards(address: &str) -> std::io::Result<std::net::IpAddr> {
     Ok(socket.local_addr()?.ip())
 }
 
-/// known_hosts lines from the host keys cloud-init prints to the console, if any.
-async fn host_keys_from_console(cloud: &Cloud, instance: &str, address: &str) -> String {
-    let Ok(output) = cloud.ec2.get_console_output().instance_id(instance).send().await else { return String::new() };
-    let text = output
-        .output()
-        .and_then(|o| aws_smithy_types::base64::decode(o).ok())
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default();
-    known_hosts_from_console(&text, address)
+/// known_hosts lines for the builder from the host keys cloud-init prints to its console,
+/// read every few seconds until they show or `wait` runs out: AWS posts console output
+/// minutes after an instance starts.
+async fn host_keys_from_console(cloud: &Cloud, instance: &str, address: &str, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    // The latest output rather than the last snapshot, where the instance type offers it.
+    let mut latest = true;
+    loop {
+        match cloud.ec2.get_console_output().instance_id(instance).latest(latest).send().await {
+            Ok(output) => {
+                let text = output
+                    .output()
+                    .and_then(|o| aws_smithy_types::base64::decode(o).ok())
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .unwrap_or_default();
+                let lines = known_hosts_from_console(&text, address);
+                if !lines.is_empty() {
+                    return Some(lines);
+                }
+            }
+            Err(error) if latest => {
+                tracing::debug!("the latest console output is not offered, reading the last snapshot: {error}");
+                latest = false;
+                continue;
+            }
+            Err(error) => tracing::warn!("reading the builder's console output failed, will retry: {error}"),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        tokio::time::sleep(left.min(CONSOLE_POLL)).await;
+    }
 }
 
 /// The host keys cloud-init prints between its `SSH HOST KEY KEYS` markers, as known_hosts
@@ -398,7 +447,10 @@ fn known_hosts_from_console(console: &str, address: &str) -> String {
         .lines()
         .filter_map(|line| {
             let mut parts = line.split_whitespace();
-            Some(format!("{address} {} {}\n", parts.next()?, parts.next()?))
+            let (kind, key) = (parts.next()?, parts.next()?);
+            // Only real keys: anything else in the block would make the file unreadable.
+            russh::keys::PublicKey::from_openssh(&format!("{kind} {key}")).ok()?;
+            Some(format!("{address} {kind} {key}\n"))
         })
         .collect()
 }
@@ -408,7 +460,17 @@ async fn wait_for_ssh(address: &str, login: &Login, timeout: Duration) -> Result
     loop {
         match Connection::open(address, login).await {
             Ok(connection) => return Ok(connection),
-            Err(error @ (SshError::HostKeyChanged { .. } | SshError::Key { .. })) => return Err(BakeError::Failed(error.to_string())),
+            Err(error @ SshError::HostKeyChanged { .. }) => {
+                return Err(BakeError::Failed(format!(
+                    "the builder offers a host key its console output does not show, so nothing was run on it: {error}"
+                )))
+            }
+            Err(
+                error @ (SshError::HostKeyRevoked { .. }
+                | SshError::KnownHostsUnreadable { .. }
+                | SshError::KnownHostsMalformed { .. }
+                | SshError::Key { .. }),
+            ) => return Err(BakeError::Failed(error.to_string())),
             // Booting, or cloud-init has not installed the key yet.
             Err(error) if Instant::now() > deadline => {
                 return Err(BakeError::Failed(format!("the builder did not accept SSH within {}s: {error}", timeout.as_secs())))
@@ -590,15 +652,20 @@ mod tests {
 
     #[test]
     fn host_keys_are_read_from_cloud_init_console_output() {
-        let console = "[  12.3] cloud-init[912]: Cloud-init v. 0.7.9 running\n\
+        const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBLcYusF7VSz+NqAjzlRRk5u1KU1bQnuLwAr5rpngsW5m/F3gigPCLdWMB1Xu8c/j5Hm8VbY3LWI1tD3M5pJKI3M=";
+        const ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        let console = format!(
+            "[  12.3] cloud-init[912]: Cloud-init v. 0.7.9 running\n\
             -----BEGIN SSH HOST KEY KEYS-----\n\
-            ecdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-5\n\
-            ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 root@ip-10-0-0-5\n\
+            ecdsa-sha2-nistp256 {ECDSA} root@ip-10-0-0-5\n\
+            ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 cut-short-by-a-garbled-console\n\
+            ssh-ed25519 {ED25519} root@ip-10-0-0-5\n\
             -----END SSH HOST KEY KEYS-----\n\
-            [  13.0] cloud-init[912]: finished\n";
+            [  13.0] cloud-init[912]: finished\n"
+        );
         assert_eq!(
-            known_hosts_from_console(console, "10.0.0.5"),
-            "10.0.0.5 ecdsa-sha2-nistp256 AAAAE2VjZHNh\n10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5\n"
+            known_hosts_from_console(&console, "10.0.0.5"),
+            format!("10.0.0.5 ecdsa-sha2-nistp256 {ECDSA}\n10.0.0.5 ssh-ed25519 {ED25519}\n")
         );
         assert_eq!(known_hosts_from_console("no keys printed", "10.0.0.5"), "");
     }

@@ -51,6 +51,19 @@ pub struct Options {
     /// builder.
     pub ssh_cidr: Option<String>,
     pub ssh_timeout: Duration,
+    /// How long to wait for the builder's console output to show its SSH host keys before
+    /// trusting the first key it offers.
+    pub host_key_wait: Duration,
+}
+
+/// How the bake came to trust the builder's SSH host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyTrust {
+    /// The keys cloud-init printed to the builder's console (through the EC2 API, not SSH).
+    VerifiedFromConsole,
+    /// The console showed no keys in time: the first key the builder offered.
+    TrustedOnFirstUse,
 }
 
 /// What a bake produced, also written as the JSON manifest.
@@ -62,6 +75,8 @@ pub struct Manifest {
     pub reused: bool,
     /// AMI id per region, the bake's own region first.
     pub amis: BTreeMap<String, String>,
+    /// How the builder's host key was trusted; none when an existing AMI was reused.
+    pub host_key: Option<HostKeyTrust>,
     pub seconds: f64,
 }
 
@@ -150,17 +165,19 @@ pub async fn bake(
                 source_ami: source,
                 reused: true,
                 amis,
+                host_key: None,
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
     }
-    let amis = builder::build(cloud, image, roles, &source, &hash, options, progress).await?;
+    let (amis, host_key) = builder::build(cloud, image, roles, &source, &hash, options, progress).await?;
     Ok(Manifest {
         image: image.name.clone(),
         hash,
         source_ami: source,
         reused: false,
         amis,
+        host_key: Some(host_key),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     ssh_timeout: u64,
 
+    /// How long to wait for the builder's console output to show its SSH host keys, in
+    /// seconds; after that the first key it offers is trusted, and the manifest says so.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    host_key_wait: u64,
+
     /// Print the manifest (AMI per region, hash, source) as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -94,6 +99,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         keep_on_error: args.keep_on_error,
         ssh_cidr: args.ssh_cidr.clone(),
         ssh_timeout: Duration::from_secs(args.ssh_timeout),
+        host_key_wait: Duration::from_secs(args.host_key_wait),
     };
     let roles_dir = project.root.join("roles");
     match runtime.block_on(bake(&cloud, &image, &roles, &roles_dir, &options, progress)) {

@@ -65,8 +65,8 @@ pub struct SshArgs {
     #[arg(long, value_name = "FILE", default_value = "~/.ssh/known_hosts")]
     known_hosts: String,
 
-    /// Record the key of a host not yet in the known_hosts file instead of refusing it.
-    /// A key that differs from a recorded one is always refused.
+    /// Record the key of a host that has no key in the known_hosts file instead of refusing
+    /// it. A host with a recorded key, of any type, that offers another is always refused.
     #[arg(long)]
     trust_new_hosts: bool,
 

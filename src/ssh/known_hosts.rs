@@ -1,36 +1,361 @@
-//! Host key verification against an OpenSSH known_hosts file.
+//! Host key verification against an OpenSSH known_hosts file. A host is trusted only with a
+//! key recorded for it: one with any recorded key (of any type) that offers another is
+//! refused, even with trust on first use, and a file that cannot be read or parsed trusts
+//! no host at all.
 
 use std::path::PathBuf;
 
-use russh::keys::PublicKey;
+use hmac::{Hmac, KeyInit, Mac};
+use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
+use russh::keys::{HashAlg, PublicKey};
+use sha1::Sha1;
 
 use super::SshError;
 
 #[derive(Debug, Clone)]
 pub struct HostKeys {
     pub path: PathBuf,
-    /// Record the key of a host not yet in the file (never replaces a recorded key).
+    /// Record the key of a host that has no key in the file (never replaces a recorded key).
     pub trust_on_first_use: bool,
+}
+
+/// One key line of a known_hosts file.
+#[derive(Debug)]
+struct Recorded {
+    line: usize,
+    text: String,
+    entry: Entry,
 }
 
 impl HostKeys {
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Result<(), SshError> {
-        match russh::keys::check_known_hosts_path(host, port, key, &self.path) {
-            Ok(true) => Ok(()),
-            Err(russh::keys::Error::KeyChanged { line }) => Err(SshError::HostKeyChanged {
+        let name = host_name(host, port);
+        let recorded = self.read()?;
+        let for_host: Vec<&Recorded> = recorded
+            .iter()
+            .filter(|r| names(r.entry.host_patterns(), &name))
+            .collect();
+        let offered = || {
+            format!(
+                "{} {}",
+                key.algorithm().as_str(),
+                key.fingerprint(HashAlg::Sha256)
+            )
+        };
+        let same_key = |r: &&&Recorded| r.entry.public_key().key_data() == key.key_data();
+        if let Some(revoked) = for_host
+            .iter()
+            .filter(|r| r.entry.marker() == Some(&Marker::Revoked))
+            .find(same_key)
+        {
+            return Err(SshError::HostKeyRevoked {
                 host: host.to_owned(),
-                line,
+                offered: offered(),
+                line: revoked.line,
                 known_hosts: self.path.clone(),
-            }),
-            Ok(false) | Err(_) if self.trust_on_first_use => {
-                russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path).map_err(|e| {
-                    SshError::Protocol { host: host.to_owned(), message: format!("cannot record its host key: {e}") }
+            });
+        }
+        // Certificate authorities are not host keys, and kstack accepts no host certificates.
+        let keys: Vec<&&Recorded> = for_host
+            .iter()
+            .filter(|r| r.entry.marker().is_none())
+            .collect();
+        if keys.iter().any(same_key) {
+            return Ok(());
+        }
+        if let Some(first) = keys.first() {
+            return Err(SshError::HostKeyChanged {
+                host: host.to_owned(),
+                port,
+                offered: offered(),
+                line: first.line,
+                recorded: first.text.clone(),
+                known_hosts: self.path.clone(),
+            });
+        }
+        if !self.trust_on_first_use {
+            return Err(SshError::HostKeyUnknown {
+                host: host.to_owned(),
+                known_hosts: self.path.clone(),
+            });
+        }
+        russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path).map_err(|e| {
+            SshError::Protocol {
+                host: host.to_owned(),
+                message: format!("cannot record its host key in {}: {e}", self.path.display()),
+            }
+        })
+    }
+
+    /// The file's key lines; a missing file has none.
+    fn read(&self) -> Result<Vec<Recorded>, SshError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => {
+                return Err(SshError::KnownHostsUnreadable {
+                    path: self.path.clone(),
+                    message: error.to_string(),
                 })
             }
-            Ok(false) | Err(_) => Err(SshError::HostKeyUnknown {
-                host: host.to_owned(),
-                known_hosts: self.path.clone(),
-            }),
+        };
+        parse(&text).map_err(|lines| SshError::KnownHostsMalformed {
+            path: self.path.clone(),
+            lines,
+        })
+    }
+}
+
+/// How known_hosts names a host: `[host]:port` when the port is not 22.
+fn host_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_ascii_lowercase()
+    } else {
+        format!("[{}]:{port}", host.to_ascii_lowercase())
+    }
+}
+
+/// The key lines of a known_hosts file, or the numbers of every line that is not one.
+fn parse(text: &str) -> Result<Vec<Recorded>, Vec<usize>> {
+    let mut recorded = Vec::new();
+    let mut malformed = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_none_or(|first| first.starts_with('#')) {
+            continue;
         }
+        // The parser takes single spaces between fields; OpenSSH takes any whitespace.
+        match fields.join(" ").parse::<Entry>() {
+            Ok(entry) => recorded.push(Recorded {
+                line: index + 1,
+                text: line.trim().to_owned(),
+                entry,
+            }),
+            Err(_) => malformed.push(index + 1),
+        }
+    }
+    if malformed.is_empty() {
+        Ok(recorded)
+    } else {
+        Err(malformed)
+    }
+}
+
+/// Whether an entry's hosts include `name`, as OpenSSH matches them: a hashed name, or a list
+/// of patterns (`*` and `?` wildcards) of which one matches and no negated (`!`) one does.
+fn names(patterns: &HostPatterns, name: &str) -> bool {
+    match patterns {
+        HostPatterns::HashedName { salt, hash } => Hmac::<Sha1>::new_from_slice(salt)
+            .is_ok_and(|mac| mac.chain_update(name).verify_slice(hash).is_ok()),
+        HostPatterns::Patterns(patterns) => {
+            let mut matched = false;
+            for pattern in patterns {
+                let pattern = pattern.to_ascii_lowercase();
+                match pattern.strip_prefix('!') {
+                    Some(negated) if glob(negated.as_bytes(), name.as_bytes()) => return false,
+                    Some(_) => {}
+                    None => matched |= glob(pattern.as_bytes(), name.as_bytes()),
+                }
+            }
+            matched
+        }
+    }
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    const OTHER_ED25519: &str =
+        "AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
+    const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBLcYusF7VSz+NqAjzlRRk5u1KU1bQnuLwAr5rpngsW5m/F3gigPCLdWMB1Xu8c/j5Hm8VbY3LWI1tD3M5pJKI3M=";
+    /// `example.com` hashed as `ssh-keygen -H` does.
+    const HASHED_EXAMPLE_COM: &str = "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak=";
+
+    fn key(base64: &str) -> PublicKey {
+        russh::keys::parse_public_key_base64(base64).unwrap()
+    }
+
+    fn host_keys(text: &str, trust_on_first_use: bool) -> (tempfile::TempDir, HostKeys) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        std::fs::write(&path, text).unwrap();
+        (
+            dir,
+            HostKeys {
+                path,
+                trust_on_first_use,
+            },
+        )
+    }
+
+    #[test]
+    fn a_recorded_key_is_accepted_by_name_pattern_port_and_hashed_name() {
+        let text = format!(
+            "# comment\n\n10.0.0.5 ssh-ed25519 {ED25519}\n[10.0.0.6]:2222\tssh-ed25519  {ED25519} a comment\n\
+             *.example.org,!bad.example.org ssh-ed25519 {ED25519}\n{HASHED_EXAMPLE_COM} ssh-ed25519 {OTHER_ED25519}\n"
+        );
+        let (_dir, keys) = host_keys(&text, false);
+        keys.check("10.0.0.5", 22, &key(ED25519)).unwrap();
+        keys.check("10.0.0.6", 2222, &key(ED25519)).unwrap();
+        keys.check("WWW.example.org", 22, &key(ED25519)).unwrap();
+        keys.check("example.com", 22, &key(OTHER_ED25519)).unwrap();
+        for (host, port) in [
+            ("10.0.0.6", 22),
+            ("bad.example.org", 22),
+            ("example.net", 22),
+            ("10.0.0.5", 2222),
+        ] {
+            let error = keys.check(host, port, &key(ED25519)).unwrap_err();
+            assert!(
+                matches!(error, SshError::HostKeyUnknown { .. }),
+                "{host}:{port}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_type_than_the_recorded_one_is_a_changed_key_even_with_trust_on_first_use() {
+        let text = format!("10.0.0.5 ecdsa-sha2-nistp256 {ECDSA}\n{HASHED_EXAMPLE_COM} ecdsa-sha2-nistp256 {ECDSA}\n");
+        let (_dir, keys) = host_keys(&text, true);
+        let offered = key(ED25519);
+        let fingerprint = offered.fingerprint(HashAlg::Sha256).to_string();
+        for (host, line) in [("10.0.0.5", 1), ("example.com", 2)] {
+            let error = keys.check(host, 22, &offered).unwrap_err();
+            let SshError::HostKeyChanged {
+                line: found,
+                ref recorded,
+                ..
+            } = error
+            else {
+                panic!("{error}")
+            };
+            assert_eq!(found, line);
+            assert!(recorded.contains("ecdsa-sha2-nistp256"), "{recorded}");
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("ssh-ed25519 {fingerprint}")),
+                "{message}"
+            );
+            assert!(
+                error
+                    .hint()
+                    .unwrap()
+                    .contains(&format!("ssh-keygen -R {host} -f ")),
+                "{:?}",
+                error.hint()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(&keys.path).unwrap(),
+            text,
+            "nothing was recorded"
+        );
+    }
+
+    #[test]
+    fn a_changed_key_on_another_port_names_the_host_as_known_hosts_does() {
+        let (_dir, keys) = host_keys(
+            &format!("[10.0.0.5]:2222 ssh-ed25519 {OTHER_ED25519}\n"),
+            true,
+        );
+        let error = keys.check("10.0.0.5", 2222, &key(ED25519)).unwrap_err();
+        assert!(
+            error
+                .hint()
+                .unwrap()
+                .contains("ssh-keygen -R '[10.0.0.5]:2222' -f "),
+            "{:?}",
+            error.hint()
+        );
+    }
+
+    #[test]
+    fn only_a_host_without_any_recorded_key_is_trusted_on_first_use_and_recorded() {
+        let (_dir, keys) = host_keys(&format!("10.0.0.5 ssh-ed25519 {ED25519}\n"), true);
+        keys.check("10.0.0.7", 22, &key(ECDSA)).unwrap();
+        let text = std::fs::read_to_string(&keys.path).unwrap();
+        assert!(
+            text.ends_with(&format!("10.0.0.7 ecdsa-sha2-nistp256 {ECDSA}\n")),
+            "{text}"
+        );
+        HostKeys {
+            trust_on_first_use: false,
+            ..keys.clone()
+        }
+        .check("10.0.0.7", 22, &key(ECDSA))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_revoked_key_is_refused_whatever_else_is_recorded() {
+        let (_dir, keys) = host_keys(
+            &format!("@revoked * ssh-ed25519 {ED25519}\n10.0.0.5 ssh-ed25519 {ED25519}\n"),
+            true,
+        );
+        let error = keys.check("10.0.0.5", 22, &key(ED25519)).unwrap_err();
+        assert!(
+            matches!(error, SshError::HostKeyRevoked { line: 1, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn malformed_lines_and_unreadable_files_trust_no_host_and_name_file_and_lines() {
+        let text = format!("10.0.0.5 ssh-ed25519 {ED25519}\n10.0.0.6 ssh-ed25519\n10.0.0.7 ssh-ed25519 not-base64!\n");
+        let (dir, keys) = host_keys(&text, true);
+        let error = keys.check("10.0.0.9", 22, &key(ED25519)).unwrap_err();
+        assert!(
+            matches!(error, SshError::KnownHostsMalformed { ref lines, .. } if lines == &[2, 3]),
+            "{error}"
+        );
+        let message = error.to_string();
+        let path = keys.path.display().to_string();
+        assert!(
+            message.contains(&format!("{path}:2")) && message.contains(&format!("{path}:3")),
+            "{message}"
+        );
+
+        let directory = HostKeys {
+            path: dir.path().to_owned(),
+            trust_on_first_use: true,
+        };
+        let error = directory.check("10.0.0.9", 22, &key(ED25519)).unwrap_err();
+        assert!(
+            matches!(error, SshError::KnownHostsUnreadable { .. }),
+            "{error}"
+        );
+
+        let missing = HostKeys {
+            path: dir.path().join("absent"),
+            trust_on_first_use: false,
+        };
+        let error = missing.check("10.0.0.9", 22, &key(ED25519)).unwrap_err();
+        assert!(
+            matches!(error, SshError::HostKeyUnknown { .. }),
+            "a missing file is an empty one: {error}"
+        );
+    }
+
+    #[test]
+    fn globs_match_as_openssh_does() {
+        assert!(glob(b"10.0.*", b"10.0.1.2"));
+        assert!(glob(b"host?", b"host1"));
+        assert!(!glob(b"host?", b"host"));
+        assert!(glob(b"*", b""));
+        assert!(!glob(b"10.0.0.1", b"10.0.0.10"));
     }
 }

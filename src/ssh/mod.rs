@@ -21,12 +21,18 @@ pub enum SshError {
     #[error("cannot reach {host}: {message}")]
     Unreachable { host: String, message: String },
     #[error(
-        "the host key of {host} has changed: it no longer matches line {line} of {known_hosts}; \
-         this can mean someone is intercepting the connection"
+        "the host key of {host} has changed: it offers {offered}, which does not match line {line} of {known_hosts} \
+         (`{recorded}`); this can mean someone is intercepting the connection"
     )]
-    HostKeyChanged { host: String, line: usize, known_hosts: PathBuf },
+    HostKeyChanged { host: String, port: u16, offered: String, line: usize, recorded: String, known_hosts: PathBuf },
+    #[error("the host key of {host} ({offered}) is revoked by line {line} of {known_hosts}")]
+    HostKeyRevoked { host: String, offered: String, line: usize, known_hosts: PathBuf },
     #[error("the host key of {host} is not in {known_hosts}")]
     HostKeyUnknown { host: String, known_hosts: PathBuf },
+    #[error("cannot read the known_hosts file {}: {message}", path.display())]
+    KnownHostsUnreadable { path: PathBuf, message: String },
+    #[error("{}", lines.iter().map(|line| format!("{}:{line}: not a known_hosts line", path.display())).collect::<Vec<_>>().join("; "))]
+    KnownHostsMalformed { path: PathBuf, lines: Vec<usize> },
     #[error("{user}@{host} refused the key {key}")]
     AuthenticationFailed { host: String, user: String, key: LoginKey },
     #[error("cannot read the private key {path}: {message}")]
@@ -40,9 +46,18 @@ pub enum SshError {
 impl SshError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            SshError::HostKeyChanged { host, line, known_hosts } => Some(format!(
-                "if the host was rebuilt, remove line {line} for {host} from {} and connect again",
-                known_hosts.display()
+            SshError::HostKeyChanged { host, port, known_hosts, .. } => {
+                let name = if *port == 22 { host.clone() } else { shell_quote(&format!("[{host}]:{port}")) };
+                Some(format!(
+                    "if the host was rebuilt, check its new key out of band (e.g. in its console output), then remove the \
+                     old one with `ssh-keygen -R {name} -f {}` and connect again; kstack never replaces a recorded key, \
+                     not even with --trust-new-hosts",
+                    known_hosts.display()
+                ))
+            }
+            SshError::KnownHostsUnreadable { .. } | SshError::KnownHostsMalformed { .. } => Some(String::from(
+                "no host is trusted while the file cannot be read: fix or remove the line (`host[,host...] key-type \
+                 base64-key [comment]`, as ssh writes them)",
             )),
             SshError::HostKeyUnknown { .. } => {
                 Some(String::from("add its key to the known_hosts file, or pass --trust-new-hosts to record it on first use"))

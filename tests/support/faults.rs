@@ -2,6 +2,9 @@
 //! can be replayed. Per request it passes it on, or answers with throttling or a 5xx, resets
 //! the connection, delays it, or passes it on and then drops the reply (the server acted,
 //! kstack never hears). One request per connection keeps the bookkeeping exact.
+//!
+//! It also stands in for the console output AWS posts for an instance, which the emulator
+//! never shows (its GetConsoleOutput always answers the same sample text).
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
@@ -57,6 +60,9 @@ struct Shared {
     rate: AtomicRate,
     injected: Mutex<BTreeMap<Fault, u64>>,
     upstream: String,
+    /// What GetConsoleOutput answers for every instance instead of the emulator, once set.
+    console: Mutex<Option<String>>,
+    console_reads: std::sync::atomic::AtomicU64,
 }
 
 struct AtomicRate(std::sync::atomic::AtomicU64);
@@ -77,6 +83,8 @@ impl FaultProxy {
             rate: AtomicRate(std::sync::atomic::AtomicU64::new(rate)),
             injected: Mutex::new(BTreeMap::new()),
             upstream: upstream.trim_start_matches("http://").to_owned(),
+            console: Mutex::new(None),
+            console_reads: std::sync::atomic::AtomicU64::new(0),
         });
         let running = Arc::new(AtomicBool::new(true));
         let (accepting, serving) = (Arc::clone(&running), Arc::clone(&shared));
@@ -96,6 +104,17 @@ impl FaultProxy {
     /// Faults injected so far, by kind.
     pub fn injected(&self) -> BTreeMap<Fault, u64> {
         self.shared.injected.lock().unwrap().clone()
+    }
+
+    /// From now on, GetConsoleOutput answers `text` (base64-encoded, as AWS does); `None`
+    /// hands it back to the emulator.
+    pub fn set_console_output(&self, text: Option<String>) {
+        *self.shared.console.lock().unwrap() = text;
+    }
+
+    /// How many GetConsoleOutput requests came through.
+    pub fn console_reads(&self) -> u64 {
+        self.shared.console_reads.load(Ordering::SeqCst)
     }
 
     pub fn set_rate(&self, percent: u64) {
@@ -189,9 +208,30 @@ fn forward(upstream: &str, request: &[u8]) -> Option<Vec<u8>> {
     Some(response)
 }
 
+/// EC2's answer to GetConsoleOutput with `text` as the instance's console output.
+fn console_response(request: &[u8], text: &str) -> Vec<u8> {
+    let request = String::from_utf8_lossy(request);
+    let instance = request.split("InstanceId=").nth(1).and_then(|rest| rest.split('&').next()).unwrap_or_default();
+    let body = format!(
+        "<GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>console</requestId>\
+         <instanceId>{instance}</instanceId><timestamp>2026-01-01T00:00:00.000Z</timestamp><output>{}</output>\
+         </GetConsoleOutputResponse>",
+        aws_smithy_types::base64::encode(text)
+    );
+    format!("HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+}
+
 fn serve(mut client: TcpStream, shared: &Shared) {
     let Some(request) = read_request(&mut client) else { return };
     let service = service(&request);
+    if service == "ec2" && request.windows(24).any(|w| w == b"Action=GetConsoleOutput&") {
+        shared.console_reads.fetch_add(1, Ordering::SeqCst);
+        if let Some(text) = shared.console.lock().unwrap().clone() {
+            let _ = client.write_all(&console_response(&request, &text));
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+    }
     // The state bucket is not under test here; its requests pass untouched.
     let fault = if service == "s3" {
         None

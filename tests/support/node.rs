@@ -28,8 +28,12 @@ pub fn next_address() -> String {
 }
 
 fn keygen(path: &Path) {
+    keygen_of_type("ed25519", path);
+}
+
+fn keygen_of_type(kind: &str, path: &Path) {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kstack-test", "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-C", "kstack-test", "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen (openssh-client) is installed by scripts/setup");
@@ -44,9 +48,14 @@ fn known_hosts_line(address: &str, public_key: &Path) -> String {
 
 /// A known_hosts line with a key `address` does not have, as recorded before a rebuild.
 pub fn stale_known_hosts_line(address: &str) -> String {
+    stale_known_hosts_line_of_type("ed25519", address)
+}
+
+/// The same with a key of another type (`ecdsa`, `rsa`) than the ed25519 key nodes offer.
+pub fn stale_known_hosts_line_of_type(kind: &str, address: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("stale");
-    keygen(&key);
+    keygen_of_type(kind, &key);
     known_hosts_line(address, &key.with_extension("pub"))
 }
 
