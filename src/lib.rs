@@ -15,5 +15,6 @@ pub mod roles;
 pub mod roll;
 pub mod ssh;
 pub mod state;
+pub mod stop;
 
 pub use kstack_project::{diagnostics, model, template, yaml};

@@ -34,8 +34,8 @@ pub enum BakeError {
     Aws { doing: String, error: AwsError },
     #[error("{0}")]
     Failed(String),
-    #[error("interrupted")]
-    Interrupted,
+    #[error("{0}")]
+    Stopped(crate::stop::Reason),
 }
 
 impl BakeError {
@@ -51,6 +51,8 @@ pub struct Options {
     /// builder.
     pub ssh_cidr: Option<String>,
     pub ssh_timeout: Duration,
+    /// Set by Ctrl-C or SIGTERM: the bake stops and removes what it made.
+    pub stop: crate::stop::Stop,
 }
 
 /// What a bake produced, also written as the JSON manifest.
@@ -154,6 +156,7 @@ pub async fn bake(
             });
         }
     }
+    options.stop.check().map_err(BakeError::Stopped)?;
     let amis = builder::build(cloud, image, roles, &source, &hash, options, progress).await?;
     Ok(Manifest {
         image: image.name.clone(),

@@ -107,7 +107,9 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let _lock = match args.assign {
         true => {
             let store = open_store(project, environment)?;
-            Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
+            // Tags and slot files, each written whole: nothing is half done if the run ends.
+            let stop = crate::stop::Stop::default();
+            Some(store.lock(&format!("kstack reboots {} --assign", args.env), &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
         }
         false => None,
     };

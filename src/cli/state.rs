@@ -120,8 +120,10 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
         Target::Local => (s3, local),
     };
     let command = format!("kstack state migrate {env}");
-    let _source_lock = source.lock(&command).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
-    let _target_lock = target.lock(&command).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    // A few requests that change nothing in AWS: nothing needs to stop between them.
+    let stop = crate::stop::Stop::default();
+    let _source_lock = source.lock(&command, &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let _target_lock = target.lock(&command, &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let state_error = |e: crate::state::StateError| fail(&e.to_string(), Some(&e.hint()));
     let Some(bytes) = source.read_raw().map_err(state_error)? else {
         return Err(fail(&format!("there is no state of `{env}` in {}", source.location()), Some("nothing to migrate")));
