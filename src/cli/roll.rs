@@ -193,8 +193,14 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 } else {
                     format!("{aws_name} is back at its size: `kstack roll {env} --resume` continues, or `--abort` forgets the roll")
                 };
-                return Err(match error {
-                    RollError::Stopped(reason) => {
+                // Ctrl-C in a terminal also reaches the hooks' processes, which then fail: the
+                // roll was stopped all the same.
+                let stopped = match error {
+                    RollError::Stopped(reason) => Some(reason),
+                    _ => stop.reason(),
+                };
+                return Err(match stopped {
+                    Some(reason) => {
                         let hint = match reason {
                             crate::stop::Reason::LockLost(_) => format!("another run may be working on `{env}` now: let it finish; {next}"),
                             crate::stop::Reason::Signal(_) => format!("the lock is released; {next}"),
@@ -202,7 +208,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                         term::error(&message, Some(&hint));
                         Failure::Stopped(reason)
                     }
-                    _ => fail(&message, Some(&format!("fix the cause; {next}"))),
+                    None => fail(&message, Some(&format!("fix the cause; {next}"))),
                 });
             }
         }
