@@ -4,7 +4,8 @@
 //! Three phases, each a DAG walk: (1) deletions of resources replaced destroy-first, in
 //! reverse dependency order; (2) creations and updates, in dependency order; (3) deletions,
 //! including the old half of create-before-destroy replacements, in reverse order.
-//! A failure stops new work from starting; work in flight finishes and is recorded.
+//! A failure stops new work from starting; work in flight finishes and is recorded. So does
+//! the run's [`Stop`] (a signal, or the environment's lock lost), checked before every step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use crate::graph::ResourceGraph;
 use crate::plan::{ActionKind, Plan};
 use crate::resource::{Address, Resource};
 use crate::state::{State, StateError, StateStore};
+use crate::stop::{Reason, Stop};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
@@ -66,6 +68,8 @@ pub struct Outcome {
     /// Steps never started because of a failure.
     pub not_started: Vec<Address>,
     pub state_error: Option<String>,
+    /// Why the run stopped starting steps, when it was stopped.
+    pub stopped: Option<Reason>,
 }
 
 enum Step {
@@ -97,11 +101,14 @@ struct Context {
     state: Mutex<State>,
     store: StateStore,
     parallelism: usize,
+    stop: Stop,
     events: Box<dyn Fn(Event) + Send + Sync>,
 }
 
 pub struct Options {
     pub parallelism: usize,
+    /// Checked before every step: once set, no step starts.
+    pub stop: Stop,
 }
 
 /// Where each change is recorded as it happens.
@@ -160,17 +167,19 @@ pub async fn apply(
         state: Mutex::new(journal.state),
         store: journal.store,
         parallelism: options.parallelism.max(1),
+        stop: options.stop,
         events: Box::new(events),
     });
     let mut outcome = Outcome::default();
     for steps in [first_deletes, changes, last_deletes] {
-        if !outcome.failures.is_empty() || outcome.state_error.is_some() {
+        if !outcome.failures.is_empty() || outcome.state_error.is_some() || context.stop.reason().is_some() {
             outcome.not_started.extend(steps.iter().map(|s| s.address().clone()));
             continue;
         }
         let edges = order(&steps, desired);
         walk(&context, steps, &edges, &mut outcome).await;
     }
+    outcome.stopped = context.stop.reason();
     outcome
 }
 
@@ -221,6 +230,7 @@ async fn walk(context: &Arc<Context>, steps: Vec<Step>, edges: &[(usize, usize)]
     let mut running = JoinSet::new();
     let mut stopped = false;
     loop {
+        stopped |= context.stop.reason().is_some();
         while !stopped && running.len() < context.parallelism {
             let Some(next) = ready.pop() else { break };
             let Some(step) = steps[next].take() else { continue };
@@ -301,11 +311,14 @@ async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
         match result {
             Ok(id) => break id,
             // Instances of a deleted group release their network interfaces a while later.
+            // A stopped run does not wait to try again: what the failed attempt left, the next
+            // run finds by tag.
             Err(error)
                 if (error.is_transient()
                     || error.is_ambiguous()
                     || (verb == Verb::Delete && error.is_code("DependencyViolation")))
-                    && Instant::now() + delay < deadline =>
+                    && Instant::now() + delay < deadline
+                    && context.stop.reason().is_none() =>
             {
                 (context.events)(Event::Retrying { address: address.clone(), error, delay });
                 tokio::time::sleep(delay).await;

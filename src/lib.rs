@@ -16,5 +16,6 @@ pub mod roles;
 pub mod roll;
 pub mod ssh;
 pub mod state;
+pub mod stop;
 
 pub use kstack_project::{diagnostics, model, template, yaml};

@@ -3,6 +3,9 @@
 //! consistent: after apply, each resource exists exactly once and a plan finds nothing to do;
 //! after destroy, nothing tagged with the environment is left.
 //!
+//! Stopped by SIGTERM or Ctrl-C mid-way, apply and destroy finish the change in flight, write
+//! state that matches AWS, release the lock and exit 143 / 130.
+//!
 //! `KSTACK_RELIABILITY_RUNS` (default 6) and `KSTACK_FAULT_RATE` (percent of requests, default
 //! 25) size it; CI runs the default, a longer soak is `KSTACK_RELIABILITY_RUNS=30 cargo test
 //! --test reliability -- --nocapture`.
@@ -195,4 +198,71 @@ fn apply_and_destroy_killed_at_many_points_converge_without_duplicates_or_orphan
     println!("kills: {killed} of {} runs killed mid-way, {} inconsistent", 2 * points, inconsistent.len());
     assert!(killed > 0, "some runs were killed before they finished");
     assert_eq!(inconsistent, Vec::<String>::new());
+}
+
+/// Sends `signal` to `kstack <args>` once its state file satisfies `under_way`; returns the
+/// run's output.
+fn signal_when(project: &Project, moto: &Moto, args: &[&str], signal: &str, under_way: impl Fn(&serde_json::Value) -> bool) -> std::process::Output {
+    let child = project.kstack_process(moto).args(args).spawn().unwrap();
+    let state = project.path().join(".kstack/state/fleet.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let read = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if read.as_ref().is_some_and(&under_way) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "`kstack {}` never got under way", args.join(" "));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
+}
+
+/// The addresses state lists of the kinds `tagged` reads.
+fn recorded(project: &Project) -> std::collections::BTreeSet<String> {
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(project.path().join(".kstack/state/fleet.json")).unwrap()).unwrap();
+    let kinds = ["vpc.", "subnet.", "route_table.", "internet_gateway.", "security_group.", "launch_template.", "asg."];
+    state["resources"].as_object().unwrap().keys().filter(|a| kinds.iter().any(|k| a.starts_with(k))).cloned().collect()
+}
+
+#[test]
+fn sigterm_mid_apply_and_ctrl_c_mid_destroy_finish_the_change_in_flight_write_state_and_release_the_lock() {
+    let rt = runtime();
+    let moto = Moto::start();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let project = Project::fixture("project");
+    project.edit(FLEET, "VPC_CIDR", "10.121.0.0/16");
+    project.edit(FLEET, "SUBNET_CIDR", "10.121.1.0/24");
+    let lock = project.path().join(".kstack/state/fleet.lock");
+    let has = |address: &'static str| move |state: &serde_json::Value| state["resources"].get(address).is_some();
+
+    // SIGTERM once the VPC is recorded: one step at a time, so most are still to come.
+    let applying = ["apply", "fleet", "--auto-approve", "--parallelism", "1"];
+    let stopped = signal_when(&project, &moto, &applying, "TERM", has("vpc.main"));
+    let message = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert_eq!(stopped.status.code(), Some(143), "{message}");
+    assert!(message.contains("Apply stopped: terminated (SIGTERM).") && message.contains("not started"), "{message}");
+    assert!(message.contains("the lock is released"), "{message}");
+    assert!(!lock.exists(), "the lock is released");
+    let in_aws: std::collections::BTreeSet<String> = tagged(&rt, &aws, "fleet").into_keys().collect();
+    assert_eq!(recorded(&project), in_aws, "state lists exactly what exists in AWS");
+    assert!(in_aws.contains("vpc.main") && !in_aws.contains("asg.app"), "stopped part-way: {in_aws:?}");
+    let resumed = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+
+    // Ctrl-C once the group is deleted: the rest of the environment stays, recorded.
+    let destroying = ["destroy", "fleet", "--auto-approve", "--parallelism", "1"];
+    let stopped = signal_when(&project, &moto, &destroying, "INT", |state| state["resources"].get("asg.app").is_none());
+    let message = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert_eq!(stopped.status.code(), Some(130), "{message}");
+    assert!(message.contains("Destroy stopped: interrupted (SIGINT).") && message.contains("the lock is released"), "{message}");
+    assert!(!lock.exists(), "the lock is released");
+    let in_aws: std::collections::BTreeSet<String> = tagged(&rt, &aws, "fleet").into_keys().collect();
+    assert_eq!(recorded(&project), in_aws, "state lists exactly what exists in AWS");
+    assert!(in_aws.contains("vpc.main") && !in_aws.contains("asg.app"), "stopped part-way: {in_aws:?}");
+    project.kstack(&moto).args(["destroy", "fleet", "--auto-approve"]).assert().success();
+    assert!(tagged(&rt, &aws, "fleet").is_empty());
 }

@@ -463,3 +463,43 @@ fn a_launch_configuration_group_rolls_onto_its_new_configuration() {
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|id| !before.contains(id)), "{before:?} -> {after:?}");
 }
+
+#[test]
+fn a_roll_stopped_by_sigterm_finishes_its_batch_starts_no_other_releases_its_lock_and_resumes() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws, before) = outdated_fleet(&moto, &rt, 36, 2, "  readiness: sleep 2\n");
+
+    // Two batches of one: SIGTERM while the first one's new instance passes its hook.
+    let mut child = project.kstack_process(&moto).args(["roll", "fleet", "--timeout", "60"]).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("readiness hook") {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("readiness hook")), "the first batch never got to its hook: {seen:?}");
+    std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    seen.extend(lines.map(Result::unwrap));
+    let output = seen.join("\n");
+    assert_eq!(child.wait().unwrap().code(), Some(143), "{output}");
+    assert!(output.contains("roll of `app` stopped: terminated (SIGTERM)") && output.contains("the lock is released"), "{output}");
+    assert!(!output.contains("batch 2/2"), "{output}");
+    assert!(!project.path().join(".kstack/state/fleet.lock").exists(), "the lock is released");
+
+    // The first batch finished: one old instance replaced, the group at its size, healing.
+    let group = rt.block_on(aws.group(GROUP));
+    let after = instance_ids(&aws, &rt);
+    assert_eq!(before.iter().filter(|id| after.contains(id)).count(), 1, "{before:?} → {after:?}");
+    assert_eq!(group.desired_capacity(), Some(2));
+    assert!(group.suspended_processes().is_empty(), "no batch in flight: processes resumed");
+    assert_eq!(running_instances(&aws, &rt), 2);
+
+    let resumed = project.kstack(&moto).args(["roll", "fleet", "--resume"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(stdout(&resumed).trim(), "app: 1 replaced");
+    assert!(instance_ids(&aws, &rt).iter().all(|id| !before.contains(id)));
+}

@@ -1,6 +1,7 @@
 //! The S3 state backend on the emulator: applies keep state in the bucket, a second run is
 //! locked out with the holder named, a stale lock is removed only by its id, a writer that
-//! lost a race does not overwrite, and state migrates local → S3 → local byte for byte.
+//! lost a race does not overwrite, and state migrates local → S3 → local byte for byte. A run
+//! whose lock is taken over stops before its next change; leases are judged on S3's clock.
 
 mod support;
 
@@ -48,6 +49,12 @@ fn s3_state(extra: &str) -> String {
     format!("state: {{ backend: s3, bucket: {BUCKET}, key: {KEY}{extra} }}\n")
 }
 
+/// Writes the lock object as another holder would (unconditionally, as a run that broke in).
+fn put_lock(rt: &tokio::runtime::Runtime, aws: &Clients, holder: &serde_json::Value) {
+    let put = aws.s3.put_object().bucket(BUCKET).key(format!("{KEY}.lock")).body(ByteStream::from(holder.to_string().into_bytes()));
+    rt.block_on(put.send()).unwrap();
+}
+
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -86,13 +93,27 @@ fn applies_share_state_in_s3_and_a_second_run_is_locked_out_until_an_explicit_un
     assert!(after["serial"].as_u64() > stored["serial"].as_u64());
     project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
 
-    // A holder that crashed on another machine: its lease ran out, but only its id unlocks.
+    // A live holder on a machine whose clock is years behind: the `expires` it writes is long
+    // past, but S3 dates its last renewal just now, so it is not taken for gone.
+    let skewed = serde_json::json!({
+        "id": "5ca1ab1e", "holder": "ci", "host": "runner-3", "pid": 4241, "command": "kstack apply fleet",
+        "started": "2020-01-01T00:00:00Z", "expires": "2020-01-01T00:01:00Z", "lease_seconds": 60
+    });
+    put_lock(&rt, &aws, &skewed);
+    let live = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(live.status.code(), Some(1));
+    let message = stderr(&live);
+    assert!(message.contains("locked by ci@runner-3") && message.contains("wait for it to finish"), "{message}");
+    assert!(!message.contains("its lease ran out"), "a renewed lock is judged on S3's clock, not its holder's: {message}");
+
+    // A holder that crashed on another machine: S3 shows no renewal for longer than its lease
+    // (S3 dates objects to the second), but only its id unlocks.
     let crashed = serde_json::json!({
         "id": "0badc0de", "holder": "ci", "host": "runner-7", "pid": 4242,
-        "command": "kstack apply fleet", "started": "2026-01-01T00:00:00Z", "expires": "2026-01-01T00:01:00Z"
+        "command": "kstack apply fleet", "started": "2099-01-01T00:00:00Z", "expires": "2099-01-01T00:01:00Z", "lease_seconds": 1
     });
-    rt.block_on(aws.s3.put_object().bucket(BUCKET).key(format!("{KEY}.lock")).body(ByteStream::from(crashed.to_string().into_bytes())).send())
-        .unwrap();
+    put_lock(&rt, &aws, &crashed);
+    std::thread::sleep(Duration::from_millis(3500));
     let locked = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
     assert_eq!(locked.status.code(), Some(1));
     let message = stderr(&locked);
@@ -214,4 +235,64 @@ fn a_long_run_renews_its_lease_and_keeps_its_roll_journal_in_s3() {
     assert!(object(&rt, &aws, &lock).is_none(), "released at the end");
     let done: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
     assert!(done.get("roll").is_none(), "the finished roll is forgotten: {done}");
+}
+
+#[test]
+fn a_roll_whose_lock_is_taken_over_stops_before_its_next_batch_and_leaves_the_new_lock() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let hooks = "roll_hooks:\n  readiness: sleep 4\n";
+    let (project, aws) = fleet(&moto, &rt, 53, &format!("{hooks}{}", s3_state(", lock_lease_seconds: 3")));
+    bucket(&rt, &aws, BUCKET, true);
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let members = |rt: &tokio::runtime::Runtime| -> Vec<String> {
+        rt.block_on(aws.group("fleet-app")).instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect()
+    };
+    let before = members(&rt);
+    assert_eq!(before.len(), 2);
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+
+    // Two batches of one; once the first has started, another run takes the lock.
+    let mut roll = project.kstack_process(&moto).args(["roll", "fleet", "--timeout", "60"]).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(roll.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("batch 1/2") {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("batch 1/2")), "the roll never started its first batch: {seen:?}");
+    let theirs = serde_json::json!({
+        "id": "7a6e0e7e", "holder": "ops", "host": "runner-9", "pid": 4343,
+        "command": "kstack apply fleet", "started": "2026-12-01T00:00:00Z", "lease_seconds": 60
+    });
+    put_lock(&rt, &aws, &theirs);
+    let taken = Instant::now();
+    seen.extend(lines.map(Result::unwrap));
+    let status = roll.wait().unwrap();
+    let output = seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(taken.elapsed() < Duration::from_secs(30), "stopped within the batch in flight");
+    assert!(
+        output.contains("roll of `app` stopped: the lock of `fleet` was taken over by ops@runner-9 (pid 4343, `kstack apply fleet`) [lock 7a6e0e7e]"),
+        "{output}"
+    );
+    assert!(output.contains("another run may be working on `fleet` now"), "{output}");
+    assert!(!output.contains("batch 2/2"), "no batch starts after the takeover: {output}");
+
+    // In AWS: the second batch never started (an old instance still serves), and the group is
+    // at its size (the first batch finished, or undid its surge).
+    let group = rt.block_on(aws.group("fleet-app"));
+    let after = members(&rt);
+    assert!(before.iter().any(|id| after.contains(id)), "an old instance the second batch would replace is still there: {before:?} → {after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(group.desired_capacity(), Some(2));
+    // The new holder's lock stays: the stopped run's release removed nothing of theirs.
+    let lock: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, &format!("{KEY}.lock")).expect("their lock stays")).unwrap();
+    assert_eq!(lock["id"], "7a6e0e7e");
+    let state: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
+    assert!(state["roll"]["stopped"].as_str().is_some_and(|s| s.contains("taken over by ops@runner-9")), "recorded for --resume: {state}");
 }

@@ -7,6 +7,7 @@
 
 mod auto_scaling_group;
 mod calls;
+pub mod clock;
 mod error;
 mod iam;
 mod image;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use calls::ApiCalls;
+pub use clock::ServiceClock;
 pub use error::AwsError;
 
 use crate::identity::{Owner, Ownership};
@@ -41,6 +43,8 @@ pub struct Cloud {
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub iam: aws_sdk_iam::Client,
     pub calls: Arc<ApiCalls>,
+    /// EC2's time, from its replies: what bake leases are judged by.
+    pub clock: Arc<ServiceClock>,
     /// Whose resources are read and written.
     pub owner: Owner,
     pub region: String,
@@ -56,9 +60,10 @@ impl Cloud {
             .load()
             .await;
         let calls = Arc::new(ApiCalls::default());
+        let clock = Arc::new(ServiceClock::default());
         Cloud {
             ec2: aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
+                aws_sdk_ec2::config::Builder::from(&config).interceptor(calls.interceptor()).interceptor(clock.interceptor()).build(),
             ),
             autoscaling: aws_sdk_autoscaling::Client::from_conf(
                 aws_sdk_autoscaling::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
@@ -72,6 +77,7 @@ impl Cloud {
                 aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
             ),
             calls,
+            clock,
             owner,
             region: region.to_owned(),
         }

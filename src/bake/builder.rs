@@ -56,10 +56,12 @@ pub async fn build(
         PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
             .map_err(|e| BakeError::Failed(format!("cannot make an SSH key: {e}")))?,
     );
+    // A stop (Ctrl-C, SIGTERM) drops the steps where they wait; whatever they had made is
+    // tagged, and removed below.
     let result = tokio::select! {
         result = steps(cloud, image, roles, source, hash, options, &bake_id, &key, &scratch, &progress) => result,
         error = renew_lease(cloud, &bake_id) => Err(error),
-        _ = tokio::signal::ctrl_c() => Err(BakeError::Interrupted),
+        reason = options.stop.stopped() => Err(BakeError::Stopped(reason)),
     };
     match (&result, options.keep_on_error) {
         (Err(_), true) => keep(cloud, image, &bake_id, &key, &scratch, &progress).await,
@@ -122,7 +124,8 @@ async fn renew_lease(cloud: &Cloud, bake_id: &str) -> BakeError {
             if resources.is_empty() {
                 return Ok(());
             }
-            let (key, value) = lease::renewed();
+            let aws_now = cloud.clock.now().ok_or_else(|| BakeError::Failed(String::from("EC2's replies carry no time")))?;
+            let (key, value) = lease::renewed(aws_now);
             let renewed = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(key).value(value).build());
             renewed.send().await.map(drop).map_err(|e| BakeError::aws("renewing the bake's lease")(e.into()))
         };
@@ -195,7 +198,8 @@ async fn steps(
         )));
     };
     let (subnet_id, vpc_id) = (subnet.subnet_id().unwrap_or_default(), subnet.vpc_id().unwrap_or_default());
-    let lease = lease::ours();
+    let aws_now = cloud.clock.now().ok_or_else(|| BakeError::Failed(String::from("EC2's replies carry no time: the bake's lease cannot be written")))?;
+    let lease = lease::ours(aws_now);
     let mut marker = vec![(TAG_BAKE, bake_id), ("kstack:image", image.name.as_str()), (TAG_HASH, hash)];
     marker.extend(lease.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
@@ -544,17 +548,19 @@ async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries
     );
     let described = described.map_err(|e| BakeError::aws("finding builders")(e.into()))?;
     let groups = groups.map_err(|e| BakeError::aws("finding bake security groups")(e.into()))?;
+    // The leases are judged on EC2's clock as of these replies.
+    let aws_now = cloud.clock.now();
     let instances = described
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
         .filter(|i| !matches!(i.state().and_then(|s| s.name()), Some(InstanceStateName::Terminated)))
-        .filter_map(|i| Some((i.instance_id()?.to_owned(), Leftover::from_tags(i.tags())?)))
+        .filter_map(|i| Some((i.instance_id()?.to_owned(), Leftover::from_tags(i.tags(), aws_now)?)))
         .collect();
     let groups = groups
         .security_groups()
         .iter()
-        .filter_map(|g| Some((g.group_id()?.to_owned(), Leftover::from_tags(g.tags())?)))
+        .filter_map(|g| Some((g.group_id()?.to_owned(), Leftover::from_tags(g.tags(), aws_now)?)))
         .collect();
     Ok(Temporaries { instances, groups })
 }

@@ -2,22 +2,29 @@
 //! while it runs. A later bake and `kstack bake --cleanup` remove only what a dead bake left
 //! (its process is gone from this machine, or its lease ran out on another), and a second
 //! bake of the same content is refused while the first one runs.
+//!
+//! Lease times are EC2's, never a machine's own: the holder writes its lease's end as EC2's
+//! time (the `Date` of its latest EC2 reply, see `aws::clock`) plus the lease, and a judge
+//! compares it with EC2's time from the reply that brought the tags. Both read one clock, so
+//! machines whose clocks disagree by minutes never take each other's live builder for dead.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::Tag;
 
 use super::{TAG_BAKE, TAG_HASH};
-use crate::state::{lock, now_rfc3339, rfc3339_in, LockInfo};
+use crate::aws::clock::{parse_rfc3339, rfc3339};
+use crate::state::{lock, LockInfo};
 
 /// `user@host pid N` of the running bake, for people.
 pub const TAG_HOLDER: &str = "kstack:bake-holder";
 /// `pid-scope/pid` of the running bake (see `state::lock::pid_scope`), to tell whether its
 /// process still lives.
 const TAG_PROCESS: &str = "kstack:bake-process";
-/// When the bake started (RFC 3339, UTC): of two bakes of the same content, the older goes on.
+/// When the bake started (RFC 3339, UTC, EC2's time): of two bakes of the same content, the
+/// older goes on.
 pub const TAG_STARTED: &str = "kstack:bake-started";
-/// When the holder's lease runs out (RFC 3339, UTC), unless renewed.
+/// When the holder's lease runs out (RFC 3339, UTC, EC2's time), unless renewed.
 pub const TAG_EXPIRES: &str = "kstack:bake-expires";
 /// On a builder kept with `--keep-on-error`: left for the user, removed only by `--cleanup`.
 pub const TAG_KEPT: &str = "kstack:bake-kept";
@@ -27,13 +34,13 @@ pub const TAG_KEPT: &str = "kstack:bake-kept";
 pub const LEASE: Duration = Duration::from_secs(180);
 pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 
-/// The tags of a bake this process starts now.
-pub fn ours() -> Vec<(String, String)> {
+/// The tags of a bake this process starts now, `aws_now` by EC2's clock.
+pub fn ours(aws_now: SystemTime) -> Vec<(String, String)> {
     let me = LockInfo::ours("kstack bake");
     let mut tags = vec![
         (TAG_HOLDER.to_owned(), format!("{}@{} pid {}", me.holder, me.host, me.pid)),
-        (TAG_STARTED.to_owned(), now_rfc3339()),
-        (TAG_EXPIRES.to_owned(), rfc3339_in(LEASE.as_secs())),
+        (TAG_STARTED.to_owned(), rfc3339(aws_now)),
+        renewed(aws_now),
     ];
     if let Some(scope) = &me.pid_scope {
         tags.push((TAG_PROCESS.to_owned(), format!("{scope}/{}", me.pid)));
@@ -41,9 +48,9 @@ pub fn ours() -> Vec<(String, String)> {
     tags
 }
 
-/// The lease tag as renewed now.
-pub fn renewed() -> (String, String) {
-    (TAG_EXPIRES.to_owned(), rfc3339_in(LEASE.as_secs()))
+/// The lease tag as renewed at `aws_now`, by EC2's clock.
+pub fn renewed(aws_now: SystemTime) -> (String, String) {
+    (TAG_EXPIRES.to_owned(), rfc3339(aws_now + LEASE))
 }
 
 /// One bake's temporary resources as found by tag, and whether its bake still runs.
@@ -67,14 +74,15 @@ pub enum Standing {
 }
 
 impl Leftover {
-    /// Reads a bake's tags; `None` for resources without a `kstack:bake` tag.
-    pub fn from_tags(tags: &[Tag]) -> Option<Leftover> {
+    /// Reads a bake's tags, as EC2 returned them at `aws_now` by its clock (`None`: unknown,
+    /// so no lease is judged run out); `None` for resources without a `kstack:bake` tag.
+    pub fn from_tags(tags: &[Tag], aws_now: Option<SystemTime>) -> Option<Leftover> {
         let tag = |key: &str| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
         let bake_id = tag(TAG_BAKE)?;
         let holder = tag(TAG_HOLDER).unwrap_or_else(|| String::from("an unknown holder"));
         let standing = match (tag(TAG_KEPT), tag(TAG_EXPIRES)) {
             (Some(_), _) => Standing::Kept,
-            (None, Some(expires)) if !is_gone(tag(TAG_PROCESS).as_deref(), &expires) => Standing::Running { holder, expires },
+            (None, Some(expires)) if !is_gone(tag(TAG_PROCESS).as_deref(), &expires, aws_now) => Standing::Running { holder, expires },
             // No lease: left by a kstack from before leases.
             (None, _) => Standing::Abandoned { holder },
         };
@@ -88,14 +96,15 @@ impl Leftover {
     }
 }
 
-/// Whether a bake is certainly gone: its lease ran out, or its process (`pid-scope/pid`) has
-/// ended, the same judgement as for an environment's lock.
-fn is_gone(process: Option<&str>, expires: &str) -> bool {
+/// Whether a bake is certainly gone: its lease ran out by EC2's clock, or its process
+/// (`pid-scope/pid`) has ended, the same judgement as for an environment's lock.
+fn is_gone(process: Option<&str>, expires: &str, aws_now: Option<SystemTime>) -> bool {
     let ended = || {
         let (scope, pid) = process?.rsplit_once('/')?;
         Some(lock::has_ended(scope, pid.parse().ok()?))
     };
-    lock::has_passed(expires) || ended() == Some(true)
+    let lapsed = parse_rfc3339(expires).zip(aws_now).is_some_and(|(expires, now)| now > expires);
+    lapsed || ended() == Some(true)
 }
 
 #[cfg(test)]
@@ -108,10 +117,11 @@ mod tests {
 
     #[test]
     fn a_bake_is_running_while_its_process_lives_and_its_lease_holds() {
-        let ours: Vec<(String, String)> = ours();
+        let aws_now = SystemTime::now();
+        let ours: Vec<(String, String)> = ours(aws_now);
         let value = |key: &str| ours.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap();
         let (holder, expires, process) = (value(TAG_HOLDER), value(TAG_EXPIRES), value(TAG_PROCESS));
-        let with = |pairs: &[(&str, &str)]| Leftover::from_tags(&tags(pairs)).unwrap().standing;
+        let with = |pairs: &[(&str, &str)]| Leftover::from_tags(&tags(pairs), Some(aws_now)).unwrap().standing;
 
         let live = with(&[(TAG_BAKE, "b1"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &process)]);
         assert!(matches!(live, Standing::Running { .. }), "{live:?}");
@@ -133,6 +143,25 @@ mod tests {
         let kept = with(&[(TAG_BAKE, "b5"), (TAG_HOLDER, &holder), (TAG_KEPT, "true")]);
         assert_eq!(kept, Standing::Kept);
         assert_eq!(with(&[(TAG_BAKE, "b6")]), Standing::Abandoned { holder: String::from("an unknown holder") }, "no lease");
-        assert!(Leftover::from_tags(&tags(&[("Name", "x")])).is_none());
+        assert!(Leftover::from_tags(&tags(&[("Name", "x")]), Some(aws_now)).is_none());
+    }
+
+    #[test]
+    fn a_lease_is_judged_on_ec2s_clock_whatever_the_machines_clocks_say() {
+        // EC2's clock says 2001 while this machine's says otherwise by decades: the holder's
+        // lease, written in EC2's time, holds until EC2's clock passes it.
+        let aws_then = parse_rfc3339("2001-09-09T01:46:40Z").unwrap();
+        let tags_at_start = ours(aws_then);
+        let expires = tags_at_start.iter().find(|(k, _)| k == TAG_EXPIRES).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(expires, "2001-09-09T01:49:40Z", "EC2's time plus the lease");
+        let elsewhere = format!("00000000-0000-0000-0000-000000000000/pid:[1]/{}", 0x7fff_fff0_u32);
+        let judged = |aws_now: Option<SystemTime>| {
+            Leftover::from_tags(&tags(&[(TAG_BAKE, "b1"), (TAG_EXPIRES, &expires), (TAG_PROCESS, &elsewhere)]), aws_now).unwrap().standing
+        };
+        assert!(matches!(judged(Some(aws_then + Duration::from_secs(60))), Standing::Running { .. }));
+        assert!(matches!(judged(Some(aws_then + LEASE)), Standing::Running { .. }));
+        assert!(matches!(judged(Some(aws_then + LEASE + Duration::from_secs(1))), Standing::Abandoned { .. }));
+        // Without EC2's time nothing is taken for dead by its lease.
+        assert!(matches!(judged(None), Standing::Running { .. }));
     }
 }

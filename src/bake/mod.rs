@@ -34,8 +34,8 @@ pub enum BakeError {
     Aws { doing: String, error: AwsError },
     #[error("{0}")]
     Failed(String),
-    #[error("interrupted")]
-    Interrupted,
+    #[error("{0}")]
+    Stopped(crate::stop::Reason),
 }
 
 impl BakeError {
@@ -54,6 +54,8 @@ pub struct Options {
     /// How long to wait for the builder's console output to show its SSH host keys before
     /// trusting the first key it offers.
     pub host_key_wait: Duration,
+    /// Set by Ctrl-C or SIGTERM: the bake stops and removes what it made.
+    pub stop: crate::stop::Stop,
 }
 
 /// How the bake came to trust the builder's SSH host key.
@@ -170,6 +172,7 @@ pub async fn bake(
             });
         }
     }
+    options.stop.check().map_err(BakeError::Stopped)?;
     let (amis, host_key) = builder::build(cloud, image, roles, &source, &hash, options, progress).await?;
     Ok(Manifest {
         image: image.name.clone(),

@@ -10,8 +10,9 @@ use crate::model::Project;
 use crate::plan::render;
 
 use super::progress::Progress;
-use super::session::{runtime, Desired, SavedPlan, Session};
+use super::session::{runtime, stop_on_signals, Desired, SavedPlan, Session};
 use super::{term, Failure};
+use crate::stop::Stop;
 
 /// Make the environment match its model: show the plan, ask, then create, update and delete.
 #[derive(Debug, clap::Args)]
@@ -21,7 +22,9 @@ use super::{term, Failure};
   kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
   kstack apply dev --auto-approve --roll
 
-Exit status: 0 applied (or nothing to do), 1 error or cancelled.")]
+Exit status: 0 applied (or nothing to do), 1 error, cancelled or the lock lost to another run,
+130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the change in flight is finished and
+recorded, and the lock released.")]
 // SSH options only serve --write-reboot-slots: given alone, they are refused, not ignored.
 #[command(mut_group("SshArgs", |group| group.requires("write_reboot_slots")))]
 pub struct ApplyArgs {
@@ -57,7 +60,9 @@ pub struct ApplyArgs {
   kstack destroy dev
   kstack destroy dev --auto-approve
 
-Exit status: 0 destroyed (or nothing to do), 1 error or cancelled.")]
+Exit status: 0 destroyed (or nothing to do), 1 error, cancelled or the lock lost to another run,
+130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the change in flight is finished and
+recorded, and the lock released.")]
 pub struct DestroyArgs {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
@@ -99,8 +104,9 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     };
     let env = saved.as_ref().map_or(args.target.as_str(), |s| s.source.as_str()).to_owned();
     let runtime = runtime()?;
+    let stop = stop_on_signals(&runtime);
     let command = format!("kstack apply {}", args.target);
-    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model))?;
+    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model, &stop))?;
     if let Some(saved) = &saved {
         let stale = if saved.desired_digest != session.desired_digest() {
             Some("the environment's model (or the images it uses) changed")
@@ -129,11 +135,11 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     }
     // A saved plan was reviewed when it was made.
     if saved.is_none() && !args.auto_approve {
-        confirm(&format!("Do you want to perform these actions in `{}`?", session.environment))?;
+        confirm(&runtime, &stop, &format!("Do you want to perform these actions in `{}`?", session.environment))?;
     }
     let mut session = session;
     let (cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
-    execute(&runtime, session, args.parallelism, "Apply")?;
+    execute(&runtime, session, args.parallelism, &stop, "Apply")?;
     // With --roll the roll folds in the instances it brings.
     if !args.roll {
         runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, &model, &images, &args.ssh, args.write_reboot_slots));
@@ -143,36 +149,53 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
 
 pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {
     let runtime = runtime()?;
+    let stop = stop_on_signals(&runtime);
     let command = format!("kstack destroy {}", args.env);
-    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing))?;
+    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing, &stop))?;
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
         return Ok(());
     }
     if !args.auto_approve {
-        confirm(&format!(
-            "Do you really want to destroy all {} resources of `{}`? There is no undo.",
-            session.plan.summary.delete, session.environment
-        ))?;
+        confirm(
+            &runtime,
+            &stop,
+            &format!("Do you really want to destroy all {} resources of `{}`? There is no undo.", session.plan.summary.delete, session.environment),
+        )?;
     }
-    execute(&runtime, session, args.parallelism, "Destroy")
+    execute(&runtime, session, args.parallelism, &stop, "Destroy")
 }
 
-/// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform.
-fn confirm(question: &str) -> Result<(), Failure> {
+/// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform. A stop
+/// (Ctrl-C) while it waits cancels, releasing the lock.
+fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Result<(), Failure> {
     term::err(format_args!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "));
-    let mut answer = String::new();
-    let read = std::io::stdin().lock().read_line(&mut answer);
-    if matches!(read, Ok(n) if n > 0) && answer.trim() == "yes" {
-        term::errln(format_args!(""));
-        return Ok(());
-    }
+    // Read on a thread of its own: a blocked read cannot be cancelled, and this thread is
+    // left behind when the process ends.
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().lock().read_line(&mut answer);
+        let _ = answered.send(matches!(read, Ok(n) if n > 0) && answer.trim() == "yes");
+    });
+    let approved = runtime.block_on(async {
+        tokio::select! {
+            approved = answer => Ok(approved.unwrap_or(false)),
+            reason = stop.stopped() => Err(reason),
+        }
+    });
     term::errln(format_args!(""));
-    term::error("cancelled; nothing was changed", None);
-    Err(Failure::Reported)
+    match approved {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            term::error("cancelled; nothing was changed", None);
+            Err(Failure::Reported)
+        }
+        Err(reason) => Err(super::session::stopped_before_changes(reason)),
+    }
 }
 
-fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, what: &str) -> Result<(), Failure> {
+fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, stop: &Stop, what: &str) -> Result<(), Failure> {
     let Session { cloud, desired, observed, plan, store, mut state, .. } = session;
     // Record what refresh found first, so resources adopted by tag are in state even if the
     // run stops before touching them.
@@ -194,7 +217,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         &desired,
         &observed,
         Journal { store: store.clone(), state },
-        Options { parallelism: usize::from(parallelism) },
+        Options { parallelism: usize::from(parallelism), stop: stop.clone() },
         move |event| events.event(event),
     ));
     progress.finish();
@@ -204,7 +227,29 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
 fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), Failure> {
     if let Some(error) = &outcome.state_error {
         term::error(error, Some("AWS was changed but state could not be saved; the next plan finds the resources by tag"));
-        return Err(Failure::Reported);
+        return Err(outcome.stopped.clone().map_or(Failure::Reported, Failure::Stopped));
+    }
+    for failure in &outcome.failures {
+        term::error(&format!("{} could not be {}: {}", failure.address, failure.verb.past(), failure.error), None);
+    }
+    let steps = outcome.done + outcome.failures.len() + outcome.not_started.len();
+    if let Some(reason) = &outcome.stopped {
+        let (lock, hint) = match reason {
+            crate::stop::Reason::LockLost(_) => (
+                "",
+                "another run may be working on the environment now: let it finish, then `kstack plan` shows where things stand",
+            ),
+            crate::stop::Reason::Signal(_) => (" and the lock is released", "run the command again to continue from where it stopped"),
+        };
+        term::error(
+            &format!(
+                "{what} stopped: {reason}. {} of {steps} steps done, {} not started; state holds everything done ({state_location}){lock}",
+                outcome.done,
+                outcome.not_started.len()
+            ),
+            Some(hint),
+        );
+        return Err(Failure::Stopped(reason.clone()));
     }
     if outcome.failures.is_empty() {
         let s = &plan.summary;
@@ -217,14 +262,10 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
         ));
         return Ok(());
     }
-    for failure in &outcome.failures {
-        term::error(&format!("{} could not be {}: {}", failure.address, failure.verb.past(), failure.error), None);
-    }
     term::error(
         &format!(
-            "{what} stopped after {} of {} steps; {} not started. State holds everything done so far.",
+            "{what} stopped after {} of {steps} steps; {} not started. State holds everything done so far.",
             outcome.done,
-            outcome.done + outcome.failures.len() + outcome.not_started.len(),
             outcome.not_started.len()
         ),
         Some("fix the cause above and run the command again; it continues from where it stopped"),

@@ -11,7 +11,7 @@ use crate::model::image::load_image;
 use crate::model::{load_environment, Project};
 use crate::roles::load_roles;
 
-use super::session::{open_store, owner, runtime};
+use super::session::{open_store, owner, runtime, stop_on_signals};
 use super::{report_image_problems, report_problems, term, Failure};
 
 /// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
@@ -24,7 +24,8 @@ use super::{report_image_problems, report_problems, term, Failure};
   kstack bake node --cleanup          remove what dead bakes left and builders kept for debugging
 
 Exit status: 0 an image is available (baked or reused), 1 the bake failed (nothing is left behind
-unless --keep-on-error).")]
+unless --keep-on-error), 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM (the builder and
+its group are removed first).")]
 pub struct Args {
     /// Image name (images/<image>.yaml).
     image: String,
@@ -100,6 +101,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         ssh_cidr: args.ssh_cidr.clone(),
         ssh_timeout: Duration::from_secs(args.ssh_timeout),
         host_key_wait: Duration::from_secs(args.host_key_wait),
+        stop: stop_on_signals(&runtime),
     };
     let roles_dir = project.root.join("roles");
     match runtime.block_on(bake(&cloud, &image, &roles, &roles_dir, &options, progress)) {
@@ -122,11 +124,15 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             Ok(())
         }
         Err(error) => {
+            let what = if matches!(error, crate::bake::BakeError::Stopped(_)) { "stopped" } else { "failed" };
             term::error(
-                &format!("bake of `{}` failed: {error}", image.name),
+                &format!("bake of `{}` {what}: {error}", image.name),
                 Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" }),
             );
-            Err(Failure::Reported)
+            Err(match error {
+                crate::bake::BakeError::Stopped(reason) => Failure::Stopped(reason),
+                _ => Failure::Reported,
+            })
         }
     }
 }

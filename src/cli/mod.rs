@@ -121,6 +121,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) if !term::stdout_failed() => ExitCode::SUCCESS,
         Ok(()) | Err(Failure::Reported) => ExitCode::FAILURE,
+        Err(Failure::Stopped(reason)) => ExitCode::from(reason.exit_code()),
     }
 }
 
@@ -128,6 +129,9 @@ pub fn main() -> ExitCode {
 #[derive(Debug)]
 pub enum Failure {
     Reported,
+    /// The run was stopped (a signal, or its lock lost) and has said so: it exits with the
+    /// reason's status (130 SIGINT, 143 SIGTERM, 1 lock lost).
+    Stopped(crate::stop::Reason),
 }
 
 /// Refuses `wanted` node groups the environment does not have, each with a did-you-mean.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::model::Project;
 use crate::plan::render;
 
-use super::session::{runtime, Desired, Session};
+use super::session::{runtime, Desired, Session, stop_on_signals};
 use super::{term, Failure};
 
 /// Show what `apply` would change: refresh the environment from AWS and compare it with
@@ -36,8 +36,9 @@ pub struct Args {
 
 pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     let runtime = runtime()?;
+    let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
-    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Model))?;
+    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Model, &stop))?;
     if args.json {
         let json = serde_json::json!({ "plan": session.plan, "refresh": session.refresh });
         term::outln(format_args!("{json:#}"));

@@ -106,7 +106,11 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let runtime = runtime()?;
     let store = open_store(project, environment)?;
     let _lock = match args.assign {
-        true => Some(store.lock(&format!("kstack reboots {} --assign", args.env)).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?),
+        true => {
+            // Tags and slot files, each written whole: nothing is half done if the run ends.
+            let stop = crate::stop::Stop::default();
+            Some(store.lock(&format!("kstack reboots {} --assign", args.env), &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
+        }
         false => None,
     };
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use crate::aws::Cloud;
 use crate::model::{Amount, PolicyOverrides, Project};
-use crate::roll::{abort, batches, group_state, roll_group, Journal, RollGroup, RollRecord};
+use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
 
 use super::provision::SshArgs;
-use super::session::{open_store, runtime};
+use super::session::{open_store, runtime, stop_on_signals};
 use super::{check_groups, fail, load_and_compile, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
@@ -19,7 +19,9 @@ use super::{check_groups, fail, load_and_compile, report_problems, term, Failure
   kstack roll dev --resume                   continue a roll that stopped
   kstack roll dev --abort                    put the group being rolled back to its size
 
-Exit status: 0 every group runs its current settings, 1 the roll stopped (see the message).")]
+Exit status: 0 every group runs its current settings, 1 the roll stopped (see the message) or
+its lock was lost to another run, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: no
+new batch starts, the batch in flight finishes or undoes its surge, and the lock is released.")]
 // SSH options only serve --write-reboot-slots: given alone, they are refused, not ignored.
 #[command(mut_group("SshArgs", |group| group.requires("write_reboot_slots")))]
 pub struct Args {
@@ -117,9 +119,10 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let env = &environment.name;
     check_groups(environment, &args.groups)?;
     let runtime = runtime()?;
+    let stop = stop_on_signals(&runtime);
     let store = open_store(project, environment)?;
     let command = format!("kstack roll {}", args.env);
-    let _lock = store.lock(&command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let _lock = store.lock(&command, &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let group_names = GroupNames(&state);
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, state.owner()));
@@ -172,6 +175,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             timeout: Duration::from_secs(record.timeout_seconds),
             hooks: &environment.roll_hooks,
             progress: &progress,
+            stop: &stop,
         };
         match runtime.block_on(roll_group(&cloud, &roll, &mut journal)) {
             Ok(rolled) => {
@@ -185,12 +189,29 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 // The stop reason is worth keeping, but the roll failing is the news.
                 let _ = journal.update(|r| r.stopped = Some(reason));
                 let in_flight = journal.batch().is_some();
-                let hint = if in_flight {
-                    format!("the batch in flight is recorded and {aws_name}'s processes stay suspended: fix the cause, then `kstack roll {env} --resume`, or `--abort`")
+                let message = format!("roll of `{name}` stopped: {error}");
+                let next = if in_flight {
+                    format!("the batch in flight is recorded and {aws_name}'s processes stay suspended: `kstack roll {env} --resume` continues it, or `--abort`")
                 } else {
-                    format!("{aws_name} is back at its size: fix the cause, then `kstack roll {env} --resume` continues, or `--abort` forgets the roll")
+                    format!("{aws_name} is back at its size: `kstack roll {env} --resume` continues, or `--abort` forgets the roll")
                 };
-                return Err(fail(&format!("roll of `{name}` stopped: {error}"), Some(&hint)));
+                // Ctrl-C in a terminal also reaches the hooks' processes, which then fail: the
+                // roll was stopped all the same.
+                let stopped = match error {
+                    RollError::Stopped(reason) => Some(reason),
+                    _ => stop.reason(),
+                };
+                return Err(match stopped {
+                    Some(reason) => {
+                        let hint = match reason {
+                            crate::stop::Reason::LockLost(_) => format!("another run may be working on `{env}` now: let it finish; {next}"),
+                            crate::stop::Reason::Signal(_) => format!("the lock is released; {next}"),
+                        };
+                        term::error(&message, Some(&hint));
+                        Failure::Stopped(reason)
+                    }
+                    None => fail(&message, Some(&format!("fix the cause; {next}"))),
+                });
             }
         }
     }

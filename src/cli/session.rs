@@ -12,6 +12,7 @@ use crate::identity::Identity;
 use crate::model::Project;
 use crate::plan::{plan, Foreign, Plan};
 use crate::state::{Lock, State, StateStore};
+use crate::stop::{Reason, Stop};
 
 use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
 
@@ -78,14 +79,63 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     })
 }
 
+/// The run's stop flag, which the first SIGINT or SIGTERM sets: the run finishes (or undoes)
+/// the change in flight, records it, releases the lock and exits 130 or 143. A second signal
+/// ends the process at once, leaving the lock for `kstack state unlock`.
+pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Stop::default();
+    // Registered before returning, so no signal falls between this and the task's start.
+    let _entered = runtime.enter();
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        term::warning("cannot watch for Ctrl-C and SIGTERM: they end kstack at once, leaving the lock");
+        return stop;
+    };
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        let mut signalled = false;
+        loop {
+            let reason = tokio::select! {
+                _ = interrupt.recv() => Reason::Signal(2),
+                _ = terminate.recv() => Reason::Signal(15),
+            };
+            if signalled {
+                term::error(&format!("{reason} again: quitting at once"), Some("the lock stays; `kstack state unlock <env> <id>` removes it"));
+                std::process::exit(i32::from(reason.exit_code()));
+            }
+            signalled = true;
+            flag.stop(reason.clone());
+            term::warning(&format!(
+                "{reason}: stopping once the change in flight is done and recorded (again to quit at once, leaving the lock)"
+            ));
+        }
+    });
+    stop
+}
+
+/// Reports a run that was stopped before it changed anything.
+pub fn stopped_before_changes(reason: Reason) -> Failure {
+    term::error(&format!("{reason}: stopped before any change"), None);
+    Failure::Stopped(reason)
+}
+
 impl Session {
-    pub async fn open(project: &Project, env: &str, command: &str, desired: Desired) -> Result<Session, Failure> {
+    /// Opens the environment under its lock, which `stop` learns the loss of; a stop before
+    /// the plan is made ends the (read-only) work at once.
+    pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, Failure> {
         let (sources, result) = load_and_compile(project, env);
         let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
+        let store = open_store(project, &compiled.checked.environment)?;
+        let lock = store.lock(command, stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        tokio::select! {
+            session = Session::read(project, compiled, desired, store, lock) => session,
+            reason = stop.stopped() => Err(stopped_before_changes(reason)),
+        }
+    }
+
+    async fn read(project: &Project, compiled: super::Compiled, desired: Desired, store: StateStore, lock: Lock) -> Result<Session, Failure> {
         let environment = compiled.checked.environment.name.clone();
         let region = compiled.checked.environment.region.value.clone();
-        let store = open_store(project, &compiled.checked.environment)?;
-        let lock = store.lock(command).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         let identity = match &state.identity {
             Some(identity) => identity.clone(),

@@ -4,6 +4,7 @@ use crate::identity::Identity;
 use crate::model::{Environment, Project, StateBackend};
 use crate::resource::Address;
 use crate::state::StateStore;
+use crate::stop::Stop;
 
 use super::session::open_store;
 use super::{fail, load_and_compile, report_problems, term, Failure};
@@ -131,7 +132,8 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
     let identity = Identity::try_from(id.to_owned()).map_err(|why| fail(&why, Some("copy it from a resource's `kstack:id` tag")))?;
     let environment = environment(project, env)?;
     let store = open_store(project, &environment)?;
-    let _lock = store.lock(&format!("kstack state identity {env} --recover")).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    // One state write: nothing is half done if the run ends.
+    let _lock = store.lock(&format!("kstack state identity {env} --recover"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     if !state.resources.is_empty() && state.identity.as_ref() != Some(&identity) {
         return Err(fail(
@@ -160,8 +162,10 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
         Target::Local => (s3, local),
     };
     let command = format!("kstack state migrate {env}");
-    let _source_lock = source.lock(&command).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
-    let _target_lock = target.lock(&command).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    // A few requests that change nothing in AWS: nothing needs to stop between them.
+    let stop = Stop::default();
+    let _source_lock = source.lock(&command, &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let _target_lock = target.lock(&command, &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let state_error = |e: crate::state::StateError| fail(&e.to_string(), Some(&e.hint()));
     let Some(bytes) = source.read_raw().map_err(state_error)? else {
         return Err(fail(&format!("there is no state of `{env}` in {}", source.location()), Some("nothing to migrate")));

@@ -7,7 +7,9 @@
 //!
 //! Every step is recorded in the [`Journal`] before it is taken, and every step is derived
 //! from what AWS shows plus that record, so a roll that failed or was killed resumes where
-//! it stopped, or is undone by [`abort`].
+//! it stopped, or is undone by [`abort`]. A stopped run ([`Stop`]: a signal, the lock lost)
+//! starts no new batch: a batch still waiting for its new instances undoes its surge, one
+//! whose new instances serve finishes.
 
 mod hooks;
 mod journal;
@@ -20,6 +22,7 @@ use aws_sdk_autoscaling::types::AutoScalingGroup;
 
 use crate::aws::{AwsError, Cloud};
 use crate::model::{BatchSize, RollHooks, RollPolicy};
+use crate::stop::{Reason, Stop};
 use hooks::{describe_instances, Hook};
 
 pub use journal::{BatchRecord, GroupRecord, Journal, RollRecord};
@@ -35,6 +38,8 @@ pub enum RollError {
     Aws { doing: String, error: AwsError },
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Stopped(Reason),
 }
 
 fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {
@@ -54,6 +59,14 @@ pub struct RollGroup<'a> {
     pub timeout: Duration,
     pub hooks: &'a RollHooks,
     pub progress: Progress<'a>,
+    /// Checked before every change a batch starts.
+    pub stop: &'a Stop,
+}
+
+impl RollGroup<'_> {
+    fn check(&self) -> Result<(), RollError> {
+        self.stop.check().map_err(RollError::Stopped)
+    }
 }
 
 /// The group's instances that are not on their way out.
@@ -72,6 +85,7 @@ pub fn live_members(group: &AutoScalingGroup) -> Vec<String> {
 /// Replaces the group's outdated instances, continuing the journal's batch if it is this
 /// group's. Returns how many instances were replaced.
 pub async fn roll_group(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal) -> Result<usize, RollError> {
+    roll.check()?;
     let resuming = journal.group().is_some_and(|g| g.group == roll.group);
     let state = group_state(cloud, roll.aws_name).await?;
     if state.outdated.is_empty() && !resuming {
@@ -120,6 +134,7 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
     }
     let mut seen_outdated: Option<BTreeSet<String>> = None;
     loop {
+        roll.check()?;
         let state = group_state(cloud, roll.aws_name).await?;
         if state.outdated.is_empty() {
             return Ok(replaced);
@@ -220,6 +235,7 @@ async fn bring_up(
     failing: &mut Option<String>,
 ) -> Result<Vec<String>, RollError> {
     for old in describe_instances(cloud, replaced).await? {
+        roll.check()?;
         hooks::run(Hook::PreStop, roll, Some(&old)).await?;
         (roll.progress)(&format!("{}: terminating {} (the group launches its replacement)", roll.aws_name, old.id));
         terminate_in_group(cloud, &old.id, false).await?;
@@ -344,6 +360,8 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
             (roll.progress)(&format!("{name}: in service after {}s", started.elapsed().as_secs()));
             return Ok(fresh);
         }
+        // Waiting on: stopping now undoes the batch's surge.
+        roll.check()?;
         if started.elapsed() > roll.timeout {
             return Err(RollError::Failed(format!(
                 "{name}: new instances were not in service and healthy within {}s",

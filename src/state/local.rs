@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::lock::{Lock, LockError, LockInfo};
 use super::StateError;
+use crate::stop::Stop;
 
 #[derive(Debug, Clone)]
 pub struct LocalBackend {
@@ -59,7 +60,9 @@ impl LocalBackend {
         Ok(aside)
     }
 
-    pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
+    /// Takes the lock file. Nothing renews it, so nothing can find it lost: `_stop` serves the
+    /// S3 backend's lease.
+    pub fn lock(&self, command: &str, _stop: &Stop) -> Result<Lock, LockError> {
         let path = self.lock_path();
         let io = |source: std::io::Error| LockError::Io { location: path.display().to_string(), message: source.to_string() };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
@@ -69,12 +72,12 @@ impl LocalBackend {
                 let text = serde_json::to_string_pretty(&info).unwrap_or_default();
                 file.write_all(text.as_bytes()).map_err(io)?;
                 file.sync_all().map_err(io)?;
-                let owned = path.clone();
-                Ok(Lock { release: Some(Box::new(move || drop(std::fs::remove_file(owned)))) })
+                let (owned, id) = (path.clone(), info.id.clone());
+                Ok(Lock { release: Some(Box::new(move || release_if_ours(&owned, &id))) })
             }
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 let info = holder(&path).unwrap_or_else(LockInfo::unknown);
-                let stale = info.is_stale();
+                let stale = info.process_ended();
                 Err(LockError::Held { environment: self.environment.clone(), info: Box::new(info), stale })
             }
             Err(error) => Err(io(error)),
@@ -98,6 +101,15 @@ impl LocalBackend {
     }
 }
 
+/// Removes the lock file only if it is still the lock `id`: after `kstack state unlock`, another
+/// run may hold a new lock under the same name, which stays. (The check and the removal are two
+/// steps; between them would have to fall another unlock by hand and another run's start.)
+fn release_if_ours(path: &Path, id: &str) {
+    if holder(path).is_some_and(|held| held.id == id) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 fn holder(path: &Path) -> Option<LockInfo> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
@@ -110,15 +122,35 @@ mod tests {
     fn a_second_taker_is_refused_and_told_who_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend { dir: dir.path().to_owned(), environment: String::from("dev") };
-        let first = backend.lock("kstack apply dev").unwrap();
-        let error = backend.lock("kstack plan dev").unwrap_err();
+        let stop = Stop::default();
+        let first = backend.lock("kstack apply dev", &stop).unwrap();
+        let error = backend.lock("kstack plan dev", &stop).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("locked by") && message.contains("kstack apply dev"), "{message}");
         assert!(matches!(error, LockError::Held { stale: false, .. }));
         drop(first);
-        let second = backend.lock("kstack plan dev").unwrap();
+        let second = backend.lock("kstack plan dev", &stop).unwrap();
         let LockError::WrongId { .. } = backend.unlock(Some("nope")).unwrap_err() else { panic!("a wrong id removes nothing") };
         drop(second);
         assert!(backend.unlock(None).unwrap().is_none(), "released on drop");
+    }
+
+    #[test]
+    fn an_old_run_releasing_its_lock_leaves_a_newer_runs_lock_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend { dir: dir.path().to_owned(), environment: String::from("dev") };
+        let stop = Stop::default();
+        let old = backend.lock("kstack apply dev", &stop).unwrap();
+        let old_id = holder(&backend.lock_path()).unwrap().id;
+        // Its user took it for dead and removed it; a new run took the environment.
+        assert_eq!(backend.unlock(Some(&old_id)).unwrap().unwrap().id, old_id);
+        let new = backend.lock("kstack roll dev", &stop).unwrap();
+        let new_id = holder(&backend.lock_path()).unwrap().id;
+        drop(old);
+        let held = holder(&backend.lock_path()).expect("the new run's lock survives the old run's release");
+        assert_eq!((held.id.as_str(), held.command.as_str()), (new_id.as_str(), "kstack roll dev"));
+        assert!(matches!(backend.lock("kstack plan dev", &stop), Err(LockError::Held { .. })), "and still locks others out");
+        drop(new);
+        assert!(!backend.lock_path().exists(), "its holder releases it");
     }
 }

@@ -2,6 +2,8 @@
 //! file created with `O_EXCL`; the S3 backend's is an object created with `If-None-Match: *`
 //! and renewed as a lease (see `s3.rs`). Both record the same [`LockInfo`].
 
+use std::time::{Duration, SystemTime};
+
 use serde::{Deserialize, Serialize};
 
 use super::now_rfc3339;
@@ -20,9 +22,13 @@ pub struct LockInfo {
     pub pid_scope: Option<String>,
     pub command: String,
     pub started: String,
-    /// Until when the holder's lease runs (S3 backend): a live holder renews it.
+    /// Until when the holder's lease runs (S3 backend): a live holder renews it. For people
+    /// only: it is the holder's clock, so the lease is judged by [`lease_ran_out`] instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
+    /// How long the lease holds without renewal (S3 backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
 }
 
 impl LockInfo {
@@ -37,6 +43,7 @@ impl LockInfo {
             command: command.to_owned(),
             started: now_rfc3339(),
             expires: None,
+            lease_seconds: None,
         }
     }
 
@@ -50,27 +57,36 @@ impl LockInfo {
             command: String::from("unknown command"),
             started: String::from("an unknown time"),
             expires: None,
+            lease_seconds: None,
         }
     }
 
-    /// Whether the holder is certainly gone: its process ended (as seen from the same pid
-    /// scope), or its lease ran out.
-    pub fn is_stale(&self) -> bool {
-        let ended = self.pid_scope.as_deref().is_some_and(|scope| has_ended(scope, self.pid));
-        ended || self.expires.as_deref().is_some_and(has_passed)
+    /// Whether the holder's process has certainly ended (as seen from the same pid scope).
+    pub fn process_ended(&self) -> bool {
+        self.pid_scope.as_deref().is_some_and(|scope| has_ended(scope, self.pid))
+    }
+
+    /// Whether the holder's lease, last renewed at `renewed`, has run out at `now`, both read
+    /// from the same clock: the store's. Never the holder's `expires` against our clock: the
+    /// clocks of two machines may disagree by more than a lease. The store gives times to the
+    /// second, cut, hence a second of margin. `lease` serves for locks that do not say theirs.
+    pub fn lease_ran_out(&self, renewed: SystemTime, now: SystemTime, lease: Duration) -> bool {
+        let lease = self.lease_seconds.map_or(lease, Duration::from_secs);
+        now.duration_since(renewed).is_ok_and(|age| age > lease + Duration::from_secs(1))
     }
 }
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} (pid {}, `{}`) [lock {}]", self.holder, self.host, self.pid, self.command, self.id)
+    }
+}
+
 
 /// Whether process `pid` of pid `scope` has certainly ended. Only a process that sees the same
 /// pids can tell; from anywhere else it may still run.
 pub fn has_ended(scope: &str, pid: u32) -> bool {
     pid_scope().as_deref() == Some(scope) && !std::path::Path::new("/proc").join(pid.to_string()).exists()
-}
-
-/// Whether an RFC 3339 UTC time, such as a lease's end, is past.
-pub fn has_passed(time: &str) -> bool {
-    // Timestamps of one format compare as text.
-    time < now_rfc3339().as_str()
 }
 
 /// The pids this process sees, as `boot-id/pid-namespace`: the boot id tells machines apart
@@ -152,19 +168,39 @@ mod tests {
     const ENDED: u32 = 0x7fff_fff0;
 
     #[test]
-    fn a_holder_is_stale_when_its_process_ended_here_or_its_lease_ran_out() {
+    fn a_holder_process_has_ended_only_when_this_pid_scope_sees_it_gone() {
         let live = LockInfo::ours("kstack apply dev");
-        assert!(!live.is_stale());
-        assert!(LockInfo { pid: ENDED, ..live.clone() }.is_stale());
+        assert!(!live.process_ended());
+        assert!(LockInfo { pid: ENDED, ..live.clone() }.process_ended());
         // A container on this machine sees other pids, and so does another machine: only a
         // lease tells there.
         let (boot, _) = live.pid_scope.as_deref().unwrap().split_once('/').unwrap();
         let contained = LockInfo { pid: ENDED, pid_scope: Some(format!("{boot}/pid:[1]")), ..live.clone() };
-        assert!(!contained.is_stale());
+        assert!(!contained.process_ended());
         let cloned = LockInfo { pid: ENDED, pid_scope: Some(String::from("00000000-0000-0000-0000-000000000000/pid:[4026531836]")), ..live.clone() };
-        assert!(!cloned.is_stale());
-        assert!(LockInfo { expires: Some(String::from("2020-01-01T00:00:00Z")), ..contained }.is_stale());
+        assert!(!cloned.process_ended());
         // A lock written before pid scopes were recorded cannot be judged by its pid.
-        assert!(!LockInfo { pid: ENDED, pid_scope: None, ..live }.is_stale());
+        assert!(!LockInfo { pid: ENDED, pid_scope: None, ..live }.process_ended());
+    }
+
+    #[test]
+    fn a_lease_is_judged_on_the_store_clock_not_on_what_the_holder_wrote() {
+        let lease = Duration::from_secs(60);
+        let store_now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let ago = |seconds: u64| store_now - Duration::from_secs(seconds);
+        // A holder whose clock is years behind writes an `expires` long past, but renewed the
+        // object 20 s ago by the store's clock: alive.
+        let skewed = LockInfo { expires: Some(String::from("2020-01-01T00:00:00Z")), lease_seconds: Some(60), ..LockInfo::unknown() };
+        assert!(!skewed.lease_ran_out(ago(20), store_now, Duration::from_secs(1)), "its own lease length counts");
+        // At the lease's end (and within the second the store's times are cut to): alive.
+        assert!(!skewed.lease_ran_out(ago(60), store_now, lease));
+        assert!(!skewed.lease_ran_out(ago(61), store_now, lease));
+        // Not renewed for longer: gone.
+        assert!(skewed.lease_ran_out(ago(62), store_now, lease));
+        // A holder far ahead (`expires` years away) that stopped renewing: gone all the same.
+        let ahead = LockInfo { expires: Some(String::from("2099-01-01T00:00:00Z")), ..LockInfo::unknown() };
+        assert!(ahead.lease_ran_out(ago(62), store_now, lease), "an older lock without its length: ours counts");
+        // Renewed "after" now (a reply that overtook another): alive.
+        assert!(!skewed.lease_ran_out(store_now + Duration::from_secs(5), store_now, lease));
     }
 }

@@ -22,6 +22,7 @@ use crate::identity::{Identity, Owner};
 use crate::model::StateBackend;
 use crate::resource::Address;
 use crate::roll::RollRecord;
+use crate::stop::Stop;
 use local::LocalBackend;
 use s3::S3Backend;
 
@@ -142,11 +143,13 @@ impl StateStore {
         }
     }
 
-    /// Takes the environment's exclusive lock for the lifetime of the returned guard.
-    pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
+    /// Takes the environment's exclusive lock for the lifetime of the returned guard. A lock
+    /// that is lost while held (S3: its lease was taken over or could not be renewed) stops
+    /// the run through `stop`.
+    pub fn lock(&self, command: &str, stop: &Stop) -> Result<Lock, LockError> {
         match &self.s3 {
-            Some(s3) => s3.lock(command),
-            None => self.local.lock(command),
+            Some(s3) => s3.lock(command, stop),
+            None => self.local.lock(command, stop),
         }
     }
 

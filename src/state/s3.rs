@@ -4,13 +4,17 @@
 //! - Lock: created with `If-None-Match: *` (only one creator wins), renewed as a lease with
 //!   `If-Match: <its ETag>` by a background task, released with a conditional delete. A lock
 //!   whose lease ran out is reported as stale but only `kstack state unlock <env> <id>` removes it.
+//!   Whether it ran out is judged on the store's clock alone: the object's `Last-Modified`
+//!   (its last renewal) against the `Date` of S3's reply. A run whose renewal is refused
+//!   (another run holds the lock now), or that cannot renew before its lease ends, is stopped
+//!   (`crate::stop`): it starts no new change.
 //! - State: every write is conditional on the ETag kstack read (`If-Match`), or on there being
 //!   none (`If-None-Match: *`), so a writer that lost a race never overwrites the winner.
 //! - The bucket must have versioning on, so every state write can be recovered.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
@@ -19,7 +23,9 @@ use aws_sdk_s3::types::{BucketVersioningStatus, ServerSideEncryption};
 use super::lock::{Lock, LockError, LockInfo};
 use super::time::rfc3339_in;
 use super::StateError;
+use crate::aws::ServiceClock;
 use crate::model::S3State;
+use crate::stop::{Reason, Stop};
 
 /// The backend. Its requests run on a small runtime of its own, so they complete whatever
 /// the caller's runtime is doing (apply writes state while other tasks wait for it).
@@ -35,6 +41,8 @@ struct Inner {
     environment: String,
     /// How long a lock holds without renewal; renewed every third of it.
     lease: Duration,
+    /// S3's time, from its replies: what leases are judged by.
+    clock: Arc<ServiceClock>,
     /// The state object's ETag as last read or written: `Some(None)` when it did not exist.
     version: Mutex<Option<Option<String>>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -101,13 +109,23 @@ impl Inner {
     }
 }
 
-/// The lock object's holder and ETag, if there is one.
-async fn holder(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<(LockInfo, String)>, String> {
+/// The lock object as read: who holds it, its ETag, and when it was last written (by the
+/// store's clock).
+struct Held {
+    info: LockInfo,
+    etag: String,
+    written: Option<SystemTime>,
+}
+
+/// The lock object, if there is one.
+async fn holder(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<Held>, String> {
     match client.get_object().bucket(bucket).key(key).send().await {
         Ok(output) => {
             let etag = output.e_tag().unwrap_or_default().to_owned();
+            let written = output.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
             let body = output.body.collect().await.map_err(|e| e.to_string())?.into_bytes();
-            Ok(Some((serde_json::from_slice(&body).unwrap_or_else(|_| LockInfo::unknown()), etag)))
+            let info = serde_json::from_slice(&body).unwrap_or_else(|_| LockInfo::unknown());
+            Ok(Some(Held { info, etag, written }))
         }
         Err(error) if is_missing(&error) => Ok(None),
         Err(error) => Err(describe(&error)),
@@ -124,12 +142,15 @@ impl S3Backend {
             .build()
             .map_err(|e| StateError::Read { location: format!("s3://{}/{}", location.bucket, location.key), message: e.to_string() })?;
         let region = location.region.clone();
+        let clock = Arc::new(ServiceClock::default());
+        let reads_date = clock.interceptor();
         let client = run_on(&runtime, async move {
             let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(region)).load().await;
             // A custom endpoint (an S3-compatible store, or an emulator) seldom serves
             // bucket-named host names; AWS itself gets the default, virtual-hosted style.
             let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-            aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint).build())
+            let config = aws_sdk_s3::config::Builder::from(&config).force_path_style(custom_endpoint).interceptor(reads_date);
+            aws_sdk_s3::Client::from_conf(config.build())
         });
         let inner = Inner {
             client,
@@ -138,6 +159,7 @@ impl S3Backend {
             kms_key_id: location.kms_key_id.clone(),
             environment: environment.to_owned(),
             lease: Duration::from_secs(location.lease_seconds),
+            clock,
             version: Mutex::new(None),
             runtime: Some(runtime),
         };
@@ -241,12 +263,17 @@ impl S3Backend {
         })
     }
 
-    pub fn lock(&self, command: &str) -> Result<Lock, LockError> {
+    /// Takes the lock and renews its lease in the background until the returned guard is
+    /// dropped; stops the run through `stop` if the lock is lost.
+    pub fn lock(&self, command: &str, stop: &Stop) -> Result<Lock, LockError> {
         let inner = &self.inner;
         let mut info = LockInfo::ours(command);
         info.expires = Some(rfc3339_in(inner.lease.as_secs()));
+        info.lease_seconds = Some(inner.lease.as_secs());
         let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
         let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.lock_key());
+        // The lease is counted from before the request: S3 dates the object later.
+        let sent = tokio::time::Instant::now();
         let created = inner.run(async move {
             match client.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).if_none_match("*").send().await {
                 Ok(output) => Ok(Ok(output.e_tag().unwrap_or_default().to_owned())),
@@ -256,23 +283,30 @@ impl S3Backend {
         });
         let etag = match created.map_err(|message| inner.lock_error(message))? {
             Ok(etag) => etag,
-            Err(held) => {
-                let held = held.map_or_else(LockInfo::unknown, |(info, _)| info);
-                let stale = held.is_stale();
-                return Err(LockError::Held { environment: inner.environment.clone(), info: Box::new(held), stale });
+            Err(None) => return Err(LockError::Held { environment: inner.environment.clone(), info: Box::new(LockInfo::unknown()), stale: false }),
+            Err(Some(held)) => {
+                let lease_ran_out = match (held.written, inner.clock.now()) {
+                    (Some(written), Some(now)) => held.info.lease_ran_out(written, now, inner.lease),
+                    // Without the store's times the lease cannot be judged: taken as running.
+                    _ => false,
+                };
+                let stale = held.info.process_ended() || lease_ran_out;
+                return Err(LockError::Held { environment: inner.environment.clone(), info: Box::new(held.info), stale });
             }
         };
-        let etag = Arc::new(Mutex::new(etag));
+        let etag = Arc::new(Mutex::new(Some(etag)));
         let renewal = inner.runtime.as_ref().map(|runtime| {
-            runtime.spawn(renew(inner.client.clone(), inner.bucket.clone(), inner.lock_key(), info, Arc::clone(&etag), inner.lease))
+            let lease = Lease { client: inner.client.clone(), bucket: inner.bucket.clone(), key: inner.lock_key(), length: inner.lease };
+            runtime.spawn(lease.renew(info, Arc::clone(&etag), sent, inner.environment.clone(), stop.clone()))
         });
         let owner = Arc::clone(inner);
         let release = move || {
             if let Some(renewal) = renewal {
                 renewal.abort();
             }
-            let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
-            // Only our lock: if someone broke and retook it, theirs stays.
+            // Only our lock: once it is someone else's (renewal found so, or the ETag differs),
+            // theirs stays.
+            let Some(current) = etag.lock().ok().and_then(|e| e.clone()) else { return };
             let delete = owner.client.delete_object().bucket(&owner.bucket).key(owner.lock_key()).if_match(current);
             owner.run(async move { drop(delete.send().await) });
         };
@@ -284,7 +318,7 @@ impl S3Backend {
     pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
         let inner = &self.inner;
         let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.lock_key());
-        let Some((info, etag)) = inner.run(async move { holder(&client, &bucket, &key).await }).map_err(|m| inner.lock_error(m))? else {
+        let Some(Held { info, etag, .. }) = inner.run(async move { holder(&client, &bucket, &key).await }).map_err(|m| inner.lock_error(m))? else {
             return Ok(None);
         };
         let Some(given) = id else {
@@ -306,23 +340,58 @@ impl S3Backend {
     }
 }
 
-/// Extends the lease until the lock is released (the task is aborted) or taken from us.
-async fn renew(client: aws_sdk_s3::Client, bucket: String, key: String, mut info: LockInfo, etag: Arc<Mutex<String>>, lease: Duration) {
-    loop {
-        tokio::time::sleep(lease / 3).await;
-        info.expires = Some(rfc3339_in(lease.as_secs()));
-        let current = etag.lock().map(|e| e.clone()).unwrap_or_default();
-        let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
-        match client.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).if_match(current).send().await {
-            Ok(output) => {
-                if let (Ok(mut etag), Some(new)) = (etag.lock(), output.e_tag()) {
-                    *etag = new.to_owned();
+/// The lock object whose lease a run renews.
+struct Lease {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    length: Duration,
+}
+
+impl Lease {
+    /// Extends the lease every third of its length until the lock is released (the task is
+    /// aborted). Stops the run when S3 refuses a renewal (the object is not ours any more:
+    /// another run took the lock, or it was unlocked by hand), and when the lease would run
+    /// out before the next attempt, as measured here on the monotonic clock from when the last
+    /// renewal that succeeded was sent; it keeps trying after that, to hold the lock while the
+    /// run winds down.
+    /// `etag` is the lock object's as we last wrote it; `None` once it is not ours.
+    async fn renew(self, mut info: LockInfo, etag: Arc<Mutex<Option<String>>>, mut renewed: tokio::time::Instant, environment: String, stop: Stop) {
+        let Lease { client, bucket, key, length } = self;
+        loop {
+            tokio::time::sleep(length / 3).await;
+            info.expires = Some(rfc3339_in(length.as_secs()));
+            let Some(current) = etag.lock().ok().and_then(|e| e.clone()) else { return };
+            let body = serde_json::to_vec_pretty(&info).unwrap_or_default();
+            let sent = tokio::time::Instant::now();
+            match client.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).if_match(current).send().await {
+                Ok(output) => {
+                    renewed = sent;
+                    if let (Ok(mut etag), Some(new)) = (etag.lock(), output.e_tag()) {
+                        *etag = Some(new.to_owned());
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::warn!("could not renew the lock s3://{bucket}/{key}: {}", describe(&error));
-                if is_precondition(&error) {
+                Err(error) if is_precondition(&error) || is_missing(&error) => {
+                    if let Ok(mut etag) = etag.lock() {
+                        *etag = None;
+                    }
+                    let why = match holder(&client, &bucket, &key).await {
+                        Ok(Some(now)) => format!("the lock of `{environment}` was taken over by {}", now.info),
+                        Ok(None) => format!("the lock of `{environment}` was removed (`kstack state unlock`?) while this run held it"),
+                        Err(_) => format!("the lock of `{environment}` is not this run's any more"),
+                    };
+                    stop.stop(Reason::LockLost(why));
                     return;
+                }
+                Err(error) => {
+                    tracing::warn!("could not renew the lock s3://{bucket}/{key}, will retry: {}", describe(&error));
+                    if renewed.elapsed() + length / 3 >= length {
+                        stop.stop(Reason::LockLost(format!(
+                            "the lock of `{environment}` could not be renewed before its {}s lease ran out ({}); another run may take it",
+                            length.as_secs(),
+                            describe(&error)
+                        )));
+                    }
                 }
             }
         }
