@@ -10,6 +10,7 @@ pub mod compile;
 pub mod graph;
 pub mod plan;
 pub mod reboots;
+pub mod redact;
 pub mod resource;
 pub mod roles;
 pub mod roll;
