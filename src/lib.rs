@@ -11,6 +11,7 @@ pub mod graph;
 pub mod identity;
 pub mod plan;
 pub mod reboots;
+pub mod redact;
 pub mod resource;
 pub mod roles;
 pub mod roll;

@@ -235,12 +235,18 @@ pub enum ImageSpec {
     Named(String),
 }
 
-/// Rendered user data. Only its hash is ever shown or serialized: it may hold secrets.
-#[derive(Debug, Clone, Serialize)]
+/// Rendered user data. Only its hash is ever shown, serialized or logged: it may hold secrets.
+#[derive(Clone, Serialize)]
 pub struct UserData {
     #[serde(skip)]
     pub content: String,
     pub sha256: String,
+}
+
+impl std::fmt::Debug for UserData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserData").field("sha256", &self.sha256).finish_non_exhaustive()
+    }
 }
 
 impl UserData {

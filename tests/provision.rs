@@ -188,3 +188,120 @@ fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
     let json = with_secret(&["provision", "fleet", "--json", "--check", "--diff"]);
     assert!(!stdout(&json).contains(TOKEN) && stdout(&json).contains("(secret)"), "{}", stdout(&json));
 }
+
+/// Every process's command line on this machine, read from `/proc` every 20 ms until stopped:
+/// the test nodes' processes are among them (a container's processes are the host's).
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Sampler {
+    /// Keeps every distinct command line that contains one of `words`.
+    fn start(words: &[&str]) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let words: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                    let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) else { continue };
+                    let line = String::from_utf8_lossy(&bytes).replace('\0', " ");
+                    if words.iter().any(|w| line.contains(w.as_str())) {
+                        seen.insert(line);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            seen.into_iter().collect()
+        });
+        Sampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn a_secret_never_reaches_a_command_line_sudo_s_log_or_any_output_even_traced() {
+    // A quote, a backslash and a second line: escaped in JSON, shown line by line in diffs.
+    const SECRET: &str = "s3cr3t\"t0k\\en-q7Zx\nsecond-line-w9Kv";
+    // Every piece of it that a partial redaction could leave behind.
+    const PIECES: [&str; 3] = ["s3cr3t", "en-q7Zx", "second-line-w9Kv"];
+    const MARKER: &str = "kstack-sampler-marker";
+    let fleet = Fleet::start();
+    let fleet_file = fleet.project.path().join("environments/fleet.yaml");
+    let text = std::fs::read_to_string(&fleet_file).unwrap();
+    std::fs::write(&fleet_file, format!("{text}secrets:\n  api_token: KSTACK_TEST_API_TOKEN\n")).unwrap();
+    // The template of `everything` writes the token to app.conf; this role's command puts it
+    // in a script, next to a command that stays long enough (1 s) for the sampler to see it.
+    std::fs::create_dir_all(fleet.project.path().join("roles/secretive")).unwrap();
+    fleet.project.write(
+        "roles/secretive/tasks.yaml",
+        &format!(
+            "tasks:\n  - name: token by command\n    command:\n      run: |\n        umask 077; printf '%s\\n' '{{{{ api_token }}}}' > /root/api-token\n        sh -c 'sleep 1; :' {MARKER}\n"
+        ),
+    );
+    fleet.project.edit("images/node.yaml", "roles: [everything]", "roles: [everything, secretive]");
+    // The first node is reached as a user other than root, so every script goes through sudo.
+    let (sudo_node, root_node) = (&fleet.nodes[0], &fleet.nodes[1]);
+    let setup = sudo_node.exec(
+        "useradd --create-home admin && mkdir -p ~admin/.ssh && cp /root/.ssh/authorized_keys ~admin/.ssh/ \
+         && chown -R admin: ~admin/.ssh && echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/admin \
+         && while [ -e /run/nologin ]; do sleep 0.1; done",
+    );
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+
+    let key = fleet.key.private();
+    let known_hosts = fleet.key.dir.path().join("known_hosts");
+    let provision = |extra: &[&str]| {
+        let mut command = fleet.project.kstack(&fleet.moto);
+        command
+            .args(["provision", "fleet", "--trust-new-hosts", "--ssh-key", key.to_str().unwrap()])
+            .args(["--known-hosts", known_hosts.to_str().unwrap()])
+            .args(extra)
+            .env("KSTACK_TEST_API_TOKEN", SECRET)
+            .env("RUST_LOG", "trace");
+        command.output().unwrap()
+    };
+    let sampler = Sampler::start(&[MARKER, PIECES[0], PIECES[1], PIECES[2]]);
+    let diffed = provision(&["--diff", "--ssh-user", "admin", "--limit", &sudo_node.address]);
+    let json = provision(&["--json", "--diff", "--limit", &root_node.address]);
+    let sampled = sampler.stop();
+
+    for output in [&diffed, &json] {
+        let (out, err) = (stdout(output), String::from_utf8_lossy(&output.stderr).into_owned());
+        assert!(output.status.success(), "{out}\n{err}");
+        for piece in PIECES {
+            assert!(!out.contains(piece) && !err.contains(piece), "`{piece}` shown:\n{out}\n{err}");
+        }
+        assert!(out.contains("(secret)"), "the output says where a secret is: {out}");
+        // Traced: the SDK's own logs are there (DEBUG), its body-carrying TRACE events are not.
+        assert!(err.contains("beginning attempt #1"), "{err}");
+        assert!(!err.contains("transmitting request") && !err.contains("received response from service"), "{err}");
+    }
+    assert!(stdout(&diffed).contains("+token = (secret)") && stdout(&diffed).contains("+(secret)"), "{}", stdout(&diffed));
+    assert!(stdout(&json).contains(r"+token = (secret)\n+(secret)\n"), "{}", stdout(&json));
+    for node in &fleet.nodes {
+        let token = std::fs::read_to_string(node.file("/root/api-token")).unwrap();
+        assert_eq!(token, format!("{SECRET}\n"), "the node got it");
+        let config = std::fs::read_to_string(node.file("/etc/app/app.conf")).unwrap();
+        assert!(config.contains(&format!("token = {SECRET}\n")), "{config}");
+    }
+
+    // The sampler saw the task's command line (so it could see a leak) and nothing secret.
+    assert!(sampled.iter().any(|l| l.contains(MARKER)), "the sampler never saw the task: {sampled:#?}");
+    let leaks: Vec<&String> = sampled.iter().filter(|l| PIECES.iter().any(|p| l.contains(p))).collect();
+    assert!(leaks.is_empty(), "secret on a command line: {leaks:#?}");
+
+    // sudo logs each command it runs: the fixed reader, never a script.
+    let journal = sudo_node.exec("journalctl -q --no-pager SYSLOG_IDENTIFIER=sudo");
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(journal.contains("COMMAND=") && journal.contains("sh -c"), "sudo's log has the commands: {journal}");
+    for piece in PIECES {
+        assert!(!journal.contains(piece), "`{piece}` in sudo's log: {journal}");
+    }
+}

@@ -296,3 +296,44 @@ fn a_roll_whose_lock_is_taken_over_stops_before_its_next_batch_and_leaves_the_ne
     let state: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
     assert!(state["roll"]["stopped"].as_str().is_some_and(|s| s.contains("taken over by ops@runner-9")), "recorded for --resume: {state}");
 }
+
+#[test]
+fn traced_applies_and_plans_log_no_request_or_response_body() {
+    const SECRET: &str = "us3r-d4ta-s3cret-9157";
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, aws) = fleet(&moto, &rt, 51, &format!("{}secrets:\n  api_token: KSTACK_TEST_API_TOKEN\n", s3_state("")));
+    bucket(&rt, &aws, BUCKET, true);
+    project.edit(FLEET, "    image: node\n", "    image: node\n    user_data: \"#!/bin/sh\\necho {{ api_token }} > /etc/token\\n\"\n");
+    let user_data = format!("#!/bin/sh\necho {SECRET} > /etc/token\n");
+    let encoded = aws_smithy_types::base64::encode(&user_data);
+    let url_encoded = encoded.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+    let traced = |args: &[&str]| {
+        let mut command = project.kstack(&moto);
+        command.args(args).env("KSTACK_TEST_API_TOKEN", SECRET).env("RUST_LOG", "trace");
+        // The SDK's signer then logs request bodies too (at TRACE), not only response bodies.
+        let output = command.env("LOG_SIGNABLE_BODY", "true").output().unwrap();
+        stderr(&output)
+    };
+    // The emulator cannot launch the group's instances from a template with user data, so the
+    // apply may fail after the template (user data in its request body) is created; the state
+    // written so far is read back from S3 by the plan (the state in a response body).
+    let applied = traced(&["apply", "fleet", "--auto-approve"]);
+    let stored = String::from_utf8(object(&rt, &aws, KEY).expect("state in the bucket")).unwrap();
+    let template = rt.block_on(aws.ec2.describe_launch_templates().send()).unwrap();
+    assert_eq!(template.launch_templates().len(), 1, "the apply sent the user data: {applied}");
+    let planned = traced(&["plan", "fleet"]);
+    // The state holds the user data's hash; only a body would bring it into the log.
+    let hash = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(user_data.as_bytes()));
+    assert!(stored.contains(&hash), "{stored}");
+    // The SDK logs bodies as text, or as `{:?}` of their bytes: `[73, 121, ...]`.
+    let byte_list = |text: &str| text.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+    let bodies = [SECRET, &encoded, &url_encoded, &hash, &byte_list(&url_encoded), &byte_list(&hash)];
+    for log in [&applied, &planned] {
+        assert!(log.contains("beginning attempt #1"), "the SDK's logs are on: {log}");
+        for body in bodies {
+            assert!(!log.contains(body), "`{body}` in the log:\n{log}");
+        }
+        assert!(!log.contains("transmitting request") && !log.contains("received response from service"), "{log}");
+    }
+}

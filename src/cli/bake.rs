@@ -79,6 +79,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     };
     let loaded = load_environment(project, &place.environment);
     let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
+    term::hide_secrets(checked.environment.secrets.values().map(|s| s.value()));
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment)?)?));

@@ -155,6 +155,8 @@ fn fail(message: &str, hint: Option<&str>) -> Failure {
 }
 
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = match verbose {
         0 => "warn",
         1 => "kstack=info",
@@ -163,11 +165,42 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(term::stderr_color())
-        .init();
+    // Whatever the filter asks for: the HTTP and SSH stacks log request and response bodies
+    // (user data, state, scripts sent to nodes) and raw packets at TRACE.
+    let no_body_logs = tracing_subscriber::filter::filter_fn(|metadata| {
+        *metadata.level() != tracing::Level::TRACE || !logs_bodies_at_trace(metadata.target())
+    });
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(|| LogEvent(Vec::new()))
+        .with_ansi(term::stderr_color());
+    tracing_subscriber::registry().with(filter).with(no_body_logs).with(logs).init();
+}
+
+/// Crates whose TRACE events carry what they send and receive.
+fn logs_bodies_at_trace(target: &str) -> bool {
+    let crate_name = target.split("::").next().unwrap_or(target);
+    crate_name.starts_with("aws_") || ["hyper", "hyper_util", "h2", "russh", "rustls"].contains(&crate_name)
+}
+
+/// One log event, written to stderr through `term::err` (which hides secrets) when the
+/// formatter is done with it, so a value is never split across two writes.
+struct LogEvent(Vec<u8>);
+
+impl std::io::Write for LogEvent {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogEvent {
+    fn drop(&mut self) {
+        term::err(format_args!("{}", String::from_utf8_lossy(&self.0)));
+    }
 }
 
 /// An environment loaded, checked and compiled, or the problems that stopped it.
@@ -189,6 +222,7 @@ pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compil
     let loaded = load_environment(project, env);
     let mut sources = loaded.sources;
     let result = loaded.result.and_then(|checked| {
+        term::hide_secrets(checked.environment.secrets.values().map(|s| s.value()));
         let mut problems = Problems::default();
         let graph = compile(&checked, &mut problems);
         let mut images = BTreeMap::new();

@@ -1,7 +1,6 @@
 //! `kstack provision <env>` and `kstack verify <env>`: node roles over SSH on the running
 //! instances of the environment's node groups.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +9,8 @@ use owo_colors::OwoColorize;
 
 use crate::aws::{running_instances, Cloud};
 use crate::model::reboots::format_minute;
-use crate::model::secrets::redact;
-use crate::model::{ImageRef, Project, Secret};
-use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskReport, TaskStatus, Variables};
+use crate::model::{ImageRef, Project};
+use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
 use crate::ssh::{HostKeys, Login, LoginKey};
 
 use super::session::{aws_failure, open_store, owner, runtime};
@@ -146,9 +144,8 @@ struct GroupWork {
     ssh_user: String,
 }
 
-type Secrets = BTreeMap<String, Secret>;
-
-fn plan_work(project: &Project, targets: &Targets) -> Result<(Vec<GroupWork>, Secrets), Failure> {
+/// The work per node group. Secrets become variables; `term` hides their values in all output.
+fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Failure> {
     let (sources, result) = load_and_compile(project, &targets.env);
     let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
@@ -218,41 +215,16 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<(Vec<GroupWork>, Se
         );
         return Err(Failure::Reported);
     }
-    Ok((work, environment.secrets.clone()))
-}
-
-/// The report with every secret's value shown as `(secret)`.
-fn redact_task(report: &mut TaskReport, secrets: &Secrets) {
-    let outcome = &mut report.outcome;
-    for change in &mut outcome.diffs {
-        change.before = redact(&change.before, secrets);
-        change.after = redact(&change.after, secrets);
-    }
-    outcome.content_diff = outcome.content_diff.as_deref().map(|d| redact(d, secrets));
-    outcome.notes = outcome.notes.iter().map(|n| redact(n, secrets)).collect();
-    report.error = report.error.as_deref().map(|e| redact(e, secrets));
-}
-
-fn redact_host(report: &mut HostReport, secrets: &Secrets) {
-    report.unreachable = report.unreachable.as_deref().map(|u| redact(u, secrets));
-    report.tasks.iter_mut().for_each(|task| redact_task(task, secrets));
-    for check in &mut report.checks {
-        check.detail = redact(&check.detail, secrets);
-    }
+    Ok(work)
 }
 
 pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
-    let (work, secrets) = plan_work(project, &args.targets)?;
+    let work = plan_work(project, &args.targets)?;
     let runtime = runtime()?;
     let color = term::stdout_color();
     let (show, diff) = (!args.targets.json, args.diff);
-    let shown = secrets.clone();
-    let events = Arc::new(move |mut event: RunEvent| {
+    let events = Arc::new(move |event: RunEvent| {
         if show {
-            match &mut event {
-                RunEvent::Task { report, .. } => redact_task(report, &shown),
-                RunEvent::Unreachable { error, .. } => *error = redact(error, &shown),
-            }
             print_event(&event, color, diff);
         }
     });
@@ -262,12 +234,11 @@ pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Fail
         let login = args.targets.ssh.login(&group.ssh_user);
         reports.extend(runtime.block_on(crate::roles::run(&group.hosts, &login, &group.roles, &group.variables, &options, events.clone())));
     }
-    reports.iter_mut().for_each(|report| redact_host(report, &secrets));
     finish(&reports, args.targets.json, color)
 }
 
 pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
-    let (work, secrets) = plan_work(project, &args.targets)?;
+    let work = plan_work(project, &args.targets)?;
     let runtime = runtime()?;
     let color = term::stdout_color();
     let mut reports = Vec::new();
@@ -276,7 +247,6 @@ pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
         let login = args.targets.ssh.login(&group.ssh_user);
         reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &options, Arc::new(|_| {}))));
     }
-    reports.iter_mut().for_each(|report| redact_host(report, &secrets));
     if !args.targets.json {
         for report in &reports {
             for check in &report.checks {

@@ -2,11 +2,26 @@
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex, RwLock};
 
 use miette::{GraphicalReportHandler, GraphicalTheme, ThemeCharacters, ThemeStyles};
 
 use crate::diagnostics::{display_path, Problem, ProblemReport, Problems, Sources};
+use crate::redact::Redactor;
+
+/// The secrets of the environments loaded so far. Everything printed (results, errors, logs)
+/// passes through `out` or `err`, which hide them.
+static SECRETS: LazyLock<RwLock<Redactor>> = LazyLock::new(RwLock::default);
+
+/// Hides these values (and their escaped, quoted, encoded and per-line forms) from now on.
+pub fn hide_secrets<'a>(values: impl IntoIterator<Item = &'a str>) {
+    SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner()).add(values);
+}
+
+fn redacted(text: fmt::Arguments) -> String {
+    let text = text.to_string();
+    SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner()).redact(&text).into_owned()
+}
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set (https://no-color.org).
 pub fn stderr_color() -> bool {
@@ -36,8 +51,9 @@ pub fn out(text: fmt::Arguments) {
     if *health != StdoutHealth::Open {
         return;
     }
+    let text = redacted(text);
     let mut stdout = std::io::stdout().lock();
-    if let Err(err) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+    if let Err(err) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
         if err.kind() == std::io::ErrorKind::BrokenPipe {
             *health = StdoutHealth::ReaderGone;
         } else {
@@ -55,7 +71,7 @@ pub fn outln(text: fmt::Arguments) {
 /// Prints to stderr like `eprint!`, without its panic: when stderr itself is gone there is
 /// nowhere left to report that, and the command's work and exit code matter more.
 pub fn err(text: fmt::Arguments) {
-    let _ = std::io::stderr().lock().write_fmt(text);
+    let _ = std::io::stderr().lock().write_all(redacted(text).as_bytes());
 }
 
 /// `err` with a newline, like `eprintln!`.

@@ -282,12 +282,18 @@ impl Connection {
     }
 
     /// Runs `script` with `sh` as root on its own channel, feeding `stdin` to it.
+    ///
+    /// The script travels on the channel's input, ahead of `stdin`, never on a command line:
+    /// command lines are readable by every user of the host (`ps`) and land in sudo's log,
+    /// and scripts hold rendered values, secrets included.
     pub async fn run(&self, script: &str, stdin: Option<&[u8]>) -> Result<Output, SshError> {
         let command = if self.become_root {
-            format!("sudo -n sh -c {}", shell_quote(script))
+            format!("sudo -n sh -c {}", shell_quote(RUN_FROM_INPUT))
         } else {
-            format!("sh -c {}", shell_quote(script))
+            format!("sh -c {}", shell_quote(RUN_FROM_INPUT))
         };
+        let mut input = framed(script).into_bytes();
+        input.extend_from_slice(stdin.unwrap_or_default());
         let channel = self.handle.channel_open_session().await.map_err(|e| self.protocol(e))?;
         channel.exec(true, command).await.map_err(|e| self.protocol(e))?;
         // Input is sent while output is read: a command that ends without reading all of its
@@ -295,9 +301,7 @@ impl Connection {
         // which ends the send instead of leaving it waiting for window space forever.
         let (mut reader, writer) = channel.split();
         let send = async {
-            if let Some(input) = stdin {
-                writer.data(input).await?;
-            }
+            writer.data(input.as_slice()).await?;
             writer.eof().await
         };
         tokio::pin!(send);
@@ -343,7 +347,9 @@ impl Connection {
     }
 
     /// Writes `content` to `path` atomically (a temporary file renamed into place) with the
-    /// given mode and owner, and checks its SHA-256 on the host before the rename.
+    /// given mode and owner, and checks its SHA-256 on the host before the rename. The content
+    /// follows the script on the channel's input; `mktemp` creates the temporary file 0600
+    /// (owned by root) before any of it is written, and the file is removed on any failure.
     pub async fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> Result<(), SshError> {
         use sha2::{Digest, Sha256};
         let digest = format!("{:x}", Sha256::digest(content));
@@ -379,6 +385,27 @@ impl Connection {
     }
 }
 
+/// The whole remote command: reads a line count, then that many lines of script, with shell
+/// builtins only (`read` takes one byte at a time from a pipe, so it never takes input meant
+/// for the script), and evaluates the script with the rest of the input as its stdin. No
+/// process is added to a `sh -c` of the script itself.
+const RUN_FROM_INPUT: &str = r#"IFS= read -r kstack_lines || exit 125
+kstack_script=
+while [ "$kstack_lines" -gt 0 ]; do
+IFS= read -r kstack_line
+kstack_script="$kstack_script$kstack_line
+"
+kstack_lines=$((kstack_lines - 1))
+done
+unset kstack_lines kstack_line
+eval "$kstack_script""#;
+
+/// `script` as `RUN_FROM_INPUT` reads it: its line count, then its lines.
+fn framed(script: &str) -> String {
+    let script = script.strip_suffix('\n').unwrap_or(script);
+    format!("{}\n{script}\n", script.split('\n').count())
+}
+
 /// Quotes `text` as one word for a POSIX shell.
 pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -386,7 +413,14 @@ pub fn shell_quote(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_quote;
+    use super::{framed, shell_quote};
+
+    #[test]
+    fn a_script_is_framed_by_its_line_count() {
+        assert_eq!(framed("echo a\necho b"), "2\necho a\necho b\n");
+        assert_eq!(framed("echo a\n"), "1\necho a\n");
+        assert_eq!(framed(""), "1\n\n");
+    }
 
     #[test]
     fn quoting_survives_single_quotes() {

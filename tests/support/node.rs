@@ -159,6 +159,22 @@ impl Node {
         known_hosts_line(&self.address, &self.dir.path().join("upper/etc/ssh/ssh_host_ed25519_key.pub"))
     }
 
+    /// The node's init, as the host sees it: `systemd-nspawn`'s child.
+    pub fn leader_pid(&self) -> u32 {
+        let nspawn = self.child.as_ref().expect("the node runs").id();
+        let children = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children")).unwrap();
+        children.split_whitespace().next().expect("nspawn has started the node's init").parse().unwrap()
+    }
+
+    /// Runs `script` as root inside the node, entering its namespaces from the host (no SSH,
+    /// so nothing kstack's transport does is involved).
+    pub fn exec(&self, script: &str) -> std::process::Output {
+        Command::new("nsenter")
+            .args(["-t", &self.leader_pid().to_string(), "-a", "sh", "-c", script])
+            .output()
+            .expect("nsenter (util-linux) is installed")
+    }
+
     /// A path inside the node's writable layer, to look at what kstack wrote.
     pub fn file(&self, path: &str) -> PathBuf {
         self.dir.path().join("upper").join(path.trim_start_matches('/'))
