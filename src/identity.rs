@@ -87,7 +87,8 @@ impl Owner {
         Owner { environment: environment.to_owned(), identity, recorded: recorded.into_iter().collect() }
     }
 
-    /// Judges a resource by its AWS id and tags (already filtered by `kstack:environment`).
+    /// Judges a resource found under the environment's tag, name or IAM path by its AWS id
+    /// and tags.
     pub fn judge(&self, id: &str, tags: &BTreeMap<String, String>) -> Ownership {
         match (tags.get(TAG_IDENTITY), &self.identity) {
             (Some(tagged), Some(ours)) if tagged == ours.as_str() => Ownership::Ours,
@@ -113,16 +114,10 @@ impl Owner {
         self.identity.as_ref().map(|identity| format!("/kstack/{}/{identity}/", self.environment))
     }
 
-    /// The path roles had before identities, and the prefix under which both are listed.
+    /// Where the environment's roles and profiles of every identity are listed (roles from
+    /// before identities live right there).
     pub fn iam_path_prefix(&self) -> String {
         format!("/kstack/{}/", self.environment)
-    }
-
-    /// Whether an IAM entity at `path` with `arn` is the environment's: at its identity's
-    /// path, or recorded in state (roles from before identities live at the older path).
-    /// Instance profile listings carry no tags on AWS, so the path decides for new ones.
-    pub fn owns_iam(&self, path: &str, arn: &str) -> bool {
-        Some(path) == self.iam_path().as_deref() || self.recorded.contains(arn)
     }
 
     /// The group of a launch configuration named `<env>-<group>-<digest>-<short>` (or without
@@ -156,6 +151,15 @@ fn unique_name_limit(kind: Kind) -> Option<usize> {
     }
 }
 
+/// The length of the short form, and of the digest a shortened name carries.
+const SHORT: usize = 8;
+
+/// How much of a name a shortened one keeps: the rest holds `-<digest>-<short>`.
+fn kept_start(name: &str, limit: usize) -> &str {
+    let end = name.char_indices().nth(limit - 2 * (1 + SHORT)).map_or(name.len(), |(i, _)| i);
+    name[..end].trim_end_matches('-')
+}
+
 /// `<name>-<short>`; a name too long for that keeps its start (for people) and a digest of
 /// the whole (so long names sharing a start stay apart): `<start>-<digest>-<short>`.
 fn unique_name(name: &str, identity: &Identity, limit: usize) -> String {
@@ -165,8 +169,18 @@ fn unique_name(name: &str, identity: &Identity, limit: usize) -> String {
     }
     use sha2::{Digest, Sha256};
     let digest = format!("{:x}", Sha256::digest(name.as_bytes()));
-    let start: String = name.chars().take(limit - 2 * (1 + short.len())).collect();
-    format!("{}-{}-{short}", start.trim_end_matches('-'), &digest[..short.len()])
+    format!("{}-{}-{short}", kept_start(name, limit), &digest[..SHORT])
+}
+
+/// What every name of `kind` that `environment` makes starts with (`<env>-`, shortened as a
+/// long name is), for listings that cannot filter by tag (classic ELBs).
+pub fn name_prefix(environment: &str, kind: Kind) -> String {
+    let prefix = format!("{environment}-");
+    match unique_name_limit(kind) {
+        // A shortened name keeps less than the whole prefix.
+        Some(limit) if prefix.chars().count() > limit - 2 * (1 + SHORT) => kept_start(&prefix, limit).to_owned(),
+        _ => prefix,
+    }
 }
 
 /// Stamps the identity on a compiled graph: the `kstack:id` tag on every resource and the
@@ -232,16 +246,11 @@ mod tests {
     }
 
     #[test]
-    fn iam_entities_are_ours_at_the_identity_path_or_recorded_at_the_old_one() {
-        let owner = Owner::new("dev", Some(identity("aa")), [String::from("arn:aws:iam::1:role/kstack/dev/dev-nodes")]);
-        let path = owner.iam_path().unwrap();
-        assert_eq!(path, format!("/kstack/dev/{}/", identity("aa")));
-        assert!(owner.owns_iam(&path, "arn:aws:iam::1:role/anything"));
-        assert!(owner.owns_iam("/kstack/dev/", "arn:aws:iam::1:role/kstack/dev/dev-nodes"));
-        assert!(!owner.owns_iam("/kstack/dev/", "arn:aws:iam::1:role/kstack/dev/dev-masters"));
-        assert!(!owner.owns_iam("/kstack/dev/", "arn:aws:iam::1:role/anything"));
-        assert!(!owner.owns_iam(&format!("/kstack/dev/{}/", identity("bb")), "arn:aws:iam::1:role/x"));
-        assert!(!owner.owns_iam(&format!("/kstack/dev-eu/{}/", identity("aa")), "arn:aws:iam::1:role/x"));
+    fn iam_paths_name_the_identity() {
+        let owner = Owner::new("dev", Some(identity("aa")), []);
+        assert_eq!(owner.iam_path().unwrap(), format!("/kstack/dev/{}/", identity("aa")));
+        assert!(owner.iam_path().unwrap().starts_with(&owner.iam_path_prefix()));
+        assert!(!format!("/kstack/dev-eu/{}/", identity("aa")).starts_with(&owner.iam_path_prefix()));
     }
 
     #[test]
@@ -288,5 +297,11 @@ mod tests {
         assert!(long.starts_with("staging-eu-wes-") && long.ends_with("-3f9a2c7d"), "{long}");
         assert_ne!(long, other);
         assert_eq!(unique_name("staging-eu-west-public-ingress-for-the-cluster", &id, 32), long, "stable");
+        // A listing by prefix finds every name an environment makes, long or short.
+        for (environment, name) in [("dev", "ingress"), ("staging-eu-west", "public-ingress-for-the-cluster"), ("production-eu1", "ingress-internal"), ("a-very-long-environment-name-indeed", "web")] {
+            let made = unique_name(&format!("{environment}-{name}"), &id, 32);
+            assert!(made.len() <= 32, "{made}");
+            assert!(made.starts_with(&name_prefix(environment, Kind::LoadBalancer)), "{made} vs {}", name_prefix(environment, Kind::LoadBalancer));
+        }
     }
 }

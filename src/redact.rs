@@ -36,6 +36,11 @@ impl Redactor {
     pub fn add<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
         for value in values.into_iter().filter(|v| !v.is_empty()) {
             self.needles.extend(forms(value));
+            // A value read from a file or a heredoc ends in a line break that output trims.
+            let trimmed = value.trim_end_matches(['\n', '\r']);
+            if trimmed != value && !trimmed.is_empty() {
+                self.needles.extend(forms(trimmed));
+            }
             let lines: Vec<&str> = value.lines().map(|l| l.trim_end_matches('\r')).collect();
             if lines.len() > 1 {
                 for line in lines.into_iter().filter(|l| l.trim().len() >= MIN_LINE) {
@@ -95,6 +100,12 @@ fn forms(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_ending_in_a_line_break_is_hidden_without_it() {
+        let redactor = Redactor::new(["s3cr3t-token\n"]);
+        assert_eq!(redactor.redact("token: s3cr3t-token."), "token: (secret).");
+    }
 
     #[test]
     fn the_literal_is_replaced_everywhere_and_other_text_is_kept() {

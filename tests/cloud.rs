@@ -550,3 +550,26 @@ fn an_environment_from_before_identities_is_taken_over_in_place() {
     let tags = rt.block_on(aws.ec2.describe_vpcs().vpc_ids(&vpc).send()).unwrap().vpcs()[0].tags().to_vec();
     assert!(tags.iter().any(|t| t.key() == Some("kstack:id") && t.value() == Some(identity.as_str())));
 }
+
+#[test]
+fn destroy_never_deletes_what_its_state_recorded_but_now_carries_another_identity() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let (ours, other) = (Project::copy(), Project::copy());
+    ours.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    let before = recorded(&ours, &moto, "dev");
+    // Another state that recorded the same resources (copied, or from the days when two
+    // same-named environments could adopt each other's), under an identity of its own.
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(ours.path().join(".kstack/state/dev.json")).unwrap()).unwrap();
+    state["identity"] = serde_json::json!("0123456789abcdef0123456789abcdef");
+    std::fs::create_dir_all(other.path().join(".kstack/state")).unwrap();
+    std::fs::write(other.path().join(".kstack/state/dev.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let destroyed = other.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).output().unwrap();
+    assert!(destroyed.status.success(), "{}", String::from_utf8_lossy(&destroyed.stderr));
+    let text = String::from_utf8_lossy(&destroyed.stdout);
+    assert!(text.contains("No changes."), "nothing of the other identity is destroyed: {text}");
+    assert_intact(&ours, &moto, "dev", &before, &rt, &aws);
+}

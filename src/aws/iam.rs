@@ -71,7 +71,8 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
         .send();
     while let Some(page) = pages.next().await {
         for role in page?.role_detail_list() {
-            if !cloud.owner.owns_iam(role.path().unwrap_or_default(), role.arn().unwrap_or_default()) {
+            // The environment's roles of every identity; refresh keeps its own by their tags.
+            if !role.path().is_some_and(|path| path.starts_with(&prefix)) {
                 continue;
             }
             let tags = tags_of(role.tags());
@@ -93,9 +94,6 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut pages = cloud.iam.list_instance_profiles().path_prefix(&prefix).into_paginator().send();
     while let Some(page) = pages.next().await {
         for profile in page?.instance_profiles() {
-            if !cloud.owner.owns_iam(profile.path(), profile.arn()) {
-                continue;
-            }
             // AWS's listing leaves tags out (the emulator's does not, and lacks the call for
             // them); an environment has a handful of profiles.
             let tags = match profile.tags() {

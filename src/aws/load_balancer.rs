@@ -19,7 +19,7 @@ fn build_error(error: impl std::fmt::Display) -> AwsError {
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     // Classic ELBs cannot be filtered by tag: list the names with the environment's prefix,
     // then confirm ownership by tag, twenty names per call.
-    let prefix = format!("{}-", cloud.environment());
+    let prefix = crate::identity::name_prefix(cloud.environment(), Kind::LoadBalancer);
     let mut balancers = Vec::new();
     let mut pages = cloud.elb.describe_load_balancers().into_paginator().send();
     while let Some(page) = pages.next().await {

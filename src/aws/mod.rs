@@ -32,7 +32,7 @@ pub use calls::ApiCalls;
 pub use clock::ServiceClock;
 pub use error::AwsError;
 
-use crate::identity::{Owner, Ownership};
+use crate::identity::Owner;
 use crate::resource::{Address, Kind, Resource};
 
 /// Clients for the four AWS services kstack uses, sharing one configuration and call counter.
@@ -108,13 +108,6 @@ pub struct Refreshed {
     pub observed: Vec<Observed>,
     /// Tagged with the environment's name but not its own: left alone, and reported.
     pub foreign: Vec<Observed>,
-}
-
-impl Refreshed {
-    /// Own resources made before identities existed, which the next apply tags.
-    pub fn to_take_over<'a>(&'a self, cloud: &'a Cloud) -> impl Iterator<Item = &'a Observed> + 'a {
-        self.observed.iter().filter(|o| cloud.owner.judge(&o.id, &o.tags) == Ownership::Recorded)
-    }
 }
 
 /// Reads every resource of the environment, a few batched calls per resource kind, and
@@ -306,7 +299,7 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
 }
 
 pub use image::resolve_images;
-pub use tags::from_ec2 as tags_of;
+pub use tags::from_ec2;
 pub use launch_template::root_device;
 pub use instances::{running_instances, Instance};
 

@@ -190,7 +190,7 @@ async fn steps(
         .send()
         .await
         .map_err(|e| BakeError::aws("finding the build subnet")(e.into()))?;
-    let owned = |s: &&aws_sdk_ec2::types::Subnet| cloud.owner.owns(s.subnet_id().unwrap_or_default(), &crate::aws::tags_of(s.tags()));
+    let owned = |s: &&aws_sdk_ec2::types::Subnet| cloud.owner.owns(s.subnet_id().unwrap_or_default(), &crate::aws::from_ec2(s.tags()));
     let Some(subnet) = subnets.subnets().iter().find(owned) else {
         return Err(BakeError::Failed(format!(
             "environment `{}` has no subnet of tier `{}` in {}: apply it first",

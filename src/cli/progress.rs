@@ -35,7 +35,8 @@ impl Progress {
         if self.bar.is_hidden() {
             term::errln(format_args!("{text}"));
         } else {
-            self.bar.println(text);
+            // AWS's error messages can quote what kstack sent.
+            self.bar.println(term::redacted(format_args!("{text}")));
         }
     }
 

@@ -181,9 +181,11 @@ impl Session {
         };
         tracing::info!(api_calls = refresh.api_calls, seconds = refresh.seconds, "refreshed {} resources", observed.len());
         // Resources only state knows of (their tags were removed by hand) still belong to the
-        // environment; deleting one that is already gone succeeds.
+        // environment; deleting one that is already gone succeeds. One refresh saw carrying
+        // another identity is that environment's now, whatever state recorded.
         for (address, known) in &state.resources {
-            if !observed.iter().any(|o| &o.address == address) && matches!(desired, Desired::Nothing) {
+            let theirs = refreshed.foreign.iter().any(|f| f.id == known.id);
+            if !theirs && !observed.iter().any(|o| &o.address == address) && matches!(desired, Desired::Nothing) {
                 observed.push(known.clone());
             }
         }

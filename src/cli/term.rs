@@ -18,7 +18,9 @@ pub fn hide_secrets<'a>(values: impl IntoIterator<Item = &'a str>) {
     SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner()).add(values);
 }
 
-fn redacted(text: fmt::Arguments) -> String {
+/// `text` with every hidden value replaced: for what reaches the terminal other than
+/// through `out` and `err` (the progress bar).
+pub fn redacted(text: fmt::Arguments) -> String {
     let text = text.to_string();
     SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner()).redact(&text).into_owned()
 }

@@ -27,8 +27,13 @@ struct Recorded {
     entry: Entry,
 }
 
+/// One check at a time: two first connections to a host (nodes through one new bastion) would
+/// otherwise both find no key and both record theirs.
+static CHECKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl HostKeys {
     pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Result<(), SshError> {
+        let _one_at_a_time = CHECKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let name = host_name(host, port);
         let recorded = self.read()?;
         let for_host: Vec<&Recorded> = recorded

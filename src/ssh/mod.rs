@@ -388,11 +388,12 @@ impl Connection {
 /// The whole remote command: reads a line count, then that many lines of script, with shell
 /// builtins only (`read` takes one byte at a time from a pipe, so it never takes input meant
 /// for the script), and evaluates the script with the rest of the input as its stdin. No
-/// process is added to a `sh -c` of the script itself.
+/// process is added to a `sh -c` of the script itself. Input cut off mid-script runs nothing:
+/// `read` would still hand over the partial line.
 const RUN_FROM_INPUT: &str = r#"IFS= read -r kstack_lines || exit 125
 kstack_script=
 while [ "$kstack_lines" -gt 0 ]; do
-IFS= read -r kstack_line
+IFS= read -r kstack_line || exit 125
 kstack_script="$kstack_script$kstack_line
 "
 kstack_lines=$((kstack_lines - 1))

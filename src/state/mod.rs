@@ -26,7 +26,11 @@ use crate::stop::Stop;
 use local::LocalBackend;
 use s3::S3Backend;
 
-const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the environment's identity: older kstack refuses it instead of dropping
+/// the identity on its next write (which would leave every resource looking foreign).
+const FORMAT_VERSION: u32 = 2;
+/// Read, and written as version 2 from then on.
+const READABLE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=FORMAT_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -34,7 +38,7 @@ pub enum StateError {
     Read { location: String, message: String },
     #[error("the state {location} is not valid kstack state: {source}")]
     Parse { location: String, source: serde_json::Error },
-    #[error("the state {location} has format version {found}; this kstack reads version {FORMAT_VERSION}")]
+    #[error("the state {location} has format version {found}; this kstack reads versions up to {FORMAT_VERSION}")]
     Version { location: String, found: u32 },
     #[error("cannot write the state {location}: {message}")]
     Write { location: String, message: String },
@@ -54,7 +58,8 @@ impl StateError {
                 format!("aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled")
             }
             StateError::Elsewhere { .. } => String::from("move it there with `kstack state migrate <env> --to s3`, or set `state: { backend: local }`"),
-            StateError::Parse { .. } | StateError::Version { .. } => {
+            StateError::Version { .. } => String::from("a newer kstack wrote it: use that version or a later one (everyone sharing the state must)"),
+            StateError::Parse { .. } => {
                 String::from("restore it from a backup (or an earlier S3 version), or move it away to rebuild state from AWS tags")
             }
             StateError::Read { .. } | StateError::Write { .. } => String::from("check access to where the state lives, then run again"),
@@ -179,7 +184,7 @@ impl StateStore {
             });
         };
         let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Parse { location: location.clone(), source })?;
-        if state.version != FORMAT_VERSION {
+        if !READABLE_VERSIONS.contains(&state.version) {
             return Err(StateError::Version { location, found: state.version });
         }
         Ok(state)
@@ -188,6 +193,7 @@ impl StateStore {
     /// Writes the state with a new serial: atomically to a local file, or to S3 only if the
     /// object is still the version this store read.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
+        state.version = FORMAT_VERSION;
         state.serial += 1;
         state.updated = now_rfc3339();
         let mut text = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write { location: self.location(), message: e.to_string() })?;

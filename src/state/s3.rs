@@ -295,6 +295,7 @@ impl S3Backend {
             }
         };
         let etag = Arc::new(Mutex::new(Some(etag)));
+        let ours = info.id.clone();
         let renewal = inner.runtime.as_ref().map(|runtime| {
             let lease = Lease { client: inner.client.clone(), bucket: inner.bucket.clone(), key: inner.lock_key(), length: inner.lease };
             runtime.spawn(lease.renew(info, Arc::clone(&etag), sent, inner.environment.clone(), stop.clone()))
@@ -307,8 +308,16 @@ impl S3Backend {
             // Only our lock: once it is someone else's (renewal found so, or the ETag differs),
             // theirs stays.
             let Some(current) = etag.lock().ok().and_then(|e| e.clone()) else { return };
-            let delete = owner.client.delete_object().bucket(&owner.bucket).key(owner.lock_key()).if_match(current);
-            owner.run(async move { drop(delete.send().await) });
+            let (client, bucket, key) = (owner.client.clone(), owner.bucket.clone(), owner.lock_key());
+            owner.run(async move {
+                let deleted = client.delete_object().bucket(&bucket).key(&key).if_match(current).send().await;
+                // A renewal cut short by the abort may still have landed, with a new ETag.
+                if deleted.is_err_and(|error| is_precondition(&error)) {
+                    if let Ok(Some(held)) = holder(&client, &bucket, &key).await.as_ref().map(|h| h.as_ref().filter(|h| h.info.id == ours)) {
+                        drop(client.delete_object().bucket(&bucket).key(&key).if_match(&held.etag).send().await);
+                    }
+                }
+            });
         };
         Ok(Lock { release: Some(Box::new(release)) })
     }
@@ -372,10 +381,22 @@ impl Lease {
                     }
                 }
                 Err(error) if is_precondition(&error) || is_missing(&error) => {
+                    let now = holder(&client, &bucket, &key).await;
+                    // Our own renewal landed but its reply was lost, so the SDK's retry was
+                    // refused: the lock is still ours, as that renewal wrote it.
+                    if let Ok(Some(held)) = &now {
+                        if held.info.id == info.id {
+                            renewed = sent;
+                            if let Ok(mut etag) = etag.lock() {
+                                *etag = Some(held.etag.clone());
+                            }
+                            continue;
+                        }
+                    }
                     if let Ok(mut etag) = etag.lock() {
                         *etag = None;
                     }
-                    let why = match holder(&client, &bucket, &key).await {
+                    let why = match now {
                         Ok(Some(now)) => format!("the lock of `{environment}` was taken over by {}", now.info),
                         Ok(None) => format!("the lock of `{environment}` was removed (`kstack state unlock`?) while this run held it"),
                         Err(_) => format!("the lock of `{environment}` is not this run's any more"),
