@@ -15,10 +15,7 @@ use support::{json, runtime, Moto, Project};
 fn environment(groups: usize) -> String {
     let mut text = String::from("extends: base.yaml\nnetwork:\n  nat_gateways: single\nnode_groups:\n");
     for index in 1..=groups {
-        let _ = writeln!(
-            text,
-            "  pool-{index:02}:\n    min: 1\n    max: 4\n    instance_type: m5.large\n    security_groups: [workers]"
-        );
+        let _ = writeln!(text, "  pool-{index:02}:\n    min: 1\n    max: 4\n    instance_type: m5.large\n    security_groups: [workers]");
     }
     text
 }

@@ -26,16 +26,25 @@ const ANSIBLE_VERSION: &str = "2.17.7";
 fn tasks() -> Vec<(String, String, String)> {
     let mut tasks = Vec::new();
     for i in 0..5 {
-        tasks.push((format!("directory {i}"), format!("file: {{ path: /srv/bench/d{i}, state: directory, mode: \"0755\" }}"),
-            format!("ansible.builtin.file: {{ path: /srv/bench/d{i}, state: directory, mode: \"0755\" }}")));
+        tasks.push((
+            format!("directory {i}"),
+            format!("file: {{ path: /srv/bench/d{i}, state: directory, mode: \"0755\" }}"),
+            format!("ansible.builtin.file: {{ path: /srv/bench/d{i}, state: directory, mode: \"0755\" }}"),
+        ));
     }
     for i in 0..10 {
-        tasks.push((format!("file {i}"), format!("copy: {{ dest: /srv/bench/d{}/f{i}.conf, content: \"setting_{i} = {{{{ env }}}}\\n\", mode: \"0644\" }}", i % 5),
-            format!("ansible.builtin.copy: {{ dest: /srv/bench/d{}/f{i}.conf, content: \"setting_{i} = {{{{ env }}}}\\n\", mode: \"0644\" }}", i % 5)));
+        tasks.push((
+            format!("file {i}"),
+            format!("copy: {{ dest: /srv/bench/d{}/f{i}.conf, content: \"setting_{i} = {{{{ env }}}}\\n\", mode: \"0644\" }}", i % 5),
+            format!("ansible.builtin.copy: {{ dest: /srv/bench/d{}/f{i}.conf, content: \"setting_{i} = {{{{ env }}}}\\n\", mode: \"0644\" }}", i % 5),
+        ));
     }
     for i in 0..5 {
-        tasks.push((format!("line {i}"), format!("line: {{ path: /srv/bench/lines, line: \"key{i}=value{i}\", regexp: \"^key{i}=\" }}"),
-            format!("ansible.builtin.lineinfile: {{ path: /srv/bench/lines, line: \"key{i}=value{i}\", regexp: \"^key{i}=\", create: true }}")));
+        tasks.push((
+            format!("line {i}"),
+            format!("line: {{ path: /srv/bench/lines, line: \"key{i}=value{i}\", regexp: \"^key{i}=\" }}"),
+            format!("ansible.builtin.lineinfile: {{ path: /srv/bench/lines, line: \"key{i}=value{i}\", regexp: \"^key{i}=\", create: true }}"),
+        ));
     }
     tasks
 }

@@ -131,12 +131,7 @@ pub async fn apply(
     for resource in observed {
         ids.entry(resource.address.clone()).or_insert_with(|| resource.id.clone());
     }
-    let find = |address: &Address, id: &Option<String>| {
-        observed
-            .iter()
-            .find(|o| &o.address == address && Some(&o.id) == id.as_ref())
-            .cloned()
-    };
+    let find = |address: &Address, id: &Option<String>| observed.iter().find(|o| &o.address == address && Some(&o.id) == id.as_ref()).cloned();
     let mut first_deletes = Vec::new();
     let mut changes = Vec::new();
     let mut last_deletes = Vec::new();
@@ -203,9 +198,7 @@ fn order(steps: &[Step], desired: &ResourceGraph) -> Vec<(usize, usize)> {
                 for (j, other) in steps.iter().enumerate() {
                     let referenced = other.address();
                     let mentioned = i != j && crate::plan::mentions(&actual.attributes, referenced.as_str());
-                    let modelled = desired
-                        .get(&actual.address)
-                        .is_some_and(|r| r.dependencies().any(|d| d == referenced));
+                    let modelled = desired.get(&actual.address).is_some_and(|r| r.dependencies().any(|d| d == referenced));
                     if mentioned || modelled {
                         edges.push((i, j));
                     }
@@ -260,11 +253,7 @@ async fn walk(context: &Arc<Context>, steps: Vec<Step>, edges: &[(usize, usize)]
                 }
             }
             Err(StepError::Aws(error)) => {
-                outcome.failures.push(Failure {
-                    address: step.address().clone(),
-                    verb: step.verb(),
-                    error,
-                });
+                outcome.failures.push(Failure { address: step.address().clone(), verb: step.verb(), error });
                 stopped = true;
             }
             Err(StepError::State(error)) => {
@@ -292,20 +281,18 @@ async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
         let ids = context.ids.lock().map(|ids| ids.clone()).unwrap_or_default();
         let result = match step {
             Step::Create(resource) => aws::create(&context.cloud, resource, &ids).await,
-            Step::Update { resource, actual, changed } => aws::update(&context.cloud, resource, actual, changed, &ids)
-                .await
-                .map(|()| actual.id.clone()),
+            Step::Update { resource, actual, changed } => {
+                aws::update(&context.cloud, resource, actual, changed, &ids).await.map(|()| actual.id.clone())
+            }
             Step::Delete(actual) => aws::delete(&context.cloud, actual, &ids).await.map(|()| actual.id.clone()),
         };
         let result = match (result, step) {
             // The create may have happened anyway: a reply lost, or an earlier attempt's.
-            (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() => {
-                match adopt(context, resource, &ids).await {
-                    Ok(Some(id)) => Ok(id),
-                    Ok(None) => Err(error),
-                    Err(lookup) => Err(if lookup.is_ambiguous() { error } else { lookup }),
-                }
-            }
+            (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() => match adopt(context, resource, &ids).await {
+                Ok(Some(id)) => Ok(id),
+                Ok(None) => Err(error),
+                Err(lookup) => Err(if lookup.is_ambiguous() { error } else { lookup }),
+            },
             (result, _) => result,
         };
         match result {
@@ -314,9 +301,7 @@ async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
             // A stopped run does not wait to try again: what the failed attempt left, the next
             // run finds by tag.
             Err(error)
-                if (error.is_transient()
-                    || error.is_ambiguous()
-                    || (verb == Verb::Delete && error.is_code("DependencyViolation")))
+                if (error.is_transient() || error.is_ambiguous() || (verb == Verb::Delete && error.is_code("DependencyViolation")))
                     && Instant::now() + delay < deadline
                     && context.stop.reason().is_none() =>
             {

@@ -16,11 +16,7 @@ pub const TAG_ADDRESS: &str = "kstack:address";
 pub const TAG_REBOOT_TIME: &str = "kstack:reboot-time";
 
 pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGraph> {
-    let mut compiler = Compiler {
-        env: &checked.environment,
-        subnets: &checked.subnets,
-        resources: Vec::new(),
-    };
+    let mut compiler = Compiler { env: &checked.environment, subnets: &checked.subnets, resources: Vec::new() };
     compiler.network();
     compiler.security_groups();
     compiler.iam();
@@ -69,23 +65,11 @@ impl Compiler<'_> {
         extra_tags: &BTreeMap<String, crate::diagnostics::Spanned<String>>,
     ) -> Address {
         let address = Address::new(kind, key);
-        let mut tags: BTreeMap<String, String> = self
-            .env
-            .tags
-            .iter()
-            .chain(extra_tags)
-            .map(|(k, v)| (k.clone(), v.value.clone()))
-            .collect();
+        let mut tags: BTreeMap<String, String> = self.env.tags.iter().chain(extra_tags).map(|(k, v)| (k.clone(), v.value.clone())).collect();
         tags.insert(String::from("Name"), aws_name.clone());
         tags.insert(TAG_ENVIRONMENT.to_owned(), self.env.name.clone());
         tags.insert(TAG_ADDRESS.to_owned(), address.to_string());
-        self.resources.push(Resource {
-            address: address.clone(),
-            name: aws_name,
-            tags,
-            spec,
-            after: Vec::new(),
-        });
+        self.resources.push(Resource { address: address.clone(), name: aws_name, tags, spec, after: Vec::new() });
         address
     }
 
@@ -98,9 +82,7 @@ impl Compiler<'_> {
         let network = &self.env.network;
         self.add(Kind::Vpc, "main", env_name.clone(), Spec::Vpc { cidr: network.vpc_cidr.value });
         let has_public = self.subnets.iter().any(|s| s.public);
-        let internet_gateway = has_public.then(|| {
-            self.add(Kind::InternetGateway, "main", env_name.clone(), Spec::InternetGateway { vpc: vpc() })
-        });
+        let internet_gateway = has_public.then(|| self.add(Kind::InternetGateway, "main", env_name.clone(), Spec::InternetGateway { vpc: vpc() }));
         let nat_zones: Vec<&str> = match network.nat_gateways {
             NatGateways::None => Vec::new(),
             NatGateways::Single => network.availability_zones.iter().take(1).map(|z| z.value.as_str()).collect(),
@@ -116,37 +98,22 @@ impl Compiler<'_> {
                     Kind::NatGateway,
                     zone,
                     self.aws_name(&format!("nat-{zone}")),
-                    Spec::NatGateway {
-                        subnet: subnet_address(public_tier, zone),
-                        elastic_ip: eip,
-                    },
+                    Spec::NatGateway { subnet: subnet_address(public_tier, zone), elastic_ip: eip },
                 );
                 nat_by_zone.insert(zone.to_string(), nat);
             }
         }
         // Public tiers share one route table to the internet gateway. Private tiers get one
         // per zone when each zone has its own NAT gateway, so traffic stays in its zone.
-        let tiers: Vec<(String, bool)> = network
-            .subnet_tiers
-            .iter()
-            .map(|t| (t.name.value.clone(), t.public))
-            .collect();
+        let tiers: Vec<(String, bool)> = network.subnet_tiers.iter().map(|t| (t.name.value.clone(), t.public)).collect();
         for (tier, public) in tiers {
             let per_zone = !public && nat_by_zone.len() > 1;
             let mut shared_table = None;
             for subnet in self.subnets.iter().filter(|s| s.tier == tier) {
-                let target = if public {
-                    internet_gateway.clone()
-                } else {
-                    nat_by_zone.get(&subnet.zone).or_else(|| nat_by_zone.values().next()).cloned()
-                };
-                let routes: Vec<Route> = target
-                    .into_iter()
-                    .map(|target| Route {
-                        destination: "0.0.0.0/0".parse().expect("valid CIDR"),
-                        target,
-                    })
-                    .collect();
+                let target =
+                    if public { internet_gateway.clone() } else { nat_by_zone.get(&subnet.zone).or_else(|| nat_by_zone.values().next()).cloned() };
+                let routes: Vec<Route> =
+                    target.into_iter().map(|target| Route { destination: "0.0.0.0/0".parse().expect("valid CIDR"), target }).collect();
                 let table = match (&shared_table, per_zone) {
                     (Some(table), false) => Clone::clone(table),
                     _ => {
@@ -161,13 +128,7 @@ impl Compiler<'_> {
                     Kind::Subnet,
                     &format!("{tier}.{}", subnet.zone),
                     self.aws_name(&format!("{tier}-{}", subnet.zone)),
-                    Spec::Subnet {
-                        vpc: vpc(),
-                        cidr: subnet.cidr,
-                        zone: subnet.zone.clone(),
-                        map_public_ip_on_launch: public,
-                        route_table: table,
-                    },
+                    Spec::Subnet { vpc: vpc(), cidr: subnet.cidr, zone: subnet.zone.clone(), map_public_ip_on_launch: public, route_table: table },
                 );
             }
         }
@@ -176,26 +137,16 @@ impl Compiler<'_> {
     fn security_groups(&mut self) {
         for group in &self.env.security_groups {
             let name = &group.name.value;
-            let address = self.add(
-                Kind::SecurityGroup,
-                name,
-                self.aws_name(name),
-                Spec::SecurityGroup {
-                    vpc: vpc(),
-                    description: group.description.clone(),
-                },
-            );
+            let address =
+                self.add(Kind::SecurityGroup, name, self.aws_name(name), Spec::SecurityGroup { vpc: vpc(), description: group.description.clone() });
             let rules = |rules: &[Rule]| -> Vec<RuleSpec> {
                 let mut specs: Vec<RuleSpec> = rules.iter().flat_map(|r| rule_specs(r, &address)).collect();
                 specs.sort();
                 specs.dedup();
                 specs
             };
-            let spec = Spec::SecurityGroupRules {
-                group: address.clone(),
-                ingress: rules(&group.ingress),
-                egress: group.egress.as_deref().map(rules),
-            };
+            let spec =
+                Spec::SecurityGroupRules { group: address.clone(), ingress: rules(&group.ingress), egress: group.egress.as_deref().map(rules) };
             self.add(Kind::SecurityGroupRules, name, self.aws_name(name), spec);
         }
     }
@@ -256,11 +207,8 @@ impl Compiler<'_> {
     fn node_groups(&mut self, problems: &mut Problems) {
         let renderer = Renderer::default();
         for group in &self.env.node_groups {
-            let user_data = group.user_data.as_ref().and_then(|template| {
-                renderer
-                    .render(template, &self.template_context(group), problems)
-                    .map(UserData::new)
-            });
+            let user_data =
+                group.user_data.as_ref().and_then(|template| renderer.render(template, &self.template_context(group), problems).map(UserData::new));
             let launch = LaunchSpec {
                 image: match &group.image.value {
                     ImageRef::Ami(id) => ImageSpec::Ami(id.clone()),
@@ -268,10 +216,7 @@ impl Compiler<'_> {
                 },
                 instance_type: group.instance_type.value.clone(),
                 security_groups: group.security_groups.iter().map(|g| security_group_address(&g.value)).collect(),
-                instance_profile: group
-                    .iam_role
-                    .as_ref()
-                    .map(|r| Address::new(Kind::InstanceProfile, &r.value)),
+                instance_profile: group.iam_role.as_ref().map(|r| Address::new(Kind::InstanceProfile, &r.value)),
                 user_data,
                 root_volume: group.root_volume.clone(),
                 metadata: group.metadata.clone(),
@@ -304,11 +249,7 @@ impl Compiler<'_> {
                 health_check: group.health_check.clone(),
             };
             self.add_tagged(Kind::AutoScalingGroup, name, self.aws_name(name), spec, &group.tags);
-            let rules = group
-                .security_groups
-                .iter()
-                .map(|g| Address::new(Kind::SecurityGroupRules, &g.value))
-                .collect();
+            let rules = group.security_groups.iter().map(|g| Address::new(Kind::SecurityGroupRules, &g.value)).collect();
             if let Some(asg) = self.resources.last_mut() {
                 asg.after = rules;
             }
@@ -316,12 +257,8 @@ impl Compiler<'_> {
     }
 
     fn template_context(&self, group: &NodeGroup) -> BTreeMap<String, minijinja::Value> {
-        let mut context: BTreeMap<String, minijinja::Value> = self
-            .env
-            .variables
-            .iter()
-            .map(|(k, v)| (k.clone(), minijinja::Value::from_serialize(&v.value)))
-            .collect();
+        let mut context: BTreeMap<String, minijinja::Value> =
+            self.env.variables.iter().map(|(k, v)| (k.clone(), minijinja::Value::from_serialize(&v.value))).collect();
         for (name, secret) in &self.env.secrets {
             context.insert(name.clone(), secret.value().into());
         }
@@ -344,11 +281,7 @@ impl Compiler<'_> {
 /// A rule of the model split into one rule per peer.
 fn rule_specs(rule: &Rule, own_group: &Address) -> Vec<RuleSpec> {
     let groups = rule.groups.iter().map(|g| security_group_address(&g.value));
-    let peers = rule
-        .cidrs
-        .iter()
-        .map(|c| Peer::Cidr(c.value))
-        .chain(groups.chain(rule.self_.then(|| own_group.clone())).map(Peer::Group));
+    let peers = rule.cidrs.iter().map(|c| Peer::Cidr(c.value)).chain(groups.chain(rule.self_.then(|| own_group.clone())).map(Peer::Group));
     peers
         .map(|peer| RuleSpec {
             protocol: rule.protocol.value,

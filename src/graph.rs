@@ -44,10 +44,7 @@ impl ResourceGraph {
             let resource = &graph[node];
             for dependency in resource.dependencies() {
                 let Some(&from) = index.get(dependency) else {
-                    return Err(GraphError::Dangling {
-                        from: resource.address.clone(),
-                        to: dependency.clone(),
-                    });
+                    return Err(GraphError::Dangling { from: resource.address.clone(), to: dependency.clone() });
                 };
                 edges.push((from, node));
             }
@@ -89,9 +86,7 @@ impl ResourceGraph {
 
     /// (dependency, dependent) pairs.
     pub fn edges(&self) -> impl Iterator<Item = (&Address, &Address)> {
-        self.graph
-            .edge_references()
-            .map(|e| (&self.graph[e.source()].address, &self.graph[e.target()].address))
+        self.graph.edge_references().map(|e| (&self.graph[e.source()].address, &self.graph[e.target()].address))
     }
 
     /// Graphviz DOT, one cluster per resource kind so `dot` lays the layers out readably.
@@ -118,10 +113,7 @@ impl ResourceGraph {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let mut edges: Vec<_> = self
-            .edges()
-            .map(|(from, to)| serde_json::json!({"from": from, "to": to}))
-            .collect();
+        let mut edges: Vec<_> = self.edges().map(|(from, to)| serde_json::json!({"from": from, "to": to})).collect();
         edges.sort_by_key(|e| e.to_string());
         serde_json::json!({
             "resources": self.in_dependency_order().collect::<Vec<_>>(),
@@ -143,7 +135,6 @@ mod tests {
     use super::*;
     use crate::resource::{Kind, Spec};
 
-
     #[test]
     fn dependencies_come_first_and_dangling_references_are_caught() {
         let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() });
@@ -153,10 +144,7 @@ mod tests {
         assert_eq!(order, ["vpc.main", "internet_gateway.main"]);
         assert_eq!(
             ResourceGraph::build(vec![igw]).unwrap_err(),
-            GraphError::Dangling {
-                from: Address::new(Kind::InternetGateway, "main"),
-                to: Address::new(Kind::Vpc, "main")
-            }
+            GraphError::Dangling { from: Address::new(Kind::InternetGateway, "main"), to: Address::new(Kind::Vpc, "main") }
         );
     }
 }

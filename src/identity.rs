@@ -298,7 +298,12 @@ mod tests {
         assert_ne!(long, other);
         assert_eq!(unique_name("staging-eu-west-public-ingress-for-the-cluster", &id, 32), long, "stable");
         // A listing by prefix finds every name an environment makes, long or short.
-        for (environment, name) in [("dev", "ingress"), ("staging-eu-west", "public-ingress-for-the-cluster"), ("production-eu1", "ingress-internal"), ("a-very-long-environment-name-indeed", "web")] {
+        for (environment, name) in [
+            ("dev", "ingress"),
+            ("staging-eu-west", "public-ingress-for-the-cluster"),
+            ("production-eu1", "ingress-internal"),
+            ("a-very-long-environment-name-indeed", "web"),
+        ] {
             let made = unique_name(&format!("{environment}-{name}"), &id, 32);
             assert!(made.len() <= 32, "{made}");
             assert!(made.starts_with(&name_prefix(environment, Kind::LoadBalancer)), "{made} vs {}", name_prefix(environment, Kind::LoadBalancer));

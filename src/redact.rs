@@ -48,8 +48,7 @@ impl Redactor {
                 }
             }
         }
-        self.needles
-            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         self.needles.dedup();
     }
 
@@ -89,11 +88,7 @@ fn forms(value: &str) -> Vec<String> {
         inner(format!("{value:?}")),
         inner(crate::ssh::shell_quote(value)),
         aws_smithy_types::base64::encode(value),
-        value
-            .bytes()
-            .map(|b| b.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        value.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
     ]
 }
 
@@ -110,16 +105,9 @@ mod tests {
     #[test]
     fn the_literal_is_replaced_everywhere_and_other_text_is_kept() {
         let redactor = Redactor::new(["hunter22"]);
-        assert_eq!(
-            redactor.redact("a=hunter22 b=hunter22 c=hunter2"),
-            "a=(secret) b=(secret) c=hunter2"
-        );
+        assert_eq!(redactor.redact("a=hunter22 b=hunter22 c=hunter2"), "a=(secret) b=(secret) c=hunter2");
         assert!(matches!(redactor.redact("nothing here"), Cow::Borrowed(_)));
-        assert_eq!(
-            Redactor::new([""]).redact("text"),
-            "text",
-            "an empty value hides nothing"
-        );
+        assert_eq!(Redactor::new([""]).redact("text"), "text", "an empty value hides nothing");
     }
 
     #[test]
@@ -137,15 +125,8 @@ mod tests {
         let key = "-----BEGIN KEY-----\nMIIEpAIBAAKCAQEA0Z\n}\n-----END KEY-----\n";
         let redactor = Redactor::new([key]);
         let diff = "+-----BEGIN KEY-----\n+MIIEpAIBAAKCAQEA0Z\n+}\n+-----END KEY-----\n }\n";
-        assert_eq!(
-            redactor.redact(diff),
-            "+(secret)\n+(secret)\n+}\n+(secret)\n }\n"
-        );
-        assert_eq!(
-            redactor.redact(&format!("key: {key}")),
-            "key: (secret)",
-            "whole before lines"
-        );
+        assert_eq!(redactor.redact(diff), "+(secret)\n+(secret)\n+}\n+(secret)\n }\n");
+        assert_eq!(redactor.redact(&format!("key: {key}")), "key: (secret)", "whole before lines");
         let json = serde_json::to_string("+MIIEpAIBAAKCAQEA0Z\n").unwrap();
         assert_eq!(redactor.redact(&json), r#""+(secret)\n""#);
     }
@@ -154,15 +135,9 @@ mod tests {
     fn shell_quoted_base64_and_byte_list_forms_are_replaced() {
         let value = "'it's-s3cret'";
         let redactor = Redactor::new([value]);
-        assert_eq!(
-            redactor.redact(&format!("sh -c {}", crate::ssh::shell_quote(value))),
-            "sh -c '(secret)'"
-        );
+        assert_eq!(redactor.redact(&format!("sh -c {}", crate::ssh::shell_quote(value))), "sh -c '(secret)'");
         let encoded = aws_smithy_types::base64::encode(value);
-        assert_eq!(
-            redactor.redact(&format!("UserData={encoded}")),
-            "UserData=(secret)"
-        );
+        assert_eq!(redactor.redact(&format!("UserData={encoded}")), "UserData=(secret)");
         let bytes = format!("{:?}", format!("x={value}").as_bytes());
         assert_eq!(redactor.redact(&bytes), "[120, 61, (secret)]");
     }
@@ -173,9 +148,6 @@ mod tests {
         assert_eq!(redactor.redact("a secret"), "a (secret)");
         redactor.add(["other-value"]);
         assert_eq!(redactor.redact("secret other-value"), "(secret) (secret)");
-        assert!(
-            !format!("{redactor:?}").contains("other-value"),
-            "Debug shows no value"
-        );
+        assert!(!format!("{redactor:?}").contains("other-value"), "Debug shows no value");
     }
 }

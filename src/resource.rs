@@ -106,13 +106,7 @@ pub struct Resource {
 impl Resource {
     /// A resource without tags or extra ordering, e.g. for tests.
     pub fn new(kind: Kind, name: &str, spec: Spec) -> Resource {
-        Resource {
-            address: Address::new(kind, name),
-            name: name.into(),
-            tags: BTreeMap::new(),
-            spec,
-            after: Vec::new(),
-        }
+        Resource { address: Address::new(kind, name), name: name.into(), tags: BTreeMap::new(), spec, after: Vec::new() }
     }
 
     pub fn kind(&self) -> Kind {
@@ -295,15 +289,10 @@ impl Spec {
             Spec::LaunchTemplate(launch) | Spec::LaunchConfiguration(launch) => {
                 launch.security_groups.iter().chain(&launch.instance_profile).collect()
             }
-            Spec::AutoScalingGroup {
-                subnets,
-                launch,
-                load_balancers,
-                ..
-            } => subnets.iter().chain(std::iter::once(launch)).chain(load_balancers).collect(),
-            Spec::LoadBalancer {
-                subnets, security_groups, ..
-            } => subnets.iter().chain(security_groups).collect(),
+            Spec::AutoScalingGroup { subnets, launch, load_balancers, .. } => {
+                subnets.iter().chain(std::iter::once(launch)).chain(load_balancers).collect()
+            }
+            Spec::LoadBalancer { subnets, security_groups, .. } => subnets.iter().chain(security_groups).collect(),
         }
     }
 }

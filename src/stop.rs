@@ -46,9 +46,7 @@ pub struct Stop {
 
 impl Default for Stop {
     fn default() -> Stop {
-        Stop {
-            reason: Arc::new(watch::channel(None).0),
-        }
+        Stop { reason: Arc::new(watch::channel(None).0) }
     }
 }
 
@@ -96,10 +94,7 @@ mod tests {
     fn the_first_reason_stays_and_waiters_wake() {
         let stop = Stop::default();
         assert_eq!(stop.check(), Ok(()));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let waiter = runtime.spawn({
             let stop = stop.clone();
             async move { stop.stopped().await }

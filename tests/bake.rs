@@ -123,10 +123,7 @@ fn builders(aws: &Clients, rt: &tokio::runtime::Runtime) -> Vec<aws_sdk_ec2::typ
 
 /// Builders not terminated, and bake security groups.
 fn leftovers(aws: &Clients, rt: &tokio::runtime::Runtime) -> (usize, usize) {
-    let alive = builders(aws, rt)
-        .iter()
-        .filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated"))
-        .count();
+    let alive = builders(aws, rt).iter().filter(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated")).count();
     rt.block_on(async {
         let groups = aws
             .ec2

@@ -46,11 +46,8 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         assert!(tags.iter().any(|t| t.key() == Some("Team") && t.value() == Some("platform")));
 
         let subnets = aws.ec2.describe_subnets().filters(env_filter("dev")).send().await.unwrap();
-        let mut layout: Vec<(String, String)> = subnets
-            .subnets()
-            .iter()
-            .map(|s| (s.availability_zone().unwrap().to_owned(), s.cidr_block().unwrap().to_owned()))
-            .collect();
+        let mut layout: Vec<(String, String)> =
+            subnets.subnets().iter().map(|s| (s.availability_zone().unwrap().to_owned(), s.cidr_block().unwrap().to_owned())).collect();
         layout.sort();
         assert_eq!(layout.len(), 6, "a public and a private subnet in each of three zones");
         assert!(layout.iter().filter(|(_, cidr)| cidr.ends_with("/22")).count() == 3);
@@ -74,11 +71,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         let data = versions.launch_template_versions()[0].launch_template_data().unwrap();
         assert_eq!(data.image_id(), Some(ami.as_str()));
         assert_eq!(data.instance_type().map(|t| t.as_str()), Some("m5.large"));
-        assert_eq!(
-            data.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str()),
-            Some("required"),
-            "IMDSv2 is required by default"
-        );
+        assert_eq!(data.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str()), Some("required"), "IMDSv2 is required by default");
 
         let identity = project.identity("dev");
         let elb_name = format!("dev-ingress-{}", &identity[..8]);
@@ -103,7 +96,10 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         assert!(tags.tags().iter().any(|t| t.key() == "KubernetesCluster" && t.value() == "dev"));
         let policy = aws.iam.get_role_policy().role_name(role.role_name()).policy_name("kubernetes-master").send().await.unwrap();
         // Real IAM returns the document URL-encoded; moto encodes only some characters.
-        let document = ["%22", "%3A", "%2F", "%2A"].iter().zip(["\"", ":", "/", "*"]).fold(policy.policy_document().to_owned(), |text, (code, c)| text.replace(code, c));
+        let document = ["%22", "%3A", "%2F", "%2A"]
+            .iter()
+            .zip(["\"", ":", "/", "*"])
+            .fold(policy.policy_document().to_owned(), |text, (code, c)| text.replace(code, c));
         assert!(document.contains("\"aws:ResourceTag/KubernetesCluster\""), "{document}");
         assert!(!document.contains("\"ec2:*\"") && !document.contains("\"elasticloadbalancing:*\""), "{document}");
         let groups = aws.ec2.describe_security_groups().filters(env_filter("dev")).send().await.unwrap();
@@ -116,7 +112,9 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         let kubelet_peers: Vec<&str> = workers_group
             .ip_permissions()
             .iter()
-            .filter(|r| r.ip_protocol() == Some("-1") || (r.ip_protocol() == Some("tcp") && r.from_port() <= Some(10250) && r.to_port() >= Some(10250)))
+            .filter(|r| {
+                r.ip_protocol() == Some("-1") || (r.ip_protocol() == Some("tcp") && r.from_port() <= Some(10250) && r.to_port() >= Some(10250))
+            })
             .flat_map(|r| r.user_id_group_pairs().iter().filter_map(|p| p.group_id()))
             .collect();
         assert_eq!(kubelet_peers, [masters.as_str()], "only the masters reach the workers' kubelet API");
@@ -146,14 +144,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         let template = &templates.launch_templates()[0];
         assert_eq!(template.latest_version_number(), Some(2));
         assert_eq!(template.default_version_number(), Some(2));
-        let versions = aws
-            .ec2
-            .describe_launch_template_versions()
-            .launch_template_id(&template_id)
-            .versions("$Latest")
-            .send()
-            .await
-            .unwrap();
+        let versions = aws.ec2.describe_launch_template_versions().launch_template_id(&template_id).versions("$Latest").send().await.unwrap();
         let data = versions.launch_template_versions()[0].launch_template_data().unwrap();
         assert_eq!(data.instance_type().map(|t| t.as_str()), Some("m5.xlarge"));
     });
@@ -488,7 +479,8 @@ fn forget_identity(project: &Project, moto: &Moto, rt: &tokio::runtime::Runtime,
             let name = id.rsplit('/').next().unwrap().to_owned();
             match address.split('.').next().unwrap() {
                 "asg" => {
-                    let tag = aws_sdk_autoscaling::types::Tag::builder().resource_id(&id).resource_type("auto-scaling-group").key("kstack:id").build();
+                    let tag =
+                        aws_sdk_autoscaling::types::Tag::builder().resource_id(&id).resource_type("auto-scaling-group").key("kstack:id").build();
                     aws.autoscaling.delete_tags().tags(tag).send().await.unwrap();
                 }
                 "elb" => {

@@ -28,12 +28,8 @@ impl Fleet {
         project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
         let addresses = rt.block_on(async {
             let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
-            let mut addresses: Vec<String> = described
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(|i| i.private_ip_address().map(str::to_owned))
-                .collect();
+            let mut addresses: Vec<String> =
+                described.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.private_ip_address().map(str::to_owned)).collect();
             addresses.sort();
             addresses
         });
@@ -177,7 +173,11 @@ fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
     // Used in user data too: the plan and its JSON show a hash. (Applying it is left out: the
     // emulator cannot launch group instances from a launch template with user data.)
     let text = std::fs::read_to_string(&fleet_file).unwrap();
-    std::fs::write(&fleet_file, text.replace("    image: node\n", "    image: node\n    user_data: \"#!/bin/sh\\necho {{ api_token }} > /etc/token\\n\"\n")).unwrap();
+    std::fs::write(
+        &fleet_file,
+        text.replace("    image: node\n", "    image: node\n    user_data: \"#!/bin/sh\\necho {{ api_token }} > /etc/token\\n\"\n"),
+    )
+    .unwrap();
     for args in [&["plan", "fleet"][..], &["plan", "fleet", "--json"][..]] {
         let planned = with_secret(args);
         let shown = format!("{}{}", stdout(&planned), String::from_utf8_lossy(&planned.stderr));

@@ -15,7 +15,8 @@ use support::{json, runtime, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
 const GUARD: &str = "roles/unattended-upgrades/files/kstack-reboot-guard";
-const REBOOTS: &str = "reboots:\n  window: { start: \"03:00\", end: \"05:00\", days: [mon, tue, wed, thu, fri] }\n  group_gap_minutes: 15\n  zone_gap_minutes: 5\n";
+const REBOOTS: &str =
+    "reboots:\n  window: { start: \"03:00\", end: \"05:00\", days: [mon, tue, wed, thu, fri] }\n  group_gap_minutes: 15\n  zone_gap_minutes: 5\n";
 
 /// Instance id → time of a schedule's slots.
 fn slot_times(slots: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
@@ -70,25 +71,15 @@ fn an_assigned_schedule_is_in_the_tags_and_on_the_nodes_and_the_guard_acts_on_it
     let scratch = tempfile::tempdir().unwrap();
     let known_hosts = scratch.path().join("known_hosts");
     let private_key = key.private();
-    let ssh = [
-        "--ssh-user",
-        "root",
-        "--ssh-key",
-        private_key.to_str().unwrap(),
-        "--known-hosts",
-        known_hosts.to_str().unwrap(),
-        "--trust-new-hosts",
-    ];
+    let ssh = ["--ssh-user", "root", "--ssh-key", private_key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap(), "--trust-new-hosts"];
     // The apply that launches the instances gives them their slots (tags); their nodes are
     // not up yet, so their files wait for `--assign`.
     let applied = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--write-reboot-slots"]).args(ssh).output().unwrap();
     let warned = String::from_utf8_lossy(&applied.stderr);
     assert!(applied.status.success(), "{warned}");
     assert!(warned.contains("reboot schedule: 4 new node(s) folded in, but 4 of 4 nodes were not written"), "{warned}");
-    let instances: Vec<(String, String)> = described(&rt, &aws)
-        .iter()
-        .map(|i| (i.instance_id().unwrap().to_owned(), i.private_ip_address().unwrap().to_owned()))
-        .collect();
+    let instances: Vec<(String, String)> =
+        described(&rt, &aws).iter().map(|i| (i.instance_id().unwrap().to_owned(), i.private_ip_address().unwrap().to_owned())).collect();
     assert_eq!(instances.len(), 4);
     let guard = std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GUARD)).unwrap();
     let nodes: Vec<Node> = instances

@@ -22,12 +22,7 @@ fn statuses(report: &HostReport) -> Vec<(String, TaskStatus)> {
 }
 
 fn failures(report: &HostReport) -> Vec<String> {
-    report
-        .tasks
-        .iter()
-        .filter(|t| t.status == TaskStatus::Failed)
-        .map(|t| format!("{}: {}", t.task, t.error.clone().unwrap_or_default()))
-        .collect()
+    report.tasks.iter().filter(|t| t.status == TaskStatus::Failed).map(|t| format!("{}: {}", t.task, t.error.clone().unwrap_or_default())).collect()
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! `kstack roll` through the binary on the AWS emulator, with test nodes serving the
 //! instances' loopback addresses where hooks talk to them.
 
-mod support;
 #[path = "support/node.rs"]
 mod node;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -86,8 +86,7 @@ impl Sampler {
             let mut samples = Vec::new();
             while flag.load(Ordering::SeqCst) {
                 let group = rt.block_on(aws.group(GROUP));
-                let in_service =
-                    group.instances().iter().filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService")).count();
+                let in_service = group.instances().iter().filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService")).count();
                 samples.push(in_service);
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -127,12 +126,7 @@ impl NodeKeeper {
                     let filter = aws_sdk_ec2::types::Filter::builder().name("tag:kstack:address").values("asg.app").build();
                     let running = aws_sdk_ec2::types::Filter::builder().name("instance-state-name").values("running").build();
                     let described = aws.ec2.describe_instances().filters(filter).filters(running).send().await.unwrap();
-                    described
-                        .reservations()
-                        .iter()
-                        .flat_map(|r| r.instances())
-                        .filter_map(|i| i.private_ip_address().map(str::to_owned))
-                        .collect()
+                    described.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.private_ip_address().map(str::to_owned)).collect()
                 });
                 nodes.retain(|address, _| addresses.contains(address));
                 for address in addresses {

@@ -22,7 +22,9 @@ const REPOSITORY: &str = "/srv/kstack-test-repo";
 const ROLES: [&str; 6] = ["base", "thp", "docker", "monit", "unattended-upgrades", "kubelet"];
 
 fn service(description: &str) -> String {
-    format!("[Unit]\nDescription={description} (test stand-in)\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n")
+    format!(
+        "[Unit]\nDescription={description} (test stand-in)\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
 }
 
 /// A package's name, version and the files it installs.
@@ -36,8 +38,16 @@ fn packages() -> Vec<StandIn> {
         // the role does not pin chrony, so the stand-in takes a version the node accepts.
         ("chrony", "4.2-3", vec![("lib/systemd/system/chrony.service", service("chrony"))]),
         ("aufs-tools", "1:3.2+20130722-1.1ubuntu1", vec![]),
-        ("docker-engine", "1.12.6-0~ubuntu-xenial", vec![("lib/systemd/system/docker.service", service("Docker")), ("usr/bin/docker", tool("docker"))]),
-        ("docker-engine", "17.05.0~ce-0~ubuntu-xenial", vec![("lib/systemd/system/docker.service", service("Docker")), ("usr/bin/docker", tool("docker"))]),
+        (
+            "docker-engine",
+            "1.12.6-0~ubuntu-xenial",
+            vec![("lib/systemd/system/docker.service", service("Docker")), ("usr/bin/docker", tool("docker"))],
+        ),
+        (
+            "docker-engine",
+            "17.05.0~ce-0~ubuntu-xenial",
+            vec![("lib/systemd/system/docker.service", service("Docker")), ("usr/bin/docker", tool("docker"))],
+        ),
         ("monit", "1:5.16-2", vec![("lib/systemd/system/monit.service", service("monit")), ("usr/bin/monit", tool("monit"))]),
         ("unattended-upgrades", "0.90ubuntu0.10", vec![]),
         ("kubelet", "1.9.11-00", vec![("lib/systemd/system/kubelet.service", service("kubelet"))]),

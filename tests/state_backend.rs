@@ -230,7 +230,10 @@ fn a_long_run_renews_its_lease_and_keeps_its_roll_journal_in_s3() {
     }
     assert!(renewed, "the lease was renewed past {first}");
     let journal: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
-    assert!(journal["roll"]["group"]["auto_scaling_group"].as_str().is_some_and(|g| g.starts_with("fleet-app-")), "the roll's journal is in the bucket: {journal}");
+    assert!(
+        journal["roll"]["group"]["auto_scaling_group"].as_str().is_some_and(|g| g.starts_with("fleet-app-")),
+        "the roll's journal is in the bucket: {journal}"
+    );
     assert!(roll.wait().unwrap().success());
     assert!(object(&rt, &aws, &lock).is_none(), "released at the end");
     let done: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();

@@ -7,11 +7,7 @@ use assert_cmd::cargo::CommandCargoExt;
 
 fn kstack() -> Command {
     let mut cmd = Command::cargo_bin("kstack").expect("kstack binary");
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("NO_COLOR", "1")
-        .env("COLUMNS", "100")
-        .env_remove("KSTACK_PROJECT")
-        .env_remove("RUST_LOG");
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env("NO_COLOR", "1").env("COLUMNS", "100").env_remove("KSTACK_PROJECT").env_remove("RUST_LOG");
     cmd
 }
 
@@ -39,10 +35,7 @@ fn the_shipped_dev_environment_is_valid() {
 
 #[test]
 fn validate_json_lists_problems_with_file_line_and_column() {
-    let output = kstack()
-        .args(["validate", "tests/invalid/min-greater-than-max.yaml", "--json"])
-        .output()
-        .unwrap();
+    let output = kstack().args(["validate", "tests/invalid/min-greater-than-max.yaml", "--json"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["valid"], false);
@@ -174,11 +167,7 @@ fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     }
     let minimal = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid/base/minimal.yaml")).unwrap();
     std::fs::write(project.path().join("environments/test.yaml"), minimal.replace("image: ami-0123456789abcdef0", "image: node")).unwrap();
-    std::fs::write(
-        project.path().join("images/node.yaml"),
-        "source: { owner: \"099720109477\", name: ubuntu-* }\nroles: [base, missing]\n",
-    )
-    .unwrap();
+    std::fs::write(project.path().join("images/node.yaml"), "source: { owner: \"099720109477\", name: ubuntu-* }\nroles: [base, missing]\n").unwrap();
     std::fs::write(project.path().join("roles/base/tasks.yaml"), "tasks:\n  - name: typo\n    fille: { path: /tmp/x }\n").unwrap();
     let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

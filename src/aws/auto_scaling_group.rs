@@ -11,32 +11,17 @@ use crate::resource::{Address, Kind, Resource, Spec};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
-    let filter = Filter::builder()
-        .name(format!("tag:{TAG_ENVIRONMENT}"))
-        .values(cloud.environment())
-        .build();
+    let filter = Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(cloud.environment()).build();
     let mut pages = cloud.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
     while let Some(page) = pages.next().await {
         for group in page?.auto_scaling_groups() {
-            let tags = group
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-                .collect();
-            let mut subnets: Vec<&str> = group
-                .vpc_zone_identifier()
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
+            let tags = group.tags().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect();
+            let mut subnets: Vec<&str> =
+                group.vpc_zone_identifier().unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             subnets.sort_unstable();
             let mut balancers: Vec<&str> = group.load_balancer_names().iter().map(String::as_str).collect();
             balancers.sort_unstable();
-            let launch = group
-                .launch_template()
-                .and_then(|t| t.launch_template_id())
-                .or(group.launch_configuration_name());
+            let launch = group.launch_template().and_then(|t| t.launch_template_id()).or(group.launch_configuration_name());
             let attributes = json!({
                 "min": group.min_size(),
                 "max": group.max_size(),
@@ -64,27 +49,17 @@ struct Settings {
 }
 
 fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
-    let Spec::AutoScalingGroup { subnets, launch, health_check, .. } = &resource.spec else {
-        unreachable!("takes an auto scaling group")
-    };
+    let Spec::AutoScalingGroup { subnets, launch, health_check, .. } = &resource.spec else { unreachable!("takes an auto scaling group") };
     let subnets = ids_of(ids, subnets)?.join(",");
     let launch_id = id_of(ids, launch)?;
     let (launch_template, launch_configuration) = if launch.is_kind(Kind::LaunchTemplate) {
         // The latest version, so instances launched after a template change use it.
-        let spec = LaunchTemplateSpecification::builder()
-            .launch_template_id(launch_id)
-            .version("$Latest")
-            .build();
+        let spec = LaunchTemplateSpecification::builder().launch_template_id(launch_id).version("$Latest").build();
         (Some(spec), None)
     } else {
         (None, Some(launch_id.to_owned()))
     };
-    Ok(Settings {
-        subnets,
-        launch_template,
-        launch_configuration,
-        health_check_type: if health_check.elb { "ELB" } else { "EC2" },
-    })
+    Ok(Settings { subnets, launch_template, launch_configuration, health_check_type: if health_check.elb { "ELB" } else { "EC2" } })
 }
 
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
@@ -92,11 +67,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         unreachable!("takes an auto scaling group")
     };
     let settings = settings(resource, ids)?;
-    let tags = resource
-        .tags
-        .iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).propagate_at_launch(true).build())
-        .collect();
+    let tags = resource.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).propagate_at_launch(true).build()).collect();
     cloud
         .autoscaling
         .create_auto_scaling_group()
@@ -146,22 +117,10 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
     let attach: Vec<String> = wanted.iter().filter(|b| !current.contains(b)).cloned().collect();
     let detach: Vec<String> = current.iter().filter(|b| !wanted.contains(b)).cloned().collect();
     if !attach.is_empty() {
-        cloud
-            .autoscaling
-            .attach_load_balancers()
-            .auto_scaling_group_name(&actual.id)
-            .set_load_balancer_names(Some(attach))
-            .send()
-            .await?;
+        cloud.autoscaling.attach_load_balancers().auto_scaling_group_name(&actual.id).set_load_balancer_names(Some(attach)).send().await?;
     }
     if !detach.is_empty() {
-        cloud
-            .autoscaling
-            .detach_load_balancers()
-            .auto_scaling_group_name(&actual.id)
-            .set_load_balancer_names(Some(detach))
-            .send()
-            .await?;
+        cloud.autoscaling.detach_load_balancers().auto_scaling_group_name(&actual.id).set_load_balancer_names(Some(detach)).send().await?;
     }
     Ok(())
 }
@@ -169,20 +128,9 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
 /// Deletes the group with its instances and waits until it is gone, so that its subnets,
 /// security groups and launch settings can be deleted after it.
 pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
-    cloud
-        .autoscaling
-        .delete_auto_scaling_group()
-        .auto_scaling_group_name(name)
-        .force_delete(true)
-        .send()
-        .await?;
+    cloud.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(name).force_delete(true).send().await?;
     for attempt in 0..180u64 {
-        let described = cloud
-            .autoscaling
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(name)
-            .send()
-            .await?;
+        let described = cloud.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await?;
         if described.auto_scaling_groups().is_empty() {
             return Ok(());
         }

@@ -54,5 +54,4 @@ impl Intercept for CountCalls {
         }
         Ok(())
     }
-
 }

@@ -51,13 +51,8 @@ pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
 
 /// Formats a time as RFC 3339 UTC, to the second.
 pub fn rfc3339(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    DateTime::from_secs(seconds as i64)
-        .fmt(Format::DateTime)
-        .unwrap_or_default()
+    let seconds = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    DateTime::from_secs(seconds as i64).fmt(Format::DateTime).unwrap_or_default()
 }
 
 #[derive(Debug, Clone)]
@@ -74,11 +69,7 @@ impl Intercept for ReadDate {
         _components: &RuntimeComponents,
         _config: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let date = context
-            .response()
-            .headers()
-            .get("date")
-            .and_then(|d| DateTime::from_str(d, Format::HttpDate).ok());
+        let date = context.response().headers().get("date").and_then(|d| DateTime::from_str(d, Format::HttpDate).ok());
         if let Some(date) = date.and_then(|d| SystemTime::try_from(d).ok()) {
             self.0.saw(date);
         }
@@ -98,10 +89,7 @@ mod tests {
         clock.saw(date);
         clock.saw(parse_rfc3339("2030-01-01T00:00:05Z").unwrap());
         let now = clock.now().unwrap();
-        assert!(
-            now >= date && now < date + Duration::from_secs(1),
-            "{now:?}"
-        );
+        assert!(now >= date && now < date + Duration::from_secs(1), "{now:?}");
         assert_eq!(rfc3339(date), "2030-01-01T00:00:10Z");
     }
 }

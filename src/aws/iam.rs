@@ -19,19 +19,12 @@ fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
 }
 
 fn iam_tags(tags: &BTreeMap<String, String>) -> Result<Vec<Tag>, AwsError> {
-    tags.iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
-        .collect::<Result<_, _>>()
-        .map_err(|e| AwsError::internal(e.to_string()))
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect::<Result<_, _>>().map_err(|e| AwsError::internal(e.to_string()))
 }
 
 /// Policy documents come back URL-encoded (RFC 3986) from some IAM calls.
 fn policy_json(document: &str) -> serde_json::Value {
-    let decoded = if document.trim_start().starts_with('{') {
-        document.to_owned()
-    } else {
-        percent_decode(document)
-    };
+    let decoded = if document.trim_start().starts_with('{') { document.to_owned() } else { percent_decode(document) };
     serde_json::from_str(&decoded).unwrap_or(serde_json::Value::String(decoded))
 }
 
@@ -63,12 +56,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let prefix = cloud.owner.iam_path_prefix();
     let mut found = Vec::new();
     // One paginated call returns every role with its policies, instead of three per role.
-    let mut pages = cloud
-        .iam
-        .get_account_authorization_details()
-        .filter(EntityType::Role)
-        .into_paginator()
-        .send();
+    let mut pages = cloud.iam.get_account_authorization_details().filter(EntityType::Role).into_paginator().send();
     while let Some(page) = pages.next().await {
         for role in page?.role_detail_list() {
             // The environment's roles of every identity; refresh keeps its own by their tags.
@@ -78,11 +66,8 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
             let tags = tags_of(role.tags());
             let mut managed: Vec<&str> = role.attached_managed_policies().iter().filter_map(|p| p.policy_arn()).collect();
             managed.sort_unstable();
-            let inline: BTreeMap<&str, serde_json::Value> = role
-                .role_policy_list()
-                .iter()
-                .filter_map(|p| Some((p.policy_name()?, policy_json(p.policy_document()?))))
-                .collect();
+            let inline: BTreeMap<&str, serde_json::Value> =
+                role.role_policy_list().iter().filter_map(|p| Some((p.policy_name()?, policy_json(p.policy_document()?)))).collect();
             let attributes = json!({
                 "assume_role_policy": role.assume_role_policy_document().map(policy_json),
                 "managed_policies": managed,
@@ -116,9 +101,7 @@ fn path_for_new(cloud: &Cloud) -> Result<String, AwsError> {
 }
 
 pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
-    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else {
-        unreachable!("takes an IAM role")
-    };
+    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else { unreachable!("takes an IAM role") };
     let created = cloud
         .iam
         .create_role()
@@ -139,37 +122,17 @@ pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, A
 }
 
 async fn put_inline(cloud: &Cloud, role: &str, name: &str, document: &serde_json::Value) -> Result<(), AwsError> {
-    cloud
-        .iam
-        .put_role_policy()
-        .role_name(role)
-        .policy_name(name)
-        .policy_document(document.to_string())
-        .send()
-        .await?;
+    cloud.iam.put_role_policy().role_name(role).policy_name(name).policy_document(document.to_string()).send().await?;
     Ok(())
 }
 
 pub async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Observed) -> Result<(), AwsError> {
-    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else {
-        unreachable!("takes an IAM role")
-    };
+    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else { unreachable!("takes an IAM role") };
     let role = name_from_arn(&actual.id);
     if actual.attributes["assume_role_policy"] != *assume_role_policy {
-        cloud
-            .iam
-            .update_assume_role_policy()
-            .role_name(role)
-            .policy_document(assume_role_policy.to_string())
-            .send()
-            .await?;
+        cloud.iam.update_assume_role_policy().role_name(role).policy_document(assume_role_policy.to_string()).send().await?;
     }
-    let attached: BTreeSet<&str> = actual.attributes["managed_policies"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.as_str())
-        .collect();
+    let attached: BTreeSet<&str> = actual.attributes["managed_policies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
     for policy in managed_policies.iter().filter(|p| !attached.contains(p.as_str())) {
         cloud.iam.attach_role_policy().role_name(role).policy_arn(policy).send().await?;
     }
@@ -198,13 +161,7 @@ pub async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), AwsErro
     }
     let profiles = cloud.iam.list_instance_profiles_for_role().role_name(role).send().await?;
     for profile in profiles.instance_profiles() {
-        cloud
-            .iam
-            .remove_role_from_instance_profile()
-            .instance_profile_name(profile.instance_profile_name())
-            .role_name(role)
-            .send()
-            .await?;
+        cloud.iam.remove_role_from_instance_profile().instance_profile_name(profile.instance_profile_name()).role_name(role).send().await?;
     }
     cloud.iam.delete_role().role_name(role).send().await?;
     Ok(())
@@ -226,13 +183,7 @@ pub async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &I
 }
 
 async fn add_role(cloud: &Cloud, profile: &str, role: &Address, ids: &Ids) -> Result<(), AwsError> {
-    cloud
-        .iam
-        .add_role_to_instance_profile()
-        .instance_profile_name(profile)
-        .role_name(name_from_arn(id_of(ids, role)?))
-        .send()
-        .await?;
+    cloud.iam.add_role_to_instance_profile().instance_profile_name(profile).role_name(name_from_arn(id_of(ids, role)?)).send().await?;
     Ok(())
 }
 
@@ -246,13 +197,7 @@ pub async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual:
 async fn remove_roles(cloud: &Cloud, profile: &str) -> Result<(), AwsError> {
     let described = cloud.iam.get_instance_profile().instance_profile_name(profile).send().await?;
     for role in described.instance_profile().map(|p| p.roles()).unwrap_or_default() {
-        cloud
-            .iam
-            .remove_role_from_instance_profile()
-            .instance_profile_name(profile)
-            .role_name(role.role_name())
-            .send()
-            .await?;
+        cloud.iam.remove_role_from_instance_profile().instance_profile_name(profile).role_name(role.role_name()).send().await?;
     }
     Ok(())
 }

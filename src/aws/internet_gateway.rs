@@ -9,12 +9,7 @@ use crate::resource::{Kind, Resource, Spec};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
-    let mut pages = cloud
-        .ec2
-        .describe_internet_gateways()
-        .filters(environment_filter(cloud))
-        .into_paginator()
-        .send();
+    let mut pages = cloud.ec2.describe_internet_gateways().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
         for gateway in page?.internet_gateways() {
             let vpc = gateway.attachments().first().and_then(|a| a.vpc_id());
@@ -36,38 +31,17 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .config_override(super::without_retries())
         .send()
         .await?;
-    let id = created
-        .internet_gateway()
-        .and_then(|g| g.internet_gateway_id())
-        .unwrap_or_default()
-        .to_owned();
-    cloud
-        .ec2
-        .attach_internet_gateway()
-        .internet_gateway_id(&id)
-        .vpc_id(id_of(ids, vpc)?)
-        .send()
-        .await?;
+    let id = created.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_owned();
+    cloud.ec2.attach_internet_gateway().internet_gateway_id(&id).vpc_id(id_of(ids, vpc)?).send().await?;
     Ok(id)
 }
 
 pub async fn delete(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
     // Detaching needs the VPC's id, which the gateway itself reports.
-    let gateways = cloud
-        .ec2
-        .describe_internet_gateways()
-        .internet_gateway_ids(&actual.id)
-        .send()
-        .await?;
+    let gateways = cloud.ec2.describe_internet_gateways().internet_gateway_ids(&actual.id).send().await?;
     for attachment in gateways.internet_gateways().iter().flat_map(|g| g.attachments()) {
         if let Some(vpc) = attachment.vpc_id() {
-            cloud
-                .ec2
-                .detach_internet_gateway()
-                .internet_gateway_id(&actual.id)
-                .vpc_id(vpc)
-                .send()
-                .await?;
+            cloud.ec2.detach_internet_gateway().internet_gateway_id(&actual.id).vpc_id(vpc).send().await?;
         }
     }
     cloud.ec2.delete_internet_gateway().internet_gateway_id(&actual.id).send().await?;

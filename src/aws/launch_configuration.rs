@@ -31,28 +31,17 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 volume_type: volume.and_then(|v| v.volume_type()),
                 encrypted: volume.and_then(|v| v.encrypted()),
                 iops: volume.and_then(|v| v.iops()),
-                require_tokens: metadata
-                    .and_then(|m| m.http_tokens())
-                    .map(|t| *t == InstanceMetadataHttpTokensState::Required),
+                require_tokens: metadata.and_then(|m| m.http_tokens()).map(|t| *t == InstanceMetadataHttpTokensState::Required),
                 hop_limit: metadata.and_then(|m| m.http_put_response_hop_limit()),
                 key_name: config.key_name().filter(|k| !k.is_empty()),
             });
-            let mut tags: std::collections::BTreeMap<String, String> = [
-                (TAG_ENVIRONMENT.to_owned(), cloud.environment().to_owned()),
-                (TAG_ADDRESS.to_owned(), address.to_string()),
-            ]
-            .into();
+            let mut tags: std::collections::BTreeMap<String, String> =
+                [(TAG_ENVIRONMENT.to_owned(), cloud.environment().to_owned()), (TAG_ADDRESS.to_owned(), address.to_string())].into();
             // The name carries the identity's short form, or state recorded it (no identity).
             if let Some(identity) = cloud.owner.identity.as_ref().filter(|i| name.ends_with(&format!("-{}", i.short()))) {
                 tags.insert(TAG_IDENTITY.to_owned(), identity.to_string());
             }
-            found.push(Observed {
-                address,
-                kind: Kind::LaunchConfiguration,
-                id: name.to_owned(),
-                tags,
-                attributes,
-            });
+            found.push(Observed { address, kind: Kind::LaunchConfiguration, id: name.to_owned(), tags, attributes });
         }
     }
     Ok(found)
@@ -67,11 +56,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         None => None,
     };
     let volume = &launch.root_volume;
-    let tokens = if launch.metadata.require_tokens {
-        InstanceMetadataHttpTokensState::Required
-    } else {
-        InstanceMetadataHttpTokensState::Optional
-    };
+    let tokens = if launch.metadata.require_tokens { InstanceMetadataHttpTokensState::Required } else { InstanceMetadataHttpTokensState::Optional };
     cloud
         .autoscaling
         .create_launch_configuration()
@@ -96,10 +81,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
                 .build(),
         )
         .metadata_options(
-            InstanceMetadataOptions::builder()
-                .http_tokens(tokens)
-                .http_put_response_hop_limit(i32::from(launch.metadata.hop_limit))
-                .build(),
+            InstanceMetadataOptions::builder().http_tokens(tokens).http_put_response_hop_limit(i32::from(launch.metadata.hop_limit)).build(),
         )
         .set_key_name(launch.key_name.clone())
         .send()
@@ -108,11 +90,6 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
 }
 
 pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
-    cloud
-        .autoscaling
-        .delete_launch_configuration()
-        .launch_configuration_name(name)
-        .send()
-        .await?;
+    cloud.autoscaling.delete_launch_configuration().launch_configuration_name(name).send().await?;
     Ok(())
 }

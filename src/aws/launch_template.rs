@@ -2,9 +2,9 @@
 //! the default; running instances keep theirs until the group is rolled.
 
 use aws_sdk_ec2::types::{
-    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
-    LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateTagSpecificationRequest, LaunchTemplateVersion,
-    LaunchTemplateEbsBlockDeviceRequest, RequestLaunchTemplateData, ResourceType, VolumeType,
+    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
+    LaunchTemplateIamInstanceProfileSpecificationRequest, LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateTagSpecificationRequest,
+    LaunchTemplateVersion, RequestLaunchTemplateData, ResourceType, VolumeType,
 };
 use serde_json::json;
 
@@ -14,12 +14,7 @@ use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, Spec, UserData};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut templates = Vec::new();
-    let mut pages = cloud
-        .ec2
-        .describe_launch_templates()
-        .filters(environment_filter(cloud))
-        .into_paginator()
-        .send();
+    let mut pages = cloud.ec2.describe_launch_templates().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
         templates.extend(page?.launch_templates().iter().cloned());
     }
@@ -28,12 +23,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     }
     // `$Latest` without a template id answers for every template in one paginated call.
     let mut versions: Vec<LaunchTemplateVersion> = Vec::new();
-    let mut pages = cloud
-        .ec2
-        .describe_launch_template_versions()
-        .versions("$Latest")
-        .into_paginator()
-        .send();
+    let mut pages = cloud.ec2.describe_launch_template_versions().versions("$Latest").into_paginator().send();
     while let Some(page) = pages.next().await {
         versions.extend(page?.launch_template_versions().iter().cloned());
     }
@@ -55,9 +45,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 volume_type: volume.and_then(|v| v.volume_type()).map(|t| t.as_str()),
                 encrypted: volume.and_then(|v| v.encrypted()),
                 iops: volume.and_then(|v| v.iops()),
-                require_tokens: metadata
-                    .and_then(|m| m.http_tokens())
-                    .map(|t| *t == aws_sdk_ec2::types::LaunchTemplateHttpTokensState::Required),
+                require_tokens: metadata.and_then(|m| m.http_tokens()).map(|t| *t == aws_sdk_ec2::types::LaunchTemplateHttpTokensState::Required),
                 hop_limit: metadata.and_then(|m| m.http_put_response_hop_limit()),
                 key_name: data.key_name(),
             });
@@ -121,23 +109,14 @@ pub fn ami(launch: &LaunchSpec) -> Result<&str, AwsError> {
 /// The device name of an AMI's root volume, which the root volume settings must name.
 pub async fn root_device(cloud: &Cloud, ami: &str) -> Result<String, AwsError> {
     let images = cloud.ec2.describe_images().image_ids(ami).send().await?;
-    Ok(images
-        .images()
-        .first()
-        .and_then(|i| i.root_device_name())
-        .unwrap_or("/dev/sda1")
-        .to_owned())
+    Ok(images.images().first().and_then(|i| i.root_device_name()).unwrap_or("/dev/sda1").to_owned())
 }
 
 async fn template_data(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, ids: &Ids) -> Result<RequestLaunchTemplateData, AwsError> {
     let ami = ami(launch)?;
     let security_groups = ids_of(ids, &launch.security_groups)?;
     let profile = match &launch.instance_profile {
-        Some(profile) => Some(
-            LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
-                .arn(id_of(ids, profile)?)
-                .build(),
-        ),
+        Some(profile) => Some(LaunchTemplateIamInstanceProfileSpecificationRequest::builder().arn(id_of(ids, profile)?).build()),
         None => None,
     };
     let volume = &launch.root_volume;
@@ -148,23 +127,14 @@ async fn template_data(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, 
         .set_iops(volume.iops.map(|i| i as i32))
         .delete_on_termination(true)
         .build();
-    let tokens = if launch.metadata.require_tokens {
-        LaunchTemplateHttpTokensState::Required
-    } else {
-        LaunchTemplateHttpTokensState::Optional
-    };
+    let tokens = if launch.metadata.require_tokens { LaunchTemplateHttpTokensState::Required } else { LaunchTemplateHttpTokensState::Optional };
     Ok(RequestLaunchTemplateData::builder()
         .image_id(ami)
         .instance_type(launch.instance_type.as_str().into())
         .set_security_group_ids(Some(security_groups))
         .set_iam_instance_profile(profile)
         .set_user_data(launch.user_data.as_ref().map(|u| aws_smithy_types::base64::encode(&u.content)))
-        .block_device_mappings(
-            LaunchTemplateBlockDeviceMappingRequest::builder()
-                .device_name(root_device(cloud, ami).await?)
-                .ebs(ebs)
-                .build(),
-        )
+        .block_device_mappings(LaunchTemplateBlockDeviceMappingRequest::builder().device_name(root_device(cloud, ami).await?).ebs(ebs).build())
         .metadata_options(
             LaunchTemplateInstanceMetadataOptionsRequest::builder()
                 .http_tokens(tokens)
@@ -174,10 +144,7 @@ async fn template_data(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, 
         .set_key_name(launch.key_name.clone())
         // Instances and their volumes carry the group's tags from the moment they exist.
         .tag_specifications(
-            LaunchTemplateTagSpecificationRequest::builder()
-                .resource_type(ResourceType::Volume)
-                .set_tags(Some(ec2_tags(&resource.tags)))
-                .build(),
+            LaunchTemplateTagSpecificationRequest::builder().resource_type(ResourceType::Volume).set_tags(Some(ec2_tags(&resource.tags))).build(),
         )
         .build())
 }
@@ -194,11 +161,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .tag_specifications(ec2_tag_specification(ResourceType::LaunchTemplate, &resource.tags))
         .send()
         .await?;
-    Ok(created
-        .launch_template()
-        .and_then(|t| t.launch_template_id())
-        .unwrap_or_default()
-        .to_owned())
+    Ok(created.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_owned())
 }
 
 pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
@@ -214,17 +177,8 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         .launch_template_data(data)
         .send()
         .await?;
-    let number = version
-        .launch_template_version()
-        .and_then(|v| v.version_number())
-        .unwrap_or_default();
-    cloud
-        .ec2
-        .modify_launch_template()
-        .launch_template_id(&actual.id)
-        .default_version(number.to_string())
-        .send()
-        .await?;
+    let number = version.launch_template_version().and_then(|v| v.version_number()).unwrap_or_default();
+    cloud.ec2.modify_launch_template().launch_template_id(&actual.id).default_version(number.to_string()).send().await?;
     Ok(())
 }
 

@@ -23,24 +23,15 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut balancers = Vec::new();
     let mut pages = cloud.elb.describe_load_balancers().into_paginator().send();
     while let Some(page) = pages.next().await {
-        balancers.extend(
-            page?
-                .load_balancer_descriptions()
-                .iter()
-                .filter(|b| b.load_balancer_name().is_some_and(|n| n.starts_with(&prefix)))
-                .cloned(),
-        );
+        balancers
+            .extend(page?.load_balancer_descriptions().iter().filter(|b| b.load_balancer_name().is_some_and(|n| n.starts_with(&prefix))).cloned());
     }
     let names: Vec<String> = balancers.iter().filter_map(|b| b.load_balancer_name().map(str::to_owned)).collect();
     let mut tags_by_name: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for chunk in names.chunks(20) {
         let described = cloud.elb.describe_tags().set_load_balancer_names(Some(chunk.to_vec())).send().await?;
         for description in described.tag_descriptions() {
-            let tags = description
-                .tags()
-                .iter()
-                .map(|t| (t.key().to_owned(), t.value().unwrap_or_default().to_owned()))
-                .collect();
+            let tags = description.tags().iter().map(|t| (t.key().to_owned(), t.value().unwrap_or_default().to_owned())).collect();
             tags_by_name.insert(description.load_balancer_name().unwrap_or_default().to_owned(), tags);
         }
     }
@@ -117,14 +108,8 @@ fn listener(listener: &model::Listener) -> Result<Listener, AwsError> {
 }
 
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::LoadBalancer { internal, subnets, security_groups, listeners, .. } = &resource.spec else {
-        unreachable!("takes a load balancer")
-    };
-    let tags = resource
-        .tags
-        .iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(build_error))
-        .collect::<Result<Vec<_>, _>>()?;
+    let Spec::LoadBalancer { internal, subnets, security_groups, listeners, .. } = &resource.spec else { unreachable!("takes a load balancer") };
+    let tags = resource.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(build_error)).collect::<Result<Vec<_>, _>>()?;
     cloud
         .elb
         .create_load_balancer()
@@ -156,33 +141,17 @@ async fn configure(cloud: &Cloud, resource: &Resource, name: &str) -> Result<(),
     cloud.elb.configure_health_check().load_balancer_name(name).health_check(check).send().await?;
     let attributes = LoadBalancerAttributes::builder()
         .connection_draining(
-            ConnectionDraining::builder()
-                .enabled(connection_draining.is_some())
-                .set_timeout(connection_draining.map(i32::from))
-                .build(),
+            ConnectionDraining::builder().enabled(connection_draining.is_some()).set_timeout(connection_draining.map(i32::from)).build(),
         )
         .cross_zone_load_balancing(CrossZoneLoadBalancing::builder().enabled(*cross_zone).build())
-        .connection_settings(
-            ConnectionSettings::builder()
-                .idle_timeout(i32::from(*idle_timeout))
-                .build()
-                .map_err(build_error)?,
-        )
+        .connection_settings(ConnectionSettings::builder().idle_timeout(i32::from(*idle_timeout)).build().map_err(build_error)?)
         .build();
-    cloud
-        .elb
-        .modify_load_balancer_attributes()
-        .load_balancer_name(name)
-        .load_balancer_attributes(attributes)
-        .send()
-        .await?;
+    cloud.elb.modify_load_balancer_attributes().load_balancer_name(name).load_balancer_attributes(attributes).send().await?;
     Ok(())
 }
 
 pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::LoadBalancer { subnets, security_groups, listeners, .. } = &resource.spec else {
-        unreachable!("takes a load balancer")
-    };
+    let Spec::LoadBalancer { subnets, security_groups, listeners, .. } = &resource.spec else { unreachable!("takes a load balancer") };
     let name = actual.id.as_str();
     let desired_listeners = serde_json::to_value(listeners).unwrap_or_default();
     if actual.attributes["listeners"] != desired_listeners {
@@ -193,13 +162,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
             .filter_map(|l| l["port"].as_i64().and_then(|p| i32::try_from(p).ok()))
             .collect();
         if !ports.is_empty() {
-            cloud
-                .elb
-                .delete_load_balancer_listeners()
-                .load_balancer_name(name)
-                .set_load_balancer_ports(Some(ports))
-                .send()
-                .await?;
+            cloud.elb.delete_load_balancer_listeners().load_balancer_name(name).set_load_balancer_ports(Some(ports)).send().await?;
         }
         cloud
             .elb

@@ -69,13 +69,9 @@ impl Cloud {
                 aws_sdk_autoscaling::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
             ),
             elb: aws_sdk_elasticloadbalancing::Client::from_conf(
-                aws_sdk_elasticloadbalancing::config::Builder::from(&config)
-                    .interceptor(calls.interceptor())
-                    .build(),
+                aws_sdk_elasticloadbalancing::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
             ),
-            iam: aws_sdk_iam::Client::from_conf(
-                aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
-            ),
+            iam: aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
             calls,
             clock,
             owner,
@@ -113,27 +109,14 @@ pub struct Refreshed {
 /// Reads every resource of the environment, a few batched calls per resource kind, and
 /// keeps apart what is not its own.
 pub async fn refresh(cloud: &Cloud) -> Result<Refreshed, AwsError> {
-    let (network, security, iam, launch, groups) = tokio::try_join!(
-        read_network(cloud),
-        security_group::read(cloud),
-        iam::read(cloud),
-        read_launch(cloud),
-        read_groups(cloud),
-    )?;
-    let (mut observed, foreign): (Vec<Observed>, Vec<Observed>) = network
-        .into_iter()
-        .chain(security)
-        .chain(iam)
-        .chain(launch)
-        .chain(groups)
-        .partition(|o| cloud.owner.owns(&o.id, &o.tags));
+    let (network, security, iam, launch, groups) =
+        tokio::try_join!(read_network(cloud), security_group::read(cloud), iam::read(cloud), read_launch(cloud), read_groups(cloud),)?;
+    let (mut observed, foreign): (Vec<Observed>, Vec<Observed>) =
+        network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).partition(|o| cloud.owner.owns(&o.id, &o.tags));
     observed.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.id.cmp(&b.id)));
     // Rules share their group's id; references to that id mean the group.
-    let by_id: BTreeMap<String, Address> = observed
-        .iter()
-        .filter(|o| o.kind != Kind::SecurityGroupRules)
-        .map(|o| (o.id.clone(), o.address.clone()))
-        .collect();
+    let by_id: BTreeMap<String, Address> =
+        observed.iter().filter(|o| o.kind != Kind::SecurityGroupRules).map(|o| (o.id.clone(), o.address.clone())).collect();
     for resource in &mut observed {
         ids_to_addresses(&mut resource.attributes, &by_id);
     }
@@ -159,8 +142,7 @@ async fn read_network(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
 }
 
 async fn read_launch(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let (templates, configurations) =
-        tokio::try_join!(launch_template::read(cloud), launch_configuration::read(cloud))?;
+    let (templates, configurations) = tokio::try_join!(launch_template::read(cloud), launch_configuration::read(cloud))?;
     Ok(templates.into_iter().chain(configurations).collect())
 }
 
@@ -185,9 +167,7 @@ fn ids_to_addresses(value: &mut serde_json::Value, by_id: &BTreeMap<String, Addr
 
 /// Looks up the AWS id of a resource this one refers to; it was created earlier in the walk.
 fn id_of<'a>(ids: &'a Ids, address: &Address) -> Result<&'a str, AwsError> {
-    ids.get(address)
-        .map(String::as_str)
-        .ok_or_else(|| AwsError::internal(format!("{address} has no id yet although it was needed")))
+    ids.get(address).map(String::as_str).ok_or_else(|| AwsError::internal(format!("{address} has no id yet although it was needed")))
 }
 
 /// The AWS ids of several resources, in order.
@@ -235,13 +215,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
 
 /// Brings `actual` in line with `resource`. `changed` names the attributes that differ, none
 /// of which forces replacement; a launch template keeps its id and gains a version.
-pub async fn update(
-    cloud: &Cloud,
-    resource: &Resource,
-    actual: &Observed,
-    changed: &[String],
-    ids: &Ids,
-) -> Result<(), AwsError> {
+pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> Result<(), AwsError> {
     use crate::resource::Spec;
     if changed.iter().any(|c| c == "tags") {
         tags::update(cloud, resource.kind(), &actual.id, &actual.tags, &resource.tags).await?;
@@ -299,9 +273,9 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
 }
 
 pub use image::resolve_images;
-pub use tags::from_ec2;
-pub use launch_template::root_device;
 pub use instances::{running_instances, Instance};
+pub use launch_template::root_device;
+pub use tags::from_ec2;
 
 /// The attributes a change to which cannot be made in place.
 pub fn forces_replacement(kind: Kind, attribute: &str) -> bool {

@@ -11,11 +11,7 @@ use crate::resource::{Kind, Resource, Spec};
 
 pub async fn read_elastic_ips(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let addresses = cloud.ec2.describe_addresses().filters(environment_filter(cloud)).send().await?;
-    Ok(addresses
-        .addresses()
-        .iter()
-        .filter_map(|a| observed(Kind::ElasticIp, a.allocation_id()?, from_ec2(a.tags()), json!({})))
-        .collect())
+    Ok(addresses.addresses().iter().filter_map(|a| observed(Kind::ElasticIp, a.allocation_id()?, from_ec2(a.tags()), json!({}))).collect())
 }
 
 pub async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
@@ -87,11 +83,7 @@ async fn wait_for_state(cloud: &Cloud, id: &str, wanted: NatGatewayState) -> Res
             Some(state) if state == wanted => return Ok(()),
             None if wanted == NatGatewayState::Deleted => return Ok(()),
             Some(NatGatewayState::Failed) => {
-                let reason = described
-                    .nat_gateways()
-                    .first()
-                    .and_then(|n| n.failure_message())
-                    .unwrap_or("no reason given");
+                let reason = described.nat_gateways().first().and_then(|n| n.failure_message()).unwrap_or("no reason given");
                 return Err(AwsError::internal(format!("NAT gateway {id} failed: {reason}")));
             }
             _ => tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(10) + 1))).await,

@@ -62,17 +62,9 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
 }
 
 async fn create_route(cloud: &Cloud, table: &str, route: &Route, ids: &Ids) -> Result<(), AwsError> {
-    let request = cloud
-        .ec2
-        .create_route()
-        .route_table_id(table)
-        .destination_cidr_block(route.destination.to_string());
+    let request = cloud.ec2.create_route().route_table_id(table).destination_cidr_block(route.destination.to_string());
     let target = id_of(ids, &route.target)?;
-    let request = if route.target.is_kind(Kind::NatGateway) {
-        request.nat_gateway_id(target)
-    } else {
-        request.gateway_id(target)
-    };
+    let request = if route.target.is_kind(Kind::NatGateway) { request.nat_gateway_id(target) } else { request.gateway_id(target) };
     request.send().await?;
     Ok(())
 }
@@ -89,13 +81,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         match existing.get(&route.destination.to_string()) {
             Some(target) if *target == route.target => {}
             Some(_) => {
-                cloud
-                    .ec2
-                    .delete_route()
-                    .route_table_id(&actual.id)
-                    .destination_cidr_block(route.destination.to_string())
-                    .send()
-                    .await?;
+                cloud.ec2.delete_route().route_table_id(&actual.id).destination_cidr_block(route.destination.to_string()).send().await?;
                 create_route(cloud, &actual.id, route, ids).await?;
             }
             None => create_route(cloud, &actual.id, route, ids).await?,
@@ -103,13 +89,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
     }
     for destination in existing.keys() {
         if !routes.iter().any(|r| r.destination.to_string() == *destination) {
-            cloud
-                .ec2
-                .delete_route()
-                .route_table_id(&actual.id)
-                .destination_cidr_block(destination)
-                .send()
-                .await?;
+            cloud.ec2.delete_route().route_table_id(&actual.id).destination_cidr_block(destination).send().await?;
         }
     }
     Ok(())

@@ -11,12 +11,7 @@ use crate::resource::{Address, Kind, Peer, Resource, RuleSpec, Spec};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
-    let mut pages = cloud
-        .ec2
-        .describe_security_groups()
-        .filters(environment_filter(cloud))
-        .into_paginator()
-        .send();
+    let mut pages = cloud.ec2.describe_security_groups().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
         for group in page?.security_groups() {
             found.extend(observe(group));
@@ -29,12 +24,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
 fn observe(group: &SecurityGroup) -> Vec<Observed> {
     let id = group.group_id().unwrap_or_default();
     let tags = from_ec2(group.tags());
-    let Some(group_resource) = observed(
-        Kind::SecurityGroup,
-        id,
-        tags,
-        json!({ "vpc": group.vpc_id(), "description": group.description() }),
-    ) else {
+    let Some(group_resource) = observed(Kind::SecurityGroup, id, tags, json!({ "vpc": group.vpc_id(), "description": group.description() })) else {
         return Vec::new();
     };
     let rules_address = group_resource
@@ -61,12 +51,7 @@ fn observe(group: &SecurityGroup) -> Vec<Observed> {
 
 /// The allow-all egress rule AWS gives every new group.
 fn default_egress() -> RuleSpec {
-    RuleSpec {
-        protocol: Protocol::All,
-        ports: None,
-        peer: Peer::Cidr("0.0.0.0/0".parse().expect("valid CIDR")),
-        description: None,
-    }
+    RuleSpec { protocol: Protocol::All, ports: None, peer: Peer::Cidr("0.0.0.0/0".parse().expect("valid CIDR")), description: None }
 }
 
 fn is_default_egress(rules: &[RuleSpec]) -> bool {
@@ -83,18 +68,12 @@ fn rules_of(permissions: &[IpPermission]) -> Vec<RuleSpec> {
             _ => Protocol::All,
         };
         let ports = match (protocol, permission.from_port(), permission.to_port()) {
-            (Protocol::Tcp | Protocol::Udp, Some(from), Some(to)) => Some(PortRange {
-                from: u16::try_from(from).unwrap_or(0),
-                to: u16::try_from(to).unwrap_or(0),
-            }),
+            (Protocol::Tcp | Protocol::Udp, Some(from), Some(to)) => {
+                Some(PortRange { from: u16::try_from(from).unwrap_or(0), to: u16::try_from(to).unwrap_or(0) })
+            }
             _ => None,
         };
-        let rule = |peer, description: Option<&str>| RuleSpec {
-            protocol,
-            ports,
-            peer,
-            description: description.map(str::to_owned),
-        };
+        let rule = |peer, description: Option<&str>| RuleSpec { protocol, ports, peer, description: description.map(str::to_owned) };
         for range in permission.ip_ranges() {
             if let Some(cidr) = range.cidr_ip().and_then(|c| c.parse().ok()) {
                 rules.push(rule(Peer::Cidr(cidr), range.description()));
@@ -130,9 +109,7 @@ pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
 }
 
 pub async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::SecurityGroupRules { group, ingress, egress } = &resource.spec else {
-        unreachable!("takes security group rules")
-    };
+    let Spec::SecurityGroupRules { group, ingress, egress } = &resource.spec else { unreachable!("takes security group rules") };
     let group_id = id_of(ids, group)?.to_owned();
     authorize(cloud, &group_id, Direction::Ingress, ingress, ids).await?;
     if let Some(egress) = egress {
@@ -143,9 +120,7 @@ pub async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Resu
 }
 
 pub async fn update_rules(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::SecurityGroupRules { ingress, egress, .. } = &resource.spec else {
-        unreachable!("takes security group rules")
-    };
+    let Spec::SecurityGroupRules { ingress, egress, .. } = &resource.spec else { unreachable!("takes security group rules") };
     let (actual_ingress, actual_egress) = actual_rules(actual);
     let group_id = actual.id.as_str();
     sync(cloud, group_id, Direction::Ingress, &actual_ingress, ingress, ids).await?;
@@ -170,14 +145,7 @@ fn actual_rules(actual: &Observed) -> (Vec<RuleSpec>, Option<Vec<RuleSpec>>) {
     (ingress, egress)
 }
 
-async fn sync(
-    cloud: &Cloud,
-    group_id: &str,
-    direction: Direction,
-    actual: &[RuleSpec],
-    desired: &[RuleSpec],
-    ids: &Ids,
-) -> Result<(), AwsError> {
+async fn sync(cloud: &Cloud, group_id: &str, direction: Direction, actual: &[RuleSpec], desired: &[RuleSpec], ids: &Ids) -> Result<(), AwsError> {
     let removed: Vec<RuleSpec> = actual.iter().filter(|r| !desired.contains(r)).cloned().collect();
     let added: Vec<RuleSpec> = desired.iter().filter(|r| !actual.contains(r)).cloned().collect();
     revoke(cloud, group_id, direction, &removed, ids).await?;
@@ -205,14 +173,7 @@ async fn revoke(cloud: &Cloud, group_id: &str, direction: Direction, rules: &[Ru
 }
 
 /// One call for all `rules` of a direction; each of the four is its own EC2 operation.
-async fn change(
-    cloud: &Cloud,
-    group_id: &str,
-    direction: Direction,
-    grant: Grant,
-    rules: &[RuleSpec],
-    ids: &Ids,
-) -> Result<(), AwsError> {
+async fn change(cloud: &Cloud, group_id: &str, direction: Direction, grant: Grant, rules: &[RuleSpec], ids: &Ids) -> Result<(), AwsError> {
     if rules.is_empty() {
         return Ok(());
     }
@@ -248,24 +209,16 @@ fn permissions(rules: &[RuleSpec], ids: &Ids) -> Result<Vec<IpPermission>, AwsEr
             };
             let mut permission = IpPermission::builder().ip_protocol(protocol).set_from_port(from).set_to_port(to);
             permission = match &rule.peer {
-                Peer::Cidr(cidr) => permission.ip_ranges(
-                    IpRange::builder()
-                        .cidr_ip(cidr.to_string())
-                        .set_description(rule.description.clone())
-                        .build(),
-                ),
+                Peer::Cidr(cidr) => {
+                    permission.ip_ranges(IpRange::builder().cidr_ip(cidr.to_string()).set_description(rule.description.clone()).build())
+                }
                 Peer::Group(group) => {
                     let id = match ids.get(group) {
                         Some(id) => id.as_str(),
                         None if group.as_str().starts_with("sg-") => group.as_str(),
                         None => id_of(ids, group)?,
                     };
-                    permission.user_id_group_pairs(
-                        UserIdGroupPair::builder()
-                            .group_id(id)
-                            .set_description(rule.description.clone())
-                            .build(),
-                    )
+                    permission.user_id_group_pairs(UserIdGroupPair::builder().group_id(id).set_description(rule.description.clone()).build())
                 }
             };
             Ok(permission.build())

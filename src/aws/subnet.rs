@@ -21,13 +21,8 @@ pub fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
         .iter()
         .filter_map(|subnet| {
             let id = subnet.subnet_id()?;
-            let route_table = tables.iter().find_map(|t| {
-                t.associations()
-                    .iter()
-                    .any(|a| a.subnet_id() == Some(id))
-                    .then(|| t.route_table_id())
-                    .flatten()
-            });
+            let route_table =
+                tables.iter().find_map(|t| t.associations().iter().any(|a| a.subnet_id() == Some(id)).then(|| t.route_table_id()).flatten());
             let attributes = json!({
                 "vpc": subnet.vpc_id(),
                 "cidr": subnet.cidr_block(),
@@ -41,9 +36,7 @@ pub fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
 }
 
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::Subnet { vpc, cidr, zone, map_public_ip_on_launch, route_table } = &resource.spec else {
-        unreachable!("takes a subnet")
-    };
+    let Spec::Subnet { vpc, cidr, zone, map_public_ip_on_launch, route_table } = &resource.spec else { unreachable!("takes a subnet") };
     let created = cloud
         .ec2
         .create_subnet()
@@ -59,31 +52,17 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
     if *map_public_ip_on_launch {
         set_public_ip(cloud, &id, true).await?;
     }
-    cloud
-        .ec2
-        .associate_route_table()
-        .subnet_id(&id)
-        .route_table_id(id_of(ids, route_table)?)
-        .send()
-        .await?;
+    cloud.ec2.associate_route_table().subnet_id(&id).route_table_id(id_of(ids, route_table)?).send().await?;
     Ok(id)
 }
 
 async fn set_public_ip(cloud: &Cloud, id: &str, on: bool) -> Result<(), AwsError> {
-    cloud
-        .ec2
-        .modify_subnet_attribute()
-        .subnet_id(id)
-        .map_public_ip_on_launch(AttributeBooleanValue::builder().value(on).build())
-        .send()
-        .await?;
+    cloud.ec2.modify_subnet_attribute().subnet_id(id).map_public_ip_on_launch(AttributeBooleanValue::builder().value(on).build()).send().await?;
     Ok(())
 }
 
 pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::Subnet { map_public_ip_on_launch, route_table, .. } = &resource.spec else {
-        unreachable!("takes a subnet")
-    };
+    let Spec::Subnet { map_public_ip_on_launch, route_table, .. } = &resource.spec else { unreachable!("takes a subnet") };
     if actual.attributes["map_public_ip_on_launch"] != json!(map_public_ip_on_launch) {
         set_public_ip(cloud, &actual.id, *map_public_ip_on_launch).await?;
     }
@@ -92,12 +71,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
         let tables = cloud
             .ec2
             .describe_route_tables()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("association.subnet-id")
-                    .values(&actual.id)
-                    .build(),
-            )
+            .filters(aws_sdk_ec2::types::Filter::builder().name("association.subnet-id").values(&actual.id).build())
             .send()
             .await?;
         let association = tables
@@ -108,13 +82,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
             .and_then(|a| a.route_table_association_id());
         match association {
             Some(association) => {
-                cloud
-                    .ec2
-                    .replace_route_table_association()
-                    .association_id(association)
-                    .route_table_id(table)
-                    .send()
-                    .await?;
+                cloud.ec2.replace_route_table_association().association_id(association).route_table_id(table).send().await?;
             }
             None => {
                 cloud.ec2.associate_route_table().subnet_id(&actual.id).route_table_id(table).send().await?;

@@ -10,10 +10,7 @@ use crate::resource::{Address, Kind};
 
 /// The Describe filter that selects the environment's resources.
 pub fn environment_filter(cloud: &Cloud) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{TAG_ENVIRONMENT}"))
-        .values(cloud.environment())
-        .build()
+    Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(cloud.environment()).build()
 }
 
 pub fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -22,16 +19,11 @@ pub fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
 
 /// Tags at creation, so a resource is never untagged even if kstack dies a moment later.
 pub fn ec2_tag_specification(resource_type: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource_type)
-        .set_tags(Some(ec2_tags(tags)))
-        .build()
+    TagSpecification::builder().resource_type(resource_type).set_tags(Some(ec2_tags(tags))).build()
 }
 
 pub fn from_ec2(tags: &[Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
-        .collect()
+    tags.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect()
 }
 
 /// The address a resource's tags give it, if it belongs to the environment.
@@ -47,23 +39,13 @@ pub async fn update(
     actual: &BTreeMap<String, String>,
     desired: &BTreeMap<String, String>,
 ) -> Result<(), AwsError> {
-    let changed: BTreeMap<String, String> = desired
-        .iter()
-        .filter(|(k, v)| actual.get(*k) != Some(v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let changed: BTreeMap<String, String> = desired.iter().filter(|(k, v)| actual.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let removed: Vec<String> = actual.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
     match kind {
         Kind::AutoScalingGroup => {
             use aws_sdk_autoscaling::types::Tag as GroupTag;
             let tag = |k: &String, v: Option<&String>| {
-                GroupTag::builder()
-                    .resource_id(id)
-                    .resource_type("auto-scaling-group")
-                    .key(k)
-                    .set_value(v.cloned())
-                    .propagate_at_launch(true)
-                    .build()
+                GroupTag::builder().resource_id(id).resource_type("auto-scaling-group").key(k).set_value(v.cloned()).propagate_at_launch(true).build()
             };
             if !changed.is_empty() {
                 let tags = changed.iter().map(|(k, v)| tag(k, Some(v))).collect();
@@ -77,7 +59,10 @@ pub async fn update(
         Kind::LoadBalancer => {
             use aws_sdk_elasticloadbalancing::types::{Tag as ElbTag, TagKeyOnly};
             if !changed.is_empty() {
-                let tags = changed.iter().map(|(k, v)| ElbTag::builder().key(k).value(v).build()).collect::<Result<_, _>>()
+                let tags = changed
+                    .iter()
+                    .map(|(k, v)| ElbTag::builder().key(k).value(v).build())
+                    .collect::<Result<_, _>>()
                     .map_err(|e| AwsError::internal(e.to_string()))?;
                 cloud.elb.add_tags().load_balancer_names(id).set_tags(Some(tags)).send().await?;
             }
@@ -106,13 +91,7 @@ pub async fn update(
                     cloud.iam.tag_instance_profile().instance_profile_name(name).set_tags(Some(tags)).send().await?;
                 }
                 if !removed.is_empty() {
-                    cloud
-                        .iam
-                        .untag_instance_profile()
-                        .instance_profile_name(name)
-                        .set_tag_keys(Some(removed))
-                        .send()
-                        .await?;
+                    cloud.iam.untag_instance_profile().instance_profile_name(name).set_tag_keys(Some(removed)).send().await?;
                 }
             }
         }
@@ -133,11 +112,5 @@ pub async fn update(
 
 /// An observed resource, if its tags place it in the environment.
 pub fn observed(kind: Kind, id: &str, tags: BTreeMap<String, String>, attributes: serde_json::Value) -> Option<super::Observed> {
-    Some(super::Observed {
-        address: address_of(&tags)?,
-        kind,
-        id: id.to_owned(),
-        tags,
-        attributes,
-    })
+    Some(super::Observed { address: address_of(&tags)?, kind, id: id.to_owned(), tags, attributes })
 }

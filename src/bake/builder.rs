@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, InstanceMetadataOptionsRequest, InstanceStateName,
-    InstanceType, IpPermission, IpRange, ResourceType, Tag, TagSpecification, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, IpPermission,
+    IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
 
 use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY, TAG_KEPT};
@@ -92,9 +92,7 @@ async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scr
         Err(error) => Err(error.to_string()),
     };
     if let Err(error) = marked {
-        progress(&format!(
-            "could not mark the builder as kept ({error}): a later bake may remove it once this one's lease runs out"
-        ));
+        progress(&format!("could not mark the builder as kept ({error}): a later bake may remove it once this one's lease runs out"));
     }
     let key_path = scratch.join("id_ed25519");
     let written = key
@@ -198,7 +196,8 @@ async fn steps(
         )));
     };
     let (subnet_id, vpc_id) = (subnet.subnet_id().unwrap_or_default(), subnet.vpc_id().unwrap_or_default());
-    let aws_now = cloud.clock.now().ok_or_else(|| BakeError::Failed(String::from("EC2's replies carry no time: the bake's lease cannot be written")))?;
+    let aws_now =
+        cloud.clock.now().ok_or_else(|| BakeError::Failed(String::from("EC2's replies carry no time: the bake's lease cannot be written")))?;
     let lease = lease::ours(aws_now);
     let mut marker = vec![(TAG_BAKE, bake_id), ("kstack:image", image.name.as_str()), (TAG_HASH, hash)];
     marker.extend(lease.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -249,7 +248,12 @@ async fn steps(
                 .build(),
         )
         .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags(&[marker.as_slice(), &[("Name", format!("kstack-bake-{}", image.name).as_str())]].concat()))).build())
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .set_tags(Some(tags(&[marker.as_slice(), &[("Name", format!("kstack-bake-{}", image.name).as_str())]].concat())))
+                .build(),
+        )
         .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags(&marker))).build())
         .send()
         .await
@@ -328,12 +332,7 @@ async fn steps(
     }
     step("running the roles' checks");
     let verified = crate::roles::verify(&hosts, &login, roles, &run_options, Arc::new(|_| {})).await;
-    let failed: Vec<String> = verified
-        .iter()
-        .flat_map(|r| &r.checks)
-        .filter(|c| !c.passed)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
+    let failed: Vec<String> = verified.iter().flat_map(|r| &r.checks).filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
     if !failed.is_empty() {
         return Err(BakeError::Failed(format!("checks failed, no image was made: {}", failed.join("; "))));
     }
@@ -351,13 +350,7 @@ async fn steps(
             format!("{}{}", cleaned.stdout, cleaned.stderr).trim_end()
         )));
     }
-    cloud
-        .ec2
-        .stop_instances()
-        .instance_ids(&instance_id)
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("stopping the builder")(e.into()))?;
+    cloud.ec2.stop_instances().instance_ids(&instance_id).send().await.map_err(|e| BakeError::aws("stopping the builder")(e.into()))?;
     wait_for_instance(cloud, &instance_id, InstanceStateName::Stopped).await?;
 
     let timestamp = crate::state::now_rfc3339().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_owned();
@@ -487,13 +480,8 @@ async fn wait_for_ssh(address: &str, login: &Login, timeout: Duration) -> Result
 /// Waits until the instance is in `wanted`; returns its private address.
 async fn wait_for_instance(cloud: &Cloud, id: &str, wanted: InstanceStateName) -> Result<Option<String>, BakeError> {
     for _ in 0..300 {
-        let described = cloud
-            .ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(|e| BakeError::aws("waiting for the builder")(e.into()))?;
+        let described =
+            cloud.ec2.describe_instances().instance_ids(id).send().await.map_err(|e| BakeError::aws("waiting for the builder")(e.into()))?;
         let instance = described.reservations().iter().flat_map(|r| r.instances()).next();
         let state = instance.and_then(|i| i.state()).and_then(|s| s.name()).cloned();
         if state.as_ref() == Some(&wanted) {
@@ -542,10 +530,8 @@ async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries
         Some(id) => Filter::builder().name(format!("tag:{TAG_BAKE}")).values(id).build(),
         None => Filter::builder().name("tag-key").values(TAG_BAKE).build(),
     };
-    let (described, groups) = tokio::join!(
-        cloud.ec2.describe_instances().filters(filter()).send(),
-        cloud.ec2.describe_security_groups().filters(filter()).send()
-    );
+    let (described, groups) =
+        tokio::join!(cloud.ec2.describe_instances().filters(filter()).send(), cloud.ec2.describe_security_groups().filters(filter()).send());
     let described = described.map_err(|e| BakeError::aws("finding builders")(e.into()))?;
     let groups = groups.map_err(|e| BakeError::aws("finding bake security groups")(e.into()))?;
     // The leases are judged on EC2's clock as of these replies.
@@ -557,11 +543,7 @@ async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries
         .filter(|i| !matches!(i.state().and_then(|s| s.name()), Some(InstanceStateName::Terminated)))
         .filter_map(|i| Some((i.instance_id()?.to_owned(), Leftover::from_tags(i.tags(), aws_now)?)))
         .collect();
-    let groups = groups
-        .security_groups()
-        .iter()
-        .filter_map(|g| Some((g.group_id()?.to_owned(), Leftover::from_tags(g.tags(), aws_now)?)))
-        .collect();
+    let groups = groups.security_groups().iter().filter_map(|g| Some((g.group_id()?.to_owned(), Leftover::from_tags(g.tags(), aws_now)?))).collect();
     Ok(Temporaries { instances, groups })
 }
 
@@ -622,14 +604,12 @@ pub async fn clear_abandoned(cloud: &Cloud, progress: &Progress) -> Result<Vec<L
     let bakes = found.bakes();
     for bake in &bakes {
         match &bake.standing {
-            Standing::Abandoned { holder } => progress(&format!(
-                "removing what bake {} of image `{}` left behind: its holder {holder} is gone",
-                bake.bake_id, bake.image
-            )),
-            Standing::Kept => progress(&format!(
-                "bake {} of image `{}` was kept for debugging; `kstack bake --cleanup` removes it",
-                bake.bake_id, bake.image
-            )),
+            Standing::Abandoned { holder } => {
+                progress(&format!("removing what bake {} of image `{}` left behind: its holder {holder} is gone", bake.bake_id, bake.image))
+            }
+            Standing::Kept => {
+                progress(&format!("bake {} of image `{}` was kept for debugging; `kstack bake --cleanup` removes it", bake.bake_id, bake.image))
+            }
             Standing::Running { .. } => {}
         }
     }
@@ -643,10 +623,7 @@ pub async fn cleanup_leftovers(cloud: &Cloud, progress: &Progress) -> Result<usi
     let found = temporaries(cloud, None).await?;
     for bake in found.bakes() {
         if let Standing::Running { holder, expires } = &bake.standing {
-            progress(&format!(
-                "bake {} of image `{}` is running ({holder}, lease until {expires}): left alone",
-                bake.bake_id, bake.image
-            ));
+            progress(&format!("bake {} of image `{}` is running ({holder}, lease until {expires}): left alone", bake.bake_id, bake.image));
         }
     }
     remove(cloud, &found.only(|l| !matches!(l.standing, Standing::Running { .. })), progress).await
@@ -669,10 +646,7 @@ mod tests {
             -----END SSH HOST KEY KEYS-----\n\
             [  13.0] cloud-init[912]: finished\n"
         );
-        assert_eq!(
-            known_hosts_from_console(&console, "10.0.0.5"),
-            format!("10.0.0.5 ecdsa-sha2-nistp256 {ECDSA}\n10.0.0.5 ssh-ed25519 {ED25519}\n")
-        );
+        assert_eq!(known_hosts_from_console(&console, "10.0.0.5"), format!("10.0.0.5 ecdsa-sha2-nistp256 {ECDSA}\n10.0.0.5 ssh-ed25519 {ED25519}\n"));
         assert_eq!(known_hosts_from_console("no keys printed", "10.0.0.5"), "");
     }
 }

@@ -19,11 +19,8 @@ const TAG_COPIED_FROM: &str = "kstack:copied-from";
 pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<BTreeMap<String, String>, BakeError> {
     let made = wait_for_image(cloud, ami).await?;
     let tags: Vec<Tag> = made.tags().iter().filter(|t| !t.key().unwrap_or_default().starts_with("aws:")).cloned().collect();
-    let snapshots: Vec<String> = made
-        .block_device_mappings()
-        .iter()
-        .filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
-        .collect();
+    let snapshots: Vec<String> =
+        made.block_device_mappings().iter().filter_map(|b| b.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned)).collect();
     // Snapshots are tagged once they exist rather than through CreateImage's own tag
     // specifications, which the AWS emulator the tests use does not take for snapshots.
     if !snapshots.is_empty() {
@@ -76,13 +73,7 @@ pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(
 
 async fn wait_for_image(cloud: &Cloud, ami: &str) -> Result<aws_sdk_ec2::types::Image, BakeError> {
     for _ in 0..450 {
-        let described = cloud
-            .ec2
-            .describe_images()
-            .image_ids(ami)
-            .send()
-            .await
-            .map_err(|e| BakeError::aws("waiting for the image")(e.into()))?;
+        let described = cloud.ec2.describe_images().image_ids(ami).send().await.map_err(|e| BakeError::aws("waiting for the image")(e.into()))?;
         let image = described.images().first();
         match image.and_then(|i| i.state()).map(|s| s.as_str()) {
             Some("available") => return Ok(image.cloned().unwrap_or_else(|| aws_sdk_ec2::types::Image::builder().build())),

@@ -199,11 +199,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
     let Session { cloud, desired, observed, plan, store, mut state, .. } = session;
     // Record what refresh found first, so resources adopted by tag are in state even if the
     // run stops before touching them.
-    state.resources = observed
-        .iter()
-        .rev()
-        .map(|o| (o.address.clone(), o.clone()))
-        .collect();
+    state.resources = observed.iter().rev().map(|o| (o.address.clone(), o.clone())).collect();
     if let Err(error) = store.save(&mut state) {
         term::error(&error.to_string(), Some("check that the project directory is writable"));
         return Err(Failure::Reported);
@@ -235,10 +231,9 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
     let steps = outcome.done + outcome.failures.len() + outcome.not_started.len();
     if let Some(reason) = &outcome.stopped {
         let (lock, hint) = match reason {
-            crate::stop::Reason::LockLost(_) => (
-                "",
-                "another run may be working on the environment now: let it finish, then `kstack plan` shows where things stand",
-            ),
+            crate::stop::Reason::LockLost(_) => {
+                ("", "another run may be working on the environment now: let it finish, then `kstack plan` shows where things stand")
+            }
             crate::stop::Reason::Signal(_) => (" and the lock is released", "run the command again to continue from where it stopped"),
         };
         term::error(

@@ -68,8 +68,7 @@ pub struct Args {
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let mut sources = Sources::default();
     let image = load_image(project, &args.image, &mut sources).map_err(|p| report_image_problems(&args.image, p, &sources))?;
-    let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources)
-        .map_err(|p| report_image_problems(&image.name, p, &sources))?;
+    let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources).map_err(|p| report_image_problems(&image.name, p, &sources))?;
     let Some(place) = &image.build else {
         term::error(
             &format!("image `{}` says nowhere to build", image.name),

@@ -72,7 +72,9 @@ enum Command {
     Roll(roll::Args),
     Reboots(reboots::Args),
     /// Print a shell completion script.
-    #[command(after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack")]
+    #[command(
+        after_help = "Examples:\n  kstack completions bash > ~/.local/share/bash-completion/completions/kstack\n  kstack completions zsh > ~/.zfunc/_kstack"
+    )]
     Completions {
         shell: clap_complete::Shell,
     },
@@ -89,7 +91,9 @@ pub fn main() -> ExitCode {
             Err(_) if matches!(cli.command, Command::Completions { .. }) => Project { root: PathBuf::from(".") },
             Err(foreign) => {
                 let root = foreign.root.display();
-                let hint = format!("if you trust it, name it with `-C {root}` (or KSTACK_PROJECT={root}); otherwise run kstack inside a project of your own");
+                let hint = format!(
+                    "if you trust it, name it with `-C {root}` (or KSTACK_PROJECT={root}); otherwise run kstack inside a project of your own"
+                );
                 fail(&foreign.to_string(), Some(&hint));
                 return ExitCode::FAILURE;
             }
@@ -163,16 +167,12 @@ fn init_logging(verbose: u8) {
         2 => "kstack=debug",
         _ => "kstack=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Whatever the filter asks for: the HTTP and SSH stacks log request and response bodies
     // (user data, state, scripts sent to nodes) and raw packets at TRACE.
-    let no_body_logs = tracing_subscriber::filter::filter_fn(|metadata| {
-        *metadata.level() != tracing::Level::TRACE || !logs_bodies_at_trace(metadata.target())
-    });
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(|| LogEvent(Vec::new()))
-        .with_ansi(term::stderr_color());
+    let no_body_logs =
+        tracing_subscriber::filter::filter_fn(|metadata| *metadata.level() != tracing::Level::TRACE || !logs_bodies_at_trace(metadata.target()));
+    let logs = tracing_subscriber::fmt::layer().with_writer(|| LogEvent(Vec::new())).with_ansi(term::stderr_color());
     tracing_subscriber::registry().with(filter).with(no_body_logs).with(logs).init();
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::model::Project;
 use crate::plan::render;
 
-use super::session::{runtime, Desired, Session, stop_on_signals};
+use super::session::{runtime, stop_on_signals, Desired, Session};
 use super::{term, Failure};
 
 /// Show what `apply` would change: refresh the environment from AWS and compare it with

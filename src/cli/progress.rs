@@ -24,8 +24,7 @@ impl Progress {
         let color = term::stderr_color();
         let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} {wide_msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
         Progress { bar, in_flight: Mutex::new(BTreeSet::new()), color }

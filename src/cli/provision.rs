@@ -80,7 +80,11 @@ pub struct SshArgs {
 impl SshArgs {
     /// The address to reach an instance at.
     pub fn address(&self, instance: &crate::aws::Instance) -> Option<String> {
-        if self.public_addresses { instance.public_ip.clone() } else { instance.private_ip.clone() }
+        if self.public_addresses {
+            instance.public_ip.clone()
+        } else {
+            instance.private_ip.clone()
+        }
     }
 
     /// Logging in as `--ssh-user`, or else `default_user` (the image's).
@@ -152,9 +156,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
     check_groups(environment, &targets.groups)?;
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&open_store(project, environment)?)?));
-    let instances = runtime
-        .block_on(running_instances(&cloud))
-        .map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
+    let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
     let mut work = Vec::new();
     for group in &environment.node_groups {
         let name = &group.name.value;
@@ -200,12 +202,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
                 "desired": group.desired.value,
             }),
         );
-        work.push(GroupWork {
-            hosts,
-            roles: roles.clone(),
-            variables,
-            ssh_user: image.ssh_user.clone(),
-        });
+        work.push(GroupWork { hosts, roles: roles.clone(), variables, ssh_user: image.ssh_user.clone() });
     }
     let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
     if hosts == 0 {

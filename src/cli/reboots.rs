@@ -115,7 +115,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     };
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
     let seed = args.seed.unwrap_or_else(rand::random);
-    let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;
+    let planned =
+        runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;
     if args.json {
         term::outln(format_args!("{}", serde_json::to_string_pretty(&planned.schedule).unwrap_or_default()));
     } else {
@@ -149,26 +150,25 @@ struct Planned {
 async fn plan(cloud: &Cloud, environment: &Environment, seed: u64, reshuffle: bool, ssh: &SshArgs) -> Result<Planned, (String, String)> {
     let policies: BTreeMap<String, RebootPolicy> =
         environment.node_groups.iter().filter_map(|g| g.reboots.clone().map(|p| (g.name.value.clone(), p))).collect();
-    let instances = running_instances(cloud).await.map_err(|e| {
-        (format!("AWS failed while listing instances: {e}"), String::from("check credentials and AWS_ENDPOINT_URL, then run again"))
-    })?;
+    let instances = running_instances(cloud)
+        .await
+        .map_err(|e| (format!("AWS failed while listing instances: {e}"), String::from("check credentials and AWS_ENDPOINT_URL, then run again")))?;
     let (scheduled, unscheduled): (Vec<&Instance>, Vec<&Instance>) = instances.iter().partition(|i| policies.contains_key(&i.group));
     let members: Vec<Member> = scheduled
         .iter()
-        .map(|i| Member {
-            id: i.id.clone(),
-            group: i.group.clone(),
-            zone: i.zone.clone(),
-            current: i.reboot_time.as_deref().and_then(parse_minute),
-        })
+        .map(|i| Member { id: i.id.clone(), group: i.group.clone(), zone: i.zone.clone(), current: i.reboot_time.as_deref().and_then(parse_minute) })
         .collect();
     let zone_gap_minutes = environment.reboots.as_ref().map_or(0, |p| p.zone_gap_minutes);
     let fleet = Fleet { members, groups: policies, zone_gap_minutes };
-    let assignment = assign(&fleet, seed, reshuffle).map_err(|e| (format!("no reboot schedule for `{}`: {e}", environment.name), e.hint().to_owned()))?;
+    let assignment =
+        assign(&fleet, seed, reshuffle).map_err(|e| (format!("no reboot schedule for `{}`: {e}", environment.name), e.hint().to_owned()))?;
     // The checker is independent of the search: a schedule that breaks a rule is never used.
     let broken = violations(&fleet, &assignment);
     if !broken.is_empty() {
-        return Err((format!("the reboot schedule breaks its rules: {}", broken.join("; ")), String::from("this is a bug in kstack; please report it")));
+        return Err((
+            format!("the reboot schedule breaks its rules: {}", broken.join("; ")),
+            String::from("this is a bug in kstack; please report it"),
+        ));
     }
     let schedule = describe(&fleet, &scheduled, &unscheduled, &assignment, seed, ssh, &environment.name);
     Ok(Planned { fleet, assignment, schedule })
@@ -199,13 +199,7 @@ async fn put_in_force(
 /// After `apply` or `roll`: gives running nodes without a slot (new since the last
 /// assignment) one, keeping everyone else's, and writes the groups' nodes. Problems are
 /// warnings: the change to the fleet itself succeeded.
-pub async fn fold_in_new_nodes(
-    cloud: &Cloud,
-    environment: &Environment,
-    images: &BTreeMap<String, LoadedImage>,
-    ssh: &SshArgs,
-    write_slots: bool,
-) {
+pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images: &BTreeMap<String, LoadedImage>, ssh: &SshArgs, write_slots: bool) {
     if environment.reboot_groups().is_empty() {
         return;
     }
@@ -302,7 +296,13 @@ fn print_schedule(schedule: &Schedule, color: bool) {
         for slot in rows {
             let note = if slot.changed { "new" } else { "kept" };
             let note = if color && slot.changed { note.yellow().to_string() } else { note.to_owned() };
-            term::outln(format_args!("  {:<12} {:<21} {:<15} {}  {note}", slot.zone, slot.instance, slot.address.as_deref().unwrap_or("-"), slot.time));
+            term::outln(format_args!(
+                "  {:<12} {:<21} {:<15} {}  {note}",
+                slot.zone,
+                slot.instance,
+                slot.address.as_deref().unwrap_or("-"),
+                slot.time
+            ));
         }
         term::outln(format_args!(
             "  scheduled: at most {} reboot(s) within any {} minutes (window fits {} reboots that far apart)",
@@ -349,12 +349,8 @@ fn node_writes(
     for slot in &schedule.slots {
         let Some(address) = slot.address.clone() else { continue };
         let policy = &fleet.groups[&slot.group];
-        let peers: Vec<(String, u32)> = fleet
-            .members
-            .iter()
-            .filter(|m| m.group == slot.group && m.id != slot.instance)
-            .map(|m| (m.id.clone(), assignment[&m.id]))
-            .collect();
+        let peers: Vec<(String, u32)> =
+            fleet.members.iter().filter(|m| m.group == slot.group && m.id != slot.instance).map(|m| (m.id.clone(), assignment[&m.id])).collect();
         let user = environment
             .node_groups
             .iter()

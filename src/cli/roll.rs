@@ -92,11 +92,7 @@ impl Args {
     }
 
     fn overrides(&self) -> PolicyOverrides {
-        PolicyOverrides {
-            max_surge: self.max_surge,
-            max_unavailable: self.max_unavailable,
-            min_healthy_percent: self.min_healthy_percent,
-        }
+        PolicyOverrides { max_surge: self.max_surge, max_unavailable: self.max_unavailable, min_healthy_percent: self.min_healthy_percent }
     }
 }
 

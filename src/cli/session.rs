@@ -105,9 +105,7 @@ pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
             }
             signalled = true;
             flag.stop(reason.clone());
-            term::warning(&format!(
-                "{reason}: stopping once the change in flight is done and recorded (again to quit at once, leaving the lock)"
-            ));
+            term::warning(&format!("{reason}: stopping once the change in flight is done and recorded (again to quit at once, leaving the lock)"));
         }
     });
     stop

@@ -109,7 +109,10 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             let environment = environment(project, env)?;
             let store = open_store(project, &environment)?;
             match store.unlock(lock_id.as_deref()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
-                Some(h) => term::outln(format_args!("removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}", h.id, h.holder, h.host, h.pid, h.command, h.started)),
+                Some(h) => term::outln(format_args!(
+                    "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
+                    h.id, h.holder, h.host, h.pid, h.command, h.started
+                )),
                 None => term::outln(format_args!("`{env}` is not locked")),
             }
             Ok(())
@@ -137,7 +140,11 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
     let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     if !state.resources.is_empty() && state.identity.as_ref() != Some(&identity) {
         return Err(fail(
-            &format!("the state of `{env}` records {} resources; its identity stays {}", state.resources.len(), state.identity.as_ref().map_or("unset", |i| i.as_str())),
+            &format!(
+                "the state of `{env}` records {} resources; its identity stays {}",
+                state.resources.len(),
+                state.identity.as_ref().map_or("unset", |i| i.as_str())
+            ),
             Some("--recover is for a state that was lost; an environment's resources never change hands"),
         ));
     }
@@ -187,7 +194,9 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
     let retired = source.retire().map_err(state_error)?;
     term::outln(format_args!("Migrated the state of `{env}` ({} bytes) to {}; retired {retired}.", bytes.len(), target.location()));
     if matches!(to, Target::Local) {
-        term::warning(&format!("set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"));
+        term::warning(&format!(
+            "set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"
+        ));
     }
     Ok(())
 }

@@ -89,12 +89,7 @@ pub fn stdout_failed() -> bool {
 fn report_handler() -> GraphicalReportHandler {
     let styles = if stderr_color() { ThemeStyles::ansi() } else { ThemeStyles::none() };
     let width = terminal_width().unwrap_or(100);
-    GraphicalReportHandler::new_themed(GraphicalTheme {
-        characters: ThemeCharacters::unicode(),
-        styles,
-    })
-    .with_width(width)
-    .with_links(false)
+    GraphicalReportHandler::new_themed(GraphicalTheme { characters: ThemeCharacters::unicode(), styles }).with_width(width).with_links(false)
 }
 
 fn terminal_width() -> Option<usize> {
@@ -114,10 +109,7 @@ pub fn render_problems(what: &str, problems: Problems, sources: &Sources) -> Str
         out.push('\n');
     }
     let count = problems.len();
-    out.push_str(&format!(
-        "error: {what} has {count} problem{}; nothing was changed\n",
-        if count == 1 { "" } else { "s" }
-    ));
+    out.push_str(&format!("error: {what} has {count} problem{}; nothing was changed\n", if count == 1 { "" } else { "s" }));
     out
 }
 

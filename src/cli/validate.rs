@@ -6,7 +6,9 @@ use super::{load_and_compile, report_problems, term, Failure};
 
 /// Check an environment: syntax, types, references, CIDRs and sizes, all problems at once.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  kstack validate dev\n  kstack validate environments/prod.yaml --json\n\nExit status: 0 valid, 1 problems found.")]
+#[command(
+    after_help = "Examples:\n  kstack validate dev\n  kstack validate environments/prod.yaml --json\n\nExit status: 0 valid, 1 problems found."
+)]
 pub struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,

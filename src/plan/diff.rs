@@ -69,12 +69,7 @@ fn compare(path: &str, desired: &Value, actual: &Value, changes: &mut Vec<Change
             let keys: std::collections::BTreeSet<&String> = want.keys().chain(have.keys()).collect();
             for key in keys {
                 let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                compare(
-                    &child,
-                    want.get(key).unwrap_or(&Value::Null),
-                    have.get(key).unwrap_or(&Value::Null),
-                    changes,
-                );
+                compare(&child, want.get(key).unwrap_or(&Value::Null), have.get(key).unwrap_or(&Value::Null), changes);
             }
         }
         (Value::Object(want), Value::Object(have)) if path == "tags" => {
@@ -106,26 +101,14 @@ fn compare(path: &str, desired: &Value, actual: &Value, changes: &mut Vec<Change
 pub fn creation(resource: &Resource) -> Vec<Change> {
     leaves(&attributes_of(resource))
         .into_iter()
-        .map(|(path, value)| Change {
-            path,
-            before: None,
-            after: Some(value),
-            forces_replacement: false,
-            replaced_dependency: false,
-        })
+        .map(|(path, value)| Change { path, before: None, after: Some(value), forces_replacement: false, replaced_dependency: false })
         .collect()
 }
 
 pub fn deletion(resource: &Observed) -> Vec<Change> {
     leaves(&observed_attributes(resource))
         .into_iter()
-        .map(|(path, value)| Change {
-            path,
-            before: Some(value),
-            after: None,
-            forces_replacement: false,
-            replaced_dependency: false,
-        })
+        .map(|(path, value)| Change { path, before: Some(value), after: None, forces_replacement: false, replaced_dependency: false })
         .collect()
 }
 

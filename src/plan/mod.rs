@@ -79,11 +79,7 @@ pub struct Foreign {
 
 impl Foreign {
     pub fn of(resource: &Observed) -> Foreign {
-        Foreign {
-            address: resource.address.clone(),
-            id: resource.id.clone(),
-            identity: resource.tags.get(TAG_IDENTITY).cloned(),
-        }
+        Foreign { address: resource.address.clone(), id: resource.id.clone(), identity: resource.tags.get(TAG_IDENTITY).cloned() }
     }
 }
 
@@ -141,11 +137,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             let attribute = change.path.split('.').next().unwrap_or_default();
             change.forces_replacement = attribute != "tags" && forces_replacement(resource.kind(), attribute);
         }
-        let forced_by: Vec<String> = changes
-            .iter()
-            .filter(|c| c.forces_replacement)
-            .map(|c| c.path.clone())
-            .collect();
+        let forced_by: Vec<String> = changes.iter().filter(|c| c.forces_replacement).map(|c| c.path.clone()).collect();
         let action = if changes.is_empty() {
             ActionKind::NoOp
         } else if forced_by.is_empty() {
@@ -166,11 +158,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             create_before_destroy: resource.kind() == Kind::LaunchConfiguration,
         });
     }
-    let mut deletions: Vec<&Observed> = observed
-        .iter()
-        .filter(|o| desired.get(&o.address).is_none())
-        .chain(duplicates)
-        .collect();
+    let mut deletions: Vec<&Observed> = observed.iter().filter(|o| desired.get(&o.address).is_none()).chain(duplicates).collect();
     deletions.sort_by(|a, b| a.address.cmp(&b.address).then(a.id.cmp(&b.id)));
     for resource in deletions {
         actions.push(Action {
@@ -201,13 +189,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
         .filter(|o| o.kind.has_own_tags() && !o.tags.contains_key(TAG_IDENTITY) && desired.get(&o.address).is_some())
         .map(|o| o.address.clone())
         .collect();
-    Plan {
-        environment: environment.to_owned(),
-        actions,
-        summary,
-        takes_over,
-        left_alone: Vec::new(),
-    }
+    Plan { environment: environment.to_owned(), actions, summary, takes_over, left_alone: Vec::new() }
 }
 
 #[cfg(test)]
@@ -219,15 +201,8 @@ mod tests {
     use super::*;
     use crate::resource::{Resource, Spec};
 
-
     fn observed(resource: &Resource, id: &str, attributes: serde_json::Value) -> Observed {
-        Observed {
-            address: resource.address.clone(),
-            kind: resource.kind(),
-            id: id.into(),
-            tags: BTreeMap::new(),
-            attributes,
-        }
+        Observed { address: resource.address.clone(), kind: resource.kind(), id: id.into(), tags: BTreeMap::new(), attributes }
     }
 
     fn action<'a>(plan: &'a Plan, address: &str) -> &'a Action {
@@ -237,11 +212,7 @@ mod tests {
     #[test]
     fn a_replaced_resource_replaces_what_cannot_follow_it_and_orphans_are_deleted() {
         let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
-        let group = Resource::new(
-            Kind::SecurityGroup,
-            "web",
-            Spec::SecurityGroup { vpc: vpc.address.clone(), description: "web".into() },
-        );
+        let group = Resource::new(Kind::SecurityGroup, "web", Spec::SecurityGroup { vpc: vpc.address.clone(), description: "web".into() });
         let graph = ResourceGraph::build(vec![vpc.clone(), group.clone()]).unwrap();
         let stray = Observed {
             address: Address::new(Kind::Vpc, "old"),
@@ -264,20 +235,14 @@ mod tests {
         assert_eq!(group.action, ActionKind::Replace, "a group cannot move to another VPC");
         assert!(group.changes[0].replaced_dependency);
         assert_eq!(action(&plan, "vpc.old").action, ActionKind::Delete);
-        assert_eq!(
-            plan.summary,
-            Summary { create: 0, update: 0, replace: 2, delete: 1, unchanged: 0 }
-        );
+        assert_eq!(plan.summary, Summary { create: 0, update: 0, replace: 2, delete: 1, unchanged: 0 });
     }
 
     #[test]
     fn a_second_resource_claiming_an_address_is_deleted() {
         let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
         let graph = ResourceGraph::build(vec![vpc.clone()]).unwrap();
-        let actual = vec![
-            observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})),
-            observed(&vpc, "vpc-2", json!({"cidr": "10.1.0.0/16"})),
-        ];
+        let actual = vec![observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})), observed(&vpc, "vpc-2", json!({"cidr": "10.1.0.0/16"}))];
         let plan = plan("test", &graph, &actual);
         let kinds: Vec<(ActionKind, Option<&str>)> = plan.actions.iter().map(|a| (a.action, a.id.as_deref())).collect();
         assert_eq!(kinds, [(ActionKind::NoOp, Some("vpc-1")), (ActionKind::Delete, Some("vpc-2"))]);

@@ -26,13 +26,7 @@ impl Styles {
                 bold: Style::new().bold(),
             }
         } else {
-            Styles {
-                create: Style::new(),
-                update: Style::new(),
-                delete: Style::new(),
-                dim: Style::new(),
-                bold: Style::new(),
-            }
+            Styles { create: Style::new(), update: Style::new(), delete: Style::new(), dim: Style::new(), bold: Style::new() }
         }
     }
 }
@@ -103,9 +97,7 @@ fn render_action(out: &mut String, action: &Action, styles: &Styles) {
     let (symbol, style, what) = match action.action {
         ActionKind::Create => ("  +", styles.create, String::from("will be created")),
         ActionKind::Update => ("  ~", styles.update, String::from("will be updated in place")),
-        ActionKind::Replace if action.create_before_destroy => {
-            ("+/-", styles.update, String::from("must be replaced (new one created first)"))
-        }
+        ActionKind::Replace if action.create_before_destroy => ("+/-", styles.update, String::from("must be replaced (new one created first)")),
         ActionKind::Replace => ("-/+", styles.delete, String::from("must be replaced")),
         ActionKind::Delete => ("  -", styles.delete, String::from("will be destroyed")),
         ActionKind::NoOp => return,
@@ -125,11 +117,7 @@ fn render_action(out: &mut String, action: &Action, styles: &Styles) {
 }
 
 fn render_change(out: &mut String, change: &Change, styles: &Styles) {
-    let forces = if change.forces_replacement {
-        format!(" {}", "# forces replacement".style(styles.delete))
-    } else {
-        String::new()
-    };
+    let forces = if change.forces_replacement { format!(" {}", "# forces replacement".style(styles.delete)) } else { String::new() };
     match (&change.before, &change.after) {
         (None, Some(after)) => {
             let _ = writeln!(out, "      {} {} = {}", "+".style(styles.create), change.path, value(after));
@@ -158,14 +146,7 @@ fn render_change(out: &mut String, change: &Change, styles: &Styles) {
             let _ = writeln!(out, "        ]");
         }
         (Some(before), Some(after)) => {
-            let _ = writeln!(
-                out,
-                "      {} {} = {} -> {}{forces}",
-                "~".style(styles.update),
-                change.path,
-                value(before),
-                value(after)
-            );
+            let _ = writeln!(out, "      {} {} = {} -> {}{forces}", "~".style(styles.update), change.path, value(before), value(after));
         }
         (None, None) => {}
     }

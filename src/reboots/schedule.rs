@@ -78,8 +78,7 @@ struct Occupancy<'f> {
 impl<'f> Occupancy<'f> {
     fn new(fleet: &'f Fleet) -> Occupancy<'f> {
         let day = || vec![false; MINUTES_PER_DAY as usize];
-        let mut occupancy =
-            Occupancy { fleet, group_blocked: BTreeMap::new(), group_overlap: BTreeMap::new(), zone_blocked: BTreeMap::new() };
+        let mut occupancy = Occupancy { fleet, group_blocked: BTreeMap::new(), group_overlap: BTreeMap::new(), zone_blocked: BTreeMap::new() };
         for member in &fleet.members {
             occupancy.group_blocked.entry(&member.group).or_insert_with(day);
             occupancy.group_overlap.entry(&member.group).or_insert_with(|| vec![0; MINUTES_PER_DAY as usize]);
@@ -202,7 +201,8 @@ fn attempt_once(fleet: &Fleet, rng: &mut rand::rngs::StdRng, reshuffle: bool, pa
     });
     for member in open {
         let policy = &fleet.groups[&member.group];
-        let free: Vec<u32> = (0..policy.window.minutes()).map(|o| policy.window.minute_at(o)).filter(|m| occupancy.fits(member, policy, *m)).collect();
+        let free: Vec<u32> =
+            (0..policy.window.minutes()).map(|o| policy.window.minute_at(o)).filter(|m| occupancy.fits(member, policy, *m)).collect();
         if free.is_empty() {
             return None;
         }

@@ -30,8 +30,7 @@ pub fn random_within_gap(nodes: u32, window: u32, gap: u32, seed: u64) -> f64 {
         picks.extend((0..nodes).map(|_| rng.random_range(0..window)));
         picks.sort_unstable();
         let full_day = window >= MINUTES_PER_DAY;
-        let close = picks.windows(2).any(|p| p[1] - p[0] < gap)
-            || (full_day && distance(picks[0], picks[picks.len() - 1]) < gap);
+        let close = picks.windows(2).any(|p| p[1] - p[0] < gap) || (full_day && distance(picks[0], picks[picks.len() - 1]) < gap);
         if close {
             hits += 1;
         }
@@ -41,11 +40,7 @@ pub fn random_within_gap(nodes: u32, window: u32, gap: u32, seed: u64) -> f64 {
 
 /// The most reboots of `times` that start within any `gap`-minute stretch.
 pub fn worst_within_gap(times: &[u32], gap: u32) -> usize {
-    times
-        .iter()
-        .map(|start| times.iter().filter(|t| (**t + MINUTES_PER_DAY - start) % MINUTES_PER_DAY < gap.max(1)).count())
-        .max()
-        .unwrap_or(0)
+    times.iter().map(|start| times.iter().filter(|t| (**t + MINUTES_PER_DAY - start) % MINUTES_PER_DAY < gap.max(1)).count()).max().unwrap_or(0)
 }
 
 #[cfg(test)]

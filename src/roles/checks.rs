@@ -21,13 +21,11 @@ pub struct CheckResult {
 /// The shell script that prints the observed value, and how to judge it.
 pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Result<CheckResult, SshError> {
     let result = |passed: bool, detail: String| CheckResult { name: check.name.clone(), passed, skipped: None, detail };
-    let skip =
-        |why: String| CheckResult { name: check.name.clone(), passed: true, skipped: Some(why), detail: String::new() };
+    let skip = |why: String| CheckResult { name: check.name.clone(), passed: true, skipped: Some(why), detail: String::new() };
     let out = |script: String| async move { connection.run(&script, None).await };
     Ok(match &check.kind {
         CheckKind::Package { name, version } => {
-            let found =
-                out(format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name))).await?.stdout;
+            let found = out(format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name))).await?.stdout;
             let (status, installed) = found.split_once('|').unwrap_or(("", ""));
             // The second letter of the abbreviated status is the package's state.
             let ok = status.chars().nth(1) == Some('i') && version.as_ref().is_none_or(|v| v == installed);
@@ -68,12 +66,8 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             }
         }
         CheckKind::Service { name, enabled, running } => {
-            let text = out(format!(
-                "systemctl is-enabled {0} 2>/dev/null; echo; systemctl is-active {0} 2>/dev/null; echo",
-                quote(name)
-            ))
-            .await?
-            .stdout;
+            let text =
+                out(format!("systemctl is-enabled {0} 2>/dev/null; echo; systemctl is-active {0} 2>/dev/null; echo", quote(name))).await?.stdout;
             let mut lines = text.lines().filter(|l| !l.is_empty());
             let is_enabled = lines.next().unwrap_or("unknown").trim().to_owned();
             let is_active = lines.next().unwrap_or("unknown").trim().to_owned();
@@ -95,10 +89,7 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
                 skip(format!("the kernel command line is the host's in a {} container", facts.virtualization))
             } else {
                 let found = out(String::from("cat /proc/cmdline")).await?.stdout;
-                result(
-                    found.split_whitespace().any(|w| w == parameter),
-                    format!("{parameter} is not in /proc/cmdline: {}", found.trim()),
-                )
+                result(found.split_whitespace().any(|w| w == parameter), format!("{parameter} is not in /proc/cmdline: {}", found.trim()))
             }
         }
         CheckKind::Port { port } => {
@@ -106,31 +97,22 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             let found = out(String::from("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null")).await?.stdout;
             let listening = found.lines().any(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                let local_port =
-                    fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+                let local_port = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
                 fields.get(3) == Some(&"0A") && local_port == Some(*port)
             });
             result(listening, format!("nothing listens on TCP port {port}"))
         }
         CheckKind::TransparentHugePages { enabled, defrag } => {
             if facts.in_container() {
-                skip(format!(
-                    "needs a real VM: huge pages are the host kernel's in a {} container",
-                    facts.virtualization
-                ))
+                skip(format!("needs a real VM: huge pages are the host kernel's in a {} container", facts.virtualization))
             } else {
-                let found = out(String::from(
-                    "cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag",
-                ))
-                .await?
-                .stdout;
+                let found = out(String::from("cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag"))
+                    .await?
+                    .stdout;
                 // The mode in effect is the one in brackets: `always madvise [never]`.
-                let selected = |line: &str| {
-                    line.split('[').nth(1).and_then(|r| r.split(']').next()).unwrap_or_default().to_owned()
-                };
+                let selected = |line: &str| line.split('[').nth(1).and_then(|r| r.split(']').next()).unwrap_or_default().to_owned();
                 let mut lines = found.lines();
-                let (now_enabled, now_defrag) =
-                    (selected(lines.next().unwrap_or_default()), selected(lines.next().unwrap_or_default()));
+                let (now_enabled, now_defrag) = (selected(lines.next().unwrap_or_default()), selected(lines.next().unwrap_or_default()));
                 result(
                     now_enabled == *enabled && now_defrag == *defrag,
                     format!("enabled={now_enabled} defrag={now_defrag}, expected enabled={enabled} defrag={defrag}"),
@@ -143,27 +125,17 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             } else {
                 let interface = match interface {
                     Some(name) => name.clone(),
-                    None => out(String::from("awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route"))
-                        .await?
-                        .stdout
-                        .trim()
-                        .to_owned(),
+                    None => out(String::from("awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route")).await?.stdout.trim().to_owned(),
                 };
                 let found = out(format!("cat /sys/class/net/{}/mtu", quote(&interface))).await?.stdout;
-                result(
-                    found.trim() == value.to_string(),
-                    format!("{interface} has MTU {}, expected {value}", found.trim()),
-                )
+                result(found.trim() == value.to_string(), format!("{interface} has MTU {}, expected {value}", found.trim()))
             }
         }
         CheckKind::Command { run, exit_status, output_contains } => {
             let output = connection.run(run, None).await?;
             let status_ok = output.status == *exit_status;
             let output_ok = output_contains.as_deref().is_none_or(|c| output.stdout.contains(c));
-            result(
-                status_ok && output_ok,
-                format!("`{run}` exited {} (expected {exit_status}); output: {}", output.status, output.stdout.trim()),
-            )
+            result(status_ok && output_ok, format!("`{run}` exited {} (expected {exit_status}); output: {}", output.status, output.stdout.trim()))
         }
     })
 }

@@ -88,24 +88,11 @@ enum Work {
     Verify,
 }
 
-pub async fn run(
-    hosts: &[String],
-    login: &Login,
-    roles: &[Role],
-    variables: &Variables,
-    options: &RunOptions,
-    events: Events,
-) -> Vec<HostReport> {
+pub async fn run(hosts: &[String], login: &Login, roles: &[Role], variables: &Variables, options: &RunOptions, events: Events) -> Vec<HostReport> {
     for_each_host(hosts, login, roles, variables, options, Work::Converge { check: options.check }, events).await
 }
 
-pub async fn verify(
-    hosts: &[String],
-    login: &Login,
-    roles: &[Role],
-    options: &RunOptions,
-    events: Events,
-) -> Vec<HostReport> {
+pub async fn verify(hosts: &[String], login: &Login, roles: &[Role], options: &RunOptions, events: Events) -> Vec<HostReport> {
     for_each_host(hosts, login, roles, &Variables::new(), options, Work::Verify, events).await
 }
 
@@ -167,14 +154,7 @@ async fn connect(host: &str, login: &Login) -> Result<(Connection, Facts), Strin
     })
 }
 
-async fn on_host(
-    host: &str,
-    login: &Login,
-    roles: &[Role],
-    variables: &Variables,
-    work: &Work,
-    events: &Events,
-) -> HostReport {
+async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
     let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
     let (mut connection, mut facts) = match connect(host, login).await {
         Ok(connected) => connected,
@@ -306,11 +286,7 @@ fn context(role: &Role, variables: &Variables, facts: &Facts, host: &str) -> min
     minijinja::Value::from_serialize(&context)
 }
 
-fn render(
-    value: &serde_json::Value,
-    jinja: &minijinja::Environment,
-    context: &minijinja::Value,
-) -> Result<serde_json::Value, String> {
+fn render(value: &serde_json::Value, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<serde_json::Value, String> {
     Ok(match value {
         serde_json::Value::String(text) if text.contains("{{") || text.contains("{%") => {
             serde_json::Value::String(jinja.render_str(text, context).map_err(|e| {
@@ -321,12 +297,10 @@ fn render(
                 format!("template error in `{}`: {message}", text.lines().next().unwrap_or_default())
             })?)
         }
-        serde_json::Value::Array(items) => {
-            serde_json::Value::Array(items.iter().map(|v| render(v, jinja, context)).collect::<Result<_, _>>()?)
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(|v| render(v, jinja, context)).collect::<Result<_, _>>()?),
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.iter().map(|(k, v)| Ok((k.clone(), render(v, jinja, context)?))).collect::<Result<_, String>>()?)
         }
-        serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.iter().map(|(k, v)| Ok((k.clone(), render(v, jinja, context)?))).collect::<Result<_, String>>()?,
-        ),
         other => other.clone(),
     })
 }
@@ -343,25 +317,13 @@ async fn run_task(
     let mut jinja = minijinja::Environment::new();
     jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     jinja.set_keep_trailing_newline(true);
-    let report = |status, outcome, error| TaskReport {
-        role: role.name.clone(),
-        task: task.name.clone(),
-        handler,
-        status,
-        outcome,
-        error,
-    };
+    let report = |status, outcome, error| TaskReport { role: role.name.clone(), task: task.name.clone(), handler, status, outcome, error };
     if let Some(condition) = &task.when {
-        let holds = jinja
-            .compile_expression(condition)
-            .and_then(|expression| expression.eval(context))
-            .map(|value| value.is_true());
+        let holds = jinja.compile_expression(condition).and_then(|expression| expression.eval(context)).map(|value| value.is_true());
         match holds {
             Ok(true) => {}
             Ok(false) => return report(TaskStatus::Skipped, Outcome::default(), None),
-            Err(error) => {
-                return report(TaskStatus::Failed, Outcome::default(), Some(format!("`when: {condition}`: {error}")))
-            }
+            Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(format!("`when: {condition}`: {error}"))),
         }
     }
     let module = render(&task.args, &jinja, context).and_then(|mut args| {
@@ -370,8 +332,7 @@ async fn run_task(
         }
         let mut wrapped = serde_json::Map::new();
         wrapped.insert(task.module.clone(), args);
-        serde_json::from_value::<Module>(serde_json::Value::Object(wrapped))
-            .map_err(|e| format!("invalid arguments: {e}"))
+        serde_json::from_value::<Module>(serde_json::Value::Object(wrapped)).map_err(|e| format!("invalid arguments: {e}"))
     });
     let module = match module {
         Ok(module) => module,

@@ -18,13 +18,8 @@ pub async fn describe_instances(cloud: &Cloud, ids: &[String]) -> Result<Vec<Ins
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let described = cloud
-        .ec2
-        .describe_instances()
-        .set_instance_ids(Some(ids.to_vec()))
-        .send()
-        .await
-        .map_err(|e| aws("describing instances")(e.into()))?;
+    let described =
+        cloud.ec2.describe_instances().set_instance_ids(Some(ids.to_vec())).send().await.map_err(|e| aws("describing instances")(e.into()))?;
     let mut found: Vec<InstanceInfo> = described
         .reservations()
         .iter()
@@ -68,9 +63,7 @@ pub async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInf
     let mut jinja = minijinja::Environment::new();
     jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let context = minijinja::context! { env => roll.environment, group => roll.group, instance => instance };
-    let command = jinja
-        .render_str(template, context)
-        .map_err(|e| RollError::Failed(format!("the {which} hook is not a valid template: {e}")))?;
+    let command = jinja.render_str(template, context).map_err(|e| RollError::Failed(format!("the {which} hook is not a valid template: {e}")))?;
     (roll.progress)(&format!("{}: {which} hook: {command}", roll.aws_name));
     let output = tokio::process::Command::new("sh")
         .arg("-c")
@@ -82,9 +75,5 @@ pub async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInf
         return Ok(());
     }
     let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
-    Err(RollError::Failed(format!(
-        "the {which} hook failed{on} ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    )))
+    Err(RollError::Failed(format!("the {which} hook failed{on} ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim())))
 }

@@ -61,15 +61,8 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(store: StateStore, command: &str, groups: Vec<String>, overrides: PolicyOverrides, timeout_seconds: u64) -> Journal {
-        let record = RollRecord {
-            started: now_rfc3339(),
-            command: command.to_owned(),
-            groups,
-            overrides,
-            timeout_seconds,
-            stopped: None,
-            group: None,
-        };
+        let record =
+            RollRecord { started: now_rfc3339(), command: command.to_owned(), groups, overrides, timeout_seconds, stopped: None, group: None };
         Journal { store, record, written: false }
     }
 

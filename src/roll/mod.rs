@@ -93,13 +93,8 @@ pub async fn roll_group(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journ
     }
     if !resuming {
         let group = &state.group;
-        let already_suspended = group
-            .suspended_processes()
-            .iter()
-            .filter_map(|p| p.process_name())
-            .filter(|p| SUSPENDED.contains(p))
-            .map(str::to_owned)
-            .collect();
+        let already_suspended =
+            group.suspended_processes().iter().filter_map(|p| p.process_name()).filter(|p| SUSPENDED.contains(p)).map(str::to_owned).collect();
         let record = GroupRecord {
             group: roll.group.to_owned(),
             auto_scaling_group: roll.aws_name.to_owned(),
@@ -363,10 +358,7 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
         // Waiting on: stopping now undoes the batch's surge.
         roll.check()?;
         if started.elapsed() > roll.timeout {
-            return Err(RollError::Failed(format!(
-                "{name}: new instances were not in service and healthy within {}s",
-                roll.timeout.as_secs()
-            )));
+            return Err(RollError::Failed(format!("{name}: new instances were not in service and healthy within {}s", roll.timeout.as_secs())));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -381,12 +373,9 @@ async fn healthy_behind_load_balancers(cloud: &Cloud, group: &AutoScalingGroup, 
             .send()
             .await
             .map_err(|e| aws("reading load balancer health")(e.into()))?;
-        let healthy = instances.iter().all(|id| {
-            health
-                .instance_states()
-                .iter()
-                .any(|s| s.instance_id() == Some(id.as_str()) && s.state() == Some("InService"))
-        });
+        let healthy = instances
+            .iter()
+            .all(|id| health.instance_states().iter().any(|s| s.instance_id() == Some(id.as_str()) && s.state() == Some("InService")));
         if !healthy {
             return Ok(false);
         }

@@ -83,10 +83,7 @@ async fn desired(cloud: &Cloud, group: &AutoScalingGroup) -> Result<Desired, Rol
         .send()
         .await
         .map_err(|e| aws("reading the launch configuration")(e.into()))?;
-    let config = configs
-        .launch_configurations()
-        .first()
-        .ok_or_else(|| RollError::Failed(format!("launch configuration {name} does not exist")))?;
+    let config = configs.launch_configurations().first().ok_or_else(|| RollError::Failed(format!("launch configuration {name} does not exist")))?;
     Ok(Desired {
         image: config.image_id().unwrap_or_default().to_owned(),
         instance_type: config.instance_type().unwrap_or_default().to_owned(),
@@ -95,8 +92,8 @@ async fn desired(cloud: &Cloud, group: &AutoScalingGroup) -> Result<Desired, Rol
 }
 
 fn is_current(desired: &Desired, instance: &Instance, group: &AutoScalingGroup) -> bool {
-    let same_machine = instance.image_id() == Some(desired.image.as_str())
-        && instance.instance_type().map(|t| t.as_str()) == Some(desired.instance_type.as_str());
+    let same_machine =
+        instance.image_id() == Some(desired.image.as_str()) && instance.instance_type().map(|t| t.as_str()) == Some(desired.instance_type.as_str());
     let same_source = match &desired.source {
         Source::TemplateVersion(version) => {
             let tagged = instance.tags().iter().find(|t| t.key() == Some(TEMPLATE_VERSION_TAG)).and_then(|t| t.value());
@@ -121,13 +118,8 @@ pub async fn group_state(cloud: &Cloud, name: &str) -> Result<GroupState, RollEr
     if ids.is_empty() {
         return Ok(state);
     }
-    let described = cloud
-        .ec2
-        .describe_instances()
-        .set_instance_ids(Some(ids))
-        .send()
-        .await
-        .map_err(|e| aws("describing the group's instances")(e.into()))?;
+    let described =
+        cloud.ec2.describe_instances().set_instance_ids(Some(ids)).send().await.map_err(|e| aws("describing the group's instances")(e.into()))?;
     for instance in described.reservations().iter().flat_map(|r| r.instances()) {
         let id = instance.instance_id().unwrap_or_default().to_owned();
         if is_current(&desired, instance, &state.group) {
@@ -149,12 +141,7 @@ mod tests {
 
     fn instance(template_version: Option<&str>) -> Instance {
         let tags = template_version.map(|v| vec![Tag::builder().key(TEMPLATE_VERSION_TAG).value(v).build()]);
-        Instance::builder()
-            .instance_id("i-1")
-            .image_id("ami-1")
-            .instance_type(InstanceType::T3Small)
-            .set_tags(tags)
-            .build()
+        Instance::builder().instance_id("i-1").image_id("ami-1").instance_type(InstanceType::T3Small).set_tags(tags).build()
     }
 
     #[test]

@@ -36,35 +36,14 @@ impl HostKeys {
         let _one_at_a_time = CHECKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let name = host_name(host, port);
         let recorded = self.read()?;
-        let for_host: Vec<&Recorded> = recorded
-            .iter()
-            .filter(|r| names(r.entry.host_patterns(), &name))
-            .collect();
-        let offered = || {
-            format!(
-                "{} {}",
-                key.algorithm().as_str(),
-                key.fingerprint(HashAlg::Sha256)
-            )
-        };
+        let for_host: Vec<&Recorded> = recorded.iter().filter(|r| names(r.entry.host_patterns(), &name)).collect();
+        let offered = || format!("{} {}", key.algorithm().as_str(), key.fingerprint(HashAlg::Sha256));
         let same_key = |r: &&&Recorded| r.entry.public_key().key_data() == key.key_data();
-        if let Some(revoked) = for_host
-            .iter()
-            .filter(|r| r.entry.marker() == Some(&Marker::Revoked))
-            .find(same_key)
-        {
-            return Err(SshError::HostKeyRevoked {
-                host: host.to_owned(),
-                offered: offered(),
-                line: revoked.line,
-                known_hosts: self.path.clone(),
-            });
+        if let Some(revoked) = for_host.iter().filter(|r| r.entry.marker() == Some(&Marker::Revoked)).find(same_key) {
+            return Err(SshError::HostKeyRevoked { host: host.to_owned(), offered: offered(), line: revoked.line, known_hosts: self.path.clone() });
         }
         // Certificate authorities are not host keys, and kstack accepts no host certificates.
-        let keys: Vec<&&Recorded> = for_host
-            .iter()
-            .filter(|r| r.entry.marker().is_none())
-            .collect();
+        let keys: Vec<&&Recorded> = for_host.iter().filter(|r| r.entry.marker().is_none()).collect();
         if keys.iter().any(same_key) {
             return Ok(());
         }
@@ -79,17 +58,10 @@ impl HostKeys {
             });
         }
         if !self.trust_on_first_use {
-            return Err(SshError::HostKeyUnknown {
-                host: host.to_owned(),
-                known_hosts: self.path.clone(),
-            });
+            return Err(SshError::HostKeyUnknown { host: host.to_owned(), known_hosts: self.path.clone() });
         }
-        russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path).map_err(|e| {
-            SshError::Protocol {
-                host: host.to_owned(),
-                message: format!("cannot record its host key in {}: {e}", self.path.display()),
-            }
-        })
+        russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path)
+            .map_err(|e| SshError::Protocol { host: host.to_owned(), message: format!("cannot record its host key in {}: {e}", self.path.display()) })
     }
 
     /// The file's key lines; a missing file has none.
@@ -97,17 +69,9 @@ impl HostKeys {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => {
-                return Err(SshError::KnownHostsUnreadable {
-                    path: self.path.clone(),
-                    message: error.to_string(),
-                })
-            }
+            Err(error) => return Err(SshError::KnownHostsUnreadable { path: self.path.clone(), message: error.to_string() }),
         };
-        parse(&text).map_err(|lines| SshError::KnownHostsMalformed {
-            path: self.path.clone(),
-            lines,
-        })
+        parse(&text).map_err(|lines| SshError::KnownHostsMalformed { path: self.path.clone(), lines })
     }
 }
 
@@ -131,11 +95,7 @@ fn parse(text: &str) -> Result<Vec<Recorded>, Vec<usize>> {
         }
         // The parser takes single spaces between fields; OpenSSH takes any whitespace.
         match fields.join(" ").parse::<Entry>() {
-            Ok(entry) => recorded.push(Recorded {
-                line: index + 1,
-                text: line.trim().to_owned(),
-                entry,
-            }),
+            Ok(entry) => recorded.push(Recorded { line: index + 1, text: line.trim().to_owned(), entry }),
             Err(_) => malformed.push(index + 1),
         }
     }
@@ -150,8 +110,9 @@ fn parse(text: &str) -> Result<Vec<Recorded>, Vec<usize>> {
 /// of patterns (`*` and `?` wildcards) of which one matches and no negated (`!`) one does.
 fn names(patterns: &HostPatterns, name: &str) -> bool {
     match patterns {
-        HostPatterns::HashedName { salt, hash } => Hmac::<Sha1>::new_from_slice(salt)
-            .is_ok_and(|mac| mac.chain_update(name).verify_slice(hash).is_ok()),
+        HostPatterns::HashedName { salt, hash } => {
+            Hmac::<Sha1>::new_from_slice(salt).is_ok_and(|mac| mac.chain_update(name).verify_slice(hash).is_ok())
+        }
         HostPatterns::Patterns(patterns) => {
             let mut matched = false;
             for pattern in patterns {
@@ -170,9 +131,7 @@ fn names(patterns: &HostPatterns, name: &str) -> bool {
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
     match (pattern.first(), text.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => {
-            glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..]))
-        }
+        (Some(b'*'), _) => glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..])),
         (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
         (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
         _ => false,
@@ -184,8 +143,7 @@ mod tests {
     use super::*;
 
     const ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-    const OTHER_ED25519: &str =
-        "AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
+    const OTHER_ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAILIG2T/B0l0gaqj3puu510tu9N1OkQ4znY3LYuEm5zCF";
     const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBLcYusF7VSz+NqAjzlRRk5u1KU1bQnuLwAr5rpngsW5m/F3gigPCLdWMB1Xu8c/j5Hm8VbY3LWI1tD3M5pJKI3M=";
     /// `example.com` hashed as `ssh-keygen -H` does.
     const HASHED_EXAMPLE_COM: &str = "|1|O33ESRMWPVkMYIwJ1Uw+n877jTo=|nuuC5vEqXlEZ/8BXQR7m619W6Ak=";
@@ -198,13 +156,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("known_hosts");
         std::fs::write(&path, text).unwrap();
-        (
-            dir,
-            HostKeys {
-                path,
-                trust_on_first_use,
-            },
-        )
+        (dir, HostKeys { path, trust_on_first_use })
     }
 
     #[test]
@@ -218,17 +170,9 @@ mod tests {
         keys.check("10.0.0.6", 2222, &key(ED25519)).unwrap();
         keys.check("WWW.example.org", 22, &key(ED25519)).unwrap();
         keys.check("example.com", 22, &key(OTHER_ED25519)).unwrap();
-        for (host, port) in [
-            ("10.0.0.6", 22),
-            ("bad.example.org", 22),
-            ("example.net", 22),
-            ("10.0.0.5", 2222),
-        ] {
+        for (host, port) in [("10.0.0.6", 22), ("bad.example.org", 22), ("example.net", 22), ("10.0.0.5", 2222)] {
             let error = keys.check(host, port, &key(ED25519)).unwrap_err();
-            assert!(
-                matches!(error, SshError::HostKeyUnknown { .. }),
-                "{host}:{port}: {error}"
-            );
+            assert!(matches!(error, SshError::HostKeyUnknown { .. }), "{host}:{port}: {error}");
         }
     }
 
@@ -240,52 +184,21 @@ mod tests {
         let fingerprint = offered.fingerprint(HashAlg::Sha256).to_string();
         for (host, line) in [("10.0.0.5", 1), ("example.com", 2)] {
             let error = keys.check(host, 22, &offered).unwrap_err();
-            let SshError::HostKeyChanged {
-                line: found,
-                ref recorded,
-                ..
-            } = error
-            else {
-                panic!("{error}")
-            };
+            let SshError::HostKeyChanged { line: found, ref recorded, .. } = error else { panic!("{error}") };
             assert_eq!(found, line);
             assert!(recorded.contains("ecdsa-sha2-nistp256"), "{recorded}");
             let message = error.to_string();
-            assert!(
-                message.contains(&format!("ssh-ed25519 {fingerprint}")),
-                "{message}"
-            );
-            assert!(
-                error
-                    .hint()
-                    .unwrap()
-                    .contains(&format!("ssh-keygen -R {host} -f ")),
-                "{:?}",
-                error.hint()
-            );
+            assert!(message.contains(&format!("ssh-ed25519 {fingerprint}")), "{message}");
+            assert!(error.hint().unwrap().contains(&format!("ssh-keygen -R {host} -f ")), "{:?}", error.hint());
         }
-        assert_eq!(
-            std::fs::read_to_string(&keys.path).unwrap(),
-            text,
-            "nothing was recorded"
-        );
+        assert_eq!(std::fs::read_to_string(&keys.path).unwrap(), text, "nothing was recorded");
     }
 
     #[test]
     fn a_changed_key_on_another_port_names_the_host_as_known_hosts_does() {
-        let (_dir, keys) = host_keys(
-            &format!("[10.0.0.5]:2222 ssh-ed25519 {OTHER_ED25519}\n"),
-            true,
-        );
+        let (_dir, keys) = host_keys(&format!("[10.0.0.5]:2222 ssh-ed25519 {OTHER_ED25519}\n"), true);
         let error = keys.check("10.0.0.5", 2222, &key(ED25519)).unwrap_err();
-        assert!(
-            error
-                .hint()
-                .unwrap()
-                .contains("ssh-keygen -R '[10.0.0.5]:2222' -f "),
-            "{:?}",
-            error.hint()
-        );
+        assert!(error.hint().unwrap().contains("ssh-keygen -R '[10.0.0.5]:2222' -f "), "{:?}", error.hint());
     }
 
     #[test]
@@ -293,29 +206,15 @@ mod tests {
         let (_dir, keys) = host_keys(&format!("10.0.0.5 ssh-ed25519 {ED25519}\n"), true);
         keys.check("10.0.0.7", 22, &key(ECDSA)).unwrap();
         let text = std::fs::read_to_string(&keys.path).unwrap();
-        assert!(
-            text.ends_with(&format!("10.0.0.7 ecdsa-sha2-nistp256 {ECDSA}\n")),
-            "{text}"
-        );
-        HostKeys {
-            trust_on_first_use: false,
-            ..keys.clone()
-        }
-        .check("10.0.0.7", 22, &key(ECDSA))
-        .unwrap();
+        assert!(text.ends_with(&format!("10.0.0.7 ecdsa-sha2-nistp256 {ECDSA}\n")), "{text}");
+        HostKeys { trust_on_first_use: false, ..keys.clone() }.check("10.0.0.7", 22, &key(ECDSA)).unwrap();
     }
 
     #[test]
     fn a_revoked_key_is_refused_whatever_else_is_recorded() {
-        let (_dir, keys) = host_keys(
-            &format!("@revoked * ssh-ed25519 {ED25519}\n10.0.0.5 ssh-ed25519 {ED25519}\n"),
-            true,
-        );
+        let (_dir, keys) = host_keys(&format!("@revoked * ssh-ed25519 {ED25519}\n10.0.0.5 ssh-ed25519 {ED25519}\n"), true);
         let error = keys.check("10.0.0.5", 22, &key(ED25519)).unwrap_err();
-        assert!(
-            matches!(error, SshError::HostKeyRevoked { line: 1, .. }),
-            "{error}"
-        );
+        assert!(matches!(error, SshError::HostKeyRevoked { line: 1, .. }), "{error}");
     }
 
     #[test]
@@ -323,36 +222,18 @@ mod tests {
         let text = format!("10.0.0.5 ssh-ed25519 {ED25519}\n10.0.0.6 ssh-ed25519\n10.0.0.7 ssh-ed25519 not-base64!\n");
         let (dir, keys) = host_keys(&text, true);
         let error = keys.check("10.0.0.9", 22, &key(ED25519)).unwrap_err();
-        assert!(
-            matches!(error, SshError::KnownHostsMalformed { ref lines, .. } if lines == &[2, 3]),
-            "{error}"
-        );
+        assert!(matches!(error, SshError::KnownHostsMalformed { ref lines, .. } if lines == &[2, 3]), "{error}");
         let message = error.to_string();
         let path = keys.path.display().to_string();
-        assert!(
-            message.contains(&format!("{path}:2")) && message.contains(&format!("{path}:3")),
-            "{message}"
-        );
+        assert!(message.contains(&format!("{path}:2")) && message.contains(&format!("{path}:3")), "{message}");
 
-        let directory = HostKeys {
-            path: dir.path().to_owned(),
-            trust_on_first_use: true,
-        };
+        let directory = HostKeys { path: dir.path().to_owned(), trust_on_first_use: true };
         let error = directory.check("10.0.0.9", 22, &key(ED25519)).unwrap_err();
-        assert!(
-            matches!(error, SshError::KnownHostsUnreadable { .. }),
-            "{error}"
-        );
+        assert!(matches!(error, SshError::KnownHostsUnreadable { .. }), "{error}");
 
-        let missing = HostKeys {
-            path: dir.path().join("absent"),
-            trust_on_first_use: false,
-        };
+        let missing = HostKeys { path: dir.path().join("absent"), trust_on_first_use: false };
         let error = missing.check("10.0.0.9", 22, &key(ED25519)).unwrap_err();
-        assert!(
-            matches!(error, SshError::HostKeyUnknown { .. }),
-            "a missing file is an empty one: {error}"
-        );
+        assert!(matches!(error, SshError::HostKeyUnknown { .. }), "a missing file is an empty one: {error}");
     }
 
     #[test]

@@ -92,9 +92,9 @@ pub enum LoginKey {
 impl LoginKey {
     fn load(&self) -> Result<Arc<PrivateKey>, SshError> {
         match self {
-            LoginKey::File(path) => russh::keys::load_secret_key(path, None)
-                .map(Arc::new)
-                .map_err(|e| SshError::Key { path: path.clone(), message: e.to_string() }),
+            LoginKey::File(path) => {
+                russh::keys::load_secret_key(path, None).map(Arc::new).map_err(|e| SshError::Key { path: path.clone(), message: e.to_string() })
+            }
             LoginKey::InMemory(key) => Ok(Arc::clone(key)),
         }
     }
@@ -205,12 +205,8 @@ impl Connection {
     pub async fn open(host: &str, login: &Login) -> Result<Connection, SshError> {
         let jump = match &login.bastion {
             Some(bastion) => {
-                let jump_login = Login {
-                    user: bastion.user.clone().unwrap_or_else(|| login.user.clone()),
-                    port: bastion.port,
-                    bastion: None,
-                    ..login.clone()
-                };
+                let jump_login =
+                    Login { user: bastion.user.clone().unwrap_or_else(|| login.user.clone()), port: bastion.port, bastion: None, ..login.clone() };
                 Some(Box::new(Connection::establish(&bastion.host, &jump_login, None).await?))
             }
             None => None,
@@ -225,21 +221,13 @@ impl Connection {
             ..Default::default()
         });
         let refusal = Arc::new(std::sync::Mutex::new(None));
-        let verifier = Verifier {
-            host: host.to_owned(),
-            port: login.port,
-            host_keys: login.host_keys.clone(),
-            refusal: Arc::clone(&refusal),
-        };
+        let verifier = Verifier { host: host.to_owned(), port: login.port, host_keys: login.host_keys.clone(), refusal: Arc::clone(&refusal) };
         let unreachable = |message: String| SshError::Unreachable { host: host.to_owned(), message };
         let connecting = async {
             match &jump {
                 None => client::connect(config, (host, login.port), verifier).await,
                 Some(jump) => {
-                    let channel = jump
-                        .handle
-                        .channel_open_direct_tcpip(host, u32::from(login.port), "127.0.0.1", 0)
-                        .await?;
+                    let channel = jump.handle.channel_open_direct_tcpip(host, u32::from(login.port), "127.0.0.1", 0).await?;
                     client::connect_stream(config, channel.into_stream(), verifier).await
                 }
             }
@@ -258,23 +246,11 @@ impl Connection {
         let key = login.key.load()?;
         let protocol = |e: russh::Error| SshError::Protocol { host: host.to_owned(), message: e.to_string() };
         let hash = handle.best_supported_rsa_hash().await.map_err(protocol)?.flatten();
-        let auth = handle
-            .authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(key, hash))
-            .await
-            .map_err(protocol)?;
+        let auth = handle.authenticate_publickey(&login.user, PrivateKeyWithHashAlg::new(key, hash)).await.map_err(protocol)?;
         if !auth.success() {
-            return Err(SshError::AuthenticationFailed {
-                host: host.to_owned(),
-                user: login.user.clone(),
-                key: login.key.clone(),
-            });
+            return Err(SshError::AuthenticationFailed { host: host.to_owned(), user: login.user.clone(), key: login.key.clone() });
         }
-        Ok(Connection {
-            host: host.to_owned(),
-            handle,
-            become_root: login.user != "root",
-            _jump: jump,
-        })
+        Ok(Connection { host: host.to_owned(), handle, become_root: login.user != "root", _jump: jump })
     }
 
     fn protocol(&self, error: russh::Error) -> SshError {
@@ -339,11 +315,7 @@ impl Connection {
             };
             return Err(SshError::Protocol { host: self.host.clone(), message });
         };
-        Ok(Output {
-            status,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        })
+        Ok(Output { status, stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr: String::from_utf8_lossy(&stderr).into_owned() })
     }
 
     /// Writes `content` to `path` atomically (a temporary file renamed into place) with the
@@ -366,11 +338,7 @@ impl Connection {
         if output.success() {
             Ok(())
         } else {
-            Err(SshError::Write {
-                host: self.host.clone(),
-                path: path.to_owned(),
-                message: output.stderr.trim().to_owned(),
-            })
+            Err(SshError::Write { host: self.host.clone(), path: path.to_owned(), message: output.stderr.trim().to_owned() })
         }
     }
 

@@ -82,7 +82,6 @@ impl std::fmt::Display for LockInfo {
     }
 }
 
-
 /// Whether process `pid` of pid `scope` has certainly ended. Only a process that sees the same
 /// pids can tell; from anywhere else it may still run.
 pub fn has_ended(scope: &str, pid: u32) -> bool {

@@ -53,11 +53,15 @@ pub enum StateError {
 impl StateError {
     pub fn hint(&self) -> String {
         match self {
-            StateError::Conflict { .. } => String::from("another run wrote it (was the lock bypassed?); run the command again to work from the new state"),
+            StateError::Conflict { .. } => {
+                String::from("another run wrote it (was the lock bypassed?); run the command again to work from the new state")
+            }
             StateError::Unversioned { bucket } => {
                 format!("aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled")
             }
-            StateError::Elsewhere { .. } => String::from("move it there with `kstack state migrate <env> --to s3`, or set `state: { backend: local }`"),
+            StateError::Elsewhere { .. } => {
+                String::from("move it there with `kstack state migrate <env> --to s3`, or set `state: { backend: local }`")
+            }
             StateError::Version { .. } => String::from("a newer kstack wrote it: use that version or a later one (everyone sharing the state must)"),
             StateError::Parse { .. } => {
                 String::from("restore it from a backup (or an earlier S3 version), or move it away to rebuild state from AWS tags")

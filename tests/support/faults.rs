@@ -150,11 +150,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Vec<u8>> {
         }
     };
     let headers = String::from_utf8_lossy(&buffer[..header_end]).to_ascii_lowercase();
-    let length: usize = headers
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let length: usize = headers.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     while buffer.len() < header_end + length {
         let read = stream.read(&mut chunk).ok()?;
         if read == 0 {
@@ -169,11 +165,8 @@ fn read_request(stream: &mut TcpStream) -> Option<Vec<u8>> {
 fn closing(request: &[u8]) -> Vec<u8> {
     let end = request.windows(4).position(|w| w == b"\r\n\r\n").map_or(request.len(), |e| e + 4);
     let head = String::from_utf8_lossy(&request[..end]);
-    let mut out: String = head
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
-        .map(|l| format!("{l}\r\n"))
-        .collect();
+    let mut out: String =
+        head.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()).map(|l| format!("{l}\r\n")).collect();
     out.push_str("Connection: close\r\n\r\n");
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&request[end..]);
@@ -183,11 +176,7 @@ fn closing(request: &[u8]) -> Vec<u8> {
 /// The signing service of the request (`.../<region>/<service>/aws4_request`).
 fn service(request: &[u8]) -> String {
     let head = String::from_utf8_lossy(request);
-    head.split("Credential=")
-        .nth(1)
-        .and_then(|c| c.split('/').nth(3))
-        .unwrap_or_default()
-        .to_owned()
+    head.split("Credential=").nth(1).and_then(|c| c.split('/').nth(3)).unwrap_or_default().to_owned()
 }
 
 /// An error response in the service's protocol: EC2's own XML, or the query protocol's.

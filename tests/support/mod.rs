@@ -119,12 +119,7 @@ impl Clients {
             .ec2
             .describe_images()
             .owners("099720109477")
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("name")
-                    .values("ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*")
-                    .build(),
-            )
+            .filters(aws_sdk_ec2::types::Filter::builder().name("name").values("ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*").build())
             .send()
             .await
             .unwrap();
@@ -139,13 +134,7 @@ impl Clients {
             .await
             .unwrap();
         let id = copied.image_id().unwrap().to_owned();
-        self.ec2
-            .create_tags()
-            .resources(&id)
-            .tags(aws_sdk_ec2::types::Tag::builder().key("kstack:image").value(name).build())
-            .send()
-            .await
-            .unwrap();
+        self.ec2.create_tags().resources(&id).tags(aws_sdk_ec2::types::Tag::builder().key("kstack:image").value(name).build()).send().await.unwrap();
         id
     }
 
@@ -187,10 +176,7 @@ impl Clients {
 }
 
 pub fn env_filter(environment: &str) -> aws_sdk_ec2::types::Filter {
-    aws_sdk_ec2::types::Filter::builder()
-        .name("tag:kstack:environment")
-        .values(environment)
-        .build()
+    aws_sdk_ec2::types::Filter::builder().name("tag:kstack:environment").values(environment).build()
 }
 
 /// A private copy of the project's environments and images, so tests can edit them.
@@ -292,7 +278,5 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn json(output: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&output.stdout))
-    })
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&output.stdout)))
 }

@@ -23,11 +23,8 @@ pub fn project_roles() -> PathBuf {
 pub fn load(dir: &Path, names: &[&str]) -> Vec<Role> {
     let mut sources = Sources::default();
     let source = sources.add(Path::new("test"), names.join(" "));
-    let names: Vec<Spanned<String>> =
-        names.iter().map(|n| Spanned::new((*n).to_owned(), Loc { source, line: 1, column: 1, len: n.len() })).collect();
-    load_roles(dir, &names, &mut sources).unwrap_or_else(|problems| {
-        panic!("{:?}", problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>())
-    })
+    let names: Vec<Spanned<String>> = names.iter().map(|n| Spanned::new((*n).to_owned(), Loc { source, line: 1, column: 1, len: n.len() })).collect();
+    load_roles(dir, &names, &mut sources).unwrap_or_else(|problems| panic!("{:?}", problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>()))
 }
 
 pub fn login(key: &ClientKey) -> Login {

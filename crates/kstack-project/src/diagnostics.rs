@@ -26,10 +26,7 @@ pub struct SourceFile {
 
 impl Sources {
     pub fn add(&mut self, path: &Path, text: String) -> SourceId {
-        self.files.push(SourceFile {
-            path: path.to_path_buf(),
-            text: Arc::new(text),
-        });
+        self.files.push(SourceFile { path: path.to_path_buf(), text: Arc::new(text) });
         self.files.len() - 1
     }
 
@@ -110,15 +107,8 @@ impl Problems {
     }
 
     fn push(&mut self, loc: Option<Loc>, message: String) -> ProblemBuilder<'_> {
-        self.list.push(Problem {
-            message,
-            loc,
-            label: String::from("here"),
-            hint: None,
-        });
-        ProblemBuilder {
-            problem: self.list.last_mut().expect("just pushed"),
-        }
+        self.list.push(Problem { message, loc, label: String::from("here"), hint: None });
+        ProblemBuilder { problem: self.list.last_mut().expect("just pushed") }
     }
 
     /// Adds problems found by another reader.
@@ -193,28 +183,18 @@ pub struct ProblemReport {
 impl ProblemReport {
     pub fn new(problem: Problem, sources: &Sources) -> Self {
         let Some(loc) = problem.loc else {
-            return ProblemReport {
-                problem,
-                source: None,
-                span: None,
-            };
+            return ProblemReport { problem, source: None, span: None };
         };
         let file = sources.get(loc.source);
         let span = span_of(&file.text, loc);
         let name = display_path(&file.path);
-        ProblemReport {
-            problem,
-            source: Some(NamedSource::new(name, file.text.clone()).with_language("yaml")),
-            span: Some(span),
-        }
+        ProblemReport { problem, source: Some(NamedSource::new(name, file.text.clone()).with_language("yaml")), span: Some(span) }
     }
 }
 
 /// Paths are shown relative to the working directory when they are under it.
 pub fn display_path(path: &Path) -> String {
-    let relative = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf));
+    let relative = std::env::current_dir().ok().and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf));
     relative.unwrap_or_else(|| path.to_path_buf()).display().to_string()
 }
 
@@ -224,14 +204,8 @@ fn span_of(text: &str, loc: Loc) -> SourceSpan {
     for (index, line) in text.split_inclusive('\n').enumerate() {
         if index + 1 == loc.line {
             let line_body = line.trim_end_matches(['\n', '\r']);
-            let start = line_body
-                .char_indices()
-                .nth(loc.column.saturating_sub(1))
-                .map_or(line_body.len(), |(i, _)| i);
-            let end = line_body[start..]
-                .char_indices()
-                .nth(loc.len.max(1))
-                .map_or(line_body.len(), |(i, _)| start + i);
+            let start = line_body.char_indices().nth(loc.column.saturating_sub(1)).map_or(line_body.len(), |(i, _)| i);
+            let end = line_body[start..].char_indices().nth(loc.len.max(1)).map_or(line_body.len(), |(i, _)| start + i);
             return SourceSpan::new((offset + start).into(), end - start);
         }
         offset += line.len();
@@ -249,10 +223,7 @@ impl std::error::Error for ProblemReport {}
 
 impl Diagnostic for ProblemReport {
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.problem
-            .hint
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.problem.hint.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -273,12 +244,7 @@ mod tests {
     #[test]
     fn span_of_counts_lines_and_columns_from_one() {
         let text = "a: 1\nbb: two\n";
-        let loc = Loc {
-            source: 0,
-            line: 2,
-            column: 5,
-            len: 3,
-        };
+        let loc = Loc { source: 0, line: 2, column: 5, len: 3 };
         let span = span_of(text, loc);
         assert_eq!(&text[span.offset()..span.offset() + span.len()], "two");
     }

@@ -11,31 +11,19 @@ use crate::diagnostics::{display_path, Loc, Problems, Spanned};
 /// A name that becomes one file or directory name, such as a role (`roles/<name>/`) or an
 /// image (`images/<name>.yaml`): letters, digits, `-`, `_` and `.`, not starting with `.`.
 pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Reports `name` (written at `loc`, or given on the command line) unless it is a plain
 /// name. `what` names it in the message ("role"), `hint` says where such names live.
-pub fn check_name(
-    name: &str,
-    loc: Option<Loc>,
-    what: &str,
-    hint: &str,
-    problems: &mut Problems,
-) -> bool {
+pub fn check_name(name: &str, loc: Option<Loc>, what: &str, hint: &str, problems: &mut Problems) -> bool {
     if is_plain_name(name) {
         return true;
     }
     problems
         .at(loc, format!("{what} name `{name}` is not a plain name"))
         .label("not a plain name")
-        .hint(format!(
-            "{hint}: letters, digits, `-`, `_` and `.`, without `/` and not starting with `.`"
-        ));
+        .hint(format!("{hint}: letters, digits, `-`, `_` and `.`, without `/` and not starting with `.`"));
     false
 }
 
@@ -58,36 +46,15 @@ impl Reference<'_> {
     /// The file to read, or `None` after reporting why it may not be. A path that does not
     /// exist is returned as it is, for the caller to report as missing.
     pub fn resolve(&self, problems: &mut Problems) -> Option<PathBuf> {
-        let Reference {
-            key,
-            path,
-            scope,
-            hint,
-            ..
-        } = *self;
+        let Reference { key, path, scope, hint, .. } = *self;
         let written = Path::new(&path.value);
         if written.has_root() {
-            problems
-                .error(
-                    path.loc,
-                    format!(
-                        "`{key}: {}` is an absolute path, outside {scope}",
-                        path.value
-                    ),
-                )
-                .label("absolute path")
-                .hint(hint);
+            problems.error(path.loc, format!("`{key}: {}` is an absolute path, outside {scope}", path.value)).label("absolute path").hint(hint);
             return None;
         }
         if written.components().any(|c| c == Component::ParentDir) {
             problems
-                .error(
-                    path.loc,
-                    format!(
-                        "`{key}: {}` contains `..`, which could lead outside {scope}",
-                        path.value
-                    ),
-                )
+                .error(path.loc, format!("`{key}: {}` contains `..`, which could lead outside {scope}", path.value))
                 .label("`..` is not allowed")
                 .hint(hint);
             return None;
@@ -96,18 +63,9 @@ impl Reference<'_> {
         match outside(self.root, &joined) {
             Some(resolved) => {
                 problems
-                    .error(
-                        path.loc,
-                        format!(
-                            "`{key}: {}` resolves to {}, outside {scope}",
-                            path.value,
-                            resolved.display()
-                        ),
-                    )
+                    .error(path.loc, format!("`{key}: {}` resolves to {}, outside {scope}", path.value, resolved.display()))
                     .label("a symlink leads outside")
-                    .hint(format!(
-                        "{hint}; copy the file in rather than linking to it"
-                    ));
+                    .hint(format!("{hint}; copy the file in rather than linking to it"));
                 None
             }
             None => Some(joined),
@@ -125,29 +83,14 @@ pub fn outside(root: &Path, path: &Path) -> Option<PathBuf> {
 
 /// Reports a file or directory kstack finds by name (a role's `tasks.yaml`, `images/<name>.yaml`)
 /// that a symlink leads outside `root`, at `loc` where the name was written; `false` when it does.
-pub fn check_inside(
-    root: &Path,
-    path: &Path,
-    scope: &str,
-    loc: Option<Loc>,
-    problems: &mut Problems,
-) -> bool {
+pub fn check_inside(root: &Path, path: &Path, scope: &str, loc: Option<Loc>, problems: &mut Problems) -> bool {
     let Some(resolved) = outside(root, path) else {
         return true;
     };
     problems
-        .at(
-            loc,
-            format!(
-                "{} resolves to {}, outside {scope}",
-                display_path(path),
-                resolved.display()
-            ),
-        )
+        .at(loc, format!("{} resolves to {}, outside {scope}", display_path(path), resolved.display()))
         .label("a symlink leads outside")
-        .hint(
-            "kstack reads nothing outside the project; copy the file in rather than linking to it",
-        );
+        .hint("kstack reads nothing outside the project; copy the file in rather than linking to it");
     false
 }
 
@@ -156,33 +99,15 @@ mod tests {
     use super::*;
 
     fn spanned(text: &str) -> Spanned<String> {
-        Spanned::new(
-            text.to_owned(),
-            Loc {
-                source: 0,
-                line: 1,
-                column: 1,
-                len: text.len(),
-            },
-        )
+        Spanned::new(text.to_owned(), Loc { source: 0, line: 1, column: 1, len: text.len() })
     }
 
     fn resolve(root: &Path, text: &str) -> (Option<PathBuf>, Vec<String>) {
         let path = spanned(text);
-        let reference = Reference {
-            key: "src",
-            path: &path,
-            base: root,
-            root,
-            scope: "the role",
-            hint: "stay",
-        };
+        let reference = Reference { key: "src", path: &path, base: root, root, scope: "the role", hint: "stay" };
         let mut problems = Problems::default();
         let resolved = reference.resolve(&mut problems);
-        (
-            resolved,
-            problems.iter().map(|p| p.message.clone()).collect(),
-        )
+        (resolved, problems.iter().map(|p| p.message.clone()).collect())
     }
 
     #[test]
@@ -190,9 +115,7 @@ mod tests {
         for good in ["kubelet", "unattended-upgrades", "node_v2", "a.b"] {
             assert!(is_plain_name(good), "{good}");
         }
-        for bad in [
-            "", ".", "..", ".hidden", "a/b", "/etc", "../x", "a b", "a\\b", "~",
-        ] {
+        for bad in ["", ".", "..", ".hidden", "a/b", "/etc", "../x", "a b", "a\\b", "~"] {
             assert!(!is_plain_name(bad), "{bad}");
         }
     }
@@ -205,38 +128,16 @@ mod tests {
         std::fs::write(root.join("files/sub/ok.txt"), "ok").unwrap();
         std::fs::write(outer.path().join("secret"), "secret").unwrap();
         std::os::unix::fs::symlink(outer.path().join("secret"), root.join("files/link")).unwrap();
-        std::os::unix::fs::symlink(root.join("files/sub/ok.txt"), root.join("files/inner-link"))
-            .unwrap();
+        std::os::unix::fs::symlink(root.join("files/sub/ok.txt"), root.join("files/inner-link")).unwrap();
 
-        assert_eq!(
-            resolve(&root, "files/sub/ok.txt").0,
-            Some(root.join("files/sub/ok.txt"))
-        );
-        assert_eq!(
-            resolve(&root, "files/inner-link").0,
-            Some(root.join("files/inner-link"))
-        );
-        assert_eq!(
-            resolve(&root, "files/missing").0,
-            Some(root.join("files/missing"))
-        );
-        assert_eq!(
-            resolve(&root, "/etc/passwd").1,
-            ["`src: /etc/passwd` is an absolute path, outside the role"]
-        );
-        assert_eq!(
-            resolve(&root, "files/../../secret").1,
-            ["`src: files/../../secret` contains `..`, which could lead outside the role"]
-        );
+        assert_eq!(resolve(&root, "files/sub/ok.txt").0, Some(root.join("files/sub/ok.txt")));
+        assert_eq!(resolve(&root, "files/inner-link").0, Some(root.join("files/inner-link")));
+        assert_eq!(resolve(&root, "files/missing").0, Some(root.join("files/missing")));
+        assert_eq!(resolve(&root, "/etc/passwd").1, ["`src: /etc/passwd` is an absolute path, outside the role"]);
+        assert_eq!(resolve(&root, "files/../../secret").1, ["`src: files/../../secret` contains `..`, which could lead outside the role"]);
         let (resolved, problems) = resolve(&root, "files/link");
         assert_eq!(resolved, None);
         let secret = outer.path().join("secret").canonicalize().unwrap();
-        assert_eq!(
-            problems,
-            [format!(
-                "`src: files/link` resolves to {}, outside the role",
-                secret.display()
-            )]
-        );
+        assert_eq!(problems, [format!("`src: files/link` resolves to {}, outside the role", secret.display())]);
     }
 }

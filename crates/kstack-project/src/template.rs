@@ -32,12 +32,7 @@ const HINT: &str = "templates see the environment's `variables`, plus `env`, `re
 impl Renderer {
     /// Renders `template` with `context`. Each undefined variable is reported at its own
     /// position; any other failure becomes a problem at the template line minijinja names.
-    pub fn render(
-        &self,
-        template: &Spanned<String>,
-        context: &BTreeMap<String, Value>,
-        problems: &mut Problems,
-    ) -> Option<String> {
+    pub fn render(&self, template: &Spanned<String>, context: &BTreeMap<String, Value>, problems: &mut Problems) -> Option<String> {
         let compiled = match self.jinja.template_from_str(&template.value) {
             Ok(compiled) => compiled,
             Err(error) => {
@@ -45,21 +40,14 @@ impl Renderer {
                 return None;
             }
         };
-        let mut undefined: Vec<String> = compiled
-            .undeclared_variables(false)
-            .into_iter()
-            .filter(|name| !context.contains_key(name))
-            .collect();
+        let mut undefined: Vec<String> = compiled.undeclared_variables(false).into_iter().filter(|name| !context.contains_key(name)).collect();
         if !undefined.is_empty() {
             undefined.sort();
             let known: Vec<&str> = context.keys().map(String::as_str).collect();
             for name in undefined {
-                let hint = did_you_mean(&name, known.iter().copied())
-                    .map_or_else(|| HINT.to_string(), |close| format!("did you mean `{close}`? {HINT}"));
-                problems
-                    .error(variable_loc(template, &name), format!("undefined template variable `{name}`"))
-                    .label("undefined")
-                    .hint(hint);
+                let hint =
+                    did_you_mean(&name, known.iter().copied()).map_or_else(|| HINT.to_string(), |close| format!("did you mean `{close}`? {HINT}"));
+                problems.error(variable_loc(template, &name), format!("undefined template variable `{name}`")).label("undefined").hint(hint);
             }
             return None;
         }
@@ -86,24 +74,14 @@ fn report(template: &Spanned<String>, error: &minijinja::Error, problems: &mut P
 /// span at its first character, which for a block scalar (`|`) is the first text line.
 fn line_loc(template: &Spanned<String>, line: usize) -> Loc {
     let text = template.value.lines().nth(line.saturating_sub(1)).unwrap_or("");
-    Loc {
-        line: template.loc.line + line - 1,
-        column: template.loc.column,
-        len: text.trim_end().len().max(1),
-        ..template.loc
-    }
+    Loc { line: template.loc.line + line - 1, column: template.loc.column, len: text.trim_end().len().max(1), ..template.loc }
 }
 
 /// Where `name` is first used inside `{{ }}` or `{% %}` in the template.
 fn variable_loc(template: &Spanned<String>, name: &str) -> Loc {
     for (index, text) in template.value.lines().enumerate() {
         if let Some(column) = find_identifier(text, name) {
-            return Loc {
-                line: template.loc.line + index,
-                column: template.loc.column + column,
-                len: name.len(),
-                ..template.loc
-            };
+            return Loc { line: template.loc.line + index, column: template.loc.column + column, len: name.len(), ..template.loc };
         }
     }
     template.loc

@@ -15,10 +15,7 @@ use crate::diagnostics::{did_you_mean, expected_one_of, Loc, Problems, SourceId,
 
 /// Parses one file. YAML syntax errors become a problem at their location.
 pub fn parse(source: SourceId, text: &str, problems: &mut Problems) -> Option<Node> {
-    let options = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true)
-        .toplevel_mapping();
+    let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true).toplevel_mapping();
     match marked_yaml::parse_yaml_with_options(source, text, options) {
         Ok(node) => Some(node),
         Err(error) => {
@@ -29,12 +26,7 @@ pub fn parse(source: SourceId, text: &str, problems: &mut Problems) -> Option<No
 }
 
 fn report_load_error(source: SourceId, error: &LoadError, problems: &mut Problems) {
-    let at = |marker: &marked_yaml::Marker| Loc {
-        source,
-        line: marker.line(),
-        column: marker.column(),
-        len: 1,
-    };
+    let at = |marker: &marked_yaml::Marker| Loc { source, line: marker.line(), column: marker.column(), len: 1 };
     match error {
         LoadError::TopLevelMustBeMapping(m) => {
             problems
@@ -50,19 +42,13 @@ fn report_load_error(source: SourceId, error: &LoadError, problems: &mut Problem
                 .hint("share settings between environments with `extends: <file>` instead");
         }
         LoadError::MappingKeyMustBeScalar(m) => {
-            problems
-                .error(at(m), "a mapping key must be a plain value")
-                .hint("keys are names such as `workers`; lists and mappings cannot be keys");
+            problems.error(at(m), "a mapping key must be a plain value").hint("keys are names such as `workers`; lists and mappings cannot be keys");
         }
         LoadError::UnexpectedTag(m) => {
-            problems
-                .error(at(m), "YAML tags (`!name`) are not supported")
-                .hint("remove the tag; values are typed by the setting they belong to");
+            problems.error(at(m), "YAML tags (`!name`) are not supported").hint("remove the tag; values are typed by the setting they belong to");
         }
         LoadError::ScanError(m, e) => {
-            problems
-                .error(at(m), format!("invalid YAML: {}", e.info()))
-                .hint("check indentation and quoting near this position");
+            problems.error(at(m), format!("invalid YAML: {}", e.info())).hint("check indentation and quoting near this position");
         }
         LoadError::DuplicateKey(inner) => {
             let key = &inner.key;
@@ -70,29 +56,13 @@ fn report_load_error(source: SourceId, error: &LoadError, problems: &mut Problem
             problems
                 .error(scalar_loc(key), format!("`{}` is defined twice in the same mapping", key.as_str()))
                 .label("defined again here")
-                .hint(format!(
-                    "the first definition is on line {}; remove or rename one of them",
-                    first.line
-                ));
+                .hint(format!("the first definition is on line {}; remove or rename one of them", first.line));
         }
     }
 }
 
 fn loc_of_span(span: &Span, len: usize) -> Loc {
-    span.start().map_or(
-        Loc {
-            source: 0,
-            line: 1,
-            column: 1,
-            len,
-        },
-        |m| Loc {
-            source: m.source(),
-            line: m.line(),
-            column: m.column(),
-            len,
-        },
-    )
+    span.start().map_or(Loc { source: 0, line: 1, column: 1, len }, |m| Loc { source: m.source(), line: m.line(), column: m.column(), len })
 }
 
 pub fn scalar_loc(scalar: &MarkedScalarNode) -> Loc {
@@ -121,9 +91,7 @@ pub fn is_null(node: &Node) -> bool {
 }
 
 fn type_error(node: &Node, expected: &str, problems: &mut Problems) {
-    problems
-        .error(loc(node), format!("expected {expected}, found {}", describe(node)))
-        .label(format!("expected {expected}"));
+    problems.error(loc(node), format!("expected {expected}, found {}", describe(node))).label(format!("expected {expected}"));
 }
 
 /// The keys of a mapping, read one by one; whatever is left at `finish` is unknown.
@@ -137,11 +105,7 @@ impl<'n> MapReader<'n> {
     /// `what` names the mapping in messages, e.g. "node group".
     pub fn new(node: &'n Node, what: &'static str, problems: &mut Problems) -> Option<Self> {
         match node {
-            Node::Mapping(map) => Some(MapReader {
-                node: map,
-                known: Vec::new(),
-                what,
-            }),
+            Node::Mapping(map) => Some(MapReader { node: map, known: Vec::new(), what }),
             _ => {
                 type_error(node, &format!("a mapping ({what})"), problems);
                 None
@@ -162,14 +126,8 @@ impl<'n> MapReader<'n> {
     pub fn required(&mut self, key: &'static str, problems: &mut Problems) -> Option<&'n Node> {
         let value = self.get(key);
         if value.is_none() {
-            let loc = self
-                .node
-                .keys()
-                .find(|k| k.as_str() == key)
-                .map_or_else(|| self.loc(), scalar_loc);
-            problems
-                .error(loc, format!("{} is missing required setting `{key}`", self.what))
-                .hint(format!("add `{key}: ...` to this {}", self.what));
+            let loc = self.node.keys().find(|k| k.as_str() == key).map_or_else(|| self.loc(), scalar_loc);
+            problems.error(loc, format!("{} is missing required setting `{key}`", self.what)).hint(format!("add `{key}: ...` to this {}", self.what));
         }
         value
     }
@@ -184,10 +142,7 @@ impl<'n> MapReader<'n> {
                 Some(close) => format!("did you mean `{close}`?"),
                 None => format!("settings of a {}: {}", self.what, self.known.join(", ")),
             };
-            problems
-                .error(scalar_loc(key), format!("unknown setting `{}` in {}", key.as_str(), self.what))
-                .label("unknown setting")
-                .hint(hint);
+            problems.error(scalar_loc(key), format!("unknown setting `{}` in {}", key.as_str(), self.what)).label("unknown setting").hint(hint);
         }
     }
 }
@@ -224,10 +179,11 @@ where
     match parsed {
         Some(value) if range.contains(&value) => Some(Spanned::new(value, loc(node))),
         Some(value) => {
-            problems
-                .error(loc(node), format!("{value} is out of range"))
-                .label("out of range")
-                .hint(format!("use a number from {} to {}", range.start(), range.end()));
+            problems.error(loc(node), format!("{value} is out of range")).label("out of range").hint(format!(
+                "use a number from {} to {}",
+                range.start(),
+                range.end()
+            ));
             None
         }
         None => {
@@ -254,11 +210,7 @@ pub fn choice<T: Copy>(node: &Node, choices: &[(&str, T)], problems: &mut Proble
 }
 
 /// A list; a single value where a list is expected is not accepted, to keep files uniform.
-pub fn list<T>(
-    node: &Node,
-    problems: &mut Problems,
-    mut item: impl FnMut(&Node, &mut Problems) -> Option<T>,
-) -> Option<Vec<T>> {
+pub fn list<T>(node: &Node, problems: &mut Problems, mut item: impl FnMut(&Node, &mut Problems) -> Option<T>) -> Option<Vec<T>> {
     match node {
         Node::Sequence(items) => Some(items.iter().filter_map(|n| item(n, problems)).collect()),
         _ => {
@@ -291,11 +243,7 @@ pub fn named<T>(
 
 /// A mapping of plain strings, such as tags.
 pub fn string_map(node: &Node, problems: &mut Problems) -> BTreeMap<String, Spanned<String>> {
-    named(node, "key", problems, |key, value, problems| {
-        string(value, problems).map(|v| (key.value, v))
-    })
-    .into_iter()
-    .collect()
+    named(node, "key", problems, |key, value, problems| string(value, problems).map(|v| (key.value, v))).into_iter().collect()
 }
 
 /// Any YAML value as JSON, for IAM policy documents and template variables. Unquoted
@@ -316,11 +264,7 @@ pub fn to_json(node: &Node) -> serde_json::Value {
             }
         }
         Node::Sequence(items) => Value::Array(items.iter().map(to_json).collect()),
-        Node::Mapping(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.as_str().to_owned(), to_json(v)))
-                .collect(),
-        ),
+        Node::Mapping(map) => Value::Object(map.iter().map(|(k, v)| (k.as_str().to_owned(), to_json(v))).collect()),
     }
 }
 

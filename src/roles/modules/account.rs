@@ -28,11 +28,8 @@ impl Converge for Group {
 impl Converge for User {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
-        let text = host
-            .connection
-            .run(&format!("getent passwd {name}; echo '--- kstack ---'; id -nG {name} 2>/dev/null || true"), None)
-            .await?
-            .stdout;
+        let text =
+            host.connection.run(&format!("getent passwd {name}; echo '--- kstack ---'; id -nG {name} 2>/dev/null || true"), None).await?.stdout;
         let (passwd, groups) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let fields: Vec<&str> = passwd.trim().split(':').collect();
         let member_of: Vec<&str> = groups.split_whitespace().collect();
@@ -61,10 +58,7 @@ impl Converge for User {
         }
         if !diffs.is_empty() && !host.check {
             let script = if exists {
-                format!(
-                    "usermod{} {name}",
-                    options.replace(" --groups", " --append --groups").replace(" --home", " --move-home --home")
-                )
+                format!("usermod{} {name}", options.replace(" --groups", " --append --groups").replace(" --home", " --move-home --home"))
             } else {
                 let system = if self.system { " --system" } else { " --create-home" };
                 // A group named like the user becomes its primary group rather than a clash.

@@ -7,8 +7,7 @@ use kstack_project::roles::modules::{Copy, Line};
 
 /// The current content and attributes of a file, in one round trip.
 async fn read(host: &Host<'_>, path: &str) -> Result<(Stat, Option<String>), TaskError> {
-    let script =
-        format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path));
+    let script = format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path));
     let text = host.must(&script, "reading the file").await?;
     let (head, body) = text.split_once("--- kstack content ---\n").unwrap_or((&text, ""));
     let stat = Stat::parse(head);
@@ -79,9 +78,7 @@ impl Converge for Line {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         let pattern = match &self.regexp {
-            Some(pattern) => Some(
-                regex_lite::Regex::new(pattern).map_err(|e| TaskError::Failed(format!("`regexp` is invalid: {e}")))?,
-            ),
+            Some(pattern) => Some(regex_lite::Regex::new(pattern).map_err(|e| TaskError::Failed(format!("`regexp` is invalid: {e}")))?),
             None => None,
         };
         let (stat, current) = read(host, &self.path).await?;

@@ -32,13 +32,7 @@ impl Stat {
 }
 
 /// Diffs of mode, owner and group, for modules that manage them.
-pub fn attribute_diffs(
-    stat: &Stat,
-    mode: Option<u32>,
-    owner: Option<&str>,
-    group: Option<&str>,
-    diffs: &mut Vec<FieldDiff>,
-) {
+pub fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str>, group: Option<&str>, diffs: &mut Vec<FieldDiff>) {
     if let Some(mode) = mode {
         let wanted = format!("{mode:o}");
         if stat.mode != wanted {
@@ -80,12 +74,8 @@ impl Converge for File {
         match self.state {
             FileState::Absent => script.push_str(&format!("rm -rf {path}\n")),
             FileState::Directory => script.push_str(&format!("mkdir -p {path}\n")),
-            FileState::File => {
-                script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n"))
-            }
-            FileState::Link => {
-                script.push_str(&format!("ln -sfn {} {path}\n", quote(self.src.as_deref().unwrap_or_default())))
-            }
+            FileState::File => script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n")),
+            FileState::Link => script.push_str(&format!("ln -sfn {} {path}\n", quote(self.src.as_deref().unwrap_or_default()))),
         }
         if self.state != FileState::Absent && self.state != FileState::Link {
             if let Some(mode) = mode {

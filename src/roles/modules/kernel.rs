@@ -18,8 +18,7 @@ fn edit(grub: &str, parameter: &str, present: bool) -> String {
                 return line.to_owned();
             };
             found = true;
-            let mut words: Vec<&str> =
-                value.trim_matches('"').split_whitespace().filter(|w| w.split('=').next() != Some(name)).collect();
+            let mut words: Vec<&str> = value.trim_matches('"').split_whitespace().filter(|w| w.split('=').next() != Some(name)).collect();
             if present {
                 words.push(parameter);
             }
@@ -48,19 +47,11 @@ impl Converge for KernelCmdline {
         let mut notes = vec![String::from("takes effect at the next boot")];
         if !host.check {
             host.connection.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
-            let output =
-                host.connection.run("command -v update-grub >/dev/null || exit 100; update-grub 2>&1", None).await?;
+            let output = host.connection.run("command -v update-grub >/dev/null || exit 100; update-grub 2>&1", None).await?;
             match output.status {
                 0 => {}
-                100 => {
-                    notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed"))
-                }
-                status => {
-                    return Err(TaskError::Failed(format!(
-                        "update-grub failed (exit {status}): {}",
-                        output.stdout.trim()
-                    )))
-                }
+                100 => notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed")),
+                status => return Err(TaskError::Failed(format!("update-grub failed (exit {status}): {}", output.stdout.trim()))),
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

@@ -27,11 +27,7 @@ impl Converge for Package {
                 let wrong_version = self.version.as_deref().is_some_and(|v| v != version);
                 if !installed || wrong_version {
                     let before = if installed { version.to_owned() } else { String::from("(not installed)") };
-                    diffs.push(FieldDiff::new(
-                        "version",
-                        before,
-                        self.version.clone().unwrap_or_else(|| String::from("any")),
-                    ));
+                    diffs.push(FieldDiff::new("version", before, self.version.clone().unwrap_or_else(|| String::from("any"))));
                     let target = match &self.version {
                         Some(v) => quote(&format!("{}={v}", self.name)),
                         None => name.clone(),
@@ -39,8 +35,7 @@ impl Converge for Package {
                     if held {
                         script.push_str(&format!("apt-mark unhold {name} >/dev/null\n"));
                     }
-                    script
-                        .push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
+                    script.push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
                 }
             }
             PackageState::Absent => {
@@ -79,11 +74,7 @@ impl Converge for AptRepository {
             _ => self.source.clone(),
         };
         let wanted_list = format!("{source}\n");
-        let script = format!(
-            "cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true",
-            quote(&list),
-            quote(&keyring)
-        );
+        let script = format!("cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true", quote(&list), quote(&keyring));
         let text = host.must(&script, "reading the repository").await?;
         let (current_list, current_key) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let mut diffs = Vec::new();
@@ -92,11 +83,7 @@ impl Converge for AptRepository {
         }
         if let Some(key) = key {
             if current_key != key {
-                diffs.push(FieldDiff::new(
-                    "key",
-                    if current_key.is_empty() { "(absent)" } else { "differs" },
-                    keyring.clone(),
-                ));
+                diffs.push(FieldDiff::new("key", if current_key.is_empty() { "(absent)" } else { "differs" }, keyring.clone()));
             }
         }
         if !diffs.is_empty() && !host.check {
@@ -106,10 +93,7 @@ impl Converge for AptRepository {
             host.connection.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
             // Only the new source: its package lists are what the next task needs, and the
             // others do not have to be fetched again for it.
-            let update = format!(
-                "{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0",
-                quote(&list)
-            );
+            let update = format!("{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0", quote(&list));
             host.must(&update, "apt-get update").await?;
         }
         Ok(Outcome { diffs, ..Outcome::default() })

@@ -17,11 +17,7 @@ impl Converge for Sysctl {
         }
         let file = file(self);
         let wanted_file = format!("{} = {}\n", self.name, self.value);
-        let script = format!(
-            "cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true",
-            quote(&file),
-            quote(&self.name)
-        );
+        let script = format!("cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true", quote(&file), quote(&self.name));
         let text = host.must(&script, "reading the setting").await?;
         let (persisted, running) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let normalize = |v: &str| v.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -42,11 +38,7 @@ impl Converge for Sysctl {
         if !diffs.is_empty() && !host.check {
             host.connection.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root").await?;
             if !container {
-                host.must(
-                    &format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)),
-                    "applying the setting",
-                )
-                .await?;
+                host.must(&format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)), "applying the setting").await?;
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

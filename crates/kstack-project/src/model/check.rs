@@ -71,9 +71,7 @@ fn check_zones(env: &Environment, problems: &mut Problems) {
                 .hint(format!("zones of {region} are named `{region}a`, `{region}b`, ..."));
         }
         if !seen.insert(zone.value.as_str()) {
-            problems
-                .error(zone.loc, format!("availability zone `{}` is listed twice", zone.value))
-                .hint("remove the repeated zone");
+            problems.error(zone.loc, format!("availability zone `{}` is listed twice", zone.value)).hint("remove the repeated zone");
         }
     }
     if env.network.availability_zones.is_empty() {
@@ -125,9 +123,7 @@ fn check_tags(tags: &std::collections::BTreeMap<String, Spanned<String>>, proble
                 .hint("AWS reserves `aws:` and kstack sets `kstack:` tags itself; choose another key");
         }
         if key.len() > 128 || value.value.len() > 256 {
-            problems
-                .error(value.loc, format!("tag `{key}` is too long"))
-                .hint("AWS allows tag keys of up to 128 characters and values of up to 256");
+            problems.error(value.loc, format!("tag `{key}` is too long")).hint("AWS allows tag keys of up to 128 characters and values of up to 256");
         }
     }
 }
@@ -141,10 +137,7 @@ fn check_sizes(group: &NodeGroup, problems: &mut Problems) {
             .hint(format!("node group `{}` needs min <= desired <= max", group.name.value));
     } else if desired.value < min.value || desired.value > max.value {
         problems
-            .error(
-                desired.loc,
-                format!("desired ({}) is outside min..max ({}..{})", desired.value, min.value, max.value),
-            )
+            .error(desired.loc, format!("desired ({}) is outside min..max ({}..{})", desired.value, min.value, max.value))
             .label("outside min..max")
             .hint(format!("node group `{}` needs min <= desired <= max", group.name.value));
     }
@@ -171,10 +164,7 @@ fn check_image_exists(name: &str, loc: Loc, images_dir: &Path, problems: &mut Pr
     problems
         .error(loc, format!("image `{name}` is not defined: there is no {}", crate::diagnostics::display_path(&path)))
         .label("unknown image")
-        .hint(format!(
-            "{}; or use an AMI id such as `ami-0abcdef1234567890`",
-            expected_one_of(name, &known_refs)
-        ));
+        .hint(format!("{}; or use an AMI id such as `ami-0abcdef1234567890`", expected_one_of(name, &known_refs)));
 }
 
 /// File names without `.yaml` of a directory's YAML files, sorted.
@@ -233,9 +223,7 @@ impl<'a> References<'a> {
         for (i, name) in names.iter().enumerate() {
             self.security_group(name, problems);
             if names[..i].iter().any(|n| n.value == name.value) {
-                problems
-                    .error(name.loc, format!("security group `{}` is listed twice", name.value))
-                    .hint("remove the repeated name");
+                problems.error(name.loc, format!("security group `{}` is listed twice", name.value)).hint("remove the repeated name");
             }
         }
     }
@@ -262,12 +250,10 @@ impl<'a> References<'a> {
         match self.env.iam_roles.iter().find(|r| r.name.value == name.value) {
             None => self.dangling(name, "IAM role", &roles, problems),
             Some(role) if !role.instance_profile => {
-                problems
-                    .error(name.loc, format!("IAM role `{}` has no instance profile", name.value))
-                    .hint(format!(
-                        "node groups use a role through its instance profile; remove `instance_profile: false` from role `{}` (line {})",
-                        name.value, role.name.loc.line
-                    ));
+                problems.error(name.loc, format!("IAM role `{}` has no instance profile", name.value)).hint(format!(
+                    "node groups use a role through its instance profile; remove `instance_profile: false` from role `{}` (line {})",
+                    name.value, role.name.loc.line
+                ));
             }
             Some(_) => {}
         }

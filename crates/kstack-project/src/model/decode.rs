@@ -21,11 +21,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     let region = map.required("region", problems).and_then(|n| region(n, problems));
     let variables = map
         .get("variables")
-        .map(|n| {
-            named(n, "variable", problems, |key, value, _| {
-                Some((key.value, Spanned::new(yaml::to_json(value), key.loc)))
-            })
-        })
+        .map(|n| named(n, "variable", problems, |key, value, _| Some((key.value, Spanned::new(yaml::to_json(value), key.loc)))))
         .unwrap_or_default()
         .into_iter()
         .collect();
@@ -44,18 +40,12 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     if let Some(defaults) = node_defaults {
         MapReader::new(defaults, "node defaults", problems);
     }
-    let node_groups = section(
-        map.get("node_groups"),
-        "node group",
-        &mut undecoded,
-        problems,
-        |name, group, problems| match node_defaults {
-            // Defaults are merged before decoding, so a problem in them is reported once
-            // per group that inherits it; `Problems::into_sorted` drops the repeats.
-            Some(defaults) => node_group(name, &merge::merge(defaults.clone(), group.clone()), reboots_node, problems),
-            None => node_group(name, group, reboots_node, problems),
-        },
-    );
+    let node_groups = section(map.get("node_groups"), "node group", &mut undecoded, problems, |name, group, problems| match node_defaults {
+        // Defaults are merged before decoding, so a problem in them is reported once
+        // per group that inherits it; `Problems::into_sorted` drops the repeats.
+        Some(defaults) => node_group(name, &merge::merge(defaults.clone(), group.clone()), reboots_node, problems),
+        None => node_group(name, group, reboots_node, problems),
+    });
     // Groups rolled first, in this order (e.g. masters); the rest follow in file order.
     let roll_order = map.get("roll_order").and_then(|n| string_list(n, problems)).unwrap_or_default();
     let roll_hooks = map.get("roll_hooks").and_then(|n| roll_hooks(n, problems)).unwrap_or_default();
@@ -104,11 +94,7 @@ fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>
 fn roll_hooks(node: &Node, problems: &mut Problems) -> Option<RollHooks> {
     let mut map = MapReader::new(node, "roll hooks", problems)?;
     let mut hook = |key| map.get(key).and_then(|n| string(n, problems)).map(|s| s.value);
-    let hooks = RollHooks {
-        readiness: hook("readiness"),
-        pre_stop: hook("pre_stop"),
-        validate: hook("validate"),
-    };
+    let hooks = RollHooks { readiness: hook("readiness"), pre_stop: hook("pre_stop"), validate: hook("validate") };
     map.finish(problems);
     Some(hooks)
 }
@@ -174,48 +160,24 @@ fn network(node: &Node, problems: &mut Problems) -> Option<Network> {
     let mut map = MapReader::new(node, "network", problems)?;
     let loc = map.loc();
     let vpc_cidr = map.required("vpc_cidr", problems).and_then(|n| cidr(n, problems));
-    let availability_zones = map
-        .required("availability_zones", problems)
-        .and_then(|n| string_list(n, problems));
-    let subnet_tiers = map
-        .required("subnets", problems)
-        .map(|n| named(n, "subnet tier", problems, subnet_tier));
+    let availability_zones = map.required("availability_zones", problems).and_then(|n| string_list(n, problems));
+    let subnet_tiers = map.required("subnets", problems).map(|n| named(n, "subnet tier", problems, subnet_tier));
     let nat_gateways = map
         .get("nat_gateways")
-        .and_then(|n| {
-            choice(
-                n,
-                &[
-                    ("per_zone", NatGateways::PerZone),
-                    ("single", NatGateways::Single),
-                    ("none", NatGateways::None),
-                ],
-                problems,
-            )
-        })
+        .and_then(|n| choice(n, &[("per_zone", NatGateways::PerZone), ("single", NatGateways::Single), ("none", NatGateways::None)], problems))
         .map_or(NatGateways::PerZone, |c| c.value);
     map.finish(problems);
-    Some(Network {
-        vpc_cidr: vpc_cidr?,
-        availability_zones: availability_zones?,
-        subnet_tiers: subnet_tiers?,
-        nat_gateways,
-        loc,
-    })
+    Some(Network { vpc_cidr: vpc_cidr?, availability_zones: availability_zones?, subnet_tiers: subnet_tiers?, nat_gateways, loc })
 }
 
 fn subnet_tier(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Option<SubnetTier> {
     let mut map = MapReader::new(node, "subnet tier", problems)?;
-    let public = map
-        .required("type", problems)
-        .and_then(|n| choice(n, &[("public", true), ("private", false)], problems));
+    let public = map.required("type", problems).and_then(|n| choice(n, &[("public", true), ("private", false)], problems));
     let prefix = map.get("prefix_length");
     let explicit = map.get("cidrs");
     let cidrs = match (prefix, explicit) {
         (Some(p), None) => number(p, 16..=28, problems).map(|prefix_len| SubnetCidrs::Carved { prefix_len }),
-        (None, Some(c)) => Some(SubnetCidrs::Explicit(named(c, "zone", problems, |zone, n, problems| {
-            cidr(n, problems).map(|c| (zone, c))
-        }))),
+        (None, Some(c)) => Some(SubnetCidrs::Explicit(named(c, "zone", problems, |zone, n, problems| cidr(n, problems).map(|c| (zone, c))))),
         (Some(_), Some(c)) => {
             problems
                 .error(yaml::loc(c), "a subnet tier takes either `prefix_length` or `cidrs`, not both")
@@ -230,58 +192,29 @@ fn subnet_tier(name: Spanned<String>, node: &Node, problems: &mut Problems) -> O
         }
     };
     map.finish(problems);
-    Some(SubnetTier {
-        name,
-        public: public?.value,
-        cidrs: cidrs?,
-    })
+    Some(SubnetTier { name, public: public?.value, cidrs: cidrs? })
 }
 
 fn security_group(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Option<SecurityGroup> {
     let mut map = MapReader::new(node, "security group", problems)?;
-    let description = map
-        .get("description")
-        .and_then(|n| string(n, problems))
-        .map_or_else(|| format!("kstack security group {}", name.value), |d| d.value);
-    let ingress = map
-        .get("ingress")
-        .and_then(|n| list(n, problems, rule))
-        .unwrap_or_default();
+    let description =
+        map.get("description").and_then(|n| string(n, problems)).map_or_else(|| format!("kstack security group {}", name.value), |d| d.value);
+    let ingress = map.get("ingress").and_then(|n| list(n, problems, rule)).unwrap_or_default();
     let egress = map.get("egress").and_then(|n| list(n, problems, rule));
     map.finish(problems);
-    Some(SecurityGroup {
-        name,
-        description,
-        ingress,
-        egress,
-    })
+    Some(SecurityGroup { name, description, ingress, egress })
 }
 
 fn rule(node: &Node, problems: &mut Problems) -> Option<Rule> {
     let mut map = MapReader::new(node, "security group rule", problems)?;
     let loc = map.loc();
-    let protocol = map.required("protocol", problems).and_then(|n| {
-        choice(
-            n,
-            &[
-                ("tcp", Protocol::Tcp),
-                ("udp", Protocol::Udp),
-                ("icmp", Protocol::Icmp),
-                ("all", Protocol::All),
-            ],
-            problems,
-        )
-    });
+    let protocol = map
+        .required("protocol", problems)
+        .and_then(|n| choice(n, &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp), ("icmp", Protocol::Icmp), ("all", Protocol::All)], problems));
     let ports_node = map.get("ports");
     let ports = ports_node.and_then(|n| port_range(n, problems));
-    let cidrs = map
-        .get("cidrs")
-        .and_then(|n| list(n, problems, cidr))
-        .unwrap_or_default();
-    let groups = map
-        .get("groups")
-        .and_then(|n| string_list(n, problems))
-        .unwrap_or_default();
+    let cidrs = map.get("cidrs").and_then(|n| list(n, problems, cidr)).unwrap_or_default();
+    let groups = map.get("groups").and_then(|n| string_list(n, problems)).unwrap_or_default();
     let self_ = map.get("self").and_then(|n| boolean(n, problems)).unwrap_or(false);
     let description = map.get("description").and_then(|n| string(n, problems)).map(|d| d.value);
     map.finish(problems);
@@ -291,14 +224,10 @@ fn rule(node: &Node, problems: &mut Problems) -> Option<Rule> {
     }
     match (protocol.value, &ports) {
         (Protocol::Tcp | Protocol::Udp, None) => {
-            problems
-                .error(loc, "a tcp or udp rule needs `ports`")
-                .hint("add `ports: 443` or a range such as `ports: 30000-32767`");
+            problems.error(loc, "a tcp or udp rule needs `ports`").hint("add `ports: 443` or a range such as `ports: 30000-32767`");
         }
         (Protocol::Icmp | Protocol::All, Some(p)) => {
-            problems
-                .error(p.loc, "`ports` only applies to tcp and udp rules")
-                .hint("remove `ports`, or change the protocol to tcp or udp");
+            problems.error(p.loc, "`ports` only applies to tcp and udp rules").hint("remove `ports`, or change the protocol to tcp or udp");
         }
         _ => {}
     }
@@ -307,15 +236,7 @@ fn rule(node: &Node, problems: &mut Problems) -> Option<Rule> {
             .error(loc, "a rule must name a peer: `cidrs`, `groups` or `self: true`")
             .hint("e.g. `groups: [workers]` to allow traffic from the workers' security group");
     }
-    Some(Rule {
-        protocol,
-        ports,
-        cidrs,
-        groups,
-        self_,
-        description,
-        loc,
-    })
+    Some(Rule { protocol, ports, cidrs, groups, self_, description, loc })
 }
 
 fn port_range(node: &Node, problems: &mut Problems) -> Option<Spanned<PortRange>> {
@@ -339,14 +260,8 @@ fn port_range(node: &Node, problems: &mut Problems) -> Option<Spanned<PortRange>
 
 fn iam_role(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Option<IamRole> {
     let mut map = MapReader::new(node, "IAM role", problems)?;
-    let assumed_by = map
-        .get("assumed_by")
-        .and_then(|n| string(n, problems))
-        .map_or_else(|| String::from("ec2.amazonaws.com"), |s| s.value);
-    let managed_policies = map
-        .get("managed_policies")
-        .and_then(|n| string_list(n, problems))
-        .unwrap_or_default();
+    let assumed_by = map.get("assumed_by").and_then(|n| string(n, problems)).map_or_else(|| String::from("ec2.amazonaws.com"), |s| s.value);
+    let managed_policies = map.get("managed_policies").and_then(|n| string_list(n, problems)).unwrap_or_default();
     for arn in &managed_policies {
         if !(arn.value.starts_with("arn:aws") && arn.value.contains(":policy/")) {
             problems
@@ -355,31 +270,14 @@ fn iam_role(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Opti
                 .hint("managed policies are ARNs such as `arn:aws:iam::aws:policy/AmazonEC2ReadOnlyAccess`");
         }
     }
-    let inline_policies = map
-        .get("inline_policies")
-        .map(|n| named(n, "policy", problems, policy_document))
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let instance_profile = map
-        .get("instance_profile")
-        .and_then(|n| boolean(n, problems))
-        .unwrap_or(true);
+    let inline_policies = map.get("inline_policies").map(|n| named(n, "policy", problems, policy_document)).unwrap_or_default().into_iter().collect();
+    let instance_profile = map.get("instance_profile").and_then(|n| boolean(n, problems)).unwrap_or(true);
     map.finish(problems);
-    Some(IamRole {
-        name,
-        assumed_by,
-        managed_policies,
-        inline_policies,
-        instance_profile,
-    })
+    Some(IamRole { name, assumed_by, managed_policies, inline_policies, instance_profile })
 }
 
 fn policy_document(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Option<(String, serde_json::Value)> {
-    let has_statements = node
-        .as_mapping()
-        .and_then(|m| m.get_node("Statement"))
-        .is_some_and(|s| matches!(s, Node::Sequence(_) | Node::Mapping(_)));
+    let has_statements = node.as_mapping().and_then(|m| m.get_node("Statement")).is_some_and(|s| matches!(s, Node::Sequence(_) | Node::Mapping(_)));
     if !has_statements {
         problems
             .error(yaml::loc(node), format!("inline policy `{}` has no `Statement`", name.value))
@@ -395,10 +293,7 @@ pub fn subnet_selection(node: &Node, problems: &mut Problems) -> Option<SubnetSe
     }
     let mut map = MapReader::new(node, "subnet selection", problems)?;
     let tier = map.required("tier", problems).and_then(|n| string(n, problems));
-    let zones = map
-        .get("zones")
-        .and_then(|n| string_list(n, problems))
-        .unwrap_or_default();
+    let zones = map.get("zones").and_then(|n| string_list(n, problems)).unwrap_or_default();
     map.finish(problems);
     Some(SubnetSelection { tier: tier?, zones })
 }
@@ -407,38 +302,23 @@ fn load_balancer(name: Spanned<String>, node: &Node, problems: &mut Problems) ->
     let mut map = MapReader::new(node, "load balancer", problems)?;
     let loc = map.loc();
     let internal = map.get("internal").and_then(|n| boolean(n, problems)).unwrap_or(false);
-    let subnets = map
-        .required("subnets", problems)
-        .and_then(|n| subnet_selection(n, problems));
-    let security_groups = map
-        .get("security_groups")
-        .and_then(|n| string_list(n, problems))
-        .unwrap_or_default();
-    let listeners = map
-        .required("listeners", problems)
-        .and_then(|n| list(n, problems, listener));
+    let subnets = map.required("subnets", problems).and_then(|n| subnet_selection(n, problems));
+    let security_groups = map.get("security_groups").and_then(|n| string_list(n, problems)).unwrap_or_default();
+    let listeners = map.required("listeners", problems).and_then(|n| list(n, problems, listener));
     if listeners.as_ref().is_some_and(Vec::is_empty) {
         problems
             .error(loc, format!("load balancer `{}` has no listeners", name.value))
             .hint("add a listener such as `{port: 443, protocol: tcp, instance_port: 30443}`");
     }
-    let health_check = map
-        .required("health_check", problems)
-        .and_then(|n| health_check(n, problems));
+    let health_check = map.required("health_check", problems).and_then(|n| health_check(n, problems));
     let connection_draining = match map.get("connection_draining") {
         None => Some(300),
         Some(n) if n.as_scalar().and_then(|s| s.as_bool()) == Some(false) => None,
         Some(n) => number(n, 1..=3600, problems).map(|s| s.value),
     };
     let cross_zone = map.get("cross_zone").and_then(|n| boolean(n, problems)).unwrap_or(true);
-    let idle_timeout = map
-        .get("idle_timeout")
-        .and_then(|n| number(n, 1..=4000, problems))
-        .map_or(60, |s| s.value);
-    let node_groups = map
-        .get("node_groups")
-        .and_then(|n| string_list(n, problems))
-        .unwrap_or_default();
+    let idle_timeout = map.get("idle_timeout").and_then(|n| number(n, 1..=4000, problems)).map_or(60, |s| s.value);
+    let node_groups = map.get("node_groups").and_then(|n| string_list(n, problems)).unwrap_or_default();
     map.finish(problems);
     Some(LoadBalancer {
         name,
@@ -454,26 +334,16 @@ fn load_balancer(name: Spanned<String>, node: &Node, problems: &mut Problems) ->
     })
 }
 
-const LISTENER_PROTOCOLS: [(&str, ListenerProtocol); 4] = [
-    ("tcp", ListenerProtocol::Tcp),
-    ("ssl", ListenerProtocol::Ssl),
-    ("http", ListenerProtocol::Http),
-    ("https", ListenerProtocol::Https),
-];
+const LISTENER_PROTOCOLS: [(&str, ListenerProtocol); 4] =
+    [("tcp", ListenerProtocol::Tcp), ("ssl", ListenerProtocol::Ssl), ("http", ListenerProtocol::Http), ("https", ListenerProtocol::Https)];
 
 fn listener(node: &Node, problems: &mut Problems) -> Option<Listener> {
     let mut map = MapReader::new(node, "listener", problems)?;
     let loc = map.loc();
     let port = map.required("port", problems).and_then(|n| number(n, 1..=65535, problems));
-    let protocol = map
-        .required("protocol", problems)
-        .and_then(|n| choice(n, &LISTENER_PROTOCOLS, problems));
-    let instance_port = map
-        .required("instance_port", problems)
-        .and_then(|n| number(n, 1..=65535, problems));
-    let instance_protocol = map
-        .get("instance_protocol")
-        .and_then(|n| choice(n, &LISTENER_PROTOCOLS, problems));
+    let protocol = map.required("protocol", problems).and_then(|n| choice(n, &LISTENER_PROTOCOLS, problems));
+    let instance_port = map.required("instance_port", problems).and_then(|n| number(n, 1..=65535, problems));
+    let instance_protocol = map.get("instance_protocol").and_then(|n| choice(n, &LISTENER_PROTOCOLS, problems));
     let certificate = map.get("certificate").and_then(|n| string(n, problems));
     map.finish(problems);
     let protocol = protocol?.value;
@@ -496,19 +366,10 @@ fn health_check(node: &Node, problems: &mut Problems) -> Option<HealthCheck> {
     let mut map = MapReader::new(node, "health check", problems)?;
     let loc = map.loc();
     let target = map.required("target", problems).and_then(|n| string(n, problems));
-    let interval = map
-        .get("interval")
-        .and_then(|n| number(n, 5..=300, problems))
-        .map_or(10, |s| s.value);
+    let interval = map.get("interval").and_then(|n| number(n, 5..=300, problems)).map_or(10, |s| s.value);
     let timeout = map.get("timeout").and_then(|n| number(n, 2..=60, problems));
-    let healthy_threshold = map
-        .get("healthy_threshold")
-        .and_then(|n| number(n, 2..=10, problems))
-        .map_or(2, |s| s.value);
-    let unhealthy_threshold = map
-        .get("unhealthy_threshold")
-        .and_then(|n| number(n, 2..=10, problems))
-        .map_or(2, |s| s.value);
+    let healthy_threshold = map.get("healthy_threshold").and_then(|n| number(n, 2..=10, problems)).map_or(2, |s| s.value);
+    let unhealthy_threshold = map.get("unhealthy_threshold").and_then(|n| number(n, 2..=10, problems)).map_or(2, |s| s.value);
     map.finish(problems);
     let target = target?;
     if !health_check_target_is_valid(&target.value) {
@@ -523,14 +384,7 @@ fn health_check(node: &Node, problems: &mut Problems) -> Option<HealthCheck> {
             .error(timeout.map_or(loc, |t| t.loc), "the health check timeout must be shorter than its interval")
             .hint(format!("ELB rejects a timeout of {timeout_value}s with an interval of {interval}s"));
     }
-    Some(HealthCheck {
-        target: target.value,
-        interval,
-        timeout: timeout_value,
-        healthy_threshold,
-        unhealthy_threshold,
-        loc,
-    })
+    Some(HealthCheck { target: target.value, interval, timeout: timeout_value, healthy_threshold, unhealthy_threshold, loc })
 }
 
 fn health_check_target_is_valid(target: &str) -> bool {
@@ -551,53 +405,28 @@ fn node_group(name: Spanned<String>, node: &Node, env_reboots: Option<&Node>, pr
     let min = map.required("min", problems).and_then(|n| number(n, 0..=10_000, problems));
     let max = map.required("max", problems).and_then(|n| number(n, 0..=10_000, problems));
     let desired = map.get("desired").and_then(|n| number(n, 0..=10_000, problems));
-    let subnets = map
-        .required("subnets", problems)
-        .and_then(|n| subnet_selection(n, problems));
-    let instance_type = map
-        .required("instance_type", problems)
-        .and_then(|n| instance_type(n, problems));
+    let subnets = map.required("subnets", problems).and_then(|n| subnet_selection(n, problems));
+    let instance_type = map.required("instance_type", problems).and_then(|n| instance_type(n, problems));
     let image = map.required("image", problems).and_then(|n| image_ref(n, problems));
-    let security_groups = map
-        .get("security_groups")
-        .and_then(|n| string_list(n, problems))
-        .unwrap_or_default();
+    let security_groups = map.get("security_groups").and_then(|n| string_list(n, problems)).unwrap_or_default();
     let iam_role = map.get("iam_role").and_then(|n| string(n, problems));
-    let root_volume = map.get("root_volume").map_or_else(
-        || Some(default_root_volume()),
-        |n| root_volume(n, problems),
-    );
+    let root_volume = map.get("root_volume").map_or_else(|| Some(default_root_volume()), |n| root_volume(n, problems));
     let user_data = map.get("user_data").and_then(|n| string(n, problems));
-    let metadata = map.get("instance_metadata").map_or_else(
-        || Some(InstanceMetadata { require_tokens: true, hop_limit: 1 }),
-        |n| instance_metadata(n, problems),
-    );
+    let metadata = map
+        .get("instance_metadata")
+        .map_or_else(|| Some(InstanceMetadata { require_tokens: true, hop_limit: 1 }), |n| instance_metadata(n, problems));
     let launch = map
         .get("launch")
-        .and_then(|n| {
-            choice(
-                n,
-                &[
-                    ("template", LaunchMechanism::Template),
-                    ("configuration", LaunchMechanism::Configuration),
-                ],
-                problems,
-            )
-        })
+        .and_then(|n| choice(n, &[("template", LaunchMechanism::Template), ("configuration", LaunchMechanism::Configuration)], problems))
         .map_or(LaunchMechanism::Template, |c| c.value);
     let key_name = map.get("key_name").and_then(|n| string(n, problems)).map(|k| k.value);
-    let health_check = map.get("health_check").map_or_else(
-        || Some(GroupHealthCheck { elb: false, grace_period: 300 }),
-        |n| group_health_check(n, problems),
-    );
+    let health_check =
+        map.get("health_check").map_or_else(|| Some(GroupHealthCheck { elb: false, grace_period: 300 }), |n| group_health_check(n, problems));
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
     let roll = map.get("roll").map_or_else(|| Some(RollPolicy::default()), |n| roll_policy(n, problems));
     let reboots = group_reboots(map.get("reboots"), env_reboots, problems);
     // Role variables for this group's nodes, above the environment's.
-    let variables = map
-        .get("variables")
-        .map(|n| yaml::to_json(n).as_object().cloned().unwrap_or_default())
-        .unwrap_or_default();
+    let variables = map.get("variables").map(|n| yaml::to_json(n).as_object().cloned().unwrap_or_default()).unwrap_or_default();
     map.finish(problems);
     let min = min?;
     Some(NodeGroup {
@@ -727,69 +556,37 @@ fn image_ref(node: &Node, problems: &mut Problems) -> Option<Spanned<ImageRef>> 
 }
 
 fn default_root_volume() -> RootVolume {
-    RootVolume {
-        size_gib: 32,
-        volume_type: String::from("gp3"),
-        encrypted: true,
-        iops: None,
-    }
+    RootVolume { size_gib: 32, volume_type: String::from("gp3"), encrypted: true, iops: None }
 }
 
 fn root_volume(node: &Node, problems: &mut Problems) -> Option<RootVolume> {
     let mut map = MapReader::new(node, "root volume", problems)?;
     let defaults = default_root_volume();
-    let size_gib = map
-        .get("size_gib")
-        .and_then(|n| number(n, 8..=16_384, problems))
-        .map_or(defaults.size_gib, |s| s.value);
+    let size_gib = map.get("size_gib").and_then(|n| number(n, 8..=16_384, problems)).map_or(defaults.size_gib, |s| s.value);
     let volume_type = map
         .get("type")
         .and_then(|n| {
-            choice(
-                n,
-                &[("gp3", "gp3"), ("gp2", "gp2"), ("io1", "io1"), ("io2", "io2"), ("st1", "st1"), ("standard", "standard")],
-                problems,
-            )
+            choice(n, &[("gp3", "gp3"), ("gp2", "gp2"), ("io1", "io1"), ("io2", "io2"), ("st1", "st1"), ("standard", "standard")], problems)
         })
         .map_or(defaults.volume_type, |t| t.value.to_owned());
-    let encrypted = map
-        .get("encrypted")
-        .and_then(|n| boolean(n, problems))
-        .unwrap_or(defaults.encrypted);
+    let encrypted = map.get("encrypted").and_then(|n| boolean(n, problems)).unwrap_or(defaults.encrypted);
     let iops = map.get("iops").and_then(|n| number(n, 100..=256_000, problems)).map(|s| s.value);
     map.finish(problems);
-    Some(RootVolume {
-        size_gib,
-        volume_type,
-        encrypted,
-        iops,
-    })
+    Some(RootVolume { size_gib, volume_type, encrypted, iops })
 }
 
 fn instance_metadata(node: &Node, problems: &mut Problems) -> Option<InstanceMetadata> {
     let mut map = MapReader::new(node, "instance metadata", problems)?;
-    let require_tokens = map
-        .get("require_tokens")
-        .and_then(|n| boolean(n, problems))
-        .unwrap_or(true);
-    let hop_limit = map
-        .get("hop_limit")
-        .and_then(|n| number(n, 1..=64, problems))
-        .map_or(1, |s| s.value);
+    let require_tokens = map.get("require_tokens").and_then(|n| boolean(n, problems)).unwrap_or(true);
+    let hop_limit = map.get("hop_limit").and_then(|n| number(n, 1..=64, problems)).map_or(1, |s| s.value);
     map.finish(problems);
     Some(InstanceMetadata { require_tokens, hop_limit })
 }
 
 fn group_health_check(node: &Node, problems: &mut Problems) -> Option<GroupHealthCheck> {
     let mut map = MapReader::new(node, "group health check", problems)?;
-    let elb = map
-        .get("type")
-        .and_then(|n| choice(n, &[("ec2", false), ("elb", true)], problems))
-        .is_some_and(|t| t.value);
-    let grace_period = map
-        .get("grace_period")
-        .and_then(|n| number(n, 0..=7200, problems))
-        .map_or(300, |s| s.value);
+    let elb = map.get("type").and_then(|n| choice(n, &[("ec2", false), ("elb", true)], problems)).is_some_and(|t| t.value);
+    let grace_period = map.get("grace_period").and_then(|n| number(n, 0..=7200, problems)).map_or(300, |s| s.value);
     map.finish(problems);
     Some(GroupHealthCheck { elb, grace_period })
 }

@@ -96,22 +96,13 @@ pub fn decode(name: &str, root: &marked_yaml::Node, problems: &mut Problems) -> 
     let root_volume_gib = map.get("root_volume_gib").and_then(|n| yaml::number(n, 8..=16384u32, problems)).map(|n| n.value);
     let encrypted = map.get("encrypted").and_then(|n| yaml::boolean(n, problems));
     let ami_name = map.get("ami_name").and_then(|n| yaml::string(n, problems)).map(|s| s.value);
-    let tags = map
-        .get("tags")
-        .map(|n| yaml::string_map(n, problems).into_iter().map(|(k, v)| (k, v.value)).collect())
-        .unwrap_or_default();
-    let copy_to = map
-        .get("copy_to")
-        .and_then(|n| yaml::string_list(n, problems))
-        .map(|list| list.into_iter().map(|r| r.value).collect())
-        .unwrap_or_default();
+    let tags = map.get("tags").map(|n| yaml::string_map(n, problems).into_iter().map(|(k, v)| (k, v.value)).collect()).unwrap_or_default();
+    let copy_to =
+        map.get("copy_to").and_then(|n| yaml::string_list(n, problems)).map(|list| list.into_iter().map(|r| r.value).collect()).unwrap_or_default();
     let instance_type = map.get("instance_type").and_then(|n| yaml::string(n, problems)).map(|s| s.value);
     let ssh_user = map.get("ssh_user").and_then(|n| yaml::string(n, problems)).map(|s| s.value);
     let roles = map.required("roles", problems).and_then(|n| yaml::string_list(n, problems)).unwrap_or_default();
-    let variables = map
-        .get("variables")
-        .map(|n| yaml::to_json(n).as_object().cloned().unwrap_or_default())
-        .unwrap_or_default();
+    let variables = map.get("variables").map(|n| yaml::to_json(n).as_object().cloned().unwrap_or_default()).unwrap_or_default();
     map.finish(problems);
     Some(Image {
         name: name.to_owned(),

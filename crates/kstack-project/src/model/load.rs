@@ -140,11 +140,7 @@ fn read_base(
     let base_path = reference.resolve(problems)?;
     let base_canonical = base_path.canonicalize().unwrap_or_else(|_| base_path.clone());
     if let Some(start) = chain.iter().position(|p| *p == base_canonical) {
-        let cycle: Vec<String> = chain[start..]
-            .iter()
-            .chain(std::iter::once(&base_canonical))
-            .map(|p| display_path(p))
-            .collect();
+        let cycle: Vec<String> = chain[start..].iter().chain(std::iter::once(&base_canonical)).map(|p| display_path(p)).collect();
         problems
             .error(base_name.loc, format!("`extends` forms a cycle: {}", cycle.join(" -> ")))
             .label("cycle closes here")
@@ -179,7 +175,9 @@ fn report_unreadable(path: &Path, error: &std::io::Error, problems: &mut Problem
     let known = check::list_yaml_stems(dir);
     let wanted = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
     let refs: Vec<&str> = known.iter().map(String::as_str).collect();
-    problems
-        .general(format!("environment file {shown} does not exist"))
-        .hint(format!("environments in {}: {}", display_path(dir), expected_one_of(wanted, &refs)));
+    problems.general(format!("environment file {shown} does not exist")).hint(format!(
+        "environments in {}: {}",
+        display_path(dir),
+        expected_one_of(wanted, &refs)
+    ));
 }

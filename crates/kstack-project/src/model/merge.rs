@@ -53,10 +53,7 @@ mod tests {
 
     #[test]
     fn mappings_merge_lists_replace_and_null_removes() {
-        let base = parse(
-            0,
-            "groups:\n  workers: {min: 3, max: 30, zones: [a, b, c]}\n  gpu: {min: 0}\nregion: eu-west-1\n",
-        );
+        let base = parse(0, "groups:\n  workers: {min: 3, max: 30, zones: [a, b, c]}\n  gpu: {min: 0}\nregion: eu-west-1\n");
         let child = parse(1, "groups:\n  workers: {max: 5, zones: [a]}\n  gpu: ~\n");
         let merged = crate::yaml::to_json(&merge(base, child));
         assert_eq!(

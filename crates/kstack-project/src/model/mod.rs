@@ -22,8 +22,8 @@ use crate::diagnostics::{Loc, Spanned};
 
 pub use load::{load_environment, Checked, LoadedEnvironment, Project};
 pub use reboots::{RebootPolicy, RebootWindow};
-pub use secrets::Secret;
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
+pub use secrets::Secret;
 
 /// One environment, after `extends` has been merged and every value decoded.
 #[derive(Debug, Clone)]

@@ -64,10 +64,7 @@ pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
         }
         for zone in &network.availability_zones {
             let taken: Vec<Ipv4Net> = subnets.iter().map(|s| s.cidr).collect();
-            let free = vpc
-                .subnets(prefix_len.value)
-                .ok()
-                .and_then(|mut blocks| blocks.find(|b| !taken.iter().any(|t| overlaps(*t, *b))));
+            let free = vpc.subnets(prefix_len.value).ok().and_then(|mut blocks| blocks.find(|b| !taken.iter().any(|t| overlaps(*t, *b))));
             match free {
                 Some(cidr) => subnets.push(SubnetLayout {
                     tier: tier.name.value.clone(),
@@ -80,10 +77,7 @@ pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
                     problems
                         .error(
                             prefix_len.loc,
-                            format!(
-                                "no free /{} left in {} for tier `{}` in zone `{}`",
-                                prefix_len.value, vpc, tier.name.value, zone.value
-                            ),
+                            format!("no free /{} left in {} for tier `{}` in zone `{}`", prefix_len.value, vpc, tier.name.value, zone.value),
                         )
                         .label("VPC CIDR exhausted")
                         .hint("use a longer prefix length here, or a larger VPC CIDR");
@@ -114,9 +108,7 @@ fn check_explicit(vpc: Ipv4Net, network: &Network, subnets: &[SubnetLayout], pro
                 .hint(format!("subnets must not share addresses; the other block is on line {}", other.loc.line));
         }
         if subnet.cidr.prefix_len() > 28 {
-            problems
-                .error(subnet.loc, format!("subnet {} is smaller than AWS allows", subnet.cidr))
-                .hint("AWS subnets are /16 to /28");
+            problems.error(subnet.loc, format!("subnet {} is smaller than AWS allows", subnet.cidr)).hint("AWS subnets are /16 to /28");
         }
     }
 }
@@ -146,11 +138,7 @@ mod tests {
     }
 
     fn carved(name: &str, prefix: u8) -> SubnetTier {
-        SubnetTier {
-            name: Spanned::new(name.into(), at()),
-            public: false,
-            cidrs: SubnetCidrs::Carved { prefix_len: Spanned::new(prefix, at()) },
-        }
+        SubnetTier { name: Spanned::new(name.into(), at()), public: false, cidrs: SubnetCidrs::Carved { prefix_len: Spanned::new(prefix, at()) } }
     }
 
     #[test]

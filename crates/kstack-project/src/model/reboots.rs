@@ -85,10 +85,7 @@ fn day(node: &Node, problems: &mut Problems) -> Option<String> {
     if DAYS.contains(&lower.as_str()) {
         return Some(lower);
     }
-    problems
-        .error(text.loc, format!("`{}` is not a day of the week", text.value))
-        .label("unknown day")
-        .hint(format!("use {}", DAYS.join(", ")));
+    problems.error(text.loc, format!("`{}` is not a day of the week", text.value)).label("unknown day").hint(format!("use {}", DAYS.join(", ")));
     None
 }
 
@@ -139,7 +136,10 @@ fn window(node: &Node, problems: &mut Problems) -> Option<RebootWindow> {
     map.finish(problems);
     let days = days?;
     if days.is_empty() {
-        problems.error(yaml::loc(node), "the reboot window has no days").label("no days").hint("list at least one day, e.g. [mon, tue, wed, thu, fri]");
+        problems
+            .error(yaml::loc(node), "the reboot window has no days")
+            .label("no days")
+            .hint("list at least one day, e.g. [mon, tue, wed, thu, fri]");
         return None;
     }
     Some(RebootWindow { start: start?, end: end?, days, time_zone: time_zone? })

@@ -68,15 +68,13 @@ pub struct Check {
 }
 
 pub fn read(node: &Node, problems: &mut Problems) -> Vec<Check> {
-    yaml::named(node, "check", problems, |name, body, problems| {
-        match serde_json::from_value::<CheckKind>(yaml::to_json(body)) {
-            Ok(kind) => Some(Check { name: name.value, kind, loc: name.loc }),
-            Err(error) => {
-                problems
-                    .error(yaml::loc(body), format!("invalid check `{}`: {error}", name.value))
-                    .hint("a check is one of: package, file, service, sysctl, kernel_parameter, port, transparent_huge_pages, mtu, command");
-                None
-            }
+    yaml::named(node, "check", problems, |name, body, problems| match serde_json::from_value::<CheckKind>(yaml::to_json(body)) {
+        Ok(kind) => Some(Check { name: name.value, kind, loc: name.loc }),
+        Err(error) => {
+            problems
+                .error(yaml::loc(body), format!("invalid check `{}`: {error}", name.value))
+                .hint("a check is one of: package, file, service, sysctl, kernel_parameter, port, transparent_huge_pages, mtu, command");
+            None
         }
     })
 }

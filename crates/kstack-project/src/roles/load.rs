@@ -119,10 +119,8 @@ fn read_role(name: &Spanned<String>, dir: &Path, sources: &mut Sources, problems
     let root = read_file(dir, "tasks.yaml", name, sources, problems)?;
     let mut map = MapReader::new(&root, "tasks file", problems)?;
     let depends = map.get("depends").and_then(|n| yaml::string_list(n, problems)).unwrap_or_default();
-    let tasks = map
-        .required("tasks", problems)
-        .and_then(|n| yaml::list(n, problems, |node, problems| task(node, None, dir, problems)))
-        .unwrap_or_default();
+    let tasks =
+        map.required("tasks", problems).and_then(|n| yaml::list(n, problems, |node, problems| task(node, None, dir, problems))).unwrap_or_default();
     map.finish(problems);
     let handlers = match read_file(dir, "handlers.yaml", name, sources, problems) {
         Some(node) => yaml::named(&node, "handler", problems, |key, body, problems| task(body, Some(key), dir, problems)),
@@ -204,18 +202,13 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
                     Some(close) => format!("did you mean `{close}`?"),
                     None => format!("modules: {}", NAMES.join(", ")),
                 };
-                problems
-                    .error(yaml::scalar_loc(key), format!("unknown module or setting `{other}` in task"))
-                    .label("unknown")
-                    .hint(hint);
+                problems.error(yaml::scalar_loc(key), format!("unknown module or setting `{other}` in task")).label("unknown").hint(hint);
             }
         }
     }
     let loc = yaml::loc(node);
     let Some((module, args_node, module_loc)) = module else {
-        problems
-            .error(loc, "this task names no module")
-            .hint(format!("add one of: {}", NAMES.join(", ")));
+        problems.error(loc, "this task names no module").hint(format!("add one of: {}", NAMES.join(", ")));
         return None;
     };
     let Some(name) = name else {
@@ -249,42 +242,22 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
     }
     typed.insert(module.clone(), checked_args);
     if let Err(error) = serde_json::from_value::<Module>(serde_json::Value::Object(typed)) {
-        problems
-            .error(module_loc, format!("invalid `{module}` arguments: {error}"))
-            .hint("see the module reference in the README");
+        problems.error(module_loc, format!("invalid `{module}` arguments: {error}")).hint("see the module reference in the README");
         return None;
     }
-    Some(Task {
-        name,
-        module,
-        args,
-        raw_content,
-        notify,
-        when,
-        loc,
-    })
+    Some(Task { name, module, args, raw_content, notify, when, loc })
 }
 
 /// The text of the file that `key` (`src`, `key_src`) names in the role's `folder`, read
 /// only when it stays inside the role; `Ok(None)` when the task has no such key.
 fn role_file(args: &Node, key: &'static str, dir: &Path, folder: &str, problems: &mut Problems) -> Result<Option<String>, ()> {
-    let Some(written) = args
-        .as_mapping()
-        .and_then(|m| m.get_node(key))
-        .filter(|n| matches!(n, Node::Scalar(_)))
-        .and_then(|n| yaml::string(n, problems))
+    let Some(written) =
+        args.as_mapping().and_then(|m| m.get_node(key)).filter(|n| matches!(n, Node::Scalar(_))).and_then(|n| yaml::string(n, problems))
     else {
         return Ok(None);
     };
     let hint = format!("name a file in the role's {folder}/ directory by its path there, e.g. `{key}: app.conf`");
-    let reference = paths::Reference {
-        key,
-        path: &written,
-        base: &dir.join(folder),
-        root: dir,
-        scope: "the role",
-        hint: &hint,
-    };
+    let reference = paths::Reference { key, path: &written, base: &dir.join(folder), root: dir, scope: "the role", hint: &hint };
     let path = reference.resolve(problems).ok_or(())?;
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text)),
