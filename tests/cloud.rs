@@ -565,3 +565,48 @@ fn destroy_never_deletes_what_its_state_recorded_but_now_carries_another_identit
     assert!(text.contains("No changes."), "nothing of the other identity is destroyed: {text}");
     assert_intact(&ours, &moto, "dev", &before, &rt, &aws);
 }
+
+#[test]
+fn the_same_environment_in_two_regions_keeps_its_global_iam_apart() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    // IAM is global: a `dev` in eu-west-1 and one in us-east-1 share the account's roles.
+    let (europe, america) = (Project::copy(), Project::copy());
+    let xenial = rt.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&moto.endpoint)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "tests"))
+            .load()
+            .await;
+        let images = aws_sdk_ec2::Client::new(&config).describe_images().owners("099720109477").send().await.unwrap();
+        images.images().iter().find(|i| i.name().is_some_and(|n| n.contains("xenial"))).and_then(|i| i.image_id()).unwrap().to_owned()
+    });
+    let base = "environments/base.yaml";
+    america.edit(base, "region: eu-west-1", "region: us-east-1");
+    america.edit(base, "[eu-west-1a, eu-west-1b, eu-west-1c]", "[us-east-1a, us-east-1b, us-east-1c]");
+    america.edit(base, "  image: node\n", &format!("  image: {xenial}\n"));
+    for project in [&europe, &america] {
+        project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    }
+    let iam_of = |project: &Project| -> Vec<(String, String)> {
+        recorded(project, &moto, "dev")
+            .into_iter()
+            .filter(|(address, _)| address.starts_with("iam_role.") || address.starts_with("instance_profile."))
+            .collect()
+    };
+    let (european, american) = (iam_of(&europe), iam_of(&america));
+    assert_eq!(european.len(), american.len());
+    assert!(european.iter().all(|e| !american.contains(e)), "each region has roles of its own: {european:?} {american:?}");
+
+    europe.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).assert().success();
+    for (address, id) in &american {
+        assert!(rt.block_on(exists(&aws, address, id)), "us-east-1's {address} ({id}) is gone");
+    }
+    america.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(0);
+    america.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).assert().success();
+    let roles = rt.block_on(aws.iam.list_roles().path_prefix("/kstack/").send()).unwrap();
+    assert!(roles.roles().is_empty());
+}
