@@ -497,3 +497,32 @@ fn a_roll_stopped_by_sigterm_finishes_its_batch_starts_no_other_releases_its_loc
     assert_eq!(stdout(&resumed).trim(), "app: 1 replaced");
     assert!(instance_ids(&aws, &rt).iter().all(|id| !before.contains(id)));
 }
+
+/// Processes on this machine whose command line has `needle` (its arguments joined by spaces).
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").contains(needle))
+        .count()
+}
+
+#[test]
+fn a_hung_hook_times_out_is_killed_and_the_group_is_back_at_its_size() {
+    let moto = Moto::start();
+    let rt = runtime();
+    // A `kubectl wait` that never returns, started by the hook's shell.
+    let hung = "sleep 3607";
+    let (project, aws, before) = outdated_fleet(&moto, &rt, 38, 2, &format!("  timeout_seconds: 2\n  readiness: {hung}; true\n"));
+    let started = std::time::Instant::now();
+    let stopped = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    assert_eq!(stopped.status.code(), Some(1), "{}", stderr(&stopped));
+    assert!(stderr(&stopped).contains("the readiness hook timed out for i-"), "{}", stderr(&stopped));
+    assert!(stderr(&stopped).contains("after 2s and was killed"), "{}", stderr(&stopped));
+    assert!(started.elapsed() < std::time::Duration::from_secs(40), "{:?}", started.elapsed());
+    assert_eq!(processes_with(hung), 0, "the hook's child went with it");
+    let group = rt.block_on(aws.group(GROUP));
+    assert_eq!(instance_ids(&aws, &rt), before, "the surged instance is gone, the old ones untouched");
+    assert_eq!(group.desired_capacity(), Some(2));
+    assert!(group.suspended_processes().is_empty(), "processes resumed after the timeout");
+}

@@ -1,8 +1,17 @@
 //! The environment's roll hooks: shell commands rendered with the environment, group and
 //! instance, run on this machine, e.g. `kubectl wait node {{ instance.name }}`.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use minijinja::Value;
+
 use super::{aws, RollError, RollGroup};
 use crate::aws::Cloud;
+use crate::diagnostics::Problems;
+use crate::model::check::ROLL_HOOK_HINT;
+use crate::model::RollHook;
+use crate::template::Renderer;
 
 /// What hooks are told about an instance.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,29 +60,50 @@ impl Hook {
     }
 }
 
-/// Renders and runs a hook with `sh -c`, if the environment has one; a failure stops the roll.
+/// Renders and runs a hook with `sh -c`, if the environment has one; a failure, or a hook
+/// still running after its timeout (killed, with everything it started), stops the roll.
 pub async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInfo>) -> Result<(), RollError> {
-    let template = match hook {
-        Hook::Readiness => &roll.hooks.readiness,
-        Hook::PreStop => &roll.hooks.pre_stop,
-        Hook::Validate => &roll.hooks.validate,
-    };
-    let Some(template) = template else { return Ok(()) };
     let which = hook.name();
-    let mut jinja = minijinja::Environment::new();
-    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    let context = minijinja::context! { env => roll.environment, group => roll.group, instance => instance };
-    let command = jinja.render_str(template, context).map_err(|e| RollError::Failed(format!("the {which} hook is not a valid template: {e}")))?;
+    let Some(RollHook { command: template, timeout_seconds }) =
+        roll.hooks.named().into_iter().find(|(name, _)| *name == which).and_then(|(_, hook)| hook)
+    else {
+        return Ok(());
+    };
+    let mut context = BTreeMap::from([("env".to_owned(), Value::from(roll.environment)), ("group".to_owned(), Value::from(roll.group))]);
+    if let Some(instance) = instance {
+        context.insert("instance".to_owned(), Value::from_serialize(instance));
+    }
+    let mut problems = Problems::default();
+    let Some(command) = Renderer::with_hint(ROLL_HOOK_HINT).render(template, &context, &mut problems) else {
+        let why: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
+        return Err(RollError::Failed(format!("the {which} hook is not a valid template: {}", why.join("; "))));
+    };
     (roll.progress)(&format!("{}: {which} hook: {command}", roll.aws_name));
-    let output = tokio::process::Command::new("sh")
+    // Its own process group, so a timeout ends whatever the hook started, not only `sh`.
+    let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&command)
-        .output()
-        .await
+        .process_group(0)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| RollError::Failed(format!("cannot run the {which} hook: {e}")))?;
+    let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
+    let output = match tokio::time::timeout(Duration::from_secs(*timeout_seconds), child.wait_with_output()).await {
+        Ok(output) => output.map_err(|e| RollError::Failed(format!("cannot run the {which} hook: {e}")))?,
+        Err(_) => {
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            return Err(RollError::Failed(format!(
+                "the {which} hook timed out{on} after {timeout_seconds}s and was killed (`timeout_seconds` in `roll_hooks` sets the limit)"
+            )));
+        }
+    };
     if output.status.success() {
         return Ok(());
     }
-    let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
     Err(RollError::Failed(format!("the {which} hook failed{on} ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim())))
 }

@@ -11,16 +11,14 @@ use crate::diagnostics::{did_you_mean, Loc, Problems, Spanned};
 
 pub struct Renderer {
     jinja: Environment<'static>,
+    /// What the templates it renders see, for problems.
+    hint: &'static str,
 }
 
 impl Default for Renderer {
+    /// The renderer of user data and role templates.
     fn default() -> Self {
-        let mut jinja = Environment::new();
-        jinja.set_undefined_behavior(UndefinedBehavior::Strict);
-        jinja.set_keep_trailing_newline(true);
-        // A template runs in bounded time, however it loops.
-        jinja.set_fuel(Some(FUEL));
-        Renderer { jinja }
+        Renderer::with_hint(HINT)
     }
 }
 
@@ -30,13 +28,23 @@ const FUEL: u64 = 1_000_000;
 const HINT: &str = "templates see the environment's `variables`, plus `env`, `region` and `group`";
 
 impl Renderer {
+    /// A renderer whose problems say `hint` about the variables its templates see.
+    pub fn with_hint(hint: &'static str) -> Renderer {
+        let mut jinja = Environment::new();
+        jinja.set_undefined_behavior(UndefinedBehavior::Strict);
+        jinja.set_keep_trailing_newline(true);
+        // A template runs in bounded time, however it loops.
+        jinja.set_fuel(Some(FUEL));
+        Renderer { jinja, hint }
+    }
+
     /// Renders `template` with `context`. Each undefined variable is reported at its own
     /// position; any other failure becomes a problem at the template line minijinja names.
     pub fn render(&self, template: &Spanned<String>, context: &BTreeMap<String, Value>, problems: &mut Problems) -> Option<String> {
         let compiled = match self.jinja.template_from_str(&template.value) {
             Ok(compiled) => compiled,
             Err(error) => {
-                report(template, &error, problems);
+                report(template, &error, self.hint, problems);
                 return None;
             }
         };
@@ -45,8 +53,8 @@ impl Renderer {
             undefined.sort();
             let known: Vec<&str> = context.keys().map(String::as_str).collect();
             for name in undefined {
-                let hint =
-                    did_you_mean(&name, known.iter().copied()).map_or_else(|| HINT.to_string(), |close| format!("did you mean `{close}`? {HINT}"));
+                let hint = did_you_mean(&name, known.iter().copied())
+                    .map_or_else(|| self.hint.to_string(), |close| format!("did you mean `{close}`? {}", self.hint));
                 problems.error(variable_loc(template, &name), format!("undefined template variable `{name}`")).label("undefined").hint(hint);
             }
             return None;
@@ -54,20 +62,20 @@ impl Renderer {
         match compiled.render(Value::from_iter(context.clone())) {
             Ok(text) => Some(text),
             Err(error) => {
-                report(template, &error, problems);
+                report(template, &error, self.hint, problems);
                 None
             }
         }
     }
 }
 
-fn report(template: &Spanned<String>, error: &minijinja::Error, problems: &mut Problems) {
+fn report(template: &Spanned<String>, error: &minijinja::Error, hint: &str, problems: &mut Problems) {
     let loc = error.line().map_or(template.loc, |line| line_loc(template, line));
     let mut message = error.kind().to_string();
     if let Some(detail) = error.detail() {
         message = format!("{message}: {detail}");
     }
-    problems.error(loc, format!("template error: {message}")).hint(HINT);
+    problems.error(loc, format!("template error: {message}")).hint(hint);
 }
 
 /// The file location of line `line` (from 1) of a template. marked-yaml starts a scalar's

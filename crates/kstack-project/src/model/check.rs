@@ -24,6 +24,7 @@ pub fn check(env: &Environment, images_dir: &Path, problems: &mut Problems) -> V
                 .hint("templates already receive `env`, `region` and `group`; choose another name");
         }
     }
+    check_roll_hooks(env, problems);
     let refs = References::new(env);
     for group in &env.security_groups {
         for rule in group.ingress.iter().chain(group.egress.iter().flatten()) {
@@ -259,3 +260,24 @@ impl<'a> References<'a> {
         }
     }
 }
+
+/// Renders each roll hook with stand-in values, so a typo surfaces at `validate`, not after
+/// the first surge of a roll.
+fn check_roll_hooks(env: &Environment, problems: &mut Problems) {
+    use minijinja::Value;
+    let renderer = crate::template::Renderer::with_hint(ROLL_HOOK_HINT);
+    let group = env.node_groups.first().map_or("group", |g| g.name.value.as_str());
+    let instance = Value::from_iter([("id", "i-0123456789abcdef0"), ("address", "10.0.0.1"), ("name", "ip-10-0-0-1.ec2.internal")]);
+    for (name, hook) in env.roll_hooks.named() {
+        let Some(hook) = hook else { continue };
+        let mut context =
+            std::collections::BTreeMap::from([("env".to_owned(), Value::from(env.name.as_str())), ("group".to_owned(), Value::from(group))]);
+        if name != "validate" {
+            context.insert("instance".to_owned(), instance.clone());
+        }
+        renderer.render(&hook.command, &context, problems);
+    }
+}
+
+/// What roll hooks see, for problems in them.
+pub const ROLL_HOOK_HINT: &str = "roll hooks see `env`, `group` and, except `validate`, `instance` (`id`, `address`, `name`)";

@@ -91,9 +91,24 @@ fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>
     }))
 }
 
+/// `roll_hooks: { readiness: CMD, pre_stop: { run: CMD, timeout_seconds: N }, timeout_seconds: N }`:
+/// a hook is a command, or a command with its own timeout; `timeout_seconds` beside them is
+/// the default.
 fn roll_hooks(node: &Node, problems: &mut Problems) -> Option<RollHooks> {
     let mut map = MapReader::new(node, "roll hooks", problems)?;
-    let mut hook = |key| map.get(key).and_then(|n| string(n, problems)).map(|s| s.value);
+    let timeout = |node: &Node, problems: &mut Problems| number(node, 1..=86_400u64, problems).map(|n| n.value);
+    let default_timeout = map.get("timeout_seconds").and_then(|n| timeout(n, problems)).unwrap_or(DEFAULT_HOOK_TIMEOUT_SECONDS);
+    let mut hook = |key| {
+        let node = map.get(key)?;
+        if let Node::Mapping(_) = node {
+            let mut own = MapReader::new(node, "roll hook", problems)?;
+            let command = own.required("run", problems).and_then(|n| string(n, problems));
+            let timeout_seconds = own.get("timeout_seconds").and_then(|n| timeout(n, problems)).unwrap_or(default_timeout);
+            own.finish(problems);
+            return Some(RollHook { command: command?, timeout_seconds });
+        }
+        string(node, problems).map(|command| RollHook { command, timeout_seconds: default_timeout })
+    };
     let hooks = RollHooks { readiness: hook("readiness"), pre_stop: hook("pre_stop"), validate: hook("validate") };
     map.finish(problems);
     Some(hooks)

@@ -247,11 +247,29 @@ pub struct S3State {
 #[derive(Debug, Clone, Default)]
 pub struct RollHooks {
     /// Must succeed for each new instance before any old one goes, e.g. `kubectl wait node`.
-    pub readiness: Option<String>,
+    pub readiness: Option<RollHook>,
     /// Runs for each old instance before it is terminated, e.g. `kubectl drain`.
-    pub pre_stop: Option<String>,
+    pub pre_stop: Option<RollHook>,
     /// Must succeed after each batch before the next, e.g. a cluster health check.
-    pub validate: Option<String>,
+    pub validate: Option<RollHook>,
+}
+
+/// One roll hook: its command and how long it may run before it counts as failed (a hung
+/// `kubectl wait` must not hold the surge and the lock forever).
+#[derive(Debug, Clone)]
+pub struct RollHook {
+    pub command: Spanned<String>,
+    pub timeout_seconds: u64,
+}
+
+/// How long a hook may run unless `roll_hooks` says otherwise.
+pub const DEFAULT_HOOK_TIMEOUT_SECONDS: u64 = 600;
+
+impl RollHooks {
+    /// Each hook with its name, as the roll and `validate` see them.
+    pub fn named(&self) -> [(&'static str, Option<&RollHook>); 3] {
+        [("readiness", self.readiness.as_ref()), ("pre_stop", self.pre_stop.as_ref()), ("validate", self.validate.as_ref())]
+    }
 }
 
 impl Environment {
