@@ -69,14 +69,20 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Samples the group's in-service count every 50 ms until stopped.
+/// Samples a count of the group's instances every 50 ms until stopped.
 struct Sampler {
     running: Arc<AtomicBool>,
     thread: JoinHandle<Vec<usize>>,
 }
 
+/// The group's instances in service.
+fn in_service(aws: &Clients, rt: &tokio::runtime::Runtime) -> usize {
+    let group = rt.block_on(aws.group(GROUP));
+    group.instances().iter().filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService")).count()
+}
+
 impl Sampler {
-    fn start(moto: &Moto) -> Sampler {
+    fn start(moto: &Moto, count: impl Fn(&Clients, &tokio::runtime::Runtime) -> usize + Send + 'static) -> Sampler {
         let running = Arc::new(AtomicBool::new(true));
         let endpoint = moto.endpoint.clone();
         let flag = Arc::clone(&running);
@@ -85,9 +91,7 @@ impl Sampler {
             let aws = rt.block_on(Clients::at(&endpoint));
             let mut samples = Vec::new();
             while flag.load(Ordering::SeqCst) {
-                let group = rt.block_on(aws.group(GROUP));
-                let in_service = group.instances().iter().filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService")).count();
-                samples.push(in_service);
+                samples.push(count(&aws, &rt));
                 std::thread::sleep(Duration::from_millis(50));
             }
             samples
@@ -106,6 +110,8 @@ impl Sampler {
 struct NodeKeeper {
     running: Arc<AtomicBool>,
     serving: Arc<AtomicUsize>,
+    /// The addresses a node serves now.
+    addresses: Arc<std::sync::Mutex<Vec<String>>>,
     thread: JoinHandle<usize>,
 }
 
@@ -116,6 +122,8 @@ impl NodeKeeper {
         let flag = Arc::clone(&running);
         let serving = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&serving);
+        let addresses = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let served = Arc::clone(&addresses);
         let thread = std::thread::spawn(move || {
             let rt = runtime();
             let aws = rt.block_on(Clients::at(&endpoint));
@@ -136,11 +144,12 @@ impl NodeKeeper {
                     }
                 }
                 count.store(nodes.len(), Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(200));
+                *served.lock().unwrap() = nodes.keys().cloned().collect();
+                std::thread::sleep(Duration::from_millis(50));
             }
             booted
         });
-        NodeKeeper { running, serving, thread }
+        NodeKeeper { running, serving, addresses, thread }
     }
 
     fn wait_until_serving(&self, count: usize) {
@@ -200,7 +209,7 @@ fn a_new_launch_template_version_rolls_six_nodes_one_at_a_time_with_hooks_on_eac
     assert_eq!(planned.matches("  batch ").count(), 6, "one instance at a time: {planned}");
     assert!(planned.contains("  batch 6: take out i-"), "{planned}");
 
-    let sampler = Sampler::start(&moto);
+    let sampler = Sampler::start(&moto, in_service);
     let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "120"]).output().unwrap();
     let samples = sampler.stop();
     let booted = keeper.stop();
@@ -256,7 +265,7 @@ fn a_surge_roll_replaces_every_instance_without_shrinking_and_apply_can_roll_too
     assert!(planned.starts_with("app: 3 outdated of 3\n  batch 1: surge for i-"), "{planned}");
     assert_eq!(planned.matches("  batch ").count(), 2, "{planned}");
 
-    let sampler = Sampler::start(&moto);
+    let sampler = Sampler::start(&moto, in_service);
     let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
     let samples = sampler.stop();
     assert!(rolled.status.success(), "{}", stderr(&rolled));
@@ -342,7 +351,13 @@ fn a_roll_killed_mid_batch_resumes_without_losing_or_leaking_an_instance() {
     kill_mid_roll(&project, &moto);
     let group = rt.block_on(aws.group(GROUP));
     assert_eq!(group.desired_capacity(), Some(4), "killed with the surge in place");
-    assert_eq!(group.suspended_processes().len(), 2, "and the processes suspended");
+    let mut suspended: Vec<&str> = group.suspended_processes().iter().filter_map(|p| p.process_name()).collect();
+    suspended.sort_unstable();
+    assert_eq!(
+        suspended,
+        ["AZRebalance", "AlarmNotification", "ReplaceUnhealthy", "ScheduledActions"],
+        "and the processes that would fight it suspended"
+    );
     let state = std::fs::read_to_string(project.path().join(".kstack/state/fleet.json")).unwrap();
     assert!(state.contains("\"batch\""), "the batch in flight is recorded: {state}");
 
@@ -525,4 +540,64 @@ fn a_hung_hook_times_out_is_killed_and_the_group_is_back_at_its_size() {
     assert_eq!(instance_ids(&aws, &rt), before, "the surged instance is gone, the old ones untouched");
     assert_eq!(group.desired_capacity(), Some(2));
     assert!(group.suspended_processes().is_empty(), "processes resumed after the timeout");
+}
+
+#[test]
+fn a_roll_with_an_instance_already_down_takes_it_first_and_never_drops_below_its_floor() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let project = Project::fixture("project");
+    project.loopback_fleet(9);
+    // Three nodes, one at a time, never fewer than two serving (60%).
+    let policy = "    roll: { max_surge: 0, max_unavailable: 1, min_healthy_percent: 60 }\n";
+    let hooks =
+        format!("  readiness: for i in $(seq 100); do if {}; then exit 0; fi; sleep 0.2; done; exit 1\n", serves_ssh("{{ instance.address }}"));
+    let (project, aws) = applied_fleet(&moto, &rt, project, 3, policy, &hooks);
+    let keeper = NodeKeeper::start(&moto, Arc::new(ClientKey::new()));
+    keeper.wait_until_serving(3);
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    // The instance a roll of a healthy group takes out last is down.
+    let planned = stdout(&project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap());
+    let down = planned.lines().last().and_then(|l| l.rsplit(' ').next()).unwrap().to_owned();
+    assert!(down.starts_with("i-"), "{planned}");
+    let marked = aws.autoscaling.set_instance_health().instance_id(&down).health_status("Unhealthy").should_respect_grace_period(false);
+    rt.block_on(marked.send()).unwrap();
+
+    // Serving: healthy in the group, with a node answering at its address. (The emulator
+    // brings a replacement into service the moment its predecessor goes, so the group's own
+    // count would never dip; a node takes a moment to boot, as a real one does.)
+    let addresses = Arc::clone(&keeper.addresses);
+    let serving = move |aws: &Clients, rt: &tokio::runtime::Runtime| -> usize {
+        let group = rt.block_on(aws.group(GROUP));
+        let healthy: Vec<String> = group
+            .instances()
+            .iter()
+            .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService") && i.health_status() == Some("Healthy"))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        if healthy.is_empty() {
+            return 0;
+        }
+        let described = rt.block_on(aws.ec2.describe_instances().set_instance_ids(Some(healthy)).send()).unwrap();
+        let served = addresses.lock().unwrap().clone();
+        described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.private_ip_address().is_some_and(|a| served.iter().any(|s| s == a)))
+            .count()
+    };
+    let sampler = Sampler::start(&moto, serving);
+    let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "120"]).output().unwrap();
+    let samples = sampler.stop();
+    keeper.stop();
+    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    assert_eq!(stdout(&rolled).trim(), "app: 3 replaced");
+    assert!(samples.len() >= 6, "sampled throughout: {samples:?}");
+    assert!(samples.iter().all(|n| *n >= 2), "never fewer than 2 of 3 serving: {samples:?}");
+    let log = stderr(&rolled);
+    let terminations: Vec<&str> = log.lines().filter(|l| l.contains(": terminating i-")).collect();
+    assert_eq!(terminations.len(), 3, "{log}");
+    assert!(terminations[0].contains(&format!("terminating {down} ")), "the instance already down goes first: {log}");
 }

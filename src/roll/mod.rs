@@ -28,9 +28,9 @@ use hooks::{describe_instances, Hook};
 pub use journal::{BatchRecord, GroupRecord, Journal, RollRecord};
 pub use outdated::{group_state, GroupState};
 
-/// Processes that would fight a roll: rebalancing across zones and replacing instances the
-/// roll takes out of service.
-const SUSPENDED: [&str; 2] = ["AZRebalance", "ReplaceUnhealthy"];
+/// Processes that would fight a roll: rebalancing across zones, replacing instances the roll
+/// takes out of service, and scheduled or alarm-driven scaling resizing the group under it.
+const SUSPENDED: [&str; 4] = ["AZRebalance", "ReplaceUnhealthy", "ScheduledActions", "AlarmNotification"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RollError {
@@ -147,14 +147,27 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
             }
         }
         seen_outdated = Some(state.outdated.iter().cloned().collect());
-        let planned = batches(&state.outdated, size);
-        let Some((surged, replaced_first)) = planned.first().cloned() else { return Ok(replaced) };
+        // The floor is judged from the instances healthy now: one already down uses up the
+        // batch's unavailability, and outdated ones that are down go first, at no cost.
+        let healthy = healthy_members(cloud, &state.group).await?;
+        let desired = record.desired.max(0) as u32;
+        let Some((surged, replaced_first)) = next_batch(&state.outdated, &healthy, desired, size) else {
+            return Err(RollError::Failed(format!(
+                "{}: {} of {desired} instances are healthy, and max_surge {} with max_unavailable {} allows none of the outdated to go \
+                 without dropping below the group's floor; let the group heal, or raise max_surge",
+                roll.aws_name,
+                healthy.len(),
+                roll.policy.max_surge,
+                roll.policy.max_unavailable
+            )));
+        };
+        let estimate = batches(&state.outdated, size).len();
         number += 1;
         let batch = BatchRecord { number, surged, replaced: replaced_first, known: live_members(&state.group) };
         (roll.progress)(&format!(
             "{}: batch {number}/{}: replacing {} ({} surged for, {} taken out first)",
             roll.aws_name,
-            number + planned.len() - 1,
+            number + estimate - 1,
             [batch.surged.as_slice(), batch.replaced.as_slice()].concat().join(", "),
             batch.surged.len(),
             batch.replaced.len()
@@ -164,17 +177,42 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
     }
 }
 
-/// The batches that replace `outdated`: per batch, the instances surged for (they go once
-/// their replacements serve) and the ones taken out first.
+/// The batches that replace `outdated` in a group whose instances are all healthy: per
+/// batch, the instances surged for (they go once their replacements serve) and the ones
+/// taken out first.
 pub fn batches(outdated: &[String], size: BatchSize) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut left = outdated.to_vec();
+    let mut planned = Vec::new();
+    while let Some((surged, first)) = next_batch(&left, &left.iter().cloned().collect(), left.len() as u32, size) {
+        left.retain(|id| !surged.contains(id) && !first.contains(id));
+        planned.push((surged, first));
+    }
+    planned
+}
+
+/// The next batch for a group of `desired` instances of which `healthy` are healthy now:
+/// outdated instances that are down are taken out first (they serve nothing), healthy ones
+/// only as far as the unavailability the group is not already short of, and the rest are
+/// surged for. `None` when no instance may go without dropping below the floor.
+pub fn next_batch(outdated: &[String], healthy: &BTreeSet<String>, desired: u32, size: BatchSize) -> Option<(Vec<String>, Vec<String>)> {
     let per_batch = (size.surge + size.unavailable).max(1) as usize;
-    outdated
-        .chunks(per_batch)
-        .map(|batch| {
-            let (surged, first) = batch.split_at(batch.len().min(size.surge as usize));
-            (surged.to_vec(), first.to_vec())
-        })
-        .collect()
+    let already_down = desired.saturating_sub(healthy.len() as u32);
+    let mut budget = size.unavailable.saturating_sub(already_down) as usize;
+    let (mut surged, mut first) = (Vec::new(), Vec::new());
+    for id in outdated.iter().filter(|id| !healthy.contains(*id)).chain(outdated.iter().filter(|id| healthy.contains(*id))) {
+        if surged.len() + first.len() == per_batch {
+            break;
+        }
+        if !healthy.contains(id) {
+            first.push(id.clone());
+        } else if surged.len() < size.surge as usize {
+            surged.push(id.clone());
+        } else if budget > 0 {
+            budget -= 1;
+            first.push(id.clone());
+        }
+    }
+    (!surged.is_empty() || !first.is_empty()).then_some((surged, first))
 }
 
 /// Runs one recorded batch from wherever it got to. Any failure before the batch's
@@ -344,16 +382,16 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
     (roll.progress)(&format!("{name}: waiting for {count} new instance(s) to be in service and healthy"));
     loop {
         let group = outdated::describe_group(cloud, name).await?;
-        let fresh: Vec<String> = group
+        let fresh: BTreeSet<String> = group
             .instances()
             .iter()
             .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .filter(|id| !known.contains(id))
             .collect();
-        if fresh.len() >= count && healthy_behind_load_balancers(cloud, &group, &fresh).await? {
+        if fresh.len() >= count && fresh.is_subset(&healthy_members(cloud, &group).await?) {
             (roll.progress)(&format!("{name}: in service after {}s", started.elapsed().as_secs()));
-            return Ok(fresh);
+            return Ok(fresh.into_iter().collect());
         }
         // Waiting on: stopping now undoes the batch's surge.
         roll.check()?;
@@ -364,7 +402,15 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
     }
 }
 
-async fn healthy_behind_load_balancers(cloud: &Cloud, group: &AutoScalingGroup, instances: &[String]) -> Result<bool, RollError> {
+/// The group's instances that serve now: in service, healthy as the group sees them, and in
+/// service on every load balancer of the group.
+async fn healthy_members(cloud: &Cloud, group: &AutoScalingGroup) -> Result<BTreeSet<String>, RollError> {
+    let mut healthy: BTreeSet<String> = group
+        .instances()
+        .iter()
+        .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService") && i.health_status() == Some("Healthy"))
+        .filter_map(|i| i.instance_id().map(str::to_owned))
+        .collect();
     for balancer in group.load_balancer_names() {
         let health = cloud
             .elb
@@ -373,14 +419,9 @@ async fn healthy_behind_load_balancers(cloud: &Cloud, group: &AutoScalingGroup, 
             .send()
             .await
             .map_err(|e| aws("reading load balancer health")(e.into()))?;
-        let healthy = instances
-            .iter()
-            .all(|id| health.instance_states().iter().any(|s| s.instance_id() == Some(id.as_str()) && s.state() == Some("InService")));
-        if !healthy {
-            return Ok(false);
-        }
+        healthy.retain(|id| health.instance_states().iter().any(|s| s.instance_id() == Some(id.as_str()) && s.state() == Some("InService")));
     }
-    Ok(true)
+    Ok(healthy)
 }
 
 async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Duration, progress: Progress<'_>) -> Result<(), RollError> {
@@ -399,5 +440,37 @@ async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Dur
             return Err(RollError::Failed(format!("{name}: {} did not leave the group within {}s", instances.join(", "), timeout.as_secs())));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn an_instance_already_down_uses_up_the_batch_s_unavailability_and_goes_first() {
+        let outdated = ids(&["a", "b", "c"]);
+        let one_at_a_time = BatchSize { surge: 0, unavailable: 1 };
+        let all: BTreeSet<String> = outdated.iter().cloned().collect();
+        assert_eq!(next_batch(&outdated, &all, 3, one_at_a_time), Some((ids(&[]), ids(&["a"]))));
+        // `c` is down: it goes first, and no healthy one goes with it.
+        let without_c: BTreeSet<String> = ids(&["a", "b"]).into_iter().collect();
+        assert_eq!(next_batch(&outdated, &without_c, 3, one_at_a_time), Some((ids(&[]), ids(&["c"]))));
+        // Down and not outdated: nothing may go without a surge.
+        assert_eq!(next_batch(&ids(&["a", "b"]), &ids(&["a", "b"]).into_iter().collect(), 3, one_at_a_time), None);
+        // A surge still replaces a healthy one.
+        let surge = BatchSize { surge: 1, unavailable: 0 };
+        assert_eq!(next_batch(&ids(&["a", "b"]), &ids(&["a", "b"]).into_iter().collect(), 3, surge), Some((ids(&["a"]), ids(&[]))));
+    }
+
+    #[test]
+    fn planned_batches_cover_every_outdated_instance_once() {
+        let outdated = ids(&["a", "b", "c", "d", "e"]);
+        let planned = batches(&outdated, BatchSize { surge: 2, unavailable: 1 });
+        assert_eq!(planned, [(ids(&["a", "b"]), ids(&["c"])), (ids(&["d", "e"]), ids(&[]))]);
     }
 }
