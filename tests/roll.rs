@@ -601,3 +601,39 @@ fn a_roll_with_an_instance_already_down_takes_it_first_and_never_drops_below_its
     assert_eq!(terminations.len(), 3, "{log}");
     assert!(terminations[0].contains(&format!("terminating {down} ")), "the instance already down goes first: {log}");
 }
+
+#[test]
+fn a_size_an_autoscaler_sets_during_a_roll_survives_it() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let scratch = tempfile::tempdir().unwrap();
+    let once = scratch.path().join("scaled");
+    // After the first batch, an autoscaler raises the group from 3 to 4 instances (boto3
+    // from the emulator's environment, reaching it through AWS_ENDPOINT_URL as kstack does).
+    let script = scratch.path().join("scale.py");
+    std::fs::write(
+        &script,
+        "import boto3\n\
+         a = boto3.client('autoscaling', region_name='eu-west-1')\n\
+         g = [g for g in a.describe_auto_scaling_groups()['AutoScalingGroups'] if g['AutoScalingGroupName'].startswith('fleet-app-')][0]\n\
+         a.set_desired_capacity(AutoScalingGroupName=g['AutoScalingGroupName'], DesiredCapacity=4)\n",
+    )
+    .unwrap();
+    let python = support::repo().join(".venv/moto/bin/python");
+    let hooks = format!(
+        "  validate: test -e {once} || {{ {python} {script} && touch {once}; }}\n",
+        once = once.display(),
+        python = python.display(),
+        script = script.display()
+    );
+    let (project, aws, before) = outdated_fleet(&moto, &rt, 39, 3, &hooks);
+    let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    assert!(once.exists(), "the autoscaler acted: {}", stderr(&rolled));
+    let group = rt.block_on(aws.group(GROUP));
+    assert_eq!(group.desired_capacity(), Some(4), "the autoscaler's size stays: {}", stderr(&rolled));
+    assert_eq!((group.min_size(), group.max_size()), (Some(3), Some(4)));
+    let after = instance_ids(&aws, &rt);
+    assert_eq!(after.len(), 4);
+    assert!(after.iter().all(|id| !before.contains(id)), "every old instance replaced: {before:?} -> {after:?}");
+}

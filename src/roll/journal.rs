@@ -49,6 +49,11 @@ pub struct BatchRecord {
     pub replaced: Vec<String>,
     /// The group's instances before the batch: anything else is one of its new instances.
     pub known: Vec<String>,
+    /// The group's desired size when the batch began, which its surge goes on top of: a
+    /// change someone else makes to the size (an autoscaler) is kept, only the surge undone.
+    /// Absent in journals of older versions, whose batches went on the roll's recorded size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<i32>,
 }
 
 /// The record and the store it is written to.

@@ -163,7 +163,8 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
         };
         let estimate = batches(&state.outdated, size).len();
         number += 1;
-        let batch = BatchRecord { number, surged, replaced: replaced_first, known: live_members(&state.group) };
+        let base = state.group.desired_capacity().unwrap_or(record.desired);
+        let batch = BatchRecord { number, surged, replaced: replaced_first, known: live_members(&state.group), base: Some(base) };
         (roll.progress)(&format!(
             "{}: batch {number}/{}: replacing {} ({} surged for, {} taken out first)",
             roll.aws_name,
@@ -223,7 +224,7 @@ async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, b
     let group = outdated::describe_group(cloud, name).await?;
     let live = live_members(&group);
     let still = |ids: &[String]| ids.iter().filter(|id| live.contains(id)).cloned().collect::<Vec<String>>();
-    let target = record.desired + still(&batch.surged).len() as i32;
+    let target = batch.base.unwrap_or(record.desired) + still(&batch.surged).len() as i32;
     if group.desired_capacity() != Some(target) || group.max_size().unwrap_or(0) < target {
         (roll.progress)(&format!("{name}: surging to {target} instances"));
         set_size(cloud, name, Some(target), record.max.max(target)).await?;
@@ -298,7 +299,9 @@ async fn undo_surge(
 ) -> Result<(), RollError> {
     let (Some(record), Some(batch)) = (journal.group().cloned(), journal.batch().cloned()) else { return Ok(()) };
     let group = outdated::describe_group(cloud, name).await?;
-    let surplus = (group.desired_capacity().unwrap_or(0) - record.desired).max(0) as usize;
+    // Only the batch's own surge goes: a size someone else set meanwhile stays.
+    let base = batch.base.unwrap_or(record.desired);
+    let surplus = (group.desired_capacity().unwrap_or(0) - base).clamp(0, batch.surged.len() as i32) as usize;
     let mut fresh: Vec<String> = live_members(&group).into_iter().filter(|id| !batch.known.contains(id)).rev().collect();
     if let Some(position) = prefer.and_then(|p| fresh.iter().position(|id| id == p)) {
         let failing = fresh.remove(position);
@@ -310,22 +313,23 @@ async fn undo_surge(
         terminate_in_group(cloud, id, true).await?;
     }
     wait_gone(cloud, name, &fresh, timeout, progress).await?;
-    set_size(cloud, name, Some(record.desired), record.max).await?;
+    // Terminating with a decrement took the surge off the size.
+    set_size(cloud, name, None, record.max).await?;
     if batch.replaced.is_empty() {
         journal.set_batch(None)?;
     }
     Ok(())
 }
 
-/// Puts the journal's group back to its size and processes from before the roll and forgets
-/// the roll. New instances already serving stay; surged ones above the size go.
+/// Puts the journal's group back to its size (taking off only the roll's own surge, so a size
+/// someone else set meanwhile stays) and processes from before the roll, and forgets the
+/// roll. New instances already serving stay; surged ones above the size go.
 pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, progress: Progress<'_>) -> Result<(), RollError> {
     if let Some(group) = journal.group().cloned() {
         let name = &group.auto_scaling_group;
         undo_surge(cloud, name, journal, timeout, progress, None).await?;
-        set_size(cloud, name, Some(group.desired), group.max).await?;
         set_processes(cloud, name, &group.already_suspended, false).await?;
-        progress(&format!("{name}: back to {} instances (maximum {}), processes resumed", group.desired, group.max));
+        progress(&format!("{name}: surge undone (maximum back to {}), processes resumed", group.max));
     }
     journal.finish()
 }

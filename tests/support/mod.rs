@@ -20,7 +20,7 @@ pub struct Moto {
     pub endpoint: String,
 }
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
