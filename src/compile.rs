@@ -14,6 +14,9 @@ pub const TAG_ENVIRONMENT: &str = "kstack:environment";
 pub const TAG_ADDRESS: &str = "kstack:address";
 /// An instance's daily reboot time, `HH:MM` in its reboot window's time zone (`kstack reboots`).
 pub const TAG_REBOOT_TIME: &str = "kstack:reboot-time";
+/// On an auto scaling group whose roll stopped with its processes suspended: what it holds
+/// and how to finish it. Status, not settings: refresh leaves it out of what plans compare.
+pub const TAG_UNFINISHED_ROLL: &str = "kstack:roll";
 
 pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGraph> {
     let mut compiler = Compiler { env: &checked.environment, subnets: &checked.subnets, resources: Vec::new() };

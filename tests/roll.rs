@@ -360,6 +360,17 @@ fn a_roll_killed_mid_batch_resumes_without_losing_or_leaking_an_instance() {
     );
     let state = std::fs::read_to_string(project.path().join(".kstack/state/fleet.json")).unwrap();
     assert!(state.contains("\"batch\""), "the batch in flight is recorded: {state}");
+    // The group says so in AWS, `roll --status` says where it stopped, and a plan warns.
+    let note = group.tags().iter().find(|t| t.key() == Some("kstack:roll")).and_then(|t| t.value()).unwrap_or_default().to_owned();
+    assert!(note.contains("AZRebalance, ReplaceUnhealthy, ScheduledActions, AlarmNotification suspended"), "{note}");
+    assert!(note.contains("kstack roll fleet --resume"), "{note}");
+    let status = stdout(&project.kstack(&moto).args(["roll", "fleet", "--status"]).output().unwrap());
+    assert!(status.contains("did not finish"), "{status}");
+    assert!(status.contains("batch 1 in flight (surged for: i-"), "{status}");
+    assert!(status.contains("suspended by the roll: AZRebalance, ReplaceUnhealthy, ScheduledActions, AlarmNotification"), "{status}");
+    let planned = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert!(!stdout(&planned).contains("kstack:roll"), "the roll's tag is no change to plan: {}", stdout(&planned));
+    assert!(stderr(&planned).contains("did not finish"), "{}", stderr(&planned));
 
     // Applying now would shrink the surged group: it refuses, as does a fresh roll.
     project.edit(FLEET, "description: Test nodes", "description: Test nodes of the fleet");
@@ -374,6 +385,8 @@ fn a_roll_killed_mid_batch_resumes_without_losing_or_leaking_an_instance() {
     let group = rt.block_on(aws.group(GROUP));
     assert_eq!((group.desired_capacity(), group.max_size()), (Some(3), Some(4)));
     assert!(group.suspended_processes().is_empty());
+    assert!(group.tags().iter().all(|t| t.key() != Some("kstack:roll")), "the finished roll's tag is gone");
+    assert!(stdout(&project.kstack(&moto).args(["roll", "fleet", "--status"]).output().unwrap()).contains("No unfinished roll of `fleet`."));
     assert!(instance_ids(&aws, &rt).iter().all(|id| !before.contains(id)));
     assert_eq!(running_instances(&aws, &rt), 3, "no surged instance left running");
 }

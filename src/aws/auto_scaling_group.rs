@@ -6,7 +6,7 @@ use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, Tag};
 use serde_json::json;
 
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
-use crate::compile::TAG_ENVIRONMENT;
+use crate::compile::{TAG_ENVIRONMENT, TAG_UNFINISHED_ROLL};
 use crate::resource::{Address, Kind, Resource, Spec};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
@@ -15,7 +15,12 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut pages = cloud.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
     while let Some(page) = pages.next().await {
         for group in page?.auto_scaling_groups() {
-            let tags = group.tags().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned()))).collect();
+            let tags = group
+                .tags()
+                .iter()
+                .filter(|t| t.key() != Some(TAG_UNFINISHED_ROLL))
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+                .collect();
             let mut subnets: Vec<&str> =
                 group.vpc_zone_identifier().unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             subnets.sort_unstable();

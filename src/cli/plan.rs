@@ -39,6 +39,11 @@ pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
     let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Model, &stop))?;
+    // Applying is refused until it is settled: say so before anyone reviews the plan.
+    if let Some(record) = &session.state.roll {
+        let (message, hint) = super::roll::unfinished(&session.environment, record);
+        term::warning(&format!("{message}; {hint} (`kstack roll {} --status` shows where it stopped)", session.environment));
+    }
     if args.json {
         let json = serde_json::json!({ "plan": session.plan, "refresh": session.refresh });
         term::outln(format_args!("{json:#}"));

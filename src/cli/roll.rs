@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::aws::Cloud;
+use crate::compile::TAG_UNFINISHED_ROLL;
 use crate::model::{Amount, PolicyOverrides, Project};
 use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
 
@@ -59,6 +60,11 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["dry_run", "groups", "max_surge", "max_unavailable", "min_healthy_percent"])]
     abort: bool,
 
+    /// Say whether a roll is unfinished, where it stopped and which processes it holds
+    /// suspended; change nothing (exit 0 either way).
+    #[arg(long, conflicts_with_all = ["resume", "abort", "dry_run", "groups", "max_surge", "max_unavailable", "min_healthy_percent"])]
+    status: bool,
+
     /// How long to wait for new instances to be in service, or old ones to leave, in seconds.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]
     timeout: u64,
@@ -85,6 +91,7 @@ impl Args {
             dry_run: false,
             resume: false,
             abort: false,
+            status: false,
             timeout: 900,
             write_reboot_slots,
             ssh,
@@ -108,6 +115,38 @@ pub fn unfinished(env: &str, record: &RollRecord) -> (String, String) {
     )
 }
 
+/// `--status`: the unfinished roll, if any, as its journal and the group's tag tell it.
+fn status(env: &str, record: Option<&RollRecord>) {
+    let Some(record) = record else {
+        term::outln(format_args!("No unfinished roll of `{env}`."));
+        return;
+    };
+    let (message, hint) = unfinished(env, record);
+    term::outln(format_args!("{message}."));
+    if let Some(group) = &record.group {
+        let held = crate::roll::suspended_by_roll(&group.already_suspended);
+        let batch = match &group.batch {
+            Some(batch) => {
+                format!("batch {} in flight (surged for: {}; taken out first: {})", batch.number, or_none(&batch.surged), or_none(&batch.replaced))
+            }
+            None => String::from("no batch in flight"),
+        };
+        term::outln(format_args!("  {} ({}): {batch}", group.group, group.auto_scaling_group));
+        if group.batch.is_some() {
+            term::outln(format_args!("  suspended by the roll: {} (tag {TAG_UNFINISHED_ROLL} on the group)", held.join(", ")));
+        }
+    }
+    term::outln(format_args!("  {hint}"));
+}
+
+fn or_none(ids: &[String]) -> String {
+    if ids.is_empty() {
+        String::from("none")
+    } else {
+        ids.join(", ")
+    }
+}
+
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
@@ -117,6 +156,11 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let store = open_store(project, environment)?;
+    if args.status {
+        let record = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.roll;
+        status(env, record.as_ref());
+        return Ok(());
+    }
     let command = format!("kstack roll {}", args.env);
     let _lock = store.lock(&command, &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_autoscaling::types::AutoScalingGroup;
 
 use crate::aws::{AwsError, Cloud};
+use crate::compile::TAG_UNFINISHED_ROLL;
 use crate::model::{BatchSize, RollHooks, RollPolicy};
 use crate::stop::{Reason, Stop};
 use hooks::{describe_instances, Hook};
@@ -106,16 +107,50 @@ pub async fn roll_group(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journ
         journal.update(|r| r.group = Some(record))?;
     }
     set_processes(cloud, roll.aws_name, &[], true).await?;
+    // The group itself says a roll holds it, for whoever looks at it in AWS, also after a
+    // failure or a kill leaves the roll unfinished.
+    if let Some(group) = journal.group() {
+        let held = suspended_by_roll(&group.already_suspended).join(", ");
+        let note = format!(
+            "roll started {}: {held} suspended until it ends; if no roll runs: kstack roll {} --resume (or --abort)",
+            journal.record.started, roll.environment
+        );
+        mark_unfinished(cloud, roll.aws_name, Some(&note)).await?;
+    }
     let outcome = replace_outdated(cloud, roll, journal).await;
     // With no batch in flight the group is at its own size again: let it heal itself.
     // Otherwise its processes stay suspended until `--resume` or `--abort`.
     if journal.batch().is_none() {
         if let Some(group) = journal.group().cloned() {
             set_processes(cloud, roll.aws_name, &group.already_suspended, false).await?;
+            mark_unfinished(cloud, roll.aws_name, None).await?;
             journal.update(|r| r.group = None)?;
         }
     }
     outcome
+}
+
+/// The processes a roll holds suspended: its own, less those suspended before it began.
+pub fn suspended_by_roll(already_suspended: &[String]) -> Vec<&'static str> {
+    SUSPENDED.into_iter().filter(|p| !already_suspended.iter().any(|a| a == p)).collect()
+}
+
+/// Tags the group with `note` about its unfinished roll, or removes the tag.
+async fn mark_unfinished(cloud: &Cloud, name: &str, note: Option<&str>) -> Result<(), RollError> {
+    use aws_sdk_autoscaling::types::Tag;
+    let tag = Tag::builder().resource_id(name).resource_type("auto-scaling-group").key(TAG_UNFINISHED_ROLL).propagate_at_launch(false);
+    let doing = "marking the group's unfinished roll";
+    match note {
+        // AWS caps tag values at 256 characters.
+        Some(note) => {
+            let value: String = note.chars().take(256).collect();
+            cloud.autoscaling.create_or_update_tags().tags(tag.value(value).build()).send().await.map_err(|e| aws(doing)(e.into()))?;
+        }
+        None => {
+            cloud.autoscaling.delete_tags().tags(tag.build()).send().await.map_err(|e| aws(doing)(e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal) -> Result<usize, RollError> {
@@ -329,6 +364,7 @@ pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, prog
         let name = &group.auto_scaling_group;
         undo_surge(cloud, name, journal, timeout, progress, None).await?;
         set_processes(cloud, name, &group.already_suspended, false).await?;
+        mark_unfinished(cloud, name, None).await?;
         progress(&format!("{name}: surge undone (maximum back to {}), processes resumed", group.max));
     }
     journal.finish()
@@ -336,7 +372,7 @@ pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, prog
 
 /// Suspends the roll's processes, or resumes them except those in `keep`.
 async fn set_processes(cloud: &Cloud, name: &str, keep: &[String], suspend: bool) -> Result<(), RollError> {
-    let processes: Vec<String> = SUSPENDED.iter().map(|p| (*p).to_owned()).filter(|p| !keep.contains(p)).collect();
+    let processes: Vec<String> = suspended_by_roll(keep).into_iter().map(str::to_owned).collect();
     if processes.is_empty() {
         return Ok(());
     }
