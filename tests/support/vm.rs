@@ -1,7 +1,8 @@
 //! VM test nodes: qemu virtual machines with a real kernel of their own, for what a container
 //! node cannot show (sysctls, transparent huge pages, MTU, reboots). Each boots Debian's cloud
-//! kernel from a copy-on-write overlay of the disk `scripts/setup` builds, under software
-//! emulation (TCG: on these machines a KVM guest never boots), and answers SSH on its own
+//! kernel from a copy-on-write overlay of the disk `scripts/setup` builds, under the
+//! accelerator setup chose by a test boot (TCG, software emulation, unless a guest really
+//! booted under KVM: on some machines one never does), and answers SSH on its own
 //! loopback address through qemu's user networking, so it can stand at an emulator
 //! instance's address like a container node.
 //!
@@ -43,6 +44,11 @@ fn vm_cache() -> PathBuf {
     cache().join("vm")
 }
 
+/// `kvm` or `tcg`, as `scripts/setup` decided by a test boot.
+fn accel() -> String {
+    std::fs::read_to_string(vm_cache().join("accel")).map(|a| a.trim().to_owned()).unwrap_or_else(|_| String::from("tcg"))
+}
+
 fn run(command: &mut Command) {
     let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e} (scripts/setup installs it)"));
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
@@ -63,7 +69,7 @@ impl Vm {
 
         let started = Instant::now();
         run(Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-kernel"])
+            .args(["-accel", &accel(), "-m", "1024", "-smp", "2", "-kernel"])
             .arg(base.join("vmlinuz"))
             .arg("-initrd")
             .arg(base.join("initrd.img"))
@@ -81,7 +87,7 @@ impl Vm {
         let mut vm = Vm { address: address.to_owned(), dir, boot_time: Duration::ZERO, _turn: turn };
         vm.wait_for_ssh();
         vm.boot_time = started.elapsed();
-        eprintln!("VM {address} answered SSH {:.1} s after qemu started", vm.boot_time.as_secs_f64());
+        eprintln!("VM {address} answered SSH {:.1} s after qemu started ({})", vm.boot_time.as_secs_f64(), accel());
         vm
     }
 
