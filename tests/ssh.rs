@@ -44,7 +44,7 @@ fn one_connection_runs_commands_writes_verified_files_and_gathers_facts() {
         assert_eq!(facts.os_id, "debian");
         assert_eq!(facts.os_codename, "bookworm");
         assert!(facts.cpus >= 1 && facts.memory_kib > 0, "{facts:?}");
-        assert!(facts.in_container(), "a test node is a container: {facts:?}");
+        assert!(facts.container, "a test node is a container: {facts:?}");
         connection.close().await;
     });
     assert_eq!(std::fs::read_to_string(node.file("/etc/kstack/it's here.conf")).unwrap(), "key=value\n");

@@ -76,7 +76,7 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             result(enabled_ok && running_ok, format!("{name} is {is_enabled} and {is_active}"))
         }
         CheckKind::Sysctl { name, value } => {
-            if facts.in_container() {
+            if facts.container {
                 skip(format!("kernel settings cannot be checked in a {} container", facts.virtualization))
             } else {
                 let found = out(format!("sysctl -n {}", quote(name))).await?.stdout;
@@ -85,7 +85,7 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             }
         }
         CheckKind::KernelParameter { parameter } => {
-            if facts.in_container() {
+            if facts.container {
                 skip(format!("the kernel command line is the host's in a {} container", facts.virtualization))
             } else {
                 let found = out(String::from("cat /proc/cmdline")).await?.stdout;
@@ -103,7 +103,7 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             result(listening, format!("nothing listens on TCP port {port}"))
         }
         CheckKind::TransparentHugePages { enabled, defrag } => {
-            if facts.in_container() {
+            if facts.container {
                 skip(format!("needs a real VM: huge pages are the host kernel's in a {} container", facts.virtualization))
             } else {
                 let found = out(String::from("cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag"))
@@ -120,7 +120,7 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             }
         }
         CheckKind::Mtu { interface, value } => {
-            if facts.in_container() {
+            if facts.container {
                 skip(format!("needs a real VM: a {} container shares the host's interfaces", facts.virtualization))
             } else {
                 let interface = match interface {

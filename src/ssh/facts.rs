@@ -13,6 +13,7 @@ echo "arch=$(uname -m)"
 echo "cpus=$(nproc)"
 echo "memory_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
 echo "virtualization=$(systemd-detect-virt 2>/dev/null || echo none)"
+echo "container=$(systemd-detect-virt --container 2>/dev/null || echo none)"
 echo "hostname=$(hostname)""#;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -24,9 +25,11 @@ pub struct Facts {
     pub arch: String,
     pub cpus: u32,
     pub memory_kib: u64,
-    /// `none` on a VM or bare metal host; a container type (e.g. `systemd-nspawn`) inside one,
-    /// where kernel settings cannot be changed.
+    /// What `systemd-detect-virt` says: `none` on bare metal, the hypervisor on a VM (`amazon`
+    /// or `xen` on EC2, `qemu`, `kvm`), the container type (e.g. `systemd-nspawn`) inside one.
     pub virtualization: String,
+    /// Inside a container, where the kernel is the host's: its settings cannot be changed.
+    pub container: bool,
     pub hostname: String,
 }
 
@@ -43,11 +46,8 @@ impl Facts {
             cpus: get("cpus").parse().unwrap_or(0),
             memory_kib: get("memory_kib").parse().unwrap_or(0),
             virtualization: get("virtualization"),
+            container: !matches!(get("container").as_str(), "" | "none"),
             hostname: get("hostname"),
         }
-    }
-
-    pub fn in_container(&self) -> bool {
-        !matches!(self.virtualization.as_str(), "" | "none" | "kvm" | "xen" | "amazon" | "vmware" | "microsoft" | "qemu")
     }
 }

@@ -13,11 +13,20 @@ use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-pub fn rootfs() -> PathBuf {
-    let cache = std::env::var_os("KSTACK_CACHE")
+/// What `scripts/setup` builds the test nodes from.
+pub fn cache() -> PathBuf {
+    std::env::var_os("KSTACK_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kstack"));
-    cache.join("rootfs/bookworm")
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/kstack"))
+}
+
+pub fn rootfs() -> PathBuf {
+    cache().join("rootfs/bookworm")
+}
+
+/// A host the tests reach over SSH: a container node or a VM.
+pub trait Target {
+    fn address(&self) -> &str;
 }
 
 /// A loopback address no other test process uses: the second octet comes from the pid.
@@ -40,7 +49,7 @@ fn keygen_of_type(kind: &str, path: &Path) {
     assert!(status.success());
 }
 
-fn known_hosts_line(address: &str, public_key: &Path) -> String {
+pub fn known_hosts_line(address: &str, public_key: &Path) -> String {
     let public = std::fs::read_to_string(public_key).unwrap();
     let mut parts = public.split_whitespace();
     format!("{address} {} {}\n", parts.next().unwrap(), parts.next().unwrap())
@@ -80,6 +89,46 @@ impl ClientKey {
     }
 }
 
+/// Writes what makes a host the test's own into `root`: a fresh host key, the client's key
+/// as root's authorized key, and an sshd drop-in (listening on `listen` when given).
+pub fn write_sshd_files(root: &Path, key: &ClientKey, listen: Option<&str>) {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["etc/ssh/sshd_config.d", "root/.ssh"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for private in ["root", "root/.ssh"] {
+        std::fs::set_permissions(root.join(private), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    keygen(&root.join(HOST_KEY));
+    std::fs::write(root.join("root/.ssh/authorized_keys"), key.public()).unwrap();
+    let listen = listen.map(|address| format!("ListenAddress {address}\n")).unwrap_or_default();
+    std::fs::write(
+        root.join("etc/ssh/sshd_config.d/kstack-test.conf"),
+        format!("{listen}HostKey /{HOST_KEY}\nPermitRootLogin prohibit-password\nUseDNS no\nMaxSessions 100\nMaxStartups 100\n"),
+    )
+    .unwrap();
+}
+
+const HOST_KEY: &str = "etc/ssh/ssh_host_ed25519_key";
+
+/// Waits until `address` answers with an SSH banner; on timeout, panics with the console.
+pub fn wait_for_ssh(address: &str, timeout: Duration, console: &Path) {
+    let deadline = Instant::now() + timeout;
+    let socket: std::net::SocketAddr = format!("{address}:22").parse().unwrap();
+    while Instant::now() < deadline {
+        if let Ok(stream) = std::net::TcpStream::connect_timeout(&socket, Duration::from_millis(200)) {
+            let mut banner = [0u8; 4];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            if std::io::Read::read_exact(&mut &stream, &mut banner).is_ok() && &banner == b"SSH-" {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let console = std::fs::read_to_string(console).unwrap_or_default();
+    panic!("{address} did not answer SSH within {} s; console:\n{console}", timeout.as_secs());
+}
+
 pub struct Node {
     pub address: String,
     pub dir: tempfile::TempDir,
@@ -102,19 +151,7 @@ impl Node {
         assert!(rootfs.join("usr/sbin/sshd").exists(), "{} is missing: run scripts/setup", rootfs.display());
         let dir = tempfile::tempdir().unwrap();
         let upper = dir.path().join("upper");
-        for sub in ["etc/ssh/sshd_config.d", "root/.ssh"] {
-            std::fs::create_dir_all(upper.join(sub)).unwrap();
-        }
-        let host_key = upper.join("etc/ssh/ssh_host_ed25519_key");
-        keygen(&host_key);
-        std::fs::write(upper.join("root/.ssh/authorized_keys"), key.public()).unwrap();
-        std::fs::write(
-            upper.join("etc/ssh/sshd_config.d/kstack-test.conf"),
-            format!(
-                "ListenAddress {address}\nHostKey /etc/ssh/ssh_host_ed25519_key\nPermitRootLogin prohibit-password\nUseDNS no\nMaxSessions 100\nMaxStartups 100\n"
-            ),
-        )
-        .unwrap();
+        write_sshd_files(&upper, key, Some(address));
         prepare(&upper);
         let name = format!("kstack-{}", address.replace('.', "-"));
         let console = std::fs::File::create(dir.path().join("console.log")).unwrap();
@@ -133,30 +170,13 @@ impl Node {
             .spawn()
             .expect("systemd-nspawn (systemd-container) is installed by scripts/setup");
         let node = Node { address: address.to_owned(), dir, child: Some(child) };
-        node.wait_for_ssh();
+        wait_for_ssh(&node.address, Duration::from_secs(30), &node.dir.path().join("console.log"));
         node
-    }
-
-    fn wait_for_ssh(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let address: std::net::SocketAddr = format!("{}:22", self.address).parse().unwrap();
-        while Instant::now() < deadline {
-            if let Ok(stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
-                let mut banner = [0u8; 4];
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                if std::io::Read::read_exact(&mut &stream, &mut banner).is_ok() && &banner == b"SSH-" {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let console = std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default();
-        panic!("node {} did not answer SSH within 30 s; console:\n{console}", self.address);
     }
 
     /// The node's host public key as a known_hosts line.
     pub fn known_hosts_line(&self) -> String {
-        known_hosts_line(&self.address, &self.dir.path().join("upper/etc/ssh/ssh_host_ed25519_key.pub"))
+        known_hosts_line(&self.address, &self.dir.path().join("upper").join(HOST_KEY).with_extension("pub"))
     }
 
     /// The node's init, as the host sees it: `systemd-nspawn`'s child.
@@ -178,6 +198,12 @@ impl Node {
     /// A path inside the node's writable layer, to look at what kstack wrote.
     pub fn file(&self, path: &str) -> PathBuf {
         self.dir.path().join("upper").join(path.trim_start_matches('/'))
+    }
+}
+
+impl Target for Node {
+    fn address(&self) -> &str {
+        &self.address
     }
 }
 

@@ -10,7 +10,7 @@ use kstack::diagnostics::{Loc, Sources, Spanned};
 use kstack::roles::{load_roles, run, verify, HostReport, Role, RunEvent, RunOptions, Variables};
 use kstack::ssh::{HostKeys, Login};
 
-use super::node::{ClientKey, Node};
+use super::node::{ClientKey, Target};
 
 pub fn fixture_roles() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/project/roles")
@@ -55,8 +55,8 @@ impl Runner {
         }
     }
 
-    pub fn converge(&self, hosts: &[&Node], check: bool) -> Vec<HostReport> {
-        let hosts: Vec<String> = hosts.iter().map(|n| n.address.clone()).collect();
+    pub fn converge(&self, hosts: &[&dyn Target], check: bool) -> Vec<HostReport> {
+        let hosts: Vec<String> = hosts.iter().map(|n| n.address().to_owned()).collect();
         let options = RunOptions { check, forks: 10, max_fail: None };
         let seen = Arc::new(Mutex::new(0usize));
         let counter = Arc::clone(&seen);
@@ -71,9 +71,9 @@ impl Runner {
         reports
     }
 
-    pub fn verify(&self, node: &Node) -> HostReport {
+    pub fn verify(&self, host: &dyn Target) -> HostReport {
         let options = RunOptions { check: false, forks: 1, max_fail: None };
-        let reports = self.rt.block_on(verify(std::slice::from_ref(&node.address), &self.login, &self.roles, &options, Arc::new(|_| {})));
+        let reports = self.rt.block_on(verify(&[host.address().to_owned()], &self.login, &self.roles, &options, Arc::new(|_| {})));
         reports.into_iter().next().unwrap()
     }
 }

@@ -26,7 +26,7 @@ impl Converge for Sysctl {
         if persisted != wanted_file {
             diffs.push(FieldDiff::new("persisted", persisted.trim(), wanted_file.trim()));
         }
-        let container = host.facts.in_container();
+        let container = host.facts.container;
         if container {
             notes.push(format!(
                 "{} is a {} container: {} is persisted for the next boot of a real machine, not applied",

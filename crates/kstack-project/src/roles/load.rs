@@ -24,7 +24,7 @@ pub struct Task {
     pub raw_content: Option<String>,
     pub notify: Vec<String>,
     /// A minijinja expression; the task is skipped when it is false, e.g.
-    /// `facts.virtualization == "none"`.
+    /// `not facts.container`.
     pub when: Option<String>,
     pub loc: Loc,
 }
@@ -183,7 +183,7 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
                         Err(error) => {
                             problems
                                 .error(expression.loc, format!("`when` is not a valid expression: {}", error.detail().unwrap_or("syntax error")))
-                                .hint("e.g. `when: facts.virtualization == \"none\"`");
+                                .hint("e.g. `when: not facts.container`");
                         }
                     }
                 }

@@ -1,0 +1,181 @@
+//! VM test nodes (`tests/support/vm.rs`): what only a real kernel shows. Each test boots one
+//! qemu VM under software emulation (about 15 to 30 s to SSH on these two cores) and prints
+//! how long its boots took.
+
+#[path = "support/node.rs"]
+mod node;
+#[path = "support/runner.rs"]
+mod runner;
+#[path = "support/vm.rs"]
+mod vm;
+
+use std::time::{Duration, Instant};
+
+use kstack::roles::{HostReport, TaskStatus, Variables};
+use kstack::ssh::{Connection, Login};
+use node::ClientKey;
+use runner::{login, project_roles, Runner};
+use vm::Vm;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Runs `script` on the VM over kstack's SSH transport and returns its standard output.
+async fn run(vm: &Vm, login: &Login, script: &str) -> String {
+    let connection = Connection::open(&vm.address, login).await.unwrap();
+    let output = connection.run(script, None).await.unwrap();
+    connection.close().await;
+    assert_eq!(output.status, 0, "`{script}`: {}", output.stderr);
+    output.stdout
+}
+
+async fn boot_id(vm: &Vm, login: &Login) -> String {
+    run(vm, login, "cat /proc/sys/kernel/random/boot_id").await.trim().to_owned()
+}
+
+/// Reboots the VM with `systemctl reboot` and waits until it is back with a new boot id;
+/// returns that id.
+async fn reboot(vm: &Vm, login: &Login) -> String {
+    let before = boot_id(vm, login).await;
+    let started = Instant::now();
+    let connection = Connection::open(&vm.address, login).await.unwrap();
+    // The connection may end before the command reports back: the reboot is judged by the
+    // boot id, not by this command's result.
+    let _ = connection.run("systemctl reboot", None).await;
+    drop(connection);
+    let deadline = started + vm::BOOT_TIMEOUT;
+    loop {
+        assert!(Instant::now() < deadline, "{} did not come back from a reboot within {:?}", vm.address, vm::BOOT_TIMEOUT);
+        if let Ok(connection) = Connection::open(&vm.address, login).await {
+            if let Ok(output) = connection.run("cat /proc/sys/kernel/random/boot_id", None).await {
+                let after = output.stdout.trim().to_owned();
+                if output.status == 0 && !after.is_empty() && after != before {
+                    eprintln!("VM {} rebooted to SSH in {:.1} s", vm.address, started.elapsed().as_secs_f64());
+                    return after;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[test]
+fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_and_reboots_with_a_new_boot_id() {
+    let key = ClientKey::new();
+    let vm = Vm::boot(&key, &node::next_address());
+    // Its own host key, known in advance: nothing is trusted on first use.
+    let mut login = login(&key);
+    std::fs::write(&login.host_keys.path, vm.known_hosts_line()).unwrap();
+    login.host_keys.trust_on_first_use = false;
+    runtime().block_on(async {
+        assert_eq!(run(&vm, &login, "systemd-detect-virt").await.trim(), "qemu");
+        let connection = Connection::open(&vm.address, &login).await.unwrap();
+        let facts = connection.facts().await.unwrap();
+        connection.close().await;
+        assert_eq!((facts.virtualization.as_str(), facts.container), ("qemu", false), "{facts:?}");
+        assert!(facts.kernel.ends_with("-cloud-amd64"), "Debian's cloud kernel, not the host's: {facts:?}");
+
+        let before = boot_id(&vm, &login).await;
+        let after = reboot(&vm, &login).await;
+        assert_ne!(before, after);
+        assert_eq!(boot_id(&vm, &login).await, after);
+    });
+}
+
+/// Tasks of the base role that install packages: the VM has no package source yet.
+const PACKAGE_TASKS: [&str; 4] = ["HWE kernel", "time sync", "time sync restarts", "time sync running"];
+const PACKAGE_CHECKS: [&str; 3] = ["hwe kernel installed", "time sync", "time sync restarts"];
+/// Booted with `-kernel`, the VM's command line is qemu's `-append`, not what GRUB would pass.
+const GRUB_CHECKS: [&str; 1] = ["kernel command line in effect"];
+
+fn failures(report: &HostReport) -> Vec<String> {
+    let mut failed: Vec<String> = report
+        .tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Failed)
+        .map(|t| format!("{}/{}: {}", t.role, t.task, t.error.clone().unwrap_or_default()))
+        .collect();
+    failed.extend(report.unreachable.clone());
+    failed
+}
+
+/// Runs the roles' checks, prints each with its result, and asserts that every one passed on
+/// the running kernel (none skipped as something only a real VM could show).
+fn verify_all(runner: &Runner, vm: &Vm, when: &str) -> Vec<String> {
+    let report = runner.verify(vm);
+    assert_eq!(report.unreachable, None);
+    for check in &report.checks {
+        let result = match (&check.skipped, check.passed) {
+            (Some(why), _) => format!("SKIPPED ({why})"),
+            (None, true) => String::from("passed"),
+            (None, false) => format!("FAILED: {}", check.detail),
+        };
+        eprintln!("{when}: check `{}`: {result}", check.name);
+    }
+    let not_passed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.passed || c.skipped.is_some())
+        .map(|c| format!("{}: {}", c.name, c.skipped.clone().unwrap_or_else(|| c.detail.clone())))
+        .collect();
+    assert_eq!(not_passed, Vec::<String>::new(), "{when}");
+    report.checks.iter().map(|c| c.name.clone()).collect()
+}
+
+/// Each sysctl the base role sets, with its value rendered from the role's defaults.
+fn role_sysctls(runner: &Runner) -> Vec<(String, String)> {
+    let base = runner.roles.iter().find(|r| r.name == "base").unwrap();
+    let env = minijinja::Environment::new();
+    base.tasks
+        .iter()
+        .filter(|t| t.module == "sysctl")
+        .map(|t| {
+            let value = env.render_str(t.args["value"].as_str().unwrap(), &base.defaults).unwrap();
+            (t.args["name"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+/// Reads each sysctl back from `/proc/sys` on the VM.
+fn assert_sysctls_in_effect(runner: &Runner, vm: &Vm, when: &str) {
+    let sysctls = role_sysctls(runner);
+    assert!(sysctls.len() >= 6, "{sysctls:?}");
+    let paths: Vec<String> = sysctls.iter().map(|(name, _)| format!("/proc/sys/{}", name.replace('.', "/"))).collect();
+    let found = runner.rt.block_on(run(vm, &runner.login, &format!("for p in {}; do echo \"$(cat $p)\"; done", paths.join(" "))));
+    let found: Vec<&str> = found.lines().map(str::trim).collect();
+    let wanted: Vec<&str> = sysctls.iter().map(|(_, value)| value.as_str()).collect();
+    assert_eq!(found, wanted, "{when}: {sysctls:?}");
+    eprintln!("{when}: in /proc/sys: {}", sysctls.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", "));
+}
+
+#[test]
+fn the_kernel_settings_of_the_base_and_thp_roles_take_effect_on_a_vm_at_once_and_after_a_reboot() {
+    let key = ClientKey::new();
+    let vm = Vm::boot(&key, &node::next_address());
+    let mut runner = Runner::new(&key, &project_roles(), &["base", "thp"], Variables::new());
+    for role in &mut runner.roles {
+        role.tasks.retain(|t| !PACKAGE_TASKS.contains(&t.name.as_str()));
+        role.checks.retain(|c| !PACKAGE_CHECKS.contains(&c.name.as_str()) && !GRUB_CHECKS.contains(&c.name.as_str()));
+    }
+
+    let started = Instant::now();
+    let first = &runner.converge(&[&vm], false)[0];
+    eprintln!("roles converged on the VM in {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(failures(first), Vec::<String>::new());
+    let skipped: Vec<&str> = first.tasks.iter().filter(|t| t.status == TaskStatus::Skipped).map(|t| t.task.as_str()).collect();
+    assert_eq!(skipped, Vec::<&str>::new(), "a VM is no container: the kernel changes are made now");
+    let second = &runner.converge(&[&vm], false)[0];
+    let changed: Vec<&str> = second.tasks.iter().filter(|t| t.status == TaskStatus::Changed).map(|t| t.task.as_str()).collect();
+    assert_eq!(changed, Vec::<&str>::new(), "a converged VM reports no change");
+
+    let checks = verify_all(&runner, &vm, "now");
+    for expected in ["huge pages off", "ip forwarding on", "inotify watches", "jumbo frames"] {
+        assert!(checks.iter().any(|c| c == expected), "{expected} ran: {checks:?}");
+    }
+    assert_sysctls_in_effect(&runner, &vm, "now");
+
+    runner.rt.block_on(reboot(&vm, &runner.login));
+    verify_all(&runner, &vm, "after a reboot");
+    assert_sysctls_in_effect(&runner, &vm, "after a reboot");
+}
