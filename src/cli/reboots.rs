@@ -104,7 +104,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         ));
     }
     let runtime = runtime()?;
-    let store = open_store(project, environment)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
     let _lock = match args.assign {
         true => {
             // Tags and slot files, each written whole: nothing is half done if the run ends.

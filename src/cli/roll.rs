@@ -116,7 +116,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     check_groups(environment, &args.groups)?;
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
-    let store = open_store(project, environment)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
     let command = format!("kstack roll {}", args.env);
     let _lock = store.lock(&command, &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;

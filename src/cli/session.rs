@@ -68,8 +68,8 @@ pub fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failure> {
 }
 
 /// The state store the environment names (S3 connects and checks its bucket).
-pub fn open_store(project: &Project, environment: &crate::model::Environment) -> Result<StateStore, Failure> {
-    StateStore::open(&project.root, &environment.name, &environment.state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+pub fn open_store(project: &Project, environment: &str, state: &crate::model::StateBackend) -> Result<StateStore, Failure> {
+    StateStore::open(&project.root, environment, state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -123,7 +123,7 @@ impl Session {
     pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, Failure> {
         let (sources, result) = load_and_compile(project, env);
         let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
-        let store = open_store(project, &compiled.checked.environment)?;
+        let store = open_store(project, &compiled.checked.environment.name, &compiled.checked.environment.state)?;
         let lock = store.lock(command, stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         tokio::select! {
             session = Session::read(project, compiled, desired, store, lock) => session,
