@@ -151,24 +151,27 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
     project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(0);
 
     project.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).assert().success();
-    rt.block_on(async {
-        assert!(aws.vpcs_of("dev").await.is_empty());
-        let subnets = aws.ec2.describe_subnets().filters(env_filter("dev")).send().await.unwrap();
-        assert!(subnets.subnets().is_empty());
-        let groups = aws.ec2.describe_security_groups().filters(env_filter("dev")).send().await.unwrap();
-        assert!(groups.security_groups().is_empty());
-        let templates = aws.ec2.describe_launch_templates().filters(env_filter("dev")).send().await.unwrap();
-        assert!(templates.launch_templates().is_empty());
-        let asgs = aws.autoscaling.describe_auto_scaling_groups().send().await.unwrap();
-        assert!(asgs.auto_scaling_groups().is_empty());
-        let elbs = aws.elb.describe_load_balancers().send().await.unwrap();
-        assert!(elbs.load_balancer_descriptions().is_empty());
-        let roles = aws.iam.list_roles().path_prefix("/kstack/dev/").send().await.unwrap();
-        assert!(roles.roles().is_empty());
-        let profiles = aws.iam.list_instance_profiles().path_prefix("/kstack/dev/").send().await.unwrap();
-        assert!(profiles.instance_profiles().is_empty());
-    });
+    rt.block_on(assert_nothing_left_of_dev(&aws));
     project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(2);
+}
+
+/// Nothing of `dev` is left in AWS, asked with Describe and List calls.
+async fn assert_nothing_left_of_dev(aws: &support::Clients) {
+    assert!(aws.vpcs_of("dev").await.is_empty());
+    let subnets = aws.ec2.describe_subnets().filters(env_filter("dev")).send().await.unwrap();
+    assert!(subnets.subnets().is_empty());
+    let groups = aws.ec2.describe_security_groups().filters(env_filter("dev")).send().await.unwrap();
+    assert!(groups.security_groups().is_empty());
+    let templates = aws.ec2.describe_launch_templates().filters(env_filter("dev")).send().await.unwrap();
+    assert!(templates.launch_templates().is_empty());
+    let asgs = aws.autoscaling.describe_auto_scaling_groups().send().await.unwrap();
+    assert!(asgs.auto_scaling_groups().is_empty());
+    let elbs = aws.elb.describe_load_balancers().send().await.unwrap();
+    assert!(elbs.load_balancer_descriptions().is_empty());
+    let roles = aws.iam.list_roles().path_prefix("/kstack/dev/").send().await.unwrap();
+    assert!(roles.roles().is_empty());
+    let profiles = aws.iam.list_instance_profiles().path_prefix("/kstack/dev/").send().await.unwrap();
+    assert!(profiles.instance_profiles().is_empty());
 }
 
 #[test]
@@ -609,4 +612,38 @@ fn the_same_environment_in_two_regions_keeps_its_global_iam_apart() {
     america.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).assert().success();
     let roles = rt.block_on(aws.iam.list_roles().path_prefix("/kstack/").send()).unwrap();
     assert!(roles.roles().is_empty());
+}
+
+/// A destroy works from state and tags while the environment has problems: with an unset
+/// secret, an unrelated typo and even a region it cannot read (taken from state instead), it
+/// lists the problems as warnings and destroys everything the apply made.
+#[test]
+fn destroy_works_from_state_and_tags_while_the_environment_has_problems() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let project = Project::copy();
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    let before = recorded(&project, &moto, "dev");
+    assert!(before.len() > 20, "{before:?}");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(project.path().join(".kstack/state/dev.json")).unwrap()).unwrap();
+    assert_eq!(state["region"], "eu-west-1", "the state records its region");
+
+    let dev = std::fs::read_to_string(project.path().join(DEV)).unwrap();
+    project.write(DEV, &format!("{dev}secrets:\n  token: KSTACK_TEST_UNSET_SECRET\nnode_groupz: {{}}\n"));
+    project.edit("environments/base.yaml", "region: eu-west-1", "region: Ireland");
+    let destroyed = project.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).env_remove("KSTACK_TEST_UNSET_SECRET").output().unwrap();
+    let warned = String::from_utf8_lossy(&destroyed.stderr);
+    assert!(destroyed.status.success(), "{warned}");
+    assert!(warned.contains("warning: environment `dev` has 3 problem(s) (`kstack validate dev` shows them); going on from its state:"), "{warned}");
+    for problem in
+        ["base.yaml:3:9: `Ireland` is not an AWS region name", "secret `token` reads $KSTACK_TEST_UNSET_SECRET, which is not set", "node_groupz"]
+    {
+        assert!(warned.contains(problem), "{problem}: {warned}");
+    }
+    let text = String::from_utf8_lossy(&destroyed.stdout);
+    assert!(text.contains("Destroy complete!"), "{text}");
+    rt.block_on(assert_nothing_left_of_dev(&aws));
+    assert!(recorded(&project, &moto, "dev").is_empty(), "the state records nothing");
 }

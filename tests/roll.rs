@@ -650,3 +650,26 @@ fn a_size_an_autoscaler_sets_during_a_roll_survives_it() {
     assert_eq!(after.len(), 4);
     assert!(after.iter().all(|id| !before.contains(id)), "every old instance replaced: {before:?} -> {after:?}");
 }
+
+/// `apply --roll` holds one lock from the apply through the roll: another run that tries to
+/// take it while the roll runs (from the roll's readiness hook) is refused, naming the apply.
+#[test]
+fn apply_with_roll_holds_one_lock_through_the_apply_and_the_roll() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let scratch = tempfile::tempdir().unwrap();
+    let record = scratch.path().join("plans");
+    let project = fleet_at(34);
+    let plan = format!("{} -C {} plan fleet", assert_cmd::cargo::cargo_bin("kstack").display(), project.path().display());
+    let hook = format!("  readiness: {plan} >> {0} 2>&1; echo \"exit $?\" >> {0}\n", record.display());
+    let (project, _aws) = applied_fleet(&moto, &rt, project, 2, "", &hook);
+
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    let both = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--roll"]).output().unwrap();
+    assert!(both.status.success(), "{}", stderr(&both));
+    assert!(stdout(&both).contains("Apply complete!") && stdout(&both).contains("app: 2 replaced"), "{}", stdout(&both));
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(recorded.matches("exit 1").count(), 2, "a plan on each new node's readiness, each refused: {recorded}");
+    assert!(recorded.contains("environment `fleet` is locked by") && recorded.contains("`kstack apply fleet`"), "{recorded}");
+    assert!(!recorded.contains("`kstack roll fleet`"), "the roll took no lock of its own: {recorded}");
+}

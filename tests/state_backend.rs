@@ -340,3 +340,68 @@ fn traced_applies_and_plans_log_no_request_or_response_body() {
         assert!(!log.contains("transmitting request") && !log.contains("received response from service"), "{log}");
     }
 }
+
+/// Recovery needs no valid project: with an unset secret, and then a YAML syntax error, in the
+/// environment file, `state list`, `show` and `unlock` find the state from `state:` alone (the
+/// local file and S3) and show the environment's problems as warnings, with their places.
+#[test]
+fn state_list_show_and_unlock_work_while_the_environment_file_is_broken() {
+    let moto = Moto::start();
+    let rt = runtime();
+    for (octet, state) in [(61u8, String::new()), (62, s3_state(""))] {
+        let backend = if state.is_empty() { "local" } else { "s3" };
+        let (project, aws) = fleet(&moto, &rt, octet, &state);
+        if backend == "s3" {
+            bucket(&rt, &aws, BUCKET, true);
+        }
+        project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+        let listed = project.kstack(&moto).args(["state", "list", "fleet"]).output().unwrap();
+        assert!(listed.status.success(), "{backend}: {}", stderr(&listed));
+        let text = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+        let lines = text.lines().count();
+        let breakages = [
+            ("secrets:\n  token: KSTACK_TEST_UNSET_SECRET\n", lines + 2, "secret `token` reads $KSTACK_TEST_UNSET_SECRET, which is not set"),
+            // The parser notices at the end of the file.
+            ("node_defaults: [unclosed\n", lines + 4, "invalid YAML"),
+        ];
+        let mut broken = text.clone();
+        for (addition, line, message) in breakages {
+            broken.push_str(addition);
+            project.write(FLEET, &broken);
+            // A run that died holding the lock.
+            let dead = serde_json::json!({
+                "id": "0badc0de", "holder": "ci", "host": "runner-7", "pid": 4242, "command": "kstack apply fleet",
+                "started": "2026-01-01T00:00:00Z", "expires": "2026-01-01T00:01:00Z", "lease_seconds": 1
+            });
+            let local_lock = project.path().join(".kstack/state/fleet.lock");
+            match backend {
+                "local" => std::fs::write(&local_lock, dead.to_string()).unwrap(),
+                _ => put_lock(&rt, &aws, &dead),
+            }
+            let run = |args: &[&str]| project.kstack(&moto).args(args).env_remove("KSTACK_TEST_UNSET_SECRET").output().unwrap();
+            let validated = run(&["validate", "fleet"]);
+            assert_eq!(validated.status.code(), Some(1), "{backend}, line {line}: the environment is broken");
+            for (args, out) in [(&["state", "list", "fleet"][..], listed.stdout.clone()), (&["state", "show", "fleet", "vpc.main"][..], Vec::new())] {
+                let output = run(args);
+                let warned = stderr(&output);
+                assert!(output.status.success(), "{backend}, line {line}, {args:?}: {warned}");
+                assert!(
+                    warned.contains("warning: environment `fleet` has 1 problem(s) (`kstack validate fleet` shows them); going on from its state:"),
+                    "{warned}"
+                );
+                assert!(warned.contains(&format!("environments/fleet.yaml:{line}:")) && warned.contains(message), "{backend}: {warned}");
+                if !out.is_empty() {
+                    assert_eq!(String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&out), "{backend}: the same resources");
+                }
+            }
+            let unlocked = run(&["state", "unlock", "fleet", "0badc0de"]);
+            assert!(unlocked.status.success(), "{backend}, line {line}: {}", stderr(&unlocked));
+            assert!(String::from_utf8_lossy(&unlocked.stdout).contains("removed the lock of `fleet` [lock 0badc0de] held by ci@runner-7"));
+            let gone = match backend {
+                "local" => !local_lock.exists(),
+                _ => object(&rt, &aws, &format!("{KEY}.lock")).is_none(),
+            };
+            assert!(gone, "{backend}, line {line}: the lock is removed");
+        }
+    }
+}

@@ -319,3 +319,17 @@ fn a_project_owned_by_another_user_is_not_discovered() {
     let named = kstack().current_dir(planted.join("work/sub")).arg("-C").arg(&planted).args(["validate", "dev"]).output().unwrap();
     assert!(String::from_utf8_lossy(&named.stderr).contains("missing required setting `network`"));
 }
+
+/// A machine without a tz database still refuses an unknown zone (kstack's own list of names)
+/// and accepts known ones: a node would read an unknown zone as UTC without a word.
+#[test]
+fn time_zones_are_checked_without_a_tz_database() {
+    let refused = kstack().env("TZDIR", "/nonexistent").args(["validate", "tests/invalid/reboots.yaml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`Mars/Olympus` is not a known time zone"), "{stderr}");
+    assert!(stderr.contains("tests/invalid/reboots.yaml:3:74"), "{stderr}");
+    // dev's window is in Europe/Berlin.
+    let accepted = kstack().env("TZDIR", "/nonexistent").args(["validate", "dev"]).output().unwrap();
+    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+}

@@ -111,7 +111,7 @@ pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, A
         .set_tags(Some(iam_tags(&resource.tags)?))
         .send()
         .await?;
-    let arn = created.role().map(|r| r.arn().to_owned()).unwrap_or_default();
+    let arn = created.role().map(|r| r.arn().to_owned()).ok_or_else(|| AwsError::missing("CreateRole", "role ARN"))?;
     for policy in managed_policies {
         cloud.iam.attach_role_policy().role_name(&resource.name).policy_arn(policy).send().await?;
     }
@@ -177,7 +177,8 @@ pub async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &I
         .set_tags(Some(iam_tags(&resource.tags)?))
         .send()
         .await?;
-    let arn = created.instance_profile().map(|p| p.arn().to_owned()).unwrap_or_default();
+    let arn =
+        created.instance_profile().map(|p| p.arn().to_owned()).ok_or_else(|| AwsError::missing("CreateInstanceProfile", "instance profile ARN"))?;
     add_role(cloud, &resource.name, role, ids).await?;
     Ok(arn)
 }

@@ -31,7 +31,11 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .config_override(super::without_retries())
         .send()
         .await?;
-    let id = created.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_owned();
+    let id = created
+        .internet_gateway()
+        .and_then(|g| g.internet_gateway_id())
+        .ok_or_else(|| AwsError::missing("CreateInternetGateway", "internet gateway id"))?
+        .to_owned();
     cloud.ec2.attach_internet_gateway().internet_gateway_id(&id).vpc_id(id_of(ids, vpc)?).send().await?;
     Ok(id)
 }

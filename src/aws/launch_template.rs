@@ -161,7 +161,11 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .tag_specifications(ec2_tag_specification(ResourceType::LaunchTemplate, &resource.tags))
         .send()
         .await?;
-    Ok(created.launch_template().and_then(|t| t.launch_template_id()).unwrap_or_default().to_owned())
+    Ok(created
+        .launch_template()
+        .and_then(|t| t.launch_template_id())
+        .ok_or_else(|| AwsError::missing("CreateLaunchTemplate", "launch template id"))?
+        .to_owned())
 }
 
 pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {

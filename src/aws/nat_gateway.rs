@@ -24,7 +24,7 @@ pub async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<Str
         .config_override(super::without_retries())
         .send()
         .await?;
-    Ok(created.allocation_id().unwrap_or_default().to_owned())
+    Ok(created.allocation_id().ok_or_else(|| AwsError::missing("AllocateAddress", "allocation id"))?.to_owned())
 }
 
 pub async fn delete_elastic_ip(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
@@ -37,8 +37,9 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut pages = cloud.ec2.describe_nat_gateways().filter(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
         for nat in page?.nat_gateways() {
-            // Deleted gateways stay visible for an hour; they are gone for kstack's purposes.
-            if matches!(nat.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting)) {
+            // Deleted and failed gateways stay visible for an hour; they are gone for kstack's
+            // purposes (a failed one never was: nothing adopts it as created).
+            if matches!(nat.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed)) {
                 continue;
             }
             let attributes = json!({
@@ -63,7 +64,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .config_override(super::without_retries())
         .send()
         .await?;
-    let id = created.nat_gateway().and_then(|n| n.nat_gateway_id()).unwrap_or_default().to_owned();
+    let id =
+        created.nat_gateway().and_then(|n| n.nat_gateway_id()).ok_or_else(|| AwsError::missing("CreateNatGateway", "NAT gateway id"))?.to_owned();
     // Routes to a pending gateway are accepted but drop traffic: wait until it is available.
     wait_for_state(cloud, &id, NatGatewayState::Available).await?;
     Ok(id)
@@ -78,16 +80,55 @@ pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
 async fn wait_for_state(cloud: &Cloud, id: &str, wanted: NatGatewayState) -> Result<(), AwsError> {
     for attempt in 0..120u32 {
         let described = cloud.ec2.describe_nat_gateways().nat_gateway_ids(id).send().await?;
-        let state = described.nat_gateways().first().and_then(|n| n.state().cloned());
-        match state {
-            Some(state) if state == wanted => return Ok(()),
-            None if wanted == NatGatewayState::Deleted => return Ok(()),
-            Some(NatGatewayState::Failed) => {
-                let reason = described.nat_gateways().first().and_then(|n| n.failure_message()).unwrap_or("no reason given");
-                return Err(AwsError::internal(format!("NAT gateway {id} failed: {reason}")));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(10) + 1))).await,
+        match reached(id, described.nat_gateways().first(), &wanted) {
+            Some(done) => return done,
+            None => tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt.min(10) + 1))).await,
         }
     }
     Err(AwsError::internal(format!("NAT gateway {id} did not become {} in time", wanted.as_str())))
+}
+
+/// Whether a gateway as described has reached `wanted` (None: not yet). One that ended
+/// `failed` is an error with AWS's reason: AWS answered, so nothing is adopted or retried.
+fn reached(id: &str, nat: Option<&aws_sdk_ec2::types::NatGateway>, wanted: &NatGatewayState) -> Option<Result<(), AwsError>> {
+    match nat.and_then(|n| n.state()) {
+        Some(state) if state == wanted => Some(Ok(())),
+        None if *wanted == NatGatewayState::Deleted => Some(Ok(())),
+        Some(NatGatewayState::Failed) => {
+            let nat = nat?;
+            let reason = nat.failure_message().unwrap_or("AWS gave no reason");
+            let code = nat.failure_code().map(|c| format!(" ({c})")).unwrap_or_default();
+            Some(Err(AwsError::internal(format!("NAT gateway {id} failed{code}: {reason}"))))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::{NatGateway, NatGatewayState};
+
+    use super::reached;
+
+    #[test]
+    fn a_gateway_that_ended_failed_is_an_error_with_aws_reason() {
+        // moto's gateways are available at once and never fail: the wait's judgement is tested here.
+        let failed = NatGateway::builder()
+            .state(NatGatewayState::Failed)
+            .failure_code("InsufficientFreeAddressesInSubnet")
+            .failure_message("Subnet has insufficient free addresses to create this NAT gateway")
+            .build();
+        let error = reached("nat-0abc", Some(&failed), &NatGatewayState::Available).unwrap().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "NAT gateway nat-0abc failed (InsufficientFreeAddressesInSubnet): Subnet has insufficient free addresses to create this NAT gateway"
+        );
+        assert!(!error.is_ambiguous(), "an answer, not a lost reply: no adoption, no retries");
+        let pending = NatGateway::builder().state(NatGatewayState::Pending).build();
+        assert!(reached("nat-0abc", Some(&pending), &NatGatewayState::Available).is_none());
+        let available = NatGateway::builder().state(NatGatewayState::Available).build();
+        assert!(reached("nat-0abc", Some(&available), &NatGatewayState::Available).unwrap().is_ok());
+        assert!(reached("nat-0abc", None, &NatGatewayState::Deleted).unwrap().is_ok(), "gone from the listing");
+        assert!(reached("nat-0abc", None, &NatGatewayState::Available).is_none());
+    }
 }

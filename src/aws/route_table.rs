@@ -54,7 +54,8 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .config_override(super::without_retries())
         .send()
         .await?;
-    let id = created.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_owned();
+    let id =
+        created.route_table().and_then(|t| t.route_table_id()).ok_or_else(|| AwsError::missing("CreateRouteTable", "route table id"))?.to_owned();
     for route in routes {
         create_route(cloud, &id, route, ids).await?;
     }

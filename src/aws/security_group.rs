@@ -100,7 +100,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .tag_specifications(ec2_tag_specification(ResourceType::SecurityGroup, &resource.tags))
         .send()
         .await?;
-    Ok(created.group_id().unwrap_or_default().to_owned())
+    Ok(created.group_id().ok_or_else(|| AwsError::missing("CreateSecurityGroup", "group id"))?.to_owned())
 }
 
 pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {

@@ -48,7 +48,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .config_override(super::without_retries())
         .send()
         .await?;
-    let id = created.subnet().and_then(|s| s.subnet_id()).unwrap_or_default().to_owned();
+    let id = created.subnet().and_then(|s| s.subnet_id()).ok_or_else(|| AwsError::missing("CreateSubnet", "subnet id"))?.to_owned();
     if *map_public_ip_on_launch {
         set_public_ip(cloud, &id, true).await?;
     }

@@ -30,7 +30,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource) -> Result<String, AwsErr
         .config_override(super::without_retries())
         .send()
         .await?;
-    let id = created.vpc().and_then(|v| v.vpc_id()).unwrap_or_default().to_owned();
+    let id = created.vpc().and_then(|v| v.vpc_id()).ok_or_else(|| AwsError::missing("CreateVpc", "VPC id"))?.to_owned();
     // Nodes resolve each other and AWS endpoints by name; hostnames are off by default.
     cloud.ec2.modify_vpc_attribute().vpc_id(&id).enable_dns_support(enabled()).send().await?;
     cloud.ec2.modify_vpc_attribute().vpc_id(&id).enable_dns_hostnames(enabled()).send().await?;

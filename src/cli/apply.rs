@@ -8,9 +8,10 @@ use crate::apply::{apply, Journal, Options, Outcome};
 use crate::compile::content_digest;
 use crate::model::Project;
 use crate::plan::render;
+use crate::state::Lock;
 
 use super::progress::Progress;
-use super::session::{runtime, stop_on_signals, Desired, SavedPlan, Session};
+use super::session::{runtime, stop_on_signals, Desired, Held, SavedPlan, Session};
 use super::{term, Failure};
 use crate::stop::Stop;
 
@@ -85,15 +86,17 @@ fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
 }
 
 pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
-    let env = apply_only(project, args)?;
+    let (env, held) = apply_only(project, args)?;
     if args.roll {
-        super::roll::run(project, &super::roll::Args::everything(&env, args.ssh.clone(), args.write_reboot_slots))?;
+        // Under the apply's lock: no other run gets in between the two.
+        super::roll::run_holding(project, &super::roll::Args::everything(&env, args.ssh.clone(), args.write_reboot_slots), Some(held))?;
     }
     Ok(())
 }
 
-/// Applies and returns the environment argument the model was loaded with.
-fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
+/// Applies; returns the environment argument the model was loaded with, and the run's hold on
+/// the environment (its lock still taken).
+fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Failure> {
     let saved = match load_saved_plan(Path::new(&args.target)) {
         None => None,
         Some(Ok(saved)) => Some(saved),
@@ -125,7 +128,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     }
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
-        return Ok(env);
+        return Ok((env, Held { runtime, stop, lock: session.lock }));
     }
     // Applying would reset the size of a group a batch has surged.
     if let Some(record) = &session.state.roll {
@@ -139,12 +142,12 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<String, Failure> {
     }
     let mut session = session;
     let (cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
-    execute(&runtime, session, args.parallelism, &stop, "Apply")?;
+    let lock = execute(&runtime, session, args.parallelism, &stop, "Apply")?;
     // With --roll the roll folds in the instances it brings.
-    if !args.roll {
-        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, &model, &images, &args.ssh, args.write_reboot_slots));
+    if let (false, Some(model)) = (args.roll, &model) {
+        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, model, &images, &args.ssh, args.write_reboot_slots));
     }
-    Ok(env)
+    Ok((env, Held { runtime, stop, lock }))
 }
 
 pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {
@@ -163,7 +166,7 @@ pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure>
             &format!("Do you really want to destroy all {} resources of `{}`? There is no undo.", session.plan.summary.delete, session.environment),
         )?;
     }
-    execute(&runtime, session, args.parallelism, &stop, "Destroy")
+    execute(&runtime, session, args.parallelism, &stop, "Destroy").map(drop)
 }
 
 /// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform. A stop
@@ -195,8 +198,9 @@ fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Re
     }
 }
 
-fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, stop: &Stop, what: &str) -> Result<(), Failure> {
-    let Session { cloud, desired, observed, plan, store, mut state, .. } = session;
+/// Carries out the session's plan; the session's lock comes back, still taken.
+fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, stop: &Stop, what: &str) -> Result<Lock, Failure> {
+    let Session { cloud, desired, observed, plan, store, mut state, lock, .. } = session;
     // Record what refresh found first, so resources adopted by tag are in state even if the
     // run stops before touching them.
     state.resources = observed.iter().rev().map(|o| (o.address.clone(), o.clone())).collect();
@@ -217,7 +221,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         move |event| events.event(event),
     ));
     progress.finish();
-    report(&outcome, what, &plan, &store.location())
+    report(&outcome, what, &plan, &store.location()).map(|()| lock)
 }
 
 fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), Failure> {

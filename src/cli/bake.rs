@@ -81,7 +81,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     term::hide_secrets(checked.environment.secrets.values().map(|s| s.value()));
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment)?)?));
+    let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment.name, &checked.environment.state)?)?));
     let progress: crate::bake::Progress = Arc::new(|line: &str| term::errln(format_args!("bake: {line}")));
     if args.cleanup {
         return match runtime.block_on(cleanup_leftovers(&cloud, &progress)) {

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::compile::compile;
-use crate::diagnostics::{Problems, Sources};
+use crate::diagnostics::{self, Problems, Sources};
 use crate::graph::ResourceGraph;
 use crate::model::image::{load_image, Image};
 use crate::model::{load_environment, Checked, Project};
@@ -253,6 +253,24 @@ fn report_problems(env: &str, problems: Problems, sources: &Sources) -> Failure 
 /// Prints problems of an image definition or its roles.
 fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> Failure {
     report_problems_of(&format!("image `{image}`"), problems, sources)
+}
+
+/// Where the environment's state lives, found even while the environment has problems, which
+/// are shown as warnings: recovering from a dead run must not wait for a fix elsewhere.
+fn locate_state(project: &Project, env: &str) -> Result<crate::model::StateLocation, Failure> {
+    let located = crate::model::locate_state(project, env);
+    if !located.warnings.is_empty() {
+        term::warning(&format!(
+            "environment `{env}` has {} problem(s) (`kstack validate {env}` shows them); going on from its state:",
+            located.warnings.len()
+        ));
+        for problem in located.warnings.into_sorted() {
+            let place =
+                problem.loc.map(|loc| format!("{}:{}:{}: ", diagnostics::display_path(&located.sources.get(loc.source).path), loc.line, loc.column));
+            term::warning(&format!("{}{}", place.unwrap_or_default(), problem.message));
+        }
+    }
+    located.result.map_err(|problems| report_problems(env, problems, &located.sources))
 }
 
 fn report_problems_of(what: &str, problems: Problems, sources: &Sources) -> Failure {

@@ -155,7 +155,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&open_store(project, environment)?)?));
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&open_store(project, &environment.name, &environment.state)?)?));
     let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
     let mut work = Vec::new();
     for group in &environment.node_groups {

@@ -104,7 +104,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         ));
     }
     let runtime = runtime()?;
-    let store = open_store(project, environment)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
     let _lock = match args.assign {
         true => {
             // Tags and slot files, each written whole: nothing is half done if the run ends.
@@ -128,14 +128,41 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    runtime
+    let written = runtime
         .block_on(put_in_force(&cloud, environment, &compiled.images, &planned, &args.ssh, usize::from(args.forks)))
-        .map_err(|message| fail(&message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times")))?;
+        .map_err(|message| fail(&message, None))?;
     if !args.json {
-        let nodes = planned.schedule.slots.len();
-        term::outln(format_args!("\nAssigned: {nodes} nodes tagged ({TAG_REBOOT_TIME}) and written ({}).", node_config::PATH));
+        term::outln(format_args!(
+            "\nAssigned: {} nodes tagged ({TAG_REBOOT_TIME}); {} written ({}){}.",
+            planned.schedule.slots.len(),
+            written.written.len(),
+            node_config::PATH,
+            match written.unreached.len() {
+                0 => String::new(),
+                n => format!("; {n} not reached: {}", written.unreached.iter().map(|(node, _)| node.as_str()).collect::<Vec<_>>().join(", ")),
+            }
+        ));
     }
-    Ok(())
+    match written.shortfall() {
+        None => Ok(()),
+        Some(message) => Err(fail(&message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times"))),
+    }
+}
+
+/// What putting a schedule in force did on the nodes (every instance is tagged first).
+struct Written {
+    /// The nodes whose slot file was written (instance ids).
+    written: Vec<String>,
+    /// The nodes not written (`instance (address)`), and why.
+    unreached: Vec<(String, String)>,
+}
+
+impl Written {
+    /// Says how many nodes were not written, if any.
+    fn shortfall(&self) -> Option<String> {
+        let nodes = self.written.len() + self.unreached.len();
+        (!self.unreached.is_empty()).then(|| format!("{} of {nodes} nodes were not written; their tags are set", self.unreached.len()))
+    }
 }
 
 /// A checked schedule of the environment's running nodes.
@@ -156,7 +183,13 @@ async fn plan(cloud: &Cloud, environment: &Environment, seed: u64, reshuffle: bo
     let (scheduled, unscheduled): (Vec<&Instance>, Vec<&Instance>) = instances.iter().partition(|i| policies.contains_key(&i.group));
     let members: Vec<Member> = scheduled
         .iter()
-        .map(|i| Member { id: i.id.clone(), group: i.group.clone(), zone: i.zone.clone(), current: i.reboot_time.as_deref().and_then(parse_minute) })
+        .map(|i| {
+            // An untagged node (new since the last schedule) reboots at its fallback minute until
+            // it is written: keep that minute where it fits, so its peers' files hold the truth.
+            let fallback = || node_config::fallback_minute(&policies[&i.group].window, &i.id);
+            let current = i.reboot_time.as_deref().and_then(parse_minute).unwrap_or_else(fallback);
+            Member { id: i.id.clone(), group: i.group.clone(), zone: i.zone.clone(), current: Some(current) }
+        })
         .collect();
     let zone_gap_minutes = environment.reboots.as_ref().map_or(0, |p| p.zone_gap_minutes);
     let fleet = Fleet { members, groups: policies, zone_gap_minutes };
@@ -175,7 +208,8 @@ async fn plan(cloud: &Cloud, environment: &Environment, seed: u64, reshuffle: bo
 }
 
 /// Tags the instances whose time changed, then writes every node's slot (its peers' times
-/// change with theirs). Per-node failures are reported; the message sums them up.
+/// change with theirs). Each node not written is reported as an error; an AWS failure to tag
+/// is the message.
 async fn put_in_force(
     cloud: &Cloud,
     environment: &Environment,
@@ -183,17 +217,14 @@ async fn put_in_force(
     planned: &Planned,
     ssh: &SshArgs,
     forks: usize,
-) -> Result<(), String> {
+) -> Result<Written, String> {
     tag_instances(cloud, &planned.schedule.slots).await.map_err(|e| format!("AWS failed while tagging instances: {e}"))?;
     let writes = node_writes(environment, images, &planned.schedule, &planned.fleet, &planned.assignment, ssh);
-    let failures = write_slots(writes, forks).await;
-    for (address, error) in &failures {
-        term::error(&format!("{address}: could not write the reboot slot: {error}"), None);
+    let written = write_slots(writes, forks).await;
+    for (node, error) in &written.unreached {
+        term::error(&format!("{node}: could not write the reboot slot: {error}"), None);
     }
-    match failures.len() {
-        0 => Ok(()),
-        failed => Err(format!("{failed} of {} nodes were not written; their tags are set", planned.schedule.slots.len())),
-    }
+    Ok(written)
 }
 
 /// After `apply` or `roll`: gives running nodes without a slot (new since the last
@@ -222,9 +253,9 @@ pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images:
             Err(error) => term::warning(&format!("reboot schedule not updated: AWS failed while tagging instances: {error}")),
         };
     }
-    match put_in_force(cloud, environment, images, &planned, ssh, 10).await {
-        Ok(()) => term::errln(format_args!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it.")),
-        Err(message) => term::warning(&format!(
+    match put_in_force(cloud, environment, images, &planned, ssh, 10).await.map(|written| written.shortfall()) {
+        Ok(None) => term::errln(format_args!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it.")),
+        Ok(Some(message)) | Err(message) => term::warning(&format!(
             "reboot schedule: {new} new node(s) folded in, but {message}; run `kstack reboots {name} --assign` once SSH reaches them"
         )),
     }
@@ -336,7 +367,16 @@ async fn tag_instances(cloud: &Cloud, slots: &[Slot]) -> Result<(), crate::aws::
     Ok(())
 }
 
-/// Per node: its address, how to log in, and the file to write.
+/// One node's slot file to write.
+struct NodeWrite {
+    instance: String,
+    /// None when the instance has no address of the kind SSH uses (private or public).
+    address: Option<String>,
+    login: Login,
+    content: String,
+}
+
+/// Per node of the schedule: its address, how to log in, and the file to write.
 fn node_writes(
     environment: &Environment,
     images: &BTreeMap<String, LoadedImage>,
@@ -344,10 +384,9 @@ fn node_writes(
     fleet: &Fleet,
     assignment: &BTreeMap<String, u32>,
     ssh: &SshArgs,
-) -> Vec<(String, Login, String)> {
+) -> Vec<NodeWrite> {
     let mut writes = Vec::new();
     for slot in &schedule.slots {
-        let Some(address) = slot.address.clone() else { continue };
         let policy = &fleet.groups[&slot.group];
         let peers: Vec<(String, u32)> =
             fleet.members.iter().filter(|m| m.group == slot.group && m.id != slot.instance).map(|m| (m.id.clone(), assignment[&m.id])).collect();
@@ -361,35 +400,40 @@ fn node_writes(
             })
             .unwrap_or_else(|| String::from("ubuntu"));
         let content = node_config::apt_config(&environment.name, &slot.instance, assignment[&slot.instance], policy, &peers);
-        writes.push((address, ssh.login(&user), content));
+        writes.push(NodeWrite { instance: slot.instance.clone(), address: slot.address.clone(), login: ssh.login(&user), content });
     }
     writes
 }
 
-/// Writes every node's slot, `forks` at a time; returns the nodes that failed.
-async fn write_slots(writes: Vec<(String, Login, String)>, forks: usize) -> Vec<(String, String)> {
+/// Writes every node's slot, `forks` at a time.
+async fn write_slots(writes: Vec<NodeWrite>, forks: usize) -> Written {
     let permits = Arc::new(tokio::sync::Semaphore::new(forks.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for (address, login, content) in writes {
+    let mut written = Written { written: Vec::new(), unreached: Vec::new() };
+    for write in writes {
+        let Some(address) = write.address else {
+            written.unreached.push((format!("{} (no address)", write.instance), String::from("it has no address SSH could use")));
+            continue;
+        };
         let permits = Arc::clone(&permits);
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let written = async {
-                let connection = Connection::open(&address, &login).await?;
-                connection.write_file(node_config::PATH, content.as_bytes(), 0o644, "root", "root").await
+            let result = async {
+                let connection = Connection::open(&address, &write.login).await?;
+                connection.write_file(node_config::PATH, write.content.as_bytes(), 0o644, "root", "root").await
             };
-            let written = written.await.map_err(|e| e.to_string());
-            (address, written)
+            (format!("{} ({address})", write.instance), write.instance, result.await.map_err(|e| e.to_string()))
         });
     }
-    let mut failures = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((_, Ok(()))) => {}
-            Ok((address, Err(error))) => failures.push((address, error)),
-            Err(error) => failures.push((String::from("?"), error.to_string())),
+            Ok((_, instance, Ok(()))) => written.written.push(instance),
+            Ok((node, _, Err(error))) => written.unreached.push((node, error)),
+            // A write task that panicked: which node is unknown, but it still counts.
+            Err(error) => written.unreached.push((String::from("a node"), error.to_string())),
         }
     }
-    failures.sort();
-    failures
+    written.written.sort();
+    written.unreached.sort();
+    written
 }

@@ -8,7 +8,7 @@ use crate::model::{Amount, PolicyOverrides, Project};
 use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
 
 use super::provision::SshArgs;
-use super::session::{open_store, runtime, stop_on_signals};
+use super::session::{open_store, runtime, stop_on_signals, Held};
 use super::{check_groups, fail, load_and_compile, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
@@ -148,21 +148,32 @@ fn or_none(ids: &[String]) -> String {
 }
 
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+    run_holding(project, args, None)
+}
+
+/// Rolls; under `held`, the lock an apply took (`apply --roll`), or else under its own.
+pub fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     let env = &environment.name;
     check_groups(environment, &args.groups)?;
-    let runtime = runtime()?;
-    let stop = stop_on_signals(&runtime);
-    let store = open_store(project, environment)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
     if args.status {
         let record = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.roll;
         status(env, record.as_ref());
         return Ok(());
     }
     let command = format!("kstack roll {}", args.env);
-    let _lock = store.lock(&command, &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let (runtime, stop, _lock) = match held {
+        Some(Held { runtime, stop, lock }) => (runtime, stop, lock),
+        None => {
+            let runtime = runtime()?;
+            let stop = stop_on_signals(&runtime);
+            let lock = store.lock(&command, &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+            (runtime, stop, lock)
+        }
+    };
     let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let group_names = GroupNames(&state);
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, state.owner()));

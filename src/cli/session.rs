@@ -9,12 +9,12 @@ use crate::aws::{self, Cloud, Observed};
 use crate::compile::{content_digest, image_names, resolve_images};
 use crate::graph::ResourceGraph;
 use crate::identity::Identity;
-use crate::model::Project;
+use crate::model::{Project, StateLocation};
 use crate::plan::{plan, Foreign, Plan};
 use crate::state::{Lock, State, StateStore};
 use crate::stop::{Reason, Stop};
 
-use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::{fail, load_and_compile, locate_state, report_problems, term, Failure, LoadedImage};
 
 pub struct Session {
     pub environment: String,
@@ -25,11 +25,21 @@ pub struct Session {
     pub store: StateStore,
     pub state: State,
     pub refresh: RefreshStats,
-    /// The environment's model and images, for what follows an apply (reboot slots).
-    pub model: crate::model::Environment,
+    /// The environment's model and images, for what follows an apply (reboot slots); no
+    /// model for a destroy, which works from state.
+    pub model: Option<crate::model::Environment>,
     pub images: std::collections::BTreeMap<String, LoadedImage>,
-    /// Held until the session ends.
-    _lock: Lock,
+    /// Held until the session ends, or handed on ([`Held`]).
+    pub lock: Lock,
+}
+
+/// A run's hold on an environment: the runtime (which renews an S3 lease), the stop flag (which
+/// learns of a lost lock) and the lock, handed from an apply to the roll that follows it so no
+/// other run gets in between.
+pub struct Held {
+    pub runtime: tokio::runtime::Runtime,
+    pub stop: Stop,
+    pub lock: Lock,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,8 +78,8 @@ pub fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failure> {
 }
 
 /// The state store the environment names (S3 connects and checks its bucket).
-pub fn open_store(project: &Project, environment: &crate::model::Environment) -> Result<StateStore, Failure> {
-    StateStore::open(&project.root, &environment.name, &environment.state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+pub fn open_store(project: &Project, environment: &str, state: &crate::model::StateBackend) -> Result<StateStore, Failure> {
+    StateStore::open(&project.root, environment, state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -120,37 +130,64 @@ pub fn stopped_before_changes(reason: Reason) -> Failure {
 impl Session {
     /// Opens the environment under its lock, which `stop` learns the loss of; a stop before
     /// the plan is made ends the (read-only) work at once.
+    /// A destroy works from the environment's state and tags: it needs only where the state
+    /// lives and the region, so problems elsewhere in the environment are warnings.
     pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, Failure> {
-        let (sources, result) = load_and_compile(project, env);
-        let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
-        let store = open_store(project, &compiled.checked.environment)?;
+        let (location, compiled) = match desired {
+            Desired::Model => {
+                let (sources, result) = load_and_compile(project, env);
+                let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
+                let environment = &compiled.checked.environment;
+                let location = StateLocation {
+                    name: environment.name.clone(),
+                    region: Some(environment.region.value.clone()),
+                    state: environment.state.clone(),
+                };
+                (location, Some(compiled))
+            }
+            Desired::Nothing => (locate_state(project, env)?, None),
+        };
+        let store = open_store(project, &location.name, &location.state)?;
         let lock = store.lock(command, stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         tokio::select! {
-            session = Session::read(project, compiled, desired, store, lock) => session,
+            session = Session::read(project, location, compiled, store, lock) => session,
             reason = stop.stopped() => Err(stopped_before_changes(reason)),
         }
     }
 
-    async fn read(project: &Project, compiled: super::Compiled, desired: Desired, store: StateStore, lock: Lock) -> Result<Session, Failure> {
-        let environment = compiled.checked.environment.name.clone();
-        let region = compiled.checked.environment.region.value.clone();
+    /// With `compiled`, plans toward the environment's model; without, toward nothing.
+    async fn read(
+        project: &Project,
+        location: StateLocation,
+        compiled: Option<super::Compiled>,
+        store: StateStore,
+        lock: Lock,
+    ) -> Result<Session, Failure> {
+        let environment = location.name;
         let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-        let identity = match &state.identity {
-            Some(identity) => identity.clone(),
+        let Some(region) = location.region.or_else(|| state.region.clone()) else {
+            return Err(fail(
+                &format!("the region of `{environment}` is unknown: its environment file does not say and its state does not record it"),
+                Some("fix the environment's `region:` (`kstack validate` shows its problems)"),
+            ));
+        };
+        // The identity is kept before anything is created, so every resource carries it from
+        // the start; the region, so a destroy finds them without the environment file.
+        let new_identity = state.identity.is_none();
+        let identity = state.identity.get_or_insert_with(Identity::generate).clone();
+        if new_identity || state.region.as_ref() != Some(&region) {
+            state.region = Some(region.clone());
+            store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        }
+        let cloud = Cloud::connect(&region, state.owner()).await;
+        let destroy = compiled.is_none();
+        let (mut graph, images, model) = match compiled {
+            Some(compiled) => (compiled.graph, compiled.images, Some(compiled.checked.environment)),
             None => {
-                // Kept before anything is created, so every resource carries it from the start.
-                let identity = Identity::generate();
-                state.identity = Some(identity.clone());
-                store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-                identity
+                let nothing = ResourceGraph::build(Vec::new()).map_err(|_| fail("cannot build an empty resource graph", None))?;
+                (nothing, std::collections::BTreeMap::new(), None)
             }
         };
-        let cloud = Cloud::connect(&region, state.owner()).await;
-        let mut graph = match desired {
-            Desired::Model => compiled.graph,
-            Desired::Nothing => ResourceGraph::build(Vec::new()).unwrap_or(compiled.graph),
-        };
-        let images = compiled.images;
         let names = image_names(&graph);
         if !names.is_empty() {
             let amis = resolve_named_images(project, &images, &cloud, &names).await?;
@@ -183,7 +220,7 @@ impl Session {
         // another identity is that environment's now, whatever state recorded.
         for (address, known) in &state.resources {
             let theirs = refreshed.foreign.iter().any(|f| f.id == known.id);
-            if !theirs && !observed.iter().any(|o| &o.address == address) && matches!(desired, Desired::Nothing) {
+            if !theirs && !observed.iter().any(|o| &o.address == address) && destroy {
                 observed.push(known.clone());
             }
         }
@@ -192,19 +229,7 @@ impl Session {
         if state.resources.is_empty() {
             warn_of_lost_state(&environment, &region, &plan.left_alone);
         }
-        Ok(Session {
-            environment,
-            cloud,
-            desired: graph,
-            observed,
-            plan,
-            store,
-            state,
-            refresh,
-            model: compiled.checked.environment,
-            images,
-            _lock: lock,
-        })
+        Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock })
     }
 
     pub fn saved(&self, source: &str) -> SavedPlan {

@@ -7,7 +7,7 @@ use crate::state::StateStore;
 use crate::stop::Stop;
 
 use super::session::open_store;
-use super::{fail, load_and_compile, report_problems, term, Failure};
+use super::{fail, load_and_compile, locate_state, report_problems, term, Failure};
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
 /// between the local and the S3 backend.
@@ -106,8 +106,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             }
         }
         Command::Unlock { env, lock_id } => {
-            let environment = environment(project, env)?;
-            let store = open_store(project, &environment)?;
+            let environment = locate_state(project, env)?;
+            let store = open_store(project, &environment.name, &environment.state)?;
             match store.unlock(lock_id.as_deref()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
                 Some(h) => term::outln(format_args!(
                     "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
@@ -134,7 +134,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
 fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failure> {
     let identity = Identity::try_from(id.to_owned()).map_err(|why| fail(&why, Some("copy it from a resource's `kstack:id` tag")))?;
     let environment = environment(project, env)?;
-    let store = open_store(project, &environment)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
     // One state write: nothing is half done if the run ends.
     let _lock = store.lock(&format!("kstack state identity {env} --recover"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
@@ -162,7 +162,7 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
             Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
         ));
     }
-    let s3 = open_store(project, &environment)?;
+    let s3 = open_store(project, &environment.name, &environment.state)?;
     let local = StateStore::local(&project.root, &environment.name);
     let (source, target) = match to {
         Target::S3 => (local, s3),
@@ -202,7 +202,7 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
 }
 
 fn load(project: &Project, env: &str) -> Result<crate::state::State, Failure> {
-    let environment = environment(project, env)?;
-    let store = open_store(project, &environment)?;
+    let environment = locate_state(project, env)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
     store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }

@@ -20,7 +20,7 @@ pub struct Member {
     pub id: String,
     pub group: String,
     pub zone: String,
-    /// The minute of day it has now (its tag), if any.
+    /// The minute of day it has now (its tag, or the fallback its guard picks), if any.
     pub current: Option<u32>,
 }
 

@@ -81,6 +81,10 @@ pub struct State {
     /// The environment's identity (see `identity.rs`), from its first plan or apply on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The environment's region, so `destroy` finds its resources while the environment file
+    /// cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub resources: BTreeMap<Address, Observed>,
     /// A roll that has not finished: what `kstack roll --resume` continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +187,7 @@ impl StateStore {
                 serial: 0,
                 updated: now_rfc3339(),
                 identity: None,
+                region: None,
                 resources: BTreeMap::new(),
                 roll: None,
             });

@@ -69,6 +69,15 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     })
 }
 
+/// Only what finds an environment's state: its `state:` settings and its `region` (which an S3
+/// bucket defaults to). A problem with the region only leaves it unknown.
+pub fn state_location(name: &str, root: &Node, problems: &mut Problems) -> Option<StateLocation> {
+    let mut map = MapReader::new(root, "environment", problems)?;
+    let region = map.get("region").and_then(|n| region(n, &mut Problems::default()));
+    let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, region.as_ref(), problems))?;
+    Some(StateLocation { name: name.to_owned(), region: region.map(|r| r.value), state })
+}
+
 /// `state: { backend: s3, bucket, key, region, kms_key_id }`; `backend: local` is the default.
 fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>>, problems: &mut Problems) -> Option<StateBackend> {
     let mut map = MapReader::new(node, "state settings", problems)?;

@@ -97,9 +97,66 @@ pub fn load_environment(project: &Project, name_or_path: &str) -> LoadedEnvironm
     LoadedEnvironment { sources, result }
 }
 
+/// Where an environment's state lives, and its region if it can be read.
+#[derive(Debug, Clone)]
+pub struct StateLocation {
+    pub name: String,
+    pub region: Option<String>,
+    pub state: super::StateBackend,
+}
+
+/// An environment's state location, with the environment's problems (if any) to show as
+/// warnings.
+#[derive(Debug)]
+pub struct LocatedState {
+    pub sources: Sources,
+    pub result: Result<StateLocation, Problems>,
+    pub warnings: Problems,
+}
+
+/// Finds an environment's state from its `state:` and `region` alone, so that recovery (state
+/// unlock, list and show; destroy) works while the environment has problems elsewhere: an
+/// unset secret, an unrelated mistake, even a YAML syntax error outside those keys.
+pub fn locate_state(project: &Project, name_or_path: &str) -> LocatedState {
+    let loaded = load_environment(project, name_or_path);
+    let mut sources = loaded.sources;
+    let warnings = match loaded.result {
+        Ok(checked) => {
+            let environment = checked.environment;
+            let location = StateLocation { name: environment.name, region: Some(environment.region.value), state: environment.state };
+            return LocatedState { sources, result: Ok(location), warnings: Problems::default() };
+        }
+        Err(problems) => problems,
+    };
+    let mut problems = Problems::default();
+    let path = project.environment_path(name_or_path);
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment").to_owned();
+    let location = read_chain_salvaging(project, &path, &mut sources, &mut problems, &mut Vec::new(), true)
+        .and_then(|root| decode::state_location(&name, &root, &mut problems));
+    let result = match location {
+        Some(location) if problems.is_empty() => Ok(location),
+        _ => Err(problems),
+    };
+    LocatedState { sources, result, warnings }
+}
+
 /// Reads `path` and, recursively, the files it extends; returns the merged document.
 /// `chain` holds the files being read, innermost last, to detect cycles.
 fn read_chain(project: &Project, path: &Path, sources: &mut Sources, problems: &mut Problems, chain: &mut Vec<PathBuf>) -> Option<Node> {
+    read_chain_salvaging(project, path, sources, problems, chain, false)
+}
+
+/// [`read_chain`]; with `salvage`, a file that is not valid YAML is read as its top-level
+/// `extends`, `region` and `state` blocks alone (at their own lines), its syntax error left
+/// to the full load.
+fn read_chain_salvaging(
+    project: &Project,
+    path: &Path,
+    sources: &mut Sources,
+    problems: &mut Problems,
+    chain: &mut Vec<PathBuf>,
+    salvage: bool,
+) -> Option<Node> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) => {
@@ -110,11 +167,16 @@ fn read_chain(project: &Project, path: &Path, sources: &mut Sources, problems: &
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let source = sources.add(path, text);
     let text = sources.get(source).text.clone();
-    let node = yaml::parse(source, &text, problems)?;
+    let node = match salvage {
+        false => yaml::parse(source, &text, problems)?,
+        true => {
+            yaml::parse(source, &text, &mut Problems::default()).or_else(|| yaml::parse(source, &top_level_blocks(&text, STATE_KEYS), problems))?
+        }
+    };
     chain.push(canonical);
     let merged = match extends_of(&node, problems) {
         None => Some(node),
-        Some(base_name) => read_base(project, path, &base_name, sources, problems, chain).map(|base| merge::merge(base, node)),
+        Some(base_name) => read_base(project, path, &base_name, sources, problems, chain, salvage).map(|base| merge::merge(base, node)),
     };
     chain.pop();
     merged
@@ -128,6 +190,7 @@ fn read_base(
     sources: &mut Sources,
     problems: &mut Problems,
     chain: &mut Vec<PathBuf>,
+    salvage: bool,
 ) -> Option<Node> {
     let reference = paths::Reference {
         key: "extends",
@@ -154,7 +217,28 @@ fn read_base(
             .hint(EXTENDS_HINT);
         return None;
     }
-    read_chain(project, &base_path, sources, problems, chain)
+    read_chain_salvaging(project, &base_path, sources, problems, chain, salvage)
+}
+
+/// The top-level keys that locate an environment's state.
+const STATE_KEYS: &[&str] = &["extends", "region", "state"];
+
+/// `text` with every line blanked but those of the top-level blocks of `keys`, so what is
+/// left keeps its line numbers.
+fn top_level_blocks(text: &str, keys: &[&str]) -> String {
+    let mut keep = false;
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let top_level = !line.is_empty() && !line.starts_with([' ', '\t', '#']);
+        if top_level {
+            keep = keys.iter().any(|key| line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')));
+        }
+        if keep {
+            kept.push_str(line);
+        }
+        kept.push('\n');
+    }
+    kept
 }
 
 const EXTENDS_HINT: &str = "`extends` takes a path relative to this file, inside the project, e.g. `extends: base.yaml`";

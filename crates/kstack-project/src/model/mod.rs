@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 
 use crate::diagnostics::{Loc, Spanned};
 
-pub use load::{load_environment, Checked, LoadedEnvironment, Project};
+pub use load::{load_environment, locate_state, Checked, LoadedEnvironment, LocatedState, Project, StateLocation};
 pub use reboots::{RebootPolicy, RebootWindow};
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
 pub use secrets::Secret;

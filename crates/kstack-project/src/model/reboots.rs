@@ -89,16 +89,14 @@ fn day(node: &Node, problems: &mut Problems) -> Option<String> {
     None
 }
 
-/// IANA names only; checked against this machine's tz database when it has one.
+/// Names of tzdata's zones and links, so that a machine without a tz database still tells an
+/// unknown zone (a node would read it as UTC without a word).
+const TIME_ZONES: &str = include_str!("time_zones.txt");
+
+/// IANA names only: kstack's list, or a newer zone in this machine's tz database.
 fn time_zone(node: &Node, problems: &mut Problems) -> Option<String> {
     let text = string(node, problems)?;
-    let shaped = !text.value.is_empty()
-        && !text.value.starts_with('/')
-        && !text.value.contains("..")
-        && text.value.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
-    let database = std::path::Path::new("/usr/share/zoneinfo");
-    let known = shaped && (!database.is_dir() || database.join(&text.value).is_file());
-    if known {
+    if is_known_time_zone(&text.value) {
         return Some(text.value);
     }
     problems
@@ -106,6 +104,13 @@ fn time_zone(node: &Node, problems: &mut Problems) -> Option<String> {
         .label("unknown time zone")
         .hint("use an IANA name such as UTC, Europe/Berlin or America/New_York");
     None
+}
+
+fn is_known_time_zone(name: &str) -> bool {
+    let shaped =
+        !name.is_empty() && !name.starts_with('/') && !name.contains("..") && name.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+    let database = std::env::var_os("TZDIR").map_or_else(|| std::path::PathBuf::from("/usr/share/zoneinfo"), std::path::PathBuf::from);
+    shaped && (TIME_ZONES.lines().any(|line| line == name) || database.join(name).is_file())
 }
 
 /// Decodes a `reboots:` mapping (the environment's, with a group's merged over it).
@@ -162,5 +167,16 @@ mod tests {
         assert_eq!(parse_minute("3:07"), None);
         assert_eq!(parse_minute("24:00"), None);
         assert_eq!(format_minute(187), "03:07");
+    }
+
+    #[test]
+    fn time_zones_are_known_without_a_tz_database() {
+        std::env::set_var("TZDIR", "/nonexistent");
+        assert!(is_known_time_zone("Europe/Berlin"));
+        assert!(is_known_time_zone("America/New_York"));
+        assert!(is_known_time_zone("UTC"));
+        assert!(!is_known_time_zone("Mars/Olympus"));
+        assert!(!is_known_time_zone("../etc/passwd"));
+        assert!(!is_known_time_zone("# IANA time zone names (zones and links) of tzdata 2025b, from its tzdata.zi: what validate"));
     }
 }
