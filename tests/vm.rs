@@ -40,15 +40,17 @@ async fn reboot(vm: &Vm, login: &Login) -> String {
     let before = boot_id(vm, login).await;
     let started = Instant::now();
     let connection = Connection::open(&vm.address, login).await.unwrap();
-    // The connection may end before the command reports back: the reboot is judged by the
-    // boot id, not by this command's result.
-    let _ = connection.run("systemctl reboot", None).await;
+    // The connection may end before the command reports back, or never: qemu's user network
+    // keeps the host's side of it open across the guest's reboot. The reboot is judged by
+    // the boot id, not by this command's result; every later attempt is bounded too.
+    let attempt = Duration::from_secs(15);
+    let _ = tokio::time::timeout(attempt, connection.run("systemctl reboot", None)).await;
     drop(connection);
     let deadline = started + vm::BOOT_TIMEOUT;
     loop {
         assert!(Instant::now() < deadline, "{} did not come back from a reboot within {:?}", vm.address, vm::BOOT_TIMEOUT);
-        if let Ok(connection) = Connection::open(&vm.address, login).await {
-            if let Ok(output) = connection.run("cat /proc/sys/kernel/random/boot_id", None).await {
+        if let Ok(Ok(connection)) = tokio::time::timeout(attempt, Connection::open(&vm.address, login)).await {
+            if let Ok(Ok(output)) = tokio::time::timeout(attempt, connection.run("cat /proc/sys/kernel/random/boot_id", None)).await {
                 let after = output.stdout.trim().to_owned();
                 if output.status == 0 && !after.is_empty() && after != before {
                     eprintln!("VM {} rebooted to SSH in {:.1} s", vm.address, started.elapsed().as_secs_f64());
