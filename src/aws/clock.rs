@@ -3,7 +3,7 @@
 //! whose clocks disagree by minutes, but both talk to the same service.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
@@ -43,18 +43,6 @@ impl ServiceClock {
     }
 }
 
-/// Parses an RFC 3339 UTC time (as kstack writes in locks and tags).
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let time = DateTime::from_str(text, Format::DateTime).ok()?;
-    SystemTime::try_from(time).ok()
-}
-
-/// Formats a time as RFC 3339 UTC, to the second.
-pub fn rfc3339(time: SystemTime) -> String {
-    let seconds = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-    DateTime::from_secs(seconds as i64).fmt(Format::DateTime).unwrap_or_default()
-}
-
 #[derive(Debug, Clone)]
 pub struct ReadDate(Arc<ServiceClock>);
 
@@ -80,6 +68,8 @@ impl Intercept for ReadDate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{parse_rfc3339, rfc3339};
+    use std::time::Duration;
 
     #[test]
     fn the_latest_date_wins_and_time_runs_on_monotonically() {

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_ec2::types::Tag;
 
 use super::{TAG_BAKE, TAG_HASH};
-use crate::aws::clock::{parse_rfc3339, rfc3339};
 use crate::state::{lock, LockInfo};
+use crate::state::{parse_rfc3339, rfc3339};
 
 /// `user@host pid N` of the running bake, for people.
 pub const TAG_HOLDER: &str = "kstack:bake-holder";

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use lock::{hostname, Lock, LockError, LockInfo};
-pub use time::{now_rfc3339, rfc3339_in};
+pub use time::{now_rfc3339, parse_rfc3339, rfc3339, rfc3339_in};
 
 use crate::aws::Observed;
 use crate::identity::{Identity, Owner};

@@ -1,44 +1,43 @@
 //! UTC timestamps in RFC 3339, for state files and locks.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use aws_smithy_types::date_time::{DateTime, Format};
 
 pub fn now_rfc3339() -> String {
-    rfc3339_in(0)
+    rfc3339(SystemTime::now())
 }
 
 /// The instant `seconds` from now.
 pub fn rfc3339_in(seconds: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    rfc3339(now + seconds)
+    rfc3339(SystemTime::now() + Duration::from_secs(seconds))
 }
 
-fn rfc3339(unix_seconds: u64) -> String {
-    let days = (unix_seconds / 86_400) as i64;
-    let of_day = unix_seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", of_day / 3600, of_day % 3600 / 60, of_day % 60)
+/// Formats a time as RFC 3339 UTC, to the second.
+pub fn rfc3339(time: SystemTime) -> String {
+    let seconds = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    DateTime::from_secs(seconds as i64).fmt(Format::DateTime).unwrap_or_default()
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// Parses an RFC 3339 UTC time (as kstack writes in locks and tags).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let time = DateTime::from_str(text, Format::DateTime).ok()?;
+    SystemTime::try_from(time).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(seconds: u64) -> String {
+        super::rfc3339(UNIX_EPOCH + Duration::from_secs(seconds))
+    }
+
     #[test]
     fn formats_known_instants() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_478_400 + 3_723), "2026-11-24T01:02:03Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_795_478_400 + 3_723), "2026-11-24T01:02:03Z");
+        assert_eq!(super::parse_rfc3339("2026-11-24T01:02:03Z"), Some(UNIX_EPOCH + Duration::from_secs(1_795_478_400 + 3_723)));
     }
 }
