@@ -8,6 +8,7 @@ use crate::model::network::SubnetLayout;
 use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, Rule, SubnetSelection};
 use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Peer, Resource, Route, RuleSpec, Spec, UserData};
 use crate::template::Renderer;
+use crate::user_data;
 
 /// Tag keys kstack sets on everything it creates, so state can be rebuilt from AWS.
 pub const TAG_ENVIRONMENT: &str = "kstack:environment";
@@ -210,8 +211,12 @@ impl Compiler<'_> {
     fn node_groups(&mut self, problems: &mut Problems) {
         let renderer = Renderer::default();
         for group in &self.env.node_groups {
-            let user_data =
-                group.user_data.as_ref().and_then(|template| renderer.render(template, &self.template_context(group), problems).map(UserData::new));
+            let own = group.user_data.as_ref().and_then(|template| renderer.render(template, &self.template_context(group), problems));
+            let user_data = match &group.image.value {
+                ImageRef::Named(_) => Some(user_data::compose(&user_data::node_part(&self.env.name, &group.name.value), own.as_deref())),
+                ImageRef::Ami(_) => own,
+            }
+            .map(UserData::new);
             let launch = LaunchSpec {
                 image: match &group.image.value {
                     ImageRef::Ami(id) => ImageSpec::Ami(id.clone()),

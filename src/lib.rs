@@ -18,5 +18,6 @@ pub mod roll;
 pub mod ssh;
 pub mod state;
 pub mod stop;
+pub mod user_data;
 
 pub use kstack_project::{diagnostics, model, template, yaml};

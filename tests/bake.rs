@@ -6,6 +6,8 @@ mod support;
 
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/stand_in_repo.rs"]
+mod stand_in_repo;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -78,10 +80,16 @@ fn builder(aws: &Clients, rt: &tokio::runtime::Runtime) -> (String, String) {
 
 /// Boots a node at the builder's address with the bake's key installed.
 fn serve(address: &str, public_key: &str) -> Node {
+    serve_with(address, public_key, |_| {})
+}
+
+/// The same, with `prepare` adding to the node's root before it boots.
+fn serve_with(address: &str, public_key: &str, prepare: impl FnOnce(&std::path::Path)) -> Node {
     let key = ClientKey::new();
     let public_key = public_key.to_owned();
     Node::boot_with(&key, address, move |root| {
         std::fs::write(root.join("root/.ssh/authorized_keys"), format!("{public_key}\n")).unwrap();
+        prepare(root);
     })
 }
 
@@ -493,4 +501,65 @@ fn a_clean_up_that_fails_on_the_builder_fails_the_bake_with_its_output_and_makes
     });
     assert_eq!(images, Vec::<String>::new(), "no AMI carries the bake's tags");
     assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
+}
+
+/// The shipped project's `node` image (images/node.yaml, the roles in roles/), baked as a team
+/// would, then run by a fleet. It differs from the shipped file only where this machine does:
+/// the builder's place (the test fleet's network), its login (root on a container node) and
+/// the package sources (stand-in packages: the archives cannot be reached). A container
+/// builder cannot show kernel settings; tests/vm.rs checks those on a VM.
+#[test]
+fn the_shipped_node_image_bakes_and_each_group_gets_its_own_settings_through_user_data() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let project = Project::copy();
+    std::fs::copy(support::repo().join("tests/fixtures/project/environments/fleet.yaml"), project.path().join(FLEET)).unwrap();
+    project.loopback_fleet(41);
+    let shipped = std::fs::read_to_string(support::repo().join("images/node.yaml")).unwrap();
+    let source = stand_in_repo::source();
+    let image = shipped
+        .replace("ssh_user: ubuntu\n", "ssh_user: root\n")
+        .replace("  environment: dev\n  subnet_tier: public\n", "  environment: fleet\n  subnet_tier: nodes\n");
+    assert_ne!(image, shipped, "the shipped image's login and build place were replaced");
+    project.write("images/node.yaml", &format!("{image}variables:\n  docker_apt_source: \"{source}\"\n  kubernetes_apt_source: \"{source}\"\n"));
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 0\n    max: 2\n");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+
+    let child = start_bake(&project, &moto, "node", &[]);
+    let (address, key) = builder(&aws, &rt);
+    let node = serve_with(&address, &key, stand_in_repo::prepare);
+    let output = wait(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("applying roles: base, thp, docker, monit, unattended-upgrades, kubelet"), "{stderr}");
+    // Nothing of an environment or group was baked in: the kubelet reads it at boot.
+    let drop_in = std::fs::read_to_string(node.file("/etc/systemd/system/kubelet.service.d/kstack.conf")).unwrap();
+    assert!(drop_in.contains("EnvironmentFile=-/etc/kstack/node.env") && !drop_in.contains("kstack.io/group=app"), "{drop_in}");
+    assert!(!node.file("/etc/kstack/node.env").exists(), "a builder has no group");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
+
+    // The fleet moves to the baked AMI; its launch template's user data names its group.
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let user_data = rt.block_on(async {
+        let versions =
+            aws.ec2.describe_launch_template_versions().launch_template_name(fleet_template(&aws).await).versions("$Latest").send().await.unwrap();
+        let data = versions.launch_template_versions()[0].launch_template_data().unwrap();
+        assert_eq!(data.image_id(), Some(ami.as_str()));
+        String::from_utf8(aws_smithy_types::base64::decode(data.user_data().unwrap()).unwrap()).unwrap()
+    });
+    assert!(user_data.starts_with("#cloud-config\n"), "{user_data}");
+    assert!(user_data.contains("path: /etc/kstack/node.env"), "{user_data}");
+    assert!(user_data.contains("KSTACK_NODE_LABELS=kstack.io/environment=fleet,kstack.io/group=app\n"), "{user_data}");
+}
+
+/// The name of the fleet's one launch template.
+async fn fleet_template(aws: &Clients) -> String {
+    let templates = aws.ec2.describe_launch_templates().send().await.unwrap();
+    let names: Vec<&str> =
+        templates.launch_templates().iter().filter_map(|t| t.launch_template_name()).filter(|n| n.starts_with("fleet-app-")).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].to_owned()
 }

@@ -170,8 +170,7 @@ fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
     let config = std::fs::read_to_string(fleet.nodes[0].file("/etc/app/app.conf")).unwrap();
     assert!(config.contains(&format!("token = {TOKEN}")), "the node has it: {config}");
 
-    // Used in user data too: the plan and its JSON show a hash. (Applying it is left out: the
-    // emulator cannot launch group instances from a launch template with user data.)
+    // Used in user data too: the plan and its JSON show a hash.
     let text = std::fs::read_to_string(&fleet_file).unwrap();
     std::fs::write(
         &fleet_file,

@@ -211,7 +211,7 @@ fn a_long_run_renews_its_lease_and_keeps_its_roll_journal_in_s3() {
     project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
     project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
 
-    let mut roll = project.kstack_process(&moto).args(["roll", "fleet"]).spawn().unwrap();
+    let roll = project.kstack_process(&moto).args(["roll", "fleet"]).spawn().unwrap();
     let lock = format!("{KEY}.lock");
     let expiry = || object(&rt, &aws, &lock).map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["expires"].clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -234,7 +234,8 @@ fn a_long_run_renews_its_lease_and_keeps_its_roll_journal_in_s3() {
         journal["roll"]["group"]["auto_scaling_group"].as_str().is_some_and(|g| g.starts_with("fleet-app-")),
         "the roll's journal is in the bucket: {journal}"
     );
-    assert!(roll.wait().unwrap().success());
+    let rolled = roll.wait_with_output().unwrap();
+    assert!(rolled.status.success(), "{}", stderr(&rolled));
     assert!(object(&rt, &aws, &lock).is_none(), "released at the end");
     let done: serde_json::Value = serde_json::from_slice(&object(&rt, &aws, KEY).unwrap()).unwrap();
     assert!(done.get("roll").is_none(), "the finished roll is forgotten: {done}");
@@ -308,7 +309,9 @@ fn traced_applies_and_plans_log_no_request_or_response_body() {
     let (project, aws) = fleet(&moto, &rt, 51, &format!("{}secrets:\n  api_token: KSTACK_TEST_API_TOKEN\n", s3_state("")));
     bucket(&rt, &aws, BUCKET, true);
     project.edit(FLEET, "    image: node\n", "    image: node\n    user_data: \"#!/bin/sh\\necho {{ api_token }} > /etc/token\\n\"\n");
-    let user_data = format!("#!/bin/sh\necho {SECRET} > /etc/token\n");
+    let script = format!("#!/bin/sh\necho {SECRET} > /etc/token\n");
+    // The group runs a kstack image: its user data is its own script plus the node part.
+    let user_data = kstack::user_data::compose(&kstack::user_data::node_part("fleet", "app"), Some(&script));
     let encoded = aws_smithy_types::base64::encode(&user_data);
     let url_encoded = encoded.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
     let traced = |args: &[&str]| {
@@ -318,9 +321,7 @@ fn traced_applies_and_plans_log_no_request_or_response_body() {
         let output = command.env("LOG_SIGNABLE_BODY", "true").output().unwrap();
         stderr(&output)
     };
-    // The emulator cannot launch the group's instances from a template with user data, so the
-    // apply may fail after the template (user data in its request body) is created; the state
-    // written so far is read back from S3 by the plan (the state in a response body).
+    // The plan reads the state back from S3 (the state in a response body).
     let applied = traced(&["apply", "fleet", "--auto-approve"]);
     let stored = String::from_utf8(object(&rt, &aws, KEY).expect("state in the bucket")).unwrap();
     let template = rt.block_on(aws.ec2.describe_launch_templates().send()).unwrap();

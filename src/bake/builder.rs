@@ -331,7 +331,7 @@ async fn steps(
         )));
     }
     step("running the roles' checks");
-    let verified = crate::roles::verify(&hosts, &login, roles, &run_options, Arc::new(|_| {})).await;
+    let verified = crate::roles::verify(&hosts, &login, roles, &variables, &run_options, Arc::new(|_| {})).await;
     let failed: Vec<String> = verified.iter().flat_map(|r| &r.checks).filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
     if !failed.is_empty() {
         return Err(BakeError::Failed(format!("checks failed, no image was made: {}", failed.join("; "))));

@@ -242,7 +242,7 @@ pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
     for group in &work {
         let options = RunOptions { check: true, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
         let login = args.targets.ssh.login(&group.ssh_user);
-        reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &options, Arc::new(|_| {}))));
+        reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &group.variables, &options, Arc::new(|_| {}))));
     }
     if !args.targets.json {
         for report in &reports {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::modules::quote;
 use crate::ssh::{Connection, Facts, SshError};
-use kstack_project::roles::checks::{Check, CheckKind};
+use kstack_project::roles::checks::CheckKind;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
@@ -18,12 +18,19 @@ pub struct CheckResult {
     pub detail: String,
 }
 
-/// The shell script that prints the observed value, and how to judge it.
-pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Result<CheckResult, SshError> {
-    let result = |passed: bool, detail: String| CheckResult { name: check.name.clone(), passed, skipped: None, detail };
-    let skip = |why: String| CheckResult { name: check.name.clone(), passed: true, skipped: Some(why), detail: String::new() };
+impl CheckResult {
+    pub fn failed(name: &str, detail: String) -> CheckResult {
+        CheckResult { name: name.to_owned(), passed: false, skipped: None, detail }
+    }
+}
+
+/// Runs the check `check_name` of `kind` (its strings already rendered): the shell script that
+/// prints the observed value, and how to judge it.
+pub async fn run(check_name: &str, kind: &CheckKind, connection: &Connection, facts: &Facts) -> Result<CheckResult, SshError> {
+    let result = |passed: bool, detail: String| CheckResult { name: check_name.to_owned(), passed, skipped: None, detail };
+    let skip = |why: String| CheckResult { name: check_name.to_owned(), passed: true, skipped: Some(why), detail: String::new() };
     let out = |script: String| async move { connection.run(&script, None).await };
-    Ok(match &check.kind {
+    Ok(match kind {
         CheckKind::Package { name, version } => {
             let found = out(format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name))).await?.stdout;
             let (status, installed) = found.split_once('|').unwrap_or(("", ""));
@@ -93,12 +100,15 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             }
         }
         CheckKind::Port { port } => {
+            let Some(port) = port.value().and_then(|p| u16::try_from(p).ok()) else {
+                return Ok(result(false, format!("port {port:?} is not a TCP port number")));
+            };
             // The kernel's own tables: no dependency on ss or netstat being installed.
             let found = out(String::from("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null")).await?.stdout;
             let listening = found.lines().any(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 let local_port = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-                fields.get(3) == Some(&"0A") && local_port == Some(*port)
+                fields.get(3) == Some(&"0A") && local_port == Some(port)
             });
             result(listening, format!("nothing listens on TCP port {port}"))
         }
@@ -120,6 +130,9 @@ pub async fn run(check: &Check, connection: &Connection, facts: &Facts) -> Resul
             }
         }
         CheckKind::Mtu { interface, value } => {
+            let Some(value) = value.value() else {
+                return Ok(result(false, format!("MTU {value:?} is not a number")));
+            };
             if facts.container {
                 skip(format!("needs a real VM: a {} container shares the host's interfaces", facts.virtualization))
             } else {

@@ -12,6 +12,7 @@ use super::checks::{self, CheckResult};
 use super::modules::{self, Host, Outcome, TaskError};
 use super::{Role, Task, Variables};
 use crate::ssh::{Connection, Facts, Login};
+use kstack_project::roles::checks::Check;
 use kstack_project::roles::modules::Module;
 
 #[derive(Debug, Clone)]
@@ -92,8 +93,9 @@ pub async fn run(hosts: &[String], login: &Login, roles: &[Role], variables: &Va
     for_each_host(hosts, login, roles, variables, options, Work::Converge { check: options.check }, events).await
 }
 
-pub async fn verify(hosts: &[String], login: &Login, roles: &[Role], options: &RunOptions, events: Events) -> Vec<HostReport> {
-    for_each_host(hosts, login, roles, &Variables::new(), options, Work::Verify, events).await
+/// Runs the roles' checks, rendered with `variables` as the tasks were.
+pub async fn verify(hosts: &[String], login: &Login, roles: &[Role], variables: &Variables, options: &RunOptions, events: Events) -> Vec<HostReport> {
+    for_each_host(hosts, login, roles, variables, options, Work::Verify, events).await
 }
 
 async fn for_each_host(
@@ -205,12 +207,25 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             }
         }
         Work::Verify => {
-            for check in roles.iter().flat_map(|r| &r.checks) {
-                match checks::run(check, &connection, &facts).await {
-                    Ok(result) => report.checks.push(result),
-                    Err(error) => {
-                        report.unreachable = Some(error.to_string());
-                        break;
+            let jinja = jinja();
+            'roles: for role in roles {
+                let context = context(role, variables, &facts, host);
+                for check in &role.checks {
+                    let kind = match condition_holds(check.when.as_deref(), &jinja, &context) {
+                        Ok(false) => continue,
+                        Ok(true) => render(&check.body, &jinja, &context).and_then(Check::kind),
+                        Err(error) => Err(error),
+                    };
+                    let result = match kind {
+                        Ok(kind) => checks::run(&check.name, &kind, &connection, &facts).await,
+                        Err(error) => Ok(CheckResult::failed(&check.name, error)),
+                    };
+                    match result {
+                        Ok(result) => report.checks.push(result),
+                        Err(error) => {
+                            report.unreachable = Some(error.to_string());
+                            break 'roles;
+                        }
                     }
                 }
             }
@@ -286,6 +301,24 @@ fn context(role: &Role, variables: &Variables, facts: &Facts, host: &str) -> min
     minijinja::Value::from_serialize(&context)
 }
 
+/// The template engine for tasks and checks: strict, so a misspelt variable is an error.
+fn jinja() -> minijinja::Environment<'static> {
+    let mut jinja = minijinja::Environment::new();
+    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    jinja.set_keep_trailing_newline(true);
+    jinja
+}
+
+/// Whether a task's or check's `when:` holds (no condition always does).
+fn condition_holds(condition: Option<&str>, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<bool, String> {
+    let Some(condition) = condition else { return Ok(true) };
+    jinja
+        .compile_expression(condition)
+        .and_then(|expression| expression.eval(context))
+        .map(|value| value.is_true())
+        .map_err(|error| format!("`when: {condition}`: {error}"))
+}
+
 fn render(value: &serde_json::Value, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<serde_json::Value, String> {
     Ok(match value {
         serde_json::Value::String(text) if text.contains("{{") || text.contains("{%") => {
@@ -314,17 +347,12 @@ async fn run_task(
     context: &minijinja::Value,
     handler: bool,
 ) -> TaskReport {
-    let mut jinja = minijinja::Environment::new();
-    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    jinja.set_keep_trailing_newline(true);
+    let jinja = jinja();
     let report = |status, outcome, error| TaskReport { role: role.name.clone(), task: task.name.clone(), handler, status, outcome, error };
-    if let Some(condition) = &task.when {
-        let holds = jinja.compile_expression(condition).and_then(|expression| expression.eval(context)).map(|value| value.is_true());
-        match holds {
-            Ok(true) => {}
-            Ok(false) => return report(TaskStatus::Skipped, Outcome::default(), None),
-            Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(format!("`when: {condition}`: {error}"))),
-        }
+    match condition_holds(task.when.as_deref(), &jinja, context) {
+        Ok(true) => {}
+        Ok(false) => return report(TaskStatus::Skipped, Outcome::default(), None),
+        Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error)),
     }
     let module = render(&task.args, &jinja, context).and_then(|mut args| {
         if let (Some(content), Some(map)) = (&task.raw_content, args.as_object_mut()) {

@@ -26,11 +26,13 @@ pub fn repo() -> PathBuf {
 
 impl Moto {
     pub fn start() -> Moto {
-        let server = repo().join(".venv/moto/bin/moto_server");
-        assert!(server.exists(), "{} is missing: run scripts/setup first", server.display());
+        let python = repo().join(".venv/moto/bin/python");
+        assert!(python.exists(), "{} is missing: run scripts/setup first", python.display());
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(std::env::temp_dir().join(format!("kstack-moto-{port}.log"))).unwrap();
-        let child = Command::new(server)
+        // moto's server with the fix for its launch template versions (see the script).
+        let child = Command::new(python)
+            .arg(repo().join("scripts/moto-server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // AWS managed policies (arn:aws:iam::aws:policy/...) exist in every real account.
             .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")

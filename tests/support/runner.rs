@@ -73,7 +73,7 @@ impl Runner {
 
     pub fn verify(&self, host: &dyn Target) -> HostReport {
         let options = RunOptions { check: false, forks: 1, max_fail: None };
-        let reports = self.rt.block_on(verify(&[host.address().to_owned()], &self.login, &self.roles, &options, Arc::new(|_| {})));
+        let reports = self.rt.block_on(verify(&[host.address().to_owned()], &self.login, &self.roles, &self.variables, &options, Arc::new(|_| {})));
         reports.into_iter().next().unwrap()
     }
 }

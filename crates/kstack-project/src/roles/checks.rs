@@ -1,5 +1,7 @@
-//! Checks (`checks.yaml`): what a converged node must look like, goss-style, as written.
-//! kstack's `roles::checks` runs them on hosts.
+//! Checks (`checks.yaml`): what a converged node must look like, goss-style. Like tasks,
+//! their strings are templates over the role's variables (a check of `{{ docker_package }}`
+//! follows the variable), and `when:` makes one conditional. Read here for their shape;
+//! kstack's `roles::checks` renders and runs them on hosts.
 
 use marked_yaml::Node;
 use serde::Deserialize;
@@ -36,7 +38,7 @@ pub enum CheckKind {
         parameter: String,
     },
     Port {
-        port: u16,
+        port: Number,
     },
     /// Transparent huge pages: the `enabled` and `defrag` modes in effect.
     TransparentHugePages {
@@ -46,7 +48,7 @@ pub enum CheckKind {
     /// The MTU of an interface (the default route's when not named).
     Mtu {
         interface: Option<String>,
-        value: u32,
+        value: Number,
     },
     Command {
         run: String,
@@ -60,21 +62,69 @@ fn yes() -> bool {
     true
 }
 
+/// A whole number written as a number or as a template that renders to one (`"{{ mtu }}"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    Literal(u64),
+    Text(String),
+}
+
+impl Number {
+    pub fn value(&self) -> Option<u64> {
+        match self {
+            Number::Literal(n) => Some(*n),
+            Number::Text(text) => text.trim().parse().ok(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Check {
     pub name: String,
-    pub kind: CheckKind,
+    /// The check as written: rendered with the role's variables, then read as a `CheckKind`.
+    pub body: serde_json::Value,
+    /// A minijinja expression; the check is not made when it is false.
+    pub when: Option<String>,
     pub loc: Loc,
 }
 
+impl Check {
+    /// The check's kind once its strings are rendered.
+    pub fn kind(rendered: serde_json::Value) -> Result<CheckKind, String> {
+        serde_json::from_value(rendered).map_err(|e| e.to_string())
+    }
+}
+
+const KINDS: &str = "package, file, service, sysctl, kernel_parameter, port, transparent_huge_pages, mtu, command";
+
 pub fn read(node: &Node, problems: &mut Problems) -> Vec<Check> {
-    yaml::named(node, "check", problems, |name, body, problems| match serde_json::from_value::<CheckKind>(yaml::to_json(body)) {
-        Ok(kind) => Some(Check { name: name.value, kind, loc: name.loc }),
-        Err(error) => {
-            problems
-                .error(yaml::loc(body), format!("invalid check `{}`: {error}", name.value))
-                .hint("a check is one of: package, file, service, sysctl, kernel_parameter, port, transparent_huge_pages, mtu, command");
-            None
+    yaml::named(node, "check", problems, |name, body, problems| {
+        let mut when = None;
+        if let Node::Mapping(map) = body {
+            if let Some(condition) = map.get("when") {
+                let expression = yaml::string(condition, problems)?;
+                if let Err(error) = minijinja::Environment::new().compile_expression(&expression.value) {
+                    problems
+                        .error(expression.loc, format!("`when` is not a valid expression: {}", error.detail().unwrap_or("syntax error")))
+                        .hint("e.g. `when: docker_storage_driver == \"aufs\"`");
+                    return None;
+                }
+                when = Some(expression.value);
+            }
+        }
+        let mut json = yaml::to_json(body);
+        if let Some(map) = json.as_object_mut() {
+            map.remove("when");
+        }
+        match Check::kind(json.clone()) {
+            Ok(_) => Some(Check { name: name.value, body: json, when, loc: name.loc }),
+            Err(error) => {
+                problems
+                    .error(yaml::loc(body), format!("invalid check `{}`: {error}", name.value))
+                    .hint(format!("a check is one of: {KINDS}, with an optional `when:`"));
+                None
+            }
         }
     })
 }
