@@ -63,7 +63,7 @@ async fn reboot(vm: &Vm, login: &Login) -> String {
 }
 
 #[test]
-fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_and_reboots_with_a_new_boot_id() {
+fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_installs_from_the_local_repository_and_reboots_with_a_new_boot_id() {
     let key = ClientKey::new();
     let vm = Vm::boot(&key, &node::next_address());
     // Its own host key, known in advance: nothing is trusted on first use.
@@ -77,6 +77,20 @@ fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_and_reboots_with_
         connection.close().await;
         assert_eq!((facts.virtualization.as_str(), facts.container), ("qemu", false), "{facts:?}");
         assert!(facts.kernel.ends_with("-cloud-amd64"), "Debian's cloud kernel, not the host's: {facts:?}");
+
+        // The repository on the host's loopback is the guest's package source, and nothing else is.
+        assert_eq!(run(&vm, &login, "cat /etc/apt/sources.list $(find /etc/apt/sources.list.d -type f)").await.trim(), vm::APT_SOURCE);
+        let started = Instant::now();
+        run(&vm, &login, "DEBIAN_FRONTEND=noninteractive apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y monit").await;
+        eprintln!("apt-get update and install of monit from the host's repository: {:.1} s", started.elapsed().as_secs_f64());
+        let installed = run(&vm, &login, "dpkg-query -W -f='${Status} ${Version}' monit").await;
+        let offered = std::fs::read_to_string(node::cache().join("vm/apt/Packages")).unwrap();
+        let version = offered
+            .split("\n\n")
+            .find(|p| p.starts_with("Package: monit\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("Version: ")))
+            .unwrap();
+        assert_eq!(installed, format!("install ok installed {version}"));
 
         let before = boot_id(&vm, &login).await;
         let after = reboot(&vm, &login).await;
