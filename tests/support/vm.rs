@@ -28,6 +28,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use kstack::ssh::{Connection, Login};
+
 use super::node::{cache, known_hosts_line, wait_for_ssh, write_sshd_files, ClientKey, Target};
 
 /// A boot under TCG takes about 13 s on an idle machine and over 100 s on two cores busy
@@ -45,6 +47,15 @@ pub const APT_SOURCE: &str = "deb [trusted=yes] http://10.0.2.100/ ./";
 /// system (an unpartitioned ext4 image, mounted read-write as it has no fstab to remount it),
 /// and the console goes to the serial log.
 const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+
+/// What the GRUB command line is read from: the settings `grub-mkconfig` sources before it
+/// writes the boot entries.
+const GRUB_CMDLINE_SCRIPT: &str = r#"for f in /etc/default/grub /etc/default/grub.d/*.cfg; do [ -r "$f" ] && . "$f"; done
+echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#;
+
+/// One SSH attempt around a power cycle: qemu's user network may keep the host's side of a
+/// connection open after the guest went down, so nothing waits on one unbounded.
+const SSH_ATTEMPT: Duration = Duration::from_secs(15);
 
 /// Two emulated VMs at once would starve the machine's two cores: one runs at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -204,6 +215,44 @@ impl Vm {
         eprintln!("VM {} answered SSH {:.1} s after qemu started ({}): {cmdline}", self.address, self.boot_time.as_secs_f64(), accel());
     }
 
+    /// Powers the VM off cleanly and boots it again as GRUB would with the command line the
+    /// guest configured; returns that command line.
+    ///
+    /// The command line is exactly `root=/dev/vda rw console=ttyS0 $GRUB_CMDLINE_LINUX
+    /// $GRUB_CMDLINE_LINUX_DEFAULT` (blanks collapsed), the two variables as the guest's
+    /// `/etc/default/grub` and `/etc/default/grub.d/*.cfg` set them, read by sourcing those
+    /// files as `grub-mkconfig` does. For the default boot entry, GRUB's `10_linux` writes
+    /// `linux <kernel> root=<root device> ro $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT`:
+    /// the same parameters after the root. The kernel and root stay qemu's (`-kernel`,
+    /// [`BASE_CMDLINE`]) because the disk is an unpartitioned file system without GRUB, and
+    /// booting through real GRUB would need a partitioned disk with GRUB installed in it.
+    /// `update-grub` is not installed in the image either, so what a role changes is only
+    /// `/etc/default/grub`, which is what this reads. A `systemctl reboot` would keep qemu's
+    /// command line, hence the power cycle: the same overlay, seed and address.
+    pub async fn power_cycle_with_grub_cmdline(&mut self, login: &Login) -> String {
+        let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
+        let output = tokio::time::timeout(SSH_ATTEMPT, connection.run(GRUB_CMDLINE_SCRIPT, None)).await.unwrap().unwrap();
+        assert_eq!(output.status, 0, "reading the GRUB command line: {}", output.stderr);
+        let grub = output.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        let cmdline = if grub.is_empty() { String::from(BASE_CMDLINE) } else { format!("{BASE_CMDLINE} {grub}") };
+
+        let started = Instant::now();
+        let pid = self.qemu_pid().expect("qemu's pid file");
+        // Its result may never come back: the guest goes down under the connection.
+        let _ = tokio::time::timeout(SSH_ATTEMPT, connection.run("systemctl poweroff", None)).await;
+        drop(connection);
+        assert!(
+            wait_for_exit(pid, BOOT_TIMEOUT),
+            "{} did not power off within {:?}; console:\n{}",
+            self.address,
+            BOOT_TIMEOUT,
+            std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+        );
+        eprintln!("VM {} powered off in {:.1} s", self.address, started.elapsed().as_secs_f64());
+        self.start(&cmdline);
+        cmdline
+    }
+
     /// Waits until the VM answers SSH, after boot or a reboot.
     pub fn wait_for_ssh(&self) {
         wait_for_ssh(&self.address, BOOT_TIMEOUT, &self.dir.path().join("console.log"));
@@ -226,6 +275,22 @@ impl Vm {
     }
 }
 
+/// Whether process `pid` (qemu, daemonized: not our child) exited within `timeout`.
+fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    // Exited once gone or a zombie: whoever it was reparented to may reap it late.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    };
+    while running() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 impl Target for Vm {
     fn address(&self) -> &str {
         &self.address
@@ -237,11 +302,7 @@ impl Drop for Vm {
         if let Some(pid) = self.qemu_pid() {
             // qemu exits at SIGTERM as at a power cut: the overlay is thrown away anyway.
             let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if Path::new(&format!("/proc/{pid}")).exists() {
+            if !wait_for_exit(pid, Duration::from_secs(10)) {
                 let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
             }
         }
