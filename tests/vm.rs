@@ -63,7 +63,7 @@ async fn reboot(vm: &Vm, login: &Login) -> String {
 }
 
 #[test]
-fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_and_reboots_with_a_new_boot_id() {
+fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_installs_from_the_local_repository_and_reboots_with_a_new_boot_id() {
     let key = ClientKey::new();
     let vm = Vm::boot(&key, &node::next_address());
     // Its own host key, known in advance: nothing is trusted on first use.
@@ -78,6 +78,20 @@ fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_and_reboots_with_
         assert_eq!((facts.virtualization.as_str(), facts.container), ("qemu", false), "{facts:?}");
         assert!(facts.kernel.ends_with("-cloud-amd64"), "Debian's cloud kernel, not the host's: {facts:?}");
 
+        // The repository on the host's loopback is the guest's package source, and nothing else is.
+        assert_eq!(run(&vm, &login, "cat /etc/apt/sources.list $(find /etc/apt/sources.list.d -type f)").await.trim(), vm::APT_SOURCE);
+        let started = Instant::now();
+        run(&vm, &login, "DEBIAN_FRONTEND=noninteractive apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y monit").await;
+        eprintln!("apt-get update and install of monit from the host's repository: {:.1} s", started.elapsed().as_secs_f64());
+        let installed = run(&vm, &login, "dpkg-query -W -f='${Status} ${Version}' monit").await;
+        let offered = std::fs::read_to_string(node::cache().join("vm/apt/Packages")).unwrap();
+        let version = offered
+            .split("\n\n")
+            .find(|p| p.starts_with("Package: monit\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("Version: ")))
+            .unwrap();
+        assert_eq!(installed, format!("install ok installed {version}"));
+
         let before = boot_id(&vm, &login).await;
         let after = reboot(&vm, &login).await;
         assert_ne!(before, after);
@@ -88,8 +102,8 @@ fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_and_reboots_with_
 /// Tasks of the base role that install packages: the VM has no package source yet.
 const PACKAGE_TASKS: [&str; 4] = ["HWE kernel", "time sync", "time sync restarts", "time sync running"];
 const PACKAGE_CHECKS: [&str; 3] = ["hwe kernel installed", "time sync", "time sync restarts"];
-/// Booted with `-kernel`, the VM's command line is qemu's `-append`, not what GRUB would pass.
-const GRUB_CHECKS: [&str; 1] = ["kernel command line in effect"];
+/// The command line GRUB is configured with takes effect at the next boot.
+const NEXT_BOOT_CHECKS: [&str; 1] = ["kernel command line in effect"];
 
 fn failures(report: &HostReport) -> Vec<String> {
     let mut failed: Vec<String> = report
@@ -103,8 +117,9 @@ fn failures(report: &HostReport) -> Vec<String> {
 }
 
 /// Runs the roles' checks, prints each with its result, and asserts that every one passed on
-/// the running kernel (none skipped as something only a real VM could show).
-fn verify_all(runner: &Runner, vm: &Vm, when: &str) -> Vec<String> {
+/// the running kernel (none skipped as something only a real VM could show) except those of
+/// `failing`, which must fail. Returns the names of the checks that ran.
+fn verify_all(runner: &Runner, vm: &Vm, when: &str, failing: &[&str]) -> Vec<String> {
     let report = runner.verify(vm);
     assert_eq!(report.unreachable, None);
     for check in &report.checks {
@@ -115,13 +130,14 @@ fn verify_all(runner: &Runner, vm: &Vm, when: &str) -> Vec<String> {
         };
         eprintln!("{when}: check `{}`: {result}", check.name);
     }
-    let not_passed: Vec<String> = report
-        .checks
-        .iter()
-        .filter(|c| !c.passed || c.skipped.is_some())
-        .map(|c| format!("{}: {}", c.name, c.skipped.clone().unwrap_or_else(|| c.detail.clone())))
-        .collect();
+    let skipped: Vec<String> = report.checks.iter().filter_map(|c| c.skipped.as_ref().map(|why| format!("{}: {why}", c.name))).collect();
+    assert_eq!(skipped, Vec::<String>::new(), "{when}");
+    let not_passed: Vec<String> =
+        report.checks.iter().filter(|c| !c.passed && !failing.contains(&c.name.as_str())).map(|c| format!("{}: {}", c.name, c.detail)).collect();
     assert_eq!(not_passed, Vec::<String>::new(), "{when}");
+    let passed_but_should_not: Vec<&str> =
+        report.checks.iter().filter(|c| c.passed && failing.contains(&c.name.as_str())).map(|c| c.name.as_str()).collect();
+    assert_eq!(passed_but_should_not, Vec::<&str>::new(), "{when}: these can only pass after a boot");
     report.checks.iter().map(|c| c.name.clone()).collect()
 }
 
@@ -152,13 +168,13 @@ fn assert_sysctls_in_effect(runner: &Runner, vm: &Vm, when: &str) {
 }
 
 #[test]
-fn the_kernel_settings_of_the_base_and_thp_roles_take_effect_on_a_vm_at_once_and_after_a_reboot() {
+fn the_kernel_settings_of_the_base_and_thp_roles_take_effect_on_a_vm_at_once_and_after_a_power_cycle_through_the_grub_command_line() {
     let key = ClientKey::new();
-    let vm = Vm::boot(&key, &node::next_address());
+    let mut vm = Vm::boot(&key, &node::next_address());
     let mut runner = Runner::new(&key, &project_roles(), &["base", "thp"], Variables::new());
     for role in &mut runner.roles {
         role.tasks.retain(|t| !PACKAGE_TASKS.contains(&t.name.as_str()));
-        role.checks.retain(|c| !PACKAGE_CHECKS.contains(&c.name.as_str()) && !GRUB_CHECKS.contains(&c.name.as_str()));
+        role.checks.retain(|c| !PACKAGE_CHECKS.contains(&c.name.as_str()));
     }
 
     let started = Instant::now();
@@ -171,13 +187,15 @@ fn the_kernel_settings_of_the_base_and_thp_roles_take_effect_on_a_vm_at_once_and
     let changed: Vec<&str> = second.tasks.iter().filter(|t| t.status == TaskStatus::Changed).map(|t| t.task.as_str()).collect();
     assert_eq!(changed, Vec::<&str>::new(), "a converged VM reports no change");
 
-    let checks = verify_all(&runner, &vm, "now");
-    for expected in ["huge pages off", "ip forwarding on", "inotify watches", "jumbo frames"] {
+    let checks = verify_all(&runner, &vm, "now", &NEXT_BOOT_CHECKS);
+    for expected in ["huge pages off", "ip forwarding on", "inotify watches", "jumbo frames", NEXT_BOOT_CHECKS[0]] {
         assert!(checks.iter().any(|c| c == expected), "{expected} ran: {checks:?}");
     }
     assert_sysctls_in_effect(&runner, &vm, "now");
 
-    runner.rt.block_on(reboot(&vm, &runner.login));
-    verify_all(&runner, &vm, "after a reboot");
-    assert_sysctls_in_effect(&runner, &vm, "after a reboot");
+    let cmdline = runner.rt.block_on(vm.power_cycle_with_grub_cmdline(&runner.login));
+    assert_eq!(cmdline, "root=/dev/vda rw console=ttyS0 transparent_hugepage=never", "the thp role's parameter, from /etc/default/grub");
+    assert_eq!(runner.rt.block_on(run(&vm, &runner.login, "cat /proc/cmdline")).trim(), cmdline);
+    verify_all(&runner, &vm, "after a power cycle with the GRUB command line", &[]);
+    assert_sysctls_in_effect(&runner, &vm, "after a power cycle with the GRUB command line");
 }

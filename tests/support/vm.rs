@@ -11,18 +11,24 @@
 //! starts, at every boot. That keeps the base disk shared and untouched, needs no loop
 //! devices or guest tools on the host, and is the shape cloud-init's NoCloud seed takes.
 //!
-//! The network is `restrict=on`: the guest reaches nothing, not even the host, and only the
-//! SSH forward (which qemu serves from the host's loopback) connects in. The image has no
-//! resolver, so nothing it does looks names up through qemu's DNS, which forwards outside
-//! loopback. A VM is powered off when dropped; its console log is kept under
+//! The network is `restrict=on`: the guest reaches nothing, not even the host, with two
+//! exceptions qemu makes on the host's loopback: the SSH forward in, and the apt repository
+//! `scripts/setup` builds beside the disk, out at [`APT_SOURCE`] (see [`apt_port`]). The
+//! seed makes that repository the guest's only package source, as an AMI's archive. The image
+//! has no resolver, so nothing it does looks names up through qemu's DNS, which forwards
+//! outside loopback. A VM is powered off when dropped; its console log is kept under
 //! `target/vm-consoles/`.
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use kstack::ssh::{Connection, Login};
 
 use super::node::{cache, known_hosts_line, wait_for_ssh, write_sshd_files, ClientKey, Target};
 
@@ -30,13 +36,34 @@ use super::node::{cache, known_hosts_line, wait_for_ssh, write_sshd_files, Clien
 /// compiling (seen here): allow for that.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Where a guest finds the apt repository: an address of qemu's user network that exists
+/// only as a forward to the host (`guestfwd`).
+const APT_GUEST_ADDRESS: &str = "10.0.2.100";
+
+/// The apt source line of the VMs' repository. It is not signed, hence `trusted=yes`.
+pub const APT_SOURCE: &str = "deb [trusted=yes] http://10.0.2.100/ ./";
+
+/// What qemu appends to the kernel command line of every boot: the disk is the root file
+/// system (an unpartitioned ext4 image, mounted read-write as it has no fstab to remount it),
+/// and the console goes to the serial log.
+const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+
+/// What the GRUB command line is read from: the settings `grub-mkconfig` sources before it
+/// writes the boot entries.
+const GRUB_CMDLINE_SCRIPT: &str = r#"for f in /etc/default/grub /etc/default/grub.d/*.cfg; do [ -r "$f" ] && . "$f"; done
+echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#;
+
+/// One SSH attempt around a power cycle: qemu's user network may keep the host's side of a
+/// connection open after the guest went down, so nothing waits on one unbounded.
+const SSH_ATTEMPT: Duration = Duration::from_secs(15);
+
 /// Two emulated VMs at once would starve the machine's two cores: one runs at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 pub struct Vm {
     pub address: String,
     dir: tempfile::TempDir,
-    /// From starting qemu until sshd answered.
+    /// From starting qemu until sshd answered, at the last (re)start.
     pub boot_time: Duration,
     _turn: MutexGuard<'static, ()>,
 }
@@ -55,6 +82,85 @@ fn run(command: &mut Command) {
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// The port on 127.0.0.1 where this test process serves the VMs' apt repository
+/// (`~/.cache/kstack/vm/apt`, flat: an index and the packages beside it) over HTTP. The
+/// server is a thread of the test process, so it ends with it. A guest's connection to
+/// [`APT_GUEST_ADDRESS`] port 80 makes qemu run `socat` for it, which connects here from the
+/// host's loopback.
+pub fn apt_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let repository = vm_cache().join("apt");
+        assert!(repository.join("Packages").exists(), "{} is missing: run scripts/setup", repository.join("Packages").display());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let repository = repository.clone();
+                std::thread::spawn(move || serve_files(stream, &repository));
+            }
+        });
+        port
+    })
+}
+
+/// Answers GET and HEAD requests on one connection, one after the other (apt pipelines them),
+/// with the file of the repository the path names, or 404.
+fn serve_files(stream: TcpStream, repository: &Path) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        // The headers say nothing that changes the answer.
+        let mut header = String::new();
+        while reader.read_line(&mut header).unwrap_or(0) > 0 && header.trim_end() != "" {
+            header.clear();
+        }
+        let mut words = request.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let file = repository_file(repository, path).and_then(|file| std::fs::read(file).ok());
+        let written = match file {
+            Some(body) => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len());
+                writer.write_all(head.as_bytes()).and_then(|()| if method == "HEAD" { Ok(()) } else { writer.write_all(&body) })
+            }
+            None => writer.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// The file a request path names: a plain file name of the flat repository (`/./Packages`
+/// and `/Packages` alike), percent-decoded; nothing outside it.
+fn repository_file(repository: &Path, path: &str) -> Option<PathBuf> {
+    let path = path.split('?').next()?;
+    let mut segments = path.split('/').filter(|s| !s.is_empty() && *s != ".");
+    let name = percent_decode(segments.next()?)?;
+    let plain = segments.next().is_none() && !name.starts_with('.') && !name.contains('/');
+    plain.then(|| repository.join(name))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            decoded.push(u8::from_str_radix(text.get(i + 1..i + 3)?, 16).ok()?);
+            i += 3;
+        } else {
+            decoded.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
 impl Vm {
     pub fn boot(key: &ClientKey, address: &str) -> Vm {
         // A test that failed with its VM up has still powered it off.
@@ -65,31 +171,86 @@ impl Vm {
         let path = |name: &str| dir.path().join(name);
         run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base.join("disk.raw")).arg(path("overlay.qcow2")));
         write_sshd_files(&path("seed/files"), key, None);
+        std::fs::create_dir_all(path("seed/files/etc/apt")).unwrap();
+        std::fs::write(path("seed/files/etc/apt/sources.list"), format!("{APT_SOURCE}\n")).unwrap();
         run(Command::new("truncate").args(["-s", "8M"]).arg(path("seed.img")));
         run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(path("seed")).arg(path("seed.img")));
+        let mut vm = Vm { address: address.to_owned(), dir, boot_time: Duration::ZERO, _turn: turn };
+        vm.start(BASE_CMDLINE);
+        vm
+    }
 
+    /// Starts qemu on the VM's overlay and seed with `cmdline` as the kernel command line,
+    /// and waits until sshd answers.
+    fn start(&mut self, cmdline: &str) {
+        let base = vm_cache();
+        let path = |name: &str| self.dir.path().join(name);
         let started = Instant::now();
         run(Command::new("qemu-system-x86_64")
             .args(["-accel", &accel(), "-m", "1024", "-smp", "2", "-kernel"])
             .arg(base.join("vmlinuz"))
             .arg("-initrd")
             .arg(base.join("initrd.img"))
-            .args(["-append", "root=/dev/vda rw console=ttyS0"])
+            .args(["-append", cmdline])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", path("overlay.qcow2").display()))
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=raw,readonly=on", path("seed.img").display()))
-            .args(["-netdev", &format!("user,id=n0,restrict=on,hostfwd=tcp:{address}:22-:22")])
+            .args([
+                "-netdev",
+                &format!(
+                    "user,id=n0,restrict=on,hostfwd=tcp:{}:22-:22,guestfwd=tcp:{APT_GUEST_ADDRESS}:80-cmd:socat - TCP:127.0.0.1:{}",
+                    self.address,
+                    apt_port()
+                ),
+            ])
             .args(["-device", "virtio-net-pci,netdev=n0"])
-            .arg("-serial")
-            .arg(format!("file:{}", path("console.log").display()))
-            .args(["-display", "none", "-daemonize", "-pidfile"])
+            // Appended: the log keeps every boot of the VM.
+            .arg("-chardev")
+            .arg(format!("file,id=console,append=on,path={}", path("console.log").display()))
+            .args(["-serial", "chardev:console", "-display", "none", "-daemonize", "-pidfile"])
             .arg(path("qemu.pid")));
-        let mut vm = Vm { address: address.to_owned(), dir, boot_time: Duration::ZERO, _turn: turn };
-        vm.wait_for_ssh();
-        vm.boot_time = started.elapsed();
-        eprintln!("VM {address} answered SSH {:.1} s after qemu started ({})", vm.boot_time.as_secs_f64(), accel());
-        vm
+        self.wait_for_ssh();
+        self.boot_time = started.elapsed();
+        eprintln!("VM {} answered SSH {:.1} s after qemu started ({}): {cmdline}", self.address, self.boot_time.as_secs_f64(), accel());
+    }
+
+    /// Powers the VM off cleanly and boots it again as GRUB would with the command line the
+    /// guest configured; returns that command line.
+    ///
+    /// The command line is exactly `root=/dev/vda rw console=ttyS0 $GRUB_CMDLINE_LINUX
+    /// $GRUB_CMDLINE_LINUX_DEFAULT` (blanks collapsed), the two variables as the guest's
+    /// `/etc/default/grub` and `/etc/default/grub.d/*.cfg` set them, read by sourcing those
+    /// files as `grub-mkconfig` does. For the default boot entry, GRUB's `10_linux` writes
+    /// `linux <kernel> root=<root device> ro $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT`:
+    /// the same parameters after the root. The kernel and root stay qemu's (`-kernel`,
+    /// [`BASE_CMDLINE`]) because the disk is an unpartitioned file system without GRUB, and
+    /// booting through real GRUB would need a partitioned disk with GRUB installed in it.
+    /// `update-grub` is not installed in the image either, so what a role changes is only
+    /// `/etc/default/grub`, which is what this reads. A `systemctl reboot` would keep qemu's
+    /// command line, hence the power cycle: the same overlay, seed and address.
+    pub async fn power_cycle_with_grub_cmdline(&mut self, login: &Login) -> String {
+        let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
+        let output = tokio::time::timeout(SSH_ATTEMPT, connection.run(GRUB_CMDLINE_SCRIPT, None)).await.unwrap().unwrap();
+        assert_eq!(output.status, 0, "reading the GRUB command line: {}", output.stderr);
+        let grub = output.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        let cmdline = if grub.is_empty() { String::from(BASE_CMDLINE) } else { format!("{BASE_CMDLINE} {grub}") };
+
+        let started = Instant::now();
+        let pid = self.qemu_pid().expect("qemu's pid file");
+        // Its result may never come back: the guest goes down under the connection.
+        let _ = tokio::time::timeout(SSH_ATTEMPT, connection.run("systemctl poweroff", None)).await;
+        drop(connection);
+        assert!(
+            wait_for_exit(pid, BOOT_TIMEOUT),
+            "{} did not power off within {:?}; console:\n{}",
+            self.address,
+            BOOT_TIMEOUT,
+            std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+        );
+        eprintln!("VM {} powered off in {:.1} s", self.address, started.elapsed().as_secs_f64());
+        self.start(&cmdline);
+        cmdline
     }
 
     /// Waits until the VM answers SSH, after boot or a reboot.
@@ -114,6 +275,22 @@ impl Vm {
     }
 }
 
+/// Whether process `pid` (qemu, daemonized: not our child) exited within `timeout`.
+fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    // Exited once gone or a zombie: whoever it was reparented to may reap it late.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    };
+    while running() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 impl Target for Vm {
     fn address(&self) -> &str {
         &self.address
@@ -125,11 +302,7 @@ impl Drop for Vm {
         if let Some(pid) = self.qemu_pid() {
             // qemu exits at SIGTERM as at a power cut: the overlay is thrown away anyway.
             let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if Path::new(&format!("/proc/{pid}")).exists() {
+            if !wait_for_exit(pid, Duration::from_secs(10)) {
                 let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
             }
         }
