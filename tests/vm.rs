@@ -2,12 +2,16 @@
 //! qemu VM under software emulation (about 15 to 30 s to SSH on these two cores) and prints
 //! how long its boots took.
 
+mod support;
+
 #[path = "support/node.rs"]
 mod node;
 #[path = "support/runner.rs"]
 mod runner;
 #[path = "support/vm.rs"]
 mod vm;
+#[path = "support/vm_cloud.rs"]
+mod vm_cloud;
 
 use std::time::{Duration, Instant};
 
@@ -198,4 +202,118 @@ fn the_kernel_settings_of_the_base_and_thp_roles_take_effect_on_a_vm_at_once_and
     assert_eq!(runner.rt.block_on(run(&vm, &runner.login, "cat /proc/cmdline")).trim(), cmdline);
     verify_all(&runner, &vm, "after a power cycle with the GRUB command line", &[]);
     assert_sysctls_in_effect(&runner, &vm, "after a power cycle with the GRUB command line");
+}
+
+/// The version of `package` in the VMs' repository (`scripts/setup` fills it from Debian).
+fn repository_version(package: &str) -> String {
+    let index = std::fs::read_to_string(node::cache().join("vm/apt/Packages")).unwrap();
+    let stanza = index.split("\n\n").find(|s| s.starts_with(&format!("Package: {package}\n"))).unwrap_or_else(|| panic!("{package} in the repository"));
+    stanza.lines().find_map(|l| l.strip_prefix("Version: ")).unwrap().to_owned()
+}
+
+/// The shipped `node` image (images/node.yaml and the roles in roles/) baked by `kstack bake`
+/// onto a VM builder, then run by a fleet: its instance's VM boots from the builder's disk with
+/// cloud-init reading the instance's user data, and `kstack verify` passes every check on the
+/// running kernel, none skipped, with no role run on that node. The image differs from the
+/// shipped file only in the builder's place (the test fleet's network) and in Debian 12's
+/// variables (see the README's table of what differs from Ubuntu 16.04).
+#[test]
+fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_on_their_kernel() {
+    use support::{Moto, Project};
+    const FLEET: &str = "environments/fleet.yaml";
+    let moto = Moto::start();
+    let rt = support::runtime();
+    let key = ClientKey::new();
+    let project = Project::copy();
+    std::fs::copy(support::repo().join("tests/fixtures/project/environments/fleet.yaml"), project.path().join(FLEET)).unwrap();
+    let prefix = project.loopback_fleet(44);
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 0\n    max: 1\n    key_name: kstack-vm-test\n");
+    let shipped = std::fs::read_to_string(support::repo().join("images/node.yaml")).unwrap();
+    let image = shipped.replace("  environment: dev\n  subnet_tier: public\n", "  environment: fleet\n  subnet_tier: nodes\n");
+    assert_ne!(image, shipped, "the builder's place was replaced");
+    let debian = format!(
+        "variables:\n  hwe_kernel_package: linux-image-cloud-amd64\n  docker_package: docker.io\n  docker_version: \"{}\"\n  \
+         docker_storage_driver: overlay2\n  docker_apt_source: \"\"\n  kubernetes_apt_source: \"\"\n",
+        repository_version("docker.io")
+    );
+    project.write("images/node.yaml", &format!("{image}{debian}"));
+
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    rt.block_on(aws.ec2.import_key_pair().key_name("kstack-vm-test").public_key_material(aws_smithy_types::Blob::new(key.public())).send()).unwrap();
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let cloud = vm_cloud::VmCloud::watch(&moto.endpoint, &prefix, &key.public());
+
+    // The builder is a VM: its roles install from the VMs' repository under emulation.
+    let started = Instant::now();
+    let baked = project.kstack(&moto).args(["bake", "node", "--ssh-timeout", "900", "--host-key-wait", "1"]).timeout(Duration::from_secs(2400)).output().unwrap();
+    let progress = String::from_utf8_lossy(&baked.stderr);
+    eprintln!("{progress}\nbaked in {:.0} s; {:#?}", started.elapsed().as_secs_f64(), cloud.events());
+    assert!(baked.status.success(), "{progress}");
+    assert!(progress.contains("rebooting the builder: the roles changed what takes effect at boot"), "{progress}");
+    let stdout = String::from_utf8_lossy(&baked.stdout);
+    let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !cloud.images().contains(&ami) {
+        assert!(Instant::now() < deadline, "the builder's disk became no image: {:#?}", cloud.events());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A fleet node from the baked image: nothing is run on it before it is verified.
+    project.edit(FLEET, "    min: 0\n", "    min: 1\n");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let instance = rt.block_on(async {
+        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+        let running: Vec<_> = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()) == Some(&aws_sdk_ec2::types::InstanceStateName::Running))
+            .cloned()
+            .collect();
+        assert_eq!(running.len(), 1, "{running:?}");
+        assert_eq!(running[0].image_id(), Some(ami.as_str()));
+        running[0].instance_id().unwrap().to_owned()
+    });
+    // Its host keys as cloud-init printed them on the console, as EC2's console output shows.
+    let known_hosts = key.dir.path().join("known_hosts");
+    // cloud-init prints them at the end of its boot, after sshd has started.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let host_keys = loop {
+        let keys = cloud.with_vm(&instance, Duration::from_secs(900), |vm| vm.console_host_keys());
+        if !keys.is_empty() {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "cloud-init printed no host keys: {:#?}", cloud.events());
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    std::fs::write(&known_hosts, host_keys.join("\n") + "\n").unwrap();
+
+    let private_key = key.private();
+    let ssh = ["--ssh-key", private_key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()];
+    let verified = project.kstack(&moto).args(["verify", "fleet"]).args(ssh).output().unwrap();
+    let report = String::from_utf8_lossy(&verified.stdout);
+    eprintln!("{report}");
+    assert!(verified.status.success(), "{report}{}", String::from_utf8_lossy(&verified.stderr));
+    let checks: Vec<&str> = report.lines().filter(|l| l.starts_with("pass: ") || l.starts_with("skip: ") || l.starts_with("FAIL: ")).collect();
+    assert!(checks.len() >= 30, "{report}");
+    let not_passed: Vec<&&str> = checks.iter().filter(|l| !l.starts_with("pass: ")).collect();
+    assert_eq!(not_passed, Vec::<&&str>::new(), "every check passed on the running kernel, none skipped");
+    for expected in ["huge pages off", "kernel command line in effect", "jumbo frames", "storage driver in effect", "live restore in effect", "kubelet running"] {
+        assert!(checks.iter().any(|c| c.ends_with(&format!("] {expected}"))), "{expected}: {report}");
+    }
+
+    // The kubelet got the group's labels from the user data, not from the image.
+    let mut login = login(&key);
+    login.user = String::from("ubuntu");
+    login.host_keys.trust_on_first_use = false;
+    let address = cloud.with_vm(&instance, Duration::ZERO, |vm| vm.address.clone());
+    let args = rt.block_on(async {
+        let connection = Connection::open(&address, &login).await.unwrap();
+        let output = connection.run("cat /run/kubelet.args /etc/kstack/node.env", None).await.unwrap();
+        connection.close().await;
+        output.stdout
+    });
+    assert!(args.contains("--node-labels=kstack.io/environment=fleet,kstack.io/group=app"), "{args}");
+    eprintln!("{:#?}", cloud.events());
 }

@@ -330,6 +330,20 @@ async fn steps(
             failed.error.clone().unwrap_or_default()
         )));
     }
+    // What takes effect only at the next boot (a kernel, its command line) is checked after one,
+    // as every instance of the image will boot with it.
+    let connection = Connection::open(&address, &login).await.map_err(|e| BakeError::Failed(e.to_string()))?;
+    let pending = connection.run("test -e /var/run/reboot-required", None).await.map_err(|e| BakeError::Failed(e.to_string()))?;
+    if pending.success() {
+        step("rebooting the builder: the roles changed what takes effect at boot");
+        // The reply may never come: the builder goes down under the connection.
+        let _ = tokio::time::timeout(Duration::from_secs(15), connection.run("systemctl reboot", None)).await;
+        drop(connection);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        wait_for_ssh(&address, &login, options.ssh_timeout).await?.close().await;
+    } else {
+        connection.close().await;
+    }
     step("running the roles' checks");
     let verified = crate::roles::verify(&hosts, &login, roles, &variables, &run_options, Arc::new(|_| {})).await;
     let failed: Vec<String> = verified.iter().flat_map(|r| &r.checks).filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();

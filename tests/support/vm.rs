@@ -25,7 +25,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kstack::ssh::{Connection, Login};
@@ -57,15 +57,65 @@ echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#;
 /// connection open after the guest went down, so nothing waits on one unbounded.
 const SSH_ATTEMPT: Duration = Duration::from_secs(15);
 
-/// Two emulated VMs at once would starve the machine's two cores: one runs at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Two emulated VMs at once would starve the machine's two cores: one runs at a time. A VM
+/// holds the turn while it lives (on any thread: the emulator's instances get theirs on a
+/// watcher's).
+static BUSY: Mutex<bool> = Mutex::new(false);
+static FREED: Condvar = Condvar::new();
+
+struct Turn;
+
+impl Turn {
+    fn take() -> Turn {
+        // A test that failed with its VM up has still powered it off.
+        let mut busy = BUSY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *busy {
+            busy = FREED.wait(busy).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        *busy = true;
+        Turn
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        *BUSY.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = false;
+        FREED.notify_one();
+    }
+}
 
 pub struct Vm {
     pub address: String,
     dir: tempfile::TempDir,
+    /// What the VM boots from: its overlay's backing disk.
+    disk: Disk,
+    /// Whether it is launched as an instance: cloud-init runs (it has a NoCloud seed), and a
+    /// reboot the guest asks for stops qemu, so the harness boots it again as GRUB would
+    /// ([`Vm::rebooted`], [`Vm::boot_through_grub`]).
+    cloud_init: bool,
+    /// How much of the console log came before the last start.
+    console_mark: usize,
     /// From starting qemu until sshd answered, at the last (re)start.
     pub boot_time: Duration,
-    _turn: MutexGuard<'static, ()>,
+    _turn: Turn,
+}
+
+/// A disk VMs boot from: the one `scripts/setup` builds, or what a builder VM left behind
+/// (an image's content), with the kernel command line its GRUB settings give.
+#[derive(Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    format: &'static str,
+    /// `$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT` as the disk's `/etc/default/grub` sets them.
+    pub grub_cmdline: String,
+    /// Keeps a builder's disk while images refer to it.
+    _kept: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+impl Disk {
+    pub fn base() -> Disk {
+        Disk { path: vm_cache().join("disk.raw"), format: "raw", grub_cmdline: String::new(), _kept: None }
+    }
 }
 
 fn vm_cache() -> PathBuf {
@@ -162,21 +212,46 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 impl Vm {
+    /// A VM of the base disk whose host and authorized keys come from `kstack-seed.service`.
     pub fn boot(key: &ClientKey, address: &str) -> Vm {
-        // A test that failed with its VM up has still powered it off.
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let base = vm_cache();
-        assert!(base.join("disk.raw").exists(), "{} is missing: run scripts/setup", base.join("disk.raw").display());
+        Vm::create(&Disk::base(), address, "kstack-seed", false, |seed| {
+            write_sshd_files(&seed.join("files"), key, None);
+            std::fs::create_dir_all(seed.join("files/etc/apt")).unwrap();
+            std::fs::write(seed.join("files/etc/apt/sources.list"), format!("{APT_SOURCE}\n")).unwrap();
+        })
+    }
+
+    /// A VM launched as an EC2 instance is: from `disk`, with cloud-init reading its instance
+    /// id, SSH keys (as EC2 gives those of the instance's key pair) and user data from a
+    /// NoCloud seed (a disk labelled `cidata`), and booted with the disk's GRUB command line.
+    /// cloud-init makes its host keys and prints them on the console ([`Vm::console_host_keys`]).
+    pub fn launch(disk: &Disk, address: &str, instance_id: &str, user_data: &str, public_keys: &[String]) -> Vm {
+        Vm::create(disk, address, "cidata", true, |seed| {
+            let keys: String = public_keys.iter().map(|k| format!("  - {k}\n")).collect();
+            let hostname = format!("ip-{}", address.replace('.', "-"));
+            let meta = format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\npublic-keys:\n{keys}");
+            std::fs::write(seed.join("meta-data"), if public_keys.is_empty() { meta.replace("public-keys:\n", "") } else { meta }).unwrap();
+            std::fs::write(seed.join("user-data"), user_data).unwrap();
+        })
+    }
+
+    fn create(disk: &Disk, address: &str, seed_label: &str, cloud_init: bool, fill_seed: impl FnOnce(&Path)) -> Vm {
+        let turn = Turn::take();
+        assert!(disk.path.exists(), "{} is missing: run scripts/setup", disk.path.display());
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base.join("disk.raw")).arg(path("overlay.qcow2")));
-        write_sshd_files(&path("seed/files"), key, None);
-        std::fs::create_dir_all(path("seed/files/etc/apt")).unwrap();
-        std::fs::write(path("seed/files/etc/apt/sources.list"), format!("{APT_SOURCE}\n")).unwrap();
-        run(Command::new("truncate").args(["-s", "8M"]).arg(path("seed.img")));
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(path("seed")).arg(path("seed.img")));
-        let mut vm = Vm { address: address.to_owned(), dir, boot_time: Duration::ZERO, _turn: turn };
-        vm.start(BASE_CMDLINE);
+        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", disk.format, "-b"]).arg(&disk.path).arg(path("overlay.qcow2")));
+        std::fs::create_dir_all(path("seed")).unwrap();
+        fill_seed(&path("seed"));
+        if cloud_init {
+            // NoCloud reads only ISO 9660 or FAT file systems.
+            run(Command::new("genisoimage").args(["-quiet", "-output"]).arg(path("seed.img")).args(["-volid", seed_label, "-joliet", "-rock"]).arg(path("seed")));
+        } else {
+            run(Command::new("truncate").args(["-s", "8M"]).arg(path("seed.img")));
+            run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", seed_label, "-d"]).arg(path("seed")).arg(path("seed.img")));
+        }
+        let mut vm = Vm { address: address.to_owned(), dir, disk: disk.clone(), cloud_init, console_mark: 0, boot_time: Duration::ZERO, _turn: turn };
+        vm.start(&with_grub(&disk.grub_cmdline));
         vm
     }
 
@@ -185,6 +260,7 @@ impl Vm {
     fn start(&mut self, cmdline: &str) {
         let base = vm_cache();
         let path = |name: &str| self.dir.path().join(name);
+        self.console_mark = std::fs::metadata(path("console.log")).map_or(0, |m| m.len() as usize);
         let started = Instant::now();
         run(Command::new("qemu-system-x86_64")
             .args(["-accel", &accel(), "-m", "1024", "-smp", "2", "-kernel"])
@@ -205,10 +281,13 @@ impl Vm {
                 ),
             ])
             .args(["-device", "virtio-net-pci,netdev=n0"])
+            .args(if self.cloud_init { &["-no-reboot"][..] } else { &[] })
             // Appended: the log keeps every boot of the VM.
             .arg("-chardev")
             .arg(format!("file,id=console,append=on,path={}", path("console.log").display()))
-            .args(["-serial", "chardev:console", "-display", "none", "-daemonize", "-pidfile"])
+            .args(["-serial", "chardev:console", "-display", "none", "-monitor"])
+            .arg(format!("unix:{},server=on,wait=off", path("monitor.sock").display()))
+            .args(["-daemonize", "-pidfile"])
             .arg(path("qemu.pid")));
         self.wait_for_ssh();
         self.boot_time = started.elapsed();
@@ -233,8 +312,7 @@ impl Vm {
         let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
         let output = tokio::time::timeout(SSH_ATTEMPT, connection.run(GRUB_CMDLINE_SCRIPT, None)).await.unwrap().unwrap();
         assert_eq!(output.status, 0, "reading the GRUB command line: {}", output.stderr);
-        let grub = output.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
-        let cmdline = if grub.is_empty() { String::from(BASE_CMDLINE) } else { format!("{BASE_CMDLINE} {grub}") };
+        let cmdline = with_grub(&output.stdout);
 
         let started = Instant::now();
         let pid = self.qemu_pid().expect("qemu's pid file");
@@ -251,6 +329,66 @@ impl Vm {
         eprintln!("VM {} powered off in {:.1} s", self.address, started.elapsed().as_secs_f64());
         self.start(&cmdline);
         cmdline
+    }
+
+    /// Powers the VM off as a stopped instance is: an ACPI power button press, so the guest
+    /// can shut down cleanly, then a power cut after 30 s (the image has no ACPI button
+    /// handler, so it is the cut in practice: what a bake leaves is synced before it stops
+    /// the builder). Returns how long that took.
+    pub fn power_off(&self) -> Duration {
+        let started = Instant::now();
+        let Some(pid) = self.qemu_pid() else { return Duration::ZERO };
+        if let Ok(mut monitor) = std::os::unix::net::UnixStream::connect(self.dir.path().join("monitor.sock")) {
+            let _ = monitor.write_all(b"system_powerdown\n");
+        }
+        if !wait_for_exit(pid, Duration::from_secs(30)) {
+            eprintln!("VM {} did not power off at the power button within 30 s: cut", self.address);
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            wait_for_exit(pid, Duration::from_secs(10));
+        }
+        started.elapsed()
+    }
+
+    /// Whether the guest rebooted since the last start: qemu has stopped after the kernel said
+    /// it restarts the system (only a launched VM, which runs with `-no-reboot`).
+    pub fn rebooted(&self) -> bool {
+        let running = self.qemu_pid().is_some_and(|pid| !wait_for_exit(pid, Duration::ZERO));
+        let console = std::fs::read(self.dir.path().join("console.log")).unwrap_or_default();
+        let since = String::from_utf8_lossy(console.get(self.console_mark..).unwrap_or_default());
+        !running && since.contains("reboot: Restarting system")
+    }
+
+    /// Boots the VM again after its guest rebooted, with the command line its GRUB settings
+    /// give now (read off its disk): what the guest's reboot through GRUB would boot.
+    pub fn boot_through_grub(&mut self) -> String {
+        let grub = grub_cmdline_of(&self.dir.path().join("overlay.qcow2"));
+        self.start(&with_grub(&grub));
+        grub
+    }
+
+    /// Powers the VM off and keeps its disk as an image's content: what `CreateImage` takes
+    /// from a stopped instance, with the command line its GRUB settings now give.
+    pub fn into_image(self) -> Disk {
+        let took = self.power_off();
+        let kept = tempfile::tempdir().unwrap();
+        let path = kept.path().join("image.qcow2");
+        std::fs::rename(self.dir.path().join("overlay.qcow2"), &path).unwrap();
+        let grub_cmdline = grub_cmdline_of(&path);
+        eprintln!("VM {} powered off in {:.1} s; its disk is an image, GRUB command line `{grub_cmdline}`", self.address, took.as_secs_f64());
+        Disk { path, format: "qcow2", grub_cmdline, _kept: Some(std::sync::Arc::new(kept)) }
+    }
+
+    /// The host keys cloud-init printed on the console at first boot (as on EC2, between
+    /// `-----BEGIN SSH HOST KEY KEYS-----` and its END line), as known_hosts lines.
+    pub fn console_host_keys(&self) -> Vec<String> {
+        let console = std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default();
+        let keys = console.split("-----BEGIN SSH HOST KEY KEYS-----").nth(1).and_then(|rest| rest.split("-----END SSH HOST KEY KEYS-----").next());
+        keys.unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("ssh-") || line.starts_with("ecdsa-"))
+            .map(|line| format!("{} {}", self.address, line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
+            .collect()
     }
 
     /// Waits until the VM answers SSH, after boot or a reboot.
@@ -273,6 +411,34 @@ impl Vm {
         let test = std::thread::current().name().unwrap_or("vm").replace("::", "-");
         target.join("vm-consoles").join(format!("{test}-{}.log", self.address))
     }
+}
+
+/// The kernel command line of a boot through GRUB with these GRUB settings: qemu's root
+/// and console, then the settings' parameters (see [`Vm::power_cycle_with_grub_cmdline`]).
+fn with_grub(grub: &str) -> String {
+    let grub = grub.split_whitespace().collect::<Vec<_>>().join(" ");
+    if grub.is_empty() {
+        String::from(BASE_CMDLINE)
+    } else {
+        format!("{BASE_CMDLINE} {grub}")
+    }
+}
+
+/// The GRUB command line a disk's `/etc/default/grub` gives, read off the disk (no guest
+/// running): the image flattened to a raw file, the file read with `debugfs`, and sourced
+/// as `grub-mkconfig` does.
+fn grub_cmdline_of(image: &Path) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let raw = scratch.path().join("disk.raw");
+    run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw));
+    let grub = scratch.path().join("grub");
+    let dumped = Command::new("debugfs").arg("-R").arg(format!("dump /etc/default/grub {}", grub.display())).arg(&raw).output().unwrap();
+    if !grub.exists() {
+        eprintln!("no /etc/default/grub on the image: {}", String::from_utf8_lossy(&dumped.stderr));
+        return String::new();
+    }
+    let sourced = Command::new("sh").arg("-c").arg(r#". "$1"; echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#).arg("sh").arg(&grub).output().unwrap();
+    String::from_utf8_lossy(&sourced.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Whether process `pid` (qemu, daemonized: not our child) exited within `timeout`.

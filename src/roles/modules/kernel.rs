@@ -47,7 +47,11 @@ impl Converge for KernelCmdline {
         let mut notes = vec![String::from("takes effect at the next boot")];
         if !host.check {
             host.connection.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
-            let output = host.connection.run("command -v update-grub >/dev/null || exit 100; update-grub 2>&1", None).await?;
+            // Debian's and Ubuntu's mark for "reboot to finish": the bake reboots its builder on
+            // it, unattended-upgrades' reboot guard reboots a node in its slot. A container's
+            // kernel is its host's: no reboot of its own changes the command line.
+            let mark = if host.facts.container { "" } else { "touch /var/run/reboot-required; " };
+            let output = host.connection.run(&format!("{mark}command -v update-grub >/dev/null || exit 100; update-grub 2>&1"), None).await?;
             match output.status {
                 0 => {}
                 100 => notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed")),

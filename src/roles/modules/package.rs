@@ -35,6 +35,13 @@ impl Converge for Package {
                     if held {
                         script.push_str(&format!("apt-mark unhold {name} >/dev/null\n"));
                     }
+                    // Package lists a fresh image lacks (bakes remove them) or that predate the
+                    // wanted version are fetched first, once: when no source offers it.
+                    let offered = match &self.version {
+                        Some(v) => format!("grep -qF {}", quote(&format!(" | {v} | "))),
+                        None => String::from("grep -q ."),
+                    };
+                    script.push_str(&format!("apt-cache madison {name} 2>/dev/null | {offered} || {APT} update\n"));
                     script.push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
                 }
             }
