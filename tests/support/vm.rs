@@ -45,8 +45,12 @@ pub const APT_SOURCE: &str = "deb [trusted=yes] http://10.0.2.100/ ./";
 
 /// What qemu appends to the kernel command line of every boot: the disk is the root file
 /// system (an unpartitioned ext4 image, mounted read-write as it has no fstab to remount it),
-/// and the console goes to the serial log.
-const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+/// the console goes to the serial log, and the image's cloud-init stays out of the way (what
+/// is the VM's own comes from the seed, see [`SEED_LABEL`]).
+const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 cloud-init=disabled";
+
+/// The seed disk's file system label, which the image's `kstack-seed.service` requires.
+const SEED_LABEL: &str = "kstack-seed";
 
 /// What the GRUB command line is read from: the settings `grub-mkconfig` sources before it
 /// writes the boot entries.
@@ -80,6 +84,18 @@ fn accel() -> String {
 fn run(command: &mut Command) {
     let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e} (scripts/setup installs it)"));
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The version of `package` the VMs' repository offers.
+pub fn apt_version(package: &str) -> String {
+    let index = std::fs::read_to_string(vm_cache().join("apt/Packages")).unwrap();
+    let versions = index
+        .split("\n\n")
+        .filter(|stanza| stanza.starts_with(&format!("Package: {package}\n")))
+        .filter_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Version: ")).map(str::to_owned));
+    let mut versions: Vec<String> = versions.collect();
+    assert_eq!(versions.len(), 1, "{package}: one version in the VMs' repository, so no ordering of versions is needed: {versions:?}");
+    versions.remove(0)
 }
 
 /// The port on 127.0.0.1 where this test process serves the VMs' apt repository
@@ -161,6 +177,21 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
+/// What a VM boots from, of the files `scripts/setup` builds.
+const IMAGE_FILES: [&str; 3] = ["disk.raw", "vmlinuz", "initrd.img"];
+
+/// One of [`IMAGE_FILES`] for the VM of `dir`: its own hard link, made at its first boot, so
+/// that a rebuild by `scripts/setup` (which moves new files into place) leaves a running VM
+/// and its power cycles on the files it booted from; across file systems, the cache's file.
+fn image(dir: &Path, name: &str) -> PathBuf {
+    let own = dir.join(name);
+    if own.exists() {
+        own
+    } else {
+        vm_cache().join(name)
+    }
+}
+
 impl Vm {
     pub fn boot(key: &ClientKey, address: &str) -> Vm {
         // A test that failed with its VM up has still powered it off.
@@ -169,12 +200,18 @@ impl Vm {
         assert!(base.join("disk.raw").exists(), "{} is missing: run scripts/setup", base.join("disk.raw").display());
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base.join("disk.raw")).arg(path("overlay.qcow2")));
+        for file in IMAGE_FILES {
+            let _ = std::fs::hard_link(base.join(file), path(file));
+        }
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(image(dir.path(), "disk.raw"))
+            .arg(path("overlay.qcow2")));
         write_sshd_files(&path("seed/files"), key, None);
         std::fs::create_dir_all(path("seed/files/etc/apt")).unwrap();
         std::fs::write(path("seed/files/etc/apt/sources.list"), format!("{APT_SOURCE}\n")).unwrap();
         run(Command::new("truncate").args(["-s", "8M"]).arg(path("seed.img")));
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(path("seed")).arg(path("seed.img")));
+        run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", SEED_LABEL, "-d"]).arg(path("seed")).arg(path("seed.img")));
         let mut vm = Vm { address: address.to_owned(), dir, boot_time: Duration::ZERO, _turn: turn };
         vm.start(BASE_CMDLINE);
         vm
@@ -183,14 +220,13 @@ impl Vm {
     /// Starts qemu on the VM's overlay and seed with `cmdline` as the kernel command line,
     /// and waits until sshd answers.
     fn start(&mut self, cmdline: &str) {
-        let base = vm_cache();
         let path = |name: &str| self.dir.path().join(name);
         let started = Instant::now();
         run(Command::new("qemu-system-x86_64")
             .args(["-accel", &accel(), "-m", "1024", "-smp", "2", "-kernel"])
-            .arg(base.join("vmlinuz"))
+            .arg(image(self.dir.path(), "vmlinuz"))
             .arg("-initrd")
-            .arg(base.join("initrd.img"))
+            .arg(image(self.dir.path(), "initrd.img"))
             .args(["-append", cmdline])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", path("overlay.qcow2").display()))
@@ -216,10 +252,10 @@ impl Vm {
     }
 
     /// Powers the VM off cleanly and boots it again as GRUB would with the command line the
-    /// guest configured; returns that command line.
+    /// guest configured; returns that command line once systemd has finished starting up.
     ///
-    /// The command line is exactly `root=/dev/vda rw console=ttyS0 $GRUB_CMDLINE_LINUX
-    /// $GRUB_CMDLINE_LINUX_DEFAULT` (blanks collapsed), the two variables as the guest's
+    /// The command line is exactly `root=/dev/vda rw console=ttyS0 cloud-init=disabled
+    /// $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT` (blanks collapsed), the two variables as the guest's
     /// `/etc/default/grub` and `/etc/default/grub.d/*.cfg` set them, read by sourcing those
     /// files as `grub-mkconfig` does. For the default boot entry, GRUB's `10_linux` writes
     /// `linux <kernel> root=<root device> ro $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT`:
@@ -250,6 +286,11 @@ impl Vm {
         );
         eprintln!("VM {} powered off in {:.1} s", self.address, started.elapsed().as_secs_f64());
         self.start(&cmdline);
+        // sshd answers before slower units (docker under TCG) are up: wait for the boot's end.
+        let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
+        let state = tokio::time::timeout(BOOT_TIMEOUT, connection.run("systemctl is-system-running --wait", None)).await.unwrap().unwrap();
+        connection.close().await;
+        eprintln!("VM {} finished booting {:.1} s after power-off: {}", self.address, started.elapsed().as_secs_f64(), state.stdout.trim());
         cmdline
     }
 
