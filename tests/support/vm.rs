@@ -45,8 +45,12 @@ pub const APT_SOURCE: &str = "deb [trusted=yes] http://10.0.2.100/ ./";
 
 /// What qemu appends to the kernel command line of every boot: the disk is the root file
 /// system (an unpartitioned ext4 image, mounted read-write as it has no fstab to remount it),
-/// and the console goes to the serial log.
+/// and the console goes to the serial log. A VM that is not launched as an instance adds
+/// `cloud-init=disabled`: what is its own comes from the seed, see [`SEED_LABEL`].
 const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+
+/// The seed disk's file system label, which the image's `kstack-seed.service` requires.
+const SEED_LABEL: &str = "kstack-seed";
 
 /// What the GRUB command line is read from: the settings `grub-mkconfig` sources before it
 /// writes the boot entries.
@@ -132,6 +136,18 @@ fn run(command: &mut Command) {
     assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// The version of `package` the VMs' repository offers.
+pub fn apt_version(package: &str) -> String {
+    let index = std::fs::read_to_string(vm_cache().join("apt/Packages")).unwrap();
+    let versions = index
+        .split("\n\n")
+        .filter(|stanza| stanza.starts_with(&format!("Package: {package}\n")))
+        .filter_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Version: ")).map(str::to_owned));
+    let mut versions: Vec<String> = versions.collect();
+    assert_eq!(versions.len(), 1, "{package}: one version in the VMs' repository, so no ordering of versions is needed: {versions:?}");
+    versions.remove(0)
+}
+
 /// The port on 127.0.0.1 where this test process serves the VMs' apt repository
 /// (`~/.cache/kstack/vm/apt`, flat: an index and the packages beside it) over HTTP. The
 /// server is a thread of the test process, so it ends with it. A guest's connection to
@@ -211,10 +227,25 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
+/// What a VM boots from, of the files `scripts/setup` builds.
+const IMAGE_FILES: [&str; 3] = ["disk.raw", "vmlinuz", "initrd.img"];
+
+/// One of [`IMAGE_FILES`] for the VM of `dir`: its own hard link, made at its first boot, so
+/// that a rebuild by `scripts/setup` (which moves new files into place) leaves a running VM
+/// and its power cycles on the files it booted from; across file systems, the cache's file.
+fn image(dir: &Path, name: &str) -> PathBuf {
+    let own = dir.join(name);
+    if own.exists() {
+        own
+    } else {
+        vm_cache().join(name)
+    }
+}
+
 impl Vm {
     /// A VM of the base disk whose host and authorized keys come from `kstack-seed.service`.
     pub fn boot(key: &ClientKey, address: &str) -> Vm {
-        Vm::create(&Disk::base(), address, "kstack-seed", false, |seed| {
+        Vm::create(&Disk::base(), address, SEED_LABEL, false, |seed| {
             write_sshd_files(&seed.join("files"), key, None);
             std::fs::create_dir_all(seed.join("files/etc/apt")).unwrap();
             std::fs::write(seed.join("files/etc/apt/sources.list"), format!("{APT_SOURCE}\n")).unwrap();
@@ -240,12 +271,21 @@ impl Vm {
         assert!(disk.path.exists(), "{} is missing: run scripts/setup", disk.path.display());
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", disk.format, "-b"]).arg(&disk.path).arg(path("overlay.qcow2")));
+        for file in IMAGE_FILES {
+            let _ = std::fs::hard_link(vm_cache().join(file), path(file));
+        }
+        // The base disk through the VM's own link; an image's disk is kept as long as it is used.
+        let backing = if disk.format == "raw" { image(dir.path(), "disk.raw") } else { disk.path.clone() };
+        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", disk.format, "-b"]).arg(&backing).arg(path("overlay.qcow2")));
         std::fs::create_dir_all(path("seed")).unwrap();
         fill_seed(&path("seed"));
         if cloud_init {
             // NoCloud reads only ISO 9660 or FAT file systems.
-            run(Command::new("genisoimage").args(["-quiet", "-output"]).arg(path("seed.img")).args(["-volid", seed_label, "-joliet", "-rock"]).arg(path("seed")));
+            run(Command::new("genisoimage")
+                .args(["-quiet", "-output"])
+                .arg(path("seed.img"))
+                .args(["-volid", seed_label, "-joliet", "-rock"])
+                .arg(path("seed")));
         } else {
             run(Command::new("truncate").args(["-s", "8M"]).arg(path("seed.img")));
             run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", seed_label, "-d"]).arg(path("seed")).arg(path("seed.img")));
@@ -258,16 +298,16 @@ impl Vm {
     /// Starts qemu on the VM's overlay and seed with `cmdline` as the kernel command line,
     /// and waits until sshd answers.
     fn start(&mut self, cmdline: &str) {
-        let base = vm_cache();
         let path = |name: &str| self.dir.path().join(name);
+        let cmdline = if self.cloud_init { cmdline.to_owned() } else { format!("{cmdline} cloud-init=disabled") };
         self.console_mark = std::fs::metadata(path("console.log")).map_or(0, |m| m.len() as usize);
         let started = Instant::now();
         run(Command::new("qemu-system-x86_64")
             .args(["-accel", &accel(), "-m", "1024", "-smp", "2", "-kernel"])
-            .arg(base.join("vmlinuz"))
+            .arg(image(self.dir.path(), "vmlinuz"))
             .arg("-initrd")
-            .arg(base.join("initrd.img"))
-            .args(["-append", cmdline])
+            .arg(image(self.dir.path(), "initrd.img"))
+            .args(["-append", &cmdline])
             .arg("-drive")
             .arg(format!("file={},if=virtio,format=qcow2", path("overlay.qcow2").display()))
             .arg("-drive")
@@ -295,10 +335,10 @@ impl Vm {
     }
 
     /// Powers the VM off cleanly and boots it again as GRUB would with the command line the
-    /// guest configured; returns that command line.
+    /// guest configured; returns that command line once systemd has finished starting up.
     ///
     /// The command line is exactly `root=/dev/vda rw console=ttyS0 $GRUB_CMDLINE_LINUX
-    /// $GRUB_CMDLINE_LINUX_DEFAULT` (blanks collapsed), the two variables as the guest's
+    /// $GRUB_CMDLINE_LINUX_DEFAULT cloud-init=disabled` (blanks collapsed), the two variables as the guest's
     /// `/etc/default/grub` and `/etc/default/grub.d/*.cfg` set them, read by sourcing those
     /// files as `grub-mkconfig` does. For the default boot entry, GRUB's `10_linux` writes
     /// `linux <kernel> root=<root device> ro $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT`:
@@ -328,6 +368,11 @@ impl Vm {
         );
         eprintln!("VM {} powered off in {:.1} s", self.address, started.elapsed().as_secs_f64());
         self.start(&cmdline);
+        // sshd answers before slower units (docker under TCG) are up: wait for the boot's end.
+        let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
+        let state = tokio::time::timeout(BOOT_TIMEOUT, connection.run("systemctl is-system-running --wait", None)).await.unwrap().unwrap();
+        connection.close().await;
+        eprintln!("VM {} finished booting {:.1} s after power-off: {}", self.address, started.elapsed().as_secs_f64(), state.stdout.trim());
         cmdline
     }
 
@@ -437,7 +482,8 @@ fn grub_cmdline_of(image: &Path) -> String {
         eprintln!("no /etc/default/grub on the image: {}", String::from_utf8_lossy(&dumped.stderr));
         return String::new();
     }
-    let sourced = Command::new("sh").arg("-c").arg(r#". "$1"; echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#).arg("sh").arg(&grub).output().unwrap();
+    let sourced =
+        Command::new("sh").arg("-c").arg(r#". "$1"; echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#).arg("sh").arg(&grub).output().unwrap();
     String::from_utf8_lossy(&sourced.stdout).split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
