@@ -418,6 +418,17 @@ impl Vm {
         let kept = tempfile::tempdir().unwrap();
         let path = kept.path().join("image.qcow2");
         std::fs::rename(self.dir.path().join("overlay.qcow2"), &path).unwrap();
+        // The disk it is backed by goes along, whatever the VM booted from.
+        let (backing, format) = match self.disk.format {
+            "raw" => (kept.path().join("disk.raw"), "raw"),
+            _ => (self.disk.path.clone(), self.disk.format),
+        };
+        if format == "raw" {
+            let own = self.dir.path().join("disk.raw");
+            let moved = if own.exists() { std::fs::rename(&own, &backing) } else { std::fs::hard_link(vm_cache().join("disk.raw"), &backing) };
+            moved.unwrap();
+        }
+        run(Command::new("qemu-img").args(["rebase", "-u", "-F", format, "-b"]).arg(&backing).arg(&path));
         let grub_cmdline = grub_cmdline_of(&path);
         eprintln!("VM {} powered off in {:.1} s; its disk is an image, GRUB command line `{grub_cmdline}`", self.address, took.as_secs_f64());
         Disk { path, format: "qcow2", grub_cmdline, _kept: Some(std::sync::Arc::new(kept)) }

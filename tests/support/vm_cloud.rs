@@ -3,8 +3,8 @@
 //! address from its image's disk with its user data (and, when it names a key pair, the test's
 //! public key, as EC2 installs the key pair's). A stopped or terminated instance's VM is
 //! powered off; a stopped builder's disk becomes the content of the image kstack then creates
-//! from it, and instances launched from that image boot from a copy of it. AMIs kstack did not
-//! bake (the source it builds from) boot the base disk.
+//! from it, and instances launched from that image boot from a copy of it. Other AMIs (the
+//! source a bake builds from, images baked before the watch began) boot the base disk.
 //!
 //! VMs run one at a time (see `vm.rs`), so a test launches one instance at a time.
 
@@ -28,6 +28,8 @@ struct Served {
     done: BTreeSet<String>,
     /// Disks of stopped builders not yet taken by an image.
     builder_disks: Vec<Disk>,
+    /// Baked AMIs there were before the watch began: no builder here made them.
+    earlier_images: Option<BTreeSet<String>>,
     /// Each baked AMI's content.
     images: BTreeMap<String, Disk>,
     /// What happened, for the test's output.
@@ -126,9 +128,11 @@ async fn serve_once(ec2: &aws_sdk_ec2::Client, prefix: &str, public_key: &str, s
     };
     {
         let mut served = served.lock().unwrap();
+        let served = &mut *served;
+        let earlier = served.earlier_images.get_or_insert_with(|| baked.images().iter().filter_map(|i| i.image_id().map(str::to_owned)).collect());
         for image in baked.images() {
             let id = image.image_id().unwrap_or_default().to_owned();
-            if !served.images.contains_key(&id) && !served.builder_disks.is_empty() {
+            if !earlier.contains(&id) && !served.images.contains_key(&id) && !served.builder_disks.is_empty() {
                 let disk = served.builder_disks.remove(0);
                 served.events.push(format!("image {id} is the builder's disk"));
                 served.images.insert(id, disk);
@@ -151,10 +155,12 @@ async fn serve_once(ec2: &aws_sdk_ec2::Client, prefix: &str, public_key: &str, s
                 if served.vms.contains_key(id) || served.done.contains(id) {
                     continue;
                 }
+                let earlier = served.earlier_images.as_ref().is_some_and(|e| e.contains(image));
                 match served.images.get(image) {
                     Some(disk) => disk.clone(),
                     // A baked image whose builder disk is not taken yet: next time.
-                    None if baked.contains(image) => continue,
+                    None if baked.contains(image) && !earlier => continue,
+                    // Not baked here: the base disk stands in for it.
                     None => Disk::base(),
                 }
             };
