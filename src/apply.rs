@@ -19,6 +19,7 @@ use crate::plan::{ActionKind, Plan};
 use crate::resource::{Address, Resource};
 use crate::state::{State, StateError, StateStore};
 use crate::stop::{Reason, Stop};
+use std::future::Future;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
@@ -95,8 +96,35 @@ impl Step {
     }
 }
 
-struct Context {
-    cloud: Cloud,
+/// What the walk asks of a cloud: AWS through [`Cloud`]; the walk's own tests use one in memory.
+pub trait Provider: Send + Sync + 'static {
+    fn create(&self, resource: &Resource, ids: &Ids) -> impl Future<Output = Result<String, AwsError>> + Send;
+    fn update(&self, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> impl Future<Output = Result<(), AwsError>> + Send;
+    fn delete(&self, actual: &Observed, ids: &Ids) -> impl Future<Output = Result<(), AwsError>> + Send;
+    /// The environment's own resources, as refresh finds them.
+    fn refresh(&self) -> impl Future<Output = Result<Vec<Observed>, AwsError>> + Send;
+}
+
+impl Provider for Cloud {
+    async fn create(&self, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+        aws::create(self, resource, ids).await
+    }
+
+    async fn update(&self, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> Result<(), AwsError> {
+        aws::update(self, resource, actual, changed, ids).await
+    }
+
+    async fn delete(&self, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+        aws::delete(self, actual, ids).await
+    }
+
+    async fn refresh(&self) -> Result<Vec<Observed>, AwsError> {
+        Ok(aws::refresh(self).await?.observed)
+    }
+}
+
+struct Context<P> {
+    cloud: P,
     ids: Mutex<Ids>,
     state: Mutex<State>,
     store: StateStore,
@@ -118,8 +146,8 @@ pub struct Journal {
 }
 
 /// Executes `plan`, built from `desired` (images resolved) and `observed`.
-pub async fn apply(
-    cloud: Cloud,
+pub async fn apply<P: Provider>(
+    cloud: P,
     plan: &Plan,
     desired: &ResourceGraph,
     observed: &[Observed],
@@ -211,7 +239,7 @@ fn order(steps: &[Step], desired: &ResourceGraph) -> Vec<(usize, usize)> {
     edges
 }
 
-async fn walk(context: &Arc<Context>, steps: Vec<Step>, edges: &[(usize, usize)], outcome: &mut Outcome) {
+async fn walk<P: Provider>(context: &Arc<Context<P>>, steps: Vec<Step>, edges: &[(usize, usize)], outcome: &mut Outcome) {
     let mut waiting_on = vec![0usize; steps.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
     for &(before, after) in edges {
@@ -270,7 +298,7 @@ enum StepError {
     State(StateError),
 }
 
-async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
+async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepError> {
     let address = step.address().clone();
     let verb = step.verb();
     (context.events)(Event::Started { address: address.clone(), verb });
@@ -280,11 +308,9 @@ async fn run(context: &Context, step: &Step) -> Result<(), StepError> {
     let id = loop {
         let ids = context.ids.lock().map(|ids| ids.clone()).unwrap_or_default();
         let result = match step {
-            Step::Create(resource) => aws::create(&context.cloud, resource, &ids).await,
-            Step::Update { resource, actual, changed } => {
-                aws::update(&context.cloud, resource, actual, changed, &ids).await.map(|()| actual.id.clone())
-            }
-            Step::Delete(actual) => aws::delete(&context.cloud, actual, &ids).await.map(|()| actual.id.clone()),
+            Step::Create(resource) => context.cloud.create(resource, &ids).await,
+            Step::Update { resource, actual, changed } => context.cloud.update(resource, actual, changed, &ids).await.map(|()| actual.id.clone()),
+            Step::Delete(actual) => context.cloud.delete(actual, &ids).await.map(|()| actual.id.clone()),
         };
         let result = match (result, step) {
             // The create may have happened anyway: a reply lost, or an earlier attempt's.
@@ -329,19 +355,19 @@ fn changed_attributes(changes: &[crate::plan::Change]) -> Vec<String> {
 
 /// The resource a create made after all (its reply was lost, or an earlier attempt's was),
 /// found by its tags and brought in line with the model; `None` when AWS has no such resource.
-async fn adopt(context: &Context, resource: &Resource, ids: &Ids) -> Result<Option<String>, AwsError> {
-    let refreshed = aws::refresh(&context.cloud).await?;
-    let Some(found) = refreshed.observed.into_iter().find(|o| o.address == resource.address) else { return Ok(None) };
+async fn adopt<P: Provider>(context: &Context<P>, resource: &Resource, ids: &Ids) -> Result<Option<String>, AwsError> {
+    let refreshed = context.cloud.refresh().await?;
+    let Some(found) = refreshed.into_iter().find(|o| o.address == resource.address) else { return Ok(None) };
     let changes: Vec<crate::plan::Change> = crate::plan::diff::changes(resource, &found).into_iter().filter(|c| !c.forces_replacement).collect();
     if !changes.is_empty() {
-        aws::update(&context.cloud, resource, &found, &changed_attributes(&changes), ids).await?;
+        context.cloud.update(resource, &found, &changed_attributes(&changes), ids).await?;
     }
     tracing::info!("{}: adopted {} (created by an attempt whose reply was lost)", resource.address, found.id);
     Ok(Some(found.id))
 }
 
 /// Writes the change to state before anything else starts depending on it.
-fn record(context: &Context, step: &Step, id: &str) -> Result<(), StateError> {
+fn record<P: Provider>(context: &Context<P>, step: &Step, id: &str) -> Result<(), StateError> {
     let mut state = context.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match step {
         Step::Create(resource) | Step::Update { resource, .. } => {
@@ -367,4 +393,175 @@ fn record(context: &Context, step: &Step, id: &str) -> Result<(), StateError> {
         }
     }
     context.store.save(&mut state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::aws::AwsErrorKind;
+    use crate::resource::{Kind, Spec};
+
+    /// A cloud in memory: each call takes a few milliseconds, ids count up, and what it was
+    /// asked is logged in order.
+    #[derive(Default)]
+    struct Memory {
+        resources: Mutex<BTreeMap<Address, Observed>>,
+        log: Mutex<Vec<String>>,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+        /// A create that fails with this error; after making the resource when `made` (its
+        /// reply lost), and once only.
+        failing: Mutex<Option<(Address, bool, AwsError)>>,
+        next_id: AtomicUsize,
+    }
+
+    impl Memory {
+        async fn call(&self, verb: &str, address: &Address) {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            self.log.lock().unwrap().push(format!("start {verb} {address}"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.log.lock().unwrap().push(format!("end {verb} {address}"));
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+
+        fn position(&self, entry: &str) -> usize {
+            let log = self.log.lock().unwrap();
+            log.iter().position(|e| e == entry).unwrap_or_else(|| panic!("`{entry}` is not in {log:#?}"))
+        }
+
+        fn ids(&self) -> BTreeMap<Address, String> {
+            self.resources.lock().unwrap().iter().map(|(a, o)| (a.clone(), o.id.clone())).collect()
+        }
+    }
+
+    impl Provider for Arc<Memory> {
+        async fn create(&self, resource: &Resource, _ids: &Ids) -> Result<String, AwsError> {
+            // A refusal comes at once; a lost reply after the work.
+            let failing = self.failing.lock().unwrap().take_if(|(address, _, _)| *address == resource.address);
+            if let Some((_, false, error)) = failing {
+                return Err(error);
+            }
+            self.call("create", &resource.address).await;
+            let id = format!("id-{}", self.next_id.fetch_add(1, Ordering::SeqCst));
+            let attributes = serde_json::to_value(&resource.spec).unwrap()["attributes"].clone();
+            let made = Observed { address: resource.address.clone(), kind: resource.kind(), id: id.clone(), tags: resource.tags.clone(), attributes };
+            self.resources.lock().unwrap().insert(resource.address.clone(), made);
+            match failing {
+                Some((_, true, error)) => Err(error),
+                _ => Ok(id),
+            }
+        }
+
+        async fn update(&self, resource: &Resource, _: &Observed, _: &[String], _: &Ids) -> Result<(), AwsError> {
+            self.call("update", &resource.address).await;
+            Ok(())
+        }
+
+        async fn delete(&self, actual: &Observed, _: &Ids) -> Result<(), AwsError> {
+            self.call("delete", &actual.address).await;
+            self.resources.lock().unwrap().remove(&actual.address);
+            Ok(())
+        }
+
+        async fn refresh(&self) -> Result<Vec<Observed>, AwsError> {
+            Ok(self.resources.lock().unwrap().values().cloned().collect())
+        }
+    }
+
+    /// A VPC, and four resources in it that depend on it only.
+    fn network() -> ResourceGraph {
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() });
+        let mut resources = vec![Resource::new(Kind::InternetGateway, "main", Spec::InternetGateway { vpc: vpc.address.clone() })];
+        for name in ["a", "b", "c"] {
+            resources.push(Resource::new(Kind::SecurityGroup, name, Spec::SecurityGroup { vpc: vpc.address.clone(), description: name.into() }));
+        }
+        resources.push(vpc);
+        ResourceGraph::build(resources).unwrap()
+    }
+
+    /// Applies the plan from `memory`'s resources to `desired`, two steps at a time, recording in
+    /// a state file under `dir`.
+    async fn apply_to(memory: &Arc<Memory>, desired: &ResourceGraph, dir: &std::path::Path) -> (Outcome, State) {
+        let observed = memory.refresh().await.unwrap();
+        let plan = crate::plan::plan("test", desired, &observed);
+        let store = StateStore::local(dir, "test");
+        let journal = Journal { state: store.load().unwrap(), store: store.clone() };
+        let options = Options { parallelism: 2, stop: Stop::default() };
+        let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, |_| {}).await;
+        (outcome, store.load().unwrap())
+    }
+
+    fn recorded(state: &State) -> BTreeMap<Address, String> {
+        state.resources.iter().map(|(a, o)| (a.clone(), o.id.clone())).collect()
+    }
+
+    #[tokio::test]
+    async fn creations_wait_for_what_they_refer_to_run_two_at_a_time_and_are_each_recorded() {
+        let memory = Arc::new(Memory::default());
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
+        assert_eq!((outcome.done, outcome.failures.len(), outcome.not_started.len()), (5, 0, 0));
+        let vpc_made = memory.position("end create vpc.main");
+        for other in ["internet_gateway.main", "security_group.a", "security_group.b", "security_group.c"] {
+            assert!(memory.position(&format!("start create {other}")) > vpc_made, "{other} waited for the VPC");
+        }
+        assert_eq!(memory.most_in_flight.load(Ordering::SeqCst), 2, "four ready steps ran two at a time");
+        assert_eq!(recorded(&state), memory.ids(), "the state holds every resource made, with its id");
+    }
+
+    #[tokio::test]
+    async fn a_failure_starts_nothing_new_and_what_was_made_is_in_state() {
+        // The first of the four steps the VPC frees to start, as a run without failures shows.
+        let rehearsal = Arc::new(Memory::default());
+        apply_to(&rehearsal, &network(), tempfile::tempdir().unwrap().path()).await;
+        let first = rehearsal.log.lock().unwrap()[2].trim_start_matches("start create ").to_owned();
+        let first = network().in_dependency_order().map(|r| r.address.clone()).find(|a| a.as_str() == first).unwrap();
+
+        let memory = Arc::new(Memory::default());
+        let refused = AwsError { kind: AwsErrorKind::Service { code: Some("UnauthorizedOperation".into()) }, ..AwsError::internal("no") };
+        *memory.failing.lock().unwrap() = Some((first.clone(), false, refused));
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
+        assert_eq!(outcome.failures.iter().map(|f| &f.address).collect::<Vec<_>>(), [&first]);
+        assert_eq!(outcome.done, 2, "the VPC, and the step that ran beside the failed one: {outcome:?}");
+        assert!(!outcome.not_started.is_empty(), "steps after the failure were not started: {outcome:?}");
+        assert_eq!(outcome.done + outcome.failures.len() + outcome.not_started.len(), 5, "{outcome:?}");
+        assert_eq!(recorded(&state), memory.ids(), "what was made before and alongside the failure is recorded, nothing else");
+    }
+
+    #[tokio::test]
+    async fn a_create_whose_reply_was_lost_is_adopted_instead_of_made_twice() {
+        let memory = Arc::new(Memory::default());
+        let lost = AwsError { kind: AwsErrorKind::Transport, ..AwsError::internal("connection reset") };
+        *memory.failing.lock().unwrap() = Some((Address::new(Kind::InternetGateway, "main"), true, lost));
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
+        assert_eq!((outcome.done, outcome.failures.len()), (5, 0), "{outcome:?}");
+        let creates = memory.log.lock().unwrap().iter().filter(|e| *e == "start create internet_gateway.main").count();
+        assert_eq!(creates, 1, "found by refresh, not created again");
+        assert_eq!(recorded(&state), memory.ids());
+    }
+
+    #[tokio::test]
+    async fn deletions_go_before_what_they_refer_to() {
+        let memory = Arc::new(Memory::default());
+        let dir = tempfile::tempdir().unwrap();
+        apply_to(&memory, &network(), dir.path()).await;
+        for resource in memory.resources.lock().unwrap().values_mut().filter(|r| r.kind != Kind::Vpc) {
+            resource.attributes = json!({ "vpc": "vpc.main" });
+        }
+        memory.log.lock().unwrap().clear();
+        let (outcome, state) = apply_to(&memory, &ResourceGraph::build(Vec::new()).unwrap(), dir.path()).await;
+        assert_eq!(outcome.done, 5, "{outcome:?}");
+        let vpc_deleted = memory.position("start delete vpc.main");
+        for other in ["internet_gateway.main", "security_group.a", "security_group.b", "security_group.c"] {
+            assert!(memory.position(&format!("end delete {other}")) < vpc_deleted, "{other} went before the VPC");
+        }
+        assert!(state.resources.is_empty() && memory.ids().is_empty());
+    }
 }

@@ -1,5 +1,6 @@
 //! Compiles a checked environment into its resource graph. Pure: no I/O.
 
+use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT};
 use std::collections::BTreeMap;
 
 use crate::diagnostics::Problems;
@@ -9,15 +10,6 @@ use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways,
 use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Peer, Resource, Route, RuleSpec, Spec, UserData};
 use crate::template::Renderer;
 use crate::user_data;
-
-/// Tag keys kstack sets on everything it creates, so state can be rebuilt from AWS.
-pub const TAG_ENVIRONMENT: &str = "kstack:environment";
-pub const TAG_ADDRESS: &str = "kstack:address";
-/// An instance's daily reboot time, `HH:MM` in its reboot window's time zone (`kstack reboots`).
-pub const TAG_REBOOT_TIME: &str = "kstack:reboot-time";
-/// On an auto scaling group whose roll stopped with its processes suspended: what it holds
-/// and how to finish it. Status, not settings: refresh leaves it out of what plans compare.
-pub const TAG_UNFINISHED_ROLL: &str = "kstack:roll";
 
 pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGraph> {
     let mut compiler = Compiler { env: &checked.environment, subnets: &checked.subnets, resources: Vec::new() };
@@ -265,24 +257,7 @@ impl Compiler<'_> {
     }
 
     fn template_context(&self, group: &NodeGroup) -> BTreeMap<String, minijinja::Value> {
-        let mut context: BTreeMap<String, minijinja::Value> =
-            self.env.variables.iter().map(|(k, v)| (k.clone(), minijinja::Value::from_serialize(&v.value))).collect();
-        for (name, secret) in &self.env.secrets {
-            context.insert(name.clone(), secret.value().into());
-        }
-        context.insert("env".into(), self.env.name.clone().into());
-        context.insert("region".into(), self.env.region.value.clone().into());
-        context.insert(
-            "group".into(),
-            minijinja::context! {
-                name => group.name.value,
-                min => group.min.value,
-                max => group.max.value,
-                desired => group.desired.value,
-                instance_type => group.instance_type.value,
-            },
-        );
-        context
+        crate::variables::for_group(self.env, group).into_iter().map(|(k, v)| (k, minijinja::Value::from_serialize(&v))).collect()
     }
 }
 
@@ -343,4 +318,69 @@ pub fn content_digest(value: &impl serde::Serialize) -> String {
     use sha2::{Digest, Sha256};
     let json = serde_json::to_vec(value).unwrap_or_default();
     format!("{:x}", Sha256::digest(json))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::model::{load_environment, Project};
+
+    /// The shipped `dev` environment, compiled.
+    fn dev() -> ResourceGraph {
+        let project = Project { root: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")) };
+        let checked = load_environment(&project, "dev").result.unwrap_or_else(|problems| panic!("{problems:?}"));
+        let mut problems = Problems::default();
+        let graph = compile(&checked, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        graph.unwrap()
+    }
+
+    fn addresses(graph: &ResourceGraph, kind: Kind) -> BTreeSet<String> {
+        graph.in_dependency_order().filter(|r| r.kind() == kind).map(|r| r.address.to_string()).collect()
+    }
+
+    #[test]
+    fn every_resource_is_tagged_with_its_environment_and_address() {
+        for resource in dev().in_dependency_order() {
+            assert_eq!(resource.tags.get(TAG_ENVIRONMENT).map(String::as_str), Some("dev"), "{}", resource.address);
+            assert_eq!(resource.tags.get(TAG_ADDRESS), Some(&resource.address.to_string()), "{}", resource.address);
+            assert_eq!(resource.tags.get("CostCenter").map(String::as_str), Some("platform-dev"), "{}: the environment's tags", resource.address);
+        }
+    }
+
+    #[test]
+    fn each_node_group_launches_from_its_template_into_its_tier_after_its_rules() {
+        let graph = dev();
+        let groups = addresses(&graph, Kind::AutoScalingGroup);
+        assert_eq!(groups, BTreeSet::from(["asg.ingress", "asg.masters", "asg.workers"].map(String::from)));
+        let private_subnets: BTreeSet<String> = addresses(&graph, Kind::Subnet).into_iter().filter(|s| s.starts_with("subnet.private.")).collect();
+        assert_eq!(private_subnets.len(), 3, "one per zone");
+        for group in ["ingress", "masters", "workers"] {
+            let asg = graph.get(&Address::new(Kind::AutoScalingGroup, group)).unwrap();
+            let dependencies: BTreeSet<String> = asg.dependencies().map(|a| a.to_string()).collect();
+            assert!(dependencies.contains(&format!("launch_template.{group}")), "{group}: {dependencies:?}");
+            assert!(dependencies.contains(&format!("security_group_rules.{group}")), "{group}: instances boot with their rules in place");
+            assert!(private_subnets.is_subset(&dependencies), "{group}: {dependencies:?}");
+        }
+    }
+
+    #[test]
+    fn a_single_nat_gateway_serves_every_private_subnet() {
+        let graph = dev();
+        assert_eq!(addresses(&graph, Kind::NatGateway).len(), 1, "`nat_gateways: single`");
+        assert_eq!(addresses(&graph, Kind::ElasticIp).len(), 1);
+        let private = graph.get(&Address::new(Kind::RouteTable, "private")).unwrap();
+        assert!(private.dependencies().any(|a| a.is_kind(Kind::NatGateway)), "the private route goes through the NAT gateway");
+    }
+
+    #[test]
+    fn groups_running_a_kstack_image_are_told_their_environment_and_group_at_boot() {
+        let graph = dev();
+        let template = graph.get(&Address::new(Kind::LaunchTemplate, "workers")).unwrap();
+        let Spec::LaunchTemplate(launch) = &template.spec else { panic!("{template:?}") };
+        let user_data = launch.user_data.as_ref().expect("user data");
+        assert!(user_data.content.contains("KSTACK_ENVIRONMENT=dev") && user_data.content.contains("KSTACK_GROUP=workers"), "{}", user_data.content);
+    }
 }

@@ -6,14 +6,13 @@
 //! a resource is the environment's only if it carries its identity, or, for resources made
 //! before identities existed, if state recorded its id. Knows nothing of AWS calls.
 
+use crate::naming::TAG_IDENTITY;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::graph::ResourceGraph;
 use crate::resource::Kind;
-
-pub const TAG_IDENTITY: &str = "kstack:id";
 
 /// An environment's identity: 32 lowercase hex digits (128 random bits).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod compile;
 pub mod graph;
 pub mod identity;
+pub mod naming;
 pub mod plan;
 pub mod reboots;
 pub mod redact;
@@ -19,5 +20,6 @@ pub mod ssh;
 pub mod state;
 pub mod stop;
 pub mod user_data;
+pub mod variables;
 
 pub use kstack_project::{diagnostics, model, template, yaml};

@@ -647,3 +647,43 @@ fn destroy_works_from_state_and_tags_while_the_environment_has_problems() {
     rt.block_on(assert_nothing_left_of_dev(&aws));
     assert!(recorded(&project, &moto, "dev").is_empty(), "the state records nothing");
 }
+
+/// Exit statuses tell bad input (2) from a failed run (1); with `plan --detailed-exitcode`, 2
+/// means changes and any error is 1, as in Terraform. Missing AWS credentials fail the run with
+/// what the credential chain tried, one line each, and what to set. No emulator: nothing here
+/// gets as far as a request (the endpoint is a closed loopback port, instance metadata off).
+#[test]
+fn exit_statuses_tell_bad_input_from_a_failed_run_and_missing_credentials_say_what_was_tried() {
+    let project = Project::copy();
+    let home = tempfile::tempdir().unwrap();
+    let kstack = |args: &[&str]| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("kstack"))
+            .arg("-C")
+            .arg(project.path())
+            .args(args)
+            .env_clear()
+            .envs([("PATH", std::env::var("PATH").unwrap_or_default()), ("HOME", home.path().display().to_string())])
+            .envs([("AWS_REGION", "eu-west-1"), ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"), ("AWS_EC2_METADATA_DISABLED", "true"), ("NO_COLOR", "1")])
+            .output()
+            .unwrap()
+    };
+    project.edit(DEV, "    min: 3\n", "    min: 40\n");
+    for (args, status) in [(&["validate", "dev"][..], 2), (&["plan", "dev"], 2), (&["plan", "dev", "--detailed-exitcode"], 1)] {
+        let output = kstack(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(status), "{args:?}: {stderr}");
+        assert!(stderr.contains("min (40) is greater than max (30)") && stderr.contains("dev.yaml:22:10"), "{args:?}: {stderr}");
+    }
+    project.edit(DEV, "    min: 40\n", "    min: 3\n");
+    let unknown = kstack(&["roll", "dev", "--group", "wrokers"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", String::from_utf8_lossy(&unknown.stderr));
+
+    let output = kstack(&["plan", "dev"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for tried in ["no credentials found in chain", "\n  Environment: ", "\n  Profile: ", "\n  Ec2InstanceMetadata: ", "set AWS_PROFILE"] {
+        assert!(stderr.contains(tried), "`{tried}` in: {stderr}");
+    }
+    assert!(!stderr.contains("CredentialsNotLoaded(") && !stderr.contains("DispatchFailure("), "no debug dump: {stderr}");
+    assert!(stderr.lines().all(|line| line.len() < 300), "one line each: {stderr}");
+}

@@ -149,7 +149,7 @@ fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
 
     // Unset, the secret is a problem at its line, and nothing runs.
     let unset = fleet.project.kstack(&fleet.moto).args(["validate", "fleet"]).env_remove("KSTACK_TEST_API_TOKEN").output().unwrap();
-    assert_eq!(unset.status.code(), Some(1));
+    assert_eq!(unset.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unset.stderr).contains("secret `api_token` reads $KSTACK_TEST_API_TOKEN, which is not set"));
 
     let with_secret = |args: &[&str]| {

@@ -381,7 +381,7 @@ fn state_list_show_and_unlock_work_while_the_environment_file_is_broken() {
             }
             let run = |args: &[&str]| project.kstack(&moto).args(args).env_remove("KSTACK_TEST_UNSET_SECRET").output().unwrap();
             let validated = run(&["validate", "fleet"]);
-            assert_eq!(validated.status.code(), Some(1), "{backend}, line {line}: the environment is broken");
+            assert_eq!(validated.status.code(), Some(2), "{backend}, line {line}: the environment is broken");
             for (args, out) in [(&["state", "list", "fleet"][..], listed.stdout.clone()), (&["state", "show", "fleet", "vpc.main"][..], Vec::new())] {
                 let output = run(args);
                 let warned = stderr(&output);

@@ -17,7 +17,7 @@ fn broken_environments_report_every_problem_with_its_location() {
     insta::glob!("invalid/*.yaml", |path| {
         let relative = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap();
         let output = kstack().arg("validate").arg(relative).output().unwrap();
-        assert_eq!(output.status.code(), Some(1), "{} must fail validation", relative.display());
+        assert_eq!(output.status.code(), Some(2), "{} must fail validation: bad input exits 2", relative.display());
         assert!(output.stdout.is_empty(), "problems go to stderr only");
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(!stderr.contains("panicked"), "{stderr}");
@@ -36,7 +36,7 @@ fn the_shipped_dev_environment_is_valid() {
 #[test]
 fn validate_json_lists_problems_with_file_line_and_column() {
     let output = kstack().args(["validate", "tests/invalid/min-greater-than-max.yaml", "--json"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["valid"], false);
     let problem = &json["problems"][0];

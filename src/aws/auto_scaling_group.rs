@@ -1,12 +1,14 @@
 //! `asg`: a node group's auto scaling group.
 
+use crate::naming::{TAG_ENVIRONMENT, TAG_UNFINISHED_ROLL};
 use std::time::Duration;
 
 use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, Tag};
 use serde_json::json;
 
+use super::tags::TagChange;
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
-use crate::compile::{TAG_ENVIRONMENT, TAG_UNFINISHED_ROLL};
+
 use crate::resource::{Address, Kind, Resource, Spec};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
@@ -142,4 +144,21 @@ pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
         tokio::time::sleep(Duration::from_secs(attempt.min(4) + 1)).await;
     }
     Err(AwsError::internal(format!("auto scaling group {name} was still deleting after 10 minutes")))
+}
+
+/// Retags a group; its tags reach the instances it launches from then on.
+pub async fn retag(cloud: &Cloud, name: &str, change: &TagChange) -> Result<(), AwsError> {
+    use aws_sdk_autoscaling::types::Tag as GroupTag;
+    let tag = |k: &String, v: Option<&String>| {
+        GroupTag::builder().resource_id(name).resource_type("auto-scaling-group").key(k).set_value(v.cloned()).propagate_at_launch(true).build()
+    };
+    if !change.changed.is_empty() {
+        let tags = change.changed.iter().map(|(k, v)| tag(k, Some(v))).collect();
+        cloud.autoscaling.create_or_update_tags().set_tags(Some(tags)).send().await?;
+    }
+    if !change.removed.is_empty() {
+        let tags = change.removed.iter().map(|k| tag(k, None)).collect();
+        cloud.autoscaling.delete_tags().set_tags(Some(tags)).send().await?;
+    }
+    Ok(())
 }

@@ -1,34 +1,78 @@
-//! An AWS call's failure, with the error code and message AWS gave.
+//! An AWS call's failure: what kind it is, the operation, AWS's code, message and request id.
+//! Where it happened (region, resource address) is added by the errors that wrap it.
 
 use std::fmt;
 
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+/// Who failed: AWS answering with an error, the way there and back, or kstack itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsErrorKind {
+    /// AWS answered with an error; its code, e.g. `DependencyViolation`, when it gave one.
+    Service { code: Option<String> },
+    /// The request or its reply was lost on the way (no connection, a timeout, a reply that
+    /// could not be read, no credentials to sign it with): AWS may or may not have acted.
+    Transport,
+    /// kstack's own error about a call: a reply without an id, a resource that ended `failed`,
+    /// a request that could not be built. AWS acted as it says, or did nothing.
+    Internal,
+    /// No credentials to sign the request with: it never left.
+    Credentials,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct AwsError {
-    /// AWS's error code, e.g. `DependencyViolation`; `None` for transport failures and
-    /// kstack's own errors (a reply without an id, a resource that ended `failed`).
-    pub code: Option<String>,
+    pub kind: AwsErrorKind,
     pub message: String,
-    /// The request or its reply was lost on the way (no connection, a timeout, a reply that
-    /// could not be read): AWS may or may not have acted.
-    pub transport: bool,
+    /// The API operation, e.g. `CreateVpc`, when the error came from one.
+    pub operation: Option<String>,
+    /// AWS's id of the request, which AWS support asks for.
+    pub request_id: Option<String>,
 }
 
 impl fmt::Display for AwsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.code {
-            Some(code) => write!(f, "{code}: {}", self.message),
-            None => f.write_str(&self.message),
+        if let Some(operation) = &self.operation {
+            write!(f, "{operation}: ")?;
         }
+        if let Some(code) = self.code() {
+            write!(f, "{code}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(id) = &self.request_id {
+            write!(f, " (request id {id})")?;
+        }
+        Ok(())
     }
 }
 
 impl AwsError {
     /// An error of kstack's own about an AWS call: AWS acted as it says (or did nothing).
     pub fn internal(message: impl Into<String>) -> AwsError {
-        AwsError { code: None, message: message.into(), transport: false }
+        AwsError { kind: AwsErrorKind::Internal, message: message.into(), operation: None, request_id: None }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self.kind {
+            AwsErrorKind::Credentials => {
+                "kstack uses the standard AWS chain: set AWS_PROFILE (a profile in ~/.aws/config or ~/.aws/credentials) or \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role applies"
+            }
+            AwsErrorKind::Transport => "check the network and AWS_ENDPOINT_URL, then run again: a run picks up where this one stopped",
+            AwsErrorKind::Service { .. } | AwsErrorKind::Internal => {
+                "check the message above and the credentials' permissions (AWS_PROFILE, AWS_ACCESS_KEY_ID), then run again"
+            }
+        }
+    }
+
+    /// AWS's error code, when AWS answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match &self.kind {
+            AwsErrorKind::Service { code } => code.as_deref(),
+            AwsErrorKind::Transport | AwsErrorKind::Internal | AwsErrorKind::Credentials => None,
+        }
     }
 
     /// A reply that lacks what the call makes (its id): an error naming the operation, never
@@ -38,25 +82,22 @@ impl AwsError {
     }
 
     pub fn is_code(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
+        self.code() == Some(code)
     }
 
     /// Failures after which AWS may or may not have acted: the connection broke (a reply lost,
     /// a reset, a timeout), or AWS answered that it failed internally, which loses the reply
     /// just the same. Anything else is an answer: an error is an error.
     pub fn is_ambiguous(&self) -> bool {
-        self.transport
-            || matches!(
-                self.code.as_deref(),
-                Some("InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "InternalServerError")
-            )
+        self.kind == AwsErrorKind::Transport
+            || matches!(self.code(), Some("InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" | "InternalServerError"))
     }
 
     /// A create refused because the resource is there already: an earlier attempt whose
     /// reply was lost, or a resource kstack did not make.
     pub fn is_already_exists(&self) -> bool {
         matches!(
-            self.code.as_deref(),
+            self.code(),
             Some(
                 "EntityAlreadyExists"
                     | "AlreadyExists"
@@ -69,7 +110,7 @@ impl AwsError {
 
     /// The resource does not exist (any more).
     pub fn is_not_found(&self) -> bool {
-        let Some(code) = self.code.as_deref() else { return false };
+        let Some(code) = self.code() else { return false };
         code.ends_with(".NotFound")
             || code.ends_with("NotFoundException")
             || matches!(code, "NoSuchEntity" | "LoadBalancerNotFound" | "NotFound")
@@ -79,7 +120,7 @@ impl AwsError {
     /// Failures that go away by themselves: throttling the SDK gave up on, and AWS's eventual
     /// consistency (a resource created a moment ago not yet visible to another API).
     pub fn is_transient(&self) -> bool {
-        let Some(code) = self.code.as_deref() else { return false };
+        let Some(code) = self.code() else { return false };
         let message = self.message.to_ascii_lowercase();
         matches!(
             code,
@@ -109,15 +150,59 @@ where
     R: fmt::Debug + Send + Sync + 'static,
 {
     fn from(error: SdkError<E, R>) -> AwsError {
-        let code = error.code().map(str::to_owned);
-        // A request that could not be built never left; a service error is AWS's answer.
-        let transport = matches!(error, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_));
+        let operation = operation_of::<E>();
+        if let Some(message) = missing_credentials(&error) {
+            return AwsError { kind: AwsErrorKind::Credentials, message, operation, request_id: None };
+        }
+        let kind = match &error {
+            SdkError::ServiceError(_) => AwsErrorKind::Service { code: error.code().map(str::to_owned) },
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => AwsErrorKind::Transport,
+            // A request that could not be built never left.
+            _ => AwsErrorKind::Internal,
+        };
         let message = match error.message() {
             Some(message) => message.to_owned(),
-            None => aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
+            None => causes(&error),
         };
-        AwsError { code, message, transport }
+        let request_id = error.meta().extra("aws_request_id").map(str::to_owned);
+        AwsError { kind, message, operation, request_id }
     }
+}
+
+/// The operation an SDK error type belongs to: `aws_sdk_ec2::operation::create_vpc::CreateVpcError`
+/// is `CreateVpc`.
+fn operation_of<E>() -> Option<String> {
+    let name = std::any::type_name::<E>().rsplit("::").next()?;
+    name.strip_suffix("Error").filter(|operation| !operation.is_empty()).map(str::to_owned)
+}
+
+/// Why no credentials could sign the request, when that is why it failed (the SDK reports it
+/// as a dispatch failure, though nothing was sent): each provider the chain tried, one a line.
+fn missing_credentials(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(aws_credential_types::provider::error::CredentialsError::CredentialsNotLoaded(_)) = cause.downcast_ref() {
+            return Some(cause.source().map_or_else(|| cause.to_string(), causes));
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// An error and its causes, each once, in plain words: the SDK's own rendering ends with a
+/// debug dump of every layer.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 #[cfg(test)]
@@ -149,7 +234,7 @@ mod tests {
         let dispatch: AwsError = Sdk::dispatch_failure(ConnectorError::io("connection reset".into())).into();
         let unreadable: AwsError = Sdk::response_error("truncated body", response(200)).into();
         for lost in [&timeout, &dispatch, &unreadable] {
-            assert!(lost.is_ambiguous() && lost.code.is_none(), "{lost:?}");
+            assert!(lost.is_ambiguous() && lost.code().is_none(), "{lost:?}");
         }
         assert!(answered(Some("InternalError")).is_ambiguous(), "AWS's own failure loses the reply too");
         let unbuilt: AwsError = Sdk::construction_failure("missing field").into();
@@ -159,5 +244,27 @@ mod tests {
         let missing = AwsError::missing("CreateVpc", "VPC id");
         assert!(!missing.is_ambiguous());
         assert_eq!(missing.to_string(), "CreateVpc succeeded but its reply has no VPC id");
+    }
+
+    #[test]
+    fn an_answer_names_its_operation_code_and_request_id() {
+        use aws_sdk_ec2::operation::create_vpc::CreateVpcError;
+        let metadata = ErrorMetadata::builder().code("VpcLimitExceeded").message("too many VPCs").custom("aws_request_id", "req-1").build();
+        let error = AwsError::from(SdkError::<CreateVpcError, HttpResponse>::service_error(CreateVpcError::generic(metadata), response(400)));
+        assert_eq!(error.kind, super::AwsErrorKind::Service { code: Some(String::from("VpcLimitExceeded")) });
+        assert_eq!(error.to_string(), "CreateVpc: VpcLimitExceeded: too many VPCs (request id req-1)");
+    }
+
+    #[test]
+    fn missing_credentials_list_what_was_tried_without_the_sdks_debug_dump() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let tried =
+            std::io::Error::other("no credentials found in chain. Attempted:\n  Environment: environment variable not set\n  Profile: not enabled");
+        let connector = ConnectorError::other(Box::new(CredentialsError::not_loaded(tried)), None);
+        let error = AwsError::from(Sdk::dispatch_failure(connector));
+        assert_eq!(error.kind, super::AwsErrorKind::Credentials);
+        assert!(!error.is_ambiguous(), "nothing was sent");
+        assert_eq!(error.message, "no credentials found in chain. Attempted:\n  Environment: environment variable not set\n  Profile: not enabled");
+        assert!(error.hint().contains("AWS_PROFILE"), "{}", error.hint());
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_iam::types::{EntityType, Tag};
 use serde_json::json;
 
+use super::tags::TagChange;
 use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Address, Kind, Resource, Spec};
 
@@ -207,5 +208,33 @@ pub async fn delete_instance_profile(cloud: &Cloud, actual: &Observed) -> Result
     let profile = name_from_arn(&actual.id);
     remove_roles(cloud, profile).await?;
     cloud.iam.delete_instance_profile().instance_profile_name(profile).send().await?;
+    Ok(())
+}
+
+/// Retags a role or an instance profile, named by its ARN.
+pub async fn retag(cloud: &Cloud, kind: Kind, arn: &str, change: &TagChange) -> Result<(), AwsError> {
+    let name = name_from_arn(arn);
+    let tags: Vec<Tag> = change
+        .changed
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect::<Result<_, _>>()
+        .map_err(|e| AwsError::internal(e.to_string()))?;
+    let removed = (!change.removed.is_empty()).then(|| change.removed.clone());
+    if kind == Kind::IamRole {
+        if !tags.is_empty() {
+            cloud.iam.tag_role().role_name(name).set_tags(Some(tags)).send().await?;
+        }
+        if let Some(keys) = removed {
+            cloud.iam.untag_role().role_name(name).set_tag_keys(Some(keys)).send().await?;
+        }
+    } else {
+        if !tags.is_empty() {
+            cloud.iam.tag_instance_profile().instance_profile_name(name).set_tags(Some(tags)).send().await?;
+        }
+        if let Some(keys) = removed {
+            cloud.iam.untag_instance_profile().instance_profile_name(name).set_tag_keys(Some(keys)).send().await?;
+        }
+    }
     Ok(())
 }

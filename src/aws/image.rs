@@ -1,13 +1,11 @@
 //! Resolves images of `images/` to the newest AMI baked for them.
 
+use crate::naming::TAG_IMAGE;
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::Filter;
 
 use super::{AwsError, Cloud};
-
-/// The tag a baked AMI carries with the name of its image definition.
-pub const TAG_IMAGE: &str = "kstack:image";
 
 /// The newest available AMI of each named image; names without one are left out.
 pub async fn resolve_images(cloud: &Cloud, names: &[String]) -> Result<BTreeMap<String, String>, AwsError> {

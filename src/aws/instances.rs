@@ -1,10 +1,12 @@
 //! The running instances of an environment's node groups, for SSH.
 
+use std::collections::BTreeMap;
+
+use crate::naming::{TAG_ADDRESS, TAG_REBOOT_TIME};
 use aws_sdk_ec2::types::Filter;
 
 use super::tags::{environment_filter, from_ec2};
 use super::{AwsError, Cloud};
-use crate::compile::{TAG_ADDRESS, TAG_REBOOT_TIME};
 
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -49,4 +51,18 @@ pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError>
     }
     found.sort_by(|a, b| (&a.group, &a.private_ip).cmp(&(&b.group, &b.private_ip)));
     Ok(found)
+}
+
+/// Tags each instance with its reboot time (`instance`, `HH:MM`): one call per distinct time,
+/// since CreateTags takes many resources but one value.
+pub async fn tag_reboot_times(cloud: &Cloud, times: &[(&str, &str)]) -> Result<(), AwsError> {
+    let mut by_time: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (instance, time) in times {
+        by_time.entry(time).or_default().push((*instance).to_owned());
+    }
+    for (time, instances) in by_time {
+        let tag = aws_sdk_ec2::types::Tag::builder().key(TAG_REBOOT_TIME).value(time).build();
+        cloud.ec2.create_tags().set_resources(Some(instances)).tags(tag).send().await?;
+    }
+    Ok(())
 }

@@ -3,12 +3,12 @@
 //! change creates the new one, moves the group over, and only then deletes the old. Launch
 //! configurations cannot be tagged: they are found by exact name (see `Owner`).
 
+use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY};
 use aws_sdk_autoscaling::types::{BlockDeviceMapping, Ebs, InstanceMetadataHttpTokensState, InstanceMetadataOptions};
 
 use super::launch_template::{ami, launch_attributes, root_device, LaunchAttributes};
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
-use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
-use crate::identity::TAG_IDENTITY;
+
 use crate::resource::{Address, Kind, Resource, Spec};
 
 pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {

@@ -1,5 +1,6 @@
 //! `elb`: a classic load balancer, named `<env>-<name>-<identity short form>`.
 
+use crate::naming::TAG_ENVIRONMENT;
 use std::collections::BTreeMap;
 
 use aws_sdk_elasticloadbalancing::types::{
@@ -7,8 +8,9 @@ use aws_sdk_elasticloadbalancing::types::{
 };
 use serde_json::json;
 
+use super::tags::TagChange;
 use super::{ids_of, AwsError, Cloud, Ids, Observed};
-use crate::compile::TAG_ENVIRONMENT;
+
 use crate::model::{self, ListenerProtocol};
 use crate::resource::{Kind, Resource, Spec};
 
@@ -200,5 +202,18 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
 
 pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
     cloud.elb.delete_load_balancer().load_balancer_name(name).send().await?;
+    Ok(())
+}
+
+pub async fn retag(cloud: &Cloud, name: &str, change: &TagChange) -> Result<(), AwsError> {
+    use aws_sdk_elasticloadbalancing::types::{Tag as ElbTag, TagKeyOnly};
+    if !change.changed.is_empty() {
+        let tags = change.changed.iter().map(|(k, v)| ElbTag::builder().key(k).value(v).build()).collect::<Result<_, _>>().map_err(build_error)?;
+        cloud.elb.add_tags().load_balancer_names(name).set_tags(Some(tags)).send().await?;
+    }
+    if !change.removed.is_empty() {
+        let keys = change.removed.iter().map(|k| TagKeyOnly::builder().key(k).build()).collect();
+        cloud.elb.remove_tags().load_balancer_names(name).set_tags(Some(keys)).send().await?;
+    }
     Ok(())
 }

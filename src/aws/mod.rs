@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use calls::ApiCalls;
 pub use clock::ServiceClock;
-pub use error::AwsError;
+pub use error::{AwsError, AwsErrorKind};
 
 use crate::identity::Owner;
 use crate::resource::{Address, Kind, Resource};
@@ -218,7 +218,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
 pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> Result<(), AwsError> {
     use crate::resource::Spec;
     if changed.iter().any(|c| c == "tags") {
-        tags::update(cloud, resource.kind(), &actual.id, &actual.tags, &resource.tags).await?;
+        retag(cloud, actual, &resource.tags).await?;
     }
     if changed.iter().all(|c| c == "tags") {
         return Ok(());
@@ -239,6 +239,28 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, chang
         | Spec::NatGateway { .. }
         | Spec::SecurityGroup { .. }
         | Spec::LaunchConfiguration(_) => Ok(()),
+    }
+}
+
+/// Sets a resource's tags to `desired`, through its service's own tagging calls.
+async fn retag(cloud: &Cloud, actual: &Observed, desired: &std::collections::BTreeMap<String, String>) -> Result<(), AwsError> {
+    let change = tags::TagChange::between(&actual.tags, desired);
+    let id = actual.id.as_str();
+    match actual.kind {
+        Kind::AutoScalingGroup => auto_scaling_group::retag(cloud, id, &change).await,
+        Kind::LoadBalancer => load_balancer::retag(cloud, id, &change).await,
+        Kind::IamRole | Kind::InstanceProfile => iam::retag(cloud, actual.kind, id, &change).await,
+        // Launch configurations cannot be tagged; kstack finds them by name.
+        Kind::LaunchConfiguration => Ok(()),
+        Kind::Vpc
+        | Kind::InternetGateway
+        | Kind::ElasticIp
+        | Kind::NatGateway
+        | Kind::RouteTable
+        | Kind::Subnet
+        | Kind::SecurityGroup
+        | Kind::SecurityGroupRules
+        | Kind::LaunchTemplate => tags::retag_ec2(cloud, id, &change).await,
     }
 }
 
@@ -273,7 +295,7 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
 }
 
 pub use image::resolve_images;
-pub use instances::{running_instances, Instance};
+pub use instances::{running_instances, tag_reboot_times, Instance};
 pub use launch_template::root_device;
 pub use tags::from_ec2;
 

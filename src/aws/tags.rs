@@ -1,11 +1,13 @@
-//! Tags: kstack's filter for finding an environment's resources, and tag updates per service.
+//! Tags: kstack's filter for finding an environment's resources, EC2's tag shapes, and what a
+//! tag update changes (each service's provider applies it).
 
+use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT};
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
 use super::{AwsError, Cloud};
-use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
+
 use crate::resource::{Address, Kind};
 
 /// The Describe filter that selects the environment's resources.
@@ -31,81 +33,29 @@ pub fn address_of(tags: &BTreeMap<String, String>) -> Option<Address> {
     tags.get(TAG_ADDRESS).map(|a| Address::from(a.as_str()))
 }
 
-/// Sets tags to `desired`: adds and changes, then removes keys no longer wanted.
-pub async fn update(
-    cloud: &Cloud,
-    kind: Kind,
-    id: &str,
-    actual: &BTreeMap<String, String>,
-    desired: &BTreeMap<String, String>,
-) -> Result<(), AwsError> {
-    let changed: BTreeMap<String, String> = desired.iter().filter(|(k, v)| actual.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let removed: Vec<String> = actual.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
-    match kind {
-        Kind::AutoScalingGroup => {
-            use aws_sdk_autoscaling::types::Tag as GroupTag;
-            let tag = |k: &String, v: Option<&String>| {
-                GroupTag::builder().resource_id(id).resource_type("auto-scaling-group").key(k).set_value(v.cloned()).propagate_at_launch(true).build()
-            };
-            if !changed.is_empty() {
-                let tags = changed.iter().map(|(k, v)| tag(k, Some(v))).collect();
-                cloud.autoscaling.create_or_update_tags().set_tags(Some(tags)).send().await?;
-            }
-            if !removed.is_empty() {
-                let tags = removed.iter().map(|k| tag(k, None)).collect();
-                cloud.autoscaling.delete_tags().set_tags(Some(tags)).send().await?;
-            }
-        }
-        Kind::LoadBalancer => {
-            use aws_sdk_elasticloadbalancing::types::{Tag as ElbTag, TagKeyOnly};
-            if !changed.is_empty() {
-                let tags = changed
-                    .iter()
-                    .map(|(k, v)| ElbTag::builder().key(k).value(v).build())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| AwsError::internal(e.to_string()))?;
-                cloud.elb.add_tags().load_balancer_names(id).set_tags(Some(tags)).send().await?;
-            }
-            if !removed.is_empty() {
-                let keys = removed.iter().map(|k| TagKeyOnly::builder().key(k).build()).collect();
-                cloud.elb.remove_tags().load_balancer_names(id).set_tags(Some(keys)).send().await?;
-            }
-        }
-        Kind::IamRole | Kind::InstanceProfile => {
-            use aws_sdk_iam::types::Tag as IamTag;
-            let name = super::iam::name_from_arn(id);
-            let tags: Vec<IamTag> = changed
-                .iter()
-                .map(|(k, v)| IamTag::builder().key(k).value(v).build())
-                .collect::<Result<_, _>>()
-                .map_err(|e| AwsError::internal(e.to_string()))?;
-            if kind == Kind::IamRole {
-                if !tags.is_empty() {
-                    cloud.iam.tag_role().role_name(name).set_tags(Some(tags)).send().await?;
-                }
-                if !removed.is_empty() {
-                    cloud.iam.untag_role().role_name(name).set_tag_keys(Some(removed)).send().await?;
-                }
-            } else {
-                if !tags.is_empty() {
-                    cloud.iam.tag_instance_profile().instance_profile_name(name).set_tags(Some(tags)).send().await?;
-                }
-                if !removed.is_empty() {
-                    cloud.iam.untag_instance_profile().instance_profile_name(name).set_tag_keys(Some(removed)).send().await?;
-                }
-            }
-        }
-        // Launch configurations cannot be tagged; kstack finds them by name.
-        Kind::LaunchConfiguration => {}
-        _ => {
-            if !changed.is_empty() {
-                cloud.ec2.create_tags().resources(id).set_tags(Some(ec2_tags(&changed))).send().await?;
-            }
-            if !removed.is_empty() {
-                let keys = removed.iter().map(|k| Tag::builder().key(k).build()).collect();
-                cloud.ec2.delete_tags().resources(id).set_tags(Some(keys)).send().await?;
-            }
-        }
+/// A tag update: keys added or changed, then keys removed.
+pub struct TagChange {
+    pub changed: BTreeMap<String, String>,
+    pub removed: Vec<String>,
+}
+
+impl TagChange {
+    /// What takes a resource's tags from `actual` to `desired`.
+    pub fn between(actual: &BTreeMap<String, String>, desired: &BTreeMap<String, String>) -> TagChange {
+        let changed = desired.iter().filter(|(k, v)| actual.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let removed = actual.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+        TagChange { changed, removed }
+    }
+}
+
+/// Retags an EC2 resource.
+pub async fn retag_ec2(cloud: &Cloud, id: &str, change: &TagChange) -> Result<(), AwsError> {
+    if !change.changed.is_empty() {
+        cloud.ec2.create_tags().resources(id).set_tags(Some(ec2_tags(&change.changed))).send().await?;
+    }
+    if !change.removed.is_empty() {
+        let keys = change.removed.iter().map(|k| Tag::builder().key(k).build()).collect();
+        cloud.ec2.delete_tags().resources(id).set_tags(Some(keys)).send().await?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! everything temporary, which is found by its `kstack:bake` tag so that even a resource
 //! created a moment before an interrupt is removed.
 
+use crate::naming::{TAG_ADDRESS, TAG_BAKE, TAG_BAKE_KEPT, TAG_ENVIRONMENT, TAG_HASH, TAG_IMAGE, TAG_ROLES, TAG_SOURCE_AMI, TAG_VERSION};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,12 +12,12 @@ use aws_sdk_ec2::types::{
     IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY, TAG_KEPT};
-use super::{BakeError, HostKeyTrust, Options, Progress, TAG_BAKE, TAG_HASH};
+use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY};
+use super::{BakeError, HostKeyTrust, Options, Progress};
 use crate::aws::Cloud;
-use crate::compile::{TAG_ADDRESS, TAG_ENVIRONMENT};
+
 use crate::model::image::Image;
-use crate::roles::{Role, RunOptions, Variables};
+use crate::roles::{Role, RunOptions};
 use crate::ssh::{Connection, HostKeys, Login, LoginKey, SshError};
 use russh::keys::PrivateKey;
 
@@ -37,8 +38,8 @@ sync";
 /// How often the builder's console output is read while waiting for its host keys.
 const CONSOLE_POLL: Duration = Duration::from_secs(5);
 
-fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
-    pairs.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect()
+fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
+    pairs.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
 pub async fn build(
@@ -54,12 +55,25 @@ pub async fn build(
     let scratch = scratch_dir(&bake_id);
     let key = Arc::new(
         PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-            .map_err(|e| BakeError::Failed(format!("cannot make an SSH key: {e}")))?,
+            .map_err(|e| BakeError::Local { doing: "making an SSH key", error: e.to_string() })?,
     );
     // A stop (Ctrl-C, SIGTERM) drops the steps where they wait; whatever they had made is
     // tagged, and removed below.
+    let baking = Baking {
+        cloud,
+        image,
+        roles,
+        source,
+        hash,
+        options,
+        bake_id: &bake_id,
+        key: &key,
+        scratch: &scratch,
+        progress: &progress,
+        started: Instant::now(),
+    };
     let result = tokio::select! {
-        result = steps(cloud, image, roles, source, hash, options, &bake_id, &key, &scratch, &progress) => result,
+        result = baking.steps() => result,
         error = renew_lease(cloud, &bake_id) => Err(error),
         reason = options.stop.stopped() => Err(BakeError::Stopped(reason)),
     };
@@ -86,7 +100,7 @@ fn scratch_dir(bake_id: &str) -> std::path::PathBuf {
 async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &Progress) {
     let marked = match temporaries(cloud, Some(bake_id)).await {
         Ok(found) => {
-            let kept = cloud.ec2.create_tags().set_resources(Some(found.ids())).tags(Tag::builder().key(TAG_KEPT).value("true").build());
+            let kept = cloud.ec2.create_tags().set_resources(Some(found.ids())).tags(Tag::builder().key(TAG_BAKE_KEPT).value("true").build());
             kept.send().await.map(drop).map_err(|e| crate::aws::AwsError::from(e).to_string())
         }
         Err(error) => Err(error.to_string()),
@@ -122,7 +136,7 @@ async fn renew_lease(cloud: &Cloud, bake_id: &str) -> BakeError {
             if resources.is_empty() {
                 return Ok(());
             }
-            let aws_now = cloud.clock.now().ok_or_else(|| BakeError::Failed(String::from("EC2's replies carry no time")))?;
+            let aws_now = cloud.clock.now().ok_or(BakeError::NoServiceTime)?;
             let (key, value) = lease::renewed(aws_now);
             let renewed = cloud.ec2.create_tags().set_resources(Some(resources)).tags(Tag::builder().key(key).value(value).build());
             renewed.send().await.map(drop).map_err(|e| BakeError::aws("renewing the bake's lease")(e.into()))
@@ -130,7 +144,7 @@ async fn renew_lease(cloud: &Cloud, bake_id: &str) -> BakeError {
         match renewal.await {
             Ok(()) => renewed_at = Instant::now(),
             Err(error) if renewed_at.elapsed() + RENEW_EVERY >= LEASE => {
-                return BakeError::Failed(format!("stopped: the bake's lease could not be renewed ({error})"));
+                return BakeError::LeaseLost(Box::new(error));
             }
             Err(error) => tracing::warn!("renewing the bake's lease failed, will retry: {error}"),
         }
@@ -151,249 +165,308 @@ async fn refuse_if_second(cloud: &Cloud, image: &Image, hash: &str, bake_id: &st
             && (&other.started, &other.bake_id) < (&ours.started, &ours.bake_id)
     });
     match older {
-        Some(other) => Err(BakeError::Failed(format!(
-            "bake {} of the same content started first; this one gives way (run again when it is done to reuse its AMI)",
-            other.bake_id
-        ))),
+        Some(other) => Err(BakeError::GaveWay { other: other.bake_id.clone() }),
         None => Ok(()),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn steps(
-    cloud: &Cloud,
-    image: &Image,
-    roles: &[Role],
-    source: &str,
-    hash: &str,
-    options: &Options,
-    bake_id: &str,
-    key: &Arc<PrivateKey>,
-    scratch: &std::path::Path,
-    progress: &Progress,
-) -> Result<(BTreeMap<String, String>, HostKeyTrust), BakeError> {
-    let step_started = Instant::now();
-    let step = |text: &str| progress(&format!("[{:>5.1}s] {text}", step_started.elapsed().as_secs_f64()));
-    let Some(place) = &image.build else {
-        return Err(BakeError::Failed(format!(
-            "image `{}` says nowhere to build: add `build: {{ environment: <env>, subnet_tier: <tier> }}`",
-            image.name
-        )));
-    };
-    let subnets = cloud
-        .ec2
-        .describe_subnets()
-        .filters(Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(&place.environment).build())
-        .filters(Filter::builder().name(format!("tag:{TAG_ADDRESS}")).values(format!("subnet.{}.*", place.subnet_tier)).build())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("finding the build subnet")(e.into()))?;
-    let owned = |s: &&aws_sdk_ec2::types::Subnet| cloud.owner.owns(s.subnet_id().unwrap_or_default(), &crate::aws::from_ec2(s.tags()));
-    let Some(subnet) = subnets.subnets().iter().find(owned) else {
-        return Err(BakeError::Failed(format!(
-            "environment `{}` has no subnet of tier `{}` in {}: apply it first",
-            place.environment, place.subnet_tier, cloud.region
-        )));
-    };
-    let (subnet_id, vpc_id) = (subnet.subnet_id().unwrap_or_default(), subnet.vpc_id().unwrap_or_default());
-    let aws_now =
-        cloud.clock.now().ok_or_else(|| BakeError::Failed(String::from("EC2's replies carry no time: the bake's lease cannot be written")))?;
-    let lease = lease::ours(aws_now);
-    let mut marker = vec![(TAG_BAKE, bake_id), ("kstack:image", image.name.as_str()), (TAG_HASH, hash)];
-    marker.extend(lease.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+/// One bake under way: what it builds, and its progress.
+struct Baking<'a> {
+    cloud: &'a Cloud,
+    image: &'a Image,
+    roles: &'a [Role],
+    source: &'a str,
+    hash: &'a str,
+    options: &'a Options,
+    bake_id: &'a str,
+    key: &'a Arc<PrivateKey>,
+    scratch: &'a std::path::Path,
+    progress: &'a Progress,
+    started: Instant,
+}
 
-    step("creating a temporary security group");
-    let group = cloud
-        .ec2
-        .create_security_group()
-        .group_name(format!("kstack-bake-{bake_id}"))
-        .description(format!("kstack bake of {}: SSH from the baking machine", image.name))
-        .vpc_id(vpc_id)
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::SecurityGroup).set_tags(Some(tags(&marker))).build())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("creating the security group")(e.into()))?;
-    let group_id = group.group_id().unwrap_or_default().to_owned();
-    refuse_if_second(cloud, image, hash, bake_id).await?;
+/// Where the builder runs.
+struct Place {
+    subnet: String,
+    vpc: String,
+}
 
-    // A one-off key, installed by cloud-init from user data: no EC2 key pair to leak.
-    let public = key.public_key().to_openssh().map_err(|e| BakeError::Failed(e.to_string()))?;
-    let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n");
+/// The builder, once it runs.
+struct Builder {
+    instance: String,
+    address: String,
+}
 
-    step(&format!("launching the builder from {source}"));
-    let root_device = crate::aws::root_device(cloud, source).await.map_err(BakeError::aws("reading the source AMI"))?;
-    let launched = cloud
-        .ec2
-        .run_instances()
-        .image_id(source)
-        .instance_type(InstanceType::from(image.instance_type.as_str()))
-        .min_count(1)
-        .max_count(1)
-        // One builder per bake, however often the SDK retries the call.
-        .client_token(crate::aws::client_token(bake_id))
-        .subnet_id(subnet_id)
-        .security_group_ids(&group_id)
-        .user_data(aws_smithy_types::base64::encode(&user_data))
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(root_device)
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .volume_size(image.root_volume_gib as i32)
-                        .volume_type(VolumeType::Gp3)
-                        .encrypted(image.encrypted)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .set_tags(Some(tags(&[marker.as_slice(), &[("Name", format!("kstack-bake-{}", image.name).as_str())]].concat())))
-                .build(),
-        )
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags(&marker))).build())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("launching the builder")(e.into()))?;
-    let instance_id = launched.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_owned();
-
-    let address = wait_for_instance(cloud, &instance_id, InstanceStateName::Running).await?;
-    let address = address.ok_or_else(|| BakeError::Failed(format!("builder {instance_id} has no private address")))?;
-    let cidr = match &options.ssh_cidr {
-        Some(cidr) => cidr.clone(),
-        None => format!("{}/32", local_address_towards(&address).map_err(|e| BakeError::Failed(e.to_string()))?),
-    };
-    cloud
-        .ec2
-        .authorize_security_group_ingress()
-        .group_id(&group_id)
-        .ip_permissions(
-            IpPermission::builder()
-                .ip_protocol("tcp")
-                .from_port(22)
-                .to_port(22)
-                .ip_ranges(IpRange::builder().cidr_ip(&cidr).description("kstack bake").build())
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("admitting SSH to the builder")(e.into()))?;
-
-    std::fs::create_dir_all(scratch).map_err(|e| BakeError::Failed(e.to_string()))?;
-    let known_hosts = scratch.join("known_hosts");
-    let wait = options.host_key_wait;
-    step(&format!("builder {instance_id} at {address}: waiting up to {}s for its console to show its SSH host keys", wait.as_secs()));
-    let host_key = match host_keys_from_console(cloud, &instance_id, &address, wait).await {
-        Some(from_console) => {
-            std::fs::write(&known_hosts, from_console).map_err(|e| BakeError::Failed(e.to_string()))?;
-            step(&format!("builder {instance_id} at {address}: host keys taken from its console output"));
-            HostKeyTrust::VerifiedFromConsole
-        }
-        None => {
-            step(&format!(
-                "builder {instance_id} at {address}: its console showed no SSH host keys within {}s, so the first key seen \
-                 is trusted (the manifest says host_key: trusted-on-first-use)",
-                wait.as_secs()
-            ));
-            HostKeyTrust::TrustedOnFirstUse
-        }
-    };
-    let login = Login {
-        user: image.ssh_user.clone(),
-        key: LoginKey::InMemory(Arc::clone(key)),
-        port: 22,
-        host_keys: HostKeys { path: known_hosts, trust_on_first_use: host_key == HostKeyTrust::TrustedOnFirstUse },
-        connect_timeout: Duration::from_secs(10),
-        bastion: None,
-    };
-    step("waiting for SSH");
-    let connection = wait_for_ssh(&address, &login, options.ssh_timeout).await?;
-    connection.close().await;
-
-    step(&format!("applying roles: {}", roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")));
-    let variables: Variables = image.variables.clone().into_iter().collect();
-    let run_options = RunOptions { check: false, forks: 1, max_fail: None };
-    let hosts = [address.clone()];
-    let reports = crate::roles::run(&hosts, &login, roles, &variables, &run_options, Arc::new(|_| {})).await;
-    let report = reports.into_iter().next().unwrap_or_default();
-    if let Some(reason) = &report.unreachable {
-        return Err(BakeError::Failed(format!("the builder became unreachable: {reason}")));
+impl Baking<'_> {
+    /// Every step, in order; what they make is tagged, and removed by the caller.
+    async fn steps(&self) -> Result<(BTreeMap<String, String>, HostKeyTrust), BakeError> {
+        let place = self.place().await?;
+        let marker = self.marker()?;
+        let group = self.security_group(&place, &marker).await?;
+        refuse_if_second(self.cloud, self.image, self.hash, self.bake_id).await?;
+        let builder = self.launch(&place, &group, &marker).await?;
+        self.admit_ssh(&group, &builder).await?;
+        let (login, host_key) = self.trust_host_keys(&builder).await?;
+        self.step("waiting for SSH");
+        wait_for_ssh(&builder.address, &login, self.options.ssh_timeout).await?.close().await;
+        self.configure(&builder, &login).await?;
+        self.clean(&builder, &login).await?;
+        let amis = self.make_image(&builder).await?;
+        Ok((amis, host_key))
     }
-    if let Some(failed) = report.tasks.iter().find(|t| t.status == crate::roles::TaskStatus::Failed) {
-        return Err(BakeError::Failed(format!(
-            "task `{}` of role `{}` failed: {}",
-            failed.task,
-            failed.role,
-            failed.error.clone().unwrap_or_default()
-        )));
+
+    fn step(&self, text: &str) {
+        (self.progress)(&format!("[{:>5.1}s] {text}", self.started.elapsed().as_secs_f64()));
     }
-    // What takes effect only at the next boot (a kernel, its command line) is checked after one,
-    // as every instance of the image will boot with it.
-    let connection = Connection::open(&address, &login).await.map_err(|e| BakeError::Failed(e.to_string()))?;
-    let pending = connection.run("test -e /var/run/reboot-required", None).await.map_err(|e| BakeError::Failed(e.to_string()))?;
-    if pending.success() {
-        step("rebooting the builder: the roles changed what takes effect at boot");
-        // The reply may never come: the builder goes down under the connection.
-        let _ = tokio::time::timeout(Duration::from_secs(15), connection.run("systemctl reboot", None)).await;
-        drop(connection);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        wait_for_ssh(&address, &login, options.ssh_timeout).await?.close().await;
-    } else {
+
+    /// The subnet of the image's `build:` place: one of the environment's own.
+    async fn place(&self) -> Result<Place, BakeError> {
+        let (cloud, image) = (self.cloud, self.image);
+        let Some(place) = &image.build else {
+            return Err(BakeError::NowhereToBuild { image: image.name.clone() });
+        };
+        let subnets = cloud
+            .ec2
+            .describe_subnets()
+            .filters(Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(&place.environment).build())
+            .filters(Filter::builder().name(format!("tag:{TAG_ADDRESS}")).values(format!("subnet.{}.*", place.subnet_tier)).build())
+            .send()
+            .await
+            .map_err(|e| BakeError::aws("finding the build subnet")(e.into()))?;
+        let owned = |s: &&aws_sdk_ec2::types::Subnet| cloud.owner.owns(s.subnet_id().unwrap_or_default(), &crate::aws::from_ec2(s.tags()));
+        let Some(subnet) = subnets.subnets().iter().find(owned) else {
+            return Err(BakeError::NoBuildSubnet {
+                environment: place.environment.clone(),
+                tier: place.subnet_tier.clone(),
+                region: cloud.region.clone(),
+            });
+        };
+        Ok(Place { subnet: subnet.subnet_id().unwrap_or_default().to_owned(), vpc: subnet.vpc_id().unwrap_or_default().to_owned() })
+    }
+
+    /// The tags of everything the bake makes: the bake, its content, and its lease.
+    fn marker(&self) -> Result<Vec<(String, String)>, BakeError> {
+        let aws_now = self.cloud.clock.now().ok_or(BakeError::NoServiceTime)?;
+        let mut marker: Vec<(String, String)> = [(TAG_BAKE, self.bake_id), (TAG_IMAGE, self.image.name.as_str()), (TAG_HASH, self.hash)]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .to_vec();
+        marker.extend(lease::ours(aws_now));
+        Ok(marker)
+    }
+
+    async fn security_group(&self, place: &Place, marker: &[(String, String)]) -> Result<String, BakeError> {
+        self.step("creating a temporary security group");
+        let group = self
+            .cloud
+            .ec2
+            .create_security_group()
+            .group_name(format!("kstack-bake-{}", self.bake_id))
+            .description(format!("kstack bake of {}: SSH from the baking machine", self.image.name))
+            .vpc_id(&place.vpc)
+            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::SecurityGroup).set_tags(Some(tags(marker))).build())
+            .send()
+            .await
+            .map_err(|e| BakeError::aws("creating the security group")(e.into()))?;
+        Ok(group.group_id().unwrap_or_default().to_owned())
+    }
+
+    /// Launches the builder with a one-off key, installed by cloud-init from user data (no EC2
+    /// key pair to leak), and waits until it runs.
+    async fn launch(&self, place: &Place, group: &str, marker: &[(String, String)]) -> Result<Builder, BakeError> {
+        let (cloud, image, source) = (self.cloud, self.image, self.source);
+        let public = self.key.public_key().to_openssh().map_err(|e| BakeError::Local { doing: "writing the SSH key", error: e.to_string() })?;
+        let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n");
+        self.step(&format!("launching the builder from {source}"));
+        let root_device = crate::aws::root_device(cloud, source).await.map_err(BakeError::aws("reading the source AMI"))?;
+        let mut instance_tags = marker.to_vec();
+        instance_tags.push((String::from("Name"), format!("kstack-bake-{}", image.name)));
+        let launched = cloud
+            .ec2
+            .run_instances()
+            .image_id(source)
+            .instance_type(InstanceType::from(image.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            // One builder per bake, however often the SDK retries the call.
+            .client_token(crate::aws::client_token(self.bake_id))
+            .subnet_id(&place.subnet)
+            .security_group_ids(group)
+            .user_data(aws_smithy_types::base64::encode(&user_data))
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root_device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(image.root_volume_gib as i32)
+                            .volume_type(VolumeType::Gp3)
+                            .encrypted(image.encrypted)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .metadata_options(InstanceMetadataOptionsRequest::builder().http_tokens(HttpTokensState::Required).build())
+            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags(&instance_tags))).build())
+            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags(marker))).build())
+            .send()
+            .await
+            .map_err(|e| BakeError::aws("launching the builder")(e.into()))?;
+        let instance = launched.instances().first().and_then(|i| i.instance_id()).unwrap_or_default().to_owned();
+        let address = wait_for_instance(cloud, &instance, InstanceStateName::Running).await?;
+        let address = address.ok_or_else(|| BakeError::NoAddress { instance: instance.clone() })?;
+        Ok(Builder { instance, address })
+    }
+
+    /// Admits SSH to the builder from `--ssh-cidr`, or from this machine's address alone.
+    async fn admit_ssh(&self, group: &str, builder: &Builder) -> Result<(), BakeError> {
+        let cidr = match &self.options.ssh_cidr {
+            Some(cidr) => cidr.clone(),
+            None => {
+                let local = local_address_towards(&builder.address)
+                    .map_err(|e| BakeError::Local { doing: "finding the address SSH comes from", error: e.to_string() })?;
+                format!("{local}/32")
+            }
+        };
+        let rule = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22)
+            .ip_ranges(IpRange::builder().cidr_ip(&cidr).description("kstack bake").build())
+            .build();
+        let admitted = self.cloud.ec2.authorize_security_group_ingress().group_id(group).ip_permissions(rule).send().await;
+        admitted.map(drop).map_err(|e| BakeError::aws("admitting SSH to the builder")(e.into()))
+    }
+
+    /// The login to the builder, with the host keys its console shows, or else (said in the
+    /// manifest) the first key it offers.
+    async fn trust_host_keys(&self, builder: &Builder) -> Result<(Login, HostKeyTrust), BakeError> {
+        let Builder { instance, address } = builder;
+        let local = |doing| move |e: std::io::Error| BakeError::Local { doing, error: e.to_string() };
+        std::fs::create_dir_all(self.scratch).map_err(local("making the bake's scratch directory"))?;
+        let known_hosts = self.scratch.join("known_hosts");
+        let wait = self.options.host_key_wait;
+        self.step(&format!("builder {instance} at {address}: waiting up to {}s for its console to show its SSH host keys", wait.as_secs()));
+        let host_key = match host_keys_from_console(self.cloud, instance, address, wait).await {
+            Some(from_console) => {
+                std::fs::write(&known_hosts, from_console).map_err(local("writing the builder's known_hosts"))?;
+                self.step(&format!("builder {instance} at {address}: host keys taken from its console output"));
+                HostKeyTrust::VerifiedFromConsole
+            }
+            None => {
+                self.step(&format!(
+                    "builder {instance} at {address}: its console showed no SSH host keys within {}s, so the first key seen \
+                     is trusted (the manifest says host_key: trusted-on-first-use)",
+                    wait.as_secs()
+                ));
+                HostKeyTrust::TrustedOnFirstUse
+            }
+        };
+        let login = Login {
+            user: self.image.ssh_user.clone(),
+            key: LoginKey::InMemory(Arc::clone(self.key)),
+            port: 22,
+            host_keys: HostKeys { path: known_hosts, trust_on_first_use: host_key == HostKeyTrust::TrustedOnFirstUse },
+            connect_timeout: Duration::from_secs(10),
+            bastion: None,
+        };
+        Ok((login, host_key))
+    }
+
+    /// Applies the roles, reboots the builder when they changed what takes effect at boot (a
+    /// kernel, its command line: every instance of the image boots with it), then runs their
+    /// checks.
+    async fn configure(&self, builder: &Builder, login: &Login) -> Result<(), BakeError> {
+        let roles = self.roles;
+        self.step(&format!("applying roles: {}", roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")));
+        let variables = crate::variables::for_image(self.image);
+        let run_options = RunOptions { check: false, forks: 1, max_fail: None };
+        let hosts = [builder.address.clone()];
+        let reports = crate::roles::run(&hosts, login, roles, &variables, &run_options, Arc::new(|_| {})).await;
+        let report = reports.into_iter().next().unwrap_or_default();
+        if let Some(reason) = &report.unreachable {
+            return Err(BakeError::Unreachable(reason.clone()));
+        }
+        if let Some(failed) = report.tasks.iter().find(|t| t.status == crate::roles::TaskStatus::Failed) {
+            return Err(BakeError::TaskFailed {
+                role: failed.role.clone(),
+                task: failed.task.clone(),
+                error: failed.error.clone().unwrap_or_default(),
+            });
+        }
+        let connection = Connection::open(&builder.address, login).await?;
+        let pending = connection.run("test -e /var/run/reboot-required", None).await?;
+        if pending.success() {
+            self.step("rebooting the builder: the roles changed what takes effect at boot");
+            // The reply may never come: the builder goes down under the connection.
+            let _ = tokio::time::timeout(Duration::from_secs(15), connection.run("systemctl reboot", None)).await;
+            drop(connection);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            wait_for_ssh(&builder.address, login, self.options.ssh_timeout).await?.close().await;
+        } else {
+            connection.close().await;
+        }
+        self.step("running the roles' checks");
+        let verified = crate::roles::verify(&hosts, login, roles, &variables, &run_options, Arc::new(|_| {})).await;
+        let failed: Vec<String> =
+            verified.iter().flat_map(|r| &r.checks).filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        if !failed.is_empty() {
+            return Err(BakeError::ChecksFailed(failed));
+        }
+        Ok(())
+    }
+
+    /// Removes what makes the builder unique ([`CLEAN`]), or fails the bake.
+    async fn clean(&self, builder: &Builder, login: &Login) -> Result<(), BakeError> {
+        self.step("cleaning the builder");
+        let connection = Connection::open(&builder.address, login).await?;
+        let cleaned = connection.run(CLEAN, None).await;
         connection.close().await;
-    }
-    step("running the roles' checks");
-    let verified = crate::roles::verify(&hosts, &login, roles, &variables, &run_options, Arc::new(|_| {})).await;
-    let failed: Vec<String> = verified.iter().flat_map(|r| &r.checks).filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
-    if !failed.is_empty() {
-        return Err(BakeError::Failed(format!("checks failed, no image was made: {}", failed.join("; "))));
+        let cleaned = cleaned.map_err(BakeError::CleanUnreachable)?;
+        if !cleaned.success() {
+            let output = format!("{}{}", cleaned.stdout, cleaned.stderr).trim_end().to_owned();
+            return Err(BakeError::CleanFailed { status: cleaned.status, output });
+        }
+        Ok(())
     }
 
-    step("cleaning the builder");
-    let connection = Connection::open(&address, &login).await.map_err(|e| BakeError::Failed(e.to_string()))?;
-    let cleaned = connection.run(CLEAN, None).await;
-    connection.close().await;
-    let cleaned = cleaned.map_err(|e| BakeError::Failed(format!("cleaning the builder failed, no image was made: {e}")))?;
-    if !cleaned.success() {
-        return Err(BakeError::Failed(format!(
-            "cleaning the builder failed (exit status {}), no image was made: an image of it could carry its SSH host keys \
-             or the bake's login key to every node; its output:\n{}",
-            cleaned.status,
-            format!("{}{}", cleaned.stdout, cleaned.stderr).trim_end()
-        )));
-    }
-    cloud.ec2.stop_instances().instance_ids(&instance_id).send().await.map_err(|e| BakeError::aws("stopping the builder")(e.into()))?;
-    wait_for_instance(cloud, &instance_id, InstanceStateName::Stopped).await?;
+    /// Stops the builder, images it, and finishes the image (copies, tags); returns the AMI
+    /// per region.
+    async fn make_image(&self, builder: &Builder) -> Result<BTreeMap<String, String>, BakeError> {
+        let (cloud, image, hash, source) = (self.cloud, self.image, self.hash, self.source);
+        let instance = &builder.instance;
+        cloud.ec2.stop_instances().instance_ids(instance).send().await.map_err(|e| BakeError::aws("stopping the builder")(e.into()))?;
+        wait_for_instance(cloud, instance, InstanceStateName::Stopped).await?;
 
-    let timestamp = crate::state::now_rfc3339().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_owned();
-    let name = image.ami_name.replace("{image}", &image.name).replace("{hash}", &hash[..12]).replace("{timestamp}", &timestamp);
-    step(&format!("creating image {name}"));
-    let role_names = roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(",");
-    let mut image_tags = vec![
-        ("kstack:image", image.name.as_str()),
-        (TAG_HASH, hash),
-        ("kstack:roles", role_names.as_str()),
-        ("kstack:source-ami", source),
-        ("kstack:version", env!("CARGO_PKG_VERSION")),
-        ("Name", name.as_str()),
-    ];
-    image_tags.extend(image.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let created = cloud
-        .ec2
-        .create_image()
-        .instance_id(&instance_id)
-        .name(&name)
-        .description(format!("kstack image {} from {source}", image.name))
-        .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(tags(&image_tags))).build())
-        .send()
-        .await
-        .map_err(|e| BakeError::aws("creating the image")(e.into()))?;
-    let ami = created.image_id().unwrap_or_default().to_owned();
-    let amis = super::finish::finish(cloud, image, &ami, &step).await?;
-    step(&format!("image {ami} is available"));
-    Ok((amis, host_key))
+        let timestamp = crate::state::now_rfc3339().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_owned();
+        let name = image.ami_name.replace("{image}", &image.name).replace("{hash}", &hash[..12]).replace("{timestamp}", &timestamp);
+        self.step(&format!("creating image {name}"));
+        let role_names = self.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(",");
+        let mut image_tags: Vec<(String, String)> = [
+            (TAG_IMAGE, image.name.as_str()),
+            (TAG_HASH, hash),
+            (TAG_ROLES, role_names.as_str()),
+            (TAG_SOURCE_AMI, source),
+            (TAG_VERSION, env!("CARGO_PKG_VERSION")),
+            ("Name", name.as_str()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec();
+        image_tags.extend(image.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let created = cloud
+            .ec2
+            .create_image()
+            .instance_id(instance)
+            .name(&name)
+            .description(format!("kstack image {} from {source}", image.name))
+            .tag_specifications(TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(tags(&image_tags))).build())
+            .send()
+            .await
+            .map_err(|e| BakeError::aws("creating the image")(e.into()))?;
+        let ami = created.image_id().unwrap_or_default().to_owned();
+        let amis = super::finish::finish(cloud, image, &ami, &|text: &str| self.step(text)).await?;
+        self.step(&format!("image {ami} is available"));
+        Ok(amis)
+    }
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -471,21 +544,15 @@ async fn wait_for_ssh(address: &str, login: &Login, timeout: Duration) -> Result
     loop {
         match Connection::open(address, login).await {
             Ok(connection) => return Ok(connection),
-            Err(error @ SshError::HostKeyChanged { .. }) => {
-                return Err(BakeError::Failed(format!(
-                    "the builder offers a host key its console output does not show, so nothing was run on it: {error}"
-                )))
-            }
+            Err(error @ SshError::HostKeyChanged { .. }) => return Err(BakeError::HostKeyNotOnConsole(error)),
             Err(
                 error @ (SshError::HostKeyRevoked { .. }
                 | SshError::KnownHostsUnreadable { .. }
                 | SshError::KnownHostsMalformed { .. }
                 | SshError::Key { .. }),
-            ) => return Err(BakeError::Failed(error.to_string())),
+            ) => return Err(BakeError::Ssh(error)),
             // Booting, or cloud-init has not installed the key yet.
-            Err(error) if Instant::now() > deadline => {
-                return Err(BakeError::Failed(format!("the builder did not accept SSH within {}s: {error}", timeout.as_secs())))
-            }
+            Err(error) if Instant::now() > deadline => return Err(BakeError::SshTimedOut { seconds: timeout.as_secs(), error }),
             Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
         }
     }
@@ -502,11 +569,11 @@ async fn wait_for_instance(cloud: &Cloud, id: &str, wanted: InstanceStateName) -
             return Ok(instance.and_then(|i| i.private_ip_address()).map(str::to_owned));
         }
         if matches!(state, Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)) {
-            return Err(BakeError::Failed(format!("builder {id} was terminated")));
+            return Err(BakeError::BuilderTerminated { instance: id.to_owned() });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Err(BakeError::Failed(format!("builder {id} did not become {} in 10 minutes", wanted.as_str())))
+    Err(BakeError::BuilderStuck { instance: id.to_owned(), state: wanted.as_str().to_owned() })
 }
 
 /// The temporary resources of one bake (or of every bake), found by tag: builders that are

@@ -3,6 +3,7 @@
 //! idempotency token), so a bake killed after CreateImage is finished by the next bake
 //! rather than done twice.
 
+use crate::naming::TAG_COPIED_FROM;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -11,9 +12,6 @@ use aws_sdk_ec2::types::Tag;
 use super::{image_tagged, BakeError};
 use crate::aws::Cloud;
 use crate::model::image::Image;
-
-/// On a copy: the AMI it was copied from.
-const TAG_COPIED_FROM: &str = "kstack:copied-from";
 
 /// The AMI per region, the bake's own region first.
 pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<BTreeMap<String, String>, BakeError> {
@@ -77,9 +75,9 @@ async fn wait_for_image(cloud: &Cloud, ami: &str) -> Result<aws_sdk_ec2::types::
         let image = described.images().first();
         match image.and_then(|i| i.state()).map(|s| s.as_str()) {
             Some("available") => return Ok(image.cloned().unwrap_or_else(|| aws_sdk_ec2::types::Image::builder().build())),
-            Some("failed" | "error") => return Err(BakeError::Failed(format!("image {ami} failed"))),
+            Some("failed" | "error") => return Err(BakeError::ImageFailed { ami: ami.to_owned() }),
             _ => tokio::time::sleep(Duration::from_secs(4)).await,
         }
     }
-    Err(BakeError::Failed(format!("image {ami} was not available after 30 minutes")))
+    Err(BakeError::ImageTimedOut { ami: ami.to_owned() })
 }

@@ -8,26 +8,13 @@
 //! compares it with EC2's time from the reply that brought the tags. Both read one clock, so
 //! machines whose clocks disagree by minutes never take each other's live builder for dead.
 
+use crate::naming::{TAG_BAKE, TAG_BAKE_EXPIRES, TAG_BAKE_HOLDER, TAG_BAKE_KEPT, TAG_BAKE_PROCESS, TAG_BAKE_STARTED, TAG_HASH, TAG_IMAGE};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::Tag;
 
-use super::{TAG_BAKE, TAG_HASH};
 use crate::state::{lock, LockInfo};
 use crate::state::{parse_rfc3339, rfc3339};
-
-/// `user@host pid N` of the running bake, for people.
-pub const TAG_HOLDER: &str = "kstack:bake-holder";
-/// `pid-scope/pid` of the running bake (see `state::lock::pid_scope`), to tell whether its
-/// process still lives.
-const TAG_PROCESS: &str = "kstack:bake-process";
-/// When the bake started (RFC 3339, UTC, EC2's time): of two bakes of the same content, the
-/// older goes on.
-pub const TAG_STARTED: &str = "kstack:bake-started";
-/// When the holder's lease runs out (RFC 3339, UTC, EC2's time), unless renewed.
-pub const TAG_EXPIRES: &str = "kstack:bake-expires";
-/// On a builder kept with `--keep-on-error`: left for the user, removed only by `--cleanup`.
-pub const TAG_KEPT: &str = "kstack:bake-kept";
 
 /// Long enough to ride out a slow API, short enough that another machine's crashed bake is
 /// cleaned up by the next bake a few minutes later.
@@ -38,19 +25,19 @@ pub const RENEW_EVERY: Duration = Duration::from_secs(60);
 pub fn ours(aws_now: SystemTime) -> Vec<(String, String)> {
     let me = LockInfo::ours("kstack bake");
     let mut tags = vec![
-        (TAG_HOLDER.to_owned(), format!("{}@{} pid {}", me.holder, me.host, me.pid)),
-        (TAG_STARTED.to_owned(), rfc3339(aws_now)),
+        (TAG_BAKE_HOLDER.to_owned(), format!("{}@{} pid {}", me.holder, me.host, me.pid)),
+        (TAG_BAKE_STARTED.to_owned(), rfc3339(aws_now)),
         renewed(aws_now),
     ];
     if let Some(scope) = &me.pid_scope {
-        tags.push((TAG_PROCESS.to_owned(), format!("{scope}/{}", me.pid)));
+        tags.push((TAG_BAKE_PROCESS.to_owned(), format!("{scope}/{}", me.pid)));
     }
     tags
 }
 
 /// The lease tag as renewed at `aws_now`, by EC2's clock.
 pub fn renewed(aws_now: SystemTime) -> (String, String) {
-    (TAG_EXPIRES.to_owned(), rfc3339(aws_now + LEASE))
+    (TAG_BAKE_EXPIRES.to_owned(), rfc3339(aws_now + LEASE))
 }
 
 /// One bake's temporary resources as found by tag, and whether its bake still runs.
@@ -79,18 +66,18 @@ impl Leftover {
     pub fn from_tags(tags: &[Tag], aws_now: Option<SystemTime>) -> Option<Leftover> {
         let tag = |key: &str| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
         let bake_id = tag(TAG_BAKE)?;
-        let holder = tag(TAG_HOLDER).unwrap_or_else(|| String::from("an unknown holder"));
-        let standing = match (tag(TAG_KEPT), tag(TAG_EXPIRES)) {
+        let holder = tag(TAG_BAKE_HOLDER).unwrap_or_else(|| String::from("an unknown holder"));
+        let standing = match (tag(TAG_BAKE_KEPT), tag(TAG_BAKE_EXPIRES)) {
             (Some(_), _) => Standing::Kept,
-            (None, Some(expires)) if !is_gone(tag(TAG_PROCESS).as_deref(), &expires, aws_now) => Standing::Running { holder, expires },
+            (None, Some(expires)) if !is_gone(tag(TAG_BAKE_PROCESS).as_deref(), &expires, aws_now) => Standing::Running { holder, expires },
             // No lease: left by a kstack from before leases.
             (None, _) => Standing::Abandoned { holder },
         };
         Some(Leftover {
             bake_id,
-            image: tag("kstack:image").unwrap_or_default(),
+            image: tag(TAG_IMAGE).unwrap_or_default(),
             hash: tag(TAG_HASH).unwrap_or_default(),
-            started: tag(TAG_STARTED).unwrap_or_default(),
+            started: tag(TAG_BAKE_STARTED).unwrap_or_default(),
             standing,
         })
     }
@@ -120,27 +107,28 @@ mod tests {
         let aws_now = SystemTime::now();
         let ours: Vec<(String, String)> = ours(aws_now);
         let value = |key: &str| ours.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap();
-        let (holder, expires, process) = (value(TAG_HOLDER), value(TAG_EXPIRES), value(TAG_PROCESS));
+        let (holder, expires, process) = (value(TAG_BAKE_HOLDER), value(TAG_BAKE_EXPIRES), value(TAG_BAKE_PROCESS));
         let with = |pairs: &[(&str, &str)]| Leftover::from_tags(&tags(pairs), Some(aws_now)).unwrap().standing;
 
-        let live = with(&[(TAG_BAKE, "b1"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &process)]);
+        let live = with(&[(TAG_BAKE, "b1"), (TAG_BAKE_HOLDER, &holder), (TAG_BAKE_EXPIRES, &expires), (TAG_BAKE_PROCESS, &process)]);
         assert!(matches!(live, Standing::Running { .. }), "{live:?}");
 
         // No process has pid 0x7fff_fff0 (above Linux's pid_max).
         let (scope, _) = process.rsplit_once('/').unwrap();
         let ended = format!("{scope}/{}", 0x7fff_fff0_u32);
-        let dead = with(&[(TAG_BAKE, "b2"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &ended)]);
+        let dead = with(&[(TAG_BAKE, "b2"), (TAG_BAKE_HOLDER, &holder), (TAG_BAKE_EXPIRES, &expires), (TAG_BAKE_PROCESS, &ended)]);
         assert_eq!(dead, Standing::Abandoned { holder: holder.clone() });
 
         // Another pid namespace (a container on this machine): only its lease counts.
         let (boot, _) = scope.split_once('/').unwrap();
         let elsewhere = format!("{boot}/pid:[1]/{}", 0x7fff_fff0_u32);
-        let contained = with(&[(TAG_BAKE, "b3"), (TAG_HOLDER, &holder), (TAG_EXPIRES, &expires), (TAG_PROCESS, &elsewhere)]);
+        let contained = with(&[(TAG_BAKE, "b3"), (TAG_BAKE_HOLDER, &holder), (TAG_BAKE_EXPIRES, &expires), (TAG_BAKE_PROCESS, &elsewhere)]);
         assert!(matches!(contained, Standing::Running { .. }), "{contained:?}");
-        let lapsed = with(&[(TAG_BAKE, "b4"), (TAG_HOLDER, &holder), (TAG_EXPIRES, "2020-01-01T00:00:00Z"), (TAG_PROCESS, &elsewhere)]);
+        let lapsed =
+            with(&[(TAG_BAKE, "b4"), (TAG_BAKE_HOLDER, &holder), (TAG_BAKE_EXPIRES, "2020-01-01T00:00:00Z"), (TAG_BAKE_PROCESS, &elsewhere)]);
         assert_eq!(lapsed, Standing::Abandoned { holder: holder.clone() });
 
-        let kept = with(&[(TAG_BAKE, "b5"), (TAG_HOLDER, &holder), (TAG_KEPT, "true")]);
+        let kept = with(&[(TAG_BAKE, "b5"), (TAG_BAKE_HOLDER, &holder), (TAG_BAKE_KEPT, "true")]);
         assert_eq!(kept, Standing::Kept);
         assert_eq!(with(&[(TAG_BAKE, "b6")]), Standing::Abandoned { holder: String::from("an unknown holder") }, "no lease");
         assert!(Leftover::from_tags(&tags(&[("Name", "x")]), Some(aws_now)).is_none());
@@ -152,11 +140,11 @@ mod tests {
         // lease, written in EC2's time, holds until EC2's clock passes it.
         let aws_then = parse_rfc3339("2001-09-09T01:46:40Z").unwrap();
         let tags_at_start = ours(aws_then);
-        let expires = tags_at_start.iter().find(|(k, _)| k == TAG_EXPIRES).map(|(_, v)| v.clone()).unwrap();
+        let expires = tags_at_start.iter().find(|(k, _)| k == TAG_BAKE_EXPIRES).map(|(_, v)| v.clone()).unwrap();
         assert_eq!(expires, "2001-09-09T01:49:40Z", "EC2's time plus the lease");
         let elsewhere = format!("00000000-0000-0000-0000-000000000000/pid:[1]/{}", 0x7fff_fff0_u32);
         let judged = |aws_now: Option<SystemTime>| {
-            Leftover::from_tags(&tags(&[(TAG_BAKE, "b1"), (TAG_EXPIRES, &expires), (TAG_PROCESS, &elsewhere)]), aws_now).unwrap().standing
+            Leftover::from_tags(&tags(&[(TAG_BAKE, "b1"), (TAG_BAKE_EXPIRES, &expires), (TAG_BAKE_PROCESS, &elsewhere)]), aws_now).unwrap().standing
         };
         assert!(matches!(judged(Some(aws_then + Duration::from_secs(60))), Standing::Running { .. }));
         assert!(matches!(judged(Some(aws_then + LEASE)), Standing::Running { .. }));

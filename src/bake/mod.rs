@@ -11,7 +11,9 @@ mod builder;
 mod finish;
 mod hash;
 mod lease;
+pub mod resolve;
 
+use crate::naming::TAG_HASH;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -23,17 +25,61 @@ pub use hash::content_hash;
 use crate::aws::{AwsError, Cloud};
 use crate::model::image::{Image, ImageSource};
 use crate::roles::Role;
-
-/// Tags of a bake's temporary resources and of the AMI it makes.
-pub const TAG_BAKE: &str = "kstack:bake";
-pub const TAG_HASH: &str = "kstack:bake-hash";
+use crate::ssh::SshError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BakeError {
     #[error("AWS failed while {doing}: {error}")]
     Aws { doing: String, error: AwsError },
+    /// SSH to the builder failed in a way waiting does not mend (a key, known_hosts).
     #[error("{0}")]
-    Failed(String),
+    Ssh(#[from] SshError),
+    #[error("the builder offers a host key its console output does not show, so nothing was run on it: {0}")]
+    HostKeyNotOnConsole(SshError),
+    #[error("the builder did not accept SSH within {seconds}s: {error}")]
+    SshTimedOut { seconds: u64, error: SshError },
+    #[error("{doing}: {error}")]
+    Local { doing: &'static str, error: String },
+    #[error("no AMI of owner {owner} matches `{name}`")]
+    NoSourceAmi { owner: String, name: String },
+    #[error("image `{image}` says nowhere to build: add `build: {{ environment: <env>, subnet_tier: <tier> }}`")]
+    NowhereToBuild { image: String },
+    #[error("environment `{environment}` has no subnet of tier `{tier}` in {region}: apply it first")]
+    NoBuildSubnet { environment: String, tier: String, region: String },
+    #[error("EC2's replies carry no time: the bake's lease cannot be written")]
+    NoServiceTime,
+    #[error(
+        "image `{image}` is being baked from this same content by {holder} (bake {bake}, lease until {expires}); \
+         wait for it to finish, then run again to reuse its AMI"
+    )]
+    BeingBaked { image: String, holder: String, bake: String, expires: String },
+    #[error("bake {other} of the same content started first; this one gives way (run again when it is done to reuse its AMI)")]
+    GaveWay { other: String },
+    #[error("stopped: the bake's lease could not be renewed ({0})")]
+    LeaseLost(Box<BakeError>),
+    #[error("builder {instance} has no private address")]
+    NoAddress { instance: String },
+    #[error("builder {instance} was terminated")]
+    BuilderTerminated { instance: String },
+    #[error("builder {instance} did not become {state} in 10 minutes")]
+    BuilderStuck { instance: String, state: String },
+    #[error("the builder became unreachable: {0}")]
+    Unreachable(String),
+    #[error("task `{task}` of role `{role}` failed: {error}")]
+    TaskFailed { role: String, task: String, error: String },
+    #[error("checks failed, no image was made: {}", .0.join("; "))]
+    ChecksFailed(Vec<String>),
+    #[error("cleaning the builder failed, no image was made: {0}")]
+    CleanUnreachable(SshError),
+    #[error(
+        "cleaning the builder failed (exit status {status}), no image was made: an image of it could carry its SSH host \
+         keys or the bake's login key to every node; its output:\n{output}"
+    )]
+    CleanFailed { status: u32, output: String },
+    #[error("image {ami} failed")]
+    ImageFailed { ami: String },
+    #[error("image {ami} was not available after 30 minutes")]
+    ImageTimedOut { ami: String },
     #[error("{0}")]
     Stopped(crate::stop::Reason),
 }
@@ -104,7 +150,7 @@ pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeErro
                 .max_by_key(|i| i.creation_date().unwrap_or_default().to_owned())
                 .and_then(|i| i.image_id())
                 .map(str::to_owned)
-                .ok_or_else(|| BakeError::Failed(format!("no AMI of owner {owner} matches `{name}`")))
+                .ok_or_else(|| BakeError::NoSourceAmi { owner: owner.clone(), name: name.clone() })
         }
     }
 }
@@ -150,11 +196,12 @@ pub async fn bake(
     let running = builder::clear_abandoned(cloud, &progress).await?;
     for other in running.iter().filter(|b| b.image == image.name && b.hash == hash) {
         if let lease::Standing::Running { holder, expires } = &other.standing {
-            return Err(BakeError::Failed(format!(
-                "image `{}` is being baked from this same content by {holder} (bake {}, lease until {expires}); \
-                 wait for it to finish, then run again to reuse its AMI",
-                image.name, other.bake_id
-            )));
+            return Err(BakeError::BeingBaked {
+                image: image.name.clone(),
+                holder: holder.clone(),
+                bake: other.bake_id.clone(),
+                expires: expires.clone(),
+            });
         }
     }
     if !options.force {

@@ -102,7 +102,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
         Some(Ok(saved)) => Some(saved),
         Some(Err(message)) => {
             term::error(&message, Some("make one with `kstack plan <env> --out FILE`"));
-            return Err(Failure::Reported);
+            return Err(Failure::Invalid);
         }
     };
     let env = saved.as_ref().map_or(args.target.as_str(), |s| s.source.as_str()).to_owned();
@@ -123,7 +123,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
                 &format!("the saved plan {} is stale: {what} since it was made", args.target),
                 Some(&format!("run `kstack plan {env} --out {}` again and review it", args.target)),
             );
-            return Err(Failure::Reported);
+            return Err(Failure::Failed);
         }
     }
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
@@ -134,7 +134,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     if let Some(record) = &session.state.roll {
         let (message, hint) = super::roll::unfinished(&session.environment, record);
         term::error(&format!("{message}; nothing was applied"), Some(&hint));
-        return Err(Failure::Reported);
+        return Err(Failure::Failed);
     }
     // A saved plan was reviewed when it was made.
     if saved.is_none() && !args.auto_approve {
@@ -192,7 +192,7 @@ fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Re
         Ok(true) => Ok(()),
         Ok(false) => {
             term::error("cancelled; nothing was changed", None);
-            Err(Failure::Reported)
+            Err(Failure::Failed)
         }
         Err(reason) => Err(super::session::stopped_before_changes(reason)),
     }
@@ -206,7 +206,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
     state.resources = observed.iter().rev().map(|o| (o.address.clone(), o.clone())).collect();
     if let Err(error) = store.save(&mut state) {
         term::error(&error.to_string(), Some("check that the project directory is writable"));
-        return Err(Failure::Reported);
+        return Err(Failure::Failed);
     }
     let steps = plan.summary.create + plan.summary.update + plan.summary.delete + 2 * plan.summary.replace;
     let progress = Arc::new(Progress::new(steps));
@@ -227,7 +227,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
 fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), Failure> {
     if let Some(error) = &outcome.state_error {
         term::error(error, Some("AWS was changed but state could not be saved; the next plan finds the resources by tag"));
-        return Err(outcome.stopped.clone().map_or(Failure::Reported, Failure::Stopped));
+        return Err(outcome.stopped.clone().map_or(Failure::Failed, Failure::Stopped));
     }
     for failure in &outcome.failures {
         term::error(&format!("{} could not be {}: {}", failure.address, failure.verb.past(), failure.error), None);
@@ -269,5 +269,5 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
         ),
         Some("fix the cause above and run the command again; it continues from where it stopped"),
     );
-    Err(Failure::Reported)
+    Err(Failure::Failed)
 }

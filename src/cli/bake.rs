@@ -74,7 +74,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             &format!("image `{}` says nowhere to build", image.name),
             Some("add `build: { environment: <env>, subnet_tier: <tier> }` to its file"),
         );
-        return Err(Failure::Reported);
+        return Err(Failure::Invalid);
     };
     let loaded = load_environment(project, &place.environment);
     let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
@@ -91,7 +91,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             }
             Err(error) => {
                 term::error(&error.to_string(), None);
-                Err(Failure::Reported)
+                Err(Failure::Failed)
             }
         };
     }
@@ -110,7 +110,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             if let Some(path) = &args.manifest {
                 if let Err(error) = std::fs::write(path, format!("{json}\n")) {
                     term::error(&format!("cannot write {}: {error}", path.display()), None);
-                    return Err(Failure::Reported);
+                    return Err(Failure::Failed);
                 }
             }
             if args.json {
@@ -131,7 +131,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             );
             Err(match error {
                 crate::bake::BakeError::Stopped(reason) => Failure::Stopped(reason),
-                _ => Failure::Reported,
+                _ => Failure::Failed,
             })
         }
     }

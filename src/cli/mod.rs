@@ -95,7 +95,7 @@ pub fn main() -> ExitCode {
                     "if you trust it, name it with `-C {root}` (or KSTACK_PROJECT={root}); otherwise run kstack inside a project of your own"
                 );
                 fail(&foreign.to_string(), Some(&hint));
-                return ExitCode::FAILURE;
+                return ExitCode::from(EXIT_INVALID);
             }
         },
     };
@@ -105,6 +105,8 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => match plan::run(&project, &args) {
             Ok(true) if !term::stdout_failed() => return ExitCode::from(2),
             Ok(_) => Ok(()),
+            // Terraform's meaning: with --detailed-exitcode, 2 says "changes", any error is 1.
+            Err(Failure::Invalid) if args.detailed_exitcode => return ExitCode::FAILURE,
             Err(failure) => Err(failure),
         },
         Command::Apply(args) => apply::run_apply(&project, &args),
@@ -124,15 +126,24 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) if !term::stdout_failed() => ExitCode::SUCCESS,
-        Ok(()) | Err(Failure::Reported) => ExitCode::FAILURE,
+        Ok(()) | Err(Failure::Failed) => ExitCode::FAILURE,
+        Err(Failure::Invalid) => ExitCode::from(EXIT_INVALID),
         Err(Failure::Stopped(reason)) => ExitCode::from(reason.exit_code()),
     }
 }
 
+/// The exit status of bad input: clap's for a bad command line, and kstack's for problems in
+/// the project's files or in what the command names. A failed run exits 1.
+const EXIT_INVALID: u8 = 2;
+
 /// A command failed and has already told the user why.
 #[derive(Debug)]
 pub enum Failure {
-    Reported,
+    /// The run failed (AWS, SSH, a node, the file system): exit status 1.
+    Failed,
+    /// The input is wrong (the project's files, a name the command was given) and nothing was
+    /// done: exit status 2.
+    Invalid,
     /// The run was stopped (a signal, or its lock lost) and has said so: it exits with the
     /// reason's status (130 SIGINT, 143 SIGTERM, 1 lock lost).
     Stopped(crate::stop::Reason),
@@ -148,14 +159,14 @@ fn check_groups(environment: &crate::model::Environment, wanted: &[String]) -> R
     if unknown.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Reported)
+        Err(Failure::Invalid)
     }
 }
 
 /// Reports an error (with a hint on what to do) and returns the failure that says so.
 fn fail(message: &str, hint: Option<&str>) -> Failure {
     term::error(message, hint);
-    Failure::Reported
+    Failure::Failed
 }
 
 fn init_logging(verbose: u8) {
@@ -275,5 +286,5 @@ fn locate_state(project: &Project, env: &str) -> Result<crate::model::StateLocat
 
 fn report_problems_of(what: &str, problems: Problems, sources: &Sources) -> Failure {
     term::err(format_args!("{}", term::render_problems(what, problems, sources)));
-    Failure::Reported
+    Failure::Invalid
 }

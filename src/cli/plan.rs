@@ -27,7 +27,7 @@ pub struct Args {
 
     /// Exit 2 when there are changes, 0 when there are none.
     #[arg(long)]
-    detailed_exitcode: bool,
+    pub detailed_exitcode: bool,
 
     /// Save the plan for `kstack apply FILE`, which refuses it if anything changed since.
     #[arg(long, value_name = "FILE")]
@@ -54,7 +54,7 @@ pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
         let saved = serde_json::to_string_pretty(&session.saved(&args.env)).unwrap_or_default();
         std::fs::write(path, saved + "\n").map_err(|error| {
             term::error(&format!("cannot write the plan to {}: {error}", path.display()), None);
-            Failure::Reported
+            Failure::Failed
         })?;
         if !args.json {
             term::outln(format_args!("\nSaved the plan to {}; run `kstack apply {}` to carry it out.", path.display(), path.display()));

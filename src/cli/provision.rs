@@ -8,10 +8,9 @@ use std::time::Duration;
 use owo_colors::OwoColorize;
 
 use crate::aws::{running_instances, Cloud};
-use crate::model::reboots::format_minute;
 use crate::model::{ImageRef, Project};
 use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
-use crate::ssh::{HostKeys, Login, LoginKey};
+use crate::ssh::{HostKeys, Login, LoginKey, NodeAccess};
 
 use super::session::{aws_failure, open_store, owner, runtime};
 use super::{check_groups, load_and_compile, report_problems, term, Failure, LoadedImage};
@@ -78,24 +77,18 @@ pub struct SshArgs {
 }
 
 impl SshArgs {
-    /// The address to reach an instance at.
-    pub fn address(&self, instance: &crate::aws::Instance) -> Option<String> {
-        if self.public_addresses {
-            instance.public_ip.clone()
-        } else {
-            instance.private_ip.clone()
-        }
-    }
-
-    /// Logging in as `--ssh-user`, or else `default_user` (the image's).
-    pub fn login(&self, default_user: &str) -> Login {
-        Login {
-            user: self.ssh_user.clone().unwrap_or_else(|| default_user.to_owned()),
-            key: LoginKey::File(expand_home(&self.ssh_key)),
-            port: self.ssh_port,
-            host_keys: HostKeys { path: expand_home(&self.known_hosts), trust_on_first_use: self.trust_new_hosts },
-            connect_timeout: Duration::from_secs(15),
-            bastion: self.bastion.clone(),
+    pub fn access(&self) -> NodeAccess {
+        NodeAccess {
+            public_addresses: self.public_addresses,
+            user: self.ssh_user.clone(),
+            login: Login {
+                user: String::new(),
+                key: LoginKey::File(expand_home(&self.ssh_key)),
+                port: self.ssh_port,
+                host_keys: HostKeys { path: expand_home(&self.known_hosts), trust_on_first_use: self.trust_new_hosts },
+                connect_timeout: Duration::from_secs(15),
+                bastion: self.bastion.clone(),
+            },
         }
     }
 }
@@ -157,6 +150,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&open_store(project, &environment.name, &environment.state)?)?));
     let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
+    let access = targets.ssh.access();
     let mut work = Vec::new();
     for group in &environment.node_groups {
         let name = &group.name.value;
@@ -173,35 +167,12 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             .iter()
             .filter(|i| &i.group == name)
             .filter_map(|i| {
-                let address = targets.ssh.address(i)?;
+                let address = access.address(i.private_ip.as_deref(), i.public_ip.as_deref())?;
                 let wanted = targets.limit.is_empty() || targets.limit.iter().any(|l| *l == address || *l == i.id);
                 wanted.then_some(address)
             })
             .collect();
-        let mut variables: Variables = image.variables.clone().into_iter().collect();
-        variables.extend(environment.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())));
-        variables.extend(group.variables.clone());
-        variables.extend(environment.secrets.iter().map(|(k, v)| (k.clone(), serde_json::json!(v.value()))));
-        if let Some(reboots) = &group.reboots {
-            // The unattended-upgrades role's window, for nodes without an assigned slot.
-            variables.insert("reboot_window_start".into(), serde_json::json!(format_minute(reboots.window.start)));
-            variables.insert("reboot_window_end".into(), serde_json::json!(format_minute(reboots.window.end)));
-            variables.insert("reboot_days".into(), serde_json::json!(reboots.window.days.join(" ")));
-            variables.insert("reboot_time_zone".into(), serde_json::json!(reboots.window.time_zone));
-            variables.insert("reboot_gap_minutes".into(), serde_json::json!(reboots.group_gap_minutes));
-        }
-        variables.insert("env".into(), serde_json::json!(environment.name));
-        variables.insert("region".into(), serde_json::json!(environment.region.value));
-        variables.insert(
-            "group".into(),
-            serde_json::json!({
-                "name": name,
-                "instance_type": group.instance_type.value,
-                "min": group.min.value,
-                "max": group.max.value,
-                "desired": group.desired.value,
-            }),
-        );
+        let variables = crate::variables::for_roles(image, environment, group);
         work.push(GroupWork { hosts, roles: roles.clone(), variables, ssh_user: image.ssh_user.clone() });
     }
     let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
@@ -210,7 +181,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
             &format!("no running instance of `{}` matches", environment.name),
             Some("check `kstack apply` has run, and the --group and --limit filters"),
         );
-        return Err(Failure::Reported);
+        return Err(Failure::Failed);
     }
     Ok(work)
 }
@@ -228,7 +199,7 @@ pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Fail
     let mut reports = Vec::new();
     for group in &work {
         let options = RunOptions { check: args.check, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
-        let login = args.targets.ssh.login(&group.ssh_user);
+        let login = args.targets.ssh.access().login(&group.ssh_user);
         reports.extend(runtime.block_on(crate::roles::run(&group.hosts, &login, &group.roles, &group.variables, &options, events.clone())));
     }
     finish(&reports, args.targets.json, color)
@@ -241,7 +212,7 @@ pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
     let mut reports = Vec::new();
     for group in &work {
         let options = RunOptions { check: true, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
-        let login = args.targets.ssh.login(&group.ssh_user);
+        let login = args.targets.ssh.access().login(&group.ssh_user);
         reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &group.variables, &options, Arc::new(|_| {}))));
     }
     if !args.targets.json {
@@ -329,7 +300,7 @@ fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure
         }
     }
     if reports.iter().any(HostReport::failed) {
-        Err(Failure::Reported)
+        Err(Failure::Failed)
     } else {
         Ok(())
     }

@@ -2,19 +2,16 @@
 //! the tags and node files that put it in force.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use owo_colors::OwoColorize;
-use serde::Serialize;
 
-use crate::aws::{running_instances, Cloud, Instance};
-use crate::compile::TAG_REBOOT_TIME;
-use crate::model::reboots::{format_minute, parse_minute};
-use crate::model::{Environment, ImageRef, Project, RebootPolicy};
+use crate::aws::Cloud;
+use crate::model::reboots::format_minute;
+use crate::model::{Environment, ImageRef, Project};
+use crate::naming::TAG_REBOOT_TIME;
+use crate::reboots::node_config;
+use crate::reboots::running::{plan, put_in_force, tag_changed, Planned, Schedule, Slot, Written};
 use crate::reboots::schedule::slots;
-use crate::reboots::stats::{birthday, random_within_gap, worst_within_gap};
-use crate::reboots::{assign, node_config, violations, Fleet, Member};
-use crate::ssh::{Connection, Login};
 
 use super::provision::SshArgs;
 use super::session::{open_store, owner, runtime};
@@ -58,41 +55,6 @@ pub struct Args {
     ssh: SshArgs,
 }
 
-#[derive(Debug, Serialize)]
-struct Slot {
-    instance: String,
-    group: String,
-    zone: String,
-    address: Option<String>,
-    time: String,
-    /// Whether the instance's tag says otherwise (or nothing).
-    changed: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct GroupFigures {
-    group: String,
-    nodes: usize,
-    policy: RebootPolicy,
-    /// The most of the group's reboots starting within any gap-long stretch.
-    worst_within_gap: usize,
-    /// If every node picked a random minute of the window instead.
-    random_shared_minute: f64,
-    random_within_gap: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct Schedule {
-    environment: String,
-    seed: u64,
-    slots: Vec<Slot>,
-    groups: Vec<GroupFigures>,
-    /// No two nodes of one availability zone start closer than this.
-    zone_gap_minutes: u32,
-    /// Running groups without reboot settings.
-    unscheduled_groups: Vec<String>,
-}
-
 pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
@@ -115,8 +77,8 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     };
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
     let seed = args.seed.unwrap_or_else(rand::random);
-    let planned =
-        runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &args.ssh)).map_err(|(message, hint)| fail(&message, Some(&hint)))?;
+    let access = args.ssh.access();
+    let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &access)).map_err(|e| fail(&e.to_string(), Some(e.hint())))?;
     if args.json {
         term::outln(format_args!("{}", serde_json::to_string_pretty(&planned.schedule).unwrap_or_default()));
     } else {
@@ -129,8 +91,9 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         return Ok(());
     }
     let written = runtime
-        .block_on(put_in_force(&cloud, environment, &compiled.images, &planned, &args.ssh, usize::from(args.forks)))
-        .map_err(|message| fail(&message, None))?;
+        .block_on(put_in_force(&cloud, environment, &ssh_users(environment, &compiled.images), &planned, &access, usize::from(args.forks)))
+        .map_err(|e| fail(&e.to_string(), Some(e.hint())))?;
+    report_unreached(&written);
     if !args.json {
         term::outln(format_args!(
             "\nAssigned: {} nodes tagged ({TAG_REBOOT_TIME}); {} written ({}){}.",
@@ -149,82 +112,23 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     }
 }
 
-/// What putting a schedule in force did on the nodes (every instance is tagged first).
-struct Written {
-    /// The nodes whose slot file was written (instance ids).
-    written: Vec<String>,
-    /// The nodes not written (`instance (address)`), and why.
-    unreached: Vec<(String, String)>,
-}
-
-impl Written {
-    /// Says how many nodes were not written, if any.
-    fn shortfall(&self) -> Option<String> {
-        let nodes = self.written.len() + self.unreached.len();
-        (!self.unreached.is_empty()).then(|| format!("{} of {nodes} nodes were not written; their tags are set", self.unreached.len()))
-    }
-}
-
-/// A checked schedule of the environment's running nodes.
-struct Planned {
-    fleet: Fleet,
-    assignment: BTreeMap<String, u32>,
-    schedule: Schedule,
-}
-
-/// Schedules the running nodes of the groups with reboot settings, or says why it cannot
-/// (message, hint).
-async fn plan(cloud: &Cloud, environment: &Environment, seed: u64, reshuffle: bool, ssh: &SshArgs) -> Result<Planned, (String, String)> {
-    let policies: BTreeMap<String, RebootPolicy> =
-        environment.node_groups.iter().filter_map(|g| g.reboots.clone().map(|p| (g.name.value.clone(), p))).collect();
-    let instances = running_instances(cloud)
-        .await
-        .map_err(|e| (format!("AWS failed while listing instances: {e}"), String::from("check credentials and AWS_ENDPOINT_URL, then run again")))?;
-    let (scheduled, unscheduled): (Vec<&Instance>, Vec<&Instance>) = instances.iter().partition(|i| policies.contains_key(&i.group));
-    let members: Vec<Member> = scheduled
-        .iter()
-        .map(|i| {
-            // An untagged node (new since the last schedule) reboots at its fallback minute until
-            // it is written: keep that minute where it fits, so its peers' files hold the truth.
-            let fallback = || node_config::fallback_minute(&policies[&i.group].window, &i.id);
-            let current = i.reboot_time.as_deref().and_then(parse_minute).unwrap_or_else(fallback);
-            Member { id: i.id.clone(), group: i.group.clone(), zone: i.zone.clone(), current: Some(current) }
-        })
-        .collect();
-    let zone_gap_minutes = environment.reboots.as_ref().map_or(0, |p| p.zone_gap_minutes);
-    let fleet = Fleet { members, groups: policies, zone_gap_minutes };
-    let assignment =
-        assign(&fleet, seed, reshuffle).map_err(|e| (format!("no reboot schedule for `{}`: {e}", environment.name), e.hint().to_owned()))?;
-    // The checker is independent of the search: a schedule that breaks a rule is never used.
-    let broken = violations(&fleet, &assignment);
-    if !broken.is_empty() {
-        return Err((
-            format!("the reboot schedule breaks its rules: {}", broken.join("; ")),
-            String::from("this is a bug in kstack; please report it"),
-        ));
-    }
-    let schedule = describe(&fleet, &scheduled, &unscheduled, &assignment, seed, ssh, &environment.name);
-    Ok(Planned { fleet, assignment, schedule })
-}
-
-/// Tags the instances whose time changed, then writes every node's slot (its peers' times
-/// change with theirs). Each node not written is reported as an error; an AWS failure to tag
-/// is the message.
-async fn put_in_force(
-    cloud: &Cloud,
-    environment: &Environment,
-    images: &BTreeMap<String, LoadedImage>,
-    planned: &Planned,
-    ssh: &SshArgs,
-    forks: usize,
-) -> Result<Written, String> {
-    tag_instances(cloud, &planned.schedule.slots).await.map_err(|e| format!("AWS failed while tagging instances: {e}"))?;
-    let writes = node_writes(environment, images, &planned.schedule, &planned.fleet, &planned.assignment, ssh);
-    let written = write_slots(writes, forks).await;
+/// Each unreached node, as an error.
+fn report_unreached(written: &Written) {
     for (node, error) in &written.unreached {
         term::error(&format!("{node}: could not write the reboot slot: {error}"), None);
     }
-    Ok(written)
+}
+
+/// Each node group's SSH user: its image's.
+fn ssh_users(environment: &Environment, images: &BTreeMap<String, LoadedImage>) -> BTreeMap<String, String> {
+    environment
+        .node_groups
+        .iter()
+        .filter_map(|g| match &g.image.value {
+            ImageRef::Named(name) => images.get(name).map(|i| (g.name.value.clone(), i.image.ssh_user.clone())),
+            ImageRef::Ami(_) => None,
+        })
+        .collect()
 }
 
 /// After `apply` or `roll`: gives running nodes without a slot (new since the last
@@ -235,9 +139,10 @@ pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images:
         return;
     }
     let name = &environment.name;
-    let planned = match plan(cloud, environment, rand::random(), false, ssh).await {
+    let access = ssh.access();
+    let planned: Planned = match plan(cloud, environment, rand::random(), false, &access).await {
         Ok(planned) => planned,
-        Err((message, hint)) => return term::warning(&format!("reboot schedule not updated: {message} ({hint})")),
+        Err(error) => return term::warning(&format!("reboot schedule not updated: {error} ({})", error.hint())),
     };
     let new = planned.schedule.slots.iter().filter(|s| s.changed).count();
     if new == 0 {
@@ -246,63 +151,24 @@ pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images:
     if !write_slots {
         // apply and roll reach nodes over SSH only when asked: the tags are the schedule, and a
         // node without its slot file picks a minute of the window at boot until `--assign`.
-        return match tag_instances(cloud, &planned.schedule.slots).await {
+        return match tag_changed(cloud, &planned.schedule.slots).await {
             Ok(()) => term::errln(format_args!(
                 "Reboot schedule: {new} new node(s) folded in (tagged); `kstack reboots {name} --assign` writes their slots on the nodes."
             )),
-            Err(error) => term::warning(&format!("reboot schedule not updated: AWS failed while tagging instances: {error}")),
+            Err(error) => term::warning(&format!("reboot schedule not updated: {error}")),
         };
     }
-    match put_in_force(cloud, environment, images, &planned, ssh, 10).await.map(|written| written.shortfall()) {
+    let written = put_in_force(cloud, environment, &ssh_users(environment, images), &planned, &access, 10).await;
+    if let Ok(written) = &written {
+        report_unreached(written);
+    }
+    match written.map(|written| written.shortfall()) {
         Ok(None) => term::errln(format_args!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it.")),
-        Ok(Some(message)) | Err(message) => term::warning(&format!(
+        Ok(Some(message)) => term::warning(&format!(
             "reboot schedule: {new} new node(s) folded in, but {message}; run `kstack reboots {name} --assign` once SSH reaches them"
         )),
+        Err(error) => term::warning(&format!("reboot schedule: {new} new node(s) not folded in: {error}")),
     }
-}
-
-fn describe(
-    fleet: &Fleet,
-    scheduled: &[&Instance],
-    unscheduled: &[&Instance],
-    assignment: &BTreeMap<String, u32>,
-    seed: u64,
-    ssh: &SshArgs,
-    environment: &str,
-) -> Schedule {
-    let slots: Vec<Slot> = scheduled
-        .iter()
-        .map(|i| {
-            let time = format_minute(assignment[&i.id]);
-            Slot {
-                instance: i.id.clone(),
-                group: i.group.clone(),
-                zone: i.zone.clone(),
-                address: ssh.address(i),
-                changed: i.reboot_time.as_deref() != Some(time.as_str()),
-                time,
-            }
-        })
-        .collect();
-    let groups = fleet
-        .groups
-        .iter()
-        .filter_map(|(group, policy)| {
-            let times: Vec<u32> = scheduled.iter().filter(|i| &i.group == group).map(|i| assignment[&i.id]).collect();
-            let nodes = times.len();
-            (nodes > 0).then(|| GroupFigures {
-                group: group.clone(),
-                nodes,
-                policy: policy.clone(),
-                worst_within_gap: worst_within_gap(&times, policy.group_gap_minutes),
-                random_shared_minute: birthday(nodes as u32, policy.window.minutes()),
-                random_within_gap: random_within_gap(nodes as u32, policy.window.minutes(), policy.group_gap_minutes, seed),
-            })
-        })
-        .collect();
-    let mut unscheduled_groups: Vec<String> = unscheduled.iter().map(|i| i.group.clone()).collect();
-    unscheduled_groups.dedup();
-    Schedule { environment: environment.to_owned(), seed, slots, groups, zone_gap_minutes: fleet.zone_gap_minutes, unscheduled_groups }
 }
 
 fn print_schedule(schedule: &Schedule, color: bool) {
@@ -352,88 +218,4 @@ fn print_schedule(schedule: &Schedule, color: bool) {
     if !schedule.unscheduled_groups.is_empty() {
         term::outln(format_args!("\nNo reboot settings (not scheduled): {}", schedule.unscheduled_groups.join(", ")));
     }
-}
-
-async fn tag_instances(cloud: &Cloud, slots: &[Slot]) -> Result<(), crate::aws::AwsError> {
-    let mut by_time: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for slot in slots.iter().filter(|s| s.changed) {
-        by_time.entry(&slot.time).or_default().push(slot.instance.clone());
-    }
-    // One call per distinct time: CreateTags takes many resources, one value.
-    for (time, instances) in by_time {
-        let tag = aws_sdk_ec2::types::Tag::builder().key(TAG_REBOOT_TIME).value(time).build();
-        cloud.ec2.create_tags().set_resources(Some(instances)).tags(tag).send().await?;
-    }
-    Ok(())
-}
-
-/// One node's slot file to write.
-struct NodeWrite {
-    instance: String,
-    /// None when the instance has no address of the kind SSH uses (private or public).
-    address: Option<String>,
-    login: Login,
-    content: String,
-}
-
-/// Per node of the schedule: its address, how to log in, and the file to write.
-fn node_writes(
-    environment: &Environment,
-    images: &BTreeMap<String, LoadedImage>,
-    schedule: &Schedule,
-    fleet: &Fleet,
-    assignment: &BTreeMap<String, u32>,
-    ssh: &SshArgs,
-) -> Vec<NodeWrite> {
-    let mut writes = Vec::new();
-    for slot in &schedule.slots {
-        let policy = &fleet.groups[&slot.group];
-        let peers: Vec<(String, u32)> =
-            fleet.members.iter().filter(|m| m.group == slot.group && m.id != slot.instance).map(|m| (m.id.clone(), assignment[&m.id])).collect();
-        let user = environment
-            .node_groups
-            .iter()
-            .find(|g| g.name.value == slot.group)
-            .and_then(|g| match &g.image.value {
-                ImageRef::Named(name) => images.get(name).map(|i| i.image.ssh_user.clone()),
-                ImageRef::Ami(_) => None,
-            })
-            .unwrap_or_else(|| String::from("ubuntu"));
-        let content = node_config::apt_config(&environment.name, &slot.instance, assignment[&slot.instance], policy, &peers);
-        writes.push(NodeWrite { instance: slot.instance.clone(), address: slot.address.clone(), login: ssh.login(&user), content });
-    }
-    writes
-}
-
-/// Writes every node's slot, `forks` at a time.
-async fn write_slots(writes: Vec<NodeWrite>, forks: usize) -> Written {
-    let permits = Arc::new(tokio::sync::Semaphore::new(forks.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut written = Written { written: Vec::new(), unreached: Vec::new() };
-    for write in writes {
-        let Some(address) = write.address else {
-            written.unreached.push((format!("{} (no address)", write.instance), String::from("it has no address SSH could use")));
-            continue;
-        };
-        let permits = Arc::clone(&permits);
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let result = async {
-                let connection = Connection::open(&address, &write.login).await?;
-                connection.write_file(node_config::PATH, write.content.as_bytes(), 0o644, "root", "root").await
-            };
-            (format!("{} ({address})", write.instance), write.instance, result.await.map_err(|e| e.to_string()))
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, instance, Ok(()))) => written.written.push(instance),
-            Ok((node, _, Err(error))) => written.unreached.push((node, error)),
-            // A write task that panicked: which node is unknown, but it still counts.
-            Err(error) => written.unreached.push((String::from("a node"), error.to_string())),
-        }
-    }
-    written.written.sort();
-    written.unreached.sort();
-    written
 }

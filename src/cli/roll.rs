@@ -1,9 +1,10 @@
 //! `kstack roll <env>`
 
+use crate::naming::TAG_UNFINISHED_ROLL;
 use std::time::Duration;
 
 use crate::aws::Cloud;
-use crate::compile::TAG_UNFINISHED_ROLL;
+
 use crate::model::{Amount, PolicyOverrides, Project};
 use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
 

@@ -85,7 +85,7 @@ pub fn open_store(project: &Project, environment: &str, state: &crate::model::St
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new().map_err(|error| {
         term::error(&format!("cannot start the async runtime: {error}"), None);
-        Failure::Reported
+        Failure::Failed
     })
 }
 
@@ -272,36 +272,18 @@ async fn resolve_named_images(
     cloud: &Cloud,
     names: &[String],
 ) -> Result<std::collections::BTreeMap<String, String>, Failure> {
-    let region = &cloud.region;
-    let newest = aws::resolve_images(cloud, names).await.map_err(|e| aws_failure(region, "resolving images", &e))?;
-    let mut amis = std::collections::BTreeMap::new();
-    for name in names {
-        // Loaded with the environment, which stops on problems: every name is here.
-        let current = match images.get(name) {
-            Some(LoadedImage { image, roles }) => crate::bake::current_ami(cloud, image, roles, &project.root.join("roles")).await,
-            None => Ok(None),
-        };
-        match (current, newest.get(name)) {
-            (Ok(Some(ami)), _) => {
-                amis.insert(name.clone(), ami);
-            }
-            (_, Some(ami)) => {
-                term::warning(&format!(
-                    "image `{name}` changed since its newest AMI {ami} was baked; planning with that AMI. \
-                     Run `kstack bake {name}` to bake the current definition."
-                ));
-                amis.insert(name.clone(), ami.clone());
-            }
-            (_, None) => {
-                term::error(
-                    &format!("no AMI has been baked in {region} for image `{name}`"),
-                    Some(&format!("bake it first with `kstack bake {name}`, or name an AMI id as the group's `image`")),
-                );
-                return Err(Failure::Reported);
-            }
-        }
+    let definitions = images.iter().map(|(name, loaded)| (name.as_str(), (&loaded.image, loaded.roles.as_slice()))).collect();
+    let resolved = crate::bake::resolve::resolve(cloud, &project.root.join("roles"), &definitions, names)
+        .await
+        .map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    for (name, found) in resolved.iter().filter(|(_, found)| found.stale) {
+        term::warning(&format!(
+            "image `{name}` changed since its newest AMI {} was baked; planning with that AMI. \
+             Run `kstack bake {name}` to bake the current definition.",
+            found.ami
+        ));
     }
-    Ok(amis)
+    Ok(resolved.into_iter().map(|(name, found)| (name, found.ami)).collect())
 }
 
 fn round_millis(duration: Duration) -> f64 {
@@ -309,9 +291,6 @@ fn round_millis(duration: Duration) -> f64 {
 }
 
 pub fn aws_failure(region: &str, doing: &str, error: &aws::AwsError) -> Failure {
-    term::error(
-        &format!("AWS failed while {doing} in {region}: {error}"),
-        Some("check credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID) and AWS_ENDPOINT_URL, then run again"),
-    );
-    Failure::Reported
+    term::error(&format!("AWS failed while {doing} in {region}: {error}"), Some(error.hint()));
+    Failure::Failed
 }

@@ -101,7 +101,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                         .map(|close| format!("did you mean `{close}`?"))
                         .unwrap_or_else(|| format!("`kstack state list {env}` shows every address"));
                     term::error(&format!("`{address}` is not in the state of `{env}`"), Some(&hint));
-                    Err(Failure::Reported)
+                    Err(Failure::Invalid)
                 }
             }
         }

@@ -51,7 +51,7 @@ pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 "problems": term::problems_json(problems, &sources),
             });
             term::outln(format_args!("{json:#}"));
-            Err(Failure::Reported)
+            Err(Failure::Invalid)
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod diff;
 mod render;
 
+use crate::naming::TAG_IDENTITY;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ pub use render::render;
 
 use crate::aws::{forces_replacement, Observed};
 use crate::graph::ResourceGraph;
-use crate::identity::TAG_IDENTITY;
+
 use crate::resource::{Address, Kind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

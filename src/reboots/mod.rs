@@ -2,6 +2,7 @@
 //! and the figures that compare it with random choice ([`stats`]).
 
 pub mod node_config;
+pub mod running;
 pub mod schedule;
 pub mod stats;
 

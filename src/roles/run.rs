@@ -207,7 +207,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             }
         }
         Work::Verify => {
-            let jinja = jinja();
+            let jinja = crate::template::engine();
             'roles: for role in roles {
                 let context = context(role, variables, &facts, host);
                 for check in &role.checks {
@@ -301,14 +301,6 @@ fn context(role: &Role, variables: &Variables, facts: &Facts, host: &str) -> min
     minijinja::Value::from_serialize(&context)
 }
 
-/// The template engine for tasks and checks: strict, so a misspelt variable is an error.
-fn jinja() -> minijinja::Environment<'static> {
-    let mut jinja = minijinja::Environment::new();
-    jinja.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    jinja.set_keep_trailing_newline(true);
-    jinja
-}
-
 /// Whether a task's or check's `when:` holds (no condition always does).
 fn condition_holds(condition: Option<&str>, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<bool, String> {
     let Some(condition) = condition else { return Ok(true) };
@@ -347,7 +339,7 @@ async fn run_task(
     context: &minijinja::Value,
     handler: bool,
 ) -> TaskReport {
-    let jinja = jinja();
+    let jinja = crate::template::engine();
     let report = |status, outcome, error| TaskReport { role: role.name.clone(), task: task.name.clone(), handler, status, outcome, error };
     match condition_holds(task.when.as_deref(), &jinja, context) {
         Ok(true) => {}

@@ -76,7 +76,7 @@ pub async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInf
     let mut problems = Problems::default();
     let Some(command) = Renderer::with_hint(ROLL_HOOK_HINT).render(template, &context, &mut problems) else {
         let why: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
-        return Err(RollError::Failed(format!("the {which} hook is not a valid template: {}", why.join("; "))));
+        return Err(RollError::HookTemplate { hook: which, problems: why });
     };
     (roll.progress)(&format!("{}: {which} hook: {command}", roll.aws_name));
     // Its own process group, so a timeout ends whatever the hook started, not only `sh`.
@@ -88,22 +88,20 @@ pub async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInf
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| RollError::Failed(format!("cannot run the {which} hook: {e}")))?;
+        .map_err(|error| RollError::HookNotRun { hook: which, error })?;
     let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
     let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
     let output = match tokio::time::timeout(Duration::from_secs(*timeout_seconds), child.wait_with_output()).await {
-        Ok(output) => output.map_err(|e| RollError::Failed(format!("cannot run the {which} hook: {e}")))?,
+        Ok(output) => output.map_err(|error| RollError::HookNotRun { hook: which, error })?,
         Err(_) => {
             if let Some(group) = group {
                 let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
             }
-            return Err(RollError::Failed(format!(
-                "the {which} hook timed out{on} after {timeout_seconds}s and was killed (`timeout_seconds` in `roll_hooks` sets the limit)"
-            )));
+            return Err(RollError::HookTimedOut { hook: which, on, seconds: *timeout_seconds });
         }
     };
     if output.status.success() {
         return Ok(());
     }
-    Err(RollError::Failed(format!("the {which} hook failed{on} ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim())))
+    Err(RollError::HookFailed { hook: which, on, status: output.status, stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned() })
 }

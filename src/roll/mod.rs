@@ -15,18 +15,20 @@ mod hooks;
 mod journal;
 mod outdated;
 
+use crate::naming::TAG_UNFINISHED_ROLL;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use aws_sdk_autoscaling::types::AutoScalingGroup;
 
 use crate::aws::{AwsError, Cloud};
-use crate::compile::TAG_UNFINISHED_ROLL;
+
 use crate::model::{BatchSize, RollHooks, RollPolicy};
 use crate::stop::{Reason, Stop};
 use hooks::{describe_instances, Hook};
 
-pub use journal::{BatchRecord, GroupRecord, Journal, RollRecord};
+pub use crate::state::{BatchRecord, GroupRecord, RollRecord};
+pub use journal::Journal;
 pub use outdated::{group_state, GroupState};
 
 /// Processes that would fight a roll: rebalancing across zones, replacing instances the roll
@@ -37,8 +39,38 @@ const SUSPENDED: [&str; 4] = ["AZRebalance", "ReplaceUnhealthy", "ScheduledActio
 pub enum RollError {
     #[error("AWS failed while {doing}: {error}")]
     Aws { doing: String, error: AwsError },
-    #[error("{0}")]
-    Failed(String),
+    #[error("cannot record the roll's progress: {0}")]
+    Journal(crate::state::StateError),
+    #[error("auto scaling group {group} does not exist; apply the environment first")]
+    NoGroup { group: String },
+    #[error("launch template version {version} of the group does not exist")]
+    NoTemplateVersion { version: String },
+    #[error("launch configuration {name} does not exist")]
+    NoLaunchConfiguration { name: String },
+    /// The group's roll settings give no batch for its size.
+    #[error("{group}: {reason}")]
+    Policy { group: String, reason: String },
+    #[error("{group}: new instances {} do not run the group's current launch settings; did they change during the roll?", .instances.join(", "))]
+    SettingsChanged { group: String, instances: Vec<String> },
+    #[error(
+        "{group}: {healthy} of {desired} instances are healthy, and max_surge {max_surge} with max_unavailable {max_unavailable} \
+         allows none of the outdated to go without dropping below the group's floor; let the group heal, or raise max_surge"
+    )]
+    BelowFloor { group: String, healthy: usize, desired: u32, max_surge: crate::model::Amount, max_unavailable: crate::model::Amount },
+    #[error("{group}: new instances were not in service and healthy within {seconds}s")]
+    NotHealthy { group: String, seconds: u64 },
+    #[error("{group}: {} did not leave the group within {seconds}s", .instances.join(", "))]
+    NotGone { group: String, instances: Vec<String>, seconds: u64 },
+    #[error("{error}; undoing the batch's surge failed too: {undo}")]
+    UndoFailed { error: Box<RollError>, undo: Box<RollError> },
+    #[error("the {hook} hook is not a valid template: {}", .problems.join("; "))]
+    HookTemplate { hook: &'static str, problems: Vec<String> },
+    #[error("cannot run the {hook} hook: {error}")]
+    HookNotRun { hook: &'static str, error: std::io::Error },
+    #[error("the {hook} hook timed out{on} after {seconds}s and was killed (`timeout_seconds` in `roll_hooks` sets the limit)")]
+    HookTimedOut { hook: &'static str, on: String, seconds: u64 },
+    #[error("the {hook} hook failed{on} ({status}): {stderr}")]
+    HookFailed { hook: &'static str, on: String, status: std::process::ExitStatus, stderr: String },
     #[error("{0}")]
     Stopped(Reason),
 }
@@ -155,7 +187,7 @@ async fn mark_unfinished(cloud: &Cloud, name: &str, note: Option<&str>) -> Resul
 
 async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal) -> Result<usize, RollError> {
     let Some(record) = journal.group().cloned() else { return Ok(0) };
-    let size = roll.policy.batch(record.desired.max(0) as u32).map_err(|m| RollError::Failed(format!("{}: {m}", roll.group)))?;
+    let size = roll.policy.batch(record.desired.max(0) as u32).map_err(|reason| RollError::Policy { group: roll.group.to_owned(), reason })?;
     let mut replaced = 0;
     let mut number = 0;
     if let Some(batch) = record.batch.clone() {
@@ -174,11 +206,10 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
         if let Some(seen) = &seen_outdated {
             let unexpected: Vec<&str> = state.outdated.iter().filter(|id| !seen.contains(*id)).map(String::as_str).collect();
             if !unexpected.is_empty() {
-                return Err(RollError::Failed(format!(
-                    "{}: new instances {} do not run the group's current launch settings; did they change during the roll?",
-                    roll.aws_name,
-                    unexpected.join(", ")
-                )));
+                return Err(RollError::SettingsChanged {
+                    group: roll.aws_name.to_owned(),
+                    instances: unexpected.into_iter().map(str::to_owned).collect(),
+                });
             }
         }
         seen_outdated = Some(state.outdated.iter().cloned().collect());
@@ -187,14 +218,13 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
         let healthy = healthy_members(cloud, &state.group).await?;
         let desired = record.desired.max(0) as u32;
         let Some((surged, replaced_first)) = next_batch(&state.outdated, &healthy, desired, size) else {
-            return Err(RollError::Failed(format!(
-                "{}: {} of {desired} instances are healthy, and max_surge {} with max_unavailable {} allows none of the outdated to go \
-                 without dropping below the group's floor; let the group heal, or raise max_surge",
-                roll.aws_name,
-                healthy.len(),
-                roll.policy.max_surge,
-                roll.policy.max_unavailable
-            )));
+            return Err(RollError::BelowFloor {
+                group: roll.aws_name.to_owned(),
+                healthy: healthy.len(),
+                desired,
+                max_surge: roll.policy.max_surge,
+                max_unavailable: roll.policy.max_unavailable,
+            });
         };
         let estimate = batches(&state.outdated, size).len();
         number += 1;
@@ -290,7 +320,7 @@ async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, b
 async fn stop_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, error: RollError, prefer: Option<&str>) -> RollError {
     match undo_surge(cloud, roll.aws_name, journal, roll.timeout, roll.progress, prefer).await {
         Ok(()) => error,
-        Err(undo) => RollError::Failed(format!("{error}; undoing the batch's surge failed too: {undo}")),
+        Err(undo) => RollError::UndoFailed { error: Box::new(error), undo: Box::new(undo) },
     }
 }
 
@@ -436,7 +466,7 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
         // Waiting on: stopping now undoes the batch's surge.
         roll.check()?;
         if started.elapsed() > roll.timeout {
-            return Err(RollError::Failed(format!("{name}: new instances were not in service and healthy within {}s", roll.timeout.as_secs())));
+            return Err(RollError::NotHealthy { group: name.to_owned(), seconds: roll.timeout.as_secs() });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -477,7 +507,7 @@ async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Dur
             return Ok(());
         }
         if started.elapsed() > timeout {
-            return Err(RollError::Failed(format!("{name}: {} did not leave the group within {}s", instances.join(", "), timeout.as_secs())));
+            return Err(RollError::NotGone { group: name.to_owned(), instances: instances.to_vec(), seconds: timeout.as_secs() });
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

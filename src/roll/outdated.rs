@@ -45,11 +45,7 @@ pub async fn describe_group(cloud: &Cloud, name: &str) -> Result<AutoScalingGrou
         .send()
         .await
         .map_err(|e| aws("describing the group")(e.into()))?;
-    described
-        .auto_scaling_groups()
-        .first()
-        .cloned()
-        .ok_or_else(|| RollError::Failed(format!("auto scaling group {name} does not exist; apply the environment first")))
+    described.auto_scaling_groups().first().cloned().ok_or_else(|| RollError::NoGroup { group: name.to_owned() })
 }
 
 async fn desired(cloud: &Cloud, group: &AutoScalingGroup) -> Result<Desired, RollError> {
@@ -64,10 +60,7 @@ async fn desired(cloud: &Cloud, group: &AutoScalingGroup) -> Result<Desired, Rol
             .send()
             .await
             .map_err(|e| aws("reading the launch template")(e.into()))?;
-        let found = versions
-            .launch_template_versions()
-            .first()
-            .ok_or_else(|| RollError::Failed(format!("launch template version {version} of the group does not exist")))?;
+        let found = versions.launch_template_versions().first().ok_or_else(|| RollError::NoTemplateVersion { version: version.to_string() })?;
         let data = found.launch_template_data();
         return Ok(Desired {
             image: data.and_then(|d| d.image_id()).unwrap_or_default().to_owned(),
@@ -83,7 +76,7 @@ async fn desired(cloud: &Cloud, group: &AutoScalingGroup) -> Result<Desired, Rol
         .send()
         .await
         .map_err(|e| aws("reading the launch configuration")(e.into()))?;
-    let config = configs.launch_configurations().first().ok_or_else(|| RollError::Failed(format!("launch configuration {name} does not exist")))?;
+    let config = configs.launch_configurations().first().ok_or_else(|| RollError::NoLaunchConfiguration { name: name.to_owned() })?;
     Ok(Desired {
         image: config.image_id().unwrap_or_default().to_owned(),
         instance_type: config.instance_type().unwrap_or_default().to_owned(),

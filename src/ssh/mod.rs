@@ -80,6 +80,29 @@ pub struct Login {
     pub bastion: Option<Bastion>,
 }
 
+/// How kstack reaches a fleet's nodes: which of an instance's addresses it uses, and how it
+/// logs in, as whichever user each node's image says unless one is given for all.
+#[derive(Debug, Clone)]
+pub struct NodeAccess {
+    pub public_addresses: bool,
+    /// The user for every node, instead of each image's.
+    pub user: Option<String>,
+    /// Everything else of the login; its user is replaced.
+    pub login: Login,
+}
+
+impl NodeAccess {
+    /// The address to reach an instance at, of its private and public ones.
+    pub fn address(&self, private: Option<&str>, public: Option<&str>) -> Option<String> {
+        if self.public_addresses { public } else { private }.map(str::to_owned)
+    }
+
+    /// Logging in as the given user, or else as `default_user` (the image's).
+    pub fn login(&self, default_user: &str) -> Login {
+        Login { user: self.user.clone().unwrap_or_else(|| default_user.to_owned()), ..self.login.clone() }
+    }
+}
+
 /// The private key a login authenticates with.
 #[derive(Debug, Clone)]
 pub enum LoginKey {

@@ -5,6 +5,7 @@
 
 mod local;
 pub mod lock;
+mod roll_record;
 mod s3;
 mod time;
 
@@ -15,13 +16,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use lock::{hostname, Lock, LockError, LockInfo};
+pub use roll_record::{BatchRecord, GroupRecord, RollRecord};
 pub use time::{now_rfc3339, parse_rfc3339, rfc3339, rfc3339_in};
 
 use crate::aws::Observed;
 use crate::identity::{Identity, Owner};
 use crate::model::StateBackend;
 use crate::resource::Address;
-use crate::roll::RollRecord;
 use crate::stop::Stop;
 use local::LocalBackend;
 use s3::S3Backend;

@@ -27,15 +27,34 @@ const FUEL: u64 = 1_000_000;
 
 const HINT: &str = "templates see the environment's `variables`, plus `env`, `region` and `group`";
 
+/// The one template engine of kstack, for user data, roles (tasks, templates, checks, `when:`)
+/// and roll hooks alike: strict, so a misspelt variable is an error, and bounded, so a
+/// template runs in bounded time however it loops.
+pub fn engine() -> Environment<'static> {
+    let mut jinja = Environment::new();
+    jinja.set_undefined_behavior(UndefinedBehavior::Strict);
+    jinja.set_keep_trailing_newline(true);
+    jinja.set_fuel(Some(FUEL));
+    jinja
+}
+
+/// A `when:` condition, if it is a valid expression; otherwise a problem at it, with `example`.
+pub fn condition(expression: Spanned<String>, example: &str, problems: &mut Problems) -> Option<String> {
+    match engine().compile_expression(&expression.value) {
+        Ok(_) => Some(expression.value),
+        Err(error) => {
+            problems
+                .error(expression.loc, format!("`when` is not a valid expression: {}", error.detail().unwrap_or("syntax error")))
+                .hint(format!("e.g. `when: {example}`"));
+            None
+        }
+    }
+}
+
 impl Renderer {
     /// A renderer whose problems say `hint` about the variables its templates see.
     pub fn with_hint(hint: &'static str) -> Renderer {
-        let mut jinja = Environment::new();
-        jinja.set_undefined_behavior(UndefinedBehavior::Strict);
-        jinja.set_keep_trailing_newline(true);
-        // A template runs in bounded time, however it loops.
-        jinja.set_fuel(Some(FUEL));
-        Renderer { jinja, hint }
+        Renderer { jinja: engine(), hint }
     }
 
     /// Renders `template` with `context`. Each undefined variable is reported at its own
@@ -140,5 +159,13 @@ mod tests {
         let rendered = Renderer::default().render(&template("a\nb\n{% if %}\n"), &BTreeMap::new(), &mut problems);
         assert!(rendered.is_none());
         assert_eq!(problems.iter().next().unwrap().loc.unwrap().line, 12);
+    }
+
+    #[test]
+    fn a_runaway_template_runs_out_of_fuel_instead_of_hanging() {
+        let error =
+            super::engine().render_str("{% for i in range(10000) %}{% for j in range(10000) %}{{ j }}{% endfor %}{% endfor %}", ()).unwrap_err();
+        assert_eq!(error.kind(), minijinja::ErrorKind::OutOfFuel);
+        assert_eq!(super::engine().render_str("{% for i in range(3) %}{{ i }}{% endfor %}", ()).unwrap(), "012");
     }
 }

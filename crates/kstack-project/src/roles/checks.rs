@@ -104,13 +104,7 @@ pub fn read(node: &Node, problems: &mut Problems) -> Vec<Check> {
         if let Node::Mapping(map) = body {
             if let Some(condition) = map.get("when") {
                 let expression = yaml::string(condition, problems)?;
-                if let Err(error) = minijinja::Environment::new().compile_expression(&expression.value) {
-                    problems
-                        .error(expression.loc, format!("`when` is not a valid expression: {}", error.detail().unwrap_or("syntax error")))
-                        .hint("e.g. `when: docker_storage_driver == \"aufs\"`");
-                    return None;
-                }
-                when = Some(expression.value);
+                when = Some(crate::template::condition(expression, "docker_storage_driver == \"aufs\"", problems)?);
             }
         }
         let mut json = yaml::to_json(body);

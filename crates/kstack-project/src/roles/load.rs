@@ -162,39 +162,51 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
         problems.error(yaml::loc(node), "a task must be a mapping with `name` and one module, e.g. `file: {...}`");
         return None;
     };
-    let mut name = handler_name.map(|n| n.value);
-    let mut notify = Vec::new();
-    let mut when = None;
-    let mut module: Option<(String, &Node, Loc)> = None;
+    let settings = settings(map, handler_name.map(|n| n.value), problems);
+    let loc = yaml::loc(node);
+    let Some((module, args_node, module_loc)) = settings.module else {
+        problems.error(loc, "this task names no module").hint(format!("add one of: {}", NAMES.join(", ")));
+        return None;
+    };
+    let Some(name) = settings.name else {
+        problems.error(loc, "this task has no `name`").hint("add `name: <what it does>`, shown in every run");
+        return None;
+    };
+    let (args, raw_content) = arguments(&module, args_node, dir, problems)?;
+    check_arguments(&module, &args, raw_content.as_deref(), module_loc, problems)?;
+    Some(Task { name, module, args, raw_content, notify: settings.notify, when: settings.when, loc })
+}
+
+/// What a task's keys say: its name, handlers, condition, and its one module.
+struct Settings<'a> {
+    name: Option<String>,
+    notify: Vec<String>,
+    when: Option<String>,
+    module: Option<(String, &'a Node, Loc)>,
+}
+
+fn settings<'a>(map: &'a marked_yaml::types::MarkedMappingNode, name: Option<String>, problems: &mut Problems) -> Settings<'a> {
+    let mut settings = Settings { name, notify: Vec::new(), when: None, module: None };
     for (key, value) in map.iter() {
         match key.as_str() {
-            "name" if name.is_none() => name = yaml::string(value, problems).map(|s| s.value),
+            "name" if settings.name.is_none() => settings.name = yaml::string(value, problems).map(|s| s.value),
             "notify" => {
-                notify = match value {
+                settings.notify = match value {
                     Node::Scalar(_) => yaml::string(value, problems).map(|s| vec![s.value]).unwrap_or_default(),
                     _ => yaml::string_list(value, problems).unwrap_or_default().into_iter().map(|s| s.value).collect(),
                 }
             }
             "when" => {
-                if let Some(expression) = yaml::string(value, problems) {
-                    let jinja = minijinja::Environment::new();
-                    match jinja.compile_expression(&expression.value) {
-                        Ok(_) => when = Some(expression.value),
-                        Err(error) => {
-                            problems
-                                .error(expression.loc, format!("`when` is not a valid expression: {}", error.detail().unwrap_or("syntax error")))
-                                .hint("e.g. `when: not facts.container`");
-                        }
-                    }
-                }
+                settings.when =
+                    yaml::string(value, problems).and_then(|expression| crate::template::condition(expression, "not facts.container", problems));
             }
             other if NAMES.contains(&other) => {
-                if let Some((first, _, _)) = &module {
+                if let Some((first, _, _)) = &settings.module {
                     problems
                         .error(yaml::scalar_loc(key), format!("a task has one module; this one has `{first}` and `{other}`"))
                         .hint("split it into two tasks");
                 } else {
-                    module = Some((other.to_owned(), value, yaml::scalar_loc(key)));
+                    settings.module = Some((other.to_owned(), value, yaml::scalar_loc(key)));
                 }
             }
             other => {
@@ -206,20 +218,16 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
             }
         }
     }
-    let loc = yaml::loc(node);
-    let Some((module, args_node, module_loc)) = module else {
-        problems.error(loc, "this task names no module").hint(format!("add one of: {}", NAMES.join(", ")));
-        return None;
-    };
-    let Some(name) = name else {
-        problems.error(loc, "this task has no `name`").hint("add `name: <what it does>`, shown in every run");
-        return None;
-    };
+    settings
+}
+
+/// A module's arguments with the role files they name read in: `src` (a template's or unit's
+/// text, or a copied file's raw content) and `key_src`.
+fn arguments(module: &str, args_node: &Node, dir: &Path, problems: &mut Problems) -> Option<(serde_json::Value, Option<String>)> {
     let mut args = yaml::to_json(args_node);
     let mut raw_content = None;
     // `src` names a file of the role for these; for `file` it is a link's target.
-    let reads_src = matches!(module.as_str(), "copy" | "template" | "systemd_unit" | "service");
-    if reads_src {
+    if matches!(module, "copy" | "template" | "systemd_unit" | "service") {
         let folder = if module == "copy" { "files" } else { "templates" };
         if let Some(text) = role_file(args_node, "src", dir, folder, problems).ok()? {
             if module == "copy" {
@@ -234,18 +242,24 @@ fn task(node: &Node, handler_name: Option<Spanned<String>>, dir: &Path, problems
         args["key"] = serde_json::Value::String(key);
         args.as_object_mut().map(|m| m.remove("key_src"));
     }
-    // Checked now, before any host is touched; checked again after templating.
-    let mut typed = serde_json::Map::new();
-    let mut checked_args = args.clone();
-    if let (Some(content), Some(map)) = (&raw_content, checked_args.as_object_mut()) {
-        map.insert("content".into(), serde_json::Value::String(content.clone()));
+    Some((args, raw_content))
+}
+
+/// Checks the arguments against the module's type now, before any host is touched; they are
+/// checked again after templating.
+fn check_arguments(module: &str, args: &serde_json::Value, raw_content: Option<&str>, loc: Loc, problems: &mut Problems) -> Option<()> {
+    let mut checked = args.clone();
+    if let (Some(content), Some(map)) = (raw_content, checked.as_object_mut()) {
+        map.insert("content".into(), serde_json::Value::String(content.to_owned()));
     }
-    typed.insert(module.clone(), checked_args);
-    if let Err(error) = serde_json::from_value::<Module>(serde_json::Value::Object(typed)) {
-        problems.error(module_loc, format!("invalid `{module}` arguments: {error}")).hint("see the module reference in the README");
-        return None;
+    let typed = serde_json::Value::Object(serde_json::Map::from_iter([(module.to_owned(), checked)]));
+    match serde_json::from_value::<Module>(typed) {
+        Ok(_) => Some(()),
+        Err(error) => {
+            problems.error(loc, format!("invalid `{module}` arguments: {error}")).hint("see the module reference in the README");
+            None
+        }
     }
-    Some(Task { name, module, args, raw_content, notify, when, loc })
 }
 
 /// The text of the file that `key` (`src`, `key_src`) names in the role's `folder`, read
