@@ -2,6 +2,10 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
+// What nothing outside a module needs stays `pub(crate)`, so the public surface is what tests,
+// benches and tools use.
+#![warn(unreachable_pub)]
+
 pub mod apply;
 pub mod aws;
 pub mod bake;

@@ -11,7 +11,7 @@ use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 
 use crate::resource::{Address, Kind, Resource, Spec};
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let filter = Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(cloud.environment()).build();
     let mut pages = cloud.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
@@ -69,7 +69,7 @@ fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
     Ok(Settings { subnets, launch_template, launch_configuration, health_check_type: if health_check.elb { "ELB" } else { "EC2" } })
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
         unreachable!("takes an auto scaling group")
     };
@@ -94,7 +94,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
     Ok(resource.name.clone())
 }
 
-pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
         unreachable!("takes an auto scaling group")
     };
@@ -134,7 +134,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
 
 /// Deletes the group with its instances and waits until it is gone, so that its subnets,
 /// security groups and launch settings can be deleted after it.
-pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
     cloud.autoscaling.delete_auto_scaling_group().auto_scaling_group_name(name).force_delete(true).send().await?;
     for attempt in 0..180u64 {
         let described = cloud.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(name).send().await?;
@@ -147,7 +147,7 @@ pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
 }
 
 /// Retags a group; its tags reach the instances it launches from then on.
-pub async fn retag(cloud: &Cloud, name: &str, change: &TagChange) -> Result<(), AwsError> {
+pub(super) async fn retag(cloud: &Cloud, name: &str, change: &TagChange) -> Result<(), AwsError> {
     use aws_sdk_autoscaling::types::Tag as GroupTag;
     let tag = |k: &String, v: Option<&String>| {
         GroupTag::builder().resource_id(name).resource_type("auto-scaling-group").key(k).set_value(v.cloned()).propagate_at_launch(true).build()

@@ -11,7 +11,7 @@ use super::tags::TagChange;
 use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Address, Kind, Resource, Spec};
 
-pub fn name_from_arn(arn: &str) -> &str {
+pub(super) fn name_from_arn(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
 }
 
@@ -53,7 +53,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let prefix = cloud.owner.iam_path_prefix();
     let mut found = Vec::new();
     // One paginated call returns every role with its policies, instead of three per role.
@@ -101,7 +101,7 @@ fn path_for_new(cloud: &Cloud) -> Result<String, AwsError> {
     cloud.owner.iam_path().ok_or_else(|| AwsError::internal(String::from("the environment has no identity yet")))
 }
 
-pub async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
+pub(super) async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
     let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else { unreachable!("takes an IAM role") };
     let created = cloud
         .iam
@@ -127,7 +127,7 @@ async fn put_inline(cloud: &Cloud, role: &str, name: &str, document: &serde_json
     Ok(())
 }
 
-pub async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Observed) -> Result<(), AwsError> {
+pub(super) async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Observed) -> Result<(), AwsError> {
     let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else { unreachable!("takes an IAM role") };
     let role = name_from_arn(&actual.id);
     if actual.attributes["assume_role_policy"] != *assume_role_policy {
@@ -152,7 +152,7 @@ pub async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Observed) 
     Ok(())
 }
 
-pub async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
+pub(super) async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
     let role = name_from_arn(&actual.id);
     for policy in actual.attributes["managed_policies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
         cloud.iam.detach_role_policy().role_name(role).policy_arn(policy).send().await?;
@@ -168,7 +168,7 @@ pub async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), AwsErro
     Ok(())
 }
 
-pub async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
     let created = cloud
         .iam
@@ -189,7 +189,7 @@ async fn add_role(cloud: &Cloud, profile: &str, role: &Address, ids: &Ids) -> Re
     Ok(())
 }
 
-pub async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
     let profile = name_from_arn(&actual.id);
     remove_roles(cloud, profile).await?;
@@ -204,7 +204,7 @@ async fn remove_roles(cloud: &Cloud, profile: &str) -> Result<(), AwsError> {
     Ok(())
 }
 
-pub async fn delete_instance_profile(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
+pub(super) async fn delete_instance_profile(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
     let profile = name_from_arn(&actual.id);
     remove_roles(cloud, profile).await?;
     cloud.iam.delete_instance_profile().instance_profile_name(profile).send().await?;
@@ -212,7 +212,7 @@ pub async fn delete_instance_profile(cloud: &Cloud, actual: &Observed) -> Result
 }
 
 /// Retags a role or an instance profile, named by its ARN.
-pub async fn retag(cloud: &Cloud, kind: Kind, arn: &str, change: &TagChange) -> Result<(), AwsError> {
+pub(super) async fn retag(cloud: &Cloud, kind: Kind, arn: &str, change: &TagChange) -> Result<(), AwsError> {
     let name = name_from_arn(arn);
     let tags: Vec<Tag> = change
         .changed

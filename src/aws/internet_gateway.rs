@@ -7,7 +7,7 @@ use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed}
 use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource, Spec};
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let mut pages = cloud.ec2.describe_internet_gateways().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -21,7 +21,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::InternetGateway { vpc } = &resource.spec else { unreachable!("takes an internet gateway") };
     let created = cloud
         .ec2
@@ -40,7 +40,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
     Ok(id)
 }
 
-pub async fn delete(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
     // Detaching needs the VPC's id, which the gateway itself reports.
     let gateways = cloud.ec2.describe_internet_gateways().internet_gateway_ids(&actual.id).send().await?;
     for attachment in gateways.internet_gateways().iter().flat_map(|g| g.attachments()) {

@@ -11,7 +11,7 @@ use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 
 use crate::resource::{Address, Kind, Resource, Spec};
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let mut pages = cloud.autoscaling.describe_launch_configurations().into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -47,7 +47,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::LaunchConfiguration(launch) = &resource.spec else { unreachable!("takes a launch configuration") };
     let ami = ami(launch)?;
     let security_groups = ids_of(ids, &launch.security_groups)?;
@@ -89,7 +89,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
     Ok(resource.name.clone())
 }
 
-pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
     cloud.autoscaling.delete_launch_configuration().launch_configuration_name(name).send().await?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use super::tags::{ec2_tag_specification, ec2_tags, environment_filter, from_ec2,
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, Spec, UserData};
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut templates = Vec::new();
     let mut pages = cloud.ec2.describe_launch_templates().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -55,7 +55,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
 }
 
 /// Launch settings as read back from AWS, shared with launch configurations.
-pub struct LaunchAttributes<'a> {
+pub(super) struct LaunchAttributes<'a> {
     pub image: Option<&'a str>,
     pub instance_type: Option<&'a str>,
     pub security_groups: Vec<&'a str>,
@@ -71,7 +71,7 @@ pub struct LaunchAttributes<'a> {
 }
 
 /// The JSON shape of [`LaunchSpec`], with user data reduced to its hash.
-pub fn launch_attributes(read: LaunchAttributes<'_>) -> serde_json::Value {
+pub(super) fn launch_attributes(read: LaunchAttributes<'_>) -> serde_json::Value {
     let mut security_groups = read.security_groups;
     security_groups.sort_unstable();
     let user_data = read
@@ -99,7 +99,7 @@ pub fn launch_attributes(read: LaunchAttributes<'_>) -> serde_json::Value {
     })
 }
 
-pub fn ami(launch: &LaunchSpec) -> Result<&str, AwsError> {
+pub(super) fn ami(launch: &LaunchSpec) -> Result<&str, AwsError> {
     match &launch.image {
         ImageSpec::Ami(id) => Ok(id),
         ImageSpec::Named(name) => Err(AwsError::internal(format!("image `{name}` was not resolved to an AMI"))),
@@ -149,7 +149,7 @@ async fn template_data(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, 
         .build())
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::LaunchTemplate(launch) = &resource.spec else { unreachable!("takes a launch template") };
     let data = template_data(cloud, resource, launch, ids).await?;
     let created = cloud
@@ -168,7 +168,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         .to_owned())
 }
 
-pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::LaunchTemplate(launch) = &resource.spec else { unreachable!("takes a launch template") };
     let data = template_data(cloud, resource, launch, ids).await?;
     let version = cloud
@@ -186,7 +186,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
     Ok(())
 }
 
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     cloud.ec2.delete_launch_template().launch_template_id(id).send().await?;
     Ok(())
 }

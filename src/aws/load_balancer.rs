@@ -18,7 +18,7 @@ fn build_error(error: impl std::fmt::Display) -> AwsError {
     AwsError::internal(error.to_string())
 }
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     // Classic ELBs cannot be filtered by tag: list the names with the environment's prefix,
     // then confirm ownership by tag, twenty names per call.
     let prefix = crate::identity::name_prefix(cloud.environment(), Kind::LoadBalancer);
@@ -109,7 +109,7 @@ fn listener(listener: &model::Listener) -> Result<Listener, AwsError> {
         .map_err(build_error)
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::LoadBalancer { internal, subnets, security_groups, listeners, .. } = &resource.spec else { unreachable!("takes a load balancer") };
     let tags = resource.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(build_error)).collect::<Result<Vec<_>, _>>()?;
     cloud
@@ -152,7 +152,7 @@ async fn configure(cloud: &Cloud, resource: &Resource, name: &str) -> Result<(),
     Ok(())
 }
 
-pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::LoadBalancer { subnets, security_groups, listeners, .. } = &resource.spec else { unreachable!("takes a load balancer") };
     let name = actual.id.as_str();
     let desired_listeners = serde_json::to_value(listeners).unwrap_or_default();
@@ -200,12 +200,12 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
     configure(cloud, resource, name).await
 }
 
-pub async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {
     cloud.elb.delete_load_balancer().load_balancer_name(name).send().await?;
     Ok(())
 }
 
-pub async fn retag(cloud: &Cloud, name: &str, change: &TagChange) -> Result<(), AwsError> {
+pub(super) async fn retag(cloud: &Cloud, name: &str, change: &TagChange) -> Result<(), AwsError> {
     use aws_sdk_elasticloadbalancing::types::{Tag as ElbTag, TagKeyOnly};
     if !change.changed.is_empty() {
         let tags = change.changed.iter().map(|(k, v)| ElbTag::builder().key(k).value(v).build()).collect::<Result<_, _>>().map_err(build_error)?;

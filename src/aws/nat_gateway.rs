@@ -9,12 +9,12 @@ use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed}
 use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource, Spec};
 
-pub async fn read_elastic_ips(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read_elastic_ips(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let addresses = cloud.ec2.describe_addresses().filters(environment_filter(cloud)).send().await?;
     Ok(addresses.addresses().iter().filter_map(|a| observed(Kind::ElasticIp, a.allocation_id()?, from_ec2(a.tags()), json!({}))).collect())
 }
 
-pub async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
+pub(super) async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
     let created = cloud
         .ec2
         .allocate_address()
@@ -27,12 +27,12 @@ pub async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<Str
     Ok(created.allocation_id().ok_or_else(|| AwsError::missing("AllocateAddress", "allocation id"))?.to_owned())
 }
 
-pub async fn delete_elastic_ip(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete_elastic_ip(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     cloud.ec2.release_address().allocation_id(id).send().await?;
     Ok(())
 }
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let mut pages = cloud.ec2.describe_nat_gateways().filter(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -52,7 +52,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::NatGateway { subnet, elastic_ip } = &resource.spec else { unreachable!("takes a NAT gateway") };
     let created = cloud
         .ec2
@@ -71,7 +71,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
     Ok(id)
 }
 
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     cloud.ec2.delete_nat_gateway().nat_gateway_id(id).send().await?;
     // Its elastic IP and subnet can only go once the gateway has let go of them.
     wait_for_state(cloud, id, NatGatewayState::Deleted).await

@@ -10,7 +10,7 @@ use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Address, Kind, Resource, Route, Spec};
 
 /// The environment's route tables; subnets read their associations from the same answer.
-pub async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
+pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
     let mut tables = Vec::new();
     let mut pages = cloud.ec2.describe_route_tables().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -19,7 +19,7 @@ pub async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
     Ok(tables)
 }
 
-pub fn observe(tables: &[RouteTable]) -> Vec<Observed> {
+pub(super) fn observe(tables: &[RouteTable]) -> Vec<Observed> {
     tables
         .iter()
         .filter_map(|table| {
@@ -43,7 +43,7 @@ pub fn observe(tables: &[RouteTable]) -> Vec<Observed> {
         .collect()
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::RouteTable { vpc, routes } = &resource.spec else { unreachable!("takes a route table") };
     let created = cloud
         .ec2
@@ -70,7 +70,7 @@ async fn create_route(cloud: &Cloud, table: &str, route: &Route, ids: &Ids) -> R
     Ok(())
 }
 
-pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::RouteTable { routes, .. } = &resource.spec else { unreachable!("takes a route table") };
     let existing: BTreeMap<String, Address> = actual.attributes["routes"]
         .as_array()
@@ -96,7 +96,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
     Ok(())
 }
 
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     // A table with subnet associations cannot be deleted; subnets still around fall back to
     // the VPC's main table.
     let described = cloud.ec2.describe_route_tables().route_table_ids(id).send().await?;

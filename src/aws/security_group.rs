@@ -9,7 +9,7 @@ use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::model::{PortRange, Protocol};
 use crate::resource::{Address, Kind, Peer, Resource, RuleSpec, Spec};
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let mut pages = cloud.ec2.describe_security_groups().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -89,7 +89,7 @@ fn rules_of(permissions: &[IpPermission]) -> Vec<RuleSpec> {
     rules
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::SecurityGroup { vpc, description } = &resource.spec else { unreachable!("takes a security group") };
     let created = cloud
         .ec2
@@ -103,12 +103,12 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
     Ok(created.group_id().ok_or_else(|| AwsError::missing("CreateSecurityGroup", "group id"))?.to_owned())
 }
 
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     cloud.ec2.delete_security_group().group_id(id).send().await?;
     Ok(())
 }
 
-pub async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::SecurityGroupRules { group, ingress, egress } = &resource.spec else { unreachable!("takes security group rules") };
     let group_id = id_of(ids, group)?.to_owned();
     authorize(cloud, &group_id, Direction::Ingress, ingress, ids).await?;
@@ -119,7 +119,7 @@ pub async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Resu
     Ok(group_id)
 }
 
-pub async fn update_rules(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update_rules(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::SecurityGroupRules { ingress, egress, .. } = &resource.spec else { unreachable!("takes security group rules") };
     let (actual_ingress, actual_egress) = actual_rules(actual);
     let group_id = actual.id.as_str();
@@ -133,7 +133,7 @@ pub async fn update_rules(cloud: &Cloud, resource: &Resource, actual: &Observed,
 }
 
 /// Revokes every rule, so the groups they name can be deleted.
-pub async fn delete_rules(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn delete_rules(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let (ingress, egress) = actual_rules(actual);
     revoke(cloud, &actual.id, Direction::Ingress, &ingress, ids).await?;
     revoke(cloud, &actual.id, Direction::Egress, &egress.unwrap_or_default(), ids).await

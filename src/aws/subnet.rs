@@ -7,7 +7,7 @@ use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed}
 use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource, Spec};
 
-pub async fn describe(cloud: &Cloud) -> Result<Vec<Subnet>, AwsError> {
+pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<Subnet>, AwsError> {
     let mut subnets = Vec::new();
     let mut pages = cloud.ec2.describe_subnets().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -16,7 +16,7 @@ pub async fn describe(cloud: &Cloud) -> Result<Vec<Subnet>, AwsError> {
     Ok(subnets)
 }
 
-pub fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
+pub(super) fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
     subnets
         .iter()
         .filter_map(|subnet| {
@@ -35,7 +35,7 @@ pub fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
         .collect()
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     let Spec::Subnet { vpc, cidr, zone, map_public_ip_on_launch, route_table } = &resource.spec else { unreachable!("takes a subnet") };
     let created = cloud
         .ec2
@@ -61,7 +61,7 @@ async fn set_public_ip(cloud: &Cloud, id: &str, on: bool) -> Result<(), AwsError
     Ok(())
 }
 
-pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let Spec::Subnet { map_public_ip_on_launch, route_table, .. } = &resource.spec else { unreachable!("takes a subnet") };
     if actual.attributes["map_public_ip_on_launch"] != json!(map_public_ip_on_launch) {
         set_public_ip(cloud, &actual.id, *map_public_ip_on_launch).await?;
@@ -92,7 +92,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: 
     Ok(())
 }
 
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     cloud.ec2.delete_subnet().subnet_id(id).send().await?;
     Ok(())
 }

@@ -11,16 +11,16 @@ use super::{AwsError, Cloud};
 use crate::resource::{Address, Kind};
 
 /// The Describe filter that selects the environment's resources.
-pub fn environment_filter(cloud: &Cloud) -> Filter {
+pub(super) fn environment_filter(cloud: &Cloud) -> Filter {
     Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(cloud.environment()).build()
 }
 
-pub fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+pub(super) fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
 /// Tags at creation, so a resource is never untagged even if kstack dies a moment later.
-pub fn ec2_tag_specification(resource_type: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
+pub(super) fn ec2_tag_specification(resource_type: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
     TagSpecification::builder().resource_type(resource_type).set_tags(Some(ec2_tags(tags))).build()
 }
 
@@ -29,19 +29,19 @@ pub fn from_ec2(tags: &[Tag]) -> BTreeMap<String, String> {
 }
 
 /// The address a resource's tags give it, if it belongs to the environment.
-pub fn address_of(tags: &BTreeMap<String, String>) -> Option<Address> {
+pub(super) fn address_of(tags: &BTreeMap<String, String>) -> Option<Address> {
     tags.get(TAG_ADDRESS).map(|a| Address::from(a.as_str()))
 }
 
 /// A tag update: keys added or changed, then keys removed.
-pub struct TagChange {
+pub(super) struct TagChange {
     pub changed: BTreeMap<String, String>,
     pub removed: Vec<String>,
 }
 
 impl TagChange {
     /// What takes a resource's tags from `actual` to `desired`.
-    pub fn between(actual: &BTreeMap<String, String>, desired: &BTreeMap<String, String>) -> TagChange {
+    pub(super) fn between(actual: &BTreeMap<String, String>, desired: &BTreeMap<String, String>) -> TagChange {
         let changed = desired.iter().filter(|(k, v)| actual.get(*k) != Some(v)).map(|(k, v)| (k.clone(), v.clone())).collect();
         let removed = actual.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         TagChange { changed, removed }
@@ -49,7 +49,7 @@ impl TagChange {
 }
 
 /// Retags an EC2 resource.
-pub async fn retag_ec2(cloud: &Cloud, id: &str, change: &TagChange) -> Result<(), AwsError> {
+pub(super) async fn retag_ec2(cloud: &Cloud, id: &str, change: &TagChange) -> Result<(), AwsError> {
     if !change.changed.is_empty() {
         cloud.ec2.create_tags().resources(id).set_tags(Some(ec2_tags(&change.changed))).send().await?;
     }
@@ -61,6 +61,6 @@ pub async fn retag_ec2(cloud: &Cloud, id: &str, change: &TagChange) -> Result<()
 }
 
 /// An observed resource, if its tags place it in the environment.
-pub fn observed(kind: Kind, id: &str, tags: BTreeMap<String, String>, attributes: serde_json::Value) -> Option<super::Observed> {
+pub(super) fn observed(kind: Kind, id: &str, tags: BTreeMap<String, String>, attributes: serde_json::Value) -> Option<super::Observed> {
     Some(super::Observed { address: address_of(&tags)?, kind, id: id.to_owned(), tags, attributes })
 }

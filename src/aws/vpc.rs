@@ -7,7 +7,7 @@ use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed}
 use super::{AwsError, Cloud, Observed};
 use crate::resource::{Kind, Resource, Spec};
 
-pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
     let mut pages = cloud.ec2.describe_vpcs().filters(environment_filter(cloud)).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -19,7 +19,7 @@ pub async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub async fn create(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
+pub(super) async fn create(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
     let Spec::Vpc { cidr } = &resource.spec else { unreachable!("vpc::create takes a VPC") };
     let created = cloud
         .ec2
@@ -41,7 +41,7 @@ fn enabled() -> aws_sdk_ec2::types::AttributeBooleanValue {
     aws_sdk_ec2::types::AttributeBooleanValue::builder().value(true).build()
 }
 
-pub async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
+pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     cloud.ec2.delete_vpc().vpc_id(id).send().await?;
     Ok(())
 }

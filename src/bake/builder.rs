@@ -42,7 +42,7 @@ fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
     pairs.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
-pub async fn build(
+pub(super) async fn build(
     cloud: &Cloud,
     image: &Image,
     roles: &[Role],
@@ -680,7 +680,7 @@ async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) -> R
 
 /// What other bakes left, before a bake starts: removes what dead bakes left and returns the
 /// bakes still running. Builders kept for debugging are left alone (and mentioned).
-pub async fn clear_abandoned(cloud: &Cloud, progress: &Progress) -> Result<Vec<Leftover>, BakeError> {
+pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &Progress) -> Result<Vec<Leftover>, BakeError> {
     let found = temporaries(cloud, None).await?;
     let bakes = found.bakes();
     for bake in &bakes {

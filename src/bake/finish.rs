@@ -14,7 +14,7 @@ use crate::aws::Cloud;
 use crate::model::image::Image;
 
 /// The AMI per region, the bake's own region first.
-pub async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<BTreeMap<String, String>, BakeError> {
+pub(super) async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<BTreeMap<String, String>, BakeError> {
     let made = wait_for_image(cloud, ami).await?;
     let tags: Vec<Tag> = made.tags().iter().filter(|t| !t.key().unwrap_or_default().starts_with("aws:")).cloned().collect();
     let snapshots: Vec<String> =

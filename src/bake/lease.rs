@@ -18,11 +18,11 @@ use crate::state::{parse_rfc3339, rfc3339};
 
 /// Long enough to ride out a slow API, short enough that another machine's crashed bake is
 /// cleaned up by the next bake a few minutes later.
-pub const LEASE: Duration = Duration::from_secs(180);
-pub const RENEW_EVERY: Duration = Duration::from_secs(60);
+pub(super) const LEASE: Duration = Duration::from_secs(180);
+pub(super) const RENEW_EVERY: Duration = Duration::from_secs(60);
 
 /// The tags of a bake this process starts now, `aws_now` by EC2's clock.
-pub fn ours(aws_now: SystemTime) -> Vec<(String, String)> {
+pub(super) fn ours(aws_now: SystemTime) -> Vec<(String, String)> {
     let me = LockInfo::ours("kstack bake");
     let mut tags = vec![
         (TAG_BAKE_HOLDER.to_owned(), format!("{}@{} pid {}", me.holder, me.host, me.pid)),
@@ -36,13 +36,13 @@ pub fn ours(aws_now: SystemTime) -> Vec<(String, String)> {
 }
 
 /// The lease tag as renewed at `aws_now`, by EC2's clock.
-pub fn renewed(aws_now: SystemTime) -> (String, String) {
+pub(super) fn renewed(aws_now: SystemTime) -> (String, String) {
     (TAG_BAKE_EXPIRES.to_owned(), rfc3339(aws_now + LEASE))
 }
 
 /// One bake's temporary resources as found by tag, and whether its bake still runs.
 #[derive(Debug, Clone)]
-pub struct Leftover {
+pub(super) struct Leftover {
     pub bake_id: String,
     pub image: String,
     pub hash: String,
@@ -51,7 +51,7 @@ pub struct Leftover {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Standing {
+pub(super) enum Standing {
     /// Its bake runs: `holder` renews the lease until `expires`.
     Running { holder: String, expires: String },
     /// Its bake is gone: the process ended on this machine, or the lease ran out.
@@ -63,7 +63,7 @@ pub enum Standing {
 impl Leftover {
     /// Reads a bake's tags, as EC2 returned them at `aws_now` by its clock (`None`: unknown,
     /// so no lease is judged run out); `None` for resources without a `kstack:bake` tag.
-    pub fn from_tags(tags: &[Tag], aws_now: Option<SystemTime>) -> Option<Leftover> {
+    pub(super) fn from_tags(tags: &[Tag], aws_now: Option<SystemTime>) -> Option<Leftover> {
         let tag = |key: &str| tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(str::to_owned);
         let bake_id = tag(TAG_BAKE)?;
         let holder = tag(TAG_BAKE_HOLDER).unwrap_or_else(|| String::from("an unknown holder"));

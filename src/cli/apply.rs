@@ -28,7 +28,7 @@ Exit status: 0 applied (or nothing to do), 1 error, cancelled or the lock lost t
 recorded, and the lock released.")]
 // SSH options only serve --write-reboot-slots: given alone, they are refused, not ignored.
 #[command(mut_group("SshArgs", |group| group.requires("write_reboot_slots")))]
-pub struct ApplyArgs {
+pub(super) struct ApplyArgs {
     /// Environment name (environments/<env>.yaml), path to an environment file, or a plan
     /// saved with `kstack plan --out`.
     target: String,
@@ -64,7 +64,7 @@ pub struct ApplyArgs {
 Exit status: 0 destroyed (or nothing to do), 1 error, cancelled or the lock lost to another run,
 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the change in flight is finished and
 recorded, and the lock released.")]
-pub struct DestroyArgs {
+pub(super) struct DestroyArgs {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -85,7 +85,7 @@ fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
     Some(serde_json::from_str(&text).map_err(|error| format!("{} is not a kstack plan: {error}", path.display())))
 }
 
-pub fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
+pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
     let (env, held) = apply_only(project, args)?;
     if args.roll {
         // Under the apply's lock: no other run gets in between the two.
@@ -150,7 +150,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     Ok((env, Held { runtime, stop, lock }))
 }
 
-pub fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {
+pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack destroy {}", args.env);

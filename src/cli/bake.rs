@@ -26,7 +26,7 @@ use super::{report_image_problems, report_problems, term, Failure};
 Exit status: 0 an image is available (baked or reused), 1 the bake failed (nothing is left behind
 unless --keep-on-error), 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM (the builder and
 its group are removed first).")]
-pub struct Args {
+pub(super) struct Args {
     /// Image name (images/<image>.yaml).
     image: String,
 
@@ -65,7 +65,7 @@ pub struct Args {
     cleanup: bool,
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let mut sources = Sources::default();
     let image = load_image(project, &args.image, &mut sources).map_err(|p| report_image_problems(&args.image, p, &sources))?;
     let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources).map_err(|p| report_image_problems(&image.name, p, &sources))?;

@@ -7,7 +7,7 @@ use super::{load_and_compile, report_problems, term, Failure};
 /// Print the resource graph of an environment: each AWS resource and what it depends on.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  kstack graph dev | dot -Tsvg > dev.svg\n  kstack graph dev --format json | jq '.resources[].address'")]
-pub struct Args {
+pub(super) struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -24,7 +24,7 @@ enum Format {
     Json,
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     match args.format {

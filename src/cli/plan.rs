@@ -17,7 +17,7 @@ use super::{term, Failure};
   kstack plan dev --json | jq '.plan.summary'
 
 Exit status: 0 success, 1 error; with --detailed-exitcode 0 no changes, 1 error, 2 changes.")]
-pub struct Args {
+pub(super) struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -34,7 +34,7 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);

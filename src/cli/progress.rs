@@ -13,14 +13,14 @@ use crate::resource::Address;
 
 use super::term;
 
-pub struct Progress {
+pub(super) struct Progress {
     bar: ProgressBar,
     in_flight: Mutex<BTreeSet<Address>>,
     color: bool,
 }
 
 impl Progress {
-    pub fn new(steps: usize) -> Progress {
+    pub(super) fn new(steps: usize) -> Progress {
         let color = term::stderr_color();
         let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
         bar.set_style(
@@ -46,7 +46,7 @@ impl Progress {
         }
     }
 
-    pub fn event(&self, event: Event) {
+    pub(super) fn event(&self, event: Event) {
         match event {
             Event::Started { address, .. } => {
                 if let Ok(mut in_flight) = self.in_flight.lock() {
@@ -77,7 +77,7 @@ impl Progress {
         }
     }
 
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }

@@ -16,7 +16,7 @@ use super::session::{aws_failure, open_store, owner, runtime};
 use super::{check_groups, load_and_compile, report_problems, term, Failure, LoadedImage};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct Targets {
+pub(super) struct Targets {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -46,7 +46,7 @@ pub struct Targets {
 
 /// How to reach the nodes over SSH.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SshArgs {
+pub(super) struct SshArgs {
     /// Log in as this user [default: the image's `ssh_user`]; sudo is used when not root.
     #[arg(long, value_name = "USER")]
     ssh_user: Option<String>,
@@ -77,7 +77,7 @@ pub struct SshArgs {
 }
 
 impl SshArgs {
-    pub fn access(&self) -> NodeAccess {
+    pub(super) fn access(&self) -> NodeAccess {
         NodeAccess {
             public_addresses: self.public_addresses,
             user: self.ssh_user.clone(),
@@ -101,7 +101,7 @@ impl SshArgs {
   kstack provision dev --ssh-user admin --ssh-key ~/.ssh/fleet --max-fail 2
 
 Exit status: 0 every host converged (or would, with --check), 1 a host failed or was unreachable.")]
-pub struct ProvisionArgs {
+pub(super) struct ProvisionArgs {
     #[command(flatten)]
     targets: Targets,
 
@@ -121,7 +121,7 @@ pub struct ProvisionArgs {
   kstack verify dev --group ingress --json
 
 Exit status: 0 every check passed, 1 a check failed or a host was unreachable.")]
-pub struct VerifyArgs {
+pub(super) struct VerifyArgs {
     #[command(flatten)]
     targets: Targets,
 }
@@ -186,7 +186,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
     Ok(work)
 }
 
-pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
+pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
     let work = plan_work(project, &args.targets)?;
     let runtime = runtime()?;
     let color = term::stdout_color();
@@ -205,7 +205,7 @@ pub fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Fail
     finish(&reports, args.targets.json, color)
 }
 
-pub fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
+pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
     let work = plan_work(project, &args.targets)?;
     let runtime = runtime()?;
     let color = term::stdout_color();

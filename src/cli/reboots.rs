@@ -27,7 +27,7 @@ use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage}
 
 Exit status: 0 the schedule holds every rule (and was written, with --assign), 1 it cannot,
 or a node could not be written.")]
-pub struct Args {
+pub(super) struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -55,7 +55,7 @@ pub struct Args {
     ssh: SshArgs,
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
@@ -134,7 +134,13 @@ fn ssh_users(environment: &Environment, images: &BTreeMap<String, LoadedImage>) 
 /// After `apply` or `roll`: gives running nodes without a slot (new since the last
 /// assignment) one, keeping everyone else's, and writes the groups' nodes. Problems are
 /// warnings: the change to the fleet itself succeeded.
-pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, images: &BTreeMap<String, LoadedImage>, ssh: &SshArgs, write_slots: bool) {
+pub(super) async fn fold_in_new_nodes(
+    cloud: &Cloud,
+    environment: &Environment,
+    images: &BTreeMap<String, LoadedImage>,
+    ssh: &SshArgs,
+    write_slots: bool,
+) {
     if environment.reboot_groups().is_empty() {
         return;
     }

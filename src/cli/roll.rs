@@ -26,7 +26,7 @@ its lock was lost to another run, 130 stopped by Ctrl-C (SIGINT), 143 stopped by
 new batch starts, the batch in flight finishes or undoes its surge, and the lock is released.")]
 // SSH options only serve --write-reboot-slots: given alone, they are refused, not ignored.
 #[command(mut_group("SshArgs", |group| group.requires("write_reboot_slots")))]
-pub struct Args {
+pub(super) struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -82,7 +82,7 @@ pub struct Args {
 
 impl Args {
     /// Every group of `env`, with the groups' own settings: what `apply --roll` runs.
-    pub fn everything(env: &str, ssh: SshArgs, write_reboot_slots: bool) -> Args {
+    pub(super) fn everything(env: &str, ssh: SshArgs, write_reboot_slots: bool) -> Args {
         Args {
             env: env.to_owned(),
             groups: Vec::new(),
@@ -105,7 +105,7 @@ impl Args {
 }
 
 /// The message and hint for an environment with a roll that did not finish.
-pub fn unfinished(env: &str, record: &RollRecord) -> (String, String) {
+pub(super) fn unfinished(env: &str, record: &RollRecord) -> (String, String) {
     let why = match &record.stopped {
         Some(reason) => format!("it stopped: {reason}"),
         None => "it was interrupted".to_owned(),
@@ -148,12 +148,12 @@ fn or_none(ids: &[String]) -> String {
     }
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     run_holding(project, args, None)
 }
 
 /// Rolls; under `held`, the lock an apply took (`apply --roll`), or else under its own.
-pub fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), Failure> {
+pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;

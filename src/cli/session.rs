@@ -16,7 +16,7 @@ use crate::stop::{Reason, Stop};
 
 use super::{fail, load_and_compile, locate_state, report_problems, term, Failure, LoadedImage};
 
-pub struct Session {
+pub(super) struct Session {
     pub environment: String,
     pub cloud: Cloud,
     pub desired: ResourceGraph,
@@ -36,14 +36,14 @@ pub struct Session {
 /// A run's hold on an environment: the runtime (which renews an S3 lease), the stop flag (which
 /// learns of a lost lock) and the lock, handed from an apply to the roll that follows it so no
 /// other run gets in between.
-pub struct Held {
+pub(super) struct Held {
     pub runtime: tokio::runtime::Runtime,
     pub stop: Stop,
     pub lock: Lock,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RefreshStats {
+pub(super) struct RefreshStats {
     pub api_calls: u64,
     /// Calls by `service:Operation`.
     pub by_operation: std::collections::BTreeMap<String, u64>,
@@ -53,7 +53,7 @@ pub struct RefreshStats {
 
 /// What a saved plan pins: the inputs it was made from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SavedPlan {
+pub(super) struct SavedPlan {
     pub kstack_plan: u32,
     pub environment: String,
     /// The environment argument the plan was made with, to load the same model again.
@@ -63,7 +63,7 @@ pub struct SavedPlan {
     pub plan: Plan,
 }
 
-pub enum Desired {
+pub(super) enum Desired {
     /// The environment as its model describes it.
     Model,
     /// Nothing: everything of the environment goes.
@@ -72,17 +72,17 @@ pub enum Desired {
 
 /// Whose resources commands that only read state may touch: what the environment's state
 /// records (its identity, and ids from before identities).
-pub fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failure> {
+pub(super) fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failure> {
     let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     Ok(state.owner())
 }
 
 /// The state store the environment names (S3 connects and checks its bucket).
-pub fn open_store(project: &Project, environment: &str, state: &crate::model::StateBackend) -> Result<StateStore, Failure> {
+pub(super) fn open_store(project: &Project, environment: &str, state: &crate::model::StateBackend) -> Result<StateStore, Failure> {
     StateStore::open(&project.root, environment, state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }
 
-pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new().map_err(|error| {
         term::error(&format!("cannot start the async runtime: {error}"), None);
         Failure::Failed
@@ -92,7 +92,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// The run's stop flag, which the first SIGINT or SIGTERM sets: the run finishes (or undoes)
 /// the change in flight, records it, releases the lock and exits 130 or 143. A second signal
 /// ends the process at once, leaving the lock for `kstack state unlock`.
-pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
+pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let stop = Stop::default();
     // Registered before returning, so no signal falls between this and the task's start.
@@ -122,7 +122,7 @@ pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
 }
 
 /// Reports a run that was stopped before it changed anything.
-pub fn stopped_before_changes(reason: Reason) -> Failure {
+pub(super) fn stopped_before_changes(reason: Reason) -> Failure {
     term::error(&format!("{reason}: stopped before any change"), None);
     Failure::Stopped(reason)
 }
@@ -132,7 +132,7 @@ impl Session {
     /// the plan is made ends the (read-only) work at once.
     /// A destroy works from the environment's state and tags: it needs only where the state
     /// lives and the region, so problems elsewhere in the environment are warnings.
-    pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, Failure> {
+    pub(super) async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, Failure> {
         let (location, compiled) = match desired {
             Desired::Model => {
                 let (sources, result) = load_and_compile(project, env);
@@ -232,7 +232,7 @@ impl Session {
         Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock })
     }
 
-    pub fn saved(&self, source: &str) -> SavedPlan {
+    pub(super) fn saved(&self, source: &str) -> SavedPlan {
         SavedPlan {
             kstack_plan: 1,
             environment: self.environment.clone(),
@@ -243,7 +243,7 @@ impl Session {
         }
     }
 
-    pub fn desired_digest(&self) -> String {
+    pub(super) fn desired_digest(&self) -> String {
         // User data is serialized as its hash, so the digest covers its content too.
         content_digest(&self.desired.in_dependency_order().collect::<Vec<_>>())
     }
@@ -290,7 +290,7 @@ fn round_millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-pub fn aws_failure(region: &str, doing: &str, error: &aws::AwsError) -> Failure {
+pub(super) fn aws_failure(region: &str, doing: &str, error: &aws::AwsError) -> Failure {
     term::error(&format!("AWS failed while {doing} in {region}: {error}"), Some(error.hint()));
     Failure::Failed
 }

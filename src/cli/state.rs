@@ -18,7 +18,7 @@ use super::{fail, load_and_compile, locate_state, report_problems, term, Failure
   kstack state unlock dev 3f2a9c01      the id is in the message of the command the lock refused
   kstack state migrate dev --to s3      after adding `state: { backend: s3, bucket: ... }`
   kstack state identity dev             the id every resource of `dev` is tagged with (kstack:id)")]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     command: Command,
 }
@@ -79,7 +79,7 @@ fn environment(project: &Project, env: &str) -> Result<Environment, Failure> {
     Ok(compiled.checked.environment)
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     match &args.command {
         Command::List { env } => {
             let state = load(project, env)?;

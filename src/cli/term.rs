@@ -14,23 +14,23 @@ use crate::redact::Redactor;
 static SECRETS: LazyLock<RwLock<Redactor>> = LazyLock::new(RwLock::default);
 
 /// Hides these values (and their escaped, quoted, encoded and per-line forms) from now on.
-pub fn hide_secrets<'a>(values: impl IntoIterator<Item = &'a str>) {
+pub(super) fn hide_secrets<'a>(values: impl IntoIterator<Item = &'a str>) {
     SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner()).add(values);
 }
 
 /// `text` with every hidden value replaced: for what reaches the terminal other than
 /// through `out` and `err` (the progress bar).
-pub fn redacted(text: fmt::Arguments) -> String {
+pub(super) fn redacted(text: fmt::Arguments) -> String {
     let text = text.to_string();
     SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner()).redact(&text).into_owned()
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set (https://no-color.org).
-pub fn stderr_color() -> bool {
+pub(super) fn stderr_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
-pub fn stdout_color() -> bool {
+pub(super) fn stdout_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
 }
 
@@ -48,7 +48,7 @@ static STDOUT: Mutex<StdoutHealth> = Mutex::new(StdoutHealth::Open);
 /// Prints to stdout like `print!`, without the panic `print!` gives once stdout is closed:
 /// the command carries on (an apply must not stop half-way because its pager quit) and later
 /// output is dropped.
-pub fn out(text: fmt::Arguments) {
+pub(super) fn out(text: fmt::Arguments) {
     let mut health = STDOUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if *health != StdoutHealth::Open {
         return;
@@ -66,23 +66,23 @@ pub fn out(text: fmt::Arguments) {
 }
 
 /// `out` with a newline, like `println!`.
-pub fn outln(text: fmt::Arguments) {
+pub(super) fn outln(text: fmt::Arguments) {
     out(format_args!("{text}\n"));
 }
 
 /// Prints to stderr like `eprint!`, without its panic: when stderr itself is gone there is
 /// nowhere left to report that, and the command's work and exit code matter more.
-pub fn err(text: fmt::Arguments) {
+pub(super) fn err(text: fmt::Arguments) {
     let _ = std::io::stderr().lock().write_all(redacted(text).as_bytes());
 }
 
 /// `err` with a newline, like `eprintln!`.
-pub fn errln(text: fmt::Arguments) {
+pub(super) fn errln(text: fmt::Arguments) {
     err(format_args!("{text}\n"));
 }
 
 /// Whether some output could not be written for a reason other than its reader leaving.
-pub fn stdout_failed() -> bool {
+pub(super) fn stdout_failed() -> bool {
     *STDOUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) == StdoutHealth::Failed
 }
 
@@ -97,7 +97,7 @@ fn terminal_width() -> Option<usize> {
 }
 
 /// Renders every problem, then a one-line count, for stderr.
-pub fn render_problems(what: &str, problems: Problems, sources: &Sources) -> String {
+pub(super) fn render_problems(what: &str, problems: Problems, sources: &Sources) -> String {
     let handler = report_handler();
     let problems = problems.into_sorted();
     let mut out = String::new();
@@ -114,7 +114,7 @@ pub fn render_problems(what: &str, problems: Problems, sources: &Sources) -> Str
 }
 
 /// Problems as JSON, for editors and CI annotations.
-pub fn problems_json(problems: Problems, sources: &Sources) -> serde_json::Value {
+pub(super) fn problems_json(problems: Problems, sources: &Sources) -> serde_json::Value {
     let list: Vec<serde_json::Value> = problems
         .into_sorted()
         .into_iter()
@@ -133,7 +133,7 @@ pub fn problems_json(problems: Problems, sources: &Sources) -> serde_json::Value
 }
 
 /// An error that is not about input files, with an optional hint, on stderr.
-pub fn error(message: &str, hint: Option<&str>) {
+pub(super) fn error(message: &str, hint: Option<&str>) {
     use owo_colors::OwoColorize;
     let color = stderr_color();
     let label = if color { "error:".red().bold().to_string() } else { String::from("error:") };
@@ -145,7 +145,7 @@ pub fn error(message: &str, hint: Option<&str>) {
 }
 
 /// A warning on stderr: the command goes on.
-pub fn warning(message: &str) {
+pub(super) fn warning(message: &str) {
     use owo_colors::OwoColorize;
     let label = if stderr_color() { "warning:".yellow().bold().to_string() } else { String::from("warning:") };
     errln(format_args!("{label} {message}"));

@@ -9,7 +9,7 @@ use super::{load_and_compile, report_problems, term, Failure};
 #[command(
     after_help = "Examples:\n  kstack validate dev\n  kstack validate environments/prod.yaml --json\n\nExit status: 0 valid, 1 problems found."
 )]
-pub struct Args {
+pub(super) struct Args {
     /// Environment name (environments/<env>.yaml) or path to an environment file.
     env: String,
 
@@ -18,7 +18,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let (sources, result) = load_and_compile(project, &args.env);
     match (result, args.json) {
         (Ok(compiled), false) => {

@@ -15,7 +15,7 @@ use crate::template::Renderer;
 
 /// What hooks are told about an instance.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct InstanceInfo {
+pub(super) struct InstanceInfo {
     pub id: String,
     pub address: String,
     /// The private DNS name, which Kubernetes uses as the node name on AWS.
@@ -23,7 +23,7 @@ pub struct InstanceInfo {
 }
 
 /// The instances with their addresses, in the order asked for, so hooks run predictably.
-pub async fn describe_instances(cloud: &Cloud, ids: &[String]) -> Result<Vec<InstanceInfo>, RollError> {
+pub(super) async fn describe_instances(cloud: &Cloud, ids: &[String]) -> Result<Vec<InstanceInfo>, RollError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -44,7 +44,7 @@ pub async fn describe_instances(cloud: &Cloud, ids: &[String]) -> Result<Vec<Ins
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Hook {
+pub(super) enum Hook {
     Readiness,
     PreStop,
     Validate,
@@ -62,7 +62,7 @@ impl Hook {
 
 /// Renders and runs a hook with `sh -c`, if the environment has one; a failure, or a hook
 /// still running after its timeout (killed, with everything it started), stops the roll.
-pub async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInfo>) -> Result<(), RollError> {
+pub(super) async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&InstanceInfo>) -> Result<(), RollError> {
     let which = hook.name();
     let Some(RollHook { command: template, timeout_seconds }) =
         roll.hooks.named().into_iter().find(|(name, _)| *name == which).and_then(|(_, hook)| hook)

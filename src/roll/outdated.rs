@@ -37,7 +37,7 @@ enum Source {
     Configuration(String),
 }
 
-pub async fn describe_group(cloud: &Cloud, name: &str) -> Result<AutoScalingGroup, RollError> {
+pub(super) async fn describe_group(cloud: &Cloud, name: &str) -> Result<AutoScalingGroup, RollError> {
     let described = cloud
         .autoscaling
         .describe_auto_scaling_groups()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub const SCRIPT: &str = r#". /etc/os-release 2>/dev/null
+pub(super) const SCRIPT: &str = r#". /etc/os-release 2>/dev/null
 echo "os_id=$ID"
 echo "os_version=$VERSION_ID"
 echo "os_codename=$VERSION_CODENAME"

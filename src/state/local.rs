@@ -8,13 +8,13 @@ use super::StateError;
 use crate::stop::Stop;
 
 #[derive(Debug, Clone)]
-pub struct LocalBackend {
+pub(super) struct LocalBackend {
     pub dir: PathBuf,
     pub environment: String,
 }
 
 impl LocalBackend {
-    pub fn path(&self) -> PathBuf {
+    pub(super) fn path(&self) -> PathBuf {
         self.dir.join(format!("{}.json", self.environment))
     }
 
@@ -22,7 +22,7 @@ impl LocalBackend {
         self.dir.join(format!("{}.lock", self.environment))
     }
 
-    pub fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
+    pub(super) fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
         let path = self.path();
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
@@ -33,7 +33,7 @@ impl LocalBackend {
 
     /// Writes atomically: a temporary file, synced, renamed over the old one. Readable by
     /// the owner only, since attributes describe the account's infrastructure.
-    pub fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
+    pub(super) fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
         let path = self.path();
         let error = |source: std::io::Error| StateError::Write { location: path.display().to_string(), message: source.to_string() };
         std::fs::create_dir_all(&self.dir).map_err(error)?;
@@ -53,7 +53,7 @@ impl LocalBackend {
     }
 
     /// Moves the state file aside after it was migrated elsewhere, keeping it as a backup.
-    pub fn retire(&self) -> Result<PathBuf, StateError> {
+    pub(super) fn retire(&self) -> Result<PathBuf, StateError> {
         let path = self.path();
         let aside = path.with_extension("json.migrated");
         std::fs::rename(&path, &aside).map_err(|e| StateError::Write { location: path.display().to_string(), message: e.to_string() })?;
@@ -62,7 +62,7 @@ impl LocalBackend {
 
     /// Takes the lock file. Nothing renews it, so nothing can find it lost: `_stop` serves the
     /// S3 backend's lease.
-    pub fn lock(&self, command: &str, _stop: &Stop) -> Result<Lock, LockError> {
+    pub(super) fn lock(&self, command: &str, _stop: &Stop) -> Result<Lock, LockError> {
         let path = self.lock_path();
         let io = |source: std::io::Error| LockError::Io { location: path.display().to_string(), message: source.to_string() };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
@@ -85,7 +85,7 @@ impl LocalBackend {
     }
 
     /// Removes the lock (when `id` is given, only if it is that one). Returns who held it.
-    pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+    pub(super) fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
         let path = self.lock_path();
         let Some(info) = holder(&path).or_else(|| path.exists().then(LockInfo::unknown)) else { return Ok(None) };
         if let Some(given) = id {

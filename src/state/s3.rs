@@ -29,7 +29,7 @@ use crate::stop::{Reason, Stop};
 
 /// The backend. Its requests run on a small runtime of its own, so they complete whatever
 /// the caller's runtime is doing (apply writes state while other tasks wait for it).
-pub struct S3Backend {
+pub(super) struct S3Backend {
     inner: Arc<Inner>,
 }
 
@@ -134,7 +134,7 @@ async fn holder(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<
 
 impl S3Backend {
     /// Connects to the bucket and checks that versioning is on.
-    pub fn connect(location: &S3State, environment: &str) -> Result<S3Backend, StateError> {
+    pub(super) fn connect(location: &S3State, environment: &str) -> Result<S3Backend, StateError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kstack-s3")
@@ -183,12 +183,12 @@ impl S3Backend {
         }
     }
 
-    pub fn location(&self) -> String {
+    pub(super) fn location(&self) -> String {
         self.inner.location()
     }
 
     /// The state object's bytes, remembering its version for the next write.
-    pub fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
+    pub(super) fn read(&self) -> Result<Option<Vec<u8>>, StateError> {
         let inner = &self.inner;
         let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.key.clone());
         let got = inner.run(async move {
@@ -210,7 +210,7 @@ impl S3Backend {
     }
 
     /// Writes the state object if it is still the version last read (or written).
-    pub fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
+    pub(super) fn write(&self, bytes: &[u8]) -> Result<(), StateError> {
         let inner = &self.inner;
         // Never read: only a first write is safe.
         let expected = inner.version.lock().ok().and_then(|v| v.clone()).unwrap_or(None);
@@ -243,7 +243,7 @@ impl S3Backend {
 
     /// Deletes the state object after a migration elsewhere (versioning keeps it), if it is
     /// still the version read.
-    pub fn retire(&self) -> Result<(), StateError> {
+    pub(super) fn retire(&self) -> Result<(), StateError> {
         let inner = &self.inner;
         let expected = inner.version.lock().ok().and_then(|v| v.clone()).flatten();
         let mut delete = inner.client.delete_object().bucket(&inner.bucket).key(&inner.key);
@@ -265,7 +265,7 @@ impl S3Backend {
 
     /// Takes the lock and renews its lease in the background until the returned guard is
     /// dropped; stops the run through `stop` if the lock is lost.
-    pub fn lock(&self, command: &str, stop: &Stop) -> Result<Lock, LockError> {
+    pub(super) fn lock(&self, command: &str, stop: &Stop) -> Result<Lock, LockError> {
         let inner = &self.inner;
         let mut info = LockInfo::ours(command);
         info.expires = Some(rfc3339_in(inner.lease.as_secs()));
@@ -324,7 +324,7 @@ impl S3Backend {
 
     /// Removes the lock if it is the one named `id`; the id is required, since the holder may
     /// be alive on another machine. Returns who held it.
-    pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+    pub(super) fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
         let inner = &self.inner;
         let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), inner.lock_key());
         let Some(Held { info, etag, .. }) = inner.run(async move { holder(&client, &bucket, &key).await }).map_err(|m| inner.lock_error(m))? else {

@@ -4,10 +4,10 @@ use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, TaskError};
 use kstack_project::roles::modules::{File, FileState};
 
 /// The type, link target, mode, owner and group of `path`, in one line each.
-pub const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
+pub(super) const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
 stat -c '%a %U %G' "$p" 2>/dev/null || echo"#;
 
-pub struct Stat {
+pub(super) struct Stat {
     pub kind: String,
     pub target: String,
     pub mode: String,
@@ -16,7 +16,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    pub fn parse(text: &str) -> Stat {
+    pub(super) fn parse(text: &str) -> Stat {
         let mut lines = text.lines();
         let kind = lines.next().unwrap_or("absent").to_owned();
         let target = lines.next().unwrap_or_default().to_owned();
@@ -32,7 +32,7 @@ impl Stat {
 }
 
 /// Diffs of mode, owner and group, for modules that manage them.
-pub fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str>, group: Option<&str>, diffs: &mut Vec<FieldDiff>) {
+pub(super) fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str>, group: Option<&str>, diffs: &mut Vec<FieldDiff>) {
     if let Some(mode) = mode {
         let wanted = format!("{mode:o}");
         if stat.mode != wanted {
