@@ -15,6 +15,8 @@ mod vm_cloud;
 
 use std::time::{Duration, Instant};
 
+use kstack::model::{RebootPolicy, RebootWindow};
+use kstack::reboots::node_config;
 use kstack::roles::{HostReport, TaskStatus, Variables};
 use kstack::ssh::{Connection, Login};
 use node::ClientKey;
@@ -46,18 +48,26 @@ async fn reboot(vm: &Vm, login: &Login) -> String {
     let connection = Connection::open(&vm.address, login).await.unwrap();
     // The connection may end before the command reports back, or never: qemu's user network
     // keeps the host's side of it open across the guest's reboot. The reboot is judged by
-    // the boot id, not by this command's result; every later attempt is bounded too.
-    let attempt = Duration::from_secs(15);
-    let _ = tokio::time::timeout(attempt, connection.run("systemctl reboot", None)).await;
+    // the boot id, not by this command's result.
+    let _ = tokio::time::timeout(SSH_ATTEMPT, connection.run("systemctl reboot", None)).await;
     drop(connection);
-    let deadline = started + vm::BOOT_TIMEOUT;
+    let after = next_boot(vm, login, &before, started + vm::BOOT_TIMEOUT).await;
+    eprintln!("VM {} rebooted to SSH in {:.1} s", vm.address, started.elapsed().as_secs_f64());
+    after
+}
+
+/// How long one SSH attempt may take while a guest may be rebooting.
+const SSH_ATTEMPT: Duration = Duration::from_secs(15);
+
+/// Waits until the VM answers with a boot id other than `before` and returns it; every
+/// attempt is bounded, since a rebooting guest may leave a connection hanging.
+async fn next_boot(vm: &Vm, login: &Login, before: &str, deadline: Instant) -> String {
     loop {
-        assert!(Instant::now() < deadline, "{} did not come back from a reboot within {:?}", vm.address, vm::BOOT_TIMEOUT);
-        if let Ok(Ok(connection)) = tokio::time::timeout(attempt, Connection::open(&vm.address, login)).await {
-            if let Ok(Ok(output)) = tokio::time::timeout(attempt, connection.run("cat /proc/sys/kernel/random/boot_id", None)).await {
+        assert!(Instant::now() < deadline, "{} did not come back with a new boot id in time", vm.address);
+        if let Ok(Ok(connection)) = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&vm.address, login)).await {
+            if let Ok(Ok(output)) = tokio::time::timeout(SSH_ATTEMPT, connection.run("cat /proc/sys/kernel/random/boot_id", None)).await {
                 let after = output.stdout.trim().to_owned();
                 if output.status == 0 && !after.is_empty() && after != before {
-                    eprintln!("VM {} rebooted to SSH in {:.1} s", vm.address, started.elapsed().as_secs_f64());
                     return after;
                 }
             }
@@ -183,9 +193,13 @@ fn debian_variables() -> Variables {
     ])
 }
 
+/// The six stack roles with Debian's values on one VM: converged once (the second run changes
+/// nothing), every check passes before and after a power cycle onto the GRUB command line, and
+/// the roles' promises hold on the running system: live restore, systemd restarting killed
+/// daemons, monit restarting Docker above its (lowered) memory limit, and the reboot guard
+/// leaving a node that needs a reboot up outside its window and rebooting it in its slot.
 #[test]
-fn the_stack_roles_converge_on_a_vm_once_every_check_passes_before_and_after_a_power_cycle_through_the_grub_command_line_and_services_outlive_restarts_and_kills(
-) {
+fn the_stack_roles_converge_on_a_vm_pass_every_check_across_a_power_cycle_and_keep_their_promises() {
     let key = ClientKey::new();
     let mut vm = Vm::boot(&key, &node::next_address());
     eprintln!("boot: {:.1} s", vm.boot_time.as_secs_f64());
@@ -202,8 +216,7 @@ fn the_stack_roles_converge_on_a_vm_once_every_check_passes_before_and_after_a_p
     let second = &runner.converge(&[&vm], false)[0];
     eprintln!("second converge: {:.1} s", started.elapsed().as_secs_f64());
     assert_eq!(failures(second), Vec::<String>::new());
-    let changed: Vec<&str> = second.tasks.iter().filter(|t| t.status == TaskStatus::Changed).map(|t| t.task.as_str()).collect();
-    assert_eq!(changed, Vec::<&str>::new(), "a converged VM reports no change");
+    assert_eq!(changed(second), Vec::<&str>::new(), "a converged VM reports no change");
 
     let started = Instant::now();
     let checks = verify_all(&runner, &vm, "now", &NEXT_BOOT_CHECKS);
@@ -220,6 +233,123 @@ fn the_stack_roles_converge_on_a_vm_once_every_check_passes_before_and_after_a_p
     assert_sysctls_in_effect(&runner, &vm, "after a power cycle with the GRUB command line");
 
     runner.rt.block_on(containers_and_services_outlive_restarts_and_kills(&vm, &runner.login));
+    monit_restarts_docker_above_its_memory_limit(&key, &vm);
+    runner.rt.block_on(reboots_in_its_slot_and_not_outside_its_window(&vm, &runner.login));
+}
+
+fn changed(report: &HostReport) -> Vec<&str> {
+    report.tasks.iter().filter(|t| t.status == TaskStatus::Changed).map(|t| t.task.as_str()).collect()
+}
+
+/// monit's rule on Docker's memory (the monit role) with a limit below what dockerd uses, for
+/// one check, checking every 5 s: monit restarts Docker, and the container lives on. The role
+/// with its own values puts the rule back.
+fn monit_restarts_docker_above_its_memory_limit(key: &ClientKey, vm: &Vm) {
+    let mut lowered = debian_variables();
+    lowered.extend([
+        (String::from("docker_memory_limit"), serde_json::json!("1 MB")),
+        (String::from("docker_memory_cycles"), serde_json::json!(1)),
+        (String::from("monit_cycle_seconds"), serde_json::json!(5)),
+    ]);
+    let lowered = Runner::new(key, &project_roles(), &["monit"], lowered);
+    let (container, dockerd) = lowered.rt.block_on(async { (sleeper(vm, &lowered.login).await, main_pid(vm, &lowered.login, "docker").await) });
+    let started = Instant::now();
+    let report = &lowered.converge(&[vm], false)[0];
+    assert_eq!(failures(report), Vec::<String>::new());
+    assert_eq!(changed(report), ["monit cycle", "docker memory rule", "reload monit"]);
+    lowered.rt.block_on(async {
+        let login = &lowered.login;
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let pid = main_pid(vm, login, "docker").await;
+            if pid != dockerd && pid != "0" {
+                eprintln!("monit restarted docker ({dockerd} became {pid}) {:.1} s after its limit was lowered", started.elapsed().as_secs_f64());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "monit did not restart docker within 120 s: {}",
+                run(vm, login, "tail -n 20 /var/log/monit.log").await
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let log = run(vm, login, "grep \"'docker'\" /var/log/monit.log").await;
+        eprintln!("{log}");
+        assert!(log.contains("total mem amount") && log.contains("trying to restart"), "{log}");
+    });
+
+    let restored = Runner::new(key, &project_roles(), &["monit"], debian_variables());
+    assert_eq!(changed(&restored.converge(&[vm], false)[0]), ["monit cycle", "docker memory rule", "reload monit"]);
+    restored.rt.block_on(async {
+        let login = &restored.login;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while run(vm, login, "systemctl is-active docker || true").await.trim() != "active" {
+            assert!(Instant::now() < deadline, "docker is not back 60 s after the rule was restored");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(sleeper(vm, login).await, container, "the container kept its process across monit's restarts of docker");
+    });
+}
+
+/// Writes the node's reboot slot file as `kstack reboots --assign` does.
+async fn assign_slot(vm: &Vm, login: &Login, slot: u32, window_start: u32) {
+    let window = RebootWindow {
+        start: window_start,
+        end: (window_start + 60) % 1440,
+        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].map(String::from).to_vec(),
+        time_zone: String::from("UTC"),
+    };
+    let policy = RebootPolicy { window, group_gap_minutes: 15, zone_gap_minutes: 0, max_down: 1, reboot_minutes: 5 };
+    let file = node_config::apt_config("vm", "i-vm", slot, &policy, &[]);
+    let connection = Connection::open(&vm.address, login).await.unwrap();
+    connection.write_file(node_config::PATH, file.as_bytes(), 0o644, "root", "root").await.unwrap();
+    connection.close().await;
+}
+
+async fn epoch_seconds(vm: &Vm, login: &Login, command: &str) -> u64 {
+    let output = run(vm, login, command).await;
+    output.trim().parse().unwrap_or_else(|_| panic!("`{command}` gave {output:?}"))
+}
+
+/// The reboot guard (the unattended-upgrades role) on a VM whose updates need a reboot, its
+/// slot written as `kstack reboots --assign` writes it (in UTC, as the guest's clock): with its
+/// window two hours away it stays up through the guard's next run; with its slot the minute
+/// after next it reboots in that minute.
+async fn reboots_in_its_slot_and_not_outside_its_window(vm: &Vm, login: &Login) {
+    let minute_of_day = |epoch: u64| (epoch / 60 % 1440) as u32;
+    let boot = boot_id(vm, login).await;
+    let now = epoch_seconds(vm, login, "date +%s").await;
+    let later = (minute_of_day(now) + 120) % 1440;
+    assign_slot(vm, login, later, later).await;
+    run(vm, login, "touch /var/run/reboot-required").await;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let decided = loop {
+        let said = run(vm, login, &format!("journalctl -q -o cat -u kstack-reboot.service --since @{now} | grep 'waiting for' || true")).await;
+        if !said.is_empty() {
+            break said;
+        }
+        assert!(Instant::now() < deadline, "the guard did not run within 150 s");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    assert_eq!(boot_id(vm, login).await, boot, "no reboot outside the window");
+    eprintln!("outside its window the guard said: {}", decided.trim());
+
+    let now = epoch_seconds(vm, login, "date +%s").await;
+    let slot_start = (now / 60 + 2) * 60;
+    let slot = minute_of_day(slot_start);
+    assign_slot(vm, login, slot, (slot + 1440 - 10) % 1440).await;
+    let waited = Instant::now();
+    next_boot(vm, login, &boot, waited + Duration::from_secs(slot_start - now) + Duration::from_secs(60) + vm::BOOT_TIMEOUT).await;
+    let booted = epoch_seconds(vm, login, "awk '/^btime/ { print $2 }' /proc/stat").await;
+    let rebooted_for = epoch_seconds(vm, login, "cat /var/lib/kstack/reboot-guard.last").await;
+    eprintln!(
+        "rebooted for its slot at {slot_start} (minute {slot}): booted at {booted}, back on SSH {:.1} s after the slot was written",
+        waited.elapsed().as_secs_f64()
+    );
+    // The guard records the slot it reboots for, at that minute, just before `systemctl reboot`;
+    // the new kernel starts once the old system has stopped (over a minute under emulation).
+    assert_eq!(rebooted_for, slot_start, "the guard rebooted for this slot");
+    assert!((slot_start..slot_start + 300).contains(&booted), "booted at {booted}, the slot began at {slot_start}");
 }
 
 async fn main_pid(vm: &Vm, login: &Login, unit: &str) -> String {
@@ -323,11 +453,17 @@ fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_
     project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
     let cloud = vm_cloud::VmCloud::watch(&moto.endpoint, &prefix, &key.public());
 
+    // Emulator gap: moto's GetConsoleOutput never shows an instance's console, so this proxy
+    // answers it with what the instance's VM printed, as EC2 posts it.
+    let proxy = support::faults::FaultProxy::start(&moto.endpoint, 1, 0);
+    proxy.set_console_source(Some(std::sync::Arc::new(cloud.consoles())));
+
     // The builder is a VM: its roles install from the VMs' repository under emulation.
     let started = Instant::now();
     let baked = project
         .kstack(&moto)
-        .args(["bake", "node", "--ssh-timeout", "900", "--host-key-wait", "1"])
+        .args(["bake", "node", "--ssh-timeout", "900", "--host-key-wait", "900", "--json"])
+        .envs(proxy.env())
         .timeout(Duration::from_secs(2400))
         .output()
         .unwrap();
@@ -335,8 +471,10 @@ fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_
     eprintln!("{progress}\nbaked in {:.0} s; {:#?}", started.elapsed().as_secs_f64(), cloud.events());
     assert!(baked.status.success(), "{progress}");
     assert!(progress.contains("rebooting the builder: the roles changed what takes effect at boot"), "{progress}");
-    let stdout = String::from_utf8_lossy(&baked.stdout);
-    let ami = stdout.lines().find_map(|l| l.strip_prefix("eu-west-1: ")).unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(progress.contains("host keys taken from its console output"), "{progress}");
+    let manifest: serde_json::Value = serde_json::from_slice(&baked.stdout).unwrap();
+    assert_eq!(manifest["host_key"], "verified-from-console", "{manifest:#}");
+    let ami = manifest["amis"]["eu-west-1"].as_str().unwrap_or_else(|| panic!("{manifest:#}")).to_owned();
     let deadline = Instant::now() + Duration::from_secs(300);
     while !cloud.images().contains(&ami) {
         assert!(Instant::now() < deadline, "the builder's disk became no image: {:#?}", cloud.events());

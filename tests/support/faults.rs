@@ -60,10 +60,13 @@ struct Shared {
     rate: AtomicRate,
     injected: Mutex<BTreeMap<Fault, u64>>,
     upstream: String,
-    /// What GetConsoleOutput answers for every instance instead of the emulator, once set.
-    console: Mutex<Option<String>>,
+    /// What GetConsoleOutput answers for an instance instead of the emulator, once set.
+    console: Mutex<Option<ConsoleSource>>,
     console_reads: std::sync::atomic::AtomicU64,
 }
+
+/// An instance's console output by its id; `None` leaves the answer to the emulator.
+pub type ConsoleSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 struct AtomicRate(std::sync::atomic::AtomicU64);
 
@@ -106,10 +109,15 @@ impl FaultProxy {
         self.shared.injected.lock().unwrap().clone()
     }
 
-    /// From now on, GetConsoleOutput answers `text` (base64-encoded, as AWS does); `None`
-    /// hands it back to the emulator.
+    /// From now on, GetConsoleOutput answers `text` for every instance (base64-encoded, as
+    /// AWS does); `None` hands it back to the emulator.
     pub fn set_console_output(&self, text: Option<String>) {
-        *self.shared.console.lock().unwrap() = text;
+        self.set_console_source(text.map(|text| -> ConsoleSource { Arc::new(move |_: &str| Some(text.clone())) }));
+    }
+
+    /// From now on, GetConsoleOutput answers what `source` gives for the instance asked about.
+    pub fn set_console_source(&self, source: Option<ConsoleSource>) {
+        *self.shared.console.lock().unwrap() = source;
     }
 
     /// How many GetConsoleOutput requests came through.
@@ -197,10 +205,14 @@ fn forward(upstream: &str, request: &[u8]) -> Option<Vec<u8>> {
     Some(response)
 }
 
-/// EC2's answer to GetConsoleOutput with `text` as the instance's console output.
-fn console_response(request: &[u8], text: &str) -> Vec<u8> {
+/// The instance a GetConsoleOutput request asks about.
+fn console_instance(request: &[u8]) -> String {
     let request = String::from_utf8_lossy(request);
-    let instance = request.split("InstanceId=").nth(1).and_then(|rest| rest.split('&').next()).unwrap_or_default();
+    request.split("InstanceId=").nth(1).and_then(|rest| rest.split('&').next()).unwrap_or_default().to_owned()
+}
+
+/// EC2's answer to GetConsoleOutput with `text` as the instance's console output.
+fn console_response(instance: &str, text: &str) -> Vec<u8> {
     let body = format!(
         "<GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>console</requestId>\
          <instanceId>{instance}</instanceId><timestamp>2026-01-01T00:00:00.000Z</timestamp><output>{}</output>\
@@ -215,8 +227,10 @@ fn serve(mut client: TcpStream, shared: &Shared) {
     let service = service(&request);
     if service == "ec2" && request.windows(24).any(|w| w == b"Action=GetConsoleOutput&") {
         shared.console_reads.fetch_add(1, Ordering::SeqCst);
-        if let Some(text) = shared.console.lock().unwrap().clone() {
-            let _ = client.write_all(&console_response(&request, &text));
+        let instance = console_instance(&request);
+        let source = shared.console.lock().unwrap().clone();
+        if let Some(text) = source.and_then(|source| source(&instance)) {
+            let _ = client.write_all(&console_response(&instance, &text));
             let _ = client.shutdown(Shutdown::Both);
             return;
         }

@@ -57,7 +57,16 @@ fn packages() -> Vec<StandIn> {
             "17.05.0~ce-0~ubuntu-xenial",
             vec![("lib/systemd/system/docker.service", service("Docker")), ("usr/bin/docker", DOCKER.to_owned())],
         ),
-        ("monit", "1:5.16-2", vec![("lib/systemd/system/monit.service", service("monit")), ("usr/bin/monit", tool("monit"))]),
+        (
+            "monit",
+            "1:5.16-2",
+            vec![
+                ("lib/systemd/system/monit.service", service("monit")),
+                ("usr/bin/monit", tool("monit")),
+                // The packaged control file's lines the monit role works with.
+                ("etc/monit/monitrc", String::from("  set daemon 120            # check services at 2-minute intervals\n  set log /var/log/monit.log\n  include /etc/monit/conf.d/*\n")),
+            ],
+        ),
         ("unattended-upgrades", "0.90ubuntu0.10", vec![]),
         (
             "kubelet",

@@ -437,7 +437,7 @@ impl Vm {
     /// The host keys cloud-init printed on the console at first boot (as on EC2, between
     /// `-----BEGIN SSH HOST KEY KEYS-----` and its END line), as known_hosts lines.
     pub fn console_host_keys(&self) -> Vec<String> {
-        let console = std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default();
+        let console = self.console();
         let keys = console.split("-----BEGIN SSH HOST KEY KEYS-----").nth(1).and_then(|rest| rest.split("-----END SSH HOST KEY KEYS-----").next());
         keys.unwrap_or_default()
             .lines()
@@ -445,6 +445,11 @@ impl Vm {
             .filter(|line| line.starts_with("ssh-") || line.starts_with("ecdsa-"))
             .map(|line| format!("{} {}", self.address, line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")))
             .collect()
+    }
+
+    /// What the VM has printed on its serial console since it was created.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.path().join("console.log")).unwrap_or_default()).into_owned()
     }
 
     /// Waits until the VM answers SSH, after boot or a reboot.

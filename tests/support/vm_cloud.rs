@@ -83,6 +83,12 @@ impl VmCloud {
         self.served.lock().unwrap().images.keys().cloned().collect()
     }
 
+    /// Each instance's console output while its VM runs, as EC2's GetConsoleOutput shows it.
+    pub fn consoles(&self) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+        let served = Arc::clone(&self.served);
+        move |instance: &str| served.lock().unwrap().vms.get(instance).map(Vm::console)
+    }
+
     pub fn events(&self) -> Vec<String> {
         self.served.lock().unwrap().events.clone()
     }
