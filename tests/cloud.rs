@@ -342,7 +342,9 @@ fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues(
     let failed = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
     assert_eq!(failed.status.code(), Some(1));
     let message = String::from_utf8_lossy(&failed.stderr);
-    assert!(message.contains("iam_role.masters could not be created: NoSuchEntity"), "{message}");
+    // The operation, AWS's code and message, and the request id AWS support asks for.
+    assert!(message.contains("iam_role.masters could not be created: AttachRolePolicy: NoSuchEntity: "), "{message}");
+    assert!(message.contains("(request id "), "{message}");
     assert!(message.contains("not started"), "{message}");
     // Everything that was created is in state, and nothing depending on the role was started.
     let listed = String::from_utf8_lossy(&project.kstack(&moto).args(["state", "list", "dev"]).output().unwrap().stdout).into_owned();

@@ -49,7 +49,7 @@ fn validate_json_lists_problems_with_file_line_and_column() {
 #[test]
 fn unknown_environment_names_the_ones_that_exist() {
     let output = kstack().args(["validate", "deve"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("environments/deve.yaml does not exist"), "{stderr}");
     assert!(stderr.contains("did you mean `dev`?"), "{stderr}");
@@ -171,7 +171,7 @@ fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     std::fs::write(project.path().join("roles/base/tasks.yaml"), "tasks:\n  - name: typo\n    fille: { path: /tmp/x }\n").unwrap();
     let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("role `missing` does not exist"), "{stderr}");
     assert!(stderr.contains("images/node.yaml:2:"), "{stderr}");
     assert!(stderr.contains("unknown module or setting `fille` in task"), "{stderr}");
@@ -243,7 +243,7 @@ fn role_files_outside_the_role_are_refused_before_anything_runs() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{command:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
         for part in &expected {
             assert!(stderr.contains(part.as_str()), "{command:?}: missing {part:?} in\n{stderr}");
         }
@@ -266,7 +266,7 @@ fn a_base_file_linked_from_outside_the_project_is_refused() {
     std::fs::write(project.path().join("environments/test.yaml"), "extends: base.yaml\n").unwrap();
     let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     let resolved = base.canonicalize().unwrap();
     assert!(stderr.contains(&format!("`extends: base.yaml` resolves to {}, outside the project", resolved.display())), "{stderr}");
     assert!(stderr.contains("environments/test.yaml:1:10"), "{stderr}");
@@ -302,7 +302,7 @@ fn a_project_owned_by_another_user_is_not_discovered() {
         chown(&owned_by_other, Some(65534), Some(65534)).unwrap();
         let refused = discover();
         let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert_eq!(refused.status.code(), Some(2), "{stderr}");
         let expected = format!(
             "error: {} looks like a kstack project, but {} is owned by uid 65534, not by you (uid {user}); kstack does not use it",
             planted.display(),
@@ -326,7 +326,7 @@ fn a_project_owned_by_another_user_is_not_discovered() {
 fn time_zones_are_checked_without_a_tz_database() {
     let refused = kstack().env("TZDIR", "/nonexistent").args(["validate", "tests/invalid/reboots.yaml"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`Mars/Olympus` is not a known time zone"), "{stderr}");
     assert!(stderr.contains("tests/invalid/reboots.yaml:3:74"), "{stderr}");
     // dev's window is in Europe/Berlin.

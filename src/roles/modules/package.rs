@@ -9,14 +9,14 @@ const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options
 impl Converge for Package {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
-        let script = format!(
-            "dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {name} 2>/dev/null || true; echo '--- kstack ---'; apt-mark showhold {name} 2>/dev/null || true"
-        );
+        // dpkg's own database answers both questions in one quick process: the first letter of
+        // the status is the selection (`h` is what `apt-mark hold` sets), the second the state.
+        // apt-mark and apt-cache would load apt's whole cache, seconds on a small node.
+        let script = format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {name} 2>/dev/null || true");
         let text = host.must(&script, "querying dpkg").await?;
-        let (status, holds) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
-        let (abbrev, version) = status.trim().split_once('|').unwrap_or(("", ""));
+        let (abbrev, version) = text.trim().split_once('|').unwrap_or(("", ""));
         let installed = abbrev.starts_with("ii") || abbrev.starts_with("hi");
-        let held = holds.lines().any(|l| l.trim() == self.name);
+        let held = abbrev.starts_with('h');
         let mut diffs = Vec::new();
         let mut script = String::from("set -e\n");
         if self.update_cache {
