@@ -162,3 +162,50 @@ fn a_connection_dropped_mid_role_is_retried_on_that_host_and_keeps_its_handlers(
     assert_eq!(std::fs::read_to_string(node.file("/root/reloads")).unwrap(), "reloaded\n", "the handler ran once, after the retry");
     assert!(node.file("/root/dropped").exists(), "the connection was dropped");
 }
+
+/// The queries of a role's tasks go to the host together, in one round trip, so a run that
+/// changes nothing is the facts and one batch. A task after one that changed the host still
+/// judges the host as that change left it, and check mode changes nothing.
+#[test]
+fn tasks_query_together_yet_each_sees_what_an_earlier_task_changed_and_check_mode_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let dir = tempfile::tempdir().unwrap();
+    let role = dir.path().join("layered");
+    std::fs::create_dir_all(&role).unwrap();
+    // The line reads the file the first task makes: judged on the host as it was before that
+    // task, it would create the file itself, with the default mode.
+    std::fs::write(
+        role.join("tasks.yaml"),
+        r#"tasks:
+  - name: settings file
+    file: { path: /etc/layered.conf, state: file, mode: "0600" }
+  - name: setting
+    line: { path: /etc/layered.conf, line: "b=2", regexp: "^b=" }
+  - name: copy of the settings
+    command: { run: "cp -p /etc/layered.conf /etc/layered.copy", creates: /etc/layered.copy }
+  - name: drop-in directory
+    file: { path: /etc/layered.d, state: directory }
+"#,
+    )
+    .unwrap();
+    let runner = Runner::new(&key, dir.path(), &["layered"], Variables::new());
+    let all = |status| ["settings file", "setting", "copy of the settings", "drop-in directory"].map(|t| (t.to_owned(), status)).to_vec();
+
+    let checked = &runner.converge(&[&node], true)[0];
+    assert_eq!(statuses(checked), all(TaskStatus::Changed));
+    assert!(!node.file("/etc/layered.conf").exists() && !node.file("/etc/layered.d").exists(), "check mode changed nothing");
+
+    let first = &runner.converge(&[&node], false)[0];
+    assert_eq!(statuses(first), all(TaskStatus::Changed), "{:?}", failures(first));
+    assert_eq!(std::fs::read_to_string(node.file("/etc/layered.conf")).unwrap(), "b=2\n");
+    let mode = std::fs::metadata(node.file("/etc/layered.conf")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the line was added to the file the first task made, not to a file of its own");
+    assert_eq!(std::fs::read_to_string(node.file("/etc/layered.copy")).unwrap(), "b=2\n", "the command ran after the line");
+
+    let second = &runner.converge(&[&node], false)[0];
+    assert_eq!(statuses(second), all(TaskStatus::Ok));
+    assert_eq!(second.commands, 2, "the facts, and one batch of the four tasks' queries");
+    eprintln!("commands: check run {}, first run {}, no-change run {}", checked.commands, first.commands, second.commands);
+}

@@ -9,9 +9,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::checks::{self, CheckResult};
-use super::modules::{self, Host, Outcome, TaskError};
+use super::modules::{self, Host, Observations, Outcome, TaskError};
 use super::{Role, Task, Variables};
-use crate::ssh::{Connection, Facts, Login};
+use crate::ssh::{Connection, Facts, Login, Output};
 use kstack_project::roles::checks::Check;
 use kstack_project::roles::modules::Module;
 
@@ -56,6 +56,8 @@ pub struct HostReport {
     /// Times the connection dropped mid-role and the role was run again on a new one.
     #[serde(skip_serializing_if = "is_zero")]
     pub reconnects: u32,
+    /// Commands run on the host (facts, queries, acts): each a round trip and a process.
+    pub commands: usize,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -190,6 +192,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                         report.tasks.extend(tasks);
                         report.reconnects += 1;
                         tracing::warn!("{host}: the connection dropped during role {}; reconnecting", role.name);
+                        report.commands += connection.commands_run();
                         match connect(host, login).await {
                             Ok(connected) => (connection, facts) = connected,
                             Err(message) => {
@@ -231,6 +234,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             }
         }
     }
+    report.commands += connection.commands_run();
     connection.close().await;
     report
 }
@@ -256,8 +260,12 @@ async fn converge_role(on: &OnHost<'_>, role: &Role, variables: &Variables, noti
     let OnHost { connection, facts, check, host, events } = *on;
     let context = context(role, variables, facts, host);
     let mut done = Vec::new();
-    for task in &role.tasks {
-        let report = run_task(connection, facts, check, role, task, &context, false).await;
+    let observations = Observations::default();
+    for (index, task) in role.tasks.iter().enumerate() {
+        if observations.is_empty() {
+            prefetch(connection, &role.tasks[index..], &context, &observations).await;
+        }
+        let report = run_task(connection, facts, check, role, task, &context, false, &observations).await;
         if report.status == TaskStatus::Failed && connection.is_closed() {
             return RoleOutcome::Dropped(done);
         }
@@ -271,8 +279,12 @@ async fn converge_role(on: &OnHost<'_>, role: &Role, variables: &Variables, noti
             return RoleOutcome::Failed(done);
         }
     }
-    for handler in role.handlers.iter().filter(|h| notified.contains(&h.name)) {
-        let report = run_task(connection, facts, check, role, handler, &context, true).await;
+    let handlers: Vec<Task> = role.handlers.iter().filter(|h| notified.contains(&h.name)).cloned().collect();
+    for (index, handler) in handlers.iter().enumerate() {
+        if observations.is_empty() {
+            prefetch(connection, &handlers[index..], &context, &observations).await;
+        }
+        let report = run_task(connection, facts, check, role, handler, &context, true, &observations).await;
         if report.status == TaskStatus::Failed && connection.is_closed() {
             return RoleOutcome::Dropped(done);
         }
@@ -330,6 +342,64 @@ fn render(value: &serde_json::Value, jinja: &minijinja::Environment, context: &m
     })
 }
 
+/// The task's module with its arguments rendered, or `None` when its `when:` is false.
+fn prepare(task: &Task, jinja: &minijinja::Environment, context: &minijinja::Value) -> Result<Option<Module>, String> {
+    if !condition_holds(task.when.as_deref(), jinja, context)? {
+        return Ok(None);
+    }
+    let mut args = render(&task.args, jinja, context)?;
+    if let (Some(content), Some(map)) = (&task.raw_content, args.as_object_mut()) {
+        map.insert("content".into(), serde_json::Value::String(content.clone()));
+    }
+    let wrapped = serde_json::Value::Object(serde_json::Map::from_iter([(task.module.clone(), args)]));
+    serde_json::from_value::<Module>(wrapped).map(Some).map_err(|e| format!("invalid arguments: {e}"))
+}
+
+/// Fetches the queries of the `tasks` that will run in one round trip, so each finds what it
+/// judges already read. When that would not save a round trip, or fails, each task queries
+/// for itself (a dropped connection shows there).
+async fn prefetch(connection: &Connection, tasks: &[Task], context: &minijinja::Value, observations: &Observations) {
+    let jinja = crate::template::engine();
+    let mut scripts: Vec<String> = Vec::new();
+    for task in tasks {
+        if let Ok(Some(module)) = prepare(task, &jinja, context) {
+            scripts.extend(modules::query(&module).filter(|q| !scripts.contains(q)));
+        }
+    }
+    if scripts.len() < 2 {
+        return;
+    }
+    if let Ok(output) = connection.run(&batched(&scripts), None).await {
+        if output.success() {
+            observations.extend(scripts.into_iter().zip(output.stdout.lines().map(unbatched)).filter_map(|(script, found)| Some((script, found?))));
+        }
+    }
+}
+
+/// One script that runs each query in a subshell of its own (no input, its own output and
+/// status) and prints a line per query: its exit status, then its output and errors in base64.
+fn batched(scripts: &[String]) -> String {
+    let mut batch = String::from(
+        "d=$(mktemp -d) || exit 1\n\
+         q() { ( eval \"$1\" ) >\"$d/o\" 2>\"$d/e\" </dev/null; printf '%s ' \"$?\"; base64 -w0 <\"$d/o\"; printf ' '; base64 -w0 <\"$d/e\"; echo; }\n",
+    );
+    for script in scripts {
+        batch.push_str(&format!("q {}\n", modules::quote(script)));
+    }
+    batch.push_str("rm -rf \"$d\"\n");
+    batch
+}
+
+/// A query's result from its line of [`batched`]'s output.
+fn unbatched(line: &str) -> Option<Output> {
+    let mut fields = line.split(' ');
+    let status = fields.next()?.parse().ok()?;
+    let mut decoded = || aws_smithy_types::base64::decode(fields.next()?).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    let (stdout, stderr) = (decoded()?, decoded()?);
+    Some(Output { status, stdout, stderr })
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_task(
     connection: &Connection,
     facts: &Facts,
@@ -338,27 +408,16 @@ async fn run_task(
     task: &Task,
     context: &minijinja::Value,
     handler: bool,
+    observations: &Observations,
 ) -> TaskReport {
     let jinja = crate::template::engine();
     let report = |status, outcome, error| TaskReport { role: role.name.clone(), task: task.name.clone(), handler, status, outcome, error };
-    match condition_holds(task.when.as_deref(), &jinja, context) {
-        Ok(true) => {}
-        Ok(false) => return report(TaskStatus::Skipped, Outcome::default(), None),
-        Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error)),
-    }
-    let module = render(&task.args, &jinja, context).and_then(|mut args| {
-        if let (Some(content), Some(map)) = (&task.raw_content, args.as_object_mut()) {
-            map.insert("content".into(), serde_json::Value::String(content.clone()));
-        }
-        let mut wrapped = serde_json::Map::new();
-        wrapped.insert(task.module.clone(), args);
-        serde_json::from_value::<Module>(serde_json::Value::Object(wrapped)).map_err(|e| format!("invalid arguments: {e}"))
-    });
-    let module = match module {
-        Ok(module) => module,
+    let module = match prepare(task, &jinja, context) {
+        Ok(Some(module)) => module,
+        Ok(None) => return report(TaskStatus::Skipped, Outcome::default(), None),
         Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error)),
     };
-    let host = Host { connection, facts, check };
+    let host = Host { connection, facts, check, observations };
     match modules::converge(&module, &host).await {
         Ok(outcome) if outcome.changed() => report(TaskStatus::Changed, outcome, None),
         Ok(outcome) => report(TaskStatus::Ok, outcome, None),

@@ -208,6 +208,8 @@ pub struct Connection {
     become_root: bool,
     /// The bastion connection this one is tunnelled through, kept open as long as it is.
     _jump: Option<Box<Connection>>,
+    /// Commands run so far: each is a round trip and a remote process.
+    commands: std::sync::atomic::AtomicUsize,
 }
 
 impl Connection {
@@ -273,7 +275,7 @@ impl Connection {
         if !auth.success() {
             return Err(SshError::AuthenticationFailed { host: host.to_owned(), user: login.user.clone(), key: login.key.clone() });
         }
-        Ok(Connection { host: host.to_owned(), handle, become_root: login.user != "root", _jump: jump })
+        Ok(Connection { host: host.to_owned(), handle, become_root: login.user != "root", _jump: jump, commands: Default::default() })
     }
 
     fn protocol(&self, error: russh::Error) -> SshError {
@@ -285,7 +287,13 @@ impl Connection {
     /// The script travels on the channel's input, ahead of `stdin`, never on a command line:
     /// command lines are readable by every user of the host (`ps`) and land in sudo's log,
     /// and scripts hold rendered values, secrets included.
+    /// How many commands ran on this connection: its round trips, and its remote processes.
+    pub fn commands_run(&self) -> usize {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn run(&self, script: &str, stdin: Option<&[u8]>) -> Result<Output, SshError> {
+        self.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let command = if self.become_root {
             format!("sudo -n sh -c {}", shell_quote(RUN_FROM_INPUT))
         } else {

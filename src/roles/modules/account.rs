@@ -4,8 +4,12 @@ use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
 use kstack_project::roles::modules::{Group, User};
 
 impl Converge for Group {
+    fn query(&self) -> Option<String> {
+        Some(format!("getent group {}", quote(&self.name)))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
-        let current = host.connection.run(&format!("getent group {}", quote(&self.name)), None).await?.stdout;
+        let current = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let gid = current.split(':').nth(2).map(str::trim).unwrap_or_default().to_owned();
         let mut diffs = Vec::new();
         let mut script = String::new();
@@ -26,10 +30,14 @@ impl Converge for Group {
 }
 
 impl Converge for User {
+    fn query(&self) -> Option<String> {
+        let name = quote(&self.name);
+        Some(format!("getent passwd {name}; echo '--- kstack ---'; id -nG {name} 2>/dev/null || true"))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
-        let text =
-            host.connection.run(&format!("getent passwd {name}; echo '--- kstack ---'; id -nG {name} 2>/dev/null || true"), None).await?.stdout;
+        let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (passwd, groups) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let fields: Vec<&str> = passwd.trim().split(':').collect();
         let member_of: Vec<&str> = groups.split_whitespace().collect();

@@ -5,14 +5,18 @@ use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
 use kstack_project::roles::modules::Command;
 
 impl Converge for Command {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
-        let guard = match (&self.creates, &self.unless) {
+    /// The guard: `unless` is the user's own command, which must not change the host either.
+    fn query(&self) -> Option<String> {
+        match (&self.creates, &self.unless) {
             (Some(path), _) => Some(format!("test -e {}", quote(path))),
             (None, Some(unless)) => Some(unless.clone()),
             (None, None) => None,
-        };
-        if let Some(guard) = guard {
-            if host.connection.run(&guard, None).await?.success() {
+        }
+    }
+
+    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+        if let Some(guard) = self.query() {
+            if host.query(&guard).await?.success() {
                 return Ok(Outcome::default());
             }
         }

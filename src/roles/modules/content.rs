@@ -5,10 +5,14 @@ use super::file::{attribute_diffs, Stat, STAT};
 use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, TaskError};
 use kstack_project::roles::modules::{Copy, Line};
 
+/// The script that prints a file's attributes and content.
+fn read_script(path: &str) -> String {
+    format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path))
+}
+
 /// The current content and attributes of a file, in one round trip.
 async fn read(host: &Host<'_>, path: &str) -> Result<(Stat, Option<String>), TaskError> {
-    let script = format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path));
-    let text = host.must(&script, "reading the file").await?;
+    let text = host.query_must(&read_script(path), "reading the file").await?;
     let (head, body) = text.split_once("--- kstack content ---\n").unwrap_or((&text, ""));
     let stat = Stat::parse(head);
     let content = (stat.kind == "file").then(|| body.to_owned());
@@ -49,20 +53,23 @@ async fn converge_content(
             }
         };
         let mode = mode.unwrap_or_else(|| u32::from_str_radix(&stat.mode, 8).unwrap_or(0o644));
-        host.connection
-            .write_file(
-                path,
-                wanted.as_bytes(),
-                mode,
-                owner.map_or_else(|| keep("root", &stat.owner), str::to_owned).as_str(),
-                group.map_or_else(|| keep("root", &stat.group), str::to_owned).as_str(),
-            )
-            .await?;
+        host.write_file(
+            path,
+            wanted.as_bytes(),
+            mode,
+            owner.map_or_else(|| keep("root", &stat.owner), str::to_owned).as_str(),
+            group.map_or_else(|| keep("root", &stat.group), str::to_owned).as_str(),
+        )
+        .await?;
     }
     Ok(Outcome { diffs, content_diff, notes: Vec::new() })
 }
 
 impl Converge for Copy {
+    fn query(&self) -> Option<String> {
+        Some(read_script(&self.dest))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let Some(wanted) = &self.content else {
             return Err(TaskError::Failed(String::from("give `content`, or `src` naming a file of the role")));
@@ -75,6 +82,10 @@ impl Converge for Copy {
 }
 
 impl Converge for Line {
+    fn query(&self) -> Option<String> {
+        Some(read_script(&self.path))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         let pattern = match &self.regexp {

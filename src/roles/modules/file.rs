@@ -48,13 +48,17 @@ pub(super) fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str
 }
 
 impl Converge for File {
+    fn query(&self) -> Option<String> {
+        Some(format!("p={}\n{STAT}", quote(&self.path)))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let path = quote(&self.path);
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         if self.state == FileState::Link && self.src.is_none() {
             return Err(TaskError::Failed(String::from("a link needs `src`, the path it points to")));
         }
-        let stat = Stat::parse(&host.must(&format!("p={path}\n{STAT}"), "reading the file").await?);
+        let stat = Stat::parse(&host.query_must(&self.query().unwrap_or_default(), "reading the file").await?);
         let mut diffs = Vec::new();
         if stat.kind != self.state.name() {
             diffs.push(FieldDiff::new("state", stat.kind.clone(), self.state.name()));

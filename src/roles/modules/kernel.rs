@@ -32,13 +32,17 @@ fn edit(grub: &str, parameter: &str, present: bool) -> String {
 }
 
 impl Converge for KernelCmdline {
+    fn query(&self) -> Option<String> {
+        Some(format!("cat {GRUB} 2>/dev/null || true"))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let present = match self.state.as_str() {
             "present" => true,
             "absent" => false,
             other => return Err(TaskError::Failed(format!("`state: {other}` is neither present nor absent"))),
         };
-        let current = host.connection.run(&format!("cat {GRUB} 2>/dev/null || true"), None).await?.stdout;
+        let current = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let wanted = edit(&current, &self.parameter, present);
         if wanted == current {
             return Ok(Outcome::default());
@@ -46,12 +50,12 @@ impl Converge for KernelCmdline {
         let diffs = vec![FieldDiff::new(KEY, line_of(&current), line_of(&wanted))];
         let mut notes = vec![String::from("takes effect at the next boot")];
         if !host.check {
-            host.connection.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
+            host.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
             // Debian's and Ubuntu's mark for "reboot to finish": the bake reboots its builder on
             // it, unattended-upgrades' reboot guard reboots a node in its slot. A container's
             // kernel is its host's: no reboot of its own changes the command line.
             let mark = if host.facts.container { "" } else { "touch /var/run/reboot-required; " };
-            let output = host.connection.run(&format!("{mark}command -v update-grub >/dev/null || exit 100; update-grub 2>&1"), None).await?;
+            let output = host.act(&format!("{mark}command -v update-grub >/dev/null || exit 100; update-grub 2>&1")).await?;
             match output.status {
                 0 => {}
                 100 => notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed")),

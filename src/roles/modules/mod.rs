@@ -1,7 +1,9 @@
 //! How each task module converges a host; their arguments are typed in
 //! `kstack_project::roles::modules`. Each module is idempotent: it first queries the host and
 //! answers "ok" or "needs change" with a field-level diff, and acts only on a change and never
-//! in check mode. A query is one round trip; so is an act.
+//! in check mode. A module's query is a script of its own ([`query`]), so the runner can fetch
+//! the queries of many tasks in one round trip ([`Observations`]); an act is one round trip, and
+//! forgets what was fetched, so a later task judges the host as the act left it.
 
 mod account;
 mod command;
@@ -12,10 +14,13 @@ mod package;
 mod sysctl;
 mod systemd;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 
-use crate::ssh::{Connection, Facts, SshError};
+use crate::ssh::{Connection, Facts, Output, SshError};
 
 /// One attribute that differs between the host and the task, as text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,29 +62,107 @@ pub enum TaskError {
     Failed(String),
 }
 
+/// Query results fetched ahead, by script. Any act empties them: what a task changed, a later
+/// task must see.
+#[derive(Default)]
+pub struct Observations(Mutex<HashMap<String, Output>>);
+
+impl Observations {
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().map(|o| o.is_empty()).unwrap_or(true)
+    }
+
+    pub fn extend(&self, fetched: impl IntoIterator<Item = (String, Output)>) {
+        if let Ok(mut observations) = self.0.lock() {
+            observations.extend(fetched);
+        }
+    }
+
+    fn take(&self, script: &str) -> Option<Output> {
+        self.0.lock().ok()?.remove(script)
+    }
+
+    fn forget(&self) {
+        if let Ok(mut observations) = self.0.lock() {
+            observations.clear();
+        }
+    }
+}
+
 /// What a module can use on the host.
 pub struct Host<'a> {
     pub connection: &'a Connection,
     pub facts: &'a Facts,
     pub check: bool,
+    pub observations: &'a Observations,
 }
 
 impl Host<'_> {
-    /// Runs a script that must succeed; its failure is the task's failure.
-    pub async fn must(&self, script: &str, what: &str) -> Result<String, TaskError> {
-        let output = self.connection.run(script, None).await?;
-        if output.success() {
-            Ok(output.stdout)
-        } else {
-            let detail = if output.stderr.trim().is_empty() { output.stdout.trim() } else { output.stderr.trim() };
-            Err(TaskError::Failed(format!("{what} failed (exit {}): {detail}", output.status)))
+    /// Runs a module's query: fetched ahead with other tasks' queries when it was, else now.
+    pub async fn query(&self, script: &str) -> Result<Output, SshError> {
+        match self.observations.take(script) {
+            Some(output) => Ok(output),
+            None => self.connection.run(script, None).await,
         }
+    }
+
+    /// A query that must succeed; its failure is the task's failure.
+    pub async fn query_must(&self, script: &str, what: &str) -> Result<String, TaskError> {
+        succeeded(self.query(script).await?, what)
+    }
+
+    /// Runs a script that changes the host and must succeed; its failure is the task's failure.
+    pub async fn must(&self, script: &str, what: &str) -> Result<String, TaskError> {
+        self.observations.forget();
+        succeeded(self.connection.run(script, None).await?, what)
+    }
+
+    /// Runs a script that changes the host, whatever its exit status.
+    pub async fn act(&self, script: &str) -> Result<Output, SshError> {
+        self.observations.forget();
+        self.connection.run(script, None).await
+    }
+
+    /// Writes a file (see [`Connection::write_file`]).
+    pub async fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> Result<(), SshError> {
+        self.observations.forget();
+        self.connection.write_file(path, content, mode, owner, group).await
+    }
+}
+
+fn succeeded(output: Output, what: &str) -> Result<String, TaskError> {
+    if output.success() {
+        Ok(output.stdout)
+    } else {
+        let detail = if output.stderr.trim().is_empty() { output.stdout.trim() } else { output.stderr.trim() };
+        Err(TaskError::Failed(format!("{what} failed (exit {}): {detail}", output.status)))
     }
 }
 
 /// Brings the host in line with one module's arguments.
 pub(crate) trait Converge {
+    /// The script that reads what the module judges, if it reads anything: it changes nothing,
+    /// so it can run ahead of the task, batched with other tasks' queries.
+    fn query(&self) -> Option<String>;
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError>;
+}
+
+/// The query `module` starts with (see [`Converge::query`]).
+pub fn query(module: &Module) -> Option<String> {
+    match module {
+        Module::File(m) => m.query(),
+        Module::Copy(m) | Module::Template(m) => m.query(),
+        Module::Line(m) => m.query(),
+        Module::Sysctl(m) => m.query(),
+        Module::SystemdUnit(m) | Module::Service(m) => m.query(),
+        Module::Package(m) => m.query(),
+        Module::AptRepository(m) => m.query(),
+        Module::KernelCmdline(m) => m.query(),
+        Module::User(m) => m.query(),
+        Module::Group(m) => m.query(),
+        Module::Command(m) => m.query(),
+    }
 }
 
 /// Converges the host to `module`: the module's query, and its act unless in check mode.

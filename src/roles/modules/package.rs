@@ -7,13 +7,16 @@ use kstack_project::roles::modules::{AptRepository, Package, PackageState};
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold";
 
 impl Converge for Package {
+    /// dpkg's own database answers both questions in one quick process: the first letter of
+    /// the status is the selection (`h` is what `apt-mark hold` sets), the second the state.
+    /// apt-mark and apt-cache would load apt's whole cache, seconds on a small node.
+    fn query(&self) -> Option<String> {
+        Some(format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {} 2>/dev/null || true", quote(&self.name)))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
-        // dpkg's own database answers both questions in one quick process: the first letter of
-        // the status is the selection (`h` is what `apt-mark hold` sets), the second the state.
-        // apt-mark and apt-cache would load apt's whole cache, seconds on a small node.
-        let script = format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {name} 2>/dev/null || true");
-        let text = host.must(&script, "querying dpkg").await?;
+        let text = host.query_must(&self.query().unwrap_or_default(), "querying dpkg").await?;
         let (abbrev, version) = text.trim().split_once('|').unwrap_or(("", ""));
         let installed = abbrev.starts_with("ii") || abbrev.starts_with("hi");
         let held = abbrev.starts_with('h');
@@ -67,12 +70,21 @@ impl Converge for Package {
     }
 }
 
+/// The source list and keyring of a repository.
+fn repository_files(repository: &AptRepository) -> (String, String) {
+    (format!("/etc/apt/sources.list.d/{}.list", repository.name), format!("/etc/apt/keyrings/{}.asc", repository.name))
+}
+
 impl Converge for AptRepository {
+    fn query(&self) -> Option<String> {
+        let (list, keyring) = repository_files(self);
+        Some(format!("cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true", quote(&list), quote(&keyring)))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         // An empty key (a variable left unset) means none.
         let key = self.key.as_deref().filter(|k| !k.trim().is_empty());
-        let list = format!("/etc/apt/sources.list.d/{}.list", self.name);
-        let keyring = format!("/etc/apt/keyrings/{}.asc", self.name);
+        let (list, keyring) = repository_files(self);
         let source = match (key, self.source.strip_prefix("deb ")) {
             (Some(_), Some(rest)) if !self.source.contains("signed-by") => match rest.strip_prefix('[') {
                 Some(options) => format!("deb [signed-by={keyring} {options}"),
@@ -81,8 +93,7 @@ impl Converge for AptRepository {
             _ => self.source.clone(),
         };
         let wanted_list = format!("{source}\n");
-        let script = format!("cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true", quote(&list), quote(&keyring));
-        let text = host.must(&script, "reading the repository").await?;
+        let text = host.query_must(&self.query().unwrap_or_default(), "reading the repository").await?;
         let (current_list, current_key) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let mut diffs = Vec::new();
         if current_list != wanted_list {
@@ -95,9 +106,9 @@ impl Converge for AptRepository {
         }
         if !diffs.is_empty() && !host.check {
             if let Some(key) = key {
-                host.connection.write_file(&keyring, key.as_bytes(), 0o644, "root", "root").await?;
+                host.write_file(&keyring, key.as_bytes(), 0o644, "root", "root").await?;
             }
-            host.connection.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
+            host.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
             // Only the new source: its package lists are what the next task needs, and the
             // others do not have to be fetched again for it.
             let update = format!("{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0", quote(&list));

@@ -11,14 +11,17 @@ fn file(sysctl: &Sysctl) -> String {
 }
 
 impl Converge for Sysctl {
+    fn query(&self) -> Option<String> {
+        Some(format!("cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true", quote(&file(self)), quote(&self.name)))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         if self.name.contains(|c: char| c.is_whitespace() || c == '=') {
             return Err(TaskError::Failed(format!("`{}` is not a sysctl name", self.name)));
         }
         let file = file(self);
         let wanted_file = format!("{} = {}\n", self.name, self.value);
-        let script = format!("cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true", quote(&file), quote(&self.name));
-        let text = host.must(&script, "reading the setting").await?;
+        let text = host.query_must(&self.query().unwrap_or_default(), "reading the setting").await?;
         let (persisted, running) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let normalize = |v: &str| v.split_whitespace().collect::<Vec<_>>().join(" ");
         let mut diffs = Vec::new();
@@ -36,7 +39,7 @@ impl Converge for Sysctl {
             diffs.push(FieldDiff::new("value", normalize(running), normalize(&self.value)));
         }
         if !diffs.is_empty() && !host.check {
-            host.connection.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root").await?;
+            host.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root").await?;
             if !container {
                 host.must(&format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)), "applying the setting").await?;
             }

@@ -14,14 +14,18 @@ fn unit_file(unit: &Systemd) -> String {
 }
 
 impl Converge for Systemd {
+    fn query(&self) -> Option<String> {
+        let unit = quote(&self.name);
+        Some(format!(
+            "systemctl is-enabled {unit} 2>/dev/null; echo; systemctl is-active {unit} 2>/dev/null; echo; echo '--- kstack ---'; cat {} 2>/dev/null || true",
+            quote(&unit_file(self))
+        ))
+    }
+
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let unit = quote(&self.name);
         let file = unit_file(self);
-        let script = format!(
-            "systemctl is-enabled {unit} 2>/dev/null; echo; systemctl is-active {unit} 2>/dev/null; echo; echo '--- kstack ---'; cat {} 2>/dev/null || true",
-            quote(&file)
-        );
-        let text = host.connection.run(&script, None).await?.stdout;
+        let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (status, current) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let mut lines = status.lines().filter(|l| !l.is_empty());
         let enabled = lines.next().unwrap_or("unknown").trim().to_owned();
@@ -57,7 +61,7 @@ impl Converge for Systemd {
         }
         if let Some(content) = &self.content {
             if file_changed {
-                host.connection.write_file(&file, content.as_bytes(), 0o644, "root", "root").await?;
+                host.write_file(&file, content.as_bytes(), 0o644, "root", "root").await?;
             }
         }
         let mut script = String::from("set -e\n");
