@@ -173,9 +173,11 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             let mut role_index = 0;
             // Handlers notified survive a dropped connection: the rerun finds those tasks done.
             let mut notified: Vec<String> = Vec::new();
+            // Fetched ahead for the tasks of every role still to run.
+            let observations = Observations::default();
             while let Some(role) = roles.get(role_index) {
                 let on = OnHost { connection: &connection, facts: &facts, check: *check, host, events };
-                match converge_role(&on, role, variables, &mut notified).await {
+                match converge_role(&on, &roles[role_index..], variables, &mut notified, &observations).await {
                     RoleOutcome::Done(tasks) => {
                         report.tasks.extend(tasks);
                         notified.clear();
@@ -193,6 +195,8 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                         report.reconnects += 1;
                         tracing::warn!("{host}: the connection dropped during role {}; reconnecting", role.name);
                         report.commands += connection.commands_run();
+                        // What the dropped task did is unknown: the host is read again.
+                        observations.forget();
                         match connect(host, login).await {
                             Ok(connected) => (connection, facts) = connected,
                             Err(message) => {
@@ -255,17 +259,26 @@ struct OnHost<'a> {
     events: &'a Events,
 }
 
-/// One role's tasks, then the handlers they (or an earlier, dropped attempt) notified.
-async fn converge_role(on: &OnHost<'_>, role: &Role, variables: &Variables, notified: &mut Vec<String>) -> RoleOutcome {
+/// The first of `roles`' tasks, then the handlers they (or an earlier, dropped attempt)
+/// notified. Queries are fetched ahead for the rest of this role and the roles after it.
+async fn converge_role(
+    on: &OnHost<'_>,
+    roles: &[Role],
+    variables: &Variables,
+    notified: &mut Vec<String>,
+    observations: &Observations,
+) -> RoleOutcome {
     let OnHost { connection, facts, check, host, events } = *on;
-    let context = context(role, variables, facts, host);
+    let role = &roles[0];
+    let contexts: Vec<minijinja::Value> = roles.iter().map(|r| context(r, variables, facts, host)).collect();
+    let context = &contexts[0];
+    let ahead: Vec<(&Task, &minijinja::Value)> = roles.iter().zip(&contexts).flat_map(|(r, c)| r.tasks.iter().map(move |t| (t, c))).collect();
     let mut done = Vec::new();
-    let observations = Observations::default();
     for (index, task) in role.tasks.iter().enumerate() {
         if observations.is_empty() {
-            prefetch(connection, &role.tasks[index..], &context, &observations).await;
+            prefetch(connection, &ahead[index..], observations).await;
         }
-        let report = run_task(connection, facts, check, role, task, &context, false, &observations).await;
+        let report = run_task(connection, facts, check, role, task, context, false, observations).await;
         if report.status == TaskStatus::Failed && connection.is_closed() {
             return RoleOutcome::Dropped(done);
         }
@@ -279,12 +292,12 @@ async fn converge_role(on: &OnHost<'_>, role: &Role, variables: &Variables, noti
             return RoleOutcome::Failed(done);
         }
     }
-    let handlers: Vec<Task> = role.handlers.iter().filter(|h| notified.contains(&h.name)).cloned().collect();
-    for (index, handler) in handlers.iter().enumerate() {
+    let handlers: Vec<(&Task, &minijinja::Value)> = role.handlers.iter().filter(|h| notified.contains(&h.name)).map(|h| (h, context)).collect();
+    for (index, (handler, _)) in handlers.iter().enumerate() {
         if observations.is_empty() {
-            prefetch(connection, &handlers[index..], &context, &observations).await;
+            prefetch(connection, &handlers[index..], observations).await;
         }
-        let report = run_task(connection, facts, check, role, handler, &context, true, &observations).await;
+        let report = run_task(connection, facts, check, role, handler, context, true, observations).await;
         if report.status == TaskStatus::Failed && connection.is_closed() {
             return RoleOutcome::Dropped(done);
         }
@@ -355,13 +368,13 @@ fn prepare(task: &Task, jinja: &minijinja::Environment, context: &minijinja::Val
     serde_json::from_value::<Module>(wrapped).map(Some).map_err(|e| format!("invalid arguments: {e}"))
 }
 
-/// Fetches the queries of the `tasks` that will run in one round trip, so each finds what it
-/// judges already read. When that would not save a round trip, or fails, each task queries
-/// for itself (a dropped connection shows there).
-async fn prefetch(connection: &Connection, tasks: &[Task], context: &minijinja::Value, observations: &Observations) {
+/// Fetches the queries of the `tasks` that will run (each with its role's context) in one
+/// round trip, so each finds what it judges already read. When that would not save a round
+/// trip, or fails, each task queries for itself (a dropped connection shows there).
+async fn prefetch(connection: &Connection, tasks: &[(&Task, &minijinja::Value)], observations: &Observations) {
     let jinja = crate::template::engine();
     let mut scripts: Vec<String> = Vec::new();
-    for task in tasks {
+    for (task, context) in tasks {
         if let Ok(Some(module)) = prepare(task, &jinja, context) {
             scripts.extend(modules::query(&module).filter(|q| !scripts.contains(q)));
         }

@@ -82,7 +82,7 @@ impl Observations {
         self.0.lock().ok()?.remove(script)
     }
 
-    fn forget(&self) {
+    pub fn forget(&self) {
         if let Ok(mut observations) = self.0.lock() {
             observations.clear();
         }
