@@ -42,7 +42,7 @@ pub fn require(need: Need) {
 }
 
 fn missing(need: Need) -> Option<String> {
-    let setup = "run `scripts/setup` (as root, as the user that runs the tests, or with the same KSTACK_CACHE)";
+    let setup = "run `scripts/setup` (with the same HOME or KSTACK_CACHE as the tests)";
     let file = |path: PathBuf, what: &str| (!path.exists()).then(|| format!("{what} ({}) is missing: {setup}", path.display()));
     let program = |name: &str, package: &str| {
         let found = std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
