@@ -4,13 +4,10 @@
 //!
 //! Run with `cargo bench --bench refresh` (needs `scripts/setup`).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::fmt::Write;
 use std::time::Instant;
 
-use support::{json, runtime, Moto, Project};
+use kstack_testkit::{json, runtime, Moto, Project};
 
 fn environment(groups: usize) -> String {
     let mut text = String::from("extends: base.yaml\nnetwork:\n  nat_gateways: single\nnode_groups:\n");

@@ -5,19 +5,15 @@
 //!
 //! Run with `cargo bench --bench roles`.
 
-#[path = "../tests/support/node.rs"]
-mod node;
-
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kstack::diagnostics::{Loc, Sources, Spanned};
-use kstack::roles::{load_roles, run, RunOptions, TaskStatus, Variables};
-use kstack::ssh::{HostKeys, Login};
-use node::{ClientKey, Node};
+use kstack::roles::{run, RunOptions, TaskStatus, Variables};
+use kstack_testkit::node::{ClientKey, Node};
+use kstack_testkit::runner::{load, login};
 
 const NODES: usize = 10;
 const ANSIBLE_VERSION: &str = "2.17.7";
@@ -113,18 +109,8 @@ fn main() {
     // One fleet at a time: about ten nodes is what this machine runs side by side.
     let kstack_nodes: Vec<Node> = (0..NODES).map(|_| Node::boot(&key)).collect();
 
-    let mut sources = Sources::default();
-    let source = sources.add(Path::new("bench"), String::from("bench"));
-    let names = [Spanned::new(String::from("bench"), Loc { source, line: 1, column: 1, len: 5 })];
-    let roles = load_roles(&work.path().join("roles"), &names, &mut sources).unwrap_or_else(|_| panic!("bench role"));
-    let login = Login {
-        user: String::from("root"),
-        key: kstack::ssh::LoginKey::File(key.private()),
-        port: 22,
-        host_keys: HostKeys { path: work.path().join("known_hosts"), trust_on_first_use: true },
-        connect_timeout: Duration::from_secs(10),
-        bastion: None,
-    };
+    let roles = load(&work.path().join("roles"), &["bench"]);
+    let login = login(&key);
     let hosts: Vec<String> = kstack_nodes.iter().map(|n| n.address.clone()).collect();
     let variables = Variables::from([(String::from("env"), serde_json::json!("bench"))]);
     let options = RunOptions { check: false, forks: 10, max_fail: None };

@@ -1,16 +1,11 @@
 //! Serves the AWS emulator's instances in one loopback subnet with VMs, as the VM tests do
-//! (`tests/support/vm_cloud.rs`), for the demo: `vm_cloud <endpoint> <address prefix>
+//! (`kstack_testkit::vm_cloud`), for the demo: `vm_cloud <endpoint> <address prefix>
 //! <public key file>`. It prints what it does, and powers its VMs off when its standard
 //! input closes.
 
-#[path = "../tests/support/node.rs"]
-mod node;
-#[path = "../tests/support/vm.rs"]
-mod vm;
-#[path = "../tests/support/vm_cloud.rs"]
-mod vm_cloud;
-
 use std::io::Read;
+
+use kstack_testkit::vm_cloud;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

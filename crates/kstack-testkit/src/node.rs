@@ -4,8 +4,6 @@
 //!
 //! By hand (as root): see "Test nodes" in the README.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -74,6 +72,7 @@ pub struct ClientKey {
 }
 
 impl ClientKey {
+    #[expect(clippy::new_without_default, reason = "each call generates a key pair (ssh-keygen): not a default value")]
     pub fn new() -> ClientKey {
         let dir = tempfile::tempdir().unwrap();
         keygen(&dir.path().join("id_ed25519"));
@@ -147,8 +146,8 @@ impl Node {
     /// Boots after `prepare` has written into the node's writable layer (given as the path
     /// of its root), so the node sees the files from the start.
     pub fn boot_with(key: &ClientKey, address: &str, prepare: impl FnOnce(&Path)) -> Node {
+        crate::require(crate::Need::TestNodes);
         let rootfs = rootfs();
-        assert!(rootfs.join("usr/sbin/sshd").exists(), "{} is missing: run scripts/setup", rootfs.display());
         let dir = tempfile::tempdir().unwrap();
         let upper = dir.path().join("upper");
         write_sshd_files(&upper, key, Some(address));

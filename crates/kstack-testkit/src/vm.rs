@@ -19,8 +19,6 @@
 //! outside loopback. A VM is powered off when dropped; its console log is kept under
 //! `target/vm-consoles/`.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -267,6 +265,7 @@ impl Vm {
     }
 
     fn create(disk: &Disk, address: &str, seed_label: &str, cloud_init: bool, fill_seed: impl FnOnce(&Path)) -> Vm {
+        crate::require(crate::Need::Vms);
         let turn = Turn::take();
         assert!(disk.path.exists(), "{} is missing: run scripts/setup", disk.path.display());
         let dir = tempfile::tempdir().unwrap();
@@ -468,7 +467,7 @@ impl Vm {
 
     /// Where the console log is kept: `target/vm-consoles/<test>-<address>.log`.
     fn artefact(&self) -> PathBuf {
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| crate::repo().join("target"));
         let test = std::thread::current().name().unwrap_or("vm").replace("::", "-");
         target.join("vm-consoles").join(format!("{test}-{}.log", self.address))
     }

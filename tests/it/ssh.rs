@@ -1,12 +1,9 @@
 //! The SSH transport against booted test nodes.
 
-#[path = "support/node.rs"]
-mod node;
-
 use std::time::Duration;
 
 use kstack::ssh::{Bastion, Connection, HostKeys, Login, SshError};
-use node::{ClientKey, Node};
+use kstack_testkit::node::{self, ClientKey, Node};
 
 fn login(key: &ClientKey, known_hosts: &std::path::Path, trust_on_first_use: bool) -> Login {
     Login {

@@ -5,8 +5,6 @@
 //! holds then run for real against it. Services the packages ship are stand-ins
 //! (`sleep infinity`), enough for systemd to start, enable and restart them.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::path::Path;
 use std::process::Command;
 

@@ -1,17 +1,11 @@
 //! The node roles of the stack (`roles/`) on a booted test node, installing from a local
-//! repository of stand-in packages (`support/stand_in_repo.rs`): Ubuntu's, Docker's and
+//! repository of stand-in packages (`kstack_testkit::stand_in_repo`): Ubuntu's, Docker's and
 //! Kubernetes' archives cannot be reached here.
 
-#[path = "support/node.rs"]
-mod node;
-#[path = "support/runner.rs"]
-mod runner;
-#[path = "support/stand_in_repo.rs"]
-mod stand_in_repo;
-
 use kstack::roles::{TaskStatus, Variables};
-use node::{ClientKey, Node};
-use runner::{project_roles, Runner};
+use kstack_testkit::node::{self, ClientKey, Node};
+use kstack_testkit::runner::{project_roles, Runner};
+use kstack_testkit::stand_in_repo;
 
 const ROLES: [&str; 6] = ["base", "thp", "docker", "monit", "unattended-upgrades", "kubelet"];
 

@@ -2,16 +2,11 @@
 //! emulator, tagged on the instances and written to the test nodes serving their addresses,
 //! and the node-side guard that acts on it.
 
-mod support;
-
-#[path = "support/node.rs"]
-mod node;
-
 use std::time::Duration;
 
 use kstack::ssh::{Connection, HostKeys, Login};
-use node::{ClientKey, Node};
-use support::{json, runtime, Moto, Project};
+use kstack_testkit::node::{ClientKey, Node};
+use kstack_testkit::{json, runtime, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
 const GUARD: &str = "roles/unattended-upgrades/files/kstack-reboot-guard";
@@ -29,9 +24,9 @@ fn minutes(time: &str) -> u32 {
 }
 
 /// The environment's instances as EC2 describes them.
-fn described(rt: &tokio::runtime::Runtime, aws: &support::Clients) -> Vec<aws_sdk_ec2::types::Instance> {
+fn described(rt: &tokio::runtime::Runtime, aws: &kstack_testkit::Clients) -> Vec<aws_sdk_ec2::types::Instance> {
     rt.block_on(async {
-        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+        let described = aws.ec2.describe_instances().filters(kstack_testkit::env_filter("fleet")).send().await.unwrap();
         described.reservations().iter().flat_map(|r| r.instances()).cloned().collect()
     })
 }

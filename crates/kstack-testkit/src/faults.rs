@@ -6,8 +6,6 @@
 //! It also stands in for the console output AWS posts for an instance, which the emulator
 //! never shows (its GetConsoleOutput always answers the same sample text).
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

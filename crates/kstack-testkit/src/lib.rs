@@ -1,10 +1,15 @@
 //! Test harness: a real AWS emulator (moto's server, installed by `scripts/setup`) on an
 //! ephemeral loopback port per test, a private copy of the project, and SDK clients for
-//! checking results with real API calls.
-
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
+//! checking results with real API calls; test nodes ([`node`]), VMs ([`vm`], [`vm_cloud`])
+//! and the role runner on them ([`runner`]), a fault-injecting proxy ([`faults`]) and a
+//! local apt repository of stand-in packages ([`stand_in_repo`]).
 
 pub mod faults;
+pub mod node;
+pub mod runner;
+pub mod stand_in_repo;
+pub mod vm;
+pub mod vm_cloud;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,19 +20,64 @@ use std::time::{Duration, Instant};
 
 pub const REGION: &str = "eu-west-1";
 
+/// What a test needs from the machine beyond the build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Root: network namespaces (`scripts/loopback-only`) and containers.
+    Root,
+    /// The AWS emulator: moto's server in `.venv/moto`.
+    Emulator,
+    /// Test nodes: root, systemd-nspawn and ssh-keygen, and the Debian rootfs.
+    TestNodes,
+    /// VM nodes: qemu, and the disk, kernel and apt repository built for them.
+    Vms,
+}
+
+/// Fails the test, in one sentence naming what is missing and the command that provides it,
+/// when this machine lacks `need`. Never a silent skip: CI runs every test.
+pub fn require(need: Need) {
+    if let Some(missing) = missing(need) {
+        panic!("{missing}");
+    }
+}
+
+fn missing(need: Need) -> Option<String> {
+    let setup = "run `scripts/setup` (with the same HOME or KSTACK_CACHE as the tests)";
+    let file = |path: PathBuf, what: &str| (!path.exists()).then(|| format!("{what} ({}) is missing: {setup}", path.display()));
+    let program = |name: &str, package: &str| {
+        let found = std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
+        (!found).then(|| format!("`{name}` ({package}) is not installed: {setup}"))
+    };
+    match need {
+        Need::Root => (!rustix::process::geteuid().is_root())
+            .then(|| String::from("this test needs root (network namespaces, containers): run it as root, e.g. `sudo -E cargo test`")),
+        Need::Emulator => file(repo().join(".venv/moto/bin/python"), "the AWS emulator's virtualenv"),
+        Need::TestNodes => missing(Need::Root)
+            .or_else(|| program("systemd-nspawn", "systemd-container"))
+            .or_else(|| program("ssh-keygen", "openssh-client"))
+            .or_else(|| file(node::rootfs().join("usr/sbin/sshd"), "the test nodes' Debian rootfs")),
+        Need::Vms => program("qemu-system-x86_64", "qemu-system-x86").or_else(|| {
+            ["disk.raw", "vmlinuz", "initrd.img", "apt/Packages"]
+                .into_iter()
+                .find_map(|name| file(node::cache().join("vm").join(name), "the VM image"))
+        }),
+    }
+}
+
 pub struct Moto {
     child: Child,
     pub endpoint: String,
 }
 
+/// The kstack repository, two levels above this crate.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("crates/kstack-testkit is inside the repository").to_path_buf()
 }
 
 impl Moto {
     pub fn start() -> Moto {
+        require(Need::Emulator);
         let python = repo().join(".venv/moto/bin/python");
-        assert!(python.exists(), "{} is missing: run scripts/setup first", python.display());
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(std::env::temp_dir().join(format!("kstack-moto-{port}.log"))).unwrap();
         // moto's server with the fix for its launch template versions (see the script).

@@ -1,16 +1,11 @@
 //! The role engine on booted test nodes: converge, idempotence, check mode, handlers,
 //! failures confined to their host, and verify.
 
-#[path = "support/node.rs"]
-mod node;
-#[path = "support/runner.rs"]
-mod runner;
-
 use std::sync::Arc;
 
 use kstack::roles::{run, HostReport, RunOptions, TaskStatus, Variables};
-use node::{ClientKey, Node};
-use runner::{fixture_roles, Runner};
+use kstack_testkit::node::{ClientKey, Node};
+use kstack_testkit::runner::{fixture_roles, Runner};
 
 fn runner(key: &ClientKey) -> Runner {
     let variables = Variables::from([(String::from("env"), serde_json::json!("test"))]);

@@ -8,14 +8,12 @@
 //!
 //! `KSTACK_RELIABILITY_RUNS` (default 6) and `KSTACK_FAULT_RATE` (percent of requests, default
 //! 25) size it; CI runs the default, a longer soak is `KSTACK_RELIABILITY_RUNS=30 cargo test
-//! --test reliability -- --nocapture`.
-
-mod support;
+//! --test it reliability:: -- --nocapture`.
 
 use std::collections::BTreeMap;
 
-use support::faults::{Fault, FaultProxy};
-use support::{env_filter, runtime, Clients, Moto, Project};
+use kstack_testkit::faults::{Fault, FaultProxy};
+use kstack_testkit::{env_filter, runtime, Clients, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
 

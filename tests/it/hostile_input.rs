@@ -4,18 +4,15 @@
 //! in `tests/hostile/` and replayed first.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kstack::diagnostics::{Loc, Problems, Sources, Spanned};
 use kstack::model::{load_environment, Project};
+use kstack_testkit::repo;
 use proptest::prelude::*;
 
 const SLOW: Duration = Duration::from_secs(2);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One edit: where (a fraction of the text), what (delete, insert, duplicate a line, swap
 /// two lines) and the text inserted.

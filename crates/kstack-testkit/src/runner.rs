@@ -1,7 +1,5 @@
 //! Runs roles on test nodes through the library, for the role tests.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,11 +11,11 @@ use kstack::ssh::{HostKeys, Login};
 use super::node::{ClientKey, Target};
 
 pub fn fixture_roles() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/project/roles")
+    crate::repo().join("tests/fixtures/project/roles")
 }
 
 pub fn project_roles() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("roles")
+    crate::repo().join("roles")
 }
 
 pub fn load(dir: &Path, names: &[&str]) -> Vec<Role> {

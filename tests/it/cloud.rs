@@ -1,11 +1,9 @@
 //! End-to-end tests of plan, apply and destroy through the binary, against a real AWS API
 //! emulator, checked with real Describe calls.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 
-use support::{env_filter, json, runtime, Moto, Project};
+use kstack_testkit::{env_filter, json, runtime, Moto, Project};
 
 const DEV: &str = "environments/dev.yaml";
 
@@ -156,7 +154,7 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
 }
 
 /// Nothing of `dev` is left in AWS, asked with Describe and List calls.
-async fn assert_nothing_left_of_dev(aws: &support::Clients) {
+async fn assert_nothing_left_of_dev(aws: &kstack_testkit::Clients) {
     assert!(aws.vpcs_of("dev").await.is_empty());
     let subnets = aws.ec2.describe_subnets().filters(env_filter("dev")).send().await.unwrap();
     assert!(subnets.subnets().is_empty());
@@ -370,7 +368,7 @@ fn recorded(project: &Project, moto: &Moto, env: &str) -> Vec<(String, String)> 
 }
 
 /// Whether the resource still exists, asked of AWS directly (not through kstack's refresh).
-async fn exists(aws: &support::Clients, address: &str, id: &str) -> bool {
+async fn exists(aws: &kstack_testkit::Clients, address: &str, id: &str) -> bool {
     let kind = address.split('.').next().unwrap_or_default();
     let name = id.rsplit('/').next().unwrap_or(id);
     match kind {
@@ -400,7 +398,14 @@ async fn exists(aws: &support::Clients, address: &str, id: &str) -> bool {
 }
 
 /// Every resource `env` recorded still exists, and its plan finds nothing to do.
-fn assert_intact(project: &Project, moto: &Moto, env: &str, before: &[(String, String)], rt: &tokio::runtime::Runtime, aws: &support::Clients) {
+fn assert_intact(
+    project: &Project,
+    moto: &Moto,
+    env: &str,
+    before: &[(String, String)],
+    rt: &tokio::runtime::Runtime,
+    aws: &kstack_testkit::Clients,
+) {
     assert_eq!(recorded(project, moto, env), before, "{env}'s state is unchanged");
     for (address, id) in before {
         assert!(rt.block_on(exists(aws, address, id)), "{env}'s {address} ({id}) is gone");
@@ -473,7 +478,7 @@ fn environments_named_alike_never_touch_each_other() {
 
 /// Strips what identities added, as if `dev` had been applied before they existed: no
 /// `kstack:id` tags and no identity in state.
-fn forget_identity(project: &Project, moto: &Moto, rt: &tokio::runtime::Runtime, aws: &support::Clients) {
+fn forget_identity(project: &Project, moto: &Moto, rt: &tokio::runtime::Runtime, aws: &kstack_testkit::Clients) {
     let path = project.path().join(".kstack/state/dev.json");
     let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     state.as_object_mut().unwrap().remove("identity");

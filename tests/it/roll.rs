@@ -1,10 +1,6 @@
 //! `kstack roll` through the binary on the AWS emulator, with test nodes serving the
 //! instances' loopback addresses where hooks talk to them.
 
-#[path = "support/node.rs"]
-mod node;
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,8 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use node::{ClientKey, Node};
-use support::{runtime, Clients, Moto, Project};
+use kstack_testkit::node::{ClientKey, Node};
+use kstack_testkit::{runtime, Clients, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
 const GROUP: &str = "fleet-app";
@@ -632,7 +628,7 @@ fn a_size_an_autoscaler_sets_during_a_roll_survives_it() {
          a.set_desired_capacity(AutoScalingGroupName=g['AutoScalingGroupName'], DesiredCapacity=4)\n",
     )
     .unwrap();
-    let python = support::repo().join(".venv/moto/bin/python");
+    let python = kstack_testkit::repo().join(".venv/moto/bin/python");
     let hooks = format!(
         "  validate: test -e {once} || {{ {python} {script} && touch {once}; }}\n",
         once = once.display(),

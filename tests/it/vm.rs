@@ -1,17 +1,6 @@
-//! VM test nodes (`tests/support/vm.rs`): what only a real kernel shows, and the stack's roles
+//! VM test nodes (`kstack_testkit::vm`): what only a real kernel shows, and the stack's roles
 //! on one with the packages they install for real. Each test boots one qemu VM under software
 //! emulation (about 15 to 30 s to SSH on these two cores) and prints how long its steps took.
-
-mod support;
-
-#[path = "support/node.rs"]
-mod node;
-#[path = "support/runner.rs"]
-mod runner;
-#[path = "support/vm.rs"]
-mod vm;
-#[path = "support/vm_cloud.rs"]
-mod vm_cloud;
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +8,10 @@ use kstack::model::{RebootPolicy, RebootWindow};
 use kstack::reboots::node_config;
 use kstack::roles::{HostReport, TaskStatus, Variables};
 use kstack::ssh::{Connection, Login};
-use node::ClientKey;
-use runner::{login, project_roles, Runner};
-use vm::Vm;
+use kstack_testkit::node::{self, ClientKey};
+use kstack_testkit::runner::{login, project_roles, Runner};
+use kstack_testkit::vm::{self, Vm};
+use kstack_testkit::vm_cloud;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -428,16 +418,16 @@ fn repository_version(package: &str) -> String {
 /// variables (see the README's table of what differs from Ubuntu 16.04).
 #[test]
 fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_on_their_kernel() {
-    use support::{Moto, Project};
+    use kstack_testkit::{Moto, Project};
     const FLEET: &str = "environments/fleet.yaml";
     let moto = Moto::start();
-    let rt = support::runtime();
+    let rt = kstack_testkit::runtime();
     let key = ClientKey::new();
     let project = Project::copy();
-    std::fs::copy(support::repo().join("tests/fixtures/project/environments/fleet.yaml"), project.path().join(FLEET)).unwrap();
+    std::fs::copy(kstack_testkit::repo().join("tests/fixtures/project/environments/fleet.yaml"), project.path().join(FLEET)).unwrap();
     let prefix = project.loopback_fleet(44);
     project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 0\n    max: 1\n    key_name: kstack-vm-test\n");
-    let shipped = std::fs::read_to_string(support::repo().join("images/node.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(kstack_testkit::repo().join("images/node.yaml")).unwrap();
     let image = shipped.replace("  environment: dev\n  subnet_tier: public\n", "  environment: fleet\n  subnet_tier: nodes\n");
     assert_ne!(image, shipped, "the builder's place was replaced");
     let debian = format!(
@@ -455,7 +445,7 @@ fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_
 
     // Emulator gap: moto's GetConsoleOutput never shows an instance's console, so this proxy
     // answers it with what the instance's VM printed, as EC2 posts it.
-    let proxy = support::faults::FaultProxy::start(&moto.endpoint, 1, 0);
+    let proxy = kstack_testkit::faults::FaultProxy::start(&moto.endpoint, 1, 0);
     proxy.set_console_source(Some(std::sync::Arc::new(cloud.consoles())));
 
     // The builder is a VM: its roles install from the VMs' repository under emulation.
@@ -485,7 +475,7 @@ fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_
     project.edit(FLEET, "    min: 0\n", "    min: 1\n");
     project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
     let instance = rt.block_on(async {
-        let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+        let described = aws.ec2.describe_instances().filters(kstack_testkit::env_filter("fleet")).send().await.unwrap();
         let running: Vec<_> = described
             .reservations()
             .iter()

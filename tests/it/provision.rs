@@ -1,13 +1,8 @@
 //! `kstack provision` and `kstack verify` through the binary: instances found through the AWS
 //! emulator, served by booted test nodes at the loopback addresses the emulator gave them.
 
-mod support;
-
-#[path = "support/node.rs"]
-mod node;
-
-use node::{ClientKey, Node};
-use support::{runtime, Moto, Project};
+use kstack_testkit::node::{self, ClientKey, Node};
+use kstack_testkit::{runtime, Moto, Project};
 
 /// A fleet applied to the emulator, with a booted node behind each instance address.
 struct Fleet {
@@ -27,7 +22,7 @@ impl Fleet {
         rt.block_on(aws.seed_image("node"));
         project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
         let addresses = rt.block_on(async {
-            let described = aws.ec2.describe_instances().filters(support::env_filter("fleet")).send().await.unwrap();
+            let described = aws.ec2.describe_instances().filters(kstack_testkit::env_filter("fleet")).send().await.unwrap();
             let mut addresses: Vec<String> =
                 described.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.private_ip_address().map(str::to_owned)).collect();
             addresses.sort();

@@ -3,13 +3,11 @@
 //! lost a race does not overwrite, and state migrates local → S3 → local byte for byte. A run
 //! whose lock is taken over stops before its next change; leases are judged on S3's clock.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, VersioningConfiguration};
-use support::{runtime, Clients, Moto, Project};
+use kstack_testkit::{runtime, Clients, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
 const BUCKET: &str = "kstack-state";

@@ -3,7 +3,10 @@
 
 use std::process::Command;
 
+use kstack_testkit::{require, Need};
+
 fn loopback_only(script: &str) -> std::process::Output {
+    require(Need::Root);
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/loopback-only")).args(["bash", "-c", script]).output().unwrap()
 }
 

@@ -2,19 +2,12 @@
 //! address in the fleet's VPC, and the test boots a test node there with the key the bake put
 //! in the instance's user data, as cloud-init would install it.
 
-mod support;
-
-#[path = "support/node.rs"]
-mod node;
-#[path = "support/stand_in_repo.rs"]
-mod stand_in_repo;
-
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use node::{ClientKey, Node};
-use support::faults::FaultProxy;
-use support::{runtime, Clients, Moto, Project};
+use kstack_testkit::faults::FaultProxy;
+use kstack_testkit::node::{self, ClientKey, Node};
+use kstack_testkit::{runtime, stand_in_repo, Clients, Moto, Project};
 
 const FLEET: &str = "environments/fleet.yaml";
 
@@ -507,15 +500,15 @@ fn a_clean_up_that_fails_on_the_builder_fails_the_bake_with_its_output_and_makes
 /// would, then run by a fleet. It differs from the shipped file only where this machine does:
 /// the builder's place (the test fleet's network), its login (root on a container node) and
 /// the package sources (stand-in packages: the archives cannot be reached). A container
-/// builder cannot show kernel settings; tests/vm.rs checks those on a VM.
+/// builder cannot show kernel settings; `vm.rs` checks those on a VM.
 #[test]
 fn the_shipped_node_image_bakes_and_each_group_gets_its_own_settings_through_user_data() {
     let moto = Moto::start();
     let rt = runtime();
     let project = Project::copy();
-    std::fs::copy(support::repo().join("tests/fixtures/project/environments/fleet.yaml"), project.path().join(FLEET)).unwrap();
+    std::fs::copy(kstack_testkit::repo().join("tests/fixtures/project/environments/fleet.yaml"), project.path().join(FLEET)).unwrap();
     project.loopback_fleet(41);
-    let shipped = std::fs::read_to_string(support::repo().join("images/node.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(kstack_testkit::repo().join("images/node.yaml")).unwrap();
     let source = stand_in_repo::source();
     let image = shipped
         .replace("ssh_user: ubuntu\n", "ssh_user: root\n")

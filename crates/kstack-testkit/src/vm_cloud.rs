@@ -8,8 +8,6 @@
 //!
 //! VMs run one at a time (see `vm.rs`), so a test launches one instance at a time.
 
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,19 @@
+//! The integration tests, one module per area, in one test binary: each binary links the AWS
+//! SDK, so one link instead of one per area. The harness they share (emulator, test nodes,
+//! VMs, fault proxy) is `crates/kstack-testkit`. Run one area with a name filter, e.g.
+//! `cargo test --test it reliability::`.
+
+mod bake;
+mod cloud;
+mod hostile_input;
+mod loopback_only;
+mod provision;
+mod reboots;
+mod reliability;
+mod roles;
+mod roll;
+mod ssh;
+mod stack_roles;
+mod state_backend;
+mod validate;
+mod vm;
