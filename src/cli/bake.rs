@@ -126,7 +126,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         Err(error) => {
             let what = if matches!(error, crate::bake::BakeError::Stopped(_)) { "stopped" } else { "failed" };
             term::error(
-                &format!("bake of `{}` {what}: {error}", image.name),
+                &format!("bake of `{}` in {region} {what}: {error}", image.name),
                 Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" }),
             );
             Err(match error {

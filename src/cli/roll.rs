@@ -241,7 +241,7 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
                 // The stop reason is worth keeping, but the roll failing is the news.
                 let _ = journal.update(|r| r.stopped = Some(reason));
                 let in_flight = journal.batch().is_some();
-                let message = format!("roll of `{name}` stopped: {error}");
+                let message = format!("roll of `{name}` in {} stopped: {error}", cloud.region);
                 let next = if in_flight {
                     format!("the batch in flight is recorded and {aws_name}'s processes stay suspended: `kstack roll {env} --resume` continues it, or `--abort`")
                 } else {

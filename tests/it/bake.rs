@@ -261,7 +261,7 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     let output = wait(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("bake of `node` stopped: interrupted (SIGINT)"), "{stderr}");
+    assert!(stderr.contains("bake of `node` in eu-west-1 stopped: interrupted (SIGINT)"), "{stderr}");
     assert_eq!(leftovers(&aws, &rt), (0, 0), "{stderr}");
 
     // Killed outright, a bake cannot clean up: `--cleanup` finds its leftovers by tag.

@@ -504,7 +504,7 @@ fn a_roll_stopped_by_sigterm_finishes_its_batch_starts_no_other_releases_its_loc
     seen.extend(lines.map(Result::unwrap));
     let output = seen.join("\n");
     assert_eq!(child.wait().unwrap().code(), Some(143), "{output}");
-    assert!(output.contains("roll of `app` stopped: terminated (SIGTERM)") && output.contains("the lock is released"), "{output}");
+    assert!(output.contains("roll of `app` in eu-west-1 stopped: terminated (SIGTERM)") && output.contains("the lock is released"), "{output}");
     assert!(!output.contains("batch 2/2"), "{output}");
     assert!(!project.path().join(".kstack/state/fleet.lock").exists(), "the lock is released");
 

@@ -279,7 +279,9 @@ fn a_roll_whose_lock_is_taken_over_stops_before_its_next_batch_and_leaves_the_ne
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(taken.elapsed() < Duration::from_secs(30), "stopped within the batch in flight");
     assert!(
-        output.contains("roll of `app` stopped: the lock of `fleet` was taken over by ops@runner-9 (pid 4343, `kstack apply fleet`) [lock 7a6e0e7e]"),
+        output.contains(
+            "roll of `app` in eu-west-1 stopped: the lock of `fleet` was taken over by ops@runner-9 (pid 4343, `kstack apply fleet`) [lock 7a6e0e7e]"
+        ),
         "{output}"
     );
     assert!(output.contains("another run may be working on `fleet` now"), "{output}");

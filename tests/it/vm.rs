@@ -68,6 +68,7 @@ async fn next_boot(vm: &Vm, login: &Login, before: &str, deadline: Instant) -> S
 
 #[test]
 fn a_vm_is_a_qemu_guest_over_kstacks_ssh_with_its_own_host_key_installs_from_the_local_repository_and_reboots_with_a_new_boot_id() {
+    let _vm_tests = vm::exclusive();
     let key = ClientKey::new();
     let vm = Vm::boot(&key, &node::next_address());
     // Its own host key, known in advance: nothing is trusted on first use.
@@ -190,6 +191,7 @@ fn debian_variables() -> Variables {
 /// leaving a node that needs a reboot up outside its window and rebooting it in its slot.
 #[test]
 fn the_stack_roles_converge_on_a_vm_pass_every_check_across_a_power_cycle_and_keep_their_promises() {
+    let _vm_tests = vm::exclusive();
     let key = ClientKey::new();
     let mut vm = Vm::boot(&key, &node::next_address());
     eprintln!("boot: {:.1} s", vm.boot_time.as_secs_f64());
@@ -418,6 +420,7 @@ fn repository_version(package: &str) -> String {
 /// variables (see the README's table of what differs from Ubuntu 16.04).
 #[test]
 fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_on_their_kernel() {
+    let _vm_tests = vm::exclusive();
     use kstack_testkit::{Moto, Project};
     const FLEET: &str = "environments/fleet.yaml";
     let moto = Moto::start();

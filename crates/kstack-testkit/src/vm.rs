@@ -86,6 +86,15 @@ impl Drop for Turn {
     }
 }
 
+/// Serializes whole VM tests, not only their VMs: a test that boots several VMs one after
+/// another (a builder, then a node of its image) must not find another test's VM holding the
+/// turn in between, which would eat into its own waits. Hold it for the test's length.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static TESTS: Mutex<()> = Mutex::new(());
+    // A test that failed has powered its VMs off.
+    TESTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub struct Vm {
     pub address: String,
     dir: tempfile::TempDir,
