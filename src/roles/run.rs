@@ -275,10 +275,12 @@ async fn converge_role(
     let ahead: Vec<(&Task, &minijinja::Value)> = roles.iter().zip(&contexts).flat_map(|(r, c)| r.tasks.iter().map(move |t| (t, c))).collect();
     let mut done = Vec::new();
     for (index, task) in role.tasks.iter().enumerate() {
-        if observations.is_empty() {
+        if observations.wanted() {
             prefetch(connection, &ahead[index..], observations).await;
         }
+        let acts = observations.acts();
         let report = run_task(connection, facts, check, role, task, context, false, observations).await;
+        observations.task_done(acts);
         if report.status == TaskStatus::Failed && connection.is_closed() {
             return RoleOutcome::Dropped(done);
         }
@@ -294,10 +296,12 @@ async fn converge_role(
     }
     let handlers: Vec<(&Task, &minijinja::Value)> = role.handlers.iter().filter(|h| notified.contains(&h.name)).map(|h| (h, context)).collect();
     for (index, (handler, _)) in handlers.iter().enumerate() {
-        if observations.is_empty() {
+        if observations.wanted() {
             prefetch(connection, &handlers[index..], observations).await;
         }
+        let acts = observations.acts();
         let report = run_task(connection, facts, check, role, handler, context, true, observations).await;
+        observations.task_done(acts);
         if report.status == TaskStatus::Failed && connection.is_closed() {
             return RoleOutcome::Dropped(done);
         }

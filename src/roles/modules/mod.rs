@@ -65,26 +65,51 @@ pub enum TaskError {
 /// Query results fetched ahead, by script. Any act empties them: what a task changed, a later
 /// task must see.
 #[derive(Default)]
-pub struct Observations(Mutex<HashMap<String, Output>>);
+pub struct Observations(Mutex<Fetched>);
+
+#[derive(Default)]
+struct Fetched {
+    outputs: HashMap<String, Output>,
+    /// Acts so far: a task during which none happened left the host as it found it.
+    acts: u64,
+    /// The last task acted: the next reads for itself, since a run of changes (a first run)
+    /// would read everything after each one again.
+    changing: bool,
+}
 
 impl Observations {
-    pub fn is_empty(&self) -> bool {
-        self.0.lock().map(|o| o.is_empty()).unwrap_or(true)
+    /// Whether the tasks ahead should be read in one batch now: nothing fetched is left, and
+    /// the host has stopped changing.
+    pub fn wanted(&self) -> bool {
+        self.0.lock().map(|f| f.outputs.is_empty() && !f.changing).unwrap_or(false)
     }
 
     pub fn extend(&self, fetched: impl IntoIterator<Item = (String, Output)>) {
         if let Ok(mut observations) = self.0.lock() {
-            observations.extend(fetched);
+            observations.outputs.extend(fetched);
+        }
+    }
+
+    /// Acts so far, to tell after a task whether it changed the host.
+    pub fn acts(&self) -> u64 {
+        self.0.lock().map(|f| f.acts).unwrap_or(0)
+    }
+
+    /// The task that began after `acts` acts has finished: batch again if it changed nothing.
+    pub fn task_done(&self, acts: u64) {
+        if let Ok(mut observations) = self.0.lock() {
+            observations.changing = observations.acts != acts;
         }
     }
 
     fn take(&self, script: &str) -> Option<Output> {
-        self.0.lock().ok()?.remove(script)
+        self.0.lock().ok()?.outputs.remove(script)
     }
 
     pub fn forget(&self) {
         if let Ok(mut observations) = self.0.lock() {
-            observations.clear();
+            observations.outputs.clear();
+            observations.acts += 1;
         }
     }
 }
