@@ -175,9 +175,12 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             let mut notified: Vec<String> = Vec::new();
             // Fetched ahead for the tasks of every role still to run.
             let observations = Observations::default();
+            // Each role's template variables, with the facts of the connection in use.
+            let contexts_of = |facts: &Facts| -> Vec<minijinja::Value> { roles.iter().map(|r| context(r, variables, facts, host)).collect() };
+            let mut contexts = contexts_of(&facts);
             while let Some(role) = roles.get(role_index) {
                 let on = OnHost { connection: &connection, facts: &facts, check: *check, host, events };
-                match converge_role(&on, &roles[role_index..], variables, &mut notified, &observations).await {
+                match converge_role(&on, &roles[role_index..], &contexts[role_index..], &mut notified, &observations).await {
                     RoleOutcome::Done(tasks) => {
                         report.tasks.extend(tasks);
                         notified.clear();
@@ -198,7 +201,10 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                         // What the dropped task did is unknown: the host is read again.
                         observations.forget();
                         match connect(host, login).await {
-                            Ok(connected) => (connection, facts) = connected,
+                            Ok(connected) => {
+                                (connection, facts) = connected;
+                                contexts = contexts_of(&facts);
+                            }
                             Err(message) => {
                                 events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
                                 report.unreachable = Some(message);
@@ -260,19 +266,18 @@ struct OnHost<'a> {
 }
 
 /// The first of `roles`' tasks, then the handlers they (or an earlier, dropped attempt)
-/// notified. Queries are fetched ahead for the rest of this role and the roles after it.
+/// notified. Queries are fetched ahead for the rest of this role and the roles after it, each
+/// with its template variables (`contexts`, in the roles' order).
 async fn converge_role(
     on: &OnHost<'_>,
     roles: &[Role],
-    variables: &Variables,
+    contexts: &[minijinja::Value],
     notified: &mut Vec<String>,
     observations: &Observations,
 ) -> RoleOutcome {
     let OnHost { connection, facts, check, host, events } = *on;
-    let role = &roles[0];
-    let contexts: Vec<minijinja::Value> = roles.iter().map(|r| context(r, variables, facts, host)).collect();
-    let context = &contexts[0];
-    let ahead: Vec<(&Task, &minijinja::Value)> = roles.iter().zip(&contexts).flat_map(|(r, c)| r.tasks.iter().map(move |t| (t, c))).collect();
+    let (role, context) = (&roles[0], &contexts[0]);
+    let ahead: Vec<(&Task, &minijinja::Value)> = roles.iter().zip(contexts).flat_map(|(r, c)| r.tasks.iter().map(move |t| (t, c))).collect();
     let mut done = Vec::new();
     for (index, task) in role.tasks.iter().enumerate() {
         if observations.wanted() {

@@ -125,17 +125,22 @@ fn max_fail_stops_starting_hosts_once_too_many_have_failed() {
     }
 }
 
+/// A directory of roles holding one role, `name`, with these tasks.
+fn role_dir(name: &str, tasks: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(name)).unwrap();
+    std::fs::write(dir.path().join(name).join("tasks.yaml"), tasks).unwrap();
+    dir
+}
+
 #[test]
 fn a_connection_dropped_mid_role_is_retried_on_that_host_and_keeps_its_handlers() {
     let key = ClientKey::new();
     let node = Node::boot(&key);
-    let dir = tempfile::tempdir().unwrap();
-    let role = dir.path().join("dropper");
-    std::fs::create_dir_all(&role).unwrap();
     // The second task kills the sshd process serving its connection, once: the connection
     // drops after the first task changed a file and notified a handler.
-    std::fs::write(
-        role.join("tasks.yaml"),
+    let dir = role_dir(
+        "dropper",
         r#"tasks:
   - name: config
     copy: { content: "v1\n", dest: /etc/dropper.conf }
@@ -145,9 +150,8 @@ fn a_connection_dropped_mid_role_is_retried_on_that_host_and_keeps_its_handlers(
   - name: after the drop
     copy: { content: "done\n", dest: /etc/dropper.done }
 "#,
-    )
-    .unwrap();
-    std::fs::write(role.join("handlers.yaml"), "reload:\n  command: { run: \"echo reloaded >> /root/reloads\" }\n").unwrap();
+    );
+    std::fs::write(dir.path().join("dropper/handlers.yaml"), "reload:\n  command: { run: \"echo reloaded >> /root/reloads\" }\n").unwrap();
     let runner = Runner::new(&key, dir.path(), &["dropper"], Variables::new());
 
     let report = &runner.converge(&[&node], false)[0];
@@ -166,13 +170,10 @@ fn tasks_query_together_yet_each_sees_what_an_earlier_task_changed_and_check_mod
     use std::os::unix::fs::PermissionsExt;
     let key = ClientKey::new();
     let node = Node::boot(&key);
-    let dir = tempfile::tempdir().unwrap();
-    let role = dir.path().join("layered");
-    std::fs::create_dir_all(&role).unwrap();
     // The line reads the file the first task makes: judged on the host as it was before that
     // task, it would create the file itself, with the default mode.
-    std::fs::write(
-        role.join("tasks.yaml"),
+    let dir = role_dir(
+        "layered",
         r#"tasks:
   - name: settings file
     file: { path: /etc/layered.conf, state: file, mode: "0600" }
@@ -183,8 +184,7 @@ fn tasks_query_together_yet_each_sees_what_an_earlier_task_changed_and_check_mod
   - name: drop-in directory
     file: { path: /etc/layered.d, state: directory }
 "#,
-    )
-    .unwrap();
+    );
     let runner = Runner::new(&key, dir.path(), &["layered"], Variables::new());
     let all = |status| ["settings file", "setting", "copy of the settings", "drop-in directory"].map(|t| (t.to_owned(), status)).to_vec();
 
