@@ -9,9 +9,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::checks::{self, CheckResult};
-use super::modules::{self, Host, Observations, Outcome, TaskError};
+use super::modules::{self, Host, Outcome, TaskError};
+use super::session::{Made, Session};
 use super::{Role, Task, Variables};
-use crate::ssh::{Connection, Facts, Login, Output};
+use crate::ssh::{Connection, Facts, Login};
 use kstack_project::roles::checks::Check;
 use kstack_project::roles::modules::Module;
 
@@ -173,14 +174,20 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             let mut role_index = 0;
             // Handlers notified survive a dropped connection: the rerun finds those tasks done.
             let mut notified: Vec<String> = Vec::new();
-            // Fetched ahead for the tasks of every role still to run.
-            let observations = Observations::default();
-            // Each role's template variables, with the facts of the connection in use.
-            let contexts_of = |facts: &Facts| -> Vec<minijinja::Value> { roles.iter().map(|r| context(r, variables, facts, host)).collect() };
-            let mut contexts = contexts_of(&facts);
+            let session = Session::default();
+            // Each role's template variables and tasks made ready, with the facts of the
+            // connection in use.
+            let ready = |facts: &Facts| -> (Vec<minijinja::Value>, Vec<Vec<Prepared>>) {
+                let jinja = crate::template::engine();
+                let contexts: Vec<minijinja::Value> = roles.iter().map(|r| context(r, variables, facts, host)).collect();
+                let prepared = roles.iter().zip(&contexts).map(|(r, c)| r.tasks.iter().map(|t| prepare(t, &jinja, c)).collect()).collect();
+                (contexts, prepared)
+            };
+            let (mut contexts, mut prepared) = ready(&facts);
             while let Some(role) = roles.get(role_index) {
                 let on = OnHost { connection: &connection, facts: &facts, check: *check, host, events };
-                match converge_role(&on, &roles[role_index..], &contexts[role_index..], &mut notified, &observations).await {
+                let run = RoleRun { on, session: &session, role, context: &contexts[role_index], done: Vec::new(), reported: 0 };
+                match run.converge(&prepared[role_index..], &mut notified).await {
                     RoleOutcome::Done(tasks) => {
                         report.tasks.extend(tasks);
                         notified.clear();
@@ -198,12 +205,12 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                         report.reconnects += 1;
                         tracing::warn!("{host}: the connection dropped during role {}; reconnecting", role.name);
                         report.commands += connection.commands_run();
-                        // What the dropped task did is unknown: the host is read again.
-                        observations.forget();
+                        // What the dropped command did is unknown: the host is read again.
+                        session.forget();
                         match connect(host, login).await {
                             Ok(connected) => {
                                 (connection, facts) = connected;
-                                contexts = contexts_of(&facts);
+                                (contexts, prepared) = ready(&facts);
                             }
                             Err(message) => {
                                 events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
@@ -265,59 +272,148 @@ struct OnHost<'a> {
     events: &'a Events,
 }
 
-/// The first of `roles`' tasks, then the handlers they (or an earlier, dropped attempt)
-/// notified. Queries are fetched ahead for the rest of this role and the roles after it, each
-/// with its template variables (`contexts`, in the roles' order).
-async fn converge_role(
-    on: &OnHost<'_>,
-    roles: &[Role],
-    contexts: &[minijinja::Value],
-    notified: &mut Vec<String>,
-    observations: &Observations,
-) -> RoleOutcome {
-    let OnHost { connection, facts, check, host, events } = *on;
-    let (role, context) = (&roles[0], &contexts[0]);
-    let ahead: Vec<(&Task, &minijinja::Value)> = roles.iter().zip(contexts).flat_map(|(r, c)| r.tasks.iter().map(move |t| (t, c))).collect();
-    let mut done = Vec::new();
-    for (index, task) in role.tasks.iter().enumerate() {
-        if observations.wanted() {
-            prefetch(connection, &ahead[index..], observations).await;
+/// A task made ready for a host: its module with its arguments rendered, `None` when its
+/// `when:` is false, or why it could not be made ready.
+type Prepared = Result<Option<Module>, String>;
+
+/// Why a role stopped early.
+enum Stop {
+    Failed,
+    /// The connection went away.
+    Dropped,
+}
+
+/// One role on one host: its tasks in order, then the handlers they notified. Tasks are judged
+/// against queries fetched ahead and their changes queued in the session; `done` holds the
+/// reports, of which the first `reported` were sent as events (a task's report waits until its
+/// changes are made).
+struct RoleRun<'a> {
+    on: OnHost<'a>,
+    session: &'a Session,
+    role: &'a Role,
+    context: &'a minijinja::Value,
+    done: Vec<TaskReport>,
+    reported: usize,
+}
+
+impl RoleRun<'_> {
+    /// `prepared` holds the tasks of this role and of the roles after it, whose queries are
+    /// read ahead with this role's; `notified` holds the handlers this role's tasks (or an
+    /// earlier, dropped attempt) notified.
+    async fn converge(mut self, prepared: &[Vec<Prepared>], notified: &mut Vec<String>) -> RoleOutcome {
+        let ahead: Vec<&Prepared> = prepared.iter().flatten().collect();
+        let role = self.role;
+        for (index, task) in role.tasks.iter().enumerate() {
+            if let Err(stop) = self.task(task, ahead[index], false, &ahead[index..]).await {
+                return self.stopped(stop);
+            }
+            if self.done.last().is_some_and(|r| r.status == TaskStatus::Changed) {
+                notified.extend(task.notify.iter().cloned());
+            }
         }
-        let acts = observations.acts();
-        let report = run_task(connection, facts, check, role, task, context, false, observations).await;
-        observations.task_done(acts);
-        if report.status == TaskStatus::Failed && connection.is_closed() {
-            return RoleOutcome::Dropped(done);
+        let jinja = crate::template::engine();
+        let handlers: Vec<(&Task, Prepared)> =
+            role.handlers.iter().filter(|h| notified.contains(&h.name)).map(|h| (h, prepare(h, &jinja, self.context))).collect();
+        let handlers_ahead: Vec<&Prepared> = handlers.iter().map(|(_, p)| p).collect();
+        for (index, (handler, ready)) in handlers.iter().enumerate() {
+            if let Err(stop) = self.task(handler, ready, true, &handlers_ahead[index..]).await {
+                return self.stopped(stop);
+            }
         }
-        events(RunEvent::Task { host: host.to_owned(), report: report.clone() });
-        if report.status == TaskStatus::Changed {
-            notified.extend(task.notify.iter().cloned());
-        }
-        let failed = report.status == TaskStatus::Failed;
-        done.push(report);
-        if failed {
-            return RoleOutcome::Failed(done);
+        // The role is done when its changes are made; the next roles' tasks are read after them.
+        let next: Vec<&Prepared> = prepared.iter().skip(1).flatten().collect();
+        match self.make_changes(&next).await {
+            Ok(()) => RoleOutcome::Done(self.done),
+            Err(stop) => self.stopped(stop),
         }
     }
-    let handlers: Vec<(&Task, &minijinja::Value)> = role.handlers.iter().filter(|h| notified.contains(&h.name)).map(|h| (h, context)).collect();
-    for (index, (handler, _)) in handlers.iter().enumerate() {
-        if observations.wanted() {
-            prefetch(connection, &handlers[index..], observations).await;
+
+    /// Judges one task: first making the queued changes when it reads what they touch, and
+    /// reading `ahead` (the task and those after it) in one batch when nothing is fetched.
+    async fn task(&mut self, task: &Task, prepared: &Prepared, handler: bool, ahead: &[&Prepared]) -> Result<(), Stop> {
+        if let Ok(Some(module)) = prepared {
+            if self.session.conflicts(&modules::reads(module)) {
+                self.make_changes(ahead).await?;
+            }
         }
-        let acts = observations.acts();
-        let report = run_task(connection, facts, check, role, handler, context, true, observations).await;
-        observations.task_done(acts);
+        let connection = self.on.connection;
+        if self.session.wanted() {
+            self.session.prefetch(connection, queries(ahead)).await;
+        }
+        let host = Host { connection, facts: self.on.facts, check: self.on.check, session: self.session, task: self.done.len() };
+        let report = judge(&host, &self.role.name, task, prepared, handler).await;
         if report.status == TaskStatus::Failed && connection.is_closed() {
-            return RoleOutcome::Dropped(done);
+            return Err(self.dropped(self.session.first_queued_task()));
         }
-        events(RunEvent::Task { host: host.to_owned(), report: report.clone() });
         let failed = report.status == TaskStatus::Failed;
-        done.push(report);
+        self.done.push(report);
         if failed {
-            return RoleOutcome::Failed(done);
+            // The earlier tasks' changes are made before the host stops, as they would have been
+            // one by one.
+            self.make_changes(&[]).await?;
+            return Err(Stop::Failed);
+        }
+        self.send_reports();
+        Ok(())
+    }
+
+    /// Makes the queued changes, then reads `ahead`, in one round trip.
+    async fn make_changes(&mut self, ahead: &[&Prepared]) -> Result<(), Stop> {
+        let first_queued = self.session.first_queued_task();
+        match self.session.make_changes(self.on.connection, queries(ahead)).await {
+            Ok(Made::All) => {
+                self.send_reports();
+                Ok(())
+            }
+            Ok(Made::Failed { task, message }) => {
+                // The tasks after it did not happen, as they would not have one by one.
+                self.done.truncate(task + 1);
+                self.done[task].status = TaskStatus::Failed;
+                self.done[task].error = Some(message);
+                self.send_reports();
+                Err(Stop::Failed)
+            }
+            Err(_) => Err(self.dropped(first_queued)),
         }
     }
-    RoleOutcome::Done(done)
+
+    /// The connection dropped: the changes queued from task `first_queued` on may or may not
+    /// have been made, so that task and the ones after it leave the report (the role runs again).
+    fn dropped(&mut self, first_queued: Option<usize>) -> Stop {
+        if let Some(first) = first_queued {
+            self.done.truncate(first);
+        }
+        self.session.forget();
+        self.reported = self.reported.min(self.done.len());
+        Stop::Dropped
+    }
+
+    /// Sends the reports of the tasks done, up to the first whose changes are still queued.
+    fn send_reports(&mut self) {
+        let until = self.session.first_queued_task().unwrap_or(self.done.len()).min(self.done.len());
+        for report in &self.done[self.reported.min(until)..until] {
+            (self.on.events)(RunEvent::Task { host: self.on.host.to_owned(), report: report.clone() });
+        }
+        self.reported = self.reported.max(until);
+    }
+
+    fn stopped(self, stop: Stop) -> RoleOutcome {
+        match stop {
+            Stop::Failed => RoleOutcome::Failed(self.done),
+            Stop::Dropped => RoleOutcome::Dropped(self.done),
+        }
+    }
+}
+
+/// The queries of the tasks in `ahead`, once each.
+fn queries(ahead: &[&Prepared]) -> Vec<String> {
+    let mut queries: Vec<String> = Vec::new();
+    for prepared in ahead {
+        if let Ok(Some(module)) = prepared {
+            queries.extend(modules::query(module).filter(|q| !queries.contains(q)));
+        }
+    }
+    queries
 }
 
 /// Template variables: the role's defaults, overridden by the caller's merged variables,
@@ -377,70 +473,15 @@ fn prepare(task: &Task, jinja: &minijinja::Environment, context: &minijinja::Val
     serde_json::from_value::<Module>(wrapped).map(Some).map_err(|e| format!("invalid arguments: {e}"))
 }
 
-/// Fetches the queries of the `tasks` that will run (each with its role's context) in one
-/// round trip, so each finds what it judges already read. When that would not save a round
-/// trip, or fails, each task queries for itself (a dropped connection shows there).
-async fn prefetch(connection: &Connection, tasks: &[(&Task, &minijinja::Value)], observations: &Observations) {
-    let jinja = crate::template::engine();
-    let mut scripts: Vec<String> = Vec::new();
-    for (task, context) in tasks {
-        if let Ok(Some(module)) = prepare(task, &jinja, context) {
-            scripts.extend(modules::query(&module).filter(|q| !scripts.contains(q)));
-        }
-    }
-    if scripts.len() < 2 {
-        return;
-    }
-    if let Ok(output) = connection.run(&batched(&scripts), None).await {
-        if output.success() {
-            observations.extend(scripts.into_iter().zip(output.stdout.lines().map(unbatched)).filter_map(|(script, found)| Some((script, found?))));
-        }
-    }
-}
-
-/// One script that runs each query in a subshell of its own (no input, its own output and
-/// status) and prints a line per query: its exit status, then its output and errors in base64.
-fn batched(scripts: &[String]) -> String {
-    let mut batch = String::from(
-        "d=$(mktemp -d) || exit 1\n\
-         q() { ( eval \"$1\" ) >\"$d/o\" 2>\"$d/e\" </dev/null; printf '%s ' \"$?\"; base64 -w0 <\"$d/o\"; printf ' '; base64 -w0 <\"$d/e\"; echo; }\n",
-    );
-    for script in scripts {
-        batch.push_str(&format!("q {}\n", modules::quote(script)));
-    }
-    batch.push_str("rm -rf \"$d\"\n");
-    batch
-}
-
-/// A query's result from its line of [`batched`]'s output.
-fn unbatched(line: &str) -> Option<Output> {
-    let mut fields = line.split(' ');
-    let status = fields.next()?.parse().ok()?;
-    let mut decoded = || aws_smithy_types::base64::decode(fields.next()?).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-    let (stdout, stderr) = (decoded()?, decoded()?);
-    Some(Output { status, stdout, stderr })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_task(
-    connection: &Connection,
-    facts: &Facts,
-    check: bool,
-    role: &Role,
-    task: &Task,
-    context: &minijinja::Value,
-    handler: bool,
-    observations: &Observations,
-) -> TaskReport {
-    let jinja = crate::template::engine();
-    let report = |status, outcome, error| TaskReport { role: role.name.clone(), task: task.name.clone(), handler, status, outcome, error };
-    let module = match prepare(task, &jinja, context) {
+/// Judges one prepared task on the host (see [`modules::converge`]).
+async fn judge(host: &Host<'_>, role: &str, task: &Task, prepared: &Prepared, handler: bool) -> TaskReport {
+    let report = |status, outcome, error| TaskReport { role: role.to_owned(), task: task.name.clone(), handler, status, outcome, error };
+    let module = match prepared {
         Ok(Some(module)) => module,
         Ok(None) => return report(TaskStatus::Skipped, Outcome::default(), None),
-        Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error)),
+        Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error.clone())),
     };
-    let host = Host { connection, facts, check, observations };
-    match modules::converge(&module, &host).await {
+    match modules::converge(module, host).await {
         Ok(outcome) if outcome.changed() => report(TaskStatus::Changed, outcome, None),
         Ok(outcome) => report(TaskStatus::Ok, outcome, None),
         Err(TaskError::Ssh(error)) => report(TaskStatus::Failed, Outcome::default(), Some(error.to_string())),

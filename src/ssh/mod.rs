@@ -349,23 +349,9 @@ impl Connection {
         Ok(Output { status, stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr: String::from_utf8_lossy(&stderr).into_owned() })
     }
 
-    /// Writes `content` to `path` atomically (a temporary file renamed into place) with the
-    /// given mode and owner, and checks its SHA-256 on the host before the rename. The content
-    /// follows the script on the channel's input; `mktemp` creates the temporary file 0600
-    /// (owned by root) before any of it is written, and the file is removed on any failure.
+    /// Writes `content` to `path` (see [`write_script`]).
     pub async fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> Result<(), SshError> {
-        use sha2::{Digest, Sha256};
-        let digest = format!("{:x}", Sha256::digest(content));
-        let path_q = shell_quote(path);
-        let script = format!(
-            "set -e; d=$(dirname {path_q}); mkdir -p \"$d\"; t=$(mktemp \"$d/.kstack.XXXXXX\"); \
-             trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; cat > \"$t\"; \
-             echo '{digest}  '\"$t\" | sha256sum -c --quiet - >/dev/null || {{ echo 'checksum mismatch' >&2; exit 3; }}; \
-             chmod {mode:o} \"$t\"; chown {}:{} \"$t\"; mv -f \"$t\" {path_q}; trap - EXIT",
-            shell_quote(owner),
-            shell_quote(group)
-        );
-        let output = self.run(&script, Some(content)).await?;
+        let output = self.run(&write_script(path, content, mode, owner, group), Some(content)).await?;
         if output.success() {
             Ok(())
         } else {
@@ -404,6 +390,26 @@ eval "$kstack_script""#;
 fn framed(script: &str) -> String {
     let script = script.strip_suffix('\n').unwrap_or(script);
     format!("{}\n{script}\n", script.split('\n').count())
+}
+
+/// A script that writes `content`, read from its input, to `path` atomically (a temporary file
+/// renamed into place) with the given mode and owner, and checks its SHA-256 on the host before
+/// the rename. It reads exactly the content's length, so more may follow on the same input.
+/// `mktemp` creates the temporary file 0600 (owned by root) before any of it is written, and
+/// the file is removed on any failure.
+pub fn write_script(path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = format!("{:x}", Sha256::digest(content));
+    let path_q = shell_quote(path);
+    format!(
+        "set -e; d=$(dirname {path_q}); mkdir -p \"$d\"; t=$(mktemp \"$d/.kstack.XXXXXX\"); \
+         trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; head -c {} > \"$t\"; \
+         echo '{digest}  '\"$t\" | sha256sum -c --quiet - >/dev/null || {{ echo 'checksum mismatch' >&2; exit 3; }}; \
+         chmod {mode:o} \"$t\"; chown {}:{} \"$t\"; mv -f \"$t\" {path_q}; trap - EXIT",
+        content.len(),
+        shell_quote(owner),
+        shell_quote(group)
+    )
 }
 
 /// Quotes `text` as one word for a POSIX shell.

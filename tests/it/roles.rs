@@ -202,5 +202,34 @@ fn tasks_query_together_yet_each_sees_what_an_earlier_task_changed_and_check_mod
     let second = &runner.converge(&[&node], false)[0];
     assert_eq!(statuses(second), all(TaskStatus::Ok));
     assert_eq!(second.commands, 2, "the facts, and one batch of the four tasks' queries");
+    // The facts; the queries; the file made before the line reads it, with the queries after it;
+    // the line and the command made before the directory is read (a command may touch anything);
+    // the directory made at the role's end.
+    assert_eq!(first.commands, 5, "changes are made together until a later task reads what they touch");
     eprintln!("commands: check run {}, first run {}, no-change run {}", checked.commands, first.commands, second.commands);
+}
+
+/// Changes made together still fail one task at a time: what came before the failing change is
+/// made, the failing task says why, and nothing after it runs, as one by one.
+#[test]
+fn a_change_that_fails_among_others_stops_the_host_at_its_own_task() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let dir = role_dir(
+        "halting",
+        r#"tasks:
+  - name: before
+    copy: { content: "made\n", dest: /etc/halting/before }
+  - name: failing
+    command: { run: "echo broken >&2; exit 3" }
+  - name: after
+    copy: { content: "never\n", dest: /etc/halting/after }
+"#,
+    );
+    let runner = Runner::new(&key, dir.path(), &["halting"], Variables::new());
+    let report = &runner.converge(&[&node], false)[0];
+    assert_eq!(statuses(report), [("before".to_owned(), TaskStatus::Changed), ("failing".to_owned(), TaskStatus::Failed)]);
+    assert_eq!(failures(report), ["failing: the command failed (exit 3): broken"]);
+    assert_eq!(std::fs::read_to_string(node.file("/etc/halting/before")).unwrap(), "made\n");
+    assert!(!node.file("/etc/halting/after").exists(), "nothing ran after the failure");
 }

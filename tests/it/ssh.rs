@@ -167,7 +167,7 @@ fn a_write_cut_off_mid_way_leaves_the_previous_file_and_no_temporary_and_its_con
         // dies as it would when the network drops: its sshd process is killed.
         let cut = r#"
             for i in $(seq 1 600); do
-              for p in $(pgrep -x cat); do
+              for p in $(pgrep -x head); do
                 t=$(readlink /proc/$p/fd/1 2>/dev/null) || continue
                 case "$t" in */.kstack.*) ;; *) continue ;; esac
                 [ "$(stat -c %s "$t" 2>/dev/null || echo 0)" -gt 1048576 ] || continue

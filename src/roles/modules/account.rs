@@ -1,13 +1,19 @@
 //! `user` and `group`: local accounts.
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::{Group, User};
 
-impl Converge for Group {
+impl Query for Group {
     fn query(&self) -> Option<String> {
         Some(format!("getent group {}", quote(&self.name)))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::Accounts]
+    }
+}
+
+impl Converge for Group {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let current = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let gid = current.split(':').nth(2).map(str::trim).unwrap_or_default().to_owned();
@@ -23,18 +29,24 @@ impl Converge for Group {
             script = format!("groupmod --gid {wanted} {}", quote(&self.name));
         }
         if !diffs.is_empty() && !host.check {
-            host.must(&script, "changing the group").await?;
+            host.must(script, "changing the group", vec![Touch::Accounts]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }
 }
 
-impl Converge for User {
+impl Query for User {
     fn query(&self) -> Option<String> {
         let name = quote(&self.name);
         Some(format!("getent passwd {name}; echo '--- kstack ---'; id -nG {name} 2>/dev/null || true"))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::Accounts]
+    }
+}
+
+impl Converge for User {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
@@ -72,7 +84,9 @@ impl Converge for User {
                 // A group named like the user becomes its primary group rather than a clash.
                 format!("set --; if getent group {name} >/dev/null; then set -- --gid {name}; fi; useradd{system}{options} \"$@\" {name}")
             };
-            host.must(&script, "changing the user").await?;
+            // useradd makes the home directory.
+            let home = self.home.clone().unwrap_or_else(|| format!("/home/{}", self.name));
+            host.must(script, "changing the user", vec![Touch::Accounts, Touch::path(&home)]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }

@@ -1,10 +1,10 @@
 //! `command`: a shell command, made idempotent by `creates` (skip when a path exists) or
 //! `unless` (skip when another command succeeds).
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::Command;
 
-impl Converge for Command {
+impl Query for Command {
     /// The guard: `unless` is the user's own command, which must not change the host either.
     fn query(&self) -> Option<String> {
         match (&self.creates, &self.unless) {
@@ -14,6 +14,17 @@ impl Converge for Command {
         }
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        match (&self.creates, &self.unless) {
+            (Some(path), _) => vec![Touch::path(path)],
+            // The user's own command may read anything.
+            (None, Some(_)) => vec![Touch::Everything],
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+impl Converge for Command {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         if let Some(guard) = self.query() {
             if host.query(&guard).await?.success() {
@@ -26,7 +37,7 @@ impl Converge for Command {
                 Some(dir) => format!("cd {} && {}", quote(dir), self.run),
                 None => self.run.clone(),
             };
-            host.must(&script, "the command").await?;
+            host.must(script, "the command", vec![Touch::Everything]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }

@@ -1,8 +1,8 @@
 //! `copy`, `template` and `line`: a file's whole content, or one line of it. The content is
 //! computed here and written with a verified checksum only when it differs.
 
-use super::file::{attribute_diffs, Stat, STAT};
-use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::file::{attribute_diffs, owned_path, Stat, STAT};
+use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::{Copy, Line};
 
 /// The script that prints a file's attributes and content.
@@ -59,17 +59,22 @@ async fn converge_content(
             mode,
             owner.map_or_else(|| keep("root", &stat.owner), str::to_owned).as_str(),
             group.map_or_else(|| keep("root", &stat.group), str::to_owned).as_str(),
-        )
-        .await?;
+        );
     }
     Ok(Outcome { diffs, content_diff, notes: Vec::new() })
 }
 
-impl Converge for Copy {
+impl Query for Copy {
     fn query(&self) -> Option<String> {
         Some(read_script(&self.dest))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        owned_path(&self.dest, self.owner.is_some() || self.group.is_some())
+    }
+}
+
+impl Converge for Copy {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let Some(wanted) = &self.content else {
             return Err(TaskError::Failed(String::from("give `content`, or `src` naming a file of the role")));
@@ -81,11 +86,17 @@ impl Converge for Copy {
     }
 }
 
-impl Converge for Line {
+impl Query for Line {
     fn query(&self) -> Option<String> {
         Some(read_script(&self.path))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::path(&self.path)]
+    }
+}
+
+impl Converge for Line {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         let pattern = match &self.regexp {

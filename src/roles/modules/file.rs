@@ -1,11 +1,21 @@
 //! `file`: a file, directory or symlink with its mode and owner, or its absence.
 
-use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::{File, FileState};
 
 /// The type, link target, mode, owner and group of `path`, in one line each.
 pub(super) const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
 stat -c '%a %U %G' "$p" 2>/dev/null || echo"#;
+
+/// What a task on `path` reads: the path, and the account names its owner shows as when the
+/// task sets an owner or group.
+pub(super) fn owned_path(path: &str, owned: bool) -> Vec<Touch> {
+    let mut reads = vec![Touch::path(path)];
+    if owned {
+        reads.push(Touch::Accounts);
+    }
+    reads
+}
 
 pub(super) struct Stat {
     pub kind: String,
@@ -47,11 +57,17 @@ pub(super) fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str
     }
 }
 
-impl Converge for File {
+impl Query for File {
     fn query(&self) -> Option<String> {
         Some(format!("p={}\n{STAT}", quote(&self.path)))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        owned_path(&self.path, self.owner.is_some() || self.group.is_some())
+    }
+}
+
+impl Converge for File {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let path = quote(&self.path);
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
@@ -92,7 +108,7 @@ impl Converge for File {
         if let Some(group) = &self.group {
             script.push_str(&format!("chgrp -h {} {path}\n", quote(group)));
         }
-        host.must(&script, "changing the file").await?;
+        host.must(script, "changing the file", vec![Touch::path(&self.path)]);
         Ok(Outcome { diffs, ..Outcome::default() })
     }
 }

@@ -1,7 +1,7 @@
 //! `kernel_cmdline`: a parameter on the kernel command line, through GRUB's defaults and
 //! `update-grub`; it takes effect at the next boot.
 
-use super::{Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::KernelCmdline;
 
 const GRUB: &str = "/etc/default/grub";
@@ -31,35 +31,41 @@ fn edit(grub: &str, parameter: &str, present: bool) -> String {
     lines.join("\n") + "\n"
 }
 
-impl Converge for KernelCmdline {
+impl Query for KernelCmdline {
     fn query(&self) -> Option<String> {
-        Some(format!("cat {GRUB} 2>/dev/null || true"))
+        Some(format!("command -v update-grub || true; echo '--- kstack ---'; cat {GRUB} 2>/dev/null || true"))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::path(GRUB), Touch::path("/usr/sbin/update-grub")]
+    }
+}
+
+impl Converge for KernelCmdline {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let present = match self.state.as_str() {
             "present" => true,
             "absent" => false,
             other => return Err(TaskError::Failed(format!("`state: {other}` is neither present nor absent"))),
         };
-        let current = host.query(&self.query().unwrap_or_default()).await?.stdout;
-        let wanted = edit(&current, &self.parameter, present);
+        let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
+        let (update_grub, current) = text.split_once("--- kstack ---\n").unwrap_or(("", &text));
+        let wanted = edit(current, &self.parameter, present);
         if wanted == current {
             return Ok(Outcome::default());
         }
-        let diffs = vec![FieldDiff::new(KEY, line_of(&current), line_of(&wanted))];
+        let diffs = vec![FieldDiff::new(KEY, line_of(current), line_of(&wanted))];
         let mut notes = vec![String::from("takes effect at the next boot")];
         if !host.check {
-            host.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root").await?;
-            // Debian's and Ubuntu's mark for "reboot to finish": the bake reboots its builder on
-            // it, unattended-upgrades' reboot guard reboots a node in its slot. A container's
-            // kernel is its host's: no reboot of its own changes the command line.
-            let mark = if host.facts.container { "" } else { "touch /var/run/reboot-required; " };
-            let output = host.act(&format!("{mark}command -v update-grub >/dev/null || exit 100; update-grub 2>&1")).await?;
-            match output.status {
-                0 => {}
-                100 => notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed")),
-                status => return Err(TaskError::Failed(format!("update-grub failed (exit {status}): {}", output.stdout.trim()))),
+            host.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root");
+            if update_grub.trim().is_empty() {
+                notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed"));
+            } else {
+                // Debian's and Ubuntu's mark for "reboot to finish": the bake reboots its builder
+                // on it, unattended-upgrades' reboot guard reboots a node in its slot. A
+                // container's kernel is its host's: no reboot of its own changes the command line.
+                let mark = if host.facts.container { "" } else { "touch /var/run/reboot-required; " };
+                host.must(format!("{mark}update-grub 2>&1"), "update-grub", vec![Touch::path("/boot"), Touch::path("/var/run/reboot-required")]);
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

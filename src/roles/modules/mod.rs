@@ -1,9 +1,9 @@
 //! How each task module converges a host; their arguments are typed in
 //! `kstack_project::roles::modules`. Each module is idempotent: it first queries the host and
-//! answers "ok" or "needs change" with a field-level diff, and acts only on a change and never
-//! in check mode. A module's query is a script of its own ([`query`]), so the runner can fetch
-//! the queries of many tasks in one round trip ([`Observations`]); an act is one round trip, and
-//! forgets what was fetched, so a later task judges the host as the act left it.
+//! answers "ok" or "needs change" with a field-level diff, and changes the host only on a
+//! difference and never in check mode. A module's query is a script of its own ([`query`]) that
+//! reads what [`reads`] names, so the runner can fetch the queries of many tasks in one round
+//! trip; its changes are queued and made later with others ([`super::session`]).
 
 mod account;
 mod command;
@@ -14,12 +14,10 @@ mod package;
 mod sysctl;
 mod systemd;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 
+use super::session::{Change, Session, Step};
 use crate::ssh::{Connection, Facts, Output, SshError};
 
 /// One attribute that differs between the host and the task, as text.
@@ -62,96 +60,89 @@ pub enum TaskError {
     Failed(String),
 }
 
-/// Query results fetched ahead, by script. Any act empties them: what a task changed, a later
-/// task must see.
-#[derive(Default)]
-pub struct Observations(Mutex<Fetched>);
-
-#[derive(Default)]
-struct Fetched {
-    outputs: HashMap<String, Output>,
-    /// Acts so far: a task during which none happened left the host as it found it.
-    acts: u64,
-    /// The last task acted: the next reads for itself, since a run of changes (a first run)
-    /// would read everything after each one again.
-    changing: bool,
+/// Something on a host that a task reads or a change touches. A queued change that touches
+/// what a later task reads is made before that task is judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touch {
+    /// A path and everything under it.
+    Path(String),
+    Unit(String),
+    Package(String),
+    /// Users and groups (and the names `stat` shows for owners).
+    Accounts,
+    /// Anything: a command of the user's, a package's install scripts, a service starting.
+    Everything,
 }
 
-impl Observations {
-    /// Whether the tasks ahead should be read in one batch now: nothing fetched is left, and
-    /// the host has stopped changing.
-    pub fn wanted(&self) -> bool {
-        self.0.lock().map(|f| f.outputs.is_empty() && !f.changing).unwrap_or(false)
+impl Touch {
+    pub fn path(path: &str) -> Touch {
+        Touch::Path(path.trim_end_matches('/').to_owned())
     }
 
-    pub fn extend(&self, fetched: impl IntoIterator<Item = (String, Output)>) {
-        if let Ok(mut observations) = self.0.lock() {
-            observations.outputs.extend(fetched);
+    /// Whether a change to one can alter what is read of the other. Paths overlap when one is
+    /// the other or under it: removing a directory removes what is in it, and writing a file
+    /// creates its missing parent directories.
+    pub fn overlaps(&self, other: &Touch) -> bool {
+        let under = |path: &str, dir: &str| path.strip_prefix(dir).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || dir.is_empty());
+        let paths_overlap = |a: &str, b: &str| under(a, b) || under(b, a);
+        match (self, other) {
+            (Touch::Everything, _) | (_, Touch::Everything) => true,
+            (Touch::Path(a), Touch::Path(b)) => paths_overlap(a, b),
+            (Touch::Path(path), named) | (named, Touch::Path(path)) => named.files().iter().any(|file| paths_overlap(file, path)),
+            (a, b) => a == b,
         }
     }
 
-    /// Acts so far, to tell after a task whether it changed the host.
-    pub fn acts(&self) -> u64 {
-        self.0.lock().map(|f| f.acts).unwrap_or(0)
-    }
-
-    /// The task that began after `acts` acts has finished: batch again if it changed nothing.
-    pub fn task_done(&self, acts: u64) {
-        if let Ok(mut observations) = self.0.lock() {
-            observations.changing = observations.acts != acts;
-        }
-    }
-
-    fn take(&self, script: &str) -> Option<Output> {
-        self.0.lock().ok()?.outputs.remove(script)
-    }
-
-    pub fn forget(&self) {
-        if let Ok(mut observations) = self.0.lock() {
-            observations.outputs.clear();
-            observations.acts += 1;
+    /// Where the tools that read a unit, a package or the accounts keep them: a file task there
+    /// changes what they read.
+    fn files(&self) -> &'static [&'static str] {
+        match self {
+            Touch::Unit(_) => &["/etc/systemd", "/lib/systemd", "/usr/lib/systemd", "/run/systemd"],
+            Touch::Package(_) => &["/var/lib/dpkg"],
+            Touch::Accounts => &["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"],
+            Touch::Path(_) | Touch::Everything => &[],
         }
     }
 }
 
-/// What a module can use on the host.
-pub struct Host<'a> {
-    pub connection: &'a Connection,
-    pub facts: &'a Facts,
-    pub check: bool,
-    pub observations: &'a Observations,
+/// What a module can use on the host: queries read it now or from what was fetched ahead,
+/// changes are queued in the [`Session`] and made together later.
+pub(crate) struct Host<'a> {
+    pub(crate) connection: &'a Connection,
+    pub(crate) facts: &'a Facts,
+    pub(crate) check: bool,
+    pub(crate) session: &'a Session,
+    /// The task's place in the role's reports, which answers for its changes.
+    pub(crate) task: usize,
 }
 
 impl Host<'_> {
     /// Runs a module's query: fetched ahead with other tasks' queries when it was, else now.
-    pub async fn query(&self, script: &str) -> Result<Output, SshError> {
-        match self.observations.take(script) {
+    pub(crate) async fn query(&self, script: &str) -> Result<Output, SshError> {
+        match self.session.fetched(script) {
             Some(output) => Ok(output),
             None => self.connection.run(script, None).await,
         }
     }
 
     /// A query that must succeed; its failure is the task's failure.
-    pub async fn query_must(&self, script: &str, what: &str) -> Result<String, TaskError> {
+    pub(crate) async fn query_must(&self, script: &str, what: &str) -> Result<String, TaskError> {
         succeeded(self.query(script).await?, what)
     }
 
-    /// Runs a script that changes the host and must succeed; its failure is the task's failure.
-    pub async fn must(&self, script: &str, what: &str) -> Result<String, TaskError> {
-        self.observations.forget();
-        succeeded(self.connection.run(script, None).await?, what)
+    /// Queues a script that changes the host and must succeed, touching `touches`.
+    pub(crate) fn must(&self, script: String, what: &str, touches: Vec<Touch>) {
+        self.session.queue(Change { task: self.task, step: Step::Script(script), what: what.to_owned(), touches });
     }
 
-    /// Runs a script that changes the host, whatever its exit status.
-    pub async fn act(&self, script: &str) -> Result<Output, SshError> {
-        self.observations.forget();
-        self.connection.run(script, None).await
-    }
-
-    /// Writes a file (see [`Connection::write_file`]).
-    pub async fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> Result<(), SshError> {
-        self.observations.forget();
-        self.connection.write_file(path, content, mode, owner, group).await
+    /// Queues a file write (see [`crate::ssh::write_script`]).
+    pub(crate) fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) {
+        self.session.queue(Change {
+            task: self.task,
+            step: Step::Write { path: path.to_owned(), content: content.to_vec(), mode, owner: owner.to_owned(), group: group.to_owned() },
+            what: format!("writing {path}"),
+            touches: vec![Touch::path(path)],
+        });
     }
 }
 
@@ -164,34 +155,49 @@ fn succeeded(output: Output, what: &str) -> Result<String, TaskError> {
     }
 }
 
-/// Brings the host in line with one module's arguments.
-pub(crate) trait Converge {
+/// What a module reads before it judges the host.
+pub(crate) trait Query {
     /// The script that reads what the module judges, if it reads anything: it changes nothing,
     /// so it can run ahead of the task, batched with other tasks' queries.
     fn query(&self) -> Option<String>;
 
+    /// What the query reads, so a change still queued that touches it is made first.
+    fn reads(&self) -> Vec<Touch>;
+}
+
+/// Brings the host in line with one module's arguments.
+pub(crate) trait Converge: Query {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError>;
 }
 
-/// The query `module` starts with (see [`Converge::query`]).
-pub fn query(module: &Module) -> Option<String> {
+fn as_query(module: &Module) -> &dyn Query {
     match module {
-        Module::File(m) => m.query(),
-        Module::Copy(m) | Module::Template(m) => m.query(),
-        Module::Line(m) => m.query(),
-        Module::Sysctl(m) => m.query(),
-        Module::SystemdUnit(m) | Module::Service(m) => m.query(),
-        Module::Package(m) => m.query(),
-        Module::AptRepository(m) => m.query(),
-        Module::KernelCmdline(m) => m.query(),
-        Module::User(m) => m.query(),
-        Module::Group(m) => m.query(),
-        Module::Command(m) => m.query(),
+        Module::File(m) => m,
+        Module::Copy(m) | Module::Template(m) => m,
+        Module::Line(m) => m,
+        Module::Sysctl(m) => m,
+        Module::SystemdUnit(m) | Module::Service(m) => m,
+        Module::Package(m) => m,
+        Module::AptRepository(m) => m,
+        Module::KernelCmdline(m) => m,
+        Module::User(m) => m,
+        Module::Group(m) => m,
+        Module::Command(m) => m,
     }
 }
 
-/// Converges the host to `module`: the module's query, and its act unless in check mode.
-pub async fn converge(module: &Module, host: &Host<'_>) -> Result<Outcome, TaskError> {
+/// The query `module` starts with (see [`Query::query`]).
+pub fn query(module: &Module) -> Option<String> {
+    as_query(module).query()
+}
+
+/// What `module`'s query reads (see [`Query::reads`]).
+pub fn reads(module: &Module) -> Vec<Touch> {
+    as_query(module).reads()
+}
+
+/// Judges the host against `module`, queuing the changes it needs unless in check mode.
+pub(crate) async fn converge(module: &Module, host: &Host<'_>) -> Result<Outcome, TaskError> {
     match module {
         Module::File(m) => m.converge(host).await,
         Module::Copy(m) | Module::Template(m) => m.converge(host).await,
@@ -216,3 +222,23 @@ pub fn parse_mode(text: &str) -> Result<u32, TaskError> {
 }
 
 pub use crate::ssh::shell_quote as quote;
+
+#[cfg(test)]
+mod tests {
+    use super::Touch;
+
+    #[test]
+    fn a_change_reaches_the_same_path_what_is_under_it_and_its_parents_but_no_sibling() {
+        let dir = Touch::path("/srv/app/");
+        assert!(dir.overlaps(&Touch::path("/srv/app")));
+        assert!(dir.overlaps(&Touch::path("/srv/app/conf/x")), "removing a directory removes what is in it");
+        assert!(Touch::path("/srv/app/conf/x").overlaps(&dir), "writing a file makes its parents");
+        assert!(!dir.overlaps(&Touch::path("/srv/application")));
+        assert!(!dir.overlaps(&Touch::path("/srv/other")));
+        assert!(Touch::Everything.overlaps(&Touch::Accounts) && Touch::Unit("a".into()).overlaps(&Touch::Everything));
+        assert!(!Touch::Unit("a".into()).overlaps(&Touch::Unit("b".into())));
+        assert!(Touch::Accounts.overlaps(&Touch::path("/etc/passwd")) && Touch::path("/etc").overlaps(&Touch::Accounts));
+        assert!(!Touch::Accounts.overlaps(&Touch::path("/etc/hosts")));
+        assert!(Touch::path("/etc/systemd/system/a.service.d/x.conf").overlaps(&Touch::Unit("a.service".into())));
+    }
+}

@@ -1,12 +1,12 @@
 //! `package` (apt: install, pin a version, hold, remove) and `apt_repository` (a source list
 //! entry and its signing key).
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::{AptRepository, Package, PackageState};
 
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold";
 
-impl Converge for Package {
+impl Query for Package {
     /// dpkg's own database answers both questions in one quick process: the first letter of
     /// the status is the selection (`h` is what `apt-mark hold` sets), the second the state.
     /// apt-mark and apt-cache would load apt's whole cache, seconds on a small node.
@@ -14,6 +14,12 @@ impl Converge for Package {
         Some(format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n' {} 2>/dev/null || true", quote(&self.name)))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::Package(self.name.clone())]
+    }
+}
+
+impl Converge for Package {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let name = quote(&self.name);
         let text = host.query_must(&self.query().unwrap_or_default(), "querying dpkg").await?;
@@ -64,7 +70,8 @@ impl Converge for Package {
             }
         }
         if !diffs.is_empty() && !host.check {
-            host.must(&script, &format!("apt for {}", self.name)).await?;
+            // Install scripts may add users, units, files: anything.
+            host.must(script, &format!("apt for {}", self.name), vec![Touch::Everything]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }
@@ -75,12 +82,19 @@ fn repository_files(repository: &AptRepository) -> (String, String) {
     (format!("/etc/apt/sources.list.d/{}.list", repository.name), format!("/etc/apt/keyrings/{}.asc", repository.name))
 }
 
-impl Converge for AptRepository {
+impl Query for AptRepository {
     fn query(&self) -> Option<String> {
         let (list, keyring) = repository_files(self);
         Some(format!("cat {} 2>/dev/null; echo '--- kstack ---'; cat {} 2>/dev/null || true", quote(&list), quote(&keyring)))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        let (list, keyring) = repository_files(self);
+        vec![Touch::path(&list), Touch::path(&keyring)]
+    }
+}
+
+impl Converge for AptRepository {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         // An empty key (a variable left unset) means none.
         let key = self.key.as_deref().filter(|k| !k.trim().is_empty());
@@ -106,13 +120,13 @@ impl Converge for AptRepository {
         }
         if !diffs.is_empty() && !host.check {
             if let Some(key) = key {
-                host.write_file(&keyring, key.as_bytes(), 0o644, "root", "root").await?;
+                host.write_file(&keyring, key.as_bytes(), 0o644, "root", "root");
             }
-            host.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root").await?;
+            host.write_file(&list, wanted_list.as_bytes(), 0o644, "root", "root");
             // Only the new source: its package lists are what the next task needs, and the
             // others do not have to be fetched again for it.
             let update = format!("{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0", quote(&list));
-            host.must(&update, "apt-get update").await?;
+            host.must(update, "apt-get update", vec![Touch::path("/var/lib/apt/lists")]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }

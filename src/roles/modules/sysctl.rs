@@ -2,19 +2,30 @@
 //! container the kernel's settings are the host's: kstack persists the setting and says it
 //! could not apply it, rather than pretend.
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::Sysctl;
+
+/// The setting under /proc, as `sysctl -n` reads it.
+fn proc_path(sysctl: &Sysctl) -> String {
+    format!("/proc/sys/{}", sysctl.name.replace('.', "/"))
+}
 
 /// Where the setting is persisted.
 fn file(sysctl: &Sysctl) -> String {
     format!("/etc/sysctl.d/60-kstack-{}.conf", sysctl.name.replace(['/', '.'], "-"))
 }
 
-impl Converge for Sysctl {
+impl Query for Sysctl {
     fn query(&self) -> Option<String> {
         Some(format!("cat {} 2>/dev/null; echo '--- kstack ---'; sysctl -n {} 2>/dev/null || true", quote(&file(self)), quote(&self.name)))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::path(&file(self)), Touch::path(&proc_path(self))]
+    }
+}
+
+impl Converge for Sysctl {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         if self.name.contains(|c: char| c.is_whitespace() || c == '=') {
             return Err(TaskError::Failed(format!("`{}` is not a sysctl name", self.name)));
@@ -39,9 +50,13 @@ impl Converge for Sysctl {
             diffs.push(FieldDiff::new("value", normalize(running), normalize(&self.value)));
         }
         if !diffs.is_empty() && !host.check {
-            host.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root").await?;
+            host.write_file(&file, wanted_file.as_bytes(), 0o644, "root", "root");
             if !container {
-                host.must(&format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)), "applying the setting").await?;
+                host.must(
+                    format!("sysctl -q -w {}={}", quote(&self.name), quote(&self.value)),
+                    "applying the setting",
+                    vec![Touch::path(&proc_path(self))],
+                );
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

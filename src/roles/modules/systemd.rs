@@ -2,7 +2,7 @@
 //! enabled, and whether it runs. A changed unit file is followed by `daemon-reload`, and a
 //! running unit whose file changed is restarted.
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, TaskError};
+use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
 use kstack_project::roles::modules::{RunState, Systemd};
 
 /// The unit file, or the drop-in when one is named.
@@ -13,7 +13,7 @@ fn unit_file(unit: &Systemd) -> String {
     }
 }
 
-impl Converge for Systemd {
+impl Query for Systemd {
     fn query(&self) -> Option<String> {
         let unit = quote(&self.name);
         Some(format!(
@@ -22,6 +22,12 @@ impl Converge for Systemd {
         ))
     }
 
+    fn reads(&self) -> Vec<Touch> {
+        vec![Touch::path(&unit_file(self)), Touch::Unit(self.name.clone())]
+    }
+}
+
+impl Converge for Systemd {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
         let unit = quote(&self.name);
         let file = unit_file(self);
@@ -61,7 +67,7 @@ impl Converge for Systemd {
         }
         if let Some(content) = &self.content {
             if file_changed {
-                host.write_file(&file, content.as_bytes(), 0o644, "root", "root").await?;
+                host.write_file(&file, content.as_bytes(), 0o644, "root", "root");
             }
         }
         let mut script = String::from("set -e\n");
@@ -79,7 +85,13 @@ impl Converge for Systemd {
             Some(RunState::Stopped) if running => script.push_str(&format!("systemctl stop {unit}\n")),
             _ => {}
         }
-        host.must(&script, &format!("systemctl for {}", self.name)).await?;
+        // A service starting or stopping may change anything; enabling changes only the unit.
+        let touches = if ["start ", "restart ", "stop "].iter().any(|verb| script.contains(&format!("systemctl {verb}"))) {
+            vec![Touch::Everything]
+        } else {
+            vec![Touch::path(&file), Touch::Unit(self.name.clone())]
+        };
+        host.must(script, &format!("systemctl for {}", self.name), touches);
         Ok(Outcome { diffs, ..Outcome::default() })
     }
 }
