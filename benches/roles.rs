@@ -1,9 +1,15 @@
-//! The same 20-task role applied to 10 test nodes by kstack and by ansible-playbook (forks=10,
-//! pipelining on), a first run and a no-change run each; prints wall times and ratios.
-//! Figures, not assertions. Needs root, `scripts/setup`, and PyPI for ansible-core, which is
-//! installed on first use into `.venv/ansible`.
+//! A realistic role (`benches/roles/app`: 21 tasks, with an account, directories, files,
+//! templates, lines, a link, an installed package, two systemd units, a command and a handler)
+//! applied by kstack and by ansible-playbook (`benches/roles/playbook.yaml`, the same tasks,
+//! facts gathered, pipelining and ControlPersist on) to fleets of test nodes: a first run and a
+//! no-change run each, at each fleet size given (default 10 and 100). Prints wall times, the
+//! ratios, and each tool's CPU per host. Figures, not assertions.
 //!
-//! Run with `cargo bench --bench roles`.
+//! Needs root, `scripts/setup`, and PyPI for ansible-core, installed on first use into
+//! `.venv/ansible`. Each fleet is booted for one tool and removed after it: the tools never see
+//! a node the other configured.
+//!
+//! Run with `cargo bench --bench roles` or `cargo bench --bench roles -- 10`.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -15,67 +21,73 @@ use kstack::roles::{run, RunOptions, TaskStatus, Variables};
 use kstack_testkit::node::{ClientKey, Node};
 use kstack_testkit::runner::{load, login};
 
-const NODES: usize = 10;
-const ANSIBLE_VERSION: &str = "2.17.7";
+const ANSIBLE_VERSION: &str = "2.19.4";
 
-/// Twenty tasks: directories, files with content, and lines in files.
-fn tasks() -> Vec<(String, String, String)> {
-    let mut tasks = Vec::new();
-    for i in 0..5 {
-        tasks.push((
-            format!("directory {i}"),
-            format!("file: {{ path: /srv/bench/d{i}, state: directory, mode: \"0755\" }}"),
-            format!("ansible.builtin.file: {{ path: /srv/bench/d{i}, state: directory, mode: \"0755\" }}"),
-        ));
-    }
-    for i in 0..10 {
-        tasks.push((
-            format!("file {i}"),
-            format!("copy: {{ dest: /srv/bench/d{}/f{i}.conf, content: \"setting_{i} = {{{{ env }}}}\\n\", mode: \"0644\" }}", i % 5),
-            format!("ansible.builtin.copy: {{ dest: /srv/bench/d{}/f{i}.conf, content: \"setting_{i} = {{{{ env }}}}\\n\", mode: \"0644\" }}", i % 5),
-        ));
-    }
-    for i in 0..5 {
-        tasks.push((
-            format!("line {i}"),
-            format!("line: {{ path: /srv/bench/lines, line: \"key{i}=value{i}\", regexp: \"^key{i}=\" }}"),
-            format!("ansible.builtin.lineinfile: {{ path: /srv/bench/lines, line: \"key{i}=value{i}\", regexp: \"^key{i}=\", create: true }}"),
-        ));
-    }
-    tasks
+/// Hosts worked on at once, by both tools.
+fn forks(hosts: usize) -> usize {
+    hosts.min(25)
 }
 
-fn write_role(dir: &Path) {
-    let mut text = String::from("tasks:\n");
-    for (name, kstack, _) in tasks() {
-        let _ = writeln!(text, "  - name: {name}\n    {kstack}");
-    }
-    std::fs::create_dir_all(dir.join("bench")).unwrap();
-    std::fs::write(dir.join("bench/tasks.yaml"), text).unwrap();
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/roles")
 }
 
-fn write_playbook(dir: &Path, nodes: &[Node], key: &Path) {
-    let mut inventory = String::from("[bench]\n");
-    for node in nodes {
-        let _ = writeln!(inventory, "{} ansible_user=root ansible_ssh_private_key_file={}", node.address, key.display());
+/// One tool's two runs on one fleet.
+struct Runs {
+    wall: [Duration; 2],
+    /// CPU time the tool itself spent (kstack's process, or ansible-playbook and its children).
+    cpu: [Duration; 2],
+}
+
+/// CPU time so far of this process (`self`) or of its waited-for children, from
+/// `/proc/self/stat` (clock ticks of 1/100 s, Linux's USER_HZ).
+fn cpu_time(children: bool) -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<u64> = stat.rsplit_once(')').unwrap().1.split_whitespace().skip(11).take(4).map(|f| f.parse().unwrap()).collect();
+    let ticks = if children { fields[2] + fields[3] } else { fields[0] + fields[1] };
+    Duration::from_millis(ticks * 10)
+}
+
+/// Boots `count` nodes, ten at a time.
+fn fleet(key: &ClientKey, count: usize) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(10) {
+        nodes.extend(std::thread::scope(|scope| {
+            let booting: Vec<_> = chunk.iter().map(|_| scope.spawn(|| Node::boot(key))).collect();
+            booting.into_iter().map(|b| b.join().unwrap()).collect::<Vec<_>>()
+        }));
     }
-    std::fs::write(dir.join("inventory"), inventory).unwrap();
-    std::fs::write(
-        dir.join("ansible.cfg"),
-        "[defaults]\nforks = 10\nhost_key_checking = False\ninterpreter_python = /usr/bin/python3\n\n[ssh_connection]\npipelining = True\n",
-    )
-    .unwrap();
-    let mut playbook = String::from("- hosts: bench\n  vars:\n    env: bench\n  tasks:\n");
-    for (name, _, ansible) in tasks() {
-        let _ = writeln!(playbook, "    - name: {name}\n      {ansible}");
+    nodes
+}
+
+fn kstack_runs(key: &ClientKey, hosts: usize) -> Runs {
+    let nodes = fleet(key, hosts);
+    let roles = load(&bench_dir(), &["app"]);
+    let login = login(key);
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let options = RunOptions { check: false, forks: forks(hosts), max_fail: None };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut runs = Runs { wall: [Duration::ZERO; 2], cpu: [Duration::ZERO; 2] };
+    for run_index in 0..2 {
+        let (started, cpu) = (Instant::now(), cpu_time(false));
+        let reports = rt.block_on(run(&addresses, &login, &roles, &Variables::new(), &options, Arc::new(|_| {})));
+        runs.wall[run_index] = started.elapsed();
+        runs.cpu[run_index] = cpu_time(false) - cpu;
+        let changed: usize = reports.iter().map(|r| r.count(TaskStatus::Changed)).sum();
+        let commands: usize = reports.iter().map(|r| r.commands).sum();
+        let failed: Vec<_> = reports.iter().filter(|r| r.failed()).collect();
+        assert!(failed.is_empty(), "kstack run failed: {failed:?}");
+        eprintln!("kstack, {hosts} hosts: {changed} changes, {:.1} commands per host", commands as f64 / hosts as f64);
     }
-    std::fs::write(dir.join("playbook.yaml"), playbook).unwrap();
+    runs
 }
 
 fn ansible() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ansible");
     let playbook = venv.join("bin/ansible-playbook");
-    if !playbook.exists() {
+    let installed = Command::new(&playbook).arg("--version").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(ANSIBLE_VERSION));
+    if !installed {
         eprintln!("installing ansible-core {ANSIBLE_VERSION} into {}", venv.display());
         assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success());
         let pip = Command::new(venv.join("bin/pip"))
@@ -87,64 +99,101 @@ fn ansible() -> PathBuf {
     playbook
 }
 
-fn time_ansible(playbook: &Path, dir: &Path) -> (Duration, String) {
-    let started = Instant::now();
-    let output = Command::new(playbook)
-        .current_dir(dir)
-        .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
-        .args(["-i", "inventory", "playbook.yaml"])
-        .output()
-        .unwrap();
-    let elapsed = started.elapsed();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "ansible-playbook failed:\n{text}");
-    let recap = text.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).nth(1).unwrap_or_default().to_owned();
-    (elapsed, recap)
+fn ansible_runs(key: &ClientKey, hosts: usize) -> Runs {
+    let nodes = fleet(key, hosts);
+    let work = tempfile::tempdir().unwrap();
+    let mut inventory = String::from("[bench]\n");
+    for node in &nodes {
+        let _ = writeln!(inventory, "{} ansible_user=root ansible_ssh_private_key_file={}", node.address, key.private().display());
+    }
+    std::fs::write(work.path().join("inventory"), inventory).unwrap();
+    let config = format!(
+        "[defaults]\nforks = {}\nhost_key_checking = False\ninterpreter_python = /usr/bin/python3\n\n\
+         [ssh_connection]\npipelining = True\n\
+         ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null\n\
+         control_path_dir = {}\n",
+        forks(hosts),
+        work.path().join("cp").display()
+    );
+    std::fs::write(work.path().join("ansible.cfg"), config).unwrap();
+    let playbook = ansible();
+    let mut runs = Runs { wall: [Duration::ZERO; 2], cpu: [Duration::ZERO; 2] };
+    for run_index in 0..2 {
+        let (started, cpu) = (Instant::now(), cpu_time(true));
+        let output = Command::new(&playbook)
+            .current_dir(bench_dir())
+            .env("ANSIBLE_CONFIG", work.path().join("ansible.cfg"))
+            .arg("-i")
+            .arg(work.path().join("inventory"))
+            .arg("playbook.yaml")
+            .output()
+            .unwrap();
+        runs.wall[run_index] = started.elapsed();
+        runs.cpu[run_index] = cpu_time(true) - cpu;
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "ansible-playbook failed:\n{text}");
+        let recap: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).skip(1).take(1).collect();
+        eprintln!("ansible, {hosts} hosts: {}", recap.join(""));
+    }
+    runs
+}
+
+/// Fleets of more than about ten nodes need more inotify instances than Linux's default of 128
+/// (each node's systemd takes several); the limit is raised for the bench and put back after.
+struct InotifyLimit(Option<String>);
+
+impl InotifyLimit {
+    const PATH: &str = "/proc/sys/fs/inotify/max_user_instances";
+
+    fn at_least(wanted: u64) -> InotifyLimit {
+        let current = std::fs::read_to_string(Self::PATH).unwrap();
+        if current.trim().parse::<u64>().unwrap() >= wanted {
+            return InotifyLimit(None);
+        }
+        eprintln!("raising fs.inotify.max_user_instances from {} to {wanted} for the bench", current.trim());
+        std::fs::write(Self::PATH, wanted.to_string()).unwrap();
+        InotifyLimit(Some(current))
+    }
+}
+
+impl Drop for InotifyLimit {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.0 {
+            let _ = std::fs::write(Self::PATH, previous);
+        }
+    }
 }
 
 fn main() {
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![10, 100] } else { sizes };
+    let _limit = InotifyLimit::at_least(sizes.iter().max().copied().unwrap_or(10) as u64 * 16);
     let key = ClientKey::new();
-    let work = tempfile::tempdir().unwrap();
-    write_role(&work.path().join("roles"));
-    // One fleet at a time: about ten nodes is what this machine runs side by side.
-    let kstack_nodes: Vec<Node> = (0..NODES).map(|_| Node::boot(&key)).collect();
-
-    let roles = load(&work.path().join("roles"), &["bench"]);
-    let login = login(&key);
-    let hosts: Vec<String> = kstack_nodes.iter().map(|n| n.address.clone()).collect();
-    let variables = Variables::from([(String::from("env"), serde_json::json!("bench"))]);
-    let options = RunOptions { check: false, forks: 10, max_fail: None };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut kstack_times = Vec::new();
-    for _ in 0..2 {
-        let started = Instant::now();
-        let reports = rt.block_on(run(&hosts, &login, &roles, &variables, &options, Arc::new(|_| {})));
-        kstack_times.push(started.elapsed());
-        let changed: usize = reports.iter().map(|r| r.count(TaskStatus::Changed)).sum();
-        let failed: usize = reports.iter().map(|r| usize::from(r.failed())).sum();
-        assert_eq!(failed, 0, "kstack run failed: {reports:?}");
-        eprintln!("kstack: {changed} changes");
+    let mut rows = Vec::new();
+    for &hosts in &sizes {
+        let kstack = kstack_runs(&key, hosts);
+        let ansible = ansible_runs(&key, hosts);
+        rows.push((hosts, kstack, ansible));
     }
-    drop(kstack_nodes);
-
-    let ansible_nodes: Vec<Node> = (0..NODES).map(|_| Node::boot(&key)).collect();
-    write_playbook(work.path(), &ansible_nodes, &key.private());
-    let playbook = ansible();
-    let mut ansible_times = Vec::new();
-    for _ in 0..2 {
-        let (elapsed, recap) = time_ansible(&playbook, work.path());
-        ansible_times.push(elapsed);
-        eprintln!("ansible: {recap}");
+    println!("benches/roles/app (21 tasks) on test nodes; both tools with forks = min(hosts, 25)");
+    println!("{:>6} {:<11} {:>10} {:>10} {:>15} {:>15}", "hosts", "tool", "first s", "no-change s", "CPU/host first", "CPU/host again");
+    let seconds = |d: Duration| d.as_secs_f64();
+    for (hosts, kstack, ansible) in &rows {
+        for (tool, runs) in [("kstack", kstack), ("ansible", ansible)] {
+            let per_host = |d: Duration| format!("{:.0} ms", seconds(d) * 1000.0 / *hosts as f64);
+            println!(
+                "{hosts:>6} {tool:<11} {:>10.2} {:>10.2} {:>15} {:>15}",
+                seconds(runs.wall[0]),
+                seconds(runs.wall[1]),
+                per_host(runs.cpu[0]),
+                per_host(runs.cpu[1])
+            );
+        }
+        println!(
+            "{hosts:>6} {:<11} {:>9.1}x {:>9.1}x",
+            "speed-up",
+            seconds(ansible.wall[0]) / seconds(kstack.wall[0]),
+            seconds(ansible.wall[1]) / seconds(kstack.wall[1])
+        );
     }
-
-    println!("20 tasks on {NODES} test nodes (forks 10; ansible with pipelining)");
-    println!("{:<12} {:>12} {:>12}", "", "first run s", "no-change s");
-    println!("{:<12} {:>12.2} {:>12.2}", "kstack", kstack_times[0].as_secs_f64(), kstack_times[1].as_secs_f64());
-    println!("{:<12} {:>12.2} {:>12.2}", "ansible", ansible_times[0].as_secs_f64(), ansible_times[1].as_secs_f64());
-    println!(
-        "{:<12} {:>11.1}x {:>11.1}x",
-        "speed-up",
-        ansible_times[0].as_secs_f64() / kstack_times[0].as_secs_f64(),
-        ansible_times[1].as_secs_f64() / kstack_times[1].as_secs_f64()
-    );
 }
