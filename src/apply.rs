@@ -380,6 +380,7 @@ fn record<P: Provider>(context: &Context<P>, step: &Step, id: &str) -> Result<()
                     id: id.to_owned(),
                     tags: resource.tags.clone(),
                     attributes: spec.get("attributes").cloned().unwrap_or_default(),
+                    assigned: BTreeMap::new(),
                 },
             );
             if let Ok(mut ids) = context.ids.lock() {
@@ -449,7 +450,14 @@ mod tests {
             self.call("create", &resource.address).await;
             let id = format!("id-{}", self.next_id.fetch_add(1, Ordering::SeqCst));
             let attributes = serde_json::to_value(&resource.spec).unwrap()["attributes"].clone();
-            let made = Observed { address: resource.address.clone(), kind: resource.kind(), id: id.clone(), tags: resource.tags.clone(), attributes };
+            let made = Observed {
+                address: resource.address.clone(),
+                kind: resource.kind(),
+                id: id.clone(),
+                tags: resource.tags.clone(),
+                attributes,
+                assigned: BTreeMap::new(),
+            };
             self.resources.lock().unwrap().insert(resource.address.clone(), made);
             match failing {
                 Some((_, true, error)) => Err(error),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::diagnostics::Problems;
 use crate::graph::ResourceGraph;
 use crate::model::network::SubnetLayout;
-use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, Rule, SubnetSelection};
+use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, RecordTarget, Rule, SubnetSelection};
 use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Peer, Resource, Route, RuleSpec, Spec, UserData};
 use crate::template::Renderer;
 use crate::user_data;
@@ -18,6 +18,7 @@ pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGra
     compiler.iam();
     compiler.load_balancers();
     compiler.node_groups(problems);
+    compiler.dns();
     match ResourceGraph::build(compiler.resources) {
         Ok(graph) => Some(graph),
         Err(error) => {
@@ -197,6 +198,24 @@ impl Compiler<'_> {
             };
             let name = &lb.name.value;
             self.add(Kind::LoadBalancer, name, self.aws_name(name), spec);
+        }
+    }
+
+    fn dns(&mut self) {
+        for record in &self.env.dns {
+            let (alias, ttl, values) = match &record.target {
+                RecordTarget::Alias(balancer) => (Some(Address::new(Kind::LoadBalancer, &balancer.value)), None, Vec::new()),
+                RecordTarget::Values { ttl, values } => (None, Some(*ttl), values.iter().map(|v| v.value.clone()).collect()),
+            };
+            let spec = Spec::DnsRecord {
+                zone: record.zone.value.clone(),
+                name: record.name.value.clone(),
+                record_type: record.record_type.value,
+                alias,
+                ttl,
+                values,
+            };
+            self.add(Kind::DnsRecord, &record.key.value, record.name.value.clone(), spec);
         }
     }
 

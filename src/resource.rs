@@ -9,7 +9,7 @@ use std::fmt;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{GroupHealthCheck, HealthCheck, InstanceMetadata, Listener, PortRange, Protocol, RootVolume};
+use crate::model::{GroupHealthCheck, HealthCheck, InstanceMetadata, Listener, PortRange, Protocol, RecordType, RootVolume};
 
 /// A resource's stable name within an environment, e.g. `subnet.private.eu-west-1a`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -59,13 +59,15 @@ pub enum Kind {
     LaunchConfiguration,
     AutoScalingGroup,
     LoadBalancer,
+    DnsRecord,
 }
 
 impl Kind {
-    /// Launch configurations cannot be tagged, and security group rules are part of their
-    /// group: neither has tags of its own to compare or change.
+    /// Launch configurations and DNS records cannot be tagged (a record's owner is told by a
+    /// TXT record beside it), and security group rules are part of their group: none has tags of
+    /// its own to compare or change.
     pub fn has_own_tags(self) -> bool {
-        !matches!(self, Kind::LaunchConfiguration | Kind::SecurityGroupRules)
+        !matches!(self, Kind::LaunchConfiguration | Kind::SecurityGroupRules | Kind::DnsRecord)
     }
 
     pub fn prefix(self) -> &'static str {
@@ -84,6 +86,7 @@ impl Kind {
             Kind::LaunchConfiguration => "launch_configuration",
             Kind::AutoScalingGroup => "asg",
             Kind::LoadBalancer => "elb",
+            Kind::DnsRecord => "dns_record",
         }
     }
 }
@@ -183,6 +186,21 @@ pub enum Spec {
         cross_zone: bool,
         idle_timeout: u16,
     },
+    DnsRecord {
+        /// The hosted zone's name, lowercase without the final dot.
+        zone: String,
+        /// Lowercase, without the final dot.
+        name: String,
+        #[serde(rename = "type")]
+        record_type: RecordType,
+        /// A load balancer of the environment, or `values` with their `ttl`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        alias: Option<Address>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl: Option<u32>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        values: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,6 +286,7 @@ impl Spec {
             Spec::LaunchConfiguration(_) => Kind::LaunchConfiguration,
             Spec::AutoScalingGroup { .. } => Kind::AutoScalingGroup,
             Spec::LoadBalancer { .. } => Kind::LoadBalancer,
+            Spec::DnsRecord { .. } => Kind::DnsRecord,
         }
     }
 
@@ -293,6 +312,7 @@ impl Spec {
                 subnets.iter().chain(std::iter::once(launch)).chain(load_balancers).collect()
             }
             Spec::LoadBalancer { subnets, security_groups, .. } => subnets.iter().chain(security_groups).collect(),
+            Spec::DnsRecord { alias, .. } => alias.iter().collect(),
         }
     }
 }

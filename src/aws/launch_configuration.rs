@@ -41,7 +41,14 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
             if let Some(identity) = cloud.owner.identity.as_ref().filter(|i| name.ends_with(&format!("-{}", i.short()))) {
                 tags.insert(TAG_IDENTITY.to_owned(), identity.to_string());
             }
-            found.push(Observed { address, kind: Kind::LaunchConfiguration, id: name.to_owned(), tags, attributes });
+            found.push(Observed {
+                address,
+                kind: Kind::LaunchConfiguration,
+                id: name.to_owned(),
+                tags,
+                attributes,
+                assigned: std::collections::BTreeMap::new(),
+            });
         }
     }
     Ok(found)

@@ -84,7 +84,11 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
             "cross_zone": attributes.and_then(|a| a.cross_zone_load_balancing()).is_some_and(|c| c.enabled()),
             "idle_timeout": attributes.and_then(|a| a.connection_settings()).map(|c| c.idle_timeout()),
         });
-        found.extend(super::tags::observed(Kind::LoadBalancer, name, tags, attributes));
+        found.extend(super::tags::observed(Kind::LoadBalancer, name, tags, attributes).map(|mut observed| {
+            let assigned = [("dns_name", balancer.dns_name()), ("hosted_zone_id", balancer.canonical_hosted_zone_name_id())];
+            observed.assigned = assigned.into_iter().filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned()))).collect();
+            observed
+        }));
     }
     Ok(found)
 }

@@ -8,6 +8,7 @@
 mod auto_scaling_group;
 mod calls;
 pub mod clock;
+mod dns_record;
 mod error;
 mod iam;
 mod image;
@@ -35,19 +36,23 @@ pub use error::{AwsError, AwsErrorKind};
 use crate::identity::Owner;
 use crate::resource::{Address, Kind, Resource};
 
-/// Clients for the four AWS services kstack uses, sharing one configuration and call counter.
+/// Clients for the AWS services kstack uses, sharing one configuration and call counter.
 #[derive(Clone)]
 pub struct Cloud {
     pub ec2: aws_sdk_ec2::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub iam: aws_sdk_iam::Client,
+    pub route53: aws_sdk_route53::Client,
     pub calls: Arc<ApiCalls>,
     /// EC2's time, from its replies: what bake leases are judged by.
     pub clock: Arc<ServiceClock>,
     /// Whose resources are read and written.
     pub owner: Owner,
     pub region: String,
+    /// The hosted zones refresh lists for the environment's DNS records (see
+    /// [`Cloud::with_dns_zones`]): records cannot be found by tag.
+    pub dns_zones: Vec<String>,
 }
 
 impl Cloud {
@@ -72,11 +77,19 @@ impl Cloud {
                 aws_sdk_elasticloadbalancing::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
             ),
             iam: aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
+            route53: aws_sdk_route53::Client::from_conf(aws_sdk_route53::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
             calls,
             clock,
             owner,
             region: region.to_owned(),
+            dns_zones: Vec::new(),
         }
+    }
+
+    /// The hosted zones the environment's model and state name, each listed once by refresh.
+    pub fn with_dns_zones<'a>(mut self, zones: impl IntoIterator<Item = &'a str>) -> Cloud {
+        self.dns_zones = zones.into_iter().map(str::to_owned).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        self
     }
 
     pub fn environment(&self) -> &str {
@@ -92,6 +105,10 @@ pub struct Observed {
     pub id: String,
     pub tags: BTreeMap<String, String>,
     pub attributes: serde_json::Value,
+    /// What AWS assigned and nothing in the model sets, so never compared: a load balancer's
+    /// DNS name and hosted zone (see `outputs.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub assigned: BTreeMap<String, String>,
 }
 
 /// Addresses of resources that exist, with their AWS ids.
@@ -109,10 +126,17 @@ pub struct Refreshed {
 /// Reads every resource of the environment, a few batched calls per resource kind, and
 /// keeps apart what is not its own.
 pub async fn refresh(cloud: &Cloud) -> Result<Refreshed, AwsError> {
-    let (network, security, iam, launch, groups) =
-        tokio::try_join!(read_network(cloud), security_group::read(cloud), iam::read(cloud), read_launch(cloud), read_groups(cloud),)?;
+    let (network, security, iam, launch, groups, records) = tokio::try_join!(
+        read_network(cloud),
+        security_group::read(cloud),
+        iam::read(cloud),
+        read_launch(cloud),
+        read_groups(cloud),
+        dns_record::read(cloud),
+    )?;
     let (mut observed, foreign): (Vec<Observed>, Vec<Observed>) =
-        network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).partition(|o| cloud.owner.owns(&o.id, &o.tags));
+        network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).chain(records).partition(|o| cloud.owner.owns(&o.id, &o.tags));
+    alias_balancers_by_id(&mut observed);
     observed.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.id.cmp(&b.id)));
     // Rules share their group's id; references to that id mean the group.
     let by_id: BTreeMap<String, Address> =
@@ -149,6 +173,21 @@ async fn read_launch(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
 async fn read_groups(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let (groups, balancers) = tokio::try_join!(auto_scaling_group::read(cloud), load_balancer::read(cloud))?;
     Ok(groups.into_iter().chain(balancers).collect())
+}
+
+/// An alias record names its load balancer by DNS name: by id instead, which then becomes the
+/// balancer's address like every other reference.
+fn alias_balancers_by_id(observed: &mut [Observed]) {
+    let by_dns: BTreeMap<String, String> = observed
+        .iter()
+        .filter(|o| o.kind == Kind::LoadBalancer)
+        .filter_map(|o| Some((o.assigned.get("dns_name")?.trim_end_matches('.').to_ascii_lowercase(), o.id.clone())))
+        .collect();
+    for record in observed.iter_mut().filter(|o| o.kind == Kind::DnsRecord) {
+        if let Some(id) = record.attributes["alias"].as_str().and_then(|dns| by_dns.get(dns)) {
+            record.attributes["alias"] = serde_json::Value::String(id.clone());
+        }
+    }
 }
 
 /// Replaces every string that is the id of a known resource with that resource's address.
@@ -210,6 +249,7 @@ pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<Str
         Spec::LaunchConfiguration(_) => launch_configuration::create(cloud, resource, ids).await,
         Spec::AutoScalingGroup { .. } => auto_scaling_group::create(cloud, resource, ids).await,
         Spec::LoadBalancer { .. } => load_balancer::create(cloud, resource, ids).await,
+        Spec::DnsRecord { .. } => dns_record::create(cloud, resource, ids).await,
     }
 }
 
@@ -232,6 +272,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, chang
         Spec::LaunchTemplate(_) => launch_template::update(cloud, resource, actual, ids).await,
         Spec::AutoScalingGroup { .. } => auto_scaling_group::update(cloud, resource, actual, ids).await,
         Spec::LoadBalancer { .. } => load_balancer::update(cloud, resource, actual, ids).await,
+        Spec::DnsRecord { .. } => dns_record::update(cloud, resource, actual, ids).await,
         // Every other attribute of these forces replacement; only tags change in place.
         Spec::Vpc { .. }
         | Spec::InternetGateway { .. }
@@ -250,8 +291,9 @@ async fn retag(cloud: &Cloud, actual: &Observed, desired: &std::collections::BTr
         Kind::AutoScalingGroup => auto_scaling_group::retag(cloud, id, &change).await,
         Kind::LoadBalancer => load_balancer::retag(cloud, id, &change).await,
         Kind::IamRole | Kind::InstanceProfile => iam::retag(cloud, actual.kind, id, &change).await,
-        // Launch configurations cannot be tagged; kstack finds them by name.
-        Kind::LaunchConfiguration => Ok(()),
+        // Launch configurations cannot be tagged; kstack finds them by name. A DNS record's
+        // owner record never changes.
+        Kind::LaunchConfiguration | Kind::DnsRecord => Ok(()),
         Kind::Vpc
         | Kind::InternetGateway
         | Kind::ElasticIp
@@ -291,9 +333,11 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
         Kind::LaunchConfiguration => launch_configuration::delete(cloud, id).await,
         Kind::AutoScalingGroup => auto_scaling_group::delete(cloud, id).await,
         Kind::LoadBalancer => load_balancer::delete(cloud, id).await,
+        Kind::DnsRecord => dns_record::delete(cloud, actual).await,
     }
 }
 
+pub use dns_record::zone_exists as dns_zone_exists;
 pub use image::resolve_images;
 pub use instances::{running_instances, tag_reboot_times, Instance};
 pub use launch_template::root_device;
@@ -316,5 +360,6 @@ pub fn forces_replacement(kind: Kind, attribute: &str) -> bool {
         Kind::LaunchConfiguration => true,
         Kind::AutoScalingGroup => false,
         Kind::LoadBalancer => attribute == "internal",
+        Kind::DnsRecord => matches!(attribute, "zone" | "name" | "type"),
     }
 }

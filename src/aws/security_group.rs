@@ -44,6 +44,7 @@ fn observe(group: &SecurityGroup) -> Vec<Observed> {
             id: id.to_owned(),
             tags: group_resource.tags.clone(),
             attributes: json!({ "group": id, "ingress": rules_of(group.ip_permissions()), "egress": egress }),
+            assigned: std::collections::BTreeMap::new(),
         });
     }
     found

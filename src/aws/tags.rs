@@ -62,5 +62,5 @@ pub(super) async fn retag_ec2(cloud: &Cloud, id: &str, change: &TagChange) -> Re
 
 /// An observed resource, if its tags place it in the environment.
 pub(super) fn observed(kind: Kind, id: &str, tags: BTreeMap<String, String>, attributes: serde_json::Value) -> Option<super::Observed> {
-    Some(super::Observed { address: address_of(&tags)?, kind, id: id.to_owned(), tags, attributes })
+    Some(super::Observed { address: address_of(&tags)?, kind, id: id.to_owned(), tags, attributes, assigned: BTreeMap::new() })
 }

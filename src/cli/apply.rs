@@ -128,6 +128,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     }
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
+        super::output::after_apply(&runtime, &session.cloud, &session.environment, Some(&session.observed));
         return Ok((env, Held { runtime, stop, lock: session.lock }));
     }
     // Applying would reset the size of a group a batch has surged.
@@ -142,7 +143,9 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     }
     let mut session = session;
     let (cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
+    let environment = session.environment.clone();
     let lock = execute(&runtime, session, args.parallelism, &stop, "Apply")?;
+    super::output::after_apply(&runtime, &cloud, &environment, None);
     // With --roll the roll folds in the instances it brings.
     if let (false, Some(model)) = (args.roll, &model) {
         runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, model, &images, &args.ssh, args.write_reboot_slots));

@@ -11,6 +11,7 @@ use crate::model::image::load_image;
 use crate::model::{load_environment, Project};
 use crate::roles::load_roles;
 
+use super::progress::StepProgress;
 use super::session::{open_store, owner, runtime, stop_on_signals};
 use super::{report_image_problems, report_problems, term, Failure};
 
@@ -82,9 +83,13 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment.name, &checked.environment.state)?)?));
-    let progress: crate::bake::Progress = Arc::new(|line: &str| term::errln(format_args!("bake: {line}")));
+    let steps = Arc::new(StepProgress::new("bake"));
+    let shown = Arc::clone(&steps);
+    let progress: crate::bake::Progress = Arc::new(move |line: &str| shown.step(line));
     if args.cleanup {
-        return match runtime.block_on(cleanup_leftovers(&cloud, &progress)) {
+        let cleaned = runtime.block_on(cleanup_leftovers(&cloud, &progress));
+        steps.finish();
+        return match cleaned {
             Ok(removed) => {
                 term::outln(format_args!("removed {removed} leftover bake resources in {region}"));
                 Ok(())
@@ -104,7 +109,9 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         stop: stop_on_signals(&runtime),
     };
     let roles_dir = project.root.join("roles");
-    match runtime.block_on(bake(&cloud, &image, &roles, &roles_dir, &options, progress)) {
+    let baked = runtime.block_on(bake(&cloud, &image, &roles, &roles_dir, &options, progress));
+    steps.finish();
+    match baked {
         Ok(manifest) => {
             let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
             if let Some(path) = &args.manifest {

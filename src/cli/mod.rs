@@ -4,6 +4,7 @@
 mod apply;
 mod bake;
 mod graph;
+mod output;
 mod plan;
 mod progress;
 mod provision;
@@ -37,6 +38,8 @@ Examples:
   kstack plan dev                  show what apply would change in AWS
   kstack apply dev                 make AWS match the model, after confirmation
   kstack destroy dev               delete everything of dev
+  kstack output dev load_balancers.ingress.dns_name
+                                   the ingress load balancer's DNS name
   kstack bake node                 bake images/node.yaml into an AMI (reused if unchanged)
   kstack provision dev --check     show what the node roles would change on running nodes
   kstack verify dev                run the roles' checks on running nodes
@@ -65,6 +68,7 @@ enum Command {
     Plan(plan::Args),
     Apply(apply::ApplyArgs),
     Destroy(apply::DestroyArgs),
+    Output(output::Args),
     State(state::Args),
     Bake(bake::Args),
     Provision(provision::ProvisionArgs),
@@ -111,6 +115,7 @@ pub fn main() -> ExitCode {
         },
         Command::Apply(args) => apply::run_apply(&project, &args),
         Command::Destroy(args) => apply::run_destroy(&project, &args),
+        Command::Output(args) => output::run(&project, &args),
         Command::State(args) => state::run(&project, &args),
         Command::Bake(args) => bake::run(&project, &args),
         Command::Provision(args) => provision::run_provision(&project, &args),

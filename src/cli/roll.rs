@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::aws::Cloud;
 
 use crate::model::{Amount, PolicyOverrides, Project};
-use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollGroup, RollRecord};
+use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollEvent, RollGroup, RollRecord};
 
+use super::progress::RollProgress;
 use super::provision::SshArgs;
 use super::session::{open_store, runtime, stop_on_signals, Held};
 use super::{check_groups, fail, load_and_compile, report_problems, term, Failure};
@@ -179,7 +180,8 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     let group_names = GroupNames(&state);
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, state.owner()));
     let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
-    let progress = |line: &str| term::errln(format_args!("roll: {line}"));
+    let shown = RollProgress::new();
+    let progress = |event: RollEvent| shown.event(event);
     let timeout = Duration::from_secs(args.timeout);
 
     if args.dry_run {
@@ -212,7 +214,7 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
         return Ok(());
     }
     if args.resume {
-        term::errln(format_args!("roll: resuming the roll started {} by `{}`", journal.record.started, journal.record.command));
+        shown.note(&format!("resuming the roll started {} by `{}`", journal.record.started, journal.record.command));
     }
     let record = journal.record.clone();
     let mut replaced = 0;
@@ -229,7 +231,9 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
             progress: &progress,
             stop: &stop,
         };
-        match runtime.block_on(roll_group(&cloud, &roll, &mut journal)) {
+        let rolled = runtime.block_on(roll_group(&cloud, &roll, &mut journal));
+        shown.finish();
+        match rolled {
             Ok(rolled) => {
                 replaced += rolled;
                 if rolled > 0 {

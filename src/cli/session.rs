@@ -121,6 +121,32 @@ pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
     stop
 }
 
+/// Every hosted zone the model's DNS records name exists, or each record naming a missing one is
+/// reported at its zone, all at once.
+async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment, sources: &crate::diagnostics::Sources) -> Result<(), Failure> {
+    let zones: std::collections::BTreeSet<&str> = environment.dns.iter().map(|r| r.zone.value.as_str()).collect();
+    let mut problems = crate::diagnostics::Problems::default();
+    for zone in zones {
+        let found = aws::dns_zone_exists(cloud, zone).await.map_err(|e| aws_failure(&cloud.region, "looking up hosted zones", &e))?;
+        if found {
+            continue;
+        }
+        // One problem per place that names it: the `zone:` of `dns:` or of a record.
+        let places: std::collections::BTreeSet<_> = environment.dns.iter().filter(|r| r.zone.value == zone).map(|r| r.zone.loc).collect();
+        for loc in places {
+            problems
+                .error(loc, format!("hosted zone `{zone}` does not exist in this account"))
+                .label("no such hosted zone")
+                .hint("create it (Route53 `create-hosted-zone`), or name a zone the account has; kstack keeps records, not zones");
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(report_problems(&environment.name, problems, sources))
+    }
+}
+
 /// Reports a run that was stopped before it changed anything.
 pub(super) fn stopped_before_changes(reason: Reason) -> Failure {
     term::error(&format!("{reason}: stopped before any change"), None);
@@ -143,7 +169,7 @@ impl Session {
                     region: Some(environment.region.value.clone()),
                     state: environment.state.clone(),
                 };
-                (location, Some(compiled))
+                (location, Some((compiled, sources)))
             }
             Desired::Nothing => (locate_state(project, env)?, None),
         };
@@ -155,11 +181,12 @@ impl Session {
         }
     }
 
-    /// With `compiled`, plans toward the environment's model; without, toward nothing.
+    /// With `compiled` (and the sources its problems point into), plans toward the
+    /// environment's model; without, toward nothing.
     async fn read(
         project: &Project,
         location: StateLocation,
-        compiled: Option<super::Compiled>,
+        compiled: Option<(super::Compiled, crate::diagnostics::Sources)>,
         store: StateStore,
         lock: Lock,
     ) -> Result<Session, Failure> {
@@ -179,15 +206,22 @@ impl Session {
             state.region = Some(region.clone());
             store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         }
-        let cloud = Cloud::connect(&region, state.owner()).await;
         let destroy = compiled.is_none();
+        if let Some((compiled, sources)) = &compiled {
+            check_dns_zones(&Cloud::connect(&region, state.owner()).await, &compiled.checked.environment, sources).await?;
+        }
         let (mut graph, images, model) = match compiled {
-            Some(compiled) => (compiled.graph, compiled.images, Some(compiled.checked.environment)),
+            Some((compiled, _)) => (compiled.graph, compiled.images, Some(compiled.checked.environment)),
             None => {
                 let nothing = ResourceGraph::build(Vec::new()).map_err(|_| fail("cannot build an empty resource graph", None))?;
                 (nothing, std::collections::BTreeMap::new(), None)
             }
         };
+        let wanted_zones = graph.in_dependency_order().filter_map(|r| match &r.spec {
+            crate::resource::Spec::DnsRecord { zone, .. } => Some(zone.as_str()),
+            _ => None,
+        });
+        let cloud = Cloud::connect(&region, state.owner()).await.with_dns_zones(wanted_zones.chain(state.dns_zones()));
         let names = image_names(&graph);
         if !names.is_empty() {
             let amis = resolve_named_images(project, &images, &cloud, &names).await?;

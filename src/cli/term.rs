@@ -30,6 +30,12 @@ pub(super) fn stderr_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
+/// Live progress only when a person watches both streams: not in a pipe, a log or CI, and not
+/// on a terminal that cannot redraw.
+pub(super) fn animated() -> bool {
+    std::io::stderr().is_terminal() && std::io::stdout().is_terminal() && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
+}
+
 pub(super) fn stdout_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
 }

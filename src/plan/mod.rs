@@ -203,7 +203,14 @@ mod tests {
     use crate::resource::{Resource, Spec};
 
     fn observed(resource: &Resource, id: &str, attributes: serde_json::Value) -> Observed {
-        Observed { address: resource.address.clone(), kind: resource.kind(), id: id.into(), tags: BTreeMap::new(), attributes }
+        Observed {
+            address: resource.address.clone(),
+            kind: resource.kind(),
+            id: id.into(),
+            tags: BTreeMap::new(),
+            attributes,
+            assigned: BTreeMap::new(),
+        }
     }
 
     fn action<'a>(plan: &'a Plan, address: &str) -> &'a Action {
@@ -221,6 +228,7 @@ mod tests {
             id: "vpc-2".into(),
             tags: BTreeMap::new(),
             attributes: json!({"cidr": "10.9.0.0/16"}),
+            assigned: BTreeMap::new(),
         };
         let actual = vec![
             observed(&vpc, "vpc-1", json!({"cidr": "10.0.0.0/16"})),

@@ -78,7 +78,7 @@ pub(super) async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&Inst
         let why: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
         return Err(RollError::HookTemplate { hook: which, problems: why });
     };
-    (roll.progress)(&format!("{}: {which} hook: {command}", roll.aws_name));
+    (roll.progress)(super::RollEvent::step(roll.aws_name, format!("{which} hook: {command}")));
     // Its own process group, so a timeout ends whatever the hook started, not only `sh`.
     let child = tokio::process::Command::new("sh")
         .arg("-c")

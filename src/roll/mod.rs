@@ -79,7 +79,51 @@ fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {
     move |error| RollError::Aws { doing: doing.to_owned(), error }
 }
 
-pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+pub type Progress<'a> = &'a (dyn Fn(RollEvent) + Send + Sync);
+
+/// What a roll is doing, for the terminal. Each event is also a line of text (its `Display`),
+/// which is all a log or a pipe gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RollEvent {
+    /// A batch starts: `instances` are replaced while at least `floor` stay in service.
+    Batch { group: String, number: usize, of: usize, surged: Vec<String>, taken_out: Vec<String>, floor: u32 },
+    /// The roll waits on AWS: new instances in service, old ones gone.
+    Waiting { group: String, what: String },
+    /// A step: surging, terminating, a hook, an abort's undoing.
+    Step { group: String, what: String },
+}
+
+impl RollEvent {
+    fn waiting(group: &str, what: String) -> RollEvent {
+        RollEvent::Waiting { group: group.to_owned(), what }
+    }
+
+    fn step(group: &str, what: String) -> RollEvent {
+        RollEvent::Step { group: group.to_owned(), what }
+    }
+
+    pub fn group(&self) -> &str {
+        match self {
+            RollEvent::Batch { group, .. } | RollEvent::Waiting { group, .. } | RollEvent::Step { group, .. } => group,
+        }
+    }
+}
+
+impl std::fmt::Display for RollEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RollEvent::Batch { group, number, of, surged, taken_out, floor } => write!(
+                f,
+                "{group}: batch {number}/{of}: replacing {} ({} surged for, {} taken out first; at least {floor} in service)",
+                [surged.as_slice(), taken_out.as_slice()].concat().join(", "),
+                surged.len(),
+                taken_out.len()
+            ),
+            RollEvent::Waiting { group, what } => write!(f, "{group}: waiting for {what}"),
+            RollEvent::Step { group, what } => write!(f, "{group}: {what}"),
+        }
+    }
+}
 
 /// What a roll of one group needs besides AWS.
 pub struct RollGroup<'a> {
@@ -230,14 +274,14 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
         number += 1;
         let base = state.group.desired_capacity().unwrap_or(record.desired);
         let batch = BatchRecord { number, surged, replaced: replaced_first, known: live_members(&state.group), base: Some(base) };
-        (roll.progress)(&format!(
-            "{}: batch {number}/{}: replacing {} ({} surged for, {} taken out first)",
-            roll.aws_name,
-            number + estimate - 1,
-            [batch.surged.as_slice(), batch.replaced.as_slice()].concat().join(", "),
-            batch.surged.len(),
-            batch.replaced.len()
-        ));
+        (roll.progress)(RollEvent::Batch {
+            group: roll.aws_name.to_owned(),
+            number,
+            of: number + estimate - 1,
+            surged: batch.surged.clone(),
+            taken_out: batch.replaced.clone(),
+            floor: desired.saturating_sub(size.unavailable),
+        });
         journal.set_batch(Some(batch.clone()))?;
         replaced += run_batch(cloud, roll, journal, &batch).await?;
     }
@@ -291,7 +335,7 @@ async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, b
     let still = |ids: &[String]| ids.iter().filter(|id| live.contains(id)).cloned().collect::<Vec<String>>();
     let target = batch.base.unwrap_or(record.desired) + still(&batch.surged).len() as i32;
     if group.desired_capacity() != Some(target) || group.max_size().unwrap_or(0) < target {
-        (roll.progress)(&format!("{name}: surging to {target} instances"));
+        (roll.progress)(RollEvent::step(name, format!("surging to {target} instances")));
         set_size(cloud, name, Some(target), record.max.max(target)).await?;
     }
     let mut failing = None;
@@ -300,12 +344,12 @@ async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, b
         Ok(fresh) => fresh,
         Err(error) => return Err(stop_batch(cloud, roll, journal, error, failing.as_deref()).await),
     };
-    (roll.progress)(&format!("{name}: {} in service and ready", fresh.join(", ")));
+    (roll.progress)(RollEvent::step(name, format!("{} in service and ready", fresh.join(", "))));
     for old in describe_instances(cloud, &still(&batch.surged)).await? {
         if let Err(error) = hooks::run(Hook::PreStop, roll, Some(&old)).await {
             return Err(stop_batch(cloud, roll, journal, error, None).await);
         }
-        (roll.progress)(&format!("{name}: terminating {} (the group deregisters it and waits out connection draining)", old.id));
+        (roll.progress)(RollEvent::step(name, format!("terminating {} (the group deregisters it and waits out connection draining)", old.id)));
         terminate_in_group(cloud, &old.id, true).await?;
     }
     let old = [batch.surged.as_slice(), batch.replaced.as_slice()].concat();
@@ -336,7 +380,7 @@ async fn bring_up(
     for old in describe_instances(cloud, replaced).await? {
         roll.check()?;
         hooks::run(Hook::PreStop, roll, Some(&old)).await?;
-        (roll.progress)(&format!("{}: terminating {} (the group launches its replacement)", roll.aws_name, old.id));
+        (roll.progress)(RollEvent::step(roll.aws_name, format!("terminating {} (the group launches its replacement)", old.id)));
         terminate_in_group(cloud, &old.id, false).await?;
     }
     let expected = batch.surged.len() + batch.replaced.len();
@@ -374,7 +418,7 @@ async fn undo_surge(
     }
     fresh.truncate(surplus);
     for id in &fresh {
-        progress(&format!("{name}: stopping; terminating surged instance {id}"));
+        progress(RollEvent::step(name, format!("stopping; terminating surged instance {id}")));
         terminate_in_group(cloud, id, true).await?;
     }
     wait_gone(cloud, name, &fresh, timeout, progress).await?;
@@ -395,7 +439,7 @@ pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, prog
         undo_surge(cloud, name, journal, timeout, progress, None).await?;
         set_processes(cloud, name, &group.already_suspended, false).await?;
         mark_unfinished(cloud, name, None).await?;
-        progress(&format!("{name}: surge undone (maximum back to {}), processes resumed", group.max));
+        progress(RollEvent::step(name, format!("surge undone (maximum back to {}), processes resumed", group.max)));
     }
     journal.finish()
 }
@@ -449,7 +493,7 @@ async fn set_size(cloud: &Cloud, name: &str, desired: Option<i32>, max: i32) -> 
 async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[String], count: usize) -> Result<Vec<String>, RollError> {
     let name = roll.aws_name;
     let started = Instant::now();
-    (roll.progress)(&format!("{name}: waiting for {count} new instance(s) to be in service and healthy"));
+    (roll.progress)(RollEvent::waiting(name, format!("{count} new instance(s) to be in service and healthy")));
     loop {
         let group = outdated::describe_group(cloud, name).await?;
         let fresh: BTreeSet<String> = group
@@ -460,7 +504,7 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
             .filter(|id| !known.contains(id))
             .collect();
         if fresh.len() >= count && fresh.is_subset(&healthy_members(cloud, &group).await?) {
-            (roll.progress)(&format!("{name}: in service after {}s", started.elapsed().as_secs()));
+            (roll.progress)(RollEvent::step(name, format!("in service after {}s", started.elapsed().as_secs())));
             return Ok(fresh.into_iter().collect());
         }
         // Waiting on: stopping now undoes the batch's surge.
@@ -499,7 +543,7 @@ async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Dur
         return Ok(());
     }
     let started = Instant::now();
-    progress(&format!("{name}: waiting for {} to leave the group", instances.join(", ")));
+    progress(RollEvent::waiting(name, format!("{} to leave the group", instances.join(", "))));
     loop {
         let group = outdated::describe_group(cloud, name).await?;
         let left = group.instances().iter().any(|i| i.instance_id().is_some_and(|id| instances.iter().any(|o| o == id)));

@@ -98,6 +98,11 @@ impl State {
     pub fn owner(&self) -> Owner {
         Owner::new(&self.environment, self.identity.clone(), self.resources.values().map(|r| r.id.clone()))
     }
+
+    /// The hosted zones of the DNS records state knows of: refresh lists them.
+    pub fn dns_zones(&self) -> impl Iterator<Item = &str> {
+        self.resources.values().filter(|r| r.kind == crate::resource::Kind::DnsRecord).filter_map(|r| r.attributes["zone"].as_str())
+    }
 }
 
 /// Where an environment's state and lock live. Cloning shares the backend (and so the

@@ -5,8 +5,10 @@
 
 mod bake;
 mod cloud;
+mod dns;
 mod hostile_input;
 mod loopback_only;
+mod outputs;
 mod provision;
 mod reboots;
 mod reliability;

@@ -211,6 +211,12 @@ fn a_new_launch_template_version_rolls_six_nodes_one_at_a_time_with_hooks_on_eac
     let booted = keeper.stop();
     assert!(rolled.status.success(), "{}", stderr(&rolled));
     assert_eq!(stdout(&rolled).trim(), "app: 6 replaced");
+    // Piped, progress is plain lines: nothing redrawn, no escape sequences.
+    let progress = stderr(&rolled);
+    assert!(!progress.contains('\x1b') && !progress.contains('\r'), "{progress}");
+    let batches: Vec<&str> = progress.lines().filter(|l| l.contains(": batch ")).collect();
+    assert_eq!(batches.len(), 6, "{progress}");
+    assert!(batches.iter().all(|l| l.starts_with("roll: ") && l.ends_with("at least 5 in service)")), "{batches:?}");
     assert!(samples.len() >= 6, "sampled throughout: {samples:?}");
     assert!(samples.iter().all(|n| *n >= 5), "in service never below 80% of 6: {samples:?}");
     assert_eq!(booted, 12, "a node for each old and each new instance");
@@ -668,4 +674,53 @@ fn apply_with_roll_holds_one_lock_through_the_apply_and_the_roll() {
     assert_eq!(recorded.matches("exit 1").count(), 2, "a plan on each new node's readiness, each refused: {recorded}");
     assert!(recorded.contains("environment `fleet` is locked by") && recorded.contains("`kstack apply fleet`"), "{recorded}");
     assert!(!recorded.contains("`kstack roll fleet`"), "the roll took no lock of its own: {recorded}");
+}
+
+/// What a person sees running `kstack roll` in a terminal (tmux's screen, sampled while it
+/// runs): a live line for the group with its batch, the instances in flight, what the roll waits
+/// for, the floor it keeps and the time so far, under the finished steps; gone when it ends.
+#[test]
+fn a_roll_in_a_terminal_shows_each_group_live_and_clears_it_at_the_end() {
+    kstack_testkit::require(kstack_testkit::Need::Tmux);
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, _aws, _before) = outdated_fleet(&moto, &rt, 37, 2, "  readiness: sleep 3\n");
+    let socket = format!("kstack-roll-{}", std::process::id());
+    let quote = |text: &str| format!("'{}'", text.replace('\'', "'\\''"));
+    let mut command = String::from("env TERM=xterm-256color");
+    for (key, value) in moto.env() {
+        command.push_str(&format!(" {key}={}", quote(&value)));
+    }
+    let kstack = assert_cmd::cargo::cargo_bin("kstack");
+    command.push_str(&format!(
+        " {} -C {} roll fleet; echo kstack-exit=$?; sleep 600",
+        quote(&kstack.display().to_string()),
+        quote(&project.path().display().to_string())
+    ));
+    let tmux = |args: &[&str]| std::process::Command::new("tmux").args(["-L", &socket]).args(args).output().unwrap();
+    assert!(tmux(&["new-session", "-d", "-x", "200", "-y", "50", "-s", "roll", &command]).status.success());
+    let mut screens: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(240) {
+        let screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "roll"]).stdout).into_owned();
+        let done = screen.contains("kstack-exit=");
+        if screens.last() != Some(&screen) {
+            screens.push(screen);
+        }
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    tmux(&["kill-server"]);
+    let last = screens.last().cloned().unwrap_or_default();
+    assert!(last.contains("kstack-exit=0"), "{last}");
+    // The live line: the group, its batch, the instances in flight, the floor, the time so far.
+    let live: Vec<&str> = screens.iter().flat_map(|s| s.lines()).filter(|l| !l.starts_with("roll: ") && l.contains(" batch ")).collect();
+    let waiting = live.iter().find(|l| l.contains("replacing i-") && l.contains("at least 2 in service") && l.contains("waiting for "));
+    assert!(waiting.is_some_and(|l| l.contains("[00:0")), "no live line with the batch, the floor and the wait: {live:?}");
+    // Finished steps stay above it as lines.
+    assert!(last.lines().any(|l| l.starts_with("roll: ") && l.contains(": batch 1/2: replacing i-")), "{last}");
+    // Once done, no live line is left on the screen.
+    assert!(!last.lines().any(|l| !l.starts_with("roll: ") && l.contains(" batch ")), "{last}");
 }

@@ -31,6 +31,8 @@ pub enum Need {
     TestNodes,
     /// VM nodes: qemu, and the disk, kernel and apt repository built for them.
     Vms,
+    /// A terminal to watch kstack in: tmux.
+    Tmux,
 }
 
 /// Fails the test, in one sentence naming what is missing and the command that provides it,
@@ -61,6 +63,7 @@ fn missing(need: Need) -> Option<String> {
                 .into_iter()
                 .find_map(|name| file(node::cache().join("vm").join(name), "the VM image"))
         }),
+        Need::Tmux => program("tmux", "tmux"),
     }
 }
 
@@ -148,6 +151,7 @@ pub struct Clients {
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub iam: aws_sdk_iam::Client,
+    pub route53: aws_sdk_route53::Client,
     pub s3: aws_sdk_s3::Client,
 }
 
@@ -160,6 +164,7 @@ impl Clients {
             autoscaling: aws_sdk_autoscaling::Client::new(&config),
             elb: aws_sdk_elasticloadbalancing::Client::new(&config),
             iam: aws_sdk_iam::Client::new(&config),
+            route53: aws_sdk_route53::Client::new(&config),
             s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build()),
         }
     }

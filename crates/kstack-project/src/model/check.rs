@@ -44,6 +44,7 @@ pub fn check(env: &Environment, images_dir: &Path, problems: &mut Problems) -> V
     for group in &env.roll_order {
         refs.node_group(group, problems);
     }
+    check_dns(env, &refs, problems);
     for group in &env.node_groups {
         refs.subnets(&group.subnets, problems);
         refs.security_groups(&group.security_groups, problems);
@@ -111,6 +112,34 @@ fn check_names(env: &Environment, problems: &mut Problems) {
                 .error(name.loc, format!("`{}` is not a valid {what} name", name.value))
                 .label("invalid name")
                 .hint("names start with a lowercase letter and use lowercase letters, digits and `-`, at most 40 characters");
+        }
+    }
+}
+
+/// Aliases name load balancers of the environment, and no name and type is kept twice.
+fn check_dns(env: &Environment, refs: &References<'_>, problems: &mut Problems) {
+    let balancers: Vec<&str> = env.load_balancers.iter().map(|l| l.name.value.as_str()).collect();
+    for (i, record) in env.dns.iter().enumerate() {
+        if let RecordTarget::Alias(balancer) = &record.target {
+            if !balancers.contains(&balancer.value.as_str()) {
+                refs.dangling(balancer, "load balancer", &balancers, problems);
+            }
+        }
+        let same = |other: &&DnsRecord| other.zone.value == record.zone.value && other.name.value == record.name.value;
+        if let Some(earlier) = env.dns[..i].iter().find(|o| same(o) && o.record_type.value == record.record_type.value) {
+            problems
+                .error(
+                    record.name.loc,
+                    format!("`{}` {} is also record `{}`", record.name.value, record.record_type.value.as_str(), earlier.key.value),
+                )
+                .label("duplicate")
+                .hint("a name and type is one record: merge their values, or remove one");
+        } else if let Some(other) =
+            env.dns[..i].iter().find(|o| same(o) && (o.record_type.value == RecordType::CNAME) != (record.record_type.value == RecordType::CNAME))
+        {
+            problems
+                .error(record.name.loc, format!("`{}` cannot be a CNAME and another type (record `{}`)", record.name.value, other.key.value))
+                .hint("a CNAME is the only record of its name");
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     let security_groups = section(map.get("security_groups"), "security group", &mut undecoded, problems, security_group);
     let iam_roles = section(map.get("iam_roles"), "IAM role", &mut undecoded, problems, iam_role);
     let load_balancers = section(map.get("load_balancers"), "load balancer", &mut undecoded, problems, load_balancer);
+    let dns = map.get("dns").map(|n| dns(n, problems)).unwrap_or_default();
     let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, region.as_ref(), problems));
     // A group's own `reboots:` is merged over the environment's.
     let reboots_node = map.get("reboots");
@@ -61,6 +62,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         iam_roles,
         load_balancers,
         node_groups,
+        dns,
         roll_order,
         roll_hooks,
         state: state?,
@@ -76,6 +78,83 @@ pub fn state_location(name: &str, root: &Node, problems: &mut Problems) -> Optio
     let region = map.get("region").and_then(|n| region(n, &mut Problems::default()));
     let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, region.as_ref(), problems))?;
     Some(StateLocation { name: name.to_owned(), region: region.map(|r| r.value), state })
+}
+
+/// A DNS name as Route53 compares it: lowercase, without the final dot.
+fn dns_name(node: &Node, what: &str, problems: &mut Problems) -> Option<Spanned<String>> {
+    let name = string(node, problems)?;
+    let normal = name.value.trim_end_matches('.').to_ascii_lowercase();
+    let labels_valid = normal.split('.').enumerate().all(|(i, label)| {
+        (i == 0 && label == "*")
+            || (!label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    });
+    if normal.is_empty() || normal.len() > 253 || !labels_valid {
+        problems
+            .error(name.loc, format!("`{}` is not a valid {what}", name.value))
+            .hint("use labels of letters, digits, `-` and `_` separated by dots, e.g. `apps.dev.example.com`; `*` only as the first label");
+        return None;
+    }
+    Some(Spanned::new(normal, name.loc))
+}
+
+/// `dns: { zone: ZONE, records: { KEY: { name, type, alias | values, ttl, zone } } }`: `zone` is
+/// the hosted zone records are in unless they name their own.
+fn dns(node: &Node, problems: &mut Problems) -> Vec<DnsRecord> {
+    let Some(mut map) = MapReader::new(node, "dns settings", problems) else { return Vec::new() };
+    let zone = map.get("zone").and_then(|n| dns_name(n, "hosted zone name", problems));
+    let records = map
+        .required("records", problems)
+        .map(|n| named(n, "DNS record", problems, |key, value, problems| dns_record(key, value, zone.as_ref(), problems)));
+    map.finish(problems);
+    records.unwrap_or_default()
+}
+
+fn dns_record(key: Spanned<String>, node: &Node, default_zone: Option<&Spanned<String>>, problems: &mut Problems) -> Option<DnsRecord> {
+    let mut map = MapReader::new(node, "DNS record", problems)?;
+    let loc = map.loc();
+    let own_zone = map.get("zone").and_then(|n| dns_name(n, "hosted zone name", problems));
+    let name = map.required("name", problems).and_then(|n| dns_name(n, "record name", problems));
+    let record_type = map.required("type", problems).and_then(|n| choice(n, &RecordType::ALL, problems));
+    let alias = map.get("alias").and_then(|n| string(n, problems));
+    let ttl = map.get("ttl").map_or(Some(300), |n| number(n, 0..=2_147_483_647u32, problems).map(|t| t.value));
+    let values = map.get("values").and_then(|n| string_list(n, problems));
+    map.finish(problems);
+    let Some(zone) = own_zone.or_else(|| default_zone.cloned()) else {
+        problems
+            .error(loc, format!("DNS record `{}` names no hosted zone", key.value))
+            .hint("set `zone:` under `dns:` for all records, or on this record");
+        return None;
+    };
+    let name = name?;
+    if name.value != zone.value && !name.value.ends_with(&format!(".{}", zone.value)) {
+        problems
+            .error(name.loc, format!("`{}` is not inside the hosted zone `{}`", name.value, zone.value))
+            .label("outside the zone")
+            .hint(format!("record names are absolute: end it with `.{}`", zone.value));
+        return None;
+    }
+    let record_type = record_type?;
+    let target = match (alias, values) {
+        (Some(alias), None) if matches!(record_type.value, RecordType::A | RecordType::AAAA) => RecordTarget::Alias(alias),
+        (Some(alias), None) => {
+            problems
+                .error(alias.loc, format!("a {} record cannot alias a load balancer", record_type.value.as_str()))
+                .hint("aliases are A or AAAA records; give other types `values:`");
+            return None;
+        }
+        (None, Some(values)) if !values.is_empty() => RecordTarget::Values { ttl: ttl?, values },
+        (Some(alias), Some(_)) => {
+            problems.error(alias.loc, "a record has either `alias:` or `values:`, not both").hint("keep one of them");
+            return None;
+        }
+        (None, _) => {
+            problems
+                .error(loc, format!("DNS record `{}` has neither `alias:` nor `values:`", key.value))
+                .hint("alias a load balancer (`alias: ingress`) or list `values:`");
+            return None;
+        }
+    };
+    Some(DnsRecord { key, zone, name, record_type, target })
 }
 
 /// `state: { backend: s3, bucket, key, region, kms_key_id }`; `backend: local` is the default.

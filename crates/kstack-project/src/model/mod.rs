@@ -39,6 +39,8 @@ pub struct Environment {
     pub iam_roles: Vec<IamRole>,
     pub load_balancers: Vec<LoadBalancer>,
     pub node_groups: Vec<NodeGroup>,
+    /// Route53 records kept in hosted zones the environment does not own.
+    pub dns: Vec<DnsRecord>,
     /// Node groups rolled first, in this order; the others follow in file order.
     pub roll_order: Vec<Spanned<String>>,
     pub roll_hooks: RollHooks,
@@ -146,6 +148,58 @@ pub struct LoadBalancer {
     pub idle_timeout: u16,
     /// The node groups whose instances serve this load balancer.
     pub node_groups: Vec<Spanned<String>>,
+}
+
+/// A Route53 record: an alias of one of the environment's load balancers, or plain values.
+#[derive(Debug, Clone)]
+pub struct DnsRecord {
+    /// Its name in the model, under `dns.records`.
+    pub key: Spanned<String>,
+    /// The hosted zone's name, lowercase without the final dot (`dev.example.com`).
+    pub zone: Spanned<String>,
+    /// The record's name, lowercase without the final dot, inside the zone.
+    pub name: Spanned<String>,
+    pub record_type: Spanned<RecordType>,
+    pub target: RecordTarget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum RecordType {
+    A,
+    #[allow(clippy::upper_case_acronyms)]
+    AAAA,
+    #[allow(clippy::upper_case_acronyms)]
+    CNAME,
+    #[allow(clippy::upper_case_acronyms)]
+    TXT,
+    MX,
+    #[allow(clippy::upper_case_acronyms)]
+    SRV,
+}
+
+impl RecordType {
+    pub const ALL: [(&'static str, RecordType); 6] = [
+        ("A", RecordType::A),
+        ("AAAA", RecordType::AAAA),
+        ("CNAME", RecordType::CNAME),
+        ("TXT", RecordType::TXT),
+        ("MX", RecordType::MX),
+        ("SRV", RecordType::SRV),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        RecordType::ALL.iter().find(|(_, t)| *t == self).map_or("A", |(name, _)| name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum RecordTarget {
+    /// A load balancer of the environment, by name.
+    Alias(Spanned<String>),
+    Values {
+        ttl: u32,
+        values: Vec<Spanned<String>>,
+    },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
