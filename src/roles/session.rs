@@ -75,7 +75,7 @@ impl Session {
 
     /// Whether a queued change touches anything in `reads`: the task reading it must wait.
     pub(crate) fn conflicts(&self, reads: &[Touch]) -> bool {
-        self.state().queued.iter().any(|change| change.touches.iter().any(|t| reads.iter().any(|r| t.overlaps(r))))
+        self.state().queued.iter().any(|change| change.touches.iter().any(|t| reads.iter().any(|r| t.affects(r))))
     }
 
     /// After a dropped connection: what it fetched is stale and what it queued is unknown.
@@ -91,9 +91,10 @@ impl Session {
         if queries.len() < 2 {
             return;
         }
-        if let Ok(output) = connection.run(&batch(&[], &queries), None).await {
+        let batch = Batch::new(&[], &queries);
+        if let Ok(output) = connection.run(&batch.script, None).await {
             if output.success() {
-                self.keep(queries, output.stdout.lines());
+                self.keep(queries, batch.results(&output));
             }
         }
     }
@@ -118,11 +119,11 @@ impl Session {
             })
             .copied()
             .collect();
-        let output = connection.run(&batch(&changes, &queries), Some(&input)).await?;
-        let mut lines = output.stdout.lines();
+        let batch = Batch::new(&changes, &queries);
+        let output = connection.run(&batch.script, Some(&input)).await?;
+        let mut results = batch.results(&output).into_iter();
         for change in &changes {
-            let made = lines.next().and_then(result);
-            match made {
+            match results.next() {
                 Some(made) if made.success() => {}
                 Some(made) => {
                     let detail = if made.stderr.trim().is_empty() { made.stdout } else { made.stderr };
@@ -135,48 +136,94 @@ impl Session {
                 }
             }
         }
-        self.keep(queries, lines);
+        self.keep(queries, results);
         Ok(Made::All)
     }
 
-    fn keep<'a>(&self, queries: Vec<String>, lines: impl Iterator<Item = &'a str>) {
-        let results = queries.into_iter().zip(lines.map(result)).filter_map(|(script, found)| Some((script, found?)));
-        self.state().fetched.extend(results);
+    fn keep(&self, queries: Vec<String>, results: impl IntoIterator<Item = Output>) {
+        self.state().fetched.extend(queries.into_iter().zip(results));
     }
 }
 
 /// One script that makes `changes` in order, stopping at the first that fails, then runs each
-/// of `queries`. Each runs in a subshell of its own with its own output and status and prints
-/// a line: its exit status, then its output and errors in base64. A file's content is read
-/// from the input, the contents in the order of the writes; other steps get no input.
-fn batch(changes: &[Change], queries: &[String]) -> String {
-    let mut batch = String::from(
-        "d=$(mktemp -d) || exit 1\n\
-         r() { printf '%s ' \"$1\"; base64 -w0 <\"$d/o\"; printf ' '; base64 -w0 <\"$d/e\"; echo; }\n\
-         q() { ( eval \"$1\" ) >\"$d/o\" 2>\"$d/e\" </dev/null; r \"$?\"; }\n\
-         w() { ( eval \"$1\" ) >\"$d/o\" 2>\"$d/e\"; s=$?; r \"$s\"; [ \"$s\" = 0 ] || { rm -rf \"$d\"; exit 0; }; }\n\
-         c() { ( eval \"$1\" ) >\"$d/o\" 2>\"$d/e\" </dev/null; s=$?; r \"$s\"; [ \"$s\" = 0 ] || { rm -rf \"$d\"; exit 0; }; }\n",
-    );
-    for change in changes {
-        match &change.step {
-            Step::Script(script) => batch.push_str(&format!("c {}\n", quote(script))),
-            Step::Write { path, content, mode, owner, group } => {
-                batch.push_str(&format!("w {}\n", quote(&write_script(path, content, *mode, owner, group))));
-            }
-        }
-    }
-    for query in queries {
-        batch.push_str(&format!("q {}\n", quote(query)));
-    }
-    batch.push_str("rm -rf \"$d\"\n");
-    batch
+/// of `queries`. Each runs in a subshell of its own, its output and errors going straight to
+/// the channel, each followed by a line with the batch's random marker (and, on stdout, its exit
+/// status): no temporary files, and no process per step but its subshell. A file's content is
+/// read from the input, the contents in the order of the writes; other steps get no input.
+struct Batch {
+    script: String,
+    marker: String,
 }
 
-/// A step's result from its line of [`batch`]'s output.
-fn result(line: &str) -> Option<Output> {
-    let mut fields = line.split(' ');
-    let status = fields.next()?.parse().ok()?;
-    let mut decoded = || aws_smithy_types::base64::decode(fields.next()?).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-    let (stdout, stderr) = (decoded()?, decoded()?);
-    Some(Output { status, stdout, stderr })
+impl Batch {
+    fn new(changes: &[Change], queries: &[String]) -> Batch {
+        let marker = format!("kstack-{:032x}", rand::random::<u128>());
+        let mut script = format!(
+            "m={marker}\n\
+             r() {{ printf '\\n%s %s\\n' \"$m\" \"$1\"; printf '\\n%s\\n' \"$m\" >&2; }}\n\
+             q() {{ ( eval \"$1\" ) </dev/null; r \"$?\"; }}\n\
+             w() {{ ( eval \"$1\" ); s=$?; r \"$s\"; [ \"$s\" = 0 ] || exit 0; }}\n\
+             c() {{ ( eval \"$1\" ) </dev/null; s=$?; r \"$s\"; [ \"$s\" = 0 ] || exit 0; }}\n"
+        );
+        for change in changes {
+            match &change.step {
+                Step::Script(step) => script.push_str(&format!("c {}\n", quote(step))),
+                Step::Write { path, content, mode, owner, group } => {
+                    script.push_str(&format!("w {}\n", quote(&write_script(path, content, *mode, owner, group))));
+                }
+            }
+        }
+        for query in queries {
+            script.push_str(&format!("q {}\n", quote(query)));
+        }
+        Batch { script, marker }
+    }
+
+    /// Each step's result, in order, as far as the batch got.
+    fn results(&self, output: &Output) -> Vec<Output> {
+        let (status_marker, error_marker) = (format!("\n{} ", self.marker), format!("\n{}\n", self.marker));
+        let mut errors = output.stderr.split(error_marker.as_str());
+        let mut results = Vec::new();
+        let mut rest = output.stdout.as_str();
+        while let Some(at) = rest.find(&status_marker) {
+            let Some((status, after)) = rest[at + status_marker.len()..].split_once('\n') else { break };
+            let Ok(status) = status.parse() else { break };
+            results.push(Output { status, stdout: rest[..at].to_owned(), stderr: errors.next().unwrap_or_default().to_owned() });
+            rest = after;
+        }
+        results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch's framing, run by the `sh` nodes have: outputs with and without a final
+    /// newline, empty ones, errors, and a failing change that stops the rest.
+    #[test]
+    fn a_batch_frames_each_step_and_stops_at_a_failed_change() {
+        let change = |script: &str| Change { task: 0, step: Step::Script(script.to_owned()), what: String::new(), touches: Vec::new() };
+        let changes = [change("printf made"), change("echo broken >&2; exit 4"), change("echo never")];
+        let batch = Batch::new(&changes, &[String::from("echo query")]);
+        let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
+        let output = Output {
+            status: 0,
+            stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
+        };
+        let results: Vec<(u32, String, String)> = batch.results(&output).into_iter().map(|o| (o.status, o.stdout, o.stderr)).collect();
+        assert_eq!(results, [(0, "made".into(), String::new()), (4, String::new(), "broken\n".into())]);
+
+        let queries = [String::from("printf 'a\\nb\\n'"), String::from("true"), String::from("echo oops >&2; false")];
+        let batch = Batch::new(&[], &queries);
+        let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
+        let output = Output {
+            status: 0,
+            stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
+        };
+        let results: Vec<(u32, String, String)> = batch.results(&output).into_iter().map(|o| (o.status, o.stdout, o.stderr)).collect();
+        assert_eq!(results, [(0, "a\nb\n".into(), String::new()), (0, String::new(), String::new()), (1, String::new(), "oops\n".into())]);
+    }
 }

@@ -9,7 +9,7 @@ impl Query for Group {
     }
 
     fn reads(&self) -> Vec<Touch> {
-        vec![Touch::Accounts]
+        vec![Touch::Group(self.name.clone())]
     }
 }
 
@@ -29,7 +29,7 @@ impl Converge for Group {
             script = format!("groupmod --gid {wanted} {}", quote(&self.name));
         }
         if !diffs.is_empty() && !host.check {
-            host.must(script, "changing the group", vec![Touch::Accounts]);
+            host.must(script, "changing the group", vec![Touch::Group(self.name.clone()), Touch::AccountNames]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }
@@ -42,7 +42,7 @@ impl Query for User {
     }
 
     fn reads(&self) -> Vec<Touch> {
-        vec![Touch::Accounts]
+        vec![Touch::User(self.name.clone())]
     }
 }
 
@@ -86,7 +86,10 @@ impl Converge for User {
             };
             // useradd makes the home directory.
             let home = self.home.clone().unwrap_or_else(|| format!("/home/{}", self.name));
-            host.must(script, "changing the user", vec![Touch::Accounts, Touch::path(&home)]);
+            // Its own group (useradd may make one), the groups it joins, the names files show.
+            let mut touches = vec![Touch::User(self.name.clone()), Touch::Group(self.name.clone()), Touch::AccountNames, Touch::path(&home)];
+            touches.extend(self.groups.iter().map(|g| Touch::Group(g.clone())));
+            host.must(script, "changing the user", touches);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }

@@ -12,7 +12,7 @@ stat -c '%a %U %G' "$p" 2>/dev/null || echo"#;
 pub(super) fn owned_path(path: &str, owned: bool) -> Vec<Touch> {
     let mut reads = vec![Touch::path(path)];
     if owned {
-        reads.push(Touch::Accounts);
+        reads.push(Touch::AccountNames);
     }
     reads
 }
@@ -108,7 +108,12 @@ impl Converge for File {
         if let Some(group) = &self.group {
             script.push_str(&format!("chgrp -h {} {path}\n", quote(group)));
         }
-        host.must(script, "changing the file", vec![Touch::path(&self.path)]);
+        // Removing or relinking a path changes what is under it; making one does not.
+        let touched = match self.state {
+            FileState::Absent | FileState::Link => Touch::tree(&self.path),
+            FileState::File | FileState::Directory => Touch::path(&self.path),
+        };
+        host.must(script, "changing the file", vec![touched]);
         Ok(Outcome { diffs, ..Outcome::default() })
     }
 }

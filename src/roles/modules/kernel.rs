@@ -65,7 +65,7 @@ impl Converge for KernelCmdline {
                 // on it, unattended-upgrades' reboot guard reboots a node in its slot. A
                 // container's kernel is its host's: no reboot of its own changes the command line.
                 let mark = if host.facts.container { "" } else { "touch /var/run/reboot-required; " };
-                host.must(format!("{mark}update-grub 2>&1"), "update-grub", vec![Touch::path("/boot"), Touch::path("/var/run/reboot-required")]);
+                host.must(format!("{mark}update-grub 2>&1"), "update-grub", vec![Touch::tree("/boot"), Touch::path("/var/run/reboot-required")]);
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })

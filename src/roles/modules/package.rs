@@ -126,7 +126,7 @@ impl Converge for AptRepository {
             // Only the new source: its package lists are what the next task needs, and the
             // others do not have to be fetched again for it.
             let update = format!("{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0", quote(&list));
-            host.must(update, "apt-get update", vec![Touch::path("/var/lib/apt/lists")]);
+            host.must(update, "apt-get update", vec![Touch::tree("/var/lib/apt/lists")]);
         }
         Ok(Outcome { diffs, ..Outcome::default() })
     }

@@ -74,9 +74,11 @@ impl Converge for Systemd {
         if file_changed {
             script.push_str("systemctl daemon-reload\n");
         }
+        // Enabling reloads systemd by itself, unless told the reload just above will do.
+        let reload = if file_changed { " --no-reload" } else { "" };
         match self.enabled {
-            Some(true) if !is_enabled => script.push_str(&format!("systemctl enable {unit}\n")),
-            Some(false) if is_enabled => script.push_str(&format!("systemctl disable {unit}\n")),
+            Some(true) if !is_enabled => script.push_str(&format!("systemctl enable{reload} {unit}\n")),
+            Some(false) if is_enabled => script.push_str(&format!("systemctl disable{reload} {unit}\n")),
             _ => {}
         }
         match self.state {
