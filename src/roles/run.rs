@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::checks::{self, CheckResult};
 use super::modules::{self, Host, Outcome, TaskError};
-use super::session::{Made, Session};
+use super::session::{Made, Query, Session};
 use super::{Role, Task, Variables};
 use crate::ssh::{Connection, Facts, Login};
 use kstack_project::roles::checks::Check;
@@ -337,9 +337,7 @@ impl RoleRun<'_> {
             }
         }
         let connection = self.on.connection;
-        if self.session.wanted() {
-            self.session.prefetch(connection, queries(ahead)).await;
-        }
+        self.session.prefetch(connection, queries(ahead)).await;
         let host = Host { connection, facts: self.on.facts, check: self.on.check, session: self.session, task: self.done.len() };
         let report = judge(&host, &self.role.name, task, prepared, handler).await;
         if report.status == TaskStatus::Failed && connection.is_closed() {
@@ -405,12 +403,14 @@ impl RoleRun<'_> {
     }
 }
 
-/// The queries of the tasks in `ahead`, once each.
-fn queries(ahead: &[&Prepared]) -> Vec<String> {
-    let mut queries: Vec<String> = Vec::new();
+/// The queries of the tasks in `ahead`, once each, with what they read.
+fn queries(ahead: &[&Prepared]) -> Vec<Query> {
+    let mut queries: Vec<Query> = Vec::new();
     for prepared in ahead {
         if let Ok(Some(module)) = prepared {
-            queries.extend(modules::query(module).filter(|q| !queries.contains(q)));
+            if let Some(query) = modules::query(module).filter(|q| !queries.iter().any(|(known, _)| known == q)) {
+                queries.push((query, modules::reads(module)));
+            }
         }
     }
     queries

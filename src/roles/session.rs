@@ -2,8 +2,8 @@
 //! queued to be made together. A role's tasks are judged against what was fetched; their
 //! changes wait in a queue until a later task would read something a queued change touches
 //! (see [`Touch`]), or the role ends. Then one command makes the queued changes in order and,
-//! when they all succeeded, reads the tasks ahead again, so a later task judges the host as
-//! the earlier ones left it.
+//! when they all succeeded, reads again what they touched of the tasks ahead, so a later task
+//! judges the host as the earlier ones left it; what they did not touch stays as fetched.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,10 +14,13 @@ use crate::ssh::{write_script, Connection, Output, SshError};
 #[derive(Default)]
 pub(crate) struct Session(Mutex<State>);
 
+/// A query of a task ahead: its script, and what it reads.
+pub(crate) type Query = (String, Vec<Touch>);
+
 #[derive(Default)]
 struct State {
-    /// Query results by script, valid until the next change is made.
-    fetched: HashMap<String, Output>,
+    /// Query results by script, with what each read: valid until a change touches that.
+    fetched: HashMap<String, (Output, Vec<Touch>)>,
     /// Changes queued, in the order the tasks asked for them.
     queued: Vec<Change>,
 }
@@ -54,14 +57,15 @@ impl Session {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A query's fetched result, if it was fetched since the last change.
+    /// A query's fetched result, if no change since touched what it read.
     pub(crate) fn fetched(&self, script: &str) -> Option<Output> {
-        self.state().fetched.get(script).cloned()
+        self.state().fetched.get(script).map(|(output, _)| output.clone())
     }
 
-    /// Whether nothing is fetched: the tasks ahead should be read in one batch.
-    pub(crate) fn wanted(&self) -> bool {
-        self.state().fetched.is_empty()
+    /// The queries of `ahead` not fetched.
+    fn missing(&self, ahead: Vec<Query>) -> Vec<Query> {
+        let state = self.state();
+        ahead.into_iter().filter(|(script, _)| !state.fetched.contains_key(script)).collect()
     }
 
     pub(crate) fn queue(&self, change: Change) {
@@ -85,9 +89,10 @@ impl Session {
         state.queued.clear();
     }
 
-    /// Reads `queries` in one round trip, when that saves one. On failure each task queries
-    /// for itself (a dropped connection shows there).
-    pub(crate) async fn prefetch(&self, connection: &Connection, queries: Vec<String>) {
+    /// Reads the queries of `ahead` not fetched yet in one round trip, when that saves one. On
+    /// failure each task queries for itself (a dropped connection shows there).
+    pub(crate) async fn prefetch(&self, connection: &Connection, ahead: Vec<Query>) {
+        let queries = self.missing(ahead);
         if queries.len() < 2 {
             return;
         }
@@ -99,18 +104,21 @@ impl Session {
         }
     }
 
-    /// Makes the queued changes in one round trip and, when all succeed, reads `queries` after
-    /// them in the same one. With nothing queued it does nothing.
-    pub(crate) async fn make_changes(&self, connection: &Connection, queries: Vec<String>) -> Result<Made, SshError> {
+    /// Makes the queued changes in one round trip and, when all succeed, reads in the same one
+    /// the queries of `ahead` they touched (or that were never fetched). With nothing queued it
+    /// does nothing.
+    pub(crate) async fn make_changes(&self, connection: &Connection, ahead: Vec<Query>) -> Result<Made, SshError> {
         let changes = {
             let mut state = self.state();
             if state.queued.is_empty() {
-                // What was fetched still holds.
                 return Ok(Made::All);
             }
-            state.fetched.clear();
-            std::mem::take(&mut state.queued)
+            let changes = std::mem::take(&mut state.queued);
+            let touched = |reads: &[Touch]| changes.iter().any(|c| c.touches.iter().any(|t| reads.iter().any(|r| t.affects(r))));
+            state.fetched.retain(|_, (_, reads)| !touched(reads));
+            changes
         };
+        let queries = self.missing(ahead);
         let input: Vec<u8> = changes
             .iter()
             .flat_map(|c| match &c.step {
@@ -140,8 +148,8 @@ impl Session {
         Ok(Made::All)
     }
 
-    fn keep(&self, queries: Vec<String>, results: impl IntoIterator<Item = Output>) {
-        self.state().fetched.extend(queries.into_iter().zip(results));
+    fn keep(&self, queries: Vec<Query>, results: impl IntoIterator<Item = Output>) {
+        self.state().fetched.extend(queries.into_iter().zip(results).map(|((script, reads), output)| (script, (output, reads))));
     }
 }
 
@@ -156,7 +164,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(changes: &[Change], queries: &[String]) -> Batch {
+    fn new(changes: &[Change], queries: &[Query]) -> Batch {
         let marker = format!("kstack-{:032x}", rand::random::<u128>());
         let mut script = format!(
             "m={marker}\n\
@@ -173,7 +181,7 @@ impl Batch {
                 }
             }
         }
-        for query in queries {
+        for (query, _) in queries {
             script.push_str(&format!("q {}\n", quote(query)));
         }
         Batch { script, marker }
@@ -205,7 +213,7 @@ mod tests {
     fn a_batch_frames_each_step_and_stops_at_a_failed_change() {
         let change = |script: &str| Change { task: 0, step: Step::Script(script.to_owned()), what: String::new(), touches: Vec::new() };
         let changes = [change("printf made"), change("echo broken >&2; exit 4"), change("echo never")];
-        let batch = Batch::new(&changes, &[String::from("echo query")]);
+        let batch = Batch::new(&changes, &[(String::from("echo query"), Vec::new())]);
         let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
         let output = Output {
             status: 0,
@@ -215,7 +223,7 @@ mod tests {
         let results: Vec<(u32, String, String)> = batch.results(&output).into_iter().map(|o| (o.status, o.stdout, o.stderr)).collect();
         assert_eq!(results, [(0, "made".into(), String::new()), (4, String::new(), "broken\n".into())]);
 
-        let queries = [String::from("printf 'a\\nb\\n'"), String::from("true"), String::from("echo oops >&2; false")];
+        let queries = ["printf 'a\\nb\\n'", "true", "echo oops >&2; false"].map(|q| (q.to_owned(), Vec::new()));
         let batch = Batch::new(&[], &queries);
         let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
         let output = Output {

@@ -4,17 +4,18 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// Shell builtins where they do (files under /proc, `read`), a process only where none does.
 pub(super) const SCRIPT: &str = r#". /etc/os-release 2>/dev/null
 echo "os_id=$ID"
 echo "os_version=$VERSION_ID"
 echo "os_codename=$VERSION_CODENAME"
-echo "kernel=$(uname -r)"
+read -r kernel < /proc/sys/kernel/osrelease; echo "kernel=$kernel"
 echo "arch=$(uname -m)"
 echo "cpus=$(nproc)"
-echo "memory_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+while read -r key value _; do [ "$key" = MemTotal: ] && echo "memory_kib=$value" && break; done < /proc/meminfo
 echo "virtualization=$(systemd-detect-virt 2>/dev/null || echo none)"
 echo "container=$(systemd-detect-virt --container 2>/dev/null || echo none)"
-echo "hostname=$(hostname)""#;
+read -r hostname < /proc/sys/kernel/hostname; echo "hostname=$hostname""#;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Facts {

@@ -243,6 +243,9 @@ impl Connection {
         let config = Arc::new(client::Config {
             inactivity_timeout: Some(Duration::from_secs(300)),
             keepalive_interval: Some(Duration::from_secs(30)),
+            // Commands are small messages each waiting on the last: with Nagle's algorithm on,
+            // each waited out the peer's delayed ACK (about 40 ms a command).
+            nodelay: true,
             ..Default::default()
         });
         let refusal = Arc::new(std::sync::Mutex::new(None));
