@@ -233,3 +233,42 @@ fn a_change_that_fails_among_others_stops_the_host_at_its_own_task() {
     assert_eq!(std::fs::read_to_string(node.file("/etc/halting/before")).unwrap(), "made\n");
     assert!(!node.file("/etc/halting/after").exists(), "nothing ran after the failure");
 }
+
+/// A unit systemd never had is loaded from its new file when started, so no daemon-reload is
+/// spent on it; a changed unit file is reloaded and the unit restarted on the new one.
+#[test]
+fn a_new_unit_starts_without_a_reload_and_a_changed_one_runs_its_new_file() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let role = |version: &str| {
+        let unit = format!(
+            "[Service]\\nExecStart=/bin/sh -c 'echo {version} > /run/probe-version; exec sleep infinity'\\n[Install]\\nWantedBy=multi-user.target\\n"
+        );
+        role_dir(
+            "probe",
+            &format!(
+                "tasks:\n  - name: probe unit\n    systemd_unit: {{ name: probe.service, content: \"{unit}\", enabled: true, state: started }}\n"
+            ),
+        )
+    };
+    let reloads = || node.exec("journalctl -q -o cat -u init.scope 2>/dev/null | grep -c 'Reloading' || true");
+    let count = |output: std::process::Output| String::from_utf8_lossy(&output.stdout).trim().parse::<u32>().unwrap_or(0);
+    let before = count(reloads());
+    let first = Runner::new(&key, role("v1").path(), &["probe"], Variables::new());
+    assert_eq!(failures(&first.converge(&[&node], false)[0]), Vec::<String>::new());
+    assert_eq!(node_file(&node, "/run/probe-version"), "v1\n");
+    assert_eq!(count(reloads()), before, "no daemon-reload for a unit systemd never had");
+
+    let second = Runner::new(&key, role("v2").path(), &["probe"], Variables::new());
+    let report = &second.converge(&[&node], false)[0];
+    assert_eq!(statuses(report), [("probe unit".to_owned(), TaskStatus::Changed)]);
+    assert_eq!(node_file(&node, "/run/probe-version"), "v2\n", "restarted on the new file");
+    assert!(count(reloads()) > before, "a changed unit file is reloaded");
+    let stale = node.exec("systemctl show -p NeedDaemonReload --value probe.service");
+    assert_eq!(String::from_utf8_lossy(&stale.stdout).trim(), "no");
+}
+
+/// A file of the node as the node sees it (`/run` is the node's own tmpfs, not its layer).
+fn node_file(node: &Node, path: &str) -> String {
+    String::from_utf8_lossy(&node.exec(&format!("cat {path}")).stdout).into_owned()
+}
