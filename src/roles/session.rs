@@ -207,31 +207,25 @@ impl Batch {
 mod tests {
     use super::*;
 
-    /// The batch's framing, run by the `sh` nodes have: outputs with and without a final
-    /// newline, empty ones, errors, and a failing change that stops the rest.
+    /// Runs `batch` with the local `sh`, as a node's would: each step's status, output, errors.
+    fn run(batch: &Batch) -> Vec<(u32, String, String)> {
+        let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let output = Output { status: 0, stdout: text(&run.stdout), stderr: text(&run.stderr) };
+        batch.results(&output).into_iter().map(|o| (o.status, o.stdout, o.stderr)).collect()
+    }
+
+    /// The batch's framing: outputs with and without a final newline, empty ones, errors, and
+    /// a failing change that stops the rest.
     #[test]
     fn a_batch_frames_each_step_and_stops_at_a_failed_change() {
         let change = |script: &str| Change { task: 0, step: Step::Script(script.to_owned()), what: String::new(), touches: Vec::new() };
         let changes = [change("printf made"), change("echo broken >&2; exit 4"), change("echo never")];
         let batch = Batch::new(&changes, &[(String::from("echo query"), Vec::new())]);
-        let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
-        let output = Output {
-            status: 0,
-            stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
-        };
-        let results: Vec<(u32, String, String)> = batch.results(&output).into_iter().map(|o| (o.status, o.stdout, o.stderr)).collect();
-        assert_eq!(results, [(0, "made".into(), String::new()), (4, String::new(), "broken\n".into())]);
+        assert_eq!(run(&batch), [(0, "made".into(), String::new()), (4, String::new(), "broken\n".into())]);
 
         let queries = ["printf 'a\\nb\\n'", "true", "echo oops >&2; false"].map(|q| (q.to_owned(), Vec::new()));
         let batch = Batch::new(&[], &queries);
-        let run = std::process::Command::new("sh").arg("-c").arg(&batch.script).output().unwrap();
-        let output = Output {
-            status: 0,
-            stdout: String::from_utf8_lossy(&run.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&run.stderr).into_owned(),
-        };
-        let results: Vec<(u32, String, String)> = batch.results(&output).into_iter().map(|o| (o.status, o.stdout, o.stderr)).collect();
-        assert_eq!(results, [(0, "a\nb\n".into(), String::new()), (0, String::new(), String::new()), (1, String::new(), "oops\n".into())]);
+        assert_eq!(run(&batch), [(0, "a\nb\n".into(), String::new()), (0, String::new(), String::new()), (1, String::new(), "oops\n".into())]);
     }
 }
