@@ -58,14 +58,17 @@ impl Converge for KernelCmdline {
         let mut notes = vec![String::from("takes effect at the next boot")];
         if !host.check {
             host.write_file(GRUB, wanted.as_bytes(), 0o644, "root", "root");
+            // Debian's and Ubuntu's mark for "reboot to finish": the bake reboots its builder on
+            // it, unattended-upgrades' reboot guard reboots a node in its slot. A container's
+            // kernel is its host's: no reboot of its own changes the command line.
+            let mut script = String::from(if host.facts.container { "" } else { "touch /var/run/reboot-required\n" });
             if update_grub.trim().is_empty() {
                 notes.push(String::from("update-grub is not installed here: only /etc/default/grub was changed"));
             } else {
-                // Debian's and Ubuntu's mark for "reboot to finish": the bake reboots its builder
-                // on it, unattended-upgrades' reboot guard reboots a node in its slot. A
-                // container's kernel is its host's: no reboot of its own changes the command line.
-                let mark = if host.facts.container { "" } else { "touch /var/run/reboot-required; " };
-                host.must(format!("{mark}update-grub 2>&1"), "update-grub", vec![Touch::tree("/boot"), Touch::path("/var/run/reboot-required")]);
+                script.push_str("update-grub 2>&1\n");
+            }
+            if !script.is_empty() {
+                host.must(script, "update-grub", vec![Touch::tree("/boot"), Touch::path("/var/run/reboot-required")]);
             }
         }
         Ok(Outcome { diffs, content_diff: None, notes })
