@@ -83,7 +83,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment.name, &checked.environment.state)?)?));
-    let steps = Arc::new(StepProgress::new("bake"));
+    // With --json the run is for a machine: plain lines only.
+    let steps = Arc::new(StepProgress::new("bake", !args.json));
     let shown = Arc::clone(&steps);
     let progress: crate::bake::Progress = Arc::new(move |line: &str| shown.step(line));
     if args.cleanup {

@@ -187,8 +187,10 @@ pub(super) struct StepProgress {
 }
 
 impl StepProgress {
-    pub(super) fn new(prefix: &'static str) -> StepProgress {
-        let bar = ProgressBar::with_draw_target(None, draw_target());
+    /// `live` false keeps it to plain lines even on a terminal (`--json`).
+    pub(super) fn new(prefix: &'static str, live: bool) -> StepProgress {
+        let target = if live { draw_target() } else { ProgressDrawTarget::hidden() };
+        let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(style("{spinner} [{elapsed_precise}] {wide_msg}"));
         bar.enable_steady_tick(TICK);
         StepProgress { bar, prefix }
