@@ -86,15 +86,14 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
         // A zone that does not exist holds nothing of the environment (planning says so).
         let Some(id) = zone_id(cloud, zone).await? else { continue };
         let sets = record_sets(cloud, &id).await?;
-        let by_name: BTreeMap<(String, String), &ResourceRecordSet> =
-            sets.iter().map(|s| ((normal(s.name()), s.r#type().as_str().to_owned()), s)).collect();
+        // Each record by the name its owner record would have.
+        let by_owner: BTreeMap<String, &ResourceRecordSet> = sets.iter().map(|s| (owner_name(&normal(s.name()), s.r#type().as_str()), s)).collect();
         for owner in sets.iter().filter(|s| *s.r#type() == RrType::Txt && normal(s.name()).starts_with("_kstack-")) {
             let tags = owner_tags(owner.resource_records().first().map_or("", ResourceRecord::value));
             if tags.get(TAG_ENVIRONMENT).map(String::as_str) != Some(cloud.environment()) {
                 continue;
             }
-            let record = by_name.values().find(|s| owner_name(&normal(s.name()), s.r#type().as_str()) == normal(owner.name()));
-            let Some(record) = record else { continue };
+            let Some(record) = by_owner.get(&normal(owner.name())) else { continue };
             let (name, record_type) = (normal(record.name()), record.r#type().as_str().to_owned());
             let mut attributes = json!({ "zone": zone, "name": name, "type": record_type });
             match record.alias_target() {

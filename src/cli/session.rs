@@ -207,8 +207,9 @@ impl Session {
             store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         }
         let destroy = compiled.is_none();
+        let cloud = Cloud::connect(&region, state.owner()).await;
         if let Some((compiled, sources)) = &compiled {
-            check_dns_zones(&Cloud::connect(&region, state.owner()).await, &compiled.checked.environment, sources).await?;
+            check_dns_zones(&cloud, &compiled.checked.environment, sources).await?;
         }
         let (mut graph, images, model) = match compiled {
             Some((compiled, _)) => (compiled.graph, compiled.images, Some(compiled.checked.environment)),
@@ -221,7 +222,7 @@ impl Session {
             crate::resource::Spec::DnsRecord { zone, .. } => Some(zone.as_str()),
             _ => None,
         });
-        let cloud = Cloud::connect(&region, state.owner()).await.with_dns_zones(wanted_zones.chain(state.dns_zones()));
+        let cloud = cloud.with_dns_zones(wanted_zones.chain(state.dns_zones()));
         let names = image_names(&graph);
         if !names.is_empty() {
             let amis = resolve_named_images(project, &images, &cloud, &names).await?;

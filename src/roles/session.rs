@@ -35,6 +35,13 @@ pub(crate) struct Change {
     pub touches: Vec<Touch>,
 }
 
+impl Change {
+    /// Whether it can alter what a query reading `reads` found.
+    fn affects(&self, reads: &[Touch]) -> bool {
+        self.touches.iter().any(|t| reads.iter().any(|r| t.affects(r)))
+    }
+}
+
 pub(crate) enum Step {
     Script(String),
     Write { path: String, content: Vec<u8>, mode: u32, owner: String, group: String },
@@ -79,7 +86,7 @@ impl Session {
 
     /// Whether a queued change touches anything in `reads`: the task reading it must wait.
     pub(crate) fn conflicts(&self, reads: &[Touch]) -> bool {
-        self.state().queued.iter().any(|change| change.touches.iter().any(|t| reads.iter().any(|r| t.affects(r))))
+        self.state().queued.iter().any(|change| change.affects(reads))
     }
 
     /// After a dropped connection: what it fetched is stale and what it queued is unknown.
@@ -114,8 +121,7 @@ impl Session {
                 return Ok(Made::All);
             }
             let changes = std::mem::take(&mut state.queued);
-            let touched = |reads: &[Touch]| changes.iter().any(|c| c.touches.iter().any(|t| reads.iter().any(|r| t.affects(r))));
-            state.fetched.retain(|_, (_, reads)| !touched(reads));
+            state.fetched.retain(|_, (_, reads)| !changes.iter().any(|c| c.affects(reads)));
             changes
         };
         let queries = self.missing(ahead);
