@@ -78,7 +78,9 @@ pub(super) async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&Inst
         let why: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
         return Err(RollError::HookTemplate { hook: which, problems: why });
     };
-    (roll.progress)(super::RollEvent::step(roll.aws_name, format!("{which} hook: {command}")));
+    let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
+    // The roll waits on the hook as it does on AWS: the live line says so until the next step.
+    (roll.progress)(super::RollEvent::waiting(roll.aws_name, format!("the {which} hook{on}: {command}")));
     // Its own process group, so a timeout ends whatever the hook started, not only `sh`.
     let child = tokio::process::Command::new("sh")
         .arg("-c")
@@ -90,7 +92,6 @@ pub(super) async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&Inst
         .spawn()
         .map_err(|error| RollError::HookNotRun { hook: which, error })?;
     let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
-    let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
     let output = match tokio::time::timeout(Duration::from_secs(*timeout_seconds), child.wait_with_output()).await {
         Ok(output) => output.map_err(|error| RollError::HookNotRun { hook: which, error })?,
         Err(_) => {

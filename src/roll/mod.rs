@@ -94,7 +94,7 @@ pub enum RollEvent {
 }
 
 impl RollEvent {
-    fn waiting(group: &str, what: String) -> RollEvent {
+    pub(super) fn waiting(group: &str, what: String) -> RollEvent {
         RollEvent::Waiting { group: group.to_owned(), what }
     }
 

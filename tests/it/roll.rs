@@ -717,7 +717,10 @@ fn a_roll_in_a_terminal_shows_each_group_live_and_clears_it_at_the_end() {
     assert!(last.contains("kstack-exit=0"), "{last}");
     // The live line: the group, its batch, the instances in flight, the floor, the time so far.
     let live: Vec<&str> = screens.iter().flat_map(|s| s.lines()).filter(|l| !l.starts_with("roll: ") && l.contains(" batch ")).collect();
-    let waiting = live.iter().find(|l| l.contains("replacing i-") && l.contains("at least 2 in service") && l.contains("waiting for "));
+    // The hook sleeps 3 s, so the screen is sampled many times while the roll waits on it.
+    let waiting = live
+        .iter()
+        .find(|l| l.contains("replacing i-") && l.contains("at least 2 in service") && l.contains("waiting for the readiness hook for i-"));
     assert!(waiting.is_some_and(|l| l.contains("[00:0")), "no live line with the batch, the floor and the wait: {live:?}");
     // Finished steps stay above it as lines.
     assert!(last.lines().any(|l| l.starts_with("roll: ") && l.contains(": batch 1/2: replacing i-")), "{last}");
