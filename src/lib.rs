@@ -14,6 +14,7 @@ pub mod compile;
 pub mod graph;
 pub mod identity;
 pub mod naming;
+pub mod node_keys;
 pub mod outputs;
 pub mod plan;
 pub mod reboots;

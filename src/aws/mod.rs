@@ -8,6 +8,7 @@
 mod auto_scaling_group;
 mod calls;
 pub mod clock;
+pub mod console;
 mod dns_record;
 mod error;
 mod iam;

@@ -35,9 +35,6 @@ find /var/log -type f -exec truncate -s 0 {} +
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys /root/.bash_history /home/*/.bash_history
 sync";
 
-/// How often the builder's console output is read while waiting for its host keys.
-const CONSOLE_POLL: Duration = Duration::from_secs(5);
-
 fn tags(pairs: &[(String, String)]) -> Vec<Tag> {
     pairs.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
@@ -346,26 +343,26 @@ impl Baking<'_> {
         let known_hosts = self.scratch.join("known_hosts");
         let wait = self.options.host_key_wait;
         self.step(&format!("builder {instance} at {address}: waiting up to {}s for its console to show its SSH host keys", wait.as_secs()));
-        let host_key = match host_keys_from_console(self.cloud, instance, address, wait).await {
-            Some(from_console) => {
-                std::fs::write(&known_hosts, from_console).map_err(local("writing the builder's known_hosts"))?;
-                self.step(&format!("builder {instance} at {address}: host keys taken from its console output"));
-                HostKeyTrust::VerifiedFromConsole
-            }
-            None => {
-                self.step(&format!(
-                    "builder {instance} at {address}: its console showed no SSH host keys within {}s, so the first key seen \
-                     is trusted (the manifest says host_key: trusted-on-first-use)",
-                    wait.as_secs()
-                ));
-                HostKeyTrust::TrustedOnFirstUse
-            }
+        let mut host_keys = HostKeys { path: known_hosts, trust_on_first_use: false };
+        let from_console = crate::aws::console::host_keys(self.cloud, instance, wait).await;
+        let host_key = if from_console.is_empty() {
+            self.step(&format!(
+                "builder {instance} at {address}: its console showed no SSH host keys within {}s, so the first key seen \
+                 is trusted (the manifest says host_key: trusted-on-first-use)",
+                wait.as_secs()
+            ));
+            host_keys.trust_on_first_use = true;
+            HostKeyTrust::TrustedOnFirstUse
+        } else {
+            host_keys.record(address, 22, &from_console).map_err(BakeError::Ssh)?;
+            self.step(&format!("builder {instance} at {address}: host keys taken from its console output"));
+            HostKeyTrust::VerifiedFromConsole
         };
         let login = Login {
             user: self.image.ssh_user.clone(),
             key: LoginKey::InMemory(Arc::clone(self.key)),
             port: 22,
-            host_keys: HostKeys { path: known_hosts, trust_on_first_use: host_key == HostKeyTrust::TrustedOnFirstUse },
+            host_keys,
             connect_timeout: Duration::from_secs(10),
             bastion: None,
         };
@@ -483,60 +480,6 @@ fn local_address_towards(address: &str) -> std::io::Result<std::net::IpAddr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
     socket.connect((address, 22))?;
     Ok(socket.local_addr()?.ip())
-}
-
-/// known_hosts lines for the builder from the host keys cloud-init prints to its console,
-/// read every few seconds until they show or `wait` runs out: AWS posts console output
-/// minutes after an instance starts.
-async fn host_keys_from_console(cloud: &Cloud, instance: &str, address: &str, wait: Duration) -> Option<String> {
-    let deadline = Instant::now() + wait;
-    // The latest output rather than the last snapshot, where the instance type offers it.
-    let mut latest = true;
-    loop {
-        match cloud.ec2.get_console_output().instance_id(instance).latest(latest).send().await {
-            Ok(output) => {
-                let text = output
-                    .output()
-                    .and_then(|o| aws_smithy_types::base64::decode(o).ok())
-                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-                    .unwrap_or_default();
-                let lines = known_hosts_from_console(&text, address);
-                if !lines.is_empty() {
-                    return Some(lines);
-                }
-            }
-            Err(error) if latest => {
-                tracing::debug!("the latest console output is not offered, reading the last snapshot: {error}");
-                latest = false;
-                continue;
-            }
-            Err(error) => tracing::warn!("reading the builder's console output failed, will retry: {error}"),
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        tokio::time::sleep(left.min(CONSOLE_POLL)).await;
-    }
-}
-
-/// The host keys cloud-init prints between its `SSH HOST KEY KEYS` markers, as known_hosts
-/// lines for `address`.
-fn known_hosts_from_console(console: &str, address: &str) -> String {
-    let Some(block) = console.split("-----BEGIN SSH HOST KEY KEYS-----").nth(1) else { return String::new() };
-    block
-        .split("-----END SSH HOST KEY KEYS-----")
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            let (kind, key) = (parts.next()?, parts.next()?);
-            // Only real keys: anything else in the block would make the file unreadable.
-            russh::keys::PublicKey::from_openssh(&format!("{kind} {key}")).ok()?;
-            Some(format!("{address} {kind} {key}\n"))
-        })
-        .collect()
 }
 
 async fn wait_for_ssh(address: &str, login: &Login, timeout: Duration) -> Result<Connection, BakeError> {
@@ -708,26 +651,4 @@ pub async fn cleanup_leftovers(cloud: &Cloud, progress: &Progress) -> Result<usi
         }
     }
     remove(cloud, &found.only(|l| !matches!(l.standing, Standing::Running { .. })), progress).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::known_hosts_from_console;
-
-    #[test]
-    fn host_keys_are_read_from_cloud_init_console_output() {
-        const ECDSA: &str = "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBLcYusF7VSz+NqAjzlRRk5u1KU1bQnuLwAr5rpngsW5m/F3gigPCLdWMB1Xu8c/j5Hm8VbY3LWI1tD3M5pJKI3M=";
-        const ED25519: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-        let console = format!(
-            "[  12.3] cloud-init[912]: Cloud-init v. 0.7.9 running\n\
-            -----BEGIN SSH HOST KEY KEYS-----\n\
-            ecdsa-sha2-nistp256 {ECDSA} root@ip-10-0-0-5\n\
-            ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 cut-short-by-a-garbled-console\n\
-            ssh-ed25519 {ED25519} root@ip-10-0-0-5\n\
-            -----END SSH HOST KEY KEYS-----\n\
-            [  13.0] cloud-init[912]: finished\n"
-        );
-        assert_eq!(known_hosts_from_console(&console, "10.0.0.5"), format!("10.0.0.5 ecdsa-sha2-nistp256 {ECDSA}\n10.0.0.5 ssh-ed25519 {ED25519}\n"));
-        assert_eq!(known_hosts_from_console("no keys printed", "10.0.0.5"), "");
-    }
 }

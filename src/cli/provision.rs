@@ -9,6 +9,7 @@ use owo_colors::OwoColorize;
 
 use crate::aws::{running_instances, Cloud};
 use crate::model::{ImageRef, Project};
+use crate::node_keys::{record_from_consoles, FromConsole};
 use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
 use crate::ssh::{HostKeys, Login, LoginKey, NodeAccess};
 
@@ -62,10 +63,16 @@ pub(super) struct SshArgs {
     #[arg(long, value_name = "FILE", default_value = "~/.ssh/known_hosts")]
     known_hosts: String,
 
-    /// Record the key of a host that has no key in the known_hosts file instead of refusing
-    /// it. A host with a recorded key, of any type, that offers another is always refused.
+    /// Record the key of a host that has no key in the known_hosts file, and whose console
+    /// output shows none, instead of refusing it. A host with a recorded key, of any type,
+    /// that offers another is always refused.
     #[arg(long)]
     trust_new_hosts: bool,
+
+    /// Wait up to this long for a new node's console output to show its SSH host keys (EC2
+    /// posts it a few minutes after boot).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    host_key_wait: u64,
 
     /// Reach instances by their public addresses instead of their private ones.
     #[arg(long)]
@@ -90,6 +97,31 @@ impl SshArgs {
                 bastion: self.bastion.clone(),
             },
         }
+    }
+}
+
+impl SshArgs {
+    /// Before connecting: records the host keys their console output shows for the nodes,
+    /// `(instance, address)`, the known_hosts file has no key for, and says what it found.
+    pub(super) async fn record_console_host_keys(&self, cloud: &Cloud, nodes: &[(String, String)]) -> Result<(), Failure> {
+        let access = self.access();
+        let wait = Duration::from_secs(self.host_key_wait);
+        let found = record_from_consoles(cloud, nodes, &access.login.host_keys, access.login.port, wait)
+            .await
+            .map_err(|e| super::fail(&e.to_string(), Some("fix or name another file with --known-hosts")))?;
+        for FromConsole { instance, address, keys } in found {
+            match (keys, self.trust_new_hosts) {
+                (0, false) => term::warning(&format!(
+                    "{instance} ({address}): its console output shows no SSH host keys, so it is refused; wait for them with \
+                     --host-key-wait, record its key after checking it out of band, or pass --trust-new-hosts"
+                )),
+                (0, true) => term::errln(format_args!(
+                    "{instance} ({address}): its console output shows no SSH host keys; the first key it offers is trusted (--trust-new-hosts)"
+                )),
+                (keys, _) => term::errln(format_args!("{instance} ({address}): {keys} host key(s) taken from its console output")),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -152,6 +184,7 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
     let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
     let access = targets.ssh.access();
     let mut work = Vec::new();
+    let mut all_nodes = Vec::new();
     for group in &environment.node_groups {
         let name = &group.name.value;
         if !targets.groups.is_empty() && !targets.groups.contains(name) {
@@ -163,18 +196,21 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
         };
         // Loaded with the environment, which stops on problems.
         let Some(LoadedImage { image, roles }) = compiled.images.get(image_name) else { continue };
-        let hosts: Vec<String> = instances
+        let nodes: Vec<(String, String)> = instances
             .iter()
             .filter(|i| &i.group == name)
             .filter_map(|i| {
                 let address = access.address(i.private_ip.as_deref(), i.public_ip.as_deref())?;
                 let wanted = targets.limit.is_empty() || targets.limit.iter().any(|l| *l == address || *l == i.id);
-                wanted.then_some(address)
+                wanted.then(|| (i.id.clone(), address))
             })
             .collect();
+        let hosts = nodes.iter().map(|(_, address)| address.clone()).collect();
+        all_nodes.extend(nodes);
         let variables = crate::variables::for_roles(image, environment, group);
         work.push(GroupWork { hosts, roles: roles.clone(), variables, ssh_user: image.ssh_user.clone() });
     }
+    runtime.block_on(targets.ssh.record_console_host_keys(&cloud, &all_nodes))?;
     let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
     if hosts == 0 {
         term::error(

@@ -90,6 +90,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         }
         return Ok(());
     }
+    runtime.block_on(args.ssh.record_console_host_keys(&cloud, &slot_nodes(&planned)))?;
     let written = runtime
         .block_on(put_in_force(&cloud, environment, &ssh_users(environment, &compiled.images), &planned, &access, usize::from(args.forks)))
         .map_err(|e| fail(&e.to_string(), Some(e.hint())))?;
@@ -110,6 +111,11 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         None => Ok(()),
         Some(message) => Err(fail(&message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times"))),
     }
+}
+
+/// The scheduled nodes SSH can reach: instance and address.
+fn slot_nodes(planned: &Planned) -> Vec<(String, String)> {
+    planned.schedule.slots.iter().filter_map(|s| Some((s.instance.clone(), s.address.clone()?))).collect()
 }
 
 /// Each unreached node, as an error.
@@ -163,6 +169,9 @@ pub(super) async fn fold_in_new_nodes(
             )),
             Err(error) => term::warning(&format!("reboot schedule not updated: {error}")),
         };
+    }
+    if ssh.record_console_host_keys(cloud, &slot_nodes(&planned)).await.is_err() {
+        return term::warning(&format!("reboot schedule: {new} new node(s) not folded in: the known_hosts file cannot be used"));
     }
     let written = put_in_force(cloud, environment, &ssh_users(environment, images), &planned, &access, 10).await;
     if let Ok(written) = &written {

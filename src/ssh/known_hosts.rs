@@ -3,6 +3,8 @@
 //! refused, even with trust on first use, and a file that cannot be read or parsed trusts
 //! no host at all.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -60,8 +62,36 @@ impl HostKeys {
         if !self.trust_on_first_use {
             return Err(SshError::HostKeyUnknown { host: host.to_owned(), known_hosts: self.path.clone() });
         }
-        russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path)
-            .map_err(|e| SshError::Protocol { host: host.to_owned(), message: format!("cannot record its host key in {}: {e}", self.path.display()) })
+        russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path).map_err(|e| self.unwritable(host, e))
+    }
+
+    /// Whether the file records a key for the host (a revoked one or an authority is none).
+    pub fn knows(&self, host: &str, port: u16) -> Result<bool, SshError> {
+        let name = host_name(host, port);
+        Ok(self.read()?.iter().any(|r| r.entry.marker().is_none() && names(r.entry.host_patterns(), &name)))
+    }
+
+    /// Records `keys` for a host the file has no key for, as vouched for out of band (an
+    /// instance's console output); a host it knows keeps its keys, to be checked against them.
+    pub fn record(&self, host: &str, port: u16, keys: &[PublicKey]) -> Result<(), SshError> {
+        let _one_at_a_time = CHECKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if keys.is_empty() || self.knows(host, port)? {
+            return Ok(());
+        }
+        let name = host_name(host, port);
+        // A last line without its newline would otherwise run into the first one added.
+        let unended = std::fs::read(&self.path).is_ok_and(|text| text.last().is_some_and(|last| *last != b'\n'));
+        let mut lines = String::from(if unended { "\n" } else { "" });
+        for key in keys {
+            let key = key.to_openssh().map_err(|e| self.unwritable(host, e))?;
+            lines.push_str(&format!("{name} {}\n", key.trim()));
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).map_err(|e| self.unwritable(host, e))?;
+        file.write_all(lines.as_bytes()).map_err(|e| self.unwritable(host, e))
+    }
+
+    fn unwritable(&self, host: &str, error: impl std::fmt::Display) -> SshError {
+        SshError::Protocol { host: host.to_owned(), message: format!("cannot record its host key in {}: {error}", self.path.display()) }
     }
 
     /// The file's key lines; a missing file has none.
@@ -208,6 +238,24 @@ mod tests {
         let text = std::fs::read_to_string(&keys.path).unwrap();
         assert!(text.ends_with(&format!("10.0.0.7 ecdsa-sha2-nistp256 {ECDSA}\n")), "{text}");
         HostKeys { trust_on_first_use: false, ..keys.clone() }.check("10.0.0.7", 22, &key(ECDSA)).unwrap();
+    }
+
+    #[test]
+    fn keys_vouched_for_are_recorded_only_for_a_host_without_any() {
+        let (_dir, keys) = host_keys(&format!("10.0.0.5 ssh-ed25519 {ED25519}"), false);
+        keys.record("10.0.0.7", 2222, &[key(ECDSA), key(OTHER_ED25519)]).unwrap();
+        keys.check("10.0.0.7", 2222, &key(OTHER_ED25519)).unwrap();
+        keys.check("10.0.0.5", 22, &key(ED25519)).unwrap();
+        assert!(!keys.knows("10.0.0.7", 22).unwrap(), "the port is part of the name");
+        // A known host keeps its key: the one vouched for is then a changed key.
+        keys.record("10.0.0.5", 22, &[key(OTHER_ED25519)]).unwrap();
+        let error = keys.check("10.0.0.5", 22, &key(OTHER_ED25519)).unwrap_err();
+        assert!(matches!(error, SshError::HostKeyChanged { line: 1, .. }), "{error}");
+        let text = std::fs::read_to_string(&keys.path).unwrap();
+        assert_eq!(
+            text,
+            format!("10.0.0.5 ssh-ed25519 {ED25519}\n[10.0.0.7]:2222 ecdsa-sha2-nistp256 {ECDSA}\n[10.0.0.7]:2222 ssh-ed25519 {OTHER_ED25519}\n")
+        );
     }
 
     #[test]

@@ -401,16 +401,6 @@ fn a_bake_killed_at_any_step_is_finished_by_the_next_one_without_duplicates_left
     }
 }
 
-/// What cloud-init prints to the console of an instance with this public key file.
-fn console_showing(public_key: &str) -> String {
-    format!(
-        "[   11.2] cloud-init[803]: Cloud-init v. 0.7.9 running 'modules:final'\n\
-         -----BEGIN SSH HOST KEY KEYS-----\n{}\n-----END SSH HOST KEY KEYS-----\n\
-         [   11.9] cloud-init[803]: Cloud-init v. 0.7.9 finished\n",
-        public_key.trim()
-    )
-}
-
 #[test]
 fn the_builder_is_trusted_by_the_host_key_its_console_shows_and_refused_when_it_offers_another() {
     let moto = Moto::start();
@@ -431,7 +421,7 @@ fn the_builder_is_trusted_by_the_host_key_its_console_shows_and_refused_when_it_
     let node = serve(&address, &key);
     until("the bake has read the console twice", || proxy.console_reads() >= 2);
     let offered = std::fs::read_to_string(node.file("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
-    proxy.set_console_output(Some(console_showing(&offered)));
+    proxy.set_console_output(Some(kstack_testkit::faults::cloud_init_console(&offered)));
     let output = wait(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -448,7 +438,7 @@ fn the_builder_is_trusted_by_the_host_key_its_console_shows_and_refused_when_it_
     let child = bake(&["--force"]);
     let (address, key) = builder(&aws, &rt);
     let node = serve(&address, &key);
-    proxy.set_console_output(Some(console_showing(node::stale_known_hosts_line(&address).split_once(' ').unwrap().1)));
+    proxy.set_console_output(Some(kstack_testkit::faults::cloud_init_console(node::stale_known_hosts_line(&address).split_once(' ').unwrap().1)));
     let output = wait(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -10,6 +10,8 @@ struct Fleet {
     project: Project,
     key: ClientKey,
     nodes: Vec<Node>,
+    /// Each node's instance id, in the order of `nodes`.
+    instances: Vec<String>,
 }
 
 impl Fleet {
@@ -21,29 +23,35 @@ impl Fleet {
         let aws = rt.block_on(moto.clients());
         rt.block_on(aws.seed_image("node"));
         project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
-        let addresses = rt.block_on(async {
+        let addressed = rt.block_on(async {
             let described = aws.ec2.describe_instances().filters(kstack_testkit::env_filter("fleet")).send().await.unwrap();
-            let mut addresses: Vec<String> =
-                described.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.private_ip_address().map(str::to_owned)).collect();
-            addresses.sort();
-            addresses
+            let mut addressed: Vec<(String, String)> = described
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| Some((i.private_ip_address()?.to_owned(), i.instance_id()?.to_owned())))
+                .collect();
+            addressed.sort();
+            addressed
         });
-        assert_eq!(addresses.len(), 2, "{addresses:?}");
-        assert!(addresses.iter().all(|a| a.starts_with(&subnet)), "{addresses:?}");
+        assert_eq!(addressed.len(), 2, "{addressed:?}");
+        assert!(addressed.iter().all(|(a, _)| a.starts_with(&subnet)), "{addressed:?}");
         let key = ClientKey::new();
-        let nodes = addresses.iter().map(|a| Node::boot_at(&key, a)).collect();
-        Fleet { moto, project, key, nodes }
+        let nodes = addressed.iter().map(|(a, _)| Node::boot_at(&key, a)).collect();
+        let instances = addressed.into_iter().map(|(_, id)| id).collect();
+        Fleet { moto, project, key, nodes, instances }
     }
 
     fn kstack(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> assert_cmd::Command {
         let key = self.key.private();
         let known_hosts = self.key.dir.path().join("known_hosts");
-        self.project
-            .kstack(&self.moto)
-            .args(args)
-            .args(["--ssh-key", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()])
-            .output()
-            .unwrap()
+        let mut command = self.project.kstack(&self.moto);
+        command.args(args).args(["--ssh-key", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()]);
+        command
     }
 }
 
@@ -103,6 +111,51 @@ fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains(&format!("unreachable: [{}] the host key of {} has changed", fleet.nodes[0].address, fleet.nodes[0].address)), "{text}");
     assert!(text.lines().any(|l| l.starts_with(&fleet.nodes[1].address) && l.contains("failed=0 skipped=0 unreachable=0")), "{text}");
+}
+
+#[test]
+fn new_nodes_are_checked_against_the_host_keys_their_console_shows_and_never_trusted_blindly() {
+    let fleet = Fleet::start();
+    let known_hosts = fleet.key.dir.path().join("known_hosts");
+    let (shown, mismatched) = (&fleet.nodes[0], &fleet.nodes[1]);
+    // Emulator gap: moto's GetConsoleOutput never shows host keys, so this proxy answers it
+    // as EC2 does once cloud-init has printed them: the first node's own key; nothing yet for
+    // the second.
+    let proxy = kstack_testkit::faults::FaultProxy::start(&fleet.moto.endpoint, 1, 0);
+    let own_key = std::fs::read_to_string(shown.file("/etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    let consoles = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::from([(
+        fleet.instances[0].clone(),
+        kstack_testkit::faults::cloud_init_console(&own_key),
+    )])));
+    let source = std::sync::Arc::clone(&consoles);
+    proxy.set_console_source(Some(std::sync::Arc::new(move |instance: &str| source.lock().unwrap().get(instance).cloned())));
+
+    let first = fleet.command(&["provision", "fleet"]).envs(proxy.env()).output().unwrap();
+    let (text, progress) = (stdout(&first), String::from_utf8_lossy(&first.stderr).into_owned());
+    assert_eq!(first.status.code(), Some(1), "{text}{progress}");
+    assert!(progress.contains(&format!("{} ({}): 1 host key(s) taken from its console output", fleet.instances[0], shown.address)), "{progress}");
+    assert!(
+        progress.contains(&format!("{} ({}): its console output shows no SSH host keys, so it is refused", fleet.instances[1], mismatched.address)),
+        "{progress}"
+    );
+    assert!(text.lines().any(|l| l.starts_with(&shown.address) && l.contains("failed=0 skipped=0 unreachable=0")), "{text}");
+    assert!(text.contains(&format!("unreachable: [{}]", mismatched.address)), "without --trust-new-hosts it is refused: {text}");
+    assert!(!mismatched.file("/etc/app").exists(), "nothing ran on the refused node");
+    let recorded = std::fs::read_to_string(&known_hosts).unwrap();
+    assert_eq!(recorded, format!("{} {}\n", shown.address, own_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")));
+
+    // The second node's console now shows a key it does not offer: it is refused even with
+    // --trust-new-hosts, and only its console was read, the known node's not again.
+    let stale = node::stale_known_hosts_line(&mismatched.address);
+    consoles.lock().unwrap().insert(fleet.instances[1].clone(), kstack_testkit::faults::cloud_init_console(stale.split_once(' ').unwrap().1));
+    let reads = proxy.console_reads();
+    let second = fleet.command(&["provision", "fleet", "--trust-new-hosts"]).envs(proxy.env()).output().unwrap();
+    let (text, progress) = (stdout(&second), String::from_utf8_lossy(&second.stderr).into_owned());
+    assert_eq!(second.status.code(), Some(1), "{text}{progress}");
+    assert_eq!(proxy.console_reads() - reads, 1, "{progress}");
+    assert!(text.contains(&format!("unreachable: [{}] the host key of {} has changed", mismatched.address, mismatched.address)), "{text}");
+    assert!(!mismatched.file("/etc/app").exists(), "nothing ran on the refused node");
+    assert!(text.lines().any(|l| l.starts_with(&shown.address) && l.contains("changed=0 failed=0")), "{text}");
 }
 
 #[test]

@@ -490,23 +490,18 @@ fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_
         assert_eq!(running[0].image_id(), Some(ami.as_str()));
         running[0].instance_id().unwrap().to_owned()
     });
-    // Its host keys as cloud-init printed them on the console, as EC2's console output shows.
+    // Nothing is recorded for the node: verify takes its host keys from its console output,
+    // as the proxy serves what the VM printed, waiting until cloud-init has printed them (at
+    // the end of its boot, after sshd has started).
     let known_hosts = key.dir.path().join("known_hosts");
-    // cloud-init prints them at the end of its boot, after sshd has started.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let host_keys = loop {
-        let keys = cloud.with_vm(&instance, Duration::from_secs(900), |vm| vm.console_host_keys());
-        if !keys.is_empty() {
-            break keys;
-        }
-        assert!(Instant::now() < deadline, "cloud-init printed no host keys: {:#?}", cloud.events());
-        std::thread::sleep(Duration::from_secs(2));
-    };
-    std::fs::write(&known_hosts, host_keys.join("\n") + "\n").unwrap();
-
+    assert!(!known_hosts.exists());
     let private_key = key.private();
-    let ssh = ["--ssh-key", private_key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap()];
-    let verified = project.kstack(&moto).args(["verify", "fleet"]).args(ssh).output().unwrap();
+    let ssh = ["--ssh-key", private_key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap(), "--host-key-wait", "900"];
+    let verified = project.kstack(&moto).args(["verify", "fleet"]).args(ssh).envs(proxy.env()).timeout(Duration::from_secs(1200)).output().unwrap();
+    let progress = String::from_utf8_lossy(&verified.stderr);
+    assert!(progress.contains(&format!("{instance} (")) && progress.contains("host key(s) taken from its console output"), "{progress}");
+    let recorded: Vec<String> = std::fs::read_to_string(&known_hosts).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(recorded, cloud.with_vm(&instance, Duration::ZERO, |vm| vm.console_host_keys()), "the keys the VM printed, and only those");
     let report = String::from_utf8_lossy(&verified.stdout);
     eprintln!("{report}");
     assert!(verified.status.success(), "{report}{}", String::from_utf8_lossy(&verified.stderr));

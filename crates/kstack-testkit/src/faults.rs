@@ -66,6 +66,17 @@ struct Shared {
 /// An instance's console output by its id; `None` leaves the answer to the emulator.
 pub type ConsoleSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// What cloud-init prints to an instance's console at first boot, with these public keys
+/// (`type base64 [comment]` lines) between its host key markers.
+pub fn cloud_init_console(public_keys: &str) -> String {
+    format!(
+        "[   11.2] cloud-init[803]: Cloud-init v. 0.7.9 running 'modules:final'\n\
+         -----BEGIN SSH HOST KEY KEYS-----\n{}\n-----END SSH HOST KEY KEYS-----\n\
+         [   11.9] cloud-init[803]: Cloud-init v. 0.7.9 finished\n",
+        public_keys.trim()
+    )
+}
+
 struct AtomicRate(std::sync::atomic::AtomicU64);
 
 pub struct FaultProxy {
