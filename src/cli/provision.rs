@@ -131,6 +131,7 @@ impl SshArgs {
   kstack provision dev
   kstack provision dev --group workers --limit 10.20.33.7 --check --diff
   kstack provision dev --ssh-user admin --ssh-key ~/.ssh/fleet --max-fail 2
+  kstack provision dev --host-key-wait 300   # nodes just started: wait for their console's host keys
 
 Exit status: 0 every host converged (or would, with --check), 1 a host failed or was unreachable.")]
 pub(super) struct ProvisionArgs {
