@@ -98,9 +98,7 @@ impl SshArgs {
             },
         }
     }
-}
 
-impl SshArgs {
     /// Before connecting: records the host keys their console output shows for the nodes,
     /// `(instance, address)`, the known_hosts file has no key for, and says what it found.
     pub(super) async fn record_console_host_keys(&self, cloud: &Cloud, nodes: &[(String, String)]) -> Result<(), Failure> {
