@@ -67,21 +67,20 @@ impl HostKeys {
 
     /// Whether the file records a key for the host (a revoked one or an authority is none).
     pub fn knows(&self, host: &str, port: u16) -> Result<bool, SshError> {
-        let name = host_name(host, port);
-        Ok(self.read()?.iter().any(|r| r.entry.marker().is_none() && names(r.entry.host_patterns(), &name)))
+        Ok(has_key(&self.read()?, &host_name(host, port)))
     }
 
     /// Records `keys` for a host the file has no key for, as vouched for out of band (an
     /// instance's console output); a host it knows keeps its keys, to be checked against them.
     pub fn record(&self, host: &str, port: u16, keys: &[PublicKey]) -> Result<(), SshError> {
         let _one_at_a_time = CHECKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if keys.is_empty() || self.knows(host, port)? {
+        let name = host_name(host, port);
+        let text = self.text()?;
+        if keys.is_empty() || has_key(&self.parse(&text)?, &name) {
             return Ok(());
         }
-        let name = host_name(host, port);
         // A last line without its newline would otherwise run into the first one added.
-        let unended = std::fs::read(&self.path).is_ok_and(|text| text.last().is_some_and(|last| *last != b'\n'));
-        let mut lines = String::from(if unended { "\n" } else { "" });
+        let mut lines = String::from(if text.is_empty() || text.ends_with('\n') { "" } else { "\n" });
         for key in keys {
             let key = key.to_openssh().map_err(|e| self.unwritable(host, e))?;
             lines.push_str(&format!("{name} {}\n", key.trim()));
@@ -96,13 +95,26 @@ impl HostKeys {
 
     /// The file's key lines; a missing file has none.
     fn read(&self) -> Result<Vec<Recorded>, SshError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(error) => return Err(SshError::KnownHostsUnreadable { path: self.path.clone(), message: error.to_string() }),
-        };
-        parse(&text).map_err(|lines| SshError::KnownHostsMalformed { path: self.path.clone(), lines })
+        self.parse(&self.text()?)
     }
+
+    /// The file's text; a missing file is empty.
+    fn text(&self) -> Result<String, SshError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(text),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(error) => Err(SshError::KnownHostsUnreadable { path: self.path.clone(), message: error.to_string() }),
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<Vec<Recorded>, SshError> {
+        parse(text).map_err(|lines| SshError::KnownHostsMalformed { path: self.path.clone(), lines })
+    }
+}
+
+/// Whether `recorded` holds a key for `name` (a revoked one or an authority is none).
+fn has_key(recorded: &[Recorded], name: &str) -> bool {
+    recorded.iter().any(|r| r.entry.marker().is_none() && names(r.entry.host_patterns(), name))
 }
 
 /// How known_hosts names a host: `[host]:port` when the port is not 22.
