@@ -101,7 +101,8 @@ pub trait Provider: Send + Sync + 'static {
     fn create(&self, resource: &Resource, ids: &Ids) -> impl Future<Output = Result<String, AwsError>> + Send;
     fn update(&self, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> impl Future<Output = Result<(), AwsError>> + Send;
     fn delete(&self, actual: &Observed, ids: &Ids) -> impl Future<Output = Result<(), AwsError>> + Send;
-    /// The environment's own resources, as refresh finds them.
+    /// The resources carrying the environment's identity, recorded or not: where a create
+    /// this run journalled, whose reply was lost, is found.
     fn refresh(&self) -> impl Future<Output = Result<Vec<Observed>, AwsError>> + Send;
 }
 
@@ -119,7 +120,8 @@ impl Provider for Cloud {
     }
 
     async fn refresh(&self) -> Result<Vec<Observed>, AwsError> {
-        Ok(aws::refresh(self).await?.observed)
+        let refreshed = aws::refresh(self).await?;
+        Ok(refreshed.observed.into_iter().chain(refreshed.unrecorded).collect())
     }
 }
 
@@ -184,10 +186,20 @@ pub async fn apply<P: Provider>(
             _ => {}
         }
     }
+    let mut state = journal.state;
+    if adopt_journalled(&mut state, observed) {
+        if let Err(error) = journal.store.save(&mut state) {
+            return Outcome {
+                state_error: Some(error.to_string()),
+                not_started: plan.actions.iter().map(|a| a.address.clone()).collect(),
+                ..Outcome::default()
+            };
+        }
+    }
     let context = Arc::new(Context {
         cloud,
         ids: Mutex::new(ids),
-        state: Mutex::new(journal.state),
+        state: Mutex::new(state),
         store: journal.store,
         parallelism: options.parallelism.max(1),
         stop: options.stop,
@@ -204,6 +216,23 @@ pub async fn apply<P: Provider>(
     }
     outcome.stopped = context.stop.reason();
     outcome
+}
+
+/// Records what refresh found made by a create journalled in an earlier run (killed, or its
+/// reply lost) and withdraws that intent: the resource is the environment's from now on, whatever
+/// the plan does with it. Says whether state changed.
+fn adopt_journalled(state: &mut State, observed: &[Observed]) -> bool {
+    let mut changed = false;
+    for resource in observed {
+        if state.intents.remove(&resource.address).is_some() {
+            if !state.resources.get(&resource.address).is_some_and(|r| r.id == resource.id) {
+                tracing::info!("{}: adopted {} (made by a create an earlier run journalled)", resource.address, resource.id);
+                state.resources.insert(resource.address.clone(), resource.clone());
+            }
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// (before, after) index pairs: creations after what they refer to, deletions before what
@@ -302,6 +331,9 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
     let address = step.address().clone();
     let verb = step.verb();
     (context.events)(Event::Started { address: address.clone(), verb });
+    if let Step::Create(resource) = step {
+        journal_intent(context, &resource.address, true).map_err(StepError::State)?;
+    }
     let started = Instant::now();
     let mut delay = Duration::from_secs(1);
     let deadline = started + Duration::from_secs(180);
@@ -337,6 +369,11 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             }
             Err(error) => {
                 (context.events)(Event::Failed { address: address.clone(), verb, error: error.clone() });
+                // A refused create made nothing; one that may have gone through keeps its
+                // intent, so the next run adopts what it made.
+                if verb == Verb::Create && !error.is_ambiguous() {
+                    journal_intent(context, &address, false).map_err(StepError::State)?;
+                }
                 return Err(StepError::Aws(error));
             }
         }
@@ -366,11 +403,24 @@ async fn adopt<P: Provider>(context: &Context<P>, resource: &Resource, ids: &Ids
     Ok(Some(found.id))
 }
 
+/// Journals (or, `false`, withdraws) the intent to create `address`, before the create goes
+/// out: only a journalled create lets a later run adopt what carries the environment's tags.
+fn journal_intent<P: Provider>(context: &Context<P>, address: &Address, intended: bool) -> Result<(), StateError> {
+    let mut state = context.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if intended {
+        state.intents.insert(address.clone(), crate::state::now_rfc3339());
+    } else {
+        state.intents.remove(address);
+    }
+    context.store.save(&mut state)
+}
+
 /// Writes the change to state before anything else starts depending on it.
 fn record<P: Provider>(context: &Context<P>, step: &Step, id: &str) -> Result<(), StateError> {
     let mut state = context.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match step {
         Step::Create(resource) | Step::Update { resource, .. } => {
+            state.intents.remove(&resource.address);
             let spec = serde_json::to_value(&resource.spec).unwrap_or_default();
             state.resources.insert(
                 resource.address.clone(),

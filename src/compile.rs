@@ -262,6 +262,7 @@ impl Compiler<'_> {
                 min: group.min.value,
                 max: group.max.value,
                 desired: group.desired.value,
+                asked: group.desired.value,
                 subnets: self.selected_subnets(&group.subnets),
                 launch: launch_address,
                 load_balancers,

@@ -6,7 +6,7 @@
 //! a resource is the environment's only if it carries its identity, or, for resources made
 //! before identities existed, if state recorded its id. Knows nothing of AWS calls.
 
-use crate::naming::TAG_IDENTITY;
+use crate::naming::{TAG_ADDRESS, TAG_IDENTITY};
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -62,16 +62,21 @@ impl std::fmt::Display for Identity {
 /// How a resource found under the environment's tag relates to the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ownership {
-    /// It carries the environment's identity.
+    /// It carries the environment's identity and state recorded it, or a create journalled
+    /// in state made it (its reply lost, or the run killed before recording it).
     Ours,
     /// It carries no identity, but state recorded it: made before identities existed, it is
     /// taken over (tagged) by the next apply.
     Recorded,
+    /// It carries the environment's identity, but kstack never recorded making it: tags can
+    /// be written by anyone allowed to tag, so it is left alone until adopted explicitly.
+    Unrecorded,
     /// Another environment's: another identity, or none and unknown to state.
     Foreign { identity: Option<String> },
 }
 
-/// Whose resources a run may read, adopt, change and delete.
+/// Whose resources a run may read, adopt, change and delete. Tags say whose a resource
+/// claims to be; state says what kstack made.
 #[derive(Debug, Clone)]
 pub struct Owner {
     pub environment: String,
@@ -79,32 +84,65 @@ pub struct Owner {
     pub identity: Option<Identity>,
     /// AWS ids state recorded (names, for launch configurations and groups).
     recorded: BTreeSet<String>,
+    /// Addresses of creates journalled in state and not yet recorded.
+    intended: BTreeSet<String>,
+    /// Everything carrying the identity counts as recorded: only for an explicit adoption.
+    adopting: bool,
 }
 
 impl Owner {
     pub fn new(environment: &str, identity: Option<Identity>, recorded: impl IntoIterator<Item = String>) -> Owner {
-        Owner { environment: environment.to_owned(), identity, recorded: recorded.into_iter().collect() }
+        Owner { environment: environment.to_owned(), identity, recorded: recorded.into_iter().collect(), intended: BTreeSet::new(), adopting: false }
+    }
+
+    /// With the addresses of creates journalled in state (see `state::State::intents`).
+    pub fn with_intents(mut self, addresses: impl IntoIterator<Item = String>) -> Owner {
+        self.intended = addresses.into_iter().collect();
+        self
+    }
+
+    /// Takes everything carrying the identity as the environment's: what `kstack state adopt`
+    /// and `kstack state identity --recover` read, a person having said so.
+    pub fn adopting(mut self) -> Owner {
+        self.adopting = true;
+        self
     }
 
     /// Judges a resource found under the environment's tag, name or IAM path by its AWS id
-    /// and tags.
+    /// and tags (its address is its `kstack:address` tag).
     pub fn judge(&self, id: &str, tags: &BTreeMap<String, String>) -> Ownership {
+        let recorded = self.recorded.contains(id);
         match (tags.get(TAG_IDENTITY), &self.identity) {
-            (Some(tagged), Some(ours)) if tagged == ours.as_str() => Ownership::Ours,
+            (Some(tagged), Some(ours)) if tagged == ours.as_str() => {
+                let intended = tags.get(TAG_ADDRESS).is_some_and(|address| self.intended.contains(address));
+                if recorded || intended || self.adopting {
+                    Ownership::Ours
+                } else {
+                    Ownership::Unrecorded
+                }
+            }
             (Some(tagged), _) => Ownership::Foreign { identity: Some(tagged.clone()) },
-            (None, _) if self.recorded.contains(id) => Ownership::Recorded,
+            (None, _) if recorded => Ownership::Recorded,
             (None, _) => Ownership::Foreign { identity: None },
         }
     }
 
     pub fn owns(&self, id: &str, tags: &BTreeMap<String, String>) -> bool {
-        !matches!(self.judge(id, tags), Ownership::Foreign { .. })
+        matches!(self.judge(id, tags), Ownership::Ours | Ownership::Recorded)
     }
 
-    /// Whether an instance is one of the environment's: tagged with its identity, or (launched
-    /// before its group was taken over) in a group state recorded.
-    pub fn owns_instance(&self, id: &str, tags: &BTreeMap<String, String>, group: Option<&str>) -> bool {
-        self.owns(id, tags) || (!tags.contains_key(TAG_IDENTITY) && group.is_some_and(|g| self.recorded.contains(g)))
+    /// Whether state recorded this id (a recorded resource wins over another claiming its
+    /// address).
+    pub fn recorded(&self, id: &str) -> bool {
+        self.recorded.contains(id)
+    }
+
+    /// Whether an instance is one of the environment's: launched by a group state recorded
+    /// (`aws:autoscaling:groupName` is AWS's own tag, which no one else can write), and not
+    /// carrying another identity.
+    pub fn owns_instance(&self, tags: &BTreeMap<String, String>, group: Option<&str>) -> bool {
+        let other_identity = tags.get(TAG_IDENTITY).is_some_and(|tagged| self.identity.as_ref().is_none_or(|ours| ours.as_str() != tagged));
+        !other_identity && group.is_some_and(|g| self.recorded.contains(g))
     }
 
     /// The IAM path of the environment's roles and instance profiles: IAM is global, so the
@@ -220,11 +258,16 @@ mod tests {
     }
 
     #[test]
-    fn only_the_identity_or_a_recorded_id_makes_a_resource_ours() {
-        let owner = Owner::new("dev", Some(identity("aa")), [String::from("vpc-recorded")]);
-        let ours = tags(&[(TAG_IDENTITY, identity("aa").as_str())]);
+    fn only_a_record_or_a_journalled_create_makes_a_resource_ours_never_tags_alone() {
+        let owner = Owner::new("dev", Some(identity("aa")), [String::from("vpc-recorded")]).with_intents([String::from("vpc.new")]);
+        let ours = tags(&[(TAG_IDENTITY, identity("aa").as_str()), (TAG_ADDRESS, "vpc.main")]);
+        let intended = tags(&[(TAG_IDENTITY, identity("aa").as_str()), (TAG_ADDRESS, "vpc.new")]);
         let theirs = tags(&[(TAG_IDENTITY, identity("bb").as_str())]);
-        assert_eq!(owner.judge("vpc-1", &ours), Ownership::Ours);
+        assert_eq!(owner.judge("vpc-recorded", &ours), Ownership::Ours);
+        assert_eq!(owner.judge("vpc-1", &intended), Ownership::Ours, "made by a create state journalled");
+        assert_eq!(owner.judge("vpc-1", &ours), Ownership::Unrecorded, "the identity's tags alone, which anyone can write");
+        assert!(!owner.owns("vpc-1", &ours));
+        assert_eq!(owner.clone().adopting().judge("vpc-1", &ours), Ownership::Ours, "adopted explicitly");
         assert_eq!(owner.judge("vpc-recorded", &tags(&[])), Ownership::Recorded);
         assert_eq!(owner.judge("vpc-2", &tags(&[])), Ownership::Foreign { identity: None });
         // A recorded id never makes another environment's tagged resource ours.
@@ -236,12 +279,15 @@ mod tests {
     }
 
     #[test]
-    fn instances_of_recorded_groups_are_ours_until_they_carry_an_identity() {
+    fn instances_are_ours_when_a_recorded_group_launched_them() {
         let owner = Owner::new("dev", Some(identity("aa")), [String::from("dev-workers")]);
-        assert!(owner.owns_instance("i-1", &tags(&[]), Some("dev-workers")));
-        assert!(!owner.owns_instance("i-2", &tags(&[]), Some("dev-workers-bbbbbbbb")));
+        let ours = tags(&[(TAG_IDENTITY, identity("aa").as_str())]);
+        assert!(owner.owns_instance(&tags(&[]), Some("dev-workers")));
+        assert!(owner.owns_instance(&ours, Some("dev-workers")));
+        assert!(!owner.owns_instance(&ours, Some("dev-workers-bbbbbbbb")), "the identity's tag without a recorded group");
+        assert!(!owner.owns_instance(&ours, None));
         let theirs = tags(&[(TAG_IDENTITY, identity("bb").as_str())]);
-        assert!(!owner.owns_instance("i-3", &theirs, Some("dev-workers")));
+        assert!(!owner.owns_instance(&theirs, Some("dev-workers")));
     }
 
     #[test]

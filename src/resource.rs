@@ -70,6 +70,14 @@ impl Kind {
         !matches!(self, Kind::LaunchConfiguration | Kind::SecurityGroupRules | Kind::DnsRecord)
     }
 
+    /// Attributes kstack keeps in state that AWS does not hold: never compared with AWS.
+    pub fn recorded_only(self) -> &'static [&'static str] {
+        match self {
+            Kind::AutoScalingGroup => &["asked"],
+            _ => &[],
+        }
+    }
+
     pub fn prefix(self) -> &'static str {
         match self {
             Kind::Vpc => "vpc",
@@ -170,7 +178,12 @@ pub enum Spec {
     AutoScalingGroup {
         min: u32,
         max: u32,
+        /// The capacity kstack sets: the model's at creation and when the model's changes,
+        /// else what the group has (see `plan::capacity`).
         desired: u32,
+        /// The model's `desired`, kept in state to tell a person's change in the file from
+        /// an autoscaler's change in AWS. AWS holds no such thing: never compared with it.
+        asked: u32,
         subnets: Vec<Address>,
         launch: Address,
         load_balancers: Vec<Address>,

@@ -94,7 +94,9 @@ pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Res
     Ok(resource.name.clone())
 }
 
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+/// Sets the desired capacity only when the plan changes it: a change of other settings never
+/// undoes what an autoscaler set meanwhile (see `plan::capacity`).
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> Result<(), AwsError> {
     let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
         unreachable!("takes an auto scaling group")
     };
@@ -105,7 +107,7 @@ pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed
         .auto_scaling_group_name(&actual.id)
         .min_size(*min as i32)
         .max_size(*max as i32)
-        .desired_capacity(*desired as i32)
+        .set_desired_capacity(changed.iter().any(|c| c == "desired").then_some(*desired as i32))
         .vpc_zone_identifier(settings.subnets)
         .set_launch_template(settings.launch_template)
         .set_launch_configuration_name(settings.launch_configuration)

@@ -79,13 +79,20 @@ async fn record_sets(cloud: &Cloud, zone_id: &str) -> Result<Vec<ResourceRecordS
     }
 }
 
-/// The zones named by the environment's model and state, each listed once.
-pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
+/// A record set in a zone, whoever made it: `(zone, name, type)`.
+pub(super) type RecordKey = (String, String, String);
+
+/// The zones named by the environment's model and state, each listed once: the records whose
+/// owner record names the environment, and every record set the zones hold (so a plan never
+/// creates over one a person or another tool made).
+pub(super) async fn read(cloud: &Cloud) -> Result<(Vec<Observed>, std::collections::BTreeSet<RecordKey>), AwsError> {
     let mut found = Vec::new();
+    let mut in_use = std::collections::BTreeSet::new();
     for zone in &cloud.dns_zones {
         // A zone that does not exist holds nothing of the environment (planning says so).
         let Some(id) = zone_id(cloud, zone).await? else { continue };
         let sets = record_sets(cloud, &id).await?;
+        in_use.extend(sets.iter().map(|s| (zone.clone(), normal(s.name()), s.r#type().as_str().to_owned())));
         // Each record by the name its owner record would have.
         let by_owner: BTreeMap<String, &ResourceRecordSet> = sets.iter().map(|s| (owner_name(&normal(s.name()), s.r#type().as_str()), s)).collect();
         for owner in sets.iter().filter(|s| *s.r#type() == RrType::Txt && normal(s.name()).starts_with("_kstack-")) {
@@ -109,7 +116,7 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
             found.extend(super::tags::observed(Kind::DnsRecord, &id, tags, attributes));
         }
     }
-    Ok(found)
+    Ok((found, in_use))
 }
 
 /// TXT values travel in quotes; the model writes them bare.

@@ -35,7 +35,7 @@ pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError>
             let tags = from_ec2(instance.tags());
             let tag = |key: &str| tags.get(key).cloned();
             let id = instance.instance_id().unwrap_or_default();
-            if !cloud.owner.owns_instance(id, &tags, tags.get("aws:autoscaling:groupName").map(String::as_str)) {
+            if !cloud.owner.owns_instance(&tags, tags.get("aws:autoscaling:groupName").map(String::as_str)) {
                 continue;
             }
             let Some(group) = tag(TAG_ADDRESS).and_then(|a| a.strip_prefix("asg.").map(str::to_owned)) else { continue };

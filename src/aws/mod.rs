@@ -34,7 +34,7 @@ pub use calls::ApiCalls;
 pub use clock::ServiceClock;
 pub use error::{AwsError, AwsErrorKind};
 
-use crate::identity::Owner;
+use crate::identity::{Owner, Ownership};
 use crate::resource::{Address, Kind, Resource};
 
 /// Clients for the AWS services kstack uses, sharing one configuration and call counter.
@@ -118,16 +118,22 @@ pub type Ids = BTreeMap<Address, String>;
 /// What refresh found under the environment's tag.
 #[derive(Debug, Default)]
 pub struct Refreshed {
-    /// The environment's own resources (see [`Owner`]).
+    /// The environment's own resources (see [`Owner`]), a recorded one first where two
+    /// claim one address.
     pub observed: Vec<Observed>,
-    /// Tagged with the environment's name but not its own: left alone, and reported.
+    /// Carrying the environment's identity without state's record of making them: left
+    /// alone, reported, and adoptable only by `kstack state adopt`.
+    pub unrecorded: Vec<Observed>,
+    /// Tagged with the environment's name but another environment's: left alone, reported.
     pub foreign: Vec<Observed>,
+    /// Every record set in the zones listed, whoever made it.
+    pub dns_in_use: std::collections::BTreeSet<dns_record::RecordKey>,
 }
 
 /// Reads every resource of the environment, a few batched calls per resource kind, and
 /// keeps apart what is not its own.
 pub async fn refresh(cloud: &Cloud) -> Result<Refreshed, AwsError> {
-    let (network, security, iam, launch, groups, records) = tokio::try_join!(
+    let (network, security, iam, launch, groups, (records, dns_in_use)) = tokio::try_join!(
         read_network(cloud),
         security_group::read(cloud),
         iam::read(cloud),
@@ -135,17 +141,26 @@ pub async fn refresh(cloud: &Cloud) -> Result<Refreshed, AwsError> {
         read_groups(cloud),
         dns_record::read(cloud),
     )?;
-    let (mut observed, foreign): (Vec<Observed>, Vec<Observed>) =
-        network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).chain(records).partition(|o| cloud.owner.owns(&o.id, &o.tags));
+    let mut refreshed = Refreshed { dns_in_use, ..Refreshed::default() };
+    for found in network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).chain(records) {
+        match cloud.owner.judge(&found.id, &found.tags) {
+            Ownership::Ours | Ownership::Recorded => refreshed.observed.push(found),
+            Ownership::Unrecorded => refreshed.unrecorded.push(found),
+            Ownership::Foreign { .. } => refreshed.foreign.push(found),
+        }
+    }
+    let Refreshed { mut observed, unrecorded, foreign, dns_in_use } = refreshed;
     alias_balancers_by_id(&mut observed);
-    observed.sort_by(|a, b| a.address.cmp(&b.address).then_with(|| a.id.cmp(&b.id)));
+    observed.sort_by(|a, b| {
+        a.address.cmp(&b.address).then_with(|| cloud.owner.recorded(&b.id).cmp(&cloud.owner.recorded(&a.id))).then_with(|| a.id.cmp(&b.id))
+    });
     // Rules share their group's id; references to that id mean the group.
     let by_id: BTreeMap<String, Address> =
         observed.iter().filter(|o| o.kind != Kind::SecurityGroupRules).map(|o| (o.id.clone(), o.address.clone())).collect();
     for resource in &mut observed {
         ids_to_addresses(&mut resource.attributes, &by_id);
     }
-    Ok(Refreshed { observed, foreign })
+    Ok(Refreshed { observed, unrecorded, foreign, dns_in_use })
 }
 
 async fn read_network(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
@@ -271,7 +286,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, chang
         Spec::IamRole { .. } => iam::update_role(cloud, resource, actual).await,
         Spec::InstanceProfile { .. } => iam::update_instance_profile(cloud, resource, actual, ids).await,
         Spec::LaunchTemplate(_) => launch_template::update(cloud, resource, actual, ids).await,
-        Spec::AutoScalingGroup { .. } => auto_scaling_group::update(cloud, resource, actual, ids).await,
+        Spec::AutoScalingGroup { .. } => auto_scaling_group::update(cloud, resource, actual, changed, ids).await,
         Spec::LoadBalancer { .. } => load_balancer::update(cloud, resource, actual, ids).await,
         Spec::DnsRecord { .. } => dns_record::update(cloud, resource, actual, ids).await,
         // Every other attribute of these forces replacement; only tags change in place.

@@ -14,7 +14,9 @@ use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables
 use crate::ssh::{HostKeys, Login, LoginKey, NodeAccess};
 
 use super::session::{aws_failure, open_store, owner, runtime};
-use super::{check_groups, load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::{check_groups, fail, load_and_compile, report_problems, term, Failure, LoadedImage};
+use crate::state::Lock;
+use crate::stop::Stop;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct Targets {
@@ -172,14 +174,18 @@ struct GroupWork {
     ssh_user: String,
 }
 
-/// The work per node group. Secrets become variables; `term` hides their values in all output.
-fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Failure> {
+/// The work per node group, under the environment's lock (held until the returned lock is
+/// dropped: no apply or roll replaces nodes meanwhile). Secrets become variables; `term`
+/// hides their values in all output.
+fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Lock, Vec<GroupWork>), Failure> {
     let (sources, result) = load_and_compile(project, &targets.env);
     let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
+    let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&open_store(project, &environment.name, &environment.state)?)?));
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
     let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
     let access = targets.ssh.access();
     let mut work = Vec::new();
@@ -218,11 +224,11 @@ fn plan_work(project: &Project, targets: &Targets) -> Result<Vec<GroupWork>, Fai
         );
         return Err(Failure::Failed);
     }
-    Ok(work)
+    Ok((lock, work))
 }
 
 pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
-    let work = plan_work(project, &args.targets)?;
+    let (_lock, work) = plan_work(project, &args.targets, "provision")?;
     let runtime = runtime()?;
     let color = term::stdout_color();
     let (show, diff) = (!args.targets.json, args.diff);
@@ -241,7 +247,7 @@ pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(
 }
 
 pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
-    let work = plan_work(project, &args.targets)?;
+    let (_lock, work) = plan_work(project, &args.targets, "verify")?;
     let runtime = runtime()?;
     let color = term::stdout_color();
     let mut reports = Vec::new();

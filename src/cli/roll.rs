@@ -11,7 +11,7 @@ use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, R
 use super::progress::RollProgress;
 use super::provision::SshArgs;
 use super::session::{open_store, runtime, stop_on_signals, Held};
-use super::{check_groups, fail, load_and_compile, report_problems, term, Failure};
+use super::{check_groups, fail, load_and_compile, locate_state, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -153,19 +153,49 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     run_holding(project, args, None)
 }
 
+/// `--status` and `--abort` work from the environment's state and where it lives: in an
+/// incident, a secret's variable unset or a file half edited never keeps a person from seeing
+/// or undoing an unfinished roll.
+fn run_from_state(project: &Project, args: &Args) -> Result<(), Failure> {
+    let location = locate_state(project, &args.env)?;
+    let env = &location.name;
+    let store = open_store(project, env, &location.state)?;
+    if args.status {
+        let record = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.roll;
+        status(env, record.as_ref());
+        return Ok(());
+    }
+    let runtime = runtime()?;
+    let stop = stop_on_signals(&runtime);
+    let _lock = store.lock(&format!("kstack roll {} --abort", args.env), &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let Some(region) = location.region.or_else(|| state.region.clone()) else {
+        return Err(fail(&format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
+    };
+    let Some(mut journal) = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))? else {
+        return Err(fail(&format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))));
+    };
+    let cloud = runtime.block_on(Cloud::connect(&region, state.owner()));
+    let shown = RollProgress::new();
+    let progress = |event: RollEvent| shown.event(event);
+    runtime
+        .block_on(abort(&cloud, &mut journal, Duration::from_secs(args.timeout), &progress))
+        .map_err(|e| fail(&format!("abort stopped: {e}"), None))?;
+    term::outln(format_args!("Roll of `{env}` aborted: group sizes and processes restored."));
+    Ok(())
+}
+
 /// Rolls; under `held`, the lock an apply took (`apply --roll`), or else under its own.
 pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), Failure> {
+    if (args.status || args.abort) && held.is_none() {
+        return run_from_state(project, args);
+    }
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     let env = &environment.name;
     check_groups(environment, &args.groups)?;
     let store = open_store(project, &environment.name, &environment.state)?;
-    if args.status {
-        let record = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.roll;
-        status(env, record.as_ref());
-        return Ok(());
-    }
     let command = format!("kstack roll {}", args.env);
     let (runtime, stop, _lock) = match held {
         Some(Held { runtime, stop, lock }) => (runtime, stop, lock),
@@ -182,7 +212,6 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
     let shown = RollProgress::new();
     let progress = |event: RollEvent| shown.event(event);
-    let timeout = Duration::from_secs(args.timeout);
 
     if args.dry_run {
         if let Some(journal) = &unfinished_roll {
@@ -191,7 +220,7 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
         }
         return runtime.block_on(dry_run(&cloud, environment, &group_names, args));
     }
-    let mut journal = match (unfinished_roll, args.resume || args.abort) {
+    let mut journal = match (unfinished_roll, args.resume) {
         (Some(journal), true) => journal,
         (Some(journal), false) => {
             let (message, hint) = unfinished(env, &journal.record);
@@ -208,11 +237,6 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
             Journal::new(store, &command, groups, args.overrides(), args.timeout)
         }
     };
-    if args.abort {
-        runtime.block_on(abort(&cloud, &mut journal, timeout, &progress)).map_err(|e| fail(&format!("abort stopped: {e}"), None))?;
-        term::outln(format_args!("Roll of `{env}` aborted: group sizes and processes restored."));
-        return Ok(());
-    }
     if args.resume {
         shown.note(&format!("resuming the roll started {} by `{}`", journal.record.started, journal.record.command));
     }

@@ -147,6 +147,40 @@ async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment,
     }
 }
 
+/// A record of the model whose name and type (or a CNAME beside its name) the zone already
+/// holds, made by someone else, is a problem at its place: kstack never takes or replaces a
+/// record it did not make.
+fn check_records_not_taken(
+    environment: &crate::model::Environment,
+    observed: &[Observed],
+    in_use: &std::collections::BTreeSet<(String, String, String)>,
+    sources: &crate::diagnostics::Sources,
+) -> Result<(), Failure> {
+    let ours: std::collections::BTreeSet<(&str, &str, &str)> = observed
+        .iter()
+        .filter(|o| o.kind == crate::resource::Kind::DnsRecord)
+        .filter_map(|o| Some((o.attributes["zone"].as_str()?, o.attributes["name"].as_str()?, o.attributes["type"].as_str()?)))
+        .collect();
+    let mut problems = crate::diagnostics::Problems::default();
+    for record in &environment.dns {
+        let (zone, name, wanted) = (record.zone.value.as_str(), record.name.value.as_str(), record.record_type.value.as_str());
+        let taken = in_use.iter().find(|(z, n, t)| {
+            z == zone && n == name && (t == wanted || t == "CNAME" || wanted == "CNAME") && !ours.contains(&(z.as_str(), n.as_str(), t.as_str()))
+        });
+        if let Some((_, _, found)) = taken {
+            problems
+                .error(record.name.loc, format!("hosted zone `{zone}` already has a {found} record `{name}` that this environment did not make"))
+                .label("made by someone else")
+                .hint("kstack never takes over or replaces a record it did not make: rename this record, or delete the other one if it is no longer used");
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(report_problems(&environment.name, problems, sources))
+    }
+}
+
 /// Reports a run that was stopped before it changed anything.
 pub(super) fn stopped_before_changes(reason: Reason) -> Failure {
     term::error(&format!("{reason}: stopped before any change"), None);
@@ -211,11 +245,11 @@ impl Session {
         if let Some((compiled, sources)) = &compiled {
             check_dns_zones(&cloud, &compiled.checked.environment, sources).await?;
         }
-        let (mut graph, images, model) = match compiled {
-            Some((compiled, _)) => (compiled.graph, compiled.images, Some(compiled.checked.environment)),
+        let (mut graph, images, model, sources) = match compiled {
+            Some((compiled, sources)) => (compiled.graph, compiled.images, Some(compiled.checked.environment), Some(sources)),
             None => {
                 let nothing = ResourceGraph::build(Vec::new()).map_err(|_| fail("cannot build an empty resource graph", None))?;
-                (nothing, std::collections::BTreeMap::new(), None)
+                (nothing, std::collections::BTreeMap::new(), None, None)
             }
         };
         let wanted_zones = graph.in_dependency_order().filter_map(|r| match &r.spec {
@@ -259,8 +293,13 @@ impl Session {
                 observed.push(known.clone());
             }
         }
+        if let (Some(environment), Some(sources)) = (&model, &sources) {
+            check_records_not_taken(environment, &observed, &refreshed.dns_in_use, sources)?;
+        }
+        let capacity = crate::plan::settle_capacity(graph.resources_mut(), &observed, &state.resources);
         let mut plan = plan(&environment, &graph, &observed);
-        plan.left_alone = refreshed.foreign.iter().map(Foreign::of).collect();
+        plan.capacity = capacity;
+        plan.left_alone = refreshed.unrecorded.iter().map(Foreign::unrecorded).chain(refreshed.foreign.iter().map(Foreign::of)).collect();
         if state.resources.is_empty() {
             warn_of_lost_state(&environment, &region, &plan.left_alone);
         }

@@ -17,7 +17,8 @@ use super::{fail, load_and_compile, locate_state, report_problems, term, Failure
   kstack state show dev asg.workers
   kstack state unlock dev 3f2a9c01      the id is in the message of the command the lock refused
   kstack state migrate dev --to s3      after adding `state: { backend: s3, bucket: ... }`
-  kstack state identity dev             the id every resource of `dev` is tagged with (kstack:id)")]
+  kstack state identity dev             the id every resource of `dev` is tagged with (kstack:id)
+  kstack state adopt dev vpc.main vpc-0abc   take a resource the plan lists as unrecorded")]
 pub(super) struct Args {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +50,10 @@ enum Command {
         env: String,
         /// The lock's id, from the message of the command it refused (required for S3).
         lock_id: Option<String>,
+        /// Remove a local lock although its holder's pid runs on this machine (after checking
+        /// that process is not kstack).
+        #[arg(long)]
+        force: bool,
     },
     /// Copy the state between the local file and the S3 object the environment's `state:`
     /// names, byte for byte, under both locks; the source is retired (a local file kept as
@@ -60,8 +65,20 @@ enum Command {
         #[arg(long)]
         to: Target,
     },
+    /// Make a resource the environment's own: one that carries its tags (`kstack:environment`,
+    /// `kstack:address`, `kstack:id`) but that kstack never recorded making, which plans list
+    /// as left alone. Tags can be copied by anyone allowed to tag, so only a person decides.
+    Adopt {
+        /// Environment name.
+        env: String,
+        /// The address the resource's `kstack:address` tag names, e.g. `vpc.main`.
+        address: String,
+        /// Its AWS id (a group's or launch configuration's name).
+        id: String,
+    },
     /// Print the environment's identity: the `kstack:id` tag that makes a resource its own.
-    /// With `--recover`, give a state that lost its resources the identity they carry.
+    /// With `--recover`, give a state that lost its resources the identity they carry, and
+    /// adopt every resource of the environment carrying it.
     Identity {
         /// Environment name.
         env: String,
@@ -105,10 +122,10 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Unlock { env, lock_id } => {
+        Command::Unlock { env, lock_id, force } => {
             let environment = locate_state(project, env)?;
             let store = open_store(project, &environment.name, &environment.state)?;
-            match store.unlock(lock_id.as_deref()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
+            match store.unlock(lock_id.as_deref(), *force).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
                 Some(h) => term::outln(format_args!(
                     "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
                     h.id, h.holder, h.host, h.pid, h.command, h.started
@@ -126,7 +143,57 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
             Ok(())
         }
         Command::Identity { env, recover: Some(id) } => recover_identity(project, env, id),
+        Command::Adopt { env, address, id } => adopt_one(project, env, &Address::from(address.as_str()), id),
     }
+}
+
+/// Records in state what carries the environment's identity and `chosen` picks, under the
+/// environment's lock, in one state write. Returns what was adopted.
+fn adopt(
+    store: &StateStore,
+    state: &mut crate::state::State,
+    region: &str,
+    chosen: impl Fn(&crate::aws::Observed) -> bool,
+) -> Result<Vec<crate::aws::Observed>, Failure> {
+    let runtime = super::session::runtime()?;
+    let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting())).with_dns_zones(state.dns_zones());
+    let refreshed = runtime
+        .block_on(crate::aws::refresh(&cloud))
+        .map_err(|error| super::session::aws_failure(region, "looking for the resources to adopt", &error))?;
+    let adopted: Vec<crate::aws::Observed> =
+        refreshed.observed.into_iter().filter(|o| !state.resources.contains_key(&o.address)).filter(|o| chosen(o)).collect();
+    for resource in &adopted {
+        state.resources.insert(resource.address.clone(), resource.clone());
+    }
+    if !adopted.is_empty() {
+        store.save(state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    }
+    Ok(adopted)
+}
+
+fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), Failure> {
+    let environment = locate_state(project, env)?;
+    let store = open_store(project, &environment.name, &environment.state)?;
+    let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let (Some(identity), Some(region)) = (state.identity.clone(), environment.region.or_else(|| state.region.clone())) else {
+        return Err(fail(&format!("`{env}` has no identity yet: nothing can carry it"), Some("plan or apply it first")));
+    };
+    if let Some(recorded) = state.resources.get(address) {
+        return Err(fail(
+            &format!("the state of `{env}` records {} at {address}; two resources never share an address", recorded.id),
+            Some("the recorded one stays the environment's; remove the other by hand if it is not wanted"),
+        ));
+    }
+    let adopted = adopt(&store, &mut state, &region, |o| &o.address == address && o.id == id)?;
+    if adopted.is_empty() {
+        return Err(fail(
+            &format!("{region} has no resource {id} tagged as {address} of `{env}`"),
+            Some(&format!("kstack adopts only what carries kstack:environment={env}, kstack:address={address} and kstack:id={identity}")),
+        ));
+    }
+    term::outln(format_args!("adopted {id} as {address} of `{env}`: its next plan compares it with the model"));
+    Ok(())
 }
 
 /// Gives an environment whose state was lost the identity its resources carry, so the next
@@ -149,8 +216,11 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
         ));
     }
     state.identity = Some(identity.clone());
+    state.region = Some(environment.region.value.clone());
     store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-    term::outln(format_args!("`{env}` has identity {identity}: its next plan finds the resources tagged with it."));
+    // Asked for by a person who knows the identity: everything carrying it is adopted.
+    let adopted = adopt(&store, &mut state, &environment.region.value, |_| true)?;
+    term::outln(format_args!("`{env}` has identity {identity}; adopted the {} resources carrying it.", adopted.len()));
     Ok(())
 }
 

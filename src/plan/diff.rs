@@ -26,6 +26,9 @@ pub fn attributes_of(resource: &Resource) -> Value {
     let spec = serde_json::to_value(&resource.spec).unwrap_or_default();
     let mut attributes = spec.get("attributes").cloned().unwrap_or_else(|| Value::Object(Default::default()));
     if let Value::Object(map) = &mut attributes {
+        for attribute in resource.kind().recorded_only() {
+            map.remove(*attribute);
+        }
         if resource.kind().has_own_tags() {
             map.insert("tags".into(), serde_json::to_value(&resource.tags).unwrap_or_default());
         }

@@ -1,6 +1,7 @@
 //! The plan: what apply must do to turn the resources that exist into the ones the model
 //! describes. Pure: built from the compiled graph and a refresh, no I/O.
 
+pub mod capacity;
 pub mod diff;
 mod render;
 
@@ -9,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use capacity::{settle as settle_capacity, CapacityNote, CapacityOutcome};
 pub use diff::{attributes_of, mentions, Change};
 pub use render::render;
 
@@ -66,6 +68,10 @@ pub struct Plan {
     /// leaves them alone (see `identity.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_alone: Vec<Foreign>,
+    /// Groups whose desired capacity in AWS is not the model's, and what the plan does about
+    /// it (see `capacity.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capacity: Vec<CapacityNote>,
 }
 
 /// A resource under the environment's name that is not its own.
@@ -76,11 +82,19 @@ pub struct Foreign {
     /// The identity it carries; none when it predates identities and state never recorded it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// It carries this environment's identity, but kstack never recorded making it (tags
+    /// can be copied): `kstack state adopt` makes it the environment's.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub unrecorded: bool,
 }
 
 impl Foreign {
     pub fn of(resource: &Observed) -> Foreign {
-        Foreign { address: resource.address.clone(), id: resource.id.clone(), identity: resource.tags.get(TAG_IDENTITY).cloned() }
+        Foreign { address: resource.address.clone(), id: resource.id.clone(), identity: resource.tags.get(TAG_IDENTITY).cloned(), unrecorded: false }
+    }
+
+    pub fn unrecorded(resource: &Observed) -> Foreign {
+        Foreign { unrecorded: true, ..Foreign::of(resource) }
     }
 }
 
@@ -190,7 +204,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
         .filter(|o| o.kind.has_own_tags() && !o.tags.contains_key(TAG_IDENTITY) && desired.get(&o.address).is_some())
         .map(|o| o.address.clone())
         .collect();
-    Plan { environment: environment.to_owned(), actions, summary, takes_over, left_alone: Vec::new() }
+    Plan { environment: environment.to_owned(), actions, summary, takes_over, left_alone: Vec::new(), capacity: Vec::new() }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub fn render(plan: &Plan, color: bool) -> String {
     let styles = Styles::new(color);
     let mut out = String::new();
     render_ownership(&mut out, plan, &styles);
+    render_capacity(&mut out, plan, &styles);
     if !plan.has_changes() {
         let _ = writeln!(
             out,
@@ -74,21 +75,56 @@ fn render_ownership(out: &mut String, plan: &Plan, styles: &Styles) {
             plan.environment
         );
     }
-    if !plan.left_alone.is_empty() {
+    let (unrecorded, foreign): (Vec<_>, Vec<_>) = plan.left_alone.iter().partition(|f| f.unrecorded);
+    if !unrecorded.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} {} resources carry the tags of `{}` but kstack never recorded making them (tags can be copied), \
+             so they are left alone; if one is this environment's, `kstack state adopt {} <address> <id>` makes it so:",
+            "Note:".style(styles.update),
+            unrecorded.len(),
+            plan.environment,
+            plan.environment
+        );
+        for resource in unrecorded {
+            let _ = writeln!(out, "  {} {}", resource.address, resource.id.style(styles.dim));
+        }
+        let _ = writeln!(out);
+    }
+    if !foreign.is_empty() {
         let _ = writeln!(
             out,
             "{} {} resources tagged `kstack:environment={}` belong to another environment and are left alone:",
             "Note:".style(styles.update),
-            plan.left_alone.len(),
+            foreign.len(),
             plan.environment
         );
-        for foreign in &plan.left_alone {
-            let whose = match &foreign.identity {
+        for resource in foreign {
+            let whose = match &resource.identity {
                 Some(identity) => format!("identity {identity}"),
                 None => String::from("no identity, not in this environment's state"),
             };
-            let _ = writeln!(out, "  {} {} ({whose})", foreign.address, foreign.id.style(styles.dim));
+            let _ = writeln!(out, "  {} {} ({whose})", resource.address, resource.id.style(styles.dim));
         }
+        let _ = writeln!(out);
+    }
+}
+
+fn render_capacity(out: &mut String, plan: &Plan, styles: &Styles) {
+    use super::CapacityOutcome;
+    for note in &plan.capacity {
+        let what = match note.outcome {
+            CapacityOutcome::Kept => {
+                format!("desired capacity {} was set outside kstack (the model says {}); kept, as it is within min..max", note.observed, note.model)
+            }
+            CapacityOutcome::Clamped { to } => {
+                format!("desired capacity {} was set outside kstack and is outside the new min..max; clamped to {to}", note.observed)
+            }
+            CapacityOutcome::Asked => format!("desired capacity {} -> {}: the model's `desired` changed", note.observed, note.model),
+        };
+        let _ = writeln!(out, "{} {}: {what}", "Capacity:".style(styles.bold), note.address);
+    }
+    if !plan.capacity.is_empty() {
         let _ = writeln!(out);
     }
 }

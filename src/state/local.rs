@@ -60,9 +60,10 @@ impl LocalBackend {
         Ok(aside)
     }
 
-    /// Takes the lock file. Nothing renews it, so nothing can find it lost: `_stop` serves the
-    /// S3 backend's lease.
-    pub(super) fn lock(&self, command: &str, _stop: &Stop) -> Result<Lock, LockError> {
+    /// Takes the lock file, and watches it every second while held: once it is not this run's
+    /// (removed by `kstack state unlock --force`, or taken by another run after that), `stop`
+    /// is set, so the run starts no new change, as with a lost S3 lease.
+    pub(super) fn lock(&self, command: &str, stop: &Stop) -> Result<Lock, LockError> {
         let path = self.lock_path();
         let io = |source: std::io::Error| LockError::Io { location: path.display().to_string(), message: source.to_string() };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
@@ -73,7 +74,14 @@ impl LocalBackend {
                 file.write_all(text.as_bytes()).map_err(io)?;
                 file.sync_all().map_err(io)?;
                 let (owned, id) = (path.clone(), info.id.clone());
-                Ok(Lock { release: Some(Box::new(move || release_if_ours(&owned, &id))) })
+                let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                watch(path.clone(), info.id.clone(), std::sync::Arc::clone(&held), stop.clone());
+                Ok(Lock {
+                    release: Some(Box::new(move || {
+                        held.store(false, std::sync::atomic::Ordering::SeqCst);
+                        release_if_ours(&owned, &id);
+                    })),
+                })
             }
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 let info = holder(&path).unwrap_or_else(LockInfo::unknown);
@@ -84,14 +92,18 @@ impl LocalBackend {
         }
     }
 
-    /// Removes the lock (when `id` is given, only if it is that one). Returns who held it.
-    pub(super) fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+    /// Removes the lock (when `id` is given, only if it is that one; never one a live process
+    /// here holds, unless `force`). Returns who held it.
+    pub(super) fn unlock(&self, id: Option<&str>, force: bool) -> Result<Option<LockInfo>, LockError> {
         let path = self.lock_path();
         let Some(info) = holder(&path).or_else(|| path.exists().then(LockInfo::unknown)) else { return Ok(None) };
         if let Some(given) = id {
             if given != info.id {
                 return Err(LockError::WrongId { environment: self.environment.clone(), held: info.id, given: given.to_owned() });
             }
+        }
+        if info.process_alive() && !force {
+            return Err(LockError::Alive { environment: self.environment.clone(), info: Box::new(info) });
         }
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(Some(info)),
@@ -108,6 +120,19 @@ fn release_if_ours(path: &Path, id: &str) {
     if holder(path).is_some_and(|held| held.id == id) {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Sets `stop` once the lock file at `path` is no longer lock `id`, while `held`.
+fn watch(path: PathBuf, id: String, held: std::sync::Arc<std::sync::atomic::AtomicBool>, stop: Stop) {
+    std::thread::spawn(move || {
+        while held.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if held.load(std::sync::atomic::Ordering::SeqCst) && !holder(&path).is_some_and(|h| h.id == id) {
+                stop.stop(crate::stop::Reason::LockLost(format!("the lock file {} was removed or replaced", path.display())));
+                return;
+            }
+        }
+    });
 }
 
 fn holder(path: &Path) -> Option<LockInfo> {
@@ -130,9 +155,24 @@ mod tests {
         assert!(matches!(error, LockError::Held { stale: false, .. }));
         drop(first);
         let second = backend.lock("kstack plan dev", &stop).unwrap();
-        let LockError::WrongId { .. } = backend.unlock(Some("nope")).unwrap_err() else { panic!("a wrong id removes nothing") };
+        let LockError::WrongId { .. } = backend.unlock(Some("nope"), false).unwrap_err() else { panic!("a wrong id removes nothing") };
         drop(second);
-        assert!(backend.unlock(None).unwrap().is_none(), "released on drop");
+        assert!(backend.unlock(None, false).unwrap().is_none(), "released on drop");
+    }
+
+    #[test]
+    fn a_live_holders_lock_is_removed_only_by_force_and_the_holder_then_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = LocalBackend { dir: dir.path().to_owned(), environment: String::from("dev") };
+        let stop = Stop::default();
+        let _held = backend.lock("kstack apply dev", &stop).unwrap();
+        let id = holder(&backend.lock_path()).unwrap().id;
+        let LockError::Alive { .. } = backend.unlock(Some(&id), false).unwrap_err() else { panic!("this process holds it") };
+        assert!(backend.lock_path().exists());
+        assert!(stop.reason().is_none());
+        backend.unlock(Some(&id), true).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert!(matches!(stop.reason(), Some(crate::stop::Reason::LockLost(_))), "the run learns it lost its lock");
     }
 
     #[test]
@@ -142,8 +182,9 @@ mod tests {
         let stop = Stop::default();
         let old = backend.lock("kstack apply dev", &stop).unwrap();
         let old_id = holder(&backend.lock_path()).unwrap().id;
-        // Its user took it for dead and removed it; a new run took the environment.
-        assert_eq!(backend.unlock(Some(&old_id)).unwrap().unwrap().id, old_id);
+        // Its user took it for dead and removed it (forced: it runs in this very process); a
+        // new run took the environment.
+        assert_eq!(backend.unlock(Some(&old_id), true).unwrap().unwrap().id, old_id);
         let new = backend.lock("kstack roll dev", &stop).unwrap();
         let new_id = holder(&backend.lock_path()).unwrap().id;
         drop(old);

@@ -62,6 +62,13 @@ impl LockInfo {
     }
 
     /// Whether the holder's process has certainly ended (as seen from the same pid scope).
+    /// Whether the holder is a process this one sees running (the same boot and pid namespace,
+    /// and its pid alive).
+    pub fn process_alive(&self) -> bool {
+        self.pid_scope.as_deref().is_some_and(|scope| pid_scope().as_deref() == Some(scope))
+            && std::path::Path::new("/proc").join(self.pid.to_string()).exists()
+    }
+
     pub fn process_ended(&self) -> bool {
         self.pid_scope.as_deref().is_some_and(|scope| has_ended(scope, self.pid))
     }
@@ -109,6 +116,8 @@ pub enum LockError {
     WrongId { environment: String, held: String, given: String },
     #[error("unlocking `{environment}` needs the lock's id: it is held by {}@{} (`{}`) since {} [lock {}]", info.holder, info.host, info.command, info.started, info.id)]
     IdNeeded { environment: String, info: Box<LockInfo> },
+    #[error("the lock of `{environment}` is held by a live process on this machine: pid {} (`{}`) since {} [lock {}]; nothing was removed", info.pid, info.command, info.started, info.id)]
+    Alive { environment: String, info: Box<LockInfo> },
     #[error("cannot take or release the lock {location}: {message}")]
     Io { location: String, message: String },
 }
@@ -126,6 +135,10 @@ impl LockError {
             ),
             LockError::WrongId { environment, .. } => format!("check the id in the message of the command that was refused, or `kstack state unlock {environment}` to see it"),
             LockError::IdNeeded { environment, info } => format!("if that run is gone: `kstack state unlock {environment} {}`", info.id),
+            LockError::Alive { environment, info } => format!(
+                "let it finish or stop it (Ctrl-C, or `kill {}`); if you have checked that process is not kstack, `kstack state unlock {environment} {} --force`",
+                info.pid, info.id
+            ),
             LockError::Io { .. } => String::from("check access to where the state lives (the project directory, or the bucket)"),
         }
     }

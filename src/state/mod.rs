@@ -87,6 +87,11 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     pub resources: BTreeMap<Address, Observed>,
+    /// Creates started and not yet recorded, by address, with when each was journalled: a
+    /// resource at such an address carrying the identity is the environment's (its create's
+    /// reply was lost, or the run was killed before recording it). Tags alone never are.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub intents: BTreeMap<Address, String>,
     /// A roll that has not finished: what `kstack roll --resume` continues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roll: Option<RollRecord>,
@@ -97,6 +102,7 @@ impl State {
     /// recorded (groups by name, so their instances count too).
     pub fn owner(&self) -> Owner {
         Owner::new(&self.environment, self.identity.clone(), self.resources.values().map(|r| r.id.clone()))
+            .with_intents(self.intents.keys().map(Address::to_string))
     }
 
     /// The hosted zones of the DNS records state knows of: refresh lists them.
@@ -172,11 +178,12 @@ impl StateStore {
         }
     }
 
-    /// Removes the lock (only the one named `id`, when given; S3 requires it).
-    pub fn unlock(&self, id: Option<&str>) -> Result<Option<LockInfo>, LockError> {
+    /// Removes the lock (only the one named `id`, when given; S3 requires it). A local lock
+    /// whose holder runs on this machine stays unless `force`.
+    pub fn unlock(&self, id: Option<&str>, force: bool) -> Result<Option<LockInfo>, LockError> {
         match &self.s3 {
             Some(s3) => s3.unlock(id),
-            None => self.local.unlock(id),
+            None => self.local.unlock(id, force),
         }
     }
 
@@ -195,6 +202,7 @@ impl StateStore {
                 identity: None,
                 region: None,
                 resources: BTreeMap::new(),
+                intents: BTreeMap::new(),
                 roll: None,
             });
         };

@@ -180,9 +180,14 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
     // The first plan gives the environment its identity; a run that died after creating a
-    // VPC and a security group (whose rules were never written) left them tagged with it.
+    // VPC and a security group (whose rules were never written) left them tagged with it,
+    // and its state with the creates it journalled before making them.
     project.kstack(&moto).args(["plan", "dev"]).assert().success();
     let identity = project.identity("dev");
+    let state_path = project.path().join(".kstack/state/dev.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["intents"] = serde_json::json!({"vpc.main": "2026-12-06T00:00:00Z", "security_group.ingress-elb": "2026-12-06T00:00:00Z"});
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
     let orphan = rt.block_on(aws.create_tagged_vpc("dev", Some(&identity), "vpc.main"));
     rt.block_on(async {
         use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
@@ -209,6 +214,8 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
 
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     assert_eq!(rt.block_on(aws.vpcs_of("dev")), vec![orphan.clone()]);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    assert!(state.get("intents").is_none(), "every journalled create is recorded: {state:#}");
     let listed = project.kstack(&moto).args(["state", "list", "dev"]).output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&format!("vpc.main\t{orphan}")));
     // While the state records resources, their identity never changes hands.
@@ -227,7 +234,9 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
     let plan = json(&lost);
     let left_alone = plan["plan"]["left_alone"].as_array().unwrap();
     assert!(left_alone.iter().any(|f| f["id"] == orphan.as_str() && f["identity"] == identity.as_str()), "{plan:#}");
-    project.kstack(&moto).args(["state", "identity", "dev", "--recover", &identity]).assert().success();
+    // Recovering the identity is a person's word that what carries it is this environment's.
+    let recovered = project.kstack(&moto).args(["state", "identity", "dev", "--recover", &identity]).output().unwrap();
+    assert!(String::from_utf8_lossy(&recovered.stdout).contains("adopted the 31 resources carrying it"), "{recovered:?}");
     project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).assert().code(0);
     let shown = project.kstack(&moto).args(["state", "identity", "dev"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), identity);

@@ -151,3 +151,50 @@ fn a_missing_zone_is_reported_where_the_model_names_it() {
     assert!(stderr.contains(&format!("environments/dev.yaml:{line}:9")), "{stderr}");
     assert!(stderr.contains("hosted zone `dev.example.com` does not exist"), "{stderr}");
 }
+
+/// A record of the model whose name and type a person already made in the zone is a problem
+/// at its line, before anything changes; a CNAME beside it too. The hand-made record is
+/// intact after the environment's other records are applied and destroyed.
+#[test]
+fn a_hand_made_record_is_never_taken_refused_at_plan_and_intact_after_destroy() {
+    let moto = Moto::start();
+    let project = Project::copy();
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let zone = rt.block_on(make_zone(&aws));
+    rt.block_on(async {
+        let set = ResourceRecordSet::builder()
+            .name("registry.dev.example.com")
+            .r#type(RrType::Cname)
+            .ttl(300)
+            .resource_records(ResourceRecord::builder().value("registry.internal.example.com").build().unwrap())
+            .build()
+            .unwrap();
+        let change = Change::builder().action(ChangeAction::Create).resource_record_set(set).build().unwrap();
+        let batch = ChangeBatch::builder().changes(change).build().unwrap();
+        aws.route53.change_resource_record_sets().hosted_zone_id(&zone).change_batch(batch).send().await.unwrap();
+    });
+    let hand_made = ("registry.dev.example.com".to_owned(), "CNAME".to_owned(), "registry.internal.example.com".to_owned());
+    with_dns(
+        &project,
+        "    registry: { name: registry.dev.example.com, type: CNAME, ttl: 60, values: [apps.dev.example.com] }\n    docs: { name: docs.dev.example.com, type: CNAME, ttl: 60, values: [apps.dev.example.com] }\n",
+    );
+    let planned = project.kstack(&moto).args(["plan", "dev"]).output().unwrap();
+    assert_eq!(planned.status.code(), Some(2), "bad input: {planned:?}");
+    let stderr = String::from_utf8_lossy(&planned.stderr);
+    assert!(
+        stderr.contains("environments/dev.yaml:")
+            && stderr.contains("already has a CNAME record `registry.dev.example.com` that this environment did not make"),
+        "{stderr}"
+    );
+    let applied = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
+    assert_eq!(applied.status.code(), Some(2), "apply refuses before any change");
+    assert!(rt.block_on(aws.vpcs_of("dev")).is_empty(), "nothing was created");
+
+    with_dns(&project, "    docs: { name: docs.dev.example.com, type: CNAME, ttl: 60, values: [apps.dev.example.com] }\n");
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    assert!(rt.block_on(records(&aws, &zone)).contains(&hand_made));
+    project.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).assert().success();
+    assert_eq!(rt.block_on(records(&aws, &zone)), vec![hand_made], "only the hand-made record is left");
+}

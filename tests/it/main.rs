@@ -14,6 +14,7 @@ mod reboots;
 mod reliability;
 mod roles;
 mod roll;
+mod shared_account;
 mod ssh;
 mod stack_roles;
 mod state_backend;

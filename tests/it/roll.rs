@@ -457,7 +457,15 @@ fn an_aborted_roll_puts_the_group_back_to_its_size_and_processes() {
 
     kill_mid_roll(&project, &moto);
     assert_eq!(rt.block_on(aws.group(GROUP)).desired_capacity(), Some(3));
-    let aborted = project.kstack(&moto).args(["roll", "fleet", "--abort"]).output().unwrap();
+    // In the incident a secret's variable is not at hand: status and abort need none.
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}secrets:\n  registry_token: KSTACK_TEST_UNSET_TOKEN\n"));
+    let planned = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(planned.status.code(), Some(2), "a plan needs it: {}", stderr(&planned));
+    let status = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(["roll", "fleet", "--status"]).output().unwrap();
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(stdout(&status).contains("did not finish") && stdout(&status).contains("batch 1 in flight"), "{}", stdout(&status));
+    let aborted = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(["roll", "fleet", "--abort"]).output().unwrap();
     assert!(aborted.status.success(), "{}", stderr(&aborted));
     let group = rt.block_on(aws.group(GROUP));
     assert_eq!((group.desired_capacity(), group.max_size()), (Some(2), Some(3)));
@@ -726,4 +734,125 @@ fn a_roll_in_a_terminal_shows_each_group_live_and_clears_it_at_the_end() {
     assert!(last.lines().any(|l| l.starts_with("roll: ") && l.contains(": batch 1/2: replacing i-")), "{last}");
     // Once done, no live line is left on the screen.
     assert!(!last.lines().any(|l| !l.starts_with("roll: ") && l.contains(" batch ")), "{last}");
+}
+
+/// An autoscaler moving the group's desired capacity within min..max, as cluster-autoscaler
+/// does: a thread on its own client while `apply` changes the group; then from the roll's
+/// `validate` hook (after each batch) through `apply --roll` and `roll`. Each run ends with
+/// the autoscaler's size; the plan shows it as observed, not as a change; a new `desired:`
+/// in the file is a person's ask, and a new max below the size clamps it.
+#[test]
+fn an_autoscalers_size_is_kept_through_apply_apply_with_roll_and_roll() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let scratch = tempfile::tempdir().unwrap();
+    // The hook's autoscaler: each run sets the next size of 2, 3, 4, 5, 6 and logs it.
+    let log = scratch.path().join("sizes");
+    let script = scratch.path().join("scale.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import boto3\n\
+             a = boto3.client('autoscaling', region_name='eu-west-1')\n\
+             g = [g for g in a.describe_auto_scaling_groups()['AutoScalingGroups'] if g['AutoScalingGroupName'].startswith('fleet-app-')][0]\n\
+             try: sizes = open('{log}').read().split()\n\
+             except FileNotFoundError: sizes = []\n\
+             size = 2 + len(sizes) % 5\n\
+             a.set_desired_capacity(AutoScalingGroupName=g['AutoScalingGroupName'], DesiredCapacity=size)\n\
+             open('{log}', 'a').write(f'{{size}}\\n')\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let python = kstack_testkit::repo().join(".venv/moto/bin/python");
+    let hooks = format!("  validate: {} {}\n", python.display(), script.display());
+    let project = fleet_at(41);
+    project.edit(FLEET, "    min: 2\n    max: 2\n", "    min: 2\n    max: 6\n    desired: 3\n");
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}roll_hooks:\n{hooks}"));
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let size = |rt: &tokio::runtime::Runtime| rt.block_on(aws.group(GROUP)).desired_capacity().unwrap();
+    let last_logged = || std::fs::read_to_string(&log).unwrap().split_whitespace().last().unwrap().parse::<i32>().unwrap();
+
+    // 1. An apply that changes the group while the autoscaler moves it.
+    let running = Arc::new(AtomicBool::new(true));
+    let autoscaler = {
+        let (endpoint, running) = (moto.endpoint.clone(), Arc::clone(&running));
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let aws = rt.block_on(Clients::at(&endpoint));
+            let name = rt.block_on(aws.group(GROUP)).auto_scaling_group_name().unwrap().to_owned();
+            let (mut last, mut moves) = (0, 0);
+            while running.load(Ordering::SeqCst) || moves == 0 {
+                last = 2 + (moves % 5) as i32;
+                rt.block_on(aws.autoscaling.set_desired_capacity().auto_scaling_group_name(&name).desired_capacity(last).send()).unwrap();
+                moves += 1;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            (last, moves)
+        })
+    };
+    project.edit(FLEET, "    desired: 3\n", "    desired: 3\n    health_check: { grace_period: 120 }\n");
+    let applied = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    running.store(false, Ordering::SeqCst);
+    let (last, moves) = autoscaler.join().unwrap();
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert!(stdout(&applied).contains("0 added, 1 changed, 0 destroyed"), "the group's grace period changed: {}", stdout(&applied));
+    assert!(moves >= 2, "the autoscaler moved the group during the apply");
+    assert_eq!(size(&rt), last, "the autoscaler's last size stays");
+    assert_eq!(rt.block_on(aws.group(GROUP)).health_check_grace_period(), Some(120));
+
+    // The plan shows the size as observed, not as a change.
+    rt.block_on(
+        aws.autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(rt.block_on(aws.group(GROUP)).auto_scaling_group_name().unwrap())
+            .desired_capacity(5)
+            .send(),
+    )
+    .unwrap();
+    let planned = project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).output().unwrap();
+    assert_eq!(planned.status.code(), Some(0), "no change: {}", stdout(&planned));
+    assert!(stdout(&planned).contains("asg.app: desired capacity 5 was set outside kstack (the model says 3); kept"), "{}", stdout(&planned));
+    let json = kstack_testkit::json(&project.kstack(&moto).args(["plan", "fleet", "--json"]).output().unwrap());
+    assert_eq!(json["plan"]["capacity"][0]["outcome"], "kept", "{json:#}");
+
+    // 2. `apply --roll` and 3. `roll`: the autoscaler acts after each batch.
+    project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
+    let both = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--roll"]).output().unwrap();
+    assert!(both.status.success(), "{}", stderr(&both));
+    assert!(stdout(&both).contains("app: 5 replaced"), "rolled the autoscaler's 5, not the model's 3: {}", stdout(&both));
+    assert_eq!(size(&rt), last_logged(), "apply --roll ends at the autoscaler's size");
+    project.edit(FLEET, "instance_type: t3.medium", "instance_type: t3.large");
+    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let before_roll = size(&rt);
+    let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
+    assert!(rolled.status.success(), "{}", stderr(&rolled));
+    assert!(stdout(&rolled).contains(&format!("app: {before_roll} replaced")), "{}", stdout(&rolled));
+    assert_eq!(size(&rt), last_logged(), "roll ends at the autoscaler's size");
+
+    // A new `desired:` in the file is a person's ask; a max below the size clamps it.
+    project.edit(FLEET, "    desired: 3\n", "    desired: 4\n");
+    let asked = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    assert!(stdout(&asked).contains("the model's `desired` changed"), "{}", stdout(&asked));
+    assert_eq!(size(&rt), 4);
+    rt.block_on(
+        aws.autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(rt.block_on(aws.group(GROUP)).auto_scaling_group_name().unwrap())
+            .desired_capacity(6)
+            .send(),
+    )
+    .unwrap();
+    project.edit(FLEET, "    max: 6\n", "    max: 5\n");
+    let clamped = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    assert!(
+        stdout(&clamped).contains("desired capacity 6 was set outside kstack and is outside the new min..max; clamped to 5"),
+        "{}",
+        stdout(&clamped)
+    );
+    let group = rt.block_on(aws.group(GROUP));
+    assert_eq!((group.desired_capacity(), group.max_size()), (Some(5), Some(5)));
 }
