@@ -225,7 +225,7 @@ fn adopt_journalled(state: &mut State, observed: &[Observed]) -> bool {
     let mut changed = false;
     for resource in observed {
         if state.intents.remove(&resource.address).is_some() {
-            if !state.resources.get(&resource.address).is_some_and(|r| r.id == resource.id) {
+            if state.resources.get(&resource.address).is_none_or(|r| r.id != resource.id) {
                 tracing::info!("{}: adopted {} (made by a create an earlier run journalled)", resource.address, resource.id);
                 state.resources.insert(resource.address.clone(), resource.clone());
             }
@@ -547,7 +547,7 @@ mod tests {
     async fn apply_to(memory: &Arc<Memory>, desired: &ResourceGraph, dir: &std::path::Path) -> (Outcome, State) {
         let observed = memory.refresh().await.unwrap();
         let plan = crate::plan::plan("test", desired, &observed);
-        let store = StateStore::local(dir, "test");
+        let store = StateStore::local(dir, "test", None);
         let journal = Journal { state: store.load().unwrap(), store: store.clone() };
         let options = Options { parallelism: 2, stop: Stop::default() };
         let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, |_| {}).await;

@@ -1,6 +1,6 @@
 //! Compiles a checked environment into its resource graph. Pure: no I/O.
 
-use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT};
+use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_PROJECT};
 use std::collections::BTreeMap;
 
 use crate::diagnostics::Problems;
@@ -66,6 +66,9 @@ impl Compiler<'_> {
         tags.insert(String::from("Name"), aws_name.clone());
         tags.insert(TAG_ENVIRONMENT.to_owned(), self.env.name.clone());
         tags.insert(TAG_ADDRESS.to_owned(), address.to_string());
+        if let Some(project) = &self.env.project {
+            tags.insert(TAG_PROJECT.to_owned(), project.clone());
+        }
         self.resources.push(Resource { address: address.clone(), name: aws_name, tags, spec, after: Vec::new() });
         address
     }

@@ -9,6 +9,9 @@ pub const TAG_ENVIRONMENT: &str = "kstack:environment";
 pub const TAG_ADDRESS: &str = "kstack:address";
 /// The environment's identity (see `identity`): no other environment, project or region has it.
 pub const TAG_IDENTITY: &str = "kstack:id";
+/// The project's name (`kstack.yaml`), where it has one: for people telling environments of
+/// the same name apart (ownership is the identity's alone).
+pub const TAG_PROJECT: &str = "kstack:project";
 /// An instance's daily reboot time, `HH:MM` in its reboot window's time zone (`kstack reboots`).
 pub const TAG_REBOOT_TIME: &str = "kstack:reboot-time";
 /// On an auto scaling group whose roll stopped with its processes suspended: what it holds

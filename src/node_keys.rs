@@ -23,8 +23,9 @@ pub struct FromConsole {
     pub keys: usize,
 }
 
-/// Records, for each `(instance, address)` whose address has no key in `host_keys`, the keys
-/// its console shows (waiting up to `wait` for them); the known ones cost no AWS call.
+/// Records, for each `(instance, address)` whose address has no key in `host_keys` (or only
+/// keys recorded for another instance, which the address had before), the keys its console
+/// shows (waiting up to `wait` for them); the known ones cost no AWS call.
 pub async fn record_from_consoles(
     cloud: &Cloud,
     nodes: &[(String, String)],
@@ -35,7 +36,7 @@ pub async fn record_from_consoles(
     let permits = Arc::new(Semaphore::new(READS_AT_ONCE));
     let mut reads = JoinSet::new();
     for (instance, address) in nodes {
-        if host_keys.knows(address, port)? {
+        if host_keys.knows(address, port, instance)? {
             continue;
         }
         let (cloud, permits, instance, address) = (cloud.clone(), Arc::clone(&permits), instance.clone(), address.clone());
@@ -49,7 +50,7 @@ pub async fn record_from_consoles(
     while let Some(read) = reads.join_next().await {
         // A read that panicked leaves its node unknown: it is then refused, never trusted.
         let Ok((instance, address, keys)) = read else { continue };
-        host_keys.record(&address, port, &keys)?;
+        host_keys.record(&address, port, &keys, &instance)?;
         found.push(FromConsole { instance, address, keys: keys.len() });
     }
     found.sort_by(|a, b| a.address.cmp(&b.address));

@@ -17,7 +17,8 @@ pub fn for_group(environment: &Environment, group: &NodeGroup) -> Variables {
     let mut variables: Variables = environment.variables.iter().map(|(k, v)| (k.clone(), v.value.clone())).collect();
     variables.extend(group.variables.clone());
     // `term` hides secrets' values in all output.
-    variables.extend(environment.secrets.iter().map(|(k, v)| (k.clone(), json!(v.value()))));
+    // An unset secret (only where the command needs none) is undefined: a template using it fails.
+    variables.extend(environment.secrets.iter().filter_map(|(k, v)| Some((k.clone(), json!(v.value()?)))));
     if let Some(reboots) = &group.reboots {
         // The unattended-upgrades role's window, for nodes without an assigned slot.
         variables.insert("reboot_window_start".into(), json!(format_minute(reboots.window.start)));

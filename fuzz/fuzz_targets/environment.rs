@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let mut problems = Problems::default();
     if let Some(node) = kstack_project::yaml::parse(0, &text, &mut problems) {
-        let _ = kstack_project::model::decode::environment("fuzz", &node, &mut problems);
+        let _ = kstack_project::model::decode::environment("fuzz", None, &node, &mut problems);
     }
 });

@@ -2,7 +2,9 @@
 //! everything temporary, which is found by its `kstack:bake` tag so that even a resource
 //! created a moment before an interrupt is removed.
 
-use crate::naming::{TAG_ADDRESS, TAG_BAKE, TAG_BAKE_KEPT, TAG_ENVIRONMENT, TAG_HASH, TAG_IMAGE, TAG_ROLES, TAG_SOURCE_AMI, TAG_VERSION};
+use crate::naming::{
+    TAG_ADDRESS, TAG_BAKE, TAG_BAKE_KEPT, TAG_ENVIRONMENT, TAG_HASH, TAG_IDENTITY, TAG_IMAGE, TAG_ROLES, TAG_SOURCE_AMI, TAG_VERSION,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -248,6 +250,10 @@ impl Baking<'_> {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .to_vec();
         marker.extend(lease::ours(aws_now));
+        // Whose bake it is: `--cleanup` and later bakes clear only their own environment's.
+        if let Some(identity) = &self.cloud.owner.identity {
+            marker.push((TAG_IDENTITY.to_owned(), identity.to_string()));
+        }
         Ok(marker)
     }
 
@@ -354,7 +360,7 @@ impl Baking<'_> {
             host_keys.trust_on_first_use = true;
             HostKeyTrust::TrustedOnFirstUse
         } else {
-            host_keys.record(address, 22, &from_console).map_err(BakeError::Ssh)?;
+            host_keys.record(address, 22, &from_console, instance).map_err(BakeError::Ssh)?;
             self.step(&format!("builder {instance} at {address}: host keys taken from its console output"));
             HostKeyTrust::VerifiedFromConsole
         };
@@ -549,13 +555,21 @@ impl Temporaries {
     }
 }
 
+/// The temporary resources of bake `bake_id`, or of every bake of this build environment
+/// (its identity tag): another project's bakes, dead or kept, are its own to clear.
 async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries, BakeError> {
-    let filter = || match bake_id {
-        Some(id) => Filter::builder().name(format!("tag:{TAG_BAKE}")).values(id).build(),
-        None => Filter::builder().name("tag-key").values(TAG_BAKE).build(),
+    let identity = cloud.owner.identity.as_ref().map(|i| i.to_string()).unwrap_or_default();
+    let filters = || match bake_id {
+        Some(id) => vec![Filter::builder().name(format!("tag:{TAG_BAKE}")).values(id).build()],
+        None => vec![
+            Filter::builder().name("tag-key").values(TAG_BAKE).build(),
+            Filter::builder().name(format!("tag:{TAG_IDENTITY}")).values(&identity).build(),
+        ],
     };
-    let (described, groups) =
-        tokio::join!(cloud.ec2.describe_instances().filters(filter()).send(), cloud.ec2.describe_security_groups().filters(filter()).send());
+    let (described, groups) = tokio::join!(
+        cloud.ec2.describe_instances().set_filters(Some(filters())).send(),
+        cloud.ec2.describe_security_groups().set_filters(Some(filters())).send()
+    );
     let described = described.map_err(|e| BakeError::aws("finding builders")(e.into()))?;
     let groups = groups.map_err(|e| BakeError::aws("finding bake security groups")(e.into()))?;
     // The leases are judged on EC2's clock as of these replies.

@@ -12,7 +12,7 @@ use crate::state::Lock;
 
 use super::progress::Progress;
 use super::session::{runtime, stop_on_signals, Desired, Held, SavedPlan, Session};
-use super::{term, Failure};
+use super::{fail, term, Failure};
 use crate::stop::Stop;
 
 /// Make the environment match its model: show the plan, ask, then create, update and delete.
@@ -142,9 +142,11 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
         confirm(&runtime, &stop, &format!("Do you want to perform these actions in `{}`?", session.environment))?;
     }
     let mut session = session;
-    let (cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
-    let environment = session.environment.clone();
+    let (mut cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
+    let (environment, store) = (session.environment.clone(), session.store.clone());
     let lock = execute(&runtime, session, args.parallelism, &stop, "Apply")?;
+    // What the environment owns now: the apply recorded what it made.
+    cloud.owner = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.owner();
     super::output::after_apply(&runtime, &cloud, &environment, None);
     // With --roll the roll folds in the instances it brings.
     if let (false, Some(model)) = (args.roll, &model) {

@@ -79,10 +79,13 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     };
     let loaded = load_environment(project, &place.environment);
     let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
-    term::hide_secrets(checked.environment.secrets.values().map(|s| s.value()));
+    term::hide_secrets(checked.environment.secrets.values().filter_map(|s| s.value()));
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&region, owner(&open_store(project, &checked.environment.name, &checked.environment.state)?)?));
+    let cloud = runtime.block_on(Cloud::connect(
+        &region,
+        owner(&open_store(project, &checked.environment.name, checked.environment.project.as_deref(), &checked.environment.state)?)?,
+    ));
     // With --json the run is for a machine: plain lines only.
     let steps = Arc::new(StepProgress::new("bake", !args.json));
     let shown = Arc::clone(&steps);

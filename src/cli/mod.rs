@@ -238,24 +238,71 @@ pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compil
     let loaded = load_environment(project, env);
     let mut sources = loaded.sources;
     let result = loaded.result.and_then(|checked| {
-        term::hide_secrets(checked.environment.secrets.values().map(|s| s.value()));
+        term::hide_secrets(checked.environment.secrets.values().filter_map(|s| s.value()));
         let mut problems = Problems::default();
         let graph = compile(&checked, &mut problems);
-        let mut images = BTreeMap::new();
-        for name in graph.as_ref().map(crate::compile::image_names).unwrap_or_default() {
-            match load_image(project, &name, &mut sources) {
-                Ok(image) => match load_roles(&project.root.join("roles"), &image.roles, &mut sources) {
-                    Ok(roles) => {
-                        images.insert(name, LoadedImage { image, roles });
-                    }
-                    Err(more) => problems.extend(more),
-                },
-                Err(more) => problems.extend(more),
-            }
-        }
+        let names = graph.as_ref().map(crate::compile::image_names).unwrap_or_default();
+        let images = load_images(project, &names, &mut sources, &mut problems);
         match graph {
             Some(graph) if problems.is_empty() => Ok(Compiled { checked, graph, images }),
             _ => Err(problems),
+        }
+    });
+    (sources, result)
+}
+
+/// The images `names`, with their roles.
+fn load_images(project: &Project, names: &[String], sources: &mut Sources, problems: &mut Problems) -> BTreeMap<String, LoadedImage> {
+    let mut images = BTreeMap::new();
+    for name in names {
+        match load_image(project, name, sources) {
+            Ok(image) => match load_roles(&project.root.join("roles"), &image.roles, sources) {
+                Ok(roles) => {
+                    images.insert(name.clone(), LoadedImage { image, roles });
+                }
+                Err(more) => problems.extend(more),
+            },
+            Err(more) => problems.extend(more),
+        }
+    }
+    images
+}
+
+/// An environment as a roll loads it (see [`load_for_roll`]).
+pub struct ForRoll {
+    pub checked: Checked,
+    pub images: BTreeMap<String, LoadedImage>,
+}
+
+/// What a roll works from: the environment and the images its groups name, not compiled (a
+/// roll changes no launch settings, and compiling renders user data). A secret whose variable
+/// is unset is left so, with a warning: a hook using it then fails where it runs.
+pub fn load_for_roll(project: &Project, env: &str) -> (Sources, Result<ForRoll, Problems>) {
+    let loaded = crate::model::load_environment_with(project, env, crate::model::Secrets::IfSet);
+    let mut sources = loaded.sources;
+    let result = loaded.result.and_then(|checked| {
+        let secrets = &checked.environment.secrets;
+        term::hide_secrets(secrets.values().filter_map(|s| s.value()));
+        for (name, secret) in secrets.iter().filter(|(_, s)| s.value().is_none()) {
+            term::warning(&format!("secret `{name}` is not set (${}): a roll hook that uses it fails", secret.env_var));
+        }
+        let names: Vec<String> = checked
+            .environment
+            .node_groups
+            .iter()
+            .filter_map(|g| match &g.image.value {
+                crate::model::ImageRef::Named(name) => Some(name.clone()),
+                crate::model::ImageRef::Ami(_) => None,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut problems = Problems::default();
+        let images = load_images(project, &names, &mut sources, &mut problems);
+        if problems.is_empty() {
+            Ok(ForRoll { checked, images })
+        } else {
+            Err(problems)
         }
     });
     (sources, result)

@@ -35,7 +35,7 @@ pub(super) struct Args {
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     let location = locate_state(project, &args.env)?;
-    let store = open_store(project, &location.name, &location.state)?;
+    let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
     let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let (Some(region), Some(identity)) = (location.region.or_else(|| state.region.clone()), state.identity.clone()) else {
         return Err(fail(&format!("`{}` has no outputs: it was never applied", location.name), Some(&format!("kstack apply {}", args.env))));

@@ -15,6 +15,7 @@ use super::{term, Failure};
   kstack plan dev
   kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
   kstack plan dev --json | jq '.plan.summary'
+  kstack plan dev --destroy                 what `kstack destroy dev` would delete
 
 Exit status: 0 success, 1 error; with --detailed-exitcode 0 no changes, 1 error, 2 changes.")]
 pub(super) struct Args {
@@ -30,15 +31,21 @@ pub(super) struct Args {
     pub detailed_exitcode: bool,
 
     /// Save the plan for `kstack apply FILE`, which refuses it if anything changed since.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "destroy")]
     out: Option<PathBuf>,
+
+    /// Plan the environment's destruction, as `kstack destroy` would carry it out: from its
+    /// state and tags, so it needs no secrets and works while the environment has problems.
+    #[arg(long)]
+    destroy: bool,
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
-    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Model, &stop))?;
+    let desired = if args.destroy { Desired::Nothing } else { Desired::Model };
+    let session = runtime.block_on(Session::open(project, &args.env, &command, desired, &stop))?;
     // Applying is refused until it is settled: say so before anyone reviews the plan.
     if let Some(record) = &session.state.roll {
         let (message, hint) = super::roll::unfinished(&session.environment, record);

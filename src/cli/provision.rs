@@ -182,7 +182,7 @@ fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Loc
     let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
-    let store = open_store(project, &environment.name, &environment.state)?;
+    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
@@ -297,7 +297,7 @@ fn print_event(event: &RunEvent, color: bool, diff: bool) {
                 term::outln(format_args!("    {}: {} -> {}", change.field, change.before, change.after));
             }
             if diff {
-                if let Some(content) = &report.outcome.content_diff {
+                if let Some(content) = withheld_if_secret(report.outcome.content_diff.clone()) {
                     for line in content.lines() {
                         term::outln(format_args!("    {line}"));
                     }
@@ -314,9 +314,19 @@ fn print_event(event: &RunEvent, color: bool, diff: bool) {
 }
 
 /// The recap, one line per host, and the exit status.
+/// A file's diff, or a note in its place when the file is rendered from a secret: its old
+/// version holds the secret's earlier value after a rotation, which no redactor knows.
+fn withheld_if_secret(content_diff: Option<String>) -> Option<String> {
+    content_diff.map(|diff| if term::mentions_secret(&diff) { String::from("(diff withheld: the file is rendered from a secret)") } else { diff })
+}
+
 fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure> {
     if json {
-        term::outln(format_args!("{:#}", serde_json::to_value(reports).unwrap_or_default()));
+        let mut shown = reports.to_vec();
+        for task in shown.iter_mut().flat_map(|r| r.tasks.iter_mut()) {
+            task.outcome.content_diff = withheld_if_secret(task.outcome.content_diff.take());
+        }
+        term::outln(format_args!("{:#}", serde_json::to_value(&shown).unwrap_or_default()));
     } else {
         term::outln(format_args!("\nRECAP"));
         let width = reports.iter().map(|r| r.host.len()).max().unwrap_or(0);

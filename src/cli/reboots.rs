@@ -66,7 +66,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         ));
     }
     let runtime = runtime()?;
-    let store = open_store(project, &environment.name, &environment.state)?;
+    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let _lock = match args.assign {
         true => {
             // Tags and slot files, each written whole: nothing is half done if the run ends.

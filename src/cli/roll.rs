@@ -11,7 +11,7 @@ use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, R
 use super::progress::RollProgress;
 use super::provision::SshArgs;
 use super::session::{open_store, runtime, stop_on_signals, Held};
-use super::{check_groups, fail, load_and_compile, locate_state, report_problems, term, Failure};
+use super::{check_groups, fail, locate_state, report_problems, term, Failure};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -159,7 +159,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
 fn run_from_state(project: &Project, args: &Args) -> Result<(), Failure> {
     let location = locate_state(project, &args.env)?;
     let env = &location.name;
-    let store = open_store(project, env, &location.state)?;
+    let store = open_store(project, env, location.project.as_deref(), &location.state)?;
     if args.status {
         let record = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.roll;
         status(env, record.as_ref());
@@ -190,12 +190,12 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     if (args.status || args.abort) && held.is_none() {
         return run_from_state(project, args);
     }
-    let (sources, result) = load_and_compile(project, &args.env);
-    let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
-    let environment = &compiled.checked.environment;
+    let (sources, result) = super::load_for_roll(project, &args.env);
+    let super::ForRoll { checked, images } = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
+    let environment = &checked.environment;
     let env = &environment.name;
     check_groups(environment, &args.groups)?;
-    let store = open_store(project, &environment.name, &environment.state)?;
+    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let command = format!("kstack roll {}", args.env);
     let (runtime, stop, _lock) = match held {
         Some(Held { runtime, stop, lock }) => (runtime, stop, lock),
@@ -299,7 +299,7 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     if replaced == 0 {
         term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
     } else {
-        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &compiled.images, &args.ssh, args.write_reboot_slots));
+        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &images, &args.ssh, args.write_reboot_slots));
     }
     Ok(())
 }

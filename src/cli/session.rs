@@ -78,8 +78,13 @@ pub(super) fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failur
 }
 
 /// The state store the environment names (S3 connects and checks its bucket).
-pub(super) fn open_store(project: &Project, environment: &str, state: &crate::model::StateBackend) -> Result<StateStore, Failure> {
-    StateStore::open(&project.root, environment, state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+pub(super) fn open_store(
+    project: &Project,
+    environment: &str,
+    project_name: Option<&str>,
+    state: &crate::model::StateBackend,
+) -> Result<StateStore, Failure> {
+    StateStore::open(&project.root, environment, project_name, state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -200,6 +205,7 @@ impl Session {
                 let environment = &compiled.checked.environment;
                 let location = StateLocation {
                     name: environment.name.clone(),
+                    project: environment.project.clone(),
                     region: Some(environment.region.value.clone()),
                     state: environment.state.clone(),
                 };
@@ -207,7 +213,7 @@ impl Session {
             }
             Desired::Nothing => (locate_state(project, env)?, None),
         };
-        let store = open_store(project, &location.name, &location.state)?;
+        let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
         let lock = store.lock(command, stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         tokio::select! {
             session = Session::read(project, location, compiled, store, lock) => session,
@@ -236,6 +242,17 @@ impl Session {
         // the start; the region, so a destroy finds them without the environment file.
         let new_identity = state.identity.is_none();
         let identity = state.identity.get_or_insert_with(Identity::generate).clone();
+        if let Some(recorded) = state.region.as_ref().filter(|recorded| **recorded != region && !state.resources.is_empty()) {
+            return Err(fail(
+                &format!(
+                    "the state of `{environment}` records {} resources in {recorded}, but the environment says region {region}",
+                    state.resources.len()
+                ),
+                Some(&format!(
+                    "an environment does not move: destroy it in {recorded} first, or give the environment in {region} a state of its own (`key:` in `state:`)"
+                )),
+            ));
+        }
         if new_identity || state.region.as_ref() != Some(&region) {
             state.region = Some(region.clone());
             store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
@@ -301,7 +318,7 @@ impl Session {
         plan.capacity = capacity;
         plan.left_alone = refreshed.unrecorded.iter().map(Foreign::unrecorded).chain(refreshed.foreign.iter().map(Foreign::of)).collect();
         if state.resources.is_empty() {
-            warn_of_lost_state(&environment, &region, &plan.left_alone);
+            warn_of_lost_state(&environment, &region, &refreshed.foreign.iter().chain(&refreshed.unrecorded).collect::<Vec<_>>());
         }
         Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock })
     }
@@ -324,17 +341,37 @@ impl Session {
 }
 
 /// An empty state beside resources of an environment of the same name: another project's, or
-/// this environment's with its state lost. Only a person can tell; say how to claim them.
-fn warn_of_lost_state(environment: &str, region: &str, foreign: &[Foreign]) {
-    let identities: std::collections::BTreeSet<&str> = foreign.iter().filter_map(|f| f.identity.as_deref()).collect();
-    if identities.is_empty() {
+/// this environment's with its state lost. Only a person can tell; each identity is shown with
+/// what tells them apart (its project, how many resources of which kinds), and how to claim one.
+fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed]) {
+    let mut by_identity: std::collections::BTreeMap<&str, Vec<&Observed>> = std::collections::BTreeMap::new();
+    for resource in foreign {
+        if let Some(identity) = resource.tags.get(crate::naming::TAG_IDENTITY) {
+            by_identity.entry(identity).or_default().push(resource);
+        }
+    }
+    if by_identity.is_empty() {
         return;
     }
+    let described: Vec<String> = by_identity
+        .iter()
+        .map(|(identity, resources)| {
+            let projects: std::collections::BTreeSet<&str> =
+                resources.iter().filter_map(|r| r.tags.get(crate::naming::TAG_PROJECT).map(String::as_str)).collect();
+            let kinds: std::collections::BTreeSet<&str> = resources.iter().map(|r| r.kind.prefix()).collect();
+            let project = if projects.is_empty() {
+                String::from("no project name")
+            } else {
+                format!("project {}", projects.into_iter().collect::<Vec<_>>().join(", "))
+            };
+            format!("identity {identity} ({project}, {region}, {} resources: {})", resources.len(), kinds.into_iter().collect::<Vec<_>>().join(", "))
+        })
+        .collect();
     term::warning(&format!(
         "the state of `{environment}` records no resources, but {region} holds resources of an environment named \
-         `{environment}` with identity {}. They are left alone. If they are this environment's and its state was \
+         `{environment}`: {}. They are left alone. If they are this environment's and its state was \
          lost, `kstack state identity {environment} --recover <id>` makes them its own again.",
-        identities.into_iter().collect::<Vec<_>>().join(", ")
+        described.join("; ")
     ));
 }
 

@@ -1,13 +1,13 @@
 //! `kstack state list|show|unlock|migrate|identity <env>`
 
 use crate::identity::Identity;
-use crate::model::{Environment, Project, StateBackend};
+use crate::model::{Project, StateBackend};
 use crate::resource::Address;
 use crate::state::StateStore;
 use crate::stop::Stop;
 
 use super::session::open_store;
-use super::{fail, load_and_compile, locate_state, report_problems, term, Failure};
+use super::{fail, locate_state, term, Failure};
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
 /// between the local and the S3 backend.
@@ -89,13 +89,6 @@ enum Command {
     },
 }
 
-/// The environment's model, for where its state lives.
-fn environment(project: &Project, env: &str) -> Result<Environment, Failure> {
-    let (sources, result) = load_and_compile(project, env);
-    let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
-    Ok(compiled.checked.environment)
-}
-
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     match &args.command {
         Command::List { env } => {
@@ -124,7 +117,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         }
         Command::Unlock { env, lock_id, force } => {
             let environment = locate_state(project, env)?;
-            let store = open_store(project, &environment.name, &environment.state)?;
+            let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
             match store.unlock(lock_id.as_deref(), *force).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
                 Some(h) => term::outln(format_args!(
                     "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
@@ -173,7 +166,7 @@ fn adopt(
 
 fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), Failure> {
     let environment = locate_state(project, env)?;
-    let store = open_store(project, &environment.name, &environment.state)?;
+    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     let (Some(identity), Some(region)) = (state.identity.clone(), environment.region.or_else(|| state.region.clone())) else {
@@ -200,8 +193,11 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
 /// plan finds them again. Never over a state that records resources: those would be orphaned.
 fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failure> {
     let identity = Identity::try_from(id.to_owned()).map_err(|why| fail(&why, Some("copy it from a resource's `kstack:id` tag")))?;
-    let environment = environment(project, env)?;
-    let store = open_store(project, &environment.name, &environment.state)?;
+    let environment = locate_state(project, env)?;
+    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let Some(region) = environment.region.clone() else {
+        return Err(fail(&format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
+    };
     // One state write: nothing is half done if the run ends.
     let _lock = store.lock(&format!("kstack state identity {env} --recover"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
     let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
@@ -216,24 +212,24 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
         ));
     }
     state.identity = Some(identity.clone());
-    state.region = Some(environment.region.value.clone());
+    state.region = Some(region.clone());
     store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     // Asked for by a person who knows the identity: everything carrying it is adopted.
-    let adopted = adopt(&store, &mut state, &environment.region.value, |_| true)?;
+    let adopted = adopt(&store, &mut state, &region, |_| true)?;
     term::outln(format_args!("`{env}` has identity {identity}; adopted the {} resources carrying it.", adopted.len()));
     Ok(())
 }
 
 fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
-    let environment = environment(project, env)?;
+    let environment = locate_state(project, env)?;
     if environment.state == StateBackend::Local {
         return Err(fail(
             &format!("`{env}` names no S3 location for its state"),
             Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
         ));
     }
-    let s3 = open_store(project, &environment.name, &environment.state)?;
-    let local = StateStore::local(&project.root, &environment.name);
+    let s3 = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let local = StateStore::local(&project.root, &environment.name, environment.project.as_deref());
     let (source, target) = match to {
         Target::S3 => (local, s3),
         Target::Local => (s3, local),
@@ -273,6 +269,6 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
 
 fn load(project: &Project, env: &str) -> Result<crate::state::State, Failure> {
     let environment = locate_state(project, env)?;
-    let store = open_store(project, &environment.name, &environment.state)?;
+    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))
 }

@@ -25,6 +25,11 @@ pub(super) fn redacted(text: fmt::Arguments) -> String {
     SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner()).redact(&text).into_owned()
 }
 
+/// Whether `text` holds a hidden value in any of its forms.
+pub(super) fn mentions_secret(text: &str) -> bool {
+    matches!(SECRETS.read().unwrap_or_else(|poisoned| poisoned.into_inner()).redact(text), std::borrow::Cow::Owned(_))
+}
+
 /// Colour only on a terminal, and never when `NO_COLOR` is set (https://no-color.org).
 pub(super) fn stderr_color() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()

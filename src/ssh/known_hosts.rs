@@ -29,6 +29,14 @@ struct Recorded {
     entry: Entry,
 }
 
+/// The comment of a key kstack recorded from an instance's console: whose key it is.
+const INSTANCE_COMMENT: &str = "kstack-instance=";
+
+/// Whether kstack recorded this key for an instance other than `instance`.
+fn for_another(recorded: &Recorded, instance: &str) -> bool {
+    AsRef::<str>::as_ref(recorded.entry.public_key().comment()).strip_prefix(INSTANCE_COMMENT).is_some_and(|recorded| recorded != instance)
+}
+
 /// One check at a time: two first connections to a host (nodes through one new bastion) would
 /// otherwise both find no key and both record theirs.
 static CHECKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -65,28 +73,48 @@ impl HostKeys {
         russh::keys::known_hosts::learn_known_hosts_path(host, port, key, &self.path).map_err(|e| self.unwritable(host, e))
     }
 
-    /// Whether the file records a key for the host (a revoked one or an authority is none).
-    pub fn knows(&self, host: &str, port: u16) -> Result<bool, SshError> {
-        Ok(has_key(&self.read()?, &host_name(host, port)))
+    /// Whether the file records a key for the host (a revoked one or an authority is none)
+    /// that is still good for `instance`: keys kstack recorded for another instance at that
+    /// address (the comment `kstack-instance=<id>`) belong to a machine that is gone.
+    pub fn knows(&self, host: &str, port: u16, instance: &str) -> Result<bool, SshError> {
+        let name = host_name(host, port);
+        Ok(self.read()?.iter().any(|r| r.entry.marker().is_none() && names(r.entry.host_patterns(), &name) && !for_another(r, instance)))
     }
 
-    /// Records `keys` for a host the file has no key for, as vouched for out of band (an
-    /// instance's console output); a host it knows keeps its keys, to be checked against them.
-    pub fn record(&self, host: &str, port: u16, keys: &[PublicKey]) -> Result<(), SshError> {
+    /// Records `keys` of `instance` for a host the file has no good key for, as vouched for out
+    /// of band (the instance's console output), with the instance's id as their comment. Keys
+    /// kstack recorded there for another instance are removed: the address was reused. A host
+    /// with other keys keeps them, to be checked against them.
+    pub fn record(&self, host: &str, port: u16, keys: &[PublicKey], instance: &str) -> Result<(), SshError> {
         let _one_at_a_time = CHECKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let name = host_name(host, port);
         let text = self.text()?;
-        if keys.is_empty() || has_key(&self.parse(&text)?, &name) {
+        let for_host: Vec<Recorded> = self.parse(&text)?.into_iter().filter(|r| names(r.entry.host_patterns(), &name)).collect();
+        let stale: Vec<usize> = for_host.iter().filter(|r| for_another(r, instance)).map(|r| r.line).collect();
+        if for_host.iter().any(|r| r.entry.marker().is_none() && !for_another(r, instance)) || (keys.is_empty() && stale.is_empty()) {
             return Ok(());
         }
-        // A last line without its newline would otherwise run into the first one added.
-        let mut lines = String::from(if text.is_empty() || text.ends_with('\n') { "" } else { "\n" });
+        let mut lines: String = text.lines().enumerate().filter(|(i, _)| !stale.contains(&(i + 1))).map(|(_, line)| format!("{line}\n")).collect();
         for key in keys {
+            let mut key = key.clone();
+            key.set_comment(format!("{INSTANCE_COMMENT}{instance}"));
             let key = key.to_openssh().map_err(|e| self.unwritable(host, e))?;
             lines.push_str(&format!("{name} {}\n", key.trim()));
         }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).map_err(|e| self.unwritable(host, e))?;
-        file.write_all(lines.as_bytes()).map_err(|e| self.unwritable(host, e))
+        if stale.is_empty() {
+            // Appending keeps whatever else writes the file meanwhile (ssh itself).
+            let added = &lines[text.lines().map(|l| l.len() + 1).sum::<usize>()..];
+            let separator = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+            let mut file =
+                std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).map_err(|e| self.unwritable(host, e))?;
+            return file.write_all(format!("{separator}{added}").as_bytes()).map_err(|e| self.unwritable(host, e));
+        }
+        // Whole or not at all: a temporary file beside it, renamed over it.
+        let temporary = self.path.with_extension(format!("kstack-{}", std::process::id()));
+        let mut file =
+            std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&temporary).map_err(|e| self.unwritable(host, e))?;
+        file.write_all(lines.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| self.unwritable(host, e))?;
+        std::fs::rename(&temporary, &self.path).map_err(|e| self.unwritable(host, e))
     }
 
     fn unwritable(&self, host: &str, error: impl std::fmt::Display) -> SshError {
@@ -110,11 +138,6 @@ impl HostKeys {
     fn parse(&self, text: &str) -> Result<Vec<Recorded>, SshError> {
         parse(text).map_err(|lines| SshError::KnownHostsMalformed { path: self.path.clone(), lines })
     }
-}
-
-/// Whether `recorded` holds a key for `name` (a revoked one or an authority is none).
-fn has_key(recorded: &[Recorded], name: &str) -> bool {
-    recorded.iter().any(|r| r.entry.marker().is_none() && names(r.entry.host_patterns(), name))
 }
 
 /// How known_hosts names a host: `[host]:port` when the port is not 22.
@@ -255,19 +278,40 @@ mod tests {
     #[test]
     fn keys_vouched_for_are_recorded_only_for_a_host_without_any() {
         let (_dir, keys) = host_keys(&format!("10.0.0.5 ssh-ed25519 {ED25519}"), false);
-        keys.record("10.0.0.7", 2222, &[key(ECDSA), key(OTHER_ED25519)]).unwrap();
+        keys.record("10.0.0.7", 2222, &[key(ECDSA), key(OTHER_ED25519)], "i-1").unwrap();
         keys.check("10.0.0.7", 2222, &key(OTHER_ED25519)).unwrap();
         keys.check("10.0.0.5", 22, &key(ED25519)).unwrap();
-        assert!(!keys.knows("10.0.0.7", 22).unwrap(), "the port is part of the name");
+        assert!(!keys.knows("10.0.0.7", 22, "i-1").unwrap(), "the port is part of the name");
+        assert!(keys.knows("10.0.0.7", 2222, "i-1").unwrap());
         // A known host keeps its key: the one vouched for is then a changed key.
-        keys.record("10.0.0.5", 22, &[key(OTHER_ED25519)]).unwrap();
+        keys.record("10.0.0.5", 22, &[key(OTHER_ED25519)], "i-2").unwrap();
         let error = keys.check("10.0.0.5", 22, &key(OTHER_ED25519)).unwrap_err();
         assert!(matches!(error, SshError::HostKeyChanged { line: 1, .. }), "{error}");
         let text = std::fs::read_to_string(&keys.path).unwrap();
         assert_eq!(
             text,
-            format!("10.0.0.5 ssh-ed25519 {ED25519}\n[10.0.0.7]:2222 ecdsa-sha2-nistp256 {ECDSA}\n[10.0.0.7]:2222 ssh-ed25519 {OTHER_ED25519}\n")
+            format!(
+                "10.0.0.5 ssh-ed25519 {ED25519}\n[10.0.0.7]:2222 ecdsa-sha2-nistp256 {ECDSA} kstack-instance=i-1\n\
+                 [10.0.0.7]:2222 ssh-ed25519 {OTHER_ED25519} kstack-instance=i-1\n"
+            )
         );
+    }
+
+    #[test]
+    fn a_new_instance_at_a_reused_address_replaces_the_keys_kstack_recorded_for_the_old_one() {
+        let (_dir, keys) = host_keys(&format!("10.0.0.5 ssh-ed25519 {ED25519}\n"), false);
+        keys.record("10.0.0.9", 22, &[key(ECDSA)], "i-old").unwrap();
+        assert!(keys.knows("10.0.0.9", 22, "i-old").unwrap());
+        assert!(!keys.knows("10.0.0.9", 22, "i-new").unwrap(), "another instance at the address: its console is read");
+        keys.record("10.0.0.9", 22, &[key(OTHER_ED25519)], "i-new").unwrap();
+        keys.check("10.0.0.9", 22, &key(OTHER_ED25519)).unwrap();
+        assert!(keys.check("10.0.0.9", 22, &key(ECDSA)).is_err(), "the old instance's key is gone");
+        let text = std::fs::read_to_string(&keys.path).unwrap();
+        assert_eq!(text, format!("10.0.0.5 ssh-ed25519 {ED25519}\n10.0.0.9 ssh-ed25519 {OTHER_ED25519} kstack-instance=i-new\n"));
+        // A key a person recorded (no instance comment) is never replaced.
+        assert!(keys.knows("10.0.0.5", 22, "i-any").unwrap());
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&keys.path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -127,7 +127,7 @@ fn watch(path: PathBuf, id: String, held: std::sync::Arc<std::sync::atomic::Atom
     std::thread::spawn(move || {
         while held.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            if held.load(std::sync::atomic::Ordering::SeqCst) && !holder(&path).is_some_and(|h| h.id == id) {
+            if held.load(std::sync::atomic::Ordering::SeqCst) && holder(&path).is_none_or(|h| h.id != id) {
                 stop.stop(crate::stop::Reason::LockLost(format!("the lock file {} was removed or replaced", path.display())));
                 return;
             }

@@ -27,10 +27,11 @@ use crate::stop::Stop;
 use local::LocalBackend;
 use s3::S3Backend;
 
-/// Version 2 added the environment's identity: older kstack refuses it instead of dropping
-/// the identity on its next write (which would leave every resource looking foreign).
-const FORMAT_VERSION: u32 = 2;
-/// Read, and written as version 2 from then on.
+/// Version 2 added the environment's identity, 3 the project and the journalled creates:
+/// older kstack refuses them instead of dropping them on its next write (which would leave
+/// every resource looking foreign, or let another project's state pass).
+const FORMAT_VERSION: u32 = 3;
+/// Read, and written as the current version from then on.
 const READABLE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=FORMAT_VERSION;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,12 @@ pub enum StateError {
     Unversioned { bucket: String },
     #[error("the environment keeps its state in {configured}, which has none, but {found} exists")]
     Elsewhere { configured: String, found: String },
+    #[error("the state {location} has none at its key, but {found} exists: the key's default before state keys named the project")]
+    LegacyKey { location: String, found: String },
+    #[error("the state {location} belongs to project `{found}`, not to this project `{ours}`; nothing was read or written")]
+    OtherProject { location: String, found: String, ours: String },
+    #[error("the state {location} is environment `{found}`'s, not `{ours}`'s; nothing was read or written")]
+    OtherEnvironment { location: String, found: String, ours: String },
 }
 
 impl StateError {
@@ -63,6 +70,13 @@ impl StateError {
             StateError::Elsewhere { .. } => {
                 String::from("move it there with `kstack state migrate <env> --to s3`, or set `state: { backend: local }`")
             }
+            StateError::LegacyKey { found, .. } => format!(
+                "if it is this environment's, name it in `state:` (`key: {}`); kstack never starts an empty state beside it",
+                found.splitn(4, '/').nth(3).unwrap_or_default()
+            ),
+            StateError::OtherProject { .. } | StateError::OtherEnvironment { .. } => String::from(
+                "two environments never share a state: give this one its own `key:` in `state:` (or name the project in kstack.yaml and drop `key:`)",
+            ),
             StateError::Version { .. } => String::from("a newer kstack wrote it: use that version or a later one (everyone sharing the state must)"),
             StateError::Parse { .. } => {
                 String::from("restore it from a backup (or an earlier S3 version), or move it away to rebuild state from AWS tags")
@@ -76,6 +90,10 @@ impl StateError {
 pub struct State {
     pub version: u32,
     pub environment: String,
+    /// The project that wrote it (`kstack.yaml`'s `project:`), when it has a name: another
+    /// project's state is refused, never read as this one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Bumped on every write, so two copies can be told apart.
     pub serial: u64,
     pub updated: String,
@@ -117,18 +135,20 @@ impl State {
 pub struct StateStore {
     local: Arc<LocalBackend>,
     s3: Option<Arc<S3Backend>>,
+    /// The project's name, which its states record and are checked against.
+    project: Option<String>,
 }
 
 impl StateStore {
-    /// The local backend: `.kstack/state/<env>.json` under the project.
-    pub fn local(project_root: &Path, environment: &str) -> StateStore {
+    /// The local backend: `.kstack/state/<env>.json` under the project, which is `project`.
+    pub fn local(project_root: &Path, environment: &str, project: Option<&str>) -> StateStore {
         let local = LocalBackend { dir: project_root.join(".kstack").join("state"), environment: environment.to_owned() };
-        StateStore { local: Arc::new(local), s3: None }
+        StateStore { local: Arc::new(local), s3: None, project: project.map(str::to_owned) }
     }
 
     /// The backend the environment's `state:` names (S3: connected, its bucket checked).
-    pub fn open(project_root: &Path, environment: &str, backend: &StateBackend) -> Result<StateStore, StateError> {
-        let mut store = StateStore::local(project_root, environment);
+    pub fn open(project_root: &Path, environment: &str, project: Option<&str>, backend: &StateBackend) -> Result<StateStore, StateError> {
+        let mut store = StateStore::local(project_root, environment, project);
         if let StateBackend::S3(location) = backend {
             store.s3 = Some(Arc::new(S3Backend::connect(location, environment)?));
         }
@@ -191,12 +211,18 @@ impl StateStore {
     pub fn load(&self) -> Result<State, StateError> {
         let location = self.location();
         let Some(bytes) = self.read_raw()? else {
-            if self.s3.is_some() && self.local.path().exists() {
-                return Err(StateError::Elsewhere { configured: location, found: self.local.path().display().to_string() });
+            if let Some(s3) = &self.s3 {
+                if self.local.path().exists() {
+                    return Err(StateError::Elsewhere { configured: location, found: self.local.path().display().to_string() });
+                }
+                if let Some(found) = s3.state_at_legacy_key()? {
+                    return Err(StateError::LegacyKey { location, found });
+                }
             }
             return Ok(State {
                 version: FORMAT_VERSION,
                 environment: self.local.environment.clone(),
+                project: self.project.clone(),
                 serial: 0,
                 updated: now_rfc3339(),
                 identity: None,
@@ -210,6 +236,14 @@ impl StateStore {
         if !READABLE_VERSIONS.contains(&state.version) {
             return Err(StateError::Version { location, found: state.version });
         }
+        if state.environment != self.local.environment {
+            return Err(StateError::OtherEnvironment { location, found: state.environment, ours: self.local.environment.clone() });
+        }
+        if let (Some(found), Some(ours)) = (&state.project, &self.project) {
+            if found != ours {
+                return Err(StateError::OtherProject { location, found: found.clone(), ours: ours.clone() });
+            }
+        }
         Ok(state)
     }
 
@@ -217,6 +251,9 @@ impl StateStore {
     /// object is still the version this store read.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
         state.version = FORMAT_VERSION;
+        if self.project.is_some() {
+            state.project = self.project.clone();
+        }
         state.serial += 1;
         state.updated = now_rfc3339();
         let mut text = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write { location: self.location(), message: e.to_string() })?;

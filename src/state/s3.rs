@@ -37,6 +37,8 @@ struct Inner {
     client: aws_sdk_s3::Client,
     bucket: String,
     key: String,
+    /// The key's default before keys named the project, if this key is a default.
+    legacy_key: Option<String>,
     kms_key_id: Option<String>,
     environment: String,
     /// How long a lock holds without renewal; renewed every third of it.
@@ -156,6 +158,7 @@ impl S3Backend {
             client,
             bucket: location.bucket.clone(),
             key: location.key.clone(),
+            legacy_key: location.legacy_key.clone(),
             kms_key_id: location.kms_key_id.clone(),
             environment: environment.to_owned(),
             lease: Duration::from_secs(location.lease_seconds),
@@ -185,6 +188,26 @@ impl S3Backend {
 
     pub(super) fn location(&self) -> String {
         self.inner.location()
+    }
+
+    /// Where a state is found at the key the default was before keys named the project, the
+    /// location: this environment's state, most likely, not to be taken for none.
+    pub(super) fn state_at_legacy_key(&self) -> Result<Option<String>, StateError> {
+        let inner = &self.inner;
+        let Some(legacy) = inner.legacy_key.clone() else { return Ok(None) };
+        let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), legacy.clone());
+        let found = inner.run(async move {
+            match client.head_object().bucket(bucket).key(key).send().await {
+                Ok(_) => Ok(true),
+                Err(error) if is_missing(&error) => Ok(false),
+                Err(error) => Err(describe(&error)),
+            }
+        });
+        match found {
+            Ok(true) => Ok(Some(format!("s3://{}/{legacy}", inner.bucket))),
+            Ok(false) => Ok(None),
+            Err(message) => Err(StateError::Read { location: inner.location(), message }),
+        }
     }
 
     /// The state object's bytes, remembering its version for the next write.

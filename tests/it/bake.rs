@@ -249,6 +249,27 @@ fn a_bake_whose_checks_fail_or_that_is_interrupted_leaves_nothing_behind() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the kept builder's key is the owner's only");
     assert_eq!(leftovers(&aws, &rt), (1, 1));
+    // Another project's kept builder (the identity of its own build environment) is its own
+    // to remove: `--cleanup` finds only this build environment's.
+    let claim = |identity: &str| {
+        rt.block_on(async {
+            let bake = aws_sdk_ec2::types::Filter::builder().name("tag-key").values("kstack:bake").build();
+            let instances = aws.ec2.describe_instances().filters(bake.clone()).send().await.unwrap();
+            let groups = aws.ec2.describe_security_groups().filters(bake).send().await.unwrap();
+            let ids = instances
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| i.instance_id())
+                .chain(groups.security_groups().iter().filter_map(|g| g.group_id()));
+            let tag = aws_sdk_ec2::types::Tag::builder().key("kstack:id").value(identity).build();
+            aws.ec2.create_tags().set_resources(Some(ids.map(str::to_owned).collect())).tags(tag).send().await.unwrap();
+        })
+    };
+    claim("0123456789abcdef0123456789abcdef");
+    project.kstack(&moto).args(["bake", "broken", "--cleanup"]).assert().success();
+    assert_eq!(leftovers(&aws, &rt), (1, 1), "another project's kept builder stays");
+    claim(&project.identity("fleet"));
     project.kstack(&moto).args(["bake", "broken", "--cleanup"]).assert().success();
     assert_eq!(leftovers(&aws, &rt), (0, 0));
     assert!(!std::path::Path::new(key).exists(), "the key goes with the builder");

@@ -94,12 +94,16 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         assert!(tags.tags().iter().any(|t| t.key() == "KubernetesCluster" && t.value() == "dev"));
         let policy = aws.iam.get_role_policy().role_name(role.role_name()).policy_name("kubernetes-master").send().await.unwrap();
         // Real IAM returns the document URL-encoded; moto encodes only some characters.
-        let document = ["%22", "%3A", "%2F", "%2A"]
+        let document = ["%22", "%3A", "%2F", "%2A", "%24", "%7B", "%7D", "%5B", "%5D", "%2C", " "]
             .iter()
-            .zip(["\"", ":", "/", "*"])
+            .zip(["\"", ":", "/", "*", "$", "{", "}", "[", "]", ",", ""])
             .fold(policy.policy_document().to_owned(), |text, (code, c)| text.replace(code, c));
         assert!(document.contains("\"aws:ResourceTag/KubernetesCluster\""), "{document}");
         assert!(!document.contains("\"ec2:*\"") && !document.contains("\"elasticloadbalancing:*\""), "{document}");
+        // Resources kstack made are the masters' only under their own identity, and no node
+        // may write the tags that claim ownership.
+        assert!(document.contains("\"aws:ResourceTag/kstack:id\":\"${aws:PrincipalTag/kstack:id}\""), "{document}");
+        assert!(document.contains("\"Effect\":\"Deny\"") && document.contains("\"aws:TagKeys\":[\"kstack:*\"]"), "{document}");
         let groups = aws.ec2.describe_security_groups().filters(env_filter("dev")).send().await.unwrap();
         let id_of = |suffix: &str| {
             let group = groups.security_groups().iter().find(|g| g.group_name().unwrap().ends_with(suffix)).unwrap();
@@ -229,7 +233,7 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
     std::fs::remove_file(project.path().join(".kstack/state/dev.json")).unwrap();
     let lost = project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap();
     let warning = String::from_utf8_lossy(&lost.stderr);
-    assert!(warning.contains(&format!("with identity {identity}")), "{warning}");
+    assert!(warning.contains(&format!("identity {identity} (project platform, eu-west-1, 31 resources: ")), "{warning}");
     assert!(warning.contains("kstack state identity dev --recover <id>"), "{warning}");
     let plan = json(&lost);
     let left_alone = plan["plan"]["left_alone"].as_array().unwrap();
@@ -287,8 +291,12 @@ fn a_saved_plan_is_applied_as_reviewed_or_refused_when_the_world_changed() {
     let plan_file = plan_file.to_str().unwrap();
 
     project.kstack(&moto).args(["plan", "dev", "--out", plan_file]).assert().success();
-    // A resource of the environment appears in the meantime (a run that died before its state
-    // write created it).
+    // A resource of the environment appears in the meantime: a run that journalled its create
+    // in state and died before recording what it made.
+    let state_path = project.path().join(".kstack/state/dev.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["intents"] = serde_json::json!({"vpc.main": "2026-12-06T00:00:00Z"});
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
     rt.block_on(aws.create_tagged_vpc("dev", Some(&project.identity("dev")), "vpc.main"));
     let refused = project.kstack(&moto).args(["apply", plan_file]).output().unwrap();
     assert_eq!(refused.status.code(), Some(1));

@@ -142,7 +142,8 @@ fn new_nodes_are_checked_against_the_host_keys_their_console_shows_and_never_tru
     assert!(text.contains(&format!("unreachable: [{}]", mismatched.address)), "without --trust-new-hosts it is refused: {text}");
     assert!(!mismatched.file("/etc/app").exists(), "nothing ran on the refused node");
     let recorded = std::fs::read_to_string(&known_hosts).unwrap();
-    assert_eq!(recorded, format!("{} {}\n", shown.address, own_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ")));
+    let key = own_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert_eq!(recorded, format!("{} {key} kstack-instance={}\n", shown.address, fleet.instances[0]), "recorded with its instance");
 
     // The second node's console now shows a key it does not offer: it is refused even with
     // --trust-new-hosts, and only its console was read, the known node's not again.
@@ -200,23 +201,33 @@ fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
     assert_eq!(unset.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unset.stderr).contains("secret `api_token` reads $KSTACK_TEST_API_TOKEN, which is not set"));
 
-    let with_secret = |args: &[&str]| {
+    let with_secret_value = |args: &[&str], value: &str| {
         let key = fleet.key.private();
         let known_hosts = fleet.key.dir.path().join("known_hosts");
         let mut command = fleet.project.kstack(&fleet.moto);
-        command.args(args).env("KSTACK_TEST_API_TOKEN", TOKEN);
+        command.args(args).env("KSTACK_TEST_API_TOKEN", value);
         if args[0] != "plan" {
             command.args(["--ssh-key", key.to_str().unwrap(), "--known-hosts", known_hosts.to_str().unwrap(), "--trust-new-hosts"]);
         }
         command.output().unwrap()
     };
+    let with_secret = |args: &[&str]| with_secret_value(args, TOKEN);
     let provisioned = with_secret(&["provision", "fleet", "--diff"]);
     let shown = format!("{}{}", stdout(&provisioned), String::from_utf8_lossy(&provisioned.stderr));
     assert!(provisioned.status.success(), "{shown}");
     assert!(!shown.contains(TOKEN), "{shown}");
-    assert!(shown.contains("+token = (secret)"), "the diff shows where, not what: {shown}");
+    assert!(shown.contains("(diff withheld: the file is rendered from a secret)"), "{shown}");
     let config = std::fs::read_to_string(fleet.nodes[0].file("/etc/app/app.conf")).unwrap();
     assert!(config.contains(&format!("token = {TOKEN}")), "the node has it: {config}");
+    // Rotated: the file on the node still holds the old value, which the redactor no longer
+    // knows; its diff is withheld whole, in text and JSON.
+    for args in [&["provision", "fleet", "--check", "--diff"][..], &["provision", "fleet", "--check", "--diff", "--json"][..]] {
+        let rotated = with_secret_value(args, "r0tat3d-t0ken-value");
+        let shown = format!("{}{}", stdout(&rotated), String::from_utf8_lossy(&rotated.stderr));
+        assert!(rotated.status.success(), "{shown}");
+        assert!(!shown.contains(TOKEN) && !shown.contains("r0tat3d-t0ken-value"), "{shown}");
+        assert!(shown.contains("(diff withheld: the file is rendered from a secret)"), "{shown}");
+    }
 
     // Used in user data too: the plan and its JSON show a hash.
     let text = std::fs::read_to_string(&fleet_file).unwrap();
@@ -233,7 +244,7 @@ fn secrets_reach_the_nodes_but_never_the_output_the_plan_or_the_state() {
     // A drifted file's diff in JSON: redacted as well.
     std::fs::write(fleet.nodes[0].file("/etc/app/app.conf"), "drift\n").unwrap();
     let json = with_secret(&["provision", "fleet", "--json", "--check", "--diff"]);
-    assert!(!stdout(&json).contains(TOKEN) && stdout(&json).contains("(secret)"), "{}", stdout(&json));
+    assert!(!stdout(&json).contains(TOKEN) && stdout(&json).contains("(diff withheld"), "{}", stdout(&json));
 }
 
 /// Every process's command line on this machine, read from `/proc` every 20 ms until stopped:
@@ -325,13 +336,13 @@ fn a_secret_never_reaches_a_command_line_sudo_s_log_or_any_output_even_traced() 
         for piece in PIECES {
             assert!(!out.contains(piece) && !err.contains(piece), "`{piece}` shown:\n{out}\n{err}");
         }
-        assert!(out.contains("(secret)"), "the output says where a secret is: {out}");
+        assert!(out.contains("(diff withheld: the file is rendered from a secret)"), "the output says where a secret is: {out}");
         // Traced: the SDK's own logs are there (DEBUG), its body-carrying TRACE events are not.
         assert!(err.contains("beginning attempt #1"), "{err}");
         assert!(!err.contains("transmitting request") && !err.contains("received response from service"), "{err}");
     }
-    assert!(stdout(&diffed).contains("+token = (secret)") && stdout(&diffed).contains("+(secret)"), "{}", stdout(&diffed));
-    assert!(stdout(&json).contains(r"+token = (secret)\n+(secret)\n"), "{}", stdout(&json));
+    assert!(stdout(&diffed).contains("(diff withheld: the file is rendered from a secret)"), "{}", stdout(&diffed));
+    assert!(stdout(&json).contains("(diff withheld: the file is rendered from a secret)"), "{}", stdout(&json));
     for node in &fleet.nodes {
         let token = std::fs::read_to_string(node.file("/root/api-token")).unwrap();
         assert_eq!(token, format!("{SECRET}\n"), "the node got it");

@@ -309,8 +309,12 @@ fn a_failing_readiness_hook_stops_the_roll_with_the_group_as_it_was_and_resume_f
     assert!(stderr(&again).contains("kstack roll fleet --resume"), "{}", stderr(&again));
 
     std::fs::write(&flag, "").unwrap();
-    let resumed = project.kstack(&moto).args(["roll", "fleet", "--resume"]).output().unwrap();
+    // Resumed in an incident without a secret's variable at hand: the hooks need none.
+    let fleet = std::fs::read_to_string(project.path().join(FLEET)).unwrap();
+    project.write(FLEET, &format!("{fleet}secrets:\n  registry_token: KSTACK_TEST_UNSET_TOKEN\n"));
+    let resumed = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(["roll", "fleet", "--resume"]).output().unwrap();
     assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("secret `registry_token` is not set"), "{}", stderr(&resumed));
     assert_eq!(stdout(&resumed).trim(), "app: 2 replaced");
     assert_eq!(rt.block_on(aws.group(GROUP)).desired_capacity(), Some(2));
     let nothing = project.kstack(&moto).args(["roll", "fleet", "--resume"]).output().unwrap();
@@ -467,6 +471,12 @@ fn an_aborted_roll_puts_the_group_back_to_its_size_and_processes() {
     assert!(stdout(&status).contains("did not finish") && stdout(&status).contains("batch 1 in flight"), "{}", stdout(&status));
     let aborted = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(["roll", "fleet", "--abort"]).output().unwrap();
     assert!(aborted.status.success(), "{}", stderr(&aborted));
+    for reads in [&["plan", "fleet", "--destroy"][..], &["output", "fleet"], &["state", "list", "fleet"]] {
+        let read = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(reads).output().unwrap();
+        assert!(read.status.success(), "{reads:?}: {}", stderr(&read));
+    }
+    let destroy_plan = project.kstack(&moto).env_remove("KSTACK_TEST_UNSET_TOKEN").args(["plan", "fleet", "--destroy"]).output().unwrap();
+    assert!(stdout(&destroy_plan).contains("asg.app will be destroyed"), "{}", stdout(&destroy_plan));
     let group = rt.block_on(aws.group(GROUP));
     assert_eq!((group.desired_capacity(), group.max_size()), (Some(2), Some(3)));
     assert!(group.suspended_processes().is_empty());
@@ -786,7 +796,7 @@ fn an_autoscalers_size_is_kept_through_apply_apply_with_roll_and_roll() {
             let name = rt.block_on(aws.group(GROUP)).auto_scaling_group_name().unwrap().to_owned();
             let (mut last, mut moves) = (0, 0);
             while running.load(Ordering::SeqCst) || moves == 0 {
-                last = 2 + (moves % 5) as i32;
+                last = 2 + moves % 5;
                 rt.block_on(aws.autoscaling.set_desired_capacity().auto_scaling_group_name(&name).desired_capacity(last).send()).unwrap();
                 moves += 1;
                 std::thread::sleep(Duration::from_millis(150));
@@ -823,14 +833,17 @@ fn an_autoscalers_size_is_kept_through_apply_apply_with_roll_and_roll() {
     project.edit(FLEET, "instance_type: t3.small", "instance_type: t3.medium");
     let both = project.kstack(&moto).args(["apply", "fleet", "--auto-approve", "--roll"]).output().unwrap();
     assert!(both.status.success(), "{}", stderr(&both));
-    assert!(stdout(&both).contains("app: 5 replaced"), "rolled the autoscaler's 5, not the model's 3: {}", stdout(&both));
+    assert!(stdout(&both).contains("desired capacity 5 was set outside kstack (the model says 3); kept"), "{}", stdout(&both));
+    assert!(stderr(&both).contains("surging to 6"), "the roll surged on top of the autoscaler's 5: {}", stderr(&both));
     assert_eq!(size(&rt), last_logged(), "apply --roll ends at the autoscaler's size");
+    let dry = project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap();
+    assert!(stdout(&dry).starts_with("app: 0 outdated"), "{}", stdout(&dry));
     project.edit(FLEET, "instance_type: t3.medium", "instance_type: t3.large");
     project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
     let before_roll = size(&rt);
     let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
     assert!(rolled.status.success(), "{}", stderr(&rolled));
-    assert!(stdout(&rolled).contains(&format!("app: {before_roll} replaced")), "{}", stdout(&rolled));
+    assert!(stderr(&rolled).contains(&format!("surging to {}", before_roll + 1)), "{}", stderr(&rolled));
     assert_eq!(size(&rt), last_logged(), "roll ends at the autoscaler's size");
 
     // A new `desired:` in the file is a person's ask; a max below the size clamps it.
@@ -855,4 +868,36 @@ fn an_autoscalers_size_is_kept_through_apply_apply_with_roll_and_roll() {
     );
     let group = rt.block_on(aws.group(GROUP));
     assert_eq!((group.desired_capacity(), group.max_size()), (Some(5), Some(5)));
+}
+
+/// On one machine too, a live run's lock is not removed by `kstack state unlock` (it names the
+/// live process); `--force` removes it, and the run, finding its lock gone, finishes the batch
+/// in flight and starts no other.
+#[test]
+fn unlocking_a_live_local_run_is_refused_and_forcing_it_stops_the_run() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let (project, _aws, _before) = outdated_fleet(&moto, &rt, 42, 2, "  readiness: sleep 4\n");
+    let child = project.kstack_process(&moto).args(["roll", "fleet", "--timeout", "60"]).spawn().unwrap();
+    let lock_path = project.path().join(".kstack/state/fleet.lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !lock_path.exists() {
+        assert!(std::time::Instant::now() < deadline, "the roll never took its lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock_path).unwrap()).unwrap();
+    let id = lock["id"].as_str().unwrap().to_owned();
+    let refused = project.kstack(&moto).args(["state", "unlock", "fleet", &id]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains(&format!("held by a live process on this machine: pid {}", child.id())), "{}", stderr(&refused));
+    assert!(lock_path.exists(), "nothing was removed");
+    project.kstack(&moto).args(["state", "unlock", "fleet", &id, "--force"]).assert().success();
+    let stopped = child.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(1), "{}", stderr(&stopped));
+    let log = stderr(&stopped);
+    assert!(log.contains("was removed or replaced"), "{log}");
+    assert_eq!(log.matches("surging to").count(), 1, "no batch started after the lock was lost: {log}");
+    let resumed = project.kstack(&moto).args(["roll", "fleet", "--resume", "--timeout", "60"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
 }

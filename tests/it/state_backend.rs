@@ -140,16 +140,17 @@ fn a_writer_that_lost_the_race_does_not_overwrite() {
     let backend = kstack::model::StateBackend::S3(kstack::model::S3State {
         bucket: BUCKET.into(),
         key: KEY.into(),
+        legacy_key: None,
         region: "eu-west-1".into(),
         kms_key_id: None,
         lease_seconds: 60,
     });
-    let ours = kstack::state::StateStore::open(root.path(), "fleet", &backend).unwrap();
+    let ours = kstack::state::StateStore::open(root.path(), "fleet", None, &backend).unwrap();
     let mut state = ours.load().unwrap();
     ours.save(&mut state).unwrap();
     let mut state = ours.load().unwrap();
     // Another writer gets in between our read and our write.
-    let theirs = kstack::state::StateStore::open(root.path(), "fleet", &backend).unwrap();
+    let theirs = kstack::state::StateStore::open(root.path(), "fleet", None, &backend).unwrap();
     let mut their_state = theirs.load().unwrap();
     their_state.serial = 41;
     theirs.save(&mut their_state).unwrap();
@@ -405,4 +406,69 @@ fn state_list_show_and_unlock_work_while_the_environment_file_is_broken() {
             assert!(gone, "{backend}, line {line}: the lock is removed");
         }
     }
+}
+
+/// Two projects, each with a `fleet`, sharing one bucket with default settings (no `key:`):
+/// each state lives under its project's name, and every order of applies and destroys leaves
+/// the other project's fleet whole. A state another project wrote, one at the old default key,
+/// and a project with neither a name nor a key are refused, each saying what to do.
+#[test]
+fn two_projects_sharing_a_bucket_by_default_never_share_a_state() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let default_state = format!("state: {{ backend: s3, bucket: {BUCKET} }}\n");
+    let (platform, aws) = fleet(&moto, &rt, 60, &default_state);
+    let (payments, _) = fleet(&moto, &rt, 61, &default_state);
+    platform.write("kstack.yaml", "project: platform\n");
+    payments.write("kstack.yaml", "project: payments\n");
+    bucket(&rt, &aws, BUCKET, true);
+    let vpcs = |rt: &tokio::runtime::Runtime| rt.block_on(aws.vpcs_of("fleet")).len();
+    let identity = |project: &str| -> Option<String> {
+        let state = object(&rt, &aws, &format!("kstack/{project}/fleet.json"))?;
+        let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+        assert_eq!(state["project"], project, "{state}");
+        Some(state["identity"].as_str().unwrap().to_owned())
+    };
+    for (first, second) in [(&platform, &payments), (&payments, &platform)] {
+        first.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+        second.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+        assert_eq!(vpcs(&rt), 2, "one fleet each");
+        let (a, b) = (identity("platform").unwrap(), identity("payments").unwrap());
+        assert_ne!(a, b, "two environments, two identities");
+        assert!(object(&rt, &aws, "kstack/fleet.json").is_none(), "nothing at a key both would share");
+        for project in [first, second] {
+            project.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+        }
+        // Destroyed in the order they were applied once, and in the other order the next time.
+        let (going, staying) = if std::ptr::eq(first, &platform) { (first, second) } else { (second, first) };
+        going.kstack(&moto).args(["destroy", "fleet", "--auto-approve"]).assert().success();
+        assert_eq!(vpcs(&rt), 1, "the other project's fleet stays");
+        staying.kstack(&moto).args(["plan", "fleet", "--detailed-exitcode"]).assert().code(0);
+        staying.kstack(&moto).args(["destroy", "fleet", "--auto-approve"]).assert().success();
+        assert_eq!(vpcs(&rt), 0);
+    }
+
+    // A key copied from another project's file: its state is refused, both projects named.
+    platform.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    payments.edit(FLEET, &default_state, &format!("state: {{ backend: s3, bucket: {BUCKET}, key: kstack/platform/fleet.json }}\n"));
+    let refused = payments.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(stderr(&refused).contains("belongs to project `platform`, not to this project `payments`"), "{}", stderr(&refused));
+
+    // A state at the default key from before keys named the project is found, not ignored
+    // (payments' own state, emptied by its destroy, is removed first: a project never applied).
+    rt.block_on(aws.s3.delete_object().bucket(BUCKET).key("kstack/payments/fleet.json").send()).unwrap();
+    let old = object(&rt, &aws, "kstack/platform/fleet.json").unwrap();
+    rt.block_on(aws.s3.put_object().bucket(BUCKET).key("kstack/fleet.json").body(ByteStream::from(old)).send()).unwrap();
+    payments.edit(FLEET, "key: kstack/platform/fleet.json", "key: kstack/payments/fleet.json");
+    payments.edit(FLEET, ", key: kstack/payments/fleet.json", "");
+    let legacy = payments.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(legacy.status.code(), Some(1), "{legacy:?}");
+    assert!(stderr(&legacy).contains("kstack/fleet.json exists") && stderr(&legacy).contains("key: kstack/fleet.json"), "{}", stderr(&legacy));
+
+    // No project name and no key: no default to share.
+    std::fs::remove_file(payments.path().join("kstack.yaml")).unwrap();
+    let nameless = payments.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    assert_eq!(nameless.status.code(), Some(2));
+    assert!(stderr(&nameless).contains("S3 state needs a `key:`, or a project name"), "{}", stderr(&nameless));
 }

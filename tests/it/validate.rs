@@ -254,6 +254,36 @@ fn role_files_outside_the_role_are_refused_before_anything_runs() {
     }
 }
 
+/// The roles/ and images/ directories themselves linked to somewhere outside the project are
+/// refused like any other link leading out: kstack reads nothing outside the project.
+#[test]
+fn roles_and_images_directories_linked_from_outside_the_project_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(outside.path().join("roles/vendored")).unwrap();
+    std::fs::write(outside.path().join("roles/vendored/tasks.yaml"), "tasks: []\n").unwrap();
+    std::fs::create_dir_all(outside.path().join("images")).unwrap();
+    std::fs::write(outside.path().join("images/node.yaml"), "source: ami-0123456789abcdef0\nroles: [vendored]\n").unwrap();
+    let project = project_with_roles("[vendored]");
+    let root = project.path();
+    std::fs::remove_dir_all(root.join("roles")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("roles"), root.join("roles")).unwrap();
+    let output = kstack().arg("-C").arg(root).args(["validate", "test"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let role = outside.path().join("roles/vendored").canonicalize().unwrap();
+    assert!(stderr.contains(&format!("resolves to {}, outside the project", role.display())), "{stderr}");
+
+    std::fs::remove_file(root.join("roles")).unwrap();
+    std::fs::create_dir_all(root.join("roles/vendored")).unwrap();
+    std::fs::write(root.join("roles/vendored/tasks.yaml"), "tasks: []\n").unwrap();
+    std::fs::remove_dir_all(root.join("images")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("images"), root.join("images")).unwrap();
+    let output = kstack().arg("-C").arg(root).args(["validate", "test"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("outside the project"), "{stderr}");
+}
+
 /// `extends` through a symlink that leads out of the project is refused like a `..`.
 #[test]
 fn a_base_file_linked_from_outside_the_project_is_refused() {

@@ -501,7 +501,12 @@ fn the_shipped_node_image_baked_on_a_vm_boots_fleet_nodes_that_pass_every_check_
     let progress = String::from_utf8_lossy(&verified.stderr);
     assert!(progress.contains(&format!("{instance} (")) && progress.contains("host key(s) taken from its console output"), "{progress}");
     let recorded: Vec<String> = std::fs::read_to_string(&known_hosts).unwrap().lines().map(str::to_owned).collect();
-    assert_eq!(recorded, cloud.with_vm(&instance, Duration::ZERO, |vm| vm.console_host_keys()), "the keys the VM printed, and only those");
+    let printed: Vec<String> = cloud
+        .with_vm(&instance, Duration::ZERO, |vm| vm.console_host_keys())
+        .into_iter()
+        .map(|line| format!("{line} kstack-instance={instance}"))
+        .collect();
+    assert_eq!(recorded, printed, "the keys the VM printed, and only those, recorded with their instance");
     let report = String::from_utf8_lossy(&verified.stdout);
     eprintln!("{report}");
     assert!(verified.status.success(), "{report}{}", String::from_utf8_lossy(&verified.stderr));

@@ -271,6 +271,9 @@ impl Project {
                 copy_tree(&source.join(sub), &dir.path().join(sub));
             }
         }
+        if source.join("kstack.yaml").is_file() {
+            std::fs::copy(source.join("kstack.yaml"), dir.path().join("kstack.yaml")).unwrap();
+        }
         Project { dir }
     }
 

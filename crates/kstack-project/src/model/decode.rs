@@ -14,7 +14,19 @@ use crate::model::merge;
 use crate::model::reboots::reboot_policy;
 use crate::yaml::{self, boolean, choice, list, named, number, string, string_list, string_map, MapReader};
 
-pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<Environment> {
+/// `project` is the project's name (`kstack.yaml`), which S3 state keys default under.
+pub fn environment(name: &str, project: Option<&Spanned<String>>, root: &Node, problems: &mut Problems) -> Option<Environment> {
+    environment_with(name, project, root, Secrets::Required, problems)
+}
+
+/// [`environment`], with unset secrets a problem or not (`secrets`).
+pub fn environment_with(
+    name: &str,
+    project: Option<&Spanned<String>>,
+    root: &Node,
+    secrets: Secrets,
+    problems: &mut Problems,
+) -> Option<Environment> {
     let mut map = MapReader::new(root, "environment", problems)?;
     // Resolved while loading; listed here so it is a known key.
     map.get("extends");
@@ -25,7 +37,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let secrets = map.get("secrets").map(|n| crate::model::secrets::secrets(n, problems)).unwrap_or_default();
+    let secrets = map.get("secrets").map(|n| crate::model::secrets::secrets(n, secrets, problems)).unwrap_or_default();
     let tags = map.get("tags").map(|n| string_map(n, problems)).unwrap_or_default();
     let network = map.required("network", problems).and_then(|n| network(n, problems));
     let mut undecoded = BTreeSet::new();
@@ -33,7 +45,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     let iam_roles = section(map.get("iam_roles"), "IAM role", &mut undecoded, problems, iam_role);
     let load_balancers = section(map.get("load_balancers"), "load balancer", &mut undecoded, problems, load_balancer);
     let dns = map.get("dns").map(|n| dns(n, problems)).unwrap_or_default();
-    let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, region.as_ref(), problems));
+    let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, project, region.as_ref(), problems));
     // A group's own `reboots:` is merged over the environment's.
     let reboots_node = map.get("reboots");
     let reboots = reboots_node.and_then(|n| reboot_policy(n, problems));
@@ -53,6 +65,7 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
     map.finish(problems);
     Some(Environment {
         name: name.to_owned(),
+        project: project.map(|p| p.value.clone()),
         region: region?,
         variables,
         secrets,
@@ -73,11 +86,11 @@ pub fn environment(name: &str, root: &Node, problems: &mut Problems) -> Option<E
 
 /// Only what finds an environment's state: its `state:` settings and its `region` (which an S3
 /// bucket defaults to). A problem with the region only leaves it unknown.
-pub fn state_location(name: &str, root: &Node, problems: &mut Problems) -> Option<StateLocation> {
+pub fn state_location(name: &str, project: Option<&Spanned<String>>, root: &Node, problems: &mut Problems) -> Option<StateLocation> {
     let mut map = MapReader::new(root, "environment", problems)?;
     let region = map.get("region").and_then(|n| region(n, &mut Problems::default()));
-    let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, region.as_ref(), problems))?;
-    Some(StateLocation { name: name.to_owned(), region: region.map(|r| r.value), state })
+    let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, project, region.as_ref(), problems))?;
+    Some(StateLocation { name: name.to_owned(), project: project.map(|p| p.value.clone()), region: region.map(|r| r.value), state })
 }
 
 /// A DNS name as Route53 compares it: lowercase, without the final dot.
@@ -158,7 +171,15 @@ fn dns_record(key: Spanned<String>, node: &Node, default_zone: Option<&Spanned<S
 }
 
 /// `state: { backend: s3, bucket, key, region, kms_key_id }`; `backend: local` is the default.
-fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>>, problems: &mut Problems) -> Option<StateBackend> {
+/// The key defaults to `kstack/<project>/<env>.json`: without a project name there is no
+/// default, since two projects sharing a bucket would share `kstack/<env>.json`.
+fn state_backend(
+    node: &Node,
+    environment: &str,
+    project: Option<&Spanned<String>>,
+    region: Option<&Spanned<String>>,
+    problems: &mut Problems,
+) -> Option<StateBackend> {
     let mut map = MapReader::new(node, "state settings", problems)?;
     let s3 = map.get("backend").and_then(|n| choice(n, &[("local", false), ("s3", true)], problems)).is_some_and(|c| c.value);
     let bucket = if s3 { map.required("bucket", problems) } else { map.get("bucket") }.and_then(|n| string(n, problems));
@@ -170,9 +191,21 @@ fn state_backend(node: &Node, environment: &str, region: Option<&Spanned<String>
     if !s3 {
         return Some(StateBackend::Local);
     }
+    let (key, legacy_key) = match (key, project) {
+        (Some(key), _) => (key, None),
+        (None, Some(project)) => (format!("kstack/{}/{environment}.json", project.value), Some(format!("kstack/{environment}.json"))),
+        (None, None) => {
+            problems.error(yaml::loc(node), "S3 state needs a `key:`, or a project name to make one from").label("no key").hint(format!(
+                "name the project in kstack.yaml (`project: <name>`; the key is then kstack/<name>/{environment}.json), \
+                     or set `key:`; a default shared by every project would let two projects in one bucket share a state"
+            ));
+            return None;
+        }
+    };
     Some(StateBackend::S3(S3State {
         bucket: bucket?.value,
-        key: key.unwrap_or_else(|| format!("kstack/{environment}.json")),
+        key,
+        legacy_key,
         region: bucket_region.or_else(|| region.map(|r| r.value.clone())).unwrap_or_default(),
         kms_key_id,
         lease_seconds: lease_seconds?,
@@ -712,7 +745,7 @@ mod tests {
         let text = "region: eu-west-1\ntags: {Team: platform}\nnetwork:\n  vpc_cidr: 10.0.0.0/16\n  availability_zones: [eu-west-1a]\n  subnets: {private: {type: private, prefix_length: 20}}\n";
         let mut problems = Problems::default();
         let node = crate::yaml::parse(0, text, &mut problems).unwrap();
-        let env = environment("t", &node, &mut problems).unwrap();
+        let env = environment("t", None, &node, &mut problems).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(env.network.nat_gateways, NatGateways::PerZone);
         let tags: BTreeMap<&str, &str> = env.tags.iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect();

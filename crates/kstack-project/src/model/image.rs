@@ -53,7 +53,9 @@ pub fn load_image(project: &Project, name: &str, sources: &mut Sources) -> Resul
         return Err(problems);
     }
     let path = project.images_dir().join(format!("{name}.yaml"));
-    if !paths::check_inside(&project.images_dir(), &path, "the project's images/ directory", None, &mut problems) {
+    if !paths::check_inside(&project.root, &path, "the project", None, &mut problems)
+        || !paths::check_inside(&project.images_dir(), &path, "the project's images/ directory", None, &mut problems)
+    {
         return Err(problems);
     }
     let Ok(text) = std::fs::read_to_string(&path) else {

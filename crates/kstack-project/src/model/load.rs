@@ -81,12 +81,26 @@ pub struct Checked {
 }
 
 pub fn load_environment(project: &Project, name_or_path: &str) -> LoadedEnvironment {
+    load_environment_with(project, name_or_path, Secrets::Required)
+}
+
+/// Whether a secret whose variable is unset stops the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    Required,
+    /// Left unset: for work that may need none (continuing a roll), where a template that uses
+    /// one then fails at its use.
+    IfSet,
+}
+
+pub fn load_environment_with(project: &Project, name_or_path: &str, secrets: Secrets) -> LoadedEnvironment {
     let mut sources = Sources::default();
     let mut problems = Problems::default();
     let path = project.environment_path(name_or_path);
+    let project_name = project_name(project, &mut sources, &mut problems);
     let checked = read_chain(project, &path, &mut sources, &mut problems, &mut Vec::new()).and_then(|root| {
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment");
-        let environment = decode::environment(name, &root, &mut problems)?;
+        let environment = decode::environment_with(name, project_name.as_ref(), &root, secrets, &mut problems)?;
         let subnets = check::check(&environment, &project.images_dir(), &mut problems);
         Some(Checked { environment, subnets })
     });
@@ -97,10 +111,38 @@ pub fn load_environment(project: &Project, name_or_path: &str) -> LoadedEnvironm
     LoadedEnvironment { sources, result }
 }
 
+/// The project's name from `kstack.yaml` at its root (`project: <name>`), if it has one: what
+/// S3 state keys default under and what its states record, so that two projects sharing a
+/// bucket never share, or take each other's, state.
+pub fn project_name(project: &Project, sources: &mut Sources, problems: &mut Problems) -> Option<Spanned<String>> {
+    let path = project.root.join("kstack.yaml");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let source = sources.add(&path, text);
+    let text = sources.get(source).text.clone();
+    let node = yaml::parse(source, &text, problems)?;
+    let mut map = MapReader::new(&node, "project settings", problems)?;
+    let name = map.required("project", problems).and_then(|n| yaml::string(n, problems));
+    map.finish(problems);
+    let name = name?;
+    let valid = !name.value.is_empty()
+        && name.value.len() <= 63
+        && name.value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.value.starts_with('-');
+    if !valid {
+        problems
+            .error(name.loc, format!("`{}` is not a project name", name.value))
+            .label("not a project name")
+            .hint("use lowercase letters, digits and `-` (at most 63), e.g. `platform-eu`");
+        return None;
+    }
+    Some(name)
+}
+
 /// Where an environment's state lives, and its region if it can be read.
 #[derive(Debug, Clone)]
 pub struct StateLocation {
     pub name: String,
+    pub project: Option<String>,
     pub region: Option<String>,
     pub state: super::StateBackend,
 }
@@ -123,7 +165,12 @@ pub fn locate_state(project: &Project, name_or_path: &str) -> LocatedState {
     let warnings = match loaded.result {
         Ok(checked) => {
             let environment = checked.environment;
-            let location = StateLocation { name: environment.name, region: Some(environment.region.value), state: environment.state };
+            let location = StateLocation {
+                name: environment.name,
+                project: environment.project,
+                region: Some(environment.region.value),
+                state: environment.state,
+            };
             return LocatedState { sources, result: Ok(location), warnings: Problems::default() };
         }
         Err(problems) => problems,
@@ -131,8 +178,9 @@ pub fn locate_state(project: &Project, name_or_path: &str) -> LocatedState {
     let mut problems = Problems::default();
     let path = project.environment_path(name_or_path);
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment").to_owned();
+    let project_name = project_name(project, &mut sources, &mut problems);
     let location = read_chain_salvaging(project, &path, &mut sources, &mut problems, &mut Vec::new(), true)
-        .and_then(|root| decode::state_location(&name, &root, &mut problems));
+        .and_then(|root| decode::state_location(&name, project_name.as_ref(), &root, &mut problems));
     let result = match location {
         Some(location) if problems.is_empty() => Ok(location),
         _ => Err(problems),

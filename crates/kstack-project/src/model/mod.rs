@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 
 use crate::diagnostics::{Loc, Spanned};
 
-pub use load::{load_environment, locate_state, Checked, LoadedEnvironment, LocatedState, Project, StateLocation};
+pub use load::{load_environment, load_environment_with, locate_state, Checked, LoadedEnvironment, LocatedState, Project, Secrets, StateLocation};
 pub use reboots::{RebootPolicy, RebootWindow};
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
 pub use secrets::Secret;
@@ -29,6 +29,8 @@ pub use secrets::Secret;
 #[derive(Debug, Clone)]
 pub struct Environment {
     pub name: String,
+    /// The project's name (`kstack.yaml`), recorded in state: another project's state is refused.
+    pub project: Option<String>,
     pub region: Spanned<String>,
     pub variables: BTreeMap<String, Spanned<serde_json::Value>>,
     /// Values read from environment variables, for templates and roles, never shown.
@@ -288,6 +290,9 @@ pub struct S3State {
     pub bucket: String,
     /// The state object's key; its lock is `<key>.lock`.
     pub key: String,
+    /// Where the state was by default before keys named the project (`kstack/<env>.json`):
+    /// a state found there is reported, never taken for a new environment.
+    pub legacy_key: Option<String>,
     /// The bucket's region, when not the environment's.
     pub region: String,
     /// SSE-KMS key for the state object, when not the bucket's default encryption.

@@ -9,18 +9,20 @@ use std::fmt;
 use marked_yaml::Node;
 
 use crate::diagnostics::{Problems, Spanned};
+use crate::model::Secrets;
 use crate::yaml::{named, string};
 
 #[derive(Clone)]
 pub struct Secret {
     /// The environment variable it was read from.
     pub env_var: String,
-    value: String,
+    /// `None` when the variable is not set, for work that needs none: a template using it fails.
+    value: Option<String>,
 }
 
 impl Secret {
-    pub fn value(&self) -> &str {
-        &self.value
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
     }
 }
 
@@ -30,20 +32,19 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Decodes `secrets:` and reads each variable; an unset one is a problem at its name.
-pub fn secrets(node: &Node, problems: &mut Problems) -> BTreeMap<String, Secret> {
+/// Decodes `secrets:` and reads each variable; an unset one is a problem at its name, unless
+/// the command needs none (`Secrets::IfSet`), which keeps it unset.
+pub fn secrets(node: &Node, required: Secrets, problems: &mut Problems) -> BTreeMap<String, Secret> {
     named(node, "secret", problems, |name, value, problems| {
         let env_var: Spanned<String> = string(value, problems)?;
-        match std::env::var(&env_var.value) {
-            Ok(value) => Some((name.value, Secret { env_var: env_var.value, value })),
-            Err(_) => {
-                problems
-                    .error(env_var.loc, format!("secret `{}` reads ${}, which is not set", name.value, env_var.value))
-                    .label("not set")
-                    .hint(format!("export {}=... before running kstack; secrets never live in files", env_var.value));
-                None
-            }
+        let value = std::env::var(&env_var.value).ok();
+        if value.is_none() && required == Secrets::Required {
+            problems
+                .error(env_var.loc, format!("secret `{}` reads ${}, which is not set", name.value, env_var.value))
+                .label("not set")
+                .hint(format!("export {}=... before running kstack; secrets never live in files", env_var.value));
         }
+        Some((name.value, Secret { env_var: env_var.value, value }))
     })
     .into_iter()
     .collect()
@@ -55,7 +56,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_a_value() {
-        let secrets = BTreeMap::from([(String::from("token"), Secret { env_var: String::from("TOKEN"), value: String::from("hunter22") })]);
+        let secrets = BTreeMap::from([(String::from("token"), Secret { env_var: String::from("TOKEN"), value: Some(String::from("hunter22")) })]);
         assert!(!format!("{secrets:?}").contains("hunter22"));
     }
 }

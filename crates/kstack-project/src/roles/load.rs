@@ -78,7 +78,11 @@ fn visit(
         return;
     }
     let dir = roles_dir.join(&name.value);
-    if !paths::check_inside(roles_dir, &dir, "the project's roles/ directory", Some(name.loc), problems) {
+    // roles/ itself may be a link too: what is read stays inside the project either way.
+    let project_root = roles_dir.parent().unwrap_or(roles_dir);
+    if !paths::check_inside(project_root, &dir, "the project", Some(name.loc), problems)
+        || !paths::check_inside(roles_dir, &dir, "the project's roles/ directory", Some(name.loc), problems)
+    {
         return;
     }
     if !dir.join("tasks.yaml").is_file() {
