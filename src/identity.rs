@@ -3,8 +3,10 @@
 //! have a `dev`. So every environment gets an [`Identity`] at its first plan or apply, a
 //! random id kept in its state and tagged on everything it creates (`kstack:id`), and used
 //! in the names AWS requires to be unique. Refresh, adoption and destroy go by [`Owner`]:
-//! a resource is the environment's only if it carries its identity, or, for resources made
-//! before identities existed, if state recorded its id. Knows nothing of AWS calls.
+//! tags say whose a resource claims to be (anyone allowed to tag can copy them); state says
+//! what kstack made. A resource is the environment's only if state recorded its id, or a
+//! create journalled in state made it; one that merely wears the identity is left alone until
+//! a person adopts it. Knows nothing of AWS calls.
 
 use crate::naming::{TAG_ADDRESS, TAG_IDENTITY};
 use std::collections::{BTreeMap, BTreeSet};

@@ -79,20 +79,25 @@ async fn record_sets(cloud: &Cloud, zone_id: &str) -> Result<Vec<ResourceRecordS
     }
 }
 
-/// A record set in a zone, whoever made it: `(zone, name, type)`.
+/// A record set in a zone, whoever made it: `(zone, name, type)`, with its id.
 pub(super) type RecordKey = (String, String, String);
+pub(super) type RecordsInUse = BTreeMap<RecordKey, String>;
 
 /// The zones named by the environment's model and state, each listed once: the records whose
 /// owner record names the environment, and every record set the zones hold (so a plan never
 /// creates over one a person or another tool made).
-pub(super) async fn read(cloud: &Cloud) -> Result<(Vec<Observed>, std::collections::BTreeSet<RecordKey>), AwsError> {
+pub(super) async fn read(cloud: &Cloud) -> Result<(Vec<Observed>, RecordsInUse), AwsError> {
     let mut found = Vec::new();
-    let mut in_use = std::collections::BTreeSet::new();
+    let mut in_use = RecordsInUse::new();
     for zone in &cloud.dns_zones {
         // A zone that does not exist holds nothing of the environment (planning says so).
         let Some(id) = zone_id(cloud, zone).await? else { continue };
         let sets = record_sets(cloud, &id).await?;
-        in_use.extend(sets.iter().map(|s| (zone.clone(), normal(s.name()), s.r#type().as_str().to_owned())));
+        in_use.extend(sets.iter().map(|s| {
+            let (name, record_type) = (normal(s.name()), s.r#type().as_str().to_owned());
+            let id = format!("{id}|{name}|{record_type}");
+            ((zone.clone(), name, record_type), id)
+        }));
         // Each record by the name its owner record would have.
         let by_owner: BTreeMap<String, &ResourceRecordSet> = sets.iter().map(|s| (owner_name(&normal(s.name()), s.r#type().as_str()), s)).collect();
         for owner in sets.iter().filter(|s| *s.r#type() == RrType::Txt && normal(s.name()).starts_with("_kstack-")) {
@@ -210,6 +215,20 @@ pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed
     }
     changes.push(change(ChangeAction::Create, wanted(cloud, resource, ids).await?)?);
     submit(cloud, &zone_id, changes).await
+}
+
+/// Gives the record `id` (made by someone else, with no owner record) an owner record with
+/// `tags`, in one change that fails if an owner record appeared meanwhile: what `kstack state
+/// adopt` does, a person having said the record is the environment's. Returns its zone's name.
+pub async fn take_over(cloud: &Cloud, id: &str, tags: &BTreeMap<String, String>) -> Result<String, AwsError> {
+    let (zone_id, record, owner) = current(cloud, id).await?;
+    let Some(record) = record else { return Err(AwsError::missing("ListResourceRecordSets", id)) };
+    if owner.is_none() {
+        let (name, record_type) = (normal(record.name()), record.r#type().as_str().to_owned());
+        submit(cloud, &zone_id, vec![change(ChangeAction::Create, owner_set(&name, &record_type, tags)?)?]).await?;
+    }
+    let zone = cloud.route53.get_hosted_zone().id(&zone_id).send().await?;
+    Ok(zone.hosted_zone().map(|z| normal(z.name())).unwrap_or_default())
 }
 
 /// Deletes the record and its owner record together, if the owner record is still this

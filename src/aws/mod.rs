@@ -45,6 +45,7 @@ pub struct Cloud {
     pub elb: aws_sdk_elasticloadbalancing::Client,
     pub iam: aws_sdk_iam::Client,
     pub route53: aws_sdk_route53::Client,
+    pub sts: aws_sdk_sts::Client,
     pub calls: Arc<ApiCalls>,
     /// EC2's time, from its replies: what bake leases are judged by.
     pub clock: Arc<ServiceClock>,
@@ -79,6 +80,7 @@ impl Cloud {
             ),
             iam: aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
             route53: aws_sdk_route53::Client::from_conf(aws_sdk_route53::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
+            sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
             calls,
             clock,
             owner,
@@ -95,6 +97,12 @@ impl Cloud {
 
     pub fn environment(&self) -> &str {
         &self.owner.environment
+    }
+
+    /// The account the credentials act in (STS GetCallerIdentity, which needs no permission).
+    pub async fn account(&self) -> Result<String, AwsError> {
+        let identity = self.sts.get_caller_identity().send().await?;
+        identity.account().map(str::to_owned).ok_or_else(|| AwsError::missing("GetCallerIdentity", "the account"))
     }
 }
 
@@ -126,8 +134,8 @@ pub struct Refreshed {
     pub unrecorded: Vec<Observed>,
     /// Tagged with the environment's name but another environment's: left alone, reported.
     pub foreign: Vec<Observed>,
-    /// Every record set in the zones listed, whoever made it.
-    pub dns_in_use: std::collections::BTreeSet<dns_record::RecordKey>,
+    /// Every record set in the zones listed, whoever made it, with its id.
+    pub dns_in_use: dns_record::RecordsInUse,
 }
 
 /// Reads every resource of the environment, a few batched calls per resource kind, and
@@ -353,7 +361,7 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
     }
 }
 
-pub use dns_record::zone_exists as dns_zone_exists;
+pub use dns_record::{take_over as take_over_dns_record, zone_exists as dns_zone_exists};
 pub use image::resolve_images;
 pub use instances::{running_instances, tag_reboot_times, Instance};
 pub use launch_template::root_device;

@@ -158,25 +158,26 @@ async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment,
 fn check_records_not_taken(
     environment: &crate::model::Environment,
     observed: &[Observed],
-    in_use: &std::collections::BTreeSet<(String, String, String)>,
+    in_use: &std::collections::BTreeMap<(String, String, String), String>,
     sources: &crate::diagnostics::Sources,
 ) -> Result<(), Failure> {
-    let ours: std::collections::BTreeSet<(&str, &str, &str)> = observed
-        .iter()
-        .filter(|o| o.kind == crate::resource::Kind::DnsRecord)
-        .filter_map(|o| Some((o.attributes["zone"].as_str()?, o.attributes["name"].as_str()?, o.attributes["type"].as_str()?)))
-        .collect();
+    let ours: std::collections::BTreeSet<&str> =
+        observed.iter().filter(|o| o.kind == crate::resource::Kind::DnsRecord).map(|o| o.id.as_str()).collect();
     let mut problems = crate::diagnostics::Problems::default();
     for record in &environment.dns {
         let (zone, name, wanted) = (record.zone.value.as_str(), record.name.value.as_str(), record.record_type.value.as_str());
-        let taken = in_use.iter().find(|(z, n, t)| {
-            z == zone && n == name && (t == wanted || t == "CNAME" || wanted == "CNAME") && !ours.contains(&(z.as_str(), n.as_str(), t.as_str()))
-        });
-        if let Some((_, _, found)) = taken {
+        let taken = in_use
+            .iter()
+            .find(|((z, n, t), id)| z == zone && n == name && (t == wanted || t == "CNAME" || wanted == "CNAME") && !ours.contains(id.as_str()));
+        if let Some(((_, _, found), id)) = taken {
             problems
                 .error(record.name.loc, format!("hosted zone `{zone}` already has a {found} record `{name}` that this environment did not make"))
                 .label("made by someone else")
-                .hint("kstack never takes over or replaces a record it did not make: rename this record, or delete the other one if it is no longer used");
+                .hint(format!(
+                    "kstack never takes a record it did not make: rename this one, delete the other, or, if it is this \
+                     environment's, adopt it: kstack state adopt {} dns_record.{} '{id}'",
+                    environment.name, record.key.value
+                ));
         }
     }
     if problems.is_empty() {
@@ -238,10 +239,6 @@ impl Session {
                 Some("fix the environment's `region:` (`kstack validate` shows its problems)"),
             ));
         };
-        // The identity is kept before anything is created, so every resource carries it from
-        // the start; the region, so a destroy finds them without the environment file.
-        let new_identity = state.identity.is_none();
-        let identity = state.identity.get_or_insert_with(Identity::generate).clone();
         if let Some(recorded) = state.region.as_ref().filter(|recorded| **recorded != region && !state.resources.is_empty()) {
             return Err(fail(
                 &format!(
@@ -253,12 +250,28 @@ impl Session {
                 )),
             ));
         }
-        if new_identity || state.region.as_ref() != Some(&region) {
+        let cloud = Cloud::connect(&region, state.owner()).await;
+        let account = cloud.account().await.map_err(|e| aws_failure(&region, "asking which account the credentials act in", &e))?;
+        if let Some(recorded) = state.account.as_ref().filter(|recorded| **recorded != account) {
+            return Err(fail(
+                &format!("the state of `{environment}` was written in AWS account {recorded}, but the credentials act in account {account}"),
+                Some(&format!(
+                    "use credentials of account {recorded} (AWS_PROFILE), or give the environment in account {account} a state of its own (`key:` in `state:`)"
+                )),
+            ));
+        }
+        // The identity is kept before anything is created, so every resource carries it from
+        // the start; the region and account, so a destroy finds them without the environment
+        // file and another account's credentials never take them for nothing.
+        let new_identity = state.identity.is_none();
+        let identity = state.identity.get_or_insert_with(Identity::generate).clone();
+        if new_identity || state.region.as_ref() != Some(&region) || state.account.as_ref() != Some(&account) {
             state.region = Some(region.clone());
+            state.account = Some(account);
             store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
         }
         let destroy = compiled.is_none();
-        let cloud = Cloud::connect(&region, state.owner()).await;
+        let cloud = Cloud { owner: state.owner(), ..cloud };
         if let Some((compiled, sources)) = &compiled {
             check_dns_zones(&cloud, &compiled.checked.environment, sources).await?;
         }

@@ -67,7 +67,9 @@ enum Command {
     },
     /// Make a resource the environment's own: one that carries its tags (`kstack:environment`,
     /// `kstack:address`, `kstack:id`) but that kstack never recorded making, which plans list
-    /// as left alone. Tags can be copied by anyone allowed to tag, so only a person decides.
+    /// as left alone; or a DNS record made by hand (by the id a plan's problem names), which
+    /// then gets its owner record. Tags can be copied by anyone allowed to tag, so only a
+    /// person decides.
     Adopt {
         /// Environment name.
         env: String,
@@ -142,14 +144,17 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
 
 /// Records in state what carries the environment's identity and `chosen` picks, under the
 /// environment's lock, in one state write. Returns what was adopted.
+/// `zones`: hosted zones to list besides those state knows of.
 fn adopt(
     store: &StateStore,
     state: &mut crate::state::State,
     region: &str,
+    zones: &[String],
     chosen: impl Fn(&crate::aws::Observed) -> bool,
 ) -> Result<Vec<crate::aws::Observed>, Failure> {
     let runtime = super::session::runtime()?;
-    let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting())).with_dns_zones(state.dns_zones());
+    let zones: Vec<&str> = state.dns_zones().chain(zones.iter().map(String::as_str)).collect();
+    let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting())).with_dns_zones(zones);
     let refreshed = runtime
         .block_on(crate::aws::refresh(&cloud))
         .map_err(|error| super::session::aws_failure(region, "looking for the resources to adopt", &error))?;
@@ -178,7 +183,22 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
             Some("the recorded one stays the environment's; remove the other by hand if it is not wanted"),
         ));
     }
-    let adopted = adopt(&store, &mut state, &region, |o| &o.address == address && o.id == id)?;
+    // A record made by hand has no owner record to carry the tags: adopting it writes one.
+    let mut zones = Vec::new();
+    if address.is_kind(crate::resource::Kind::DnsRecord) {
+        let tags = std::collections::BTreeMap::from([
+            (crate::naming::TAG_ENVIRONMENT.to_owned(), environment.name.clone()),
+            (crate::naming::TAG_ADDRESS.to_owned(), address.to_string()),
+            (crate::naming::TAG_IDENTITY.to_owned(), identity.to_string()),
+        ]);
+        let runtime = super::session::runtime()?;
+        let cloud = runtime.block_on(crate::aws::Cloud::connect(&region, state.owner()));
+        let zone = runtime
+            .block_on(crate::aws::take_over_dns_record(&cloud, id, &tags))
+            .map_err(|error| super::session::aws_failure(&region, &format!("giving the record {id} an owner record"), &error))?;
+        zones.push(zone);
+    }
+    let adopted = adopt(&store, &mut state, &region, &zones, |o| &o.address == address && o.id == id)?;
     if adopted.is_empty() {
         return Err(fail(
             &format!("{region} has no resource {id} tagged as {address} of `{env}`"),
@@ -215,7 +235,7 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
     state.region = Some(region.clone());
     store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     // Asked for by a person who knows the identity: everything carrying it is adopted.
-    let adopted = adopt(&store, &mut state, &region, |_| true)?;
+    let adopted = adopt(&store, &mut state, &region, &[], |_| true)?;
     term::outln(format_args!("`{env}` has identity {identity}; adopted the {} resources carrying it.", adopted.len()));
     Ok(())
 }

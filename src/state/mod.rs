@@ -100,6 +100,10 @@ pub struct State {
     /// The environment's identity (see `identity.rs`), from its first plan or apply on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The AWS account it was written in: credentials of another account are refused, never
+    /// taken for an environment with nothing in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// The environment's region, so `destroy` finds its resources while the environment file
     /// cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +230,7 @@ impl StateStore {
                 serial: 0,
                 updated: now_rfc3339(),
                 identity: None,
+                account: None,
                 region: None,
                 resources: BTreeMap::new(),
                 intents: BTreeMap::new(),

@@ -101,7 +101,8 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         assert!(document.contains("\"aws:ResourceTag/KubernetesCluster\""), "{document}");
         assert!(!document.contains("\"ec2:*\"") && !document.contains("\"elasticloadbalancing:*\""), "{document}");
         // Resources kstack made are the masters' only under their own identity, and no node
-        // may write the tags that claim ownership.
+        // may write the tags that claim ownership. Emulator gap: moto stores policies but does
+        // not evaluate them, so the document is checked as AWS would read it.
         assert!(document.contains("\"aws:ResourceTag/kstack:id\":\"${aws:PrincipalTag/kstack:id}\""), "{document}");
         assert!(document.contains("\"Effect\":\"Deny\"") && document.contains("\"aws:TagKeys\":[\"kstack:*\"]"), "{document}");
         let groups = aws.ec2.describe_security_groups().filters(env_filter("dev")).send().await.unwrap();

@@ -106,6 +106,20 @@ fn a_host_whose_key_changed_is_refused_and_the_others_still_converge() {
     // A stale key recorded for the first node, as after a rebuild or an attack.
     std::fs::write(&known_hosts, node::stale_known_hosts_line(&fleet.nodes[0].address)).unwrap();
 
+    // While another run holds the environment (an apply replacing nodes), provision and verify
+    // wait their turn: refused, naming the holder, with nothing done.
+    let lock = fleet.project.path().join(".kstack/state/fleet.lock");
+    let holder = r#"{"id":"0badc0de","holder":"ci","host":"runner-7","pid":4242,"command":"kstack apply fleet","started":"2026-12-06T00:00:00Z"}"#;
+    std::fs::write(&lock, holder).unwrap();
+    for command in ["provision", "verify"] {
+        let locked = fleet.kstack(&[command, "fleet", "--trust-new-hosts"]);
+        let said = String::from_utf8_lossy(&locked.stderr);
+        assert_eq!(locked.status.code(), Some(1), "{said}");
+        assert!(said.contains("environment `fleet` is locked by ci@runner-7 (pid 4242, `kstack apply fleet`)"), "{command}: {said}");
+    }
+    assert!(!fleet.nodes[1].file("/etc/app").exists(), "nothing ran while the lock was held");
+    std::fs::remove_file(&lock).unwrap();
+
     let output = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");

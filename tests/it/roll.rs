@@ -750,7 +750,9 @@ fn a_roll_in_a_terminal_shows_each_group_live_and_clears_it_at_the_end() {
 /// does: a thread on its own client while `apply` changes the group; then from the roll's
 /// `validate` hook (after each batch) through `apply --roll` and `roll`. Each run ends with
 /// the autoscaler's size; the plan shows it as observed, not as a change; a new `desired:`
-/// in the file is a person's ask, and a new max below the size clamps it.
+/// in the file is a person's ask, and a new max below the size clamps it. AWS clamps a size
+/// outside new bounds itself; kstack sends the clamped size explicitly, which the emulator
+/// (which does not clamp everywhere AWS does) and AWS treat alike.
 #[test]
 fn an_autoscalers_size_is_kept_through_apply_apply_with_roll_and_roll() {
     let moto = Moto::start();

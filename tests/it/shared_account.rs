@@ -70,4 +70,16 @@ fn resources_wearing_the_environments_tags_are_reported_and_left_alone_until_ado
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
     let legacy_action = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "vpc.legacy").unwrap();
     assert_eq!((legacy_action["action"].as_str(), legacy_action["id"].as_str()), (Some("delete"), Some(legacy.as_str())));
+
+    // A state records its account: credentials of another account are refused, never taken
+    // for an environment with nothing in it.
+    let path = project.path().join(".kstack/state/dev.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["account"], "123456789012", "the emulator's account");
+    state["account"] = serde_json::json!("111111111111");
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let refused = project.kstack(&moto).args(["plan", "dev"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("was written in AWS account 111111111111, but the credentials act in account 123456789012"), "{said}");
 }
