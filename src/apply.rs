@@ -132,6 +132,7 @@ struct Context<P> {
     store: StateStore,
     parallelism: usize,
     stop: Stop,
+    left_alone: std::collections::BTreeSet<String>,
     events: Box<dyn Fn(Event) + Send + Sync>,
 }
 
@@ -139,6 +140,9 @@ pub struct Options {
     pub parallelism: usize,
     /// Checked before every step: once set, no step starts.
     pub stop: Stop,
+    /// Ids of what the plan leaves alone: never adopted by a create that finds its address
+    /// taken (a copy wearing the environment's tags was there before the run).
+    pub left_alone: std::collections::BTreeSet<String>,
 }
 
 /// Where each change is recorded as it happens.
@@ -203,6 +207,7 @@ pub async fn apply<P: Provider>(
         store: journal.store,
         parallelism: options.parallelism.max(1),
         stop: options.stop,
+        left_alone: options.left_alone,
         events: Box::new(events),
     });
     let mut outcome = Outcome::default();
@@ -215,6 +220,18 @@ pub async fn apply<P: Provider>(
         walk(&context, steps, &edges, &mut outcome).await;
     }
     outcome.stopped = context.stop.reason();
+    // Every create went through and was recorded: an intent still journalled is one whose
+    // create an earlier run left ambiguous and refresh never found made. It would let anything
+    // wearing its address in the environment's tags pass for made, so it goes.
+    if outcome.failures.is_empty() && outcome.stopped.is_none() && outcome.state_error.is_none() {
+        let mut state = context.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !state.intents.is_empty() {
+            state.intents.clear();
+            if let Err(error) = context.store.save(&mut state) {
+                outcome.state_error = Some(error.to_string());
+            }
+        }
+    }
     outcome
 }
 
@@ -332,7 +349,7 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
     let verb = step.verb();
     (context.events)(Event::Started { address: address.clone(), verb });
     if let Step::Create(resource) = step {
-        journal_intent(context, &resource.address, true).map_err(StepError::State)?;
+        journal_intent(context, &resource.address).map_err(StepError::State)?;
     }
     let started = Instant::now();
     let mut delay = Duration::from_secs(1);
@@ -369,11 +386,9 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             }
             Err(error) => {
                 (context.events)(Event::Failed { address: address.clone(), verb, error: error.clone() });
-                // A refused create made nothing; one that may have gone through keeps its
-                // intent, so the next run adopts what it made.
-                if verb == Verb::Create && !error.is_ambiguous() {
-                    journal_intent(context, &address, false).map_err(StepError::State)?;
-                }
+                // A failed create keeps its intent: a create of several calls (a role, then its
+                // policies) may have made the resource before a later call failed, and the next
+                // run adopts it. An apply that ends without failures clears what is left.
                 return Err(StepError::Aws(error));
             }
         }
@@ -394,7 +409,7 @@ fn changed_attributes(changes: &[crate::plan::Change]) -> Vec<String> {
 /// found by its tags and brought in line with the model; `None` when AWS has no such resource.
 async fn adopt<P: Provider>(context: &Context<P>, resource: &Resource, ids: &Ids) -> Result<Option<String>, AwsError> {
     let refreshed = context.cloud.refresh().await?;
-    let Some(found) = refreshed.into_iter().find(|o| o.address == resource.address) else { return Ok(None) };
+    let Some(found) = refreshed.into_iter().find(|o| o.address == resource.address && !context.left_alone.contains(&o.id)) else { return Ok(None) };
     let changes: Vec<crate::plan::Change> = crate::plan::diff::changes(resource, &found).into_iter().filter(|c| !c.forces_replacement).collect();
     if !changes.is_empty() {
         context.cloud.update(resource, &found, &changed_attributes(&changes), ids).await?;
@@ -403,15 +418,11 @@ async fn adopt<P: Provider>(context: &Context<P>, resource: &Resource, ids: &Ids
     Ok(Some(found.id))
 }
 
-/// Journals (or, `false`, withdraws) the intent to create `address`, before the create goes
-/// out: only a journalled create lets a later run adopt what carries the environment's tags.
-fn journal_intent<P: Provider>(context: &Context<P>, address: &Address, intended: bool) -> Result<(), StateError> {
+/// Journals the intent to create `address`, before the create goes out: only a journalled
+/// create lets a later run adopt what carries the environment's tags.
+fn journal_intent<P: Provider>(context: &Context<P>, address: &Address) -> Result<(), StateError> {
     let mut state = context.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if intended {
-        state.intents.insert(address.clone(), crate::state::now_rfc3339());
-    } else {
-        state.intents.remove(address);
-    }
+    state.intents.insert(address.clone(), crate::state::now_rfc3339());
     context.store.save(&mut state)
 }
 
@@ -549,7 +560,7 @@ mod tests {
         let plan = crate::plan::plan("test", desired, &observed);
         let store = StateStore::local(dir, "test", None);
         let journal = Journal { state: store.load().unwrap(), store: store.clone() };
-        let options = Options { parallelism: 2, stop: Stop::default() };
+        let options = Options { parallelism: 2, stop: Stop::default(), left_alone: Default::default() };
         let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, |_| {}).await;
         (outcome, store.load().unwrap())
     }

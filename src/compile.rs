@@ -265,7 +265,7 @@ impl Compiler<'_> {
                 min: group.min.value,
                 max: group.max.value,
                 desired: group.desired.value,
-                asked: group.desired.value,
+                asked: group.desired_written.then_some(group.desired.value),
                 subnets: self.selected_subnets(&group.subnets),
                 launch: launch_address,
                 load_balancers,

@@ -222,11 +222,19 @@ pub fn name_prefix(environment: &str, kind: Kind) -> String {
     }
 }
 
+/// Written in a tag's value, the environment's identity: a name no other environment, project
+/// or region shares, such as the Kubernetes cluster name IAM conditions compare
+/// (`KubernetesCluster: dev-${kstack:id}`).
+pub const IDENTITY_IN_TAG: &str = "${kstack:id}";
+
 /// Stamps the identity on a compiled graph: the `kstack:id` tag on every resource and the
 /// short form on unique names. Runs after images are resolved (which renames launch
 /// configurations for their content).
 pub fn stamp(graph: &mut ResourceGraph, identity: &Identity) {
     for resource in graph.resources_mut() {
+        for value in resource.tags.values_mut().filter(|v| v.contains(IDENTITY_IN_TAG)) {
+            *value = value.replace(IDENTITY_IN_TAG, identity.as_str());
+        }
         resource.tags.insert(TAG_IDENTITY.to_owned(), identity.as_str().to_owned());
         match unique_name_limit(resource.kind()) {
             // Launch configurations are found by parsing their names: never shortened (env
@@ -323,7 +331,7 @@ mod tests {
         let vpc = Resource {
             address: Address::new(Kind::Vpc, "main"),
             name: String::from("dev"),
-            tags: BTreeMap::new(),
+            tags: tags(&[("KubernetesCluster", "dev-${kstack:id}")]),
             spec: Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() },
             after: Vec::new(),
         };
@@ -331,6 +339,7 @@ mod tests {
         stamp(&mut graph, &identity("aa"));
         let vpc = graph.in_dependency_order().next().unwrap();
         assert_eq!(vpc.tags[TAG_IDENTITY], identity("aa").as_str());
+        assert_eq!(vpc.tags["KubernetesCluster"], format!("dev-{}", identity("aa")), "the identity where a tag names it");
         assert_eq!(vpc.name, "dev", "VPC names need not be unique");
     }
 

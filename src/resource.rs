@@ -181,9 +181,10 @@ pub enum Spec {
         /// The capacity kstack sets: the model's at creation and when the model's changes,
         /// else what the group has (see `plan::capacity`).
         desired: u32,
-        /// The model's `desired`, kept in state to tell a person's change in the file from
-        /// an autoscaler's change in AWS. AWS holds no such thing: never compared with it.
-        asked: u32,
+        /// The model's `desired` where the file writes one, kept in state to tell a person's
+        /// change in the file from an autoscaler's change in AWS. AWS holds no such thing:
+        /// never compared with it.
+        asked: Option<u32>,
         subnets: Vec<Address>,
         launch: Address,
         load_balancers: Vec<Address>,

@@ -31,6 +31,9 @@ pub(super) struct Session {
     pub images: std::collections::BTreeMap<String, LoadedImage>,
     /// Held until the session ends, or handed on ([`Held`]).
     pub lock: Lock,
+    /// The desired graph's digest before group sizes were settled against AWS: what a saved
+    /// plan pins of the model (what AWS holds, an autoscaler's size among it, is pinned apart).
+    pub model_digest: String,
 }
 
 /// A run's hold on an environment: the runtime (which renews an S3 lease), the stop flag (which
@@ -326,6 +329,8 @@ impl Session {
         if let (Some(environment), Some(sources)) = (&model, &sources) {
             check_records_not_taken(environment, &observed, &refreshed.dns_in_use, sources)?;
         }
+        // User data is serialized as its hash, so the digest covers its content too.
+        let model_digest = content_digest(&graph.in_dependency_order().collect::<Vec<_>>());
         let capacity = crate::plan::settle_capacity(graph.resources_mut(), &observed, &state.resources);
         let mut plan = plan(&environment, &graph, &observed);
         plan.capacity = capacity;
@@ -333,7 +338,7 @@ impl Session {
         if state.resources.is_empty() {
             warn_of_lost_state(&environment, &region, &refreshed.foreign.iter().chain(&refreshed.unrecorded).collect::<Vec<_>>());
         }
-        Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock })
+        Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock, model_digest })
     }
 
     pub(super) fn saved(&self, source: &str) -> SavedPlan {
@@ -348,8 +353,7 @@ impl Session {
     }
 
     pub(super) fn desired_digest(&self) -> String {
-        // User data is serialized as its hash, so the digest covers its content too.
-        content_digest(&self.desired.in_dependency_order().collect::<Vec<_>>())
+        self.model_digest.clone()
     }
 }
 

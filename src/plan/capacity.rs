@@ -1,8 +1,10 @@
 //! Whose desired capacity a group has. An autoscaler (cluster-autoscaler, a scheduled action,
 //! a person in the console) resizes groups within min..max; that size is theirs. The model's
 //! `desired` is the size at creation, and the size a person asks for by changing it in the
-//! file: state records what the model asked last (`asked`), so a new ask is told from an
-//! old one. A new min or max that excludes the current size clamps it. Pure.
+//! file: state records what the model asked at each apply (`asked`), so a new ask is told
+//! from an old one. Without a record of an ask (a group adopted, a state from before asks were
+//! recorded, a file without `desired:`) the group keeps its size. A new min or max that
+//! excludes the current size clamps it. Pure.
 
 use std::collections::BTreeMap;
 
@@ -47,23 +49,20 @@ pub fn settle<'a>(
             continue;
         };
         let size = size as u32;
-        // What the model asked when kstack last set the group (older states recorded only
-        // `desired`, which was the model's then). No record: the group was just adopted.
-        let last_asked = recorded.get(&resource.address).and_then(|r| r.attributes.get("asked").or_else(|| r.attributes.get("desired"))?.as_u64());
-        let outcome = if last_asked.is_some_and(|last| last != u64::from(*asked)) {
-            CapacityOutcome::Asked
-        } else if size < *min || size > *max {
-            CapacityOutcome::Clamped { to: size.clamp(*min, *max) }
-        } else {
-            CapacityOutcome::Kept
+        let last_asked = recorded.get(&resource.address).and_then(|r| r.attributes.get("asked")?.as_u64());
+        let outcome = match (*asked, last_asked) {
+            (Some(asked), Some(last)) if u64::from(asked) != last => CapacityOutcome::Asked,
+            _ if size < *min || size > *max => CapacityOutcome::Clamped { to: size.clamp(*min, *max) },
+            _ => CapacityOutcome::Kept,
         };
         *capacity = match outcome {
-            CapacityOutcome::Asked => *asked,
+            CapacityOutcome::Asked => asked.unwrap_or(size),
             CapacityOutcome::Clamped { to } => to,
             CapacityOutcome::Kept => size,
         };
-        if size != *asked || outcome != CapacityOutcome::Kept {
-            notes.push(CapacityNote { address: resource.address.clone(), observed: size, model: *asked, outcome });
+        let model = asked.unwrap_or(*min);
+        if size != model || outcome != CapacityOutcome::Kept {
+            notes.push(CapacityNote { address: resource.address.clone(), observed: size, model, outcome });
         }
     }
     notes
@@ -81,7 +80,7 @@ mod tests {
             min,
             max,
             desired,
-            asked: desired,
+            asked: Some(desired),
             subnets: Vec::new(),
             launch: Address::new(Kind::LaunchTemplate, "workers"),
             load_balancers: Vec::new(),
@@ -122,8 +121,9 @@ mod tests {
     #[test]
     fn a_size_set_outside_kstack_within_bounds_is_kept_and_said() {
         assert_eq!(settled(group(1, 6, 3), 5, json!({"desired": 3, "asked": 3})), (5, vec![CapacityOutcome::Kept]));
-        // A state from before `asked` recorded the model's value as `desired`.
-        assert_eq!(settled(group(1, 6, 3), 5, json!({"desired": 3})), (5, vec![CapacityOutcome::Kept]));
+        // No ask recorded (a state from before asks, or a group adopted with the autoscaler's
+        // size as `desired`): kept, never taken for an ask.
+        assert_eq!(settled(group(1, 6, 3), 5, json!({"desired": 5})), (5, vec![CapacityOutcome::Kept]));
         // Kept at the size kstack itself set before, silently.
         assert_eq!(settled(group(1, 6, 3), 3, json!({"desired": 3, "asked": 3})), (3, vec![]));
         // A group adopted without a record keeps its size too.
@@ -136,6 +136,16 @@ mod tests {
     fn a_new_value_in_the_model_is_a_persons_ask() {
         // The autoscaler's 5 was kept (state says desired 5, asked 3); the file now says 4.
         assert_eq!(settled(group(1, 6, 4), 5, json!({"desired": 5, "asked": 3})), (4, vec![CapacityOutcome::Asked]));
+    }
+
+    #[test]
+    fn a_file_without_desired_asks_nothing_so_a_new_min_inside_the_size_keeps_it() {
+        let mut unwritten = group(3, 6, 3);
+        if let Spec::AutoScalingGroup { asked, .. } = &mut unwritten[0].spec {
+            *asked = None;
+        }
+        assert_eq!(settled(unwritten.clone(), 5, json!({"desired": 5})), (5, vec![CapacityOutcome::Kept]));
+        assert_eq!(settled(unwritten, 2, json!({"desired": 2})), (3, vec![CapacityOutcome::Clamped { to: 3 }]));
     }
 
     #[test]

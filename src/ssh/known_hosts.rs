@@ -87,6 +87,11 @@ impl HostKeys {
     /// with other keys keeps them, to be checked against them.
     pub fn record(&self, host: &str, port: u16, keys: &[PublicKey], instance: &str) -> Result<(), SshError> {
         let _one_at_a_time = CHECKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A link is followed, so it stays a link; and the directory is locked while the file is
+        // read and written, so two kstack runs never lose each other's lines.
+        let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let directory = std::fs::File::open(path.parent().unwrap_or(std::path::Path::new("."))).map_err(|e| self.unwritable(host, e))?;
+        directory.lock().map_err(|e| self.unwritable(host, e))?;
         let name = host_name(host, port);
         let text = self.text()?;
         let for_host: Vec<Recorded> = self.parse(&text)?.into_iter().filter(|r| names(r.entry.host_patterns(), &name)).collect();
@@ -105,16 +110,15 @@ impl HostKeys {
             // Appending keeps whatever else writes the file meanwhile (ssh itself).
             let added = &lines[text.lines().map(|l| l.len() + 1).sum::<usize>()..];
             let separator = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
-            let mut file =
-                std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).map_err(|e| self.unwritable(host, e))?;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(|e| self.unwritable(host, e))?;
             return file.write_all(format!("{separator}{added}").as_bytes()).map_err(|e| self.unwritable(host, e));
         }
         // Whole or not at all: a temporary file beside it, renamed over it.
-        let temporary = self.path.with_extension(format!("kstack-{}", std::process::id()));
+        let temporary = path.with_extension(format!("kstack-{}", std::process::id()));
         let mut file =
             std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&temporary).map_err(|e| self.unwritable(host, e))?;
         file.write_all(lines.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| self.unwritable(host, e))?;
-        std::fs::rename(&temporary, &self.path).map_err(|e| self.unwritable(host, e))
+        std::fs::rename(&temporary, &path).map_err(|e| self.unwritable(host, e))
     }
 
     fn unwritable(&self, host: &str, error: impl std::fmt::Display) -> SshError {
@@ -308,6 +312,13 @@ mod tests {
         assert!(keys.check("10.0.0.9", 22, &key(ECDSA)).is_err(), "the old instance's key is gone");
         let text = std::fs::read_to_string(&keys.path).unwrap();
         assert_eq!(text, format!("10.0.0.5 ssh-ed25519 {ED25519}\n10.0.0.9 ssh-ed25519 {OTHER_ED25519} kstack-instance=i-new\n"));
+        // A linked known_hosts file stays a link to the file it names.
+        let link = keys.path.with_file_name("linked");
+        std::os::unix::fs::symlink(&keys.path, &link).unwrap();
+        let linked = HostKeys { path: link.clone(), ..keys.clone() };
+        linked.record("10.0.0.9", 22, &[key(ECDSA)], "i-newer").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        keys.check("10.0.0.9", 22, &key(ECDSA)).unwrap();
         // A key a person recorded (no instance comment) is never replaced.
         assert!(keys.knows("10.0.0.5", 22, "i-any").unwrap());
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&keys.path).unwrap().permissions());

@@ -219,7 +219,7 @@ impl StateStore {
                 if self.local.path().exists() {
                     return Err(StateError::Elsewhere { configured: location, found: self.local.path().display().to_string() });
                 }
-                if let Some(found) = s3.state_at_legacy_key()? {
+                if let Some(found) = s3.state_at_legacy_key(self.project.as_deref())? {
                     return Err(StateError::LegacyKey { location, found });
                 }
             }

@@ -190,24 +190,24 @@ impl S3Backend {
         self.inner.location()
     }
 
-    /// Where a state is found at the key the default was before keys named the project, the
-    /// location: this environment's state, most likely, not to be taken for none.
-    pub(super) fn state_at_legacy_key(&self) -> Result<Option<String>, StateError> {
+    /// Where a state is found at the key the default was before keys named the project (and
+    /// it names no other project), the location: this environment's state, most likely, not
+    /// to be taken for none.
+    pub(super) fn state_at_legacy_key(&self, project: Option<&str>) -> Result<Option<String>, StateError> {
         let inner = &self.inner;
         let Some(legacy) = inner.legacy_key.clone() else { return Ok(None) };
         let (client, bucket, key) = (inner.client.clone(), inner.bucket.clone(), legacy.clone());
         let found = inner.run(async move {
-            match client.head_object().bucket(bucket).key(key).send().await {
-                Ok(_) => Ok(true),
-                Err(error) if is_missing(&error) => Ok(false),
+            match client.get_object().bucket(bucket).key(key).send().await {
+                Ok(output) => Ok(Some(output.body.collect().await.map_err(|e| e.to_string())?.into_bytes().to_vec())),
+                Err(error) if is_missing(&error) => Ok(None),
                 Err(error) => Err(describe(&error)),
             }
         });
-        match found {
-            Ok(true) => Ok(Some(format!("s3://{}/{legacy}", inner.bucket))),
-            Ok(false) => Ok(None),
-            Err(message) => Err(StateError::Read { location: inner.location(), message }),
-        }
+        let bytes = found.map_err(|message| StateError::Read { location: inner.location(), message })?;
+        let recorded = bytes.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let another_project = recorded.as_ref().and_then(|r| r["project"].as_str()).is_some_and(|p| Some(p) != project);
+        Ok(recorded.filter(|_| !another_project).map(|_| format!("s3://{}/{legacy}", inner.bucket)))
     }
 
     /// The state object's bytes, remembering its version for the next write.

@@ -91,7 +91,8 @@ fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
         let roles = aws.iam.list_roles().path_prefix("/kstack/dev/").send().await.unwrap();
         let role = roles.roles().iter().find(|r| r.role_name().starts_with("dev-masters-")).expect("masters role");
         let tags = aws.iam.list_role_tags().role_name(role.role_name()).send().await.unwrap();
-        assert!(tags.tags().iter().any(|t| t.key() == "KubernetesCluster" && t.value() == "dev"));
+        let cluster = format!("dev-{}", project.identity("dev"));
+        assert!(tags.tags().iter().any(|t| t.key() == "KubernetesCluster" && t.value() == cluster), "a cluster name no other project shares");
         let policy = aws.iam.get_role_policy().role_name(role.role_name()).policy_name("kubernetes-master").send().await.unwrap();
         // Real IAM returns the document URL-encoded; moto encodes only some characters.
         let document = ["%22", "%3A", "%2F", "%2A", "%24", "%7B", "%7D", "%5B", "%5D", "%2C", " "]
@@ -697,7 +698,7 @@ fn exit_statuses_tell_bad_input_from_a_failed_run_and_missing_credentials_say_wh
         let output = kstack(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(status), "{args:?}: {stderr}");
-        assert!(stderr.contains("min (40) is greater than max (30)") && stderr.contains("dev.yaml:22:10"), "{args:?}: {stderr}");
+        assert!(stderr.contains("min (40) is greater than max (30)") && stderr.contains("dev.yaml:23:10"), "{args:?}: {stderr}");
     }
     project.edit(DEV, "    min: 40\n", "    min: 3\n");
     let unknown = kstack(&["roll", "dev", "--group", "wrokers"]);

@@ -174,7 +174,7 @@ fn a_hand_made_record_is_never_taken_refused_at_plan_and_intact_after_destroy() 
     let planned = project.kstack(&moto).args(["plan", "dev"]).output().unwrap();
     assert_eq!(planned.status.code(), Some(2), "bad input: {planned:?}");
     let stderr = String::from_utf8_lossy(&planned.stderr);
-    assert!(stderr.contains("environments/dev.yaml:31:23") && stderr.contains("already has a CNAME record `registry.dev.example.com`"), "{stderr}");
+    assert!(stderr.contains("environments/dev.yaml:32:23") && stderr.contains("already has a CNAME record `registry.dev.example.com`"), "{stderr}");
     let applied = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
     assert_eq!(applied.status.code(), Some(2), "apply refuses before any change");
     assert!(rt.block_on(aws.vpcs_of("dev")).is_empty(), "nothing was created");

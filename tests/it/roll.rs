@@ -840,9 +840,14 @@ fn an_autoscalers_size_is_kept_through_apply_apply_with_roll_and_roll() {
     assert_eq!(size(&rt), last_logged(), "apply --roll ends at the autoscaler's size");
     let dry = project.kstack(&moto).args(["roll", "fleet", "--dry-run"]).output().unwrap();
     assert!(stdout(&dry).starts_with("app: 0 outdated"), "{}", stdout(&dry));
+    // An apply after applies that left the group alone still knows the model asked 3.
+    let name = rt.block_on(aws.group(GROUP)).auto_scaling_group_name().unwrap().to_owned();
+    rt.block_on(aws.autoscaling.set_desired_capacity().auto_scaling_group_name(&name).desired_capacity(5).send()).unwrap();
     project.edit(FLEET, "instance_type: t3.medium", "instance_type: t3.large");
-    project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
+    let again = project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    assert!(stdout(&again).contains("desired capacity 5 was set outside kstack (the model says 3); kept"), "{}", stdout(&again));
     let before_roll = size(&rt);
+    assert_eq!(before_roll, 5, "an apply after the roll keeps the autoscaler's size too");
     let rolled = project.kstack(&moto).args(["roll", "fleet", "--timeout", "60"]).output().unwrap();
     assert!(rolled.status.success(), "{}", stderr(&rolled));
     assert!(stderr(&rolled).contains(&format!("surging to {}", before_roll + 1)), "{}", stderr(&rolled));

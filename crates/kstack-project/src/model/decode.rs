@@ -567,6 +567,7 @@ fn node_group(name: Spanned<String>, node: &Node, env_reboots: Option<&Node>, pr
     let min = min?;
     Some(NodeGroup {
         name,
+        desired_written: desired.is_some(),
         desired: desired.unwrap_or_else(|| min.clone()),
         min,
         max: max?,

@@ -256,6 +256,8 @@ pub struct NodeGroup {
     pub min: Spanned<u32>,
     pub max: Spanned<u32>,
     pub desired: Spanned<u32>,
+    /// Whether the file writes `desired:` (else it is `min`, the size at creation only).
+    pub desired_written: bool,
     pub subnets: SubnetSelection,
     pub instance_type: Spanned<String>,
     pub image: Spanned<ImageRef>,
