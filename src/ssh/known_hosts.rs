@@ -91,7 +91,7 @@ impl HostKeys {
         // read and written, so two kstack runs never lose each other's lines.
         let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         let directory = std::fs::File::open(path.parent().unwrap_or(std::path::Path::new("."))).map_err(|e| self.unwritable(host, e))?;
-        directory.lock().map_err(|e| self.unwritable(host, e))?;
+        rustix::fs::flock(&directory, rustix::fs::FlockOperation::LockExclusive).map_err(|e| self.unwritable(host, e))?;
         let name = host_name(host, port);
         let text = self.text()?;
         let for_host: Vec<Recorded> = self.parse(&text)?.into_iter().filter(|r| names(r.entry.host_patterns(), &name)).collect();
