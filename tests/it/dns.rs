@@ -59,14 +59,20 @@ fn refresh_calls(project: &Project, moto: &Moto, operation: &str) -> u64 {
     by_operation.iter().filter(|(name, _)| name.ends_with(&format!(":{operation}"))).map(|(_, n)| n.as_u64().unwrap()).sum()
 }
 
-#[test]
-fn records_alias_the_ingress_balancer_change_and_go_while_a_hand_made_one_stays() {
+/// The emulator, a copy of the project with `dev`'s image seeded, and the hosted zone.
+fn dev_with_zone() -> (Moto, Project, tokio::runtime::Runtime, Clients, String) {
     let moto = Moto::start();
     let project = Project::copy();
     let rt = runtime();
     let aws = rt.block_on(moto.clients());
     rt.block_on(aws.seed_image("node"));
     let zone = rt.block_on(make_zone(&aws));
+    (moto, project, rt, aws, zone)
+}
+
+#[test]
+fn records_alias_the_ingress_balancer_change_and_go_while_a_hand_made_one_stays() {
+    let (moto, project, rt, aws, zone) = dev_with_zone();
     rt.block_on(hand_made(&aws, &zone, "manual.dev.example.com", RrType::A, "192.0.2.10"));
     with_dns(
         &project,
@@ -159,12 +165,7 @@ fn a_missing_zone_is_reported_where_the_model_names_it() {
 /// kept kstack from writing over it here; the test follows AWS, where nothing is sent.
 #[test]
 fn a_hand_made_record_is_never_taken_refused_at_plan_and_intact_after_destroy() {
-    let moto = Moto::start();
-    let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
-    let zone = rt.block_on(make_zone(&aws));
+    let (moto, project, rt, aws, zone) = dev_with_zone();
     rt.block_on(hand_made(&aws, &zone, "registry.dev.example.com", RrType::Cname, "registry.internal.example.com"));
     let registry = ("registry.dev.example.com".to_owned(), "CNAME".to_owned(), "registry.internal.example.com".to_owned());
     with_dns(
