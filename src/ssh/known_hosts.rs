@@ -29,6 +29,12 @@ struct Recorded {
     entry: Entry,
 }
 
+/// The directory a file is in; `known_hosts` alone (whose parent is the empty path) is in the
+/// working directory.
+fn directory_of(path: &std::path::Path) -> &std::path::Path {
+    path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
+}
+
 /// The comment of a key kstack recorded from an instance's console: whose key it is.
 const INSTANCE_COMMENT: &str = "kstack-instance=";
 
@@ -90,7 +96,7 @@ impl HostKeys {
         // A link is followed, so it stays a link; and the directory is locked while the file is
         // read and written, so two kstack runs never lose each other's lines.
         let path = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        let directory = std::fs::File::open(path.parent().unwrap_or(std::path::Path::new("."))).map_err(|e| self.unwritable(host, e))?;
+        let directory = std::fs::File::open(directory_of(&path)).map_err(|e| self.unwritable(host, e))?;
         rustix::fs::flock(&directory, rustix::fs::FlockOperation::LockExclusive).map_err(|e| self.unwritable(host, e))?;
         let name = host_name(host, port);
         let text = self.text()?;
@@ -312,6 +318,9 @@ mod tests {
         assert!(keys.check("10.0.0.9", 22, &key(ECDSA)).is_err(), "the old instance's key is gone");
         let text = std::fs::read_to_string(&keys.path).unwrap();
         assert_eq!(text, format!("10.0.0.5 ssh-ed25519 {ED25519}\n10.0.0.9 ssh-ed25519 {OTHER_ED25519} kstack-instance=i-new\n"));
+        // A file named without a directory (`--known-hosts known_hosts`) is in the working one.
+        assert_eq!(directory_of(std::path::Path::new("known_hosts")), std::path::Path::new("."));
+        assert_eq!(directory_of(std::path::Path::new("/root/.ssh/known_hosts")), std::path::Path::new("/root/.ssh"));
         // A linked known_hosts file stays a link to the file it names.
         let link = keys.path.with_file_name("linked");
         std::os::unix::fs::symlink(&keys.path, &link).unwrap();
