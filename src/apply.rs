@@ -235,6 +235,31 @@ pub async fn apply<P: Provider>(
     outcome
 }
 
+/// Makes state's record what refresh `observed`, before `plan` is carried out: what only state
+/// holds (a group's last ask, `Kind::recorded_only`) stays from the earlier record of the same
+/// resource, and a group the plan leaves as it is has been told the model's ask all the same,
+/// so the next change of `desired:` in the file is told from it (see `plan::capacity`).
+pub fn record_observed(state: &mut State, observed: &[Observed], plan: &Plan, desired: &ResourceGraph) {
+    let mut resources: BTreeMap<Address, Observed> = observed.iter().rev().map(|o| (o.address.clone(), o.clone())).collect();
+    for (address, resource) in &mut resources {
+        if let Some(earlier) = state.resources.get(address).filter(|earlier| earlier.id == resource.id) {
+            for attribute in resource.kind.recorded_only() {
+                if let Some(value) = earlier.attributes.get(*attribute) {
+                    resource.attributes[*attribute] = value.clone();
+                }
+            }
+        }
+    }
+    for action in plan.actions.iter().filter(|a| a.action == ActionKind::NoOp) {
+        if let (Some(resource), Some(crate::resource::Spec::AutoScalingGroup { asked, .. })) =
+            (resources.get_mut(&action.address), desired.get(&action.address).map(|r| &r.spec))
+        {
+            resource.attributes["asked"] = serde_json::json!(asked);
+        }
+    }
+    state.resources = resources;
+}
+
 /// Records what refresh found made by a create journalled in an earlier run (killed, or its
 /// reply lost) and withdraws that intent: the resource is the environment's from now on, whatever
 /// the plan does with it. Says whether state changed.

@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::apply::{apply, Journal, Options, Outcome};
+use crate::apply::{apply, record_observed, Journal, Options, Outcome};
 use crate::compile::content_digest;
 use crate::model::Project;
 use crate::plan::render;
@@ -207,27 +207,8 @@ fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Re
 fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, stop: &Stop, what: &str) -> Result<Lock, Failure> {
     let Session { cloud, desired, observed, plan, store, mut state, lock, .. } = session;
     // Record what refresh found first, so resources adopted by tag are in state even if the
-    // run stops before touching them; what only state holds (a group's last ask) stays.
-    let mut resources: std::collections::BTreeMap<_, _> = observed.iter().rev().map(|o| (o.address.clone(), o.clone())).collect();
-    for (address, resource) in &mut resources {
-        if let Some(earlier) = state.resources.get(address).filter(|earlier| earlier.id == resource.id) {
-            for attribute in resource.kind.recorded_only() {
-                if let Some(value) = earlier.attributes.get(*attribute) {
-                    resource.attributes[*attribute] = value.clone();
-                }
-            }
-        }
-    }
-    // A group the plan leaves as it is has been told the model's ask all the same: recorded, so
-    // the next change of `desired:` in the file is told from it (see `plan::capacity`).
-    for action in plan.actions.iter().filter(|a| a.action == crate::plan::ActionKind::NoOp) {
-        if let (Some(resource), Some(crate::resource::Spec::AutoScalingGroup { asked, .. })) =
-            (resources.get_mut(&action.address), desired.get(&action.address).map(|r| &r.spec))
-        {
-            resource.attributes["asked"] = serde_json::json!(asked);
-        }
-    }
-    state.resources = resources;
+    // run stops before touching them.
+    record_observed(&mut state, &observed, &plan, &desired);
     if let Err(error) = store.save(&mut state) {
         term::error(&error.to_string(), Some("check that the project directory is writable"));
         return Err(Failure::Failed);

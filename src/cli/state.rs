@@ -143,21 +143,21 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
 }
 
 /// Records in state what carries the environment's identity and `chosen` picks, under the
-/// environment's lock, in one state write. Returns what was adopted.
-/// `zones`: hosted zones to list besides those state knows of.
+/// environment's lock, in one state write. Returns what was adopted. `cloud` reads as
+/// [`Owner::adopting`](crate::identity::Owner::adopting) does; `zones` are hosted zones to
+/// list besides those state knows of.
 fn adopt(
     store: &StateStore,
     state: &mut crate::state::State,
-    region: &str,
+    runtime: &tokio::runtime::Runtime,
+    cloud: crate::aws::Cloud,
     zones: &[String],
     chosen: impl Fn(&crate::aws::Observed) -> bool,
 ) -> Result<Vec<crate::aws::Observed>, Failure> {
-    let runtime = super::session::runtime()?;
-    let zones: Vec<&str> = state.dns_zones().chain(zones.iter().map(String::as_str)).collect();
-    let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting())).with_dns_zones(zones);
+    let cloud = cloud.with_dns_zones(state.dns_zones().chain(zones.iter().map(String::as_str)));
     let refreshed = runtime
         .block_on(crate::aws::refresh(&cloud))
-        .map_err(|error| super::session::aws_failure(region, "looking for the resources to adopt", &error))?;
+        .map_err(|error| super::session::aws_failure(&cloud.region, "looking for the resources to adopt", &error))?;
     let adopted: Vec<crate::aws::Observed> =
         refreshed.observed.into_iter().filter(|o| !state.resources.contains_key(&o.address)).filter(|o| chosen(o)).collect();
     for resource in &adopted {
@@ -167,6 +167,14 @@ fn adopt(
         store.save(state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     }
     Ok(adopted)
+}
+
+/// The runtime and the connection an adoption reads with: everything carrying the
+/// environment's identity counts as its own, a person having said so.
+fn adopting(state: &crate::state::State, region: &str) -> Result<(tokio::runtime::Runtime, crate::aws::Cloud), Failure> {
+    let runtime = super::session::runtime()?;
+    let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting()));
+    Ok((runtime, cloud))
 }
 
 fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), Failure> {
@@ -183,6 +191,7 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
             Some("the recorded one stays the environment's; remove the other by hand if it is not wanted"),
         ));
     }
+    let (runtime, cloud) = adopting(&state, &region)?;
     // A record made by hand has no owner record to carry the tags: adopting it writes one.
     let mut zones = Vec::new();
     if address.is_kind(crate::resource::Kind::DnsRecord) {
@@ -191,14 +200,12 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
             (crate::naming::TAG_ADDRESS.to_owned(), address.to_string()),
             (crate::naming::TAG_IDENTITY.to_owned(), identity.to_string()),
         ]);
-        let runtime = super::session::runtime()?;
-        let cloud = runtime.block_on(crate::aws::Cloud::connect(&region, state.owner()));
         let zone = runtime
             .block_on(crate::aws::take_over_dns_record(&cloud, id, &tags))
             .map_err(|error| super::session::aws_failure(&region, &format!("giving the record {id} an owner record"), &error))?;
         zones.push(zone);
     }
-    let adopted = adopt(&store, &mut state, &region, &zones, |o| &o.address == address && o.id == id)?;
+    let adopted = adopt(&store, &mut state, &runtime, cloud, &zones, |o| &o.address == address && o.id == id)?;
     if adopted.is_empty() {
         return Err(fail(
             &format!("{region} has no resource {id} tagged as {address} of `{env}`"),
@@ -235,7 +242,8 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
     state.region = Some(region.clone());
     store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
     // Asked for by a person who knows the identity: everything carrying it is adopted.
-    let adopted = adopt(&store, &mut state, &region, &[], |_| true)?;
+    let (runtime, cloud) = adopting(&state, &region)?;
+    let adopted = adopt(&store, &mut state, &runtime, cloud, &[], |_| true)?;
     term::outln(format_args!("`{env}` has identity {identity}; adopted the {} resources carrying it.", adopted.len()));
     Ok(())
 }
