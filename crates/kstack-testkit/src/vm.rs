@@ -26,8 +26,6 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use kstack::ssh::{Connection, Login};
-
 use super::node::{cache, known_hosts_line, wait_for_ssh, write_sshd_files, ClientKey, Target};
 
 /// A boot under TCG takes about 13 s on an idle machine and over 100 s on two cores busy
@@ -49,15 +47,6 @@ const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
 
 /// The seed disk's file system label, which the image's `kstack-seed.service` requires.
 const SEED_LABEL: &str = "kstack-seed";
-
-/// What the GRUB command line is read from: the settings `grub-mkconfig` sources before it
-/// writes the boot entries.
-const GRUB_CMDLINE_SCRIPT: &str = r#"for f in /etc/default/grub /etc/default/grub.d/*.cfg; do [ -r "$f" ] && . "$f"; done
-echo "$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT""#;
-
-/// One SSH attempt around a power cycle: qemu's user network may keep the host's side of a
-/// connection open after the guest went down, so nothing waits on one unbounded.
-const SSH_ATTEMPT: Duration = Duration::from_secs(15);
 
 /// Two emulated VMs at once would starve the machine's two cores: one runs at a time. A VM
 /// holds the turn while it lives (on any thread: the emulator's instances get theirs on a
@@ -250,9 +239,10 @@ fn image(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl Vm {
-    /// A VM of the base disk whose host and authorized keys come from `kstack-seed.service`.
-    pub fn boot(key: &ClientKey, address: &str) -> Vm {
-        Vm::create(&Disk::base(), address, SEED_LABEL, false, |seed| {
+    /// A VM of `disk` (the base disk, or an image's) whose host and authorized keys come from
+    /// `kstack-seed.service`, booted with the disk's GRUB command line and without cloud-init.
+    pub fn boot(disk: &Disk, key: &ClientKey, address: &str) -> Vm {
+        Vm::create(disk, address, SEED_LABEL, false, |seed| {
             write_sshd_files(&seed.join("files"), key, None);
             std::fs::create_dir_all(seed.join("files/etc/apt")).unwrap();
             std::fs::write(seed.join("files/etc/apt/sources.list"), format!("{APT_SOURCE}\n")).unwrap();
@@ -340,48 +330,6 @@ impl Vm {
         self.wait_for_ssh();
         self.boot_time = started.elapsed();
         eprintln!("VM {} answered SSH {:.1} s after qemu started ({}): {cmdline}", self.address, self.boot_time.as_secs_f64(), accel());
-    }
-
-    /// Powers the VM off cleanly and boots it again as GRUB would with the command line the
-    /// guest configured; returns that command line once systemd has finished starting up.
-    ///
-    /// The command line is exactly `root=/dev/vda rw console=ttyS0 $GRUB_CMDLINE_LINUX
-    /// $GRUB_CMDLINE_LINUX_DEFAULT cloud-init=disabled` (blanks collapsed), the two variables as the guest's
-    /// `/etc/default/grub` and `/etc/default/grub.d/*.cfg` set them, read by sourcing those
-    /// files as `grub-mkconfig` does. For the default boot entry, GRUB's `10_linux` writes
-    /// `linux <kernel> root=<root device> ro $GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT`:
-    /// the same parameters after the root. The kernel and root stay qemu's (`-kernel`,
-    /// [`BASE_CMDLINE`]) because the disk is an unpartitioned file system without GRUB, and
-    /// booting through real GRUB would need a partitioned disk with GRUB installed in it.
-    /// `update-grub` is not installed in the image either, so what a role changes is only
-    /// `/etc/default/grub`, which is what this reads. A `systemctl reboot` would keep qemu's
-    /// command line, hence the power cycle: the same overlay, seed and address.
-    pub async fn power_cycle_with_grub_cmdline(&mut self, login: &Login) -> String {
-        let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
-        let output = tokio::time::timeout(SSH_ATTEMPT, connection.run(GRUB_CMDLINE_SCRIPT, None)).await.unwrap().unwrap();
-        assert_eq!(output.status, 0, "reading the GRUB command line: {}", output.stderr);
-        let cmdline = with_grub(&output.stdout);
-
-        let started = Instant::now();
-        let pid = self.qemu_pid().expect("qemu's pid file");
-        // Its result may never come back: the guest goes down under the connection.
-        let _ = tokio::time::timeout(SSH_ATTEMPT, connection.run("systemctl poweroff", None)).await;
-        drop(connection);
-        assert!(
-            wait_for_exit(pid, BOOT_TIMEOUT),
-            "{} did not power off within {:?}; console:\n{}",
-            self.address,
-            BOOT_TIMEOUT,
-            std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
-        );
-        eprintln!("VM {} powered off in {:.1} s", self.address, started.elapsed().as_secs_f64());
-        self.start(&cmdline);
-        // sshd answers before slower units (docker under TCG) are up: wait for the boot's end.
-        let connection = tokio::time::timeout(SSH_ATTEMPT, Connection::open(&self.address, login)).await.unwrap().unwrap();
-        let state = tokio::time::timeout(BOOT_TIMEOUT, connection.run("systemctl is-system-running --wait", None)).await.unwrap().unwrap();
-        connection.close().await;
-        eprintln!("VM {} finished booting {:.1} s after power-off: {}", self.address, started.elapsed().as_secs_f64(), state.stdout.trim());
-        cmdline
     }
 
     /// Powers the VM off as a stopped instance is: an ACPI power button press, so the guest
@@ -482,8 +430,13 @@ impl Vm {
     }
 }
 
-/// The kernel command line of a boot through GRUB with these GRUB settings: qemu's root
-/// and console, then the settings' parameters (see [`Vm::power_cycle_with_grub_cmdline`]).
+/// The kernel command line of a boot through GRUB with these GRUB settings
+/// (`$GRUB_CMDLINE_LINUX $GRUB_CMDLINE_LINUX_DEFAULT`): qemu's root and console, then the
+/// settings' parameters. For the default boot entry, GRUB's `10_linux` writes `linux <kernel>
+/// root=<root device> ro` and the same parameters after the root. The kernel and root stay
+/// qemu's (`-kernel`, [`BASE_CMDLINE`]) because the disk is an unpartitioned file system
+/// without GRUB; `update-grub` is not installed in the image either, so what a role changes
+/// is only `/etc/default/grub`, which is what [`grub_cmdline_of`] reads.
 fn with_grub(grub: &str) -> String {
     let grub = grub.split_whitespace().collect::<Vec<_>>().join(" ");
     if grub.is_empty() {

@@ -81,6 +81,12 @@ impl VmCloud {
         self.served.lock().unwrap().images.keys().cloned().collect()
     }
 
+    /// The content of `ami`, which a builder's disk became.
+    pub fn image_disk(&self, ami: &str) -> Disk {
+        let served = self.served.lock().unwrap();
+        served.images.get(ami).cloned().unwrap_or_else(|| panic!("no builder's disk became {ami}: {:#?}", served.events))
+    }
+
     /// Each instance's console output while its VM runs, as EC2's GetConsoleOutput shows it.
     pub fn consoles(&self) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
         let served = Arc::clone(&self.served);
