@@ -12,6 +12,7 @@ pub mod bake;
 pub mod cli;
 pub mod compile;
 pub mod graph;
+pub mod hint;
 pub mod identity;
 pub mod naming;
 pub mod node_keys;

@@ -53,20 +53,6 @@ impl AwsError {
         AwsError { kind: AwsErrorKind::Internal, message: message.into(), operation: None, request_id: None }
     }
 
-    /// What the user can do about it.
-    pub fn hint(&self) -> &'static str {
-        match self.kind {
-            AwsErrorKind::Credentials => {
-                "kstack uses the standard AWS chain: set AWS_PROFILE (a profile in ~/.aws/config or ~/.aws/credentials) or \
-                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role applies"
-            }
-            AwsErrorKind::Transport => "check the network and AWS_ENDPOINT_URL, then run again: a run picks up where this one stopped",
-            AwsErrorKind::Service { .. } | AwsErrorKind::Internal => {
-                "check the message above and the credentials' permissions (AWS_PROFILE, AWS_ACCESS_KEY_ID), then run again"
-            }
-        }
-    }
-
     /// AWS's error code, when AWS answered with one.
     pub fn code(&self) -> Option<&str> {
         match &self.kind {
@@ -205,6 +191,23 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     message
 }
 
+/// What the user can do about it: by the kind of failure.
+impl crate::hint::Hint for AwsError {
+    fn hint(&self) -> Option<String> {
+        let hint = match self.kind {
+            AwsErrorKind::Credentials => {
+                "kstack uses the standard AWS chain: set AWS_PROFILE (a profile in ~/.aws/config or ~/.aws/credentials) or \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role applies"
+            }
+            AwsErrorKind::Transport => "check the network and AWS_ENDPOINT_URL, then run again: a run picks up where this one stopped",
+            AwsErrorKind::Service { .. } | AwsErrorKind::Internal => {
+                "check the message above and the credentials' permissions (AWS_PROFILE, AWS_ACCESS_KEY_ID), then run again"
+            }
+        };
+        Some(hint.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -265,6 +268,7 @@ mod tests {
         assert_eq!(error.kind, super::AwsErrorKind::Credentials);
         assert!(!error.is_ambiguous(), "nothing was sent");
         assert_eq!(error.message, "no credentials found in chain. Attempted:\n  Environment: environment variable not set\n  Profile: not enabled");
-        assert!(error.hint().contains("AWS_PROFILE"), "{}", error.hint());
+        let hint = crate::hint::Hint::hint(&error).unwrap_or_default();
+        assert!(hint.contains("AWS_PROFILE"), "{hint}");
     }
 }

@@ -156,9 +156,9 @@ pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeErro
 }
 
 /// The AMI baked from the image's current definition (source, roles, variables), if any.
-pub async fn current_ami(cloud: &Cloud, image: &Image, roles: &[Role], roles_dir: &std::path::Path) -> Result<Option<String>, BakeError> {
+pub async fn current_ami(cloud: &Cloud, image: &Image, roles: &[Role]) -> Result<Option<String>, BakeError> {
     let source = source_ami(cloud, image).await?;
-    existing(cloud, &content_hash(&source, image, roles, roles_dir)).await
+    existing(cloud, &content_hash(&source, image, roles)?).await
 }
 
 /// An AMI baked from exactly this content, if there is one.
@@ -181,18 +181,11 @@ async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<St
     Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
 }
 
-pub async fn bake(
-    cloud: &Cloud,
-    image: &Image,
-    roles: &[Role],
-    roles_dir: &std::path::Path,
-    options: &Options,
-    progress: Progress,
-) -> Result<Manifest, BakeError> {
+pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &Options, progress: Progress) -> Result<Manifest, BakeError> {
     let started = Instant::now();
     progress(&format!("resolving the source of image `{}`", image.name));
     let source = source_ami(cloud, image).await?;
-    let hash = content_hash(&source, image, roles, roles_dir);
+    let hash = content_hash(&source, image, roles)?;
     let running = builder::clear_abandoned(cloud, &progress).await?;
     for other in running.iter().filter(|b| b.image == image.name && b.hash == hash) {
         if let lease::Standing::Running { holder, expires } = &other.standing {

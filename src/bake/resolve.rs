@@ -3,10 +3,10 @@
 //! how the answer is shown.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use super::{current_ami, BakeError};
 use crate::aws::{self, Cloud};
+use crate::hint::Hint;
 use crate::model::image::Image;
 use crate::roles::Role;
 
@@ -27,11 +27,13 @@ pub enum ResolveError {
     NotBaked { image: String, region: String },
 }
 
-impl ResolveError {
-    pub fn hint(&self) -> String {
+impl Hint for ResolveError {
+    fn hint(&self) -> Option<String> {
         match self {
-            ResolveError::Aws { error, .. } => error.hint().to_owned(),
-            ResolveError::NotBaked { image, .. } => format!("bake it first with `kstack bake {image}`, or name an AMI id as the group's `image`"),
+            ResolveError::Aws { error, .. } => error.hint(),
+            ResolveError::NotBaked { image, .. } => {
+                Some(format!("bake it first with `kstack bake {image}`, or name an AMI id as the group's `image`"))
+            }
         }
     }
 }
@@ -40,7 +42,6 @@ impl ResolveError {
 /// definition can be looked for.
 pub async fn resolve(
     cloud: &Cloud,
-    roles_dir: &Path,
     definitions: &BTreeMap<&str, (&Image, &[Role])>,
     names: &[String],
 ) -> Result<BTreeMap<String, Resolved>, ResolveError> {
@@ -49,7 +50,7 @@ pub async fn resolve(
     for name in names {
         // A failure to find the current bake falls back to the newest, marked stale.
         let current = match definitions.get(name.as_str()) {
-            Some((image, roles)) => current_ami(cloud, image, roles, roles_dir).await.unwrap_or_else(|error: BakeError| {
+            Some((image, roles)) => current_ami(cloud, image, roles).await.unwrap_or_else(|error: BakeError| {
                 tracing::debug!("looking for the current bake of `{name}`: {error}");
                 None
             }),

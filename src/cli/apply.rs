@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use crate::apply::{apply, record_observed, Journal, Options, Outcome};
 use crate::compile::content_digest;
+use crate::hint::Hint;
 use crate::model::Project;
 use crate::plan::render;
+use crate::plan::saved::SavedPlan;
+use crate::roll::Unfinished;
 use crate::state::Lock;
 
+use super::error::Exit;
 use super::progress::Progress;
-use super::session::{runtime, stop_on_signals, Desired, Held, SavedPlan, Session};
-use super::{fail, term, Failure};
+use super::session::{runtime, stop_on_signals, Desired, Held, Session};
+use super::{term, CliError};
 use crate::stop::Stop;
 
 /// Make the environment match its model: show the plan, ask, then create, update and delete.
@@ -52,7 +56,7 @@ pub(super) struct ApplyArgs {
 
     /// Reaching new nodes to write their reboot slots (only with --write-reboot-slots).
     #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
-    ssh: super::provision::SshArgs,
+    ssh: super::ssh_args::SshArgs,
 }
 
 /// Delete every resource of the environment, found by tag and by state.
@@ -77,15 +81,7 @@ pub(super) struct DestroyArgs {
     parallelism: u16,
 }
 
-fn load_saved_plan(path: &Path) -> Option<Result<SavedPlan, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    if !text.trim_start().starts_with('{') {
-        return None;
-    }
-    Some(serde_json::from_str(&text).map_err(|error| format!("{} is not a kstack plan: {error}", path.display())))
-}
-
-pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failure> {
+pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), CliError> {
     let (env, held) = apply_only(project, args)?;
     if args.roll {
         // Under the apply's lock: no other run gets in between the two.
@@ -96,35 +92,18 @@ pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), Failu
 
 /// Applies; returns the environment argument the model was loaded with, and the run's hold on
 /// the environment (its lock still taken).
-fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Failure> {
-    let saved = match load_saved_plan(Path::new(&args.target)) {
-        None => None,
-        Some(Ok(saved)) => Some(saved),
-        Some(Err(message)) => {
-            term::error(&message, Some("make one with `kstack plan <env> --out FILE`"));
-            return Err(Failure::Invalid);
-        }
-    };
+fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), CliError> {
+    let saved = SavedPlan::read(Path::new(&args.target)).transpose().map_err(CliError::invalid_input)?;
     let env = saved.as_ref().map_or(args.target.as_str(), |s| s.source.as_str()).to_owned();
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack apply {}", args.target);
     let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model, &stop))?;
-    if let Some(saved) = &saved {
-        let stale = if saved.desired_digest != session.desired_digest() {
-            Some("the environment's model (or the images it uses) changed")
-        } else if saved.actual_digest != content_digest(&session.observed) {
-            Some("resources in AWS changed")
-        } else {
-            None
-        };
-        if let Some(what) = stale {
-            term::error(
-                &format!("the saved plan {} is stale: {what} since it was made", args.target),
-                Some(&format!("run `kstack plan {env} --out {}` again and review it", args.target)),
-            );
-            return Err(Failure::Failed);
-        }
+    if let Some(stale) = saved.as_ref().and_then(|saved| saved.stale(&session.desired_digest(), &content_digest(&session.observed))) {
+        return Err(CliError::failed(
+            format!("the saved plan {} is stale: {stale} since it was made", args.target),
+            Some(&format!("run `kstack plan {env} --out {}` again and review it", args.target)),
+        ));
     }
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
@@ -133,9 +112,8 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     }
     // Applying would reset the size of a group a batch has surged.
     if let Some(record) = &session.state.roll {
-        let (message, hint) = super::roll::unfinished(&session.environment, record);
-        term::error(&format!("{message}; nothing was applied"), Some(&hint));
-        return Err(Failure::Failed);
+        let unfinished = Unfinished { environment: &session.environment, record };
+        return Err(CliError::failed(format!("{unfinished}; nothing was applied"), unfinished.hint().as_deref()));
     }
     // A saved plan was reviewed when it was made.
     if saved.is_none() && !args.auto_approve {
@@ -146,7 +124,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     let (environment, store) = (session.environment.clone(), session.store.clone());
     let lock = execute(&runtime, session, args.parallelism, &stop, "Apply")?;
     // What the environment owns now: the apply recorded what it made.
-    cloud.owner = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.owner();
+    cloud.owner = store.load()?.owner();
     super::output::after_apply(&runtime, &cloud, &environment, None);
     // With --roll the roll folds in the instances it brings.
     if let (false, Some(model)) = (args.roll, &model) {
@@ -155,7 +133,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Fai
     Ok((env, Held { runtime, stop, lock }))
 }
 
-pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), Failure> {
+pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), CliError> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack destroy {}", args.env);
@@ -176,7 +154,7 @@ pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), F
 
 /// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform. A stop
 /// (Ctrl-C) while it waits cancels, releasing the lock.
-fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Result<(), Failure> {
+fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Result<(), CliError> {
     term::err(format_args!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "));
     // Read on a thread of its own: a blocked read cannot be cancelled, and this thread is
     // left behind when the process ends.
@@ -195,23 +173,19 @@ fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Re
     term::errln(format_args!(""));
     match approved {
         Ok(true) => Ok(()),
-        Ok(false) => {
-            term::error("cancelled; nothing was changed", None);
-            Err(Failure::Failed)
-        }
+        Ok(false) => Err(CliError::failed("cancelled; nothing was changed", None)),
         Err(reason) => Err(super::session::stopped_before_changes(reason)),
     }
 }
 
 /// Carries out the session's plan; the session's lock comes back, still taken.
-fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, stop: &Stop, what: &str) -> Result<Lock, Failure> {
+fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16, stop: &Stop, what: &str) -> Result<Lock, CliError> {
     let Session { cloud, desired, observed, plan, store, mut state, lock, .. } = session;
     // Record what refresh found first, so resources adopted by tag are in state even if the
     // run stops before touching them.
     record_observed(&mut state, &observed, &plan, &desired);
     if let Err(error) = store.save(&mut state) {
-        term::error(&error.to_string(), Some("check that the project directory is writable"));
-        return Err(Failure::Failed);
+        return Err(CliError::failed(error.to_string(), Some("check that the project directory is writable")));
     }
     let steps = plan.summary.create + plan.summary.update + plan.summary.delete + 2 * plan.summary.replace;
     let progress = Arc::new(Progress::new(steps));
@@ -229,14 +203,19 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
     report(&outcome, what, &plan, &store.location()).map(|()| lock)
 }
 
-fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), Failure> {
+fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), CliError> {
     if let Some(error) = &outcome.state_error {
-        term::error(error, Some("AWS was changed but state could not be saved; the next plan finds the resources by tag"));
-        return Err(outcome.stopped.clone().map_or(Failure::Failed, Failure::Stopped));
+        let hint = Some("AWS was changed but state could not be saved; the next plan finds the resources by tag");
+        return Err(match outcome.stopped.clone() {
+            Some(reason) => CliError::stopped(reason, error, hint),
+            None => CliError::failed(error, hint),
+        });
     }
-    for failure in &outcome.failures {
-        term::error(&format!("{} could not be {}: {}", failure.address, failure.verb.past(), failure.error), None);
-    }
+    let mut errors: Vec<(String, Option<String>)> = outcome
+        .failures
+        .iter()
+        .map(|failure| (format!("{} could not be {}: {}", failure.address, failure.verb.past(), failure.error), None))
+        .collect();
     let steps = outcome.done + outcome.failures.len() + outcome.not_started.len();
     if let Some(reason) = &outcome.stopped {
         let (lock, hint) = match reason {
@@ -245,15 +224,15 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
             }
             crate::stop::Reason::Signal(_) => (" and the lock is released", "run the command again to continue from where it stopped"),
         };
-        term::error(
-            &format!(
+        errors.push((
+            format!(
                 "{what} stopped: {reason}. {} of {steps} steps done, {} not started; state holds everything done ({state_location}){lock}",
                 outcome.done,
                 outcome.not_started.len()
             ),
-            Some(hint),
-        );
-        return Err(Failure::Stopped(reason.clone()));
+            Some(hint.to_owned()),
+        ));
+        return Err(CliError::all(Exit::Stopped(reason.clone()), errors));
     }
     if outcome.failures.is_empty() {
         let s = &plan.summary;
@@ -266,13 +245,13 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
         ));
         return Ok(());
     }
-    term::error(
-        &format!(
+    errors.push((
+        format!(
             "{what} stopped after {} of {steps} steps; {} not started. State holds everything done so far.",
             outcome.done,
             outcome.not_started.len()
         ),
-        Some("fix the cause above and run the command again; it continues from where it stopped"),
-    );
-    Err(Failure::Failed)
+        Some(String::from("fix the cause above and run the command again; it continues from where it stopped")),
+    ));
+    Err(CliError::all(Exit::Failed, errors))
 }

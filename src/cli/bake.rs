@@ -13,7 +13,7 @@ use crate::roles::load_roles;
 
 use super::progress::StepProgress;
 use super::session::{open_store, owner, runtime, stop_on_signals};
-use super::{report_image_problems, report_problems, term, Failure};
+use super::{report_image_problems, report_problems, term, CliError};
 
 /// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
 /// and save it as an image. An AMI baked from the same source, roles and variables is reused.
@@ -66,16 +66,15 @@ pub(super) struct Args {
     cleanup: bool,
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let mut sources = Sources::default();
     let image = load_image(project, &args.image, &mut sources).map_err(|p| report_image_problems(&args.image, p, &sources))?;
     let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources).map_err(|p| report_image_problems(&image.name, p, &sources))?;
     let Some(place) = &image.build else {
-        term::error(
-            &format!("image `{}` says nowhere to build", image.name),
+        return Err(CliError::invalid(
+            format!("image `{}` says nowhere to build", image.name),
             Some("add `build: { environment: <env>, subnet_tier: <tier> }` to its file"),
-        );
-        return Err(Failure::Invalid);
+        ));
     };
     let loaded = load_environment(project, &place.environment);
     let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
@@ -98,10 +97,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 term::outln(format_args!("removed {removed} leftover bake resources in {region}"));
                 Ok(())
             }
-            Err(error) => {
-                term::error(&error.to_string(), None);
-                Err(Failure::Failed)
-            }
+            Err(error) => Err(CliError::failed(error.to_string(), None)),
         };
     }
     let options = Options {
@@ -112,16 +108,14 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         host_key_wait: Duration::from_secs(args.host_key_wait),
         stop: stop_on_signals(&runtime),
     };
-    let roles_dir = project.root.join("roles");
-    let baked = runtime.block_on(bake(&cloud, &image, &roles, &roles_dir, &options, progress));
+    let baked = runtime.block_on(bake(&cloud, &image, &roles, &options, progress));
     steps.finish();
     match baked {
         Ok(manifest) => {
             let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
             if let Some(path) = &args.manifest {
                 if let Err(error) = std::fs::write(path, format!("{json}\n")) {
-                    term::error(&format!("cannot write {}: {error}", path.display()), None);
-                    return Err(Failure::Failed);
+                    return Err(CliError::failed(format!("cannot write {}: {error}", path.display()), None));
                 }
             }
             if args.json {
@@ -136,13 +130,11 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         }
         Err(error) => {
             let what = if matches!(error, crate::bake::BakeError::Stopped(_)) { "stopped" } else { "failed" };
-            term::error(
-                &format!("bake of `{}` in {region} {what}: {error}", image.name),
-                Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" }),
-            );
+            let message = format!("bake of `{}` in {region} {what}: {error}", image.name);
+            let hint = Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" });
             Err(match error {
-                crate::bake::BakeError::Stopped(reason) => Failure::Stopped(reason),
-                _ => Failure::Failed,
+                crate::bake::BakeError::Stopped(reason) => CliError::stopped(reason, message, hint),
+                _ => CliError::failed(message, hint),
             })
         }
     }

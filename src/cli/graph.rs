@@ -2,7 +2,7 @@
 
 use crate::model::Project;
 
-use super::{load_and_compile, report_problems, term, Failure};
+use super::{load_and_compile, report_problems, term, CliError};
 
 /// Print the resource graph of an environment: each AWS resource and what it depends on.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ enum Format {
     Json,
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     match args.format {

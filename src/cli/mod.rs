@@ -3,6 +3,7 @@
 
 mod apply;
 mod bake;
+mod error;
 mod graph;
 mod output;
 mod plan;
@@ -11,6 +12,7 @@ mod provision;
 mod reboots;
 mod roll;
 mod session;
+mod ssh_args;
 mod state;
 mod term;
 mod validate;
@@ -27,6 +29,9 @@ use crate::graph::ResourceGraph;
 use crate::model::image::{load_image, Image};
 use crate::model::{load_environment, Checked, Project};
 use crate::roles::{load_roles, Role};
+
+use error::CliError;
+use error::Exit;
 
 const ABOUT: &str = "Stand up and run Kubernetes node fleets on AWS.";
 
@@ -98,8 +103,9 @@ pub fn main() -> ExitCode {
                 let hint = format!(
                     "if you trust it, name it with `-C {root}` (or KSTACK_PROJECT={root}); otherwise run kstack inside a project of your own"
                 );
-                fail(&foreign.to_string(), Some(&hint));
-                return ExitCode::from(EXIT_INVALID);
+                let error = CliError::invalid(foreign.to_string(), Some(&hint));
+                error.say();
+                return error.exit_code();
             }
         },
     };
@@ -110,8 +116,11 @@ pub fn main() -> ExitCode {
             Ok(true) if !term::stdout_failed() => return ExitCode::from(2),
             Ok(_) => Ok(()),
             // Terraform's meaning: with --detailed-exitcode, 2 says "changes", any error is 1.
-            Err(Failure::Invalid) if args.detailed_exitcode => return ExitCode::FAILURE,
-            Err(failure) => Err(failure),
+            Err(error) if args.detailed_exitcode && *error.exit() == Exit::Invalid => {
+                error.say();
+                return ExitCode::FAILURE;
+            }
+            Err(error) => Err(error),
         },
         Command::Apply(args) => apply::run_apply(&project, &args),
         Command::Destroy(args) => apply::run_destroy(&project, &args),
@@ -131,47 +140,27 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) if !term::stdout_failed() => ExitCode::SUCCESS,
-        Ok(()) | Err(Failure::Failed) => ExitCode::FAILURE,
-        Err(Failure::Invalid) => ExitCode::from(EXIT_INVALID),
-        Err(Failure::Stopped(reason)) => ExitCode::from(reason.exit_code()),
+        Ok(()) => ExitCode::FAILURE,
+        Err(error) => {
+            error.say();
+            error.exit_code()
+        }
     }
-}
-
-/// The exit status of bad input: clap's for a bad command line, and kstack's for problems in
-/// the project's files or in what the command names. A failed run exits 1.
-const EXIT_INVALID: u8 = 2;
-
-/// A command failed and has already told the user why.
-#[derive(Debug)]
-pub enum Failure {
-    /// The run failed (AWS, SSH, a node, the file system): exit status 1.
-    Failed,
-    /// The input is wrong (the project's files, a name the command was given) and nothing was
-    /// done: exit status 2.
-    Invalid,
-    /// The run was stopped (a signal, or its lock lost) and has said so: it exits with the
-    /// reason's status (130 SIGINT, 143 SIGTERM, 1 lock lost).
-    Stopped(crate::stop::Reason),
 }
 
 /// Refuses `wanted` node groups the environment does not have, each with a did-you-mean.
-fn check_groups(environment: &crate::model::Environment, wanted: &[String]) -> Result<(), Failure> {
+fn check_groups(environment: &crate::model::Environment, wanted: &[String]) -> Result<(), CliError> {
     let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
-    let unknown: Vec<&String> = wanted.iter().filter(|w| !names.contains(&w.as_str())).collect();
-    for group in &unknown {
-        term::error(&format!("`{group}` is not a node group of `{}`", environment.name), Some(&crate::diagnostics::expected_one_of(group, &names)));
-    }
+    let unknown: Vec<(String, Option<String>)> = wanted
+        .iter()
+        .filter(|w| !names.contains(&w.as_str()))
+        .map(|group| (format!("`{group}` is not a node group of `{}`", environment.name), Some(crate::diagnostics::expected_one_of(group, &names))))
+        .collect();
     if unknown.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Invalid)
+        Err(CliError::all(Exit::Invalid, unknown))
     }
-}
-
-/// Reports an error (with a hint on what to do) and returns the failure that says so.
-fn fail(message: &str, hint: Option<&str>) -> Failure {
-    term::error(message, hint);
-    Failure::Failed
 }
 
 fn init_logging(verbose: u8) {
@@ -308,19 +297,19 @@ pub fn load_for_roll(project: &Project, env: &str) -> (Sources, Result<ForRoll, 
     (sources, result)
 }
 
-/// Prints problems with `env` in the summary line and returns the failure to exit with.
-fn report_problems(env: &str, problems: Problems, sources: &Sources) -> Failure {
-    report_problems_of(&format!("environment `{env}`"), problems, sources)
+/// Problems of the environment `env`.
+fn report_problems(env: &str, problems: Problems, sources: &Sources) -> CliError {
+    CliError::problems(&format!("environment `{env}`"), problems, sources)
 }
 
-/// Prints problems of an image definition or its roles.
-fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> Failure {
-    report_problems_of(&format!("image `{image}`"), problems, sources)
+/// Problems of an image definition or its roles.
+fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> CliError {
+    CliError::problems(&format!("image `{image}`"), problems, sources)
 }
 
 /// Where the environment's state lives, found even while the environment has problems, which
 /// are shown as warnings: recovering from a dead run must not wait for a fix elsewhere.
-fn locate_state(project: &Project, env: &str) -> Result<crate::model::StateLocation, Failure> {
+fn locate_state(project: &Project, env: &str) -> Result<crate::model::StateLocation, CliError> {
     let located = crate::model::locate_state(project, env);
     if !located.warnings.is_empty() {
         term::warning(&format!(
@@ -334,9 +323,4 @@ fn locate_state(project: &Project, env: &str) -> Result<crate::model::StateLocat
         }
     }
     located.result.map_err(|problems| report_problems(env, problems, &located.sources))
-}
-
-fn report_problems_of(what: &str, problems: Problems, sources: &Sources) -> Failure {
-    term::err(format_args!("{}", term::render_problems(what, problems, sources)));
-    Failure::Invalid
 }

@@ -4,8 +4,8 @@ use crate::aws::{self, Cloud};
 use crate::model::Project;
 use crate::outputs::{Outputs, FORMAT_VERSION};
 
-use super::session::{aws_failure, open_store, runtime};
-use super::{fail, locate_state, term, Failure};
+use super::session::{open_store, runtime};
+use super::{locate_state, term, CliError};
 
 /// Print what other tools and people need from an environment: load balancers' DNS names and
 /// hosted zones, VPC, subnet and security group ids, auto scaling groups and their AMIs, the
@@ -33,23 +33,26 @@ pub(super) struct Args {
     json: bool,
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let location = locate_state(project, &args.env)?;
     let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
-    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let state = store.load()?;
     let (Some(region), Some(identity)) = (location.region.or_else(|| state.region.clone()), state.identity.clone()) else {
-        return Err(fail(&format!("`{}` has no outputs: it was never applied", location.name), Some(&format!("kstack apply {}", args.env))));
+        return Err(CliError::failed(
+            format!("`{}` has no outputs: it was never applied", location.name),
+            Some(&format!("kstack apply {}", args.env)),
+        ));
     };
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&region, state.owner())).with_dns_zones(state.dns_zones());
-    let refreshed = runtime.block_on(aws::refresh(&cloud)).map_err(|error| aws_failure(&region, "refreshing", &error))?;
+    let refreshed = runtime.block_on(aws::refresh(&cloud)).map_err(|error| CliError::aws(&region, "refreshing", &error))?;
     let outputs = Outputs::of(&location.name, &region, identity.as_str(), &refreshed.observed);
     print(&outputs, args.name.as_deref(), args.json)
 }
 
 /// Prints all outputs (`name = value` lines, or JSON), or the one `name` asks for: a value
 /// bare, so `$(kstack output dev NAME)` is the value itself.
-pub(super) fn print(outputs: &Outputs, name: Option<&str>, json: bool) -> Result<(), Failure> {
+pub(super) fn print(outputs: &Outputs, name: Option<&str>, json: bool) -> Result<(), CliError> {
     let Some(name) = name else {
         if json {
             term::outln(format_args!("{:#}", serde_json::json!({ "format_version": FORMAT_VERSION, "outputs": outputs })));
@@ -61,8 +64,10 @@ pub(super) fn print(outputs: &Outputs, name: Option<&str>, json: bool) -> Result
     let Some(value) = outputs.get(name) else {
         let names = outputs.names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        term::error(&format!("`{name}` is not an output of `{}`", outputs.environment), Some(&crate::diagnostics::expected_one_of(name, &names)));
-        return Err(Failure::Invalid);
+        return Err(CliError::invalid(
+            format!("`{name}` is not an output of `{}`", outputs.environment),
+            Some(&crate::diagnostics::expected_one_of(name, &names)),
+        ));
     };
     match value {
         serde_json::Value::String(text) if !json => term::outln(format_args!("{text}")),

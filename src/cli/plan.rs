@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use crate::hint::Hint;
 use crate::model::Project;
 use crate::plan::render;
+use crate::roll::Unfinished;
 
 use super::session::{runtime, stop_on_signals, Desired, Session};
-use super::{term, Failure};
+use super::{term, CliError};
 
 /// Show what `apply` would change: refresh the environment from AWS and compare it with
 /// its model, attribute by attribute.
@@ -40,7 +42,7 @@ pub(super) struct Args {
     destroy: bool,
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<bool, CliError> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
@@ -48,8 +50,9 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     let session = runtime.block_on(Session::open(project, &args.env, &command, desired, &stop))?;
     // Applying is refused until it is settled: say so before anyone reviews the plan.
     if let Some(record) = &session.state.roll {
-        let (message, hint) = super::roll::unfinished(&session.environment, record);
-        term::warning(&format!("{message}; {hint} (`kstack roll {} --status` shows where it stopped)", session.environment));
+        let unfinished = Unfinished { environment: &session.environment, record };
+        let hint = unfinished.hint().unwrap_or_default();
+        term::warning(&format!("{unfinished}; {hint} (`kstack roll {} --status` shows where it stopped)", session.environment));
     }
     if args.json {
         let json = serde_json::json!({ "plan": session.plan, "refresh": session.refresh });
@@ -59,10 +62,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<bool, Failure> {
     }
     if let Some(path) = &args.out {
         let saved = serde_json::to_string_pretty(&session.saved(&args.env)).unwrap_or_default();
-        std::fs::write(path, saved + "\n").map_err(|error| {
-            term::error(&format!("cannot write the plan to {}: {error}", path.display()), None);
-            Failure::Failed
-        })?;
+        std::fs::write(path, saved + "\n")
+            .map_err(|error| CliError::failed(format!("cannot write the plan to {}: {error}", path.display()), None))?;
         if !args.json {
             term::outln(format_args!("\nSaved the plan to {}; run `kstack apply {}` to carry it out.", path.display(), path.display()));
         }

@@ -1,20 +1,18 @@
 //! `kstack provision <env>` and `kstack verify <env>`: node roles over SSH on the running
 //! instances of the environment's node groups.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use owo_colors::OwoColorize;
 
 use crate::aws::{running_instances, Cloud};
 use crate::model::{ImageRef, Project};
-use crate::node_keys::{record_from_consoles, FromConsole};
 use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
-use crate::ssh::{HostKeys, Login, LoginKey, NodeAccess};
 
-use super::session::{aws_failure, open_store, owner, runtime};
-use super::{check_groups, fail, load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::error::Exit;
+use super::session::{open_store, owner, runtime};
+use super::ssh_args::SshArgs;
+use super::{check_groups, load_and_compile, report_problems, term, CliError, LoadedImage};
 use crate::state::Lock;
 use crate::stop::Stop;
 
@@ -45,84 +43,6 @@ pub(super) struct Targets {
     /// Print the per-host reports as JSON on stdout.
     #[arg(long)]
     json: bool,
-}
-
-/// How to reach the nodes over SSH.
-#[derive(Debug, Clone, clap::Args)]
-pub(super) struct SshArgs {
-    /// Log in as this user [default: the image's `ssh_user`]; sudo is used when not root.
-    #[arg(long, value_name = "USER")]
-    ssh_user: Option<String>,
-
-    /// Private key to log in with.
-    #[arg(long, value_name = "FILE", default_value = "~/.ssh/id_ed25519")]
-    ssh_key: String,
-
-    #[arg(long, value_name = "PORT", default_value_t = 22)]
-    ssh_port: u16,
-
-    /// Host keys are checked against this file.
-    #[arg(long, value_name = "FILE", default_value = "~/.ssh/known_hosts")]
-    known_hosts: String,
-
-    /// Record the key of a host that has no key in the known_hosts file, and whose console
-    /// output shows none, instead of refusing it. A host with a recorded key, of any type,
-    /// that offers another is always refused.
-    #[arg(long)]
-    trust_new_hosts: bool,
-
-    /// Wait up to this long for a new node's console output to show its SSH host keys (EC2
-    /// posts it a few minutes after boot).
-    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
-    host_key_wait: u64,
-
-    /// Reach instances by their public addresses instead of their private ones.
-    #[arg(long)]
-    public_addresses: bool,
-
-    /// Reach instances through this jump host, `[user@]host[:port]` (like `ssh -J`).
-    #[arg(long, value_name = "HOST")]
-    bastion: Option<crate::ssh::Bastion>,
-}
-
-impl SshArgs {
-    pub(super) fn access(&self) -> NodeAccess {
-        NodeAccess {
-            public_addresses: self.public_addresses,
-            user: self.ssh_user.clone(),
-            login: Login {
-                user: String::new(),
-                key: LoginKey::File(expand_home(&self.ssh_key)),
-                port: self.ssh_port,
-                host_keys: HostKeys { path: expand_home(&self.known_hosts), trust_on_first_use: self.trust_new_hosts },
-                connect_timeout: Duration::from_secs(15),
-                bastion: self.bastion.clone(),
-            },
-        }
-    }
-
-    /// Before connecting: records the host keys their console output shows for the nodes,
-    /// `(instance, address)`, the known_hosts file has no key for, and says what it found.
-    pub(super) async fn record_console_host_keys(&self, cloud: &Cloud, nodes: &[(String, String)]) -> Result<(), Failure> {
-        let access = self.access();
-        let wait = Duration::from_secs(self.host_key_wait);
-        let found = record_from_consoles(cloud, nodes, &access.login.host_keys, access.login.port, wait)
-            .await
-            .map_err(|e| super::fail(&e.to_string(), Some("fix or name another file with --known-hosts")))?;
-        for FromConsole { instance, address, keys } in found {
-            match (keys, self.trust_new_hosts) {
-                (0, false) => term::warning(&format!(
-                    "{instance} ({address}): its console output shows no SSH host keys, so it is refused; wait for them with \
-                     --host-key-wait, record its key after checking it out of band, or pass --trust-new-hosts"
-                )),
-                (0, true) => term::errln(format_args!(
-                    "{instance} ({address}): its console output shows no SSH host keys; the first key it offers is trusted (--trust-new-hosts)"
-                )),
-                (keys, _) => term::errln(format_args!("{instance} ({address}): {keys} host key(s) taken from its console output")),
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Apply each node group's roles (from its image) to its running instances over SSH.
@@ -159,13 +79,6 @@ pub(super) struct VerifyArgs {
     targets: Targets,
 }
 
-fn expand_home(path: &str) -> PathBuf {
-    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(path),
-    }
-}
-
 /// A node group's hosts, roles and variables.
 struct GroupWork {
     hosts: Vec<String>,
@@ -177,16 +90,16 @@ struct GroupWork {
 /// The work per node group, under the environment's lock (held until the returned lock is
 /// dropped: no apply or roll replaces nodes meanwhile). Secrets become variables; `term`
 /// hides their values in all output.
-fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Lock, Vec<GroupWork>), Failure> {
+fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Lock, Vec<GroupWork>), CliError> {
     let (sources, result) = load_and_compile(project, &targets.env);
     let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
-    let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
+    let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default())?;
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
-    let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| aws_failure(&environment.region.value, "listing instances", &e))?;
+    let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| CliError::aws(&environment.region.value, "listing instances", &e))?;
     let access = targets.ssh.access();
     let mut work = Vec::new();
     let mut all_nodes = Vec::new();
@@ -218,16 +131,15 @@ fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Loc
     runtime.block_on(targets.ssh.record_console_host_keys(&cloud, &all_nodes))?;
     let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
     if hosts == 0 {
-        term::error(
-            &format!("no running instance of `{}` matches", environment.name),
+        return Err(CliError::failed(
+            format!("no running instance of `{}` matches", environment.name),
             Some("check `kstack apply` has run, and the --group and --limit filters"),
-        );
-        return Err(Failure::Failed);
+        ));
     }
     Ok((lock, work))
 }
 
-pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), Failure> {
+pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(), CliError> {
     let (_lock, work) = plan_work(project, &args.targets, "provision")?;
     let runtime = runtime()?;
     let color = term::stdout_color();
@@ -246,7 +158,7 @@ pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(
     finish(&reports, args.targets.json, color)
 }
 
-pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Failure> {
+pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), CliError> {
     let (_lock, work) = plan_work(project, &args.targets, "verify")?;
     let runtime = runtime()?;
     let color = term::stdout_color();
@@ -320,7 +232,7 @@ fn withheld_if_secret(content_diff: Option<String>) -> Option<String> {
     content_diff.map(|diff| if term::mentions_secret(&diff) { String::from("(diff withheld: the file is rendered from a secret)") } else { diff })
 }
 
-fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure> {
+fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), CliError> {
     if json {
         let mut shown = reports.to_vec();
         for task in shown.iter_mut().flat_map(|r| r.tasks.iter_mut()) {
@@ -351,7 +263,7 @@ fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), Failure
         }
     }
     if reports.iter().any(HostReport::failed) {
-        Err(Failure::Failed)
+        Err(CliError::shown(Exit::Failed))
     } else {
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use owo_colors::OwoColorize;
 
 use crate::aws::Cloud;
+use crate::hint::Hint;
 use crate::model::reboots::format_minute;
 use crate::model::{Environment, ImageRef, Project};
 use crate::naming::TAG_REBOOT_TIME;
@@ -13,9 +14,9 @@ use crate::reboots::node_config;
 use crate::reboots::running::{plan, put_in_force, tag_changed, Planned, Schedule, Slot, Written};
 use crate::reboots::schedule::slots;
 
-use super::provision::SshArgs;
 use super::session::{open_store, owner, runtime};
-use super::{fail, load_and_compile, report_problems, term, Failure, LoadedImage};
+use super::ssh_args::SshArgs;
+use super::{load_and_compile, report_problems, term, CliError, LoadedImage};
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
 /// write each node's slot over SSH.
@@ -55,13 +56,13 @@ pub(super) struct Args {
     ssh: SshArgs,
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let (sources, result) = load_and_compile(project, &args.env);
     let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
     let environment = &compiled.checked.environment;
     if environment.reboot_groups().is_empty() {
-        return Err(fail(
-            &format!("`{}` has no reboot settings", environment.name),
+        return Err(CliError::failed(
+            format!("`{}` has no reboot settings", environment.name),
             Some("add `reboots: { window: { start: \"03:00\", end: \"05:00\" } }` to the environment (or to a node group)"),
         ));
     }
@@ -71,14 +72,14 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         true => {
             // Tags and slot files, each written whole: nothing is half done if the run ends.
             let stop = crate::stop::Stop::default();
-            Some(store.lock(&format!("kstack reboots {} --assign", args.env), &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?)
+            Some(store.lock(&format!("kstack reboots {} --assign", args.env), &stop)?)
         }
         false => None,
     };
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
     let seed = args.seed.unwrap_or_else(rand::random);
     let access = args.ssh.access();
-    let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &access)).map_err(|e| fail(&e.to_string(), Some(e.hint())))?;
+    let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &access))?;
     if args.json {
         term::outln(format_args!("{}", serde_json::to_string_pretty(&planned.schedule).unwrap_or_default()));
     } else {
@@ -91,9 +92,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
         return Ok(());
     }
     runtime.block_on(args.ssh.record_console_host_keys(&cloud, &slot_nodes(&planned)))?;
-    let written = runtime
-        .block_on(put_in_force(&cloud, environment, &ssh_users(environment, &compiled.images), &planned, &access, usize::from(args.forks)))
-        .map_err(|e| fail(&e.to_string(), Some(e.hint())))?;
+    let written =
+        runtime.block_on(put_in_force(&cloud, environment, &ssh_users(environment, &compiled.images), &planned, &access, usize::from(args.forks)))?;
     report_unreached(&written);
     if !args.json {
         term::outln(format_args!(
@@ -109,7 +109,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
     }
     match written.shortfall() {
         None => Ok(()),
-        Some(message) => Err(fail(&message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times"))),
+        Some(message) => Err(CliError::failed(message, Some("fix SSH access and run `kstack reboots --assign` again; it keeps the times"))),
     }
 }
 
@@ -154,7 +154,7 @@ pub(super) async fn fold_in_new_nodes(
     let access = ssh.access();
     let planned: Planned = match plan(cloud, environment, rand::random(), false, &access).await {
         Ok(planned) => planned,
-        Err(error) => return term::warning(&format!("reboot schedule not updated: {error} ({})", error.hint())),
+        Err(error) => return term::warning(&format!("reboot schedule not updated: {error} ({})", error.hint().unwrap_or_default())),
     };
     let new = planned.schedule.slots.iter().filter(|s| s.changed).count();
     if new == 0 {

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use crate::aws::Cloud;
 
+use crate::hint::Hint;
 use crate::model::{Amount, PolicyOverrides, Project};
-use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollEvent, RollGroup, RollRecord};
+use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollEvent, RollGroup, RollRecord, Unfinished};
 
 use super::progress::RollProgress;
-use super::provision::SshArgs;
 use super::session::{open_store, runtime, stop_on_signals, Held};
-use super::{check_groups, fail, locate_state, report_problems, term, Failure};
+use super::ssh_args::SshArgs;
+use super::{check_groups, locate_state, report_problems, term, CliError};
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -105,26 +106,14 @@ impl Args {
     }
 }
 
-/// The message and hint for an environment with a roll that did not finish.
-pub(super) fn unfinished(env: &str, record: &RollRecord) -> (String, String) {
-    let why = match &record.stopped {
-        Some(reason) => format!("it stopped: {reason}"),
-        None => "it was interrupted".to_owned(),
-    };
-    (
-        format!("a roll of `{env}` started {} by `{}` did not finish; {why}", record.started, record.command),
-        format!("run `kstack roll {env} --resume` to continue it, or `kstack roll {env} --abort` to restore the group's size and forget it"),
-    )
-}
-
 /// `--status`: the unfinished roll, if any, as its journal and the group's tag tell it.
 fn status(env: &str, record: Option<&RollRecord>) {
     let Some(record) = record else {
         term::outln(format_args!("No unfinished roll of `{env}`."));
         return;
     };
-    let (message, hint) = unfinished(env, record);
-    term::outln(format_args!("{message}."));
+    let unfinished = Unfinished { environment: env, record };
+    term::outln(format_args!("{unfinished}."));
     if let Some(group) = &record.group {
         let held = crate::roll::suspended_by_roll(&group.already_suspended);
         let batch = match &group.batch {
@@ -138,7 +127,7 @@ fn status(env: &str, record: Option<&RollRecord>) {
             term::outln(format_args!("  suspended by the roll: {} (tag {TAG_UNFINISHED_ROLL} on the group)", held.join(", ")));
         }
     }
-    term::outln(format_args!("  {hint}"));
+    term::outln(format_args!("  {}", unfinished.hint().unwrap_or_default()));
 }
 
 fn or_none(ids: &[String]) -> String {
@@ -149,44 +138,44 @@ fn or_none(ids: &[String]) -> String {
     }
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     run_holding(project, args, None)
 }
 
 /// `--status` and `--abort` work from the environment's state and where it lives: in an
 /// incident, a secret's variable unset or a file half edited never keeps a person from seeing
 /// or undoing an unfinished roll.
-fn run_from_state(project: &Project, args: &Args) -> Result<(), Failure> {
+fn run_from_state(project: &Project, args: &Args) -> Result<(), CliError> {
     let location = locate_state(project, &args.env)?;
     let env = &location.name;
     let store = open_store(project, env, location.project.as_deref(), &location.state)?;
     if args.status {
-        let record = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?.roll;
+        let record = store.load()?.roll;
         status(env, record.as_ref());
         return Ok(());
     }
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
-    let _lock = store.lock(&format!("kstack roll {} --abort", args.env), &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
-    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let _lock = store.lock(&format!("kstack roll {} --abort", args.env), &stop)?;
+    let state = store.load()?;
     let Some(region) = location.region.or_else(|| state.region.clone()) else {
-        return Err(fail(&format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
+        return Err(CliError::failed(format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
     };
-    let Some(mut journal) = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))? else {
-        return Err(fail(&format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))));
+    let Some(mut journal) = Journal::open(store.clone())? else {
+        return Err(CliError::failed(format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))));
     };
     let cloud = runtime.block_on(Cloud::connect(&region, state.owner()));
     let shown = RollProgress::new();
     let progress = |event: RollEvent| shown.event(event);
     runtime
         .block_on(abort(&cloud, &mut journal, Duration::from_secs(args.timeout), &progress))
-        .map_err(|e| fail(&format!("abort stopped: {e}"), None))?;
+        .map_err(|e| CliError::failed(format!("abort stopped: {e}"), None))?;
     term::outln(format_args!("Roll of `{env}` aborted: group sizes and processes restored."));
     Ok(())
 }
 
 /// Rolls; under `held`, the lock an apply took (`apply --roll`), or else under its own.
-pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), Failure> {
+pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), CliError> {
     if (args.status || args.abort) && held.is_none() {
         return run_from_state(project, args);
     }
@@ -202,31 +191,32 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
         None => {
             let runtime = runtime()?;
             let stop = stop_on_signals(&runtime);
-            let lock = store.lock(&command, &stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+            let lock = store.lock(&command, &stop)?;
             (runtime, stop, lock)
         }
     };
-    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let state = store.load()?;
     let group_names = GroupNames(&state);
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, state.owner()));
-    let unfinished_roll = Journal::open(store.clone()).map_err(|e| fail(&e.to_string(), None))?;
+    let unfinished_roll = Journal::open(store.clone())?;
     let shown = RollProgress::new();
     let progress = |event: RollEvent| shown.event(event);
 
     if args.dry_run {
         if let Some(journal) = &unfinished_roll {
-            let (message, hint) = unfinished(env, &journal.record);
-            term::warning(&format!("{message}; {hint}"));
+            let unfinished = Unfinished { environment: env, record: &journal.record };
+            term::warning(&format!("{unfinished}; {}", unfinished.hint().unwrap_or_default()));
         }
         return runtime.block_on(dry_run(&cloud, environment, &group_names, args));
     }
     let mut journal = match (unfinished_roll, args.resume) {
         (Some(journal), true) => journal,
         (Some(journal), false) => {
-            let (message, hint) = unfinished(env, &journal.record);
-            return Err(fail(&message, Some(&hint)));
+            return Err(Unfinished { environment: env, record: &journal.record }.into());
         }
-        (None, true) => return Err(fail(&format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`")))),
+        (None, true) => {
+            return Err(CliError::failed(format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))))
+        }
         (None, false) => {
             let groups = environment
                 .roll_sequence()
@@ -287,15 +277,14 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
                             crate::stop::Reason::LockLost(_) => format!("another run may be working on `{env}` now: let it finish; {next}"),
                             crate::stop::Reason::Signal(_) => format!("the lock is released; {next}"),
                         };
-                        term::error(&message, Some(&hint));
-                        Failure::Stopped(reason)
+                        CliError::stopped(reason, message, Some(&hint))
                     }
-                    None => fail(&message, Some(&format!("fix the cause; {next}"))),
+                    None => CliError::failed(message, Some(&format!("fix the cause; {next}"))),
                 });
             }
         }
     }
-    journal.finish().map_err(|e| fail(&e.to_string(), None))?;
+    journal.finish()?;
     if replaced == 0 {
         term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
     } else {
@@ -309,12 +298,12 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
 struct GroupNames<'a>(&'a crate::state::State);
 
 impl GroupNames<'_> {
-    fn get(&self, env: &str, group: &str) -> Result<String, Failure> {
+    fn get(&self, env: &str, group: &str) -> Result<String, CliError> {
         let address = crate::resource::Address::new(crate::resource::Kind::AutoScalingGroup, group);
         match self.0.resources.get(&address) {
             Some(recorded) => Ok(recorded.id.clone()),
-            None => Err(fail(
-                &format!("node group `{group}` of `{env}` has no auto scaling group in state"),
+            None => Err(CliError::failed(
+                format!("node group `{group}` of `{env}` has no auto scaling group in state"),
                 Some(&format!("apply the environment first with `kstack apply {env}`")),
             )),
         }
@@ -322,14 +311,14 @@ impl GroupNames<'_> {
 }
 
 /// Per group: the outdated instances, and the batches a roll would take them in.
-async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, names: &GroupNames<'_>, args: &Args) -> Result<(), Failure> {
+async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, names: &GroupNames<'_>, args: &Args) -> Result<(), CliError> {
     for group in environment.roll_sequence() {
         let name = &group.name.value;
         if !args.groups.is_empty() && !args.groups.contains(name) {
             continue;
         }
         let aws_name = names.get(&environment.name, name)?;
-        let state = group_state(cloud, &aws_name).await.map_err(|e| fail(&e.to_string(), None))?;
+        let state = group_state(cloud, &aws_name).await?;
         let total = state.outdated.len() + state.current.len();
         term::outln(format_args!("{name}: {} outdated of {total}", state.outdated.len()));
         if state.outdated.is_empty() {

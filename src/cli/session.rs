@@ -10,11 +10,12 @@ use crate::compile::{content_digest, image_names, resolve_images};
 use crate::graph::ResourceGraph;
 use crate::identity::Identity;
 use crate::model::{Project, StateLocation};
+use crate::plan::saved::SavedPlan;
 use crate::plan::{plan, Foreign, Plan};
 use crate::state::{Lock, State, StateStore};
 use crate::stop::{Reason, Stop};
 
-use super::{fail, load_and_compile, locate_state, report_problems, term, Failure, LoadedImage};
+use super::{load_and_compile, locate_state, report_problems, term, CliError, LoadedImage};
 
 pub(super) struct Session {
     pub environment: String,
@@ -54,18 +55,6 @@ pub(super) struct RefreshStats {
     pub resources: usize,
 }
 
-/// What a saved plan pins: the inputs it was made from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct SavedPlan {
-    pub kstack_plan: u32,
-    pub environment: String,
-    /// The environment argument the plan was made with, to load the same model again.
-    pub source: String,
-    pub desired_digest: String,
-    pub actual_digest: String,
-    pub plan: Plan,
-}
-
 pub(super) enum Desired {
     /// The environment as its model describes it.
     Model,
@@ -75,8 +64,8 @@ pub(super) enum Desired {
 
 /// Whose resources commands that only read state may touch: what the environment's state
 /// records (its identity, and ids from before identities).
-pub(super) fn owner(store: &StateStore) -> Result<crate::identity::Owner, Failure> {
-    let state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+pub(super) fn owner(store: &StateStore) -> Result<crate::identity::Owner, CliError> {
+    let state = store.load()?;
     Ok(state.owner())
 }
 
@@ -86,15 +75,12 @@ pub(super) fn open_store(
     environment: &str,
     project_name: Option<&str>,
     state: &crate::model::StateBackend,
-) -> Result<StateStore, Failure> {
-    StateStore::open(&project.root, environment, project_name, state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+) -> Result<StateStore, CliError> {
+    Ok(StateStore::open(&project.root, environment, project_name, state)?)
 }
 
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Runtime::new().map_err(|error| {
-        term::error(&format!("cannot start the async runtime: {error}"), None);
-        Failure::Failed
-    })
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Runtime::new().map_err(|error| CliError::failed(format!("cannot start the async runtime: {error}"), None))
 }
 
 /// The run's stop flag, which the first SIGINT or SIGTERM sets: the run finishes (or undoes)
@@ -131,11 +117,11 @@ pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
 
 /// Every hosted zone the model's DNS records name exists, or each record naming a missing one is
 /// reported at its zone, all at once.
-async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment, sources: &crate::diagnostics::Sources) -> Result<(), Failure> {
+async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment, sources: &crate::diagnostics::Sources) -> Result<(), CliError> {
     let zones: std::collections::BTreeSet<&str> = environment.dns.iter().map(|r| r.zone.value.as_str()).collect();
     let mut problems = crate::diagnostics::Problems::default();
     for zone in zones {
-        let found = aws::dns_zone_exists(cloud, zone).await.map_err(|e| aws_failure(&cloud.region, "looking up hosted zones", &e))?;
+        let found = aws::dns_zone_exists(cloud, zone).await.map_err(|e| CliError::aws(&cloud.region, "looking up hosted zones", &e))?;
         if found {
             continue;
         }
@@ -163,7 +149,7 @@ fn check_records_not_taken(
     observed: &[Observed],
     in_use: &std::collections::BTreeMap<(String, String, String), String>,
     sources: &crate::diagnostics::Sources,
-) -> Result<(), Failure> {
+) -> Result<(), CliError> {
     let ours: std::collections::BTreeSet<&str> =
         observed.iter().filter(|o| o.kind == crate::resource::Kind::DnsRecord).map(|o| o.id.as_str()).collect();
     let mut problems = crate::diagnostics::Problems::default();
@@ -190,10 +176,10 @@ fn check_records_not_taken(
     }
 }
 
-/// Reports a run that was stopped before it changed anything.
-pub(super) fn stopped_before_changes(reason: Reason) -> Failure {
-    term::error(&format!("{reason}: stopped before any change"), None);
-    Failure::Stopped(reason)
+/// A run that was stopped before it changed anything.
+pub(super) fn stopped_before_changes(reason: Reason) -> CliError {
+    let message = format!("{reason}: stopped before any change");
+    CliError::stopped(reason, message, None)
 }
 
 impl Session {
@@ -201,7 +187,7 @@ impl Session {
     /// the plan is made ends the (read-only) work at once.
     /// A destroy works from the environment's state and tags: it needs only where the state
     /// lives and the region, so problems elsewhere in the environment are warnings.
-    pub(super) async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, Failure> {
+    pub(super) async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, CliError> {
         let (location, compiled) = match desired {
             Desired::Model => {
                 let (sources, result) = load_and_compile(project, env);
@@ -218,9 +204,9 @@ impl Session {
             Desired::Nothing => (locate_state(project, env)?, None),
         };
         let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
-        let lock = store.lock(command, stop).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        let lock = store.lock(command, stop)?;
         tokio::select! {
-            session = Session::read(project, location, compiled, store, lock) => session,
+            session = Session::read(location, compiled, store, lock) => session,
             reason = stop.stopped() => Err(stopped_before_changes(reason)),
         }
     }
@@ -228,23 +214,22 @@ impl Session {
     /// With `compiled` (and the sources its problems point into), plans toward the
     /// environment's model; without, toward nothing.
     async fn read(
-        project: &Project,
         location: StateLocation,
         compiled: Option<(super::Compiled, crate::diagnostics::Sources)>,
         store: StateStore,
         lock: Lock,
-    ) -> Result<Session, Failure> {
+    ) -> Result<Session, CliError> {
         let environment = location.name;
-        let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        let mut state = store.load()?;
         let Some(region) = location.region.or_else(|| state.region.clone()) else {
-            return Err(fail(
-                &format!("the region of `{environment}` is unknown: its environment file does not say and its state does not record it"),
+            return Err(CliError::failed(
+                format!("the region of `{environment}` is unknown: its environment file does not say and its state does not record it"),
                 Some("fix the environment's `region:` (`kstack validate` shows its problems)"),
             ));
         };
         if let Some(recorded) = state.region.as_ref().filter(|recorded| **recorded != region && !state.resources.is_empty()) {
-            return Err(fail(
-                &format!(
+            return Err(CliError::failed(
+                format!(
                     "the state of `{environment}` records {} resources in {recorded}, but the environment says region {region}",
                     state.resources.len()
                 ),
@@ -254,10 +239,10 @@ impl Session {
             ));
         }
         let cloud = Cloud::connect(&region, state.owner()).await;
-        let account = cloud.account().await.map_err(|e| aws_failure(&region, "asking which account the credentials act in", &e))?;
+        let account = cloud.account().await.map_err(|e| CliError::aws(&region, "asking which account the credentials act in", &e))?;
         if let Some(recorded) = state.account.as_ref().filter(|recorded| **recorded != account) {
-            return Err(fail(
-                &format!("the state of `{environment}` was written in AWS account {recorded}, but the credentials act in account {account}"),
+            return Err(CliError::failed(
+                format!("the state of `{environment}` was written in AWS account {recorded}, but the credentials act in account {account}"),
                 Some(&format!(
                     "use credentials of account {recorded} (AWS_PROFILE), or give the environment in account {account} a state of its own (`key:` in `state:`)"
                 )),
@@ -271,7 +256,7 @@ impl Session {
         if new_identity || state.region.as_ref() != Some(&region) || state.account.as_ref() != Some(&account) {
             state.region = Some(region.clone());
             state.account = Some(account);
-            store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+            store.save(&mut state)?;
         }
         let destroy = compiled.is_none();
         let cloud = Cloud { owner: state.owner(), ..cloud };
@@ -281,7 +266,7 @@ impl Session {
         let (mut graph, images, model, sources) = match compiled {
             Some((compiled, sources)) => (compiled.graph, compiled.images, Some(compiled.checked.environment), Some(sources)),
             None => {
-                let nothing = ResourceGraph::build(Vec::new()).map_err(|_| fail("cannot build an empty resource graph", None))?;
+                let nothing = ResourceGraph::build(Vec::new()).map_err(|_| CliError::failed("cannot build an empty resource graph", None))?;
                 (nothing, std::collections::BTreeMap::new(), None, None)
             }
         };
@@ -292,13 +277,13 @@ impl Session {
         let cloud = cloud.with_dns_zones(wanted_zones.chain(state.dns_zones()));
         let names = image_names(&graph);
         if !names.is_empty() {
-            let amis = resolve_named_images(project, &images, &cloud, &names).await?;
+            let amis = resolve_named_images(&images, &cloud, &names).await?;
             resolve_images(&mut graph, &environment, &amis);
         }
         crate::identity::stamp(&mut graph, &identity);
         let before = cloud.calls.snapshot();
         let started = Instant::now();
-        let refreshed = aws::refresh(&cloud).await.map_err(|e| aws_failure(&region, "refreshing", &e))?;
+        let refreshed = aws::refresh(&cloud).await.map_err(|e| CliError::aws(&region, "refreshing", &e))?;
         let mut observed = refreshed.observed;
         let by_operation: std::collections::BTreeMap<String, u64> = cloud
             .calls
@@ -341,15 +326,9 @@ impl Session {
         Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock, model_digest })
     }
 
+    /// The plan, pinned to the model and to what AWS held, for `kstack apply FILE`.
     pub(super) fn saved(&self, source: &str) -> SavedPlan {
-        SavedPlan {
-            kstack_plan: 1,
-            environment: self.environment.clone(),
-            source: source.to_owned(),
-            desired_digest: self.desired_digest(),
-            actual_digest: content_digest(&self.observed),
-            plan: self.plan.clone(),
-        }
+        SavedPlan::new(&self.environment, source, self.desired_digest(), content_digest(&self.observed), self.plan.clone())
     }
 
     pub(super) fn desired_digest(&self) -> String {
@@ -395,15 +374,12 @@ fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed]) {
 /// Each image's AMI: the one baked from its current definition, or else the newest bake with
 /// a warning that the definition changed since.
 async fn resolve_named_images(
-    project: &Project,
     images: &std::collections::BTreeMap<String, LoadedImage>,
     cloud: &Cloud,
     names: &[String],
-) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+) -> Result<std::collections::BTreeMap<String, String>, CliError> {
     let definitions = images.iter().map(|(name, loaded)| (name.as_str(), (&loaded.image, loaded.roles.as_slice()))).collect();
-    let resolved = crate::bake::resolve::resolve(cloud, &project.root.join("roles"), &definitions, names)
-        .await
-        .map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let resolved = crate::bake::resolve::resolve(cloud, &definitions, names).await?;
     for (name, found) in resolved.iter().filter(|(_, found)| found.stale) {
         term::warning(&format!(
             "image `{name}` changed since its newest AMI {} was baked; planning with that AMI. \
@@ -416,9 +392,4 @@ async fn resolve_named_images(
 
 fn round_millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1000.0).round() / 1000.0
-}
-
-pub(super) fn aws_failure(region: &str, doing: &str, error: &aws::AwsError) -> Failure {
-    term::error(&format!("AWS failed while {doing} in {region}: {error}"), Some(error.hint()));
-    Failure::Failed
 }

@@ -7,7 +7,7 @@ use crate::state::StateStore;
 use crate::stop::Stop;
 
 use super::session::open_store;
-use super::{fail, locate_state, term, Failure};
+use super::{locate_state, term, CliError};
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
 /// between the local and the S3 backend.
@@ -91,7 +91,7 @@ enum Command {
     },
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     match &args.command {
         Command::List { env } => {
             let state = load(project, env)?;
@@ -112,15 +112,14 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                     let hint = crate::diagnostics::did_you_mean(address, known.iter().copied())
                         .map(|close| format!("did you mean `{close}`?"))
                         .unwrap_or_else(|| format!("`kstack state list {env}` shows every address"));
-                    term::error(&format!("`{address}` is not in the state of `{env}`"), Some(&hint));
-                    Err(Failure::Invalid)
+                    Err(CliError::invalid(format!("`{address}` is not in the state of `{env}`"), Some(&hint)))
                 }
             }
         }
         Command::Unlock { env, lock_id, force } => {
             let environment = locate_state(project, env)?;
             let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
-            match store.unlock(lock_id.as_deref(), *force).map_err(|e| fail(&e.to_string(), Some(&e.hint())))? {
+            match store.unlock(lock_id.as_deref(), *force)? {
                 Some(h) => term::outln(format_args!(
                     "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
                     h.id, h.holder, h.host, h.pid, h.command, h.started
@@ -153,41 +152,40 @@ fn adopt(
     cloud: crate::aws::Cloud,
     zones: &[String],
     chosen: impl Fn(&crate::aws::Observed) -> bool,
-) -> Result<Vec<crate::aws::Observed>, Failure> {
+) -> Result<Vec<crate::aws::Observed>, CliError> {
     let cloud = cloud.with_dns_zones(state.dns_zones().chain(zones.iter().map(String::as_str)));
-    let refreshed = runtime
-        .block_on(crate::aws::refresh(&cloud))
-        .map_err(|error| super::session::aws_failure(&cloud.region, "looking for the resources to adopt", &error))?;
+    let refreshed =
+        runtime.block_on(crate::aws::refresh(&cloud)).map_err(|error| CliError::aws(&cloud.region, "looking for the resources to adopt", &error))?;
     let adopted: Vec<crate::aws::Observed> =
         refreshed.observed.into_iter().filter(|o| !state.resources.contains_key(&o.address)).filter(|o| chosen(o)).collect();
     for resource in &adopted {
         state.resources.insert(resource.address.clone(), resource.clone());
     }
     if !adopted.is_empty() {
-        store.save(state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+        store.save(state)?;
     }
     Ok(adopted)
 }
 
 /// The runtime and the connection an adoption reads with: everything carrying the
 /// environment's identity counts as its own, a person having said so.
-fn adopting(state: &crate::state::State, region: &str) -> Result<(tokio::runtime::Runtime, crate::aws::Cloud), Failure> {
+fn adopting(state: &crate::state::State, region: &str) -> Result<(tokio::runtime::Runtime, crate::aws::Cloud), CliError> {
     let runtime = super::session::runtime()?;
     let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting()));
     Ok((runtime, cloud))
 }
 
-fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), Failure> {
+fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), CliError> {
     let environment = locate_state(project, env)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
-    let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
-    let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default())?;
+    let mut state = store.load()?;
     let (Some(identity), Some(region)) = (state.identity.clone(), environment.region.or_else(|| state.region.clone())) else {
-        return Err(fail(&format!("`{env}` has no identity yet: nothing can carry it"), Some("plan or apply it first")));
+        return Err(CliError::failed(format!("`{env}` has no identity yet: nothing can carry it"), Some("plan or apply it first")));
     };
     if let Some(recorded) = state.resources.get(address) {
-        return Err(fail(
-            &format!("the state of `{env}` records {} at {address}; two resources never share an address", recorded.id),
+        return Err(CliError::failed(
+            format!("the state of `{env}` records {} at {address}; two resources never share an address", recorded.id),
             Some("the recorded one stays the environment's; remove the other by hand if it is not wanted"),
         ));
     }
@@ -202,13 +200,13 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
         ]);
         let zone = runtime
             .block_on(crate::aws::take_over_dns_record(&cloud, id, &tags))
-            .map_err(|error| super::session::aws_failure(&region, &format!("giving the record {id} an owner record"), &error))?;
+            .map_err(|error| CliError::aws(&region, &format!("giving the record {id} an owner record"), &error))?;
         zones.push(zone);
     }
     let adopted = adopt(&store, &mut state, &runtime, cloud, &zones, |o| &o.address == address && o.id == id)?;
     if adopted.is_empty() {
-        return Err(fail(
-            &format!("{region} has no resource {id} tagged as {address} of `{env}`"),
+        return Err(CliError::failed(
+            format!("{region} has no resource {id} tagged as {address} of `{env}`"),
             Some(&format!("kstack adopts only what carries kstack:environment={env}, kstack:address={address} and kstack:id={identity}")),
         ));
     }
@@ -218,19 +216,19 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
 
 /// Gives an environment whose state was lost the identity its resources carry, so the next
 /// plan finds them again. Never over a state that records resources: those would be orphaned.
-fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failure> {
-    let identity = Identity::try_from(id.to_owned()).map_err(|why| fail(&why, Some("copy it from a resource's `kstack:id` tag")))?;
+fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), CliError> {
+    let identity = Identity::try_from(id.to_owned()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
     let environment = locate_state(project, env)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let Some(region) = environment.region.clone() else {
-        return Err(fail(&format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
+        return Err(CliError::failed(format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
     };
     // One state write: nothing is half done if the run ends.
-    let _lock = store.lock(&format!("kstack state identity {env} --recover"), &Stop::default()).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
-    let mut state = store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    let _lock = store.lock(&format!("kstack state identity {env} --recover"), &Stop::default())?;
+    let mut state = store.load()?;
     if !state.resources.is_empty() && state.identity.as_ref() != Some(&identity) {
-        return Err(fail(
-            &format!(
+        return Err(CliError::failed(
+            format!(
                 "the state of `{env}` records {} resources; its identity stays {}",
                 state.resources.len(),
                 state.identity.as_ref().map_or("unset", |i| i.as_str())
@@ -240,7 +238,7 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
     }
     state.identity = Some(identity.clone());
     state.region = Some(region.clone());
-    store.save(&mut state).map_err(|error| fail(&error.to_string(), Some(&error.hint())))?;
+    store.save(&mut state)?;
     // Asked for by a person who knows the identity: everything carrying it is adopted.
     let (runtime, cloud) = adopting(&state, &region)?;
     let adopted = adopt(&store, &mut state, &runtime, cloud, &[], |_| true)?;
@@ -248,11 +246,11 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), Failur
     Ok(())
 }
 
-fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
+fn migrate(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
     let environment = locate_state(project, env)?;
     if environment.state == StateBackend::Local {
-        return Err(fail(
-            &format!("`{env}` names no S3 location for its state"),
+        return Err(CliError::failed(
+            format!("`{env}` names no S3 location for its state"),
             Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
         ));
     }
@@ -265,27 +263,26 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
     let command = format!("kstack state migrate {env}");
     // A few requests that change nothing in AWS: nothing needs to stop between them.
     let stop = Stop::default();
-    let _source_lock = source.lock(&command, &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
-    let _target_lock = target.lock(&command, &stop).map_err(|e| fail(&e.to_string(), Some(&e.hint())))?;
-    let state_error = |e: crate::state::StateError| fail(&e.to_string(), Some(&e.hint()));
-    let Some(bytes) = source.read_raw().map_err(state_error)? else {
-        return Err(fail(&format!("there is no state of `{env}` in {}", source.location()), Some("nothing to migrate")));
+    let _source_lock = source.lock(&command, &stop)?;
+    let _target_lock = target.lock(&command, &stop)?;
+    let Some(bytes) = source.read_raw()? else {
+        return Err(CliError::failed(format!("there is no state of `{env}` in {}", source.location()), Some("nothing to migrate")));
     };
-    match target.read_raw().map_err(state_error)? {
+    match target.read_raw()? {
         Some(existing) if existing == bytes => {}
         Some(_) => {
-            return Err(fail(
-                &format!("{} already holds a different state of `{env}`; nothing was copied", target.location()),
+            return Err(CliError::failed(
+                format!("{} already holds a different state of `{env}`; nothing was copied", target.location()),
                 Some("compare the two (`kstack state list`), keep one, and move the other away first"),
             ))
         }
-        None => target.write_raw(&bytes).map_err(state_error)?,
+        None => target.write_raw(&bytes)?,
     }
     // Read back what landed before the source goes.
-    if target.read_raw().map_err(state_error)?.as_deref() != Some(bytes.as_slice()) {
-        return Err(fail(&format!("the copy in {} does not match; the source was kept", target.location()), None));
+    if target.read_raw()?.as_deref() != Some(bytes.as_slice()) {
+        return Err(CliError::failed(format!("the copy in {} does not match; the source was kept", target.location()), None));
     }
-    let retired = source.retire().map_err(state_error)?;
+    let retired = source.retire()?;
     term::outln(format_args!("Migrated the state of `{env}` ({} bytes) to {}; retired {retired}.", bytes.len(), target.location()));
     if matches!(to, Target::Local) {
         term::warning(&format!(
@@ -295,8 +292,8 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), Failure> {
     Ok(())
 }
 
-fn load(project: &Project, env: &str) -> Result<crate::state::State, Failure> {
+fn load(project: &Project, env: &str) -> Result<crate::state::State, CliError> {
     let environment = locate_state(project, env)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
-    store.load().map_err(|error| fail(&error.to_string(), Some(&error.hint())))
+    Ok(store.load()?)
 }

@@ -2,7 +2,8 @@
 
 use crate::model::Project;
 
-use super::{load_and_compile, report_problems, term, Failure};
+use super::error::Exit;
+use super::{load_and_compile, report_problems, term, CliError};
 
 /// Check an environment: syntax, types, references, CIDRs and sizes, all problems at once.
 #[derive(Debug, clap::Args)]
@@ -18,7 +19,7 @@ pub(super) struct Args {
     json: bool,
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let (sources, result) = load_and_compile(project, &args.env);
     match (result, args.json) {
         (Ok(compiled), false) => {
@@ -51,7 +52,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), Failure> {
                 "problems": term::problems_json(problems, &sources),
             });
             term::outln(format_args!("{json:#}"));
-            Err(Failure::Invalid)
+            Err(CliError::shown(Exit::Invalid))
         }
     }
 }

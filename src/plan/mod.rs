@@ -4,6 +4,7 @@
 pub mod capacity;
 pub mod diff;
 mod render;
+pub mod saved;
 
 use crate::naming::TAG_IDENTITY;
 use std::collections::{BTreeMap, BTreeSet};

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::stats::{birthday, random_within_gap, worst_within_gap};
 use super::{assign, node_config, violations, Fleet, Member, ScheduleError};
 use crate::aws::{running_instances, tag_reboot_times, AwsError, Cloud, Instance};
+use crate::hint::Hint;
 use crate::model::reboots::{format_minute, parse_minute};
 use crate::model::{Environment, RebootPolicy};
 use crate::ssh::{Connection, Login, NodeAccess};
@@ -26,12 +27,12 @@ pub enum RebootsError {
     BrokenRules(Vec<String>),
 }
 
-impl RebootsError {
-    pub fn hint(&self) -> &str {
+impl Hint for RebootsError {
+    fn hint(&self) -> Option<String> {
         match self {
             RebootsError::Aws { error, .. } => error.hint(),
             RebootsError::NoSchedule { error, .. } => error.hint(),
-            RebootsError::BrokenRules(_) => "this is a bug in kstack; please report it",
+            RebootsError::BrokenRules(_) => Some(String::from("this is a bug in kstack; please report it")),
         }
     }
 }

@@ -59,9 +59,9 @@ pub enum ScheduleError {
     NoPolicy(String),
 }
 
-impl ScheduleError {
-    pub fn hint(&self) -> &'static str {
-        "widen the window, lower the gaps (group_gap_minutes, zone_gap_minutes) or raise max_down"
+impl crate::hint::Hint for ScheduleError {
+    fn hint(&self) -> Option<String> {
+        Some(String::from("widen the window, lower the gaps (group_gap_minutes, zone_gap_minutes) or raise max_down"))
     }
 }
 

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod modules;
 mod run;
 mod session;
+mod touch;
 
 pub use kstack_project::roles::{list_roles, load_roles, Role, Task, Variables};
 pub use run::{run, verify, HostReport, RunEvent, RunOptions, TaskReport, TaskStatus};

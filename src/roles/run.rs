@@ -153,7 +153,7 @@ async fn connect(host: &str, login: &Login) -> Result<(Connection, Facts), Strin
         Ok(connection) => connection.facts().await.map(|facts| (connection, facts)),
         Err(error) => Err(error),
     };
-    connected.map_err(|error| match error.hint() {
+    connected.map_err(|error| match crate::hint::Hint::hint(&error) {
         Some(hint) => format!("{error} ({hint})"),
         None => error.to_string(),
     })

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::modules::{quote, Touch};
-use crate::ssh::{write_script, Connection, Output, SshError};
+use super::touch::Touch;
+use crate::ssh::{shell_quote as quote, write_script, Connection, Output, SshError};
 
 #[derive(Default)]
 pub(crate) struct Session(Mutex<State>);

@@ -65,3 +65,28 @@ impl Journal {
         })
     }
 }
+
+/// An environment whose last roll did not finish: an apply is refused, and a plan warns, until
+/// the roll is resumed or aborted (an apply would reset the size of a group a batch surged).
+pub struct Unfinished<'a> {
+    pub environment: &'a str,
+    pub record: &'a RollRecord,
+}
+
+impl std::fmt::Display for Unfinished<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Unfinished { environment, record } = self;
+        write!(f, "a roll of `{environment}` started {} by `{}` did not finish; ", record.started, record.command)?;
+        match &record.stopped {
+            Some(reason) => write!(f, "it stopped: {reason}"),
+            None => f.write_str("it was interrupted"),
+        }
+    }
+}
+
+impl crate::hint::Hint for Unfinished<'_> {
+    fn hint(&self) -> Option<String> {
+        let env = self.environment;
+        Some(format!("run `kstack roll {env} --resume` to continue it, or `kstack roll {env} --abort` to restore the group's size and forget it"))
+    }
+}

@@ -28,7 +28,7 @@ use crate::stop::{Reason, Stop};
 use hooks::{describe_instances, Hook};
 
 pub use crate::state::{BatchRecord, GroupRecord, RollRecord};
-pub use journal::Journal;
+pub use journal::{Journal, Unfinished};
 pub use outdated::{group_state, GroupState};
 
 /// Processes that would fight a roll: rebalancing across zones, replacing instances the roll
@@ -73,6 +73,18 @@ pub enum RollError {
     HookFailed { hook: &'static str, on: String, status: std::process::ExitStatus, stderr: String },
     #[error("{0}")]
     Stopped(Reason),
+}
+
+/// What to do is said by the roll command for the group that failed; AWS's and the journal's
+/// own advice comes along.
+impl crate::hint::Hint for RollError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            RollError::Aws { error, .. } => error.hint(),
+            RollError::Journal(error) => error.hint(),
+            _ => None,
+        }
+    }
 }
 
 fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {

@@ -43,8 +43,8 @@ pub enum SshError {
     Write { host: String, path: String, message: String },
 }
 
-impl SshError {
-    pub fn hint(&self) -> Option<String> {
+impl crate::hint::Hint for SshError {
+    fn hint(&self) -> Option<String> {
         match self {
             SshError::HostKeyChanged { host, port, known_hosts, .. } => {
                 let name = if *port == 22 { host.clone() } else { shell_quote(&format!("[{host}]:{port}")) };

@@ -122,9 +122,9 @@ pub enum LockError {
     Io { location: String, message: String },
 }
 
-impl LockError {
-    pub fn hint(&self) -> String {
-        match self {
+impl crate::hint::Hint for LockError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
             LockError::Held { environment, stale: true, info } => format!(
                 "that run is gone (its process ended or its lease ran out); if no other kstack is working on `{environment}`, run `kstack state unlock {environment} {}`",
                 info.id
@@ -140,7 +140,7 @@ impl LockError {
                 info.pid, info.id
             ),
             LockError::Io { .. } => String::from("check access to where the state lives (the project directory, or the bucket)"),
-        }
+        })
     }
 }
 

@@ -58,9 +58,9 @@ pub enum StateError {
     OtherEnvironment { location: String, found: String, ours: String },
 }
 
-impl StateError {
-    pub fn hint(&self) -> String {
-        match self {
+impl crate::hint::Hint for StateError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
             StateError::Conflict { .. } => {
                 String::from("another run wrote it (was the lock bypassed?); run the command again to work from the new state")
             }
@@ -82,7 +82,7 @@ impl StateError {
                 String::from("restore it from a backup (or an earlier S3 version), or move it away to rebuild state from AWS tags")
             }
             StateError::Read { .. } | StateError::Write { .. } => String::from("check access to where the state lives, then run again"),
-        }
+        })
     }
 }
 

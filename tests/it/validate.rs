@@ -179,6 +179,32 @@ fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     assert!(stderr.contains("roles/base/tasks.yaml:3:5"), "{stderr}");
 }
 
+/// `state:` of a line or a kernel parameter is present or absent: a typo is a problem at load
+/// time, where it is written, not a failure on the first host.
+#[test]
+fn a_misspelt_state_is_a_problem_before_anything_runs() {
+    let project = project_with_roles("[typos]");
+    std::fs::create_dir_all(project.path().join("roles/typos")).unwrap();
+    std::fs::write(
+        project.path().join("roles/typos/tasks.yaml"),
+        "tasks:\n  \
+         - name: a line\n    line: { path: /etc/x, line: y, state: absnet }\n  \
+         - name: a parameter\n    kernel_cmdline: { parameter: quiet, state: presnet }\n",
+    )
+    .unwrap();
+    let output = kstack().arg("-C").arg(project.path()).args(["validate", "test"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "unknown variant `absnet`, expected `present` or `absent`",
+        "roles/typos/tasks.yaml:3:",
+        "unknown variant `presnet`",
+        "roles/typos/tasks.yaml:5:",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
+
 /// A scratch project whose `test` environment runs `image: node` with `roles`.
 fn project_with_roles(roles: &str) -> tempfile::TempDir {
     let project = tempfile::tempdir().unwrap();

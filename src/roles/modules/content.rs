@@ -3,7 +3,7 @@
 
 use super::file::{attribute_diffs, owned_path, Stat, STAT};
 use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
-use kstack_project::roles::modules::{Copy, Line};
+use kstack_project::roles::modules::{Copy, Line, Presence};
 
 /// The script that prints a file's attributes and content.
 fn read_script(path: &str) -> String {
@@ -107,19 +107,18 @@ impl Converge for Line {
         let text = current.clone().unwrap_or_default();
         let matches = |line: &str| line == self.line || pattern.as_ref().is_some_and(|p| p.is_match(line));
         let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        match self.state.as_str() {
-            "present" => match lines.iter().position(|l| matches(l)) {
+        match self.state {
+            Presence::Present => match lines.iter().position(|l| matches(l)) {
                 Some(index) => lines[index] = self.line.clone(),
                 None => lines.push(self.line.clone()),
             },
-            "absent" => lines.retain(|l| !matches(l)),
-            other => return Err(TaskError::Failed(format!("`state: {other}` is neither present nor absent"))),
+            Presence::Absent => lines.retain(|l| !matches(l)),
         }
         let mut wanted = lines.join("\n");
         if !wanted.is_empty() {
             wanted.push('\n');
         }
-        if current.is_none() && self.state == "absent" {
+        if current.is_none() && self.state == Presence::Absent {
             return Ok(Outcome::default());
         }
         let attributes = Attributes { mode, owner: None, group: None };

@@ -2,7 +2,7 @@
 //! `update-grub`; it takes effect at the next boot.
 
 use super::{Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
-use kstack_project::roles::modules::KernelCmdline;
+use kstack_project::roles::modules::{KernelCmdline, Presence};
 
 const GRUB: &str = "/etc/default/grub";
 const KEY: &str = "GRUB_CMDLINE_LINUX_DEFAULT";
@@ -43,11 +43,7 @@ impl Query for KernelCmdline {
 
 impl Converge for KernelCmdline {
     async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
-        let present = match self.state.as_str() {
-            "present" => true,
-            "absent" => false,
-            other => return Err(TaskError::Failed(format!("`state: {other}` is neither present nor absent"))),
-        };
+        let present = self.state == Presence::Present;
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (update_grub, current) = text.split_once("--- kstack ---\n").unwrap_or(("", &text));
         let wanted = edit(current, &self.parameter, present);

@@ -2,7 +2,7 @@
 //! entry and its signing key).
 
 use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
-use kstack_project::roles::modules::{AptRepository, Package, PackageState};
+use kstack_project::roles::modules::{AptRepository, Package, Presence};
 
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold";
 
@@ -32,7 +32,7 @@ impl Converge for Package {
             script.push_str(&format!("{APT} update\n"));
         }
         match self.state {
-            PackageState::Present => {
+            Presence::Present => {
                 let wrong_version = self.version.as_deref().is_some_and(|v| v != version);
                 if !installed || wrong_version {
                     let before = if installed { version.to_owned() } else { String::from("(not installed)") };
@@ -54,14 +54,14 @@ impl Converge for Package {
                     script.push_str(&format!("{APT} install --allow-downgrades --allow-change-held-packages {target}\n"));
                 }
             }
-            PackageState::Absent => {
+            Presence::Absent => {
                 if installed {
                     diffs.push(FieldDiff::new("state", "present", "absent"));
                     script.push_str(&format!("{APT} remove --allow-change-held-packages {name}\n"));
                 }
             }
         }
-        if let Some(hold) = self.hold.filter(|_| self.state == PackageState::Present) {
+        if let Some(hold) = self.hold.filter(|_| self.state == Presence::Present) {
             if hold != held || (hold && !diffs.is_empty()) {
                 if hold != held {
                     diffs.push(FieldDiff::new("hold", held.to_string(), hold.to_string()));

@@ -99,13 +99,9 @@ pub struct Line {
     pub line: String,
     /// Lines matching this are replaced by `line` (present) or removed (absent).
     pub regexp: Option<String>,
-    #[serde(default = "present")]
-    pub state: String,
+    #[serde(default)]
+    pub state: Presence,
     pub mode: Option<String>,
-}
-
-fn present() -> String {
-    String::from("present")
 }
 
 // `file`: a file, directory or symlink with its mode and owner, or its absence.
@@ -152,16 +148,18 @@ pub struct File {
 pub struct KernelCmdline {
     /// `name=value` or a bare flag, e.g. `transparent_hugepage=never`.
     pub parameter: String,
-    #[serde(default = "present")]
-    pub state: String,
+    #[serde(default)]
+    pub state: Presence,
 }
 
 // `package` (apt: install, pin a version, hold, remove) and `apt_repository` (a source list
 // entry and its signing key).
 
+/// Whether a package, a line or a kernel parameter is wanted (`state: present`, the default)
+/// or not (`state: absent`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PackageState {
+pub enum Presence {
     #[default]
     Present,
     Absent,
@@ -174,7 +172,7 @@ pub struct Package {
     /// An exact version to install, e.g. `17.03.2~ce-0~ubuntu-xenial`.
     pub version: Option<String>,
     #[serde(default)]
-    pub state: PackageState,
+    pub state: Presence,
     /// Hold the package at its version, so unattended upgrades leave it alone.
     pub hold: Option<bool>,
     /// Run `apt-get update` before installing.
