@@ -390,8 +390,15 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             // The create may have happened anyway: a reply lost, or an earlier attempt's.
             (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() => match adopt(context, resource, &ids).await {
                 Ok(Some(id)) => Ok(id),
+                // AWS has no such resource: creating it again is safe.
                 Ok(None) => Err(error),
-                Err(lookup) => Err(if lookup.is_ambiguous() { error } else { lookup }),
+                // Whether the create happened is unknown, so creating again could make a
+                // second one. The step fails; its journalled intent lets the next run adopt
+                // what it made.
+                Err(lookup) => {
+                    (context.events)(Event::Failed { address: address.clone(), verb, error: lookup.clone() });
+                    return Err(StepError::Aws(lookup));
+                }
             },
             (result, _) => result,
         };
@@ -503,6 +510,8 @@ mod tests {
         /// A create that fails with this error; after making the resource when `made` (its
         /// reply lost), and once only.
         failing: Mutex<Option<(Address, bool, AwsError)>>,
+        /// How many refreshes to come fail, as a lookup whose reply was lost.
+        failing_refreshes: AtomicUsize,
         next_id: AtomicUsize,
     }
 
@@ -563,6 +572,9 @@ mod tests {
         }
 
         async fn refresh(&self) -> Result<Vec<Observed>, AwsError> {
+            if self.failing_refreshes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Err(AwsError { kind: AwsErrorKind::Transport, ..AwsError::internal("connection reset") });
+            }
             Ok(self.resources.lock().unwrap().values().cloned().collect())
         }
     }
@@ -581,7 +593,8 @@ mod tests {
     /// Applies the plan from `memory`'s resources to `desired`, two steps at a time, recording in
     /// a state file under `dir`.
     async fn apply_to(memory: &Arc<Memory>, desired: &ResourceGraph, dir: &std::path::Path) -> (Outcome, State) {
-        let observed = memory.refresh().await.unwrap();
+        // What a session's refresh saw; the provider's refresh is the apply's own lookups.
+        let observed: Vec<Observed> = memory.resources.lock().unwrap().values().cloned().collect();
         let plan = crate::plan::plan("test", desired, &observed);
         let store = StateStore::local(dir, "test", None);
         let journal = Journal { state: store.load().unwrap(), store: store.clone() };
@@ -626,6 +639,27 @@ mod tests {
         assert!(!outcome.not_started.is_empty(), "steps after the failure were not started: {outcome:?}");
         assert_eq!(outcome.done + outcome.failures.len() + outcome.not_started.len(), 5, "{outcome:?}");
         assert_eq!(recorded(&state), memory.ids(), "what was made before and alongside the failure is recorded, nothing else");
+    }
+
+    /// The lookup after a lost reply fails too: whether the create happened is unknown, so the
+    /// step fails rather than create again, and the next run adopts what its intent made.
+    #[tokio::test]
+    async fn a_create_whose_reply_and_lookup_were_lost_is_never_made_twice() {
+        let memory = Arc::new(Memory::default());
+        let lost = AwsError { kind: AwsErrorKind::Transport, ..AwsError::internal("connection reset") };
+        let gateway = Address::new(Kind::InternetGateway, "main");
+        *memory.failing.lock().unwrap() = Some((gateway.clone(), true, lost));
+        memory.failing_refreshes.store(1, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
+        assert_eq!(outcome.failures.iter().map(|f| &f.address).collect::<Vec<_>>(), [&gateway], "{outcome:?}");
+        assert!(state.intents.contains_key(&gateway), "the intent stays for the next run: {:?}", state.intents);
+
+        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
+        assert_eq!(outcome.failures.len(), 0, "{outcome:?}");
+        let creates = memory.log.lock().unwrap().iter().filter(|e| *e == "start create internet_gateway.main").count();
+        assert_eq!(creates, 1, "made once, adopted by the next run");
+        assert_eq!(recorded(&state), memory.ids());
     }
 
     #[tokio::test]

@@ -256,19 +256,32 @@ fn a_new_unit_starts_without_a_reload_and_a_changed_one_runs_its_new_file() {
     let before = count(reloads());
     let first = Runner::new(&key, role("v1").path(), &["probe"], Variables::new());
     assert_eq!(failures(&first.converge(&[&node], false)[0]), Vec::<String>::new());
-    assert_eq!(node_file(&node, "/run/probe-version"), "v1\n");
+    assert_eq!(probe_version(&node, "v1\n"), "v1\n");
     assert_eq!(count(reloads()), before, "no daemon-reload for a unit systemd never had");
 
     let second = Runner::new(&key, role("v2").path(), &["probe"], Variables::new());
     let report = &second.converge(&[&node], false)[0];
     assert_eq!(statuses(report), [("probe unit".to_owned(), TaskStatus::Changed)]);
-    assert_eq!(node_file(&node, "/run/probe-version"), "v2\n", "restarted on the new file");
+    assert_eq!(probe_version(&node, "v2\n"), "v2\n", "restarted on the new file");
     assert!(count(reloads()) > before, "a changed unit file is reloaded");
     let stale = node.exec("systemctl show -p NeedDaemonReload --value probe.service");
     assert_eq!(String::from_utf8_lossy(&stale.stdout).trim(), "no");
 }
 
 /// A file of the node as the node sees it (`/run` is the node's own tmpfs, not its layer).
+/// What the probe unit wrote once it shows `expected`, or after 10 s: a simple service is
+/// started once its process is, before its shell has written the file.
+fn probe_version(node: &Node, expected: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let version = node_file(node, "/run/probe-version");
+        if version == expected || std::time::Instant::now() > deadline {
+            return version;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn node_file(node: &Node, path: &str) -> String {
     String::from_utf8_lossy(&node.exec(&format!("cat {path}")).stdout).into_owned()
 }
