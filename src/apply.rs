@@ -387,19 +387,23 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             Step::Delete(actual) => context.cloud.delete(actual, &ids).await.map(|()| actual.id.clone()),
         };
         let result = match (result, step) {
-            // The create may have happened anyway: a reply lost, or an earlier attempt's.
-            (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() => match adopt(context, resource, &ids).await {
-                Ok(Some(id)) => Ok(id),
-                // AWS has no such resource: creating it again is safe.
-                Ok(None) => Err(error),
-                // Whether the create happened is unknown, so creating again could make a
-                // second one. The step fails; its journalled intent lets the next run adopt
-                // what it made.
-                Err(lookup) => {
-                    (context.events)(Event::Failed { address: address.clone(), verb, error: lookup.clone() });
-                    return Err(StepError::Aws(lookup));
+            // The create may have happened anyway, wholly or in part: a reply lost, an earlier
+            // attempt's, or a later call of a create of several (a route table's routes)
+            // refused for now. Only a lookup that finds nothing makes creating again safe.
+            (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() || error.is_transient() => {
+                match adopt(context, resource, &ids).await {
+                    Ok(Some(id)) => Ok(id),
+                    // AWS has no such resource: creating it again is safe.
+                    Ok(None) => Err(error),
+                    // Whether the create happened is unknown, so creating again could make a
+                    // second one. The step fails; its journalled intent lets the next run adopt
+                    // what it made.
+                    Err(lookup) => {
+                        (context.events)(Event::Failed { address: address.clone(), verb, error: lookup.clone() });
+                        return Err(StepError::Aws(lookup));
+                    }
                 }
-            },
+            }
             (result, _) => result,
         };
         match result {
@@ -659,6 +663,22 @@ mod tests {
         assert_eq!(outcome.failures.len(), 0, "{outcome:?}");
         let creates = memory.log.lock().unwrap().iter().filter(|e| *e == "start create internet_gateway.main").count();
         assert_eq!(creates, 1, "made once, adopted by the next run");
+        assert_eq!(recorded(&state), memory.ids());
+    }
+
+    /// A create of several calls made the resource, then a later call was refused for now
+    /// (throttled, or a reference not yet visible): the retry finds and adopts it.
+    #[tokio::test]
+    async fn a_create_refused_for_now_after_making_the_resource_is_adopted_instead_of_made_twice() {
+        let memory = Arc::new(Memory::default());
+        let throttled = AwsError { kind: AwsErrorKind::Service { code: Some("RequestLimitExceeded".into()) }, ..AwsError::internal("slow down") };
+        assert!(throttled.is_transient() && !throttled.is_ambiguous());
+        *memory.failing.lock().unwrap() = Some((Address::new(Kind::InternetGateway, "main"), true, throttled));
+        let dir = tempfile::tempdir().unwrap();
+        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
+        assert_eq!((outcome.done, outcome.failures.len()), (5, 0), "{outcome:?}");
+        let creates = memory.log.lock().unwrap().iter().filter(|e| *e == "start create internet_gateway.main").count();
+        assert_eq!(creates, 1, "found by the lookup, not created again");
         assert_eq!(recorded(&state), memory.ids());
     }
 
