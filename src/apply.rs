@@ -666,14 +666,11 @@ mod tests {
         assert_eq!(recorded(&state), memory.ids());
     }
 
-    /// A create of several calls made the resource, then a later call was refused for now
-    /// (throttled, or a reference not yet visible): the retry finds and adopts it.
-    #[tokio::test]
-    async fn a_create_refused_for_now_after_making_the_resource_is_adopted_instead_of_made_twice() {
+    /// Applies `network()` with the gateway's create making the gateway and then failing with
+    /// `error`: the retry's lookup finds and adopts it, and it is made once.
+    async fn made_once_though_its_create_failed_with(error: AwsError) {
         let memory = Arc::new(Memory::default());
-        let throttled = AwsError { kind: AwsErrorKind::Service { code: Some("RequestLimitExceeded".into()) }, ..AwsError::internal("slow down") };
-        assert!(throttled.is_transient() && !throttled.is_ambiguous());
-        *memory.failing.lock().unwrap() = Some((Address::new(Kind::InternetGateway, "main"), true, throttled));
+        *memory.failing.lock().unwrap() = Some((Address::new(Kind::InternetGateway, "main"), true, error));
         let dir = tempfile::tempdir().unwrap();
         let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
         assert_eq!((outcome.done, outcome.failures.len()), (5, 0), "{outcome:?}");
@@ -682,17 +679,18 @@ mod tests {
         assert_eq!(recorded(&state), memory.ids());
     }
 
+    /// A create of several calls made the resource, then a later call was refused for now
+    /// (throttled, or a reference not yet visible).
+    #[tokio::test]
+    async fn a_create_refused_for_now_after_making_the_resource_is_adopted_instead_of_made_twice() {
+        let throttled = AwsError { kind: AwsErrorKind::Service { code: Some("RequestLimitExceeded".into()) }, ..AwsError::internal("slow down") };
+        assert!(throttled.is_transient() && !throttled.is_ambiguous());
+        made_once_though_its_create_failed_with(throttled).await;
+    }
+
     #[tokio::test]
     async fn a_create_whose_reply_was_lost_is_adopted_instead_of_made_twice() {
-        let memory = Arc::new(Memory::default());
-        let lost = AwsError { kind: AwsErrorKind::Transport, ..AwsError::internal("connection reset") };
-        *memory.failing.lock().unwrap() = Some((Address::new(Kind::InternetGateway, "main"), true, lost));
-        let dir = tempfile::tempdir().unwrap();
-        let (outcome, state) = apply_to(&memory, &network(), dir.path()).await;
-        assert_eq!((outcome.done, outcome.failures.len()), (5, 0), "{outcome:?}");
-        let creates = memory.log.lock().unwrap().iter().filter(|e| *e == "start create internet_gateway.main").count();
-        assert_eq!(creates, 1, "found by refresh, not created again");
-        assert_eq!(recorded(&state), memory.ids());
+        made_once_though_its_create_failed_with(AwsError { kind: AwsErrorKind::Transport, ..AwsError::internal("connection reset") }).await;
     }
 
     #[tokio::test]
