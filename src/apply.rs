@@ -386,6 +386,8 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             Step::Update { resource, actual, changed } => context.cloud.update(resource, actual, changed, &ids).await.map(|()| actual.id.clone()),
             Step::Delete(actual) => context.cloud.delete(actual, &ids).await.map(|()| actual.id.clone()),
         };
+        // Whether trying again cannot make a second resource.
+        let mut retry_is_safe = true;
         let result = match (result, step) {
             // The create may have happened anyway, wholly or in part: a reply lost, an earlier
             // attempt's, or a later call of a create of several (a route table's routes)
@@ -393,14 +395,12 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             (Err(error), Step::Create(resource)) if error.is_ambiguous() || error.is_already_exists() || error.is_transient() => {
                 match adopt(context, resource, &ids).await {
                     Ok(Some(id)) => Ok(id),
-                    // AWS has no such resource: creating it again is safe.
                     Ok(None) => Err(error),
-                    // Whether the create happened is unknown, so creating again could make a
-                    // second one. The step fails; its journalled intent lets the next run adopt
-                    // what it made.
+                    // Whether the create happened is unknown: the step fails, and its
+                    // journalled intent lets the next run adopt what it made.
                     Err(lookup) => {
-                        (context.events)(Event::Failed { address: address.clone(), verb, error: lookup.clone() });
-                        return Err(StepError::Aws(lookup));
+                        retry_is_safe = false;
+                        Err(lookup)
                     }
                 }
             }
@@ -412,7 +412,8 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
             // A stopped run does not wait to try again: what the failed attempt left, the next
             // run finds by tag.
             Err(error)
-                if (error.is_transient() || error.is_ambiguous() || (verb == Verb::Delete && error.is_code("DependencyViolation")))
+                if retry_is_safe
+                    && (error.is_transient() || error.is_ambiguous() || (verb == Verb::Delete && error.is_code("DependencyViolation")))
                     && Instant::now() + delay < deadline
                     && context.stop.reason().is_none() =>
             {

@@ -274,14 +274,10 @@ fn a_new_unit_starts_without_a_reload_and_a_changed_one_runs_its_new_file() {
 fn probe_version(node: &Node, expected: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let version = node_file(node, "/run/probe-version");
+        let version = String::from_utf8_lossy(&node.exec("cat /run/probe-version").stdout).into_owned();
         if version == expected || std::time::Instant::now() > deadline {
             return version;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-}
-
-fn node_file(node: &Node, path: &str) -> String {
-    String::from_utf8_lossy(&node.exec(&format!("cat {path}")).stdout).into_owned()
 }
