@@ -130,6 +130,26 @@ impl AwsError {
     }
 }
 
+/// A step on the way to deleting or changing a resource (an association, an attachment, a
+/// policy or a route let go of) whose target is gone is done: an earlier attempt's reply was
+/// lost and the SDK's retry was told so, or AWS let go of it itself. It never means the
+/// resource itself is gone, which only its own call says (`aws::delete`): a disassociation's
+/// "not found" once ended a route table's delete before the table went, and left it behind.
+pub(super) fn done_if_gone<T, E>(result: Result<T, E>) -> Result<(), AwsError>
+where
+    AwsError: From<E>,
+{
+    match result.map_err(AwsError::from) {
+        Ok(_) => Ok(()),
+        // A gateway's detachment retried after a lost reply is told it is not attached.
+        Err(error) if error.is_not_found() || error.is_code("Gateway.NotAttached") => {
+            tracing::debug!("{error}: already done");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 impl<E, R> From<SdkError<E, R>> for AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,

@@ -8,7 +8,7 @@ use aws_sdk_iam::types::{EntityType, Tag};
 use serde_json::json;
 
 use super::tags::TagChange;
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Address, Kind, Resource, Spec};
 
 pub(super) fn name_from_arn(arn: &str) -> &str {
@@ -138,7 +138,7 @@ pub(super) async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Obs
         cloud.iam.attach_role_policy().role_name(role).policy_arn(policy).send().await?;
     }
     for policy in attached.iter().filter(|p| !managed_policies.iter().any(|m| m == *p)) {
-        cloud.iam.detach_role_policy().role_name(role).policy_arn(*policy).send().await?;
+        done_if_gone(cloud.iam.detach_role_policy().role_name(role).policy_arn(*policy).send().await)?;
     }
     let existing = actual.attributes["inline_policies"].as_object().cloned().unwrap_or_default();
     for (name, document) in inline_policies {
@@ -147,7 +147,7 @@ pub(super) async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Obs
         }
     }
     for name in existing.keys().filter(|n| !inline_policies.contains_key(*n)) {
-        cloud.iam.delete_role_policy().role_name(role).policy_name(name).send().await?;
+        done_if_gone(cloud.iam.delete_role_policy().role_name(role).policy_name(name).send().await)?;
     }
     Ok(())
 }
@@ -155,14 +155,16 @@ pub(super) async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Obs
 pub(super) async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), AwsError> {
     let role = name_from_arn(&actual.id);
     for policy in actual.attributes["managed_policies"].as_array().into_iter().flatten().filter_map(|p| p.as_str()) {
-        cloud.iam.detach_role_policy().role_name(role).policy_arn(policy).send().await?;
+        done_if_gone(cloud.iam.detach_role_policy().role_name(role).policy_arn(policy).send().await)?;
     }
     for name in actual.attributes["inline_policies"].as_object().into_iter().flat_map(|m| m.keys()) {
-        cloud.iam.delete_role_policy().role_name(role).policy_name(name).send().await?;
+        done_if_gone(cloud.iam.delete_role_policy().role_name(role).policy_name(name).send().await)?;
     }
     let profiles = cloud.iam.list_instance_profiles_for_role().role_name(role).send().await?;
     for profile in profiles.instance_profiles() {
-        cloud.iam.remove_role_from_instance_profile().instance_profile_name(profile.instance_profile_name()).role_name(role).send().await?;
+        done_if_gone(
+            cloud.iam.remove_role_from_instance_profile().instance_profile_name(profile.instance_profile_name()).role_name(role).send().await,
+        )?;
     }
     cloud.iam.delete_role().role_name(role).send().await?;
     Ok(())
@@ -199,7 +201,7 @@ pub(super) async fn update_instance_profile(cloud: &Cloud, resource: &Resource, 
 async fn remove_roles(cloud: &Cloud, profile: &str) -> Result<(), AwsError> {
     let described = cloud.iam.get_instance_profile().instance_profile_name(profile).send().await?;
     for role in described.instance_profile().map(|p| p.roles()).unwrap_or_default() {
-        cloud.iam.remove_role_from_instance_profile().instance_profile_name(profile).role_name(role.role_name()).send().await?;
+        done_if_gone(cloud.iam.remove_role_from_instance_profile().instance_profile_name(profile).role_name(role.role_name()).send().await)?;
     }
     Ok(())
 }

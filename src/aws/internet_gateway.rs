@@ -4,7 +4,7 @@ use aws_sdk_ec2::types::ResourceType;
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource, Spec};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
@@ -45,7 +45,7 @@ pub(super) async fn delete(cloud: &Cloud, actual: &Observed) -> Result<(), AwsEr
     let gateways = cloud.ec2.describe_internet_gateways().internet_gateway_ids(&actual.id).send().await?;
     for attachment in gateways.internet_gateways().iter().flat_map(|g| g.attachments()) {
         if let Some(vpc) = attachment.vpc_id() {
-            cloud.ec2.detach_internet_gateway().internet_gateway_id(&actual.id).vpc_id(vpc).send().await?;
+            done_if_gone(cloud.ec2.detach_internet_gateway().internet_gateway_id(&actual.id).vpc_id(vpc).send().await)?;
         }
     }
     cloud.ec2.delete_internet_gateway().internet_gateway_id(&actual.id).send().await?;

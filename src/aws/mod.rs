@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use calls::ApiCalls;
 pub use clock::ServiceClock;
+use error::done_if_gone;
 pub use error::{AwsError, AwsErrorKind};
 
 use crate::identity::{Owner, Ownership};

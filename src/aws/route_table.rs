@@ -6,7 +6,7 @@ use aws_sdk_ec2::types::{ResourceType, RouteOrigin, RouteTable};
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Address, Kind, Resource, Route, Spec};
 
 /// The environment's route tables; subnets read their associations from the same answer.
@@ -82,7 +82,7 @@ pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed
         match existing.get(&route.destination.to_string()) {
             Some(target) if *target == route.target => {}
             Some(_) => {
-                cloud.ec2.delete_route().route_table_id(&actual.id).destination_cidr_block(route.destination.to_string()).send().await?;
+                done_if_gone(cloud.ec2.delete_route().route_table_id(&actual.id).destination_cidr_block(route.destination.to_string()).send().await)?;
                 create_route(cloud, &actual.id, route, ids).await?;
             }
             None => create_route(cloud, &actual.id, route, ids).await?,
@@ -90,7 +90,7 @@ pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed
     }
     for destination in existing.keys() {
         if !routes.iter().any(|r| r.destination.to_string() == *destination) {
-            cloud.ec2.delete_route().route_table_id(&actual.id).destination_cidr_block(destination).send().await?;
+            done_if_gone(cloud.ec2.delete_route().route_table_id(&actual.id).destination_cidr_block(destination).send().await)?;
         }
     }
     Ok(())
@@ -107,7 +107,7 @@ pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
         .filter(|a| a.main() != Some(true))
         .filter_map(|a| a.route_table_association_id());
     for association in associations {
-        cloud.ec2.disassociate_route_table().association_id(association).send().await?;
+        done_if_gone(cloud.ec2.disassociate_route_table().association_id(association).send().await)?;
     }
     cloud.ec2.delete_route_table().route_table_id(id).send().await?;
     Ok(())

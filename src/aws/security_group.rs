@@ -5,7 +5,7 @@ use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup, Use
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
-use super::{id_of, AwsError, Cloud, Ids, Observed};
+use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::model::{PortRange, Protocol};
 use crate::resource::{Address, Kind, Peer, Resource, RuleSpec, Spec};
 
@@ -188,10 +188,10 @@ async fn change(cloud: &Cloud, group_id: &str, direction: Direction, grant: Gran
             ec2.authorize_security_group_egress().group_id(group_id).set_ip_permissions(permissions).send().await?;
         }
         (Direction::Ingress, Grant::Revoke) => {
-            ec2.revoke_security_group_ingress().group_id(group_id).set_ip_permissions(permissions).send().await?;
+            done_if_gone(ec2.revoke_security_group_ingress().group_id(group_id).set_ip_permissions(permissions).send().await)?;
         }
         (Direction::Egress, Grant::Revoke) => {
-            ec2.revoke_security_group_egress().group_id(group_id).set_ip_permissions(permissions).send().await?;
+            done_if_gone(ec2.revoke_security_group_egress().group_id(group_id).set_ip_permissions(permissions).send().await)?;
         }
     }
     Ok(())

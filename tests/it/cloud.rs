@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 
+use kstack_testkit::faults::FaultProxy;
 use kstack_testkit::{env_filter, json, runtime, Moto, Project};
 
 const DEV: &str = "environments/dev.yaml";
@@ -176,6 +177,31 @@ async fn assert_nothing_left_of_dev(aws: &kstack_testkit::Clients) {
     assert!(roles.roles().is_empty());
     let profiles = aws.iam.list_instance_profiles().path_prefix("/kstack/dev/").send().await.unwrap();
     assert!(profiles.instance_profiles().is_empty());
+}
+
+/// A delete of several calls (a table's subnet associations, a gateway's attachment, a role's
+/// policies, then the resource) whose step lost its reply: the SDK's retry is told the step's
+/// target is not found, which means the step is done, never that the resource is gone.
+#[test]
+fn a_delete_step_whose_reply_was_lost_is_done_and_the_resource_still_goes() {
+    let moto = Moto::start();
+    let project = Project::copy();
+    let rt = runtime();
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let proxy = FaultProxy::start(&moto.endpoint, 1, 0);
+    let through_proxy = |args: &[&str]| {
+        let mut command = project.kstack(&moto);
+        command.envs(proxy.env()).args(args).timeout(std::time::Duration::from_secs(600)).assert().success();
+    };
+    through_proxy(&["apply", "dev", "--auto-approve"]);
+    let steps = ["DisassociateRouteTable", "DetachInternetGateway", "DeleteRolePolicy"];
+    proxy.lose_next_reply_of(&steps);
+    through_proxy(&["destroy", "dev", "--auto-approve"]);
+    assert_eq!(proxy.replies_still_to_lose(), Vec::<String>::new(), "each step ran and lost its reply");
+    rt.block_on(assert_nothing_left_of_dev(&aws));
+    let tables = rt.block_on(aws.ec2.describe_route_tables().filters(env_filter("dev")).send()).unwrap();
+    assert!(tables.route_tables().is_empty(), "{:?}", tables.route_tables());
 }
 
 #[test]

@@ -61,6 +61,8 @@ struct Shared {
     /// What GetConsoleOutput answers for an instance instead of the emulator, once set.
     console: Mutex<Option<ConsoleSource>>,
     console_reads: std::sync::atomic::AtomicU64,
+    /// Actions (`Action=` of the query protocols) whose next request loses its reply.
+    losing: Mutex<Vec<String>>,
 }
 
 /// An instance's console output by its id; `None` leaves the answer to the emulator.
@@ -97,6 +99,7 @@ impl FaultProxy {
             upstream: upstream.trim_start_matches("http://").to_owned(),
             console: Mutex::new(None),
             console_reads: std::sync::atomic::AtomicU64::new(0),
+            losing: Mutex::new(Vec::new()),
         });
         let running = Arc::new(AtomicBool::new(true));
         let (accepting, serving) = (Arc::clone(&running), Arc::clone(&shared));
@@ -132,6 +135,17 @@ impl FaultProxy {
     /// How many GetConsoleOutput requests came through.
     pub fn console_reads(&self) -> u64 {
         self.shared.console_reads.load(Ordering::SeqCst)
+    }
+
+    /// The next request of each of `actions` (e.g. `DetachInternetGateway`) is passed on and
+    /// its reply dropped, whatever the rate.
+    pub fn lose_next_reply_of(&self, actions: &[&str]) {
+        self.shared.losing.lock().unwrap().extend(actions.iter().map(|a| (*a).to_owned()));
+    }
+
+    /// Actions given to [`FaultProxy::lose_next_reply_of`] no request has come for yet.
+    pub fn replies_still_to_lose(&self) -> Vec<String> {
+        self.shared.losing.lock().unwrap().clone()
     }
 
     pub fn set_rate(&self, percent: u64) {
@@ -214,6 +228,13 @@ fn forward(upstream: &str, request: &[u8]) -> Option<Vec<u8>> {
     Some(response)
 }
 
+/// The `Action=` of a query-protocol request (EC2, IAM, Auto Scaling, ELB), from its body.
+fn query_action(request: &[u8]) -> Option<String> {
+    let request = String::from_utf8_lossy(request);
+    let body = request.split("\r\n\r\n").nth(1)?;
+    body.split('&').find_map(|pair| pair.strip_prefix("Action=")).map(str::to_owned)
+}
+
 /// The instance a GetConsoleOutput request asks about.
 fn console_instance(request: &[u8]) -> String {
     let request = String::from_utf8_lossy(request);
@@ -245,8 +266,15 @@ fn serve(mut client: TcpStream, shared: &Shared) {
         }
     }
     // The state bucket is not under test here; its requests pass untouched.
+    let losing = {
+        let mut losing = shared.losing.lock().unwrap();
+        let action = query_action(&request);
+        losing.iter().position(|a| Some(a.as_str()) == action.as_deref()).map(|at| losing.remove(at)).is_some()
+    };
     let fault = if service == "s3" {
         None
+    } else if losing {
+        Some(Fault::LostReply)
     } else {
         let mut dice = shared.dice.lock().unwrap();
         let rate = shared.rate.0.load(Ordering::SeqCst);
