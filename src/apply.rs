@@ -62,13 +62,29 @@ pub struct Failure {
     pub error: AwsError,
 }
 
+/// Why a run's changes may be missing from its state.
+#[derive(Debug, thiserror::Error)]
+pub enum Unrecorded {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("internal error: a step panicked: {0}")]
+    Panicked(String),
+}
+
+impl crate::hint::Hint for Unrecorded {
+    fn hint(&self) -> Option<String> {
+        Some("AWS was changed but state could not be saved; the next plan finds the resources by tag".to_owned())
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub done: usize,
     pub failures: Vec<Failure>,
     /// Steps never started because of a failure.
     pub not_started: Vec<Address>,
-    pub state_error: Option<String>,
+    /// Why changes made in AWS may be missing from state.
+    pub state_error: Option<Unrecorded>,
     /// Why the run stopped starting steps, when it was stopped.
     pub stopped: Option<Reason>,
 }
@@ -194,7 +210,7 @@ pub async fn apply<P: Provider>(
     if adopt_journalled(&mut state, observed) {
         if let Err(error) = journal.store.save(&mut state) {
             return Outcome {
-                state_error: Some(error.to_string()),
+                state_error: Some(error.into()),
                 not_started: plan.actions.iter().map(|a| a.address.clone()).collect(),
                 ..Outcome::default()
             };
@@ -228,7 +244,7 @@ pub async fn apply<P: Provider>(
         if !state.intents.is_empty() {
             state.intents.clear();
             if let Err(error) = context.store.save(&mut state) {
-                outcome.state_error = Some(error.to_string());
+                outcome.state_error = Some(error.into());
             }
         }
     }
@@ -336,7 +352,7 @@ async fn walk<P: Provider>(context: &Arc<Context<P>>, steps: Vec<Step>, edges: &
         let (index, step, result) = match joined {
             Ok(done) => done,
             Err(panic) => {
-                outcome.state_error = Some(format!("internal error: a step panicked: {panic}"));
+                outcome.state_error = Some(Unrecorded::Panicked(panic.to_string()));
                 stopped = true;
                 continue;
             }
@@ -356,7 +372,7 @@ async fn walk<P: Provider>(context: &Arc<Context<P>>, steps: Vec<Step>, edges: &
                 stopped = true;
             }
             Err(StepError::State(error)) => {
-                outcome.state_error = Some(error.to_string());
+                outcome.state_error = Some(error.into());
                 stopped = true;
             }
         }

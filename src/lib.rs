@@ -9,13 +9,13 @@
 pub mod apply;
 pub mod aws;
 pub mod bake;
-pub mod cli;
 pub mod compile;
 pub mod graph;
 pub mod hint;
 pub mod identity;
 pub mod naming;
 pub mod node_keys;
+pub mod ops;
 pub mod outputs;
 pub mod plan;
 pub mod reboots;

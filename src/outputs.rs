@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::aws::Observed;
+use crate::resource::Observed;
 use crate::resource::{Address, Kind};
 
 /// The JSON's shape: bumped when a field changes meaning or goes away (new fields may appear).

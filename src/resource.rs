@@ -63,6 +63,35 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The attributes a change to which cannot be made in place (terraform-provider-aws's
+    /// `ForceNew`).
+    pub fn forces_replacement(self, attribute: &str) -> bool {
+        match self {
+            Kind::Vpc => attribute == "cidr",
+            Kind::InternetGateway => attribute == "vpc",
+            Kind::NatGateway => true,
+            Kind::ElasticIp => true,
+            Kind::RouteTable => attribute == "vpc",
+            Kind::Subnet => matches!(attribute, "vpc" | "cidr" | "zone"),
+            Kind::SecurityGroup => true,
+            Kind::SecurityGroupRules => attribute == "group",
+            Kind::IamRole => false,
+            Kind::InstanceProfile => false,
+            Kind::LaunchTemplate => false,
+            Kind::LaunchConfiguration => true,
+            Kind::AutoScalingGroup => false,
+            Kind::LoadBalancer => attribute == "internal",
+            Kind::DnsRecord => matches!(attribute, "zone" | "name" | "type"),
+        }
+    }
+
+    /// Whether a replacement makes the new one before the old goes: launch configurations are
+    /// immutable and named by content, so the new one can exist beside the old, and the group
+    /// moves over before the old goes.
+    pub fn creates_before_destroying(self) -> bool {
+        self == Kind::LaunchConfiguration
+    }
+
     /// Launch configurations and DNS records cannot be tagged (a record's owner is told by a
     /// TXT record beside it), and security group rules are part of their group: none has tags of
     /// its own to compare or change.
@@ -329,4 +358,19 @@ impl Spec {
             Spec::DnsRecord { alias, .. } => alias.iter().collect(),
         }
     }
+}
+
+/// A resource as it exists in AWS, in the shape of its [`Spec`]: what refresh reads and state
+/// records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    pub address: Address,
+    pub kind: Kind,
+    pub id: String,
+    pub tags: BTreeMap<String, String>,
+    pub attributes: serde_json::Value,
+    /// What AWS assigned and nothing in the model sets, so never compared: a load balancer's
+    /// DNS name and hosted zone (see `outputs.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub assigned: BTreeMap<String, String>,
 }

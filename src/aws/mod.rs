@@ -28,8 +28,7 @@ mod vpc;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::resource::Observed;
 pub use calls::ApiCalls;
 pub use clock::ServiceClock;
 use error::done_if_gone;
@@ -105,20 +104,6 @@ impl Cloud {
         let identity = self.sts.get_caller_identity().send().await?;
         identity.account().map(str::to_owned).ok_or_else(|| AwsError::missing("GetCallerIdentity", "the account"))
     }
-}
-
-/// A resource as it exists in AWS.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Observed {
-    pub address: Address,
-    pub kind: Kind,
-    pub id: String,
-    pub tags: BTreeMap<String, String>,
-    pub attributes: serde_json::Value,
-    /// What AWS assigned and nothing in the model sets, so never compared: a load balancer's
-    /// DNS name and hosted zone (see `outputs.rs`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub assigned: BTreeMap<String, String>,
 }
 
 /// Addresses of resources that exist, with their AWS ids.
@@ -367,24 +352,3 @@ pub use image::resolve_images;
 pub use instances::{running_instances, tag_reboot_times, Instance};
 pub use launch_template::root_device;
 pub use tags::from_ec2;
-
-/// The attributes a change to which cannot be made in place.
-pub fn forces_replacement(kind: Kind, attribute: &str) -> bool {
-    match kind {
-        Kind::Vpc => attribute == "cidr",
-        Kind::InternetGateway => attribute == "vpc",
-        Kind::NatGateway => true,
-        Kind::ElasticIp => true,
-        Kind::RouteTable => attribute == "vpc",
-        Kind::Subnet => matches!(attribute, "vpc" | "cidr" | "zone"),
-        Kind::SecurityGroup => true,
-        Kind::SecurityGroupRules => attribute == "group",
-        Kind::IamRole => false,
-        Kind::InstanceProfile => false,
-        Kind::LaunchTemplate => false,
-        Kind::LaunchConfiguration => true,
-        Kind::AutoScalingGroup => false,
-        Kind::LoadBalancer => attribute == "internal",
-        Kind::DnsRecord => matches!(attribute, "zone" | "name" | "type"),
-    }
-}

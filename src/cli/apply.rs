@@ -4,20 +4,24 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::apply::{apply, record_observed, Journal, Options, Outcome};
-use crate::compile::content_digest;
-use crate::hint::Hint;
-use crate::model::Project;
-use crate::plan::render;
-use crate::plan::saved::SavedPlan;
-use crate::roll::Unfinished;
-use crate::state::Lock;
+use kstack::apply::{apply, record_observed, Journal, Options, Outcome};
+use kstack::compile::content_digest;
+use kstack::hint::Hint;
+use kstack::model::Project;
+use kstack::plan::render;
+use kstack::plan::saved::SavedPlan;
+use kstack::roll::Unfinished;
+use kstack::state::Lock;
 
 use super::error::Exit;
 use super::progress::Progress;
-use super::session::{runtime, stop_on_signals, Desired, Held, Session};
+use super::running::{runtime, stop_on_signals, Held};
+use super::term::Terminal;
 use super::{term, CliError};
-use crate::stop::Stop;
+use kstack::ops::reboots::fold_in_new_nodes;
+use kstack::ops::session::{Desired, Session};
+use kstack::ops::OpsError;
+use kstack::stop::Stop;
 
 /// Make the environment match its model: show the plan, ask, then create, update and delete.
 #[derive(Debug, clap::Args)]
@@ -98,7 +102,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Cli
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack apply {}", args.target);
-    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model, &stop))?;
+    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model, &stop, &Terminal))?;
     if let Some(stale) = saved.as_ref().and_then(|saved| saved.stale(&session.desired_digest(), &content_digest(&session.observed))) {
         return Err(CliError::failed(
             format!("the saved plan {} is stale: {stale} since it was made", args.target),
@@ -128,7 +132,7 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Cli
     super::output::after_apply(&runtime, &cloud, &environment, None);
     // With --roll the roll folds in the instances it brings.
     if let (false, Some(model)) = (args.roll, &model) {
-        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, model, &images, &args.ssh, args.write_reboot_slots));
+        runtime.block_on(fold_in_new_nodes(&cloud, model, &images, &args.ssh.reach(), args.write_reboot_slots, &Terminal));
     }
     Ok((env, Held { runtime, stop, lock }))
 }
@@ -137,7 +141,7 @@ pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), C
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack destroy {}", args.env);
-    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing, &stop))?;
+    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing, &stop, &Terminal))?;
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
         return Ok(());
@@ -174,7 +178,7 @@ fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Re
     match approved {
         Ok(true) => Ok(()),
         Ok(false) => Err(CliError::failed("cancelled; nothing was changed", None)),
-        Err(reason) => Err(super::session::stopped_before_changes(reason)),
+        Err(reason) => Err(OpsError::stopped_before_changes(reason).into()),
     }
 }
 
@@ -203,12 +207,12 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
     report(&outcome, what, &plan, &store.location()).map(|()| lock)
 }
 
-fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_location: &str) -> Result<(), CliError> {
+fn report(outcome: &Outcome, what: &str, plan: &kstack::plan::Plan, state_location: &str) -> Result<(), CliError> {
     if let Some(error) = &outcome.state_error {
-        let hint = Some("AWS was changed but state could not be saved; the next plan finds the resources by tag");
+        let (message, hint) = (error.to_string(), error.hint());
         return Err(match outcome.stopped.clone() {
-            Some(reason) => CliError::stopped(reason, error, hint),
-            None => CliError::failed(error, hint),
+            Some(reason) => CliError::stopped(reason, message, hint.as_deref()),
+            None => CliError::failed(message, hint.as_deref()),
         });
     }
     let mut errors: Vec<(String, Option<String>)> = outcome
@@ -219,10 +223,10 @@ fn report(outcome: &Outcome, what: &str, plan: &crate::plan::Plan, state_locatio
     let steps = outcome.done + outcome.failures.len() + outcome.not_started.len();
     if let Some(reason) = &outcome.stopped {
         let (lock, hint) = match reason {
-            crate::stop::Reason::LockLost(_) => {
+            kstack::stop::Reason::LockLost(_) => {
                 ("", "another run may be working on the environment now: let it finish, then `kstack plan` shows where things stand")
             }
-            crate::stop::Reason::Signal(_) => (" and the lock is released", "run the command again to continue from where it stopped"),
+            kstack::stop::Reason::Signal(_) => (" and the lock is released", "run the command again to continue from where it stopped"),
         };
         errors.push((
             format!(

@@ -4,15 +4,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aws::Cloud;
-use crate::bake::{bake, cleanup_leftovers, Options};
-use crate::diagnostics::Sources;
-use crate::model::image::load_image;
-use crate::model::{load_environment, Project};
-use crate::roles::load_roles;
+use kstack::aws::Cloud;
+use kstack::bake::{bake, cleanup_leftovers, Options};
+use kstack::diagnostics::Sources;
+use kstack::model::image::load_image;
+use kstack::model::{load_environment, Project};
+use kstack::roles::load_roles;
 
 use super::progress::StepProgress;
-use super::session::{open_store, owner, runtime, stop_on_signals};
+use super::running::{open_store, owner, runtime, stop_on_signals};
 use super::{report_image_problems, report_problems, term, CliError};
 
 /// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
@@ -88,7 +88,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     // With --json the run is for a machine: plain lines only.
     let steps = Arc::new(StepProgress::new("bake", !args.json));
     let shown = Arc::clone(&steps);
-    let progress: crate::bake::Progress = Arc::new(move |line: &str| shown.step(line));
+    let progress: kstack::bake::Progress = Arc::new(move |line: &str| shown.step(line));
     if args.cleanup {
         let cleaned = runtime.block_on(cleanup_leftovers(&cloud, &progress));
         steps.finish();
@@ -129,11 +129,11 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             Ok(())
         }
         Err(error) => {
-            let what = if matches!(error, crate::bake::BakeError::Stopped(_)) { "stopped" } else { "failed" };
+            let what = if matches!(error, kstack::bake::BakeError::Stopped(_)) { "stopped" } else { "failed" };
             let message = format!("bake of `{}` in {region} {what}: {error}", image.name);
             let hint = Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" });
             Err(match error {
-                crate::bake::BakeError::Stopped(reason) => CliError::stopped(reason, message, hint),
+                kstack::bake::BakeError::Stopped(reason) => CliError::stopped(reason, message, hint),
                 _ => CliError::failed(message, hint),
             })
         }

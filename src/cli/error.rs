@@ -2,9 +2,10 @@
 //! problems rendered at their places in the project's files) and the exit status. Commands
 //! never print their failure; `main` says it, once.
 
-use crate::diagnostics::{Problems, Sources};
-use crate::hint::Hint;
-use crate::stop::Reason;
+use kstack::diagnostics::{Problems, Sources};
+use kstack::hint::Hint;
+use kstack::ops::OpsError;
+use kstack::stop::Reason;
 
 use super::term;
 
@@ -51,7 +52,7 @@ impl CliError {
     /// A library error about what the command was given (a file that is no saved plan): exit
     /// status 2, where `?` would give 1.
     pub(super) fn invalid_input(error: impl Hint) -> CliError {
-        CliError { exit: Exit::Invalid, ..CliError::from(error) }
+        CliError { exit: Exit::Invalid, ..CliError::hinted(&error) }
     }
 
     /// The run was stopped for `reason`, as `message` says.
@@ -76,7 +77,7 @@ impl CliError {
     }
 
     /// AWS failed at `doing` in `region`.
-    pub(super) fn aws(region: &str, doing: &str, error: &crate::aws::AwsError) -> CliError {
+    pub(super) fn aws(region: &str, doing: &str, error: &kstack::aws::AwsError) -> CliError {
         CliError::failed(format!("AWS failed while {doing} in {region}: {error}"), error.hint().as_deref())
     }
 
@@ -110,8 +111,46 @@ impl CliError {
 /// the project's files or in what the command names. A failed run exits 1.
 const EXIT_INVALID: u8 = 2;
 
-impl<E: Hint> From<E> for CliError {
-    fn from(error: E) -> CliError {
-        CliError { exit: Exit::Failed, said: Said::Errors(vec![(error.to_string(), error.hint())]) }
+impl From<OpsError> for CliError {
+    fn from(error: OpsError) -> CliError {
+        match error {
+            OpsError::Problems { what, problems, sources } => CliError::problems(&what, problems, &sources),
+            OpsError::Stopped { reason, message, hint } => CliError::stopped(reason, message, hint.as_deref()),
+            other => CliError::failed(other.to_string(), other.hint().as_deref()),
+        }
     }
 }
+
+impl CliError {
+    /// A library error: its message and what to do about it; exit status 1.
+    fn hinted(error: &impl Hint) -> CliError {
+        CliError::failed(error.to_string(), error.hint().as_deref())
+    }
+}
+
+/// Every library error that can reach a person converts the same way, through [`Hint`]. (One
+/// blanket impl cannot say it: `OpsError` converts by its own rule, and the library could give
+/// it `Hint` some day.)
+macro_rules! from_hinted {
+    ($($error:ty),* $(,)?) => {
+        $(impl From<$error> for CliError {
+            fn from(error: $error) -> CliError {
+                CliError::hinted(&error)
+            }
+        })*
+    };
+}
+
+from_hinted!(
+    kstack::aws::AwsError,
+    kstack::ssh::SshError,
+    kstack::reboots::running::RebootsError,
+    kstack::reboots::ScheduleError,
+    kstack::bake::resolve::ResolveError,
+    kstack::plan::saved::SavedPlanError,
+    kstack::roll::RollError,
+    kstack::roll::Unfinished<'_>,
+    kstack::state::LockError,
+    kstack::state::StateError,
+    kstack::apply::Unrecorded,
+);

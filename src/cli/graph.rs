@@ -1,8 +1,10 @@
 //! `kstack graph <env>`
 
-use crate::model::Project;
+use kstack::model::Project;
 
-use super::{load_and_compile, report_problems, term, CliError};
+use super::term::Terminal;
+use super::{term, CliError};
+use kstack::ops::load::compiled;
 
 /// Print the resource graph of an environment: each AWS resource and what it depends on.
 #[derive(Debug, clap::Args)]
@@ -25,8 +27,7 @@ enum Format {
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    let (sources, result) = load_and_compile(project, &args.env);
-    let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
+    let compiled = compiled(project, &args.env, &Terminal)?;
     match args.format {
         Format::Dot => term::out(format_args!("{}", compiled.graph.to_dot(&compiled.checked.environment.name))),
         Format::Json => term::outln(format_args!("{:#}", compiled.graph.to_json())),

@@ -11,24 +11,19 @@ mod progress;
 mod provision;
 mod reboots;
 mod roll;
-mod session;
+mod running;
 mod ssh_args;
 mod state;
 mod term;
 mod validate;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::compile::compile;
-use crate::diagnostics::{self, Problems, Sources};
-use crate::graph::ResourceGraph;
-use crate::model::image::{load_image, Image};
-use crate::model::{load_environment, Checked, Project};
-use crate::roles::{load_roles, Role};
+use kstack::diagnostics::{Problems, Sources};
+use kstack::model::Project;
 
 use error::CliError;
 use error::Exit;
@@ -149,12 +144,12 @@ pub fn main() -> ExitCode {
 }
 
 /// Refuses `wanted` node groups the environment does not have, each with a did-you-mean.
-fn check_groups(environment: &crate::model::Environment, wanted: &[String]) -> Result<(), CliError> {
+fn check_groups(environment: &kstack::model::Environment, wanted: &[String]) -> Result<(), CliError> {
     let names: Vec<&str> = environment.node_groups.iter().map(|g| g.name.value.as_str()).collect();
     let unknown: Vec<(String, Option<String>)> = wanted
         .iter()
         .filter(|w| !names.contains(&w.as_str()))
-        .map(|group| (format!("`{group}` is not a node group of `{}`", environment.name), Some(crate::diagnostics::expected_one_of(group, &names))))
+        .map(|group| (format!("`{group}` is not a node group of `{}`", environment.name), Some(kstack::diagnostics::expected_one_of(group, &names))))
         .collect();
     if unknown.is_empty() {
         Ok(())
@@ -208,95 +203,6 @@ impl Drop for LogEvent {
     }
 }
 
-/// An environment loaded, checked and compiled, or the problems that stopped it.
-pub struct Compiled {
-    pub checked: Checked,
-    pub graph: ResourceGraph,
-    /// The images its node groups name, with their roles.
-    pub images: BTreeMap<String, LoadedImage>,
-}
-
-pub struct LoadedImage {
-    pub image: Image,
-    pub roles: Vec<Role>,
-}
-
-/// Loads, checks and compiles an environment, and loads the images its groups name with
-/// their roles, so their problems show up with the environment's.
-pub fn load_and_compile(project: &Project, env: &str) -> (Sources, Result<Compiled, Problems>) {
-    let loaded = load_environment(project, env);
-    let mut sources = loaded.sources;
-    let result = loaded.result.and_then(|checked| {
-        term::hide_secrets(checked.environment.secrets.values().filter_map(|s| s.value()));
-        let mut problems = Problems::default();
-        let graph = compile(&checked, &mut problems);
-        let names = graph.as_ref().map(crate::compile::image_names).unwrap_or_default();
-        let images = load_images(project, &names, &mut sources, &mut problems);
-        match graph {
-            Some(graph) if problems.is_empty() => Ok(Compiled { checked, graph, images }),
-            _ => Err(problems),
-        }
-    });
-    (sources, result)
-}
-
-/// The images `names`, with their roles.
-fn load_images(project: &Project, names: &[String], sources: &mut Sources, problems: &mut Problems) -> BTreeMap<String, LoadedImage> {
-    let mut images = BTreeMap::new();
-    for name in names {
-        match load_image(project, name, sources) {
-            Ok(image) => match load_roles(&project.root.join("roles"), &image.roles, sources) {
-                Ok(roles) => {
-                    images.insert(name.clone(), LoadedImage { image, roles });
-                }
-                Err(more) => problems.extend(more),
-            },
-            Err(more) => problems.extend(more),
-        }
-    }
-    images
-}
-
-/// An environment as a roll loads it (see [`load_for_roll`]).
-pub struct ForRoll {
-    pub checked: Checked,
-    pub images: BTreeMap<String, LoadedImage>,
-}
-
-/// What a roll works from: the environment and the images its groups name, not compiled (a
-/// roll changes no launch settings, and compiling renders user data). A secret whose variable
-/// is unset is left so, with a warning: a hook using it then fails where it runs.
-pub fn load_for_roll(project: &Project, env: &str) -> (Sources, Result<ForRoll, Problems>) {
-    let loaded = crate::model::load_environment_with(project, env, crate::model::Secrets::IfSet);
-    let mut sources = loaded.sources;
-    let result = loaded.result.and_then(|checked| {
-        let secrets = &checked.environment.secrets;
-        term::hide_secrets(secrets.values().filter_map(|s| s.value()));
-        for (name, secret) in secrets.iter().filter(|(_, s)| s.value().is_none()) {
-            term::warning(&format!("secret `{name}` is not set (${}): a roll hook that uses it fails", secret.env_var));
-        }
-        let names: Vec<String> = checked
-            .environment
-            .node_groups
-            .iter()
-            .filter_map(|g| match &g.image.value {
-                crate::model::ImageRef::Named(name) => Some(name.clone()),
-                crate::model::ImageRef::Ami(_) => None,
-            })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut problems = Problems::default();
-        let images = load_images(project, &names, &mut sources, &mut problems);
-        if problems.is_empty() {
-            Ok(ForRoll { checked, images })
-        } else {
-            Err(problems)
-        }
-    });
-    (sources, result)
-}
-
 /// Problems of the environment `env`.
 fn report_problems(env: &str, problems: Problems, sources: &Sources) -> CliError {
     CliError::problems(&format!("environment `{env}`"), problems, sources)
@@ -305,22 +211,4 @@ fn report_problems(env: &str, problems: Problems, sources: &Sources) -> CliError
 /// Problems of an image definition or its roles.
 fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> CliError {
     CliError::problems(&format!("image `{image}`"), problems, sources)
-}
-
-/// Where the environment's state lives, found even while the environment has problems, which
-/// are shown as warnings: recovering from a dead run must not wait for a fix elsewhere.
-fn locate_state(project: &Project, env: &str) -> Result<crate::model::StateLocation, CliError> {
-    let located = crate::model::locate_state(project, env);
-    if !located.warnings.is_empty() {
-        term::warning(&format!(
-            "environment `{env}` has {} problem(s) (`kstack validate {env}` shows them); going on from its state:",
-            located.warnings.len()
-        ));
-        for problem in located.warnings.into_sorted() {
-            let place =
-                problem.loc.map(|loc| format!("{}:{}:{}: ", diagnostics::display_path(&located.sources.get(loc.source).path), loc.line, loc.column));
-            term::warning(&format!("{}{}", place.unwrap_or_default(), problem.message));
-        }
-    }
-    located.result.map_err(|problems| report_problems(env, problems, &located.sources))
 }

@@ -1,11 +1,13 @@
 //! `kstack output <env> [NAME]`
 
-use crate::aws::{self, Cloud};
-use crate::model::Project;
-use crate::outputs::{Outputs, FORMAT_VERSION};
+use kstack::aws::{self, Cloud};
+use kstack::model::Project;
+use kstack::outputs::{Outputs, FORMAT_VERSION};
 
-use super::session::{open_store, runtime};
-use super::{locate_state, term, CliError};
+use super::running::{open_store, runtime};
+use super::term::Terminal;
+use super::{term, CliError};
+use kstack::ops::load::state_location;
 
 /// Print what other tools and people need from an environment: load balancers' DNS names and
 /// hosted zones, VPC, subnet and security group ids, auto scaling groups and their AMIs, the
@@ -34,7 +36,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    let location = locate_state(project, &args.env)?;
+    let location = state_location(project, &args.env, &Terminal)?;
     let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
     let state = store.load()?;
     let (Some(region), Some(identity)) = (location.region.or_else(|| state.region.clone()), state.identity.clone()) else {
@@ -66,7 +68,7 @@ pub(super) fn print(outputs: &Outputs, name: Option<&str>, json: bool) -> Result
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         return Err(CliError::invalid(
             format!("`{name}` is not an output of `{}`", outputs.environment),
-            Some(&crate::diagnostics::expected_one_of(name, &names)),
+            Some(&kstack::diagnostics::expected_one_of(name, &names)),
         ));
     };
     match value {
@@ -78,7 +80,7 @@ pub(super) fn print(outputs: &Outputs, name: Option<&str>, json: bool) -> Result
 }
 
 /// What `apply` ends with, as Terraform's does: the outputs of the environment as it now is.
-pub(super) fn after_apply(runtime: &tokio::runtime::Runtime, cloud: &Cloud, environment: &str, observed: Option<&[crate::aws::Observed]>) {
+pub(super) fn after_apply(runtime: &tokio::runtime::Runtime, cloud: &Cloud, environment: &str, observed: Option<&[kstack::aws::Observed]>) {
     let (region, Some(identity)) = (&cloud.region, cloud.owner.identity.as_ref()) else { return };
     let refreshed;
     let observed = match observed {

@@ -2,13 +2,15 @@
 
 use std::path::PathBuf;
 
-use crate::hint::Hint;
-use crate::model::Project;
-use crate::plan::render;
-use crate::roll::Unfinished;
+use kstack::hint::Hint;
+use kstack::model::Project;
+use kstack::plan::render;
+use kstack::roll::Unfinished;
 
-use super::session::{runtime, stop_on_signals, Desired, Session};
+use super::running::{runtime, stop_on_signals};
+use super::term::Terminal;
 use super::{term, CliError};
+use kstack::ops::session::{Desired, Session};
 
 /// Show what `apply` would change: refresh the environment from AWS and compare it with
 /// its model, attribute by attribute.
@@ -47,7 +49,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<bool, CliError> {
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
     let desired = if args.destroy { Desired::Nothing } else { Desired::Model };
-    let session = runtime.block_on(Session::open(project, &args.env, &command, desired, &stop))?;
+    let session = runtime.block_on(Session::open(project, &args.env, &command, desired, &stop, &Terminal))?;
     // Applying is refused until it is settled: say so before anyone reviews the plan.
     if let Some(record) = &session.state.roll {
         let unfinished = Unfinished { environment: &session.environment, record };

@@ -11,9 +11,9 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use owo_colors::OwoColorize;
 
-use crate::apply::Event;
-use crate::resource::Address;
-use crate::roll::RollEvent;
+use kstack::apply::Event;
+use kstack::resource::Address;
+use kstack::roll::RollEvent;
 
 use super::term;
 
@@ -160,15 +160,6 @@ impl RollProgress {
         }
         bar.set_message(view.message());
         line(bar, format!("roll: {event}"));
-    }
-
-    /// A line not about one group (resuming, aborting).
-    pub(super) fn note(&self, text: &str) {
-        if self.lines.is_hidden() {
-            term::errln(format_args!("roll: {text}"));
-        } else {
-            let _ = self.lines.println(term::redacted(format_args!("roll: {text}")));
-        }
     }
 
     pub(super) fn finish(&self) {

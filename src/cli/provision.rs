@@ -5,16 +5,19 @@ use std::sync::Arc;
 
 use owo_colors::OwoColorize;
 
-use crate::aws::{running_instances, Cloud};
-use crate::model::{ImageRef, Project};
-use crate::roles::{HostReport, Role, RunEvent, RunOptions, TaskStatus, Variables};
+use kstack::aws::Cloud;
+use kstack::model::Project;
+use kstack::ops::fleet::{select, GroupWork, Selection};
+use kstack::roles::{HostReport, RunEvent, RunOptions, TaskStatus};
 
 use super::error::Exit;
-use super::session::{open_store, owner, runtime};
+use super::running::{open_store, owner, runtime};
 use super::ssh_args::SshArgs;
-use super::{check_groups, load_and_compile, report_problems, term, CliError, LoadedImage};
-use crate::state::Lock;
-use crate::stop::Stop;
+use super::term::Terminal;
+use super::{check_groups, term, CliError};
+use kstack::ops::load::compiled;
+use kstack::state::Lock;
+use kstack::stop::Stop;
 
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct Targets {
@@ -79,63 +82,19 @@ pub(super) struct VerifyArgs {
     targets: Targets,
 }
 
-/// A node group's hosts, roles and variables.
-struct GroupWork {
-    hosts: Vec<String>,
-    roles: Vec<Role>,
-    variables: Variables,
-    ssh_user: String,
-}
-
 /// The work per node group, under the environment's lock (held until the returned lock is
 /// dropped: no apply or roll replaces nodes meanwhile). Secrets become variables; `term`
 /// hides their values in all output.
 fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Lock, Vec<GroupWork>), CliError> {
-    let (sources, result) = load_and_compile(project, &targets.env);
-    let compiled = result.map_err(|problems| report_problems(&targets.env, problems, &sources))?;
+    let compiled = compiled(project, &targets.env, &Terminal)?;
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default())?;
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
-    let instances = runtime.block_on(running_instances(&cloud)).map_err(|e| CliError::aws(&environment.region.value, "listing instances", &e))?;
-    let access = targets.ssh.access();
-    let mut work = Vec::new();
-    let mut all_nodes = Vec::new();
-    for group in &environment.node_groups {
-        let name = &group.name.value;
-        if !targets.groups.is_empty() && !targets.groups.contains(name) {
-            continue;
-        }
-        let ImageRef::Named(image_name) = &group.image.value else {
-            tracing::warn!("node group `{name}` runs a plain AMI id: it has no roles to apply");
-            continue;
-        };
-        // Loaded with the environment, which stops on problems.
-        let Some(LoadedImage { image, roles }) = compiled.images.get(image_name) else { continue };
-        let nodes: Vec<(String, String)> = instances
-            .iter()
-            .filter(|i| &i.group == name)
-            .filter_map(|i| {
-                let address = access.address(i.private_ip.as_deref(), i.public_ip.as_deref())?;
-                let wanted = targets.limit.is_empty() || targets.limit.iter().any(|l| *l == address || *l == i.id);
-                wanted.then(|| (i.id.clone(), address))
-            })
-            .collect();
-        let hosts = nodes.iter().map(|(_, address)| address.clone()).collect();
-        all_nodes.extend(nodes);
-        let variables = crate::variables::for_roles(image, environment, group);
-        work.push(GroupWork { hosts, roles: roles.clone(), variables, ssh_user: image.ssh_user.clone() });
-    }
-    runtime.block_on(targets.ssh.record_console_host_keys(&cloud, &all_nodes))?;
-    let hosts: usize = work.iter().map(|w| w.hosts.len()).sum();
-    if hosts == 0 {
-        return Err(CliError::failed(
-            format!("no running instance of `{}` matches", environment.name),
-            Some("check `kstack apply` has run, and the --group and --limit filters"),
-        ));
-    }
+    let selection = Selection { groups: &targets.groups, limit: &targets.limit };
+    let work = runtime.block_on(select(&cloud, &compiled, &selection, &targets.ssh.reach(), &Terminal))?;
     Ok((lock, work))
 }
 
@@ -153,7 +112,7 @@ pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(
     for group in &work {
         let options = RunOptions { check: args.check, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
         let login = args.targets.ssh.access().login(&group.ssh_user);
-        reports.extend(runtime.block_on(crate::roles::run(&group.hosts, &login, &group.roles, &group.variables, &options, events.clone())));
+        reports.extend(runtime.block_on(kstack::roles::run(&group.hosts, &login, &group.roles, &group.variables, &options, events.clone())));
     }
     finish(&reports, args.targets.json, color)
 }
@@ -166,7 +125,7 @@ pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Cli
     for group in &work {
         let options = RunOptions { check: true, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
         let login = args.targets.ssh.access().login(&group.ssh_user);
-        reports.extend(runtime.block_on(crate::roles::verify(&group.hosts, &login, &group.roles, &group.variables, &options, Arc::new(|_| {}))));
+        reports.extend(runtime.block_on(kstack::roles::verify(&group.hosts, &login, &group.roles, &group.variables, &options, Arc::new(|_| {}))));
     }
     if !args.targets.json {
         for report in &reports {

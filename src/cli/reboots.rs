@@ -1,22 +1,22 @@
 //! `kstack reboots <env>`: the reboot schedule of the running nodes, and with `--assign`
 //! the tags and node files that put it in force.
 
-use std::collections::BTreeMap;
-
 use owo_colors::OwoColorize;
 
-use crate::aws::Cloud;
-use crate::hint::Hint;
-use crate::model::reboots::format_minute;
-use crate::model::{Environment, ImageRef, Project};
-use crate::naming::TAG_REBOOT_TIME;
-use crate::reboots::node_config;
-use crate::reboots::running::{plan, put_in_force, tag_changed, Planned, Schedule, Slot, Written};
-use crate::reboots::schedule::slots;
+use kstack::aws::Cloud;
+use kstack::model::reboots::format_minute;
+use kstack::model::Project;
+use kstack::naming::TAG_REBOOT_TIME;
+use kstack::ops::reboots::{slot_nodes, ssh_users, unreached};
+use kstack::reboots::node_config;
+use kstack::reboots::running::{plan, put_in_force, Schedule, Slot, Written};
+use kstack::reboots::schedule::slots;
 
-use super::session::{open_store, owner, runtime};
+use super::running::{open_store, owner, runtime};
 use super::ssh_args::SshArgs;
-use super::{load_and_compile, report_problems, term, CliError, LoadedImage};
+use super::term::Terminal;
+use super::{term, CliError};
+use kstack::ops::load::compiled;
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
 /// write each node's slot over SSH.
@@ -57,8 +57,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    let (sources, result) = load_and_compile(project, &args.env);
-    let compiled = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
+    let compiled = compiled(project, &args.env, &Terminal)?;
     let environment = &compiled.checked.environment;
     if environment.reboot_groups().is_empty() {
         return Err(CliError::failed(
@@ -71,7 +70,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let _lock = match args.assign {
         true => {
             // Tags and slot files, each written whole: nothing is half done if the run ends.
-            let stop = crate::stop::Stop::default();
+            let stop = kstack::stop::Stop::default();
             Some(store.lock(&format!("kstack reboots {} --assign", args.env), &stop)?)
         }
         false => None,
@@ -91,7 +90,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         }
         return Ok(());
     }
-    runtime.block_on(args.ssh.record_console_host_keys(&cloud, &slot_nodes(&planned)))?;
+    runtime.block_on(args.ssh.reach().record_console_host_keys(&cloud, &slot_nodes(&planned), &Terminal))?;
     let written =
         runtime.block_on(put_in_force(&cloud, environment, &ssh_users(environment, &compiled.images), &planned, &access, usize::from(args.forks)))?;
     report_unreached(&written);
@@ -113,76 +112,10 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     }
 }
 
-/// The scheduled nodes SSH can reach: instance and address.
-fn slot_nodes(planned: &Planned) -> Vec<(String, String)> {
-    planned.schedule.slots.iter().filter_map(|s| Some((s.instance.clone(), s.address.clone()?))).collect()
-}
-
 /// Each unreached node, as an error.
 fn report_unreached(written: &Written) {
-    for (node, error) in &written.unreached {
-        term::error(&format!("{node}: could not write the reboot slot: {error}"), None);
-    }
-}
-
-/// Each node group's SSH user: its image's.
-fn ssh_users(environment: &Environment, images: &BTreeMap<String, LoadedImage>) -> BTreeMap<String, String> {
-    environment
-        .node_groups
-        .iter()
-        .filter_map(|g| match &g.image.value {
-            ImageRef::Named(name) => images.get(name).map(|i| (g.name.value.clone(), i.image.ssh_user.clone())),
-            ImageRef::Ami(_) => None,
-        })
-        .collect()
-}
-
-/// After `apply` or `roll`: gives running nodes without a slot (new since the last
-/// assignment) one, keeping everyone else's, and writes the groups' nodes. Problems are
-/// warnings: the change to the fleet itself succeeded.
-pub(super) async fn fold_in_new_nodes(
-    cloud: &Cloud,
-    environment: &Environment,
-    images: &BTreeMap<String, LoadedImage>,
-    ssh: &SshArgs,
-    write_slots: bool,
-) {
-    if environment.reboot_groups().is_empty() {
-        return;
-    }
-    let name = &environment.name;
-    let access = ssh.access();
-    let planned: Planned = match plan(cloud, environment, rand::random(), false, &access).await {
-        Ok(planned) => planned,
-        Err(error) => return term::warning(&format!("reboot schedule not updated: {error} ({})", error.hint().unwrap_or_default())),
-    };
-    let new = planned.schedule.slots.iter().filter(|s| s.changed).count();
-    if new == 0 {
-        return;
-    }
-    if !write_slots {
-        // apply and roll reach nodes over SSH only when asked: the tags are the schedule, and a
-        // node without its slot file picks a minute of the window at boot until `--assign`.
-        return match tag_changed(cloud, &planned.schedule.slots).await {
-            Ok(()) => term::errln(format_args!(
-                "Reboot schedule: {new} new node(s) folded in (tagged); `kstack reboots {name} --assign` writes their slots on the nodes."
-            )),
-            Err(error) => term::warning(&format!("reboot schedule not updated: {error}")),
-        };
-    }
-    if ssh.record_console_host_keys(cloud, &slot_nodes(&planned)).await.is_err() {
-        return term::warning(&format!("reboot schedule: {new} new node(s) not folded in: the known_hosts file cannot be used"));
-    }
-    let written = put_in_force(cloud, environment, &ssh_users(environment, images), &planned, &access, 10).await;
-    if let Ok(written) = &written {
-        report_unreached(written);
-    }
-    match written.map(|written| written.shortfall()) {
-        Ok(None) => term::errln(format_args!("Reboot schedule: {new} new node(s) folded in; `kstack reboots {name}` shows it.")),
-        Ok(Some(message)) => term::warning(&format!(
-            "reboot schedule: {new} new node(s) folded in, but {message}; run `kstack reboots {name} --assign` once SSH reaches them"
-        )),
-        Err(error) => term::warning(&format!("reboot schedule: {new} new node(s) not folded in: {error}")),
+    for line in unreached(written) {
+        term::error(&line, None);
     }
 }
 

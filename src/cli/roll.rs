@@ -1,18 +1,22 @@
 //! `kstack roll <env>`
 
-use crate::naming::TAG_UNFINISHED_ROLL;
+use kstack::naming::TAG_UNFINISHED_ROLL;
 use std::time::Duration;
 
-use crate::aws::Cloud;
+use kstack::aws::Cloud;
 
-use crate::hint::Hint;
-use crate::model::{Amount, PolicyOverrides, Project};
-use crate::roll::{abort, batches, group_state, roll_group, Journal, RollError, RollEvent, RollGroup, RollRecord, Unfinished};
+use kstack::hint::Hint;
+use kstack::model::{Amount, PolicyOverrides, Project};
+use kstack::ops::roll::{DryRunGroup, EnvironmentRoll, RollRequest, RollWatch};
+use kstack::roll::{abort, Journal, RollEvent, RollRecord, Unfinished};
 
 use super::progress::RollProgress;
-use super::session::{open_store, runtime, stop_on_signals, Held};
+use super::running::{open_store, runtime, stop_on_signals, Held};
 use super::ssh_args::SshArgs;
-use super::{check_groups, locate_state, report_problems, term, CliError};
+use super::term::Terminal;
+use super::{check_groups, term, CliError};
+use kstack::ops::load::{for_roll, state_location, ForRoll};
+use kstack::ops::reboots::fold_in_new_nodes;
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -115,7 +119,7 @@ fn status(env: &str, record: Option<&RollRecord>) {
     let unfinished = Unfinished { environment: env, record };
     term::outln(format_args!("{unfinished}."));
     if let Some(group) = &record.group {
-        let held = crate::roll::suspended_by_roll(&group.already_suspended);
+        let held = kstack::roll::suspended_by_roll(&group.already_suspended);
         let batch = match &group.batch {
             Some(batch) => {
                 format!("batch {} in flight (surged for: {}; taken out first: {})", batch.number, or_none(&batch.surged), or_none(&batch.replaced))
@@ -146,7 +150,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
 /// incident, a secret's variable unset or a file half edited never keeps a person from seeing
 /// or undoing an unfinished roll.
 fn run_from_state(project: &Project, args: &Args) -> Result<(), CliError> {
-    let location = locate_state(project, &args.env)?;
+    let location = state_location(project, &args.env, &Terminal)?;
     let env = &location.name;
     let store = open_store(project, env, location.project.as_deref(), &location.state)?;
     if args.status {
@@ -179,10 +183,8 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     if (args.status || args.abort) && held.is_none() {
         return run_from_state(project, args);
     }
-    let (sources, result) = super::load_for_roll(project, &args.env);
-    let super::ForRoll { checked, images } = result.map_err(|problems| report_problems(&args.env, problems, &sources))?;
+    let ForRoll { checked, images } = for_roll(project, &args.env, &Terminal)?;
     let environment = &checked.environment;
-    let env = &environment.name;
     check_groups(environment, &args.groups)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let command = format!("kstack roll {}", args.env);
@@ -195,144 +197,57 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
             (runtime, stop, lock)
         }
     };
-    let state = store.load()?;
-    let group_names = GroupNames(&state);
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, state.owner()));
-    let unfinished_roll = Journal::open(store.clone())?;
-    let shown = RollProgress::new();
-    let progress = |event: RollEvent| shown.event(event);
-
+    let roll = runtime.block_on(EnvironmentRoll::open(environment, store))?;
     if args.dry_run {
-        if let Some(journal) = &unfinished_roll {
-            let unfinished = Unfinished { environment: env, record: &journal.record };
+        if let Some(unfinished) = roll.unfinished() {
             term::warning(&format!("{unfinished}; {}", unfinished.hint().unwrap_or_default()));
         }
-        return runtime.block_on(dry_run(&cloud, environment, &group_names, args));
+        print_dry_run(&runtime.block_on(roll.dry_run(&args.groups, args.overrides()))?);
+        return Ok(());
     }
-    let mut journal = match (unfinished_roll, args.resume) {
-        (Some(journal), true) => journal,
-        (Some(journal), false) => {
-            return Err(Unfinished { environment: env, record: &journal.record }.into());
-        }
-        (None, true) => {
-            return Err(CliError::failed(format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))))
-        }
-        (None, false) => {
-            let groups = environment
-                .roll_sequence()
-                .into_iter()
-                .map(|g| g.name.value.clone())
-                .filter(|g| args.groups.is_empty() || args.groups.contains(g))
-                .collect();
-            Journal::new(store, &command, groups, args.overrides(), args.timeout)
-        }
-    };
-    if args.resume {
-        shown.note(&format!("resuming the roll started {} by `{}`", journal.record.started, journal.record.command));
-    }
-    let record = journal.record.clone();
-    let mut replaced = 0;
-    for name in &record.groups {
-        let Some(group) = environment.node_groups.iter().find(|g| &g.name.value == name) else { continue };
-        let aws_name = group_names.get(env, name)?;
-        let roll = RollGroup {
-            environment: env,
-            group: name,
-            aws_name: &aws_name,
-            policy: record.overrides.over(group.roll),
-            timeout: Duration::from_secs(record.timeout_seconds),
-            hooks: &environment.roll_hooks,
-            progress: &progress,
-            stop: &stop,
-        };
-        let rolled = runtime.block_on(roll_group(&cloud, &roll, &mut journal));
-        shown.finish();
-        match rolled {
-            Ok(rolled) => {
-                replaced += rolled;
-                if rolled > 0 {
-                    term::outln(format_args!("{name}: {rolled} replaced"));
-                }
-            }
-            Err(error) => {
-                let reason = format!("{name}: {error}");
-                // The stop reason is worth keeping, but the roll failing is the news.
-                let _ = journal.update(|r| r.stopped = Some(reason));
-                let in_flight = journal.batch().is_some();
-                let message = format!("roll of `{name}` in {} stopped: {error}", cloud.region);
-                let next = if in_flight {
-                    format!("the batch in flight is recorded and {aws_name}'s processes stay suspended: `kstack roll {env} --resume` continues it, or `--abort`")
-                } else {
-                    format!("{aws_name} is back at its size: `kstack roll {env} --resume` continues, or `--abort` forgets the roll")
-                };
-                // Ctrl-C in a terminal also reaches the hooks' processes, which then fail: the
-                // roll was stopped all the same.
-                let stopped = match error {
-                    RollError::Stopped(reason) => Some(reason),
-                    _ => stop.reason(),
-                };
-                return Err(match stopped {
-                    Some(reason) => {
-                        let hint = match reason {
-                            crate::stop::Reason::LockLost(_) => format!("another run may be working on `{env}` now: let it finish; {next}"),
-                            crate::stop::Reason::Signal(_) => format!("the lock is released; {next}"),
-                        };
-                        CliError::stopped(reason, message, Some(&hint))
-                    }
-                    None => CliError::failed(message, Some(&format!("fix the cause; {next}"))),
-                });
-            }
-        }
-    }
-    journal.finish()?;
+    let request =
+        RollRequest { groups: &args.groups, resume: args.resume, overrides: args.overrides(), timeout_seconds: args.timeout, command: &command };
+    let cloud = roll.cloud.clone();
+    let replaced = runtime.block_on(roll.run(&request, &stop, &Shown(RollProgress::new()), &Terminal))?;
     if replaced == 0 {
         term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
     } else {
-        runtime.block_on(super::reboots::fold_in_new_nodes(&cloud, environment, &images, &args.ssh, args.write_reboot_slots));
+        runtime.block_on(fold_in_new_nodes(&cloud, environment, &images, &args.ssh.reach(), args.write_reboot_slots, &Terminal));
     }
     Ok(())
 }
 
-/// The auto scaling group names state recorded: they carry the environment's identity (or
-/// predate identities), so they cannot be derived from the model alone.
-struct GroupNames<'a>(&'a crate::state::State);
+/// A roll's progress live on the terminal, and each group's count when it ends.
+struct Shown(RollProgress);
 
-impl GroupNames<'_> {
-    fn get(&self, env: &str, group: &str) -> Result<String, CliError> {
-        let address = crate::resource::Address::new(crate::resource::Kind::AutoScalingGroup, group);
-        match self.0.resources.get(&address) {
-            Some(recorded) => Ok(recorded.id.clone()),
-            None => Err(CliError::failed(
-                format!("node group `{group}` of `{env}` has no auto scaling group in state"),
-                Some(&format!("apply the environment first with `kstack apply {env}`")),
-            )),
+impl RollWatch for Shown {
+    fn event(&self, event: RollEvent) {
+        self.0.event(event);
+    }
+
+    fn group_ended(&self, group: &str, replaced: Option<usize>) {
+        self.0.finish();
+        if let Some(replaced @ 1..) = replaced {
+            term::outln(format_args!("{group}: {replaced} replaced"));
         }
     }
 }
 
 /// Per group: the outdated instances, and the batches a roll would take them in.
-async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, names: &GroupNames<'_>, args: &Args) -> Result<(), CliError> {
-    for group in environment.roll_sequence() {
-        let name = &group.name.value;
-        if !args.groups.is_empty() && !args.groups.contains(name) {
+fn print_dry_run(groups: &[DryRunGroup]) {
+    for DryRunGroup { group, outdated, total, batches } in groups {
+        term::outln(format_args!("{group}: {outdated} outdated of {total}"));
+        if *outdated == 0 {
             continue;
         }
-        let aws_name = names.get(&environment.name, name)?;
-        let state = group_state(cloud, &aws_name).await?;
-        let total = state.outdated.len() + state.current.len();
-        term::outln(format_args!("{name}: {} outdated of {total}", state.outdated.len()));
-        if state.outdated.is_empty() {
-            continue;
-        }
-        let policy = args.overrides().over(group.roll);
-        let size = match policy.batch(state.group.desired_capacity().unwrap_or(0).max(0) as u32) {
-            Ok(size) => size,
+        let batches = match batches {
+            Ok(batches) => batches,
             Err(why) => {
                 term::outln(format_args!("  cannot roll: {why}"));
                 continue;
             }
         };
-        for (number, (surged, first)) in batches(&state.outdated, size).iter().enumerate() {
+        for (number, (surged, first)) in batches.iter().enumerate() {
             let mut parts = Vec::new();
             if !surged.is_empty() {
                 parts.push(format!("surge for {}", surged.join(", ")));
@@ -343,5 +258,4 @@ async fn dry_run(cloud: &Cloud, environment: &crate::model::Environment, names: 
             term::outln(format_args!("  batch {}: {}", number + 1, parts.join("; ")));
         }
     }
-    Ok(())
 }

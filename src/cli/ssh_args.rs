@@ -5,11 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::aws::Cloud;
-use crate::node_keys::{record_from_consoles, FromConsole};
-use crate::ssh::{HostKeys, Login, LoginKey, NodeAccess};
-
-use super::{term, CliError};
+use kstack::ops::nodes::Reach;
+use kstack::ssh::{HostKeys, Login, LoginKey, NodeAccess};
 
 /// How to reach the nodes over SSH.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,7 +43,7 @@ pub(super) struct SshArgs {
 
     /// Reach instances through this jump host, `[user@]host[:port]` (like `ssh -J`).
     #[arg(long, value_name = "HOST")]
-    bastion: Option<crate::ssh::Bastion>,
+    bastion: Option<kstack::ssh::Bastion>,
 }
 
 impl SshArgs {
@@ -65,27 +62,9 @@ impl SshArgs {
         }
     }
 
-    /// Before connecting: records the host keys their console output shows for the nodes,
-    /// `(instance, address)`, the known_hosts file has no key for, and says what it found.
-    pub(super) async fn record_console_host_keys(&self, cloud: &Cloud, nodes: &[(String, String)]) -> Result<(), CliError> {
-        let access = self.access();
-        let wait = Duration::from_secs(self.host_key_wait);
-        let found = record_from_consoles(cloud, nodes, &access.login.host_keys, access.login.port, wait)
-            .await
-            .map_err(|e| CliError::failed(e.to_string(), Some("fix or name another file with --known-hosts")))?;
-        for FromConsole { instance, address, keys } in found {
-            match (keys, self.trust_new_hosts) {
-                (0, false) => term::warning(&format!(
-                    "{instance} ({address}): its console output shows no SSH host keys, so it is refused; wait for them with \
-                     --host-key-wait, record its key after checking it out of band, or pass --trust-new-hosts"
-                )),
-                (0, true) => term::errln(format_args!(
-                    "{instance} ({address}): its console output shows no SSH host keys; the first key it offers is trusted (--trust-new-hosts)"
-                )),
-                (keys, _) => term::errln(format_args!("{instance} ({address}): {keys} host key(s) taken from its console output")),
-            }
-        }
-        Ok(())
+    /// How to reach the nodes, with how long to wait for their host keys.
+    pub(super) fn reach(&self) -> Reach {
+        Reach { access: self.access(), host_key_wait: Duration::from_secs(self.host_key_wait) }
     }
 }
 

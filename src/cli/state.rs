@@ -1,13 +1,15 @@
 //! `kstack state list|show|unlock|migrate|identity <env>`
 
-use crate::identity::Identity;
-use crate::model::{Project, StateBackend};
-use crate::resource::Address;
-use crate::state::StateStore;
-use crate::stop::Stop;
+use kstack::identity::Identity;
+use kstack::model::{Project, StateBackend};
+use kstack::resource::Address;
+use kstack::state::StateStore;
+use kstack::stop::Stop;
 
-use super::session::open_store;
-use super::{locate_state, term, CliError};
+use super::running::open_store;
+use super::term::Terminal;
+use super::{term, CliError};
+use kstack::ops::load::state_location;
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
 /// between the local and the S3 backend.
@@ -109,7 +111,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
                 }
                 None => {
                     let known: Vec<&str> = state.resources.keys().map(Address::as_str).collect();
-                    let hint = crate::diagnostics::did_you_mean(address, known.iter().copied())
+                    let hint = kstack::diagnostics::did_you_mean(address, known.iter().copied())
                         .map(|close| format!("did you mean `{close}`?"))
                         .unwrap_or_else(|| format!("`kstack state list {env}` shows every address"));
                     Err(CliError::invalid(format!("`{address}` is not in the state of `{env}`"), Some(&hint)))
@@ -117,7 +119,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             }
         }
         Command::Unlock { env, lock_id, force } => {
-            let environment = locate_state(project, env)?;
+            let environment = state_location(project, env, &Terminal)?;
             let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
             match store.unlock(lock_id.as_deref(), *force)? {
                 Some(h) => term::outln(format_args!(
@@ -143,20 +145,20 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
 
 /// Records in state what carries the environment's identity and `chosen` picks, under the
 /// environment's lock, in one state write. Returns what was adopted. `cloud` reads as
-/// [`Owner::adopting`](crate::identity::Owner::adopting) does; `zones` are hosted zones to
+/// [`Owner::adopting`](kstack::identity::Owner::adopting) does; `zones` are hosted zones to
 /// list besides those state knows of.
 fn adopt(
     store: &StateStore,
-    state: &mut crate::state::State,
+    state: &mut kstack::state::State,
     runtime: &tokio::runtime::Runtime,
-    cloud: crate::aws::Cloud,
+    cloud: kstack::aws::Cloud,
     zones: &[String],
-    chosen: impl Fn(&crate::aws::Observed) -> bool,
-) -> Result<Vec<crate::aws::Observed>, CliError> {
+    chosen: impl Fn(&kstack::aws::Observed) -> bool,
+) -> Result<Vec<kstack::aws::Observed>, CliError> {
     let cloud = cloud.with_dns_zones(state.dns_zones().chain(zones.iter().map(String::as_str)));
     let refreshed =
-        runtime.block_on(crate::aws::refresh(&cloud)).map_err(|error| CliError::aws(&cloud.region, "looking for the resources to adopt", &error))?;
-    let adopted: Vec<crate::aws::Observed> =
+        runtime.block_on(kstack::aws::refresh(&cloud)).map_err(|error| CliError::aws(&cloud.region, "looking for the resources to adopt", &error))?;
+    let adopted: Vec<kstack::aws::Observed> =
         refreshed.observed.into_iter().filter(|o| !state.resources.contains_key(&o.address)).filter(|o| chosen(o)).collect();
     for resource in &adopted {
         state.resources.insert(resource.address.clone(), resource.clone());
@@ -169,14 +171,14 @@ fn adopt(
 
 /// The runtime and the connection an adoption reads with: everything carrying the
 /// environment's identity counts as its own, a person having said so.
-fn adopting(state: &crate::state::State, region: &str) -> Result<(tokio::runtime::Runtime, crate::aws::Cloud), CliError> {
-    let runtime = super::session::runtime()?;
-    let cloud = runtime.block_on(crate::aws::Cloud::connect(region, state.owner().adopting()));
+fn adopting(state: &kstack::state::State, region: &str) -> Result<(tokio::runtime::Runtime, kstack::aws::Cloud), CliError> {
+    let runtime = super::running::runtime()?;
+    let cloud = runtime.block_on(kstack::aws::Cloud::connect(region, state.owner().adopting()));
     Ok((runtime, cloud))
 }
 
 fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), CliError> {
-    let environment = locate_state(project, env)?;
+    let environment = state_location(project, env, &Terminal)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default())?;
     let mut state = store.load()?;
@@ -192,14 +194,14 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
     let (runtime, cloud) = adopting(&state, &region)?;
     // A record made by hand has no owner record to carry the tags: adopting it writes one.
     let mut zones = Vec::new();
-    if address.is_kind(crate::resource::Kind::DnsRecord) {
+    if address.is_kind(kstack::resource::Kind::DnsRecord) {
         let tags = std::collections::BTreeMap::from([
-            (crate::naming::TAG_ENVIRONMENT.to_owned(), environment.name.clone()),
-            (crate::naming::TAG_ADDRESS.to_owned(), address.to_string()),
-            (crate::naming::TAG_IDENTITY.to_owned(), identity.to_string()),
+            (kstack::naming::TAG_ENVIRONMENT.to_owned(), environment.name.clone()),
+            (kstack::naming::TAG_ADDRESS.to_owned(), address.to_string()),
+            (kstack::naming::TAG_IDENTITY.to_owned(), identity.to_string()),
         ]);
         let zone = runtime
-            .block_on(crate::aws::take_over_dns_record(&cloud, id, &tags))
+            .block_on(kstack::aws::take_over_dns_record(&cloud, id, &tags))
             .map_err(|error| CliError::aws(&region, &format!("giving the record {id} an owner record"), &error))?;
         zones.push(zone);
     }
@@ -218,7 +220,7 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
 /// plan finds them again. Never over a state that records resources: those would be orphaned.
 fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), CliError> {
     let identity = Identity::try_from(id.to_owned()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
-    let environment = locate_state(project, env)?;
+    let environment = state_location(project, env, &Terminal)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     let Some(region) = environment.region.clone() else {
         return Err(CliError::failed(format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
@@ -247,7 +249,7 @@ fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), CliErr
 }
 
 fn migrate(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
-    let environment = locate_state(project, env)?;
+    let environment = state_location(project, env, &Terminal)?;
     if environment.state == StateBackend::Local {
         return Err(CliError::failed(
             format!("`{env}` names no S3 location for its state"),
@@ -292,8 +294,8 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
     Ok(())
 }
 
-fn load(project: &Project, env: &str) -> Result<crate::state::State, CliError> {
-    let environment = locate_state(project, env)?;
+fn load(project: &Project, env: &str) -> Result<kstack::state::State, CliError> {
+    let environment = state_location(project, env, &Terminal)?;
     let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
     Ok(store.load()?)
 }

@@ -6,14 +6,31 @@ use std::sync::{LazyLock, Mutex, RwLock};
 
 use miette::{GraphicalReportHandler, GraphicalTheme, ThemeCharacters, ThemeStyles};
 
-use crate::diagnostics::{display_path, Problem, ProblemReport, Problems, Sources};
-use crate::redact::Redactor;
+use kstack::diagnostics::{display_path, Problem, ProblemReport, Problems, Sources};
+use kstack::redact::Redactor;
 
 /// The secrets of the environments loaded so far. Everything printed (results, errors, logs)
 /// passes through `out` or `err`, which hide them.
 static SECRETS: LazyLock<RwLock<Redactor>> = LazyLock::new(RwLock::default);
 
 /// Hides these values (and their escaped, quoted, encoded and per-line forms) from now on.
+/// Where operations' notices go: warnings on stderr, secrets into the redactor.
+pub(super) struct Terminal;
+
+impl kstack::ops::Notice for Terminal {
+    fn note(&self, message: &str) {
+        errln(format_args!("{message}"));
+    }
+
+    fn warning(&self, message: &str) {
+        warning(message);
+    }
+
+    fn secrets(&self, values: &mut dyn Iterator<Item = &str>) {
+        hide_secrets(values);
+    }
+}
+
 pub(super) fn hide_secrets<'a>(values: impl IntoIterator<Item = &'a str>) {
     SECRETS.write().unwrap_or_else(|poisoned| poisoned.into_inner()).add(values);
 }

@@ -1,9 +1,11 @@
 //! `kstack validate <env>`
 
-use crate::model::Project;
+use kstack::model::Project;
 
 use super::error::Exit;
-use super::{load_and_compile, report_problems, term, CliError};
+use super::term::Terminal;
+use super::{report_problems, term, CliError};
+use kstack::ops::load::load_and_compile;
 
 /// Check an environment: syntax, types, references, CIDRs and sizes, all problems at once.
 #[derive(Debug, clap::Args)]
@@ -20,7 +22,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    let (sources, result) = load_and_compile(project, &args.env);
+    let (sources, result) = load_and_compile(project, &args.env, &Terminal);
     match (result, args.json) {
         (Ok(compiled), false) => {
             let env = &compiled.checked.environment;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aws::Observed;
+use crate::resource::Observed;
 use crate::resource::{Address, Resource, Spec};
 
 /// What became of a group's desired capacity where the group's size and the model's differ.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::aws::Observed;
+use crate::resource::Observed;
 use crate::resource::Resource;
 
 /// One attribute that differs, by dotted path (`health_check.interval`).

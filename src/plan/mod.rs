@@ -15,8 +15,8 @@ pub use capacity::{settle as settle_capacity, CapacityNote, CapacityOutcome};
 pub use diff::{attributes_of, mentions, Change};
 pub use render::render;
 
-use crate::aws::{forces_replacement, Observed};
 use crate::graph::ResourceGraph;
+use crate::resource::Observed;
 
 use crate::resource::{Address, Kind};
 
@@ -144,14 +144,14 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
                     path: name.clone(),
                     before: Some(value.clone()),
                     after: Some(value.clone()),
-                    forces_replacement: forces_replacement(resource.kind(), name),
+                    forces_replacement: resource.kind().forces_replacement(name),
                     replaced_dependency: true,
                 });
             }
         }
         for change in &mut changes {
             let attribute = change.path.split('.').next().unwrap_or_default();
-            change.forces_replacement = attribute != "tags" && forces_replacement(resource.kind(), attribute);
+            change.forces_replacement = attribute != "tags" && resource.kind().forces_replacement(attribute);
         }
         let forced_by: Vec<String> = changes.iter().filter(|c| c.forces_replacement).map(|c| c.path.clone()).collect();
         let action = if changes.is_empty() {
@@ -169,9 +169,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             id: Some(existing.id.clone()),
             changes,
             forced_by,
-            // Launch configurations are immutable and named by content: the new one can
-            // exist beside the old, and the group moves over before the old goes.
-            create_before_destroy: resource.kind() == Kind::LaunchConfiguration,
+            create_before_destroy: resource.kind().creates_before_destroying(),
         });
     }
     let mut deletions: Vec<&Observed> = observed.iter().filter(|o| desired.get(&o.address).is_none()).chain(duplicates).collect();

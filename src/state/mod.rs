@@ -19,10 +19,10 @@ pub use lock::{hostname, Lock, LockError, LockInfo};
 pub use roll_record::{BatchRecord, GroupRecord, RollRecord};
 pub use time::{now_rfc3339, parse_rfc3339, rfc3339, rfc3339_in};
 
-use crate::aws::Observed;
 use crate::identity::{Identity, Owner};
 use crate::model::StateBackend;
 use crate::resource::Address;
+use crate::resource::Observed;
 use crate::stop::Stop;
 use local::LocalBackend;
 use s3::S3Backend;

@@ -1,23 +1,26 @@
-//! What plan, apply and destroy share: load and compile the environment, take its lock,
-//! connect to AWS, resolve images, refresh, and plan.
+//! What plan, apply and destroy share: the environment loaded and compiled (or only its state
+//! found, for a destroy), its lock taken, AWS connected, images resolved, resources refreshed,
+//! and the plan made.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::load::{load_and_compile, state_location, Compiled, LoadedImage};
+use super::{Notice, OpsError};
 use crate::aws::{self, Cloud, Observed};
 use crate::compile::{content_digest, image_names, resolve_images};
+use crate::diagnostics::Problems;
 use crate::graph::ResourceGraph;
 use crate::identity::Identity;
 use crate::model::{Project, StateLocation};
 use crate::plan::saved::SavedPlan;
 use crate::plan::{plan, Foreign, Plan};
 use crate::state::{Lock, State, StateStore};
-use crate::stop::{Reason, Stop};
+use crate::stop::Stop;
 
-use super::{load_and_compile, locate_state, report_problems, term, CliError, LoadedImage};
-
-pub(super) struct Session {
+pub struct Session {
     pub environment: String,
     pub cloud: Cloud,
     pub desired: ResourceGraph,
@@ -29,104 +32,42 @@ pub(super) struct Session {
     /// The environment's model and images, for what follows an apply (reboot slots); no
     /// model for a destroy, which works from state.
     pub model: Option<crate::model::Environment>,
-    pub images: std::collections::BTreeMap<String, LoadedImage>,
-    /// Held until the session ends, or handed on ([`Held`]).
+    pub images: BTreeMap<String, LoadedImage>,
+    /// Held until the session ends, or handed on to the roll that follows an apply.
     pub lock: Lock,
     /// The desired graph's digest before group sizes were settled against AWS: what a saved
     /// plan pins of the model (what AWS holds, an autoscaler's size among it, is pinned apart).
     pub model_digest: String,
 }
 
-/// A run's hold on an environment: the runtime (which renews an S3 lease), the stop flag (which
-/// learns of a lost lock) and the lock, handed from an apply to the roll that follows it so no
-/// other run gets in between.
-pub(super) struct Held {
-    pub runtime: tokio::runtime::Runtime,
-    pub stop: Stop,
-    pub lock: Lock,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct RefreshStats {
+pub struct RefreshStats {
     pub api_calls: u64,
     /// Calls by `service:Operation`.
-    pub by_operation: std::collections::BTreeMap<String, u64>,
+    pub by_operation: BTreeMap<String, u64>,
     pub seconds: f64,
     pub resources: usize,
 }
 
-pub(super) enum Desired {
+pub enum Desired {
     /// The environment as its model describes it.
     Model,
     /// Nothing: everything of the environment goes.
     Nothing,
 }
 
-/// Whose resources commands that only read state may touch: what the environment's state
-/// records (its identity, and ids from before identities).
-pub(super) fn owner(store: &StateStore) -> Result<crate::identity::Owner, CliError> {
-    let state = store.load()?;
-    Ok(state.owner())
-}
-
-/// The state store the environment names (S3 connects and checks its bucket).
-pub(super) fn open_store(
-    project: &Project,
-    environment: &str,
-    project_name: Option<&str>,
-    state: &crate::model::StateBackend,
-) -> Result<StateStore, CliError> {
-    Ok(StateStore::open(&project.root, environment, project_name, state)?)
-}
-
-pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tokio::runtime::Runtime::new().map_err(|error| CliError::failed(format!("cannot start the async runtime: {error}"), None))
-}
-
-/// The run's stop flag, which the first SIGINT or SIGTERM sets: the run finishes (or undoes)
-/// the change in flight, records it, releases the lock and exits 130 or 143. A second signal
-/// ends the process at once, leaving the lock for `kstack state unlock`.
-pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
-    use tokio::signal::unix::{signal, SignalKind};
-    let stop = Stop::default();
-    // Registered before returning, so no signal falls between this and the task's start.
-    let _entered = runtime.enter();
-    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        term::warning("cannot watch for Ctrl-C and SIGTERM: they end kstack at once, leaving the lock");
-        return stop;
-    };
-    let flag = stop.clone();
-    runtime.spawn(async move {
-        let mut signalled = false;
-        loop {
-            let reason = tokio::select! {
-                _ = interrupt.recv() => Reason::Signal(2),
-                _ = terminate.recv() => Reason::Signal(15),
-            };
-            if signalled {
-                term::error(&format!("{reason} again: quitting at once"), Some("the lock stays; `kstack state unlock <env> <id>` removes it"));
-                std::process::exit(i32::from(reason.exit_code()));
-            }
-            signalled = true;
-            flag.stop(reason.clone());
-            term::warning(&format!("{reason}: stopping once the change in flight is done and recorded (again to quit at once, leaving the lock)"));
-        }
-    });
-    stop
-}
-
 /// Every hosted zone the model's DNS records name exists, or each record naming a missing one is
 /// reported at its zone, all at once.
-async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment, sources: &crate::diagnostics::Sources) -> Result<(), CliError> {
-    let zones: std::collections::BTreeSet<&str> = environment.dns.iter().map(|r| r.zone.value.as_str()).collect();
-    let mut problems = crate::diagnostics::Problems::default();
+async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment, sources: &crate::diagnostics::Sources) -> Result<(), OpsError> {
+    let zones: BTreeSet<&str> = environment.dns.iter().map(|r| r.zone.value.as_str()).collect();
+    let mut problems = Problems::default();
     for zone in zones {
-        let found = aws::dns_zone_exists(cloud, zone).await.map_err(|e| CliError::aws(&cloud.region, "looking up hosted zones", &e))?;
+        let found = aws::dns_zone_exists(cloud, zone).await.map_err(OpsError::aws(&cloud.region, "looking up hosted zones"))?;
         if found {
             continue;
         }
         // One problem per place that names it: the `zone:` of `dns:` or of a record.
-        let places: std::collections::BTreeSet<_> = environment.dns.iter().filter(|r| r.zone.value == zone).map(|r| r.zone.loc).collect();
+        let places: BTreeSet<_> = environment.dns.iter().filter(|r| r.zone.value == zone).map(|r| r.zone.loc).collect();
         for loc in places {
             problems
                 .error(loc, format!("hosted zone `{zone}` does not exist in this account"))
@@ -137,7 +78,7 @@ async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment,
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(report_problems(&environment.name, problems, sources))
+        Err(OpsError::in_environment(&environment.name, problems, sources.clone()))
     }
 }
 
@@ -147,12 +88,11 @@ async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment,
 fn check_records_not_taken(
     environment: &crate::model::Environment,
     observed: &[Observed],
-    in_use: &std::collections::BTreeMap<(String, String, String), String>,
+    in_use: &BTreeMap<(String, String, String), String>,
     sources: &crate::diagnostics::Sources,
-) -> Result<(), CliError> {
-    let ours: std::collections::BTreeSet<&str> =
-        observed.iter().filter(|o| o.kind == crate::resource::Kind::DnsRecord).map(|o| o.id.as_str()).collect();
-    let mut problems = crate::diagnostics::Problems::default();
+) -> Result<(), OpsError> {
+    let ours: BTreeSet<&str> = observed.iter().filter(|o| o.kind == crate::resource::Kind::DnsRecord).map(|o| o.id.as_str()).collect();
+    let mut problems = Problems::default();
     for record in &environment.dns {
         let (zone, name, wanted) = (record.zone.value.as_str(), record.name.value.as_str(), record.record_type.value.as_str());
         let taken = in_use
@@ -172,14 +112,8 @@ fn check_records_not_taken(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(report_problems(&environment.name, problems, sources))
+        Err(OpsError::in_environment(&environment.name, problems, sources.clone()))
     }
-}
-
-/// A run that was stopped before it changed anything.
-pub(super) fn stopped_before_changes(reason: Reason) -> CliError {
-    let message = format!("{reason}: stopped before any change");
-    CliError::stopped(reason, message, None)
 }
 
 impl Session {
@@ -187,11 +121,11 @@ impl Session {
     /// the plan is made ends the (read-only) work at once.
     /// A destroy works from the environment's state and tags: it needs only where the state
     /// lives and the region, so problems elsewhere in the environment are warnings.
-    pub(super) async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop) -> Result<Session, CliError> {
+    pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop, notice: &dyn Notice) -> Result<Session, OpsError> {
         let (location, compiled) = match desired {
             Desired::Model => {
-                let (sources, result) = load_and_compile(project, env);
-                let compiled = result.map_err(|problems| report_problems(env, problems, &sources))?;
+                let (sources, result) = load_and_compile(project, env, notice);
+                let compiled = result.map_err(|problems| OpsError::in_environment(env, problems, sources.clone()))?;
                 let environment = &compiled.checked.environment;
                 let location = StateLocation {
                     name: environment.name.clone(),
@@ -201,13 +135,13 @@ impl Session {
                 };
                 (location, Some((compiled, sources)))
             }
-            Desired::Nothing => (locate_state(project, env)?, None),
+            Desired::Nothing => (state_location(project, env, notice)?, None),
         };
-        let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
+        let store = StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?;
         let lock = store.lock(command, stop)?;
         tokio::select! {
-            session = Session::read(location, compiled, store, lock) => session,
-            reason = stop.stopped() => Err(stopped_before_changes(reason)),
+            session = Session::read(location, compiled, store, lock, notice) => session,
+            reason = stop.stopped() => Err(OpsError::stopped_before_changes(reason)),
         }
     }
 
@@ -215,37 +149,38 @@ impl Session {
     /// environment's model; without, toward nothing.
     async fn read(
         location: StateLocation,
-        compiled: Option<(super::Compiled, crate::diagnostics::Sources)>,
+        compiled: Option<(Compiled, crate::diagnostics::Sources)>,
         store: StateStore,
         lock: Lock,
-    ) -> Result<Session, CliError> {
+        notice: &dyn Notice,
+    ) -> Result<Session, OpsError> {
         let environment = location.name;
         let mut state = store.load()?;
         let Some(region) = location.region.or_else(|| state.region.clone()) else {
-            return Err(CliError::failed(
+            return Err(OpsError::failed(
                 format!("the region of `{environment}` is unknown: its environment file does not say and its state does not record it"),
-                Some("fix the environment's `region:` (`kstack validate` shows its problems)"),
+                "fix the environment's `region:` (`kstack validate` shows its problems)",
             ));
         };
         if let Some(recorded) = state.region.as_ref().filter(|recorded| **recorded != region && !state.resources.is_empty()) {
-            return Err(CliError::failed(
+            return Err(OpsError::failed(
                 format!(
                     "the state of `{environment}` records {} resources in {recorded}, but the environment says region {region}",
                     state.resources.len()
                 ),
-                Some(&format!(
+                format!(
                     "an environment does not move: destroy it in {recorded} first, or give the environment in {region} a state of its own (`key:` in `state:`)"
-                )),
+                ),
             ));
         }
         let cloud = Cloud::connect(&region, state.owner()).await;
-        let account = cloud.account().await.map_err(|e| CliError::aws(&region, "asking which account the credentials act in", &e))?;
+        let account = cloud.account().await.map_err(OpsError::aws(&region, "asking which account the credentials act in"))?;
         if let Some(recorded) = state.account.as_ref().filter(|recorded| **recorded != account) {
-            return Err(CliError::failed(
+            return Err(OpsError::failed(
                 format!("the state of `{environment}` was written in AWS account {recorded}, but the credentials act in account {account}"),
-                Some(&format!(
+                format!(
                     "use credentials of account {recorded} (AWS_PROFILE), or give the environment in account {account} a state of its own (`key:` in `state:`)"
-                )),
+                ),
             ));
         }
         // The identity is kept before anything is created, so every resource carries it from
@@ -266,8 +201,9 @@ impl Session {
         let (mut graph, images, model, sources) = match compiled {
             Some((compiled, sources)) => (compiled.graph, compiled.images, Some(compiled.checked.environment), Some(sources)),
             None => {
-                let nothing = ResourceGraph::build(Vec::new()).map_err(|_| CliError::failed("cannot build an empty resource graph", None))?;
-                (nothing, std::collections::BTreeMap::new(), None, None)
+                let nothing = ResourceGraph::build(Vec::new())
+                    .map_err(|_| OpsError::Failed { message: "cannot build an empty resource graph".into(), hint: None })?;
+                (nothing, BTreeMap::new(), None, None)
             }
         };
         let wanted_zones = graph.in_dependency_order().filter_map(|r| match &r.spec {
@@ -277,15 +213,15 @@ impl Session {
         let cloud = cloud.with_dns_zones(wanted_zones.chain(state.dns_zones()));
         let names = image_names(&graph);
         if !names.is_empty() {
-            let amis = resolve_named_images(&images, &cloud, &names).await?;
+            let amis = resolve_named_images(&images, &cloud, &names, notice).await?;
             resolve_images(&mut graph, &environment, &amis);
         }
         crate::identity::stamp(&mut graph, &identity);
         let before = cloud.calls.snapshot();
         let started = Instant::now();
-        let refreshed = aws::refresh(&cloud).await.map_err(|e| CliError::aws(&region, "refreshing", &e))?;
+        let refreshed = aws::refresh(&cloud).await.map_err(OpsError::aws(&region, "refreshing"))?;
         let mut observed = refreshed.observed;
-        let by_operation: std::collections::BTreeMap<String, u64> = cloud
+        let by_operation: BTreeMap<String, u64> = cloud
             .calls
             .snapshot()
             .into_iter()
@@ -321,17 +257,17 @@ impl Session {
         plan.capacity = capacity;
         plan.left_alone = refreshed.unrecorded.iter().map(Foreign::unrecorded).chain(refreshed.foreign.iter().map(Foreign::of)).collect();
         if state.resources.is_empty() {
-            warn_of_lost_state(&environment, &region, &refreshed.foreign.iter().chain(&refreshed.unrecorded).collect::<Vec<_>>());
+            warn_of_lost_state(&environment, &region, &refreshed.foreign.iter().chain(&refreshed.unrecorded).collect::<Vec<_>>(), notice);
         }
         Ok(Session { environment, cloud, desired: graph, observed, plan, store, state, refresh, model, images, lock, model_digest })
     }
 
     /// The plan, pinned to the model and to what AWS held, for `kstack apply FILE`.
-    pub(super) fn saved(&self, source: &str) -> SavedPlan {
+    pub fn saved(&self, source: &str) -> SavedPlan {
         SavedPlan::new(&self.environment, source, self.desired_digest(), content_digest(&self.observed), self.plan.clone())
     }
 
-    pub(super) fn desired_digest(&self) -> String {
+    pub fn desired_digest(&self) -> String {
         self.model_digest.clone()
     }
 }
@@ -339,8 +275,8 @@ impl Session {
 /// An empty state beside resources of an environment of the same name: another project's, or
 /// this environment's with its state lost. Only a person can tell; each identity is shown with
 /// what tells them apart (its project, how many resources of which kinds), and how to claim one.
-fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed]) {
-    let mut by_identity: std::collections::BTreeMap<&str, Vec<&Observed>> = std::collections::BTreeMap::new();
+fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed], notice: &dyn Notice) {
+    let mut by_identity: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
     for resource in foreign {
         if let Some(identity) = resource.tags.get(crate::naming::TAG_IDENTITY) {
             by_identity.entry(identity).or_default().push(resource);
@@ -352,9 +288,8 @@ fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed]) {
     let described: Vec<String> = by_identity
         .iter()
         .map(|(identity, resources)| {
-            let projects: std::collections::BTreeSet<&str> =
-                resources.iter().filter_map(|r| r.tags.get(crate::naming::TAG_PROJECT).map(String::as_str)).collect();
-            let kinds: std::collections::BTreeSet<&str> = resources.iter().map(|r| r.kind.prefix()).collect();
+            let projects: BTreeSet<&str> = resources.iter().filter_map(|r| r.tags.get(crate::naming::TAG_PROJECT).map(String::as_str)).collect();
+            let kinds: BTreeSet<&str> = resources.iter().map(|r| r.kind.prefix()).collect();
             let project = if projects.is_empty() {
                 String::from("no project name")
             } else {
@@ -363,7 +298,7 @@ fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed]) {
             format!("identity {identity} ({project}, {region}, {} resources: {})", resources.len(), kinds.into_iter().collect::<Vec<_>>().join(", "))
         })
         .collect();
-    term::warning(&format!(
+    notice.warning(&format!(
         "the state of `{environment}` records no resources, but {region} holds resources of an environment named \
          `{environment}`: {}. They are left alone. If they are this environment's and its state was \
          lost, `kstack state identity {environment} --recover <id>` makes them its own again.",
@@ -374,14 +309,15 @@ fn warn_of_lost_state(environment: &str, region: &str, foreign: &[&Observed]) {
 /// Each image's AMI: the one baked from its current definition, or else the newest bake with
 /// a warning that the definition changed since.
 async fn resolve_named_images(
-    images: &std::collections::BTreeMap<String, LoadedImage>,
+    images: &BTreeMap<String, LoadedImage>,
     cloud: &Cloud,
     names: &[String],
-) -> Result<std::collections::BTreeMap<String, String>, CliError> {
+    notice: &dyn Notice,
+) -> Result<BTreeMap<String, String>, OpsError> {
     let definitions = images.iter().map(|(name, loaded)| (name.as_str(), (&loaded.image, loaded.roles.as_slice()))).collect();
     let resolved = crate::bake::resolve::resolve(cloud, &definitions, names).await?;
     for (name, found) in resolved.iter().filter(|(_, found)| found.stale) {
-        term::warning(&format!(
+        notice.warning(&format!(
             "image `{name}` changed since its newest AMI {} was baked; planning with that AMI. \
              Run `kstack bake {name}` to bake the current definition.",
             found.ami

@@ -1,0 +1,70 @@
+//! What a run holds while it works on an environment: the async runtime, the stop flag that
+//! signals set, and the lock. The session itself (refresh, state, plan) is `ops::session`.
+
+use kstack::model::Project;
+use kstack::state::{Lock, StateStore};
+use kstack::stop::{Reason, Stop};
+
+use super::{term, CliError};
+
+/// A run's hold on an environment: the runtime (which renews an S3 lease), the stop flag (which
+/// learns of a lost lock) and the lock, handed from an apply to the roll that follows it so no
+/// other run gets in between.
+pub(super) struct Held {
+    pub runtime: tokio::runtime::Runtime,
+    pub stop: Stop,
+    pub lock: Lock,
+}
+
+/// Whose resources commands that only read state may touch: what the environment's state
+/// records (its identity, and ids from before identities).
+pub(super) fn owner(store: &StateStore) -> Result<kstack::identity::Owner, CliError> {
+    let state = store.load()?;
+    Ok(state.owner())
+}
+
+/// The state store the environment names (S3 connects and checks its bucket).
+pub(super) fn open_store(
+    project: &Project,
+    environment: &str,
+    project_name: Option<&str>,
+    state: &kstack::model::StateBackend,
+) -> Result<StateStore, CliError> {
+    Ok(StateStore::open(&project.root, environment, project_name, state)?)
+}
+
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Runtime::new().map_err(|error| CliError::failed(format!("cannot start the async runtime: {error}"), None))
+}
+
+/// The run's stop flag, which the first SIGINT or SIGTERM sets: the run finishes (or undoes)
+/// the change in flight, records it, releases the lock and exits 130 or 143. A second signal
+/// ends the process at once, leaving the lock for `kstack state unlock`.
+pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Stop::default();
+    // Registered before returning, so no signal falls between this and the task's start.
+    let _entered = runtime.enter();
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        term::warning("cannot watch for Ctrl-C and SIGTERM: they end kstack at once, leaving the lock");
+        return stop;
+    };
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        let mut signalled = false;
+        loop {
+            let reason = tokio::select! {
+                _ = interrupt.recv() => Reason::Signal(2),
+                _ = terminate.recv() => Reason::Signal(15),
+            };
+            if signalled {
+                term::error(&format!("{reason} again: quitting at once"), Some("the lock stays; `kstack state unlock <env> <id>` removes it"));
+                std::process::exit(i32::from(reason.exit_code()));
+            }
+            signalled = true;
+            flag.stop(reason.clone());
+            term::warning(&format!("{reason}: stopping once the change in flight is done and recorded (again to quit at once, leaving the lock)"));
+        }
+    });
+    stop
+}
