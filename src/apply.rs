@@ -162,7 +162,7 @@ pub struct Options {
 }
 
 /// Where each change is recorded as it happens.
-pub struct Journal {
+pub struct Recorder {
     pub store: StateStore,
     pub state: State,
 }
@@ -173,7 +173,7 @@ pub async fn apply<P: Provider>(
     plan: &Plan,
     desired: &ResourceGraph,
     observed: &[Observed],
-    journal: Journal,
+    journal: Recorder,
     options: Options,
     events: impl Fn(Event) + Send + Sync + 'static,
 ) -> Outcome {
@@ -618,7 +618,7 @@ mod tests {
         let observed: Vec<Observed> = memory.resources.lock().unwrap().values().cloned().collect();
         let plan = crate::plan::plan("test", desired, &observed);
         let store = StateStore::local(dir, "test", None);
-        let journal = Journal { state: store.load().unwrap(), store: store.clone() };
+        let journal = Recorder { state: store.load().unwrap(), store: store.clone() };
         let options = Options { parallelism: 2, stop: Stop::default(), left_alone: Default::default() };
         let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, |_| {}).await;
         (outcome, store.load().unwrap())

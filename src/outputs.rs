@@ -23,15 +23,15 @@ pub struct Outputs {
     /// Subnet ids by tier, then zone.
     pub subnet_ids: BTreeMap<String, BTreeMap<String, String>>,
     pub security_group_ids: BTreeMap<String, String>,
-    pub load_balancers: BTreeMap<String, LoadBalancer>,
-    pub node_groups: BTreeMap<String, NodeGroup>,
+    pub load_balancers: BTreeMap<String, LoadBalancerOutput>,
+    pub node_groups: BTreeMap<String, NodeGroupOutput>,
     /// The DNS records kstack keeps, by their name under `dns.records`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub dns_records: BTreeMap<String, DnsRecord>,
+    pub dns_records: BTreeMap<String, DnsRecordOutput>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DnsRecord {
+pub struct DnsRecordOutput {
     pub name: String,
     #[serde(rename = "type")]
     pub record_type: String,
@@ -39,7 +39,7 @@ pub struct DnsRecord {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct LoadBalancer {
+pub struct LoadBalancerOutput {
     pub name: String,
     pub dns_name: String,
     /// The hosted zone of the load balancer's DNS name, for alias records.
@@ -48,7 +48,7 @@ pub struct LoadBalancer {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct NodeGroup {
+pub struct NodeGroupOutput {
     pub auto_scaling_group: String,
     /// The AMI its launch template or configuration starts instances from.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +86,7 @@ impl Outputs {
                 .collect(),
             load_balancers: of_kind(Kind::LoadBalancer)
                 .map(|b| {
-                    let balancer = LoadBalancer {
+                    let balancer = LoadBalancerOutput {
                         name: b.id.clone(),
                         dns_name: b.assigned.get("dns_name").cloned().unwrap_or_default(),
                         hosted_zone_id: b.assigned.get("hosted_zone_id").cloned(),
@@ -95,12 +95,14 @@ impl Outputs {
                 })
                 .collect(),
             node_groups: of_kind(Kind::AutoScalingGroup)
-                .map(|g| (model_name(&g.address, Kind::AutoScalingGroup).to_owned(), NodeGroup { auto_scaling_group: g.id.clone(), ami: ami(g) }))
+                .map(|g| {
+                    (model_name(&g.address, Kind::AutoScalingGroup).to_owned(), NodeGroupOutput { auto_scaling_group: g.id.clone(), ami: ami(g) })
+                })
                 .collect(),
             dns_records: of_kind(Kind::DnsRecord)
                 .map(|r| {
                     let text = |key: &str| r.attributes[key].as_str().unwrap_or_default().to_owned();
-                    let record = DnsRecord { name: text("name"), record_type: text("type"), zone: text("zone") };
+                    let record = DnsRecordOutput { name: text("name"), record_type: text("type"), zone: text("zone") };
                     (model_name(&r.address, Kind::DnsRecord).to_owned(), record)
                 })
                 .collect(),

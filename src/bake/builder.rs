@@ -15,7 +15,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY};
-use super::{BakeError, HostKeyTrust, Options, Progress};
+use super::{BakeError, BakeOptions, HostKeyTrust, OnStep};
 use crate::aws::Cloud;
 
 use crate::model::image::Image;
@@ -47,8 +47,8 @@ pub(super) async fn build(
     roles: &[Role],
     source: &str,
     hash: &str,
-    options: &Options,
-    progress: Progress,
+    options: &BakeOptions,
+    progress: OnStep,
 ) -> Result<(BTreeMap<String, String>, HostKeyTrust), BakeError> {
     let bake_id = format!("{}-{}-{}", image.name, &hash[..8], rand::random::<u32>());
     let scratch = scratch_dir(&bake_id);
@@ -96,7 +96,7 @@ fn scratch_dir(bake_id: &str) -> std::path::PathBuf {
 
 /// Leaves a failed bake's builder for debugging: marked kept (so later bakes leave it alone),
 /// with its key written, readable by the owner only, for the user to log in.
-async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &Progress) {
+async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &OnStep) {
     let marked = match temporaries(cloud, Some(bake_id)).await {
         Ok(found) => {
             let kept = cloud.ec2.create_tags().set_resources(Some(found.ids())).tags(Tag::builder().key(TAG_BAKE_KEPT).value("true").build());
@@ -176,11 +176,11 @@ struct Baking<'a> {
     roles: &'a [Role],
     source: &'a str,
     hash: &'a str,
-    options: &'a Options,
+    options: &'a BakeOptions,
     bake_id: &'a str,
     key: &'a Arc<PrivateKey>,
     scratch: &'a std::path::Path,
-    progress: &'a Progress,
+    progress: &'a OnStep,
     started: Instant,
 }
 
@@ -587,7 +587,7 @@ async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries
 
 /// Terminates builders, then deletes their security groups. Returns how many resources were
 /// removed.
-async fn remove(cloud: &Cloud, found: &Temporaries, progress: &Progress) -> Result<usize, BakeError> {
+async fn remove(cloud: &Cloud, found: &Temporaries, progress: &OnStep) -> Result<usize, BakeError> {
     for bake in found.bakes() {
         let _ = std::fs::remove_dir_all(scratch_dir(&bake.bake_id));
     }
@@ -631,13 +631,13 @@ async fn remove(cloud: &Cloud, found: &Temporaries, progress: &Progress) -> Resu
 }
 
 /// Removes everything one bake made that is temporary.
-async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Progress) -> Result<usize, BakeError> {
+async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &OnStep) -> Result<usize, BakeError> {
     remove(cloud, &temporaries(cloud, bake_id).await?, progress).await
 }
 
 /// What other bakes left, before a bake starts: removes what dead bakes left and returns the
 /// bakes still running. Builders kept for debugging are left alone (and mentioned).
-pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &Progress) -> Result<Vec<Leftover>, BakeError> {
+pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &OnStep) -> Result<Vec<Leftover>, BakeError> {
     let found = temporaries(cloud, None).await?;
     let bakes = found.bakes();
     for bake in &bakes {
@@ -657,7 +657,7 @@ pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &Progress) -> Resul
 
 /// `kstack bake --cleanup`: what dead bakes left and builders kept for debugging; bakes that
 /// still run are named and left alone. Returns how many resources were removed.
-pub async fn cleanup_leftovers(cloud: &Cloud, progress: &Progress) -> Result<usize, BakeError> {
+pub async fn cleanup_leftovers(cloud: &Cloud, progress: &OnStep) -> Result<usize, BakeError> {
     let found = temporaries(cloud, None).await?;
     for bake in found.bakes() {
         if let Standing::Running { holder, expires } = &bake.standing {

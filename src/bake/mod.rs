@@ -90,7 +90,7 @@ impl BakeError {
     }
 }
 
-pub struct Options {
+pub struct BakeOptions {
     pub force: bool,
     pub keep_on_error: bool,
     /// The CIDR SSH is admitted from; by default the address this machine uses to reach the
@@ -129,7 +129,7 @@ pub struct Manifest {
 }
 
 /// Progress for the terminal: a step started, or finished after some time.
-pub type Progress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+pub type OnStep = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
 pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeError> {
     match &image.source {
@@ -181,7 +181,7 @@ async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<St
     Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
 }
 
-pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &Options, progress: Progress) -> Result<Manifest, BakeError> {
+pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOptions, progress: OnStep) -> Result<Manifest, BakeError> {
     let started = Instant::now();
     progress(&format!("resolving the source of image `{}`", image.name));
     let source = source_ami(cloud, image).await?;

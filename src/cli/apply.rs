@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
-use kstack::apply::{apply, record_observed, Journal, Options, Outcome};
+use kstack::apply::{apply, record_observed, Options, Outcome, Recorder};
 use kstack::compile::content_digest;
 use kstack::hint::Hint;
 use kstack::model::Project;
@@ -14,7 +14,7 @@ use kstack::roll::Unfinished;
 use kstack::state::Lock;
 
 use super::error::Exit;
-use super::progress::Progress;
+use super::progress::ApplyProgress;
 use super::running::{runtime, stop_on_signals, Held};
 use super::term::Terminal;
 use super::{term, CliError};
@@ -192,14 +192,14 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         return Err(CliError::failed(error.to_string(), Some("check that the project directory is writable")));
     }
     let steps = plan.summary.create + plan.summary.update + plan.summary.delete + 2 * plan.summary.replace;
-    let progress = Arc::new(Progress::new(steps));
+    let progress = Arc::new(ApplyProgress::new(steps));
     let events = Arc::clone(&progress);
     let outcome = runtime.block_on(apply(
         cloud,
         &plan,
         &desired,
         &observed,
-        Journal { store: store.clone(), state },
+        Recorder { store: store.clone(), state },
         Options { parallelism: usize::from(parallelism), stop: stop.clone(), left_alone: plan.left_alone.iter().map(|f| f.id.clone()).collect() },
         move |event| events.event(event),
     ));

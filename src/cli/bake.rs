@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kstack::aws::Cloud;
-use kstack::bake::{bake, cleanup_leftovers, Options};
+use kstack::bake::{bake, cleanup_leftovers, BakeOptions};
 use kstack::diagnostics::Sources;
 use kstack::model::image::load_image;
 use kstack::model::{load_environment, Project};
@@ -88,7 +88,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     // With --json the run is for a machine: plain lines only.
     let steps = Arc::new(StepProgress::new("bake", !args.json));
     let shown = Arc::clone(&steps);
-    let progress: kstack::bake::Progress = Arc::new(move |line: &str| shown.step(line));
+    let progress: kstack::bake::OnStep = Arc::new(move |line: &str| shown.step(line));
     if args.cleanup {
         let cleaned = runtime.block_on(cleanup_leftovers(&cloud, &progress));
         steps.finish();
@@ -100,7 +100,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             Err(error) => Err(CliError::failed(error.to_string(), None)),
         };
     }
-    let options = Options {
+    let options = BakeOptions {
         force: args.force,
         keep_on_error: args.keep_on_error,
         ssh_cidr: args.ssh_cidr.clone(),

@@ -42,19 +42,19 @@ fn line(bar: &ProgressBar, text: String) {
     }
 }
 
-pub(super) struct Progress {
+pub(super) struct ApplyProgress {
     bar: ProgressBar,
     in_flight: Mutex<BTreeSet<Address>>,
     color: bool,
 }
 
-impl Progress {
-    pub(super) fn new(steps: usize) -> Progress {
+impl ApplyProgress {
+    pub(super) fn new(steps: usize) -> ApplyProgress {
         let color = term::stderr_color();
         let bar = ProgressBar::with_draw_target(Some(steps as u64), draw_target());
         bar.set_style(style("{spinner} [{elapsed_precise}] {pos}/{len} done, {wide_msg}"));
         bar.enable_steady_tick(TICK);
-        Progress { bar, in_flight: Mutex::new(BTreeSet::new()), color }
+        ApplyProgress { bar, in_flight: Mutex::new(BTreeSet::new()), color }
     }
 
     fn line(&self, text: String) {

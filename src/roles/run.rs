@@ -9,8 +9,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::checks::{self, CheckResult};
-use super::modules::{self, Host, Outcome, TaskError};
-use super::session::{Made, Query, Session};
+use super::modules::{self, Host, TaskError, TaskOutcome};
+use super::session::{AheadQuery, HostSession, Made};
 use super::{Role, Task, Variables};
 use crate::ssh::{Connection, Facts, Login};
 use kstack_project::roles::checks::Check;
@@ -40,7 +40,7 @@ pub struct TaskReport {
     pub task: String,
     pub handler: bool,
     pub status: TaskStatus,
-    pub outcome: Outcome,
+    pub outcome: TaskOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -174,7 +174,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             let mut role_index = 0;
             // Handlers notified survive a dropped connection: the rerun finds those tasks done.
             let mut notified: Vec<String> = Vec::new();
-            let session = Session::default();
+            let session = HostSession::default();
             // Each role's template variables and tasks made ready, with the facts of the
             // connection in use.
             let ready = |facts: &Facts| -> (Vec<minijinja::Value>, Vec<Vec<Prepared>>) {
@@ -277,7 +277,7 @@ struct OnHost<'a> {
 type Prepared = Result<Option<Module>, String>;
 
 /// Why a role stopped early.
-enum Stop {
+enum Halt {
     Failed,
     /// The connection went away.
     Dropped,
@@ -289,7 +289,7 @@ enum Stop {
 /// changes are made).
 struct RoleRun<'a> {
     on: OnHost<'a>,
-    session: &'a Session,
+    session: &'a HostSession,
     role: &'a Role,
     context: &'a minijinja::Value,
     done: Vec<TaskReport>,
@@ -330,7 +330,7 @@ impl RoleRun<'_> {
 
     /// Judges one task: first making the queued changes when it reads what they touch, and
     /// reading `ahead` (the task and those after it) in one batch when nothing is fetched.
-    async fn task(&mut self, task: &Task, prepared: &Prepared, handler: bool, ahead: &[&Prepared]) -> Result<(), Stop> {
+    async fn task(&mut self, task: &Task, prepared: &Prepared, handler: bool, ahead: &[&Prepared]) -> Result<(), Halt> {
         if let Ok(Some(module)) = prepared {
             if self.session.conflicts(&modules::reads(module)) {
                 self.make_changes(ahead).await?;
@@ -349,14 +349,14 @@ impl RoleRun<'_> {
             // The earlier tasks' changes are made before the host stops, as they would have been
             // one by one.
             self.make_changes(&[]).await?;
-            return Err(Stop::Failed);
+            return Err(Halt::Failed);
         }
         self.send_reports();
         Ok(())
     }
 
     /// Makes the queued changes, then reads `ahead`, in one round trip.
-    async fn make_changes(&mut self, ahead: &[&Prepared]) -> Result<(), Stop> {
+    async fn make_changes(&mut self, ahead: &[&Prepared]) -> Result<(), Halt> {
         let first_queued = self.session.first_queued_task();
         match self.session.make_changes(self.on.connection, queries(ahead)).await {
             Ok(Made::All) => {
@@ -369,7 +369,7 @@ impl RoleRun<'_> {
                 self.done[task].status = TaskStatus::Failed;
                 self.done[task].error = Some(message);
                 self.send_reports();
-                Err(Stop::Failed)
+                Err(Halt::Failed)
             }
             Err(_) => Err(self.dropped(first_queued)),
         }
@@ -377,13 +377,13 @@ impl RoleRun<'_> {
 
     /// The connection dropped: the changes queued from task `first_queued` on may or may not
     /// have been made, so that task and the ones after it leave the report (the role runs again).
-    fn dropped(&mut self, first_queued: Option<usize>) -> Stop {
+    fn dropped(&mut self, first_queued: Option<usize>) -> Halt {
         if let Some(first) = first_queued {
             self.done.truncate(first);
         }
         self.session.forget();
         self.reported = self.reported.min(self.done.len());
-        Stop::Dropped
+        Halt::Dropped
     }
 
     /// Sends the reports of the tasks done, up to the first whose changes are still queued.
@@ -395,17 +395,17 @@ impl RoleRun<'_> {
         self.reported = self.reported.max(until);
     }
 
-    fn stopped(self, stop: Stop) -> RoleOutcome {
+    fn stopped(self, stop: Halt) -> RoleOutcome {
         match stop {
-            Stop::Failed => RoleOutcome::Failed(self.done),
-            Stop::Dropped => RoleOutcome::Dropped(self.done),
+            Halt::Failed => RoleOutcome::Failed(self.done),
+            Halt::Dropped => RoleOutcome::Dropped(self.done),
         }
     }
 }
 
 /// The queries of the tasks in `ahead`, once each, with what they read.
-fn queries(ahead: &[&Prepared]) -> Vec<Query> {
-    let mut queries: Vec<Query> = Vec::new();
+fn queries(ahead: &[&Prepared]) -> Vec<AheadQuery> {
+    let mut queries: Vec<AheadQuery> = Vec::new();
     for prepared in ahead {
         if let Ok(Some(module)) = prepared {
             if let Some(query) = modules::query(module).filter(|q| !queries.iter().any(|(known, _)| known == q)) {
@@ -478,13 +478,13 @@ async fn judge(host: &Host<'_>, role: &str, task: &Task, prepared: &Prepared, ha
     let report = |status, outcome, error| TaskReport { role: role.to_owned(), task: task.name.clone(), handler, status, outcome, error };
     let module = match prepared {
         Ok(Some(module)) => module,
-        Ok(None) => return report(TaskStatus::Skipped, Outcome::default(), None),
-        Err(error) => return report(TaskStatus::Failed, Outcome::default(), Some(error.clone())),
+        Ok(None) => return report(TaskStatus::Skipped, TaskOutcome::default(), None),
+        Err(error) => return report(TaskStatus::Failed, TaskOutcome::default(), Some(error.clone())),
     };
     match modules::converge(module, host).await {
         Ok(outcome) if outcome.changed() => report(TaskStatus::Changed, outcome, None),
         Ok(outcome) => report(TaskStatus::Ok, outcome, None),
-        Err(TaskError::Ssh(error)) => report(TaskStatus::Failed, Outcome::default(), Some(error.to_string())),
-        Err(TaskError::Failed(message)) => report(TaskStatus::Failed, Outcome::default(), Some(message)),
+        Err(TaskError::Ssh(error)) => report(TaskStatus::Failed, TaskOutcome::default(), Some(error.to_string())),
+        Err(TaskError::Failed(message)) => report(TaskStatus::Failed, TaskOutcome::default(), Some(message)),
     }
 }

@@ -12,21 +12,21 @@ use super::touch::Touch;
 use crate::ssh::{shell_quote as quote, write_script, Connection, Output, SshError};
 
 #[derive(Default)]
-pub(crate) struct Session(Mutex<State>);
+pub(crate) struct HostSession(Mutex<State>);
 
 /// A query of a task ahead: its script, and what it reads.
-pub(crate) type Query = (String, Vec<Touch>);
+pub(crate) type AheadQuery = (String, Vec<Touch>);
 
 #[derive(Default)]
 struct State {
-    /// Query results by script, with what each read: valid until a change touches that.
+    /// AheadQuery results by script, with what each read: valid until a change touches that.
     fetched: HashMap<String, (Output, Vec<Touch>)>,
     /// Changes queued, in the order the tasks asked for them.
-    queued: Vec<Change>,
+    queued: Vec<QueuedChange>,
 }
 
 /// A change a task asked for, not made yet.
-pub(crate) struct Change {
+pub(crate) struct QueuedChange {
     /// The task's place in the role's reports, to answer for the change.
     pub task: usize,
     pub step: Step,
@@ -35,7 +35,7 @@ pub(crate) struct Change {
     pub touches: Vec<Touch>,
 }
 
-impl Change {
+impl QueuedChange {
     /// Whether it can alter what a query reading `reads` found.
     fn affects(&self, reads: &[Touch]) -> bool {
         self.touches.iter().any(|t| reads.iter().any(|r| t.affects(r)))
@@ -58,7 +58,7 @@ pub(crate) enum Made {
     },
 }
 
-impl Session {
+impl HostSession {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere while holding the lock leaves nothing half-updated here.
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -70,12 +70,12 @@ impl Session {
     }
 
     /// The queries of `ahead` not fetched.
-    fn missing(&self, ahead: Vec<Query>) -> Vec<Query> {
+    fn missing(&self, ahead: Vec<AheadQuery>) -> Vec<AheadQuery> {
         let state = self.state();
         ahead.into_iter().filter(|(script, _)| !state.fetched.contains_key(script)).collect()
     }
 
-    pub(crate) fn queue(&self, change: Change) {
+    pub(crate) fn queue(&self, change: QueuedChange) {
         self.state().queued.push(change);
     }
 
@@ -98,7 +98,7 @@ impl Session {
 
     /// Reads the queries of `ahead` not fetched yet in one round trip, when that saves one. On
     /// failure each task queries for itself (a dropped connection shows there).
-    pub(crate) async fn prefetch(&self, connection: &Connection, ahead: Vec<Query>) {
+    pub(crate) async fn prefetch(&self, connection: &Connection, ahead: Vec<AheadQuery>) {
         let queries = self.missing(ahead);
         if queries.len() < 2 {
             return;
@@ -114,7 +114,7 @@ impl Session {
     /// Makes the queued changes in one round trip and, when all succeed, reads in the same one
     /// the queries of `ahead` they touched (or that were never fetched). With nothing queued it
     /// does nothing.
-    pub(crate) async fn make_changes(&self, connection: &Connection, ahead: Vec<Query>) -> Result<Made, SshError> {
+    pub(crate) async fn make_changes(&self, connection: &Connection, ahead: Vec<AheadQuery>) -> Result<Made, SshError> {
         let changes = {
             let mut state = self.state();
             if state.queued.is_empty() {
@@ -154,7 +154,7 @@ impl Session {
         Ok(Made::All)
     }
 
-    fn keep(&self, queries: Vec<Query>, results: impl IntoIterator<Item = Output>) {
+    fn keep(&self, queries: Vec<AheadQuery>, results: impl IntoIterator<Item = Output>) {
         self.state().fetched.extend(queries.into_iter().zip(results).map(|((script, reads), output)| (script, (output, reads))));
     }
 }
@@ -170,7 +170,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn new(changes: &[Change], queries: &[Query]) -> Batch {
+    fn new(changes: &[QueuedChange], queries: &[AheadQuery]) -> Batch {
         let marker = format!("kstack-{:032x}", rand::random::<u128>());
         let mut script = format!(
             "m={marker}\n\
@@ -225,7 +225,7 @@ mod tests {
     /// a failing change that stops the rest.
     #[test]
     fn a_batch_frames_each_step_and_stops_at_a_failed_change() {
-        let change = |script: &str| Change { task: 0, step: Step::Script(script.to_owned()), what: String::new(), touches: Vec::new() };
+        let change = |script: &str| QueuedChange { task: 0, step: Step::Script(script.to_owned()), what: String::new(), touches: Vec::new() };
         let changes = [change("printf made"), change("echo broken >&2; exit 4"), change("echo never")];
         let batch = Batch::new(&changes, &[(String::from("echo query"), Vec::new())]);
         assert_eq!(run(&batch), [(0, "made".into(), String::new()), (4, String::new(), "broken\n".into())]);

@@ -1,6 +1,6 @@
 //! `user` and `group`: local accounts.
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{Group, User};
 
 impl Query for Group {
@@ -14,7 +14,7 @@ impl Query for Group {
 }
 
 impl Converge for Group {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let current = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let gid = current.split(':').nth(2).map(str::trim).unwrap_or_default().to_owned();
         let mut diffs = Vec::new();
@@ -31,7 +31,7 @@ impl Converge for Group {
         if !diffs.is_empty() && !host.check {
             host.must(script, "changing the group", vec![Touch::Group(self.name.clone()), Touch::AccountNames]);
         }
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }
 
@@ -47,7 +47,7 @@ impl Query for User {
 }
 
 impl Converge for User {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let name = quote(&self.name);
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (passwd, groups) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
@@ -91,6 +91,6 @@ impl Converge for User {
             touches.extend(self.groups.iter().map(|g| Touch::Group(g.clone())));
             host.must(script, "changing the user", touches);
         }
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }

@@ -1,7 +1,7 @@
 //! `command`: a shell command, made idempotent by `creates` (skip when a path exists) or
 //! `unless` (skip when another command succeeds).
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::Command;
 
 impl Query for Command {
@@ -25,10 +25,10 @@ impl Query for Command {
 }
 
 impl Converge for Command {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         if let Some(guard) = self.query() {
             if host.query(&guard).await?.success() {
-                return Ok(Outcome::default());
+                return Ok(TaskOutcome::default());
             }
         }
         let diffs = vec![FieldDiff::new("run", "", self.run.clone())];
@@ -39,6 +39,6 @@ impl Converge for Command {
             };
             host.must(script, "the command", vec![Touch::Everything]);
         }
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }

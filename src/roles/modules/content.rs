@@ -2,7 +2,7 @@
 //! computed here and written with a verified checksum only when it differs.
 
 use super::file::{attribute_diffs, owned_path, Stat, STAT};
-use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{parse_mode, quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{Copy, Line, Presence};
 
 /// The script that prints a file's attributes and content.
@@ -33,7 +33,7 @@ async fn converge_content(
     (stat, current): (&Stat, Option<&str>),
     wanted: &str,
     Attributes { mode, owner, group }: Attributes<'_>,
-) -> Result<Outcome, TaskError> {
+) -> Result<TaskOutcome, TaskError> {
     let mut diffs = Vec::new();
     let mut content_diff = None;
     if current != Some(wanted) {
@@ -61,7 +61,7 @@ async fn converge_content(
             group.map_or_else(|| keep("root", &stat.group), str::to_owned).as_str(),
         );
     }
-    Ok(Outcome { diffs, content_diff, notes: Vec::new() })
+    Ok(TaskOutcome { diffs, content_diff, notes: Vec::new() })
 }
 
 impl Query for Copy {
@@ -75,7 +75,7 @@ impl Query for Copy {
 }
 
 impl Converge for Copy {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let Some(wanted) = &self.content else {
             return Err(TaskError::Failed(String::from("give `content`, or `src` naming a file of the role")));
         };
@@ -97,7 +97,7 @@ impl Query for Line {
 }
 
 impl Converge for Line {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         let pattern = match &self.regexp {
             Some(pattern) => Some(regex_lite::Regex::new(pattern).map_err(|e| TaskError::Failed(format!("`regexp` is invalid: {e}")))?),
@@ -119,7 +119,7 @@ impl Converge for Line {
             wanted.push('\n');
         }
         if current.is_none() && self.state == Presence::Absent {
-            return Ok(Outcome::default());
+            return Ok(TaskOutcome::default());
         }
         let attributes = Attributes { mode, owner: None, group: None };
         converge_content(host, &self.path, (&stat, current.as_deref()), &wanted, attributes).await

@@ -1,6 +1,6 @@
 //! `file`: a file, directory or symlink with its mode and owner, or its absence.
 
-use super::{parse_mode, quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{parse_mode, quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{File, FileState};
 
 /// The type, link target, mode, owner and group of `path`, in one line each.
@@ -68,7 +68,7 @@ impl Query for File {
 }
 
 impl Converge for File {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let path = quote(&self.path);
         let mode = self.mode.as_deref().map(parse_mode).transpose()?;
         if self.state == FileState::Link && self.src.is_none() {
@@ -88,7 +88,7 @@ impl Converge for File {
             attribute_diffs(&stat, mode, self.owner.as_deref(), self.group.as_deref(), &mut diffs);
         }
         if diffs.is_empty() || host.check {
-            return Ok(Outcome { diffs, ..Outcome::default() });
+            return Ok(TaskOutcome { diffs, ..TaskOutcome::default() });
         }
         let mut script = String::from("set -e\n");
         match self.state {
@@ -114,6 +114,6 @@ impl Converge for File {
             FileState::File | FileState::Directory => Touch::path(&self.path),
         };
         host.must(script, "changing the file", vec![touched]);
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }

@@ -1,7 +1,7 @@
 //! `kernel_cmdline`: a parameter on the kernel command line, through GRUB's defaults and
 //! `update-grub`; it takes effect at the next boot.
 
-use super::{Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{KernelCmdline, Presence};
 
 const GRUB: &str = "/etc/default/grub";
@@ -42,13 +42,13 @@ impl Query for KernelCmdline {
 }
 
 impl Converge for KernelCmdline {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let present = self.state == Presence::Present;
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (update_grub, current) = text.split_once("--- kstack ---\n").unwrap_or(("", &text));
         let wanted = edit(current, &self.parameter, present);
         if wanted == current {
-            return Ok(Outcome::default());
+            return Ok(TaskOutcome::default());
         }
         let diffs = vec![FieldDiff::new(KEY, line_of(current), line_of(&wanted))];
         let mut notes = vec![String::from("takes effect at the next boot")];
@@ -67,7 +67,7 @@ impl Converge for KernelCmdline {
                 host.must(script, "update-grub", vec![Touch::tree("/boot"), Touch::path("/var/run/reboot-required")]);
             }
         }
-        Ok(Outcome { diffs, content_diff: None, notes })
+        Ok(TaskOutcome { diffs, content_diff: None, notes })
     }
 }
 

@@ -17,7 +17,7 @@ mod systemd;
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 
-use super::session::{Change, Session, Step};
+use super::session::{HostSession, QueuedChange, Step};
 pub(crate) use super::touch::Touch;
 use crate::ssh::{Connection, Facts, Output, SshError};
 
@@ -37,7 +37,7 @@ impl FieldDiff {
 
 /// What a task found, and did unless in check mode.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Outcome {
+pub struct TaskOutcome {
     pub diffs: Vec<FieldDiff>,
     /// A unified diff of file content, for `--diff`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,7 +47,7 @@ pub struct Outcome {
     pub notes: Vec<String>,
 }
 
-impl Outcome {
+impl TaskOutcome {
     pub fn changed(&self) -> bool {
         !self.diffs.is_empty()
     }
@@ -62,12 +62,12 @@ pub enum TaskError {
 }
 
 /// What a module can use on the host: queries read it now or from what was fetched ahead,
-/// changes are queued in the [`Session`] and made together later.
+/// changes are queued in the [`HostSession`] and made together later.
 pub(crate) struct Host<'a> {
     pub(crate) connection: &'a Connection,
     pub(crate) facts: &'a Facts,
     pub(crate) check: bool,
-    pub(crate) session: &'a Session,
+    pub(crate) session: &'a HostSession,
     /// The task's place in the role's reports, which answers for its changes.
     pub(crate) task: usize,
 }
@@ -88,12 +88,12 @@ impl Host<'_> {
 
     /// Queues a script that changes the host and must succeed, touching `touches`.
     pub(crate) fn must(&self, script: String, what: &str, touches: Vec<Touch>) {
-        self.session.queue(Change { task: self.task, step: Step::Script(script), what: what.to_owned(), touches });
+        self.session.queue(QueuedChange { task: self.task, step: Step::Script(script), what: what.to_owned(), touches });
     }
 
     /// Queues a file write (see [`crate::ssh::write_script`]).
     pub(crate) fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) {
-        self.session.queue(Change {
+        self.session.queue(QueuedChange {
             task: self.task,
             step: Step::Write { path: path.to_owned(), content: content.to_vec(), mode, owner: owner.to_owned(), group: group.to_owned() },
             what: format!("writing {path}"),
@@ -123,7 +123,7 @@ pub(crate) trait Query {
 
 /// Brings the host in line with one module's arguments.
 pub(crate) trait Converge: Query {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError>;
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError>;
 }
 
 fn as_query(module: &Module) -> &dyn Query {
@@ -153,7 +153,7 @@ pub fn reads(module: &Module) -> Vec<Touch> {
 }
 
 /// Judges the host against `module`, queuing the changes it needs unless in check mode.
-pub(crate) async fn converge(module: &Module, host: &Host<'_>) -> Result<Outcome, TaskError> {
+pub(crate) async fn converge(module: &Module, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
     match module {
         Module::File(m) => m.converge(host).await,
         Module::Copy(m) | Module::Template(m) => m.converge(host).await,

@@ -1,7 +1,7 @@
 //! `package` (apt: install, pin a version, hold, remove) and `apt_repository` (a source list
 //! entry and its signing key).
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{AptRepository, Package, Presence};
 
 const APT: &str = "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold";
@@ -20,7 +20,7 @@ impl Query for Package {
 }
 
 impl Converge for Package {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let name = quote(&self.name);
         let text = host.query_must(&self.query().unwrap_or_default(), "querying dpkg").await?;
         let (abbrev, version) = text.trim().split_once('|').unwrap_or(("", ""));
@@ -73,7 +73,7 @@ impl Converge for Package {
             // Install scripts may add users, units, files: anything.
             host.must(script, &format!("apt for {}", self.name), vec![Touch::Everything]);
         }
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }
 
@@ -95,7 +95,7 @@ impl Query for AptRepository {
 }
 
 impl Converge for AptRepository {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         // An empty key (a variable left unset) means none.
         let key = self.key.as_deref().filter(|k| !k.trim().is_empty());
         let (list, keyring) = repository_files(self);
@@ -128,6 +128,6 @@ impl Converge for AptRepository {
             let update = format!("{APT} update -o Dir::Etc::sourcelist={} -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0", quote(&list));
             host.must(update, "apt-get update", vec![Touch::tree("/var/lib/apt/lists")]);
         }
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }

@@ -2,7 +2,7 @@
 //! container the kernel's settings are the host's: kstack persists the setting and says it
 //! could not apply it, rather than pretend.
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::Sysctl;
 
 /// The setting under /proc, as `sysctl -n` reads it.
@@ -26,7 +26,7 @@ impl Query for Sysctl {
 }
 
 impl Converge for Sysctl {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         if self.name.contains(|c: char| c.is_whitespace() || c == '=') {
             return Err(TaskError::Failed(format!("`{}` is not a sysctl name", self.name)));
         }
@@ -59,6 +59,6 @@ impl Converge for Sysctl {
                 );
             }
         }
-        Ok(Outcome { diffs, content_diff: None, notes })
+        Ok(TaskOutcome { diffs, content_diff: None, notes })
     }
 }

@@ -3,7 +3,7 @@
 //! first file of a unit systemd never had, which it loads when the unit is first asked for),
 //! and a running unit whose file changed is restarted.
 
-use super::{quote, Converge, FieldDiff, Host, Outcome, Query, TaskError, Touch};
+use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{RunState, Systemd};
 
 /// The unit file, or the drop-in when one is named.
@@ -29,7 +29,7 @@ impl Query for Systemd {
 }
 
 impl Converge for Systemd {
-    async fn converge(&self, host: &Host<'_>) -> Result<Outcome, TaskError> {
+    async fn converge(&self, host: &Host<'_>) -> Result<TaskOutcome, TaskError> {
         let unit = quote(&self.name);
         let file = unit_file(self);
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
@@ -67,7 +67,7 @@ impl Converge for Systemd {
             _ => {}
         }
         if diffs.is_empty() || host.check {
-            return Ok(Outcome { diffs, ..Outcome::default() });
+            return Ok(TaskOutcome { diffs, ..TaskOutcome::default() });
         }
         if let Some(content) = &self.content {
             if file_changed {
@@ -99,6 +99,6 @@ impl Converge for Systemd {
             vec![Touch::path(&file), Touch::Unit(self.name.clone())]
         };
         host.must(script, &format!("systemctl for {}", self.name), touches);
-        Ok(Outcome { diffs, ..Outcome::default() })
+        Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
     }
 }
