@@ -7,6 +7,7 @@
 //! A failure stops new work from starting; work in flight finishes and is recorded. So does
 //! the run's [`Stop`] (a signal, or the environment's lock lost), checked before every step.
 
+use crate::resource::AutoScalingGroupSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -267,7 +268,7 @@ pub fn record_observed(state: &mut State, observed: &[Observed], plan: &Plan, de
         }
     }
     for action in plan.actions.iter().filter(|a| a.action == ActionKind::NoOp) {
-        if let (Some(resource), Some(crate::resource::Spec::AutoScalingGroup { asked, .. })) =
+        if let (Some(resource), Some(crate::resource::Spec::AutoScalingGroup(AutoScalingGroupSpec { asked, .. }))) =
             (resources.get_mut(&action.address), desired.get(&action.address).map(|r| &r.spec))
         {
             resource.attributes["asked"] = serde_json::json!(asked);
@@ -518,7 +519,7 @@ mod tests {
 
     use super::*;
     use crate::aws::AwsErrorKind;
-    use crate::resource::{Kind, Spec};
+    use crate::resource::{InternetGatewaySpec, Kind, SecurityGroupSpec, Spec, VpcSpec};
 
     /// A cloud in memory: each call takes a few milliseconds, ids count up, and what it was
     /// asked is logged in order.
@@ -602,10 +603,15 @@ mod tests {
 
     /// A VPC, and four resources in it that depend on it only.
     fn network() -> ResourceGraph {
-        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() });
-        let mut resources = vec![Resource::new(Kind::InternetGateway, "main", Spec::InternetGateway { vpc: vpc.address.clone() })];
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc(VpcSpec { cidr: "10.0.0.0/16".parse().unwrap() }));
+        let mut resources =
+            vec![Resource::new(Kind::InternetGateway, "main", Spec::InternetGateway(InternetGatewaySpec { vpc: vpc.address.clone() }))];
         for name in ["a", "b", "c"] {
-            resources.push(Resource::new(Kind::SecurityGroup, name, Spec::SecurityGroup { vpc: vpc.address.clone(), description: name.into() }));
+            resources.push(Resource::new(
+                Kind::SecurityGroup,
+                name,
+                Spec::SecurityGroup(SecurityGroupSpec { vpc: vpc.address.clone(), description: name.into() }),
+            ));
         }
         resources.push(vpc);
         ResourceGraph::build(resources).unwrap()

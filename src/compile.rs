@@ -1,6 +1,10 @@
 //! Compiles a checked environment into its resource graph. Pure: no I/O.
 
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_PROJECT};
+use crate::resource::{
+    AutoScalingGroupSpec, DnsRecordSpec, ElasticIpSpec, IamRoleSpec, InstanceProfileSpec, InternetGatewaySpec, LoadBalancerSpec, NatGatewaySpec,
+    RouteTableSpec, SecurityGroupRulesSpec, SecurityGroupSpec, SubnetSpec, VpcSpec,
+};
 use std::collections::BTreeMap;
 
 use crate::diagnostics::Problems;
@@ -80,9 +84,10 @@ impl Compiler<'_> {
     fn network(&mut self) {
         let env_name = self.env.name.clone();
         let network = &self.env.network;
-        self.add(Kind::Vpc, "main", env_name.clone(), Spec::Vpc { cidr: network.vpc_cidr.value });
+        self.add(Kind::Vpc, "main", env_name.clone(), Spec::Vpc(VpcSpec { cidr: network.vpc_cidr.value }));
         let has_public = self.subnets.iter().any(|s| s.public);
-        let internet_gateway = has_public.then(|| self.add(Kind::InternetGateway, "main", env_name.clone(), Spec::InternetGateway { vpc: vpc() }));
+        let internet_gateway =
+            has_public.then(|| self.add(Kind::InternetGateway, "main", env_name.clone(), Spec::InternetGateway(InternetGatewaySpec { vpc: vpc() })));
         let nat_zones: Vec<&str> = match network.nat_gateways {
             NatGateways::None => Vec::new(),
             NatGateways::Single => network.availability_zones.iter().take(1).map(|z| z.value.as_str()).collect(),
@@ -93,12 +98,12 @@ impl Compiler<'_> {
         let mut nat_by_zone = BTreeMap::new();
         if let (true, Some(public_tier)) = (has_private, &first_public_tier) {
             for zone in &nat_zones {
-                let eip = self.add(Kind::ElasticIp, &format!("nat.{zone}"), self.aws_name(&format!("nat-{zone}")), Spec::ElasticIp {});
+                let eip = self.add(Kind::ElasticIp, &format!("nat.{zone}"), self.aws_name(&format!("nat-{zone}")), Spec::ElasticIp(ElasticIpSpec {}));
                 let nat = self.add(
                     Kind::NatGateway,
                     zone,
                     self.aws_name(&format!("nat-{zone}")),
-                    Spec::NatGateway { subnet: subnet_address(public_tier, zone), elastic_ip: eip },
+                    Spec::NatGateway(NatGatewaySpec { subnet: subnet_address(public_tier, zone), elastic_ip: eip }),
                 );
                 nat_by_zone.insert(zone.to_string(), nat);
             }
@@ -119,7 +124,7 @@ impl Compiler<'_> {
                     _ => {
                         let key = if per_zone { format!("{tier}.{}", subnet.zone) } else { tier.clone() };
                         let name = self.aws_name(&key.replace('.', "-"));
-                        let table = self.add(Kind::RouteTable, &key, name, Spec::RouteTable { vpc: vpc(), routes });
+                        let table = self.add(Kind::RouteTable, &key, name, Spec::RouteTable(RouteTableSpec { vpc: vpc(), routes }));
                         shared_table = Some(table.clone());
                         table
                     }
@@ -128,7 +133,13 @@ impl Compiler<'_> {
                     Kind::Subnet,
                     &format!("{tier}.{}", subnet.zone),
                     self.aws_name(&format!("{tier}-{}", subnet.zone)),
-                    Spec::Subnet { vpc: vpc(), cidr: subnet.cidr, zone: subnet.zone.clone(), map_public_ip_on_launch: public, route_table: table },
+                    Spec::Subnet(SubnetSpec {
+                        vpc: vpc(),
+                        cidr: subnet.cidr,
+                        zone: subnet.zone.clone(),
+                        map_public_ip_on_launch: public,
+                        route_table: table,
+                    }),
                 );
             }
         }
@@ -137,16 +148,23 @@ impl Compiler<'_> {
     fn security_groups(&mut self) {
         for group in &self.env.security_groups {
             let name = &group.name.value;
-            let address =
-                self.add(Kind::SecurityGroup, name, self.aws_name(name), Spec::SecurityGroup { vpc: vpc(), description: group.description.clone() });
+            let address = self.add(
+                Kind::SecurityGroup,
+                name,
+                self.aws_name(name),
+                Spec::SecurityGroup(SecurityGroupSpec { vpc: vpc(), description: group.description.clone() }),
+            );
             let rules = |rules: &[Rule]| -> Vec<RuleSpec> {
                 let mut specs: Vec<RuleSpec> = rules.iter().flat_map(|r| rule_specs(r, &address)).collect();
                 specs.sort();
                 specs.dedup();
                 specs
             };
-            let spec =
-                Spec::SecurityGroupRules { group: address.clone(), ingress: rules(&group.ingress), egress: group.egress.as_deref().map(rules) };
+            let spec = Spec::SecurityGroupRules(SecurityGroupRulesSpec {
+                group: address.clone(),
+                ingress: rules(&group.ingress),
+                egress: group.egress.as_deref().map(rules),
+            });
             self.add(Kind::SecurityGroupRules, name, self.aws_name(name), spec);
         }
     }
@@ -166,14 +184,14 @@ impl Compiler<'_> {
                 Kind::IamRole,
                 name,
                 self.aws_name(name),
-                Spec::IamRole {
+                Spec::IamRole(IamRoleSpec {
                     assume_role_policy,
                     managed_policies: role.managed_policies.iter().map(|p| p.value.clone()).collect(),
                     inline_policies: role.inline_policies.clone(),
-                },
+                }),
             );
             if role.instance_profile {
-                self.add(Kind::InstanceProfile, name, self.aws_name(name), Spec::InstanceProfile { role: address });
+                self.add(Kind::InstanceProfile, name, self.aws_name(name), Spec::InstanceProfile(InstanceProfileSpec { role: address }));
             }
         }
     }
@@ -189,7 +207,7 @@ impl Compiler<'_> {
 
     fn load_balancers(&mut self) {
         for lb in &self.env.load_balancers {
-            let spec = Spec::LoadBalancer {
+            let spec = Spec::LoadBalancer(LoadBalancerSpec {
                 internal: lb.internal,
                 subnets: self.selected_subnets(&lb.subnets),
                 security_groups: lb.security_groups.iter().map(|g| security_group_address(&g.value)).collect(),
@@ -198,7 +216,7 @@ impl Compiler<'_> {
                 connection_draining: lb.connection_draining,
                 cross_zone: lb.cross_zone,
                 idle_timeout: lb.idle_timeout,
-            };
+            });
             let name = &lb.name.value;
             self.add(Kind::LoadBalancer, name, self.aws_name(name), spec);
         }
@@ -210,14 +228,14 @@ impl Compiler<'_> {
                 RecordTarget::Alias(balancer) => (Some(Address::new(Kind::LoadBalancer, &balancer.value)), None, Vec::new()),
                 RecordTarget::Values { ttl, values } => (None, Some(*ttl), values.iter().map(|v| v.value.clone()).collect()),
             };
-            let spec = Spec::DnsRecord {
+            let spec = Spec::DnsRecord(DnsRecordSpec {
                 zone: record.zone.value.clone(),
                 name: record.name.value.clone(),
                 record_type: record.record_type.value,
                 alias,
                 ttl,
                 values,
-            };
+            });
             self.add(Kind::DnsRecord, &record.key.value, record.name.value.clone(), spec);
         }
     }
@@ -261,7 +279,7 @@ impl Compiler<'_> {
                 .filter(|lb| lb.node_groups.iter().any(|g| g.value == *name))
                 .map(|lb| Address::new(Kind::LoadBalancer, &lb.name.value))
                 .collect();
-            let spec = Spec::AutoScalingGroup {
+            let spec = Spec::AutoScalingGroup(AutoScalingGroupSpec {
                 min: group.min.value,
                 max: group.max.value,
                 desired: group.desired.value,
@@ -270,7 +288,7 @@ impl Compiler<'_> {
                 launch: launch_address,
                 load_balancers,
                 health_check: group.health_check.clone(),
-            };
+            });
             self.add_tagged(Kind::AutoScalingGroup, name, self.aws_name(name), spec, &group.tags);
             let rules = group.security_groups.iter().map(|g| Address::new(Kind::SecurityGroupRules, &g.value)).collect();
             if let Some(asg) = self.resources.last_mut() {

@@ -133,12 +133,12 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{Kind, Spec};
+    use crate::resource::{InternetGatewaySpec, Kind, Spec, VpcSpec};
 
     #[test]
     fn dependencies_come_first_and_dangling_references_are_caught() {
-        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() });
-        let igw = Resource::new(Kind::InternetGateway, "main", Spec::InternetGateway { vpc: vpc.address.clone() });
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc(VpcSpec { cidr: "10.0.0.0/16".parse().unwrap() }));
+        let igw = Resource::new(Kind::InternetGateway, "main", Spec::InternetGateway(InternetGatewaySpec { vpc: vpc.address.clone() }));
         let graph = ResourceGraph::build(vec![igw.clone(), vpc]).unwrap();
         let order: Vec<&str> = graph.in_dependency_order().map(|r| r.address.as_str()).collect();
         assert_eq!(order, ["vpc.main", "internet_gateway.main"]);

@@ -249,6 +249,7 @@ pub fn stamp(graph: &mut ResourceGraph, identity: &Identity) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::VpcSpec;
 
     fn identity(text: &str) -> Identity {
         Identity::try_from(format!("{text:0<32}")).unwrap()
@@ -332,7 +333,7 @@ mod tests {
             address: Address::new(Kind::Vpc, "main"),
             name: String::from("dev"),
             tags: tags(&[("KubernetesCluster", "dev-${kstack:id}")]),
-            spec: Spec::Vpc { cidr: "10.0.0.0/16".parse().unwrap() },
+            spec: Spec::Vpc(VpcSpec { cidr: "10.0.0.0/16".parse().unwrap() }),
             after: Vec::new(),
         };
         let mut graph = ResourceGraph::build(vec![vpc]).unwrap();

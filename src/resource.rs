@@ -162,88 +162,127 @@ impl Resource {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", content = "attributes", rename_all = "snake_case")]
 pub enum Spec {
-    Vpc {
-        cidr: Ipv4Net,
-    },
-    InternetGateway {
-        vpc: Address,
-    },
-    ElasticIp {},
-    NatGateway {
-        subnet: Address,
-        elastic_ip: Address,
-    },
-    RouteTable {
-        vpc: Address,
-        routes: Vec<Route>,
-    },
-    Subnet {
-        vpc: Address,
-        cidr: Ipv4Net,
-        zone: String,
-        map_public_ip_on_launch: bool,
-        route_table: Address,
-    },
-    SecurityGroup {
-        vpc: Address,
-        description: String,
-    },
-    SecurityGroupRules {
-        group: Address,
-        ingress: Vec<RuleSpec>,
-        /// `None` leaves AWS's default allow-all egress rule in place.
-        egress: Option<Vec<RuleSpec>>,
-    },
-    IamRole {
-        assume_role_policy: serde_json::Value,
-        managed_policies: Vec<String>,
-        inline_policies: BTreeMap<String, serde_json::Value>,
-    },
-    InstanceProfile {
-        role: Address,
-    },
+    Vpc(VpcSpec),
+    InternetGateway(InternetGatewaySpec),
+    ElasticIp(ElasticIpSpec),
+    NatGateway(NatGatewaySpec),
+    RouteTable(RouteTableSpec),
+    Subnet(SubnetSpec),
+    SecurityGroup(SecurityGroupSpec),
+    SecurityGroupRules(SecurityGroupRulesSpec),
+    IamRole(IamRoleSpec),
+    InstanceProfile(InstanceProfileSpec),
     LaunchTemplate(LaunchSpec),
     LaunchConfiguration(LaunchSpec),
-    AutoScalingGroup {
-        min: u32,
-        max: u32,
-        /// The capacity kstack sets: the model's at creation and when the model's changes,
-        /// else what the group has (see `plan::capacity`).
-        desired: u32,
-        /// The model's `desired` where the file writes one, kept in state to tell a person's
-        /// change in the file from an autoscaler's change in AWS. AWS holds no such thing:
-        /// never compared with it.
-        asked: Option<u32>,
-        subnets: Vec<Address>,
-        launch: Address,
-        load_balancers: Vec<Address>,
-        health_check: GroupHealthCheck,
-    },
-    LoadBalancer {
-        internal: bool,
-        subnets: Vec<Address>,
-        security_groups: Vec<Address>,
-        listeners: Vec<Listener>,
-        health_check: HealthCheck,
-        connection_draining: Option<u16>,
-        cross_zone: bool,
-        idle_timeout: u16,
-    },
-    DnsRecord {
-        /// The hosted zone's name, lowercase without the final dot.
-        zone: String,
-        /// Lowercase, without the final dot.
-        name: String,
-        #[serde(rename = "type")]
-        record_type: RecordType,
-        /// A load balancer of the environment, or `values` with their `ttl`.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        alias: Option<Address>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ttl: Option<u32>,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        values: Vec<String>,
-    },
+    AutoScalingGroup(AutoScalingGroupSpec),
+    LoadBalancer(LoadBalancerSpec),
+    DnsRecord(DnsRecordSpec),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VpcSpec {
+    pub cidr: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InternetGatewaySpec {
+    pub vpc: Address,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ElasticIpSpec {}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NatGatewaySpec {
+    pub subnet: Address,
+    pub elastic_ip: Address,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteTableSpec {
+    pub vpc: Address,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubnetSpec {
+    pub vpc: Address,
+    pub cidr: Ipv4Net,
+    pub zone: String,
+    pub map_public_ip_on_launch: bool,
+    pub route_table: Address,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecurityGroupSpec {
+    pub vpc: Address,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecurityGroupRulesSpec {
+    pub group: Address,
+    pub ingress: Vec<RuleSpec>,
+    /// `None` leaves AWS's default allow-all egress rule in place.
+    pub egress: Option<Vec<RuleSpec>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IamRoleSpec {
+    pub assume_role_policy: serde_json::Value,
+    pub managed_policies: Vec<String>,
+    pub inline_policies: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceProfileSpec {
+    pub role: Address,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoScalingGroupSpec {
+    pub min: u32,
+    pub max: u32,
+    /// The capacity kstack sets: the model's at creation and when the model's changes,
+    /// else what the group has (see `plan::capacity`).
+    pub desired: u32,
+    /// The model's `desired` where the file writes one, kept in state to tell a person's
+    /// change in the file from an autoscaler's change in AWS. AWS holds no such thing:
+    /// never compared with it.
+    pub asked: Option<u32>,
+    pub subnets: Vec<Address>,
+    pub launch: Address,
+    pub load_balancers: Vec<Address>,
+    pub health_check: GroupHealthCheck,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBalancerSpec {
+    pub internal: bool,
+    pub subnets: Vec<Address>,
+    pub security_groups: Vec<Address>,
+    pub listeners: Vec<Listener>,
+    pub health_check: HealthCheck,
+    pub connection_draining: Option<u16>,
+    pub cross_zone: bool,
+    pub idle_timeout: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsRecordSpec {
+    /// The hosted zone's name, lowercase without the final dot.
+    pub zone: String,
+    /// Lowercase, without the final dot.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub record_type: RecordType,
+    /// A load balancer of the environment, or `values` with their `ttl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<Address>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -315,47 +354,47 @@ impl UserData {
 impl Spec {
     pub fn kind(&self) -> Kind {
         match self {
-            Spec::Vpc { .. } => Kind::Vpc,
-            Spec::InternetGateway { .. } => Kind::InternetGateway,
-            Spec::ElasticIp {} => Kind::ElasticIp,
-            Spec::NatGateway { .. } => Kind::NatGateway,
-            Spec::RouteTable { .. } => Kind::RouteTable,
-            Spec::Subnet { .. } => Kind::Subnet,
-            Spec::SecurityGroup { .. } => Kind::SecurityGroup,
-            Spec::SecurityGroupRules { .. } => Kind::SecurityGroupRules,
-            Spec::IamRole { .. } => Kind::IamRole,
-            Spec::InstanceProfile { .. } => Kind::InstanceProfile,
+            Spec::Vpc(VpcSpec { .. }) => Kind::Vpc,
+            Spec::InternetGateway(InternetGatewaySpec { .. }) => Kind::InternetGateway,
+            Spec::ElasticIp(ElasticIpSpec {}) => Kind::ElasticIp,
+            Spec::NatGateway(NatGatewaySpec { .. }) => Kind::NatGateway,
+            Spec::RouteTable(RouteTableSpec { .. }) => Kind::RouteTable,
+            Spec::Subnet(SubnetSpec { .. }) => Kind::Subnet,
+            Spec::SecurityGroup(SecurityGroupSpec { .. }) => Kind::SecurityGroup,
+            Spec::SecurityGroupRules(SecurityGroupRulesSpec { .. }) => Kind::SecurityGroupRules,
+            Spec::IamRole(IamRoleSpec { .. }) => Kind::IamRole,
+            Spec::InstanceProfile(InstanceProfileSpec { .. }) => Kind::InstanceProfile,
             Spec::LaunchTemplate(_) => Kind::LaunchTemplate,
             Spec::LaunchConfiguration(_) => Kind::LaunchConfiguration,
-            Spec::AutoScalingGroup { .. } => Kind::AutoScalingGroup,
-            Spec::LoadBalancer { .. } => Kind::LoadBalancer,
-            Spec::DnsRecord { .. } => Kind::DnsRecord,
+            Spec::AutoScalingGroup(AutoScalingGroupSpec { .. }) => Kind::AutoScalingGroup,
+            Spec::LoadBalancer(LoadBalancerSpec { .. }) => Kind::LoadBalancer,
+            Spec::DnsRecord(DnsRecordSpec { .. }) => Kind::DnsRecord,
         }
     }
 
     /// Every resource this one refers to and so must be created after.
     pub fn dependencies(&self) -> Vec<&Address> {
         match self {
-            Spec::Vpc { .. } | Spec::ElasticIp {} | Spec::IamRole { .. } => Vec::new(),
-            Spec::InternetGateway { vpc } | Spec::SecurityGroup { vpc, .. } => vec![vpc],
-            Spec::NatGateway { subnet, elastic_ip } => vec![subnet, elastic_ip],
-            Spec::RouteTable { vpc, routes } => std::iter::once(vpc).chain(routes.iter().map(|r| &r.target)).collect(),
-            Spec::Subnet { vpc, route_table, .. } => vec![vpc, route_table],
-            Spec::SecurityGroupRules { group, ingress, egress } => std::iter::once(group)
+            Spec::Vpc(VpcSpec { .. }) | Spec::ElasticIp(ElasticIpSpec {}) | Spec::IamRole(IamRoleSpec { .. }) => Vec::new(),
+            Spec::InternetGateway(InternetGatewaySpec { vpc }) | Spec::SecurityGroup(SecurityGroupSpec { vpc, .. }) => vec![vpc],
+            Spec::NatGateway(NatGatewaySpec { subnet, elastic_ip }) => vec![subnet, elastic_ip],
+            Spec::RouteTable(RouteTableSpec { vpc, routes }) => std::iter::once(vpc).chain(routes.iter().map(|r| &r.target)).collect(),
+            Spec::Subnet(SubnetSpec { vpc, route_table, .. }) => vec![vpc, route_table],
+            Spec::SecurityGroupRules(SecurityGroupRulesSpec { group, ingress, egress }) => std::iter::once(group)
                 .chain(ingress.iter().chain(egress.iter().flatten()).filter_map(|r| match &r.peer {
                     Peer::Group(group) => Some(group),
                     Peer::Cidr(_) => None,
                 }))
                 .collect(),
-            Spec::InstanceProfile { role } => vec![role],
+            Spec::InstanceProfile(InstanceProfileSpec { role }) => vec![role],
             Spec::LaunchTemplate(launch) | Spec::LaunchConfiguration(launch) => {
                 launch.security_groups.iter().chain(&launch.instance_profile).collect()
             }
-            Spec::AutoScalingGroup { subnets, launch, load_balancers, .. } => {
+            Spec::AutoScalingGroup(AutoScalingGroupSpec { subnets, launch, load_balancers, .. }) => {
                 subnets.iter().chain(std::iter::once(launch)).chain(load_balancers).collect()
             }
-            Spec::LoadBalancer { subnets, security_groups, .. } => subnets.iter().chain(security_groups).collect(),
-            Spec::DnsRecord { alias, .. } => alias.iter().collect(),
+            Spec::LoadBalancer(LoadBalancerSpec { subnets, security_groups, .. }) => subnets.iter().chain(security_groups).collect(),
+            Spec::DnsRecord(DnsRecordSpec { alias, .. }) => alias.iter().collect(),
         }
     }
 }

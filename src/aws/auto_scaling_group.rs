@@ -1,6 +1,7 @@
 //! `asg`: a node group's auto scaling group.
 
 use crate::naming::{TAG_ENVIRONMENT, TAG_UNFINISHED_ROLL};
+use crate::resource::AutoScalingGroupSpec;
 use std::time::Duration;
 
 use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, Tag};
@@ -9,7 +10,7 @@ use serde_json::json;
 use super::tags::TagChange;
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 
-use crate::resource::{Address, Kind, Resource, Spec};
+use crate::resource::{Address, Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
@@ -55,8 +56,8 @@ struct Settings {
     health_check_type: &'static str,
 }
 
-fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
-    let Spec::AutoScalingGroup { subnets, launch, health_check, .. } = &resource.spec else { unreachable!("takes an auto scaling group") };
+fn settings(spec: &AutoScalingGroupSpec, ids: &Ids) -> Result<Settings, AwsError> {
+    let AutoScalingGroupSpec { subnets, launch, health_check, .. } = spec;
     let subnets = ids_of(ids, subnets)?.join(",");
     let launch_id = id_of(ids, launch)?;
     let (launch_template, launch_configuration) = if launch.is_kind(Kind::LaunchTemplate) {
@@ -69,11 +70,9 @@ fn settings(resource: &Resource, ids: &Ids) -> Result<Settings, AwsError> {
     Ok(Settings { subnets, launch_template, launch_configuration, health_check_type: if health_check.elb { "ELB" } else { "EC2" } })
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
-        unreachable!("takes an auto scaling group")
-    };
-    let settings = settings(resource, ids)?;
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &AutoScalingGroupSpec, ids: &Ids) -> Result<String, AwsError> {
+    let AutoScalingGroupSpec { min, max, desired, load_balancers, health_check, .. } = spec;
+    let settings = settings(spec, ids)?;
     let tags = resource.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).propagate_at_launch(true).build()).collect();
     cloud
         .autoscaling
@@ -96,11 +95,9 @@ pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Res
 
 /// Sets the desired capacity only when the plan changes it: a change of other settings never
 /// undoes what an autoscaler set meanwhile (see `plan::capacity`).
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, changed: &[String], ids: &Ids) -> Result<(), AwsError> {
-    let Spec::AutoScalingGroup { min, max, desired, load_balancers, health_check, .. } = &resource.spec else {
-        unreachable!("takes an auto scaling group")
-    };
-    let settings = settings(resource, ids)?;
+pub(super) async fn update(cloud: &Cloud, spec: &AutoScalingGroupSpec, actual: &Observed, changed: &[String], ids: &Ids) -> Result<(), AwsError> {
+    let AutoScalingGroupSpec { min, max, desired, load_balancers, health_check, .. } = spec;
+    let settings = settings(spec, ids)?;
     cloud
         .autoscaling
         .update_auto_scaling_group()

@@ -5,6 +5,7 @@
 //! names this environment; any other record is never changed. A record's id is
 //! `<zone id>|<name>|<type>`.
 
+use crate::resource::DnsRecordSpec;
 use std::collections::BTreeMap;
 
 use aws_sdk_route53::types::{AliasTarget, Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
@@ -13,7 +14,7 @@ use serde_json::json;
 use super::{AwsError, Cloud, Ids, Observed};
 use crate::model::RecordType;
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Kind, Resource};
 
 fn build_error(error: impl std::fmt::Display) -> AwsError {
     AwsError::internal(error.to_string())
@@ -142,8 +143,8 @@ fn quoted(kind: RecordType, value: &str) -> String {
 }
 
 /// The record set `resource` wants, with its alias's load balancer looked up.
-async fn wanted(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<ResourceRecordSet, AwsError> {
-    let Spec::DnsRecord { name, record_type, alias, ttl, values, .. } = &resource.spec else { unreachable!("takes a DNS record") };
+async fn wanted(cloud: &Cloud, spec: &DnsRecordSpec, ids: &Ids) -> Result<ResourceRecordSet, AwsError> {
+    let DnsRecordSpec { name, record_type, alias, ttl, values, .. } = spec;
     let set = ResourceRecordSet::builder().name(name).r#type(RrType::from(record_type.as_str()));
     let set = match alias {
         Some(balancer) => {
@@ -184,10 +185,10 @@ async fn submit(cloud: &Cloud, zone_id: &str, changes: Vec<Change>) -> Result<()
 
 /// Creates the record and its owner record together. Route53 refuses to create a name and
 /// type that exists, so a record made by hand is never taken over.
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::DnsRecord { zone, name, record_type, .. } = &resource.spec else { unreachable!("takes a DNS record") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &DnsRecordSpec, ids: &Ids) -> Result<String, AwsError> {
+    let DnsRecordSpec { zone, name, record_type, .. } = spec;
     let zone_id = zone_id(cloud, zone).await?.ok_or_else(|| AwsError::internal(format!("hosted zone {zone} does not exist")))?;
-    let record = wanted(cloud, resource, ids).await?;
+    let record = wanted(cloud, spec, ids).await?;
     let owner = owner_set(name, record_type.as_str(), &resource.tags)?;
     submit(cloud, &zone_id, vec![change(ChangeAction::Create, record)?, change(ChangeAction::Create, owner)?]).await?;
     Ok(format!("{zone_id}|{name}|{}", record_type.as_str()))
@@ -207,13 +208,13 @@ async fn current(cloud: &Cloud, id: &str) -> Result<(String, Option<ResourceReco
 }
 
 /// Replaces the record's values or alias in one batch: the current record out, the new in.
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+pub(super) async fn update(cloud: &Cloud, spec: &DnsRecordSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let (zone_id, record, _) = current(cloud, &actual.id).await?;
     let mut changes = Vec::new();
     if let Some(record) = record {
         changes.push(change(ChangeAction::Delete, record)?);
     }
-    changes.push(change(ChangeAction::Create, wanted(cloud, resource, ids).await?)?);
+    changes.push(change(ChangeAction::Create, wanted(cloud, spec, ids).await?)?);
     submit(cloud, &zone_id, changes).await
 }
 

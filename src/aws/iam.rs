@@ -2,6 +2,7 @@
 //! (IAM is global: the path tells regions and projects apart), so one listing finds the
 //! environment's own; their ids are ARNs, unique across kinds.
 
+use crate::resource::{IamRoleSpec, InstanceProfileSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_iam::types::{EntityType, Tag};
@@ -9,7 +10,7 @@ use serde_json::json;
 
 use super::tags::TagChange;
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{Address, Kind, Resource, Spec};
+use crate::resource::{Address, Kind, Resource};
 
 pub(super) fn name_from_arn(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
@@ -101,8 +102,8 @@ fn path_for_new(cloud: &Cloud) -> Result<String, AwsError> {
     cloud.owner.iam_path().ok_or_else(|| AwsError::internal(String::from("the environment has no identity yet")))
 }
 
-pub(super) async fn create_role(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
-    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else { unreachable!("takes an IAM role") };
+pub(super) async fn create_role(cloud: &Cloud, resource: &Resource, spec: &IamRoleSpec) -> Result<String, AwsError> {
+    let IamRoleSpec { assume_role_policy, managed_policies, inline_policies } = spec;
     let created = cloud
         .iam
         .create_role()
@@ -127,8 +128,8 @@ async fn put_inline(cloud: &Cloud, role: &str, name: &str, document: &serde_json
     Ok(())
 }
 
-pub(super) async fn update_role(cloud: &Cloud, resource: &Resource, actual: &Observed) -> Result<(), AwsError> {
-    let Spec::IamRole { assume_role_policy, managed_policies, inline_policies } = &resource.spec else { unreachable!("takes an IAM role") };
+pub(super) async fn update_role(cloud: &Cloud, spec: &IamRoleSpec, actual: &Observed) -> Result<(), AwsError> {
+    let IamRoleSpec { assume_role_policy, managed_policies, inline_policies } = spec;
     let role = name_from_arn(&actual.id);
     if actual.attributes["assume_role_policy"] != *assume_role_policy {
         cloud.iam.update_assume_role_policy().role_name(role).policy_document(assume_role_policy.to_string()).send().await?;
@@ -170,8 +171,8 @@ pub(super) async fn delete_role(cloud: &Cloud, actual: &Observed) -> Result<(), 
     Ok(())
 }
 
-pub(super) async fn create_instance_profile(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
+pub(super) async fn create_instance_profile(cloud: &Cloud, resource: &Resource, spec: &InstanceProfileSpec, ids: &Ids) -> Result<String, AwsError> {
+    let InstanceProfileSpec { role } = spec;
     let created = cloud
         .iam
         .create_instance_profile()
@@ -191,8 +192,8 @@ async fn add_role(cloud: &Cloud, profile: &str, role: &Address, ids: &Ids) -> Re
     Ok(())
 }
 
-pub(super) async fn update_instance_profile(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::InstanceProfile { role } = &resource.spec else { unreachable!("takes an instance profile") };
+pub(super) async fn update_instance_profile(cloud: &Cloud, spec: &InstanceProfileSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let InstanceProfileSpec { role } = spec;
     let profile = name_from_arn(&actual.id);
     remove_roles(cloud, profile).await?;
     add_role(cloud, profile, role, ids).await

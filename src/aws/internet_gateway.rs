@@ -1,11 +1,12 @@
 //! `internet_gateway`: the public subnets' way out, attached to the VPC.
 
+use crate::resource::InternetGatewaySpec;
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
@@ -21,8 +22,8 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::InternetGateway { vpc } = &resource.spec else { unreachable!("takes an internet gateway") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &InternetGatewaySpec, ids: &Ids) -> Result<String, AwsError> {
+    let InternetGatewaySpec { vpc } = spec;
     let created = cloud
         .ec2
         .create_internet_gateway()

@@ -9,7 +9,7 @@ use aws_sdk_autoscaling::types::{BlockDeviceMapping, Ebs, InstanceMetadataHttpTo
 use super::launch_template::{ami, launch_attributes, root_device, LaunchAttributes};
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 
-use crate::resource::{Address, Kind, Resource, Spec};
+use crate::resource::{Address, Kind, LaunchSpec, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
@@ -54,8 +54,7 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::LaunchConfiguration(launch) = &resource.spec else { unreachable!("takes a launch configuration") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, ids: &Ids) -> Result<String, AwsError> {
     let ami = ami(launch)?;
     let security_groups = ids_of(ids, &launch.security_groups)?;
     let profile = match &launch.instance_profile {

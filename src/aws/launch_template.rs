@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::tags::{ec2_tag_specification, ec2_tags, environment_filter, from_ec2, observed};
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, Spec, UserData};
+use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, UserData};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut templates = Vec::new();
@@ -149,8 +149,7 @@ async fn template_data(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, 
         .build())
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::LaunchTemplate(launch) = &resource.spec else { unreachable!("takes a launch template") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, ids: &Ids) -> Result<String, AwsError> {
     let data = template_data(cloud, resource, launch, ids).await?;
     let created = cloud
         .ec2
@@ -168,8 +167,7 @@ pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Res
         .to_owned())
 }
 
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::LaunchTemplate(launch) = &resource.spec else { unreachable!("takes a launch template") };
+pub(super) async fn update(cloud: &Cloud, resource: &Resource, launch: &LaunchSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
     let data = template_data(cloud, resource, launch, ids).await?;
     let version = cloud
         .ec2

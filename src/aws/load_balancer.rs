@@ -1,6 +1,7 @@
 //! `elb`: a classic load balancer, named `<env>-<name>-<identity short form>`.
 
 use crate::naming::TAG_ENVIRONMENT;
+use crate::resource::LoadBalancerSpec;
 use std::collections::BTreeMap;
 
 use aws_sdk_elasticloadbalancing::types::{
@@ -12,7 +13,7 @@ use super::tags::TagChange;
 use super::{ids_of, AwsError, Cloud, Ids, Observed};
 
 use crate::model::{self, ListenerProtocol};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Kind, Resource};
 
 fn build_error(error: impl std::fmt::Display) -> AwsError {
     AwsError::internal(error.to_string())
@@ -114,8 +115,8 @@ fn listener(listener: &model::Listener) -> Result<Listener, AwsError> {
         .map_err(build_error)
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::LoadBalancer { internal, subnets, security_groups, listeners, .. } = &resource.spec else { unreachable!("takes a load balancer") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &LoadBalancerSpec, ids: &Ids) -> Result<String, AwsError> {
+    let LoadBalancerSpec { internal, subnets, security_groups, listeners, .. } = spec;
     let tags = resource.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build().map_err(build_error)).collect::<Result<Vec<_>, _>>()?;
     cloud
         .elb
@@ -128,15 +129,13 @@ pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Res
         .set_tags(Some(tags))
         .send()
         .await?;
-    configure(cloud, resource, &resource.name).await?;
+    configure(cloud, spec, &resource.name).await?;
     Ok(resource.name.clone())
 }
 
 /// Health check and attributes, which creation does not take.
-async fn configure(cloud: &Cloud, resource: &Resource, name: &str) -> Result<(), AwsError> {
-    let Spec::LoadBalancer { health_check, connection_draining, cross_zone, idle_timeout, .. } = &resource.spec else {
-        unreachable!("takes a load balancer")
-    };
+async fn configure(cloud: &Cloud, spec: &LoadBalancerSpec, name: &str) -> Result<(), AwsError> {
+    let LoadBalancerSpec { health_check, connection_draining, cross_zone, idle_timeout, .. } = spec;
     let check = HealthCheck::builder()
         .target(&health_check.target)
         .interval(i32::from(health_check.interval))
@@ -157,8 +156,8 @@ async fn configure(cloud: &Cloud, resource: &Resource, name: &str) -> Result<(),
     Ok(())
 }
 
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::LoadBalancer { subnets, security_groups, listeners, .. } = &resource.spec else { unreachable!("takes a load balancer") };
+pub(super) async fn update(cloud: &Cloud, spec: &LoadBalancerSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let LoadBalancerSpec { subnets, security_groups, listeners, .. } = spec;
     let name = actual.id.as_str();
     let desired_listeners = serde_json::to_value(listeners).unwrap_or_default();
     if actual.attributes["listeners"] != desired_listeners {
@@ -202,7 +201,7 @@ pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed
         .set_security_groups(Some(ids_of(ids, security_groups)?))
         .send()
         .await?;
-    configure(cloud, resource, name).await
+    configure(cloud, spec, name).await
 }
 
 pub(super) async fn delete(cloud: &Cloud, name: &str) -> Result<(), AwsError> {

@@ -245,21 +245,21 @@ pub(crate) fn without_retries() -> aws_sdk_ec2::config::Builder {
 pub async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
     use crate::resource::Spec;
     match &resource.spec {
-        Spec::Vpc { .. } => vpc::create(cloud, resource).await,
-        Spec::InternetGateway { .. } => internet_gateway::create(cloud, resource, ids).await,
-        Spec::ElasticIp {} => nat_gateway::create_elastic_ip(cloud, resource).await,
-        Spec::NatGateway { .. } => nat_gateway::create(cloud, resource, ids).await,
-        Spec::RouteTable { .. } => route_table::create(cloud, resource, ids).await,
-        Spec::Subnet { .. } => subnet::create(cloud, resource, ids).await,
-        Spec::SecurityGroup { .. } => security_group::create(cloud, resource, ids).await,
-        Spec::SecurityGroupRules { .. } => security_group::create_rules(cloud, resource, ids).await,
-        Spec::IamRole { .. } => iam::create_role(cloud, resource).await,
-        Spec::InstanceProfile { .. } => iam::create_instance_profile(cloud, resource, ids).await,
-        Spec::LaunchTemplate(_) => launch_template::create(cloud, resource, ids).await,
-        Spec::LaunchConfiguration(_) => launch_configuration::create(cloud, resource, ids).await,
-        Spec::AutoScalingGroup { .. } => auto_scaling_group::create(cloud, resource, ids).await,
-        Spec::LoadBalancer { .. } => load_balancer::create(cloud, resource, ids).await,
-        Spec::DnsRecord { .. } => dns_record::create(cloud, resource, ids).await,
+        Spec::Vpc(spec) => vpc::create(cloud, resource, spec).await,
+        Spec::InternetGateway(spec) => internet_gateway::create(cloud, resource, spec, ids).await,
+        Spec::ElasticIp(_) => nat_gateway::create_elastic_ip(cloud, resource).await,
+        Spec::NatGateway(spec) => nat_gateway::create(cloud, resource, spec, ids).await,
+        Spec::RouteTable(spec) => route_table::create(cloud, resource, spec, ids).await,
+        Spec::Subnet(spec) => subnet::create(cloud, resource, spec, ids).await,
+        Spec::SecurityGroup(spec) => security_group::create(cloud, resource, spec, ids).await,
+        Spec::SecurityGroupRules(spec) => security_group::create_rules(cloud, spec, ids).await,
+        Spec::IamRole(spec) => iam::create_role(cloud, resource, spec).await,
+        Spec::InstanceProfile(spec) => iam::create_instance_profile(cloud, resource, spec, ids).await,
+        Spec::LaunchTemplate(spec) => launch_template::create(cloud, resource, spec, ids).await,
+        Spec::LaunchConfiguration(spec) => launch_configuration::create(cloud, resource, spec, ids).await,
+        Spec::AutoScalingGroup(spec) => auto_scaling_group::create(cloud, resource, spec, ids).await,
+        Spec::LoadBalancer(spec) => load_balancer::create(cloud, resource, spec, ids).await,
+        Spec::DnsRecord(spec) => dns_record::create(cloud, resource, spec, ids).await,
     }
 }
 
@@ -274,21 +274,21 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, chang
         return Ok(());
     }
     match &resource.spec {
-        Spec::RouteTable { .. } => route_table::update(cloud, resource, actual, ids).await,
-        Spec::Subnet { .. } => subnet::update(cloud, resource, actual, ids).await,
-        Spec::SecurityGroupRules { .. } => security_group::update_rules(cloud, resource, actual, ids).await,
-        Spec::IamRole { .. } => iam::update_role(cloud, resource, actual).await,
-        Spec::InstanceProfile { .. } => iam::update_instance_profile(cloud, resource, actual, ids).await,
-        Spec::LaunchTemplate(_) => launch_template::update(cloud, resource, actual, ids).await,
-        Spec::AutoScalingGroup { .. } => auto_scaling_group::update(cloud, resource, actual, changed, ids).await,
-        Spec::LoadBalancer { .. } => load_balancer::update(cloud, resource, actual, ids).await,
-        Spec::DnsRecord { .. } => dns_record::update(cloud, resource, actual, ids).await,
+        Spec::RouteTable(spec) => route_table::update(cloud, spec, actual, ids).await,
+        Spec::Subnet(spec) => subnet::update(cloud, spec, actual, ids).await,
+        Spec::SecurityGroupRules(spec) => security_group::update_rules(cloud, spec, actual, ids).await,
+        Spec::IamRole(spec) => iam::update_role(cloud, spec, actual).await,
+        Spec::InstanceProfile(spec) => iam::update_instance_profile(cloud, spec, actual, ids).await,
+        Spec::LaunchTemplate(spec) => launch_template::update(cloud, resource, spec, actual, ids).await,
+        Spec::AutoScalingGroup(spec) => auto_scaling_group::update(cloud, spec, actual, changed, ids).await,
+        Spec::LoadBalancer(spec) => load_balancer::update(cloud, spec, actual, ids).await,
+        Spec::DnsRecord(spec) => dns_record::update(cloud, spec, actual, ids).await,
         // Every other attribute of these forces replacement; only tags change in place.
-        Spec::Vpc { .. }
-        | Spec::InternetGateway { .. }
-        | Spec::ElasticIp {}
-        | Spec::NatGateway { .. }
-        | Spec::SecurityGroup { .. }
+        Spec::Vpc(_)
+        | Spec::InternetGateway(_)
+        | Spec::ElasticIp(_)
+        | Spec::NatGateway(_)
+        | Spec::SecurityGroup(_)
         | Spec::LaunchConfiguration(_) => Ok(()),
     }
 }

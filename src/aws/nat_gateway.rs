@@ -1,5 +1,6 @@
 //! `elastic_ip` and `nat_gateway`: the private subnets' way out, one address per gateway.
 
+use crate::resource::NatGatewaySpec;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{DomainType, NatGatewayState, ResourceType};
@@ -7,7 +8,7 @@ use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
 use super::{id_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Kind, Resource};
 
 pub(super) async fn read_elastic_ips(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let addresses = cloud.ec2.describe_addresses().filters(environment_filter(cloud)).send().await?;
@@ -52,8 +53,8 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::NatGateway { subnet, elastic_ip } = &resource.spec else { unreachable!("takes a NAT gateway") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &NatGatewaySpec, ids: &Ids) -> Result<String, AwsError> {
+    let NatGatewaySpec { subnet, elastic_ip } = spec;
     let created = cloud
         .ec2
         .create_nat_gateway()

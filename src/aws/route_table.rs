@@ -1,5 +1,6 @@
 //! `route_table`: where a tier's traffic leaves the VPC (internet or NAT gateway).
 
+use crate::resource::RouteTableSpec;
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{ResourceType, RouteOrigin, RouteTable};
@@ -7,7 +8,7 @@ use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{Address, Kind, Resource, Route, Spec};
+use crate::resource::{Address, Kind, Resource, Route};
 
 /// The environment's route tables; subnets read their associations from the same answer.
 pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
@@ -43,8 +44,8 @@ pub(super) fn observe(tables: &[RouteTable]) -> Vec<Observed> {
         .collect()
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::RouteTable { vpc, routes } = &resource.spec else { unreachable!("takes a route table") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &RouteTableSpec, ids: &Ids) -> Result<String, AwsError> {
+    let RouteTableSpec { vpc, routes } = spec;
     let created = cloud
         .ec2
         .create_route_table()
@@ -70,8 +71,8 @@ async fn create_route(cloud: &Cloud, table: &str, route: &Route, ids: &Ids) -> R
     Ok(())
 }
 
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::RouteTable { routes, .. } = &resource.spec else { unreachable!("takes a route table") };
+pub(super) async fn update(cloud: &Cloud, spec: &RouteTableSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let RouteTableSpec { routes, .. } = spec;
     let existing: BTreeMap<String, Address> = actual.attributes["routes"]
         .as_array()
         .into_iter()

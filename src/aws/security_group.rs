@@ -1,13 +1,14 @@
 //! `security_group` and `security_group_rules`. Rules are a resource of their own so groups
 //! that refer to each other can all exist before any rule names them.
 
+use crate::resource::{SecurityGroupRulesSpec, SecurityGroupSpec};
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup, UserIdGroupPair};
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::model::{PortRange, Protocol};
-use crate::resource::{Address, Kind, Peer, Resource, RuleSpec, Spec};
+use crate::resource::{Address, Kind, Peer, Resource, RuleSpec};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
@@ -90,8 +91,8 @@ fn rules_of(permissions: &[IpPermission]) -> Vec<RuleSpec> {
     rules
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::SecurityGroup { vpc, description } = &resource.spec else { unreachable!("takes a security group") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &SecurityGroupSpec, ids: &Ids) -> Result<String, AwsError> {
+    let SecurityGroupSpec { vpc, description } = spec;
     let created = cloud
         .ec2
         .create_security_group()
@@ -109,8 +110,8 @@ pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     Ok(())
 }
 
-pub(super) async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::SecurityGroupRules { group, ingress, egress } = &resource.spec else { unreachable!("takes security group rules") };
+pub(super) async fn create_rules(cloud: &Cloud, spec: &SecurityGroupRulesSpec, ids: &Ids) -> Result<String, AwsError> {
+    let SecurityGroupRulesSpec { group, ingress, egress } = spec;
     let group_id = id_of(ids, group)?.to_owned();
     authorize(cloud, &group_id, Direction::Ingress, ingress, ids).await?;
     if let Some(egress) = egress {
@@ -120,8 +121,8 @@ pub(super) async fn create_rules(cloud: &Cloud, resource: &Resource, ids: &Ids) 
     Ok(group_id)
 }
 
-pub(super) async fn update_rules(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::SecurityGroupRules { ingress, egress, .. } = &resource.spec else { unreachable!("takes security group rules") };
+pub(super) async fn update_rules(cloud: &Cloud, spec: &SecurityGroupRulesSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let SecurityGroupRulesSpec { ingress, egress, .. } = spec;
     let (actual_ingress, actual_egress) = actual_rules(actual);
     let group_id = actual.id.as_str();
     sync(cloud, group_id, Direction::Ingress, &actual_ingress, ingress, ids).await?;

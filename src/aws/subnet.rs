@@ -1,11 +1,12 @@
 //! `subnet`: one per tier and zone, associated with its tier's route table.
 
+use crate::resource::SubnetSpec;
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, RouteTable, Subnet};
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
 use super::{id_of, AwsError, Cloud, Ids, Observed};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Kind, Resource};
 
 pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<Subnet>, AwsError> {
     let mut subnets = Vec::new();
@@ -35,8 +36,8 @@ pub(super) fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed
         .collect()
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource, ids: &Ids) -> Result<String, AwsError> {
-    let Spec::Subnet { vpc, cidr, zone, map_public_ip_on_launch, route_table } = &resource.spec else { unreachable!("takes a subnet") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &SubnetSpec, ids: &Ids) -> Result<String, AwsError> {
+    let SubnetSpec { vpc, cidr, zone, map_public_ip_on_launch, route_table } = spec;
     let created = cloud
         .ec2
         .create_subnet()
@@ -61,8 +62,8 @@ async fn set_public_ip(cloud: &Cloud, id: &str, on: bool) -> Result<(), AwsError
     Ok(())
 }
 
-pub(super) async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
-    let Spec::Subnet { map_public_ip_on_launch, route_table, .. } = &resource.spec else { unreachable!("takes a subnet") };
+pub(super) async fn update(cloud: &Cloud, spec: &SubnetSpec, actual: &Observed, ids: &Ids) -> Result<(), AwsError> {
+    let SubnetSpec { map_public_ip_on_launch, route_table, .. } = spec;
     if actual.attributes["map_public_ip_on_launch"] != json!(map_public_ip_on_launch) {
         set_public_ip(cloud, &actual.id, *map_public_ip_on_launch).await?;
     }

@@ -1,11 +1,12 @@
 //! `vpc`: the environment's VPC.
 
+use crate::resource::VpcSpec;
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::json;
 
 use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
 use super::{AwsError, Cloud, Observed};
-use crate::resource::{Kind, Resource, Spec};
+use crate::resource::{Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut found = Vec::new();
@@ -19,8 +20,8 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     Ok(found)
 }
 
-pub(super) async fn create(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
-    let Spec::Vpc { cidr } = &resource.spec else { unreachable!("vpc::create takes a VPC") };
+pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &VpcSpec) -> Result<String, AwsError> {
+    let VpcSpec { cidr } = spec;
     let created = cloud
         .ec2
         .create_vpc()

@@ -2,6 +2,7 @@
 //! found, for a destroy), its lock taken, AWS connected, images resolved, resources refreshed,
 //! and the plan made.
 
+use crate::resource::DnsRecordSpec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -207,7 +208,7 @@ impl Session {
             }
         };
         let wanted_zones = graph.in_dependency_order().filter_map(|r| match &r.spec {
-            crate::resource::Spec::DnsRecord { zone, .. } => Some(zone.as_str()),
+            crate::resource::Spec::DnsRecord(DnsRecordSpec { zone, .. }) => Some(zone.as_str()),
             _ => None,
         });
         let cloud = cloud.with_dns_zones(wanted_zones.chain(state.dns_zones()));

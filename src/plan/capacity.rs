@@ -6,6 +6,7 @@
 //! recorded, a file without `desired:`) the group keeps its size. A new min or max that
 //! excludes the current size clamps it. Pure.
 
+use crate::resource::AutoScalingGroupSpec;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,7 @@ pub fn settle<'a>(
 ) -> Vec<CapacityNote> {
     let mut notes = Vec::new();
     for resource in desired {
-        let Spec::AutoScalingGroup { min, max, desired: capacity, asked, .. } = &mut resource.spec else { continue };
+        let Spec::AutoScalingGroup(AutoScalingGroupSpec { min, max, desired: capacity, asked, .. }) = &mut resource.spec else { continue };
         let Some(size) = observed.iter().find(|o| o.address == resource.address).and_then(|o| o.attributes["desired"].as_u64()) else {
             continue;
         };
@@ -76,7 +77,7 @@ mod tests {
     use serde_json::json;
 
     fn group(min: u32, max: u32, desired: u32) -> Vec<Resource> {
-        let spec = Spec::AutoScalingGroup {
+        let spec = Spec::AutoScalingGroup(AutoScalingGroupSpec {
             min,
             max,
             desired,
@@ -85,7 +86,7 @@ mod tests {
             launch: Address::new(Kind::LaunchTemplate, "workers"),
             load_balancers: Vec::new(),
             health_check: GroupHealthCheck { elb: false, grace_period: 0 },
-        };
+        });
         vec![Resource::new(Kind::AutoScalingGroup, "workers", spec)]
     }
 
@@ -108,8 +109,8 @@ mod tests {
 
     fn capacity(group: &[Resource]) -> u32 {
         match group.first().map(|r| &r.spec) {
-            Some(Spec::AutoScalingGroup { desired, .. }) => *desired,
-            _ => unreachable!(),
+            Some(Spec::AutoScalingGroup(AutoScalingGroupSpec { desired, .. })) => *desired,
+            other => panic!("a group was expected, not {other:?}"),
         }
     }
 
@@ -141,7 +142,7 @@ mod tests {
     #[test]
     fn a_file_without_desired_asks_nothing_so_a_new_min_inside_the_size_keeps_it() {
         let mut unwritten = group(3, 6, 3);
-        if let Spec::AutoScalingGroup { asked, .. } = &mut unwritten[0].spec {
+        if let Spec::AutoScalingGroup(AutoScalingGroupSpec { asked, .. }) = &mut unwritten[0].spec {
             *asked = None;
         }
         assert_eq!(settled(unwritten.clone(), 5, json!({"desired": 5})), (5, vec![CapacityOutcome::Kept]));

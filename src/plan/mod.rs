@@ -213,7 +213,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::resource::{Resource, Spec};
+    use crate::resource::{Resource, SecurityGroupSpec, Spec, VpcSpec};
 
     fn observed(resource: &Resource, id: &str, attributes: serde_json::Value) -> Observed {
         Observed {
@@ -232,8 +232,9 @@ mod tests {
 
     #[test]
     fn a_replaced_resource_replaces_what_cannot_follow_it_and_orphans_are_deleted() {
-        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
-        let group = Resource::new(Kind::SecurityGroup, "web", Spec::SecurityGroup { vpc: vpc.address.clone(), description: "web".into() });
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc(VpcSpec { cidr: "10.1.0.0/16".parse().unwrap() }));
+        let group =
+            Resource::new(Kind::SecurityGroup, "web", Spec::SecurityGroup(SecurityGroupSpec { vpc: vpc.address.clone(), description: "web".into() }));
         let graph = ResourceGraph::build(vec![vpc.clone(), group.clone()]).unwrap();
         let stray = Observed {
             address: Address::new(Kind::Vpc, "old"),
@@ -262,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_second_resource_claiming_an_address_is_deleted() {
-        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc { cidr: "10.1.0.0/16".parse().unwrap() });
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc(VpcSpec { cidr: "10.1.0.0/16".parse().unwrap() }));
         let graph = ResourceGraph::build(vec![vpc.clone()]).unwrap();
         let actual = vec![observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})), observed(&vpc, "vpc-2", json!({"cidr": "10.1.0.0/16"}))];
         let plan = plan("test", &graph, &actual);
