@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::aws::{self, AwsError, Cloud, Ids, Observed};
+use crate::events::{Event, Watch};
 use crate::graph::ResourceGraph;
 use crate::plan::{ActionKind, Plan};
 use crate::resource::{Address, Resource};
@@ -22,7 +23,8 @@ use crate::state::{State, StateError, StateStore};
 use crate::stop::{Reason, Stop};
 use std::future::Future;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verb {
     Create,
     Update,
@@ -48,12 +50,33 @@ impl Verb {
 }
 
 /// What the walk reports while it runs, for progress output.
-#[derive(Debug, Clone)]
-pub enum Event {
-    Started { address: Address, verb: Verb },
-    Retrying { address: Address, error: AwsError, delay: Duration },
-    Finished { address: Address, verb: Verb, id: String, elapsed: Duration },
-    Failed { address: Address, verb: Verb, error: AwsError },
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ApplyEvent {
+    Started {
+        address: Address,
+        verb: Verb,
+    },
+    Retrying {
+        address: Address,
+        #[serde(serialize_with = "crate::events::as_text")]
+        error: AwsError,
+        #[serde(serialize_with = "crate::events::as_seconds")]
+        delay: Duration,
+    },
+    Finished {
+        address: Address,
+        verb: Verb,
+        id: String,
+        #[serde(serialize_with = "crate::events::as_seconds")]
+        elapsed: Duration,
+    },
+    Failed {
+        address: Address,
+        verb: Verb,
+        #[serde(serialize_with = "crate::events::as_text")]
+        error: AwsError,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +173,7 @@ struct Context<P> {
     parallelism: usize,
     stop: Stop,
     left_alone: std::collections::BTreeSet<String>,
-    events: Box<dyn Fn(Event) + Send + Sync>,
+    watch: Arc<dyn Watch>,
 }
 
 pub struct Options {
@@ -176,7 +199,7 @@ pub async fn apply<P: Provider>(
     observed: &[Observed],
     journal: Recorder,
     options: Options,
-    events: impl Fn(Event) + Send + Sync + 'static,
+    watch: Arc<dyn Watch>,
 ) -> Outcome {
     let mut ids: Ids = BTreeMap::new();
     for resource in observed {
@@ -225,7 +248,7 @@ pub async fn apply<P: Provider>(
         parallelism: options.parallelism.max(1),
         stop: options.stop,
         left_alone: options.left_alone,
-        events: Box::new(events),
+        watch,
     });
     let mut outcome = Outcome::default();
     for steps in [first_deletes, changes, last_deletes] {
@@ -389,7 +412,7 @@ enum StepError {
 async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepError> {
     let address = step.address().clone();
     let verb = step.verb();
-    (context.events)(Event::Started { address: address.clone(), verb });
+    context.watch.event(Event::Apply(ApplyEvent::Started { address: address.clone(), verb }));
     if let Step::Create(resource) = step {
         journal_intent(context, &resource.address).map_err(StepError::State)?;
     }
@@ -434,12 +457,12 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
                     && Instant::now() + delay < deadline
                     && context.stop.reason().is_none() =>
             {
-                (context.events)(Event::Retrying { address: address.clone(), error, delay });
+                context.watch.event(Event::Apply(ApplyEvent::Retrying { address: address.clone(), error, delay }));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(15));
             }
             Err(error) => {
-                (context.events)(Event::Failed { address: address.clone(), verb, error: error.clone() });
+                context.watch.event(Event::Apply(ApplyEvent::Failed { address: address.clone(), verb, error: error.clone() }));
                 // A failed create keeps its intent: a create of several calls (a role, then its
                 // policies) may have made the resource before a later call failed, and the next
                 // run adopts it. An apply that ends without failures clears what is left.
@@ -448,7 +471,7 @@ async fn run<P: Provider>(context: &Context<P>, step: &Step) -> Result<(), StepE
         }
     };
     record(context, step, &id).map_err(StepError::State)?;
-    (context.events)(Event::Finished { address, verb, id, elapsed: started.elapsed() });
+    context.watch.event(Event::Apply(ApplyEvent::Finished { address, verb, id, elapsed: started.elapsed() }));
     Ok(())
 }
 
@@ -626,7 +649,7 @@ mod tests {
         let store = StateStore::local(dir, "test", None);
         let journal = Recorder { state: store.load().unwrap(), store: store.clone() };
         let options = Options { parallelism: 2, stop: Stop::default(), left_alone: Default::default() };
-        let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, |_| {}).await;
+        let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, Arc::new(crate::events::Unwatched)).await;
         (outcome, store.load().unwrap())
     }
 

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod aws;
 pub mod bake;
 pub mod compile;
+pub mod events;
 pub mod graph;
 pub mod hint;
 pub mod identity;

@@ -2,6 +2,7 @@
 //! everything temporary, which is found by its `kstack:bake` tag so that even a resource
 //! created a moment before an interrupt is removed.
 
+use crate::events::{Event, Unwatched, Watch};
 use crate::naming::{
     TAG_ADDRESS, TAG_BAKE, TAG_BAKE_KEPT, TAG_ENVIRONMENT, TAG_HASH, TAG_IDENTITY, TAG_IMAGE, TAG_ROLES, TAG_SOURCE_AMI, TAG_VERSION,
 };
@@ -81,7 +82,7 @@ pub(super) async fn build(
         _ => {
             let _ = std::fs::remove_dir_all(&scratch);
             if let Err(error) = cleanup(cloud, Some(&bake_id), &progress).await {
-                progress(&format!("cleanup failed: {error}; run `kstack bake --cleanup` to retry"));
+                progress.event(Event::Bake(format!("cleanup failed: {error}; run `kstack bake --cleanup` to retry")));
             }
         }
     }
@@ -105,7 +106,8 @@ async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scr
         Err(error) => Err(error.to_string()),
     };
     if let Err(error) = marked {
-        progress(&format!("could not mark the builder as kept ({error}): a later bake may remove it once this one's lease runs out"));
+        progress
+            .event(Event::Bake(format!("could not mark the builder as kept ({error}): a later bake may remove it once this one's lease runs out")));
     }
     let key_path = scratch.join("id_ed25519");
     let written = key
@@ -113,13 +115,13 @@ async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scr
         .map_err(|e| e.to_string())
         .and_then(|text| write_private(&key_path, text.as_bytes()).map_err(|e| e.to_string()));
     match written {
-        Ok(()) => progress(&format!(
+        Ok(()) => progress.event(Event::Bake(format!(
             "kept the builder for debugging (tag {TAG_BAKE}={bake_id}); log in with `ssh -i {} {}@<address>`, \
              remove it with `kstack bake --cleanup`",
             key_path.display(),
             image.ssh_user
-        )),
-        Err(error) => progress(&format!("kept the builder (tag {TAG_BAKE}={bake_id}) but cannot write its key: {error}")),
+        ))),
+        Err(error) => progress.event(Event::Bake(format!("kept the builder (tag {TAG_BAKE}={bake_id}) but cannot write its key: {error}"))),
     }
 }
 
@@ -184,6 +186,16 @@ struct Baking<'a> {
     started: Instant,
 }
 
+/// Steps of work the bake hands on (making its image whole) are its own, timed like them.
+impl Watch for Baking<'_> {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Bake(text) => self.step(&text),
+            other => self.progress.event(other),
+        }
+    }
+}
+
 /// Where the builder runs.
 struct Place {
     subnet: String,
@@ -215,7 +227,7 @@ impl Baking<'_> {
     }
 
     fn step(&self, text: &str) {
-        (self.progress)(&format!("[{:>5.1}s] {text}", self.started.elapsed().as_secs_f64()));
+        self.progress.event(Event::Bake(format!("[{:>5.1}s] {text}", self.started.elapsed().as_secs_f64())));
     }
 
     /// The subnet of the image's `build:` place: one of the environment's own.
@@ -384,7 +396,7 @@ impl Baking<'_> {
         let variables = crate::variables::for_image(self.image);
         let run_options = RunOptions { check: false, forks: 1, max_fail: None };
         let hosts = [builder.address.clone()];
-        let reports = crate::roles::run(&hosts, login, roles, &variables, &run_options, Arc::new(|_| {})).await;
+        let reports = crate::roles::run(&hosts, login, roles, &variables, &run_options, Arc::new(Unwatched)).await;
         let report = reports.into_iter().next().unwrap_or_default();
         if let Some(reason) = &report.unreachable {
             return Err(BakeError::Unreachable(reason.clone()));
@@ -409,7 +421,7 @@ impl Baking<'_> {
             connection.close().await;
         }
         self.step("running the roles' checks");
-        let verified = crate::roles::verify(&hosts, login, roles, &variables, &run_options, Arc::new(|_| {})).await;
+        let verified = crate::roles::verify(&hosts, login, roles, &variables, &run_options, Arc::new(Unwatched)).await;
         let failed: Vec<String> =
             verified.iter().flat_map(|r| &r.checks).filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
         if !failed.is_empty() {
@@ -466,7 +478,7 @@ impl Baking<'_> {
             .await
             .map_err(|e| BakeError::aws("creating the image")(e.into()))?;
         let ami = created.image_id().unwrap_or_default().to_owned();
-        let amis = super::finish::finish(cloud, image, &ami, &|text: &str| self.step(text)).await?;
+        let amis = super::finish::finish(cloud, image, &ami, self).await?;
         self.step(&format!("image {ami} is available"));
         Ok(amis)
     }
@@ -593,7 +605,7 @@ async fn remove(cloud: &Cloud, found: &Temporaries, progress: &OnStep) -> Result
     }
     let instances: Vec<String> = found.instances.iter().map(|(id, _)| id.clone()).collect();
     if !instances.is_empty() {
-        progress(&format!("terminating builder {}", instances.join(", ")));
+        progress.event(Event::Bake(format!("terminating builder {}", instances.join(", "))));
         cloud
             .ec2
             .terminate_instances()
@@ -606,7 +618,7 @@ async fn remove(cloud: &Cloud, found: &Temporaries, progress: &OnStep) -> Result
         }
     }
     for (id, _) in &found.groups {
-        progress(&format!("deleting security group {id}"));
+        progress.event(Event::Bake(format!("deleting security group {id}")));
         let mut attempt = 0;
         loop {
             match cloud.ec2.delete_security_group().group_id(id).send().await {
@@ -642,12 +654,14 @@ pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &OnStep) -> Result<
     let bakes = found.bakes();
     for bake in &bakes {
         match &bake.standing {
-            Standing::Abandoned { holder } => {
-                progress(&format!("removing what bake {} of image `{}` left behind: its holder {holder} is gone", bake.bake_id, bake.image))
-            }
-            Standing::Kept => {
-                progress(&format!("bake {} of image `{}` was kept for debugging; `kstack bake --cleanup` removes it", bake.bake_id, bake.image))
-            }
+            Standing::Abandoned { holder } => progress.event(Event::Bake(format!(
+                "removing what bake {} of image `{}` left behind: its holder {holder} is gone",
+                bake.bake_id, bake.image
+            ))),
+            Standing::Kept => progress.event(Event::Bake(format!(
+                "bake {} of image `{}` was kept for debugging; `kstack bake --cleanup` removes it",
+                bake.bake_id, bake.image
+            ))),
             Standing::Running { .. } => {}
         }
     }
@@ -661,7 +675,10 @@ pub async fn cleanup_leftovers(cloud: &Cloud, progress: &OnStep) -> Result<usize
     let found = temporaries(cloud, None).await?;
     for bake in found.bakes() {
         if let Standing::Running { holder, expires } = &bake.standing {
-            progress(&format!("bake {} of image `{}` is running ({holder}, lease until {expires}): left alone", bake.bake_id, bake.image));
+            progress.event(Event::Bake(format!(
+                "bake {} of image `{}` is running ({holder}, lease until {expires}): left alone",
+                bake.bake_id, bake.image
+            )));
         }
     }
     remove(cloud, &found.only(|l| !matches!(l.standing, Standing::Running { .. })), progress).await

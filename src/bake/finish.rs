@@ -3,6 +3,7 @@
 //! idempotency token), so a bake killed after CreateImage is finished by the next bake
 //! rather than done twice.
 
+use crate::events::Event;
 use crate::naming::TAG_COPIED_FROM;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +15,12 @@ use crate::aws::Cloud;
 use crate::model::image::Image;
 
 /// The AMI per region, the bake's own region first.
-pub(super) async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<BTreeMap<String, String>, BakeError> {
+pub(super) async fn finish(
+    cloud: &Cloud,
+    image: &Image,
+    ami: &str,
+    progress: &dyn crate::events::Watch,
+) -> Result<BTreeMap<String, String>, BakeError> {
     let made = wait_for_image(cloud, ami).await?;
     let tags: Vec<Tag> = made.tags().iter().filter(|t| !t.key().unwrap_or_default().starts_with("aws:")).cloned().collect();
     let snapshots: Vec<String> =
@@ -37,11 +43,11 @@ pub(super) async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &(
     for region in &image.copy_to {
         let there = Cloud::connect(region, cloud.owner.clone()).await;
         if let Some(copy) = image_tagged(&there, TAG_COPIED_FROM, ami).await? {
-            progress(&format!("{region} has {copy} already"));
+            progress.event(Event::Bake(format!("{region} has {copy} already")));
             amis.insert(region.clone(), copy);
             continue;
         }
-        progress(&format!("copying {ami} to {region}"));
+        progress.event(Event::Bake(format!("copying {ami} to {region}")));
         let copied = there
             .ec2
             .copy_image()

@@ -13,6 +13,7 @@ mod hash;
 mod lease;
 pub mod resolve;
 
+use crate::events::Event;
 use crate::naming::TAG_HASH;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -129,7 +130,7 @@ pub struct Manifest {
 }
 
 /// Progress for the terminal: a step started, or finished after some time.
-pub type OnStep = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+pub type OnStep = std::sync::Arc<dyn crate::events::Watch>;
 
 pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeError> {
     match &image.source {
@@ -183,7 +184,7 @@ async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<St
 
 pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOptions, progress: OnStep) -> Result<Manifest, BakeError> {
     let started = Instant::now();
-    progress(&format!("resolving the source of image `{}`", image.name));
+    progress.event(Event::Bake(format!("resolving the source of image `{}`", image.name)));
     let source = source_ami(cloud, image).await?;
     let hash = content_hash(&source, image, roles)?;
     let running = builder::clear_abandoned(cloud, &progress).await?;
@@ -199,7 +200,7 @@ pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOp
     }
     if !options.force {
         if let Some(ami) = existing(cloud, &hash).await? {
-            progress(&format!("reusing {ami}: it was baked from the same source, roles and variables (hash {})", &hash[..12]));
+            progress.event(Event::Bake(format!("reusing {ami}: it was baked from the same source, roles and variables (hash {})", &hash[..12])));
             let amis = finish::finish(cloud, image, &ami, &*progress).await?;
             return Ok(Manifest {
                 image: image.name.clone(),

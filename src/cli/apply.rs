@@ -14,7 +14,7 @@ use kstack::roll::Unfinished;
 use kstack::state::Lock;
 
 use super::error::Exit;
-use super::progress::ApplyProgress;
+use super::progress::Shown;
 use super::running::{runtime, stop_on_signals, Held};
 use super::term::Terminal;
 use super::{term, CliError};
@@ -192,8 +192,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         return Err(CliError::failed(error.to_string(), Some("check that the project directory is writable")));
     }
     let steps = plan.summary.create + plan.summary.update + plan.summary.delete + 2 * plan.summary.replace;
-    let progress = Arc::new(ApplyProgress::new(steps));
-    let events = Arc::clone(&progress);
+    let progress = Arc::new(Shown::apply(steps));
     let outcome = runtime.block_on(apply(
         cloud,
         &plan,
@@ -201,7 +200,7 @@ fn execute(runtime: &tokio::runtime::Runtime, session: Session, parallelism: u16
         &observed,
         Recorder { store: store.clone(), state },
         Options { parallelism: usize::from(parallelism), stop: stop.clone(), left_alone: plan.left_alone.iter().map(|f| f.id.clone()).collect() },
-        move |event| events.event(event),
+        progress.clone(),
     ));
     progress.finish();
     report(&outcome, what, &plan, &store.location()).map(|()| lock)

@@ -11,7 +11,7 @@ use kstack::model::image::load_image;
 use kstack::model::{load_environment, Project};
 use kstack::roles::load_roles;
 
-use super::progress::StepProgress;
+use super::progress::Shown;
 use super::running::{open_store, owner, runtime, stop_on_signals};
 use super::{report_image_problems, report_problems, term, CliError};
 
@@ -86,9 +86,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         owner(&open_store(project, &checked.environment.name, checked.environment.project.as_deref(), &checked.environment.state)?)?,
     ));
     // With --json the run is for a machine: plain lines only.
-    let steps = Arc::new(StepProgress::new("bake", !args.json));
-    let shown = Arc::clone(&steps);
-    let progress: kstack::bake::OnStep = Arc::new(move |line: &str| shown.step(line));
+    let steps = Arc::new(Shown::bake(!args.json));
+    let progress: kstack::bake::OnStep = steps.clone();
     if args.cleanup {
         let cleaned = runtime.block_on(cleanup_leftovers(&cloud, &progress));
         steps.finish();

@@ -52,6 +52,12 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    /// How long work (apply, destroy, roll, bake, provision) shows its progress on stderr:
+    /// live lines on a terminal and plain lines elsewhere, plain lines, or one JSON object per
+    /// event for a machine following the run.
+    #[arg(long, value_enum, global = true, default_value_t, value_name = "HOW")]
+    progress: progress::Mode,
+
     /// Project directory holding environments/, images/ and roles/ [default: the nearest
     /// directory at or above the current one that has environments/]
     #[arg(short = 'C', long, global = true, env = "KSTACK_PROJECT", value_name = "DIR")]
@@ -87,6 +93,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    progress::set_mode(cli.progress);
     let project = match &cli.project {
         Some(dir) => Project { root: dir.clone() },
         None => match Project::discover(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))) {

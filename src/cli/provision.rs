@@ -6,9 +6,12 @@ use std::sync::Arc;
 use owo_colors::OwoColorize;
 
 use kstack::aws::Cloud;
+use kstack::events::Unwatched;
 use kstack::model::Project;
 use kstack::ops::fleet::{select, GroupWork, Selection};
-use kstack::roles::{HostReport, RunEvent, RunOptions, TaskStatus};
+use kstack::roles::{HostReport, RunOptions, TaskStatus};
+
+use super::progress::Shown;
 
 use super::error::Exit;
 use super::running::{open_store, owner, runtime};
@@ -102,12 +105,7 @@ pub(super) fn run_provision(project: &Project, args: &ProvisionArgs) -> Result<(
     let (_lock, work) = plan_work(project, &args.targets, "provision")?;
     let runtime = runtime()?;
     let color = term::stdout_color();
-    let (show, diff) = (!args.targets.json, args.diff);
-    let events = Arc::new(move |event: RunEvent| {
-        if show {
-            print_event(&event, color, diff);
-        }
-    });
+    let events = Arc::new(Shown::roles(!args.targets.json, args.diff));
     let mut reports = Vec::new();
     for group in &work {
         let options = RunOptions { check: args.check, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
@@ -125,7 +123,7 @@ pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Cli
     for group in &work {
         let options = RunOptions { check: true, forks: usize::from(args.targets.forks), max_fail: args.targets.max_fail };
         let login = args.targets.ssh.access().login(&group.ssh_user);
-        reports.extend(runtime.block_on(kstack::roles::verify(&group.hosts, &login, &group.roles, &group.variables, &options, Arc::new(|_| {}))));
+        reports.extend(runtime.block_on(kstack::roles::verify(&group.hosts, &login, &group.roles, &group.variables, &options, Arc::new(Unwatched))));
     }
     if !args.targets.json {
         for report in &reports {
@@ -148,54 +146,12 @@ pub(super) fn run_verify(project: &Project, args: &VerifyArgs) -> Result<(), Cli
     finish(&reports, args.targets.json, color)
 }
 
-fn print_event(event: &RunEvent, color: bool, diff: bool) {
-    match event {
-        RunEvent::Unreachable { host, error } => {
-            let label = if color { "unreachable".red().bold().to_string() } else { String::from("unreachable") };
-            term::outln(format_args!("{label}: [{host}] {error}"));
-        }
-        RunEvent::Task { host, report } => {
-            let (label, paint): (&str, fn(&str) -> String) = match report.status {
-                TaskStatus::Ok => ("ok", |s| s.green().to_string()),
-                TaskStatus::Changed => ("changed", |s| s.yellow().to_string()),
-                TaskStatus::Failed => ("failed", |s| s.red().bold().to_string()),
-                TaskStatus::Skipped => ("skipped", |s| s.dimmed().to_string()),
-            };
-            let label = if color { paint(label) } else { label.to_owned() };
-            let handler = if report.handler { " (handler)" } else { "" };
-            term::outln(format_args!("{label}: [{host}] {} / {}{handler}", report.role, report.task));
-            for change in &report.outcome.diffs {
-                term::outln(format_args!("    {}: {} -> {}", change.field, change.before, change.after));
-            }
-            if diff {
-                if let Some(content) = withheld_if_secret(report.outcome.content_diff.clone()) {
-                    for line in content.lines() {
-                        term::outln(format_args!("    {line}"));
-                    }
-                }
-            }
-            for note in &report.outcome.notes {
-                term::outln(format_args!("    note: {note}"));
-            }
-            if let Some(error) = &report.error {
-                term::outln(format_args!("    {error}"));
-            }
-        }
-    }
-}
-
 /// The recap, one line per host, and the exit status.
-/// A file's diff, or a note in its place when the file is rendered from a secret: its old
-/// version holds the secret's earlier value after a rotation, which no redactor knows.
-fn withheld_if_secret(content_diff: Option<String>) -> Option<String> {
-    content_diff.map(|diff| if term::mentions_secret(&diff) { String::from("(diff withheld: the file is rendered from a secret)") } else { diff })
-}
-
 fn finish(reports: &[HostReport], json: bool, color: bool) -> Result<(), CliError> {
     if json {
         let mut shown = reports.to_vec();
         for task in shown.iter_mut().flat_map(|r| r.tasks.iter_mut()) {
-            task.outcome.content_diff = withheld_if_secret(task.outcome.content_diff.take());
+            task.outcome.content_diff = term::withheld_if_secret(task.outcome.content_diff.take());
         }
         term::outln(format_args!("{:#}", serde_json::to_value(&shown).unwrap_or_default()));
     } else {

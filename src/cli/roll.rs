@@ -8,9 +8,9 @@ use kstack::aws::Cloud;
 use kstack::hint::Hint;
 use kstack::model::{Amount, PolicyOverrides, Project};
 use kstack::ops::roll::{DryRunGroup, EnvironmentRoll, RollRequest, RollWatch};
-use kstack::roll::{abort, Journal, RollEvent, RollRecord, Unfinished};
+use kstack::roll::{abort, Journal, RollRecord, Unfinished};
 
-use super::progress::RollProgress;
+use super::progress::Shown;
 use super::running::{open_store, runtime, stop_on_signals, Held};
 use super::ssh_args::SshArgs;
 use super::term::Terminal;
@@ -169,10 +169,8 @@ fn run_from_state(project: &Project, args: &Args) -> Result<(), CliError> {
         return Err(CliError::failed(format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))));
     };
     let cloud = runtime.block_on(Cloud::connect(&region, state.owner()));
-    let shown = RollProgress::new();
-    let progress = |event: RollEvent| shown.event(event);
     runtime
-        .block_on(abort(&cloud, &mut journal, Duration::from_secs(args.timeout), &progress))
+        .block_on(abort(&cloud, &mut journal, Duration::from_secs(args.timeout), &Shown::roll()))
         .map_err(|e| CliError::failed(format!("abort stopped: {e}"), None))?;
     term::outln(format_args!("Roll of `{env}` aborted: group sizes and processes restored."));
     Ok(())
@@ -208,7 +206,7 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     let request =
         RollRequest { groups: &args.groups, resume: args.resume, overrides: args.overrides(), timeout_seconds: args.timeout, command: &command };
     let cloud = roll.cloud.clone();
-    let replaced = runtime.block_on(roll.run(&request, &stop, &Shown(RollProgress::new()), &Terminal))?;
+    let replaced = runtime.block_on(roll.run(&request, &stop, &Shown::roll(), &Terminal))?;
     if replaced == 0 {
         term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
     } else {
@@ -217,16 +215,10 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
     Ok(())
 }
 
-/// A roll's progress live on the terminal, and each group's count when it ends.
-struct Shown(RollProgress);
-
+/// A roll's progress, and each group's count when it ends.
 impl RollWatch for Shown {
-    fn event(&self, event: RollEvent) {
-        self.0.event(event);
-    }
-
     fn group_ended(&self, group: &str, replaced: Option<usize>) {
-        self.0.finish();
+        self.finish();
         if let Some(replaced @ 1..) = replaced {
             term::outln(format_args!("{group}: {replaced} replaced"));
         }

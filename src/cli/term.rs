@@ -178,3 +178,9 @@ pub(super) fn warning(message: &str) {
     let label = if stderr_color() { "warning:".yellow().bold().to_string() } else { String::from("warning:") };
     errln(format_args!("{label} {message}"));
 }
+
+/// A file's diff, or a note in its place when the file is rendered from a secret: its old
+/// version holds the secret's earlier value after a rotation, which no redactor knows.
+pub(super) fn withheld_if_secret(content_diff: Option<String>) -> Option<String> {
+    content_diff.map(|diff| if mentions_secret(&diff) { String::from("(diff withheld: the file is rendered from a secret)") } else { diff })
+}

@@ -5,16 +5,16 @@ use std::time::Duration;
 
 use super::{Notice, OpsError};
 use crate::aws::Cloud;
+use crate::events::Watch;
 use crate::model::{Environment, PolicyOverrides};
 use crate::resource::{Address, Kind};
-use crate::roll::{batches, group_state, roll_group, Journal, RollError, RollEvent, RollGroup, Unfinished};
+use crate::roll::{batches, group_state, roll_group, Journal, RollError, RollGroup, Unfinished};
 use crate::state::{State, StateStore};
 use crate::stop::{Reason, Stop};
 
-/// What a roll of an environment reports as it goes, besides notices.
-pub trait RollWatch: Sync {
-    /// A step within a group's roll.
-    fn event(&self, event: RollEvent);
+/// What a roll of an environment reports as it goes, besides notices: each group's events,
+/// and its end.
+pub trait RollWatch: Watch {
     /// A group's roll ended: `replaced` of its instances were, or it stopped (`None`).
     fn group_ended(&self, group: &str, replaced: Option<usize>);
 }
@@ -122,7 +122,6 @@ impl<'a> EnvironmentRoll<'a> {
             notice.note(&format!("resuming the roll started {} by `{}`", journal.record.started, journal.record.command));
         }
         let record = journal.record.clone();
-        let progress = |event: RollEvent| watch.event(event);
         let mut replaced = 0;
         for name in &record.groups {
             let Some(group) = self.environment.node_groups.iter().find(|g| &g.name.value == name) else { continue };
@@ -134,7 +133,7 @@ impl<'a> EnvironmentRoll<'a> {
                 policy: record.overrides.over(group.roll),
                 timeout: Duration::from_secs(record.timeout_seconds),
                 hooks: &self.environment.roll_hooks,
-                progress: &progress,
+                progress: watch,
                 stop,
             };
             match roll_group(&self.cloud, &roll, &mut journal).await {

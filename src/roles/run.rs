@@ -2,6 +2,7 @@
 //! `forks`), tasks in order, notified handlers once after each role, and a failed task
 //! stopping only its own host. `verify` runs the roles' checks the same way.
 
+use crate::events::{Event, Watch};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -78,13 +79,14 @@ impl HostReport {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
     Task { host: String, report: TaskReport },
     Unreachable { host: String, error: String },
 }
 
-type Events = Arc<dyn Fn(RunEvent) + Send + Sync>;
+type Events = Arc<dyn Watch>;
 
 /// What each host needs: the roles, the variables, and what to do with them.
 enum Work {
@@ -164,7 +166,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
     let (mut connection, mut facts) = match connect(host, login).await {
         Ok(connected) => connected,
         Err(message) => {
-            events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
+            events.event(Event::Roles(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() }));
             report.unreachable = Some(message);
             return report;
         }
@@ -213,7 +215,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                                 (contexts, prepared) = ready(&facts);
                             }
                             Err(message) => {
-                                events(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() });
+                                events.event(Event::Roles(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() }));
                                 report.unreachable = Some(message);
                                 return report;
                             }
@@ -390,7 +392,7 @@ impl RoleRun<'_> {
     fn send_reports(&mut self) {
         let until = self.session.first_queued_task().unwrap_or(self.done.len()).min(self.done.len());
         for report in &self.done[self.reported.min(until)..until] {
-            (self.on.events)(RunEvent::Task { host: self.on.host.to_owned(), report: report.clone() });
+            self.on.events.event(Event::Roles(RunEvent::Task { host: self.on.host.to_owned(), report: report.clone() }));
         }
         self.reported = self.reported.max(until);
     }

@@ -1,6 +1,7 @@
 //! The environment's roll hooks: shell commands rendered with the environment, group and
 //! instance, run on this machine, e.g. `kubectl wait node {{ instance.name }}`.
 
+use crate::events::Event;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ pub(super) async fn run(hook: Hook, roll: &RollGroup<'_>, instance: Option<&Inst
     };
     let on = instance.map(|i| format!(" for {} ({})", i.id, i.address)).unwrap_or_default();
     // The roll waits on the hook as it does on AWS: the live line says so until the next step.
-    (roll.progress)(super::RollEvent::waiting(roll.aws_name, format!("the {which} hook{on}: {command}")));
+    roll.progress.event(Event::Roll(super::RollEvent::waiting(roll.aws_name, format!("the {which} hook{on}: {command}"))));
     // Its own process group, so a timeout ends whatever the hook started, not only `sh`.
     let child = tokio::process::Command::new("sh")
         .arg("-c")

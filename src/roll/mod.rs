@@ -23,6 +23,7 @@ use aws_sdk_autoscaling::types::AutoScalingGroup;
 
 use crate::aws::{AwsError, Cloud};
 
+use crate::events::{Event, Watch};
 use crate::model::{BatchSize, RollHooks, RollPolicy};
 use crate::stop::{Reason, Stop};
 use hooks::{describe_instances, Hook};
@@ -91,11 +92,12 @@ fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {
     move |error| RollError::Aws { doing: doing.to_owned(), error }
 }
 
-pub type OnEvent<'a> = &'a (dyn Fn(RollEvent) + Send + Sync);
+pub type OnEvent<'a> = &'a dyn Watch;
 
 /// What a roll is doing, for the terminal. Each event is also a line of text (its `Display`),
 /// which is all a log or a pipe gets.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum RollEvent {
     /// A batch starts: `instances` are replaced while at least `floor` stay in service.
     Batch { group: String, number: usize, of: usize, surged: Vec<String>, taken_out: Vec<String>, floor: u32 },
@@ -286,14 +288,14 @@ async fn replace_outdated(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Jou
         number += 1;
         let base = state.group.desired_capacity().unwrap_or(record.desired);
         let batch = BatchRecord { number, surged, replaced: replaced_first, known: live_members(&state.group), base: Some(base) };
-        (roll.progress)(RollEvent::Batch {
+        roll.progress.event(Event::Roll(RollEvent::Batch {
             group: roll.aws_name.to_owned(),
             number,
             of: number + estimate - 1,
             surged: batch.surged.clone(),
             taken_out: batch.replaced.clone(),
             floor: desired.saturating_sub(size.unavailable),
-        });
+        }));
         journal.set_batch(Some(batch.clone()))?;
         replaced += run_batch(cloud, roll, journal, &batch).await?;
     }
@@ -347,7 +349,7 @@ async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, b
     let still = |ids: &[String]| ids.iter().filter(|id| live.contains(id)).cloned().collect::<Vec<String>>();
     let target = batch.base.unwrap_or(record.desired) + still(&batch.surged).len() as i32;
     if group.desired_capacity() != Some(target) || group.max_size().unwrap_or(0) < target {
-        (roll.progress)(RollEvent::step(name, format!("surging to {target} instances")));
+        roll.progress.event(Event::Roll(RollEvent::step(name, format!("surging to {target} instances"))));
         set_size(cloud, name, Some(target), record.max.max(target)).await?;
     }
     let mut failing = None;
@@ -356,12 +358,15 @@ async fn run_batch(cloud: &Cloud, roll: &RollGroup<'_>, journal: &mut Journal, b
         Ok(fresh) => fresh,
         Err(error) => return Err(stop_batch(cloud, roll, journal, error, failing.as_deref()).await),
     };
-    (roll.progress)(RollEvent::step(name, format!("{} in service and ready", fresh.join(", "))));
+    roll.progress.event(Event::Roll(RollEvent::step(name, format!("{} in service and ready", fresh.join(", ")))));
     for old in describe_instances(cloud, &still(&batch.surged)).await? {
         if let Err(error) = hooks::run(Hook::PreStop, roll, Some(&old)).await {
             return Err(stop_batch(cloud, roll, journal, error, None).await);
         }
-        (roll.progress)(RollEvent::step(name, format!("terminating {} (the group deregisters it and waits out connection draining)", old.id)));
+        roll.progress.event(Event::Roll(RollEvent::step(
+            name,
+            format!("terminating {} (the group deregisters it and waits out connection draining)", old.id),
+        )));
         terminate_in_group(cloud, &old.id, true).await?;
     }
     let old = [batch.surged.as_slice(), batch.replaced.as_slice()].concat();
@@ -392,7 +397,7 @@ async fn bring_up(
     for old in describe_instances(cloud, replaced).await? {
         roll.check()?;
         hooks::run(Hook::PreStop, roll, Some(&old)).await?;
-        (roll.progress)(RollEvent::step(roll.aws_name, format!("terminating {} (the group launches its replacement)", old.id)));
+        roll.progress.event(Event::Roll(RollEvent::step(roll.aws_name, format!("terminating {} (the group launches its replacement)", old.id))));
         terminate_in_group(cloud, &old.id, false).await?;
     }
     let expected = batch.surged.len() + batch.replaced.len();
@@ -430,7 +435,7 @@ async fn undo_surge(
     }
     fresh.truncate(surplus);
     for id in &fresh {
-        progress(RollEvent::step(name, format!("stopping; terminating surged instance {id}")));
+        progress.event(Event::Roll(RollEvent::step(name, format!("stopping; terminating surged instance {id}"))));
         terminate_in_group(cloud, id, true).await?;
     }
     wait_gone(cloud, name, &fresh, timeout, progress).await?;
@@ -451,7 +456,7 @@ pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, prog
         undo_surge(cloud, name, journal, timeout, progress, None).await?;
         set_processes(cloud, name, &group.already_suspended, false).await?;
         mark_unfinished(cloud, name, None).await?;
-        progress(RollEvent::step(name, format!("surge undone (maximum back to {}), processes resumed", group.max)));
+        progress.event(Event::Roll(RollEvent::step(name, format!("surge undone (maximum back to {}), processes resumed", group.max))));
     }
     journal.finish()
 }
@@ -505,7 +510,7 @@ async fn set_size(cloud: &Cloud, name: &str, desired: Option<i32>, max: i32) -> 
 async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[String], count: usize) -> Result<Vec<String>, RollError> {
     let name = roll.aws_name;
     let started = Instant::now();
-    (roll.progress)(RollEvent::waiting(name, format!("{count} new instance(s) to be in service and healthy")));
+    roll.progress.event(Event::Roll(RollEvent::waiting(name, format!("{count} new instance(s) to be in service and healthy"))));
     loop {
         let group = outdated::describe_group(cloud, name).await?;
         let fresh: BTreeSet<String> = group
@@ -516,7 +521,7 @@ async fn wait_for_new_in_service(cloud: &Cloud, roll: &RollGroup<'_>, known: &[S
             .filter(|id| !known.contains(id))
             .collect();
         if fresh.len() >= count && fresh.is_subset(&healthy_members(cloud, &group).await?) {
-            (roll.progress)(RollEvent::step(name, format!("in service after {}s", started.elapsed().as_secs())));
+            roll.progress.event(Event::Roll(RollEvent::step(name, format!("in service after {}s", started.elapsed().as_secs()))));
             return Ok(fresh.into_iter().collect());
         }
         // Waiting on: stopping now undoes the batch's surge.
@@ -555,7 +560,7 @@ async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Dur
         return Ok(());
     }
     let started = Instant::now();
-    progress(RollEvent::waiting(name, format!("{} to leave the group", instances.join(", "))));
+    progress.event(Event::Roll(RollEvent::waiting(name, format!("{} to leave the group", instances.join(", ")))));
     loop {
         let group = outdated::describe_group(cloud, name).await?;
         let left = group.instances().iter().any(|i| i.instance_id().is_some_and(|id| instances.iter().any(|o| o == id)));

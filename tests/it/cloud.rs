@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 
 use kstack_testkit::faults::FaultProxy;
-use kstack_testkit::{env_filter, json, runtime, Moto, Project};
+use kstack_testkit::{env_filter, json, Emulated, Moto, Project};
 
 const DEV: &str = "environments/dev.yaml";
 
@@ -20,11 +20,8 @@ fn actions(plan: &serde_json::Value) -> Vec<(String, String)> {
 
 #[test]
 fn dev_is_applied_from_nothing_changed_in_place_and_destroyed() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    let ami = rt.block_on(aws.seed_image("node"));
 
     let first = project.kstack(&moto).args(["plan", "dev", "--detailed-exitcode"]).output().unwrap();
     assert_eq!(first.status.code(), Some(2));
@@ -179,16 +176,34 @@ async fn assert_nothing_left_of_dev(aws: &kstack_testkit::Clients) {
     assert!(profiles.instance_profiles().is_empty());
 }
 
+/// With `--progress json`, every change an apply makes is a JSON object on a line of stderr,
+/// for a machine following the run, instead of the lines a person reads.
+#[test]
+fn progress_as_json_lines_tells_each_change_as_it_is_made() {
+    let Emulated { moto, rt: _rt, aws: _aws, ami: _ } = Emulated::with_node_image();
+    let project = Project::copy();
+    let output = project.kstack(&moto).args(["--progress", "json", "apply", "dev", "--auto-approve"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> =
+        stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let of = |event: &str| events.iter().filter(|e| e["work"] == "apply" && e["event"]["event"] == event).collect::<Vec<_>>();
+    let (started, finished) = (of("started"), of("finished"));
+    assert_eq!((started.len(), finished.len()), (31, 31), "every change of dev's first apply starts and finishes: {stderr}");
+    let vpc = finished.iter().find(|e| e["event"]["address"] == "vpc.main").expect("the VPC's change");
+    assert_eq!(vpc["event"]["verb"], "create");
+    assert!(vpc["event"]["id"].as_str().is_some_and(|id| id.starts_with("vpc-")), "{vpc}");
+    assert!(vpc["event"]["elapsed"].is_f64(), "{vpc}");
+    assert!(!stderr.contains("vpc.main: created"), "no line for a person: {stderr}");
+}
+
 /// A delete of several calls (a table's subnet associations, a gateway's attachment, a role's
 /// policies, then the resource) whose step lost its reply: the SDK's retry is told the step's
 /// target is not found, which means the step is done, never that the resource is gone.
 #[test]
 fn a_delete_step_whose_reply_was_lost_is_done_and_the_resource_still_goes() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     let proxy = FaultProxy::start(&moto.endpoint, 1, 0);
     let through_proxy = |args: &[&str]| {
         let mut command = project.kstack(&moto);
@@ -206,11 +221,8 @@ fn a_delete_step_whose_reply_was_lost_is_done_and_the_resource_still_goes() {
 
 #[test]
 fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     // The first plan gives the environment its identity; a run that died after creating a
     // VPC and a security group (whose rules were never written) left them tagged with it,
     // and its state with the creates it journalled before making them.
@@ -276,11 +288,8 @@ fn a_resource_created_but_missing_from_state_is_adopted_not_duplicated() {
 
 #[test]
 fn a_second_apply_on_a_locked_environment_fails_fast_naming_the_holder() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
 
     // The first apply holds the lock while it waits at its confirmation prompt.
     let mut first = project.kstack_process(&moto).args(["apply", "dev"]).spawn().unwrap();
@@ -310,11 +319,8 @@ fn a_second_apply_on_a_locked_environment_fails_fast_naming_the_holder() {
 
 #[test]
 fn a_saved_plan_is_applied_as_reviewed_or_refused_when_the_world_changed() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     let plan_file = project.path().join("dev.plan.json");
     let plan_file = plan_file.to_str().unwrap();
 
@@ -338,11 +344,8 @@ fn a_saved_plan_is_applied_as_reviewed_or_refused_when_the_world_changed() {
 
 #[test]
 fn a_launch_configuration_change_creates_the_new_one_before_deleting_the_old() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     project.edit(DEV, "    instance_type: m5.large\n", "    instance_type: m5.large\n    launch: configuration\n");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let first = rt.block_on(aws.group("dev-workers")).launch_configuration_name().unwrap().to_owned();
@@ -373,11 +376,8 @@ fn a_launch_configuration_change_creates_the_new_one_before_deleting_the_old() {
 
 #[test]
 fn a_failed_apply_reports_aws_message_keeps_what_was_done_and_a_rerun_continues() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     let without = "  masters:\n    inline_policies:";
     let missing = "  masters:\n    managed_policies: [arn:aws:iam::aws:policy/NoSuchPolicyForKstackTests]\n    inline_policies:";
     project.edit("environments/base.yaml", without, missing);
@@ -461,10 +461,7 @@ fn assert_intact(
 
 #[test]
 fn environments_named_alike_never_touch_each_other() {
-    let moto = Moto::start();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     // Project `a` has `dev` and `dev-eu` (a common prefix); project `b` has a `dev` of its own,
     // in the same account and region. Workers use launch configurations, which cannot be
     // tagged and were once claimed by name prefix.
@@ -559,11 +556,8 @@ fn forget_identity(project: &Project, moto: &Moto, rt: &tokio::runtime::Runtime,
 
 #[test]
 fn an_environment_from_before_identities_is_taken_over_in_place() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     // Emulator gap: moto's DeleteTags leaves launch templates' tags as they were, so the
     // groups use launch configurations here, which carry no tags (AWS removes the tag).
     project.edit("environments/base.yaml", "  image: node\n", "  image: node\n  launch: configuration\n");
@@ -600,10 +594,7 @@ fn an_environment_from_before_identities_is_taken_over_in_place() {
 
 #[test]
 fn destroy_never_deletes_what_its_state_recorded_but_now_carries_another_identity() {
-    let moto = Moto::start();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let (ours, other) = (Project::copy(), Project::copy());
     ours.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let before = recorded(&ours, &moto, "dev");
@@ -623,10 +614,7 @@ fn destroy_never_deletes_what_its_state_recorded_but_now_carries_another_identit
 
 #[test]
 fn the_same_environment_in_two_regions_keeps_its_global_iam_apart() {
-    let moto = Moto::start();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     // IAM is global: a `dev` in eu-west-1 and one in us-east-1 share the account's roles.
     let (europe, america) = (Project::copy(), Project::copy());
     let xenial = rt.block_on(async {
@@ -671,10 +659,7 @@ fn the_same_environment_in_two_regions_keeps_its_global_iam_apart() {
 /// lists the problems as warnings and destroys everything the apply made.
 #[test]
 fn destroy_works_from_state_and_tags_while_the_environment_has_problems() {
-    let moto = Moto::start();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let before = recorded(&project, &moto, "dev");

@@ -3,7 +3,7 @@
 //! once however many records it holds, and a missing zone reported at its place.
 
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType};
-use kstack_testkit::{json, runtime, Clients, Moto, Project};
+use kstack_testkit::{json, Clients, Emulated, Moto, Project};
 
 const DEV: &str = "environments/dev.yaml";
 const ZONE: &str = "dev.example.com";
@@ -61,11 +61,8 @@ fn refresh_calls(project: &Project, moto: &Moto, operation: &str) -> u64 {
 
 /// The emulator, a copy of the project with `dev`'s image seeded, and the hosted zone.
 fn dev_with_zone() -> (Moto, Project, tokio::runtime::Runtime, Clients, String) {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     let zone = rt.block_on(make_zone(&aws));
     (moto, project, rt, aws, zone)
 }
@@ -144,11 +141,8 @@ fn records_alias_the_ingress_balancer_change_and_go_while_a_hand_made_one_stays(
 
 #[test]
 fn a_missing_zone_is_reported_where_the_model_names_it() {
-    let moto = Moto::start();
+    let Emulated { moto, rt: _rt, aws: _aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     with_dns(&project, "    apps: { name: \"*.apps.dev.example.com\", type: A, alias: ingress }\n");
     let planned = project.kstack(&moto).args(["plan", "dev"]).output().unwrap();
     assert_eq!(planned.status.code(), Some(2), "bad input");

@@ -1,6 +1,6 @@
 //! `kstack output`, and the outputs `apply` ends with, against the emulator.
 
-use kstack_testkit::{json, runtime, Moto, Project};
+use kstack_testkit::{json, Emulated, Project};
 
 /// Outputs with the ids AWS chose replaced by stable names, for snapshots.
 fn redacted(text: &str, known: &[(&str, &str)]) -> String {
@@ -14,11 +14,8 @@ fn redacted(text: &str, known: &[(&str, &str)]) -> String {
 
 #[test]
 fn outputs_name_what_other_tools_need_and_apply_ends_with_them() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    let ami = rt.block_on(aws.seed_image("node"));
 
     let applied = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));

@@ -2,7 +2,7 @@
 //! emulator, served by booted test nodes at the loopback addresses the emulator gave them.
 
 use kstack_testkit::node::{self, ClientKey, Node};
-use kstack_testkit::{runtime, Moto, Project};
+use kstack_testkit::{Emulated, Moto, Project};
 
 /// A fleet applied to the emulator, with a booted node behind each instance address.
 struct Fleet {
@@ -16,12 +16,9 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Fleet {
-        let moto = Moto::start();
+        let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
         let project = Project::fixture("project");
         let subnet = project.loopback_fleet(0);
-        let rt = runtime();
-        let aws = rt.block_on(moto.clients());
-        rt.block_on(aws.seed_image("node"));
         project.kstack(&moto).args(["apply", "fleet", "--auto-approve"]).assert().success();
         let addressed = rt.block_on(async {
             let described = aws.ec2.describe_instances().filters(kstack_testkit::env_filter("fleet")).send().await.unwrap();

@@ -117,7 +117,7 @@ fn max_fail_stops_starting_hosts_once_too_many_have_failed() {
     // Nothing listens on these addresses: each host fails at once.
     let hosts: Vec<String> = (1..=3).map(|i| format!("127.254.254.{i}")).collect();
     let options = RunOptions { check: false, forks: 1, max_fail: Some(0) };
-    let reports = runner.rt.block_on(run(&hosts, &runner.login, &runner.roles, &runner.variables, &options, Arc::new(|_| {})));
+    let reports = runner.rt.block_on(run(&hosts, &runner.login, &runner.roles, &runner.variables, &options, Arc::new(kstack::events::Unwatched)));
     let reasons: Vec<&str> = reports.iter().map(|r| r.unreachable.as_deref().unwrap_or_default()).collect();
     assert!(reasons[0].starts_with("cannot reach 127.254.254.1"), "{reasons:?}");
     for reason in &reasons[1..] {

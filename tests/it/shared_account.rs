@@ -2,7 +2,7 @@
 //! wear kstack's tags are never taken, changed or deleted; two resources claiming one address
 //! leave the recorded one in charge; adoption is a person's explicit command.
 
-use kstack_testkit::{json, runtime, Moto, Project};
+use kstack_testkit::{json, Emulated, Project};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -14,11 +14,8 @@ fn stdout(output: &std::process::Output) -> String {
 /// reported too. `kstack state adopt` takes one explicitly.
 #[test]
 fn resources_wearing_the_environments_tags_are_reported_and_left_alone_until_adopted() {
-    let moto = Moto::start();
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let rt = runtime();
-    let aws = rt.block_on(moto.clients());
-    rt.block_on(aws.seed_image("node"));
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let identity = project.identity("dev");
     let recorded_vpc = rt.block_on(aws.vpcs_of("dev"))[0].clone();

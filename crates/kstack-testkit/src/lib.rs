@@ -337,6 +337,27 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// How most tests that talk to AWS begin: an emulator of their own with the `node` image
+/// seeded, its clients, and the runtime they run on. Bind every field (`moto: _moto`): a field
+/// left to `..` is dropped at once, and the emulator with it.
+pub struct Emulated {
+    pub moto: Moto,
+    pub rt: tokio::runtime::Runtime,
+    pub aws: Clients,
+    /// The seeded `node` image's AMI.
+    pub ami: String,
+}
+
+impl Emulated {
+    pub fn with_node_image() -> Emulated {
+        let moto = Moto::start();
+        let rt = runtime();
+        let aws = rt.block_on(moto.clients());
+        let ami = rt.block_on(aws.seed_image("node"));
+        Emulated { moto, rt, aws, ami }
+    }
+}
+
 pub fn json(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&output.stdout)))
 }

@@ -1,5 +1,6 @@
 //! Runs roles on test nodes through the library, for the role tests.
 
+use kstack::events::{Event, Unwatched, Watch};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,22 +57,29 @@ impl Runner {
     pub fn converge(&self, hosts: &[&dyn Target], check: bool) -> Vec<HostReport> {
         let hosts: Vec<String> = hosts.iter().map(|n| n.address().to_owned()).collect();
         let options = RunOptions { check, forks: 10, max_fail: None };
-        let seen = Arc::new(Mutex::new(0usize));
-        let counter = Arc::clone(&seen);
-        let events = Arc::new(move |event: RunEvent| {
-            if let RunEvent::Task { .. } = event {
-                *counter.lock().unwrap() += 1;
-            }
-        });
-        let reports = self.rt.block_on(run(&hosts, &self.login, &self.roles, &self.variables, &options, events));
+        let seen = Arc::new(TaskEvents::default());
+        let reports = self.rt.block_on(run(&hosts, &self.login, &self.roles, &self.variables, &options, seen.clone()));
         let reported: usize = reports.iter().map(|r| r.tasks.len()).sum();
-        assert_eq!(*seen.lock().unwrap(), reported, "every task result is also an event");
+        assert_eq!(*seen.0.lock().unwrap(), reported, "every task result is also an event");
         reports
     }
 
     pub fn verify(&self, host: &dyn Target) -> HostReport {
         let options = RunOptions { check: false, forks: 1, max_fail: None };
-        let reports = self.rt.block_on(verify(&[host.address().to_owned()], &self.login, &self.roles, &self.variables, &options, Arc::new(|_| {})));
+        let reports =
+            self.rt.block_on(verify(&[host.address().to_owned()], &self.login, &self.roles, &self.variables, &options, Arc::new(Unwatched)));
         reports.into_iter().next().unwrap()
+    }
+}
+
+/// Counts the task reports sent as events.
+#[derive(Default)]
+struct TaskEvents(Mutex<usize>);
+
+impl Watch for TaskEvents {
+    fn event(&self, event: Event) {
+        if let Event::Roles(RunEvent::Task { .. }) = event {
+            *self.0.lock().unwrap() += 1;
+        }
     }
 }
