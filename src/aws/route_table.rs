@@ -99,7 +99,8 @@ pub(super) async fn update(cloud: &Cloud, spec: &RouteTableSpec, actual: &Observ
 
 pub(super) async fn delete(cloud: &Cloud, id: &str) -> Result<(), AwsError> {
     // A table with subnet associations cannot be deleted; subnets still around fall back to
-    // the VPC's main table.
+    // the VPC's main table. (AWS drops a deleted subnet's association; the emulator keeps it,
+    // so there every destroy disassociates.)
     let described = cloud.ec2.describe_route_tables().route_table_ids(id).send().await?;
     let associations = described
         .route_tables()
