@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use kstack::aws::Cloud;
 use kstack::bake::{bake, cleanup_leftovers, BakeOptions};
-use kstack::diagnostics::Sources;
-use kstack::model::image::load_image;
-use kstack::model::{load_environment, Project};
-use kstack::roles::load_roles;
+use kstack::model::Project;
+use kstack::ops::load::{for_bake, ForBake};
 
 use super::progress::Shown;
 use super::running::{open_store, owner, runtime, stop_on_signals};
-use super::{report_image_problems, report_problems, term, CliError};
+use super::term::Terminal;
+use super::{term, CliError};
 
 /// Bake an immutable node AMI: launch a builder, apply the image's roles, run their checks,
 /// and save it as an image. An AMI baked from the same source, roles and variables is reused.
@@ -67,18 +66,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    let mut sources = Sources::default();
-    let image = load_image(project, &args.image, &mut sources).map_err(|p| report_image_problems(&args.image, p, &sources))?;
-    let roles = load_roles(&project.root.join("roles"), &image.roles, &mut sources).map_err(|p| report_image_problems(&image.name, p, &sources))?;
-    let Some(place) = &image.build else {
-        return Err(CliError::invalid(
-            format!("image `{}` says nowhere to build", image.name),
-            Some("add `build: { environment: <env>, subnet_tier: <tier> }` to its file"),
-        ));
-    };
-    let loaded = load_environment(project, &place.environment);
-    let checked = loaded.result.map_err(|p| report_problems(&place.environment, p, &loaded.sources))?;
-    term::hide_secrets(checked.environment.secrets.values().filter_map(|s| s.value()));
+    let ForBake { image, roles, environment: checked } = for_bake(project, &args.image, &Terminal)?;
     let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(

@@ -116,6 +116,7 @@ impl From<OpsError> for CliError {
         match error {
             OpsError::Problems { what, problems, sources } => CliError::problems(&what, problems, &sources),
             OpsError::Stopped { reason, message, hint } => CliError::stopped(reason, message, hint.as_deref()),
+            OpsError::Invalid { message, hint } => CliError::invalid(message, hint.as_deref()),
             other => CliError::failed(other.to_string(), other.hint().as_deref()),
         }
     }

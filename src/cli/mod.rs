@@ -214,8 +214,3 @@ impl Drop for LogEvent {
 fn report_problems(env: &str, problems: Problems, sources: &Sources) -> CliError {
     CliError::problems(&format!("environment `{env}`"), problems, sources)
 }
-
-/// Problems of an image definition or its roles.
-fn report_image_problems(image: &str, problems: Problems, sources: &Sources) -> CliError {
-    CliError::problems(&format!("image `{image}`"), problems, sources)
-}

@@ -15,6 +15,9 @@ pub enum OpsError {
     /// The run cannot go on, and why; with what to do about it.
     #[error("{message}")]
     Failed { message: String, hint: Option<String> },
+    /// What the command was given is wrong, and nothing was done.
+    #[error("{message}")]
+    Invalid { message: String, hint: Option<String> },
     /// Problems in `what` (e.g. "environment `dev`"), at their places in `sources`.
     #[error("{what} has {} problem(s)", problems.len())]
     Problems { what: String, problems: Problems, sources: Sources },
@@ -71,7 +74,7 @@ impl OpsError {
     /// and this one may be problems in the input or a stop, each its own exit status.)
     pub fn hint(&self) -> Option<String> {
         match self {
-            OpsError::Failed { hint, .. } | OpsError::Stopped { hint, .. } => hint.clone(),
+            OpsError::Failed { hint, .. } | OpsError::Invalid { hint, .. } | OpsError::Stopped { hint, .. } => hint.clone(),
             OpsError::Problems { .. } => None,
             OpsError::Aws { error, .. } => error.hint(),
             OpsError::State(error) => error.hint(),

@@ -104,6 +104,39 @@ pub fn for_roll(project: &Project, env: &str, notice: &dyn Notice) -> Result<For
     result.map_err(|problems| OpsError::in_environment(env, problems, sources))
 }
 
+/// An image as a bake loads it (see [`for_bake`]).
+pub struct ForBake {
+    pub image: Image,
+    pub roles: Vec<Role>,
+    /// The environment the image's `build:` names, where its builder runs.
+    pub environment: Checked,
+}
+
+/// What a bake works from: the image, its roles, and the environment its `build:` names
+/// (its secrets hidden, as every environment's are).
+pub fn for_bake(project: &Project, name: &str, notice: &dyn Notice) -> Result<ForBake, OpsError> {
+    let mut sources = Sources::default();
+    let in_image = |what: &str, problems, sources| OpsError::Problems { what: format!("image `{what}`"), problems, sources };
+    let image = match load_image(project, name, &mut sources) {
+        Ok(image) => image,
+        Err(problems) => return Err(in_image(name, problems, sources)),
+    };
+    let roles = match load_roles(&project.root.join("roles"), &image.roles, &mut sources) {
+        Ok(roles) => roles,
+        Err(problems) => return Err(in_image(&image.name, problems, sources)),
+    };
+    let Some(place) = &image.build else {
+        return Err(OpsError::Invalid {
+            message: format!("image `{}` says nowhere to build", image.name),
+            hint: Some("add `build: { environment: <env>, subnet_tier: <tier> }` to its file".to_owned()),
+        });
+    };
+    let loaded = load_environment(project, &place.environment);
+    let environment = loaded.result.map_err(|problems| OpsError::in_environment(&place.environment, problems, loaded.sources))?;
+    notice.secrets(&mut environment.environment.secrets.values().filter_map(|s| s.value()));
+    Ok(ForBake { image, roles, environment })
+}
+
 /// Where the environment's state lives, found even while the environment has problems, which
 /// are warnings: recovering from a dead run must not wait for a fix elsewhere.
 pub fn state_location(project: &Project, env: &str, notice: &dyn Notice) -> Result<StateLocation, OpsError> {

@@ -177,6 +177,20 @@ fn problems_in_an_image_and_its_roles_are_reported_with_the_environment() {
     assert!(stderr.contains("unknown module or setting `fille` in task"), "{stderr}");
     assert!(stderr.contains("did you mean `file`?"), "{stderr}");
     assert!(stderr.contains("roles/base/tasks.yaml:3:5"), "{stderr}");
+
+    // A bake of the image says the same, before it goes near AWS; an image that names no
+    // place to build is refused as bad input too.
+    let bake =
+        |project: &Path| kstack().arg("-C").arg(project).args(["bake", "node"]).env("AWS_ENDPOINT_URL", "http://127.0.0.1:9").output().unwrap();
+    let output = bake(project.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("image `node`") && stderr.contains("role `missing` does not exist"), "{stderr}");
+    std::fs::write(project.path().join("images/node.yaml"), "source: { owner: \"099720109477\", name: ubuntu-* }\nroles: []\n").unwrap();
+    let output = bake(project.path());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("image `node` says nowhere to build") && stderr.contains("add `build:"), "{stderr}");
 }
 
 /// `state:` of a line or a kernel parameter is present or absent: a typo is a problem at load
