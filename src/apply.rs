@@ -197,7 +197,7 @@ pub async fn apply<P: Provider>(
     plan: &Plan,
     desired: &ResourceGraph,
     observed: &[Observed],
-    journal: Recorder,
+    recorder: Recorder,
     options: Options,
     watch: Arc<dyn Watch>,
 ) -> Outcome {
@@ -230,9 +230,9 @@ pub async fn apply<P: Provider>(
             _ => {}
         }
     }
-    let mut state = journal.state;
+    let mut state = recorder.state;
     if adopt_journalled(&mut state, observed) {
-        if let Err(error) = journal.store.save(&mut state) {
+        if let Err(error) = recorder.store.save(&mut state) {
             return Outcome {
                 state_error: Some(error.into()),
                 not_started: plan.actions.iter().map(|a| a.address.clone()).collect(),
@@ -244,7 +244,7 @@ pub async fn apply<P: Provider>(
         cloud,
         ids: Mutex::new(ids),
         state: Mutex::new(state),
-        store: journal.store,
+        store: recorder.store,
         parallelism: options.parallelism.max(1),
         stop: options.stop,
         left_alone: options.left_alone,
@@ -647,9 +647,9 @@ mod tests {
         let observed: Vec<Observed> = memory.resources.lock().unwrap().values().cloned().collect();
         let plan = crate::plan::plan("test", desired, &observed);
         let store = StateStore::local(dir, "test", None);
-        let journal = Recorder { state: store.load().unwrap(), store: store.clone() };
+        let recorder = Recorder { state: store.load().unwrap(), store: store.clone() };
         let options = Options { parallelism: 2, stop: Stop::default(), left_alone: Default::default() };
-        let outcome = apply(Arc::clone(memory), &plan, desired, &observed, journal, options, Arc::new(crate::events::Unwatched)).await;
+        let outcome = apply(Arc::clone(memory), &plan, desired, &observed, recorder, options, Arc::new(crate::events::Unwatched)).await;
         (outcome, store.load().unwrap())
     }
 

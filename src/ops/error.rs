@@ -67,9 +67,7 @@ impl OpsError {
     pub(crate) fn aws<'a>(region: &'a str, doing: &'static str) -> impl FnOnce(AwsError) -> OpsError + 'a {
         move |error| OpsError::Aws { region: region.to_owned(), doing, error: Box::new(error) }
     }
-}
 
-impl OpsError {
     /// What to do about it. (Not [`Hint`]: the command line turns hinted errors into failures,
     /// and this one may be problems in the input or a stop, each its own exit status.)
     pub fn hint(&self) -> Option<String> {

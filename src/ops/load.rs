@@ -30,7 +30,7 @@ pub fn load_and_compile(project: &Project, env: &str, notice: &dyn Notice) -> (S
     let loaded = load_environment(project, env);
     let mut sources = loaded.sources;
     let result = loaded.result.and_then(|checked| {
-        notice.secrets(&mut checked.environment.secrets.values().filter_map(|s| s.value()));
+        hide_secrets(&checked, notice);
         let mut problems = Problems::default();
         let graph = compile(&checked, &mut problems);
         let names = graph.as_ref().map(image_names).unwrap_or_default();
@@ -47,6 +47,11 @@ pub fn load_and_compile(project: &Project, env: &str, notice: &dyn Notice) -> (S
 pub fn compiled(project: &Project, env: &str, notice: &dyn Notice) -> Result<Compiled, OpsError> {
     let (sources, result) = load_and_compile(project, env, notice);
     result.map_err(|problems| OpsError::in_environment(env, problems, sources))
+}
+
+/// Tells `notice` the environment's secret values (those set), so nothing shows them.
+fn hide_secrets(checked: &Checked, notice: &dyn Notice) {
+    notice.secrets(&mut checked.environment.secrets.values().filter_map(|s| s.value()));
 }
 
 /// The images `names`, with their roles.
@@ -79,9 +84,8 @@ pub fn for_roll(project: &Project, env: &str, notice: &dyn Notice) -> Result<For
     let loaded = load_environment_with(project, env, Secrets::IfSet);
     let mut sources = loaded.sources;
     let result = loaded.result.and_then(|checked| {
-        let secrets = &checked.environment.secrets;
-        notice.secrets(&mut secrets.values().filter_map(|s| s.value()));
-        for (name, secret) in secrets.iter().filter(|(_, s)| s.value().is_none()) {
+        hide_secrets(&checked, notice);
+        for (name, secret) in checked.environment.secrets.iter().filter(|(_, s)| s.value().is_none()) {
             notice.warning(&format!("secret `{name}` is not set (${}): a roll hook that uses it fails", secret.env_var));
         }
         let names: BTreeSet<String> = checked
@@ -133,7 +137,7 @@ pub fn for_bake(project: &Project, name: &str, notice: &dyn Notice) -> Result<Fo
     };
     let loaded = load_environment(project, &place.environment);
     let environment = loaded.result.map_err(|problems| OpsError::in_environment(&place.environment, problems, loaded.sources))?;
-    notice.secrets(&mut environment.environment.secrets.values().filter_map(|s| s.value()));
+    hide_secrets(&environment, notice);
     Ok(ForBake { image, roles, environment })
 }
 
