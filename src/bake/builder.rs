@@ -16,7 +16,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY};
-use super::{BakeError, BakeOptions, HostKeyTrust, OnStep};
+use super::{BakeError, BakeOptions, HostKeyTrust};
 use crate::aws::Cloud;
 
 use crate::model::image::Image;
@@ -49,7 +49,7 @@ pub(super) async fn build(
     source: &str,
     hash: &str,
     options: &BakeOptions,
-    progress: OnStep,
+    progress: Arc<dyn Watch>,
 ) -> Result<(BTreeMap<String, String>, HostKeyTrust), BakeError> {
     let bake_id = format!("{}-{}-{}", image.name, &hash[..8], rand::random::<u32>());
     let scratch = scratch_dir(&bake_id);
@@ -97,7 +97,7 @@ fn scratch_dir(bake_id: &str) -> std::path::PathBuf {
 
 /// Leaves a failed bake's builder for debugging: marked kept (so later bakes leave it alone),
 /// with its key written, readable by the owner only, for the user to log in.
-async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &OnStep) {
+async fn keep(cloud: &Cloud, image: &Image, bake_id: &str, key: &PrivateKey, scratch: &std::path::Path, progress: &Arc<dyn Watch>) {
     let marked = match temporaries(cloud, Some(bake_id)).await {
         Ok(found) => {
             let kept = cloud.ec2.create_tags().set_resources(Some(found.ids())).tags(Tag::builder().key(TAG_BAKE_KEPT).value("true").build());
@@ -182,7 +182,7 @@ struct Baking<'a> {
     bake_id: &'a str,
     key: &'a Arc<PrivateKey>,
     scratch: &'a std::path::Path,
-    progress: &'a OnStep,
+    progress: &'a Arc<dyn Watch>,
     started: Instant,
 }
 
@@ -599,7 +599,7 @@ async fn temporaries(cloud: &Cloud, bake_id: Option<&str>) -> Result<Temporaries
 
 /// Terminates builders, then deletes their security groups. Returns how many resources were
 /// removed.
-async fn remove(cloud: &Cloud, found: &Temporaries, progress: &OnStep) -> Result<usize, BakeError> {
+async fn remove(cloud: &Cloud, found: &Temporaries, progress: &Arc<dyn Watch>) -> Result<usize, BakeError> {
     for bake in found.bakes() {
         let _ = std::fs::remove_dir_all(scratch_dir(&bake.bake_id));
     }
@@ -643,13 +643,13 @@ async fn remove(cloud: &Cloud, found: &Temporaries, progress: &OnStep) -> Result
 }
 
 /// Removes everything one bake made that is temporary.
-async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &OnStep) -> Result<usize, BakeError> {
+async fn cleanup(cloud: &Cloud, bake_id: Option<&str>, progress: &Arc<dyn Watch>) -> Result<usize, BakeError> {
     remove(cloud, &temporaries(cloud, bake_id).await?, progress).await
 }
 
 /// What other bakes left, before a bake starts: removes what dead bakes left and returns the
 /// bakes still running. Builders kept for debugging are left alone (and mentioned).
-pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &OnStep) -> Result<Vec<Leftover>, BakeError> {
+pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &Arc<dyn Watch>) -> Result<Vec<Leftover>, BakeError> {
     let found = temporaries(cloud, None).await?;
     let bakes = found.bakes();
     for bake in &bakes {
@@ -671,7 +671,7 @@ pub(super) async fn clear_abandoned(cloud: &Cloud, progress: &OnStep) -> Result<
 
 /// `kstack bake --cleanup`: what dead bakes left and builders kept for debugging; bakes that
 /// still run are named and left alone. Returns how many resources were removed.
-pub async fn cleanup_leftovers(cloud: &Cloud, progress: &OnStep) -> Result<usize, BakeError> {
+pub async fn cleanup_leftovers(cloud: &Cloud, progress: &Arc<dyn Watch>) -> Result<usize, BakeError> {
     let found = temporaries(cloud, None).await?;
     for bake in found.bakes() {
         if let Standing::Running { holder, expires } = &bake.standing {

@@ -13,9 +13,10 @@ mod hash;
 mod lease;
 pub mod resolve;
 
-use crate::events::Event;
+use crate::events::{Event, Watch};
 use crate::naming::TAG_HASH;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -129,9 +130,6 @@ pub struct Manifest {
     pub seconds: f64,
 }
 
-/// Progress for the terminal: a step started, or finished after some time.
-pub type OnStep = std::sync::Arc<dyn crate::events::Watch>;
-
 pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeError> {
     match &image.source {
         ImageSource::Ami(id) => Ok(id.clone()),
@@ -182,7 +180,7 @@ async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<St
     Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
 }
 
-pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOptions, progress: OnStep) -> Result<Manifest, BakeError> {
+pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOptions, progress: Arc<dyn Watch>) -> Result<Manifest, BakeError> {
     let started = Instant::now();
     progress.event(Event::Bake(format!("resolving the source of image `{}`", image.name)));
     let source = source_ami(cloud, image).await?;

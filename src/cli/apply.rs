@@ -13,15 +13,18 @@ use kstack::plan::saved::SavedPlan;
 use kstack::roll::Unfinished;
 use kstack::state::Lock;
 
-use super::error::Exit;
-use super::progress::Shown;
-use super::running::{runtime, stop_on_signals, Held};
-use super::term::Terminal;
-use super::{term, CliError};
-use kstack::ops::reboots::fold_in_new_nodes;
+use kstack::ops::outputs::current;
+use kstack::ops::reboots::{fold_in_new_nodes, NewNodes};
+use kstack::ops::roll::{EnvironmentRoll, RollRequest};
 use kstack::ops::session::{Desired, Session};
 use kstack::ops::OpsError;
 use kstack::stop::Stop;
+
+use super::error::Exit;
+use super::progress::Shown;
+use super::running::{runtime, stop_on_signals};
+use super::term::Terminal;
+use super::{show_outputs, term, CliError};
 
 /// Make the environment match its model: show the plan, ask, then create, update and delete.
 #[derive(Debug, clap::Args)]
@@ -86,17 +89,6 @@ pub(super) struct DestroyArgs {
 }
 
 pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), CliError> {
-    let (env, held) = apply_only(project, args)?;
-    if args.roll {
-        // Under the apply's lock: no other run gets in between the two.
-        super::roll::run_holding(project, &super::roll::Args::everything(&env, args.ssh.clone(), args.write_reboot_slots), Some(held))?;
-    }
-    Ok(())
-}
-
-/// Applies; returns the environment argument the model was loaded with, and the run's hold on
-/// the environment (its lock still taken).
-fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), CliError> {
     let saved = SavedPlan::read(Path::new(&args.target)).transpose().map_err(CliError::invalid_input)?;
     let env = saved.as_ref().map_or(args.target.as_str(), |s| s.source.as_str()).to_owned();
     let runtime = runtime()?;
@@ -110,31 +102,40 @@ fn apply_only(project: &Project, args: &ApplyArgs) -> Result<(String, Held), Cli
         ));
     }
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
-    if !session.plan.has_changes() {
-        super::output::after_apply(&runtime, &session.cloud, &session.environment, Some(&session.observed));
-        return Ok((env, Held { runtime, stop, lock: session.lock }));
-    }
-    // Applying would reset the size of a group a batch has surged.
-    if let Some(record) = &session.state.roll {
-        let unfinished = Unfinished { environment: &session.environment, record };
-        return Err(CliError::failed(format!("{unfinished}; nothing was applied"), unfinished.hint().as_deref()));
-    }
-    // A saved plan was reviewed when it was made.
-    if saved.is_none() && !args.auto_approve {
-        confirm(&runtime, &stop, &format!("Do you want to perform these actions in `{}`?", session.environment))?;
-    }
     let mut session = session;
-    let (mut cloud, model, images) = (session.cloud.clone(), session.model.clone(), std::mem::take(&mut session.images));
-    let (environment, store) = (session.environment.clone(), session.store.clone());
-    let lock = execute(&runtime, session, args.parallelism, &stop, "Apply")?;
-    // What the environment owns now: the apply recorded what it made.
-    cloud.owner = store.load()?.owner();
-    super::output::after_apply(&runtime, &cloud, &environment, None);
-    // With --roll the roll folds in the instances it brings.
-    if let (false, Some(model)) = (args.roll, &model) {
-        runtime.block_on(fold_in_new_nodes(&cloud, model, &images, &args.ssh.reach(), args.write_reboot_slots, &Terminal));
+    let (model, images) = (session.model.take(), std::mem::take(&mut session.images));
+    let (mut cloud, environment, store) = (session.cloud.clone(), session.environment.clone(), session.store.clone());
+    let applied = session.plan.has_changes();
+    // The lock is held to the end: with --roll, no other run gets in between apply and roll.
+    let _lock = if applied {
+        // Applying would reset the size of a group a batch has surged.
+        if let Some(record) = &session.state.roll {
+            let unfinished = Unfinished { environment: &session.environment, record };
+            return Err(CliError::failed(format!("{unfinished}; nothing was applied"), unfinished.hint().as_deref()));
+        }
+        // A saved plan was reviewed when it was made.
+        if saved.is_none() && !args.auto_approve {
+            confirm(&runtime, &stop, &format!("Do you want to perform these actions in `{}`?", session.environment))?;
+        }
+        let lock = execute(&runtime, session, args.parallelism, &stop, "Apply")?;
+        // What the environment owns now: the apply recorded what it made.
+        cloud.owner = store.load()?.owner();
+        show_outputs::after_apply(runtime.block_on(current(&cloud, &environment, None)));
+        lock
+    } else {
+        show_outputs::after_apply(runtime.block_on(current(&cloud, &environment, Some(&session.observed))));
+        session.lock
+    };
+    let Some(model) = model else { return Ok(()) };
+    let reach = args.ssh.reach();
+    let new_nodes = NewNodes { images: &images, reach: &reach, write_slots: args.write_reboot_slots };
+    if args.roll {
+        let roll = runtime.block_on(EnvironmentRoll::open(&model, store))?;
+        runtime.block_on(roll.run(&RollRequest::everything(&command, new_nodes), &stop, &Shown::roll(), &Terminal))?;
+    } else if applied {
+        runtime.block_on(fold_in_new_nodes(&cloud, &model, &new_nodes, &Terminal));
     }
-    Ok((env, Held { runtime, stop, lock }))
+    Ok(())
 }
 
 pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), CliError> {

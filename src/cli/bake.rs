@@ -4,13 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kstack::aws::Cloud;
-use kstack::bake::{bake, cleanup_leftovers, BakeOptions};
+use kstack::bake::BakeOptions;
 use kstack::model::Project;
-use kstack::ops::load::{for_bake, ForBake};
+use kstack::ops::bake::Baking;
 
 use super::progress::Shown;
-use super::running::{open_store, owner, runtime, stop_on_signals};
+use super::running::{runtime, stop_on_signals};
 use super::term::Terminal;
 use super::{term, CliError};
 
@@ -66,26 +65,15 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    let ForBake { image, roles, environment: checked } = for_bake(project, &args.image, &Terminal)?;
-    let region = checked.environment.region.value.clone();
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(
-        &region,
-        owner(&open_store(project, &checked.environment.name, checked.environment.project.as_deref(), &checked.environment.state)?)?,
-    ));
+    let baking = runtime.block_on(Baking::open(project, &args.image, &Terminal))?;
     // With --json the run is for a machine: plain lines only.
     let steps = Arc::new(Shown::bake(!args.json));
-    let progress: kstack::bake::OnStep = steps.clone();
     if args.cleanup {
-        let cleaned = runtime.block_on(cleanup_leftovers(&cloud, &progress));
+        let removed = runtime.block_on(baking.clean_up(steps.clone()));
         steps.finish();
-        return match cleaned {
-            Ok(removed) => {
-                term::outln(format_args!("removed {removed} leftover bake resources in {region}"));
-                Ok(())
-            }
-            Err(error) => Err(CliError::failed(error.to_string(), None)),
-        };
+        term::outln(format_args!("removed {} leftover bake resources in {}", removed?, baking.cloud.region));
+        return Ok(());
     }
     let options = BakeOptions {
         force: args.force,
@@ -95,34 +83,20 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         host_key_wait: Duration::from_secs(args.host_key_wait),
         stop: stop_on_signals(&runtime),
     };
-    let baked = runtime.block_on(bake(&cloud, &image, &roles, &options, progress));
+    let baked = runtime.block_on(baking.bake(&options, steps.clone()));
     steps.finish();
-    match baked {
-        Ok(manifest) => {
-            let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-            if let Some(path) = &args.manifest {
-                if let Err(error) = std::fs::write(path, format!("{json}\n")) {
-                    return Err(CliError::failed(format!("cannot write {}: {error}", path.display()), None));
-                }
-            }
-            if args.json {
-                term::outln(format_args!("{json}"));
-            } else {
-                let how = if manifest.reused { "reused" } else { "baked" };
-                for (region, ami) in &manifest.amis {
-                    term::outln(format_args!("{region}: {ami} ({how}, image `{}`, hash {})", manifest.image, &manifest.hash[..12]));
-                }
-            }
-            Ok(())
-        }
-        Err(error) => {
-            let what = if matches!(error, kstack::bake::BakeError::Stopped(_)) { "stopped" } else { "failed" };
-            let message = format!("bake of `{}` in {region} {what}: {error}", image.name);
-            let hint = Some(if args.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" });
-            Err(match error {
-                kstack::bake::BakeError::Stopped(reason) => CliError::stopped(reason, message, hint),
-                _ => CliError::failed(message, hint),
-            })
+    let manifest = baked?;
+    let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    if let Some(path) = &args.manifest {
+        std::fs::write(path, format!("{json}\n")).map_err(|error| CliError::failed(format!("cannot write {}: {error}", path.display()), None))?;
+    }
+    if args.json {
+        term::outln(format_args!("{json}"));
+    } else {
+        let how = if manifest.reused { "reused" } else { "baked" };
+        for (region, ami) in &manifest.amis {
+            term::outln(format_args!("{region}: {ami} ({how}, image `{}`, hash {})", manifest.image, &manifest.hash[..12]));
         }
     }
+    Ok(())
 }

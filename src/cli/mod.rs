@@ -12,6 +12,7 @@ mod provision;
 mod reboots;
 mod roll;
 mod running;
+mod show_outputs;
 mod ssh_args;
 mod state;
 mod term;

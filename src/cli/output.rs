@@ -1,13 +1,14 @@
 //! `kstack output <env> [NAME]`
 
-use kstack::aws::{self, Cloud};
+use kstack::aws::Cloud;
 use kstack::model::Project;
-use kstack::outputs::{Outputs, FORMAT_VERSION};
-
-use super::running::{open_store, runtime};
-use super::term::Terminal;
-use super::{term, CliError};
 use kstack::ops::load::state_location;
+use kstack::ops::outputs::current;
+
+use super::running::runtime;
+use super::term::Terminal;
+use super::{show_outputs, CliError};
+use kstack::ops::load::open_store;
 
 /// Print what other tools and people need from an environment: load balancers' DNS names and
 /// hosted zones, VPC, subnet and security group ids, auto scaling groups and their AMIs, the
@@ -37,73 +38,13 @@ pub(super) struct Args {
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let location = state_location(project, &args.env, &Terminal)?;
-    let store = open_store(project, &location.name, location.project.as_deref(), &location.state)?;
+    let store = open_store(project, &location)?;
     let state = store.load()?;
-    let (Some(region), Some(identity)) = (location.region.or_else(|| state.region.clone()), state.identity.clone()) else {
-        return Err(CliError::failed(
-            format!("`{}` has no outputs: it was never applied", location.name),
-            Some(&format!("kstack apply {}", args.env)),
-        ));
-    };
+    let never_applied =
+        || CliError::failed(format!("`{}` has no outputs: it was never applied", location.name), Some(&format!("kstack apply {}", args.env)));
+    let Some(region) = location.region.clone().or_else(|| state.region.clone()) else { return Err(never_applied()) };
     let runtime = runtime()?;
     let cloud = runtime.block_on(Cloud::connect(&region, state.owner())).with_dns_zones(state.dns_zones());
-    let refreshed = runtime.block_on(aws::refresh(&cloud)).map_err(|error| CliError::aws(&region, "refreshing", &error))?;
-    let outputs = Outputs::of(&location.name, &region, identity.as_str(), &refreshed.observed);
-    print(&outputs, args.name.as_deref(), args.json)
-}
-
-/// Prints all outputs (`name = value` lines, or JSON), or the one `name` asks for: a value
-/// bare, so `$(kstack output dev NAME)` is the value itself.
-pub(super) fn print(outputs: &Outputs, name: Option<&str>, json: bool) -> Result<(), CliError> {
-    let Some(name) = name else {
-        if json {
-            term::outln(format_args!("{:#}", serde_json::json!({ "format_version": FORMAT_VERSION, "outputs": outputs })));
-        } else {
-            print_lines(outputs, "");
-        }
-        return Ok(());
-    };
-    let Some(value) = outputs.get(name) else {
-        let names = outputs.names();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        return Err(CliError::invalid(
-            format!("`{name}` is not an output of `{}`", outputs.environment),
-            Some(&kstack::diagnostics::expected_one_of(name, &names)),
-        ));
-    };
-    match value {
-        serde_json::Value::String(text) if !json => term::outln(format_args!("{text}")),
-        value if json => term::outln(format_args!("{value:#}")),
-        _ => print_lines(outputs, name),
-    }
-    Ok(())
-}
-
-/// What `apply` ends with, as Terraform's does: the outputs of the environment as it now is.
-pub(super) fn after_apply(runtime: &tokio::runtime::Runtime, cloud: &Cloud, environment: &str, observed: Option<&[kstack::aws::Observed]>) {
-    let (region, Some(identity)) = (&cloud.region, cloud.owner.identity.as_ref()) else { return };
-    let refreshed;
-    let observed = match observed {
-        Some(observed) => observed,
-        None => match runtime.block_on(aws::refresh(cloud)) {
-            Ok(found) => {
-                refreshed = found.observed;
-                &refreshed
-            }
-            Err(error) => {
-                term::warning(&format!("cannot show the outputs: AWS failed while refreshing in {region}: {error}"));
-                return;
-            }
-        },
-    };
-    term::outln(format_args!("\nOutputs:\n"));
-    print_lines(&Outputs::of(environment, region, identity.as_str(), observed), "");
-}
-
-/// `name = value` for each output at or under `prefix`.
-fn print_lines(outputs: &Outputs, prefix: &str) {
-    let under = |name: &str| prefix.is_empty() || name == prefix || name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'));
-    for (name, value) in outputs.flattened().into_iter().filter(|(name, _)| under(name)) {
-        term::outln(format_args!("{name} = {value}"));
-    }
+    let outputs = runtime.block_on(current(&cloud, &location.name, None))?.ok_or_else(never_applied)?;
+    show_outputs::print(&outputs, args.name.as_deref(), args.json)
 }

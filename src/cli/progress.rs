@@ -15,6 +15,7 @@ use owo_colors::OwoColorize;
 
 use kstack::apply::ApplyEvent;
 use kstack::events::{Event, Watch};
+use kstack::ops::roll::RollWatch;
 use kstack::resource::Address;
 use kstack::roles::{RunEvent, TaskStatus};
 use kstack::roll::RollEvent;
@@ -328,6 +329,22 @@ impl RoleLines {
                     term::outln(format_args!("    {error}"));
                 }
             }
+        }
+    }
+}
+
+/// A roll's progress, each group's count when it ends, and the roll's.
+impl RollWatch for Shown {
+    fn group_ended(&self, group: &str, replaced: Option<usize>) {
+        self.finish();
+        if let Some(replaced @ 1..) = replaced {
+            term::outln(format_args!("{group}: {replaced} replaced"));
+        }
+    }
+
+    fn roll_ended(&self, replaced: usize) {
+        if replaced == 0 {
+            term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
         }
     }
 }

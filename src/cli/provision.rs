@@ -14,11 +14,12 @@ use kstack::roles::{HostReport, RunOptions, TaskStatus};
 use super::progress::Shown;
 
 use super::error::Exit;
-use super::running::{open_store, owner, runtime};
+use super::running::runtime;
 use super::ssh_args::SshArgs;
 use super::term::Terminal;
 use super::{check_groups, term, CliError};
 use kstack::ops::load::compiled;
+use kstack::ops::load::open_store;
 use kstack::state::Lock;
 use kstack::stop::Stop;
 
@@ -92,10 +93,10 @@ fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Loc
     let compiled = compiled(project, &targets.env, &Terminal)?;
     let environment = &compiled.checked.environment;
     check_groups(environment, &targets.groups)?;
-    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let store = open_store(project, &environment.state_location())?;
     let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default())?;
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, store.load()?.owner()));
     let selection = Selection { groups: &targets.groups, limit: &targets.limit };
     let work = runtime.block_on(select(&cloud, &compiled, &selection, &targets.ssh.reach(), &Terminal))?;
     Ok((lock, work))

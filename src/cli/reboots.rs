@@ -12,11 +12,12 @@ use kstack::reboots::node_config;
 use kstack::reboots::running::{plan, put_in_force, Schedule, Slot, Written};
 use kstack::reboots::schedule::slots;
 
-use super::running::{open_store, owner, runtime};
+use super::running::runtime;
 use super::ssh_args::SshArgs;
 use super::term::Terminal;
 use super::{term, CliError};
 use kstack::ops::load::compiled;
+use kstack::ops::load::open_store;
 
 /// Show when each running node reboots for OS updates; with --assign, tag the instances and
 /// write each node's slot over SSH.
@@ -66,7 +67,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         ));
     }
     let runtime = runtime()?;
-    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let store = open_store(project, &environment.state_location())?;
     let _lock = match args.assign {
         true => {
             // Tags and slot files, each written whole: nothing is half done if the run ends.
@@ -75,7 +76,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         }
         false => None,
     };
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, owner(&store)?));
+    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, store.load()?.owner()));
     let seed = args.seed.unwrap_or_else(rand::random);
     let access = args.ssh.access();
     let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &access))?;

@@ -1,22 +1,22 @@
 //! `kstack roll <env>`
 
-use kstack::naming::TAG_UNFINISHED_ROLL;
 use std::time::Duration;
 
 use kstack::aws::Cloud;
-
 use kstack::hint::Hint;
 use kstack::model::{Amount, PolicyOverrides, Project};
-use kstack::ops::roll::{DryRunGroup, EnvironmentRoll, RollRequest, RollWatch};
+use kstack::naming::TAG_UNFINISHED_ROLL;
+use kstack::ops::load::{for_roll, state_location, ForRoll};
+use kstack::ops::reboots::NewNodes;
+use kstack::ops::roll::{DryRunGroup, EnvironmentRoll, RollRequest, DEFAULT_TIMEOUT_SECONDS};
 use kstack::roll::{abort, Journal, RollRecord, Unfinished};
 
 use super::progress::Shown;
-use super::running::{open_store, runtime, stop_on_signals, Held};
+use super::running::{runtime, stop_on_signals};
 use super::ssh_args::SshArgs;
 use super::term::Terminal;
 use super::{check_groups, term, CliError};
-use kstack::ops::load::{for_roll, state_location, ForRoll};
-use kstack::ops::reboots::fold_in_new_nodes;
+use kstack::ops::load::open_store;
 
 /// Move every node group onto its current launch settings (AMI, instance type, user data)
 /// in batches, without dropping below the capacity each group's roll policy keeps.
@@ -73,7 +73,7 @@ pub(super) struct Args {
     status: bool,
 
     /// How long to wait for new instances to be in service, or old ones to leave, in seconds.
-    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECONDS, value_name = "SECONDS")]
     timeout: u64,
 
     /// Also write new nodes' reboot slots over SSH (environments with `reboots:`); without it
@@ -87,24 +87,6 @@ pub(super) struct Args {
 }
 
 impl Args {
-    /// Every group of `env`, with the groups' own settings: what `apply --roll` runs.
-    pub(super) fn everything(env: &str, ssh: SshArgs, write_reboot_slots: bool) -> Args {
-        Args {
-            env: env.to_owned(),
-            groups: Vec::new(),
-            max_surge: None,
-            max_unavailable: None,
-            min_healthy_percent: None,
-            dry_run: false,
-            resume: false,
-            abort: false,
-            status: false,
-            timeout: 900,
-            write_reboot_slots,
-            ssh,
-        }
-    }
-
     fn overrides(&self) -> PolicyOverrides {
         PolicyOverrides { max_surge: self.max_surge, max_unavailable: self.max_unavailable, min_healthy_percent: self.min_healthy_percent }
     }
@@ -142,17 +124,13 @@ fn or_none(ids: &[String]) -> String {
     }
 }
 
-pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
-    run_holding(project, args, None)
-}
-
 /// `--status` and `--abort` work from the environment's state and where it lives: in an
 /// incident, a secret's variable unset or a file half edited never keeps a person from seeing
 /// or undoing an unfinished roll.
 fn run_from_state(project: &Project, args: &Args) -> Result<(), CliError> {
     let location = state_location(project, &args.env, &Terminal)?;
     let env = &location.name;
-    let store = open_store(project, env, location.project.as_deref(), &location.state)?;
+    let store = open_store(project, &location)?;
     if args.status {
         let record = store.load()?.roll;
         status(env, record.as_ref());
@@ -176,25 +154,18 @@ fn run_from_state(project: &Project, args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Rolls; under `held`, the lock an apply took (`apply --roll`), or else under its own.
-pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) -> Result<(), CliError> {
-    if (args.status || args.abort) && held.is_none() {
+pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
+    if args.status || args.abort {
         return run_from_state(project, args);
     }
     let ForRoll { checked, images } = for_roll(project, &args.env, &Terminal)?;
     let environment = &checked.environment;
     check_groups(environment, &args.groups)?;
-    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let store = open_store(project, &environment.state_location())?;
     let command = format!("kstack roll {}", args.env);
-    let (runtime, stop, _lock) = match held {
-        Some(Held { runtime, stop, lock }) => (runtime, stop, lock),
-        None => {
-            let runtime = runtime()?;
-            let stop = stop_on_signals(&runtime);
-            let lock = store.lock(&command, &stop)?;
-            (runtime, stop, lock)
-        }
-    };
+    let runtime = runtime()?;
+    let stop = stop_on_signals(&runtime);
+    let _lock = store.lock(&command, &stop)?;
     let roll = runtime.block_on(EnvironmentRoll::open(environment, store))?;
     if args.dry_run {
         if let Some(unfinished) = roll.unfinished() {
@@ -203,26 +174,17 @@ pub(super) fn run_holding(project: &Project, args: &Args, held: Option<Held>) ->
         print_dry_run(&runtime.block_on(roll.dry_run(&args.groups, args.overrides()))?);
         return Ok(());
     }
-    let request =
-        RollRequest { groups: &args.groups, resume: args.resume, overrides: args.overrides(), timeout_seconds: args.timeout, command: &command };
-    let cloud = roll.cloud.clone();
-    let replaced = runtime.block_on(roll.run(&request, &stop, &Shown::roll(), &Terminal))?;
-    if replaced == 0 {
-        term::outln(format_args!("Nothing to roll: every instance runs its group's current launch settings."));
-    } else {
-        runtime.block_on(fold_in_new_nodes(&cloud, environment, &images, &args.ssh.reach(), args.write_reboot_slots, &Terminal));
-    }
+    let reach = args.ssh.reach();
+    let request = RollRequest {
+        groups: &args.groups,
+        resume: args.resume,
+        overrides: args.overrides(),
+        timeout_seconds: args.timeout,
+        command: &command,
+        new_nodes: NewNodes { images: &images, reach: &reach, write_slots: args.write_reboot_slots },
+    };
+    runtime.block_on(roll.run(&request, &stop, &Shown::roll(), &Terminal))?;
     Ok(())
-}
-
-/// A roll's progress, and each group's count when it ends.
-impl RollWatch for Shown {
-    fn group_ended(&self, group: &str, replaced: Option<usize>) {
-        self.finish();
-        if let Some(replaced @ 1..) = replaced {
-            term::outln(format_args!("{group}: {replaced} replaced"));
-        }
-    }
 }
 
 /// Per group: the outdated instances, and the batches a roll would take them in.

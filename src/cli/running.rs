@@ -1,37 +1,9 @@
-//! What a run holds while it works on an environment: the async runtime, the stop flag that
-//! signals set, and the lock. The session itself (refresh, state, plan) is `ops::session`.
+//! What a run works with on an environment: the async runtime, the stop flag that signals
+//! set, and the state store. The session itself (refresh, state, plan) is `ops::session`.
 
-use kstack::model::Project;
-use kstack::state::{Lock, StateStore};
 use kstack::stop::{Reason, Stop};
 
 use super::{term, CliError};
-
-/// A run's hold on an environment: the runtime (which renews an S3 lease), the stop flag (which
-/// learns of a lost lock) and the lock, handed from an apply to the roll that follows it so no
-/// other run gets in between.
-pub(super) struct Held {
-    pub runtime: tokio::runtime::Runtime,
-    pub stop: Stop,
-    pub lock: Lock,
-}
-
-/// Whose resources commands that only read state may touch: what the environment's state
-/// records (its identity, and ids from before identities).
-pub(super) fn owner(store: &StateStore) -> Result<kstack::identity::Owner, CliError> {
-    let state = store.load()?;
-    Ok(state.owner())
-}
-
-/// The state store the environment names (S3 connects and checks its bucket).
-pub(super) fn open_store(
-    project: &Project,
-    environment: &str,
-    project_name: Option<&str>,
-    state: &kstack::model::StateBackend,
-) -> Result<StateStore, CliError> {
-    Ok(StateStore::open(&project.root, environment, project_name, state)?)
-}
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Runtime::new().map_err(|error| CliError::failed(format!("cannot start the async runtime: {error}"), None))

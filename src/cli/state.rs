@@ -6,9 +6,9 @@ use kstack::resource::Address;
 use kstack::state::StateStore;
 use kstack::stop::Stop;
 
-use super::running::open_store;
 use super::term::Terminal;
 use super::{term, CliError};
+use kstack::ops::load::open_store;
 use kstack::ops::load::state_location;
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
@@ -120,7 +120,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         }
         Command::Unlock { env, lock_id, force } => {
             let environment = state_location(project, env, &Terminal)?;
-            let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+            let store = open_store(project, &environment)?;
             match store.unlock(lock_id.as_deref(), *force)? {
                 Some(h) => term::outln(format_args!(
                     "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
@@ -179,7 +179,7 @@ fn adopting(state: &kstack::state::State, region: &str) -> Result<(tokio::runtim
 
 fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), CliError> {
     let environment = state_location(project, env, &Terminal)?;
-    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let store = open_store(project, &environment)?;
     let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default())?;
     let mut state = store.load()?;
     let (Some(identity), Some(region)) = (state.identity.clone(), environment.region.or_else(|| state.region.clone())) else {
@@ -221,7 +221,7 @@ fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Resul
 fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), CliError> {
     let identity = Identity::try_from(id.to_owned()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
     let environment = state_location(project, env, &Terminal)?;
-    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let store = open_store(project, &environment)?;
     let Some(region) = environment.region.clone() else {
         return Err(CliError::failed(format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
     };
@@ -256,7 +256,7 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
             Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
         ));
     }
-    let s3 = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let s3 = open_store(project, &environment)?;
     let local = StateStore::local(&project.root, &environment.name, environment.project.as_deref());
     let (source, target) = match to {
         Target::S3 => (local, s3),
@@ -296,6 +296,6 @@ fn migrate(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
 
 fn load(project: &Project, env: &str) -> Result<kstack::state::State, CliError> {
     let environment = state_location(project, env, &Terminal)?;
-    let store = open_store(project, &environment.name, environment.project.as_deref(), &environment.state)?;
+    let store = open_store(project, &environment)?;
     Ok(store.load()?)
 }

@@ -10,6 +10,7 @@ use crate::graph::ResourceGraph;
 use crate::model::image::{load_image, Image};
 use crate::model::{load_environment, load_environment_with, Checked, ImageRef, Project, Secrets, StateLocation};
 use crate::roles::{load_roles, Role};
+use crate::state::StateStore;
 
 /// An environment loaded, checked and compiled.
 pub struct Compiled {
@@ -75,6 +76,11 @@ fn load_images(project: &Project, names: &[String], sources: &mut Sources, probl
 pub struct ForRoll {
     pub checked: Checked,
     pub images: BTreeMap<String, LoadedImage>,
+}
+
+/// The state store at `location` (S3 connects and checks its bucket).
+pub fn open_store(project: &Project, location: &StateLocation) -> Result<StateStore, OpsError> {
+    Ok(StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?)
 }
 
 /// What a roll works from: the environment and the images its groups name, not compiled (a

@@ -5,10 +5,12 @@
 //!
 //! Knows nothing of the terminal, of arguments, or of exit statuses.
 
+pub mod bake;
 mod error;
 pub mod fleet;
 pub mod load;
 pub mod nodes;
+pub mod outputs;
 pub mod reboots;
 pub mod roll;
 pub mod session;

@@ -33,17 +33,20 @@ pub fn unreached(written: &Written) -> impl Iterator<Item = String> + '_ {
     written.unreached.iter().map(|(node, error)| format!("{node}: could not write the reboot slot: {error}"))
 }
 
+/// What a change to the fleet (an apply, a roll) needs to fold its new nodes into the reboot
+/// schedule: the images' SSH users, how to reach the nodes, and whether to write their slots.
+pub struct NewNodes<'a> {
+    pub images: &'a BTreeMap<String, LoadedImage>,
+    pub reach: &'a Reach,
+    /// Write the slots on the nodes over SSH; otherwise only tag them.
+    pub write_slots: bool,
+}
+
 /// After `apply` or `roll`: gives running nodes without a slot (new since the last
 /// assignment) one, keeping everyone else's, and writes the groups' nodes when `write_slots`.
 /// Problems are warnings: the change to the fleet itself succeeded.
-pub async fn fold_in_new_nodes(
-    cloud: &Cloud,
-    environment: &Environment,
-    images: &BTreeMap<String, LoadedImage>,
-    reach: &Reach,
-    write_slots: bool,
-    notice: &dyn Notice,
-) {
+pub async fn fold_in_new_nodes(cloud: &Cloud, environment: &Environment, new_nodes: &NewNodes<'_>, notice: &dyn Notice) {
+    let NewNodes { images, reach, write_slots } = *new_nodes;
     if environment.reboot_groups().is_empty() {
         return;
     }

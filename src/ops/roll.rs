@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::reboots::{fold_in_new_nodes, NewNodes};
 use super::{Notice, OpsError};
 use crate::aws::Cloud;
 use crate::events::Watch;
@@ -17,10 +18,18 @@ use crate::stop::{Reason, Stop};
 pub trait RollWatch: Watch {
     /// A group's roll ended: `replaced` of its instances were, or it stopped (`None`).
     fn group_ended(&self, group: &str, replaced: Option<usize>);
+    /// The roll ended with every group on its current settings, `replaced` instances replaced.
+    fn roll_ended(&self, replaced: usize);
 }
+
+/// How long a batch waits for new instances to be in service, or old ones to leave, unless
+/// told otherwise.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
 
 /// A roll to start, or the unfinished one to resume.
 pub struct RollRequest<'a> {
+    /// Folding the nodes the roll brings into the reboot schedule.
+    pub new_nodes: NewNodes<'a>,
     /// Only these node groups; every group when empty.
     pub groups: &'a [String],
     pub resume: bool,
@@ -28,6 +37,20 @@ pub struct RollRequest<'a> {
     pub timeout_seconds: u64,
     /// The command line, which the journal records.
     pub command: &'a str,
+}
+
+impl<'a> RollRequest<'a> {
+    /// Every group, each with its own roll policy: what `apply --roll` runs.
+    pub fn everything(command: &'a str, new_nodes: NewNodes<'a>) -> RollRequest<'a> {
+        RollRequest {
+            groups: &[],
+            resume: false,
+            overrides: PolicyOverrides::default(),
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+            command,
+            new_nodes,
+        }
+    }
 }
 
 /// A batch of a roll: the outdated instances surged for, and those taken out first.
@@ -101,7 +124,8 @@ impl<'a> EnvironmentRoll<'a> {
         Ok(planned)
     }
 
-    /// Rolls, or resumes the unfinished roll; how many instances were replaced.
+    /// Rolls, or resumes the unfinished roll, then folds the nodes it brought into the reboot
+    /// schedule; how many instances were replaced.
     pub async fn run(mut self, request: &RollRequest<'_>, stop: &Stop, watch: &dyn RollWatch, notice: &dyn Notice) -> Result<usize, OpsError> {
         let env = &self.environment.name;
         let mut journal = match (self.unfinished.take(), request.resume) {
@@ -148,6 +172,10 @@ impl<'a> EnvironmentRoll<'a> {
             }
         }
         journal.finish()?;
+        watch.roll_ended(replaced);
+        if replaced > 0 {
+            fold_in_new_nodes(&self.cloud, self.environment, &request.new_nodes, notice).await;
+        }
         Ok(replaced)
     }
 

@@ -34,7 +34,7 @@ pub struct Session {
     /// model for a destroy, which works from state.
     pub model: Option<crate::model::Environment>,
     pub images: BTreeMap<String, LoadedImage>,
-    /// Held until the session ends, or handed on to the roll that follows an apply.
+    /// Held until the session ends, or kept for the roll that follows an apply.
     pub lock: Lock,
     /// The desired graph's digest before group sizes were settled against AWS: what a saved
     /// plan pins of the model (what AWS holds, an autoscaler's size among it, is pinned apart).

@@ -92,8 +92,6 @@ fn aws(doing: &str) -> impl FnOnce(AwsError) -> RollError + '_ {
     move |error| RollError::Aws { doing: doing.to_owned(), error }
 }
 
-pub type OnEvent<'a> = &'a dyn Watch;
-
 /// What a roll is doing, for the terminal. Each event is also a line of text (its `Display`),
 /// which is all a log or a pipe gets.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -149,7 +147,7 @@ pub struct RollGroup<'a> {
     pub policy: RollPolicy,
     pub timeout: Duration,
     pub hooks: &'a RollHooks,
-    pub progress: OnEvent<'a>,
+    pub progress: &'a dyn Watch,
     /// Checked before every change a batch starts.
     pub stop: &'a Stop,
 }
@@ -420,7 +418,7 @@ async fn undo_surge(
     name: &str,
     journal: &mut Journal,
     timeout: Duration,
-    progress: OnEvent<'_>,
+    progress: &dyn Watch,
     prefer: Option<&str>,
 ) -> Result<(), RollError> {
     let (Some(record), Some(batch)) = (journal.group().cloned(), journal.batch().cloned()) else { return Ok(()) };
@@ -450,7 +448,7 @@ async fn undo_surge(
 /// Puts the journal's group back to its size (taking off only the roll's own surge, so a size
 /// someone else set meanwhile stays) and processes from before the roll, and forgets the
 /// roll. New instances already serving stay; surged ones above the size go.
-pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, progress: OnEvent<'_>) -> Result<(), RollError> {
+pub async fn abort(cloud: &Cloud, journal: &mut Journal, timeout: Duration, progress: &dyn Watch) -> Result<(), RollError> {
     if let Some(group) = journal.group().cloned() {
         let name = &group.auto_scaling_group;
         undo_surge(cloud, name, journal, timeout, progress, None).await?;
@@ -555,7 +553,7 @@ async fn healthy_members(cloud: &Cloud, group: &AutoScalingGroup) -> Result<BTre
     Ok(healthy)
 }
 
-async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Duration, progress: OnEvent<'_>) -> Result<(), RollError> {
+async fn wait_gone(cloud: &Cloud, name: &str, instances: &[String], timeout: Duration, progress: &dyn Watch) -> Result<(), RollError> {
     if instances.is_empty() {
         return Ok(());
     }

@@ -341,6 +341,11 @@ impl Environment {
         first.chain(rest).collect()
     }
 
+    /// Where its state lives, as `locate_state` finds it without loading the rest.
+    pub fn state_location(&self) -> StateLocation {
+        StateLocation { name: self.name.clone(), project: self.project.clone(), region: Some(self.region.value.clone()), state: self.state.clone() }
+    }
+
     /// Node groups with reboot settings: the ones `kstack reboots` schedules.
     pub fn reboot_groups(&self) -> Vec<String> {
         self.node_groups.iter().filter(|g| g.reboots.is_some()).map(|g| g.name.value.clone()).collect()

@@ -1,0 +1,48 @@
+//! Baking an image in the environment its `build:` names, as the resources that environment's
+//! state records: the bake itself is `bake`, this opens it and says how it ended.
+
+use std::sync::Arc;
+
+use super::load::{for_bake, open_store, ForBake};
+use super::{Notice, OpsError};
+use crate::aws::Cloud;
+use crate::bake::{bake, cleanup_leftovers, BakeError, BakeOptions, Manifest};
+use crate::events::Watch;
+use crate::model::image::Image;
+use crate::model::Project;
+use crate::roles::Role;
+
+/// An image ready to bake: its roles, and AWS where its builder runs.
+pub struct Baking {
+    image: Image,
+    roles: Vec<Role>,
+    pub cloud: Cloud,
+}
+
+impl Baking {
+    pub async fn open(project: &Project, image: &str, notice: &dyn Notice) -> Result<Baking, OpsError> {
+        let ForBake { image, roles, environment } = for_bake(project, image, notice)?;
+        let environment = &environment.environment;
+        let owner = open_store(project, &environment.state_location())?.load()?.owner();
+        let cloud = Cloud::connect(&environment.region.value, owner).await;
+        Ok(Baking { image, roles, cloud })
+    }
+
+    /// Bakes the image, or reuses the AMI of the same content.
+    pub async fn bake(&self, options: &BakeOptions, watch: Arc<dyn Watch>) -> Result<Manifest, OpsError> {
+        bake(&self.cloud, &self.image, &self.roles, options, watch).await.map_err(|error| {
+            let what = if matches!(error, BakeError::Stopped(_)) { "stopped" } else { "failed" };
+            let message = format!("bake of `{}` in {} {what}: {error}", self.image.name, self.cloud.region);
+            let hint = Some(String::from(if options.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" }));
+            match error {
+                BakeError::Stopped(reason) => OpsError::Stopped { reason, message, hint },
+                _ => OpsError::Failed { message, hint },
+            }
+        })
+    }
+
+    /// Removes what earlier bakes left behind in the region; how many resources.
+    pub async fn clean_up(&self, watch: Arc<dyn Watch>) -> Result<usize, OpsError> {
+        cleanup_leftovers(&self.cloud, &watch).await.map_err(|error| OpsError::Failed { message: error.to_string(), hint: None })
+    }
+}
