@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::ResourceGraph;
-use crate::resource::Kind;
+use crate::resource::{Address, Kind};
 
 /// An environment's identity: 32 lowercase hex digits (128 random bits).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,6 +86,10 @@ pub struct Owner {
     pub identity: Option<Identity>,
     /// AWS ids state recorded (names, for launch configurations and groups).
     recorded: BTreeSet<String>,
+    /// The address state records each resource at, by kind and id: what a resource's address
+    /// is, whatever its `kstack:address` tag (or a launch configuration's name) says, so a
+    /// record moved by `kstack state mv` moves the resource.
+    addresses: BTreeMap<(Kind, String), Address>,
     /// Addresses of creates journalled in state and not yet recorded.
     intended: BTreeSet<String>,
     /// Everything carrying the identity counts as recorded: only for an explicit adoption.
@@ -94,7 +98,25 @@ pub struct Owner {
 
 impl Owner {
     pub fn new(environment: &str, identity: Option<Identity>, recorded: impl IntoIterator<Item = String>) -> Owner {
-        Owner { environment: environment.to_owned(), identity, recorded: recorded.into_iter().collect(), intended: BTreeSet::new(), adopting: false }
+        Owner {
+            environment: environment.to_owned(),
+            identity,
+            recorded: recorded.into_iter().collect(),
+            addresses: BTreeMap::new(),
+            intended: BTreeSet::new(),
+            adopting: false,
+        }
+    }
+
+    /// With the addresses state records its resources at (`(address, kind, id)`).
+    pub fn with_addresses<'a>(mut self, recorded: impl IntoIterator<Item = (&'a Address, Kind, &'a str)>) -> Owner {
+        self.addresses = recorded.into_iter().map(|(address, kind, id)| ((kind, id.to_owned()), address.clone())).collect();
+        self
+    }
+
+    /// The address state records a resource of `kind` with `id` at.
+    pub fn recorded_address(&self, kind: Kind, id: &str) -> Option<&Address> {
+        self.addresses.get(&(kind, id.to_owned()))
     }
 
     /// With the addresses of creates journalled in state (see `state::State::intents`).

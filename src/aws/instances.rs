@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::naming::{TAG_ADDRESS, TAG_REBOOT_TIME};
+use crate::resource::{Address, Kind};
 use aws_sdk_ec2::types::Filter;
 
 use super::tags::{environment_filter, from_ec2};
@@ -35,10 +36,14 @@ pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError>
             let tags = from_ec2(instance.tags());
             let tag = |key: &str| tags.get(key).cloned();
             let id = instance.instance_id().unwrap_or_default();
-            if !cloud.owner.owns_instance(&tags, tags.get("aws:autoscaling:groupName").map(String::as_str)) {
+            let group_name = tags.get("aws:autoscaling:groupName").map(String::as_str);
+            if !cloud.owner.owns_instance(&tags, group_name) {
                 continue;
             }
-            let Some(group) = tag(TAG_ADDRESS).and_then(|a| a.strip_prefix("asg.").map(str::to_owned)) else { continue };
+            // Its group's address as state records it (a moved group's instances keep the
+            // address tag they were launched with).
+            let recorded = group_name.and_then(|name| cloud.owner.recorded_address(Kind::AutoScalingGroup, name)).map(Address::to_string);
+            let Some(group) = recorded.or_else(|| tag(TAG_ADDRESS)).and_then(|a| a.strip_prefix("asg.").map(str::to_owned)) else { continue };
             found.push(Instance {
                 id: id.to_owned(),
                 group,

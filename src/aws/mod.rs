@@ -136,9 +136,14 @@ pub async fn refresh(cloud: &Cloud) -> Result<Refreshed, AwsError> {
         dns_record::read(cloud),
     )?;
     let mut refreshed = Refreshed { dns_in_use, ..Refreshed::default() };
-    for found in network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).chain(records) {
+    for mut found in network.into_iter().chain(security).chain(iam).chain(launch).chain(groups).chain(records) {
         match cloud.owner.judge(&found.id, &found.tags) {
-            Ownership::Ours | Ownership::Recorded => refreshed.observed.push(found),
+            Ownership::Ours | Ownership::Recorded => {
+                if let Some(address) = cloud.owner.recorded_address(found.kind, &found.id) {
+                    found.address = address.clone();
+                }
+                refreshed.observed.push(found);
+            }
             Ownership::Unrecorded => refreshed.unrecorded.push(found),
             Ownership::Foreign { .. } => refreshed.foreign.push(found),
         }
@@ -294,7 +299,7 @@ pub async fn update(cloud: &Cloud, resource: &Resource, actual: &Observed, chang
 }
 
 /// Sets a resource's tags to `desired`, through its service's own tagging calls.
-async fn retag(cloud: &Cloud, actual: &Observed, desired: &std::collections::BTreeMap<String, String>) -> Result<(), AwsError> {
+pub async fn retag(cloud: &Cloud, actual: &Observed, desired: &std::collections::BTreeMap<String, String>) -> Result<(), AwsError> {
     let change = tags::TagChange::between(&actual.tags, desired);
     let id = actual.id.as_str();
     match actual.kind {

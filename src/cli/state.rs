@@ -1,4 +1,4 @@
-//! `kstack state list|show|unlock|migrate|identity <env>`
+//! `kstack state list|show|unlock|migrate|identity|adopt|mv|rm <env>`
 
 use kstack::identity::Identity;
 use kstack::model::{Project, StateBackend};
@@ -8,8 +8,10 @@ use kstack::stop::Stop;
 
 use super::term::Terminal;
 use super::{term, CliError};
-use kstack::ops::load::open_store;
-use kstack::ops::load::state_location;
+use kstack::ops::load::{open_store, state_location};
+use kstack::ops::state::{move_record, record, remove_record};
+
+use super::running::runtime;
 
 /// Inspect what kstack knows exists, release a lock left by a run that died, or move state
 /// between the local and the S3 backend.
@@ -20,7 +22,9 @@ use kstack::ops::load::state_location;
   kstack state unlock dev 3f2a9c01      the id is in the message of the command the lock refused
   kstack state migrate dev --to s3      after adding `state: { backend: s3, bucket: ... }`
   kstack state identity dev             the id every resource of `dev` is tagged with (kstack:id)
-  kstack state adopt dev vpc.main vpc-0abc   take a resource the plan lists as unrecorded")]
+  kstack state adopt dev vpc.main vpc-0abc   take a resource the plan lists as unrecorded
+  kstack state mv dev asg.workers asg.compute   after renaming the group in the model
+  kstack state rm dev elb.legacy        forget it: it stays in AWS, kstack's tags removed")]
 pub(super) struct Args {
     #[command(subcommand)]
     command: Command,
@@ -80,6 +84,25 @@ enum Command {
         /// Its AWS id (a group's or launch configuration's name).
         id: String,
     },
+    /// Move a resource's record to another address, as when the model renames it: nothing is
+    /// replaced; its `kstack:address` tag follows.
+    Mv {
+        /// Environment name.
+        env: String,
+        /// The address state records it at, e.g. `asg.workers`.
+        from: String,
+        /// Its address from now on, of the same kind, e.g. `asg.compute`.
+        to: String,
+    },
+    /// Forget resources without deleting them: each stays in AWS with kstack's tags
+    /// removed, and the environment never plans, changes or deletes it again.
+    Rm {
+        /// Environment name.
+        env: String,
+        /// Addresses to forget, e.g. `elb.legacy`.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
     /// Print the environment's identity: the `kstack:id` tag that makes a resource its own.
     /// With `--recover`, give a state that lost its resources the identity they carry, and
     /// adopt every resource of the environment carrying it.
@@ -104,19 +127,9 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         }
         Command::Show { env, address } => {
             let state = load(project, env)?;
-            match state.resources.get(&Address::from(address.as_str())) {
-                Some(resource) => {
-                    term::outln(format_args!("{:#}", serde_json::to_value(resource).unwrap_or_default()));
-                    Ok(())
-                }
-                None => {
-                    let known: Vec<&str> = state.resources.keys().map(Address::as_str).collect();
-                    let hint = kstack::diagnostics::did_you_mean(address, known.iter().copied())
-                        .map(|close| format!("did you mean `{close}`?"))
-                        .unwrap_or_else(|| format!("`kstack state list {env}` shows every address"));
-                    Err(CliError::invalid(format!("`{address}` is not in the state of `{env}`"), Some(&hint)))
-                }
-            }
+            let resource = record(&state, &Address::from(address.as_str()))?;
+            term::outln(format_args!("{:#}", serde_json::to_value(resource).unwrap_or_default()));
+            Ok(())
         }
         Command::Unlock { env, lock_id, force } => {
             let environment = state_location(project, env, &Terminal)?;
@@ -140,6 +153,26 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         }
         Command::Identity { env, recover: Some(id) } => recover_identity(project, env, id),
         Command::Adopt { env, address, id } => adopt_one(project, env, &Address::from(address.as_str()), id),
+        Command::Mv { env, from, to } => {
+            let store = open_store(project, &state_location(project, env, &Terminal)?)?;
+            let (from, to) = (Address::from(from.as_str()), Address::from(to.as_str()));
+            let command = format!("kstack state mv {env} {from} {to}");
+            let moved = runtime()?.block_on(move_record(&store, &from, &to, &command, &Terminal))?;
+            let tag = if moved.retagged { "; its kstack:address tag follows" } else { "" };
+            term::outln(format_args!("Moved {} from {from} to {to}{tag}. Nothing was replaced.", moved.id));
+            Ok(())
+        }
+        Command::Rm { env, addresses } => {
+            let store = open_store(project, &state_location(project, env, &Terminal)?)?;
+            let runtime = runtime()?;
+            for address in addresses.iter().map(|a| Address::from(a.as_str())) {
+                let command = format!("kstack state rm {env} {address}");
+                let removed = runtime.block_on(remove_record(&store, &address, &command, &Terminal))?;
+                let tags = if removed.retagged { ", its kstack tags removed" } else { "" };
+                term::outln(format_args!("Removed {address} ({}) from the state of `{env}`: it stays in AWS{tags}.", removed.id));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -172,7 +205,7 @@ fn adopt(
 /// The runtime and the connection an adoption reads with: everything carrying the
 /// environment's identity counts as its own, a person having said so.
 fn adopting(state: &kstack::state::State, region: &str) -> Result<(tokio::runtime::Runtime, kstack::aws::Cloud), CliError> {
-    let runtime = super::running::runtime()?;
+    let runtime = runtime()?;
     let cloud = runtime.block_on(kstack::aws::Cloud::connect(region, state.owner().adopting()));
     Ok((runtime, cloud))
 }

@@ -14,6 +14,7 @@ pub mod outputs;
 pub mod reboots;
 pub mod roll;
 pub mod session;
+pub mod state;
 
 pub use error::OpsError;
 

@@ -124,6 +124,7 @@ impl State {
     /// recorded (groups by name, so their instances count too).
     pub fn owner(&self) -> Owner {
         Owner::new(&self.environment, self.identity.clone(), self.resources.values().map(|r| r.id.clone()))
+            .with_addresses(self.resources.iter().map(|(address, r)| (address, r.kind, r.id.as_str())))
             .with_intents(self.intents.keys().map(Address::to_string))
     }
 

@@ -558,9 +558,6 @@ fn forget_identity(project: &Project, moto: &Moto, rt: &tokio::runtime::Runtime,
 fn an_environment_from_before_identities_is_taken_over_in_place() {
     let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    // Emulator gap: moto's DeleteTags leaves launch templates' tags as they were, so the
-    // groups use launch configurations here, which carry no tags (AWS removes the tag).
-    project.edit("environments/base.yaml", "  image: node\n", "  image: node\n  launch: configuration\n");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let old_identity = project.identity("dev");
     forget_identity(&project, &moto, &rt, &aws);

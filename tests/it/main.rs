@@ -18,5 +18,6 @@ mod shared_account;
 mod ssh;
 mod stack_roles;
 mod state_backend;
+mod state_surgery;
 mod validate;
 mod vm;
