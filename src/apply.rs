@@ -645,7 +645,7 @@ mod tests {
     async fn apply_to(memory: &Arc<Memory>, desired: &ResourceGraph, dir: &std::path::Path) -> (Outcome, State) {
         // What a session's refresh saw; the provider's refresh is the apply's own lookups.
         let observed: Vec<Observed> = memory.resources.lock().unwrap().values().cloned().collect();
-        let plan = crate::plan::plan("test", desired, &observed);
+        let plan = crate::plan::plan("test", desired, &observed, &crate::plan::Scope::default());
         let store = StateStore::local(dir, "test", None);
         let recorder = Recorder { state: store.load().unwrap(), store: store.clone() };
         let options = Options { parallelism: 2, stop: Stop::default(), left_alone: Default::default() };

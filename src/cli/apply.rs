@@ -23,6 +23,7 @@ use kstack::stop::Stop;
 use super::error::Exit;
 use super::progress::Shown;
 use super::running::{runtime, stop_on_signals};
+use super::scope_args::ScopeArgs;
 use super::term::Terminal;
 use super::{show_outputs, term, CliError};
 
@@ -33,6 +34,7 @@ use super::{show_outputs, term, CliError};
   kstack apply dev --auto-approve --parallelism 20
   kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
   kstack apply dev --auto-approve --roll
+  kstack apply dev --target asg.workers      only the group and what it depends on
 
 Exit status: 0 applied (or nothing to do), 1 error, cancelled or the lock lost to another run,
 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM: the change in flight is finished and
@@ -64,6 +66,9 @@ pub(super) struct ApplyArgs {
     /// Reaching new nodes to write their reboot slots (only with --write-reboot-slots).
     #[command(flatten, next_help_heading = "Reboot slots of new nodes")]
     ssh: super::ssh_args::SshArgs,
+
+    #[command(flatten)]
+    scope: ScopeArgs,
 }
 
 /// Delete every resource of the environment, found by tag and by state.
@@ -91,10 +96,21 @@ pub(super) struct DestroyArgs {
 pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), CliError> {
     let saved = SavedPlan::read(Path::new(&args.target)).transpose().map_err(CliError::invalid_input)?;
     let env = saved.as_ref().map_or(args.target.as_str(), |s| s.source.as_str()).to_owned();
+    // A saved plan was made with its scope, which it carries.
+    let scope = match &saved {
+        Some(saved) if !args.scope.scope().is_default() => {
+            return Err(CliError::invalid(
+                format!("{} is a saved plan: it carries the --target and --replace it was made with", args.target),
+                Some(&format!("plan again with them: `kstack plan {} ... --out {}`", saved.source, args.target)),
+            ))
+        }
+        Some(saved) => saved.plan.scope.clone(),
+        None => args.scope.scope(),
+    };
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack apply {}", args.target);
-    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model, &stop, &Terminal))?;
+    let session = runtime.block_on(Session::open(project, &env, &command, Desired::Model(scope), &stop, &Terminal))?;
     if let Some(stale) = saved.as_ref().and_then(|saved| saved.stale(&session.desired_digest(), &content_digest(&session.observed))) {
         return Err(CliError::failed(
             format!("the saved plan {} is stale: {stale} since it was made", args.target),
@@ -247,6 +263,9 @@ fn report(outcome: &Outcome, what: &str, plan: &kstack::plan::Plan, state_locati
             s.delete + s.replace,
             state_location
         ));
+        if plan.scope.is_partial() {
+            term::warning("the changes applied may be incomplete (--target): run `kstack plan` without it to see what else the model asks for");
+        }
         return Ok(());
     }
     errors.push((

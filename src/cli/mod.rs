@@ -12,6 +12,7 @@ mod provision;
 mod reboots;
 mod roll;
 mod running;
+mod scope_args;
 mod show_outputs;
 mod ssh_args;
 mod state;

@@ -8,6 +8,7 @@ use kstack::plan::render;
 use kstack::roll::Unfinished;
 
 use super::running::{runtime, stop_on_signals};
+use super::scope_args::ScopeArgs;
 use super::term::Terminal;
 use super::{term, CliError};
 use kstack::ops::session::{Desired, Session};
@@ -20,6 +21,8 @@ use kstack::ops::session::{Desired, Session};
   kstack plan dev --out dev.plan.json && kstack apply dev.plan.json
   kstack plan dev --json | jq '.plan.summary'
   kstack plan dev --destroy                 what `kstack destroy dev` would delete
+  kstack plan dev --target asg.workers      only the group and what it depends on
+  kstack plan dev --replace launch_template.workers
 
 Exit status: 0 success, 1 error; with --detailed-exitcode 0 no changes, 1 error, 2 changes.")]
 pub(super) struct Args {
@@ -40,15 +43,18 @@ pub(super) struct Args {
 
     /// Plan the environment's destruction, as `kstack destroy` would carry it out: from its
     /// state and tags, so it needs no secrets and works while the environment has problems.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["targets", "replace"])]
     destroy: bool,
+
+    #[command(flatten)]
+    scope: ScopeArgs,
 }
 
 pub(super) fn run(project: &Project, args: &Args) -> Result<bool, CliError> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
-    let desired = if args.destroy { Desired::Nothing } else { Desired::Model };
+    let desired = if args.destroy { Desired::Nothing } else { Desired::Model(args.scope.scope()) };
     let session = runtime.block_on(Session::open(project, &args.env, &command, desired, &stop, &Terminal))?;
     // Applying is refused until it is settled: say so before anyone reviews the plan.
     if let Some(record) = &session.state.roll {

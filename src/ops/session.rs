@@ -2,7 +2,7 @@
 //! found, for a destroy), its lock taken, AWS connected, images resolved, resources refreshed,
 //! and the plan made.
 
-use crate::resource::DnsRecordSpec;
+use crate::resource::{Address, DnsRecordSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::graph::ResourceGraph;
 use crate::identity::Identity;
 use crate::model::{Project, StateLocation};
 use crate::plan::saved::SavedPlan;
-use crate::plan::{plan, Foreign, Plan};
+use crate::plan::{plan, Foreign, Plan, Scope};
 use crate::state::{Lock, State, StateStore};
 use crate::stop::Stop;
 
@@ -51,8 +51,8 @@ pub struct RefreshStats {
 }
 
 pub enum Desired {
-    /// The environment as its model describes it.
-    Model,
+    /// The environment as its model describes it, within a scope (`--target`, `--replace`).
+    Model(Scope),
     /// Nothing: everything of the environment goes.
     Nothing,
 }
@@ -117,14 +117,37 @@ fn check_records_not_taken(
     }
 }
 
+/// Every address `--target` and `--replace` name is in the model or in AWS, and what is to be
+/// replaced exists: a typo never narrows a plan to nothing.
+fn check_scope(scope: &Scope, desired: &ResourceGraph, observed: &[Observed]) -> Result<(), OpsError> {
+    let known: BTreeSet<&str> =
+        desired.in_dependency_order().map(|r| r.address.as_str()).chain(observed.iter().map(|o| o.address.as_str())).collect();
+    let mut wrong = Vec::new();
+    for (flag, address) in scope.targets.iter().map(|a| ("--target", a)).chain(scope.replace.iter().map(|a| ("--replace", a))) {
+        if !known.contains(address.as_str()) {
+            let close = crate::diagnostics::did_you_mean(address.as_str(), known.iter().copied());
+            wrong.push(format!(
+                "{flag} {address}: no resource of the model or in AWS has this address{}",
+                close.map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default()
+            ));
+        } else if flag == "--replace" && !observed.iter().any(|o| &o.address == address) {
+            wrong.push(format!("--replace {address}: it does not exist yet; the plan creates it"));
+        }
+    }
+    match wrong.is_empty() {
+        true => Ok(()),
+        false => Err(OpsError::Invalid { message: wrong.join("\n"), hint: Some(String::from("`kstack plan` without them lists every address")) }),
+    }
+}
+
 impl Session {
     /// Opens the environment under its lock, which `stop` learns the loss of; a stop before
     /// the plan is made ends the (read-only) work at once.
     /// A destroy works from the environment's state and tags: it needs only where the state
     /// lives and the region, so problems elsewhere in the environment are warnings.
     pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop, notice: &dyn Notice) -> Result<Session, OpsError> {
-        let (location, compiled) = match desired {
-            Desired::Model => {
+        let (location, compiled, scope) = match desired {
+            Desired::Model(scope) => {
                 let (sources, result) = load_and_compile(project, env, notice);
                 let compiled = result.map_err(|problems| OpsError::in_environment(env, problems, sources.clone()))?;
                 let environment = &compiled.checked.environment;
@@ -134,14 +157,14 @@ impl Session {
                     region: Some(environment.region.value.clone()),
                     state: environment.state.clone(),
                 };
-                (location, Some((compiled, sources)))
+                (location, Some((compiled, sources)), scope)
             }
-            Desired::Nothing => (state_location(project, env, notice)?, None),
+            Desired::Nothing => (state_location(project, env, notice)?, None, Scope::default()),
         };
         let store = StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?;
         let lock = store.lock(command, stop)?;
         tokio::select! {
-            session = Session::read(location, compiled, store, lock, notice) => session,
+            session = Session::read(location, compiled, &scope, store, lock, notice) => session,
             reason = stop.stopped() => Err(OpsError::stopped_before_changes(reason)),
         }
     }
@@ -151,6 +174,7 @@ impl Session {
     async fn read(
         location: StateLocation,
         compiled: Option<(Compiled, crate::diagnostics::Sources)>,
+        scope: &Scope,
         store: StateStore,
         lock: Lock,
         notice: &dyn Notice,
@@ -254,7 +278,16 @@ impl Session {
         // User data is serialized as its hash, so the digest covers its content too.
         let model_digest = content_digest(&graph.in_dependency_order().collect::<Vec<_>>());
         let capacity = crate::plan::settle_capacity(graph.resources_mut(), &observed, &state.resources);
-        let mut plan = plan(&environment, &graph, &observed);
+        check_scope(scope, &graph, &observed)?;
+        if scope.is_partial() {
+            notice.warning(&format!(
+                "resource targeting is in effect: the plan covers only {} and what they depend on, so it may not show every \
+                 change the model asks for. --target is for exceptions (a mistake to correct, an error to work around); \
+                 plan without it afterwards",
+                scope.targets.iter().map(Address::as_str).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let mut plan = plan(&environment, &graph, &observed, scope);
         plan.capacity = capacity;
         plan.left_alone = refreshed.unrecorded.iter().map(Foreign::unrecorded).chain(refreshed.foreign.iter().map(Foreign::of)).collect();
         if state.resources.is_empty() {

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod diff;
 mod render;
 pub mod saved;
+pub mod scope;
 
 use crate::naming::TAG_IDENTITY;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use capacity::{settle as settle_capacity, CapacityNote, CapacityOutcome};
 pub use diff::{attributes_of, mentions, Change};
 pub use render::render;
+pub use scope::Scope;
 
 use crate::graph::ResourceGraph;
 use crate::resource::Observed;
@@ -45,6 +47,9 @@ pub struct Action {
     /// For a replacement: the new resource is created before the old one is deleted.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub create_before_destroy: bool,
+    /// Replaced because `--replace` named it, whatever its attributes say.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub replace_requested: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +78,9 @@ pub struct Plan {
     /// it (see `capacity.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capacity: Vec<CapacityNote>,
+    /// What the plan covers and replaces on request (`--target`, `--replace`).
+    #[serde(default, skip_serializing_if = "Scope::is_default")]
+    pub scope: Scope,
 }
 
 /// A resource under the environment's name that is not its own.
@@ -105,8 +113,8 @@ impl Plan {
     }
 }
 
-/// Compares the desired graph (images resolved) with what refresh found.
-pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -> Plan {
+/// Compares the desired graph (images resolved) with what refresh found, within `scope`.
+pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed], scope: &Scope) -> Plan {
     let mut actual: BTreeMap<&Address, &Observed> = BTreeMap::new();
     let mut duplicates = Vec::new();
     for resource in observed {
@@ -131,6 +139,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
                 changes: diff::creation(resource),
                 forced_by: Vec::new(),
                 create_before_destroy: false,
+                replace_requested: false,
             });
             continue;
         };
@@ -154,7 +163,11 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             change.forces_replacement = attribute != "tags" && resource.kind().forces_replacement(attribute);
         }
         let forced_by: Vec<String> = changes.iter().filter(|c| c.forces_replacement).map(|c| c.path.clone()).collect();
-        let action = if changes.is_empty() {
+        let replace_requested = scope.replace.contains(&resource.address);
+        let action = if replace_requested {
+            replaced.insert(&resource.address);
+            ActionKind::Replace
+        } else if changes.is_empty() {
             ActionKind::NoOp
         } else if forced_by.is_empty() {
             ActionKind::Update
@@ -170,6 +183,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             changes,
             forced_by,
             create_before_destroy: resource.kind().creates_before_destroying(),
+            replace_requested,
         });
     }
     let mut deletions: Vec<&Observed> = observed.iter().filter(|o| desired.get(&o.address).is_none()).chain(duplicates).collect();
@@ -183,7 +197,11 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
             changes: diff::deletion(resource),
             forced_by: Vec::new(),
             create_before_destroy: false,
+            replace_requested: false,
         });
+    }
+    if let Some(covered) = scope.covered(desired) {
+        actions.retain(|action| covered.contains(&action.address));
     }
     // Read like a listing, as Terraform users expect; apply orders by the graph itself.
     actions.sort_by(|a, b| a.address.cmp(&b.address).then(a.id.cmp(&b.id)));
@@ -203,7 +221,7 @@ pub fn plan(environment: &str, desired: &ResourceGraph, observed: &[Observed]) -
         .filter(|o| o.kind.has_own_tags() && !o.tags.contains_key(TAG_IDENTITY) && desired.get(&o.address).is_some())
         .map(|o| o.address.clone())
         .collect();
-    Plan { environment: environment.to_owned(), actions, summary, takes_over, left_alone: Vec::new(), capacity: Vec::new() }
+    Plan { environment: environment.to_owned(), actions, summary, takes_over, left_alone: Vec::new(), capacity: Vec::new(), scope: scope.clone() }
 }
 
 #[cfg(test)]
@@ -249,7 +267,7 @@ mod tests {
             observed(&group, "sg-1", json!({"vpc": "vpc.main", "description": "web"})),
             stray,
         ];
-        let plan = plan("test", &graph, &actual);
+        let plan = plan("test", &graph, &actual, &Scope::default());
         let vpc = action(&plan, "vpc.main");
         assert_eq!(vpc.action, ActionKind::Replace);
         assert_eq!(vpc.forced_by, ["cidr"]);
@@ -266,8 +284,25 @@ mod tests {
         let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc(VpcSpec { cidr: "10.1.0.0/16".parse().unwrap() }));
         let graph = ResourceGraph::build(vec![vpc.clone()]).unwrap();
         let actual = vec![observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})), observed(&vpc, "vpc-2", json!({"cidr": "10.1.0.0/16"}))];
-        let plan = plan("test", &graph, &actual);
+        let plan = plan("test", &graph, &actual, &Scope::default());
         let kinds: Vec<(ActionKind, Option<&str>)> = plan.actions.iter().map(|a| (a.action, a.id.as_deref())).collect();
         assert_eq!(kinds, [(ActionKind::NoOp, Some("vpc-1")), (ActionKind::Delete, Some("vpc-2"))]);
+    }
+
+    #[test]
+    fn a_replacement_asked_for_replaces_and_a_target_narrows_the_plan_to_what_it_depends_on() {
+        let vpc = Resource::new(Kind::Vpc, "main", Spec::Vpc(VpcSpec { cidr: "10.1.0.0/16".parse().unwrap() }));
+        let group =
+            Resource::new(Kind::SecurityGroup, "web", Spec::SecurityGroup(SecurityGroupSpec { vpc: vpc.address.clone(), description: "web".into() }));
+        let graph = ResourceGraph::build(vec![vpc.clone(), group.clone()]).unwrap();
+        let actual =
+            vec![observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})), observed(&group, "sg-1", json!({"vpc": "vpc.main", "description": "old"}))];
+        let replace = Scope { targets: Vec::new(), replace: vec![Address::from("vpc.main")] };
+        let plan = plan("test", &graph, &actual, &replace);
+        assert!(action(&plan, "vpc.main").replace_requested && action(&plan, "vpc.main").action == ActionKind::Replace);
+        assert_eq!(action(&plan, "security_group.web").action, ActionKind::Replace, "what cannot follow the new VPC is replaced too");
+        let targeted = plan("test", &graph, &actual, &Scope { targets: vec![Address::from("vpc.main")], replace: Vec::new() });
+        assert_eq!(targeted.actions.len(), 1, "the group depends on the VPC, not the other way");
+        assert_eq!(targeted.summary, Summary { unchanged: 1, ..Summary::default() });
     }
 }

@@ -133,8 +133,14 @@ fn render_action(out: &mut String, action: &Action, styles: &Styles) {
     let (symbol, style, what) = match action.action {
         ActionKind::Create => ("  +", styles.create, String::from("will be created")),
         ActionKind::Update => ("  ~", styles.update, String::from("will be updated in place")),
-        ActionKind::Replace if action.create_before_destroy => ("+/-", styles.update, String::from("must be replaced (new one created first)")),
-        ActionKind::Replace => ("-/+", styles.delete, String::from("must be replaced")),
+        ActionKind::Replace => {
+            let (symbol, style, order) = match action.create_before_destroy {
+                true => ("+/-", styles.update, " (new one created first)"),
+                false => ("-/+", styles.delete, ""),
+            };
+            let why = if action.replace_requested { "will be replaced, as requested" } else { "must be replaced" };
+            (symbol, style, format!("{why}{order}"))
+        }
         ActionKind::Delete => ("  -", styles.delete, String::from("will be destroyed")),
         ActionKind::NoOp => return,
     };

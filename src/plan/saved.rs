@@ -103,6 +103,7 @@ mod tests {
             takes_over: Vec::new(),
             left_alone: Vec::new(),
             capacity: Vec::new(),
+            scope: super::super::Scope::default(),
         };
         SavedPlan::new("dev", "dev", String::from("model"), String::from("aws"), plan)
     }

@@ -14,6 +14,7 @@ mod reboots;
 mod reliability;
 mod roles;
 mod roll;
+mod scope;
 mod shared_account;
 mod ssh;
 mod stack_roles;

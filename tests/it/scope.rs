@@ -1,0 +1,68 @@
+//! `--target` and `--replace` through the binary on the emulator: a targeted plan covers its
+//! targets and what they depend on, a saved one carries its scope to `apply FILE`, the rest of
+//! the model waits for the next full plan; a replacement on request; typos refused, all at once.
+
+use kstack_testkit::{json, Emulated, Project};
+
+fn said(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// The plan's actions other than no-ops, as `action address`.
+fn changes(plan: &serde_json::Value) -> Vec<String> {
+    let actions = plan["plan"]["actions"].as_array().unwrap();
+    actions
+        .iter()
+        .filter(|a| a["action"] != "no_op")
+        .map(|a| format!("{} {}", a["action"].as_str().unwrap(), a["address"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_targeted_apply_changes_only_its_target_and_a_replacement_is_made_on_request() {
+    let Emulated { moto, rt: _, aws: _, ami: _ } = Emulated::with_node_image();
+    let project = Project::copy();
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    project.edit("environments/dev.yaml", "    instance_type: m5.large\n", "    instance_type: m5.xlarge\n");
+    project.edit("environments/dev.yaml", "    instance_type: t3.medium\n", "    instance_type: t3.large\n");
+    let full = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
+    assert_eq!(changes(&full), ["update launch_template.ingress", "update launch_template.workers"]);
+
+    // Typos are refused before anything is planned, every one of them.
+    let typo = project.kstack(&moto).args(["plan", "dev", "--target", "launch_template.worker", "--replace", "elb.ingres"]).output().unwrap();
+    assert_eq!(typo.status.code(), Some(2), "{}", said(&typo));
+    let text = said(&typo);
+    assert!(text.contains("--target launch_template.worker: no resource") && text.contains("did you mean `launch_template.workers`?"), "{text}");
+    assert!(text.contains("--replace elb.ingres: no resource") && text.contains("did you mean `elb.ingress`?"), "{text}");
+
+    let out = project.path().join("workers.plan.json");
+    let targeted = project.kstack(&moto).args(["plan", "dev", "--target", "launch_template.workers", "--out"]).arg(&out).output().unwrap();
+    assert!(targeted.status.success(), "{}", said(&targeted));
+    let text = said(&targeted);
+    assert!(text.contains("resource targeting is in effect: the plan covers only launch_template.workers"), "{text}");
+    assert!(text.contains("launch_template.workers will be updated in place") && !text.contains("launch_template.ingress"), "{text}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(saved["plan"]["scope"]["targets"], serde_json::json!(["launch_template.workers"]), "the saved plan carries its scope");
+    let covered: Vec<&str> = saved["plan"]["actions"].as_array().unwrap().iter().map(|a| a["address"].as_str().unwrap()).collect();
+    assert!(covered.contains(&"security_group.workers") && covered.contains(&"vpc.main"), "what it depends on is covered: {covered:?}");
+    assert!(!covered.contains(&"asg.workers"), "what depends on it is not: {covered:?}");
+
+    let refused = project.kstack(&moto).arg("apply").arg(&out).args(["--target", "vpc.main"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", said(&refused));
+    let applied = project.kstack(&moto).arg("apply").arg(&out).output().unwrap();
+    assert!(applied.status.success(), "{}", said(&applied));
+    assert!(said(&applied).contains("the changes applied may be incomplete (--target)"), "{}", said(&applied));
+    let rest = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
+    assert_eq!(changes(&rest), ["update launch_template.ingress"], "the targeted change is made, the other waits");
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+
+    // Nothing forces it, yet a person asks for it.
+    let replace = ["--replace", "security_group_rules.ingress-elb"];
+    let planned = project.kstack(&moto).arg("plan").arg("dev").args(replace).output().unwrap();
+    assert!(said(&planned).contains("security_group_rules.ingress-elb will be replaced, as requested"), "{}", said(&planned));
+    let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).args(replace).output().unwrap());
+    assert_eq!(changes(&plan), ["replace security_group_rules.ingress-elb"]);
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).args(replace).assert().success();
+    let after = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
+    assert!(changes(&after).is_empty(), "{:?}", changes(&after));
+}
