@@ -24,13 +24,28 @@ pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGra
     compiler.node_groups(problems);
     compiler.dns();
     match ResourceGraph::build(compiler.resources) {
-        Ok(graph) => Some(graph),
+        Ok(graph) => {
+            check_protected(&checked.environment.protect, &graph, problems);
+            Some(graph)
+        }
         Err(error) => {
             problems
                 .general(format!("internal error while building the resource graph: {error}"))
                 .hint("this is a bug in kstack; please report it with the environment file");
             None
         }
+    }
+}
+
+/// Every address `protect:` lists is a resource of the model: a typo protects nothing.
+fn check_protected(protect: &crate::model::Protection, graph: &ResourceGraph, problems: &mut Problems) {
+    let crate::model::Protection::Addresses(addresses) = protect else { return };
+    for address in addresses.iter().filter(|a| graph.get(&Address::from(a.value.as_str())).is_none()) {
+        let close = crate::diagnostics::did_you_mean(&address.value, graph.in_dependency_order().map(|r| r.address.as_str()));
+        problems
+            .error(address.loc, format!("`{}` is not a resource of this environment", address.value))
+            .label("nothing to protect")
+            .hint(close.map_or_else(|| String::from("`kstack graph <env> --format json` lists every address"), |c| format!("did you mean `{c}`?")));
     }
 }
 

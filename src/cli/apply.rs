@@ -23,7 +23,7 @@ use kstack::stop::Stop;
 use super::error::Exit;
 use super::progress::Shown;
 use super::running::{runtime, stop_on_signals};
-use super::scope_args::ScopeArgs;
+use super::scope_args::{ScopeArgs, UnprotectArgs};
 use super::term::Terminal;
 use super::{show_outputs, term, CliError};
 
@@ -91,6 +91,9 @@ pub(super) struct DestroyArgs {
     /// How many resources to work on at once.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100))]
     parallelism: u16,
+
+    #[command(flatten)]
+    unprotect: UnprotectArgs,
 }
 
 pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), CliError> {
@@ -158,7 +161,7 @@ pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), C
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack destroy {}", args.env);
-    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing, &stop, &Terminal))?;
+    let session = runtime.block_on(Session::open(project, &args.env, &command, Desired::Nothing(args.unprotect.scope()), &stop, &Terminal))?;
     term::out(format_args!("{}", render(&session.plan, term::stdout_color())));
     if !session.plan.has_changes() {
         return Ok(());

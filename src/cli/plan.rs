@@ -54,7 +54,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<bool, CliError> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
     let command = format!("kstack plan {}", args.env);
-    let desired = if args.destroy { Desired::Nothing } else { Desired::Model(args.scope.scope()) };
+    let desired = if args.destroy { Desired::Nothing(args.scope.scope()) } else { Desired::Model(args.scope.scope()) };
     let session = runtime.block_on(Session::open(project, &args.env, &command, desired, &stop, &Terminal))?;
     // Applying is refused until it is settled: say so before anyone reviews the plan.
     if let Some(record) = &session.state.roll {

@@ -1,4 +1,5 @@
-//! `--target` and `--replace`, shared by `plan` and `apply`.
+//! `--target`, `--replace` and `--unprotect`: what a plan covers, replaces on request, and may
+//! delete or replace although `protect:` covers it.
 
 use kstack::plan::Scope;
 use kstack::resource::Address;
@@ -14,11 +15,32 @@ pub(super) struct ScopeArgs {
     /// Replace this resource although no attribute forces it (repeatable).
     #[arg(long = "replace", value_name = "ADDRESS")]
     replace: Vec<String>,
+
+    #[command(flatten)]
+    unprotect: UnprotectArgs,
+}
+
+/// Protected resources a run may delete or replace.
+#[derive(Debug, Clone, clap::Args)]
+pub(super) struct UnprotectArgs {
+    /// Let this run delete or replace this resource although `protect:` covers it
+    /// (repeatable).
+    #[arg(long = "unprotect", value_name = "ADDRESS")]
+    unprotect: Vec<String>,
+}
+
+fn addresses(given: &[String]) -> Vec<Address> {
+    given.iter().map(|a| Address::from(a.as_str())).collect()
 }
 
 impl ScopeArgs {
     pub(super) fn scope(&self) -> Scope {
-        let addresses = |given: &[String]| given.iter().map(|a| Address::from(a.as_str())).collect();
-        Scope { targets: addresses(&self.targets), replace: addresses(&self.replace) }
+        Scope { targets: addresses(&self.targets), replace: addresses(&self.replace), ..self.unprotect.scope() }
+    }
+}
+
+impl UnprotectArgs {
+    pub(super) fn scope(&self) -> Scope {
+        Scope { unprotect: addresses(&self.unprotect), ..Scope::default() }
     }
 }

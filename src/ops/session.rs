@@ -15,9 +15,9 @@ use crate::compile::{content_digest, image_names, resolve_images};
 use crate::diagnostics::Problems;
 use crate::graph::ResourceGraph;
 use crate::identity::Identity;
-use crate::model::{Project, StateLocation};
+use crate::model::{Project, Protection, StateLocation};
 use crate::plan::saved::SavedPlan;
-use crate::plan::{plan, Foreign, Plan, Scope};
+use crate::plan::{plan, ActionKind, Foreign, Plan, Scope};
 use crate::state::{Lock, State, StateStore};
 use crate::stop::Stop;
 
@@ -53,8 +53,8 @@ pub struct RefreshStats {
 pub enum Desired {
     /// The environment as its model describes it, within a scope (`--target`, `--replace`).
     Model(Scope),
-    /// Nothing: everything of the environment goes.
-    Nothing,
+    /// Nothing: everything of the environment goes (what the scope allows of it).
+    Nothing(Scope),
 }
 
 /// Every hosted zone the model's DNS records name exists, or each record naming a missing one is
@@ -117,13 +117,38 @@ fn check_records_not_taken(
     }
 }
 
+/// No protected resource is deleted or replaced unless the command names it.
+fn check_protection(protect: &Protection, plan: &Plan) -> Result<(), OpsError> {
+    let named = |action: &crate::plan::Action| {
+        plan.scope.unprotect.contains(&action.address) || (action.replace_requested && plan.scope.replace.contains(&action.address))
+    };
+    let refused: Vec<&crate::plan::Action> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a.action, ActionKind::Delete | ActionKind::Replace) && protect.covers(a.address.as_str()) && !named(a))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = refused
+        .iter()
+        .map(|a| format!("  {} would be {}", a.address, if a.action == ActionKind::Delete { "destroyed" } else { "replaced" }))
+        .collect();
+    let flags: Vec<String> = refused.iter().map(|a| format!("--unprotect {}", a.address)).collect();
+    Err(OpsError::failed(
+        format!("`{}` protects what this plan would destroy or replace; nothing was changed:\n{}", plan.environment, lines.join("\n")),
+        format!("if that is meant, name each: {} (or take it out of `protect:`)", flags.join(" ")),
+    ))
+}
+
 /// Every address `--target` and `--replace` name is in the model or in AWS, and what is to be
 /// replaced exists: a typo never narrows a plan to nothing.
 fn check_scope(scope: &Scope, desired: &ResourceGraph, observed: &[Observed]) -> Result<(), OpsError> {
     let known: BTreeSet<&str> =
         desired.in_dependency_order().map(|r| r.address.as_str()).chain(observed.iter().map(|o| o.address.as_str())).collect();
     let mut wrong = Vec::new();
-    for (flag, address) in scope.targets.iter().map(|a| ("--target", a)).chain(scope.replace.iter().map(|a| ("--replace", a))) {
+    let named = scope.targets.iter().map(|a| ("--target", a)).chain(scope.replace.iter().map(|a| ("--replace", a)));
+    for (flag, address) in named.chain(scope.unprotect.iter().map(|a| ("--unprotect", a))) {
         if !known.contains(address.as_str()) {
             let close = crate::diagnostics::did_you_mean(address.as_str(), known.iter().copied());
             wrong.push(format!(
@@ -150,16 +175,9 @@ impl Session {
             Desired::Model(scope) => {
                 let (sources, result) = load_and_compile(project, env, notice);
                 let compiled = result.map_err(|problems| OpsError::in_environment(env, problems, sources.clone()))?;
-                let environment = &compiled.checked.environment;
-                let location = StateLocation {
-                    name: environment.name.clone(),
-                    project: environment.project.clone(),
-                    region: Some(environment.region.value.clone()),
-                    state: environment.state.clone(),
-                };
-                (location, Some((compiled, sources)), scope)
+                (compiled.checked.environment.state_location(), Some((compiled, sources)), scope)
             }
-            Desired::Nothing => (state_location(project, env, notice)?, None, Scope::default()),
+            Desired::Nothing(scope) => (state_location(project, env, notice)?, None, scope),
         };
         let store = StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?;
         let lock = store.lock(command, stop)?;
@@ -179,7 +197,7 @@ impl Session {
         lock: Lock,
         notice: &dyn Notice,
     ) -> Result<Session, OpsError> {
-        let environment = location.name;
+        let (environment, protect) = (location.name, location.protect);
         let mut state = store.load()?;
         let Some(region) = location.region.or_else(|| state.region.clone()) else {
             return Err(OpsError::failed(
@@ -288,6 +306,7 @@ impl Session {
             ));
         }
         let mut plan = plan(&environment, &graph, &observed, scope);
+        check_protection(&protect, &plan)?;
         plan.capacity = capacity;
         plan.left_alone = refreshed.unrecorded.iter().map(Foreign::unrecorded).chain(refreshed.foreign.iter().map(Foreign::of)).collect();
         if state.resources.is_empty() {

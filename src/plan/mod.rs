@@ -297,11 +297,11 @@ mod tests {
         let graph = ResourceGraph::build(vec![vpc.clone(), group.clone()]).unwrap();
         let actual =
             vec![observed(&vpc, "vpc-1", json!({"cidr": "10.1.0.0/16"})), observed(&group, "sg-1", json!({"vpc": "vpc.main", "description": "old"}))];
-        let replace = Scope { targets: Vec::new(), replace: vec![Address::from("vpc.main")] };
+        let replace = Scope { replace: vec![Address::from("vpc.main")], ..Scope::default() };
         let replaced = plan("test", &graph, &actual, &replace);
         assert!(action(&replaced, "vpc.main").replace_requested && action(&replaced, "vpc.main").action == ActionKind::Replace);
         assert_eq!(action(&replaced, "security_group.web").action, ActionKind::Replace, "what cannot follow the new VPC is replaced too");
-        let targeted = plan("test", &graph, &actual, &Scope { targets: vec![Address::from("vpc.main")], replace: Vec::new() });
+        let targeted = plan("test", &graph, &actual, &Scope { targets: vec![Address::from("vpc.main")], ..Scope::default() });
         assert_eq!(targeted.actions.len(), 1, "the group depends on the VPC, not the other way");
         assert_eq!(targeted.summary, Summary { unchanged: 1, ..Summary::default() });
     }

@@ -1,6 +1,7 @@
 //! What a plan covers: the whole environment, or only what `--target` names and everything
 //! that depends on nothing outside it (the targets and what they depend on, transitively); and
-//! what `--replace` names, replaced although no attribute forces it.
+//! what `--replace` names, replaced although no attribute forces it; and the protected
+//! resources `--unprotect` lets it delete or replace.
 
 use std::collections::BTreeSet;
 
@@ -18,12 +19,15 @@ pub struct Scope {
     /// hand in a way refresh cannot see).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replace: Vec<Address>,
+    /// Protected resources (`protect:`) the command may delete or replace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unprotect: Vec<Address>,
 }
 
 impl Scope {
     /// The whole environment, nothing replaced on request.
     pub fn is_default(&self) -> bool {
-        self.targets.is_empty() && self.replace.is_empty()
+        self.targets.is_empty() && self.replace.is_empty() && self.unprotect.is_empty()
     }
 
     /// Whether the plan leaves parts of the model out (`--target`).
@@ -61,7 +65,7 @@ mod tests {
             Resource::new(Kind::SecurityGroup, name, Spec::SecurityGroup(SecurityGroupSpec { vpc: vpc.address.clone(), description: name.into() }))
         };
         let graph = ResourceGraph::build(vec![vpc.clone(), group("web"), group("db")]).unwrap();
-        let scope = Scope { targets: vec![Address::from("security_group.web")], replace: Vec::new() };
+        let scope = Scope { targets: vec![Address::from("security_group.web")], ..Scope::default() };
         let covered: Vec<String> = scope.covered(&graph).unwrap().iter().map(Address::to_string).collect();
         assert_eq!(covered, ["security_group.web", "vpc.main"]);
         let everything = Scope::default();

@@ -66,3 +66,43 @@ fn a_targeted_apply_changes_only_its_target_and_a_replacement_is_made_on_request
     let after = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
     assert!(changes(&after).is_empty(), "{:?}", changes(&after));
 }
+
+/// `protect:` refuses a plan that would destroy or replace what it covers, naming each and the
+/// flags that allow it; a destroy is refused the same way, from state, with nothing deleted.
+#[test]
+fn protected_resources_are_never_destroyed_or_replaced_unless_the_command_names_them() {
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
+    let project = Project::copy();
+    project.edit("environments/dev.yaml", "extends: base.yaml\n", "extends: base.yaml\nprotect: [vpc.main, elb.ingres]\n");
+    let typo = project.kstack(&moto).args(["validate", "dev"]).output().unwrap();
+    assert_eq!(typo.status.code(), Some(2), "{}", said(&typo));
+    assert!(said(&typo).contains("dev.yaml:3:21") && said(&typo).contains("did you mean `elb.ingress`?"), "{}", said(&typo));
+    project.edit("environments/dev.yaml", "elb.ingres]", "elb.ingress]");
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+
+    // A new VPC range replaces the VPC (and everything in it).
+    project.edit("environments/dev.yaml", "  vpc_cidr: 10.20.0.0/16\n", "  vpc_cidr: 10.30.0.0/16\n");
+    let refused = project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", said(&refused));
+    let text = said(&refused);
+    assert!(
+        text.contains("`dev` protects what this plan would destroy or replace; nothing was changed") && text.contains("vpc.main would be replaced"),
+        "{text}"
+    );
+    assert!(text.contains("--unprotect vpc.main"), "{text}");
+    let allowed = project.kstack(&moto).args(["plan", "dev", "--unprotect", "vpc.main"]).output().unwrap();
+    assert!(allowed.status.success() && said(&allowed).contains("vpc.main must be replaced"), "{}", said(&allowed));
+    project.edit("environments/dev.yaml", "  vpc_cidr: 10.30.0.0/16\n", "  vpc_cidr: 10.20.0.0/16\n");
+
+    // A destroy works from state and the environment's `protect:`.
+    let refused = project.kstack(&moto).args(["destroy", "dev", "--auto-approve"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", said(&refused));
+    assert!(
+        said(&refused).contains("elb.ingress would be destroyed") && said(&refused).contains("vpc.main would be destroyed"),
+        "{}",
+        said(&refused)
+    );
+    assert_eq!(rt.block_on(aws.vpcs_of("dev")).len(), 1, "nothing was deleted");
+    project.kstack(&moto).args(["destroy", "dev", "--auto-approve", "--unprotect", "vpc.main", "--unprotect", "elb.ingress"]).assert().success();
+    assert!(rt.block_on(aws.vpcs_of("dev")).is_empty());
+}

@@ -62,6 +62,7 @@ pub fn environment_with(
     // Groups rolled first, in this order (e.g. masters); the rest follow in file order.
     let roll_order = map.get("roll_order").and_then(|n| string_list(n, problems)).unwrap_or_default();
     let roll_hooks = map.get("roll_hooks").and_then(|n| roll_hooks(n, problems)).unwrap_or_default();
+    let protect = map.get("protect").map_or(Some(Protection::Nothing), |n| protection(n, problems));
     map.finish(problems);
     Some(Environment {
         name: name.to_owned(),
@@ -80,8 +81,24 @@ pub fn environment_with(
         roll_hooks,
         state: state?,
         reboots,
+        protect: protect?,
         undecoded,
     })
+}
+
+/// `protect: true | false | [address, ...]`; whether each address names a resource of the
+/// model is checked once the model is compiled.
+fn protection(node: &Node, problems: &mut Problems) -> Option<Protection> {
+    match node {
+        Node::Sequence(_) => string_list(node, problems).map(Protection::Addresses),
+        Node::Scalar(s) if s.as_bool().is_some() => Some(if s.as_bool() == Some(true) { Protection::Everything } else { Protection::Nothing }),
+        _ => {
+            problems
+                .error(yaml::loc(node), "`protect` is `true`, `false` or a list of resource addresses")
+                .hint("e.g. `protect: [vpc.main, elb.ingress]`; `kstack graph <env> --format json` lists every address");
+            None
+        }
+    }
 }
 
 /// Only what finds an environment's state: its `state:` settings and its `region` (which an S3
@@ -90,7 +107,9 @@ pub fn state_location(name: &str, project: Option<&Spanned<String>>, root: &Node
     let mut map = MapReader::new(root, "environment", problems)?;
     let region = map.get("region").and_then(|n| region(n, &mut Problems::default()));
     let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, project, region.as_ref(), problems))?;
-    Some(StateLocation { name: name.to_owned(), project: project.map(|p| p.value.clone()), region: region.map(|r| r.value), state })
+    // A destroy works from here: protection that cannot be read protects everything.
+    let protect = map.get("protect").map_or(Protection::Nothing, |n| protection(n, &mut Problems::default()).unwrap_or(Protection::Everything));
+    Some(StateLocation { name: name.to_owned(), project: project.map(|p| p.value.clone()), region: region.map(|r| r.value), state, protect })
 }
 
 /// A DNS name as Route53 compares it: lowercase, without the final dot.

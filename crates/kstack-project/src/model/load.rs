@@ -145,6 +145,8 @@ pub struct StateLocation {
     pub project: Option<String>,
     pub region: Option<String>,
     pub state: super::StateBackend,
+    /// What a destroy, working from state, may not delete either.
+    pub protect: super::Protection,
 }
 
 /// An environment's state location, with the environment's problems (if any) to show as
@@ -164,14 +166,7 @@ pub fn locate_state(project: &Project, name_or_path: &str) -> LocatedState {
     let mut sources = loaded.sources;
     let warnings = match loaded.result {
         Ok(checked) => {
-            let environment = checked.environment;
-            let location = StateLocation {
-                name: environment.name,
-                project: environment.project,
-                region: Some(environment.region.value),
-                state: environment.state,
-            };
-            return LocatedState { sources, result: Ok(location), warnings: Problems::default() };
+            return LocatedState { sources, result: Ok(checked.environment.state_location()), warnings: Problems::default() };
         }
         Err(problems) => problems,
     };

@@ -50,8 +50,32 @@ pub struct Environment {
     pub state: StateBackend,
     /// The environment's reboot settings, whose `window.time_zone` and `zone_gap_minutes` hold for every group.
     pub reboots: Option<RebootPolicy>,
+    /// What plans may not delete or replace unless the command names it.
+    pub protect: Protection,
     /// (kind, name) of entries that had problems of their own and were left out above.
     pub undecoded: BTreeSet<(&'static str, String)>,
+}
+
+/// `protect:`: resources no plan deletes or replaces unless the command names each
+/// (`--unprotect ADDRESS`, or `--replace ADDRESS` for a replacement asked for).
+#[derive(Debug, Clone, Default)]
+pub enum Protection {
+    #[default]
+    Nothing,
+    /// `protect: true`: every resource of the environment.
+    Everything,
+    /// `protect: [vpc.main, elb.ingress]`: these addresses.
+    Addresses(Vec<Spanned<String>>),
+}
+
+impl Protection {
+    pub fn covers(&self, address: &str) -> bool {
+        match self {
+            Protection::Nothing => false,
+            Protection::Everything => true,
+            Protection::Addresses(addresses) => addresses.iter().any(|a| a.value == address),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,7 +367,13 @@ impl Environment {
 
     /// Where its state lives, as `locate_state` finds it without loading the rest.
     pub fn state_location(&self) -> StateLocation {
-        StateLocation { name: self.name.clone(), project: self.project.clone(), region: Some(self.region.value.clone()), state: self.state.clone() }
+        StateLocation {
+            name: self.name.clone(),
+            project: self.project.clone(),
+            region: Some(self.region.value.clone()),
+            state: self.state.clone(),
+            protect: self.protect.clone(),
+        }
     }
 
     /// Node groups with reboot settings: the ones `kstack reboots` schedules.
