@@ -97,21 +97,22 @@ pub struct Owner {
 }
 
 impl Owner {
-    pub fn new(environment: &str, identity: Option<Identity>, recorded: impl IntoIterator<Item = String>) -> Owner {
+    /// `records` are what state records: each resource's address, kind and AWS id.
+    pub fn new(environment: &str, identity: Option<Identity>, records: impl IntoIterator<Item = (Address, Kind, String)>) -> Owner {
+        let addresses: BTreeMap<(Kind, String), Address> = records.into_iter().map(|(address, kind, id)| ((kind, id), address)).collect();
         Owner {
             environment: environment.to_owned(),
             identity,
-            recorded: recorded.into_iter().collect(),
-            addresses: BTreeMap::new(),
+            recorded: addresses.keys().map(|(_, id)| id.clone()).collect(),
+            addresses,
             intended: BTreeSet::new(),
             adopting: false,
         }
     }
 
-    /// With the addresses state records its resources at (`(address, kind, id)`).
-    pub fn with_addresses<'a>(mut self, recorded: impl IntoIterator<Item = (&'a Address, Kind, &'a str)>) -> Owner {
-        self.addresses = recorded.into_iter().map(|(address, kind, id)| ((kind, id.to_owned()), address.clone())).collect();
-        self
+    /// The ids of `kind` state records.
+    pub fn recorded_ids(&self, kind: Kind) -> impl Iterator<Item = &str> {
+        self.addresses.keys().filter(move |(k, _)| *k == kind).map(|(_, id)| id.as_str())
     }
 
     /// The address state records a resource of `kind` with `id` at.
@@ -277,6 +278,11 @@ mod tests {
         Identity::try_from(format!("{text:0<32}")).unwrap()
     }
 
+    /// State's records of `ids`, each as a resource of `kind`.
+    fn records(kind: Kind, ids: &[&str]) -> Vec<(Address, Kind, String)> {
+        ids.iter().map(|id| (Address::new(kind, id), kind, (*id).to_owned())).collect()
+    }
+
     fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -292,7 +298,7 @@ mod tests {
 
     #[test]
     fn only_a_record_or_a_journalled_create_makes_a_resource_ours_never_tags_alone() {
-        let owner = Owner::new("dev", Some(identity("aa")), [String::from("vpc-recorded")]).with_intents([String::from("vpc.new")]);
+        let owner = Owner::new("dev", Some(identity("aa")), records(Kind::Vpc, &["vpc-recorded"])).with_intents([String::from("vpc.new")]);
         let ours = tags(&[(TAG_IDENTITY, identity("aa").as_str()), (TAG_ADDRESS, "vpc.main")]);
         let intended = tags(&[(TAG_IDENTITY, identity("aa").as_str()), (TAG_ADDRESS, "vpc.new")]);
         let theirs = tags(&[(TAG_IDENTITY, identity("bb").as_str())]);
@@ -313,7 +319,7 @@ mod tests {
 
     #[test]
     fn instances_are_ours_when_a_recorded_group_launched_them() {
-        let owner = Owner::new("dev", Some(identity("aa")), [String::from("dev-workers")]);
+        let owner = Owner::new("dev", Some(identity("aa")), records(Kind::AutoScalingGroup, &["dev-workers"]));
         let ours = tags(&[(TAG_IDENTITY, identity("aa").as_str())]);
         assert!(owner.owns_instance(&tags(&[]), Some("dev-workers")));
         assert!(owner.owns_instance(&ours, Some("dev-workers")));
@@ -334,7 +340,7 @@ mod tests {
     #[test]
     fn launch_configuration_names_match_exactly_never_by_prefix() {
         let recorded = String::from("dev-workers-0123456789ab");
-        let owner = Owner::new("dev", Some(identity("aa")), [recorded.clone(), String::from("dev-web-0123456789ab-cc000000")]);
+        let owner = Owner::new("dev", Some(identity("aa")), records(Kind::LaunchConfiguration, &[&recorded, "dev-web-0123456789ab-cc000000"]));
         assert_eq!(owner.launch_configuration_group("dev-workers-0123456789ab-aa000000"), Some("workers"));
         assert_eq!(owner.launch_configuration_group("dev-spot-workers-0123456789ab-aa000000"), Some("spot-workers"));
         assert_eq!(owner.launch_configuration_group(&recorded), Some("workers"));

@@ -4,6 +4,7 @@ use crate::naming::{TAG_ENVIRONMENT, TAG_UNFINISHED_ROLL};
 use crate::resource::AutoScalingGroupSpec;
 use std::time::Duration;
 
+use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::builders::DescribeAutoScalingGroupsFluentBuilder;
 use aws_sdk_autoscaling::types::{Filter, LaunchTemplateSpecification, Tag};
 use serde_json::json;
 
@@ -13,11 +14,24 @@ use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Address, Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let mut found = Vec::new();
+    let describe = |request: DescribeAutoScalingGroupsFluentBuilder| async move {
+        let mut groups = Vec::new();
+        let mut pages = request.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            groups.extend(page?.auto_scaling_groups().iter().cloned());
+        }
+        Ok::<_, AwsError>(groups)
+    };
     let filter = Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(cloud.environment()).build();
-    let mut pages = cloud.autoscaling.describe_auto_scaling_groups().filters(filter).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        for group in page?.auto_scaling_groups() {
+    let mut groups = describe(cloud.autoscaling.describe_auto_scaling_groups().filters(filter)).await?;
+    // Recorded groups without the tag (imported, or untagged by hand), by name, 50 a call.
+    let untagged = super::tags::untagged_recorded(cloud, Kind::AutoScalingGroup, groups.iter().filter_map(|g| g.auto_scaling_group_name()));
+    for names in untagged.chunks(50) {
+        groups.extend(describe(cloud.autoscaling.describe_auto_scaling_groups().set_auto_scaling_group_names(Some(names.to_vec()))).await?);
+    }
+    let mut found = Vec::new();
+    {
+        for group in &groups {
             let tags = group
                 .tags()
                 .iter()
@@ -43,7 +57,7 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 },
             });
             let name = group.auto_scaling_group_name().unwrap_or_default();
-            found.extend(super::tags::observed(Kind::AutoScalingGroup, name, tags, attributes));
+            found.extend(super::tags::observed(&cloud.owner, Kind::AutoScalingGroup, name, tags, attributes));
         }
     }
     Ok(found)

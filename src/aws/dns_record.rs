@@ -101,28 +101,42 @@ pub(super) async fn read(cloud: &Cloud) -> Result<(Vec<Observed>, RecordsInUse),
         }));
         // Each record by the name its owner record would have.
         let by_owner: BTreeMap<String, &ResourceRecordSet> = sets.iter().map(|s| (owner_name(&normal(s.name()), s.r#type().as_str()), s)).collect();
+        let mut owned = std::collections::BTreeSet::new();
         for owner in sets.iter().filter(|s| *s.r#type() == RrType::Txt && normal(s.name()).starts_with("_kstack-")) {
             let tags = owner_tags(owner.resource_records().first().map_or("", ResourceRecord::value));
             if tags.get(TAG_ENVIRONMENT).map(String::as_str) != Some(cloud.environment()) {
                 continue;
             }
             let Some(record) = by_owner.get(&normal(owner.name())) else { continue };
-            let (name, record_type) = (normal(record.name()), record.r#type().as_str().to_owned());
-            let mut attributes = json!({ "zone": zone, "name": name, "type": record_type });
-            match record.alias_target() {
-                // The load balancer's DNS name; refresh swaps it for the balancer's address.
-                Some(alias) => attributes["alias"] = json!(normal(alias.dns_name()).trim_start_matches("dualstack.")),
-                None => {
-                    attributes["ttl"] = json!(record.ttl());
-                    let values: Vec<String> = record.resource_records().iter().map(|r| unquoted(record.r#type(), r.value())).collect();
-                    attributes["values"] = json!(values);
-                }
+            let (record_id, attributes) = observe(zone, &id, record);
+            owned.insert(record_id.clone());
+            found.extend(super::tags::observed(&cloud.owner, Kind::DnsRecord, &record_id, tags, attributes));
+        }
+        // Records state records without an owner record (imported from another tool).
+        for record in &sets {
+            let (record_id, attributes) = observe(zone, &id, record);
+            if !owned.contains(&record_id) && cloud.owner.recorded_address(Kind::DnsRecord, &record_id).is_some() {
+                found.extend(super::tags::observed(&cloud.owner, Kind::DnsRecord, &record_id, BTreeMap::new(), attributes));
             }
-            let id = format!("{id}|{name}|{record_type}");
-            found.extend(super::tags::observed(Kind::DnsRecord, &id, tags, attributes));
         }
     }
     Ok((found, in_use))
+}
+
+/// A record set's id (`<zone id>|<name>|<type>`) and attributes, as the model writes them.
+fn observe(zone: &str, zone_id: &str, record: &ResourceRecordSet) -> (String, serde_json::Value) {
+    let (name, record_type) = (normal(record.name()), record.r#type().as_str().to_owned());
+    let mut attributes = json!({ "zone": zone, "name": name, "type": record_type });
+    match record.alias_target() {
+        // The load balancer's DNS name; refresh swaps it for the balancer's address.
+        Some(alias) => attributes["alias"] = json!(normal(alias.dns_name()).trim_start_matches("dualstack.")),
+        None => {
+            attributes["ttl"] = json!(record.ttl());
+            let values: Vec<String> = record.resource_records().iter().map(|r| unquoted(record.r#type(), r.value())).collect();
+            attributes["values"] = json!(values);
+        }
+    }
+    (format!("{zone_id}|{name}|{record_type}"), attributes)
 }
 
 /// TXT values travel in quotes; the model writes them bare.

@@ -61,8 +61,10 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut pages = cloud.iam.get_account_authorization_details().filter(EntityType::Role).into_paginator().send();
     while let Some(page) = pages.next().await {
         for role in page?.role_detail_list() {
-            // The environment's roles of every identity; refresh keeps its own by their tags.
-            if !role.path().is_some_and(|path| path.starts_with(&prefix)) {
+            // The environment's roles of every identity, refresh keeps its own by their tags; and
+            // those state records wherever they are (imported from another tool).
+            let recorded = role.arn().is_some_and(|arn| cloud.owner.recorded_address(Kind::IamRole, arn).is_some());
+            if !role.path().is_some_and(|path| path.starts_with(&prefix)) && !recorded {
                 continue;
             }
             let tags = tags_of(role.tags());
@@ -75,12 +77,25 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 "managed_policies": managed,
                 "inline_policies": inline,
             });
-            found.extend(super::tags::observed(Kind::IamRole, role.arn().unwrap_or_default(), tags, attributes));
+            found.extend(super::tags::observed(&cloud.owner, Kind::IamRole, role.arn().unwrap_or_default(), tags, attributes));
         }
     }
+    let mut profiles = Vec::new();
     let mut pages = cloud.iam.list_instance_profiles().path_prefix(&prefix).into_paginator().send();
     while let Some(page) = pages.next().await {
-        for profile in page?.instance_profiles() {
+        profiles.extend(page?.instance_profiles().iter().cloned());
+    }
+    // Profiles state records outside the environment's path (imported), one call each.
+    for arn in super::tags::untagged_recorded(cloud, Kind::InstanceProfile, profiles.iter().map(|p| p.arn())) {
+        let name = arn.rsplit('/').next().unwrap_or_default();
+        match cloud.iam.get_instance_profile().instance_profile_name(name).send().await.map_err(AwsError::from) {
+            Ok(got) => profiles.extend(got.instance_profile().cloned()),
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error),
+        }
+    }
+    {
+        for profile in &profiles {
             // AWS's listing leaves tags out (the emulator's does not, and lacks the call for
             // them); an environment has a handful of profiles.
             let tags = match profile.tags() {
@@ -91,7 +106,7 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 tags => tags_of(tags),
             };
             let attributes = json!({ "role": profile.roles().first().map(|r| r.arn()) });
-            found.extend(super::tags::observed(Kind::InstanceProfile, profile.arn(), tags, attributes));
+            found.extend(super::tags::observed(&cloud.owner, Kind::InstanceProfile, profile.arn(), tags, attributes));
         }
     }
     Ok(found)

@@ -6,7 +6,7 @@ use crate::naming::{TAG_ADDRESS, TAG_REBOOT_TIME};
 use crate::resource::{Address, Kind};
 use aws_sdk_ec2::types::Filter;
 
-use super::tags::{environment_filter, from_ec2};
+use super::tags::from_ec2;
 use super::{AwsError, Cloud};
 
 #[derive(Debug, Clone)]
@@ -21,13 +21,19 @@ pub struct Instance {
     pub public_ip: Option<String>,
 }
 
-/// Running instances of the environment (see `Owner::owns_instance`), one paginated call.
+/// Running instances of the environment (see `Owner::owns_instance`), one paginated call:
+/// those the groups state records launched (AWS tags each with its group's name), whatever
+/// else they carry (a group imported from another tool has no kstack tags).
 pub async fn running_instances(cloud: &Cloud) -> Result<Vec<Instance>, AwsError> {
     let mut found = Vec::new();
+    let groups: Vec<String> = cloud.owner.recorded_ids(Kind::AutoScalingGroup).map(str::to_owned).collect();
+    if groups.is_empty() {
+        return Ok(found);
+    }
     let mut pages = cloud
         .ec2
         .describe_instances()
-        .filters(environment_filter(cloud))
+        .filters(Filter::builder().name("tag:aws:autoscaling:groupName").set_values(Some(groups)).build())
         .filters(Filter::builder().name("instance-state-name").values("running").build())
         .into_paginator()
         .send();

@@ -1,25 +1,29 @@
 //! `internet_gateway`: the public subnets' way out, attached to the VPC.
 
 use crate::resource::InternetGatewaySpec;
-use aws_sdk_ec2::types::ResourceType;
+use aws_sdk_ec2::types::{InternetGateway, ResourceType};
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, from_ec2, observed};
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let mut found = Vec::new();
-    let mut pages = cloud.ec2.describe_internet_gateways().filters(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        for gateway in page?.internet_gateways() {
-            let vpc = gateway.attachments().first().and_then(|a| a.vpc_id());
-            let attributes = json!({ "vpc": vpc });
-            let id = gateway.internet_gateway_id().unwrap_or_default();
-            found.extend(observed(Kind::InternetGateway, id, from_ec2(gateway.tags()), attributes));
+    let describe = |filter| async move {
+        let mut gateways = Vec::new();
+        let mut pages = cloud.ec2.describe_internet_gateways().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            gateways.extend(page?.internet_gateways().iter().cloned());
         }
-    }
-    Ok(found)
+        Ok(gateways)
+    };
+    let gateways = describe_ec2(cloud, Kind::InternetGateway, "internet-gateway-id", describe, |g: &InternetGateway| g.internet_gateway_id()).await?;
+    let observe = |gateway: &InternetGateway| {
+        let vpc = gateway.attachments().first().and_then(|a| a.vpc_id());
+        let id = gateway.internet_gateway_id().unwrap_or_default();
+        observed(&cloud.owner, Kind::InternetGateway, id, from_ec2(gateway.tags()), json!({ "vpc": vpc }))
+    };
+    Ok(gateways.iter().filter_map(observe).collect())
 }
 
 pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &InternetGatewaySpec, ids: &Ids) -> Result<String, AwsError> {

@@ -17,8 +17,14 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     while let Some(page) = pages.next().await {
         for config in page?.launch_configurations() {
             let name = config.launch_configuration_name().unwrap_or_default();
-            let Some(group) = cloud.owner.launch_configuration_group(name) else { continue };
-            let address = Address::new(Kind::LaunchConfiguration, group);
+            // Its name places it, or state records it (named by another tool, say).
+            let address = match cloud.owner.launch_configuration_group(name) {
+                Some(group) => Address::new(Kind::LaunchConfiguration, group),
+                None => match cloud.owner.recorded_address(Kind::LaunchConfiguration, name) {
+                    Some(address) => address.clone(),
+                    None => continue,
+                },
+            };
             let volume = config.block_device_mappings().first().and_then(|b| b.ebs());
             let metadata = config.metadata_options();
             let attributes = launch_attributes(LaunchAttributes {

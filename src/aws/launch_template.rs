@@ -2,22 +2,26 @@
 //! the default; running instances keep theirs until the group is rolled.
 
 use aws_sdk_ec2::types::{
-    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
+    LaunchTemplate, LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest, LaunchTemplateHttpTokensState,
     LaunchTemplateIamInstanceProfileSpecificationRequest, LaunchTemplateInstanceMetadataOptionsRequest, LaunchTemplateTagSpecificationRequest,
     LaunchTemplateVersion, RequestLaunchTemplateData, ResourceType, VolumeType,
 };
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, ec2_tags, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, ec2_tags, from_ec2, observed};
 use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, UserData};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let mut templates = Vec::new();
-    let mut pages = cloud.ec2.describe_launch_templates().filters(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        templates.extend(page?.launch_templates().iter().cloned());
-    }
+    let describe = |filter| async move {
+        let mut templates = Vec::new();
+        let mut pages = cloud.ec2.describe_launch_templates().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            templates.extend(page?.launch_templates().iter().cloned());
+        }
+        Ok(templates)
+    };
+    let templates = describe_ec2(cloud, Kind::LaunchTemplate, "launch-template-id", describe, |t: &LaunchTemplate| t.launch_template_id()).await?;
     if templates.is_empty() {
         return Ok(Vec::new());
     }
@@ -49,7 +53,7 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
                 hop_limit: metadata.and_then(|m| m.http_put_response_hop_limit()),
                 key_name: data.key_name(),
             });
-            observed(Kind::LaunchTemplate, id, from_ec2(template.tags()), attributes)
+            observed(&cloud.owner, Kind::LaunchTemplate, id, from_ec2(template.tags()), attributes)
         })
         .collect())
 }

@@ -20,14 +20,15 @@ fn build_error(error: impl std::fmt::Display) -> AwsError {
 }
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    // Classic ELBs cannot be filtered by tag: list the names with the environment's prefix,
-    // then confirm ownership by tag, twenty names per call.
+    // Classic ELBs cannot be filtered by tag: list the names with the environment's prefix
+    // (and those state records, which may be named otherwise), then confirm ownership by tag,
+    // twenty names per call.
     let prefix = crate::identity::name_prefix(cloud.environment(), Kind::LoadBalancer);
+    let wanted = |name: &str| name.starts_with(&prefix) || cloud.owner.recorded_address(Kind::LoadBalancer, name).is_some();
     let mut balancers = Vec::new();
     let mut pages = cloud.elb.describe_load_balancers().into_paginator().send();
     while let Some(page) = pages.next().await {
-        balancers
-            .extend(page?.load_balancer_descriptions().iter().filter(|b| b.load_balancer_name().is_some_and(|n| n.starts_with(&prefix))).cloned());
+        balancers.extend(page?.load_balancer_descriptions().iter().filter(|b| b.load_balancer_name().is_some_and(wanted)).cloned());
     }
     let names: Vec<String> = balancers.iter().filter_map(|b| b.load_balancer_name().map(str::to_owned)).collect();
     let mut tags_by_name: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -42,8 +43,10 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     for balancer in &balancers {
         let name = balancer.load_balancer_name().unwrap_or_default();
         let Some(tags) = tags_by_name.remove(name) else { continue };
-        // Whose it is, refresh judges; another environment's is reported among what is left alone.
-        if tags.get(TAG_ENVIRONMENT).map(String::as_str) != Some(cloud.environment()) {
+        // Whose it is, refresh judges; another environment's is reported among what is left
+        // alone. One state records is read untagged.
+        let recorded = cloud.owner.recorded_address(Kind::LoadBalancer, name).is_some();
+        if tags.get(TAG_ENVIRONMENT).map(String::as_str) != Some(cloud.environment()) && !recorded {
             continue;
         }
         // Attributes have no batch call; an environment has a handful of load balancers.
@@ -86,7 +89,7 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
             "cross_zone": attributes.and_then(|a| a.cross_zone_load_balancing()).is_some_and(|c| c.enabled()),
             "idle_timeout": attributes.and_then(|a| a.connection_settings()).map(|c| c.idle_timeout()),
         });
-        found.extend(super::tags::observed(Kind::LoadBalancer, name, tags, attributes).map(|mut observed| {
+        found.extend(super::tags::observed(&cloud.owner, Kind::LoadBalancer, name, tags, attributes).map(|mut observed| {
             let assigned = [("dns_name", balancer.dns_name()), ("hosted_zone_id", balancer.canonical_hosted_zone_name_id())];
             observed.assigned = assigned.into_iter().filter_map(|(key, value)| Some((key.to_owned(), value?.to_owned()))).collect();
             observed

@@ -175,8 +175,8 @@ async fn read_network(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     observed.extend(gateways);
     observed.extend(addresses);
     observed.extend(nats);
-    observed.extend(route_table::observe(&tables));
-    observed.extend(subnet::observe(&subnets, &tables));
+    observed.extend(route_table::observe(&cloud.owner, &tables));
+    observed.extend(subnet::observe(&cloud.owner, &subnets, &tables));
     Ok(observed)
 }
 

@@ -3,16 +3,17 @@
 use crate::resource::NatGatewaySpec;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{DomainType, NatGatewayState, ResourceType};
+use aws_sdk_ec2::types::{Address, DomainType, NatGateway, NatGatewayState, ResourceType};
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, from_ec2, observed};
 use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn read_elastic_ips(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let addresses = cloud.ec2.describe_addresses().filters(environment_filter(cloud)).send().await?;
-    Ok(addresses.addresses().iter().filter_map(|a| observed(Kind::ElasticIp, a.allocation_id()?, from_ec2(a.tags()), json!({}))).collect())
+    let describe = |filter| async move { Ok(cloud.ec2.describe_addresses().filters(filter).send().await?.addresses().to_vec()) };
+    let addresses = describe_ec2(cloud, Kind::ElasticIp, "allocation-id", describe, |a: &Address| a.allocation_id()).await?;
+    Ok(addresses.iter().filter_map(|a| observed(&cloud.owner, Kind::ElasticIp, a.allocation_id()?, from_ec2(a.tags()), json!({}))).collect())
 }
 
 pub(super) async fn create_elastic_ip(cloud: &Cloud, resource: &Resource) -> Result<String, AwsError> {
@@ -34,23 +35,28 @@ pub(super) async fn delete_elastic_ip(cloud: &Cloud, id: &str) -> Result<(), Aws
 }
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let mut found = Vec::new();
-    let mut pages = cloud.ec2.describe_nat_gateways().filter(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        for nat in page?.nat_gateways() {
-            // Deleted and failed gateways stay visible for an hour; they are gone for kstack's
-            // purposes (a failed one never was: nothing adopts it as created).
-            if matches!(nat.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed)) {
-                continue;
-            }
-            let attributes = json!({
-                "subnet": nat.subnet_id(),
-                "elastic_ip": nat.nat_gateway_addresses().first().and_then(|a| a.allocation_id()),
-            });
-            found.extend(observed(Kind::NatGateway, nat.nat_gateway_id().unwrap_or_default(), from_ec2(nat.tags()), attributes));
+    let describe = |filter| async move {
+        let mut gateways = Vec::new();
+        let mut pages = cloud.ec2.describe_nat_gateways().filter(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            gateways.extend(page?.nat_gateways().iter().cloned());
         }
-    }
-    Ok(found)
+        Ok(gateways)
+    };
+    let gateways = describe_ec2(cloud, Kind::NatGateway, "nat-gateway-id", describe, |n: &NatGateway| n.nat_gateway_id()).await?;
+    let observe = |nat: &NatGateway| {
+        // Deleted and failed gateways stay visible for an hour; they are gone for kstack's
+        // purposes (a failed one never was: nothing adopts it as created).
+        if matches!(nat.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed)) {
+            return None;
+        }
+        let attributes = json!({
+            "subnet": nat.subnet_id(),
+            "elastic_ip": nat.nat_gateway_addresses().first().and_then(|a| a.allocation_id()),
+        });
+        observed(&cloud.owner, Kind::NatGateway, nat.nat_gateway_id().unwrap_or_default(), from_ec2(nat.tags()), attributes)
+    };
+    Ok(gateways.iter().filter_map(observe).collect())
 }
 
 pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &NatGatewaySpec, ids: &Ids) -> Result<String, AwsError> {

@@ -6,21 +6,25 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::types::{ResourceType, RouteOrigin, RouteTable};
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, from_ec2, observed};
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
+use crate::identity::Owner;
 use crate::resource::{Address, Kind, Resource, Route};
 
 /// The environment's route tables; subnets read their associations from the same answer.
 pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
-    let mut tables = Vec::new();
-    let mut pages = cloud.ec2.describe_route_tables().filters(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        tables.extend(page?.route_tables().iter().cloned());
-    }
-    Ok(tables)
+    let describe = |filter| async move {
+        let mut tables = Vec::new();
+        let mut pages = cloud.ec2.describe_route_tables().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            tables.extend(page?.route_tables().iter().cloned());
+        }
+        Ok(tables)
+    };
+    describe_ec2(cloud, Kind::RouteTable, "route-table-id", describe, |t: &RouteTable| t.route_table_id()).await
 }
 
-pub(super) fn observe(tables: &[RouteTable]) -> Vec<Observed> {
+pub(super) fn observe(owner: &Owner, tables: &[RouteTable]) -> Vec<Observed> {
     tables
         .iter()
         .filter_map(|table| {
@@ -39,7 +43,7 @@ pub(super) fn observe(tables: &[RouteTable]) -> Vec<Observed> {
                 .collect();
             routes.sort_by_key(|r| r.to_string());
             let attributes = json!({ "vpc": table.vpc_id(), "routes": routes });
-            observed(Kind::RouteTable, table.route_table_id()?, from_ec2(table.tags()), attributes)
+            observed(owner, Kind::RouteTable, table.route_table_id()?, from_ec2(table.tags()), attributes)
         })
         .collect()
 }

@@ -5,27 +5,31 @@ use crate::resource::{SecurityGroupRulesSpec, SecurityGroupSpec};
 use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup, UserIdGroupPair};
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, from_ec2, observed};
 use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
+use crate::identity::Owner;
 use crate::model::{PortRange, Protocol};
 use crate::resource::{Address, Kind, Peer, Resource, RuleSpec};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let mut found = Vec::new();
-    let mut pages = cloud.ec2.describe_security_groups().filters(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        for group in page?.security_groups() {
-            found.extend(observe(group));
+    let describe = |filter| async move {
+        let mut groups = Vec::new();
+        let mut pages = cloud.ec2.describe_security_groups().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            groups.extend(page?.security_groups().iter().cloned());
         }
-    }
-    Ok(found)
+        Ok(groups)
+    };
+    let groups = describe_ec2(cloud, Kind::SecurityGroup, "group-id", describe, |g: &SecurityGroup| g.group_id()).await?;
+    Ok(groups.iter().flat_map(|group| observe(&cloud.owner, group)).collect())
 }
 
 /// A group and its rules, from one Describe answer.
-fn observe(group: &SecurityGroup) -> Vec<Observed> {
+fn observe(owner: &Owner, group: &SecurityGroup) -> Vec<Observed> {
     let id = group.group_id().unwrap_or_default();
     let tags = from_ec2(group.tags());
-    let Some(group_resource) = observed(Kind::SecurityGroup, id, tags, json!({ "vpc": group.vpc_id(), "description": group.description() })) else {
+    let attributes = json!({ "vpc": group.vpc_id(), "description": group.description() });
+    let Some(group_resource) = observed(owner, Kind::SecurityGroup, id, tags, attributes) else {
         return Vec::new();
     };
     let rules_address = group_resource

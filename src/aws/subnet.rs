@@ -4,20 +4,24 @@ use crate::resource::SubnetSpec;
 use aws_sdk_ec2::types::{AttributeBooleanValue, ResourceType, RouteTable, Subnet};
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, from_ec2, observed};
 use super::{id_of, AwsError, Cloud, Ids, Observed};
+use crate::identity::Owner;
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<Subnet>, AwsError> {
-    let mut subnets = Vec::new();
-    let mut pages = cloud.ec2.describe_subnets().filters(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        subnets.extend(page?.subnets().iter().cloned());
-    }
-    Ok(subnets)
+    let describe = |filter| async move {
+        let mut subnets = Vec::new();
+        let mut pages = cloud.ec2.describe_subnets().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            subnets.extend(page?.subnets().iter().cloned());
+        }
+        Ok(subnets)
+    };
+    describe_ec2(cloud, Kind::Subnet, "subnet-id", describe, |s: &Subnet| s.subnet_id()).await
 }
 
-pub(super) fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
+pub(super) fn observe(owner: &Owner, subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {
     subnets
         .iter()
         .filter_map(|subnet| {
@@ -31,7 +35,7 @@ pub(super) fn observe(subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed
                 "map_public_ip_on_launch": subnet.map_public_ip_on_launch().unwrap_or(false),
                 "route_table": route_table,
             });
-            observed(Kind::Subnet, id, from_ec2(subnet.tags()), attributes)
+            observed(owner, Kind::Subnet, id, from_ec2(subnet.tags()), attributes)
         })
         .collect()
 }

@@ -8,11 +8,40 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
 use super::{AwsError, Cloud};
 
+use crate::identity::Owner;
 use crate::resource::{Address, Kind};
 
 /// The Describe filter that selects the environment's resources.
 pub(super) fn environment_filter(cloud: &Cloud) -> Filter {
     Filter::builder().name(format!("tag:{TAG_ENVIRONMENT}")).values(cloud.environment()).build()
+}
+
+/// An EC2 Describe call's answers for the environment: by its tag, then, for ids of `kind`
+/// state records that the tag did not find (resources imported from another tool, or whose
+/// tags were removed by hand), by the kind's `id_filter` (`vpc-id`). The second call is made
+/// only when there are such ids, so calls grow with kinds, never with resources.
+pub(super) async fn describe_ec2<T, Answer>(
+    cloud: &Cloud,
+    kind: Kind,
+    id_filter: &str,
+    describe: impl Fn(Filter) -> Answer,
+    id_of: impl Fn(&T) -> Option<&str>,
+) -> Result<Vec<T>, AwsError>
+where
+    Answer: std::future::Future<Output = Result<Vec<T>, AwsError>>,
+{
+    let mut found = describe(environment_filter(cloud)).await?;
+    let untagged = untagged_recorded(cloud, kind, found.iter().filter_map(&id_of));
+    if !untagged.is_empty() {
+        found.extend(describe(Filter::builder().name(id_filter).set_values(Some(untagged)).build()).await?);
+    }
+    Ok(found)
+}
+
+/// The ids of `kind` state records that are not among `found`.
+pub(super) fn untagged_recorded<'a>(cloud: &Cloud, kind: Kind, found: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let found: std::collections::BTreeSet<&str> = found.collect();
+    cloud.owner.recorded_ids(kind).filter(|id| !found.contains(id)).map(str::to_owned).collect()
 }
 
 pub(super) fn ec2_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -29,7 +58,7 @@ pub fn from_ec2(tags: &[Tag]) -> BTreeMap<String, String> {
 }
 
 /// The address a resource's tags give it, if it belongs to the environment.
-pub(super) fn address_of(tags: &BTreeMap<String, String>) -> Option<Address> {
+fn address_of(tags: &BTreeMap<String, String>) -> Option<Address> {
     tags.get(TAG_ADDRESS).map(|a| Address::from(a.as_str()))
 }
 
@@ -60,7 +89,14 @@ pub(super) async fn retag_ec2(cloud: &Cloud, id: &str, change: &TagChange) -> Re
     Ok(())
 }
 
-/// An observed resource, if its tags place it in the environment.
-pub(super) fn observed(kind: Kind, id: &str, tags: BTreeMap<String, String>, attributes: serde_json::Value) -> Option<super::Observed> {
-    Some(super::Observed { address: address_of(&tags)?, kind, id: id.to_owned(), tags, attributes, assigned: BTreeMap::new() })
+/// An observed resource, if its tags or state's record place it in the environment.
+pub(super) fn observed(
+    owner: &Owner,
+    kind: Kind,
+    id: &str,
+    tags: BTreeMap<String, String>,
+    attributes: serde_json::Value,
+) -> Option<super::Observed> {
+    let address = address_of(&tags).or_else(|| owner.recorded_address(kind, id).cloned())?;
+    Some(super::Observed { address, kind, id: id.to_owned(), tags, attributes, assigned: BTreeMap::new() })
 }

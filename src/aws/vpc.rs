@@ -4,20 +4,25 @@ use crate::resource::VpcSpec;
 use aws_sdk_ec2::types::ResourceType;
 use serde_json::json;
 
-use super::tags::{ec2_tag_specification, environment_filter, from_ec2, observed};
+use super::tags::{describe_ec2, ec2_tag_specification, from_ec2, observed};
 use super::{AwsError, Cloud, Observed};
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let mut found = Vec::new();
-    let mut pages = cloud.ec2.describe_vpcs().filters(environment_filter(cloud)).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        for vpc in page?.vpcs() {
-            let attributes = json!({ "cidr": vpc.cidr_block() });
-            found.extend(observed(Kind::Vpc, vpc.vpc_id().unwrap_or_default(), from_ec2(vpc.tags()), attributes));
+    let describe = |filter| async move {
+        let mut vpcs = Vec::new();
+        let mut pages = cloud.ec2.describe_vpcs().filters(filter).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            vpcs.extend(page?.vpcs().iter().cloned());
         }
-    }
-    Ok(found)
+        Ok(vpcs)
+    };
+    let vpcs = describe_ec2(cloud, Kind::Vpc, "vpc-id", describe, |v: &aws_sdk_ec2::types::Vpc| v.vpc_id()).await?;
+    let observe = |vpc: &aws_sdk_ec2::types::Vpc| {
+        let attributes = json!({ "cidr": vpc.cidr_block() });
+        observed(&cloud.owner, Kind::Vpc, vpc.vpc_id().unwrap_or_default(), from_ec2(vpc.tags()), attributes)
+    };
+    Ok(vpcs.iter().filter_map(observe).collect())
 }
 
 pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &VpcSpec) -> Result<String, AwsError> {

@@ -123,8 +123,7 @@ impl State {
     /// Whose resources this state's environment may touch: its identity, and the ids it
     /// recorded (groups by name, so their instances count too).
     pub fn owner(&self) -> Owner {
-        Owner::new(&self.environment, self.identity.clone(), self.resources.values().map(|r| r.id.clone()))
-            .with_addresses(self.resources.iter().map(|(address, r)| (address, r.kind, r.id.as_str())))
+        Owner::new(&self.environment, self.identity.clone(), self.resources.iter().map(|(address, r)| (address.clone(), r.kind, r.id.clone())))
             .with_intents(self.intents.keys().map(Address::to_string))
     }
 
