@@ -14,6 +14,7 @@ pub mod events;
 pub mod graph;
 pub mod hint;
 pub mod identity;
+pub mod import;
 pub mod naming;
 pub mod node_keys;
 pub mod ops;

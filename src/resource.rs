@@ -34,6 +34,16 @@ impl Address {
     pub fn is_kind(&self, kind: Kind) -> bool {
         self.0.strip_prefix(kind.prefix()).is_some_and(|rest| rest.starts_with('.'))
     }
+
+    /// The kind its prefix names, if any.
+    pub fn kind(&self) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| self.is_kind(*kind))
+    }
+
+    /// What follows the kind's prefix (`workers` of `asg.workers`).
+    pub fn name(&self) -> &str {
+        self.0.split_once('.').map_or(self.0.as_str(), |(_, name)| name)
+    }
 }
 
 impl fmt::Display for Address {
@@ -106,6 +116,24 @@ impl Kind {
             _ => &[],
         }
     }
+
+    pub const ALL: [Kind; 15] = [
+        Kind::Vpc,
+        Kind::InternetGateway,
+        Kind::ElasticIp,
+        Kind::NatGateway,
+        Kind::RouteTable,
+        Kind::Subnet,
+        Kind::SecurityGroup,
+        Kind::SecurityGroupRules,
+        Kind::IamRole,
+        Kind::InstanceProfile,
+        Kind::LaunchTemplate,
+        Kind::LaunchConfiguration,
+        Kind::AutoScalingGroup,
+        Kind::LoadBalancer,
+        Kind::DnsRecord,
+    ];
 
     pub fn prefix(self) -> &'static str {
         match self {

@@ -9,15 +9,16 @@ use super::{done_if_gone, id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut gateways = Vec::new();
-        let mut pages = cloud.ec2.describe_internet_gateways().filters(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_internet_gateways().set_filters(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             gateways.extend(page?.internet_gateways().iter().cloned());
         }
         Ok(gateways)
     };
-    let gateways = describe_ec2(cloud, Kind::InternetGateway, "internet-gateway-id", describe, |g: &InternetGateway| g.internet_gateway_id()).await?;
+    let gateways =
+        describe_ec2(cloud, Kind::InternetGateway, Some("internet-gateway-id"), describe, |g: &InternetGateway| g.internet_gateway_id()).await?;
     let observe = |gateway: &InternetGateway| {
         let vpc = gateway.attachments().first().and_then(|a| a.vpc_id());
         let id = gateway.internet_gateway_id().unwrap_or_default();

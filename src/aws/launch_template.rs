@@ -13,15 +13,15 @@ use super::{id_of, ids_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{ImageSpec, Kind, LaunchSpec, Resource, UserData};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut templates = Vec::new();
-        let mut pages = cloud.ec2.describe_launch_templates().filters(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_launch_templates().set_filters(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             templates.extend(page?.launch_templates().iter().cloned());
         }
         Ok(templates)
     };
-    let templates = describe_ec2(cloud, Kind::LaunchTemplate, "launch-template-id", describe, |t: &LaunchTemplate| t.launch_template_id()).await?;
+    let templates = describe_ec2(cloud, Kind::LaunchTemplate, None, describe, |t: &LaunchTemplate| t.launch_template_id()).await?;
     if templates.is_empty() {
         return Ok(Vec::new());
     }

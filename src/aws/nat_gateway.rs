@@ -11,8 +11,10 @@ use super::{id_of, AwsError, Cloud, Ids, Observed};
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn read_elastic_ips(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let describe = |filter| async move { Ok(cloud.ec2.describe_addresses().filters(filter).send().await?.addresses().to_vec()) };
-    let addresses = describe_ec2(cloud, Kind::ElasticIp, "allocation-id", describe, |a: &Address| a.allocation_id()).await?;
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
+        Ok(cloud.ec2.describe_addresses().set_filters(filter.map(|f| vec![f])).send().await?.addresses().to_vec())
+    };
+    let addresses = describe_ec2(cloud, Kind::ElasticIp, Some("allocation-id"), describe, |a: &Address| a.allocation_id()).await?;
     Ok(addresses.iter().filter_map(|a| observed(&cloud.owner, Kind::ElasticIp, a.allocation_id()?, from_ec2(a.tags()), json!({}))).collect())
 }
 
@@ -35,15 +37,15 @@ pub(super) async fn delete_elastic_ip(cloud: &Cloud, id: &str) -> Result<(), Aws
 }
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut gateways = Vec::new();
-        let mut pages = cloud.ec2.describe_nat_gateways().filter(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_nat_gateways().set_filter(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             gateways.extend(page?.nat_gateways().iter().cloned());
         }
         Ok(gateways)
     };
-    let gateways = describe_ec2(cloud, Kind::NatGateway, "nat-gateway-id", describe, |n: &NatGateway| n.nat_gateway_id()).await?;
+    let gateways = describe_ec2(cloud, Kind::NatGateway, Some("nat-gateway-id"), describe, |n: &NatGateway| n.nat_gateway_id()).await?;
     let observe = |nat: &NatGateway| {
         // Deleted and failed gateways stay visible for an hour; they are gone for kstack's
         // purposes (a failed one never was: nothing adopts it as created).

@@ -13,15 +13,15 @@ use crate::resource::{Address, Kind, Resource, Route};
 
 /// The environment's route tables; subnets read their associations from the same answer.
 pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<RouteTable>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut tables = Vec::new();
-        let mut pages = cloud.ec2.describe_route_tables().filters(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_route_tables().set_filters(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             tables.extend(page?.route_tables().iter().cloned());
         }
         Ok(tables)
     };
-    describe_ec2(cloud, Kind::RouteTable, "route-table-id", describe, |t: &RouteTable| t.route_table_id()).await
+    describe_ec2(cloud, Kind::RouteTable, Some("route-table-id"), describe, |t: &RouteTable| t.route_table_id()).await
 }
 
 pub(super) fn observe(owner: &Owner, tables: &[RouteTable]) -> Vec<Observed> {

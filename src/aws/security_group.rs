@@ -12,15 +12,15 @@ use crate::model::{PortRange, Protocol};
 use crate::resource::{Address, Kind, Peer, Resource, RuleSpec};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut groups = Vec::new();
-        let mut pages = cloud.ec2.describe_security_groups().filters(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_security_groups().set_filters(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             groups.extend(page?.security_groups().iter().cloned());
         }
         Ok(groups)
     };
-    let groups = describe_ec2(cloud, Kind::SecurityGroup, "group-id", describe, |g: &SecurityGroup| g.group_id()).await?;
+    let groups = describe_ec2(cloud, Kind::SecurityGroup, Some("group-id"), describe, |g: &SecurityGroup| g.group_id()).await?;
     Ok(groups.iter().flat_map(|group| observe(&cloud.owner, group)).collect())
 }
 

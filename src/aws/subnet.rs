@@ -10,15 +10,15 @@ use crate::identity::Owner;
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn describe(cloud: &Cloud) -> Result<Vec<Subnet>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut subnets = Vec::new();
-        let mut pages = cloud.ec2.describe_subnets().filters(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_subnets().set_filters(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             subnets.extend(page?.subnets().iter().cloned());
         }
         Ok(subnets)
     };
-    describe_ec2(cloud, Kind::Subnet, "subnet-id", describe, |s: &Subnet| s.subnet_id()).await
+    describe_ec2(cloud, Kind::Subnet, Some("subnet-id"), describe, |s: &Subnet| s.subnet_id()).await
 }
 
 pub(super) fn observe(owner: &Owner, subnets: &[Subnet], tables: &[RouteTable]) -> Vec<Observed> {

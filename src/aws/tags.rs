@@ -18,22 +18,25 @@ pub(super) fn environment_filter(cloud: &Cloud) -> Filter {
 
 /// An EC2 Describe call's answers for the environment: by its tag, then, for ids of `kind`
 /// state records that the tag did not find (resources imported from another tool, or whose
-/// tags were removed by hand), by the kind's `id_filter` (`vpc-id`). The second call is made
-/// only when there are such ids, so calls grow with kinds, never with resources.
+/// tags were removed by hand), by the kind's `id_filter` (`vpc-id`; `None` where the call has
+/// none, which reads them all and keeps those). The second call is made only when there are
+/// such ids, so calls grow with kinds, never with resources.
 pub(super) async fn describe_ec2<T, Answer>(
     cloud: &Cloud,
     kind: Kind,
-    id_filter: &str,
-    describe: impl Fn(Filter) -> Answer,
+    id_filter: Option<&str>,
+    describe: impl Fn(Option<Filter>) -> Answer,
     id_of: impl Fn(&T) -> Option<&str>,
 ) -> Result<Vec<T>, AwsError>
 where
     Answer: std::future::Future<Output = Result<Vec<T>, AwsError>>,
 {
-    let mut found = describe(environment_filter(cloud)).await?;
+    let mut found = describe(Some(environment_filter(cloud))).await?;
     let untagged = untagged_recorded(cloud, kind, found.iter().filter_map(&id_of));
     if !untagged.is_empty() {
-        found.extend(describe(Filter::builder().name(id_filter).set_values(Some(untagged)).build()).await?);
+        let filter = id_filter.map(|name| Filter::builder().name(name).set_values(Some(untagged.clone())).build());
+        let more = describe(filter).await?;
+        found.extend(more.into_iter().filter(|item| id_of(item).is_some_and(|id| untagged.iter().any(|u| u == id))));
     }
     Ok(found)
 }

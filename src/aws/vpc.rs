@@ -9,15 +9,15 @@ use super::{AwsError, Cloud, Observed};
 use crate::resource::{Kind, Resource};
 
 pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
-    let describe = |filter| async move {
+    let describe = |filter: Option<aws_sdk_ec2::types::Filter>| async move {
         let mut vpcs = Vec::new();
-        let mut pages = cloud.ec2.describe_vpcs().filters(filter).into_paginator().send();
+        let mut pages = cloud.ec2.describe_vpcs().set_filters(filter.map(|f| vec![f])).into_paginator().send();
         while let Some(page) = pages.next().await {
             vpcs.extend(page?.vpcs().iter().cloned());
         }
         Ok(vpcs)
     };
-    let vpcs = describe_ec2(cloud, Kind::Vpc, "vpc-id", describe, |v: &aws_sdk_ec2::types::Vpc| v.vpc_id()).await?;
+    let vpcs = describe_ec2(cloud, Kind::Vpc, Some("vpc-id"), describe, |v: &aws_sdk_ec2::types::Vpc| v.vpc_id()).await?;
     let observe = |vpc: &aws_sdk_ec2::types::Vpc| {
         let attributes = json!({ "cidr": vpc.cidr_block() });
         observed(&cloud.owner, Kind::Vpc, vpc.vpc_id().unwrap_or_default(), from_ec2(vpc.tags()), attributes)

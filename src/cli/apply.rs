@@ -1,6 +1,5 @@
 //! `kstack apply <env|FILE>` and `kstack destroy <env>`
 
-use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,12 +16,11 @@ use kstack::ops::outputs::current;
 use kstack::ops::reboots::{fold_in_new_nodes, NewNodes};
 use kstack::ops::roll::{EnvironmentRoll, RollRequest};
 use kstack::ops::session::{Desired, Session};
-use kstack::ops::OpsError;
 use kstack::stop::Stop;
 
 use super::error::Exit;
 use super::progress::Shown;
-use super::running::{runtime, stop_on_signals};
+use super::running::{confirm, runtime, stop_on_signals};
 use super::scope_args::{ScopeArgs, UnprotectArgs};
 use super::term::Terminal;
 use super::{show_outputs, term, CliError};
@@ -174,32 +172,6 @@ pub(super) fn run_destroy(project: &Project, args: &DestroyArgs) -> Result<(), C
         )?;
     }
     execute(&runtime, session, args.parallelism, &stop, "Destroy").map(drop)
-}
-
-/// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform. A stop
-/// (Ctrl-C) while it waits cancels, releasing the lock.
-fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Result<(), CliError> {
-    term::err(format_args!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "));
-    // Read on a thread of its own: a blocked read cannot be cancelled, and this thread is
-    // left behind when the process ends.
-    let (answered, answer) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut answer = String::new();
-        let read = std::io::stdin().lock().read_line(&mut answer);
-        let _ = answered.send(matches!(read, Ok(n) if n > 0) && answer.trim() == "yes");
-    });
-    let approved = runtime.block_on(async {
-        tokio::select! {
-            approved = answer => Ok(approved.unwrap_or(false)),
-            reason = stop.stopped() => Err(reason),
-        }
-    });
-    term::errln(format_args!(""));
-    match approved {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(CliError::failed("cancelled; nothing was changed", None)),
-        Err(reason) => Err(OpsError::stopped_before_changes(reason).into()),
-    }
 }
 
 /// Carries out the session's plan; the session's lock comes back, still taken.

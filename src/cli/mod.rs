@@ -5,6 +5,7 @@ mod apply;
 mod bake;
 mod error;
 mod graph;
+mod import;
 mod output;
 mod plan;
 mod progress;
@@ -76,6 +77,7 @@ enum Command {
     Plan(plan::Args),
     Apply(apply::ApplyArgs),
     Destroy(apply::DestroyArgs),
+    Import(import::Args),
     Output(output::Args),
     State(state::Args),
     Bake(bake::Args),
@@ -128,6 +130,7 @@ pub fn main() -> ExitCode {
         },
         Command::Apply(args) => apply::run_apply(&project, &args),
         Command::Destroy(args) => apply::run_destroy(&project, &args),
+        Command::Import(args) => import::run(&project, &args),
         Command::Output(args) => output::run(&project, &args),
         Command::State(args) => state::run(&project, &args),
         Command::Bake(args) => bake::run(&project, &args),

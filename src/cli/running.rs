@@ -1,6 +1,10 @@
 //! What a run works with on an environment: the async runtime, the stop flag that signals
-//! set, and the state store. The session itself (refresh, state, plan) is `ops::session`.
+//! set, and a person's yes before changes. The session itself (refresh, state, plan) is
+//! `ops::session`.
 
+use std::io::BufRead;
+
+use kstack::ops::OpsError;
 use kstack::stop::{Reason, Stop};
 
 use super::{term, CliError};
@@ -39,4 +43,30 @@ pub(super) fn stop_on_signals(runtime: &tokio::runtime::Runtime) -> Stop {
         }
     });
     stop
+}
+
+/// Asks on stderr and reads the answer from stdin, terminal or not, like Terraform. A stop
+/// (Ctrl-C) while it waits cancels, releasing the lock.
+pub(super) fn confirm(runtime: &tokio::runtime::Runtime, stop: &Stop, question: &str) -> Result<(), CliError> {
+    term::err(format_args!("\n{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "));
+    // Read on a thread of its own: a blocked read cannot be cancelled, and this thread is
+    // left behind when the process ends.
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().lock().read_line(&mut answer);
+        let _ = answered.send(matches!(read, Ok(n) if n > 0) && answer.trim() == "yes");
+    });
+    let approved = runtime.block_on(async {
+        tokio::select! {
+            approved = answer => Ok(approved.unwrap_or(false)),
+            reason = stop.stopped() => Err(reason),
+        }
+    });
+    term::errln(format_args!(""));
+    match approved {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CliError::failed("cancelled; nothing was changed", None)),
+        Err(reason) => Err(OpsError::stopped_before_changes(reason).into()),
+    }
 }

@@ -8,6 +8,7 @@
 pub mod bake;
 mod error;
 pub mod fleet;
+pub mod import;
 pub mod load;
 pub mod nodes;
 pub mod outputs;

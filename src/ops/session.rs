@@ -15,6 +15,7 @@ use crate::compile::{content_digest, image_names, resolve_images};
 use crate::diagnostics::Problems;
 use crate::graph::ResourceGraph;
 use crate::identity::Identity;
+use crate::import::Adoption;
 use crate::model::{Project, Protection, StateLocation};
 use crate::plan::saved::SavedPlan;
 use crate::plan::{plan, ActionKind, Foreign, Plan, Scope};
@@ -55,6 +56,9 @@ pub enum Desired {
     Model(Scope),
     /// Nothing: everything of the environment goes (what the scope allows of it).
     Nothing(Scope),
+    /// The model, with resources another tool made read as if state recorded them at these
+    /// addresses (`kstack import`); nothing is recorded until the import is carried out.
+    Adopting(Vec<Adoption>),
 }
 
 /// Every hosted zone the model's DNS records name exists, or each record naming a missing one is
@@ -117,6 +121,38 @@ fn check_records_not_taken(
     }
 }
 
+/// Resources being adopted, recorded in this session's state (never saved from here) so that
+/// refresh reads them; an address or id state records otherwise is refused.
+fn record_adoptions(state: &mut State, adopting: &[Adoption]) -> Result<(), OpsError> {
+    let mut taken = Vec::new();
+    for adoption in adopting {
+        let elsewhere = state.resources.values().find(|r| r.kind == adoption.kind && r.id == adoption.id && r.address != adoption.address);
+        match (state.resources.get(&adoption.address), elsewhere) {
+            (Some(recorded), _) if recorded.id != adoption.id => taken.push(format!("{} is recorded as {}", adoption.address, recorded.id)),
+            (_, Some(other)) => taken.push(format!("{} is recorded at {}", adoption.id, other.address)),
+            (Some(_), None) => {}
+            (None, None) => {
+                let placeholder = Observed {
+                    address: adoption.address.clone(),
+                    kind: adoption.kind,
+                    id: adoption.id.clone(),
+                    tags: BTreeMap::new(),
+                    attributes: serde_json::Value::Null,
+                    assigned: BTreeMap::new(),
+                };
+                state.resources.insert(adoption.address.clone(), placeholder);
+            }
+        }
+    }
+    match taken.is_empty() {
+        true => Ok(()),
+        false => Err(OpsError::failed(
+            format!("the state of `{}` already records otherwise: {}", state.environment, taken.join("; ")),
+            "an address holds one resource: `kstack state rm` or `kstack state mv` the recorded one first",
+        )),
+    }
+}
+
 /// No protected resource is deleted or replaced unless the command names it.
 fn check_protection(protect: &Protection, plan: &Plan) -> Result<(), OpsError> {
     let named = |action: &crate::plan::Action| {
@@ -171,18 +207,20 @@ impl Session {
     /// A destroy works from the environment's state and tags: it needs only where the state
     /// lives and the region, so problems elsewhere in the environment are warnings.
     pub async fn open(project: &Project, env: &str, command: &str, desired: Desired, stop: &Stop, notice: &dyn Notice) -> Result<Session, OpsError> {
-        let (location, compiled, scope) = match desired {
-            Desired::Model(scope) => {
-                let (sources, result) = load_and_compile(project, env, notice);
-                let compiled = result.map_err(|problems| OpsError::in_environment(env, problems, sources.clone()))?;
-                (compiled.checked.environment.state_location(), Some((compiled, sources)), scope)
-            }
-            Desired::Nothing(scope) => (state_location(project, env, notice)?, None, scope),
+        let model = |scope: Scope, adopting: Vec<Adoption>| {
+            let (sources, result) = load_and_compile(project, env, notice);
+            let compiled = result.map_err(|problems| OpsError::in_environment(env, problems, sources.clone()))?;
+            Ok::<_, OpsError>((compiled.checked.environment.state_location(), Some((compiled, sources)), scope, adopting))
+        };
+        let (location, compiled, scope, adopting) = match desired {
+            Desired::Model(scope) => model(scope, Vec::new())?,
+            Desired::Adopting(adopting) => model(Scope::default(), adopting)?,
+            Desired::Nothing(scope) => (state_location(project, env, notice)?, None, scope, Vec::new()),
         };
         let store = StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?;
         let lock = store.lock(command, stop)?;
         tokio::select! {
-            session = Session::read(location, compiled, &scope, store, lock, notice) => session,
+            session = Session::read(location, compiled, &scope, &adopting, store, lock, notice) => session,
             reason = stop.stopped() => Err(OpsError::stopped_before_changes(reason)),
         }
     }
@@ -193,6 +231,7 @@ impl Session {
         location: StateLocation,
         compiled: Option<(Compiled, crate::diagnostics::Sources)>,
         scope: &Scope,
+        adopting: &[Adoption],
         store: StateStore,
         lock: Lock,
         notice: &dyn Notice,
@@ -236,6 +275,7 @@ impl Session {
             state.account = Some(account);
             store.save(&mut state)?;
         }
+        record_adoptions(&mut state, adopting)?;
         let destroy = compiled.is_none();
         let cloud = Cloud { owner: state.owner(), ..cloud };
         if let Some((compiled, sources)) = &compiled {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use capacity::{settle as settle_capacity, CapacityNote, CapacityOutcome};
 pub use diff::{attributes_of, mentions, Change};
-pub use render::render;
+pub use render::{render, render_changes};
 pub use scope::Scope;
 
 use crate::graph::ResourceGraph;

@@ -158,6 +158,16 @@ fn render_action(out: &mut String, action: &Action, styles: &Styles) {
     out.push('\n');
 }
 
+/// Attribute changes as the plan shows them under a resource (an import, say).
+pub fn render_changes(changes: &[Change], color: bool) -> String {
+    let styles = Styles::new(color);
+    let mut out = String::new();
+    for change in changes {
+        render_change(&mut out, change, &styles);
+    }
+    out
+}
+
 fn render_change(out: &mut String, change: &Change, styles: &Styles) {
     let forces = if change.forces_replacement { format!(" {}", "# forces replacement".style(styles.delete)) } else { String::new() };
     match (&change.before, &change.after) {

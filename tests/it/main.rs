@@ -7,6 +7,7 @@ mod bake;
 mod cloud;
 mod dns;
 mod hostile_input;
+mod import;
 mod loopback_only;
 mod outputs;
 mod provision;

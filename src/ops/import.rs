@@ -1,0 +1,163 @@
+//! `kstack import`: taking over resources another tool made. The resources found (in a
+//! Terraform state, or named on the command line) are matched to the model's addresses and
+//! planned as if state recorded them: the plan shows, for each, what the model would change.
+//! Carrying it out changes nothing but kstack's tags: each resource gets the environment's
+//! tags (a DNS record its owner record) and its record in state; the changes the plan showed
+//! are left to `kstack apply`, reviewed on their own.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::load::compiled;
+use super::session::{Desired, Session};
+use super::{Notice, OpsError};
+use crate::aws::{self, Observed};
+use crate::import::terraform::{self, TerraformState};
+use crate::import::{given, match_to_model, Adoption, Found};
+use crate::model::Project;
+use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
+use crate::plan::{Action, ActionKind, Change};
+use crate::resource::Address;
+use crate::stop::Stop;
+
+/// Where the resources to take over are named.
+pub struct ImportRequest<'a> {
+    /// `address=id` pairs.
+    pub pairs: &'a [String],
+    /// A Terraform state file (format 4).
+    pub terraform: Option<&'a Path>,
+}
+
+/// One resource to adopt, and what the model would then change of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedAdoption {
+    pub address: Address,
+    pub id: String,
+    pub origin: String,
+    /// `update` or `replace` once adopted, or `no_op`.
+    pub then: ActionKind,
+    /// What differs from the model, kstack's own tags aside.
+    pub changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    pub adopt: usize,
+    pub change: usize,
+    pub replace: usize,
+}
+
+/// A take-over, planned.
+pub struct ImportPlan {
+    session: Session,
+    pub adoptions: Vec<PlannedAdoption>,
+    pub summary: ImportSummary,
+    /// Found resources that match no address of the model: left alone.
+    pub unmatched: Vec<Found>,
+    /// Model addresses nothing was found for: the next apply creates them.
+    pub missing: Vec<Address>,
+    /// What Terraform should forget once the import is done: the adopted resources'
+    /// Terraform addresses and those folded into them.
+    pub terraform_forgets: Vec<String>,
+    /// Terraform's resources kstack does not model: they stay Terraform's.
+    pub terraform_keeps: Vec<String>,
+}
+
+impl ImportPlan {
+    /// Matches what `request` names to the model and plans the take-over, under the
+    /// environment's lock.
+    pub async fn open(
+        project: &Project,
+        env: &str,
+        request: &ImportRequest<'_>,
+        command: &str,
+        stop: &Stop,
+        notice: &dyn Notice,
+    ) -> Result<ImportPlan, OpsError> {
+        let model = compiled(project, env, notice)?;
+        let given =
+            given(request.pairs, &model.graph).map_err(|e| OpsError::Invalid { message: e.to_string(), hint: crate::hint::Hint::hint(&e) })?;
+        let terraform = match request.terraform {
+            Some(path) => terraform::read(path).map_err(|e| OpsError::Invalid { message: e.to_string(), hint: crate::hint::Hint::hint(&e) })?,
+            None => TerraformState::default(),
+        };
+        let (adoptions, unmatched) = match_to_model(&terraform.found, &model.graph, given);
+        if adoptions.is_empty() {
+            return Err(OpsError::Invalid {
+                message: format!("nothing to import into `{env}`: no resource named matches an address of its model"),
+                hint: Some(String::from("name them as ADDRESS=ID, or check that the model describes what Terraform made")),
+            });
+        }
+        let session = Session::open(project, env, command, Desired::Adopting(adoptions.clone()), stop, notice).await?;
+        let not_found: Vec<String> = adoptions
+            .iter()
+            .filter(|a| !session.observed.iter().any(|o| o.address == a.address && o.id == a.id))
+            .map(|a| format!("{} ({}, from {})", a.address, a.id, a.origin))
+            .collect();
+        if !not_found.is_empty() {
+            return Err(OpsError::failed(
+                format!("these cannot be read in {} as resources of `{env}`: {}", session.cloud.region, not_found.join(", ")),
+                "each must exist in the environment's region and account, and carry no other environment's kstack tags",
+            ));
+        }
+        let planned: Vec<PlannedAdoption> =
+            adoptions.iter().map(|a| planned(a, session.plan.actions.iter().find(|x| x.address == a.address))).collect();
+        let summary = ImportSummary {
+            adopt: planned.len(),
+            change: planned.iter().filter(|p| p.then == ActionKind::Update).count(),
+            replace: planned.iter().filter(|p| p.then == ActionKind::Replace).count(),
+        };
+        let adopted_origins: Vec<&str> = adoptions.iter().map(|a| a.origin.as_str()).filter(|o| *o != "given").collect();
+        let mut terraform_forgets: Vec<String> = adopted_origins.iter().map(|o| (*o).to_owned()).chain(terraform.folded).collect();
+        terraform_forgets.sort();
+        terraform_forgets.dedup();
+        let missing = session.plan.actions.iter().filter(|a| a.action == ActionKind::Create).map(|a| a.address.clone()).collect();
+        Ok(ImportPlan { session, adoptions: planned, summary, unmatched, missing, terraform_forgets, terraform_keeps: terraform.unmodelled })
+    }
+
+    pub fn environment(&self) -> &str {
+        &self.session.environment
+    }
+
+    /// Gives each resource the environment's tags and records it in state, one state write
+    /// after each; nothing else changes. How many were adopted.
+    pub async fn apply(self) -> Result<usize, OpsError> {
+        let Session { cloud, observed, store, mut state, environment, .. } = self.session;
+        let identity = state.identity.clone().ok_or_else(|| OpsError::failed(format!("`{environment}` has no identity"), "plan it first"))?;
+        let region = cloud.region.clone();
+        let mut adopted = 0;
+        for adoption in &self.adoptions {
+            let Some(found) = observed.iter().find(|o| o.address == adoption.address && o.id == adoption.id) else { continue };
+            let mut tags = found.tags.clone();
+            tags.insert(TAG_ENVIRONMENT.to_owned(), environment.clone());
+            tags.insert(TAG_ADDRESS.to_owned(), adoption.address.to_string());
+            tags.insert(TAG_IDENTITY.to_owned(), identity.to_string());
+            if let Some(project) = &state.project {
+                tags.insert(TAG_PROJECT.to_owned(), project.clone());
+            }
+            if found.kind.has_own_tags() {
+                aws::retag(&cloud, found, &tags).await.map_err(OpsError::aws(&region, "tagging a resource to adopt"))?;
+            } else if found.kind == crate::resource::Kind::DnsRecord {
+                aws::take_over_dns_record(&cloud, &found.id, &tags).await.map_err(OpsError::aws(&region, "giving a record its owner record"))?;
+            }
+            let tags = if found.kind.has_own_tags() { tags } else { found.tags.clone() };
+            state.resources.insert(adoption.address.clone(), Observed { tags, ..found.clone() });
+            store.save(&mut state)?;
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+}
+
+/// An adoption and what the plan does with its resource once state records it.
+fn planned(adoption: &Adoption, action: Option<&Action>) -> PlannedAdoption {
+    let kstack_tag = |path: &str| path.strip_prefix("tags.").is_some_and(|tag| tag.starts_with("kstack:"));
+    let changes: Vec<Change> = action.map(|a| a.changes.iter().filter(|c| !kstack_tag(&c.path)).cloned().collect()).unwrap_or_default();
+    let then = match action.map(|a| a.action) {
+        Some(ActionKind::Replace) => ActionKind::Replace,
+        _ if changes.is_empty() => ActionKind::NoOp,
+        _ => ActionKind::Update,
+    };
+    PlannedAdoption { address: adoption.address.clone(), id: adoption.id.clone(), origin: adoption.origin.clone(), then, changes }
+}
