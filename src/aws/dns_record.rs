@@ -46,7 +46,7 @@ fn owner_tags(value: &str) -> BTreeMap<String, String> {
 }
 
 /// The id of the hosted zone named `zone`, if the account has one.
-async fn zone_id(cloud: &Cloud, zone: &str) -> Result<Option<String>, AwsError> {
+pub(super) async fn zone_id(cloud: &Cloud, zone: &str) -> Result<Option<String>, AwsError> {
     let found = cloud.route53.list_hosted_zones_by_name().dns_name(zone).max_items(1).send().await?;
     Ok(found.hosted_zones().iter().find(|z| normal(z.name()) == zone).map(|z| z.id().trim_start_matches("/hostedzone/").to_owned()))
 }
@@ -210,7 +210,7 @@ pub(super) async fn create(cloud: &Cloud, resource: &Resource, spec: &DnsRecordS
 
 /// The record as it is now, and its owner record: a change deletes exactly these, so one made
 /// since by someone else makes the whole batch fail rather than be overwritten.
-async fn current(cloud: &Cloud, id: &str) -> Result<(String, Option<ResourceRecordSet>, Option<ResourceRecordSet>), AwsError> {
+pub(super) async fn current(cloud: &Cloud, id: &str) -> Result<(String, Option<ResourceRecordSet>, Option<ResourceRecordSet>), AwsError> {
     let mut parts = id.split('|');
     let (Some(zone_id), Some(name), Some(record_type)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(AwsError::internal(format!("`{id}` is not a DNS record id")));

@@ -9,6 +9,7 @@ mod auto_scaling_group;
 mod calls;
 pub mod clock;
 pub mod console;
+pub mod discover;
 mod dns_record;
 mod error;
 mod iam;

@@ -18,9 +18,10 @@ use super::{term, CliError};
 #[command(after_help = "Examples:
   kstack import dev --from-terraform terraform.tfstate      after `terraform state pull > terraform.tfstate`
   kstack import dev vpc.main=vpc-0abc123 asg.workers=workers-asg
+  kstack import dev --vpc vpc-0abc123                        everything in the VPC, no state file
   kstack import dev --from-terraform terraform.tfstate --auto-approve
 
-A resource of a Terraform state goes to the model's address it matches: a subnet by its range,
+A resource found goes to the model's address it matches: a subnet by its range,
 a route table by the subnets it serves, a NAT gateway by its subnet and its address by the
 gateway, a DNS record by name and type, anything else by name (Terraform's resource name, its
 `name` or `Name` tag equal to the model's); ADDRESS=ID pairs come first.
@@ -39,6 +40,12 @@ pub(super) struct Args {
     #[arg(long, value_name = "FILE")]
     from_terraform: Option<PathBuf>,
 
+    /// A VPC to take over with what is in it: its subnets, route tables, gateways, security
+    /// groups and load balancers, the groups in its subnets with their launch settings,
+    /// instance profiles and roles, and the model's DNS records.
+    #[arg(long, value_name = "VPC_ID")]
+    vpc: Option<String>,
+
     /// Import without asking for confirmation.
     #[arg(long)]
     auto_approve: bool,
@@ -47,7 +54,7 @@ pub(super) struct Args {
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
-    let request = ImportRequest { pairs: &args.pairs, terraform: args.from_terraform.as_deref() };
+    let request = ImportRequest { pairs: &args.pairs, terraform: args.from_terraform.as_deref(), vpc: args.vpc.as_deref() };
     let command = format!("kstack import {}", args.env);
     let plan = runtime.block_on(ImportPlan::open(project, &args.env, &request, &command, &stop, &Terminal))?;
     show(&plan);
@@ -79,7 +86,7 @@ fn show(plan: &ImportPlan) {
     if !plan.unmatched.is_empty() {
         term::outln(format_args!("Found but matching no address of the model (left alone):"));
         for found in &plan.unmatched {
-            term::outln(format_args!("  {} ({})", found.origin, found.id));
+            term::outln(format_args!("  {} {} ({})", found.kind.prefix(), found.id, found.origin));
         }
         term::outln(format_args!(""));
     }

@@ -88,14 +88,15 @@ pub fn given(pairs: &[String], desired: &ResourceGraph) -> Result<Vec<Adoption>,
         .collect()
 }
 
-/// Where each found resource belongs in the model: by what it is (a subnet by its range, a
-/// route table by the subnets it serves, a NAT gateway by its subnet and its address by the
-/// gateway, a DNS record by name and type), else by name (Terraform's resource name, its
-/// `name` or `Name` tag equal to the model's name for it). A group's rules follow the group.
-/// Each address and each resource is matched once; what matches nothing is returned apart.
-pub fn match_to_model(found: &[Found], desired: &ResourceGraph, given: Vec<Adoption>) -> (Vec<Adoption>, Vec<Found>) {
+/// Where each found resource belongs in the model of `environment`: by what it is (a subnet
+/// by its range, a route table by the subnets it serves, a NAT gateway by its subnet and its
+/// address by the gateway, a DNS record by name and type), else by name (Terraform's resource
+/// name, its `name` or `Name` tag equal to the model's name for it, alone or after
+/// `<environment>-`). A group's rules follow the group. Each address and each resource is
+/// matched once; what matches nothing is returned apart.
+pub fn match_to_model(found: &[Found], desired: &ResourceGraph, given: Vec<Adoption>, environment: &str) -> (Vec<Adoption>, Vec<Found>) {
     let allocations = found.iter().filter_map(|f| Some((f.id.clone(), f.allocation.clone()?))).collect();
-    let mut matcher = Matcher { desired, adopted: given, by_id: BTreeMap::new(), allocations };
+    let mut matcher = Matcher { desired, environment, adopted: given, by_id: BTreeMap::new(), allocations };
     for adoption in &matcher.adopted {
         matcher.by_id.insert((adoption.kind, adoption.id.clone()), adoption.address.clone());
     }
@@ -136,6 +137,7 @@ pub fn match_to_model(found: &[Found], desired: &ResourceGraph, given: Vec<Adopt
 
 struct Matcher<'a> {
     desired: &'a ResourceGraph,
+    environment: &'a str,
     adopted: Vec<Adoption>,
     /// What is matched so far, by kind and id.
     by_id: BTreeMap<(Kind, String), Address>,
@@ -168,7 +170,7 @@ impl Matcher<'_> {
                 });
                 match table {
                     Some(table) => free.find(|r| r.address == table).map(|r| r.address.clone()),
-                    None => free.find(|r| named(found, r.address.name(), &r.name)).map(|r| r.address.clone()),
+                    None => free.find(|r| named(found, self.environment, r.address.name(), &r.name)).map(|r| r.address.clone()),
                 }
             }
             Kind::NatGateway => {
@@ -189,7 +191,7 @@ impl Matcher<'_> {
                     |r| matches!(&r.spec, Spec::DnsRecord(d) if found.record.as_ref() == Some(&(d.name.clone(), d.record_type.as_str().to_owned()))),
                 )
                 .map(|r| r.address.clone()),
-            _ => free.find(|r| named(found, r.address.name(), &r.name)).map(|r| r.address.clone()),
+            _ => free.find(|r| named(found, self.environment, r.address.name(), &r.name)).map(|r| r.address.clone()),
         };
         let Some(address) = chosen else { return false };
         self.by_id.insert((found.kind, found.id.clone()), address.clone());
@@ -198,8 +200,84 @@ impl Matcher<'_> {
     }
 }
 
-/// Whether any name `found` goes by is the model's name for a resource (its address's name, or
-/// the name it has in AWS), letter case aside.
-fn named(found: &Found, address_name: &str, aws_name: &str) -> bool {
-    found.names.iter().any(|n| n.eq_ignore_ascii_case(address_name) || n.eq_ignore_ascii_case(aws_name))
+/// Whether any name `found` goes by is the model's name for a resource (its address's name,
+/// alone or after `<environment>-`, or the name it has in AWS), letter case aside, and with
+/// or without the `-<8 hex digits>` an identity's short form ends a name kstack gave with
+/// (a state lost, its resources taken over again).
+fn named(found: &Found, environment: &str, address_name: &str, aws_name: &str) -> bool {
+    let prefixed = format!("{environment}-{address_name}");
+    let without_short = |name: &str| match name.rsplit_once('-') {
+        Some((front, short)) if short.len() == 8 && short.bytes().all(|b| b.is_ascii_hexdigit()) => front.to_owned(),
+        _ => name.to_owned(),
+    };
+    let wanted = [address_name, prefixed.as_str(), aws_name];
+    found.names.iter().flat_map(|n| [n.clone(), without_short(n)]).any(|n| wanted.iter().any(|w| n.eq_ignore_ascii_case(w)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostics::Problems;
+    use crate::model::{load_environment, Project};
+
+    fn dev() -> ResourceGraph {
+        let project = Project { root: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")) };
+        let checked = load_environment(&project, "dev").result.unwrap_or_else(|problems| panic!("{problems:?}"));
+        crate::compile::compile(&checked, &mut Problems::default()).unwrap()
+    }
+
+    fn found(kind: Kind, id: &str, names: &[&str]) -> Found {
+        Found {
+            kind,
+            id: id.to_owned(),
+            origin: format!("tf.{id}"),
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            cidr: None,
+            subnet: None,
+            allocation: None,
+            record: None,
+            subnets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn resources_match_by_what_they_are_then_by_name_and_rules_follow_their_group() {
+        let graph = dev();
+        let subnet_cidr = |address: &str| match &graph.get(&Address::from(address)).unwrap().spec {
+            Spec::Subnet(s) => s.cidr.to_string(),
+            other => panic!("not a subnet: {other:?}"),
+        };
+        let found = vec![
+            Found { cidr: Some(subnet_cidr("subnet.private.eu-west-1b")), ..found(Kind::Subnet, "subnet-b", &["whatever"]) },
+            Found { cidr: Some(subnet_cidr("subnet.public.eu-west-1a")), ..found(Kind::Subnet, "subnet-a", &[]) },
+            Found { subnets: vec![String::from("subnet-b")], ..found(Kind::RouteTable, "rtb-1", &["main-private"]) },
+            Found { subnet: Some(String::from("subnet-a")), allocation: Some(String::from("eipalloc-1")), ..found(Kind::NatGateway, "nat-1", &[]) },
+            found(Kind::ElasticIp, "eipalloc-1", &[]),
+            found(Kind::SecurityGroup, "sg-1", &["dev-workers-0badc0de"]),
+            found(Kind::LoadBalancer, "legacy-lb", &["legacy"]),
+            found(Kind::AutoScalingGroup, "tf-masters", &["dev-masters"]),
+        ];
+        let given = given(&[String::from("asg.workers=hand-made")], &graph).unwrap();
+        let (adopted, left) = match_to_model(&found, &graph, given, "dev");
+        let adopted: Vec<(String, String)> = adopted.iter().map(|a| (a.address.to_string(), a.id.clone())).collect();
+        for pair in [
+            ("asg.workers", "hand-made"),
+            ("subnet.private.eu-west-1b", "subnet-b"),
+            ("subnet.public.eu-west-1a", "subnet-a"),
+            ("route_table.private", "rtb-1"),
+            ("nat_gateway.eu-west-1a", "nat-1"),
+            ("elastic_ip.nat.eu-west-1a", "eipalloc-1"),
+            ("security_group.workers", "sg-1"),
+            ("security_group_rules.workers", "sg-1"),
+            ("asg.masters", "tf-masters"),
+        ] {
+            assert!(adopted.contains(&(pair.0.to_owned(), pair.1.to_owned())), "{pair:?} in {adopted:?}");
+        }
+        assert_eq!(adopted.len(), 9, "{adopted:?}");
+        assert_eq!(left.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), ["legacy-lb"], "a name the model does not use matches nothing");
+        assert!(
+            matches!(super::given(&[String::from("vpc.mian=vpc-1")], &graph), Err(ImportError::NotInModel { close: Some(c), .. }) if c == "vpc.main")
+        );
+        assert!(matches!(super::given(&[String::from("vpc.main")], &graph), Err(ImportError::NotAPair { .. })));
+    }
 }

@@ -9,16 +9,18 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::load::compiled;
+use super::load::{compiled, Compiled};
 use super::session::{Desired, Session};
 use super::{Notice, OpsError};
-use crate::aws::{self, Observed};
+use crate::aws::{self, Cloud, Observed};
+use crate::identity::Owner;
 use crate::import::terraform::{self, TerraformState};
 use crate::import::{given, match_to_model, Adoption, Found};
 use crate::model::Project;
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
 use crate::plan::{Action, ActionKind, Change};
 use crate::resource::Address;
+use crate::resource::Spec;
 use crate::stop::Stop;
 
 /// Where the resources to take over are named.
@@ -27,6 +29,8 @@ pub struct ImportRequest<'a> {
     pub pairs: &'a [String],
     /// A Terraform state file (format 4).
     pub terraform: Option<&'a Path>,
+    /// A VPC to take over with what is in it.
+    pub vpc: Option<&'a str>,
 }
 
 /// One resource to adopt, and what the model would then change of it.
@@ -82,7 +86,11 @@ impl ImportPlan {
             Some(path) => terraform::read(path).map_err(|e| OpsError::Invalid { message: e.to_string(), hint: crate::hint::Hint::hint(&e) })?,
             None => TerraformState::default(),
         };
-        let (adoptions, unmatched) = match_to_model(&terraform.found, &model.graph, given);
+        let mut found = terraform.found.clone();
+        if let Some(vpc) = request.vpc {
+            found.extend(discover(&model, vpc).await?);
+        }
+        let (adoptions, unmatched) = match_to_model(&found, &model.graph, given, &model.checked.environment.name);
         if adoptions.is_empty() {
             return Err(OpsError::Invalid {
                 message: format!("nothing to import into `{env}`: no resource named matches an address of its model"),
@@ -108,8 +116,9 @@ impl ImportPlan {
             change: planned.iter().filter(|p| p.then == ActionKind::Update).count(),
             replace: planned.iter().filter(|p| p.then == ActionKind::Replace).count(),
         };
-        let adopted_origins: Vec<&str> = adoptions.iter().map(|a| a.origin.as_str()).filter(|o| *o != "given").collect();
-        let mut terraform_forgets: Vec<String> = adopted_origins.iter().map(|o| (*o).to_owned()).chain(terraform.folded).collect();
+        let from_terraform: std::collections::BTreeSet<&str> = terraform.found.iter().map(|f| f.origin.as_str()).collect();
+        let adopted_from_terraform = adoptions.iter().map(|a| a.origin.clone()).filter(|o| from_terraform.contains(o.as_str()));
+        let mut terraform_forgets: Vec<String> = adopted_from_terraform.chain(terraform.folded).collect();
         terraform_forgets.sort();
         terraform_forgets.dedup();
         let missing = session.plan.actions.iter().filter(|a| a.action == ActionKind::Create).map(|a| a.address.clone()).collect();
@@ -148,6 +157,22 @@ impl ImportPlan {
         }
         Ok(adopted)
     }
+}
+
+/// What is in `vpc` (in the model's region), and the model's DNS records that exist.
+async fn discover(model: &Compiled, vpc: &str) -> Result<Vec<Found>, OpsError> {
+    let environment = &model.checked.environment;
+    let region = &environment.region.value;
+    let cloud = Cloud::connect(region, Owner::new(&environment.name, None, [])).await;
+    let records: Vec<(String, String, String)> = model
+        .graph
+        .in_dependency_order()
+        .filter_map(|r| match &r.spec {
+            Spec::DnsRecord(d) => Some((d.zone.clone(), d.name.clone(), d.record_type.as_str().to_owned())),
+            _ => None,
+        })
+        .collect();
+    aws::discover::in_vpc(&cloud, vpc, &records).await.map_err(OpsError::aws(region, "finding what is in the VPC"))
 }
 
 /// An adoption and what the plan does with its resource once state records it.

@@ -141,18 +141,29 @@ async fn fleet(aws: &kstack_testkit::Clients, balancer: &str) -> (BTreeMap<Strin
     (by_group, registered)
 }
 
+/// A cluster of `dev`'s shape that kstack knows nothing of: made, then stripped of every
+/// kstack tag and of its state, AWS cannot tell it from one another tool made. What state
+/// recorded of it, by address.
+fn made_elsewhere(
+    project: &Project,
+    moto: &kstack_testkit::Moto,
+    rt: &tokio::runtime::Runtime,
+    aws: &kstack_testkit::Clients,
+) -> BTreeMap<String, Value> {
+    project.kstack(moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    let state_path = project.path().join(".kstack/state/dev.json");
+    let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let records: BTreeMap<String, Value> = state["resources"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    rt.block_on(strip_kstack_tags(aws, &records));
+    std::fs::remove_file(&state_path).unwrap();
+    records
+}
+
 #[test]
 fn a_cluster_terraform_made_is_adopted_from_its_state_with_nothing_replaced() {
     let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    // The cluster exists: made, then stripped of every kstack tag and state, AWS cannot tell it
-    // from one Terraform made with the same shape.
-    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
-    let state_path = project.path().join(".kstack/state/dev.json");
-    let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
-    let records: BTreeMap<String, Value> = state["resources"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    rt.block_on(strip_kstack_tags(&aws, &records));
-    std::fs::remove_file(&state_path).unwrap();
+    let records = made_elsewhere(&project, &moto, &rt, &aws);
     let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
     let before = rt.block_on(fleet(&aws, &balancer));
     assert!(before.1.len() >= 2, "the balancer serves the ingress nodes: {before:?}");
@@ -194,4 +205,24 @@ fn a_cluster_terraform_made_is_adopted_from_its_state_with_nothing_replaced() {
     assert_eq!(changes(&changed), ["update asg.workers"]);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     assert_eq!(rt.block_on(fleet(&aws, &balancer)), before);
+}
+
+/// Without a state file: everything in the VPC, found by what it is and by name.
+#[test]
+fn a_vpc_is_taken_over_with_what_is_in_it_without_a_state_file() {
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
+    let project = Project::copy();
+    let records = made_elsewhere(&project, &moto, &rt, &aws);
+    let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
+    let before = rt.block_on(fleet(&aws, &balancer));
+    let vpc = records["vpc.main"]["id"].as_str().unwrap();
+    let imported = project.kstack(&moto).args(["import", "dev", "--vpc", vpc, "--auto-approve"]).output().unwrap();
+    let text = said(&imported);
+    assert!(imported.status.success(), "{text}");
+    assert!(text.contains(&format!("Import: {} to adopt, ", records.len())) && text.contains(", 0 to replace."), "{text}");
+    assert!(text.contains(&format!("(from found in {vpc})")) && !text.contains("terraform state rm"), "{text}");
+    let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
+    assert!(changes(&plan).iter().all(|c| c.starts_with("update ")), "{:?}", changes(&plan));
+    project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
+    assert_eq!(rt.block_on(fleet(&aws, &balancer)), before, "the same instances, the same registrations");
 }

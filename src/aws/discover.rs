@@ -1,0 +1,151 @@
+//! What another tool made in a VPC, for `kstack import --vpc`: every resource kstack models in
+//! it or used by what runs in it (groups in its subnets, their launch settings, instance
+//! profiles and roles; load balancers in it; the model's DNS records), each with what matches
+//! it to the model. Reads only; a few calls per kind.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_ec2::types::{Filter, NatGatewayState, Tag};
+
+use super::{dns_record, AwsError, Cloud};
+use crate::import::Found;
+use crate::resource::Kind;
+
+/// Everything of the VPC `vpc_id`; DNS records of the zones `zones` whose name and type are
+/// `records`.
+pub async fn in_vpc(cloud: &Cloud, vpc_id: &str, records: &[(String, String, String)]) -> Result<Vec<Found>, AwsError> {
+    let origin = format!("found in {vpc_id}");
+    let found = |kind: Kind, id: &str, names: Vec<String>| Found {
+        kind,
+        id: id.to_owned(),
+        origin: origin.clone(),
+        names,
+        cidr: None,
+        subnet: None,
+        allocation: None,
+        record: None,
+        subnets: Vec::new(),
+    };
+    let in_vpc = || Filter::builder().name("vpc-id").values(vpc_id).build();
+    let mut all = Vec::new();
+
+    let vpcs = cloud.ec2.describe_vpcs().vpc_ids(vpc_id).send().await?;
+    let Some(vpc) = vpcs.vpcs().first() else { return Err(AwsError::missing("DescribeVpcs", vpc_id)) };
+    all.push(Found { cidr: vpc.cidr_block().map(str::to_owned), ..found(Kind::Vpc, vpc_id, name_tag(vpc.tags())) });
+
+    let subnets = cloud.ec2.describe_subnets().filters(in_vpc()).send().await?;
+    let subnet_ids: BTreeSet<String> = subnets.subnets().iter().filter_map(|s| s.subnet_id().map(str::to_owned)).collect();
+    for subnet in subnets.subnets() {
+        let Some(id) = subnet.subnet_id() else { continue };
+        all.push(Found { cidr: subnet.cidr_block().map(str::to_owned), ..found(Kind::Subnet, id, name_tag(subnet.tags())) });
+    }
+    let tables = cloud.ec2.describe_route_tables().filters(in_vpc()).send().await?;
+    for table in tables.route_tables() {
+        let Some(id) = table.route_table_id() else { continue };
+        let served = table.associations().iter().filter_map(|a| a.subnet_id().map(str::to_owned)).collect();
+        all.push(Found { subnets: served, ..found(Kind::RouteTable, id, name_tag(table.tags())) });
+    }
+    let attached = Filter::builder().name("attachment.vpc-id").values(vpc_id).build();
+    for gateway in cloud.ec2.describe_internet_gateways().filters(attached).send().await?.internet_gateways() {
+        all.extend(gateway.internet_gateway_id().map(|id| found(Kind::InternetGateway, id, name_tag(gateway.tags()))));
+    }
+    let mut allocations = Vec::new();
+    for nat in cloud.ec2.describe_nat_gateways().filter(in_vpc()).send().await?.nat_gateways() {
+        if matches!(nat.state(), Some(NatGatewayState::Deleted | NatGatewayState::Deleting | NatGatewayState::Failed)) {
+            continue;
+        }
+        let Some(id) = nat.nat_gateway_id() else { continue };
+        let allocation = nat.nat_gateway_addresses().first().and_then(|a| a.allocation_id()).map(str::to_owned);
+        allocations.extend(allocation.clone());
+        all.push(Found { subnet: nat.subnet_id().map(str::to_owned), allocation, ..found(Kind::NatGateway, id, name_tag(nat.tags())) });
+    }
+    if !allocations.is_empty() {
+        for address in cloud.ec2.describe_addresses().set_allocation_ids(Some(allocations)).send().await?.addresses() {
+            all.extend(address.allocation_id().map(|id| found(Kind::ElasticIp, id, name_tag(address.tags()))));
+        }
+    }
+    for group in cloud.ec2.describe_security_groups().filters(in_vpc()).send().await?.security_groups() {
+        // Every VPC has its `default` group; kstack never models it.
+        let (Some(id), Some(name)) = (group.group_id(), group.group_name()) else { continue };
+        if name != "default" {
+            all.push(found(Kind::SecurityGroup, id, [vec![name.to_owned()], name_tag(group.tags())].concat()));
+        }
+    }
+
+    let mut balancer_dns = BTreeMap::new();
+    let mut pages = cloud.elb.describe_load_balancers().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for balancer in page?.load_balancer_descriptions().iter().filter(|b| b.vpc_id() == Some(vpc_id)) {
+            let Some(name) = balancer.load_balancer_name() else { continue };
+            balancer_dns.extend(balancer.dns_name().map(|dns| (dns.trim_end_matches('.').to_ascii_lowercase(), name.to_owned())));
+            all.push(found(Kind::LoadBalancer, name, vec![name.to_owned()]));
+        }
+    }
+
+    let (mut templates, mut configurations) = (BTreeSet::new(), BTreeSet::new());
+    let mut pages = cloud.autoscaling.describe_auto_scaling_groups().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        for group in page?.auto_scaling_groups() {
+            let zones = group.vpc_zone_identifier().unwrap_or_default();
+            let mut subnets = zones.split(',').map(str::trim).filter(|s| !s.is_empty()).peekable();
+            let Some(name) = group.auto_scaling_group_name() else { continue };
+            if subnets.peek().is_none() || !subnets.all(|s| subnet_ids.contains(s)) {
+                continue;
+            }
+            templates.extend(group.launch_template().and_then(|t| t.launch_template_id()).map(str::to_owned));
+            configurations.extend(group.launch_configuration_name().map(str::to_owned));
+            let tag = group.tags().iter().find(|t| t.key() == Some("Name")).and_then(|t| t.value()).map(str::to_owned);
+            all.push(found(Kind::AutoScalingGroup, name, [Some(name.to_owned()), tag].into_iter().flatten().collect()));
+        }
+    }
+    let mut profiles = BTreeSet::new();
+    if !templates.is_empty() {
+        let ids: Vec<String> = templates.into_iter().collect();
+        for template in cloud.ec2.describe_launch_templates().set_launch_template_ids(Some(ids.clone())).send().await?.launch_templates() {
+            let (Some(id), Some(name)) = (template.launch_template_id(), template.launch_template_name()) else { continue };
+            all.push(found(Kind::LaunchTemplate, id, [vec![name.to_owned()], name_tag(template.tags())].concat()));
+        }
+        for id in &ids {
+            let versions = cloud.ec2.describe_launch_template_versions().launch_template_id(id).versions("$Latest").send().await?;
+            let profile = versions.launch_template_versions().first().and_then(|v| v.launch_template_data()).and_then(|d| d.iam_instance_profile());
+            profiles.extend(profile.and_then(|p| p.arn().or(p.name())).map(profile_name));
+        }
+    }
+    if !configurations.is_empty() {
+        let names: Vec<String> = configurations.into_iter().collect();
+        for config in
+            cloud.autoscaling.describe_launch_configurations().set_launch_configuration_names(Some(names)).send().await?.launch_configurations()
+        {
+            let Some(name) = config.launch_configuration_name() else { continue };
+            all.push(found(Kind::LaunchConfiguration, name, vec![name.to_owned()]));
+            profiles.extend(config.iam_instance_profile().map(profile_name));
+        }
+    }
+    for name in profiles {
+        let got = cloud.iam.get_instance_profile().instance_profile_name(&name).send().await?;
+        let Some(profile) = got.instance_profile() else { continue };
+        all.push(found(Kind::InstanceProfile, profile.arn(), vec![name.clone()]));
+        for role in profile.roles() {
+            all.push(found(Kind::IamRole, role.arn(), vec![role.role_name().to_owned()]));
+        }
+    }
+
+    for (zone, name, record_type) in records {
+        let Some(zone_id) = dns_record::zone_id(cloud, zone).await? else { continue };
+        let id = format!("{zone_id}|{name}|{record_type}");
+        if dns_record::current(cloud, &id).await?.1.is_some() {
+            all.push(Found { record: Some((name.clone(), record_type.clone())), ..found(Kind::DnsRecord, &id, vec![name.clone()]) });
+        }
+    }
+    all.dedup_by(|a, b| a.kind == b.kind && a.id == b.id);
+    Ok(all)
+}
+
+fn name_tag(tags: &[Tag]) -> Vec<String> {
+    tags.iter().filter(|t| t.key() == Some("Name")).filter_map(|t| t.value().map(str::to_owned)).collect()
+}
+
+/// An instance profile's name, from its ARN or its name.
+fn profile_name(profile: &str) -> String {
+    profile.rsplit('/').next().unwrap_or(profile).to_owned()
+}
