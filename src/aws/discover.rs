@@ -149,3 +149,29 @@ fn name_tag(tags: &[Tag]) -> Vec<String> {
 fn profile_name(profile: &str) -> String {
     profile.rsplit('/').next().unwrap_or(profile).to_owned()
 }
+
+/// The user data each launch template (latest version) and launch configuration of
+/// `observed` boots with, decoded, by id: one call per template, one for the configurations.
+pub async fn user_data(cloud: &Cloud, observed: &[crate::resource::Observed]) -> Result<BTreeMap<String, String>, AwsError> {
+    let decode = |data: Option<&str>| {
+        data.filter(|d| !d.is_empty())
+            .and_then(|d| aws_smithy_types::base64::decode(d).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let mut found = BTreeMap::new();
+    for template in observed.iter().filter(|o| o.kind == Kind::LaunchTemplate) {
+        let versions = cloud.ec2.describe_launch_template_versions().launch_template_id(&template.id).versions("$Latest").send().await?;
+        let data = versions.launch_template_versions().first().and_then(|v| v.launch_template_data()).and_then(|d| d.user_data());
+        found.extend(decode(data).map(|text| (template.id.clone(), text)));
+    }
+    let names: Vec<String> = observed.iter().filter(|o| o.kind == Kind::LaunchConfiguration).map(|o| o.id.clone()).collect();
+    if !names.is_empty() {
+        let described = cloud.autoscaling.describe_launch_configurations().set_launch_configuration_names(Some(names)).send().await?;
+        for config in described.launch_configurations() {
+            if let (Some(name), Some(text)) = (config.launch_configuration_name(), decode(config.user_data())) {
+                found.insert(name.to_owned(), text);
+            }
+        }
+    }
+    Ok(found)
+}

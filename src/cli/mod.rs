@@ -4,6 +4,7 @@
 mod apply;
 mod bake;
 mod error;
+mod generate;
 mod graph;
 mod import;
 mod output;
@@ -77,6 +78,7 @@ enum Command {
     Plan(plan::Args),
     Apply(apply::ApplyArgs),
     Destroy(apply::DestroyArgs),
+    Generate(generate::Args),
     Import(import::Args),
     Output(output::Args),
     State(state::Args),
@@ -130,6 +132,7 @@ pub fn main() -> ExitCode {
         },
         Command::Apply(args) => apply::run_apply(&project, &args),
         Command::Destroy(args) => apply::run_destroy(&project, &args),
+        Command::Generate(args) => generate::run(&project, &args),
         Command::Import(args) => import::run(&project, &args),
         Command::Output(args) => output::run(&project, &args),
         Command::State(args) => state::run(&project, &args),

@@ -14,13 +14,14 @@ use super::session::{Desired, Session};
 use super::{Notice, OpsError};
 use crate::aws::{self, Cloud, Observed};
 use crate::identity::Owner;
+use crate::import::generate::{environment_yaml, Existing};
 use crate::import::terraform::{self, TerraformState};
 use crate::import::{given, match_to_model, Adoption, Found};
 use crate::model::Project;
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
 use crate::plan::{Action, ActionKind, Change};
-use crate::resource::Address;
 use crate::resource::Spec;
+use crate::resource::{Address, Kind};
 use crate::stop::Stop;
 
 /// Where the resources to take over are named.
@@ -185,4 +186,39 @@ fn planned(adoption: &Adoption, action: Option<&Action>) -> PlannedAdoption {
         _ => ActionKind::Update,
     };
     PlannedAdoption { address: adoption.address.clone(), id: adoption.id.clone(), origin: adoption.origin.clone(), then, changes }
+}
+
+/// An environment file written from what exists.
+pub struct Generated {
+    pub text: String,
+    /// Resources it describes.
+    pub described: usize,
+}
+
+/// Writes an environment file for `environment` in `region` from the resources the Terraform
+/// state or the VPC `request` names, each read as refresh reads a recorded resource.
+pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'_>) -> Result<Generated, OpsError> {
+    let mut found = match request.terraform {
+        Some(path) => terraform::read(path).map_err(|e| OpsError::Invalid { message: e.to_string(), hint: crate::hint::Hint::hint(&e) })?.found,
+        None => Vec::new(),
+    };
+    if let Some(vpc) = request.vpc {
+        let cloud = Cloud::connect(region, Owner::new(environment, None, [])).await;
+        found.extend(aws::discover::in_vpc(&cloud, vpc, &[]).await.map_err(OpsError::aws(region, "finding what is in the VPC"))?);
+    }
+    // Each read at `<kind>.<id>`, as if state recorded it there; a group's rules with it.
+    let records = found.iter().flat_map(|f| {
+        let rules = (f.kind == Kind::SecurityGroup).then(|| (Address::new(Kind::SecurityGroupRules, &f.id), Kind::SecurityGroupRules, f.id.clone()));
+        std::iter::once((Address::new(f.kind, &f.id), f.kind, f.id.clone())).chain(rules)
+    });
+    let cloud = Cloud::connect(region, Owner::new(environment, None, records.collect::<Vec<_>>())).await;
+    let refreshed = aws::refresh(&cloud).await.map_err(OpsError::aws(region, "reading what exists"))?;
+    let user_data = aws::discover::user_data(&cloud, &refreshed.observed).await.map_err(OpsError::aws(region, "reading user data"))?;
+    let source = match (request.terraform, request.vpc) {
+        (Some(path), _) => format!("--from-terraform {}", path.display()),
+        (None, Some(vpc)) => format!("--vpc {vpc}"),
+        (None, None) => String::new(),
+    };
+    let existing = Existing { environment, region, source: &source, observed: &refreshed.observed, found: &found, user_data: &user_data };
+    Ok(Generated { text: environment_yaml(&existing), described: refreshed.observed.iter().filter(|o| o.kind != Kind::SecurityGroupRules).count() })
 }

@@ -226,3 +226,32 @@ fn a_vpc_is_taken_over_with_what_is_in_it_without_a_state_file() {
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     assert_eq!(rt.block_on(fleet(&aws, &balancer)), before, "the same instances, the same registrations");
 }
+
+/// A project without an environment for the cluster writes one from what runs, which then
+/// imports with nothing to replace and plans no change at all.
+#[test]
+fn an_environment_file_is_written_from_what_runs_and_imports_without_a_change() {
+    let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
+    let project = Project::copy();
+    let records = made_elsewhere(&project, &moto, &rt, &aws);
+    let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
+    let before = rt.block_on(fleet(&aws, &balancer));
+    let vpc = records["vpc.main"]["id"].as_str().unwrap();
+    std::fs::remove_file(project.path().join("environments/dev.yaml")).unwrap();
+
+    let generated = project.kstack(&moto).args(["generate", "dev", "--vpc", vpc, "--region", "eu-west-1"]).output().unwrap();
+    assert!(generated.status.success(), "{}", said(&generated));
+    let written = std::fs::read_to_string(project.path().join("environments/dev.yaml")).unwrap();
+    let again = project.kstack(&moto).args(["generate", "dev", "--vpc", vpc, "--region", "eu-west-1"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "an existing file is never written over without --force: {}", said(&again));
+    let validated = project.kstack(&moto).args(["validate", "dev"]).output().unwrap();
+    assert!(validated.status.success(), "{}\n{written}", said(&validated));
+
+    let imported = project.kstack(&moto).args(["import", "dev", "--vpc", vpc, "--auto-approve"]).output().unwrap();
+    let text = said(&imported);
+    assert!(imported.status.success(), "{text}\n{written}");
+    assert!(text.contains(&format!("Import: {} to adopt, ", records.len())) && text.contains(", 0 to replace."), "{text}\n{written}");
+    let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
+    assert!(changes(&plan).is_empty(), "{:#}\n{written}", plan["plan"]["actions"]);
+    assert_eq!(rt.block_on(fleet(&aws, &balancer)), before);
+}
