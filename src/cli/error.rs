@@ -76,11 +76,6 @@ impl CliError {
         CliError { exit, said: Said::Shown }
     }
 
-    /// AWS failed at `doing` in `region`.
-    pub(super) fn aws(region: &str, doing: &str, error: &kstack::aws::AwsError) -> CliError {
-        CliError::failed(format!("AWS failed while {doing} in {region}: {error}"), error.hint().as_deref())
-    }
-
     pub(super) fn exit(&self) -> &Exit {
         &self.exit
     }

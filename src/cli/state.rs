@@ -1,15 +1,13 @@
 //! `kstack state list|show|unlock|migrate|identity|adopt|mv|rm <env>`
 
 use kstack::identity::Identity;
-use kstack::model::{Project, StateBackend};
+use kstack::model::Project;
 use kstack::resource::Address;
-use kstack::state::StateStore;
-use kstack::stop::Stop;
 
 use super::term::Terminal;
 use super::{term, CliError};
 use kstack::ops::load::{open_store, state_location};
-use kstack::ops::state::{move_record, record, remove_record};
+use kstack::ops::state::{adopt_one, migrate, move_record, record, recover_identity, remove_record, MigrateTo, Migrated};
 
 use super::running::runtime;
 
@@ -143,7 +141,21 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Migrate { env, to } => migrate(project, env, *to),
+        Command::Migrate { env, to } => {
+            let location = state_location(project, env, &Terminal)?;
+            let to = match to {
+                Target::Local => MigrateTo::Local,
+                Target::S3 => MigrateTo::S3,
+            };
+            let Migrated { bytes, target, retired } = migrate(project, &location, to, &format!("kstack state migrate {env}"))?;
+            term::outln(format_args!("Migrated the state of `{env}` ({bytes} bytes) to {target}; retired {retired}."));
+            if to == MigrateTo::Local {
+                term::warning(&format!(
+                    "set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"
+                ));
+            }
+            Ok(())
+        }
         Command::Identity { env, recover: None } => {
             match load(project, env)?.identity {
                 Some(identity) => term::outln(format_args!("{identity}")),
@@ -151,8 +163,23 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Identity { env, recover: Some(id) } => recover_identity(project, env, id),
-        Command::Adopt { env, address, id } => adopt_one(project, env, &Address::from(address.as_str()), id),
+        Command::Identity { env, recover: Some(id) } => {
+            let identity = Identity::try_from(id.clone()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
+            let location = state_location(project, env, &Terminal)?;
+            let store = open_store(project, &location)?;
+            let command = format!("kstack state identity {env} --recover");
+            let adopted = runtime()?.block_on(recover_identity(&store, &location, identity.clone(), &command))?;
+            term::outln(format_args!("`{env}` has identity {identity}; adopted the {adopted} resources carrying it."));
+            Ok(())
+        }
+        Command::Adopt { env, address, id } => {
+            let location = state_location(project, env, &Terminal)?;
+            let store = open_store(project, &location)?;
+            let address = Address::from(address.as_str());
+            runtime()?.block_on(adopt_one(&store, &location, &address, id, &format!("kstack state adopt {env} {address}")))?;
+            term::outln(format_args!("adopted {id} as {address} of `{env}`: its next plan compares it with the model"));
+            Ok(())
+        }
         Command::Mv { env, from, to } => {
             let store = open_store(project, &state_location(project, env, &Terminal)?)?;
             let (from, to) = (Address::from(from.as_str()), Address::from(to.as_str()));
@@ -174,157 +201,6 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-/// Records in state what carries the environment's identity and `chosen` picks, under the
-/// environment's lock, in one state write. Returns what was adopted. `cloud` reads as
-/// [`Owner::adopting`](kstack::identity::Owner::adopting) does; `zones` are hosted zones to
-/// list besides those state knows of.
-fn adopt(
-    store: &StateStore,
-    state: &mut kstack::state::State,
-    runtime: &tokio::runtime::Runtime,
-    cloud: kstack::aws::Cloud,
-    zones: &[String],
-    chosen: impl Fn(&kstack::aws::Observed) -> bool,
-) -> Result<Vec<kstack::aws::Observed>, CliError> {
-    let cloud = cloud.with_dns_zones(state.dns_zones().chain(zones.iter().map(String::as_str)));
-    let refreshed =
-        runtime.block_on(kstack::aws::refresh(&cloud)).map_err(|error| CliError::aws(&cloud.region, "looking for the resources to adopt", &error))?;
-    let adopted: Vec<kstack::aws::Observed> =
-        refreshed.observed.into_iter().filter(|o| !state.resources.contains_key(&o.address)).filter(|o| chosen(o)).collect();
-    for resource in &adopted {
-        state.resources.insert(resource.address.clone(), resource.clone());
-    }
-    if !adopted.is_empty() {
-        store.save(state)?;
-    }
-    Ok(adopted)
-}
-
-/// The runtime and the connection an adoption reads with: everything carrying the
-/// environment's identity counts as its own, a person having said so.
-fn adopting(state: &kstack::state::State, region: &str) -> Result<(tokio::runtime::Runtime, kstack::aws::Cloud), CliError> {
-    let runtime = runtime()?;
-    let cloud = runtime.block_on(kstack::aws::Cloud::connect(region, state.owner().adopting()));
-    Ok((runtime, cloud))
-}
-
-fn adopt_one(project: &Project, env: &str, address: &Address, id: &str) -> Result<(), CliError> {
-    let environment = state_location(project, env, &Terminal)?;
-    let store = open_store(project, &environment)?;
-    let _lock = store.lock(&format!("kstack state adopt {env} {address}"), &Stop::default())?;
-    let mut state = store.load()?;
-    let (Some(identity), Some(region)) = (state.identity.clone(), environment.region.or_else(|| state.region.clone())) else {
-        return Err(CliError::failed(format!("`{env}` has no identity yet: nothing can carry it"), Some("plan or apply it first")));
-    };
-    if let Some(recorded) = state.resources.get(address) {
-        return Err(CliError::failed(
-            format!("the state of `{env}` records {} at {address}; two resources never share an address", recorded.id),
-            Some("the recorded one stays the environment's; remove the other by hand if it is not wanted"),
-        ));
-    }
-    let (runtime, cloud) = adopting(&state, &region)?;
-    // A record made by hand has no owner record to carry the tags: adopting it writes one.
-    let mut zones = Vec::new();
-    if address.is_kind(kstack::resource::Kind::DnsRecord) {
-        let tags = std::collections::BTreeMap::from([
-            (kstack::naming::TAG_ENVIRONMENT.to_owned(), environment.name.clone()),
-            (kstack::naming::TAG_ADDRESS.to_owned(), address.to_string()),
-            (kstack::naming::TAG_IDENTITY.to_owned(), identity.to_string()),
-        ]);
-        let zone = runtime
-            .block_on(kstack::aws::take_over_dns_record(&cloud, id, &tags))
-            .map_err(|error| CliError::aws(&region, &format!("giving the record {id} an owner record"), &error))?;
-        zones.push(zone);
-    }
-    let adopted = adopt(&store, &mut state, &runtime, cloud, &zones, |o| &o.address == address && o.id == id)?;
-    if adopted.is_empty() {
-        return Err(CliError::failed(
-            format!("{region} has no resource {id} tagged as {address} of `{env}`"),
-            Some(&format!("kstack adopts only what carries kstack:environment={env}, kstack:address={address} and kstack:id={identity}")),
-        ));
-    }
-    term::outln(format_args!("adopted {id} as {address} of `{env}`: its next plan compares it with the model"));
-    Ok(())
-}
-
-/// Gives an environment whose state was lost the identity its resources carry, so the next
-/// plan finds them again. Never over a state that records resources: those would be orphaned.
-fn recover_identity(project: &Project, env: &str, id: &str) -> Result<(), CliError> {
-    let identity = Identity::try_from(id.to_owned()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
-    let environment = state_location(project, env, &Terminal)?;
-    let store = open_store(project, &environment)?;
-    let Some(region) = environment.region.clone() else {
-        return Err(CliError::failed(format!("the region of `{env}` is unknown"), Some("fix the environment's `region:`")));
-    };
-    // One state write: nothing is half done if the run ends.
-    let _lock = store.lock(&format!("kstack state identity {env} --recover"), &Stop::default())?;
-    let mut state = store.load()?;
-    if !state.resources.is_empty() && state.identity.as_ref() != Some(&identity) {
-        return Err(CliError::failed(
-            format!(
-                "the state of `{env}` records {} resources; its identity stays {}",
-                state.resources.len(),
-                state.identity.as_ref().map_or("unset", |i| i.as_str())
-            ),
-            Some("--recover is for a state that was lost; an environment's resources never change hands"),
-        ));
-    }
-    state.identity = Some(identity.clone());
-    state.region = Some(region.clone());
-    store.save(&mut state)?;
-    // Asked for by a person who knows the identity: everything carrying it is adopted.
-    let (runtime, cloud) = adopting(&state, &region)?;
-    let adopted = adopt(&store, &mut state, &runtime, cloud, &[], |_| true)?;
-    term::outln(format_args!("`{env}` has identity {identity}; adopted the {} resources carrying it.", adopted.len()));
-    Ok(())
-}
-
-fn migrate(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
-    let environment = state_location(project, env, &Terminal)?;
-    if environment.state == StateBackend::Local {
-        return Err(CliError::failed(
-            format!("`{env}` names no S3 location for its state"),
-            Some("add `state: { backend: s3, bucket: <bucket>, key: <key> }` to the environment first: migrate moves state between it and the local file"),
-        ));
-    }
-    let s3 = open_store(project, &environment)?;
-    let local = StateStore::local(&project.root, &environment.name, environment.project.as_deref());
-    let (source, target) = match to {
-        Target::S3 => (local, s3),
-        Target::Local => (s3, local),
-    };
-    let command = format!("kstack state migrate {env}");
-    // A few requests that change nothing in AWS: nothing needs to stop between them.
-    let stop = Stop::default();
-    let _source_lock = source.lock(&command, &stop)?;
-    let _target_lock = target.lock(&command, &stop)?;
-    let Some(bytes) = source.read_raw()? else {
-        return Err(CliError::failed(format!("there is no state of `{env}` in {}", source.location()), Some("nothing to migrate")));
-    };
-    match target.read_raw()? {
-        Some(existing) if existing == bytes => {}
-        Some(_) => {
-            return Err(CliError::failed(
-                format!("{} already holds a different state of `{env}`; nothing was copied", target.location()),
-                Some("compare the two (`kstack state list`), keep one, and move the other away first"),
-            ))
-        }
-        None => target.write_raw(&bytes)?,
-    }
-    // Read back what landed before the source goes.
-    if target.read_raw()?.as_deref() != Some(bytes.as_slice()) {
-        return Err(CliError::failed(format!("the copy in {} does not match; the source was kept", target.location()), None));
-    }
-    let retired = source.retire()?;
-    term::outln(format_args!("Migrated the state of `{env}` ({} bytes) to {}; retired {retired}.", bytes.len(), target.location()));
-    if matches!(to, Target::Local) {
-        term::warning(&format!(
-            "set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"
-        ));
-    }
-    Ok(())
 }
 
 fn load(project: &Project, env: &str) -> Result<kstack::state::State, CliError> {
