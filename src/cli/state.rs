@@ -1,8 +1,9 @@
 //! `kstack state list|show|unlock|migrate|identity|adopt|mv|rm <env>`
 
 use kstack::identity::Identity;
-use kstack::model::Project;
+use kstack::model::{Project, StateLocation};
 use kstack::resource::Address;
+use kstack::state::StateStore;
 
 use super::term::Terminal;
 use super::{term, CliError};
@@ -117,8 +118,7 @@ enum Command {
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     match &args.command {
         Command::List { env } => {
-            let state = load(project, env)?;
-            for (address, resource) in &state.resources {
+            for (address, resource) in &load(project, env)?.resources {
                 term::outln(format_args!("{address}\t{}", resource.id));
             }
             Ok(())
@@ -129,33 +129,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             term::outln(format_args!("{:#}", serde_json::to_value(resource).unwrap_or_default()));
             Ok(())
         }
-        Command::Unlock { env, lock_id, force } => {
-            let environment = state_location(project, env, &Terminal)?;
-            let store = open_store(project, &environment)?;
-            match store.unlock(lock_id.as_deref(), *force)? {
-                Some(h) => term::outln(format_args!(
-                    "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
-                    h.id, h.holder, h.host, h.pid, h.command, h.started
-                )),
-                None => term::outln(format_args!("`{env}` is not locked")),
-            }
-            Ok(())
-        }
-        Command::Migrate { env, to } => {
-            let location = state_location(project, env, &Terminal)?;
-            let to = match to {
-                Target::Local => MigrateTo::Local,
-                Target::S3 => MigrateTo::S3,
-            };
-            let Migrated { bytes, target, retired } = migrate(project, &location, to, &format!("kstack state migrate {env}"))?;
-            term::outln(format_args!("Migrated the state of `{env}` ({bytes} bytes) to {target}; retired {retired}."));
-            if to == MigrateTo::Local {
-                term::warning(&format!(
-                    "set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"
-                ));
-            }
-            Ok(())
-        }
+        Command::Unlock { env, lock_id, force } => unlock(project, env, lock_id.as_deref(), *force),
+        Command::Migrate { env, to } => migrate_state(project, env, *to),
         Command::Identity { env, recover: None } => {
             match load(project, env)?.identity {
                 Some(identity) => term::outln(format_args!("{identity}")),
@@ -163,48 +138,81 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Identity { env, recover: Some(id) } => {
-            let identity = Identity::try_from(id.clone()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
-            let location = state_location(project, env, &Terminal)?;
-            let store = open_store(project, &location)?;
-            let command = format!("kstack state identity {env} --recover");
-            let adopted = runtime()?.block_on(recover_identity(&store, &location, identity.clone(), &command))?;
-            term::outln(format_args!("`{env}` has identity {identity}; adopted the {adopted} resources carrying it."));
-            Ok(())
-        }
+        Command::Identity { env, recover: Some(id) } => recover(project, env, id),
         Command::Adopt { env, address, id } => {
-            let location = state_location(project, env, &Terminal)?;
-            let store = open_store(project, &location)?;
+            let (location, store) = located(project, env)?;
             let address = Address::from(address.as_str());
             runtime()?.block_on(adopt_one(&store, &location, &address, id, &format!("kstack state adopt {env} {address}")))?;
             term::outln(format_args!("adopted {id} as {address} of `{env}`: its next plan compares it with the model"));
             Ok(())
         }
         Command::Mv { env, from, to } => {
-            let store = open_store(project, &state_location(project, env, &Terminal)?)?;
+            let (_, store) = located(project, env)?;
             let (from, to) = (Address::from(from.as_str()), Address::from(to.as_str()));
-            let command = format!("kstack state mv {env} {from} {to}");
-            let moved = runtime()?.block_on(move_record(&store, &from, &to, &command, &Terminal))?;
+            let moved = runtime()?.block_on(move_record(&store, &from, &to, &format!("kstack state mv {env} {from} {to}"), &Terminal))?;
             let tag = if moved.retagged { "; its kstack:address tag follows" } else { "" };
             term::outln(format_args!("Moved {} from {from} to {to}{tag}. Nothing was replaced.", moved.id));
             Ok(())
         }
-        Command::Rm { env, addresses } => {
-            let store = open_store(project, &state_location(project, env, &Terminal)?)?;
-            let runtime = runtime()?;
-            for address in addresses.iter().map(|a| Address::from(a.as_str())) {
-                let command = format!("kstack state rm {env} {address}");
-                let removed = runtime.block_on(remove_record(&store, &address, &command, &Terminal))?;
-                let tags = if removed.retagged { ", its kstack tags removed" } else { "" };
-                term::outln(format_args!("Removed {address} ({}) from the state of `{env}`: it stays in AWS{tags}.", removed.id));
-            }
-            Ok(())
-        }
+        Command::Rm { env, addresses } => remove(project, env, addresses),
     }
 }
 
+/// Where the environment's state lives, and its store.
+fn located(project: &Project, env: &str) -> Result<(StateLocation, StateStore), CliError> {
+    let location = state_location(project, env, &Terminal)?;
+    let store = open_store(project, &location)?;
+    Ok((location, store))
+}
+
+fn unlock(project: &Project, env: &str, lock_id: Option<&str>, force: bool) -> Result<(), CliError> {
+    let (_, store) = located(project, env)?;
+    match store.unlock(lock_id, force)? {
+        Some(h) => term::outln(format_args!(
+            "removed the lock of `{env}` [lock {}] held by {}@{} (pid {}, `{}`) since {}",
+            h.id, h.holder, h.host, h.pid, h.command, h.started
+        )),
+        None => term::outln(format_args!("`{env}` is not locked")),
+    }
+    Ok(())
+}
+
+fn migrate_state(project: &Project, env: &str, to: Target) -> Result<(), CliError> {
+    let location = state_location(project, env, &Terminal)?;
+    let to = match to {
+        Target::Local => MigrateTo::Local,
+        Target::S3 => MigrateTo::S3,
+    };
+    let Migrated { bytes, target, retired } = migrate(project, &location, to, &format!("kstack state migrate {env}"))?;
+    term::outln(format_args!("Migrated the state of `{env}` ({bytes} bytes) to {target}; retired {retired}."));
+    if to == MigrateTo::Local {
+        term::warning(&format!(
+            "set `state: {{ backend: local }}` in the environment of `{env}` (or remove `state:`) so kstack reads the local file"
+        ));
+    }
+    Ok(())
+}
+
+fn recover(project: &Project, env: &str, id: &str) -> Result<(), CliError> {
+    let identity = Identity::try_from(id.to_owned()).map_err(|why| CliError::failed(why, Some("copy it from a resource's `kstack:id` tag")))?;
+    let (location, store) = located(project, env)?;
+    let command = format!("kstack state identity {env} --recover");
+    let adopted = runtime()?.block_on(recover_identity(&store, &location, identity.clone(), &command))?;
+    term::outln(format_args!("`{env}` has identity {identity}; adopted the {adopted} resources carrying it."));
+    Ok(())
+}
+
+fn remove(project: &Project, env: &str, addresses: &[String]) -> Result<(), CliError> {
+    let (_, store) = located(project, env)?;
+    let runtime = runtime()?;
+    for address in addresses.iter().map(|a| Address::from(a.as_str())) {
+        let removed = runtime.block_on(remove_record(&store, &address, &format!("kstack state rm {env} {address}"), &Terminal))?;
+        let tags = if removed.retagged { ", its kstack tags removed" } else { "" };
+        term::outln(format_args!("Removed {address} ({}) from the state of `{env}`: it stays in AWS{tags}.", removed.id));
+    }
+    Ok(())
+}
+
 fn load(project: &Project, env: &str) -> Result<kstack::state::State, CliError> {
-    let environment = state_location(project, env, &Terminal)?;
-    let store = open_store(project, &environment)?;
-    Ok(store.load()?)
+    Ok(located(project, env)?.1.load()?)
 }
