@@ -201,7 +201,8 @@ pub async fn apply<P: Provider>(
     options: Options,
     watch: Arc<dyn Watch>,
 ) -> Outcome {
-    let mut ids: Ids = BTreeMap::new();
+    // Someone else's VPC and subnets are referred to by their ids alike.
+    let mut ids: Ids = desired.existing().clone();
     for resource in observed {
         ids.entry(resource.address.clone()).or_insert_with(|| resource.id.clone());
     }

@@ -9,21 +9,27 @@ use std::collections::BTreeMap;
 
 use crate::diagnostics::Problems;
 use crate::graph::ResourceGraph;
-use crate::model::network::SubnetLayout;
-use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, RecordTarget, Rule, SubnetSelection};
+use crate::model::network::{SubnetLayout, SubnetPlace};
+use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, RecordTarget, Rule, SubnetSelection, Vpc};
 use crate::resource::{Address, ImageSpec, Kind, LaunchSpec, Peer, Resource, Route, RuleSpec, Spec, UserData};
 use crate::template::Renderer;
 use crate::user_data;
 
 pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGraph> {
     let mut compiler = Compiler { env: &checked.environment, subnets: &checked.subnets, resources: Vec::new() };
-    compiler.network();
+    let existing = match &checked.environment.network.vpc {
+        Vpc::Cidr(_) => {
+            compiler.network();
+            BTreeMap::new()
+        }
+        Vpc::Existing(id) => compiler.existing_network(&id.value),
+    };
     compiler.security_groups();
     compiler.iam();
     compiler.load_balancers();
     compiler.node_groups(problems);
     compiler.dns();
-    match ResourceGraph::build(compiler.resources) {
+    match ResourceGraph::build_with_existing(compiler.resources, existing) {
         Ok(graph) => {
             check_protected(&checked.environment.protect, &graph, problems);
             Some(graph)
@@ -96,10 +102,21 @@ impl Compiler<'_> {
         format!("{}-{name}", self.env.name)
     }
 
+    /// A VPC someone else owns and its subnets, at the addresses kstack's own would have, so
+    /// what refers to them compiles alike: by address, with their ids.
+    fn existing_network(&self, vpc_id: &str) -> BTreeMap<Address, String> {
+        let subnets = self.subnets.iter().filter_map(|s| match &s.place {
+            SubnetPlace::Existing(id) => Some((subnet_address(&s.tier, &s.zone), id.clone())),
+            SubnetPlace::Block(_) => None,
+        });
+        std::iter::once((vpc(), vpc_id.to_owned())).chain(subnets).collect()
+    }
+
     fn network(&mut self) {
         let env_name = self.env.name.clone();
         let network = &self.env.network;
-        self.add(Kind::Vpc, "main", env_name.clone(), Spec::Vpc(VpcSpec { cidr: network.vpc_cidr.value }));
+        let Vpc::Cidr(vpc_cidr) = &network.vpc else { return };
+        self.add(Kind::Vpc, "main", env_name.clone(), Spec::Vpc(VpcSpec { cidr: vpc_cidr.value }));
         let has_public = self.subnets.iter().any(|s| s.public);
         let internet_gateway =
             has_public.then(|| self.add(Kind::InternetGateway, "main", env_name.clone(), Spec::InternetGateway(InternetGatewaySpec { vpc: vpc() })));
@@ -129,7 +146,7 @@ impl Compiler<'_> {
         for (tier, public) in tiers {
             let per_zone = !public && nat_by_zone.len() > 1;
             let mut shared_table = None;
-            for subnet in self.subnets.iter().filter(|s| s.tier == tier) {
+            for (subnet, cidr) in self.subnets.iter().filter(|s| s.tier == tier).filter_map(|s| Some((s, s.block()?))) {
                 let target =
                     if public { internet_gateway.clone() } else { nat_by_zone.get(&subnet.zone).or_else(|| nat_by_zone.values().next()).cloned() };
                 let routes: Vec<Route> =
@@ -148,13 +165,7 @@ impl Compiler<'_> {
                     Kind::Subnet,
                     &format!("{tier}.{}", subnet.zone),
                     self.aws_name(&format!("{tier}-{}", subnet.zone)),
-                    Spec::Subnet(SubnetSpec {
-                        vpc: vpc(),
-                        cidr: subnet.cidr,
-                        zone: subnet.zone.clone(),
-                        map_public_ip_on_launch: public,
-                        route_table: table,
-                    }),
+                    Spec::Subnet(SubnetSpec { vpc: vpc(), cidr, zone: subnet.zone.clone(), map_public_ip_on_launch: public, route_table: table }),
                 );
             }
         }

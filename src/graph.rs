@@ -1,6 +1,6 @@
 //! The resource DAG: resources as nodes, "must exist before" as edges.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use petgraph::algo::toposort;
@@ -25,11 +25,19 @@ pub struct ResourceGraph {
     index: HashMap<Address, NodeIndex>,
     /// Node indices in dependency order, computed once when the graph is built.
     order: Vec<NodeIndex>,
+    /// Resources someone else owns that resources refer to (a VPC and its subnets), by
+    /// address, with their AWS ids: never created, changed or deleted.
+    existing: BTreeMap<Address, String>,
 }
 
 impl ResourceGraph {
     /// Builds the graph, with an edge from each dependency to its dependent.
     pub fn build(resources: Vec<Resource>) -> Result<ResourceGraph, GraphError> {
+        ResourceGraph::build_with_existing(resources, BTreeMap::new())
+    }
+
+    /// [`build`](Self::build), with resources someone else owns that others may refer to.
+    pub fn build_with_existing(resources: Vec<Resource>, existing: BTreeMap<Address, String>) -> Result<ResourceGraph, GraphError> {
         let mut graph = DiGraph::with_capacity(resources.len(), resources.len() * 2);
         let mut index = HashMap::with_capacity(resources.len());
         for resource in resources {
@@ -42,7 +50,7 @@ impl ResourceGraph {
         let mut edges = Vec::new();
         for node in graph.node_indices() {
             let resource = &graph[node];
-            for dependency in resource.dependencies() {
+            for dependency in resource.dependencies().filter(|d| !existing.contains_key(*d)) {
                 let Some(&from) = index.get(dependency) else {
                     return Err(GraphError::Dangling { from: resource.address.clone(), to: dependency.clone() });
                 };
@@ -55,7 +63,12 @@ impl ResourceGraph {
             graph.add_edge(from, to, ());
         }
         let order = toposort(&graph, None).map_err(|cycle| GraphError::Cycle(graph[cycle.node_id()].address.clone()))?;
-        Ok(ResourceGraph { graph, index, order })
+        Ok(ResourceGraph { graph, index, order, existing })
+    }
+
+    /// Resources someone else owns that the graph's resources refer to, with their ids.
+    pub fn existing(&self) -> &BTreeMap<Address, String> {
+        &self.existing
     }
 
     pub fn len(&self) -> usize {

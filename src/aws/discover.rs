@@ -175,3 +175,22 @@ pub async fn user_data(cloud: &Cloud, observed: &[crate::resource::Observed]) ->
     }
     Ok(found)
 }
+
+/// Of a VPC someone else owns and the subnets named in it: each id that does not exist, and
+/// each subnet that is in another VPC (with that VPC).
+pub async fn check_existing(cloud: &Cloud, vpc_id: &str, subnet_ids: &[String]) -> Result<(bool, Vec<(String, Option<String>)>), AwsError> {
+    let vpcs = cloud.ec2.describe_vpcs().filters(Filter::builder().name("vpc-id").values(vpc_id).build()).send().await?;
+    let vpc_exists = !vpcs.vpcs().is_empty();
+    let subnets =
+        cloud.ec2.describe_subnets().filters(Filter::builder().name("subnet-id").set_values(Some(subnet_ids.to_vec())).build()).send().await?;
+    let found: BTreeMap<&str, Option<&str>> = subnets.subnets().iter().filter_map(|s| Some((s.subnet_id()?, s.vpc_id()))).collect();
+    let wrong = subnet_ids
+        .iter()
+        .filter_map(|id| match found.get(id.as_str()) {
+            None => Some((id.clone(), None)),
+            Some(vpc) if *vpc != Some(vpc_id) => Some((id.clone(), vpc.map(str::to_owned))),
+            Some(_) => None,
+        })
+        .collect();
+    Ok((vpc_exists, wrong))
+}

@@ -206,6 +206,15 @@ fn alias_balancers_by_id(observed: &mut [Observed]) {
     }
 }
 
+/// Refers to resources someone else owns (`existing`: address and id, as a VPC kstack does not
+/// own and its subnets) by address in what refresh found, as the model does.
+pub fn refer_to_existing(observed: &mut [Observed], existing: &BTreeMap<Address, String>) {
+    let by_id: BTreeMap<String, Address> = existing.iter().map(|(address, id)| (id.clone(), address.clone())).collect();
+    for resource in observed {
+        ids_to_addresses(&mut resource.attributes, &by_id);
+    }
+}
+
 /// Replaces every string that is the id of a known resource with that resource's address.
 fn ids_to_addresses(value: &mut serde_json::Value, by_id: &BTreeMap<String, Address>) {
     match value {

@@ -16,7 +16,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::lease::{self, Leftover, Standing, LEASE, RENEW_EVERY};
-use super::{BakeError, BakeOptions, HostKeyTrust};
+use super::{BakeError, BakeOptions, BuildSubnet, HostKeyTrust};
 use crate::aws::Cloud;
 
 use crate::model::image::Image;
@@ -196,12 +196,6 @@ impl Watch for Baking<'_> {
     }
 }
 
-/// Where the builder runs.
-struct Place {
-    subnet: String,
-    vpc: String,
-}
-
 /// The builder, once it runs.
 struct Builder {
     instance: String,
@@ -231,8 +225,11 @@ impl Baking<'_> {
     }
 
     /// The subnet of the image's `build:` place: one of the environment's own.
-    async fn place(&self) -> Result<Place, BakeError> {
+    async fn place(&self) -> Result<BuildSubnet, BakeError> {
         let (cloud, image) = (self.cloud, self.image);
+        if let Some(given) = &self.options.build_subnet {
+            return Ok(given.clone());
+        }
         let Some(place) = &image.build else {
             return Err(BakeError::NowhereToBuild { image: image.name.clone() });
         };
@@ -252,7 +249,7 @@ impl Baking<'_> {
                 region: cloud.region.clone(),
             });
         };
-        Ok(Place { subnet: subnet.subnet_id().unwrap_or_default().to_owned(), vpc: subnet.vpc_id().unwrap_or_default().to_owned() })
+        Ok(BuildSubnet { subnet: subnet.subnet_id().unwrap_or_default().to_owned(), vpc: subnet.vpc_id().unwrap_or_default().to_owned() })
     }
 
     /// The tags of everything the bake makes: the bake, its content, and its lease.
@@ -269,7 +266,7 @@ impl Baking<'_> {
         Ok(marker)
     }
 
-    async fn security_group(&self, place: &Place, marker: &[(String, String)]) -> Result<String, BakeError> {
+    async fn security_group(&self, place: &BuildSubnet, marker: &[(String, String)]) -> Result<String, BakeError> {
         self.step("creating a temporary security group");
         let group = self
             .cloud
@@ -287,7 +284,7 @@ impl Baking<'_> {
 
     /// Launches the builder with a one-off key, installed by cloud-init from user data (no EC2
     /// key pair to leak), and waits until it runs.
-    async fn launch(&self, place: &Place, group: &str, marker: &[(String, String)]) -> Result<Builder, BakeError> {
+    async fn launch(&self, place: &BuildSubnet, group: &str, marker: &[(String, String)]) -> Result<Builder, BakeError> {
         let (cloud, image, source) = (self.cloud, self.image, self.source);
         let public = self.key.public_key().to_openssh().map_err(|e| BakeError::Local { doing: "writing the SSH key", error: e.to_string() })?;
         let user_data = format!("#cloud-config\nssh_authorized_keys:\n  - {public}\n");

@@ -92,6 +92,7 @@ impl BakeError {
     }
 }
 
+#[derive(Default)]
 pub struct BakeOptions {
     pub force: bool,
     pub keep_on_error: bool,
@@ -104,6 +105,16 @@ pub struct BakeOptions {
     pub host_key_wait: Duration,
     /// Set by Ctrl-C or SIGTERM: the bake stops and removes what it made.
     pub stop: crate::stop::Stop,
+    /// Where the builder runs when the build environment's network is someone else's (its
+    /// subnets carry no kstack tag to find them by).
+    pub build_subnet: Option<BuildSubnet>,
+}
+
+/// A subnet the builder runs in, and its VPC.
+#[derive(Debug, Clone)]
+pub struct BuildSubnet {
+    pub subnet: String,
+    pub vpc: String,
 }
 
 /// How the bake came to trust the builder's SSH host key.

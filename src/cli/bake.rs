@@ -82,8 +82,9 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         ssh_timeout: Duration::from_secs(args.ssh_timeout),
         host_key_wait: Duration::from_secs(args.host_key_wait),
         stop: stop_on_signals(&runtime),
+        ..BakeOptions::default()
     };
-    let baked = runtime.block_on(baking.bake(&options, steps.clone()));
+    let baked = runtime.block_on(baking.bake(options, steps.clone()));
     steps.finish();
     let manifest = baked?;
     let json = serde_json::to_string_pretty(&manifest).unwrap_or_default();

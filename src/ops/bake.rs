@@ -6,10 +6,12 @@ use std::sync::Arc;
 use super::load::{for_bake, open_store, ForBake};
 use super::{Notice, OpsError};
 use crate::aws::Cloud;
-use crate::bake::{bake, cleanup_leftovers, BakeError, BakeOptions, Manifest};
+use crate::bake::{bake, cleanup_leftovers, BakeError, BakeOptions, BuildSubnet, Manifest};
 use crate::events::Watch;
 use crate::model::image::Image;
+use crate::model::network::SubnetPlace;
 use crate::model::Project;
+use crate::model::Vpc;
 use crate::roles::Role;
 
 /// An image ready to bake: its roles, and AWS where its builder runs.
@@ -17,20 +19,31 @@ pub struct Baking {
     image: Image,
     roles: Vec<Role>,
     pub cloud: Cloud,
+    /// The build subnet, when the build environment's network is someone else's.
+    build_subnet: Option<BuildSubnet>,
 }
 
 impl Baking {
     pub async fn open(project: &Project, image: &str, notice: &dyn Notice) -> Result<Baking, OpsError> {
-        let ForBake { image, roles, environment } = for_bake(project, image, notice)?;
-        let environment = &environment.environment;
+        let ForBake { image, roles, environment: checked } = for_bake(project, image, notice)?;
+        let environment = &checked.environment;
         let owner = open_store(project, &environment.state_location())?.load()?.owner();
         let cloud = Cloud::connect(&environment.region.value, owner).await;
-        Ok(Baking { image, roles, cloud })
+        let tier = image.build.as_ref().map(|b| b.subnet_tier.as_str());
+        let build_subnet = match &environment.network.vpc {
+            Vpc::Existing(vpc) => checked.subnets.iter().find(|s| Some(s.tier.as_str()) == tier).and_then(|s| match &s.place {
+                SubnetPlace::Existing(subnet) => Some(BuildSubnet { subnet: subnet.clone(), vpc: vpc.value.clone() }),
+                SubnetPlace::Block(_) => None,
+            }),
+            Vpc::Cidr(_) => None,
+        };
+        Ok(Baking { image, roles, cloud, build_subnet })
     }
 
     /// Bakes the image, or reuses the AMI of the same content.
-    pub async fn bake(&self, options: &BakeOptions, watch: Arc<dyn Watch>) -> Result<Manifest, OpsError> {
-        bake(&self.cloud, &self.image, &self.roles, options, watch).await.map_err(|error| {
+    pub async fn bake(&self, options: BakeOptions, watch: Arc<dyn Watch>) -> Result<Manifest, OpsError> {
+        let options = BakeOptions { build_subnet: self.build_subnet.clone(), ..options };
+        bake(&self.cloud, &self.image, &self.roles, &options, watch).await.map_err(|error| {
             let what = if matches!(error, BakeError::Stopped(_)) { "stopped" } else { "failed" };
             let message = format!("bake of `{}` in {} {what}: {error}", self.image.name, self.cloud.region);
             let hint = Some(String::from(if options.keep_on_error { "the builder was kept; see above" } else { "everything temporary was removed" }));

@@ -87,6 +87,45 @@ async fn check_dns_zones(cloud: &Cloud, environment: &crate::model::Environment,
     }
 }
 
+/// A VPC someone else owns exists in the region, and each subnet the environment names is in
+/// it; each one that is not is a problem at its place.
+async fn check_existing_network(
+    cloud: &Cloud,
+    environment: &crate::model::Environment,
+    sources: &crate::diagnostics::Sources,
+) -> Result<(), OpsError> {
+    let crate::model::Vpc::Existing(vpc) = &environment.network.vpc else { return Ok(()) };
+    let subnets: Vec<&crate::diagnostics::Spanned<String>> = environment
+        .network
+        .subnet_tiers
+        .iter()
+        .flat_map(|t| match &t.cidrs {
+            crate::model::SubnetCidrs::Existing(ids) => ids.iter().map(|(_, id)| id).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let ids: Vec<String> = subnets.iter().map(|s| s.value.clone()).collect();
+    let region = &environment.region.value;
+    let (vpc_exists, wrong) = aws::discover::check_existing(cloud, &vpc.value, &ids).await.map_err(OpsError::aws(region, "reading the VPC"))?;
+    let mut problems = Problems::default();
+    if !vpc_exists {
+        problems.error(vpc.loc, format!("{region} has no VPC `{}`", vpc.value)).label("not found").hint("check the id and the region");
+    }
+    for (id, elsewhere) in wrong {
+        let Some(subnet) = subnets.iter().find(|s| s.value == id) else { continue };
+        match elsewhere {
+            Some(other) => problems
+                .error(subnet.loc, format!("subnet `{id}` is in {other}, not in {}", vpc.value))
+                .hint("name a subnet of the environment's VPC"),
+            None => problems.error(subnet.loc, format!("{region} has no subnet `{id}`")).label("not found").hint("check the id and the region"),
+        };
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(OpsError::in_environment(&environment.name, problems, sources.clone())),
+    }
+}
+
 /// A record of the model whose name and type (or a CNAME beside its name) the zone already
 /// holds, made by someone else, is a problem at its place: kstack never takes or replaces a
 /// record it did not make.
@@ -280,6 +319,7 @@ impl Session {
         let cloud = Cloud { owner: state.owner(), ..cloud };
         if let Some((compiled, sources)) = &compiled {
             check_dns_zones(&cloud, &compiled.checked.environment, sources).await?;
+            check_existing_network(&cloud, &compiled.checked.environment, sources).await?;
         }
         let (mut graph, images, model, sources) = match compiled {
             Some((compiled, sources)) => (compiled.graph, compiled.images, Some(compiled.checked.environment), Some(sources)),
@@ -304,6 +344,7 @@ impl Session {
         let started = Instant::now();
         let refreshed = aws::refresh(&cloud).await.map_err(OpsError::aws(&region, "refreshing"))?;
         let mut observed = refreshed.observed;
+        aws::refer_to_existing(&mut observed, graph.existing());
         let by_operation: BTreeMap<String, u64> = cloud
             .calls
             .snapshot()

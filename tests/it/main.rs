@@ -6,6 +6,7 @@
 mod bake;
 mod cloud;
 mod dns;
+mod existing_vpc;
 mod hostile_input;
 mod import;
 mod loopback_only;

@@ -314,7 +314,18 @@ pub fn cidr(node: &Node, problems: &mut Problems) -> Option<Spanned<Ipv4Net>> {
 fn network(node: &Node, problems: &mut Problems) -> Option<Network> {
     let mut map = MapReader::new(node, "network", problems)?;
     let loc = map.loc();
-    let vpc_cidr = map.required("vpc_cidr", problems).and_then(|n| cidr(n, problems));
+    if let Some(vpc_id) = map.get("vpc_id") {
+        return existing_network(vpc_id, map, problems);
+    }
+    let vpc_cidr = match map.get("vpc_cidr") {
+        Some(node) => cidr(node, problems),
+        None => {
+            problems
+                .error(loc, "the network needs `vpc_cidr` (a VPC kstack makes) or `vpc_id` (one someone else owns)")
+                .hint("e.g. `vpc_cidr: 10.20.0.0/16`, or `vpc_id: vpc-0abc` with `subnets: { private: { eu-west-1a: subnet-0abc } }`");
+            None
+        }
+    };
     let availability_zones = map.required("availability_zones", problems).and_then(|n| string_list(n, problems));
     let subnet_tiers = map.required("subnets", problems).map(|n| named(n, "subnet tier", problems, subnet_tier));
     let nat_gateways = map
@@ -322,7 +333,55 @@ fn network(node: &Node, problems: &mut Problems) -> Option<Network> {
         .and_then(|n| choice(n, &[("per_zone", NatGateways::PerZone), ("single", NatGateways::Single), ("none", NatGateways::None)], problems))
         .map_or(NatGateways::PerZone, |c| c.value);
     map.finish(problems);
-    Some(Network { vpc_cidr: vpc_cidr?, availability_zones: availability_zones?, subnet_tiers: subnet_tiers?, nat_gateways, loc })
+    Some(Network { vpc: Vpc::Cidr(vpc_cidr?), availability_zones: availability_zones?, subnet_tiers: subnet_tiers?, nat_gateways, loc })
+}
+
+/// `network: { vpc_id: vpc-…, subnets: { <tier>: { <zone>: subnet-… } } }`: a VPC someone else
+/// owns. Its zones are those its subnets name; kstack makes no gateway or route table in it.
+fn existing_network(vpc_id: &Node, mut map: MapReader<'_>, problems: &mut Problems) -> Option<Network> {
+    let loc = map.loc();
+    let vpc = aws_id(vpc_id, "vpc", problems);
+    for made in ["vpc_cidr", "nat_gateways", "availability_zones"] {
+        if let Some(node) = map.get(made) {
+            problems
+                .error(yaml::loc(node), format!("`{made}` describes a VPC kstack makes; with `vpc_id` the VPC is someone else's"))
+                .label("not with vpc_id")
+                .hint("remove it: the zones are those the subnets name, and kstack makes no gateway in a VPC it does not own");
+        }
+    }
+    let tiers = map.required("subnets", problems).map(|n| {
+        named(n, "subnet tier", problems, |name, node, problems| {
+            let ids = named(node, "zone", problems, |zone, id, problems| aws_id(id, "subnet", problems).map(|id| (zone, id)));
+            Some(SubnetTier { name, public: false, cidrs: SubnetCidrs::Existing(ids) })
+        })
+    });
+    map.finish(problems);
+    let subnet_tiers = tiers?;
+    let mut availability_zones: Vec<Spanned<String>> = Vec::new();
+    for tier in &subnet_tiers {
+        let SubnetCidrs::Existing(ids) = &tier.cidrs else { continue };
+        for (zone, _) in ids {
+            if !availability_zones.iter().any(|z| z.value == zone.value) {
+                availability_zones.push(zone.clone());
+            }
+        }
+    }
+    Some(Network { vpc: Vpc::Existing(vpc?), availability_zones, subnet_tiers, nat_gateways: NatGateways::None, loc })
+}
+
+/// An AWS id of `kind` (`vpc-0abc…`, `subnet-0abc…`): the prefix, then 8 or 17 hex digits.
+fn aws_id(node: &Node, kind: &str, problems: &mut Problems) -> Option<Spanned<String>> {
+    let text = string(node, problems)?;
+    let valid =
+        text.value.strip_prefix(&format!("{kind}-")).is_some_and(|hex| matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit()));
+    if !valid {
+        problems
+            .error(text.loc, format!("`{}` is not a {kind} id", text.value))
+            .label(format!("not a {kind} id"))
+            .hint(format!("{kind} ids are `{kind}-` and 8 or 17 hex digits, as the AWS console shows them"));
+        return None;
+    }
+    Some(text)
 }
 
 fn subnet_tier(name: Spanned<String>, node: &Node, problems: &mut Problems) -> Option<SubnetTier> {

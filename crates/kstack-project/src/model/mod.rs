@@ -80,11 +80,21 @@ impl Protection {
 
 #[derive(Debug, Clone)]
 pub struct Network {
-    pub vpc_cidr: Spanned<Ipv4Net>,
+    pub vpc: Vpc,
     pub availability_zones: Vec<Spanned<String>>,
     pub subnet_tiers: Vec<SubnetTier>,
     pub nat_gateways: NatGateways,
     pub loc: Loc,
+}
+
+/// The VPC the environment lives in.
+#[derive(Debug, Clone)]
+pub enum Vpc {
+    /// kstack makes it with this range, and its subnets, gateways and route tables.
+    Cidr(Spanned<Ipv4Net>),
+    /// Someone else's (`vpc_id:`): kstack reads it and its subnets, never changes or deletes
+    /// them, and puts the environment's groups, balancers and nodes in them.
+    Existing(Spanned<String>),
 }
 
 /// A row of subnets, one per availability zone, sharing a routing policy.
@@ -101,6 +111,8 @@ pub enum SubnetCidrs {
     Carved { prefix_len: Spanned<u8> },
     /// One explicit block per zone, by zone name.
     Explicit(Vec<(Spanned<String>, Spanned<Ipv4Net>)>),
+    /// Subnets someone else made in a VPC kstack does not own: one id per zone.
+    Existing(Vec<(Spanned<String>, Spanned<String>)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -1,4 +1,5 @@
-//! Lays out subnets: one per tier and zone, explicit or carved from the VPC CIDR.
+//! Lays out subnets: one per tier and zone, explicit or carved from the VPC CIDR, or the
+//! subnets someone else made in a VPC kstack does not own.
 //!
 //! Carving is deterministic: explicit blocks are reserved first, then each carved tier, in
 //! file order, takes for each zone (in the order listed) the lowest free aligned block of its
@@ -6,20 +7,41 @@
 
 use ipnet::Ipv4Net;
 
-use super::{Network, SubnetCidrs};
+use super::{Network, SubnetCidrs, Vpc};
 use crate::diagnostics::{Loc, Problems};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetLayout {
     pub tier: String,
     pub zone: String,
-    pub cidr: Ipv4Net,
+    pub place: SubnetPlace,
     pub public: bool,
     pub loc: Loc,
 }
 
+/// Where a subnet is: a block kstack makes it with, or someone else's subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubnetPlace {
+    Block(Ipv4Net),
+    Existing(String),
+}
+
+impl SubnetLayout {
+    /// The block of a subnet kstack makes.
+    pub fn block(&self) -> Option<Ipv4Net> {
+        match &self.place {
+            SubnetPlace::Block(cidr) => Some(*cidr),
+            SubnetPlace::Existing(_) => None,
+        }
+    }
+}
+
 pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
-    let vpc = network.vpc_cidr.value;
+    let vpc = match &network.vpc {
+        Vpc::Cidr(cidr) => cidr,
+        Vpc::Existing(_) => return existing(network),
+    };
+    let (vpc, vpc_line) = (vpc.value, vpc.loc.line);
     let mut subnets: Vec<SubnetLayout> = Vec::new();
     for tier in &network.subnet_tiers {
         let SubnetCidrs::Explicit(blocks) = &tier.cidrs else {
@@ -30,7 +52,7 @@ pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
                 Some((_, cidr)) => subnets.push(SubnetLayout {
                     tier: tier.name.value.clone(),
                     zone: zone.value.clone(),
-                    cidr: cidr.value,
+                    place: SubnetPlace::Block(cidr.value),
                     public: tier.public,
                     loc: cidr.loc,
                 }),
@@ -50,7 +72,7 @@ pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
             }
         }
     }
-    check_explicit(vpc, network, &subnets, problems);
+    check_explicit(vpc, vpc_line, &subnets, problems);
 
     for tier in &network.subnet_tiers {
         let SubnetCidrs::Carved { prefix_len } = &tier.cidrs else {
@@ -63,13 +85,13 @@ pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
             continue;
         }
         for zone in &network.availability_zones {
-            let taken: Vec<Ipv4Net> = subnets.iter().map(|s| s.cidr).collect();
+            let taken: Vec<Ipv4Net> = subnets.iter().filter_map(SubnetLayout::block).collect();
             let free = vpc.subnets(prefix_len.value).ok().and_then(|mut blocks| blocks.find(|b| !taken.iter().any(|t| overlaps(*t, *b))));
             match free {
                 Some(cidr) => subnets.push(SubnetLayout {
                     tier: tier.name.value.clone(),
                     zone: zone.value.clone(),
-                    cidr,
+                    place: SubnetPlace::Block(cidr),
                     public: tier.public,
                     loc: prefix_len.loc,
                 }),
@@ -89,26 +111,40 @@ pub fn layout(network: &Network, problems: &mut Problems) -> Vec<SubnetLayout> {
     subnets
 }
 
+/// The subnets of a VPC someone else owns, as the environment names them.
+fn existing(network: &Network) -> Vec<SubnetLayout> {
+    let mut subnets = Vec::new();
+    for tier in &network.subnet_tiers {
+        let SubnetCidrs::Existing(ids) = &tier.cidrs else { continue };
+        for (zone, id) in ids {
+            let place = SubnetPlace::Existing(id.value.clone());
+            subnets.push(SubnetLayout { tier: tier.name.value.clone(), zone: zone.value.clone(), place, public: tier.public, loc: id.loc });
+        }
+    }
+    subnets
+}
+
 fn zone_names(network: &Network) -> Vec<&str> {
     network.availability_zones.iter().map(|z| z.value.as_str()).collect()
 }
 
-fn check_explicit(vpc: Ipv4Net, network: &Network, subnets: &[SubnetLayout], problems: &mut Problems) {
-    for (i, subnet) in subnets.iter().enumerate() {
-        if !vpc.contains(&subnet.cidr) {
+fn check_explicit(vpc: Ipv4Net, vpc_line: usize, subnets: &[SubnetLayout], problems: &mut Problems) {
+    let blocks: Vec<(&SubnetLayout, Ipv4Net)> = subnets.iter().filter_map(|s| Some((s, s.block()?))).collect();
+    for (i, (subnet, cidr)) in blocks.iter().enumerate() {
+        if !vpc.contains(cidr) {
             problems
-                .error(subnet.loc, format!("subnet {} is outside the VPC CIDR {}", subnet.cidr, vpc))
+                .error(subnet.loc, format!("subnet {cidr} is outside the VPC CIDR {vpc}"))
                 .label("outside the VPC")
-                .hint(format!("choose a block inside {vpc}, declared at line {}", network.vpc_cidr.loc.line));
+                .hint(format!("choose a block inside {vpc}, declared at line {vpc_line}"));
         }
-        if let Some(other) = subnets[..i].iter().find(|o| overlaps(o.cidr, subnet.cidr)) {
+        if let Some((other, other_cidr)) = blocks[..i].iter().find(|(_, o)| overlaps(*o, *cidr)) {
             problems
-                .error(subnet.loc, format!("subnet {} overlaps subnet {} ({} in {})", subnet.cidr, other.cidr, other.tier, other.zone))
+                .error(subnet.loc, format!("subnet {cidr} overlaps subnet {other_cidr} ({} in {})", other.tier, other.zone))
                 .label("overlapping block")
                 .hint(format!("subnets must not share addresses; the other block is on line {}", other.loc.line));
         }
-        if subnet.cidr.prefix_len() > 28 {
-            problems.error(subnet.loc, format!("subnet {} is smaller than AWS allows", subnet.cidr)).hint("AWS subnets are /16 to /28");
+        if cidr.prefix_len() > 28 {
+            problems.error(subnet.loc, format!("subnet {cidr} is smaller than AWS allows")).hint("AWS subnets are /16 to /28");
         }
     }
 }
@@ -129,7 +165,7 @@ mod tests {
 
     fn network(tiers: Vec<SubnetTier>) -> Network {
         Network {
-            vpc_cidr: Spanned::new("10.0.0.0/16".parse().unwrap(), at()),
+            vpc: Vpc::Cidr(Spanned::new("10.0.0.0/16".parse().unwrap(), at())),
             availability_zones: ["a", "b"].iter().map(|z| Spanned::new(z.to_string(), at())).collect(),
             subnet_tiers: tiers,
             nat_gateways: NatGateways::None,
@@ -154,7 +190,7 @@ mod tests {
         let mut problems = Problems::default();
         let subnets = layout(&network(vec![carved("private", 20), explicit, carved("public", 24)]), &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
-        let cidrs: Vec<String> = subnets.iter().map(|s| format!("{}:{}:{}", s.tier, s.zone, s.cidr)).collect();
+        let cidrs: Vec<String> = subnets.iter().map(|s| format!("{}:{}:{}", s.tier, s.zone, s.block().unwrap())).collect();
         assert_eq!(
             cidrs,
             [
