@@ -567,3 +567,36 @@ async fn fleet_template(aws: &Clients) -> String {
     assert_eq!(names.len(), 1, "{names:?}");
     names[0].to_owned()
 }
+
+/// An image built in an environment whose VPC someone else owns: that VPC's subnets carry no
+/// kstack tag, so the builder is placed in the tier's subnet the environment names. Here the
+/// builder never answers SSH; the bake gives up and removes what it made.
+#[test]
+fn a_bake_in_a_vpc_someone_else_owns_runs_its_builder_in_the_subnet_the_environment_names() {
+    let moto = Moto::start();
+    let rt = runtime();
+    let project = Project::fixture("project");
+    let aws = rt.block_on(moto.clients());
+    rt.block_on(aws.seed_image("node"));
+    let (vpc, subnet) = rt.block_on(async {
+        // Loopback ranges: the emulator gives the builder an address this machine answers for.
+        let vpc = aws.ec2.create_vpc().cidr_block("127.61.0.0/16").send().await.unwrap().vpc().unwrap().vpc_id().unwrap().to_owned();
+        let made = aws.ec2.create_subnet().vpc_id(&vpc).cidr_block("127.61.1.0/24").availability_zone("eu-west-1a").send().await.unwrap();
+        (vpc, made.subnet().unwrap().subnet_id().unwrap().to_owned())
+    });
+    project.write(
+        "environments/shared.yaml",
+        &format!("region: eu-west-1\nnetwork:\n  vpc_id: {vpc}\n  subnets:\n    nodes: {{ eu-west-1a: {subnet} }}\n"),
+    );
+    project.edit("images/node.yaml", "  environment: fleet\n", "  environment: shared\n");
+    let mut child =
+        project.kstack_process(&moto).args(["bake", "node", "--ssh-timeout", "2"]).args(HOST_KEY_WAIT).stdin(Stdio::null()).spawn().unwrap();
+    until("a builder is launched", || !builders(&aws, &rt).is_empty() || child.try_wait().unwrap().is_some());
+    let placed = builders(&aws, &rt);
+    assert!(!placed.is_empty(), "{}", String::from_utf8_lossy(&wait(child).stderr));
+    assert_eq!(placed[0].subnet_id(), Some(subnet.as_str()), "the builder runs in the environment's subnet");
+    assert_eq!(placed[0].vpc_id(), Some(vpc.as_str()));
+    let output = wait(child);
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
+    until("the builder and its group are removed", || leftovers(&aws, &rt) == (0, 0));
+}
