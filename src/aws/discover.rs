@@ -194,3 +194,16 @@ pub async fn check_existing(cloud: &Cloud, vpc_id: &str, subnet_ids: &[String]) 
         .collect();
     Ok((vpc_exists, wrong))
 }
+
+/// The names of hosted zones, by id (`Z123…`), one call each; a zone that is gone is left out.
+pub async fn zone_names(cloud: &Cloud, ids: &BTreeSet<String>) -> Result<Vec<String>, AwsError> {
+    let mut names = Vec::new();
+    for id in ids {
+        match cloud.route53.get_hosted_zone().id(id).send().await.map_err(AwsError::from) {
+            Ok(zone) => names.extend(zone.hosted_zone().map(|z| z.name().trim_end_matches('.').to_ascii_lowercase())),
+            Err(error) if error.is_not_found() || error.is_code("NoSuchHostedZone") => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(names)
+}

@@ -83,33 +83,42 @@ pub(super) async fn read(cloud: &Cloud) -> Result<Vec<Observed>, AwsError> {
     let mut profiles = Vec::new();
     let mut pages = cloud.iam.list_instance_profiles().path_prefix(&prefix).into_paginator().send();
     while let Some(page) = pages.next().await {
-        profiles.extend(page?.instance_profiles().iter().cloned());
+        profiles.extend(page?.instance_profiles().iter().filter(|p| p.path().starts_with(&prefix)).cloned());
     }
     // Profiles state records outside the environment's path (imported), one call each.
     for arn in super::tags::untagged_recorded(cloud, Kind::InstanceProfile, profiles.iter().map(|p| p.arn())) {
-        let name = arn.rsplit('/').next().unwrap_or_default();
-        match cloud.iam.get_instance_profile().instance_profile_name(name).send().await.map_err(AwsError::from) {
-            Ok(got) => profiles.extend(got.instance_profile().cloned()),
-            Err(error) if error.is_not_found() => {}
-            Err(error) => return Err(error),
-        }
+        profiles.extend(get_instance_profile(cloud, arn.rsplit('/').next().unwrap_or_default()).await?);
     }
     {
         for profile in &profiles {
-            // AWS's listing leaves tags out (the emulator's does not, and lacks the call for
-            // them); an environment has a handful of profiles.
-            let tags = match profile.tags() {
-                [] => {
-                    let listed = cloud.iam.list_instance_profile_tags().instance_profile_name(profile.instance_profile_name()).send().await?;
-                    tags_of(listed.tags())
-                }
-                tags => tags_of(tags),
+            // AWS's listing leaves tags out, GetInstanceProfile gives them (the emulator lacks
+            // ListInstanceProfileTags); an environment has a handful of profiles.
+            let fetched;
+            let profile = match profile.tags() {
+                [] => match get_instance_profile(cloud, profile.instance_profile_name()).await? {
+                    Some(got) => {
+                        fetched = got;
+                        &fetched
+                    }
+                    None => continue,
+                },
+                _ => profile,
             };
+            let tags = tags_of(profile.tags());
             let attributes = json!({ "role": profile.roles().first().map(|r| r.arn()) });
             found.extend(super::tags::observed(&cloud.owner, Kind::InstanceProfile, profile.arn(), tags, attributes));
         }
     }
     Ok(found)
+}
+
+/// An instance profile with its tags, if it exists.
+async fn get_instance_profile(cloud: &Cloud, name: &str) -> Result<Option<aws_sdk_iam::types::InstanceProfile>, AwsError> {
+    match cloud.iam.get_instance_profile().instance_profile_name(name).send().await.map_err(AwsError::from) {
+        Ok(got) => Ok(got.instance_profile().cloned()),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 /// Where new roles and profiles go: the path that names the environment's identity.

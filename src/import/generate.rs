@@ -151,7 +151,43 @@ impl<'a> Writer<'a> {
         self.iam_roles();
         self.load_balancers();
         self.node_groups();
+        self.dns();
         self.out
+    }
+
+    /// Records, in the zone most of them are in unless they name theirs; each keyed by its
+    /// name within its zone.
+    fn dns(&mut self) {
+        let records: Vec<&Observed> = self.of_kind(Kind::DnsRecord).collect();
+        let mut by_zone: BTreeMap<&str, usize> = BTreeMap::new();
+        for record in &records {
+            *by_zone.entry(record.attributes["zone"].as_str().unwrap_or_default()).or_default() += 1;
+        }
+        let Some((zone, _)) = by_zone.iter().max_by_key(|(_, count)| **count) else { return };
+        let _ = writeln!(self.out, "\ndns:\n  zone: {}\n  records:", scalar(zone));
+        let mut keys = BTreeSet::new();
+        for record in records {
+            let a = &record.attributes;
+            let (name, record_zone) = (a["name"].as_str().unwrap_or_default(), a["zone"].as_str().unwrap_or_default());
+            let relative = name.strip_suffix(record_zone).unwrap_or(name).trim_end_matches('.');
+            let base = model_name(self.existing.environment, &relative.replace('*', "wildcard").replace('.', "-"));
+            let base = if base.is_empty() { String::from("apex") } else { base };
+            let key = (1..).map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") }).find(|k| !keys.contains(k)).unwrap_or(base);
+            keys.insert(key.clone());
+            let mut parts = vec![format!("name: {}", quoted(name)), format!("type: {}", a["type"].as_str().unwrap_or("A"))];
+            match a["alias"].as_str() {
+                Some(balancer) => parts.push(format!("alias: {}", self.name_of(balancer))),
+                None => {
+                    parts.push(format!("ttl: {}", a["ttl"]));
+                    let values: Vec<String> = a["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(quoted)).collect();
+                    parts.push(format!("values: [{}]", values.join(", ")));
+                }
+            }
+            if record_zone != *zone {
+                parts.push(format!("zone: {}", scalar(record_zone)));
+            }
+            let _ = writeln!(self.out, "    {key}: {{ {} }}", parts.join(", "));
+        }
     }
 
     /// The VPC's tags (`Name`, kstack's and AWS's aside) as the environment's `tags:`, which

@@ -212,6 +212,10 @@ pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'
         std::iter::once((Address::new(f.kind, &f.id), f.kind, f.id.clone())).chain(rules)
     });
     let cloud = Cloud::connect(region, Owner::new(environment, None, records.collect::<Vec<_>>())).await;
+    // DNS records are read in the zones they are in.
+    let zone_ids = found.iter().filter(|f| f.kind == Kind::DnsRecord).filter_map(|f| f.id.split('|').next().map(str::to_owned)).collect();
+    let zones = aws::discover::zone_names(&cloud, &zone_ids).await.map_err(OpsError::aws(region, "reading hosted zones"))?;
+    let cloud = cloud.with_dns_zones(zones.iter().map(String::as_str));
     let refreshed = aws::refresh(&cloud).await.map_err(OpsError::aws(region, "reading what exists"))?;
     let user_data = aws::discover::user_data(&cloud, &refreshed.observed).await.map_err(OpsError::aws(region, "reading user data"))?;
     let source = match (request.terraform, request.vpc) {

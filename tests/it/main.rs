@@ -22,5 +22,6 @@ mod ssh;
 mod stack_roles;
 mod state_backend;
 mod state_surgery;
+mod terraform;
 mod validate;
 mod vm;
