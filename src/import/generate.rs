@@ -62,6 +62,11 @@ fn model_name(environment: &str, name: &str) -> String {
     name.trim_matches('-').to_owned()
 }
 
+/// `base`, or `base-2`, `base-3`, ... : the first that is not `taken`.
+fn unique(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    (1..).map(|n| if n == 1 { base.to_owned() } else { format!("{base}-{n}") }).find(|name| !taken(name)).unwrap_or_else(|| base.to_owned())
+}
+
 /// A string as YAML reads it back unchanged (JSON's double-quoted form is YAML).
 fn quoted(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_default()
@@ -105,7 +110,7 @@ impl<'a> Writer<'a> {
             for observed in self.of_kind(kind).collect::<Vec<_>>() {
                 let base = self.found_name(observed);
                 let used = taken.entry(kind).or_default();
-                let name = (1..).map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") }).find(|n| !used.contains(n)).unwrap_or(base);
+                let name = unique(&base, |n| used.contains(n));
                 used.insert(name.clone());
                 self.names.insert(observed.address.to_string(), name);
             }
@@ -127,10 +132,7 @@ impl<'a> Writer<'a> {
         for subnet in subnets {
             let base = if public(subnet) { "public" } else { "private" };
             let zone = subnet.attributes["zone"].as_str().unwrap_or_default().to_owned();
-            let tier = (1..)
-                .map(|n| if n == 1 { base.to_owned() } else { format!("{base}-{n}") })
-                .find(|t| !per_tier_zone.contains(&(t.clone(), zone.clone())));
-            let tier = tier.unwrap_or_else(|| base.to_owned());
+            let tier = unique(base, |t| per_tier_zone.contains(&(t.to_owned(), zone.clone())));
             per_tier_zone.insert((tier.clone(), zone));
             self.tiers.insert(subnet.address.to_string(), tier);
         }
@@ -172,7 +174,7 @@ impl<'a> Writer<'a> {
             let relative = name.strip_suffix(record_zone).unwrap_or(name).trim_end_matches('.');
             let base = model_name(self.existing.environment, &relative.replace('*', "wildcard").replace('.', "-"));
             let base = if base.is_empty() { String::from("apex") } else { base };
-            let key = (1..).map(|n| if n == 1 { base.clone() } else { format!("{base}-{n}") }).find(|k| !keys.contains(k)).unwrap_or(base);
+            let key = unique(&base, |k| keys.contains(k));
             keys.insert(key.clone());
             let mut parts = vec![format!("name: {}", quoted(name)), format!("type: {}", a["type"].as_str().unwrap_or("A"))];
             match a["alias"].as_str() {

@@ -2,11 +2,7 @@
 //! balancer and nodes go in that VPC's subnets; the VPC and subnets are read, checked, never
 //! changed, and still there after `destroy`.
 
-use kstack_testkit::{json, Emulated, Project};
-
-fn said(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
+use kstack_testkit::{json, said, Emulated, Project};
 
 const ENVIRONMENT: &str = "region: eu-west-1
 network:

@@ -5,22 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use kstack_testkit::{json, Emulated, Project};
+use kstack_testkit::{json, plan_changes, said, Emulated, Project};
 use serde_json::{json, Value};
-
-fn said(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// The plan's actions other than no-ops, as `action address`.
-fn changes(plan: &Value) -> Vec<String> {
-    let actions = plan["plan"]["actions"].as_array().unwrap();
-    actions
-        .iter()
-        .filter(|a| a["action"] != "no_op")
-        .map(|a| format!("{} {}", a["action"].as_str().unwrap(), a["address"].as_str().unwrap()))
-        .collect()
-}
 
 /// Terraform's type for a kstack kind, and the attribute its id is in.
 fn terraform_type(kind: &str) -> Option<(&'static str, &'static str)> {
@@ -142,37 +128,41 @@ async fn fleet(aws: &kstack_testkit::Clients, balancer: &str) -> (BTreeMap<Strin
 }
 
 /// A cluster of `dev`'s shape that kstack knows nothing of: made, then stripped of every
-/// kstack tag and of its state, AWS cannot tell it from one another tool made. What state
-/// recorded of it, by address.
-fn made_elsewhere(
-    project: &Project,
-    moto: &kstack_testkit::Moto,
-    rt: &tokio::runtime::Runtime,
-    aws: &kstack_testkit::Clients,
-) -> BTreeMap<String, Value> {
+/// kstack tag and of its state, AWS cannot tell it from one another tool made.
+struct Elsewhere {
+    /// What state recorded of it, by address.
+    records: BTreeMap<String, Value>,
+    balancer: String,
+    vpc: String,
+    /// Its nodes by group, and the balancer's registrations, before anything took it over.
+    fleet: (BTreeMap<String, Vec<String>>, Vec<String>),
+}
+
+fn made_elsewhere(project: &Project, moto: &kstack_testkit::Moto, rt: &tokio::runtime::Runtime, aws: &kstack_testkit::Clients) -> Elsewhere {
     project.kstack(moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let state_path = project.path().join(".kstack/state/dev.json");
     let state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
     let records: BTreeMap<String, Value> = state["resources"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     rt.block_on(strip_kstack_tags(aws, &records));
     std::fs::remove_file(&state_path).unwrap();
-    records
+    let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
+    let vpc = records["vpc.main"]["id"].as_str().unwrap().to_owned();
+    let fleet = rt.block_on(fleet(aws, &balancer));
+    assert!(fleet.1.len() >= 2, "the balancer serves the ingress nodes: {fleet:?}");
+    Elsewhere { records, balancer, vpc, fleet }
 }
 
 #[test]
 fn a_cluster_terraform_made_is_adopted_from_its_state_with_nothing_replaced() {
     let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let records = made_elsewhere(&project, &moto, &rt, &aws);
-    let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
-    let before = rt.block_on(fleet(&aws, &balancer));
-    assert!(before.1.len() >= 2, "the balancer serves the ingress nodes: {before:?}");
+    let Elsewhere { records, balancer, fleet: before, .. } = made_elsewhere(&project, &moto, &rt, &aws);
     let tfstate = project.path().join("terraform.tfstate");
     std::fs::write(&tfstate, serde_json::to_vec_pretty(&terraform_state(&records)).unwrap()).unwrap();
 
     // Nothing of it is kstack's: a plan would make a second cluster.
     let fresh = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&fresh).iter().all(|c| c.starts_with("create ")), "{:?}", changes(&fresh));
+    assert!(plan_changes(&fresh).iter().all(|c| c.starts_with("create ")), "{:?}", plan_changes(&fresh));
 
     // A typo is refused before anything is read or locked.
     let typo = project.kstack(&moto).args(["import", "dev", "vpc.mian=vpc-0abc"]).output().unwrap();
@@ -192,17 +182,17 @@ fn a_cluster_terraform_made_is_adopted_from_its_state_with_nothing_replaced() {
 
     // kstack's now: nothing to create, delete or replace; the rest is in place.
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    let planned = changes(&plan);
+    let planned = plan_changes(&plan);
     assert!(planned.iter().all(|c| c.starts_with("update ")), "{planned:?}");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     let settled = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&settled).is_empty(), "{:#}", settled["plan"]["actions"]);
+    assert!(plan_changes(&settled).is_empty(), "{:#}", settled["plan"]["actions"]);
     assert_eq!(rt.block_on(fleet(&aws, &balancer)), before, "the same instances, the same registrations");
 
     // A change to the model applies in place.
     project.edit("environments/dev.yaml", "    max: 30\n", "    max: 40\n");
     let changed = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert_eq!(changes(&changed), ["update asg.workers"]);
+    assert_eq!(plan_changes(&changed), ["update asg.workers"]);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     assert_eq!(rt.block_on(fleet(&aws, &balancer)), before);
 }
@@ -212,17 +202,15 @@ fn a_cluster_terraform_made_is_adopted_from_its_state_with_nothing_replaced() {
 fn a_vpc_is_taken_over_with_what_is_in_it_without_a_state_file() {
     let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let records = made_elsewhere(&project, &moto, &rt, &aws);
-    let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
-    let before = rt.block_on(fleet(&aws, &balancer));
-    let vpc = records["vpc.main"]["id"].as_str().unwrap();
+    let Elsewhere { records, balancer, vpc, fleet: before } = made_elsewhere(&project, &moto, &rt, &aws);
+    let vpc = vpc.as_str();
     let imported = project.kstack(&moto).args(["import", "dev", "--vpc", vpc, "--auto-approve"]).output().unwrap();
     let text = said(&imported);
     assert!(imported.status.success(), "{text}");
     assert!(text.contains(&format!("Import: {} to adopt, ", records.len())) && text.contains(", 0 to replace."), "{text}");
     assert!(text.contains(&format!("(from found in {vpc})")) && !text.contains("terraform state rm"), "{text}");
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&plan).iter().all(|c| c.starts_with("update ")), "{:?}", changes(&plan));
+    assert!(plan_changes(&plan).iter().all(|c| c.starts_with("update ")), "{:?}", plan_changes(&plan));
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
     assert_eq!(rt.block_on(fleet(&aws, &balancer)), before, "the same instances, the same registrations");
 }
@@ -233,10 +221,8 @@ fn a_vpc_is_taken_over_with_what_is_in_it_without_a_state_file() {
 fn an_environment_file_is_written_from_what_runs_and_imports_without_a_change() {
     let Emulated { moto, rt, aws, ami: _ } = Emulated::with_node_image();
     let project = Project::copy();
-    let records = made_elsewhere(&project, &moto, &rt, &aws);
-    let balancer = records["elb.ingress"]["id"].as_str().unwrap().to_owned();
-    let before = rt.block_on(fleet(&aws, &balancer));
-    let vpc = records["vpc.main"]["id"].as_str().unwrap();
+    let Elsewhere { records, balancer, vpc, fleet: before } = made_elsewhere(&project, &moto, &rt, &aws);
+    let vpc = vpc.as_str();
     std::fs::remove_file(project.path().join("environments/dev.yaml")).unwrap();
 
     let generated = project.kstack(&moto).args(["generate", "dev", "--vpc", vpc, "--region", "eu-west-1"]).output().unwrap();
@@ -252,6 +238,6 @@ fn an_environment_file_is_written_from_what_runs_and_imports_without_a_change() 
     assert!(imported.status.success(), "{text}\n{written}");
     assert!(text.contains(&format!("Import: {} to adopt, ", records.len())) && text.contains(", 0 to replace."), "{text}\n{written}");
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&plan).is_empty(), "{:#}\n{written}", plan["plan"]["actions"]);
+    assert!(plan_changes(&plan).is_empty(), "{:#}\n{written}", plan["plan"]["actions"]);
     assert_eq!(rt.block_on(fleet(&aws, &balancer)), before);
 }

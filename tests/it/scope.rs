@@ -2,21 +2,7 @@
 //! targets and what they depend on, a saved one carries its scope to `apply FILE`, the rest of
 //! the model waits for the next full plan; a replacement on request; typos refused, all at once.
 
-use kstack_testkit::{json, Emulated, Project};
-
-fn said(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// The plan's actions other than no-ops, as `action address`.
-fn changes(plan: &serde_json::Value) -> Vec<String> {
-    let actions = plan["plan"]["actions"].as_array().unwrap();
-    actions
-        .iter()
-        .filter(|a| a["action"] != "no_op")
-        .map(|a| format!("{} {}", a["action"].as_str().unwrap(), a["address"].as_str().unwrap()))
-        .collect()
-}
+use kstack_testkit::{json, plan_changes, said, Emulated, Project};
 
 #[test]
 fn a_targeted_apply_changes_only_its_target_and_a_replacement_is_made_on_request() {
@@ -26,7 +12,7 @@ fn a_targeted_apply_changes_only_its_target_and_a_replacement_is_made_on_request
     project.edit("environments/dev.yaml", "    instance_type: m5.large\n", "    instance_type: m5.xlarge\n");
     project.edit("environments/dev.yaml", "    instance_type: t3.medium\n", "    instance_type: t3.large\n");
     let full = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert_eq!(changes(&full), ["update launch_template.ingress", "update launch_template.workers"]);
+    assert_eq!(plan_changes(&full), ["update launch_template.ingress", "update launch_template.workers"]);
 
     // Typos are refused before anything is planned, every one of them.
     let typo = project.kstack(&moto).args(["plan", "dev", "--target", "launch_template.worker", "--replace", "elb.ingres"]).output().unwrap();
@@ -53,7 +39,7 @@ fn a_targeted_apply_changes_only_its_target_and_a_replacement_is_made_on_request
     assert!(applied.status.success(), "{}", said(&applied));
     assert!(said(&applied).contains("the changes applied may be incomplete (--target)"), "{}", said(&applied));
     let rest = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert_eq!(changes(&rest), ["update launch_template.ingress"], "the targeted change is made, the other waits");
+    assert_eq!(plan_changes(&rest), ["update launch_template.ingress"], "the targeted change is made, the other waits");
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).assert().success();
 
     // Nothing forces it, yet a person asks for it.
@@ -61,10 +47,10 @@ fn a_targeted_apply_changes_only_its_target_and_a_replacement_is_made_on_request
     let planned = project.kstack(&moto).arg("plan").arg("dev").args(replace).output().unwrap();
     assert!(said(&planned).contains("security_group_rules.ingress-elb will be replaced, as requested"), "{}", said(&planned));
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).args(replace).output().unwrap());
-    assert_eq!(changes(&plan), ["replace security_group_rules.ingress-elb"]);
+    assert_eq!(plan_changes(&plan), ["replace security_group_rules.ingress-elb"]);
     project.kstack(&moto).args(["apply", "dev", "--auto-approve"]).args(replace).assert().success();
     let after = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&after).is_empty(), "{:?}", changes(&after));
+    assert!(plan_changes(&after).is_empty(), "{:?}", plan_changes(&after));
 }
 
 /// `protect:` refuses a plan that would destroy or replace what it covers, naming each and the

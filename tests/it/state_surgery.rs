@@ -4,21 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kstack_testkit::{json, Emulated, Project};
-
-fn said(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// The plan's actions other than no-ops, as `action address`.
-fn changes(plan: &serde_json::Value) -> Vec<String> {
-    let actions = plan["plan"]["actions"].as_array().unwrap();
-    actions
-        .iter()
-        .filter(|a| a["action"] != "no_op")
-        .map(|a| format!("{} {}", a["action"].as_str().unwrap(), a["address"].as_str().unwrap()))
-        .collect()
-}
+use kstack_testkit::{json, plan_changes, said, Emulated, Project};
 
 /// Running instances of a group by AWS name: their ids and their `kstack:address` tags.
 async fn instances_of(aws: &kstack_testkit::Clients, group: &str) -> BTreeMap<String, String> {
@@ -55,7 +41,7 @@ fn a_group_renamed_in_the_model_moves_in_state_without_replacement_and_a_removed
 
     rename_ingress_to_edge(&project);
     let before = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    let planned = changes(&before);
+    let planned = plan_changes(&before);
     assert!(planned.contains(&String::from("create asg.edge")) && planned.contains(&String::from("delete asg.ingress")), "{planned:?}");
 
     // Mistakes are refused with nothing changed: an address state lacks, another kind.
@@ -82,7 +68,7 @@ fn a_group_renamed_in_the_model_moves_in_state_without_replacement_and_a_removed
     let address_tag = group.tags().iter().find(|t| t.key() == Some("kstack:address")).and_then(|t| t.value());
     assert_eq!(address_tag, Some("asg.edge"), "the group's tag follows its record");
     let after = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    let planned = changes(&after);
+    let planned = plan_changes(&after);
     assert!(planned.iter().all(|c| c.starts_with("update ")), "nothing created, replaced or deleted: {planned:?}");
     assert_eq!(after["plan"]["summary"]["replace"], 0, "{:#}", after["plan"]["summary"]);
 
@@ -92,7 +78,7 @@ fn a_group_renamed_in_the_model_moves_in_state_without_replacement_and_a_removed
     let still = rt.block_on(instances_of(&aws, &group_name));
     assert_eq!(still.keys().collect::<Vec<_>>(), instances.keys().collect::<Vec<_>>(), "no node was replaced");
     let settled = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&settled).is_empty(), "{:#}", settled["plan"]["actions"]);
+    assert!(plan_changes(&settled).is_empty(), "{:#}", settled["plan"]["actions"]);
 
     // `state rm` forgets the load balancer: it stays, without kstack's tags, and the plan
     // no longer knows it (it would make a new one for the model).
@@ -117,7 +103,7 @@ fn a_group_renamed_in_the_model_moves_in_state_without_replacement_and_a_removed
         assert!(keys.contains(&"Team"), "the model's other tags stay: {keys:?}");
     });
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert!(changes(&plan).contains(&String::from("create elb.ingress")), "{:?}", changes(&plan));
+    assert!(plan_changes(&plan).contains(&String::from("create elb.ingress")), "{:?}", plan_changes(&plan));
     let left_alone = plan["plan"]["left_alone"].as_array().cloned().unwrap_or_default();
     assert!(left_alone.iter().all(|f| f["id"] != balancer_name.as_str()), "an untagged resource is not the environment's at all: {plan:#}");
 }
@@ -139,7 +125,7 @@ fn a_launch_configuration_moves_by_its_record_alone() {
         assert!(moved.status.success(), "{}", said(&moved));
     }
     let plan = json(&project.kstack(&moto).args(["plan", "dev", "--json"]).output().unwrap());
-    assert_eq!(changes(&plan), ["update asg.edge", "replace launch_configuration.edge"], "{:#}", plan["plan"]["actions"]);
+    assert_eq!(plan_changes(&plan), ["update asg.edge", "replace launch_configuration.edge"], "{:#}", plan["plan"]["actions"]);
     let action = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "launch_configuration.edge").unwrap();
     assert_eq!(action["id"], configuration.as_str(), "the recorded configuration, at its new address: {action:#}");
     assert_eq!(action["forced_by"], serde_json::json!(["user_data.sha256"]), "{action:#}");

@@ -11,12 +11,8 @@ use aws_sdk_ec2::types::{
     LaunchTemplateIamInstanceProfileSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification, UserIdGroupPair,
     VolumeType,
 };
-use kstack_testkit::{json, Clients, Emulated, Project};
+use kstack_testkit::{json, said, Clients, Emulated, Project};
 use serde_json::{json, Value};
-
-fn said(output: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
 
 fn tags(resource: ResourceType, name: &str) -> TagSpecification {
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();

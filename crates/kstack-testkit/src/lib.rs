@@ -358,6 +358,21 @@ impl Emulated {
     }
 }
 
+/// What a run printed, stdout then stderr, for assertions and their messages.
+pub fn said(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// A plan's (`kstack plan --json`) actions other than no-ops, as `action address`.
+pub fn plan_changes(plan: &serde_json::Value) -> Vec<String> {
+    let actions = plan["plan"]["actions"].as_array().map_or(&[][..], Vec::as_slice);
+    actions
+        .iter()
+        .filter(|a| a["action"] != "no_op")
+        .map(|a| format!("{} {}", a["action"].as_str().unwrap_or("?"), a["address"].as_str().unwrap_or("?")))
+        .collect()
+}
+
 pub fn json(output: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", String::from_utf8_lossy(&output.stdout)))
 }
