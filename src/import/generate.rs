@@ -1,5 +1,5 @@
 //! An environment file written from what exists (`kstack generate`): the network with its
-//! tiers (carved where carving gives the same ranges, explicit where not), security groups
+//! tiers (carved where carving gives the same ranges, explicit blocks where not), security groups
 //! and their rules, IAM roles, node groups with their launch settings and user data, and
 //! load balancers, as a person would write them; a comment where something cannot be said.
 //! Pure: it writes what it is given, read by refresh as if state recorded it.
@@ -9,7 +9,12 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use ipnet::Ipv4Net;
+
 use super::Found;
+use crate::diagnostics::{Loc, Problems, Spanned};
+use crate::model::network::layout;
+use crate::model::{NatGateways, Network, SubnetCidrs, SubnetTier, Vpc};
 use crate::resource::{Kind, Observed, Peer, RuleSpec};
 
 /// What exists, as refresh read it: each resource at `<kind>.<id>`, its references as those
@@ -60,6 +65,49 @@ fn model_name(environment: &str, name: &str) -> String {
         }
     }
     name.trim_matches('-').to_owned()
+}
+
+/// A tier of subnets as found: its blocks by zone, in the zones' order.
+struct Tier {
+    name: String,
+    public: bool,
+    blocks: Vec<(String, Ipv4Net)>,
+}
+
+/// Each tier's prefix length, when carving the VPC's range tier by tier in this order (as
+/// `kstack validate` lays subnets out) gives exactly the blocks that exist: a person writes
+/// `prefix_length` then, not the blocks.
+fn carving(vpc: Ipv4Net, zones: &[String], tiers: &[Tier]) -> Option<Vec<u8>> {
+    let at = Loc { source: 0, line: 1, column: 1, len: 1 };
+    let mut prefixes = Vec::new();
+    for tier in tiers {
+        let prefix = tier.blocks.first()?.1.prefix_len();
+        if tier.blocks.len() != zones.len() || tier.blocks.iter().any(|(_, block)| block.prefix_len() != prefix) {
+            return None;
+        }
+        prefixes.push(prefix);
+    }
+    let network = Network {
+        vpc: Vpc::Cidr(Spanned::new(vpc, at)),
+        availability_zones: zones.iter().map(|z| Spanned::new(z.clone(), at)).collect(),
+        subnet_tiers: tiers
+            .iter()
+            .zip(&prefixes)
+            .map(|(tier, prefix)| SubnetTier {
+                name: Spanned::new(tier.name.clone(), at),
+                public: tier.public,
+                cidrs: SubnetCidrs::Carved { prefix_len: Spanned::new(*prefix, at) },
+            })
+            .collect(),
+        nat_gateways: NatGateways::None,
+        loc: at,
+    };
+    let mut problems = Problems::default();
+    let laid = layout(&network, &mut problems);
+    let same = tiers
+        .iter()
+        .all(|tier| tier.blocks.iter().all(|(zone, block)| laid.iter().any(|l| l.tier == tier.name && &l.zone == zone && l.block() == Some(*block))));
+    (problems.is_empty() && same).then_some(prefixes)
 }
 
 /// `base`, or `base-2`, `base-3`, ... : the first that is not `taken`.
@@ -235,21 +283,34 @@ impl<'a> Writer<'a> {
         let _ = writeln!(self.out, "network:\n  vpc_cidr: {}", vpc.attributes["cidr"].as_str().unwrap_or_default());
         let _ = writeln!(self.out, "  availability_zones: [{}]", zones.join(", "));
         let _ = writeln!(self.out, "  nat_gateways: {nat_gateways}\n  subnets:");
-        let mut tiers: Vec<String> = self.tiers.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
-        tiers.sort_by_key(|t| (!t.starts_with("public"), t.clone()));
-        for tier in tiers {
-            let members: Vec<&Observed> = subnets.iter().copied().filter(|s| self.tiers.get(s.address.as_str()) == Some(&tier)).collect();
-            let kind = if tier.starts_with("public") { "public" } else { "private" };
-            let _ = writeln!(self.out, "    {tier}:\n      type: {kind}\n      cidrs:");
-            let mut members = members;
-            members.sort_by_key(|s| zones.iter().position(|z| Some(z.as_str()) == s.attributes["zone"].as_str()));
-            for subnet in members {
-                let _ = writeln!(
-                    self.out,
-                    "        {}: {}",
-                    subnet.attributes["zone"].as_str().unwrap_or_default(),
-                    subnet.attributes["cidr"].as_str().unwrap_or_default()
-                );
+        let mut names: Vec<String> = self.tiers.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        names.sort_by_key(|t| (!t.starts_with("public"), t.clone()));
+        let tiers: Vec<Tier> = names
+            .into_iter()
+            .map(|name| {
+                let mut blocks: Vec<(String, Ipv4Net)> = subnets
+                    .iter()
+                    .filter(|s| self.tiers.get(s.address.as_str()) == Some(&name))
+                    .filter_map(|s| Some((s.attributes["zone"].as_str()?.to_owned(), s.attributes["cidr"].as_str()?.parse().ok()?)))
+                    .collect();
+                blocks.sort_by_key(|(zone, _)| zones.iter().position(|z| z == zone));
+                Tier { public: name.starts_with("public"), name, blocks }
+            })
+            .collect();
+        let carved = vpc.attributes["cidr"].as_str().and_then(|c| c.parse().ok()).and_then(|vpc| carving(vpc, &zones, &tiers));
+        for (i, tier) in tiers.iter().enumerate() {
+            let kind = if tier.public { "public" } else { "private" };
+            let _ = writeln!(self.out, "    {}:\n      type: {kind}", tier.name);
+            match &carved {
+                Some(prefixes) => {
+                    let _ = writeln!(self.out, "      prefix_length: {}", prefixes[i]);
+                }
+                None => {
+                    self.out.push_str("      cidrs:\n");
+                    for (zone, cidr) in &tier.blocks {
+                        let _ = writeln!(self.out, "        {zone}: {cidr}");
+                    }
+                }
             }
         }
         self.out.push('\n');
@@ -510,6 +571,21 @@ impl<'a> Writer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiers_are_carved_when_carving_gives_the_blocks_that_exist() {
+        let zones: Vec<String> = ["eu-west-1a", "eu-west-1b"].map(String::from).to_vec();
+        let tier = |name: &str, public: bool, blocks: [&str; 2]| Tier {
+            name: name.to_owned(),
+            public,
+            blocks: zones.iter().cloned().zip(blocks.map(|b| b.parse().unwrap())).collect(),
+        };
+        let vpc = "10.20.0.0/16".parse().unwrap();
+        let laid_out = [tier("public", true, ["10.20.0.0/22", "10.20.4.0/22"]), tier("private", false, ["10.20.32.0/19", "10.20.64.0/19"])];
+        assert_eq!(carving(vpc, &zones, &laid_out), Some(vec![22, 19]));
+        let by_hand = [tier("public", true, ["10.20.0.0/22", "10.20.8.0/22"]), tier("private", false, ["10.20.32.0/19", "10.20.64.0/19"])];
+        assert_eq!(carving(vpc, &zones, &by_hand), None, "a gap carving would not leave: the blocks are written out");
+    }
 
     #[test]
     fn names_lose_the_environment_and_an_identity_and_strings_read_back_unchanged() {

@@ -228,6 +228,7 @@ fn an_environment_file_is_written_from_what_runs_and_imports_without_a_change() 
     let generated = project.kstack(&moto).args(["generate", "dev", "--vpc", vpc, "--region", "eu-west-1"]).output().unwrap();
     assert!(generated.status.success(), "{}", said(&generated));
     let written = std::fs::read_to_string(project.path().join("environments/dev.yaml")).unwrap();
+    assert!(written.contains("      prefix_length: 22\n") && written.contains("      prefix_length: 19\n"), "carved as dev's are: {written}");
     let again = project.kstack(&moto).args(["generate", "dev", "--vpc", vpc, "--region", "eu-west-1"]).output().unwrap();
     assert_eq!(again.status.code(), Some(1), "an existing file is never written over without --force: {}", said(&again));
     let validated = project.kstack(&moto).args(["validate", "dev"]).output().unwrap();

@@ -251,6 +251,10 @@ fn a_cluster_terraform_made_moves_to_kstack_without_anything_recreated() {
     let generated = project.kstack(&moto).args(["generate", "prod", "--from-terraform"]).arg(&path).args(["--region", "eu-west-1"]).output().unwrap();
     assert!(generated.status.success(), "{}", said(&generated));
     let written = std::fs::read_to_string(project.path().join("environments/prod.yaml")).unwrap();
+    assert!(
+        written.contains("      prefix_length: 24\n") && written.contains("      prefix_length: 20\n"),
+        "carving gives Terraform's blocks: {written}"
+    );
     let validated = project.kstack(&moto).args(["validate", "prod"]).output().unwrap();
     assert!(validated.status.success(), "{}\n{written}", said(&validated));
 
