@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
     LaunchTemplateIamInstanceProfileSpecificationRequest, RequestLaunchTemplateData, ResourceType, Tag, TagSpecification, UserIdGroupPair,
     VolumeType,
 };
-use kstack_testkit::{json, said, Clients, Emulated, Project};
+use kstack_testkit::{json, plan_changes, said, Clients, Emulated, Project};
 use serde_json::{json, Value};
 
 fn tags(resource: ResourceType, name: &str) -> TagSpecification {
@@ -133,20 +133,6 @@ async fn terraform_apply(aws: &Clients, ami: &str) -> Value {
     state.push(resource("aws_iam_role_policy", "web_node", None, json!({ "id": "web-node:describe", "role": "web-node" })));
     state.push(resource("aws_iam_instance_profile", "web_node", None, json!({ "id": "web-node", "arn": profile_arn, "name": "web-node" })));
 
-    let user_data = aws_smithy_types::base64::encode("#!/bin/bash\necho \"web node {{ up }}\" > /etc/motd\n");
-    let volume = LaunchTemplateEbsBlockDeviceRequest::builder().volume_size(20).volume_type(VolumeType::Gp3).encrypted(true).build();
-    let data = RequestLaunchTemplateData::builder()
-        .image_id(ami)
-        .instance_type(aws_sdk_ec2::types::InstanceType::T3Small)
-        .security_group_ids(&groups["web"])
-        .iam_instance_profile(LaunchTemplateIamInstanceProfileSpecificationRequest::builder().arn(&profile_arn).build())
-        .block_device_mappings(LaunchTemplateBlockDeviceMappingRequest::builder().device_name("/dev/sda1").ebs(volume).build())
-        .user_data(user_data)
-        .build();
-    let template = ec2.create_launch_template().launch_template_name("web").launch_template_data(data).send().await.unwrap();
-    let template = template.launch_template().unwrap().launch_template_id().unwrap().to_owned();
-    state.push(resource("aws_launch_template", "web", None, json!({ "id": template, "name": "web" })));
-
     let listener = aws_sdk_elasticloadbalancing::types::Listener::builder()
         .protocol("TCP")
         .load_balancer_port(80)
@@ -175,22 +161,38 @@ async fn terraform_apply(aws: &Clients, ami: &str) -> Value {
     aws.elb.configure_health_check().load_balancer_name("web-lb").health_check(check).send().await.unwrap();
     state.push(resource("aws_elb", "web", None, json!({ "id": "web-lb", "name": "web-lb" })));
 
-    let spec = aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_id(&template).version("$Latest").build();
-    aws.autoscaling
-        .create_auto_scaling_group()
-        .auto_scaling_group_name("web")
-        .min_size(2)
-        .max_size(4)
-        .desired_capacity(2)
-        .launch_template(spec)
-        .vpc_zone_identifier(format!("{},{}", subnets["private-a"], subnets["private-b"]))
-        .load_balancer_names("web-lb")
-        .health_check_type("ELB")
-        .health_check_grace_period(300)
-        .send()
-        .await
-        .unwrap();
-    state.push(resource("aws_autoscaling_group", "web", None, json!({ "id": "web", "name": "web" })));
+    // Three groups, each with its own template; `web` behind the balancer.
+    for (group, size) in [("web", 2), ("api", 2), ("jobs", 1)] {
+        let user_data = aws_smithy_types::base64::encode(format!("#!/bin/bash\necho \"{group} node {{{{ up }}}}\" > /etc/motd\n"));
+        let volume = LaunchTemplateEbsBlockDeviceRequest::builder().volume_size(20).volume_type(VolumeType::Gp3).encrypted(true).build();
+        let data = RequestLaunchTemplateData::builder()
+            .image_id(ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Small)
+            .security_group_ids(&groups["web"])
+            .iam_instance_profile(LaunchTemplateIamInstanceProfileSpecificationRequest::builder().arn(&profile_arn).build())
+            .block_device_mappings(LaunchTemplateBlockDeviceMappingRequest::builder().device_name("/dev/sda1").ebs(volume).build())
+            .user_data(user_data)
+            .build();
+        let template = ec2.create_launch_template().launch_template_name(group).launch_template_data(data).send().await.unwrap();
+        let template = template.launch_template().unwrap().launch_template_id().unwrap().to_owned();
+        state.push(resource("aws_launch_template", group, None, json!({ "id": template, "name": group })));
+        let spec = aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder().launch_template_id(&template).version("$Latest").build();
+        let made = aws
+            .autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(group)
+            .min_size(size)
+            .max_size(4)
+            .desired_capacity(size)
+            .launch_template(spec)
+            .vpc_zone_identifier(format!("{},{}", subnets["private-a"], subnets["private-b"]));
+        let made = match group {
+            "web" => made.load_balancer_names("web-lb").health_check_type("ELB").health_check_grace_period(300),
+            _ => made,
+        };
+        made.send().await.unwrap();
+        state.push(resource("aws_autoscaling_group", group, None, json!({ "id": group, "name": group })));
+    }
 
     let zone = aws.route53.create_hosted_zone().name("example.test").caller_reference("tf-1").send().await.unwrap();
     let zone = zone.hosted_zone().unwrap().id().trim_start_matches("/hostedzone/").to_owned();
@@ -225,10 +227,19 @@ async fn terraform_apply(aws: &Clients, ami: &str) -> Value {
     json!({ "version": 4, "terraform_version": "1.5.7", "serial": 17, "lineage": "0d8f4c5e-7a52-4d0e-9a1f-3c2b7e6d9f10", "outputs": {}, "resources": state, "check_results": null })
 }
 
-/// The running instances of the group `web`, and those the balancer has registered.
+/// The instances of the three groups, and those the balancer has registered.
 async fn fleet(aws: &Clients) -> (Vec<String>, Vec<String>) {
-    let groups = aws.autoscaling.describe_auto_scaling_groups().auto_scaling_group_names("web").send().await.unwrap();
-    let mut instances: Vec<String> = groups.auto_scaling_groups()[0].instances().iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
+    let groups = aws
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("web")
+        .auto_scaling_group_names("api")
+        .auto_scaling_group_names("jobs")
+        .send()
+        .await
+        .unwrap();
+    let mut instances: Vec<String> =
+        groups.auto_scaling_groups().iter().flat_map(|g| g.instances()).filter_map(|i| i.instance_id().map(str::to_owned)).collect();
     instances.sort();
     let balancers = aws.elb.describe_load_balancers().load_balancer_names("web-lb").send().await.unwrap();
     let mut registered: Vec<String> =
@@ -245,8 +256,7 @@ fn a_cluster_terraform_made_moves_to_kstack_without_anything_recreated() {
     let path = project.path().join("terraform.tfstate");
     std::fs::write(&path, serde_json::to_vec_pretty(&tfstate).unwrap()).unwrap();
     let before = rt.block_on(fleet(&aws));
-    assert_eq!(before.0.len(), 2, "{before:?}");
-    assert_eq!(before.0, before.1, "the balancer serves the group's nodes");
+    assert_eq!((before.0.len(), before.1.len()), (5, 2), "five nodes, web's two behind the balancer: {before:?}");
 
     let generated = project.kstack(&moto).args(["generate", "prod", "--from-terraform"]).arg(&path).args(["--region", "eu-west-1"]).output().unwrap();
     assert!(generated.status.success(), "{}", said(&generated));
@@ -261,8 +271,8 @@ fn a_cluster_terraform_made_moves_to_kstack_without_anything_recreated() {
     let imported = project.kstack(&moto).args(["import", "prod", "--from-terraform"]).arg(&path).arg("--auto-approve").output().unwrap();
     let text = said(&imported);
     assert!(imported.status.success(), "{text}\n{written}");
-    // 19 of Terraform's resources kstack models, and the groups' rules beside them.
-    assert!(text.contains("Import: 21 to adopt, ") && text.contains(", 0 to replace."), "{text}\n{written}");
+    // 23 of Terraform's resources kstack models, and the groups' rules beside them.
+    assert!(text.contains("Import: 25 to adopt, ") && text.contains(", 0 to replace."), "{text}\n{written}");
     assert!(text.contains("Terraform keeps what kstack does not model: aws_route53_zone.main"), "{text}");
     for forgotten in [
         "aws_vpc.main",
@@ -288,7 +298,7 @@ fn a_cluster_terraform_made_moves_to_kstack_without_anything_recreated() {
     assert_eq!(rt.block_on(fleet(&aws)), before, "the same nodes, the same registrations");
 
     // The model is kstack's now: a change applies in place.
-    project.edit("environments/prod.yaml", "    max: 4\n", "    max: 6\n");
+    project.edit("environments/prod.yaml", "  web:\n    min: 2\n    max: 4\n", "  web:\n    min: 2\n    max: 6\n");
     let changed = json(&project.kstack(&moto).args(["plan", "prod", "--json"]).output().unwrap());
     let actions: Vec<String> = changed["plan"]["actions"]
         .as_array()
@@ -300,4 +310,29 @@ fn a_cluster_terraform_made_moves_to_kstack_without_anything_recreated() {
     assert_eq!(actions, ["update asg.web"]);
     project.kstack(&moto).args(["apply", "prod", "--auto-approve"]).assert().success();
     assert_eq!(rt.block_on(fleet(&aws)), before);
+}
+
+/// The same cluster without its state file: everything in its VPC is found, described and
+/// adopted (its DNS records are not in the VPC: only a state file names them).
+#[test]
+fn a_vpc_terraform_made_is_described_and_adopted_without_its_state_file() {
+    let Emulated { moto, rt, aws, ami } = Emulated::with_node_image();
+    let project = Project::copy();
+    let tfstate = rt.block_on(terraform_apply(&aws, &ami));
+    let vpc = tfstate["resources"].as_array().unwrap().iter().find(|r| r["type"] == "aws_vpc").unwrap()["instances"][0]["attributes"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = rt.block_on(fleet(&aws));
+    let generated = project.kstack(&moto).args(["generate", "prod", "--vpc", &vpc, "--region", "eu-west-1"]).output().unwrap();
+    assert!(generated.status.success(), "{}", said(&generated));
+    let written = std::fs::read_to_string(project.path().join("environments/prod.yaml")).unwrap();
+    let imported = project.kstack(&moto).args(["import", "prod", "--vpc", &vpc, "--auto-approve"]).output().unwrap();
+    let text = said(&imported);
+    assert!(imported.status.success(), "{text}\n{written}");
+    assert!(text.contains("Import: 23 to adopt, ") && text.contains(", 0 to replace."), "{text}\n{written}");
+    project.kstack(&moto).args(["apply", "prod", "--auto-approve"]).assert().success();
+    let settled = json(&project.kstack(&moto).args(["plan", "prod", "--json"]).output().unwrap());
+    assert!(plan_changes(&settled).is_empty(), "{:?}", plan_changes(&settled));
+    assert_eq!(rt.block_on(fleet(&aws)), before, "the same nodes, the same registrations");
 }
