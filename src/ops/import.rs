@@ -1,9 +1,10 @@
-//! `kstack import`: taking over resources another tool made. The resources found (in a
-//! Terraform state, or named on the command line) are matched to the model's addresses and
-//! planned as if state recorded them: the plan shows, for each, what the model would change.
-//! Carrying it out changes nothing but kstack's tags: each resource gets the environment's
-//! tags (a DNS record its owner record) and its record in state; the changes the plan showed
-//! are left to `kstack apply`, reviewed on their own.
+//! `kstack import` and `kstack generate`: taking over resources another tool made. The
+//! resources found (in a Terraform state, in a VPC, or named on the command line) are matched
+//! to the model's addresses and planned as if state recorded them: the plan shows, for each,
+//! what the model would change. Carrying it out changes nothing but kstack's tags: each
+//! resource gets the environment's tags (a DNS record its owner record) and its record in
+//! state; the changes the plan showed are left to `kstack apply`, reviewed on their own.
+//! `generate` writes the model from the same resources, read as refresh reads them.
 
 use std::path::Path;
 
