@@ -29,6 +29,7 @@ pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGra
     compiler.load_balancers();
     compiler.node_groups(problems);
     compiler.dns();
+    compiler.resource_tags(problems);
     match ResourceGraph::build_with_existing(compiler.resources, existing) {
         Ok(graph) => {
             check_protected(&checked.environment.protect, &graph, problems);
@@ -100,6 +101,28 @@ impl Compiler<'_> {
 
     fn aws_name(&self, name: &str) -> String {
         format!("{}-{name}", self.env.name)
+    }
+
+    /// `resource_tags:`: a resource's own tags in place of the environment's and its `Name`;
+    /// kstack's own are kept.
+    fn resource_tags(&mut self, problems: &mut Problems) {
+        for (address, tags) in &self.env.resource_tags {
+            let Some(resource) = self.resources.iter_mut().find(|r| r.address.as_str() == address.value) else {
+                let close = crate::diagnostics::did_you_mean(&address.value, self.resources.iter().map(|r| r.address.as_str())).map(str::to_owned);
+                problems.error(address.loc, format!("`{}` is not a resource of this environment", address.value)).hint(
+                    close.map_or_else(|| String::from("`kstack graph <env> --format json` lists every address"), |c| format!("did you mean `{c}`?")),
+                );
+                continue;
+            };
+            if !resource.kind().has_own_tags() {
+                problems
+                    .error(address.loc, format!("`{}` has no tags of its own", address.value))
+                    .hint("launch configurations, security group rules and DNS records carry no tags");
+                continue;
+            }
+            resource.tags.retain(|key, _| key.starts_with("kstack:"));
+            resource.tags.extend(tags.iter().map(|(k, v)| (k.clone(), v.value.clone())));
+        }
     }
 
     /// A VPC someone else owns and its subnets, at the addresses kstack's own would have, so

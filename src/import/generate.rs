@@ -67,6 +67,19 @@ fn model_name(environment: &str, name: &str) -> String {
     name.trim_matches('-').to_owned()
 }
 
+/// `resource_tags:` for resources whose tags differ from what the model gives them.
+pub fn resource_tags_yaml(own: &[(crate::resource::Address, BTreeMap<String, String>)]) -> String {
+    if own.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n# The tags these carry, in place of `tags:` and the `Name` kstack would give them.\nresource_tags:\n");
+    for (address, tags) in own {
+        let pairs: Vec<String> = tags.iter().map(|(k, v)| format!("{}: {}", scalar(k), quoted(v))).collect();
+        let _ = writeln!(out, "  {address}: {{ {} }}", pairs.join(", "));
+    }
+    out
+}
+
 /// A tier of subnets as found: its blocks by zone, in the zones' order.
 struct Tier {
     name: String,

@@ -14,16 +14,20 @@ use super::load::{compiled, Compiled};
 use super::session::{Desired, Session};
 use super::{Notice, OpsError};
 use crate::aws::{self, Cloud, Observed};
+use crate::compile::compile;
+use crate::diagnostics::Problems;
 use crate::identity::Owner;
-use crate::import::generate::{environment_yaml, Existing};
+use crate::import::generate::{environment_yaml, resource_tags_yaml, Existing};
 use crate::import::terraform::{self, TerraformState};
 use crate::import::{given, match_to_model, Adoption, Found};
+use crate::model::load_environment;
 use crate::model::Project;
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
 use crate::plan::{Action, ActionKind, Change};
 use crate::resource::Spec;
 use crate::resource::{Address, Kind};
 use crate::stop::Stop;
+use std::collections::BTreeMap;
 
 /// Where the resources to take over are named.
 pub struct ImportRequest<'a> {
@@ -225,5 +229,37 @@ pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'
         (None, None) => String::new(),
     };
     let existing = Existing { environment, region, source: &source, observed: &refreshed.observed, found: &found, user_data: &user_data };
-    Ok(Generated { text: environment_yaml(&existing), described: refreshed.observed.iter().filter(|o| o.kind != Kind::SecurityGroupRules).count() })
+    let mut text = environment_yaml(&existing);
+    text.push_str(&resource_tags_yaml(&own_tags(environment, &text, &found, &refreshed.observed)));
+    Ok(Generated { text, described: refreshed.observed.iter().filter(|o| o.kind != Kind::SecurityGroupRules).count() })
+}
+
+/// The resources whose tags are not what the written model gives them (the environment's
+/// `tags:` and kstack's `Name`), each with the tags it has: the model's `resource_tags`, so
+/// importing changes no tag. Found by compiling the written model and matching what exists
+/// to it as an import does; a model that does not compile gets none (`validate` says why).
+fn own_tags(environment: &str, text: &str, found: &[Found], observed: &[Observed]) -> Vec<(Address, BTreeMap<String, String>)> {
+    let dir = std::env::temp_dir().join(format!("kstack-generate-{}-{environment}", std::process::id()));
+    let path = dir.join("environments").join(format!("{environment}.yaml"));
+    let written = std::fs::create_dir_all(path.parent().unwrap_or(&dir)).and_then(|()| std::fs::write(&path, text));
+    let project = Project { root: dir.clone() };
+    let graph = written
+        .ok()
+        .and_then(|()| load_environment(&project, environment).result.ok())
+        .and_then(|checked| compile(&checked, &mut Problems::default()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(graph) = graph else { return Vec::new() };
+    let theirs = |tags: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        tags.iter().filter(|(k, _)| !k.starts_with("kstack:") && !k.starts_with("aws:")).map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let (adopted, _) = match_to_model(found, &graph, Vec::new(), environment);
+    adopted
+        .into_iter()
+        .filter(|a| a.kind.has_own_tags())
+        .filter_map(|a| {
+            let has = theirs(&observed.iter().find(|o| o.kind == a.kind && o.id == a.id)?.tags);
+            let given = theirs(&graph.get(&a.address)?.tags);
+            (has != given).then_some((a.address, has))
+        })
+        .collect()
 }

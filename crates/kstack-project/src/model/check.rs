@@ -17,6 +17,9 @@ pub fn check(env: &Environment, images_dir: &Path, problems: &mut Problems) -> V
     check_nat(&env.network, problems);
     check_names(env, problems);
     check_tags(&env.tags, problems);
+    for (_, tags) in &env.resource_tags {
+        check_tags(tags, problems);
+    }
     for (name, value) in &env.variables {
         if RESERVED_VARIABLES.contains(&name.as_str()) {
             problems

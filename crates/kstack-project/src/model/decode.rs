@@ -63,6 +63,10 @@ pub fn environment_with(
     let roll_order = map.get("roll_order").and_then(|n| string_list(n, problems)).unwrap_or_default();
     let roll_hooks = map.get("roll_hooks").and_then(|n| roll_hooks(n, problems)).unwrap_or_default();
     let protect = map.get("protect").map_or(Some(Protection::Nothing), |n| protection(n, problems));
+    let resource_tags = map
+        .get("resource_tags")
+        .map(|n| named(n, "resource", problems, |address, tags, problems| Some((address, string_map(tags, problems)))))
+        .unwrap_or_default();
     map.finish(problems);
     Some(Environment {
         name: name.to_owned(),
@@ -82,6 +86,7 @@ pub fn environment_with(
         state: state?,
         reboots,
         protect: protect?,
+        resource_tags,
         undecoded,
     })
 }

@@ -52,9 +52,15 @@ pub struct Environment {
     pub reboots: Option<RebootPolicy>,
     /// What plans may not delete or replace unless the command names it.
     pub protect: Protection,
+    /// Resources' own tags by address, in place of `tags` and the `Name` kstack gives them
+    /// (resources another tool made and tagged its own way).
+    pub resource_tags: Vec<(Spanned<String>, Tags)>,
     /// (kind, name) of entries that had problems of their own and were left out above.
     pub undecoded: BTreeSet<(&'static str, String)>,
 }
+
+/// Tags as written: key, and the value where it was written.
+pub type Tags = BTreeMap<String, Spanned<String>>;
 
 /// `protect:`: resources no plan deletes or replaces unless the command names each
 /// (`--unprotect ADDRESS`, or `--replace ADDRESS` for a replacement asked for).
