@@ -239,9 +239,12 @@ pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'
 /// importing changes no tag. Found by compiling the written model and matching what exists
 /// to it as an import does; a model that does not compile gets none (`validate` says why).
 fn own_tags(environment: &str, text: &str, found: &[Found], observed: &[Observed]) -> Vec<(Address, BTreeMap<String, String>)> {
+    // A directory only this user reads: user data can hold secrets.
     let dir = std::env::temp_dir().join(format!("kstack-generate-{}-{environment}", std::process::id()));
     let path = dir.join("environments").join(format!("{environment}.yaml"));
-    let written = std::fs::create_dir_all(path.parent().unwrap_or(&dir)).and_then(|()| std::fs::write(&path, text));
+    let private = |dir: &std::path::Path| std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let written = private(&dir).and_then(|()| private(&dir.join("environments"))).and_then(|()| std::fs::write(&path, text));
     let project = Project { root: dir.clone() };
     let graph = written
         .ok()
