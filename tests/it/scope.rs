@@ -89,6 +89,17 @@ fn protected_resources_are_never_destroyed_or_replaced_unless_the_command_names_
         said(&refused)
     );
     assert_eq!(rt.block_on(aws.vpcs_of("dev")).len(), 1, "nothing was deleted");
+    // A file broken elsewhere still protects; one whose `protect:` cannot be read protects all.
+    project.edit("environments/dev.yaml", "extends: base.yaml\n", "extends: base.yaml\nno_such_key: 1\n");
+    let broken = project.kstack(&moto).args(["destroy", "dev", "--auto-approve", "--unprotect", "vpc.main"]).output().unwrap();
+    assert_eq!(broken.status.code(), Some(1), "{}", said(&broken));
+    assert!(said(&broken).contains("elb.ingress would be destroyed") && !said(&broken).contains("vpc.main would be"), "{}", said(&broken));
+    project.edit("environments/dev.yaml", "protect: [vpc.main, elb.ingress]\n", "protect: 5\n");
+    let unreadable = project.kstack(&moto).args(["destroy", "dev", "--auto-approve", "--unprotect", "vpc.main", "--unprotect", "elb.ingress"]).output().unwrap();
+    assert_eq!(unreadable.status.code(), Some(1), "{}", said(&unreadable));
+    assert!(said(&unreadable).contains("internet_gateway.main would be destroyed"), "everything is protected: {}", said(&unreadable));
+    assert_eq!(rt.block_on(aws.vpcs_of("dev")).len(), 1, "nothing was deleted");
+    project.edit("environments/dev.yaml", "no_such_key: 1\nprotect: 5\n", "protect: [vpc.main, elb.ingress]\n");
     project.kstack(&moto).args(["destroy", "dev", "--auto-approve", "--unprotect", "vpc.main", "--unprotect", "elb.ingress"]).assert().success();
     assert!(rt.block_on(aws.vpcs_of("dev")).is_empty());
 }
