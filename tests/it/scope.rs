@@ -95,7 +95,8 @@ fn protected_resources_are_never_destroyed_or_replaced_unless_the_command_names_
     assert_eq!(broken.status.code(), Some(1), "{}", said(&broken));
     assert!(said(&broken).contains("elb.ingress would be destroyed") && !said(&broken).contains("vpc.main would be"), "{}", said(&broken));
     project.edit("environments/dev.yaml", "protect: [vpc.main, elb.ingress]\n", "protect: 5\n");
-    let unreadable = project.kstack(&moto).args(["destroy", "dev", "--auto-approve", "--unprotect", "vpc.main", "--unprotect", "elb.ingress"]).output().unwrap();
+    let unreadable =
+        project.kstack(&moto).args(["destroy", "dev", "--auto-approve", "--unprotect", "vpc.main", "--unprotect", "elb.ingress"]).output().unwrap();
     assert_eq!(unreadable.status.code(), Some(1), "{}", said(&unreadable));
     assert!(said(&unreadable).contains("internet_gateway.main would be destroyed"), "everything is protected: {}", said(&unreadable));
     assert_eq!(rt.block_on(aws.vpcs_of("dev")).len(), 1, "nothing was deleted");
