@@ -11,9 +11,10 @@ use super::{dns_record, AwsError, Cloud};
 use crate::import::Found;
 use crate::resource::Kind;
 
-/// Everything of the VPC `vpc_id`; DNS records of the zones `zones` whose name and type are
-/// `records`.
-pub async fn in_vpc(cloud: &Cloud, vpc_id: &str, records: &[(String, String, String)]) -> Result<Vec<Found>, AwsError> {
+/// Everything of the VPC `vpc_id`; the DNS records `records` names (zone, name, type); and in
+/// the hosted zones `zones`, the records that alias the VPC's load balancers or are CNAMEs of
+/// those.
+pub async fn in_vpc(cloud: &Cloud, vpc_id: &str, records: &[(String, String, String)], zones: &[String]) -> Result<Vec<Found>, AwsError> {
     let origin = format!("found in {vpc_id}");
     let found = |kind: Kind, id: &str, names: Vec<String>| Found {
         kind,
@@ -130,11 +131,31 @@ pub async fn in_vpc(cloud: &Cloud, vpc_id: &str, records: &[(String, String, Str
         }
     }
 
+    let record = |zone_id: &str, name: String, record_type: String| Found {
+        record: Some((name.clone(), record_type.clone())),
+        ..found(Kind::DnsRecord, &format!("{zone_id}|{name}|{record_type}"), vec![name])
+    };
     for (zone, name, record_type) in records {
         let Some(zone_id) = dns_record::zone_id(cloud, zone).await? else { continue };
-        let id = format!("{zone_id}|{name}|{record_type}");
-        if dns_record::current(cloud, &id).await?.1.is_some() {
-            all.push(Found { record: Some((name.clone(), record_type.clone())), ..found(Kind::DnsRecord, &id, vec![name.clone()]) });
+        if dns_record::current(cloud, &format!("{zone_id}|{name}|{record_type}")).await?.1.is_some() {
+            all.push(record(&zone_id, name.clone(), record_type.clone()));
+        }
+    }
+    for zone in zones {
+        let Some(zone_id) = dns_record::zone_id(cloud, zone).await? else { continue };
+        let sets = dns_record::record_sets(cloud, &zone_id).await?;
+        let aliases: BTreeSet<String> = sets
+            .iter()
+            .filter(|s| {
+                s.alias_target().is_some_and(|a| balancer_dns.contains_key(dns_record::normal(a.dns_name()).trim_start_matches("dualstack.")))
+            })
+            .map(|s| dns_record::normal(s.name()))
+            .collect();
+        let cnames = sets
+            .iter()
+            .filter(|s| s.r#type().as_str() == "CNAME" && s.resource_records().iter().any(|r| aliases.contains(&dns_record::normal(r.value()))));
+        for set in sets.iter().filter(|s| aliases.contains(&dns_record::normal(s.name())) && s.alias_target().is_some()).chain(cnames) {
+            all.push(record(&zone_id, dns_record::normal(set.name()), set.r#type().as_str().to_owned()));
         }
     }
     all.dedup_by(|a, b| a.kind == b.kind && a.id == b.id);

@@ -21,7 +21,7 @@ fn build_error(error: impl std::fmt::Display) -> AwsError {
 }
 
 /// A name as Route53 answers it (`\052.apps.example.com.`), as the model writes it.
-fn normal(name: &str) -> String {
+pub(super) fn normal(name: &str) -> String {
     name.replace("\\052", "*").trim_end_matches('.').to_ascii_lowercase()
 }
 
@@ -57,7 +57,7 @@ pub async fn zone_exists(cloud: &Cloud, zone: &str) -> Result<bool, AwsError> {
 }
 
 /// Every record set of a zone: one paginated listing.
-async fn record_sets(cloud: &Cloud, zone_id: &str) -> Result<Vec<ResourceRecordSet>, AwsError> {
+pub(super) async fn record_sets(cloud: &Cloud, zone_id: &str) -> Result<Vec<ResourceRecordSet>, AwsError> {
     let mut sets = Vec::new();
     let (mut name, mut kind, mut identifier) = (None, None, None);
     loop {

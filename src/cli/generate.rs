@@ -36,6 +36,11 @@ pub(super) struct Args {
     #[arg(long)]
     region: String,
 
+    /// With --vpc: a hosted zone whose records alias the VPC's load balancers (or are CNAMEs
+    /// of those) to describe too (repeatable).
+    #[arg(long = "dns-zone", value_name = "ZONE", requires = "vpc")]
+    dns_zones: Vec<String>,
+
     /// Print the file instead of writing it.
     #[arg(long)]
     stdout: bool,
@@ -53,7 +58,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             Some("pass --force to write over it, or --stdout to see it"),
         ));
     }
-    let request = ImportRequest { pairs: &[], terraform: args.from_terraform.as_deref(), vpc: args.vpc.as_deref() };
+    let request = ImportRequest { pairs: &[], terraform: args.from_terraform.as_deref(), vpc: args.vpc.as_deref(), dns_zones: &args.dns_zones };
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or(&args.env);
     let generated = runtime()?.block_on(generate(name, &args.region, &request))?;
     if args.stdout {

@@ -54,7 +54,7 @@ pub(super) struct Args {
 pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     let runtime = runtime()?;
     let stop = stop_on_signals(&runtime);
-    let request = ImportRequest { pairs: &args.pairs, terraform: args.from_terraform.as_deref(), vpc: args.vpc.as_deref() };
+    let request = ImportRequest { pairs: &args.pairs, terraform: args.from_terraform.as_deref(), vpc: args.vpc.as_deref(), dns_zones: &[] };
     let command = format!("kstack import {}", args.env);
     let plan = runtime.block_on(ImportPlan::open(project, &args.env, &request, &command, &stop, &Terminal))?;
     show(&plan);

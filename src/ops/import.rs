@@ -37,6 +37,8 @@ pub struct ImportRequest<'a> {
     pub terraform: Option<&'a Path>,
     /// A VPC to take over with what is in it.
     pub vpc: Option<&'a str>,
+    /// Hosted zones whose records for the VPC's load balancers `generate --vpc` describes.
+    pub dns_zones: &'a [String],
 }
 
 /// One resource to adopt, and what the model would then change of it.
@@ -178,7 +180,7 @@ async fn discover(model: &Compiled, vpc: &str) -> Result<Vec<Found>, OpsError> {
             _ => None,
         })
         .collect();
-    aws::discover::in_vpc(&cloud, vpc, &records).await.map_err(OpsError::aws(region, "finding what is in the VPC"))
+    aws::discover::in_vpc(&cloud, vpc, &records, &[]).await.map_err(OpsError::aws(region, "finding what is in the VPC"))
 }
 
 /// An adoption and what the plan does with its resource once state records it.
@@ -209,7 +211,7 @@ pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'
     };
     if let Some(vpc) = request.vpc {
         let cloud = Cloud::connect(region, Owner::new(environment, None, [])).await;
-        found.extend(aws::discover::in_vpc(&cloud, vpc, &[]).await.map_err(OpsError::aws(region, "finding what is in the VPC"))?);
+        found.extend(aws::discover::in_vpc(&cloud, vpc, &[], request.dns_zones).await.map_err(OpsError::aws(region, "finding what is in the VPC"))?);
     }
     // Each read at `<kind>.<id>`, as if state recorded it there; a group's rules with it.
     let records = found.iter().flat_map(|f| {

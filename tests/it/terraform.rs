@@ -317,7 +317,7 @@ fn a_cluster_terraform_made_moves_to_kstack_without_anything_recreated() {
 }
 
 /// The same cluster without its state file: everything in its VPC is found, described and
-/// adopted (its DNS records are not in the VPC: only a state file names them).
+/// adopted, with the records of the zone named that alias its balancer or name that alias.
 #[test]
 fn a_vpc_terraform_made_is_described_and_adopted_without_its_state_file() {
     let Emulated { moto, rt, aws, ami } = Emulated::with_node_image();
@@ -328,13 +328,18 @@ fn a_vpc_terraform_made_is_described_and_adopted_without_its_state_file() {
         .unwrap()
         .to_owned();
     let before = rt.block_on(fleet(&aws));
-    let generated = project.kstack(&moto).args(["generate", "prod", "--vpc", &vpc, "--region", "eu-west-1"]).output().unwrap();
+    let generated =
+        project.kstack(&moto).args(["generate", "prod", "--vpc", &vpc, "--region", "eu-west-1", "--dns-zone", "example.test"]).output().unwrap();
     assert!(generated.status.success(), "{}", said(&generated));
     let written = std::fs::read_to_string(project.path().join("environments/prod.yaml")).unwrap();
     let imported = project.kstack(&moto).args(["import", "prod", "--vpc", &vpc, "--auto-approve"]).output().unwrap();
     let text = said(&imported);
     assert!(imported.status.success(), "{text}\n{written}");
-    assert!(text.contains("Import: 23 to adopt, ") && text.contains(", 0 to replace."), "{text}\n{written}");
+    assert!(
+        written.contains("name: \"web.example.test\", type: A, alias: web") && written.contains("name: \"www.example.test\", type: CNAME"),
+        "{written}"
+    );
+    assert!(text.contains("Import: 25 to adopt, ") && text.contains(", 0 to replace."), "{text}\n{written}");
     let settled = json(&project.kstack(&moto).args(["plan", "prod", "--json"]).output().unwrap());
     assert!(plan_changes(&settled).is_empty(), "{:#}\n{written}", settled["plan"]["actions"]);
     assert_eq!(rt.block_on(fleet(&aws)), before, "the same nodes, the same registrations");
