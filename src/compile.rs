@@ -7,7 +7,7 @@ use crate::resource::{
 };
 use std::collections::BTreeMap;
 
-use crate::diagnostics::Problems;
+use crate::diagnostics::{ProblemBuilder, Problems, Spanned};
 use crate::graph::ResourceGraph;
 use crate::model::network::{SubnetLayout, SubnetPlace};
 use crate::model::{Checked, Environment, ImageRef, LaunchMechanism, NatGateways, NodeGroup, RecordTarget, Rule, SubnetSelection, Vpc};
@@ -48,12 +48,18 @@ pub fn compile(checked: &Checked, problems: &mut Problems) -> Option<ResourceGra
 fn check_protected(protect: &crate::model::Protection, graph: &ResourceGraph, problems: &mut Problems) {
     let crate::model::Protection::Addresses(addresses) = protect else { return };
     for address in addresses.iter().filter(|a| graph.get(&Address::from(a.value.as_str())).is_none()) {
-        let close = crate::diagnostics::did_you_mean(&address.value, graph.in_dependency_order().map(|r| r.address.as_str()));
-        problems
-            .error(address.loc, format!("`{}` is not a resource of this environment", address.value))
-            .label("nothing to protect")
-            .hint(close.map_or_else(|| String::from("`kstack graph <env> --format json` lists every address"), |c| format!("did you mean `{c}`?")));
+        not_a_resource(address, graph.in_dependency_order().map(|r| r.address.as_str()), problems).label("nothing to protect");
     }
+}
+
+/// The problem of an address written in the model (`protect:`, `resource_tags:`) that names no
+/// resource of it, with the closest of `known`.
+fn not_a_resource<'a, 'p>(address: &Spanned<String>, known: impl IntoIterator<Item = &'a str>, problems: &'p mut Problems) -> ProblemBuilder<'p> {
+    let hint = match crate::diagnostics::did_you_mean(&address.value, known) {
+        Some(close) => format!("did you mean `{close}`?"),
+        None => String::from("`kstack graph <env> --format json` lists every address"),
+    };
+    problems.error(address.loc, format!("`{}` is not a resource of this environment", address.value)).hint(hint)
 }
 
 struct Compiler<'a> {
@@ -108,10 +114,7 @@ impl Compiler<'_> {
     fn resource_tags(&mut self, problems: &mut Problems) {
         for (address, tags) in &self.env.resource_tags {
             let Some(resource) = self.resources.iter_mut().find(|r| r.address.as_str() == address.value) else {
-                let close = crate::diagnostics::did_you_mean(&address.value, self.resources.iter().map(|r| r.address.as_str())).map(str::to_owned);
-                problems.error(address.loc, format!("`{}` is not a resource of this environment", address.value)).hint(
-                    close.map_or_else(|| String::from("`kstack graph <env> --format json` lists every address"), |c| format!("did you mean `{c}`?")),
-                );
+                not_a_resource(address, self.resources.iter().map(|r| r.address.as_str()), problems);
                 continue;
             };
             if !resource.kind().has_own_tags() {

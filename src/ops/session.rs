@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::load::{load_and_compile, state_location, Compiled, LoadedImage};
+use super::load::{load_and_compile, open_store, state_location, Compiled, LoadedImage};
 use super::{Notice, OpsError};
 use crate::aws::{self, Cloud, Observed};
 use crate::compile::{content_digest, image_names, resolve_images};
@@ -256,7 +256,7 @@ impl Session {
             Desired::Adopting(adopting) => model(Scope::default(), adopting)?,
             Desired::Nothing(scope) => (state_location(project, env, notice)?, None, scope, Vec::new()),
         };
-        let store = StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?;
+        let store = open_store(project, &location)?;
         let lock = store.lock(command, stop)?;
         tokio::select! {
             session = Session::read(location, compiled, &scope, &adopting, store, lock, notice) => session,
