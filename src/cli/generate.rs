@@ -60,7 +60,7 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     }
     let request = ImportRequest { pairs: &[], terraform: args.from_terraform.as_deref(), vpc: args.vpc.as_deref(), dns_zones: &args.dns_zones };
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or(&args.env);
-    let generated = runtime()?.block_on(generate(name, &args.region, &request))?;
+    let generated = runtime()?.block_on(generate(project, name, &args.region, &request))?;
     if args.stdout {
         term::out(format_args!("{}", generated.text));
         return Ok(());

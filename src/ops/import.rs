@@ -20,7 +20,7 @@ use crate::identity::Owner;
 use crate::import::generate::{environment_yaml, resource_tags_yaml, Existing};
 use crate::import::terraform::{self, TerraformState};
 use crate::import::{given, match_to_model, Adoption, Found};
-use crate::model::load_environment;
+use crate::model::environment_from_text;
 use crate::model::Project;
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
 use crate::plan::{Action, ActionKind, Change};
@@ -204,7 +204,7 @@ pub struct Generated {
 
 /// Writes an environment file for `environment` in `region` from the resources the Terraform
 /// state or the VPC `request` names, each read as refresh reads a recorded resource.
-pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'_>) -> Result<Generated, OpsError> {
+pub async fn generate(project: &Project, environment: &str, region: &str, request: &ImportRequest<'_>) -> Result<Generated, OpsError> {
     let mut found = match request.terraform {
         Some(path) => terraform::read(path).map_err(|e| OpsError::Invalid { message: e.to_string(), hint: crate::hint::Hint::hint(&e) })?.found,
         None => Vec::new(),
@@ -232,7 +232,7 @@ pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'
     };
     let existing = Existing { environment, region, source: &source, observed: &refreshed.observed, found: &found, user_data: &user_data };
     let mut text = environment_yaml(&existing);
-    text.push_str(&resource_tags_yaml(&own_tags(environment, &text, &found, &refreshed.observed)));
+    text.push_str(&resource_tags_yaml(&own_tags(project, environment, &text, &found, &refreshed.observed)));
     Ok(Generated { text, described: refreshed.observed.iter().filter(|o| o.kind != Kind::SecurityGroupRules).count() })
 }
 
@@ -240,19 +240,8 @@ pub async fn generate(environment: &str, region: &str, request: &ImportRequest<'
 /// `tags:` and kstack's `Name`), each with the tags it has: the model's `resource_tags`, so
 /// importing changes no tag. Found by compiling the written model and matching what exists
 /// to it as an import does; a model that does not compile gets none (`validate` says why).
-fn own_tags(environment: &str, text: &str, found: &[Found], observed: &[Observed]) -> Vec<(Address, BTreeMap<String, String>)> {
-    // A directory only this user reads: user data can hold secrets.
-    let dir = std::env::temp_dir().join(format!("kstack-generate-{}-{environment}", std::process::id()));
-    let path = dir.join("environments").join(format!("{environment}.yaml"));
-    let private = |dir: &std::path::Path| std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    let written = private(&dir).and_then(|()| private(&dir.join("environments"))).and_then(|()| std::fs::write(&path, text));
-    let project = Project { root: dir.clone() };
-    let graph = written
-        .ok()
-        .and_then(|()| load_environment(&project, environment).result.ok())
-        .and_then(|checked| compile(&checked, &mut Problems::default()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn own_tags(project: &Project, environment: &str, text: &str, found: &[Found], observed: &[Observed]) -> Vec<(Address, BTreeMap<String, String>)> {
+    let graph = environment_from_text(project, environment, text).ok().and_then(|checked| compile(&checked, &mut Problems::default()));
     let Some(graph) = graph else { return Vec::new() };
     let theirs = |tags: &BTreeMap<String, String>| -> BTreeMap<String, String> {
         tags.iter().filter(|(k, _)| !k.starts_with("kstack:") && !k.starts_with("aws:")).map(|(k, v)| (k.clone(), v.clone())).collect()

@@ -98,17 +98,35 @@ pub fn load_environment_with(project: &Project, name_or_path: &str, secrets: Sec
     let mut problems = Problems::default();
     let path = project.environment_path(name_or_path);
     let project_name = project_name(project, &mut sources, &mut problems);
-    let checked = read_chain(project, &path, &mut sources, &mut problems, &mut Vec::new()).and_then(|root| {
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment");
-        let environment = decode::environment_with(name, project_name.as_ref(), &root, secrets, &mut problems)?;
-        let subnets = check::check(&environment, &project.images_dir(), &mut problems);
-        Some(Checked { environment, subnets })
-    });
-    let result = match checked {
-        Some(checked) if problems.is_empty() => Ok(checked),
-        _ => Err(problems),
-    };
-    LoadedEnvironment { sources, result }
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("environment");
+    let checked = read_chain(project, &path, &mut sources, &mut problems, &mut Vec::new())
+        .and_then(|root| decode_and_check(project, name, project_name.as_ref(), &root, secrets, &mut problems));
+    LoadedEnvironment { sources, result: checked.filter(|_| problems.is_empty()).ok_or(problems) }
+}
+
+/// An environment written as `text` alone (no `extends`), before any file holds it: what
+/// `kstack generate` checks of what it wrote.
+pub fn environment_from_text(project: &Project, name: &str, text: &str) -> Result<Checked, Problems> {
+    let mut sources = Sources::default();
+    let mut problems = Problems::default();
+    let source = sources.add(&project.environment_path(name), text.to_owned());
+    let checked =
+        yaml::parse(source, text, &mut problems).and_then(|root| decode_and_check(project, name, None, &root, Secrets::Required, &mut problems));
+    checked.filter(|_| problems.is_empty()).ok_or(problems)
+}
+
+/// The environment `root` describes (its extends merged), decoded and checked.
+fn decode_and_check(
+    project: &Project,
+    name: &str,
+    project_name: Option<&Spanned<String>>,
+    root: &Node,
+    secrets: Secrets,
+    problems: &mut Problems,
+) -> Option<Checked> {
+    let environment = decode::environment_with(name, project_name, root, secrets, problems)?;
+    let subnets = check::check(&environment, &project.images_dir(), problems);
+    Some(Checked { environment, subnets })
 }
 
 /// The project's name from `kstack.yaml` at its root (`project: <name>`), if it has one: what

@@ -20,7 +20,10 @@ use ipnet::Ipv4Net;
 
 use crate::diagnostics::{Loc, Spanned};
 
-pub use load::{load_environment, load_environment_with, locate_state, Checked, LoadedEnvironment, LocatedState, Project, Secrets, StateLocation};
+pub use load::{
+    environment_from_text, load_environment, load_environment_with, locate_state, Checked, LoadedEnvironment, LocatedState, Project, Secrets,
+    StateLocation,
+};
 pub use reboots::{RebootPolicy, RebootWindow};
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
 pub use secrets::Secret;
