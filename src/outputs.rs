@@ -16,6 +16,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct Outputs {
     pub environment: String,
     pub region: String,
+    /// The AWS account it is in.
+    pub account: String,
     /// The identity every resource of the environment is tagged with (`kstack:identity`).
     pub identity: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,7 +63,7 @@ fn model_name(address: &Address, kind: Kind) -> &str {
 }
 
 impl Outputs {
-    pub fn of(environment: &str, region: &str, identity: &str, observed: &[Observed]) -> Outputs {
+    pub fn of(environment: &str, region: &str, account: &str, identity: &str, observed: &[Observed]) -> Outputs {
         let of_kind = |kind: Kind| observed.iter().filter(move |o| o.kind == kind);
         let by_address: BTreeMap<&Address, &Observed> = observed.iter().map(|o| (&o.address, o)).collect();
         let mut subnet_ids: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -78,6 +80,7 @@ impl Outputs {
         Outputs {
             environment: environment.to_owned(),
             region: region.to_owned(),
+            account: account.to_owned(),
             identity: identity.to_owned(),
             vpc_id: of_kind(Kind::Vpc).next().map(|v| v.id.clone()),
             subnet_ids,
@@ -176,7 +179,7 @@ mod tests {
             observed(Kind::LaunchTemplate, "workers", "lt-1", json!({ "image": { "ami": "ami-1" } })),
             observed(Kind::AutoScalingGroup, "workers", "dev-workers", json!({ "launch": "launch_template.workers" })),
         ];
-        let outputs = Outputs::of("dev", "eu-west-1", "id-1", &resources);
+        let outputs = Outputs::of("dev", "eu-west-1", "123456789012", "id-1", &resources);
         assert_eq!(outputs.get("load_balancers.ingress.dns_name"), Some(json!("dev-ingress.elb.example")));
         assert_eq!(outputs.get("subnet_ids.private.eu-west-1a"), Some(json!("subnet-1")));
         assert_eq!(outputs.get("node_groups.workers"), Some(json!({ "auto_scaling_group": "dev-workers", "ami": "ami-1" })));

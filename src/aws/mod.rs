@@ -5,6 +5,7 @@
 //! desired [`Spec`](crate::resource::Spec) attributes, with AWS ids in reference fields;
 //! [`refresh`] then swaps ids for addresses so the plan can compare the two directly.
 
+pub mod access;
 mod auto_scaling_group;
 mod calls;
 pub mod clock;
@@ -36,6 +37,7 @@ use error::done_if_gone;
 pub use error::{AwsError, AwsErrorKind};
 
 use crate::identity::{Owner, Ownership};
+use crate::model::AwsAccess;
 use crate::resource::{Address, Kind, Resource};
 
 /// Clients for the AWS services kstack uses, sharing one configuration and call counter.
@@ -56,17 +58,27 @@ pub struct Cloud {
     /// The hosted zones refresh lists for the environment's DNS records (see
     /// [`Cloud::with_dns_zones`]): records cannot be found by tag.
     pub dns_zones: Vec<String>,
+    /// What the clients were built from: another region's clients share its credentials.
+    config: aws_config::SdkConfig,
+    /// The account the credentials act in, once asked.
+    account: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl Cloud {
-    /// Connects with the standard aws-config chain (environment, profiles, `AWS_ENDPOINT_URL`),
-    /// in the environment's region.
-    pub async fn connect(region: &str, owner: Owner) -> Cloud {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_owned()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8))
-            .load()
-            .await;
+    /// Connects to the environment's account (see [`access`]) in its region.
+    pub async fn connect(access: &AwsAccess, region: &str, owner: Owner) -> Cloud {
+        let config = access::sdk_config(access, region, &format!("kstack-{}", owner.environment)).await;
+        Cloud::from_config(config, owner, Arc::default())
+    }
+
+    /// The same account, its credentials shared, in another region (an image's copies).
+    pub fn in_region(&self, region: &str) -> Cloud {
+        let config = self.config.to_builder().region(aws_config::Region::new(region.to_owned())).build();
+        Cloud::from_config(config, self.owner.clone(), self.account.clone())
+    }
+
+    fn from_config(config: aws_config::SdkConfig, owner: Owner, account: Arc<tokio::sync::OnceCell<String>>) -> Cloud {
+        let region = config.region().map(|r| r.to_string()).unwrap_or_default();
         let calls = Arc::new(ApiCalls::default());
         let clock = Arc::new(ServiceClock::default());
         Cloud {
@@ -85,9 +97,16 @@ impl Cloud {
             calls,
             clock,
             owner,
-            region: region.to_owned(),
+            region,
             dns_zones: Vec::new(),
+            config,
+            account,
         }
+    }
+
+    /// The same clients, judging ownership as `owner` does (an identity new to state).
+    pub fn with_owner(self, owner: Owner) -> Cloud {
+        Cloud { owner, ..self }
     }
 
     /// The hosted zones the environment's model and state name, each listed once by refresh.
@@ -100,10 +119,17 @@ impl Cloud {
         &self.owner.environment
     }
 
-    /// The account the credentials act in (STS GetCallerIdentity, which needs no permission).
-    pub async fn account(&self) -> Result<String, AwsError> {
-        let identity = self.sts.get_caller_identity().send().await?;
-        identity.account().map(str::to_owned).ok_or_else(|| AwsError::missing("GetCallerIdentity", "the account"))
+    /// The account the credentials act in (STS GetCallerIdentity, which needs no permission),
+    /// asked once.
+    pub async fn account(&self) -> Result<&str, AwsError> {
+        let account = self
+            .account
+            .get_or_try_init(|| async {
+                let identity = self.sts.get_caller_identity().send().await?;
+                identity.account().map(str::to_owned).ok_or_else(|| AwsError::missing("GetCallerIdentity", "the account"))
+            })
+            .await?;
+        Ok(account)
     }
 }
 

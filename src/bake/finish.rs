@@ -41,7 +41,7 @@ pub(super) async fn finish(
     let mut copy_tags = tags.clone();
     copy_tags.push(Tag::builder().key(TAG_COPIED_FROM).value(ami).build());
     for region in &image.copy_to {
-        let there = Cloud::connect(region, cloud.owner.clone()).await;
+        let there = cloud.in_region(region);
         if let Some(copy) = image_tagged(&there, TAG_COPIED_FROM, ami).await? {
             progress.event(Event::Bake(format!("{region} has {copy} already")));
             amis.insert(region.clone(), copy);

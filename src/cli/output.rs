@@ -1,7 +1,7 @@
 //! `kstack output <env> [NAME]`
 
-use kstack::aws::Cloud;
 use kstack::model::Project;
+use kstack::ops::account;
 use kstack::ops::load::state_location;
 use kstack::ops::outputs::current;
 
@@ -44,7 +44,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         || CliError::failed(format!("`{}` has no outputs: it was never applied", location.name), Some(&format!("kstack apply {}", args.env)));
     let Some(region) = location.region.clone().or_else(|| state.region.clone()) else { return Err(never_applied()) };
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&region, state.owner())).with_dns_zones(state.dns_zones());
+    let (cloud, _) = runtime.block_on(account::connect(&location.aws, &region, state.owner(), state.account.as_deref()))?;
+    let cloud = cloud.with_dns_zones(state.dns_zones());
     let outputs = runtime.block_on(current(&cloud, &location.name, None))?.ok_or_else(never_applied)?;
     show_outputs::print(&outputs, args.name.as_deref(), args.json)
 }

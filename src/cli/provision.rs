@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use owo_colors::OwoColorize;
 
-use kstack::aws::Cloud;
 use kstack::events::Unwatched;
 use kstack::model::Project;
+use kstack::ops::account;
 use kstack::ops::fleet::{select, GroupWork, Selection};
 use kstack::roles::{HostReport, RunOptions, TaskStatus};
 
@@ -96,7 +96,8 @@ fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Loc
     let store = open_store(project, &environment.state_location())?;
     let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default())?;
     let runtime = runtime()?;
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, store.load()?.owner()));
+    let state = store.load()?;
+    let (cloud, _) = runtime.block_on(account::connect(&environment.aws, &environment.region.value, state.owner(), state.account.as_deref()))?;
     let selection = Selection { groups: &targets.groups, limit: &targets.limit };
     let work = runtime.block_on(select(&cloud, &compiled, &selection, &targets.ssh.reach(), &Terminal))?;
     Ok((lock, work))

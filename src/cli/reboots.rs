@@ -3,10 +3,10 @@
 
 use owo_colors::OwoColorize;
 
-use kstack::aws::Cloud;
 use kstack::model::reboots::format_minute;
 use kstack::model::Project;
 use kstack::naming::TAG_REBOOT_TIME;
+use kstack::ops::account;
 use kstack::ops::reboots::{slot_nodes, ssh_users, unreached};
 use kstack::reboots::node_config;
 use kstack::reboots::running::{plan, put_in_force, Schedule, Slot, Written};
@@ -76,7 +76,8 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         }
         false => None,
     };
-    let cloud = runtime.block_on(Cloud::connect(&environment.region.value, store.load()?.owner()));
+    let state = store.load()?;
+    let (cloud, _) = runtime.block_on(account::connect(&environment.aws, &environment.region.value, state.owner(), state.account.as_deref()))?;
     let seed = args.seed.unwrap_or_else(rand::random);
     let access = args.ssh.access();
     let planned = runtime.block_on(plan(&cloud, environment, seed, args.reshuffle, &access))?;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use kstack::aws::Cloud;
 use kstack::hint::Hint;
 use kstack::model::{Amount, PolicyOverrides, Project};
 use kstack::naming::TAG_UNFINISHED_ROLL;
+use kstack::ops::account;
 use kstack::ops::load::{for_roll, state_location, ForRoll};
 use kstack::ops::reboots::NewNodes;
 use kstack::ops::roll::{DryRunGroup, EnvironmentRoll, RollRequest, DEFAULT_TIMEOUT_SECONDS};
@@ -146,7 +146,7 @@ fn run_from_state(project: &Project, args: &Args) -> Result<(), CliError> {
     let Some(mut journal) = Journal::open(store.clone())? else {
         return Err(CliError::failed(format!("`{env}` has no unfinished roll"), Some(&format!("start one with `kstack roll {env}`"))));
     };
-    let cloud = runtime.block_on(Cloud::connect(&region, state.owner()));
+    let (cloud, _) = runtime.block_on(account::connect(&location.aws, &region, state.owner(), state.account.as_deref()))?;
     runtime
         .block_on(abort(&cloud, &mut journal, Duration::from_secs(args.timeout), &Shown::roll()))
         .map_err(|e| CliError::failed(format!("abort stopped: {e}"), None))?;

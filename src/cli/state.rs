@@ -132,9 +132,14 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         Command::Unlock { env, lock_id, force } => unlock(project, env, lock_id.as_deref(), *force),
         Command::Migrate { env, to } => migrate_state(project, env, *to),
         Command::Identity { env, recover: None } => {
-            match load(project, env)?.identity {
+            let state = load(project, env)?;
+            match &state.identity {
                 Some(identity) => term::outln(format_args!("{identity}")),
                 None => term::outln(format_args!("`{env}` has no identity yet: its first plan or apply gives it one")),
+            }
+            // The result alone on stdout, for `$(kstack state identity ENV)`; where, beside it.
+            if let (Some(account), Some(region)) = (&state.account, &state.region) {
+                term::errln(format_args!("`{env}` is in AWS account {account}, region {region}"));
             }
             Ok(())
         }
@@ -147,9 +152,10 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
             Ok(())
         }
         Command::Mv { env, from, to } => {
-            let (_, store) = located(project, env)?;
+            let (location, store) = located(project, env)?;
             let (from, to) = (Address::from(from.as_str()), Address::from(to.as_str()));
-            let moved = runtime()?.block_on(move_record(&store, &from, &to, &format!("kstack state mv {env} {from} {to}"), &Terminal))?;
+            let moved =
+                runtime()?.block_on(move_record(&store, &location.aws, &from, &to, &format!("kstack state mv {env} {from} {to}"), &Terminal))?;
             let tag = if moved.retagged { "; its kstack:address tag follows" } else { "" };
             term::outln(format_args!("Moved {} from {from} to {to}{tag}. Nothing was replaced.", moved.id));
             Ok(())
@@ -203,10 +209,10 @@ fn recover(project: &Project, env: &str, id: &str) -> Result<(), CliError> {
 }
 
 fn remove(project: &Project, env: &str, addresses: &[String]) -> Result<(), CliError> {
-    let (_, store) = located(project, env)?;
+    let (location, store) = located(project, env)?;
     let runtime = runtime()?;
     for address in addresses.iter().map(|a| Address::from(a.as_str())) {
-        let removed = runtime.block_on(remove_record(&store, &address, &format!("kstack state rm {env} {address}"), &Terminal))?;
+        let removed = runtime.block_on(remove_record(&store, &location.aws, &address, &format!("kstack state rm {env} {address}"), &Terminal))?;
         let tags = if removed.retagged { ", its kstack tags removed" } else { "" };
         term::outln(format_args!("Removed {address} ({}) from the state of `{env}`: it stays in AWS{tags}.", removed.id));
     }

@@ -27,8 +27,8 @@ impl Baking {
     pub async fn open(project: &Project, image: &str, notice: &dyn Notice) -> Result<Baking, OpsError> {
         let ForBake { image, roles, environment: checked } = for_bake(project, image, notice)?;
         let environment = &checked.environment;
-        let owner = open_store(project, &environment.state_location())?.load()?.owner();
-        let cloud = Cloud::connect(&environment.region.value, owner).await;
+        let state = open_store(project, &environment.state_location())?.load()?;
+        let (cloud, _) = super::account::connect(&environment.aws, &environment.region.value, state.owner(), state.account.as_deref()).await?;
         let tier = image.build.as_ref().map(|b| b.subnet_tier.as_str());
         let build_subnet = match &environment.network.vpc {
             Vpc::Existing(vpc) => checked.subnets.iter().find(|s| Some(s.tier.as_str()) == tier).and_then(|s| match &s.place {

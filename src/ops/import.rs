@@ -21,6 +21,7 @@ use crate::import::generate::{environment_yaml, resource_tags_yaml, Existing};
 use crate::import::terraform::{self, TerraformState};
 use crate::import::{given, match_to_model, Adoption, Found};
 use crate::model::environment_from_text;
+use crate::model::AwsAccess;
 use crate::model::Project;
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
 use crate::plan::{Action, ActionKind, Change};
@@ -171,7 +172,7 @@ impl ImportPlan {
 async fn discover(model: &Compiled, vpc: &str) -> Result<Vec<Found>, OpsError> {
     let environment = &model.checked.environment;
     let region = &environment.region.value;
-    let cloud = Cloud::connect(region, Owner::new(&environment.name, None, [])).await;
+    let (cloud, _) = super::account::connect(&environment.aws, region, Owner::new(&environment.name, None, []), None).await?;
     let records: Vec<(String, String, String)> = model
         .graph
         .in_dependency_order()
@@ -210,7 +211,7 @@ pub async fn generate(project: &Project, environment: &str, region: &str, reques
         None => Vec::new(),
     };
     if let Some(vpc) = request.vpc {
-        let cloud = Cloud::connect(region, Owner::new(environment, None, [])).await;
+        let cloud = Cloud::connect(&AwsAccess::default(), region, Owner::new(environment, None, [])).await;
         found.extend(aws::discover::in_vpc(&cloud, vpc, &[], request.dns_zones).await.map_err(OpsError::aws(region, "finding what is in the VPC"))?);
     }
     // Each read at `<kind>.<id>`, as if state recorded it there; a group's rules with it.
@@ -218,7 +219,7 @@ pub async fn generate(project: &Project, environment: &str, region: &str, reques
         let rules = (f.kind == Kind::SecurityGroup).then(|| (Address::new(Kind::SecurityGroupRules, &f.id), Kind::SecurityGroupRules, f.id.clone()));
         std::iter::once((Address::new(f.kind, &f.id), f.kind, f.id.clone())).chain(rules)
     });
-    let cloud = Cloud::connect(region, Owner::new(environment, None, records.collect::<Vec<_>>())).await;
+    let cloud = Cloud::connect(&AwsAccess::default(), region, Owner::new(environment, None, records.collect::<Vec<_>>())).await;
     // DNS records are read in the zones they are in.
     let zone_ids = found.iter().filter(|f| f.kind == Kind::DnsRecord).filter_map(|f| f.id.split('|').next().map(str::to_owned)).collect();
     let zones = aws::discover::zone_names(&cloud, &zone_ids).await.map_err(OpsError::aws(region, "reading hosted zones"))?;

@@ -80,7 +80,7 @@ pub struct ForRoll {
 
 /// The state store at `location` (S3 connects and checks its bucket).
 pub fn open_store(project: &Project, location: &StateLocation) -> Result<StateStore, OpsError> {
-    Ok(StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state)?)
+    Ok(StateStore::open(&project.root, &location.name, location.project.as_deref(), &location.state, &location.aws)?)
 }
 
 /// What a roll works from: the environment and the images its groups name, not compiled (a

@@ -5,6 +5,7 @@
 //!
 //! Knows nothing of the terminal, of arguments, or of exit statuses.
 
+pub mod account;
 pub mod bake;
 mod error;
 pub mod fleet;

@@ -10,7 +10,8 @@ use crate::outputs::Outputs;
 /// identity: one that was never applied has no outputs.
 pub async fn current(cloud: &Cloud, environment: &str, observed: Option<&[Observed]>) -> Result<Option<Outputs>, OpsError> {
     let Some(identity) = cloud.owner.identity.as_ref() else { return Ok(None) };
-    let outputs = |observed: &[Observed]| Some(Outputs::of(environment, &cloud.region, identity.as_str(), observed));
+    let account = cloud.account().await.map_err(OpsError::aws(&cloud.region, "asking which account the credentials act in"))?;
+    let outputs = |observed: &[Observed]| Some(Outputs::of(environment, &cloud.region, account, identity.as_str(), observed));
     match observed {
         Some(observed) => Ok(outputs(observed)),
         None => {

@@ -77,7 +77,7 @@ pub struct EnvironmentRoll<'a> {
 impl<'a> EnvironmentRoll<'a> {
     pub async fn open(environment: &'a Environment, store: StateStore) -> Result<EnvironmentRoll<'a>, OpsError> {
         let state = store.load()?;
-        let cloud = Cloud::connect(&environment.region.value, state.owner()).await;
+        let (cloud, _) = super::account::connect(&environment.aws, &environment.region.value, state.owner(), state.account.as_deref()).await?;
         let unfinished = Journal::open(store.clone())?;
         Ok(EnvironmentRoll { environment, store, state, cloud, unfinished })
     }

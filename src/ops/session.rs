@@ -294,16 +294,7 @@ impl Session {
                 ),
             ));
         }
-        let cloud = Cloud::connect(&region, state.owner()).await;
-        let account = cloud.account().await.map_err(OpsError::aws(&region, "asking which account the credentials act in"))?;
-        if let Some(recorded) = state.account.as_ref().filter(|recorded| **recorded != account) {
-            return Err(OpsError::failed(
-                format!("the state of `{environment}` was written in AWS account {recorded}, but the credentials act in account {account}"),
-                format!(
-                    "use credentials of account {recorded} (AWS_PROFILE), or give the environment in account {account} a state of its own (`key:` in `state:`)"
-                ),
-            ));
-        }
+        let (cloud, account) = super::account::connect(&location.aws, &region, state.owner(), state.account.as_deref()).await?;
         // The identity is kept before anything is created, so every resource carries it from
         // the start; the region and account, so a destroy finds them without the environment
         // file and another account's credentials never take them for nothing.
@@ -316,7 +307,7 @@ impl Session {
         }
         record_adoptions(&mut state, adopting)?;
         let destroy = compiled.is_none();
-        let cloud = Cloud { owner: state.owner(), ..cloud };
+        let cloud = cloud.with_owner(state.owner());
         if let Some((compiled, sources)) = &compiled {
             check_dns_zones(&cloud, &compiled.checked.environment, sources).await?;
             check_existing_network(&cloud, &compiled.checked.environment, sources).await?;

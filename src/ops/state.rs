@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::{Notice, OpsError};
 use crate::aws::{self, Cloud, Observed};
 use crate::identity::Identity;
+use crate::model::AwsAccess;
 use crate::model::{Project, StateBackend, StateLocation};
 use crate::naming::{TAG_ADDRESS, TAG_ENVIRONMENT, TAG_IDENTITY, TAG_PROJECT};
 use crate::resource::{Address, Kind};
@@ -27,7 +28,14 @@ pub struct Surgery {
 /// whose address cannot be tagged (a launch configuration, a DNS record's owner record)
 /// moves all the same.
 /// `command` is what the lock says holds it.
-pub async fn move_record(store: &StateStore, from: &Address, to: &Address, command: &str, notice: &dyn Notice) -> Result<Surgery, OpsError> {
+pub async fn move_record(
+    store: &StateStore,
+    access: &AwsAccess,
+    from: &Address,
+    to: &Address,
+    command: &str,
+    notice: &dyn Notice,
+) -> Result<Surgery, OpsError> {
     let _lock = store.lock(command, &Stop::default())?;
     let mut state = store.load()?;
     let record = record(&state, from)?.clone();
@@ -47,7 +55,7 @@ pub async fn move_record(store: &StateStore, from: &Address, to: &Address, comma
     let retagged = record.kind.has_own_tags();
     if retagged {
         tags.insert(TAG_ADDRESS.to_owned(), to.to_string());
-        let cloud = connect(&state).await?;
+        let cloud = connect(&state, access).await?;
         aws::retag(&cloud, &record, &tags).await.map_err(OpsError::aws(&cloud.region, "moving the kstack:address tag"))?;
     }
     state.resources.remove(from);
@@ -59,7 +67,13 @@ pub async fn move_record(store: &StateStore, from: &Address, to: &Address, comma
 
 /// Forgets the record at `address`: the resource stays in AWS, its kstack tags removed, and
 /// the environment no longer plans, changes or deletes it.
-pub async fn remove_record(store: &StateStore, address: &Address, command: &str, notice: &dyn Notice) -> Result<Surgery, OpsError> {
+pub async fn remove_record(
+    store: &StateStore,
+    access: &AwsAccess,
+    address: &Address,
+    command: &str,
+    notice: &dyn Notice,
+) -> Result<Surgery, OpsError> {
     let _lock = store.lock(command, &Stop::default())?;
     let mut state = store.load()?;
     let record = record(&state, address)?.clone();
@@ -68,7 +82,7 @@ pub async fn remove_record(store: &StateStore, address: &Address, command: &str,
         let kstack_tags = [TAG_ENVIRONMENT, TAG_ADDRESS, TAG_IDENTITY, TAG_PROJECT];
         let tags: BTreeMap<String, String> =
             record.tags.iter().filter(|(k, _)| !kstack_tags.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let cloud = connect(&state).await?;
+        let cloud = connect(&state, access).await?;
         aws::retag(&cloud, &record, &tags).await.map_err(OpsError::aws(&cloud.region, "removing the kstack tags"))?;
     }
     state.resources.remove(address);
@@ -90,11 +104,11 @@ pub fn record<'a>(state: &'a State, address: &Address) -> Result<&'a Observed, O
 }
 
 /// AWS as the environment's state knows it.
-async fn connect(state: &State) -> Result<Cloud, OpsError> {
+async fn connect(state: &State, access: &AwsAccess) -> Result<Cloud, OpsError> {
     let Some(region) = state.region.clone() else {
         return Err(OpsError::failed(format!("the state of `{}` names no region", state.environment), "plan or apply the environment first"));
     };
-    Ok(Cloud::connect(&region, state.owner()).await)
+    Ok(super::account::connect(access, &region, state.owner(), state.account.as_deref()).await?.0)
 }
 
 /// Records that still refer to `address`: the next plan makes them refer to whatever the
@@ -157,7 +171,7 @@ pub async fn adopt_one(store: &StateStore, location: &StateLocation, address: &A
             "the recorded one stays the environment's; remove the other by hand if it is not wanted",
         ));
     }
-    let cloud = Cloud::connect(&region, state.owner().adopting()).await;
+    let (cloud, _) = super::account::connect(&location.aws, &region, state.owner().adopting(), state.account.as_deref()).await?;
     // A record made by hand has no owner record to carry the tags: adopting it writes one.
     let mut zones = Vec::new();
     if address.is_kind(Kind::DnsRecord) {
@@ -200,11 +214,13 @@ pub async fn recover_identity(store: &StateStore, location: &StateLocation, iden
             "--recover is for a state that was lost; an environment's resources never change hands",
         ));
     }
+    let (cloud, account) = super::account::connect(&location.aws, &region, state.owner().adopting(), state.account.as_deref()).await?;
     state.identity = Some(identity);
     state.region = Some(region.clone());
+    state.account = Some(account);
     store.save(&mut state)?;
     // Asked for by a person who knows the identity: everything carrying it is adopted.
-    let cloud = Cloud::connect(&region, state.owner().adopting()).await;
+    let cloud = cloud.with_owner(state.owner().adopting());
     Ok(adopt(store, &mut state, cloud, &[], |_| true).await?.len())
 }
 

@@ -7,7 +7,7 @@ mod local;
 pub mod lock;
 mod roll_record;
 mod s3;
-mod time;
+pub(crate) mod time;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +20,7 @@ pub use roll_record::{BatchRecord, GroupRecord, RollRecord};
 pub use time::{now_rfc3339, parse_rfc3339, rfc3339, rfc3339_in};
 
 use crate::identity::{Identity, Owner};
-use crate::model::StateBackend;
+use crate::model::{AwsAccess, StateBackend};
 use crate::resource::Address;
 use crate::resource::Observed;
 use crate::stop::Stop;
@@ -151,10 +151,17 @@ impl StateStore {
     }
 
     /// The backend the environment's `state:` names (S3: connected, its bucket checked).
-    pub fn open(project_root: &Path, environment: &str, project: Option<&str>, backend: &StateBackend) -> Result<StateStore, StateError> {
+    /// `access` reaches the bucket's account unless its settings say otherwise.
+    pub fn open(
+        project_root: &Path,
+        environment: &str,
+        project: Option<&str>,
+        backend: &StateBackend,
+        access: &AwsAccess,
+    ) -> Result<StateStore, StateError> {
         let mut store = StateStore::local(project_root, environment, project);
         if let StateBackend::S3(location) = backend {
-            store.s3 = Some(Arc::new(S3Backend::connect(location, environment)?));
+            store.s3 = Some(Arc::new(S3Backend::connect(location, environment, access)?));
         }
         Ok(store)
     }

@@ -24,7 +24,7 @@ use super::lock::{Lock, LockError, LockInfo};
 use super::time::rfc3339_in;
 use super::StateError;
 use crate::aws::ServiceClock;
-use crate::model::S3State;
+use crate::model::{AwsAccess, S3State};
 use crate::stop::{Reason, Stop};
 
 /// The backend. Its requests run on a small runtime of its own, so they complete whatever
@@ -135,8 +135,9 @@ async fn holder(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<
 }
 
 impl S3Backend {
-    /// Connects to the bucket and checks that versioning is on.
-    pub(super) fn connect(location: &S3State, environment: &str) -> Result<S3Backend, StateError> {
+    /// Connects to the bucket and checks that versioning is on; `access` reaches its account
+    /// unless the bucket's settings say how (`aws:` in `state:`).
+    pub(super) fn connect(location: &S3State, environment: &str, access: &AwsAccess) -> Result<S3Backend, StateError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kstack-s3")
@@ -146,8 +147,10 @@ impl S3Backend {
         let region = location.region.clone();
         let clock = Arc::new(ServiceClock::default());
         let reads_date = clock.interceptor();
+        let access = location.access.clone().unwrap_or_else(|| access.clone());
+        let session_name = format!("kstack-{environment}-state");
         let client = run_on(&runtime, async move {
-            let config = aws_config::defaults(aws_config::BehaviorVersion::latest()).region(aws_config::Region::new(region)).load().await;
+            let config = crate::aws::access::sdk_config(&access, &region, &session_name).await;
             // A custom endpoint (an S3-compatible store, or an emulator) seldom serves
             // bucket-named host names; AWS itself gets the default, virtual-hosted style.
             let custom_endpoint = std::env::var_os("AWS_ENDPOINT_URL").is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();

@@ -3,6 +3,7 @@
 //! VMs, fault proxy) is `crates/kstack-testkit`. Run one area with a name filter, e.g.
 //! `cargo test --test it reliability::`.
 
+mod accounts;
 mod bake;
 mod cloud;
 mod dns;

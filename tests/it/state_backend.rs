@@ -144,13 +144,14 @@ fn a_writer_that_lost_the_race_does_not_overwrite() {
         region: "eu-west-1".into(),
         kms_key_id: None,
         lease_seconds: 60,
+        access: None,
     });
-    let ours = kstack::state::StateStore::open(root.path(), "fleet", None, &backend).unwrap();
+    let ours = kstack::state::StateStore::open(root.path(), "fleet", None, &backend, &Default::default()).unwrap();
     let mut state = ours.load().unwrap();
     ours.save(&mut state).unwrap();
     let mut state = ours.load().unwrap();
     // Another writer gets in between our read and our write.
-    let theirs = kstack::state::StateStore::open(root.path(), "fleet", None, &backend).unwrap();
+    let theirs = kstack::state::StateStore::open(root.path(), "fleet", None, &backend, &Default::default()).unwrap();
     let mut their_state = theirs.load().unwrap();
     their_state.serial = 41;
     theirs.save(&mut their_state).unwrap();

@@ -79,6 +79,12 @@ pub fn repo() -> PathBuf {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_with(&[])
+    }
+
+    /// The emulator with settings of its own (`KSTACK_EMULATOR_SESSION_SECONDS`, see
+    /// `scripts/moto-server`).
+    pub fn start_with(settings: &[(&str, &str)]) -> Moto {
         require(Need::Emulator);
         let python = repo().join(".venv/moto/bin/python");
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -89,6 +95,9 @@ impl Moto {
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // AWS managed policies (arn:aws:iam::aws:policy/...) exist in every real account.
             .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+            // As in AWS, a bucket of one account is another's only by its bucket policy.
+            .env("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "false")
+            .envs(settings.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -128,6 +137,14 @@ impl Moto {
     pub async fn clients(&self) -> Clients {
         Clients::at(&self.endpoint).await
     }
+
+    /// Clients acting in the account of `role_arn` (the emulator's accounts are reached by
+    /// assuming a role in them), renewing their session as it ends.
+    pub async fn clients_in(&self, role_arn: &str) -> Clients {
+        let base = config_at(&self.endpoint).await;
+        let role = aws_config::sts::AssumeRoleProvider::builder(role_arn).session_name("kstack-tests").configure(&base).build().await;
+        Clients::from_config(&base.into_builder().credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(role)).build())
+    }
 }
 
 async fn config_at(endpoint: &str) -> aws_config::SdkConfig {
@@ -158,14 +175,17 @@ pub struct Clients {
 impl Clients {
     /// Clients of the emulator at `endpoint`, for a thread with its own runtime.
     pub async fn at(endpoint: &str) -> Clients {
-        let config = config_at(endpoint).await;
+        Clients::from_config(&config_at(endpoint).await)
+    }
+
+    fn from_config(config: &aws_config::SdkConfig) -> Clients {
         Clients {
-            ec2: aws_sdk_ec2::Client::new(&config),
-            autoscaling: aws_sdk_autoscaling::Client::new(&config),
-            elb: aws_sdk_elasticloadbalancing::Client::new(&config),
-            iam: aws_sdk_iam::Client::new(&config),
-            route53: aws_sdk_route53::Client::new(&config),
-            s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build()),
+            ec2: aws_sdk_ec2::Client::new(config),
+            autoscaling: aws_sdk_autoscaling::Client::new(config),
+            elb: aws_sdk_elasticloadbalancing::Client::new(config),
+            iam: aws_sdk_iam::Client::new(config),
+            route53: aws_sdk_route53::Client::new(config),
+            s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(config).force_path_style(true).build()),
         }
     }
 

@@ -31,6 +31,7 @@ pub fn environment_with(
     // Resolved while loading; listed here so it is a known key.
     map.get("extends");
     let region = map.required("region", problems).and_then(|n| region(n, problems));
+    let aws = map.get("aws").map_or(Some(AwsAccess::default()), |n| access::aws_access(n, "AWS access", true, problems));
     let variables = map
         .get("variables")
         .map(|n| named(n, "variable", problems, |key, value, _| Some((key.value, Spanned::new(yaml::to_json(value), key.loc)))))
@@ -72,6 +73,7 @@ pub fn environment_with(
         name: name.to_owned(),
         project: project.map(|p| p.value.clone()),
         region: region?,
+        aws: aws?,
         variables,
         secrets,
         tags,
@@ -111,10 +113,11 @@ fn protection(node: &Node, problems: &mut Problems) -> Option<Protection> {
 pub fn state_location(name: &str, project: Option<&Spanned<String>>, root: &Node, problems: &mut Problems) -> Option<StateLocation> {
     let mut map = MapReader::new(root, "environment", problems)?;
     let region = map.get("region").and_then(|n| region(n, &mut Problems::default()));
+    let aws = map.get("aws").map_or(Some(AwsAccess::default()), |n| access::aws_access(n, "AWS access", true, problems))?;
     let state = map.get("state").map_or(Some(StateBackend::Local), |n| state_backend(n, name, project, region.as_ref(), problems))?;
     // A destroy works from here: protection that cannot be read protects everything.
     let protect = map.get("protect").map_or(Protection::Nothing, |n| protection(n, &mut Problems::default()).unwrap_or(Protection::Everything));
-    Some(StateLocation { name: name.to_owned(), project: project.map(|p| p.value.clone()), region: region.map(|r| r.value), state, protect })
+    Some(StateLocation { name: name.to_owned(), project: project.map(|p| p.value.clone()), region: region.map(|r| r.value), aws, state, protect })
 }
 
 /// A DNS name as Route53 compares it: lowercase, without the final dot.
@@ -194,7 +197,7 @@ fn dns_record(key: Spanned<String>, node: &Node, default_zone: Option<&Spanned<S
     Some(DnsRecord { key, zone, name, record_type, target })
 }
 
-/// `state: { backend: s3, bucket, key, region, kms_key_id }`; `backend: local` is the default.
+/// `state: { backend: s3, bucket, key, region, kms_key_id, aws: { profile, assume_role } }`; `backend: local` is the default.
 /// The key defaults to `kstack/<project>/<env>.json`: without a project name there is no
 /// default, since two projects sharing a bucket would share `kstack/<env>.json`.
 fn state_backend(
@@ -211,6 +214,7 @@ fn state_backend(
     let bucket_region = map.get("region").and_then(|n| string(n, problems)).map(|r| r.value);
     let kms_key_id = map.get("kms_key_id").and_then(|n| string(n, problems)).map(|k| k.value);
     let lease_seconds = map.get("lock_lease_seconds").map_or(Some(60), |n| number(n, 3..=3600u64, problems).map(|s| s.value));
+    let access = map.get("aws").and_then(|n| access::aws_access(n, "the state bucket's AWS access", false, problems));
     map.finish(problems);
     if !s3 {
         return Some(StateBackend::Local);
@@ -233,6 +237,7 @@ fn state_backend(
         region: bucket_region.or_else(|| region.map(|r| r.value.clone())).unwrap_or_default(),
         kms_key_id,
         lease_seconds: lease_seconds?,
+        access,
     }))
 }
 

@@ -162,6 +162,8 @@ pub struct StateLocation {
     pub name: String,
     pub project: Option<String>,
     pub region: Option<String>,
+    /// How the environment's account is reached.
+    pub aws: super::AwsAccess,
     pub state: super::StateBackend,
     /// What a destroy, working from state, may not delete either.
     pub protect: super::Protection,

@@ -4,6 +4,7 @@
 //! turns the YAML into these types, and [`check`] finds what is inconsistent across them.
 //! Every value keeps the location it was written at, so later problems can point at it.
 
+pub mod access;
 pub mod check;
 pub mod decode;
 pub mod image;
@@ -20,6 +21,7 @@ use ipnet::Ipv4Net;
 
 use crate::diagnostics::{Loc, Spanned};
 
+pub use access::{AssumeRole, AwsAccess};
 pub use load::{
     environment_from_text, load_environment, load_environment_with, locate_state, Checked, LoadedEnvironment, LocatedState, Project, Secrets,
     StateLocation,
@@ -35,6 +37,8 @@ pub struct Environment {
     /// The project's name (`kstack.yaml`), recorded in state: another project's state is refused.
     pub project: Option<String>,
     pub region: Spanned<String>,
+    /// How its account is reached (`aws:`).
+    pub aws: AwsAccess,
     pub variables: BTreeMap<String, Spanned<serde_json::Value>>,
     /// Values read from environment variables, for templates and roles, never shown.
     pub secrets: BTreeMap<String, Secret>,
@@ -346,6 +350,8 @@ pub struct S3State {
     pub kms_key_id: Option<String>,
     /// How long a lock holds without renewal; a live holder renews it every third of that.
     pub lease_seconds: u64,
+    /// How the bucket's account is reached, when not as the environment's (`aws:` in `state:`).
+    pub access: Option<AwsAccess>,
 }
 
 /// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with
@@ -392,6 +398,7 @@ impl Environment {
             name: self.name.clone(),
             project: self.project.clone(),
             region: Some(self.region.value.clone()),
+            aws: self.aws.clone(),
             state: self.state.clone(),
             protect: self.protect.clone(),
         }
