@@ -28,6 +28,9 @@ pub const TAG_SOURCE_AMI: &str = "kstack:source-ami";
 pub const TAG_VERSION: &str = "kstack:version";
 /// On a copy of a baked AMI in another region: the AMI it was copied from.
 pub const TAG_COPIED_FROM: &str = "kstack:copied-from";
+/// On the snapshots of an AMI being retired (`keep:`), before it is deregistered: a retire cut
+/// off between deregistering it and deleting them leaves them for the next to delete.
+pub const TAG_RETIRED: &str = "kstack:retired";
 /// On a bake's temporary resources and the AMI it makes: the bake's id.
 pub const TAG_BAKE: &str = "kstack:bake";
 /// The content hash of the image definition and its roles: an AMI with it is reused.

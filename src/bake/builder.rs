@@ -4,7 +4,7 @@
 
 use crate::events::{Event, Unwatched, Watch};
 use crate::naming::{
-    TAG_ADDRESS, TAG_BAKE, TAG_BAKE_KEPT, TAG_ENVIRONMENT, TAG_HASH, TAG_IDENTITY, TAG_IMAGE, TAG_ROLES, TAG_SOURCE_AMI, TAG_VERSION,
+    TAG_ADDRESS, TAG_BAKE, TAG_BAKE_KEPT, TAG_ENVIRONMENT, TAG_HASH, TAG_IDENTITY, TAG_IMAGE, TAG_PROJECT, TAG_ROLES, TAG_SOURCE_AMI, TAG_VERSION,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -311,7 +311,10 @@ impl Baking<'_> {
                         EbsBlockDevice::builder()
                             .volume_size(image.root_volume_gib as i32)
                             .volume_type(VolumeType::Gp3)
-                            .encrypted(image.encrypted)
+                            .encrypted(image.encrypted || image.kms_key_id.is_some())
+                            // The AMI's snapshots are made from this volume, encrypted with its
+                            // key: no unencrypted copy of the image ever exists.
+                            .set_kms_key_id(image.kms_key_id.clone())
                             .delete_on_termination(true)
                             .build(),
                     )
@@ -463,6 +466,7 @@ impl Baking<'_> {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .to_vec();
+        image_tags.extend(self.options.project.iter().map(|project| (TAG_PROJECT.to_owned(), project.clone())));
         image_tags.extend(image.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
         let created = cloud
             .ec2

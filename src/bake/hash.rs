@@ -16,6 +16,10 @@ pub fn content_hash(source_ami: &str, image: &Image, roles: &[Role]) -> Result<S
     hasher.update(format!("kstack {}\nsource {source_ami}\n", env!("CARGO_PKG_VERSION")));
     hasher.update(serde_json::to_vec(&image.variables).unwrap_or_default());
     hasher.update(format!("\nssh_user {}\nvolume {} {}\n", image.ssh_user, image.root_volume_gib, image.encrypted));
+    // Another key makes another AMI; an image without one hashes as before keys could be named.
+    if let Some(key) = &image.kms_key_id {
+        hasher.update(format!("kms_key_id {key}\n"));
+    }
     for role in roles {
         hasher.update(format!("role {}\n", role.name));
         for file in files_of(&role.dir)? {

@@ -10,6 +10,7 @@
 mod builder;
 mod finish;
 mod hash;
+pub mod inventory;
 mod lease;
 pub mod resolve;
 
@@ -108,6 +109,9 @@ pub struct BakeOptions {
     /// Where the builder runs when the build environment's network is someone else's (its
     /// subnets carry no kstack tag to find them by).
     pub build_subnet: Option<BuildSubnet>,
+    /// The project's name, tagged on the AMI (`kstack:project`): `keep:` retires only its
+    /// own project's AMIs of the image.
+    pub project: Option<String>,
 }
 
 /// A subnet the builder runs in, and its VPC.
@@ -136,6 +140,9 @@ pub struct Manifest {
     pub reused: bool,
     /// AMI id per region, the bake's own region first.
     pub amis: BTreeMap<String, String>,
+    /// AMIs retired past `keep:`, per region.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired: BTreeMap<String, Vec<String>>,
     /// How the builder's host key was trusted; none when an existing AMI was reused.
     pub host_key: Option<HostKeyTrust>,
     pub seconds: f64,
@@ -207,30 +214,34 @@ pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOp
             });
         }
     }
-    if !options.force {
-        if let Some(ami) = existing(cloud, &hash).await? {
+    let reusable = if options.force { None } else { existing(cloud, &hash).await? };
+    let (amis, host_key) = match &reusable {
+        Some(ami) => {
             progress.event(Event::Bake(format!("reusing {ami}: it was baked from the same source, roles and variables (hash {})", &hash[..12])));
-            let amis = finish::finish(cloud, image, &ami, &*progress).await?;
-            return Ok(Manifest {
-                image: image.name.clone(),
-                hash,
-                source_ami: source,
-                reused: true,
-                amis,
-                host_key: None,
-                seconds: started.elapsed().as_secs_f64(),
-            });
+            (finish::finish(cloud, image, ami, &*progress).await?, None)
+        }
+        None => {
+            options.stop.check().map_err(BakeError::Stopped)?;
+            let (amis, host_key) = builder::build(cloud, image, roles, &source, &hash, options, progress.clone()).await?;
+            (amis, Some(host_key))
+        }
+    };
+    let mut retired = BTreeMap::new();
+    for (region, ami) in &amis {
+        let there = if *region == cloud.region { cloud.clone() } else { cloud.in_region(region) };
+        let gone = inventory::retire(&there, image, options.project.as_deref(), ami, &*progress).await?;
+        if !gone.is_empty() {
+            retired.insert(region.clone(), gone);
         }
     }
-    options.stop.check().map_err(BakeError::Stopped)?;
-    let (amis, host_key) = builder::build(cloud, image, roles, &source, &hash, options, progress).await?;
     Ok(Manifest {
         image: image.name.clone(),
         hash,
         source_ami: source,
-        reused: false,
+        reused: reusable.is_some(),
         amis,
-        host_key: Some(host_key),
+        retired,
+        host_key,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

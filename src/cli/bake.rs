@@ -98,6 +98,9 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
         for (region, ami) in &manifest.amis {
             term::outln(format_args!("{region}: {ami} ({how}, image `{}`, hash {})", manifest.image, &manifest.hash[..12]));
         }
+        for (region, amis) in &manifest.retired {
+            term::outln(format_args!("{region}: retired {} (past `keep:`, used by nothing)", amis.join(", ")));
+        }
     }
     Ok(())
 }

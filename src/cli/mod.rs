@@ -6,6 +6,7 @@ mod bake;
 mod error;
 mod generate;
 mod graph;
+mod images;
 mod import;
 mod output;
 mod plan;
@@ -83,6 +84,7 @@ enum Command {
     Output(output::Args),
     State(state::Args),
     Bake(bake::Args),
+    Images(images::Args),
     Provision(provision::ProvisionArgs),
     Verify(provision::VerifyArgs),
     Roll(roll::Args),
@@ -137,6 +139,7 @@ pub fn main() -> ExitCode {
         Command::Output(args) => output::run(&project, &args),
         Command::State(args) => state::run(&project, &args),
         Command::Bake(args) => bake::run(&project, &args),
+        Command::Images(args) => images::run(&project, &args),
         Command::Provision(args) => provision::run_provision(&project, &args),
         Command::Verify(args) => provision::run_verify(&project, &args),
         Command::Roll(args) => roll::run(&project, &args),

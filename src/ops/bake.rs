@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::load::{for_bake, open_store, ForBake};
 use super::{Notice, OpsError};
 use crate::aws::Cloud;
+use crate::bake::inventory::{self, ImageAmi};
 use crate::bake::{bake, cleanup_leftovers, BakeError, BakeOptions, BuildSubnet, Manifest};
 use crate::events::Watch;
 use crate::model::image::Image;
@@ -21,6 +22,8 @@ pub struct Baking {
     pub cloud: Cloud,
     /// The build subnet, when the build environment's network is someone else's.
     build_subnet: Option<BuildSubnet>,
+    /// The project's name: its AMIs carry it.
+    project: Option<String>,
 }
 
 impl Baking {
@@ -37,12 +40,22 @@ impl Baking {
             }),
             Vpc::Cidr(_) => None,
         };
-        Ok(Baking { image, roles, cloud, build_subnet })
+        Ok(Baking { image, roles, cloud, build_subnet, project: environment.project.clone() })
+    }
+
+    /// The image's AMIs in its region and each region it is copied to, newest first in each.
+    pub async fn amis(&self) -> Result<Vec<ImageAmi>, OpsError> {
+        let mut all = inventory::amis(&self.cloud, &self.image.name, self.project.as_deref()).await.map_err(failed)?;
+        for copy in &self.image.copy_to {
+            let there = self.cloud.in_region(&copy.region);
+            all.extend(inventory::amis(&there, &self.image.name, self.project.as_deref()).await.map_err(failed)?);
+        }
+        Ok(all)
     }
 
     /// Bakes the image, or reuses the AMI of the same content.
     pub async fn bake(&self, options: BakeOptions, watch: Arc<dyn Watch>) -> Result<Manifest, OpsError> {
-        let options = BakeOptions { build_subnet: self.build_subnet.clone(), ..options };
+        let options = BakeOptions { build_subnet: self.build_subnet.clone(), project: self.project.clone(), ..options };
         bake(&self.cloud, &self.image, &self.roles, &options, watch).await.map_err(|error| {
             let what = if matches!(error, BakeError::Stopped(_)) { "stopped" } else { "failed" };
             let message = format!("bake of `{}` in {} {what}: {error}", self.image.name, self.cloud.region);
@@ -56,6 +69,10 @@ impl Baking {
 
     /// Removes what earlier bakes left behind in the region; how many resources.
     pub async fn clean_up(&self, watch: Arc<dyn Watch>) -> Result<usize, OpsError> {
-        cleanup_leftovers(&self.cloud, &watch).await.map_err(|error| OpsError::Failed { message: error.to_string(), hint: None })
+        cleanup_leftovers(&self.cloud, &watch).await.map_err(failed)
     }
+}
+
+fn failed(error: BakeError) -> OpsError {
+    OpsError::Failed { message: error.to_string(), hint: None }
 }

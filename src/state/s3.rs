@@ -147,7 +147,7 @@ impl S3Backend {
         let region = location.region.clone();
         let clock = Arc::new(ServiceClock::default());
         let reads_date = clock.interceptor();
-        let access = location.access.clone().unwrap_or_else(|| access.clone());
+        let access = location.access.as_deref().unwrap_or(access).clone();
         let session_name = format!("kstack-{environment}-state");
         let client = run_on(&runtime, async move {
             let config = crate::aws::access::sdk_config(&access, &region, &session_name).await;

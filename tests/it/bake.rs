@@ -600,3 +600,129 @@ fn a_bake_in_a_vpc_someone_else_owns_runs_its_builder_in_the_subnet_the_environm
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     until("the builder and its group are removed", || leftovers(&aws, &rt) == (0, 0));
 }
+
+/// Who may launch `ami` in `ec2`'s region: accounts, organizations and units, in one list.
+fn launch_permissions(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, ami: &str) -> Vec<String> {
+    let described =
+        rt.block_on(ec2.describe_image_attribute().image_id(ami).attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission).send());
+    let mut found: Vec<String> = described
+        .unwrap()
+        .launch_permissions()
+        .iter()
+        .filter_map(|p| p.user_id().or(p.organization_arn()).or(p.organizational_unit_arn()).map(str::to_owned))
+        .collect();
+    found.sort();
+    found
+}
+
+/// `ami`'s snapshot: whether it is encrypted, its key, and who may create volumes from it.
+fn snapshot_of(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client, ami: &str) -> (String, bool, Option<String>, Vec<String>) {
+    rt.block_on(async {
+        let image = ec2.describe_images().image_ids(ami).send().await.unwrap();
+        let snapshot = image.images()[0].block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap().to_owned();
+        let described = ec2.describe_snapshots().snapshot_ids(&snapshot).send().await.unwrap();
+        let found = &described.snapshots()[0];
+        let permission = ec2
+            .describe_snapshot_attribute()
+            .snapshot_id(&snapshot)
+            .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .unwrap();
+        let accounts = permission.create_volume_permissions().iter().filter_map(|p| p.user_id()).map(str::to_owned).collect();
+        (snapshot, found.encrypted() == Some(true), found.kms_key_id().map(str::to_owned), accounts)
+    })
+}
+
+/// One bake of `node` through a test node serving its builder; its stdout.
+fn bake_once(project: &Project, moto: &Moto, aws: &Clients, rt: &tokio::runtime::Runtime, extra: &[&str]) -> String {
+    let child = start_bake(project, moto, "node", extra);
+    let (address, key) = builder(aws, rt);
+    let _node = serve(&address, &key);
+    let output = wait(child);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn ami_in(stdout: &str, region: &str) -> String {
+    let line = stdout.lines().find_map(|l| l.strip_prefix(&format!("{region}: ami-"))).unwrap_or_else(|| panic!("no AMI in {region}: {stdout}"));
+    format!("ami-{}", line.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn a_bake_encrypts_shares_and_copies_and_keep_retires_the_oldest_unused_ami_but_never_one_in_use() {
+    let moto = Moto::start();
+    let rt = runtime();
+    // The fleet is applied with the seeded AMI of `node`: its launch template uses it.
+    let (project, aws) = fleet(&moto, &rt);
+    let seeded = baked_or_seeded(&rt, &aws.ec2);
+    assert_eq!(seeded.len(), 1);
+    let frankfurt = rt.block_on(ec2_in(&moto, "eu-central-1"));
+    let organization = "arn:aws:organizations::123456789012:organization/o-abc123def4";
+    let unit = "arn:aws:organizations::123456789012:ou/o-abc123def4/ou-ab12-cdef3456";
+    project.edit(
+        "images/node.yaml",
+        "copy_to: [eu-central-1]",
+        &format!(
+            "copy_to: [{{ region: eu-central-1, kms_key_id: alias/images-frankfurt }}]\n\
+             encrypt: {{ kms_key_id: alias/images }}\n\
+             share: {{ accounts: ['111111111111'], organizations: ['{organization}'], organizational_units: ['{unit}'] }}\n\
+             keep: 3\n"
+        ),
+    );
+
+    let first = bake_once(&project, &moto, &aws, &rt, &[]);
+    let (ami, copy) = (ami_in(&first, "eu-west-1"), ami_in(&first, "eu-central-1"));
+    let mut shared = vec![String::from("111111111111"), organization.to_owned(), unit.to_owned()];
+    shared.sort();
+    for (ec2, ami, key) in [(&aws.ec2, &ami, "alias/images"), (&frankfurt, &copy, "alias/images-frankfurt")] {
+        assert_eq!(launch_permissions(&rt, ec2, ami), shared, "{ami} is shared as the image says");
+        let (_, encrypted, kms_key, volume_accounts) = snapshot_of(&rt, ec2, ami);
+        assert!(encrypted, "{ami}'s snapshot is encrypted");
+        assert_eq!(kms_key.as_deref(), Some(key), "with its region's key");
+        assert_eq!(volume_accounts, ["111111111111"], "the account may copy it too");
+    }
+
+    // Sharing follows the file: an account no longer listed is taken back at the next bake,
+    // even one that reuses the AMI.
+    project.edit("images/node.yaml", "accounts: ['111111111111']", "accounts: ['222222222222']");
+    let reused = project.kstack(&moto).args(["bake", "node"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&reused.stdout).contains("(reused"), "{}", String::from_utf8_lossy(&reused.stderr));
+    assert!(launch_permissions(&rt, &aws.ec2, &ami).contains(&String::from("222222222222")));
+    assert!(!launch_permissions(&rt, &aws.ec2, &ami).contains(&String::from("111111111111")));
+    assert_eq!(snapshot_of(&rt, &frankfurt, &copy).3, ["222222222222"]);
+
+    // Two more bakes: four AMIs of `node` with the seeded one, which the fleet uses.
+    let second = bake_once(&project, &moto, &aws, &rt, &["--force"]);
+    let third = bake_once(&project, &moto, &aws, &rt, &["--force"]);
+    assert!(!third.contains("retired"), "nothing unused is past keep: 3: {third}");
+    let (first_snapshot, ..) = snapshot_of(&rt, &aws.ec2, &ami);
+    let fourth = bake_once(&project, &moto, &aws, &rt, &["--force"]);
+    assert!(fourth.contains(&format!("eu-west-1: retired {ami} ")), "{fourth}");
+    assert!(fourth.contains(&format!("eu-central-1: retired {copy} ")), "{fourth}");
+    let mut left = baked_or_seeded(&rt, &aws.ec2);
+    let mut expected = vec![ami_in(&fourth, "eu-west-1"), ami_in(&third, "eu-west-1"), ami_in(&second, "eu-west-1"), seeded[0].clone()];
+    left.sort();
+    expected.sort();
+    assert_eq!(left, expected, "the oldest bake is gone; the seeded AMI the fleet uses stays, however old");
+    let snapshot_gone = rt.block_on(aws.ec2.describe_snapshots().snapshot_ids(&first_snapshot).send());
+    assert!(snapshot_gone.is_err() || snapshot_gone.unwrap().snapshots().is_empty(), "its snapshot is deleted");
+    assert_eq!(baked_or_seeded(&rt, &frankfurt).len(), 3, "three copies kept in eu-central-1");
+
+    let listed = project.kstack(&moto).args(["images", "node", "--json"]).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let amis = listed["amis"].as_array().unwrap();
+    assert_eq!(amis.len(), 7, "{listed:#}");
+    let seeded_row = amis.iter().find(|a| a["ami"] == seeded[0].as_str()).unwrap();
+    assert_eq!(seeded_row["used_by"], serde_json::json!(["environment fleet"]), "{listed:#}");
+    let table = project.kstack(&moto).args(["images", "node"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("REGION") && table.lines().count() == 8, "{table}");
+}
+
+/// AMIs tagged as images of `node` in `ec2`'s region (bakes and the seeded one).
+fn baked_or_seeded(rt: &tokio::runtime::Runtime, ec2: &aws_sdk_ec2::Client) -> Vec<String> {
+    let tagged = aws_sdk_ec2::types::Filter::builder().name("tag:kstack:image").values("node").build();
+    let images = rt.block_on(ec2.describe_images().owners("self").filters(tagged).send()).unwrap();
+    images.images().iter().filter_map(|i| i.image_id()).map(str::to_owned).collect()
+}

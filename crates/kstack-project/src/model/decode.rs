@@ -214,7 +214,7 @@ fn state_backend(
     let bucket_region = map.get("region").and_then(|n| string(n, problems)).map(|r| r.value);
     let kms_key_id = map.get("kms_key_id").and_then(|n| string(n, problems)).map(|k| k.value);
     let lease_seconds = map.get("lock_lease_seconds").map_or(Some(60), |n| number(n, 3..=3600u64, problems).map(|s| s.value));
-    let access = map.get("aws").and_then(|n| access::aws_access(n, "the state bucket's AWS access", false, problems));
+    let access = map.get("aws").and_then(|n| access::aws_access(n, "the state bucket's AWS access", false, problems)).map(Box::new);
     map.finish(problems);
     if !s3 {
         return Some(StateBackend::Local);

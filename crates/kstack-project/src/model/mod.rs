@@ -351,7 +351,7 @@ pub struct S3State {
     /// How long a lock holds without renewal; a live holder renews it every third of that.
     pub lease_seconds: u64,
     /// How the bucket's account is reached, when not as the environment's (`aws:` in `state:`).
-    pub access: Option<AwsAccess>,
+    pub access: Option<Box<AwsAccess>>,
 }
 
 /// Commands `kstack roll` runs on the machine it runs on, as minijinja templates with
