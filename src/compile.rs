@@ -293,7 +293,14 @@ impl Compiler<'_> {
     }
 
     fn node_groups(&mut self, problems: &mut Problems) {
-        let renderer = Renderer::default();
+        // A store's secret reaches a node by reference: the node reads it with its own role.
+        let renderer = self.env.secrets.iter().filter(|(_, s)| s.source.in_store()).fold(Renderer::default(), |renderer, (name, secret)| {
+            renderer.withholding(
+                name,
+                format!("user data never holds secret `{name}`: it comes from {}, which nodes read themselves", secret.source),
+                format!("write `{{{{ secret_ref.{name} }}}}`, a command printing it on the node with the instance role's permission"),
+            )
+        });
         for group in &self.env.node_groups {
             let own = group.user_data.as_ref().and_then(|template| renderer.render(template, &self.template_context(group), problems));
             let user_data = match &group.image.value {
@@ -349,8 +356,11 @@ impl Compiler<'_> {
         }
     }
 
+    /// What user data sees: never a store's secret, even one a run has read.
     fn template_context(&self, group: &NodeGroup) -> BTreeMap<String, minijinja::Value> {
-        crate::variables::for_group(self.env, group).into_iter().map(|(k, v)| (k, minijinja::Value::from_serialize(&v))).collect()
+        let in_store = |name: &String| self.env.secrets.get(name).is_some_and(|s| s.source.in_store());
+        let variables = crate::variables::for_group(self.env, group).into_iter().filter(|(k, _)| !in_store(k));
+        variables.map(|(k, v)| (k, minijinja::Value::from_serialize(&v))).collect()
     }
 }
 

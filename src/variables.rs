@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::model::image::Image;
 use crate::model::reboots::format_minute;
-use crate::model::{Environment, NodeGroup};
+use crate::model::{Environment, NodeGroup, SecretSource};
 use crate::roles::Variables;
 
 /// What a node group's templates see: its user data, and its nodes' roles beside the image's
@@ -19,6 +19,15 @@ pub fn for_group(environment: &Environment, group: &NodeGroup) -> Variables {
     // `term` hides secrets' values in all output.
     // An unset secret (only where the command needs none) is undefined: a template using it fails.
     variables.extend(environment.secrets.iter().filter_map(|(k, v)| Some((k.clone(), json!(v.value()?)))));
+    // A store's secrets as commands a node runs to read them with its own role.
+    let references: serde_json::Map<String, serde_json::Value> = environment
+        .secrets
+        .iter()
+        .filter_map(|(name, secret)| Some((name.clone(), json!(secret_reference(&secret.source, &environment.region.value)?))))
+        .collect();
+    if !references.is_empty() {
+        variables.insert("secret_ref".into(), serde_json::Value::Object(references));
+    }
     if let Some(reboots) = &group.reboots {
         // The unattended-upgrades role's window, for nodes without an assigned slot.
         variables.insert("reboot_window_start".into(), json!(format_minute(reboots.window.start)));
@@ -40,6 +49,26 @@ pub fn for_group(environment: &Environment, group: &NodeGroup) -> Variables {
         }),
     );
     variables
+}
+
+/// A shell command printing the secret on a node, with the AWS CLI and the instance role's
+/// permission (and `jq` for a field of a JSON secret); none for an environment variable, which
+/// only the machine kstack runs on has.
+fn secret_reference(source: &SecretSource, region: &str) -> Option<String> {
+    let quoted = |text: &str| format!("'{}'", text.replace('\'', r"'\''"));
+    match source {
+        SecretSource::Env(_) => None,
+        SecretSource::Ssm(name) => {
+            Some(format!("aws ssm get-parameter --region {region} --name {} --with-decryption --query Parameter.Value --output text", quoted(name)))
+        }
+        SecretSource::SecretsManager { id, key } => {
+            let read = format!("aws secretsmanager get-secret-value --region {region} --secret-id {} --query SecretString --output text", quoted(id));
+            Some(match key {
+                Some(key) => format!("{read} | jq -r {}", quoted(&format!(".[{}]", serde_json::Value::from(key.as_str())))),
+                None => read,
+            })
+        }
+    }
 }
 
 /// What an image's roles see when they run on a group's nodes.

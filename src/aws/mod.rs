@@ -22,6 +22,7 @@ mod launch_template;
 mod load_balancer;
 mod nat_gateway;
 mod route_table;
+pub mod secrets;
 mod security_group;
 mod subnet;
 mod tags;
@@ -49,6 +50,9 @@ pub struct Cloud {
     pub iam: aws_sdk_iam::Client,
     pub route53: aws_sdk_route53::Client,
     pub sts: aws_sdk_sts::Client,
+    /// Secrets' stores: SSM parameters and Secrets Manager.
+    pub ssm: aws_sdk_ssm::Client,
+    pub secrets_manager: aws_sdk_secretsmanager::Client,
     pub calls: Arc<ApiCalls>,
     /// EC2's time, from its replies: what bake leases are judged by.
     pub clock: Arc<ServiceClock>,
@@ -94,6 +98,10 @@ impl Cloud {
             iam: aws_sdk_iam::Client::from_conf(aws_sdk_iam::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
             route53: aws_sdk_route53::Client::from_conf(aws_sdk_route53::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
             sts: aws_sdk_sts::Client::from_conf(aws_sdk_sts::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
+            ssm: aws_sdk_ssm::Client::from_conf(aws_sdk_ssm::config::Builder::from(&config).interceptor(calls.interceptor()).build()),
+            secrets_manager: aws_sdk_secretsmanager::Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(&config).interceptor(calls.interceptor()).build(),
+            ),
             calls,
             clock,
             owner,

@@ -143,10 +143,12 @@ pub(super) fn run_apply(project: &Project, args: &ApplyArgs) -> Result<(), CliEr
         show_outputs::after_apply(runtime.block_on(current(&cloud, &environment, Some(&session.observed))));
         session.lock
     };
-    let Some(model) = model else { return Ok(()) };
+    let Some(mut model) = model else { return Ok(()) };
     let reach = args.ssh.reach();
     let new_nodes = NewNodes { images: &images, reach: &reach, write_slots: args.write_reboot_slots };
     if args.roll {
+        // The roll's hooks may use the secrets kept in the account's stores.
+        runtime.block_on(kstack::ops::secrets::read(&mut model, &Terminal))?;
         let roll = runtime.block_on(EnvironmentRoll::open(&model, store))?;
         runtime.block_on(roll.run(&RollRequest::everything(&command, new_nodes), &stop, &Shown::roll(), &Terminal))?;
     } else if applied {

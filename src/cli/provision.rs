@@ -90,12 +90,13 @@ pub(super) struct VerifyArgs {
 /// dropped: no apply or roll replaces nodes meanwhile). Secrets become variables; `term`
 /// hides their values in all output.
 fn plan_work(project: &Project, targets: &Targets, command: &str) -> Result<(Lock, Vec<GroupWork>), CliError> {
-    let compiled = compiled(project, &targets.env, &Terminal)?;
-    let environment = &compiled.checked.environment;
-    check_groups(environment, &targets.groups)?;
-    let store = open_store(project, &environment.state_location())?;
+    let mut compiled = compiled(project, &targets.env, &Terminal)?;
+    check_groups(&compiled.checked.environment, &targets.groups)?;
+    let store = open_store(project, &compiled.checked.environment.state_location())?;
     let lock = store.lock(&format!("kstack {command} {}", targets.env), &Stop::default())?;
     let runtime = runtime()?;
+    runtime.block_on(kstack::ops::secrets::read(&mut compiled.checked.environment, &Terminal))?;
+    let environment = &compiled.checked.environment;
     let state = store.load()?;
     let (cloud, _) = runtime.block_on(account::connect(&environment.aws, &environment.region.value, state.owner(), state.account.as_deref()))?;
     let selection = Selection { groups: &targets.groups, limit: &targets.limit };

@@ -158,12 +158,16 @@ pub(super) fn run(project: &Project, args: &Args) -> Result<(), CliError> {
     if args.status || args.abort {
         return run_from_state(project, args);
     }
-    let ForRoll { checked, images } = for_roll(project, &args.env, &Terminal)?;
-    let environment = &checked.environment;
-    check_groups(environment, &args.groups)?;
-    let store = open_store(project, &environment.state_location())?;
+    let ForRoll { mut checked, images } = for_roll(project, &args.env, &Terminal)?;
+    check_groups(&checked.environment, &args.groups)?;
+    let store = open_store(project, &checked.environment.state_location())?;
     let command = format!("kstack roll {}", args.env);
     let runtime = runtime()?;
+    // The hooks may use the secrets kept in the account's stores; a dry run runs none.
+    if !args.dry_run {
+        runtime.block_on(kstack::ops::secrets::read(&mut checked.environment, &Terminal))?;
+    }
+    let environment = &checked.environment;
     let stop = stop_on_signals(&runtime);
     let _lock = store.lock(&command, &stop)?;
     let roll = runtime.block_on(EnvironmentRoll::open(environment, store))?;

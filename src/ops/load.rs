@@ -91,8 +91,8 @@ pub fn for_roll(project: &Project, env: &str, notice: &dyn Notice) -> Result<For
     let mut sources = loaded.sources;
     let result = loaded.result.and_then(|checked| {
         hide_secrets(&checked, notice);
-        for (name, secret) in checked.environment.secrets.iter().filter(|(_, s)| s.value().is_none()) {
-            notice.warning(&format!("secret `{name}` is not set (${}): a roll hook that uses it fails", secret.env_var));
+        for (name, secret) in checked.environment.secrets.iter().filter(|(_, s)| !s.source.in_store() && s.value().is_none()) {
+            notice.warning(&format!("secret `{name}` is not set ({}): a roll hook that uses it fails", secret.source));
         }
         let names: BTreeSet<String> = checked
             .environment

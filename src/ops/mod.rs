@@ -15,6 +15,7 @@ pub mod nodes;
 pub mod outputs;
 pub mod reboots;
 pub mod roll;
+pub mod secrets;
 pub mod session;
 pub mod state;
 

@@ -374,3 +374,80 @@ fn a_secret_never_reaches_a_command_line_sudo_s_log_or_any_output_even_traced() 
         assert!(!journal.contains(piece), "`{piece}` in sudo's log: {journal}");
     }
 }
+
+#[test]
+fn secrets_from_ssm_and_secrets_manager_reach_the_roles_and_never_any_output_state_user_data_or_command_line() {
+    const TOKEN: &str = "ssm-t0ken-Hq3v";
+    const PASSWORD: &str = "sm-p4ss-Zr8k";
+    let fleet = Fleet::start();
+    let rt = kstack_testkit::runtime();
+    let aws = rt.block_on(fleet.moto.clients());
+    rt.block_on(async {
+        let secure = aws_sdk_ssm::types::ParameterType::SecureString;
+        aws.ssm.put_parameter().name("/fleet/api-token").value(TOKEN).r#type(secure).key_id("alias/fleet").send().await.unwrap();
+        let json = format!(r#"{{"user":"app","password":"{PASSWORD}"}}"#);
+        aws.secrets_manager.create_secret().name("fleet/db").secret_string(json).send().await.unwrap();
+    });
+    let fleet_file = fleet.project.path().join("environments/fleet.yaml");
+    let text = std::fs::read_to_string(&fleet_file).unwrap();
+    std::fs::write(
+        &fleet_file,
+        format!("{text}secrets:\n  api_token: {{ ssm: /fleet/api-token }}\n  db_password: {{ secrets_manager: fleet/db, key: password }}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(fleet.project.path().join("roles/secretive")).unwrap();
+    fleet.project.write(
+        "roles/secretive/tasks.yaml",
+        "tasks:\n  - name: password by command\n    command:\n      run: umask 077; printf '%s\\n' '{{ db_password }}' > /root/db-password\n",
+    );
+    fleet.project.edit("images/node.yaml", "roles: [everything]", "roles: [everything, secretive]");
+
+    let sampler = Sampler::start(&[TOKEN, PASSWORD]);
+    let provisioned = fleet.command(&["provision", "fleet", "--diff", "--trust-new-hosts"]).env("RUST_LOG", "trace").output().unwrap();
+    let sampled = sampler.stop();
+    let shown = format!("{}{}", stdout(&provisioned), String::from_utf8_lossy(&provisioned.stderr));
+    assert!(provisioned.status.success(), "{shown}");
+    assert!(!shown.contains(TOKEN) && !shown.contains(PASSWORD), "{shown}");
+    assert!(shown.contains("(diff withheld: the file is rendered from a secret)"), "{shown}");
+    for node in &fleet.nodes {
+        let config = std::fs::read_to_string(node.file("/etc/app/app.conf")).unwrap();
+        assert!(config.contains(&format!("token = {TOKEN}")), "the SSM parameter reached the template: {config}");
+        assert_eq!(std::fs::read_to_string(node.file("/root/db-password")).unwrap(), format!("{PASSWORD}\n"), "the secret's field reached the task");
+    }
+    assert!(sampled.is_empty(), "a secret on a command line: {sampled:#?}");
+
+    // User data refers to a store's secret, never holds it: its value is a problem, its
+    // reference a command the node runs.
+    let text = std::fs::read_to_string(&fleet_file).unwrap();
+    let with_user_data = |line: &str| {
+        let user_data = format!("    image: node\n    user_data: \"#!/bin/sh\\n{line}\\n\"\n");
+        std::fs::write(&fleet_file, text.replace("    image: node\n", &user_data)).unwrap();
+    };
+    with_user_data("echo {{ api_token }} > /etc/token");
+    let refused = fleet.project.kstack(&fleet.moto).args(["validate", "fleet"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("user data never holds secret `api_token`: it comes from SSM parameter /fleet/api-token"), "{said}");
+    with_user_data("{{ secret_ref.api_token }} > /etc/token");
+    let applied = fleet.project.kstack(&fleet.moto).args(["apply", "fleet", "--auto-approve"]).output().unwrap();
+    assert!(applied.status.success(), "{}", kstack_testkit::said(&applied));
+    let user_data = rt.block_on(async {
+        let templates = aws.ec2.describe_launch_templates().filters(kstack_testkit::env_filter("fleet")).send().await.unwrap();
+        let template = templates.launch_templates()[0].launch_template_id().unwrap().to_owned();
+        let versions = aws.ec2.describe_launch_template_versions().launch_template_id(template).versions("$Latest").send().await.unwrap();
+        let data = versions.launch_template_versions()[0].launch_template_data().unwrap().user_data().unwrap().to_owned();
+        String::from_utf8(aws_smithy_types::base64::decode(&data).unwrap()).unwrap()
+    });
+    assert!(user_data.contains("aws ssm get-parameter --region eu-west-1 --name '/fleet/api-token' --with-decryption"), "{user_data}");
+    assert!(!user_data.contains(TOKEN), "{user_data}");
+    let state = std::fs::read_to_string(fleet.project.path().join(".kstack/state/fleet.json")).unwrap();
+    assert!(!state.contains(TOKEN) && !state.contains(PASSWORD));
+
+    // A missing parameter: one line naming the secret and the parameter; nothing runs.
+    rt.block_on(aws.ssm.delete_parameter().name("/fleet/api-token").send()).unwrap();
+    let missing = fleet.kstack(&["provision", "fleet"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("secret `api_token`: SSM parameter /fleet/api-token does not exist"), "{said}");
+    assert!(!said.contains("db_password"), "the readable one is not reported: {said}");
+}

@@ -13,6 +13,8 @@ pub struct Renderer {
     jinja: Environment<'static>,
     /// What the templates it renders see, for problems.
     hint: &'static str,
+    /// Names its templates may not use, each with why and what to write instead.
+    withheld: BTreeMap<String, (String, String)>,
 }
 
 impl Default for Renderer {
@@ -54,7 +56,13 @@ pub fn condition(expression: Spanned<String>, example: &str, problems: &mut Prob
 impl Renderer {
     /// A renderer whose problems say `hint` about the variables its templates see.
     pub fn with_hint(hint: &'static str) -> Renderer {
-        Renderer { jinja: engine(), hint }
+        Renderer { jinja: engine(), hint, withheld: BTreeMap::new() }
+    }
+
+    /// The same, refusing `name` with `why` and `instead` when a template uses it.
+    pub fn withholding(mut self, name: &str, why: String, instead: String) -> Renderer {
+        self.withheld.insert(name.to_owned(), (why, instead));
+        self
     }
 
     /// Renders `template` with `context`. Each undefined variable is reported at its own
@@ -72,6 +80,10 @@ impl Renderer {
             undefined.sort();
             let known: Vec<&str> = context.keys().map(String::as_str).collect();
             for name in undefined {
+                if let Some((why, instead)) = self.withheld.get(&name) {
+                    problems.error(variable_loc(template, &name), why.clone()).label("withheld").hint(instead.clone());
+                    continue;
+                }
                 let hint = did_you_mean(&name, known.iter().copied())
                     .map_or_else(|| self.hint.to_string(), |close| format!("did you mean `{close}`? {}", self.hint));
                 problems.error(variable_loc(template, &name), format!("undefined template variable `{name}`")).label("undefined").hint(hint);

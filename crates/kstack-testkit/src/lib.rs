@@ -170,6 +170,8 @@ pub struct Clients {
     pub iam: aws_sdk_iam::Client,
     pub route53: aws_sdk_route53::Client,
     pub s3: aws_sdk_s3::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub secrets_manager: aws_sdk_secretsmanager::Client,
 }
 
 impl Clients {
@@ -186,6 +188,8 @@ impl Clients {
             iam: aws_sdk_iam::Client::new(config),
             route53: aws_sdk_route53::Client::new(config),
             s3: aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(config).force_path_style(true).build()),
+            ssm: aws_sdk_ssm::Client::new(config),
+            secrets_manager: aws_sdk_secretsmanager::Client::new(config),
         }
     }
 

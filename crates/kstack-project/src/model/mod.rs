@@ -28,7 +28,7 @@ pub use load::{
 };
 pub use reboots::{RebootPolicy, RebootWindow};
 pub use roll_policy::{Amount, BatchSize, PolicyOverrides, RollPolicy};
-pub use secrets::Secret;
+pub use secrets::{Secret, SecretSource};
 
 /// One environment, after `extends` has been merged and every value decoded.
 #[derive(Debug, Clone)]
