@@ -5,8 +5,7 @@
 //! no-change run each, at each fleet size given (default 10 and 100). Prints wall times, the
 //! ratios, and each tool's CPU per host. Figures, not assertions.
 //!
-//! Needs root, `scripts/setup`, and PyPI for ansible-core, installed on first use into
-//! `.venv/ansible`. Each fleet is booted for one tool and removed after it: the tools never see
+//! Needs root and `scripts/setup` (which installs ansible-core into `.venv/ansible`). Each fleet is booted for one tool and removed after it: the tools never see
 //! a node the other configured.
 //!
 //! Run with `cargo bench --bench roles` or `cargo bench --bench roles -- 10`.
@@ -20,8 +19,6 @@ use std::time::{Duration, Instant};
 use kstack::roles::{run, RunOptions, TaskStatus, Variables};
 use kstack_testkit::node::{ClientKey, Node};
 use kstack_testkit::runner::{load, login};
-
-const ANSIBLE_VERSION: &str = "2.19.4";
 
 /// Hosts worked on at once, by both tools.
 fn forks(hosts: usize) -> usize {
@@ -83,20 +80,10 @@ fn kstack_runs(key: &ClientKey, hosts: usize) -> Runs {
     runs
 }
 
+/// ansible-playbook, which `scripts/setup` installs.
 fn ansible() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ansible");
-    let playbook = venv.join("bin/ansible-playbook");
-    let installed = Command::new(&playbook).arg("--version").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(ANSIBLE_VERSION));
-    if !installed {
-        eprintln!("installing ansible-core {ANSIBLE_VERSION} into {}", venv.display());
-        assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success());
-        let pip = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", &format!("ansible-core=={ANSIBLE_VERSION}")])
-            .status()
-            .unwrap();
-        assert!(pip.success(), "pip install ansible-core failed");
-    }
-    playbook
+    kstack_testkit::require(kstack_testkit::Need::Ansible);
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ansible/bin/ansible-playbook")
 }
 
 fn ansible_runs(key: &ClientKey, hosts: usize) -> Runs {

@@ -183,11 +183,16 @@ fn operation_of<E>() -> Option<String> {
 }
 
 /// Why no credentials could sign the request, when that is why it failed (the SDK reports it
-/// as a dispatch failure, though nothing was sent): each provider the chain tried, one a line.
+/// as a dispatch failure, though nothing was sent): each provider the chain tried, one a line,
+/// or why a profile or a role to assume gave none (STS refused it, the profile is not
+/// there).
 fn missing_credentials(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use aws_credential_types::provider::error::CredentialsError;
     let mut source = Some(error);
     while let Some(cause) = source {
-        if let Some(aws_credential_types::provider::error::CredentialsError::CredentialsNotLoaded(_)) = cause.downcast_ref() {
+        if let Some(CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) | CredentialsError::ProviderError(_)) =
+            cause.downcast_ref()
+        {
             return Some(cause.source().map_or_else(|| cause.to_string(), causes));
         }
         source = cause.source();
@@ -216,7 +221,8 @@ impl crate::hint::Hint for AwsError {
     fn hint(&self) -> Option<String> {
         let hint = match self.kind {
             AwsErrorKind::Credentials => {
-                "kstack uses the standard AWS chain: set AWS_PROFILE (a profile in ~/.aws/config or ~/.aws/credentials) or \
+                "kstack reaches an account through the environment's `aws:` (a profile, a role to assume, which must trust these \
+                 credentials) or the standard AWS chain: set AWS_PROFILE (a profile in ~/.aws/config or ~/.aws/credentials) or \
                  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role applies"
             }
             AwsErrorKind::Transport => "check the network and AWS_ENDPOINT_URL, then run again: a run picks up where this one stopped",
@@ -290,5 +296,16 @@ mod tests {
         assert_eq!(error.message, "no credentials found in chain. Attempted:\n  Environment: environment variable not set\n  Profile: not enabled");
         let hint = crate::hint::Hint::hint(&error).unwrap_or_default();
         assert!(hint.contains("AWS_PROFILE"), "{hint}");
+    }
+
+    #[test]
+    fn a_role_sts_refuses_is_a_credentials_error_not_the_network() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let refused = std::io::Error::other("AccessDenied: User is not authorized to perform sts:AssumeRole");
+        let connector = ConnectorError::other(Box::new(CredentialsError::provider_error(refused)), None);
+        let error = AwsError::from(Sdk::dispatch_failure(connector));
+        assert_eq!(error.kind, super::AwsErrorKind::Credentials);
+        assert!(error.message.contains("not authorized to perform sts:AssumeRole"), "{}", error.message);
+        assert!(crate::hint::Hint::hint(&error).unwrap_or_default().contains("a role to assume"));
     }
 }

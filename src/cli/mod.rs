@@ -13,6 +13,7 @@ mod plan;
 mod progress;
 mod provision;
 mod reboots;
+mod roles;
 mod roll;
 mod running;
 mod scope_args;
@@ -85,6 +86,7 @@ enum Command {
     State(state::Args),
     Bake(bake::Args),
     Images(images::Args),
+    Roles(roles::Args),
     Provision(provision::ProvisionArgs),
     Verify(provision::VerifyArgs),
     Roll(roll::Args),
@@ -140,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::State(args) => state::run(&project, &args),
         Command::Bake(args) => bake::run(&project, &args),
         Command::Images(args) => images::run(&project, &args),
+        Command::Roles(args) => roles::run(&project, &args),
         Command::Provision(args) => provision::run_provision(&project, &args),
         Command::Verify(args) => provision::run_verify(&project, &args),
         Command::Roll(args) => roll::run(&project, &args),

@@ -2,6 +2,7 @@
 //! or named `address=id` on the command line), matched to the addresses of the model. Pure:
 //! knows nothing of AWS calls; the adoption is planned and carried out by `ops::import`.
 
+pub mod ansible;
 pub mod generate;
 pub mod terraform;
 

@@ -14,6 +14,7 @@ pub mod load;
 pub mod nodes;
 pub mod outputs;
 pub mod reboots;
+pub mod roles;
 pub mod roll;
 pub mod secrets;
 pub mod session;

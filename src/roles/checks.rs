@@ -1,5 +1,8 @@
 //! Running checks (`checks.yaml`) on a host: `kstack verify` runs them; bake runs them
-//! before an image is saved.
+//! before an image is saved. Every check of a host is made in one command: each kind reads
+//! the running system with a small script (its probe), all of them run in turn in one batch,
+//! each under its own timeout and with its output framed by a boundary no output can forge,
+//! and each is judged on what its probe printed, as if it had run alone.
 
 use serde::Serialize;
 
@@ -24,6 +27,13 @@ impl CheckResult {
     }
 }
 
+/// A check to make: its name, its rendered kind, and how long its probe may take.
+pub struct Pending {
+    pub name: String,
+    pub kind: CheckKind,
+    pub timeout_seconds: u64,
+}
+
 /// What a check found.
 enum Found {
     /// Whether it passed, and what was expected and found.
@@ -32,80 +42,176 @@ enum Found {
     Skipped(String),
 }
 
-/// Runs the check `check_name` of `kind` (its strings already rendered): each kind reads the
-/// running system with one command and judges what it prints.
-pub async fn run(check_name: &str, kind: &CheckKind, connection: &Connection, facts: &Facts) -> Result<CheckResult, SshError> {
-    // Kernel state in a container is the host's: only a VM (or a real machine) shows it.
+/// What a probe printed, and how it ended.
+struct Probed<'a> {
+    stdout: &'a str,
+    status: u32,
+}
+
+/// Makes `checks` on the host in one command, in order.
+pub async fn run_all(checks: &[Pending], connection: &Connection, facts: &Facts) -> Result<Vec<CheckResult>, SshError> {
+    let probes: Vec<Result<String, Found>> = checks.iter().map(|check| probe(&check.kind, facts)).collect();
+    let boundary = format!("kstack-check-{:016x}", rand::random::<u64>());
+    let mut script = String::new();
+    for (index, (check, probe)) in checks.iter().zip(&probes).enumerate() {
+        let Ok(probe) = probe else { continue };
+        // Each probe alone: no input to take from the batch, its own time limit.
+        script.push_str(&format!(
+            "printf '%s begin {index}\\n' {boundary}\ntimeout -k 5 {} sh -c {} </dev/null 2>/dev/null\nprintf '\\n%s end {index} %d\\n' {boundary} $?\n",
+            check.timeout_seconds,
+            quote(probe)
+        ));
+    }
+    let output = if script.is_empty() { String::new() } else { connection.run(&script, None).await?.stdout };
+    Ok(checks
+        .iter()
+        .zip(probes)
+        .enumerate()
+        .map(|(index, (check, probe))| {
+            let found = match probe {
+                Err(decided) => decided,
+                Ok(_) => match framed(&output, &boundary, index) {
+                    // coreutils `timeout`: 124 when the limit ran out, 137 when it had to kill.
+                    Some(Probed { status: 124 | 137, .. }) => {
+                        Found::Judged(false, format!("did not finish within {} s (timeout_seconds)", check.timeout_seconds))
+                    }
+                    Some(probed) => judge(&check.kind, &probed),
+                    None => Found::Judged(false, String::from("its probe printed nothing where it should have: the batch was cut short")),
+                },
+            };
+            let name = check.name.clone();
+            match found {
+                Found::Judged(passed, detail) => CheckResult { name, passed, skipped: None, detail },
+                Found::Skipped(why) => CheckResult { name, passed: true, skipped: Some(why), detail: String::new() },
+            }
+        })
+        .collect())
+}
+
+/// The output and status of probe `index`, from between its begin and end lines.
+fn framed<'a>(output: &'a str, boundary: &str, index: usize) -> Option<Probed<'a>> {
+    let begin = format!("{boundary} begin {index}\n");
+    let end = format!("\n{boundary} end {index} ");
+    let start = output.find(&begin)? + begin.len();
+    let length = output[start..].find(&end)?;
+    let status = output[start + length + end.len()..].lines().next()?.trim().parse().ok()?;
+    Some(Probed { stdout: &output[start..start + length], status })
+}
+
+/// The script that reads what a check judges, or the finding when it needs none: kernel
+/// state in a container is the host's, and only a VM (or a real machine) shows it.
+fn probe(kind: &CheckKind, facts: &Facts) -> Result<String, Found> {
     let container = facts.container.then_some(facts.virtualization.as_str());
-    let found = match kind {
-        CheckKind::Package { name, version } => package(connection, name, version.as_deref()).await?,
-        CheckKind::File { path, exists, mode, contains, sha256 } => {
-            file(connection, path, *exists, mode.as_deref(), contains, sha256.as_deref()).await?
+    Ok(match kind {
+        CheckKind::Package { name, .. } => format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name)),
+        CheckKind::File { path, .. } => {
+            let p = quote(path);
+            format!(
+                "if [ -e {p} ]; then stat -c '%a' {p}; sha256sum {p} 2>/dev/null | cut -d' ' -f1; echo '--- kstack ---'; head -c 1048576 {p} 2>/dev/null; else echo absent; fi"
+            )
         }
-        CheckKind::Service { name, enabled, running } => service(connection, name, *enabled, *running).await?,
-        CheckKind::Sysctl { name, value } => match container {
-            Some(kind) => Found::Skipped(format!("kernel settings cannot be checked in a {kind} container")),
-            None => sysctl(connection, name, value).await?,
+        CheckKind::Service { name, .. } => {
+            format!("systemctl is-enabled {0} 2>/dev/null; echo; systemctl is-active {0} 2>/dev/null; echo", quote(name))
+        }
+        CheckKind::Sysctl { name, .. } => match container {
+            Some(kind) => return Err(Found::Skipped(format!("kernel settings cannot be checked in a {kind} container"))),
+            None => format!("sysctl -n {}", quote(name)),
         },
-        CheckKind::KernelParameter { parameter } => match container {
-            Some(kind) => Found::Skipped(format!("the kernel command line is the host's in a {kind} container")),
-            None => kernel_parameter(connection, parameter).await?,
+        CheckKind::KernelParameter { .. } => match container {
+            Some(kind) => return Err(Found::Skipped(format!("the kernel command line is the host's in a {kind} container"))),
+            None => String::from("cat /proc/cmdline"),
         },
+        // The kernel's own tables: no dependency on ss or netstat being installed.
         CheckKind::Port { port } => match port.value().and_then(|p| u16::try_from(p).ok()) {
-            Some(port) => listening(connection, port).await?,
-            None => Found::Judged(false, format!("port {port:?} is not a TCP port number")),
+            Some(_) => String::from("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null"),
+            None => return Err(Found::Judged(false, format!("port {port:?} is not a TCP port number"))),
         },
-        CheckKind::TransparentHugePages { enabled, defrag } => match container {
-            Some(kind) => Found::Skipped(format!("needs a real VM: huge pages are the host kernel's in a {kind} container")),
-            None => huge_pages(connection, enabled, defrag).await?,
+        CheckKind::TransparentHugePages { .. } => match container {
+            Some(kind) => return Err(Found::Skipped(format!("needs a real VM: huge pages are the host kernel's in a {kind} container"))),
+            None => String::from("cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag"),
         },
         CheckKind::Mtu { interface, value } => match (value.value(), container) {
-            (None, _) => Found::Judged(false, format!("MTU {value:?} is not a number")),
-            (Some(_), Some(kind)) => Found::Skipped(format!("needs a real VM: a {kind} container shares the host's interfaces")),
-            (Some(value), None) => mtu(connection, interface.as_deref(), value).await?,
+            (None, _) => return Err(Found::Judged(false, format!("MTU {value:?} is not a number"))),
+            (Some(_), Some(kind)) => return Err(Found::Skipped(format!("needs a real VM: a {kind} container shares the host's interfaces"))),
+            (Some(_), None) => {
+                let interface = match interface {
+                    Some(name) => quote(name),
+                    None => String::from("\"$(awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route)\""),
+                };
+                format!("i={interface}; echo \"$i\"; cat \"/sys/class/net/$i/mtu\"")
+            }
         },
-        CheckKind::Command { run, exit_status, output_contains } => command(connection, run, *exit_status, output_contains.as_deref()).await?,
-    };
-    let name = check_name.to_owned();
-    Ok(match found {
-        Found::Judged(passed, detail) => CheckResult { name, passed, skipped: None, detail },
-        Found::Skipped(why) => CheckResult { name, passed: true, skipped: Some(why), detail: String::new() },
+        CheckKind::Command { run, .. } => run.clone(),
     })
 }
 
-async fn stdout(connection: &Connection, script: &str) -> Result<String, SshError> {
-    Ok(connection.run(script, None).await?.stdout)
+/// A check's finding from what its probe printed.
+fn judge(kind: &CheckKind, probed: &Probed) -> Found {
+    let found = probed.stdout;
+    match kind {
+        CheckKind::Package { name, version } => {
+            let (status, installed) = found.split_once('|').unwrap_or(("", ""));
+            // The second letter of the abbreviated status is the package's state.
+            let ok = status.chars().nth(1) == Some('i') && version.as_deref().is_none_or(|v| v == installed);
+            let found = if status.is_empty() { "not installed" } else { installed };
+            Found::Judged(ok, format!("expected {name} {}, found {found}", version.as_deref().unwrap_or("installed")))
+        }
+        CheckKind::File { path, exists, mode, contains, sha256 } => file(path, *exists, mode.as_deref(), contains, sha256.as_deref(), found),
+        CheckKind::Service { name, enabled, running } => {
+            let mut lines = found.lines().filter(|l| !l.is_empty());
+            let is_enabled = lines.next().unwrap_or("unknown").trim().to_owned();
+            let is_active = lines.next().unwrap_or("unknown").trim().to_owned();
+            let enabled_ok = enabled.is_none_or(|e| e == (is_enabled == "enabled"));
+            let running_ok = running.is_none_or(|r| r == (is_active == "active"));
+            Found::Judged(enabled_ok && running_ok, format!("{name} is {is_enabled} and {is_active}"))
+        }
+        CheckKind::Sysctl { name, value } => {
+            let normalize = |v: &str| v.split_whitespace().collect::<Vec<_>>().join(" ");
+            Found::Judged(normalize(found) == normalize(value), format!("{name} = {}, expected {value}", found.trim()))
+        }
+        CheckKind::KernelParameter { parameter } => {
+            Found::Judged(found.split_whitespace().any(|w| w == parameter), format!("{parameter} is not in /proc/cmdline: {}", found.trim()))
+        }
+        CheckKind::Port { port } => {
+            let port = port.value().and_then(|p| u16::try_from(p).ok());
+            let listening = found.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+                fields.get(3) == Some(&"0A") && local_port.is_some() && local_port == port
+            });
+            Found::Judged(listening, format!("nothing listens on TCP port {}", port.unwrap_or_default()))
+        }
+        CheckKind::TransparentHugePages { enabled, defrag } => {
+            // The mode in effect is the one in brackets: `always madvise [never]`.
+            let selected = |line: &str| line.split('[').nth(1).and_then(|r| r.split(']').next()).unwrap_or_default().to_owned();
+            let mut lines = found.lines();
+            let (now_enabled, now_defrag) = (selected(lines.next().unwrap_or_default()), selected(lines.next().unwrap_or_default()));
+            Found::Judged(
+                now_enabled == *enabled && now_defrag == *defrag,
+                format!("enabled={now_enabled} defrag={now_defrag}, expected enabled={enabled} defrag={defrag}"),
+            )
+        }
+        CheckKind::Mtu { value, .. } => {
+            let mut lines = found.lines();
+            let (interface, mtu) = (lines.next().unwrap_or_default().trim(), lines.next().unwrap_or_default().trim());
+            let value = value.value().unwrap_or_default();
+            Found::Judged(mtu == value.to_string(), format!("{interface} has MTU {mtu}, expected {value}"))
+        }
+        CheckKind::Command { run, exit_status, output_contains } => {
+            let passed = probed.status == *exit_status && output_contains.as_deref().is_none_or(|c| found.contains(c));
+            Found::Judged(passed, format!("`{run}` exited {} (expected {exit_status}); output: {}", probed.status, found.trim()))
+        }
+    }
 }
 
-async fn package(connection: &Connection, name: &str, version: Option<&str>) -> Result<Found, SshError> {
-    let found = stdout(connection, &format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name))).await?;
-    let (status, installed) = found.split_once('|').unwrap_or(("", ""));
-    // The second letter of the abbreviated status is the package's state.
-    let ok = status.chars().nth(1) == Some('i') && version.is_none_or(|v| v == installed);
-    let found = if status.is_empty() { "not installed" } else { installed };
-    Ok(Found::Judged(ok, format!("expected {name} {}, found {found}", version.unwrap_or("installed"))))
-}
-
-async fn file(
-    connection: &Connection,
-    path: &str,
-    exists: bool,
-    mode: Option<&str>,
-    contains: &[String],
-    sha256: Option<&str>,
-) -> Result<Found, SshError> {
-    let p = quote(path);
-    let script = format!(
-        "if [ -e {p} ]; then stat -c '%a' {p}; sha256sum {p} 2>/dev/null | cut -d' ' -f1; echo '--- kstack ---'; head -c 1048576 {p} 2>/dev/null; else echo absent; fi"
-    );
-    let text = stdout(connection, &script).await?;
+fn file(path: &str, exists: bool, mode: Option<&str>, contains: &[String], sha256: Option<&str>, text: &str) -> Found {
     if text.trim() == "absent" {
-        return Ok(Found::Judged(!exists, format!("{path} does not exist")));
+        return Found::Judged(!exists, format!("{path} does not exist"));
     }
     if !exists {
-        return Ok(Found::Judged(false, format!("{path} exists but should not")));
+        return Found::Judged(false, format!("{path} exists but should not"));
     }
-    let (head, body) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
+    let (head, body) = text.split_once("--- kstack ---\n").unwrap_or((text, ""));
     let mut lines = head.lines();
     let found_mode = lines.next().unwrap_or_default();
     let found_sha = lines.next().unwrap_or_default();
@@ -121,65 +227,25 @@ async fn file(
     for needle in contains.iter().filter(|c| !body.contains(c.as_str())) {
         problems.push(format!("does not contain `{needle}`"));
     }
-    Ok(Found::Judged(problems.is_empty(), format!("{path}: {}", problems.join("; "))))
+    Found::Judged(problems.is_empty(), format!("{path}: {}", problems.join("; ")))
 }
 
-async fn service(connection: &Connection, name: &str, enabled: Option<bool>, running: Option<bool>) -> Result<Found, SshError> {
-    let text =
-        stdout(connection, &format!("systemctl is-enabled {0} 2>/dev/null; echo; systemctl is-active {0} 2>/dev/null; echo", quote(name))).await?;
-    let mut lines = text.lines().filter(|l| !l.is_empty());
-    let is_enabled = lines.next().unwrap_or("unknown").trim().to_owned();
-    let is_active = lines.next().unwrap_or("unknown").trim().to_owned();
-    let enabled_ok = enabled.is_none_or(|e| e == (is_enabled == "enabled"));
-    let running_ok = running.is_none_or(|r| r == (is_active == "active"));
-    Ok(Found::Judged(enabled_ok && running_ok, format!("{name} is {is_enabled} and {is_active}")))
-}
+#[cfg(test)]
+mod tests {
+    use super::framed;
 
-async fn sysctl(connection: &Connection, name: &str, value: &str) -> Result<Found, SshError> {
-    let found = stdout(connection, &format!("sysctl -n {}", quote(name))).await?;
-    let normalize = |v: &str| v.split_whitespace().collect::<Vec<_>>().join(" ");
-    Ok(Found::Judged(normalize(&found) == normalize(value), format!("{name} = {}, expected {value}", found.trim())))
-}
-
-async fn kernel_parameter(connection: &Connection, parameter: &str) -> Result<Found, SshError> {
-    let found = stdout(connection, "cat /proc/cmdline").await?;
-    Ok(Found::Judged(found.split_whitespace().any(|w| w == parameter), format!("{parameter} is not in /proc/cmdline: {}", found.trim())))
-}
-
-async fn listening(connection: &Connection, port: u16) -> Result<Found, SshError> {
-    // The kernel's own tables: no dependency on ss or netstat being installed.
-    let found = stdout(connection, "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null").await?;
-    let listening = found.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let local_port = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-        fields.get(3) == Some(&"0A") && local_port == Some(port)
-    });
-    Ok(Found::Judged(listening, format!("nothing listens on TCP port {port}")))
-}
-
-async fn huge_pages(connection: &Connection, enabled: &str, defrag: &str) -> Result<Found, SshError> {
-    let found = stdout(connection, "cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag").await?;
-    // The mode in effect is the one in brackets: `always madvise [never]`.
-    let selected = |line: &str| line.split('[').nth(1).and_then(|r| r.split(']').next()).unwrap_or_default().to_owned();
-    let mut lines = found.lines();
-    let (now_enabled, now_defrag) = (selected(lines.next().unwrap_or_default()), selected(lines.next().unwrap_or_default()));
-    Ok(Found::Judged(
-        now_enabled == enabled && now_defrag == defrag,
-        format!("enabled={now_enabled} defrag={now_defrag}, expected enabled={enabled} defrag={defrag}"),
-    ))
-}
-
-async fn mtu(connection: &Connection, interface: Option<&str>, value: u64) -> Result<Found, SshError> {
-    let interface = match interface {
-        Some(name) => name.to_owned(),
-        None => stdout(connection, "awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route").await?.trim().to_owned(),
-    };
-    let found = stdout(connection, &format!("cat /sys/class/net/{}/mtu", quote(&interface))).await?;
-    Ok(Found::Judged(found.trim() == value.to_string(), format!("{interface} has MTU {}, expected {value}", found.trim())))
-}
-
-async fn command(connection: &Connection, run: &str, exit_status: u32, output_contains: Option<&str>) -> Result<Found, SshError> {
-    let output = connection.run(run, None).await?;
-    let passed = output.status == exit_status && output_contains.is_none_or(|c| output.stdout.contains(c));
-    Ok(Found::Judged(passed, format!("`{run}` exited {} (expected {exit_status}); output: {}", output.status, output.stdout.trim())))
+    #[test]
+    fn each_probe_is_read_between_its_own_lines_whatever_it_printed() {
+        let b = "kstack-check-00ff";
+        // As the batch prints them: a newline before each end line.
+        let output = format!("{b} begin 0\nfirst\n\n{b} end 0 0\n{b} begin 2\nno newline\n{b} end 2 1\n");
+        let first = framed(&output, b, 0).unwrap();
+        assert_eq!((first.stdout, first.status), ("first\n", 0));
+        let third = framed(&output, b, 2).unwrap();
+        assert_eq!((third.stdout, third.status), ("no newline", 1));
+        assert!(framed(&output, b, 1).is_none(), "a probe that never ran");
+        // A probe printing a line like a boundary with another token forges nothing.
+        let forged = format!("{b} begin 0\nkstack-check-1111 end 0 0\n{b} end 0 3\n");
+        assert_eq!(framed(&forged, b, 0).unwrap().status, 3);
+    }
 }

@@ -229,8 +229,11 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             }
         }
         Work::Verify => {
+            // Every check rendered first, then all made in one command, in the same order.
             let jinja = crate::template::engine();
-            'roles: for role in roles {
+            // A check that could not be rendered is a result already; `None` waits for the batch.
+            let (mut slots, mut pending): (Vec<Option<CheckResult>>, Vec<checks::Pending>) = (Vec::new(), Vec::new());
+            for role in roles {
                 let context = context(role, variables, &facts, host);
                 for check in &role.checks {
                     let kind = match condition_holds(check.when.as_deref(), &jinja, &context) {
@@ -238,18 +241,21 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                         Ok(true) => render(&check.body, &jinja, &context).and_then(Check::kind),
                         Err(error) => Err(error),
                     };
-                    let result = match kind {
-                        Ok(kind) => checks::run(&check.name, &kind, &connection, &facts).await,
-                        Err(error) => Ok(CheckResult::failed(&check.name, error)),
-                    };
-                    match result {
-                        Ok(result) => report.checks.push(result),
-                        Err(error) => {
-                            report.unreachable = Some(error.to_string());
-                            break 'roles;
+                    match kind {
+                        Ok(kind) => {
+                            pending.push(checks::Pending { name: check.name.clone(), kind, timeout_seconds: check.timeout_seconds });
+                            slots.push(None);
                         }
+                        Err(error) => slots.push(Some(CheckResult::failed(&check.name, error))),
                     }
                 }
+            }
+            match checks::run_all(&pending, &connection, &facts).await {
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    report.checks = slots.into_iter().filter_map(|slot| slot.or_else(|| results.next())).collect();
+                }
+                Err(error) => report.unreachable = Some(error.to_string()),
             }
         }
     }

@@ -451,3 +451,92 @@ fn secrets_from_ssm_and_secrets_manager_reach_the_roles_and_never_any_output_sta
     assert!(said.contains("secret `api_token`: SSM parameter /fleet/api-token does not exist"), "{said}");
     assert!(!said.contains("db_password"), "the readable one is not reported: {said}");
 }
+
+/// What a node holds that the benchapp role makes: each path's type, mode, owner and content
+/// (its hostname written as `<host>`), the account, the units and the package.
+fn benchapp_state(node: &Node) -> String {
+    let script = r#"
+h=$(hostname)
+for p in /srv/app /srv/app/conf /srv/app/data /srv/app/spool /srv/app/run /var/log/benchapp /var/cache/benchapp \
+         /srv/app/conf/app.conf /srv/app/conf/logging.conf /srv/app/conf/worker.conf /srv/app/conf/upstreams.conf \
+         /srv/app/conf/features.conf /srv/app/about.txt /etc/logrotate.d/benchapp /usr/local/bin/benchapp-healthcheck \
+         /etc/default/benchapp /srv/app/current /etc/motd /etc/systemd/system/benchapp.service \
+         /etc/systemd/system/benchapp-worker.service /srv/app/data/.initialised; do
+    if [ -L "$p" ]; then echo "$p link -> $(readlink "$p")"
+    elif [ -d "$p" ]; then echo "$p dir $(stat -c '%a %U:%G' "$p")"
+    elif [ -f "$p" ]; then echo "$p file $(stat -c '%a %U:%G' "$p")"; [ "$p" = /srv/app/data/.initialised ] || sed "s/$h/<host>/g; s/^/  | /" "$p"
+    else echo "$p missing"; fi
+done
+getent passwd benchapp | cut -d: -f1,6,7
+getent group benchapp | cut -d: -f1,4
+id -nG benchapp
+for u in benchapp.service benchapp-worker.service; do echo "$u $(systemctl is-enabled $u) $(systemctl is-active $u)"; done
+dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' openssh-server
+"#;
+    let output = node.exec(script);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn an_ansible_role_imported_provisions_what_ansible_itself_makes_and_then_changes_nothing() {
+    kstack_testkit::require(kstack_testkit::Need::Ansible);
+    let fleet = Fleet::start();
+    let role = kstack_testkit::repo().join("tests/fixtures/ansible/benchapp");
+    let imported = fleet.project.kstack(&fleet.moto).args(["roles", "import"]).arg(&role).output().unwrap();
+    let said = kstack_testkit::said(&imported);
+    assert!(imported.status.success(), "{said}");
+    assert!(said.contains("Converted ") && said.contains("into roles/benchapp: 26 tasks, 2 handlers"), "{said}");
+    // The one task with nothing to do on a node is kept as a comment and listed at its line.
+    assert!(
+        said.contains("Left for you (1;") && said.contains("tasks/main.yml:126  show what was done: `debug` changes nothing on a node"),
+        "{said}"
+    );
+    assert!(said.contains("benchapp.service: its file and its service task became one `systemd_unit`"), "{said}");
+    let tasks = std::fs::read_to_string(fleet.project.path().join("roles/benchapp/tasks.yaml")).unwrap();
+    assert!(tasks.contains("# not converted: show what was done"), "{tasks}");
+    fleet.project.edit("images/node.yaml", "roles: [everything]", "roles: [benchapp]");
+
+    let first = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
+    assert!(first.status.success(), "{}", kstack_testkit::said(&first));
+    let again = fleet.kstack(&["provision", "fleet"]);
+    assert!(again.status.success(), "{}", kstack_testkit::said(&again));
+    for node in &fleet.nodes {
+        assert!(
+            stdout(&again).lines().any(|l| l.starts_with(&node.address) && l.contains(" changed=0 ")),
+            "a second run changes nothing: {}",
+            stdout(&again)
+        );
+    }
+
+    // Ansible runs the original on a fresh node.
+    let theirs = Node::boot(&fleet.key);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join("inventory"),
+        format!("{} ansible_user=root ansible_ssh_private_key_file={}\n", theirs.address, fleet.key.private().display()),
+    )
+    .unwrap();
+    std::fs::write(
+        work.path().join("ansible.cfg"),
+        format!(
+            "[defaults]\nhost_key_checking = False\ninterpreter_python = /usr/bin/python3\nroles_path = {}\n\n[ssh_connection]\npipelining = True\n\
+             ssh_args = -o UserKnownHostsFile=/dev/null\n",
+            role.parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(work.path().join("site.yml"), "- hosts: all\n  become: true\n  roles: [benchapp]\n").unwrap();
+    let ansible = std::process::Command::new(kstack_testkit::repo().join(".venv/ansible/bin/ansible-playbook"))
+        .current_dir(work.path())
+        .env("ANSIBLE_CONFIG", work.path().join("ansible.cfg"))
+        .args(["-i", "inventory", "site.yml"])
+        .output()
+        .unwrap();
+    assert!(ansible.status.success(), "{}", kstack_testkit::said(&ansible));
+
+    let ours = benchapp_state(&fleet.nodes[0]);
+    assert!(ours.contains("/srv/app/spool dir 750 benchapp:benchapp") && ours.contains("benchapp.service enabled active"), "{ours}");
+    assert!(ours.contains("  | family debian") && ours.contains("  | host <host>") && ours.contains("  | level = warning"), "{ours}");
+    assert_eq!(ours, benchapp_state(&theirs), "the same files, accounts, units and packages as Ansible made");
+}

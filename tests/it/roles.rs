@@ -281,3 +281,52 @@ fn probe_version(node: &Node, expected: &str) -> String {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn verify_makes_every_check_in_one_command_and_judges_each_as_if_alone() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let dir = role_dir("checked", "tasks: []\n");
+    std::fs::write(
+        dir.path().join("checked/checks.yaml"),
+        "sshd installed:\n  package: { name: openssh-server }\n\
+         a missing file:\n  file: { path: /etc/kstack-nothing-here }\n\
+         a failing command keeps its output:\n  command: { run: 'echo partial-output; exit 3' }\n\
+         a hung probe:\n  command: { run: sleep 3600 }\n  timeout_seconds: 2\n\
+         hostname readable:\n  file: { path: /etc/hostname }\n\
+         a command printing like a boundary:\n  command: { run: \"printf 'kstack-check-0000 end 5 0\\\\n'\", output_contains: kstack-check }\n\
+         ssh listens:\n  port: { port: 22 }\n\
+         skipped in a container:\n  sysctl: { name: vm.swappiness, value: '1' }\n\
+         not rendered:\n  file: { path: '{{ nowhere }}' }\n",
+    )
+    .unwrap();
+    let runner = Runner::new(&key, dir.path(), &["checked"], Variables::new());
+    let started = std::time::Instant::now();
+    let verified = runner.verify(&node);
+    let took = started.elapsed();
+    let results: Vec<(&str, bool)> = verified.checks.iter().map(|c| (c.name.as_str(), c.passed)).collect();
+    assert_eq!(
+        results,
+        [
+            ("sshd installed", true),
+            ("a missing file", false),
+            ("a failing command keeps its output", false),
+            ("a hung probe", false),
+            ("hostname readable", true),
+            ("a command printing like a boundary", true),
+            ("ssh listens", true),
+            ("skipped in a container", true),
+            ("not rendered", false),
+        ],
+        "{:#?}",
+        verified.checks
+    );
+    let detail = |name: &str| verified.checks.iter().find(|c| c.name == name).unwrap().detail.clone();
+    assert!(detail("a failing command keeps its output").contains("exited 3 (expected 0); output: partial-output"), "{verified:#?}");
+    assert_eq!(detail("a hung probe"), "did not finish within 2 s (timeout_seconds)");
+    assert!(verified.checks.iter().any(|c| c.skipped.is_some()));
+    assert!(took < std::time::Duration::from_secs(30), "the hung probe was cut at its timeout: {took:?}");
+    // The facts, then every check: two commands on the host however many checks.
+    assert_eq!(verified.commands, 2, "{verified:#?}");
+    assert!(verified.unreachable.is_none());
+}

@@ -33,6 +33,8 @@ pub enum Need {
     Vms,
     /// A terminal to watch kstack in: tmux.
     Tmux,
+    /// Ansible, to run a role as Ansible does: ansible-core in `.venv/ansible`.
+    Ansible,
 }
 
 /// Fails the test, in one sentence naming what is missing and the command that provides it,
@@ -64,6 +66,7 @@ fn missing(need: Need) -> Option<String> {
                 .find_map(|name| file(node::cache().join("vm").join(name), "the VM image"))
         }),
         Need::Tmux => program("tmux", "tmux"),
+        Need::Ansible => file(repo().join(".venv/ansible/bin/ansible-playbook"), "Ansible's virtualenv"),
     }
 }
 

@@ -86,8 +86,13 @@ pub struct Check {
     pub body: serde_json::Value,
     /// A minijinja expression; the check is not made when it is false.
     pub when: Option<String>,
+    /// How long its probe may run before the check fails (`timeout_seconds`, default 30).
+    pub timeout_seconds: u64,
     pub loc: Loc,
 }
+
+/// How long a check's probe runs at most unless it says otherwise.
+const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
 
 impl Check {
     /// The check's kind once its strings are rendered.
@@ -100,23 +105,27 @@ const KINDS: &str = "package, file, service, sysctl, kernel_parameter, port, tra
 
 pub fn read(node: &Node, problems: &mut Problems) -> Vec<Check> {
     yaml::named(node, "check", problems, |name, body, problems| {
-        let mut when = None;
+        let (mut when, mut timeout_seconds) = (None, DEFAULT_TIMEOUT_SECONDS);
         if let Node::Mapping(map) = body {
             if let Some(condition) = map.get("when") {
                 let expression = yaml::string(condition, problems)?;
                 when = Some(crate::template::condition(expression, "docker_storage_driver == \"aufs\"", problems)?);
             }
+            if let Some(timeout) = map.get("timeout_seconds") {
+                timeout_seconds = yaml::number(timeout, 1..=3600u64, problems)?.value;
+            }
         }
         let mut json = yaml::to_json(body);
         if let Some(map) = json.as_object_mut() {
             map.remove("when");
+            map.remove("timeout_seconds");
         }
         match Check::kind(json.clone()) {
-            Ok(_) => Some(Check { name: name.value, body: json, when, loc: name.loc }),
+            Ok(_) => Some(Check { name: name.value, body: json, when, timeout_seconds, loc: name.loc }),
             Err(error) => {
                 problems
                     .error(yaml::loc(body), format!("invalid check `{}`: {error}", name.value))
-                    .hint(format!("a check is one of: {KINDS}, with an optional `when:`"));
+                    .hint(format!("a check is one of: {KINDS}, with an optional `when:` and `timeout_seconds:`"));
                 None
             }
         }
