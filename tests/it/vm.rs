@@ -480,6 +480,27 @@ fn the_roles_keep_their_promises_on_a_node_of(disk: &Disk, key: &ClientKey) {
     runner.rt.block_on(containers_and_services_outlive_restarts_and_kills(&vm, &runner.login));
     monit_restarts_docker_above_its_memory_limit(key, &vm);
     runner.rt.block_on(reboots_in_its_slot_and_not_outside_its_window(&vm, &runner.login));
+    runner.rt.block_on(jumbo_frames_hold_across_boots(&vm, &runner.login));
+}
+
+/// The primary interface's MTU after the guard's reboot and two more: the value the roles set
+/// each time, set by systemd-networkd itself (the role's drop-in of the interface's .network
+/// file), whatever order the boot ran in.
+async fn jumbo_frames_hold_across_boots(vm: &Vm, login: &Login) {
+    let primary = "$(awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route)";
+    let seen = format!("cat /sys/class/net/{primary}/mtu; networkctl status --no-pager {primary} | sed -n 's/^ *MTU: //p'; cat /etc/systemd/network/*.network.d/50-kstack-mtu.conf");
+    for boot in 1..=3 {
+        if boot > 1 {
+            let before = boot_id(vm, login).await;
+            run(vm, login, "systemd-run --on-active=1 systemctl reboot").await;
+            next_boot(vm, login, &before, Instant::now() + vm::BOOT_TIMEOUT + Duration::from_secs(60)).await;
+        }
+        let found = run(vm, login, &seen).await;
+        let mut lines = found.lines().map(str::trim);
+        assert_eq!(lines.next(), Some("9001"), "boot {boot}: the primary interface at MTU 9001: {found}");
+        assert!(found.contains("MTUBytes=9001"), "boot {boot}: networkd holds it: {found}");
+        eprintln!("boot {boot}: MTU 9001 ({})", found.lines().nth(1).unwrap_or_default().trim());
+    }
 }
 
 /// Undoes on the running kernel what the roles set now (not at boot): every sysctl gets
