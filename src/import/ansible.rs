@@ -67,6 +67,42 @@ struct Out {
     notify: Vec<String>,
 }
 
+/// A play of a playbook: the machines it is for, the roles they get and the variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Play {
+    pub hosts: String,
+    pub roles: Vec<String>,
+    pub vars: Map<String, Value>,
+    /// What of the play is not a role or a variable (its own tasks, handlers, `vars_files`):
+    /// listed, for the person to move into a role.
+    pub left: Vec<String>,
+}
+
+/// The plays of the playbook at `path`.
+pub fn plays(path: &Path) -> Result<Vec<Play>, ConvertError> {
+    let (dir, file) = (path.parent().unwrap_or(Path::new(".")), path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    let Some(node) = read(dir, &file)? else { return Ok(Vec::new()) };
+    let mut plays = Vec::new();
+    for play in list(&node) {
+        let json = yaml::to_json(play);
+        let hosts = match json.get("hosts") {
+            Some(Value::Array(all)) => all.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+            Some(other) => other.as_str().unwrap_or_default().to_owned(),
+            None => String::from("all"),
+        };
+        let roles = json.get("roles").and_then(Value::as_array).into_iter().flatten();
+        let roles = roles.filter_map(|r| r.as_str().or_else(|| r.get("role").and_then(Value::as_str)).map(str::to_owned)).collect();
+        let vars = json.get("vars").and_then(Value::as_object).cloned().unwrap_or_default();
+        let left = ["tasks", "pre_tasks", "post_tasks", "handlers", "vars_files"]
+            .iter()
+            .filter(|key| json.get(**key).is_some())
+            .map(|key| format!("{file}:{}: the play's `{key}`: move them into a role", yaml::loc(play).line))
+            .collect();
+        plays.push(Play { hosts, roles, vars, left });
+    }
+    Ok(plays)
+}
+
 /// Reads and converts the Ansible role in `dir`.
 pub fn convert(dir: &Path) -> Result<Converted, ConvertError> {
     let tasks_file = ["tasks/main.yml", "tasks/main.yaml"].into_iter().map(|f| dir.join(f)).find(|p| p.is_file());

@@ -11,6 +11,8 @@ use crate::model::Project;
 
 /// An imported role: where it went and what was converted.
 pub struct Imported {
+    /// The Ansible role's directory.
+    pub from: std::path::PathBuf,
     pub name: String,
     pub converted: Converted,
     pub handlers: usize,
@@ -58,5 +60,32 @@ pub fn import_ansible(project: &Project, from: &Path, name: Option<&str>, replac
     let loaded = crate::roles::load_roles(&roles, &[Spanned::new(name.clone(), loc)], &mut sources);
     let role = loaded.map_err(|problems| OpsError::Problems { what: format!("the imported role `{name}`"), problems, sources })?;
     let handlers = role.iter().find(|r| r.name == name).map_or(0, |r| r.handlers.len());
-    Ok(Imported { name, converted, handlers })
+    Ok(Imported { from: from.to_path_buf(), name, converted, handlers })
+}
+
+/// The kstack name of an Ansible role's name.
+pub fn kstack_role_name(name: &str) -> &str {
+    name.rsplit('.').next().unwrap_or(name)
+}
+
+/// A playbook imported: each play's roles converted (from the `roles/` beside the
+/// playbook), and the node group each play becomes.
+pub struct ImportedPlaybook {
+    pub roles: Vec<Imported>,
+    pub plays: Vec<ansible::Play>,
+}
+
+/// Converts the roles every play of the playbook at `path` names, each once.
+pub fn import_playbook(project: &Project, path: &Path, replace: bool) -> Result<ImportedPlaybook, OpsError> {
+    let plays = ansible::plays(path).map_err(|e| OpsError::Invalid { message: e.to_string(), hint: crate::hint::Hint::hint(&e) })?;
+    let beside = path.parent().unwrap_or(Path::new(".")).join("roles");
+    let mut roles: Vec<Imported> = Vec::new();
+    for name in plays.iter().flat_map(|p| &p.roles) {
+        // A collection's role (`team.nginx`) becomes a role of its own name.
+        let ours = kstack_role_name(name);
+        if !roles.iter().any(|r| r.name == ours) {
+            roles.push(import_ansible(project, &beside.join(name), Some(ours), replace)?);
+        }
+    }
+    Ok(ImportedPlaybook { roles, plays })
 }

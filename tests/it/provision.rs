@@ -482,10 +482,12 @@ dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' openssh-server
 fn an_ansible_role_imported_provisions_what_ansible_itself_makes_and_then_changes_nothing() {
     kstack_testkit::require(kstack_testkit::Need::Ansible);
     let fleet = Fleet::start();
-    let role = kstack_testkit::repo().join("tests/fixtures/ansible/benchapp");
-    let imported = fleet.project.kstack(&fleet.moto).args(["roles", "import"]).arg(&role).output().unwrap();
+    let ansible_dir = kstack_testkit::repo().join("tests/fixtures/ansible");
+    let imported = fleet.project.kstack(&fleet.moto).args(["roles", "import"]).arg(ansible_dir.join("site.yml")).output().unwrap();
     let said = kstack_testkit::said(&imported);
     assert!(imported.status.success(), "{said}");
+    // The play: an image with its roles, a node group with its variables.
+    assert!(said.contains("Play for hosts `web`") && said.contains("roles: [\"benchapp\"]") && said.contains("variables: {\"workers\":8}"), "{said}");
     assert!(said.contains("Converted ") && said.contains("into roles/benchapp: 26 tasks, 2 handlers"), "{said}");
     // The one task with nothing to do on a node is kept as a comment and listed at its line.
     assert!(
@@ -496,6 +498,7 @@ fn an_ansible_role_imported_provisions_what_ansible_itself_makes_and_then_change
     let tasks = std::fs::read_to_string(fleet.project.path().join("roles/benchapp/tasks.yaml")).unwrap();
     assert!(tasks.contains("# not converted: show what was done"), "{tasks}");
     fleet.project.edit("images/node.yaml", "roles: [everything]", "roles: [benchapp]");
+    fleet.project.edit("environments/fleet.yaml", "      group_note: from the group\n", "      group_note: from the group\n      workers: 8\n");
 
     let first = fleet.kstack(&["provision", "fleet", "--trust-new-hosts"]);
     assert!(first.status.success(), "{}", kstack_testkit::said(&first));
@@ -514,7 +517,7 @@ fn an_ansible_role_imported_provisions_what_ansible_itself_makes_and_then_change
     let work = tempfile::tempdir().unwrap();
     std::fs::write(
         work.path().join("inventory"),
-        format!("{} ansible_user=root ansible_ssh_private_key_file={}\n", theirs.address, fleet.key.private().display()),
+        format!("[web]\n{} ansible_user=root ansible_ssh_private_key_file={}\n", theirs.address, fleet.key.private().display()),
     )
     .unwrap();
     std::fs::write(
@@ -522,15 +525,15 @@ fn an_ansible_role_imported_provisions_what_ansible_itself_makes_and_then_change
         format!(
             "[defaults]\nhost_key_checking = False\ninterpreter_python = /usr/bin/python3\nroles_path = {}\n\n[ssh_connection]\npipelining = True\n\
              ssh_args = -o UserKnownHostsFile=/dev/null\n",
-            role.parent().unwrap().display()
+            ansible_dir.join("roles").display()
         ),
     )
     .unwrap();
-    std::fs::write(work.path().join("site.yml"), "- hosts: all\n  become: true\n  roles: [benchapp]\n").unwrap();
     let ansible = std::process::Command::new(kstack_testkit::repo().join(".venv/ansible/bin/ansible-playbook"))
         .current_dir(work.path())
         .env("ANSIBLE_CONFIG", work.path().join("ansible.cfg"))
-        .args(["-i", "inventory", "site.yml"])
+        .args(["-i", "inventory"])
+        .arg(ansible_dir.join("site.yml"))
         .output()
         .unwrap();
     assert!(ansible.status.success(), "{}", kstack_testkit::said(&ansible));
@@ -538,5 +541,6 @@ fn an_ansible_role_imported_provisions_what_ansible_itself_makes_and_then_change
     let ours = benchapp_state(&fleet.nodes[0]);
     assert!(ours.contains("/srv/app/spool dir 750 benchapp:benchapp") && ours.contains("benchapp.service enabled active"), "{ours}");
     assert!(ours.contains("  | family debian") && ours.contains("  | host <host>") && ours.contains("  | level = warning"), "{ours}");
+    assert!(ours.contains("  | threads = 8"), "the play's variable, as the node group's: {ours}");
     assert_eq!(ours, benchapp_state(&theirs), "the same files, accounts, units and packages as Ansible made");
 }
