@@ -799,8 +799,8 @@ fn replace_word(text: &str, from: &str, to: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find(from) {
-        let before = out.chars().last().or_else(|| rest[..at].chars().last());
-        let before_ok = rest[..at].chars().last().or(before).is_none_or(|c| !is_name(c) && c != '.');
+        // The character before the match: in what is left, or else the last one written.
+        let before_ok = rest[..at].chars().last().or_else(|| out.chars().last()).is_none_or(|c| !is_name(c) && c != '.');
         let after_ok = rest[at + from.len()..].chars().next().is_none_or(|c| !is_name(c));
         out.push_str(&rest[..at]);
         out.push_str(if before_ok && after_ok { to } else { from });
