@@ -1,12 +1,15 @@
 //! A realistic role (`benches/roles/app`: 21 tasks, with an account, directories, files,
 //! templates, lines, a link, an installed package, two systemd units, a command and a handler)
-//! applied by kstack and by ansible-playbook (`benches/roles/playbook.yaml`, the same tasks,
-//! facts gathered, pipelining and ControlPersist on) to fleets of test nodes: a first run and a
-//! no-change run each, at each fleet size given (default 10 and 100). Prints wall times, the
-//! ratios, and each tool's CPU per host. Figures, not assertions.
+//! applied by kstack, by ansible-playbook (`benches/roles/playbook.yaml`, the same tasks, facts
+//! gathered, pipelining and ControlPersist on) and by pyinfra (`benches/roles/deploy.py`, the
+//! same tasks in pyinfra's own operations) to fleets of test nodes: a first run and a no-change
+//! run each, at each fleet size given (default 10 and 100). Prints wall times, kstack's ratios
+//! against each peer, kstack's commands per host, and each tool's CPU per host. Figures, not
+//! assertions.
 //!
-//! Needs root and `scripts/setup` (which installs ansible-core into `.venv/ansible`). Each fleet is booted for one tool and removed after it: the tools never see
-//! a node the other configured.
+//! Needs root and `scripts/setup` (which installs ansible-core into `.venv/ansible` and pyinfra
+//! into `.venv/pyinfra`). Each fleet is booted for one tool and removed after it: no tool sees a
+//! node another configured.
 //!
 //! Run with `cargo bench --bench roles` or `cargo bench --bench roles -- 10`.
 
@@ -20,7 +23,7 @@ use kstack::roles::{run, RunOptions, TaskStatus, Variables};
 use kstack_testkit::node::{ClientKey, Node};
 use kstack_testkit::runner::{load, login};
 
-/// Hosts worked on at once, by both tools.
+/// Hosts worked on at once, by every tool.
 fn forks(hosts: usize) -> usize {
     hosts.min(25)
 }
@@ -30,10 +33,13 @@ fn bench_dir() -> PathBuf {
 }
 
 /// One tool's two runs on one fleet.
+#[derive(Default)]
 struct Runs {
     wall: [Duration; 2],
-    /// CPU time the tool itself spent (kstack's process, or ansible-playbook and its children).
+    /// CPU time the tool itself spent (kstack's process, or the peer and its children).
     cpu: [Duration; 2],
+    /// Commands per host (kstack's count; the peers do not say).
+    commands: Option<[f64; 2]>,
 }
 
 /// CPU time so far of this process (`self`) or of its waited-for children, from
@@ -65,7 +71,7 @@ fn kstack_runs(key: &ClientKey, hosts: usize) -> Runs {
     let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
     let options = RunOptions { check: false, forks: forks(hosts), max_fail: None };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut runs = Runs { wall: [Duration::ZERO; 2], cpu: [Duration::ZERO; 2] };
+    let mut runs = Runs { commands: Some([0.0; 2]), ..Runs::default() };
     for run_index in 0..2 {
         let (started, cpu) = (Instant::now(), cpu_time(false));
         let reports = rt.block_on(run(&addresses, &login, &roles, &Variables::new(), &options, Arc::new(kstack::events::Unwatched)));
@@ -75,15 +81,33 @@ fn kstack_runs(key: &ClientKey, hosts: usize) -> Runs {
         let commands: usize = reports.iter().map(|r| r.commands).sum();
         let failed: Vec<_> = reports.iter().filter(|r| r.failed()).collect();
         assert!(failed.is_empty(), "kstack run failed: {failed:?}");
-        eprintln!("kstack, {hosts} hosts: {changed} changes, {:.1} commands per host", commands as f64 / hosts as f64);
+        let per_host = commands as f64 / hosts as f64;
+        runs.commands.as_mut().unwrap()[run_index] = per_host;
+        eprintln!("kstack, {hosts} hosts: {changed} changes, {per_host:.1} commands per host");
     }
     runs
 }
 
-/// ansible-playbook, which `scripts/setup` installs.
-fn ansible() -> PathBuf {
-    kstack_testkit::require(kstack_testkit::Need::Ansible);
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ansible/bin/ansible-playbook")
+/// A peer's program in its virtualenv, which `scripts/setup` installs.
+fn peer(need: kstack_testkit::Need, venv: &str, program: &str) -> PathBuf {
+    kstack_testkit::require(need);
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv").join(venv).join("bin").join(program)
+}
+
+/// Runs a peer's `command` twice on a fleet, timing each run and checking it succeeded;
+/// `summary` picks the lines of its output worth showing.
+fn peer_runs(tool: &str, hosts: usize, mut command: impl FnMut() -> Command, summary: impl Fn(&str) -> String) -> Runs {
+    let mut runs = Runs::default();
+    for run_index in 0..2 {
+        let (started, cpu) = (Instant::now(), cpu_time(true));
+        let output = command().current_dir(bench_dir()).output().unwrap();
+        runs.wall[run_index] = started.elapsed();
+        runs.cpu[run_index] = cpu_time(true) - cpu;
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{tool} failed:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
+        eprintln!("{tool}, {hosts} hosts: {}", summary(&text));
+    }
+    runs
 }
 
 fn ansible_runs(key: &ClientKey, hosts: usize) -> Runs {
@@ -103,26 +127,37 @@ fn ansible_runs(key: &ClientKey, hosts: usize) -> Runs {
         work.path().join("cp").display()
     );
     std::fs::write(work.path().join("ansible.cfg"), config).unwrap();
-    let playbook = ansible();
-    let mut runs = Runs { wall: [Duration::ZERO; 2], cpu: [Duration::ZERO; 2] };
-    for run_index in 0..2 {
-        let (started, cpu) = (Instant::now(), cpu_time(true));
-        let output = Command::new(&playbook)
-            .current_dir(bench_dir())
-            .env("ANSIBLE_CONFIG", work.path().join("ansible.cfg"))
-            .arg("-i")
-            .arg(work.path().join("inventory"))
-            .arg("playbook.yaml")
-            .output()
-            .unwrap();
-        runs.wall[run_index] = started.elapsed();
-        runs.cpu[run_index] = cpu_time(true) - cpu;
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "ansible-playbook failed:\n{text}");
-        let recap: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).skip(1).take(1).collect();
-        eprintln!("ansible, {hosts} hosts: {}", recap.join(""));
-    }
-    runs
+    let playbook = peer(kstack_testkit::Need::Ansible, "ansible", "ansible-playbook");
+    let command = || {
+        let mut command = Command::new(&playbook);
+        command.env("ANSIBLE_CONFIG", work.path().join("ansible.cfg")).arg("-i").arg(work.path().join("inventory")).arg("playbook.yaml");
+        command
+    };
+    // The recap's first host line: its ok, changed and failed counts.
+    peer_runs("ansible", hosts, command, |text| text.lines().skip_while(|l| !l.starts_with("PLAY RECAP")).nth(1).unwrap_or_default().to_owned())
+}
+
+fn pyinfra_runs(key: &ClientKey, hosts: usize, defaults: &serde_json::Map<String, serde_json::Value>) -> Runs {
+    let nodes = fleet(key, hosts);
+    let work = tempfile::tempdir().unwrap();
+    let addresses: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
+    let data = serde_json::json!({
+        "ssh_user": "root",
+        "ssh_key": key.private(),
+        "ssh_known_hosts_file": "/dev/null",
+        "ssh_strict_host_key_checking": "no",
+        "bench_vars": defaults,
+    });
+    let inventory = format!("import json\n\nbench = ({}, json.loads({:?}))\n", serde_json::to_string(&addresses).unwrap(), data.to_string());
+    std::fs::write(work.path().join("inventory.py"), inventory).unwrap();
+    let program = peer(kstack_testkit::Need::Pyinfra, "pyinfra", "pyinfra");
+    let command = || {
+        let mut command = Command::new(&program);
+        command.args(["-y", "--parallel", &forks(hosts).to_string()]).arg(work.path().join("inventory.py")).arg("deploy.py");
+        command
+    };
+    // pyinfra's last line sums up the run.
+    peer_runs("pyinfra", hosts, command, |text| text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_owned())
 }
 
 /// Fleets of more than about ten nodes need more inotify instances than Linux's default of 128
@@ -156,31 +191,38 @@ fn main() {
     let sizes = if sizes.is_empty() { vec![10, 100] } else { sizes };
     let _limit = InotifyLimit::at_least(sizes.iter().max().copied().unwrap_or(10) as u64 * 16);
     let key = ClientKey::new();
+    let defaults = load(&bench_dir(), &["app"]).remove(0).defaults;
     let mut rows = Vec::new();
     for &hosts in &sizes {
-        let kstack = kstack_runs(&key, hosts);
-        let ansible = ansible_runs(&key, hosts);
-        rows.push((hosts, kstack, ansible));
+        let tools = [("kstack", kstack_runs(&key, hosts)), ("ansible", ansible_runs(&key, hosts)), ("pyinfra", pyinfra_runs(&key, hosts, &defaults))];
+        rows.push((hosts, tools));
     }
-    println!("benches/roles/app (21 tasks) on test nodes; both tools with forks = min(hosts, 25)");
-    println!("{:>6} {:<11} {:>10} {:>10} {:>15} {:>15}", "hosts", "tool", "first s", "no-change s", "CPU/host first", "CPU/host again");
+    println!("benches/roles/app (21 tasks) on test nodes; every tool with forks = min(hosts, 25)");
+    println!(
+        "{:>6} {:<18} {:>10} {:>11} {:>15} {:>15} {:>14}",
+        "hosts", "tool", "first s", "no-change s", "CPU/host first", "CPU/host again", "commands/host"
+    );
     let seconds = |d: Duration| d.as_secs_f64();
-    for (hosts, kstack, ansible) in &rows {
-        for (tool, runs) in [("kstack", kstack), ("ansible", ansible)] {
+    for (hosts, tools) in &rows {
+        for (tool, runs) in tools {
             let per_host = |d: Duration| format!("{:.0} ms", seconds(d) * 1000.0 / *hosts as f64);
+            let commands = runs.commands.map(|[first, again]| format!("{first:.1} / {again:.1}")).unwrap_or_default();
             println!(
-                "{hosts:>6} {tool:<11} {:>10.2} {:>10.2} {:>15} {:>15}",
+                "{hosts:>6} {tool:<18} {:>10.2} {:>11.2} {:>15} {:>15} {commands:>14}",
                 seconds(runs.wall[0]),
                 seconds(runs.wall[1]),
                 per_host(runs.cpu[0]),
                 per_host(runs.cpu[1])
             );
         }
-        println!(
-            "{hosts:>6} {:<11} {:>9.1}x {:>9.1}x",
-            "speed-up",
-            seconds(ansible.wall[0]) / seconds(kstack.wall[0]),
-            seconds(ansible.wall[1]) / seconds(kstack.wall[1])
-        );
+        let kstack = &tools[0].1;
+        for (peer, runs) in &tools[1..] {
+            println!(
+                "{hosts:>6} {:<18} {:>9.1}x {:>10.1}x",
+                format!("kstack vs {peer}"),
+                seconds(runs.wall[0]) / seconds(kstack.wall[0]),
+                seconds(runs.wall[1]) / seconds(kstack.wall[1])
+            );
+        }
     }
 }

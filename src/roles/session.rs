@@ -44,7 +44,19 @@ impl QueuedChange {
 
 pub(crate) enum Step {
     Script(String),
-    Write { path: String, content: Vec<u8>, mode: u32, owner: String, group: String },
+    Write(FileWrite),
+    /// `systemctl daemon-reload`, left out when a later one follows with only writes between.
+    ReloadUnits,
+}
+
+/// A whole file written with its attributes: what a read of the path finds afterwards.
+#[derive(Clone)]
+pub(crate) struct FileWrite {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
 }
 
 /// How the queued changes went.
@@ -85,8 +97,19 @@ impl HostSession {
     }
 
     /// Whether a queued change touches anything in `reads`: the task reading it must wait.
-    pub(crate) fn conflicts(&self, reads: &[Touch]) -> bool {
-        self.state().queued.iter().any(|change| change.affects(reads))
+    /// A read of `file` that [`Self::queued_file`] answers waits for nothing.
+    pub(crate) fn conflicts(&self, reads: &[Touch], file: Option<&str>) -> bool {
+        let state = self.state();
+        let answered = file.filter(|path| last_write(&state.queued, path).is_some()).map(Touch::path);
+        let reads: Vec<Touch> = reads.iter().filter(|read| Some(*read) != answered.as_ref()).cloned().collect();
+        state.queued.iter().any(|change| change.affects(&reads))
+    }
+
+    /// The file at `path` as the queued changes leave it, when a queued write of it decides
+    /// that alone: no change queued after it touches the path. A later task reading the file
+    /// judges this instead of waiting for the write to be made.
+    pub(crate) fn queued_file(&self, path: &str) -> Option<FileWrite> {
+        last_write(&self.state().queued, path).cloned()
     }
 
     /// After a dropped connection: what it fetched is stale and what it queued is unknown.
@@ -128,8 +151,8 @@ impl HostSession {
         let input: Vec<u8> = changes
             .iter()
             .flat_map(|c| match &c.step {
-                Step::Write { content, .. } => content.as_slice(),
-                Step::Script(_) => &[],
+                Step::Write(write) => write.content.as_slice(),
+                Step::Script(_) | Step::ReloadUnits => &[],
             })
             .copied()
             .collect();
@@ -159,8 +182,20 @@ impl HostSession {
     }
 }
 
+/// The last queued change touching `path`, when it is a write of exactly that path whose
+/// owner and group are names (a read shows names; a number would show as one).
+fn last_write<'a>(queued: &'a [QueuedChange], path: &str) -> Option<&'a FileWrite> {
+    let read = [Touch::path(path)];
+    match &queued.iter().rev().find(|change| change.affects(&read))?.step {
+        Step::Write(write) if Touch::path(&write.path) == read[0] && ![&write.owner, &write.group].iter().any(|n| n.parse::<u32>().is_ok()) => {
+            Some(write)
+        }
+        _ => None,
+    }
+}
+
 /// One script that makes `changes` in order, stopping at the first that fails, then runs each
-/// of `queries`. Each runs in a subshell of its own, its output and errors going straight to
+/// of `queries`. Of systemd reloads with only file writes between them, only the last is made. Each runs in a subshell of its own, its output and errors going straight to
 /// the channel, each followed by a line with the batch's random marker (and, on stdout, its exit
 /// status): no temporary files, and no process per step but its subshell. A file's content is
 /// read from the input, the contents in the order of the writes; other steps get no input.
@@ -179,10 +214,19 @@ impl Batch {
              w() {{ ( eval \"$1\" ); s=$?; r \"$s\"; [ \"$s\" = 0 ] || exit 0; }}\n\
              c() {{ ( eval \"$1\" ) </dev/null; s=$?; r \"$s\"; [ \"$s\" = 0 ] || exit 0; }}\n"
         );
-        for change in changes {
+        for (index, change) in changes.iter().enumerate() {
             match &change.step {
                 Step::Script(step) => script.push_str(&format!("c {}\n", quote(step))),
-                Step::Write { path, content, mode, owner, group } => {
+                Step::ReloadUnits => {
+                    let next_act = changes[index + 1..].iter().find(|c| !matches!(c.step, Step::Write(_)));
+                    if next_act.is_some_and(|c| matches!(c.step, Step::ReloadUnits)) {
+                        // The next reload reads this change's files too: this one succeeds as it.
+                        script.push_str("r 0\n");
+                    } else {
+                        script.push_str("c 'systemctl daemon-reload'\n");
+                    }
+                }
+                Step::Write(FileWrite { path, content, mode, owner, group }) => {
                     script.push_str(&format!("w {}\n", quote(&write_script(path, content, *mode, owner, group))));
                 }
             }
@@ -233,5 +277,48 @@ mod tests {
         let queries = ["printf 'a\\nb\\n'", "true", "echo oops >&2; false"].map(|q| (q.to_owned(), Vec::new()));
         let batch = Batch::new(&[], &queries);
         assert_eq!(run(&batch), [(0, "a\nb\n".into(), String::new()), (0, String::new(), String::new()), (1, String::new(), "oops\n".into())]);
+    }
+
+    fn write(path: &str, content: &str, owner: &str) -> QueuedChange {
+        let write = FileWrite { path: path.into(), content: content.into(), mode: 0o640, owner: owner.into(), group: "root".into() };
+        QueuedChange { task: 0, step: Step::Write(write), what: String::new(), touches: vec![Touch::path(path)] }
+    }
+
+    fn step(step: Step, touches: Vec<Touch>) -> QueuedChange {
+        QueuedChange { task: 0, step, what: String::new(), touches }
+    }
+
+    /// Systemd reloads one after another, with only writes between, are made once, after the
+    /// last write; each keeps its place among the results.
+    #[test]
+    fn unit_reloads_with_only_writes_between_are_made_once() {
+        let reload = || step(Step::ReloadUnits, Vec::new());
+        let changes = [write("/a", "", "root"), reload(), write("/b", "", "root"), reload(), step(Step::Script("true".into()), Vec::new()), reload()];
+        let batch = Batch::new(&changes, &[]);
+        assert_eq!(batch.script.matches("systemctl daemon-reload").count(), 2, "{}", batch.script);
+        let made = batch.script.lines().filter(|l| l.starts_with("c ") || l.starts_with("w ") || l.starts_with("r ")).count();
+        assert_eq!(made, changes.len());
+    }
+
+    /// A read of a file a queued write decides is answered from the queue; a change queued
+    /// after the write, a numeric owner, or another thing read (account names) still waits.
+    #[test]
+    fn a_read_after_a_queued_write_is_answered_from_the_queue_only_when_the_write_decides_it() {
+        let session = HostSession::default();
+        let reads = [Touch::path("/etc/default/app")];
+        session.queue(write("/etc/default/app", "PORT=1\n", "root"));
+        assert!(!session.conflicts(&reads, Some("/etc/default/app")));
+        assert!(session.conflicts(&reads, None), "a module that cannot judge from the queue waits");
+        assert_eq!(session.queued_file("/etc/default/app").map(|w| w.content), Some(b"PORT=1\n".to_vec()));
+        assert!(!session.conflicts(&[reads[0].clone(), Touch::AccountNames], Some("/etc/default/app")));
+        session.queue(step(Step::Script("useradd app".into()), vec![Touch::AccountNames]));
+        assert!(session.conflicts(&[reads[0].clone(), Touch::AccountNames], Some("/etc/default/app")));
+        session.queue(write("/etc/default/app", "PORT=2\n", "root"));
+        assert_eq!(session.queued_file("/etc/default/app").map(|w| w.content), Some(b"PORT=2\n".to_vec()), "the last write decides");
+        session.queue(step(Step::Script("rm -rf /etc/default".into()), vec![Touch::tree("/etc/default")]));
+        assert!(session.queued_file("/etc/default/app").is_none() && session.conflicts(&reads, Some("/etc/default/app")));
+        session.forget();
+        session.queue(write("/srv/x", "", "1001"));
+        assert!(session.queued_file("/srv/x").is_none(), "a read shows the owner's name, not its number");
     }
 }

@@ -330,3 +330,75 @@ fn verify_makes_every_check_in_one_command_and_judges_each_as_if_alone() {
     assert_eq!(verified.commands, 2, "{verified:#?}");
     assert!(verified.unreachable.is_none());
 }
+
+/// The round trips a first run saves keep their meaning: a line after a copy of the same file
+/// is judged against the copy still queued (so it keeps the copy's content and mode), and a
+/// unit started alone leaves the next unit's task judged as fetched, while a later task that
+/// needs the started unit still runs after it, in the same batch.
+#[test]
+fn a_read_after_a_queued_write_sees_it_and_a_service_started_in_a_batch_runs_before_a_task_needing_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let dir = role_dir(
+        "batched",
+        r#"tasks:
+  - name: settings
+    copy: { content: "a=1\n", dest: /etc/batched.conf, mode: "0600" }
+  - name: setting
+    line: { path: /etc/batched.conf, line: "b=2", regexp: "^b=" }
+  - name: first unit
+    systemd_unit: { name: first.service, content: "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/cp /etc/batched.conf /run/first.seen\n", state: started }
+  - name: second unit
+    systemd_unit: { name: second.service, content: "[Service]\nExecStart=/bin/sleep infinity\n", state: started }
+  - name: needs the first unit
+    command: { run: "systemctl is-active --quiet first.service && cp /run/first.seen /etc/batched.seen" }
+"#,
+    );
+    let runner = Runner::new(&key, dir.path(), &["batched"], Variables::new());
+    let first = &runner.converge(&[&node], false)[0];
+    assert!(failures(first).is_empty(), "{:?}", failures(first));
+    assert_eq!(std::fs::read_to_string(node.file("/etc/batched.conf")).unwrap(), "a=1\nb=2\n", "the line was judged on the copy's content");
+    let mode = std::fs::metadata(node.file("/etc/batched.conf")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the line kept the copy's mode");
+    assert_eq!(std::fs::read_to_string(node.file("/etc/batched.seen")).unwrap(), "a=1\nb=2\n", "the unit ran before the task needing it");
+    assert_eq!(String::from_utf8_lossy(&node.exec("systemctl is-active second.service").stdout).trim(), "active");
+    // The facts, the queries, and every change in one batch at the role's end.
+    assert_eq!(first.commands, 3, "{:?}", statuses(first));
+
+    // The copy's content lacks the line, so each run writes both again; the line is still
+    // judged on the copy's content, and the file ends the same.
+    let again = &runner.converge(&[&node], false)[0];
+    let unchanged: Vec<_> = statuses(again).into_iter().filter(|(_, status)| *status == TaskStatus::Ok).map(|(task, _)| task).collect();
+    assert_eq!(unchanged, ["first unit", "second unit"]);
+    assert_eq!(std::fs::read_to_string(node.file("/etc/batched.conf")).unwrap(), "a=1\nb=2\n");
+}
+
+/// Unit files changed one after another share one daemon-reload.
+#[test]
+fn unit_files_changed_one_after_another_share_one_reload() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let role = |version: &str| {
+        let unit = |name: &str| {
+            format!("  - name: {name}\n    systemd_unit: {{ name: {name}.service, content: \"[Service]\\nExecStart=/bin/echo {version}\\n[Install]\\nWantedBy=multi-user.target\\n\", enabled: true }}\n")
+        };
+        role_dir("pair", &format!("tasks:\n{}{}", unit("left"), unit("right")))
+    };
+    let reloads = || {
+        let output = node.exec("journalctl -q -o cat -u init.scope 2>/dev/null | grep -c 'Reloading' || true");
+        String::from_utf8_lossy(&output.stdout).trim().parse::<u32>().unwrap_or(0)
+    };
+    let first = Runner::new(&key, role("v1").path(), &["pair"], Variables::new());
+    assert!(failures(&first.converge(&[&node], false)[0]).is_empty());
+    let before = reloads();
+    let second = Runner::new(&key, role("v2").path(), &["pair"], Variables::new());
+    let report = &second.converge(&[&node], false)[0];
+    assert!(failures(report).is_empty(), "{:?}", failures(report));
+    assert_eq!(statuses(report), [("left".to_owned(), TaskStatus::Changed), ("right".to_owned(), TaskStatus::Changed)]);
+    assert_eq!(reloads(), before + 1, "one reload for both files");
+    for unit in ["left", "right"] {
+        let stale = node.exec(&format!("systemctl show -p NeedDaemonReload --value {unit}.service"));
+        assert_eq!(String::from_utf8_lossy(&stale.stdout).trim(), "no", "{unit} runs its new file");
+    }
+}

@@ -35,6 +35,8 @@ pub enum Need {
     Tmux,
     /// Ansible, to run a role as Ansible does: ansible-core in `.venv/ansible`.
     Ansible,
+    /// pyinfra, the other tool the role engine is compared with: `.venv/pyinfra`.
+    Pyinfra,
 }
 
 /// Fails the test, in one sentence naming what is missing and the command that provides it,
@@ -67,6 +69,7 @@ fn missing(need: Need) -> Option<String> {
         }),
         Need::Tmux => program("tmux", "tmux"),
         Need::Ansible => file(repo().join(".venv/ansible/bin/ansible-playbook"), "Ansible's virtualenv"),
+        Need::Pyinfra => file(repo().join(".venv/pyinfra/bin/pyinfra"), "pyinfra's virtualenv"),
     }
 }
 

@@ -10,8 +10,14 @@ fn read_script(path: &str) -> String {
     format!("p={}\n{STAT}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", quote(path))
 }
 
-/// The current content and attributes of a file, in one round trip.
+/// The current content and attributes of a file, in one round trip, or as a queued write of
+/// it will leave it.
 async fn read(host: &Host<'_>, path: &str) -> Result<(Stat, Option<String>), TaskError> {
+    if let Some(write) = host.session.queued_file(path) {
+        let stat =
+            Stat { kind: String::from("file"), target: String::new(), mode: format!("{:o}", write.mode), owner: write.owner, group: write.group };
+        return Ok((stat, Some(String::from_utf8_lossy(&write.content).into_owned())));
+    }
     let text = host.query_must(&read_script(path), "reading the file").await?;
     let (head, body) = text.split_once("--- kstack content ---\n").unwrap_or((&text, ""));
     let stat = Stat::parse(head);
@@ -72,6 +78,10 @@ impl Query for Copy {
     fn reads(&self) -> Vec<Touch> {
         owned_path(&self.dest, self.owner.is_some() || self.group.is_some())
     }
+
+    fn reads_file(&self) -> Option<&str> {
+        Some(&self.dest)
+    }
 }
 
 impl Converge for Copy {
@@ -93,6 +103,10 @@ impl Query for Line {
 
     fn reads(&self) -> Vec<Touch> {
         vec![Touch::path(&self.path)]
+    }
+
+    fn reads_file(&self) -> Option<&str> {
+        Some(&self.path)
     }
 }
 

@@ -17,7 +17,7 @@ mod systemd;
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 
-use super::session::{HostSession, QueuedChange, Step};
+use super::session::{FileWrite, HostSession, QueuedChange, Step};
 pub(crate) use super::touch::Touch;
 use crate::ssh::{Connection, Facts, Output, SshError};
 
@@ -91,11 +91,17 @@ impl Host<'_> {
         self.session.queue(QueuedChange { task: self.task, step: Step::Script(script), what: what.to_owned(), touches });
     }
 
+    /// Queues systemd's `daemon-reload` after a change to `unit`'s files. Reloads queued one
+    /// after another with only file writes between them are made as one, after the last.
+    pub(crate) fn reload_units(&self, unit: &str, touches: Vec<Touch>) {
+        self.session.queue(QueuedChange { task: self.task, step: Step::ReloadUnits, what: format!("reloading systemd for {unit}"), touches });
+    }
+
     /// Queues a file write (see [`crate::ssh::write_script`]).
     pub(crate) fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) {
         self.session.queue(QueuedChange {
             task: self.task,
-            step: Step::Write { path: path.to_owned(), content: content.to_vec(), mode, owner: owner.to_owned(), group: group.to_owned() },
+            step: Step::Write(FileWrite { path: path.to_owned(), content: content.to_vec(), mode, owner: owner.to_owned(), group: group.to_owned() }),
             what: format!("writing {path}"),
             touches: vec![Touch::path(path)],
         });
@@ -119,6 +125,12 @@ pub(crate) trait Query {
 
     /// What the query reads, so a change still queued that touches it is made first.
     fn reads(&self) -> Vec<Touch>;
+
+    /// The file whose content and attributes the query reads, when the module judges a queued
+    /// write of it from the queue ([`HostSession::queued_file`]) instead of reading the host.
+    fn reads_file(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Brings the host in line with one module's arguments.
@@ -150,6 +162,11 @@ pub fn query(module: &Module) -> Option<String> {
 /// What `module`'s query reads (see [`Query::reads`]).
 pub fn reads(module: &Module) -> Vec<Touch> {
     as_query(module).reads()
+}
+
+/// The file a queued write of which answers `module`'s query (see [`Query::reads_file`]).
+pub fn reads_file(module: &Module) -> Option<&str> {
+    as_query(module).reads_file()
 }
 
 /// Judges the host against `module`, queuing the changes it needs unless in check mode.

@@ -1,7 +1,12 @@
 //! `systemd_unit` and `service`: a unit file or drop-in (optional), whether the unit is
 //! enabled, and whether it runs. A changed unit file is followed by `daemon-reload` (except the
-//! first file of a unit systemd never had, which it loads when the unit is first asked for),
-//! and a running unit whose file changed is restarted.
+//! first file of a unit systemd never had, which it loads when the unit is first asked for;
+//! unit files changed one after another share one, see [`super::Host::reload_units`]), and a
+//! running unit whose file changed is restarted.
+//!
+//! Starting a unit that pulls in no other unit (its file names none, and it has no drop-ins
+//! or `.wants`/`.requires` links) leaves the next unit's task judged as fetched: its processes
+//! are taken to change anything but unit files and other units' state ([`Touch::Service`]).
 
 use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{RunState, Systemd};
@@ -14,11 +19,62 @@ fn unit_file(unit: &Systemd) -> String {
     }
 }
 
+/// Where systemd looks for a unit's drop-ins and the links that pull units in with it.
+const UNIT_PATHS: &str = "/etc/systemd/system /run/systemd/system /lib/systemd/system /usr/lib/systemd/system";
+
+/// Settings by which a unit starts, stops or restarts other units along with itself.
+const PULLING: &[&str] = &[
+    "Wants",
+    "Requires",
+    "Requisite",
+    "BindsTo",
+    "Upholds",
+    "PartOf",
+    "Conflicts",
+    "OnFailure",
+    "OnSuccess",
+    "PropagatesReloadTo",
+    "ReloadPropagatedFrom",
+    "PropagatesStopTo",
+    "StopPropagatedFrom",
+    "JoinsNamespaceOf",
+    "Unit",
+    "Service",
+];
+
+/// Targets that are reached at boot: pulling them in starts nothing new.
+const BOOT_TARGETS: &[&str] = &[
+    "basic.target",
+    "sysinit.target",
+    "local-fs.target",
+    "remote-fs.target",
+    "network.target",
+    "network-online.target",
+    "multi-user.target",
+    "default.target",
+    "nss-lookup.target",
+    "time-sync.target",
+    "paths.target",
+    "sockets.target",
+    "timers.target",
+];
+
+/// Whether a unit file names another unit in a setting that starts, stops or restarts it.
+fn pulls_other_units(content: &str) -> bool {
+    content.lines().filter_map(|line| line.trim().split_once('=')).any(|(key, value)| {
+        PULLING.contains(&key.trim()) && value.split_whitespace().any(|unit| !BOOT_TARGETS.contains(&unit.trim_start_matches(['-', '+', '!'])))
+    })
+}
+
 impl Query for Systemd {
+    /// The unit's state, its drop-in and link directories (shell tests, no process each), and
+    /// the file the task manages.
     fn query(&self) -> Option<String> {
         let unit = quote(&self.name);
         Some(format!(
-            "echo \"enabled=$(systemctl is-enabled {unit} 2>/dev/null)\"; echo \"active=$(systemctl is-active {unit} 2>/dev/null)\"; echo '--- kstack ---'; cat {} 2>/dev/null || true",
+            "echo \"enabled=$(systemctl is-enabled {unit} 2>/dev/null)\"; echo \"active=$(systemctl is-active {unit} 2>/dev/null)\"\n\
+             for d in {UNIT_PATHS}; do for s in .d .wants .requires .upholds; do [ -e \"$d\"/{unit}\"$s\" ] && echo \"linked=$d\"; done; done\n\
+             echo '--- kstack ---'; cat {} 2>/dev/null || true",
             quote(&unit_file(self))
         ))
     }
@@ -36,6 +92,7 @@ impl Converge for Systemd {
         let (status, current) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
         let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_default().trim().to_owned();
         let (enabled, active) = (field("enabled="), field("active="));
+        let linked = status.lines().any(|l| l.starts_with("linked="));
         // systemd has no file for the unit and does not run it: it loads the new file when the
         // unit is first asked for, so writing it needs no daemon-reload (about 130 ms of the
         // manager's time on a small node). Any unit it knows, and any drop-in, does.
@@ -74,10 +131,11 @@ impl Converge for Systemd {
                 host.write_file(&file, content.as_bytes(), 0o644, "root", "root");
             }
         }
-        let mut script = String::from("set -e\n");
+        let own = vec![Touch::path(&file), Touch::Unit(self.name.clone())];
         if file_changed && (known || self.dropin.is_some()) {
-            script.push_str("systemctl daemon-reload\n");
+            host.reload_units(&self.name, own.clone());
         }
+        let mut script = String::from("set -e\n");
         // Enabling reloads systemd by itself, unless told the reload above (or loading on
         // demand) will do.
         let reload = if file_changed { " --no-reload" } else { "" };
@@ -92,13 +150,34 @@ impl Converge for Systemd {
             Some(RunState::Stopped) if running => script.push_str(&format!("systemctl stop {unit}\n")),
             _ => {}
         }
-        // A service starting or stopping may change anything; enabling changes only the unit.
-        let touches = if ["start ", "restart ", "stop "].iter().any(|verb| script.contains(&format!("systemctl {verb}"))) {
+        // A service starting or stopping may change anything, and other units with it unless it
+        // starts alone; enabling changes only the unit.
+        let acts = |verbs: &[&str]| verbs.iter().any(|verb| script.contains(&format!("systemctl {verb} ")));
+        let known_file = if self.dropin.is_some() { None } else { self.content.as_deref().or(Some(current).filter(|c| !c.is_empty())) };
+        let touches = if acts(&["restart", "stop"]) || (acts(&["start"]) && (linked || known_file.is_none_or(pulls_other_units))) {
             vec![Touch::Everything]
+        } else if acts(&["start"]) {
+            [own, vec![Touch::Service(self.name.clone())]].concat()
         } else {
-            vec![Touch::path(&file), Touch::Unit(self.name.clone())]
+            own
         };
-        host.must(script, &format!("systemctl for {}", self.name), touches);
+        if script.lines().count() > 1 {
+            host.must(script, &format!("systemctl for {}", self.name), touches);
+        }
         Ok(TaskOutcome { diffs, ..TaskOutcome::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pulls_other_units;
+
+    #[test]
+    fn a_unit_pulls_others_in_only_by_naming_them_in_settings_that_do() {
+        assert!(!pulls_other_units("[Unit]\nAfter=network.target app.service\nWants=network-online.target\n[Install]\nWantedBy=multi-user.target\n"));
+        assert!(pulls_other_units("[Unit]\nWants=redis.service\n"));
+        assert!(pulls_other_units("[Unit]\nBindsTo = -db.service\n"));
+        assert!(pulls_other_units("[Unit]\nConflicts=old.service\n"));
+        assert!(pulls_other_units("[Socket]\nService=app.service\n"));
     }
 }
