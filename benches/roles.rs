@@ -11,7 +11,8 @@
 //! into `.venv/pyinfra`). Each fleet is booted for one tool and removed after it: no tool sees a
 //! node another configured.
 //!
-//! Run with `cargo bench --bench roles` or `cargo bench --bench roles -- 10`.
+//! Run with `cargo bench --bench roles` or `cargo bench --bench roles -- 10`; `--kstack-only`
+//! leaves the peers out.
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -187,14 +188,21 @@ impl Drop for InotifyLimit {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    // While working on kstack's own speed, its figures alone.
+    let peers = !args.iter().any(|a| a == "--kstack-only");
     let sizes = if sizes.is_empty() { vec![10, 100] } else { sizes };
     let _limit = InotifyLimit::at_least(sizes.iter().max().copied().unwrap_or(10) as u64 * 16);
     let key = ClientKey::new();
     let defaults = load(&bench_dir(), &["app"]).remove(0).defaults;
     let mut rows = Vec::new();
     for &hosts in &sizes {
-        let tools = [("kstack", kstack_runs(&key, hosts)), ("ansible", ansible_runs(&key, hosts)), ("pyinfra", pyinfra_runs(&key, hosts, &defaults))];
+        let mut tools = vec![("kstack", kstack_runs(&key, hosts))];
+        if peers {
+            tools.push(("ansible", ansible_runs(&key, hosts)));
+            tools.push(("pyinfra", pyinfra_runs(&key, hosts, &defaults)));
+        }
         rows.push((hosts, tools));
     }
     println!("benches/roles/app (21 tasks) on test nodes; every tool with forks = min(hosts, 25)");

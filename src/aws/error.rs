@@ -221,9 +221,8 @@ impl crate::hint::Hint for AwsError {
     fn hint(&self) -> Option<String> {
         let hint = match self.kind {
             AwsErrorKind::Credentials => {
-                "kstack reaches an account through the environment's `aws:` (a profile, a role to assume, which must trust these \
-                 credentials) or the standard AWS chain: set AWS_PROFILE (a profile in ~/.aws/config or ~/.aws/credentials) or \
-                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where an instance or task role applies"
+                "set AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, run where an instance role applies, or name \
+                 a profile or a role to assume (which must trust these credentials) in the environment's `aws:`"
             }
             AwsErrorKind::Transport => "check the network and AWS_ENDPOINT_URL, then run again: a run picks up where this one stopped",
             AwsErrorKind::Service { .. } | AwsErrorKind::Internal => {
