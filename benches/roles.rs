@@ -104,8 +104,9 @@ fn peer_runs(tool: &str, hosts: usize, mut command: impl FnMut() -> Command, sum
         let output = command().current_dir(bench_dir()).output().unwrap();
         runs.wall[run_index] = started.elapsed();
         runs.cpu[run_index] = cpu_time(true) - cpu;
-        let text = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{tool} failed:\n{text}\n{}", String::from_utf8_lossy(&output.stderr));
+        // pyinfra reports on stderr, Ansible on stdout.
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "{tool} failed:\n{text}");
         eprintln!("{tool}, {hosts} hosts: {}", summary(&text));
     }
     runs
@@ -157,8 +158,8 @@ fn pyinfra_runs(key: &ClientKey, hosts: usize, defaults: &serde_json::Map<String
         command.args(["-y", "--parallel", &forks(hosts).to_string()]).arg(work.path().join("inventory.py")).arg("deploy.py");
         command
     };
-    // pyinfra's last line sums up the run.
-    peer_runs("pyinfra", hosts, command, |text| text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_owned())
+    // pyinfra's results table ends with its operations' totals: success, error, no change.
+    peer_runs("pyinfra", hosts, command, |text| text.lines().find(|l| l.trim_start().starts_with("Grand total")).unwrap_or_default().trim().to_owned())
 }
 
 /// Fleets of more than about ten nodes need more inotify instances than Linux's default of 128

@@ -16,9 +16,11 @@ owned = {"user": "benchapp", "group": "benchapp"}
 settings = {"user": "root", "group": "benchapp", "mode": "640"}
 
 server.group(name="service group", group="benchapp", system=True)
+# The group as the primary one: pyinfra lists a user's secondary groups without it, so
+# `groups=["benchapp"]` would run usermod on every run.
 server.user(
     name="service user", user="benchapp", system=True, home="/srv/app", shell="/usr/sbin/nologin",
-    groups=["benchapp"], ensure_home=False,
+    group="benchapp", ensure_home=False,
 )
 files.directory(name="application directory", path="/srv/app", mode="755", **owned)
 files.directory(name="configuration directory", path="/srv/app/conf", mode="750", user="root", group="benchapp")
