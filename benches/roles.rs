@@ -4,8 +4,10 @@
 //! gathered, pipelining and ControlPersist on) and by pyinfra (`benches/roles/deploy.py`, the
 //! same tasks in pyinfra's own operations) to fleets of test nodes: a first run and a no-change
 //! run each, at each fleet size given (default 10 and 100). Prints wall times, kstack's ratios
-//! against each peer, kstack's commands per host, and each tool's CPU per host. Figures, not
-//! assertions.
+//! against each peer, kstack's commands per host, and per host the CPU each tool spent and the
+//! CPU the whole machine spent (the nodes' sshd and commands too), first run / no-change run.
+//! Then `kstack verify` of the shipped image's checks on 10 nodes, one command per host beside
+//! one command per check. Figures, not assertions.
 //!
 //! Needs root and `scripts/setup` (which installs ansible-core into `.venv/ansible` and pyinfra
 //! into `.venv/pyinfra`). Each fleet is booted for one tool and removed after it: no tool sees a
@@ -20,7 +22,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kstack::roles::{run, RunOptions, TaskStatus, Variables};
+use kstack::roles::checks::run_all;
+use kstack::roles::{host_checks, run, verify, RunOptions, TaskStatus, Variables};
+use kstack::ssh::Connection;
 use kstack_testkit::node::{ClientKey, Node};
 use kstack_testkit::runner::{load, login};
 
@@ -39,8 +43,19 @@ struct Runs {
     wall: [Duration; 2],
     /// CPU time the tool itself spent (kstack's process, or the peer and its children).
     cpu: [Duration; 2],
+    /// CPU time the whole machine spent: the tool, the nodes' sshd and commands, everything.
+    machine: [Duration; 2],
     /// Commands per host (kstack's count; the peers do not say).
     commands: Option<[f64; 2]>,
+}
+
+/// CPU time the machine has spent busy, all cores (`/proc/stat`'s first line but idle and
+/// iowait, in clock ticks of 1/100 s).
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|f| f.parse().unwrap()).collect();
+    let busy: u64 = ticks.iter().enumerate().filter(|(index, _)| ![3, 4].contains(index)).map(|(_, t)| t).sum();
+    Duration::from_millis(busy * 10)
 }
 
 /// CPU time so far of this process (`self`) or of its waited-for children, from
@@ -74,10 +89,11 @@ fn kstack_runs(key: &ClientKey, hosts: usize) -> Runs {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut runs = Runs { commands: Some([0.0; 2]), ..Runs::default() };
     for run_index in 0..2 {
-        let (started, cpu) = (Instant::now(), cpu_time(false));
+        let (started, cpu, machine) = (Instant::now(), cpu_time(false), machine_busy());
         let reports = rt.block_on(run(&addresses, &login, &roles, &Variables::new(), &options, Arc::new(kstack::events::Unwatched)));
         runs.wall[run_index] = started.elapsed();
         runs.cpu[run_index] = cpu_time(false) - cpu;
+        runs.machine[run_index] = machine_busy() - machine;
         let changed: usize = reports.iter().map(|r| r.count(TaskStatus::Changed)).sum();
         let commands: usize = reports.iter().map(|r| r.commands).sum();
         let failed: Vec<_> = reports.iter().filter(|r| r.failed()).collect();
@@ -100,10 +116,11 @@ fn peer(need: kstack_testkit::Need, venv: &str, program: &str) -> PathBuf {
 fn peer_runs(tool: &str, hosts: usize, mut command: impl FnMut() -> Command, summary: impl Fn(&str) -> String) -> Runs {
     let mut runs = Runs::default();
     for run_index in 0..2 {
-        let (started, cpu) = (Instant::now(), cpu_time(true));
+        let (started, cpu, machine) = (Instant::now(), cpu_time(true), machine_busy());
         let output = command().current_dir(bench_dir()).output().unwrap();
         runs.wall[run_index] = started.elapsed();
         runs.cpu[run_index] = cpu_time(true) - cpu;
+        runs.machine[run_index] = machine_busy() - machine;
         // pyinfra reports on stderr, Ansible on stdout.
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(output.status.success(), "{tool} failed:\n{text}");
@@ -159,7 +176,73 @@ fn pyinfra_runs(key: &ClientKey, hosts: usize, defaults: &serde_json::Map<String
         command
     };
     // pyinfra's results table ends with its operations' totals: success, error, no change.
-    peer_runs("pyinfra", hosts, command, |text| text.lines().find(|l| l.trim_start().starts_with("Grand total")).unwrap_or_default().trim().to_owned())
+    peer_runs("pyinfra", hosts, command, |text| {
+        text.lines().find(|l| l.trim_start().starts_with("Grand total")).unwrap_or_default().trim().to_owned()
+    })
+}
+
+/// The shipped image's roles, whose checks `kstack verify` makes.
+const IMAGE_ROLES: [&str; 6] = ["base", "thp", "docker", "monit", "unattended-upgrades", "kubelet"];
+
+/// `kstack verify` of the shipped image's checks on a fresh fleet, all of a host's checks in one
+/// command, beside the same checks made one command each (as verify made them before); both
+/// must judge every check of every host alike. Prints the times and commands per host.
+fn verify_side_by_side(key: &ClientKey, hosts: usize) {
+    let nodes = fleet(key, hosts);
+    let roles = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("roles"), &IMAGE_ROLES);
+    let login = login(key);
+    let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    let options = RunOptions { check: false, forks: forks(hosts), max_fail: None };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let batched = rt.block_on(verify(&addresses, &login, &roles, &Variables::new(), &options, Arc::new(kstack::events::Unwatched)));
+    let batched_time = started.elapsed();
+    let started = Instant::now();
+    let one_by_one = rt.block_on(async {
+        let mut running = tokio::task::JoinSet::new();
+        for (index, address) in addresses.iter().enumerate() {
+            let (address, login, roles) = (address.clone(), login.clone(), roles.clone());
+            running.spawn(async move {
+                let connection = Connection::open(&address, &login).await.unwrap();
+                let facts = connection.facts().await.unwrap();
+                let mut results = Vec::new();
+                for check in host_checks(&roles, &Variables::new(), &facts, &address) {
+                    let result = match check {
+                        Ok(pending) => run_all(&[&pending], &connection, &facts).await.unwrap().remove(0),
+                        Err(failed) => failed,
+                    };
+                    results.push((result.name, result.passed));
+                }
+                (index, results, connection.commands_run())
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = running.join_next().await {
+            all.push(done.unwrap());
+        }
+        all.sort_by_key(|(index, _, _)| *index);
+        all
+    });
+    let one_by_one_time = started.elapsed();
+    for (report, (_, alone, _)) in batched.iter().zip(&one_by_one) {
+        let together: Vec<(String, bool)> = report.checks.iter().map(|c| (c.name.clone(), c.passed)).collect();
+        assert_eq!(&together, alone, "{}: the batched verify and the checks one by one disagree", report.host);
+    }
+    let per_host = |commands: usize| commands as f64 / hosts as f64;
+    let checks = batched[0].checks.len();
+    let passed = batched[0].checks.iter().filter(|c| c.passed).count();
+    println!("kstack verify, the shipped image's {checks} checks ({passed} passing on a fresh node) on {hosts} test nodes:");
+    println!(
+        "  one command per host   {:>6.2} s  {:>5.1} commands/host",
+        batched_time.as_secs_f64(),
+        per_host(batched.iter().map(|r| r.commands).sum())
+    );
+    println!(
+        "  one command per check  {:>6.2} s  {:>5.1} commands/host  ({:.1}x the time)",
+        one_by_one_time.as_secs_f64(),
+        per_host(one_by_one.iter().map(|(_, _, commands)| commands).sum()),
+        one_by_one_time.as_secs_f64() / batched_time.as_secs_f64()
+    );
 }
 
 /// Fleets of more than about ten nodes need more inotify instances than Linux's default of 128
@@ -208,8 +291,8 @@ fn main() {
     }
     println!("benches/roles/app (21 tasks) on test nodes; every tool with forks = min(hosts, 25)");
     println!(
-        "{:>6} {:<18} {:>10} {:>11} {:>15} {:>15} {:>14}",
-        "hosts", "tool", "first s", "no-change s", "CPU/host first", "CPU/host again", "commands/host"
+        "{:>6} {:<18} {:>8} {:>11} {:>16} {:>16} {:>14}",
+        "hosts", "tool", "first s", "no-change s", "tool CPU/host", "all CPU/host", "commands/host"
     );
     let seconds = |d: Duration| d.as_secs_f64();
     for (hosts, tools) in &rows {
@@ -217,21 +300,22 @@ fn main() {
             let per_host = |d: Duration| format!("{:.0} ms", seconds(d) * 1000.0 / *hosts as f64);
             let commands = runs.commands.map(|[first, again]| format!("{first:.1} / {again:.1}")).unwrap_or_default();
             println!(
-                "{hosts:>6} {tool:<18} {:>10.2} {:>11.2} {:>15} {:>15} {commands:>14}",
+                "{hosts:>6} {tool:<18} {:>8.2} {:>11.2} {:>16} {:>16} {commands:>14}",
                 seconds(runs.wall[0]),
                 seconds(runs.wall[1]),
-                per_host(runs.cpu[0]),
-                per_host(runs.cpu[1])
+                format!("{} / {}", per_host(runs.cpu[0]), per_host(runs.cpu[1])),
+                format!("{} / {}", per_host(runs.machine[0]), per_host(runs.machine[1])),
             );
         }
         let kstack = &tools[0].1;
         for (peer, runs) in &tools[1..] {
             println!(
-                "{hosts:>6} {:<18} {:>9.1}x {:>10.1}x",
+                "{hosts:>6} {:<18} {:>7.1}x {:>10.1}x",
                 format!("kstack vs {peer}"),
                 seconds(runs.wall[0]) / seconds(kstack.wall[0]),
                 seconds(runs.wall[1]) / seconds(kstack.wall[1])
             );
         }
     }
+    verify_side_by_side(&key, 10);
 }

@@ -49,7 +49,7 @@ struct Probed<'a> {
 }
 
 /// Makes `checks` on the host in one command, in order.
-pub async fn run_all(checks: &[Pending], connection: &Connection, facts: &Facts) -> Result<Vec<CheckResult>, SshError> {
+pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts) -> Result<Vec<CheckResult>, SshError> {
     let probes: Vec<Result<String, Found>> = checks.iter().map(|check| probe(&check.kind, facts)).collect();
     let boundary = format!("kstack-check-{:016x}", rand::random::<u64>());
     let mut script = String::new();

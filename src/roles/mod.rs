@@ -9,4 +9,4 @@ mod session;
 mod touch;
 
 pub use kstack_project::roles::{list_roles, load_roles, Role, Task, Variables};
-pub use run::{run, verify, HostReport, RunEvent, RunOptions, TaskReport, TaskStatus};
+pub use run::{host_checks, run, verify, HostReport, RunEvent, RunOptions, TaskReport, TaskStatus};

@@ -230,30 +230,12 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
         }
         Work::Verify => {
             // Every check rendered first, then all made in one command, in the same order.
-            let jinja = crate::template::engine();
-            // A check that could not be rendered is a result already; `None` waits for the batch.
-            let (mut slots, mut pending): (Vec<Option<CheckResult>>, Vec<checks::Pending>) = (Vec::new(), Vec::new());
-            for role in roles {
-                let context = context(role, variables, &facts, host);
-                for check in &role.checks {
-                    let kind = match condition_holds(check.when.as_deref(), &jinja, &context) {
-                        Ok(false) => continue,
-                        Ok(true) => render(&check.body, &jinja, &context).and_then(Check::kind),
-                        Err(error) => Err(error),
-                    };
-                    match kind {
-                        Ok(kind) => {
-                            pending.push(checks::Pending { name: check.name.clone(), kind, timeout_seconds: check.timeout_seconds });
-                            slots.push(None);
-                        }
-                        Err(error) => slots.push(Some(CheckResult::failed(&check.name, error))),
-                    }
-                }
-            }
+            let rendered = host_checks(roles, variables, &facts, host);
+            let pending: Vec<&checks::Pending> = rendered.iter().filter_map(|check| check.as_ref().ok()).collect();
             match checks::run_all(&pending, &connection, &facts).await {
                 Ok(results) => {
                     let mut results = results.into_iter();
-                    report.checks = slots.into_iter().filter_map(|slot| slot.or_else(|| results.next())).collect();
+                    report.checks = rendered.into_iter().filter_map(|check| check.err().or_else(|| results.next())).collect();
                 }
                 Err(error) => report.unreachable = Some(error.to_string()),
             }
@@ -262,6 +244,29 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
     report.commands += connection.commands_run();
     connection.close().await;
     report
+}
+
+/// The checks of `roles` that apply to a host (their `when:` holds), in order, rendered with the
+/// variables and facts the tasks use: ready to run, or failed already when one cannot be
+/// rendered.
+pub fn host_checks(roles: &[Role], variables: &Variables, facts: &Facts, host: &str) -> Vec<Result<checks::Pending, CheckResult>> {
+    let jinja = crate::template::engine();
+    let mut rendered = Vec::new();
+    for role in roles {
+        let context = context(role, variables, facts, host);
+        for check in &role.checks {
+            let kind = match condition_holds(check.when.as_deref(), &jinja, &context) {
+                Ok(false) => continue,
+                Ok(true) => render(&check.body, &jinja, &context).and_then(Check::kind),
+                Err(error) => Err(error),
+            };
+            rendered.push(match kind {
+                Ok(kind) => Ok(checks::Pending { name: check.name.clone(), kind, timeout_seconds: check.timeout_seconds }),
+                Err(error) => Err(CheckResult::failed(&check.name, error)),
+            });
+        }
+    }
+    rendered
 }
 
 enum RoleOutcome {

@@ -231,6 +231,11 @@ impl Batch {
                 }
             }
         }
+        let paths = queries.iter().flat_map(|(_, reads)| reads).filter_map(|read| match read {
+            Touch::Path(path) => Some(path.as_str()),
+            _ => None,
+        });
+        script.push_str(&super::modules::stat_ahead(paths).unwrap_or_default());
         for (query, _) in queries {
             script.push_str(&format!("q {}\n", quote(query)));
         }
@@ -320,5 +325,26 @@ mod tests {
         session.forget();
         session.queue(write("/srv/x", "", "1001"));
         assert!(session.queued_file("/srv/x").is_none(), "a read shows the owner's name, not its number");
+    }
+
+    /// Files stated ahead in one process read as each stated alone: a file, a directory, a
+    /// link, a missing path, and a name with a space.
+    #[test]
+    fn paths_stated_ahead_read_as_stated_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        std::fs::write(path("a file"), "x").unwrap();
+        std::fs::set_permissions(path("a file"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::create_dir(path("dir")).unwrap();
+        std::os::unix::fs::symlink(path("dir"), path("link")).unwrap();
+        let names = ["a file", "dir", "link", "missing"];
+        let query = |name: &str| (crate::roles::modules::stat_query(&path(name)), vec![Touch::path(&path(name))]);
+        let queries: Vec<AheadQuery> = names.iter().map(|name| query(name)).collect();
+        let together = Batch::new(&[], &queries);
+        assert!(together.script.contains("ks="), "{}", together.script);
+        let alone: Vec<_> = names.iter().flat_map(|name| run(&Batch::new(&[], &[query(name)]))).collect();
+        assert_eq!(run(&together), alone);
+        assert!(alone[0].1.contains("600 "), "{alone:?}");
     }
 }

@@ -3,9 +3,33 @@
 use super::{parse_mode, quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{File, FileState};
 
-/// The type, link target, mode, owner and group of `path`, in one line each.
+/// The type, link target, mode, owner and group of `$p`, in one line each. The attributes are
+/// looked up in `$ks` when a batch stated its paths ahead in one process ([`stat_ahead`]), and
+/// not asked for a path that is not there.
 pub(super) const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
-stat -c '%a %U %G' "$p" 2>/dev/null || echo"#;
+case "$ks" in *"
+$p|"*) r=${ks#*"
+$p|"}; echo "${r%%"
+"*}" ;; *) { [ -e "$p" ] || [ -L "$p" ]; } && stat -c '%a %U %G' "$p" 2>/dev/null || echo ;; esac"#;
+
+/// The query of a path's type and attributes ([`STAT`]).
+pub(crate) fn stat_query(path: &str) -> String {
+    format!("p={}\n{STAT}", quote(path))
+}
+
+/// A line for a batch's script, before its queries, that states `paths` in one process into
+/// `$ks`, which [`STAT`] reads: one `stat` for a batch instead of one per file (about 1 ms of
+/// the node's time each). Paths a line of `stat`'s output could not name unambiguously are
+/// left to be stated alone.
+pub(crate) fn stat_ahead<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut named: Vec<&str> = paths.into_iter().filter(|p| !p.contains(['|', '\n'])).collect();
+    named.sort_unstable();
+    named.dedup();
+    (named.len() >= 2).then(|| {
+        let quoted: Vec<String> = named.iter().map(|p| quote(p)).collect();
+        format!("ks=\"\n$(stat -c '%n|%a %U %G' -- {} 2>/dev/null)\"\n", quoted.join(" "))
+    })
+}
 
 /// What a task on `path` reads: the path, and the account names its owner shows as when the
 /// task sets an owner or group.
@@ -59,7 +83,7 @@ pub(super) fn attribute_diffs(stat: &Stat, mode: Option<u32>, owner: Option<&str
 
 impl Query for File {
     fn query(&self) -> Option<String> {
-        Some(format!("p={}\n{STAT}", quote(&self.path)))
+        Some(stat_query(&self.path))
     }
 
     fn reads(&self) -> Vec<Touch> {

@@ -14,6 +14,7 @@ mod package;
 mod sysctl;
 mod systemd;
 
+pub(crate) use file::{stat_ahead, stat_query};
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 
