@@ -14,7 +14,9 @@ mod package;
 mod sysctl;
 mod systemd;
 
-pub(crate) use file::{stat_ahead, stat_query};
+pub(crate) use file::stat_ahead;
+#[cfg(test)]
+pub(crate) use file::stat_query;
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 
