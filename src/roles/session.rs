@@ -195,9 +195,11 @@ fn last_write<'a>(queued: &'a [QueuedChange], path: &str) -> Option<&'a FileWrit
 }
 
 /// One script that makes `changes` in order, stopping at the first that fails, then runs each
-/// of `queries`. Of systemd reloads with only file writes between them, only the last is made. Each runs in a subshell of its own, its output and errors going straight to
-/// the channel, each followed by a line with the batch's random marker (and, on stdout, its exit
-/// status): no temporary files, and no process per step but its subshell. A file's content is
+/// of `queries`. Changes run in subshells; queries, kstack's own scripts that change nothing,
+/// in the batch's shell (a fork each saved; a user's guard brings its own subshell). Of
+/// systemd reloads with only file writes between them, only the last is made. Each step's
+/// output and errors go straight to the channel, each followed by a line with the batch's
+/// random marker (and, on stdout, its exit status): no temporary files. A file's content is
 /// read from the input, the contents in the order of the writes; other steps get no input.
 struct Batch {
     script: String,
@@ -210,7 +212,7 @@ impl Batch {
         let mut script = format!(
             "m={marker}\n\
              r() {{ printf '\\n%s %s\\n' \"$m\" \"$1\"; printf '\\n%s\\n' \"$m\" >&2; }}\n\
-             q() {{ ( eval \"$1\" ) </dev/null; r \"$?\"; }}\n\
+             q() {{ eval \"$1\" </dev/null; r \"$?\"; }}\n\
              w() {{ ( eval \"$1\" ); s=$?; r \"$s\"; [ \"$s\" = 0 ] || exit 0; }}\n\
              c() {{ ( eval \"$1\" ) </dev/null; s=$?; r \"$s\"; [ \"$s\" = 0 ] || exit 0; }}\n"
         );

@@ -9,7 +9,8 @@ impl Query for Command {
     fn query(&self) -> Option<String> {
         match (&self.creates, &self.unless) {
             (Some(path), _) => Some(format!("test -e {}", quote(path))),
-            (None, Some(unless)) => Some(unless.clone()),
+            // In a subshell of its own: it runs among kstack's queries in their shell.
+            (None, Some(unless)) => Some(format!("(\n{unless}\n)")),
             (None, None) => None,
         }
     }
