@@ -329,24 +329,38 @@ mod tests {
         assert!(session.queued_file("/srv/x").is_none(), "a read shows the owner's name, not its number");
     }
 
-    /// Files stated ahead in one process read as each stated alone: a file, a directory, a
-    /// link, a missing path, and a name with a space.
+    /// Files stated ahead in one process read as each stated alone, and a file's content read
+    /// by the shell is exact: no final newline, backslashes and spaces, a NUL byte, a large file.
     #[test]
     fn paths_stated_ahead_read_as_stated_alone() {
+        use crate::roles::modules::{read_script, stat_query};
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-        std::fs::write(path("a file"), "x").unwrap();
+        let contents: [(&str, Vec<u8>); 5] = [
+            ("a file", b"x = 1\n".to_vec()),
+            ("no newline", b"a\nb".to_vec()),
+            ("escapes", b"  lead\\n\ttab \\ \r\n\n\n".to_vec()),
+            ("nul", b"a\0b\n".to_vec()),
+            ("large", "line of text\n".repeat(200).into_bytes()),
+        ];
+        for (name, content) in &contents {
+            std::fs::write(path(name), content).unwrap();
+        }
         std::fs::set_permissions(path("a file"), std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::create_dir(path("dir")).unwrap();
         std::os::unix::fs::symlink(path("dir"), path("link")).unwrap();
-        let names = ["a file", "dir", "link", "missing"];
-        let query = |name: &str| (crate::roles::modules::stat_query(&path(name)), vec![Touch::path(&path(name))]);
-        let queries: Vec<AheadQuery> = names.iter().map(|name| query(name)).collect();
+        let stated = ["dir", "link", "missing"].map(|name| (stat_query(&path(name)), vec![Touch::path(&path(name))]));
+        let read = contents.each_ref().map(|(name, _)| (read_script(&path(name)), vec![Touch::path(&path(name))]));
+        let queries: Vec<AheadQuery> = stated.into_iter().chain(read).collect();
         let together = Batch::new(&[], &queries);
         assert!(together.script.contains("ks="), "{}", together.script);
-        let alone: Vec<_> = names.iter().flat_map(|name| run(&Batch::new(&[], &[query(name)]))).collect();
+        let alone: Vec<_> = queries.iter().flat_map(|query| run(&Batch::new(&[], std::slice::from_ref(query)))).collect();
         assert_eq!(run(&together), alone);
-        assert!(alone[0].1.contains("600 "), "{alone:?}");
+        assert!(alone[3].1.starts_with("file\n\n600 "), "{alone:?}");
+        for ((_, content), (_, output, _)) in contents.iter().zip(&alone[3..]) {
+            let body = output.split_once("--- kstack content ---\n").unwrap().1;
+            assert_eq!(body.as_bytes(), content.as_slice());
+        }
     }
 }

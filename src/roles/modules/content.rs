@@ -1,13 +1,13 @@
 //! `copy`, `template` and `line`: a file's whole content, or one line of it. The content is
 //! computed here and written with a verified checksum only when it differs.
 
-use super::file::{attribute_diffs, owned_path, stat_query, Stat};
+use super::file::{attribute_diffs, owned_path, stat_query, Stat, CONTENT};
 use super::{parse_mode, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{Copy, Line, Presence};
 
 /// The script that prints a file's attributes and content.
-fn read_script(path: &str) -> String {
-    format!("{}\necho '--- kstack content ---'\n[ -f \"$p\" ] && cat \"$p\" || true", stat_query(path))
+pub(crate) fn read_script(path: &str) -> String {
+    format!("{}\necho '--- kstack content ---'\n{CONTENT}", stat_query(path))
 }
 
 /// The current content and attributes of a file, in one round trip, or as a queued write of

@@ -4,13 +4,22 @@ use super::{parse_mode, quote, Converge, FieldDiff, Host, Query, TaskError, Task
 use kstack_project::roles::modules::{File, FileState};
 
 /// The type, link target, mode, owner and group of `$p`, in one line each. The attributes are
-/// looked up in `$ks` when a batch stated its paths ahead in one process ([`stat_ahead`]), and
-/// not asked for a path that is not there.
-pub(super) const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
+/// looked up in `$ks` when a batch stated its paths ahead in one process ([`stat_ahead`]),
+/// leaving them with the size in `$a`, and not asked for a path that is not there.
+pub(super) const STAT: &str = r#"a=
+if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
 case "$ks" in *"
 $p|"*) r=${ks#*"
-$p|"}; echo "${r%%"
-"*}" ;; *) { [ -e "$p" ] || [ -L "$p" ]; } && stat -c '%a %U %G' "$p" 2>/dev/null || echo ;; esac"#;
+$p|"}; a=${r%%"
+"*}; echo "${a%|*}" ;; *) { [ -e "$p" ] || [ -L "$p" ]; } && stat -c '%a %U %G' "$p" 2>/dev/null || echo ;; esac"#;
+
+/// After [`STAT`], the content of `$p` when it is a file: a small one stated ahead is read with
+/// the shell's own `read` (no process) and kept when its length is the size stated, else (a
+/// NUL byte, a file changed meanwhile) read with `cat`.
+pub(super) const CONTENT: &str = r#"if [ -f "$p" ]; then z=${a##*|}
+if [ -n "$a" ] && [ "$z" -le 1024 ] 2>/dev/null; then c=; l=; while IFS= read -r l; do c="$c$l
+"; l=; done < "$p"; c="$c$l"; if [ "${#c}" = "$z" ]; then printf %s "$c"; else cat "$p"; fi
+else cat "$p"; fi; fi; true"#;
 
 /// The query of a path's type and attributes ([`STAT`]).
 pub(crate) fn stat_query(path: &str) -> String {
@@ -27,7 +36,7 @@ pub(crate) fn stat_ahead<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option
     named.dedup();
     (named.len() >= 2).then(|| {
         let quoted: Vec<String> = named.iter().map(|p| quote(p)).collect();
-        format!("ks=\"\n$(stat -c '%n|%a %U %G' -- {} 2>/dev/null)\"\n", quoted.join(" "))
+        format!("ks=\"\n$(stat -c '%n|%a %U %G|%s' -- {} 2>/dev/null)\"\n", quoted.join(" "))
     })
 }
 

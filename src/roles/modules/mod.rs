@@ -15,10 +15,10 @@ mod sysctl;
 mod systemd;
 
 pub(crate) use file::stat_ahead;
-#[cfg(test)]
-pub(crate) use file::stat_query;
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
+#[cfg(test)]
+pub(crate) use {content::read_script, file::stat_query};
 
 use super::session::{FileWrite, HostSession, QueuedChange, Step};
 pub(crate) use super::touch::Touch;
