@@ -402,3 +402,26 @@ fn unit_files_changed_one_after_another_share_one_reload() {
         assert_eq!(String::from_utf8_lossy(&stale.stdout).trim(), "no", "{unit} runs its new file");
     }
 }
+
+/// A service that is only a SysV init script (systemd generates its unit, as for Debian's
+/// monit) is started and enabled once, then judged converged: its enablement is its init links.
+#[test]
+fn a_sysv_service_is_enabled_and_started_once() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let script = "#!/bin/sh\n### BEGIN INIT INFO\n# Provides: legacy\n# Required-Start:\n# Required-Stop:\n# Default-Start: 2 3 4 5\n# Default-Stop: 0 1 6\n### END INIT INFO\ncase \"$1\" in start) touch /run/legacy.started ;; esac\nexit 0\n";
+    let dir = role_dir(
+        "legacy",
+        &format!(
+            "tasks:\n  - name: init script\n    copy: {{ dest: /etc/init.d/legacy, mode: \"0755\", content: {} }}\n  - name: reload for the generator\n    command: {{ run: systemctl daemon-reload, creates: /run/systemd/generator.late/legacy.service }}\n  - name: legacy running\n    service: {{ name: legacy.service, enabled: true, state: started }}\n",
+            serde_json::to_string(script).unwrap()
+        ),
+    );
+    let runner = Runner::new(&key, dir.path(), &["legacy"], Variables::new());
+    let first = &runner.converge(&[&node], false)[0];
+    assert!(failures(first).is_empty(), "{:?}", failures(first));
+    assert!(node.exec("test -e /run/legacy.started").status.success(), "started");
+    assert!(node.exec("ls /etc/rc2.d | grep -q legacy").status.success(), "enabled through its init links");
+    let again = &runner.converge(&[&node], false)[0];
+    assert_eq!(statuses(again), ["init script", "reload for the generator", "legacy running"].map(|t| (t.to_owned(), TaskStatus::Ok)));
+}

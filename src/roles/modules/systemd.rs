@@ -69,9 +69,11 @@ fn pulls_other_units(content: &str) -> bool {
 
 impl Query for Systemd {
     /// The unit's state, its drop-in and link directories, and the file the task manages, with
-    /// one `systemctl` (each costs the node about 7 ms). A unit with a file is asked with `show`,
-    /// which loads it; one without is only asked whether it runs, which loads nothing, so a new
-    /// unit's first file needs no reload. Directories are looked at with shell tests.
+    /// one `systemctl` mostly (each costs the node about 7 ms). A unit with a file is asked with
+    /// `show`, which loads it, and `is-enabled` only where `show`'s file state is not plainly
+    /// enabled, disabled, static or masked (a SysV script's generated unit: `is-enabled` asks
+    /// its init links); one without a file is only asked whether it runs, which loads nothing,
+    /// so a new unit's first file needs no reload. Directories are looked at with shell tests.
     fn query(&self) -> Option<String> {
         let unit = quote(&self.name);
         // An instance's file may be its template's: `getty@.service` for `getty@tty1.service`.
@@ -82,7 +84,9 @@ impl Query for Systemd {
         Some(format!(
             "f=\nfor d in {UNIT_PATHS}; do [ -e \"$d\"/{unit} ] || [ -e \"$d\"/{template} ] && f=1\n\
              for s in .d .wants .requires .upholds; do [ -e \"$d\"/{unit}\"$s\" ] && echo \"linked=$d\"; done; done\n\
-             if [ -n \"$f\" ]; then systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null\n\
+             if [ -n \"$f\" ]; then o=$(systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null); echo \"$o\"\n\
+             case \"$o\" in *UnitFileState=enabled*|*UnitFileState=disabled*|*UnitFileState=static*|*UnitFileState=masked*) ;;\n\
+             *) echo \"UnitFileState=$(systemctl is-enabled -- {unit} 2>/dev/null)\" ;; esac\n\
              else echo \"ActiveState=$(systemctl is-active -- {unit} 2>/dev/null)\"; fi\n\
              echo '--- kstack ---'; cat {} 2>/dev/null || true",
             quote(&unit_file(self))
@@ -100,7 +104,9 @@ impl Converge for Systemd {
         let file = unit_file(self);
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (status, current) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
-        let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_default().trim().to_owned();
+        // The last answer counts: `is-enabled` follows `show` where only it knows (a SysV script's
+        // generated unit, an alias).
+        let field = |key: &str| status.lines().rev().find_map(|l| l.strip_prefix(key)).unwrap_or_default().trim().to_owned();
         let (enabled, active) = (field("UnitFileState="), field("ActiveState="));
         let linked = status.lines().any(|l| l.starts_with("linked="));
         // systemd has no file for the unit and does not run it: it loads the new file when the
