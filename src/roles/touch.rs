@@ -57,13 +57,13 @@ impl Touch {
         }
     }
 
-    /// Where the tools that read a unit, a package or the accounts keep them.
+    /// Where the tools that read a package or the accounts keep them (a unit's files are
+    /// judged path by path: [`concerns_unit`]).
     fn files(&self) -> &'static [&'static str] {
         match self {
-            Touch::Unit(_) => UNIT_DIRECTORIES,
             Touch::Package(_) => &["/var/lib/dpkg"],
             Touch::User(_) | Touch::Group(_) | Touch::AccountNames => &["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"],
-            Touch::Path(_) | Touch::Tree(_) | Touch::Service(_) | Touch::Everything => &[],
+            Touch::Unit(_) | Touch::Path(_) | Touch::Tree(_) | Touch::Service(_) | Touch::Everything => &[],
         }
     }
 }
@@ -83,13 +83,18 @@ fn concerns_unit(path: &str, unit: &str) -> bool {
     let Some(rest) = UNIT_DIRECTORIES.iter().find_map(|dir| path.strip_prefix(dir).filter(|rest| rest.is_empty() || rest.starts_with('/'))) else {
         return UNIT_DIRECTORIES.iter().any(|dir| within(dir, path));
     };
-    let template = unit.split_once('@').zip(unit.rsplit_once('.')).map(|((prefix, _), (_, kind))| format!("{prefix}@.{kind}"));
+    let template = unit_template(unit);
     let names = |part: &str| {
         let name = part.strip_suffix(".d").unwrap_or(part);
         name == unit || template.as_deref() == Some(name) || [".wants", ".requires", ".upholds"].iter().any(|links| part.ends_with(links))
     };
     let parts: Vec<&str> = rest.split('/').filter(|part| !part.is_empty()).collect();
     parts.len() < 2 || parts.iter().any(|part| names(part))
+}
+
+/// The template an instance's file may be: `getty@.service` for `getty@tty1.service`.
+pub(crate) fn unit_template(unit: &str) -> Option<String> {
+    unit.split_once('@').zip(unit.rsplit_once('.')).map(|((prefix, _), (_, kind))| format!("{prefix}@.{kind}"))
 }
 
 /// A unit's name without its type: `app` of `app.service` and `app.socket`.

@@ -21,7 +21,7 @@ use serde::Serialize;
 pub(crate) use {content::read_script, file::stat_query};
 
 use super::session::{FileWrite, HostSession, QueuedChange, Step};
-pub(crate) use super::touch::Touch;
+pub(crate) use super::touch::{unit_template, Touch};
 use crate::ssh::{Connection, Facts, Output, SshError};
 
 /// One attribute that differs between the host and the task, as text.

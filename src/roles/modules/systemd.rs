@@ -8,7 +8,7 @@
 //! or `.wants`/`.requires` links) leaves the next unit's task judged as fetched: its processes
 //! are taken to change anything but unit files and other units' state ([`Touch::Service`]).
 
-use super::{quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
+use super::{quote, unit_template, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{RunState, Systemd};
 
 /// The unit file, or the drop-in when one is named.
@@ -76,11 +76,8 @@ impl Query for Systemd {
     /// so a new unit's first file needs no reload. Directories are looked at with shell tests.
     fn query(&self) -> Option<String> {
         let unit = quote(&self.name);
-        // An instance's file may be its template's: `getty@.service` for `getty@tty1.service`.
-        let template = match (self.name.split_once('@'), self.name.rsplit_once('.')) {
-            (Some((prefix, _)), Some((_, kind))) => quote(&format!("{prefix}@.{kind}")),
-            _ => unit.clone(),
-        };
+        // An instance's file may be its template's.
+        let template = unit_template(&self.name).map_or_else(|| unit.clone(), |t| quote(&t));
         Some(format!(
             "f=\nfor d in {UNIT_PATHS}; do [ -e \"$d\"/{unit} ] || [ -e \"$d\"/{template} ] && f=1\n\
              for s in .d .wants .requires .upholds; do [ -e \"$d\"/{unit}\"$s\" ] && echo \"linked=$d\"; done; done\n\
