@@ -345,7 +345,8 @@ impl RoleRun<'_> {
     /// reading `ahead` (the task and those after it) in one batch when nothing is fetched.
     async fn task(&mut self, task: &Task, prepared: &Prepared, handler: bool, ahead: &[&Prepared]) -> Result<(), Halt> {
         if let Ok(Some(module)) = prepared {
-            if self.session.conflicts(&modules::reads(module), modules::reads_file(module)) {
+            let fetched = modules::query(module).and_then(|script| self.session.fetched_reads(&script));
+            if self.session.conflicts(&fetched.unwrap_or_else(|| modules::reads(module)), modules::reads_file(module)) {
                 self.make_changes(ahead).await?;
             }
         }

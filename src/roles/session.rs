@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::modules::reads_found;
 use super::touch::Touch;
-use crate::ssh::{shell_quote as quote, write_script, Connection, Output, SshError};
+use crate::ssh::{shell_quote as quote, write_input, write_script, Connection, Output, SshError};
 
 #[derive(Default)]
 pub(crate) struct HostSession(Mutex<State>);
@@ -79,6 +80,11 @@ impl HostSession {
     /// A query's fetched result, if no change since touched what it read.
     pub(crate) fn fetched(&self, script: &str) -> Option<Output> {
         self.state().fetched.get(script).map(|(output, _)| output.clone())
+    }
+
+    /// What a fetched query read, as its result showed ([`reads_found`]).
+    pub(crate) fn fetched_reads(&self, script: &str) -> Option<Vec<Touch>> {
+        self.state().fetched.get(script).map(|(_, reads)| reads.clone())
     }
 
     /// The queries of `ahead` not fetched.
@@ -151,9 +157,10 @@ impl HostSession {
         let input: Vec<u8> = changes
             .iter()
             .flat_map(|c| match &c.step {
-                Step::Write(write) => write.content.as_slice(),
-                Step::Script(_) | Step::ReloadUnits => &[],
+                Step::Write(write) => Some(write_input(&write.content)),
+                Step::Script(_) | Step::ReloadUnits => None,
             })
+            .flatten()
             .copied()
             .collect();
         let batch = Batch::new(&changes, &queries);
@@ -178,7 +185,10 @@ impl HostSession {
     }
 
     fn keep(&self, queries: Vec<AheadQuery>, results: impl IntoIterator<Item = Output>) {
-        self.state().fetched.extend(queries.into_iter().zip(results).map(|((script, reads), output)| (script, (output, reads))));
+        self.state().fetched.extend(queries.into_iter().zip(results).map(|((script, reads), output)| {
+            let reads = reads_found(reads, &output.stdout);
+            (script, (output, reads))
+        }));
     }
 }
 
@@ -229,7 +239,7 @@ impl Batch {
                     }
                 }
                 Step::Write(FileWrite { path, content, mode, owner, group }) => {
-                    script.push_str(&format!("w {}\n", quote(&write_script(path, content, *mode, owner, group))));
+                    script.push_str(&format!("w {}\n", quote(&write_script(path, content.len(), *mode, owner, group))));
                 }
             }
         }
@@ -337,8 +347,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-        let contents: [(&str, Vec<u8>); 5] = [
+        // "glob ?" is stated after "glob 1", which it would match as a pattern.
+        let contents: [(&str, Vec<u8>); 7] = [
             ("a file", b"x = 1\n".to_vec()),
+            ("glob 1", b"one\n".to_vec()),
+            ("glob ?", b"question\n".to_vec()),
             ("no newline", b"a\nb".to_vec()),
             ("escapes", b"  lead\\n\ttab \\ \r\n\n\n".to_vec()),
             ("nul", b"a\0b\n".to_vec()),

@@ -1,5 +1,5 @@
 //! The SSH transport: one russh connection per host for a whole run, a channel per command,
-//! file writes over the command's stdin with a verified checksum, and `sudo` when the login
+//! file writes over the command's stdin, checked complete before they replace a file, and `sudo` when the login
 //! user is not root. Host keys are checked against a known_hosts file.
 
 mod facts;
@@ -354,7 +354,8 @@ impl Connection {
 
     /// Writes `content` to `path` (see [`write_script`]).
     pub async fn write_file(&self, path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> Result<(), SshError> {
-        let output = self.run(&write_script(path, content, mode, owner, group), Some(content)).await?;
+        let input: Vec<u8> = write_input(content).copied().collect();
+        let output = self.run(&write_script(path, content.len(), mode, owner, group), Some(&input)).await?;
         if output.success() {
             Ok(())
         } else {
@@ -395,24 +396,40 @@ fn framed(script: &str) -> String {
     format!("{}\n{script}\n", script.split('\n').count())
 }
 
-/// A script that writes `content`, read from its input, to `path` atomically (a temporary file
-/// renamed into place) with the given mode and owner, and checks its SHA-256 on the host before
-/// the rename. It reads exactly the content's length, so more may follow on the same input.
-/// `mktemp` creates the temporary file 0600 (owned by root) before any of it is written, and
-/// the file is removed on any failure.
-pub fn write_script(path: &str, content: &[u8], mode: u32, owner: &str, group: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = format!("{:x}", Sha256::digest(content));
-    let path_q = shell_quote(path);
+/// A script that writes a file of `length` bytes, read from its input ([`write_input`]: the
+/// content, then an empty line), to `path` atomically: a temporary file beside it, renamed into
+/// place, with the given mode and owner. It reads exactly the content's length, so more may
+/// follow on the same input, and the empty line after it arrives only when all of the content
+/// did: a write cut off leaves the old file. The temporary file has a random name and is
+/// created new (`set -C`: never through an existing file or link), readable only by root
+/// until its owner and mode are set (owner first: a `chown` clears set-user-ID bits), and is
+/// removed on any failure. A root's file of a plain mode (no execute or special bits) outside a
+/// set-group-ID directory is created with its mode outright: no process changes it afterwards.
+pub fn write_script(path: &str, length: usize, mode: u32, owner: &str, group: &str) -> String {
+    let directory = std::path::Path::new(path).parent().and_then(std::path::Path::to_str).filter(|d| !d.is_empty()).unwrap_or("/");
+    let is_root = |name: &str| name == "root" || name == "0";
+    let created_as_is = is_root(owner) && is_root(group) && mode & 0o7111 == 0;
+    let umask = if created_as_is {
+        format!("if [ -g \"$d\" ]; then umask 077; k=1; else umask {:03o}; k=; fi", !mode & 0o777)
+    } else {
+        String::from("umask 077; k=1")
+    };
     format!(
-        "set -e; d=$(dirname {path_q}); mkdir -p \"$d\"; t=$(mktemp \"$d/.kstack.XXXXXX\"); \
-         trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; head -c {} > \"$t\"; \
-         echo '{digest}  '\"$t\" | sha256sum -c --quiet - >/dev/null || {{ echo 'checksum mismatch' >&2; exit 3; }}; \
-         chmod {mode:o} \"$t\"; chown {}:{} \"$t\"; mv -f \"$t\" {path_q}; trap - EXIT",
-        content.len(),
+        "set -e; d={}; t=\"$d/.kstack.{:016x}\"; [ -d \"$d\" ] || mkdir -p \"$d\"; \
+         trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; {umask}; set -C; head -c {length} > \"$t\"; set +C; \
+         IFS= read -r e && [ -z \"$e\" ] || {{ echo 'the input ended before the whole file' >&2; exit 3; }}; \
+         [ -z \"$k\" ] || {{ chown {}:{} \"$t\"; chmod {mode:o} \"$t\"; }}; mv -f \"$t\" {}; trap - EXIT",
+        shell_quote(directory),
+        rand::random::<u64>(),
         shell_quote(owner),
-        shell_quote(group)
+        shell_quote(group),
+        shell_quote(path)
     )
+}
+
+/// The input of a [`write_script`]: `content`, then the empty line that shows it all arrived.
+pub fn write_input(content: &[u8]) -> impl Iterator<Item = &u8> {
+    content.iter().chain(b"\n")
 }
 
 /// Quotes `text` as one word for a POSIX shell.
@@ -422,7 +439,85 @@ pub fn shell_quote(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{framed, shell_quote};
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::{framed, shell_quote, write_input, write_script};
+
+    /// Runs a write of `length` bytes here, with `input`, then copies what input is left to
+    /// stdout.
+    fn write_here(path: &Path, length: usize, mode: u32, owner: &str, input: &[u8]) -> std::process::Output {
+        let script = format!("{}\ncat", write_script(path.to_str().unwrap(), length, mode, owner, owner));
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn left_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_write_creates_its_directory_and_reads_exactly_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/app.conf");
+        let content = b"no final newline \0 \xff\n\\ end";
+        let mut input: Vec<u8> = write_input(content).copied().collect();
+        input.extend_from_slice(b"what follows");
+        let output = write_here(&path, content.len(), 0o640, "root", &input);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(output.stdout, b"what follows", "the rest of the input is left for what follows");
+        assert_eq!(left_in(&dir.path().join("new")), ["app.conf"]);
+    }
+
+    #[test]
+    fn a_write_cut_off_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.conf");
+        std::fs::write(&path, "old").unwrap();
+        // Ten bytes announced, four sent, and the input ends: no empty line after them.
+        let output = write_here(&path, 10, 0o644, "root", b"new!");
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("the input ended before the whole file"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(left_in(dir.path()), ["app.conf"]);
+    }
+
+    #[test]
+    fn a_set_user_id_mode_survives_the_owner_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tool");
+        let input: Vec<u8> = write_input(b"#!/bin/sh\n").copied().collect();
+        let output = write_here(&path, 10, 0o4755, "daemon", &input);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!((metadata.uid(), metadata.gid()), (1, 1), "daemon:daemon");
+    }
+
+    #[test]
+    fn a_roots_file_in_a_set_group_id_directory_is_still_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), None, Some(1)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let path = dir.path().join("secret.conf");
+        let input: Vec<u8> = write_input(b"token").copied().collect();
+        let output = write_here(&path, 5, 0o600, "root", &input);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!((metadata.permissions().mode() & 0o7777, metadata.gid()), (0o600, 0));
+    }
 
     #[test]
     fn a_script_is_framed_by_its_line_count() {

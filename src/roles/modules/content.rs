@@ -1,5 +1,5 @@
 //! `copy`, `template` and `line`: a file's whole content, or one line of it. The content is
-//! computed here and written with a verified checksum only when it differs.
+//! computed here and written (checked complete before it replaces the file) only when it differs.
 
 use super::file::{attribute_diffs, owned_path, stat_query, Stat, CONTENT};
 use super::{parse_mode, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};

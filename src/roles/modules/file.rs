@@ -3,17 +3,19 @@
 use super::{parse_mode, quote, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{File, FileState};
 
-/// The type, link target, mode, owner and group of `$p`, in one line each. The attributes are
-/// looked up in `$ks` when a batch stated its paths ahead in one process ([`stat_ahead`]),
-/// leaving them with the size in `$a`, and not asked for a path that is not there.
-pub(super) const STAT: &str = r#"a=
-if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
-case "$ks" in *"
-$p|"*) r=${ks#*"
-$p|"}; a=${r%%"
-"*}; echo "${a%|*}" ;; *) { [ -e "$p" ] || [ -L "$p" ]; } && stat -c '%a %U %G' "$p" 2>/dev/null || echo ;; esac"#;
+/// Sets `$a` to `$p`'s attributes and size, `mode owner group|size`, when a batch stated it
+/// ahead ([`stat_ahead`]) into `$ks`; else empties it. It walks `$ks` line by line with an
+/// anchored match: a pattern with a leading `*` costs the shell time in the square of the
+/// text's length.
+const STATED: &str = r#"a=; o=$IFS; IFS='
+'; set -f; for l in $ks; do case "$l" in "$p|"*) a=${l#"$p|"}; break ;; esac; done; set +f; IFS=$o"#;
 
-/// After [`STAT`], the content of `$p` when it is a file: a small one stated ahead is read with
+/// The type, link target, mode, owner and group of `$p`, in one line each: the attributes as
+/// [`STATED`] found them, else stated alone, and not asked for a path that is not there.
+const STAT: &str = r#"if [ -L "$p" ]; then echo link; readlink "$p"; elif [ -d "$p" ]; then echo directory; echo; elif [ -e "$p" ]; then echo file; echo; else echo absent; echo; fi
+if [ -n "$a" ]; then echo "${a%|*}"; else { [ -e "$p" ] || [ -L "$p" ]; } && stat -c '%a %U %G' "$p" 2>/dev/null || echo; fi"#;
+
+/// After [`STATED`], the content of `$p` when it is a file: a small one stated ahead is read with
 /// the shell's own `read` (no process) and kept when its length is the size stated, else (a
 /// NUL byte, a file changed meanwhile) read with `cat`.
 pub(super) const CONTENT: &str = r#"if [ -f "$p" ]; then z=${a##*|}
@@ -23,7 +25,12 @@ else cat "$p"; fi; fi; true"#;
 
 /// The query of a path's type and attributes ([`STAT`]).
 pub(crate) fn stat_query(path: &str) -> String {
-    format!("p={}\n{STAT}", quote(path))
+    format!("p={}\n{STATED}\n{STAT}", quote(path))
+}
+
+/// The query of a file's content alone ([`CONTENT`]): nothing when there is no file.
+pub(super) fn content_query(path: &str) -> String {
+    format!("p={}\n{STATED}\n{CONTENT}", quote(path))
 }
 
 /// A line for a batch's script, before its queries, that states `paths` in one process into
@@ -36,7 +43,7 @@ pub(crate) fn stat_ahead<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option
     named.dedup();
     (named.len() >= 2).then(|| {
         let quoted: Vec<String> = named.iter().map(|p| quote(p)).collect();
-        format!("ks=\"\n$(stat -c '%n|%a %U %G|%s' -- {} 2>/dev/null)\"\n", quoted.join(" "))
+        format!("ks=\"$(stat -c '%n|%a %U %G|%s' -- {} 2>/dev/null)\"\n", quoted.join(" "))
     })
 }
 
@@ -46,6 +53,16 @@ pub(super) fn owned_path(path: &str, owned: bool) -> Vec<Touch> {
     let mut reads = vec![Touch::path(path)];
     if owned {
         reads.push(Touch::AccountNames);
+    }
+    reads
+}
+
+/// What a query read, given what it found: a path [`STAT`] found absent has no owner to show
+/// by name, so account changes leave that answer as it was. (Only queries starting with
+/// [`STAT`] read account names, see [`owned_path`].)
+pub(crate) fn reads_found(mut reads: Vec<Touch>, found: &str) -> Vec<Touch> {
+    if found.starts_with("absent\n") {
+        reads.retain(|read| *read != Touch::AccountNames);
     }
     reads
 }
@@ -123,23 +140,33 @@ impl Converge for File {
         if diffs.is_empty() || host.check {
             return Ok(TaskOutcome { diffs, ..TaskOutcome::default() });
         }
+        // Only what differs is changed; the owner before the mode, as a `chown` clears
+        // set-user-ID bits.
         let mut script = String::from("set -e\n");
+        let created = stat.kind != self.state.name();
         match self.state {
             FileState::Absent => script.push_str(&format!("rm -rf {path}\n")),
-            FileState::Directory => script.push_str(&format!("mkdir -p {path}\n")),
-            FileState::File => script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n")),
+            FileState::Directory if created => match mode {
+                Some(mode) => script.push_str(&format!("mkdir -p -m {mode:o} {path}\n")),
+                None => script.push_str(&format!("mkdir -p {path}\n")),
+            },
+            FileState::File if created => script.push_str(&format!("[ -e {path} ] || {{ mkdir -p \"$(dirname {path})\"; : > {path}; }}\n")),
             FileState::Link => script.push_str(&format!("ln -sfn {} {path}\n", quote(self.src.as_deref().unwrap_or_default()))),
+            FileState::Directory | FileState::File => {}
         }
-        if self.state != FileState::Absent && self.state != FileState::Link {
-            if let Some(mode) = mode {
+        if self.state != FileState::Absent {
+            // A link's owner is not read back: it is set whenever the link is made.
+            let changed = |field: &str| self.state == FileState::Link || diffs.iter().any(|d| d.field == field);
+            match (self.owner.as_deref().filter(|_| changed("owner")), self.group.as_deref().filter(|_| changed("group"))) {
+                (Some(owner), Some(group)) => script.push_str(&format!("chown -h {}:{} {path}\n", quote(owner), quote(group))),
+                (Some(owner), None) => script.push_str(&format!("chown -h {} {path}\n", quote(owner))),
+                (None, Some(group)) => script.push_str(&format!("chgrp -h {} {path}\n", quote(group))),
+                (None, None) => {}
+            }
+            let made_with_mode = self.state == FileState::Directory && created;
+            if let Some(mode) = mode.filter(|_| self.state != FileState::Link && changed("mode") && !made_with_mode) {
                 script.push_str(&format!("chmod {mode:o} {path}\n"));
             }
-        }
-        if let Some(owner) = &self.owner {
-            script.push_str(&format!("chown -h {} {path}\n", quote(owner)));
-        }
-        if let Some(group) = &self.group {
-            script.push_str(&format!("chgrp -h {} {path}\n", quote(group)));
         }
         // Removing or relinking a path changes what is under it; making one does not.
         let touched = match self.state {

@@ -14,7 +14,7 @@ mod package;
 mod sysctl;
 mod systemd;
 
-pub(crate) use file::stat_ahead;
+pub(crate) use file::{reads_found, stat_ahead};
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! or `.wants`/`.requires` links) leaves the next unit's task judged as fetched: its processes
 //! are taken to change anything but unit files and other units' state ([`Touch::Service`]).
 
+use super::file::content_query;
 use super::{quote, unit_template, Converge, FieldDiff, Host, Query, TaskError, TaskOutcome, Touch};
 use kstack_project::roles::modules::{RunState, Systemd};
 
@@ -85,8 +86,8 @@ impl Query for Systemd {
              case \"$o\" in *UnitFileState=enabled*|*UnitFileState=disabled*|*UnitFileState=static*|*UnitFileState=masked*) ;;\n\
              *) echo \"UnitFileState=$(systemctl is-enabled -- {unit} 2>/dev/null)\" ;; esac\n\
              else echo \"ActiveState=$(systemctl is-active -- {unit} 2>/dev/null)\"; fi\n\
-             echo '--- kstack ---'; cat {} 2>/dev/null || true",
-            quote(&unit_file(self))
+             echo '--- kstack ---'\n{}",
+            content_query(&unit_file(self))
         ))
     }
 
