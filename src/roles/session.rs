@@ -248,6 +248,11 @@ impl Batch {
             _ => None,
         });
         script.push_str(&super::modules::stat_ahead(paths).unwrap_or_default());
+        let units = queries.iter().flat_map(|(_, reads)| reads).filter_map(|read| match read {
+            Touch::Unit(unit) => Some(unit.as_str()),
+            _ => None,
+        });
+        script.push_str(&super::modules::units_ahead(units).unwrap_or_default());
         for (query, _) in queries {
             script.push_str(&format!("q {}\n", quote(query)));
         }

@@ -425,3 +425,55 @@ fn a_sysv_service_is_enabled_and_started_once() {
     let again = &runner.converge(&[&node], false)[0];
     assert_eq!(statuses(again), ["init script", "reload for the generator", "legacy running"].map(|t| (t.to_owned(), TaskStatus::Ok)));
 }
+
+/// A batch asks systemd about all its units in one `systemctl show` (those with a file) and
+/// one `is-active` (the others), yet each unit is judged as if asked alone: an enabled running
+/// unit, a disabled stopped one, one with no file, and an alias.
+#[test]
+fn units_asked_together_are_each_judged_as_if_asked_alone() {
+    let key = ClientKey::new();
+    let node = Node::boot_with(&key, &kstack_testkit::node::next_address(), |root| {
+        let units = root.join("etc/systemd/system");
+        std::fs::create_dir_all(units.join("multi-user.target.wants")).unwrap();
+        let unit = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
+        for name in ["up.service", "down.service"] {
+            std::fs::write(units.join(name), unit).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/systemd/system/up.service", units.join("multi-user.target.wants/up.service")).unwrap();
+        // Every systemctl the roles run, logged (root's PATH has /usr/local/bin first).
+        let wrapper = root.join("usr/local/bin/systemctl");
+        std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+        std::fs::write(&wrapper, "#!/bin/sh\necho \"$*\" >> /run/systemctl.log\nexec /usr/bin/systemctl \"$@\"\n").unwrap();
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    });
+    let tasks = "tasks:\n\
+        \x20 - { name: up, service: { name: up.service, enabled: true, state: started } }\n\
+        \x20 - { name: down, service: { name: down.service, enabled: true, state: started } }\n\
+        \x20 - { name: ghost, service: { name: ghost.service, state: stopped } }\n\
+        \x20 - { name: alias, service: { name: sshd.service, enabled: true, state: started } }\n\
+        \x20 - { name: up stopped, service: { name: up.service, state: stopped } }\n";
+    let dir = role_dir("units", tasks);
+    let runner = Runner::new(&key, dir.path(), &["units"], Variables::new());
+    node.exec("rm -f /run/systemctl.log");
+    let report = &runner.converge(&[&node], true)[0];
+    assert!(failures(report).is_empty(), "{:?}", failures(report));
+    let diffs: Vec<(String, Vec<String>)> = report
+        .tasks
+        .iter()
+        .map(|t| (t.task.clone(), t.outcome.diffs.iter().map(|d| format!("{}: {} -> {}", d.field, d.before, d.after)).collect()))
+        .collect();
+    let expected = [
+        ("up", vec![]),
+        ("down", vec!["enabled: false -> true", "state: inactive -> started"]),
+        ("ghost", vec![]),
+        ("alias", vec![]),
+        ("up stopped", vec!["state: active -> stopped"]),
+    ];
+    assert_eq!(diffs, expected.map(|(task, diffs)| (task.to_owned(), diffs.into_iter().map(str::to_owned).collect::<Vec<_>>())));
+    let log = String::from_utf8(node.exec("cat /run/systemctl.log").stdout).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["show -p UnitFileState -p ActiveState -- down.service sshd.service up.service", "is-active -- ghost.service"],
+        "one systemctl for the units with a file, one for the rest"
+    );
+}

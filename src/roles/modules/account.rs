@@ -84,10 +84,15 @@ impl Converge for User {
                 // A group named like the user becomes its primary group rather than a clash.
                 format!("set --; if getent group {name} >/dev/null; then set -- --gid {name}; fi; useradd{system}{options} \"$@\" {name}")
             };
-            // useradd makes the home directory.
-            let home = self.home.clone().unwrap_or_else(|| format!("/home/{}", self.name));
-            // Its own group (useradd may make one), the groups it joins, the names files show.
-            let mut touches = vec![Touch::User(self.name.clone()), Touch::Group(self.name.clone()), Touch::AccountNames, Touch::path(&home)];
+            // Its own group (useradd may make one), the groups it joins, the names files show,
+            // and the home directories it makes (a system user's it does not) or moves.
+            let mut touches = vec![Touch::User(self.name.clone()), Touch::Group(self.name.clone()), Touch::AccountNames];
+            if !exists && !self.system {
+                touches.push(Touch::tree(self.home.as_deref().unwrap_or(&format!("/home/{}", self.name))));
+            }
+            if exists && options.contains(" --home") {
+                touches.extend([fields[5], self.home.as_deref().unwrap_or_default()].map(Touch::tree));
+            }
             touches.extend(self.groups.iter().map(|g| Touch::Group(g.clone())));
             host.must(script, "changing the user", touches);
         }
