@@ -150,9 +150,11 @@ async fn for_each_host(
     reports.into_iter().map(|(_, report)| report).collect()
 }
 
-async fn connect(host: &str, login: &Login) -> Result<(Connection, Facts), String> {
+/// Connects and gathers the host's facts, reading `early` (see [`queries_without_facts`]) in
+/// the same command.
+async fn connect(host: &str, login: &Login, session: &HostSession, early: &[AheadQuery]) -> Result<(Connection, Facts), String> {
     let connected = match Connection::open(host, login).await {
-        Ok(connection) => connection.facts().await.map(|facts| (connection, facts)),
+        Ok(connection) => session.facts_and_prefetch(&connection, early.to_vec()).await.map(|facts| (connection, facts)),
         Err(error) => Err(error),
     };
     connected.map_err(|error| match crate::hint::Hint::hint(&error) {
@@ -163,7 +165,12 @@ async fn connect(host: &str, login: &Login) -> Result<(Connection, Facts), Strin
 
 async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
     let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
-    let (mut connection, mut facts) = match connect(host, login).await {
+    let session = HostSession::default();
+    let early = match work {
+        Work::Converge { .. } => queries_without_facts(roles, variables, host),
+        Work::Verify => Vec::new(),
+    };
+    let (mut connection, mut facts) = match connect(host, login, &session, &early).await {
         Ok(connected) => connected,
         Err(message) => {
             events.event(Event::Roles(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() }));
@@ -176,7 +183,6 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
             let mut role_index = 0;
             // Handlers notified survive a dropped connection: the rerun finds those tasks done.
             let mut notified: Vec<String> = Vec::new();
-            let session = HostSession::default();
             // Each role's template variables and tasks made ready, with the facts of the
             // connection in use.
             let ready = |facts: &Facts| -> (Vec<minijinja::Value>, Vec<Vec<Prepared>>) {
@@ -209,7 +215,7 @@ async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variable
                         report.commands += connection.commands_run();
                         // What the dropped command did is unknown: the host is read again.
                         session.forget();
-                        match connect(host, login).await {
+                        match connect(host, login, &session, &early).await {
                             Ok(connected) => {
                                 (connection, facts) = connected;
                                 (contexts, prepared) = ready(&facts);
@@ -428,6 +434,34 @@ fn queries(ahead: &[&Prepared]) -> Vec<AheadQuery> {
         }
     }
     queries
+}
+
+/// The queries of `roles`' tasks that do not depend on the host's facts, so they can be read
+/// before the facts are known, with them: those that come out the same rendered with either
+/// of two unlike stand-ins for the facts. The tasks rendered with the real facts then find
+/// their queries read when the scripts are the same, so a host with nothing to change costs
+/// one command; a stand-in's query that differs from the real one is never used.
+fn queries_without_facts(roles: &[Role], variables: &Variables, host: &str) -> Vec<AheadQuery> {
+    let jinja = crate::template::engine();
+    let [one, other] = Facts::stand_ins().map(|facts| {
+        roles
+            .iter()
+            .flat_map(|role| {
+                let context = context(role, variables, &facts, host);
+                role.tasks.iter().map(|task| prepare(task, &jinja, &context)).collect::<Vec<_>>()
+            })
+            .collect::<Vec<Prepared>>()
+    });
+    let alike: Vec<&Prepared> = one
+        .iter()
+        .zip(&other)
+        .filter(|(one, other)| match (one, other) {
+            (Ok(Some(one)), Ok(Some(other))) => modules::query(one).is_some() && modules::query(one) == modules::query(other),
+            _ => false,
+        })
+        .map(|(one, _)| one)
+        .collect();
+    queries(&alike)
 }
 
 /// Template variables: the role's defaults, overridden by the caller's merged variables,

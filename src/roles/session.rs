@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use super::modules::reads_found;
 use super::touch::Touch;
-use crate::ssh::{shell_quote as quote, write_input, write_script, Connection, Output, SshError};
+use crate::ssh::{shell_quote as quote, write_input, write_script, Connection, Facts, Output, SshError, FACTS_SCRIPT};
 
 #[derive(Default)]
 pub(crate) struct HostSession(Mutex<State>);
@@ -137,6 +137,26 @@ impl HostSession {
             if output.success() {
                 self.keep(queries, batch.results(&output));
             }
+        }
+    }
+
+    /// Gathers the host's facts and, in the same round trip, reads the queries of `ahead`. The
+    /// facts run in a subshell of their own (they read `/etc/os-release` into variables).
+    pub(crate) async fn facts_and_prefetch(&self, connection: &Connection, ahead: Vec<AheadQuery>) -> Result<Facts, SshError> {
+        let queries = self.missing(ahead);
+        if queries.is_empty() {
+            return connection.facts().await;
+        }
+        let gather = (format!("(\n{FACTS_SCRIPT}\n)"), Vec::new());
+        let batch = Batch::new(&[], &[std::slice::from_ref(&gather), &queries].concat());
+        let output = connection.run(&batch.script, None).await?;
+        let mut results = batch.results(&output).into_iter();
+        match results.next() {
+            Some(facts) if facts.success() => {
+                self.keep(queries, results);
+                Ok(Facts::parse(&facts.stdout))
+            }
+            _ => connection.facts().await,
         }
     }
 

@@ -14,6 +14,8 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::ChannelMsg;
 
 pub use facts::Facts;
+/// The script whose output [`Facts::parse`] reads.
+pub(crate) use facts::SCRIPT as FACTS_SCRIPT;
 pub use known_hosts::HostKeys;
 
 #[derive(Debug, thiserror::Error)]
@@ -365,7 +367,7 @@ impl Connection {
 
     /// Facts about the host, gathered in one round trip.
     pub async fn facts(&self) -> Result<Facts, SshError> {
-        let output = self.run(facts::SCRIPT, None).await?;
+        let output = self.run(FACTS_SCRIPT, None).await?;
         Ok(Facts::parse(&output.stdout))
     }
 

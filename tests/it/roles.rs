@@ -201,11 +201,11 @@ fn tasks_query_together_yet_each_sees_what_an_earlier_task_changed_and_check_mod
 
     let second = &runner.converge(&[&node], false)[0];
     assert_eq!(statuses(second), all(TaskStatus::Ok));
-    assert_eq!(second.commands, 2, "the facts, and one batch of the four tasks' queries");
-    // The facts; the queries; the file made before the line reads it, with the queries after it;
-    // the line and the command made before the directory is read (a command may touch anything);
-    // the directory made at the role's end.
-    assert_eq!(first.commands, 5, "changes are made together until a later task reads what they touch");
+    assert_eq!(second.commands, 1, "the facts and the four tasks' queries in one command");
+    // The facts with the queries; the file made before the line reads it, with the queries
+    // after it; the line and the command made before the directory is read (a command may
+    // touch anything); the directory made at the role's end.
+    assert_eq!(first.commands, 4, "changes are made together until a later task reads what they touch");
     eprintln!("commands: check run {}, first run {}, no-change run {}", checked.commands, first.commands, second.commands);
 }
 
@@ -363,8 +363,8 @@ fn a_read_after_a_queued_write_sees_it_and_a_service_started_in_a_batch_runs_bef
     assert_eq!(mode, 0o600, "the line kept the copy's mode");
     assert_eq!(std::fs::read_to_string(node.file("/etc/batched.seen")).unwrap(), "a=1\nb=2\n", "the unit ran before the task needing it");
     assert_eq!(String::from_utf8_lossy(&node.exec("systemctl is-active second.service").stdout).trim(), "active");
-    // The facts, the queries, and every change in one batch at the role's end.
-    assert_eq!(first.commands, 3, "{:?}", statuses(first));
+    // The facts with the queries, and every change in one batch at the role's end.
+    assert_eq!(first.commands, 2, "{:?}", statuses(first));
 
     // The copy's content lacks the line, so each run writes both again; the line is still
     // judged on the copy's content, and the file ends the same.
@@ -476,4 +476,37 @@ fn units_asked_together_are_each_judged_as_if_asked_alone() {
         ["show -p UnitFileState -p ActiveState -- down.service sshd.service up.service", "is-active -- ghost.service"],
         "one systemctl for the units with a file, one for the rest"
     );
+}
+
+/// Queries that do not depend on the facts are read with them, in the first command; a task
+/// rendered with the facts (its path, its content, its `when:`) is judged with the host's own.
+#[test]
+fn queries_without_facts_go_with_them_and_tasks_using_facts_see_the_hosts() {
+    let key = ClientKey::new();
+    let node = Node::boot(&key);
+    let dir = role_dir(
+        "factual",
+        r#"tasks:
+  - name: plain
+    copy: { dest: /etc/plain.conf, content: "x\n" }
+  - name: content from facts
+    copy: { dest: /etc/os.conf, content: "{{ facts.os_id }} {{ facts.hostname }}\n" }
+  - name: path from facts
+    file: { path: "/etc/{{ facts.os_codename }}.d", state: directory }
+  - name: only on debian
+    file: { path: /etc/debian-only.d, state: directory }
+    when: facts.os_id == "debian"
+"#,
+    );
+    let runner = Runner::new(&key, dir.path(), &["factual"], Variables::new());
+    let first = &runner.converge(&[&node], false)[0];
+    assert!(failures(first).is_empty(), "{:?}", failures(first));
+    let hostname = String::from_utf8(node.exec("cat /proc/sys/kernel/hostname").stdout).unwrap();
+    assert_eq!(std::fs::read_to_string(node.file("/etc/os.conf")).unwrap(), format!("debian {}", hostname));
+    assert!(node.file("/etc/bookworm.d").is_dir() && node.file("/etc/debian-only.d").is_dir());
+    let again = &runner.converge(&[&node], false)[0];
+    assert!(statuses(again).iter().all(|(_, status)| *status == TaskStatus::Ok), "{:?}", statuses(again));
+    // The facts with the queries of the plain and content tasks (a copy's query reads only
+    // its path); then the two whose paths the facts decide.
+    assert_eq!(again.commands, 2);
 }
