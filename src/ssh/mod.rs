@@ -380,12 +380,14 @@ impl Connection {
 /// `head -c`, which reads exactly that much (the shell's `read` takes a byte per system call:
 /// about 7 ms of the node's time for a 12 KB batch), and evaluates it with the rest of the
 /// input as its stdin. Input cut off mid-script runs nothing: the script ends with
-/// [`SCRIPT_END`], which a shorter read lacks.
+/// [`SCRIPT_END`], which a shorter read lacks; it is taken off before the script runs, whose
+/// last command's status is the command's.
 const RUN_FROM_INPUT: &str = r#"IFS= read -r kstack_length || exit 125
 kstack_script=$(head -c "$kstack_length") || exit 125
-[ "${kstack_script%: kstack script end}" != "$kstack_script" ] || exit 125
-unset kstack_length
-eval "$kstack_script""#;
+kstack_body=${kstack_script%: kstack script end}
+[ "$kstack_body" != "$kstack_script" ] || exit 125
+unset kstack_length kstack_script
+eval "$kstack_body""#;
 
 /// The last line of every script sent, a no-op by which [`RUN_FROM_INPUT`] knows it has all.
 const SCRIPT_END: &str = ": kstack script end";
@@ -404,26 +406,21 @@ fn framed(script: &str) -> String {
 /// did: a write cut off leaves the old file. The temporary file has a random name and is
 /// created new (`set -C`: never through an existing file or link), readable only by root
 /// until its owner and mode are set (owner first: a `chown` clears set-user-ID bits), and is
-/// removed on any failure. A root's file of a plain mode (no execute or special bits) outside a
-/// set-group-ID directory is created with its mode outright: no process changes it afterwards.
+/// removed on any failure. Only what differs from a new file of root's, mode 0600, is changed:
+/// a root's file outside a set-group-ID directory needs no `chown`.
 pub fn write_script(path: &str, length: usize, mode: u32, owner: &str, group: &str) -> String {
     let directory = std::path::Path::new(path).parent().and_then(std::path::Path::to_str).filter(|d| !d.is_empty()).unwrap_or("/");
     let is_root = |name: &str| name == "root" || name == "0";
-    let created_as_is = is_root(owner) && is_root(group) && mode & 0o7111 == 0;
-    let umask = if created_as_is {
-        format!("if [ -g \"$d\" ]; then umask 077; k=1; else umask {:03o}; k=; fi", !mode & 0o777)
-    } else {
-        String::from("umask 077; k=1")
-    };
+    let owner_change = format!("chown {}:{} \"$t\"", shell_quote(owner), shell_quote(group));
+    let owner_change = if is_root(owner) && is_root(group) { format!("[ ! -g \"$d\" ] || {owner_change}") } else { owner_change };
+    let mode_change = if mode == 0o600 { String::new() } else { format!("chmod {mode:o} \"$t\"; ") };
     format!(
         "set -e; d={}; t=\"$d/.kstack.{:016x}\"; [ -d \"$d\" ] || mkdir -p \"$d\"; \
-         trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; {umask}; set -C; head -c {length} > \"$t\"; set +C; \
+         trap 'rm -f \"$t\"' EXIT; trap 'exit 1' HUP PIPE TERM INT; umask 077; set -C; head -c {length} > \"$t\"; set +C; \
          IFS= read -r e && [ -z \"$e\" ] || {{ echo 'the input ended before the whole file' >&2; exit 3; }}; \
-         [ -z \"$k\" ] || {{ chown {}:{} \"$t\"; chmod {mode:o} \"$t\"; }}; mv -f \"$t\" {}; trap - EXIT",
+         {owner_change}; {mode_change}mv -f \"$t\" {}; trap - EXIT",
         shell_quote(directory),
         rand::random::<u64>(),
-        shell_quote(owner),
-        shell_quote(group),
         shell_quote(path)
     )
 }
@@ -537,6 +534,8 @@ mod tests {
         let whole = format!("{}rest of the input", framed("echo ran; cat"));
         let output = run(whole.as_bytes());
         assert_eq!((output.status.code(), output.stdout.as_slice()), (Some(0), b"ran\nrest of the input".as_slice()));
+        assert_eq!(run(framed("echo ran; exit 7").as_bytes()).status.code(), Some(7), "the script's status is the command's");
+        assert_eq!(run(framed("false\n").as_bytes()).status.code(), Some(1));
         let cut = &whole.as_bytes()[..whole.find("script end").unwrap()];
         assert_eq!(run(cut).status.code(), Some(125), "a script cut off runs nothing");
     }
