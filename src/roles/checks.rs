@@ -48,21 +48,32 @@ struct Probed<'a> {
     status: u32,
 }
 
-/// Makes `checks` on the host in one command, in order.
+/// Makes `checks` on the host in one command, in order. kstack's own probes (packages, files,
+/// units, kernel tables: quick, and they change nothing) run in subshells of one shell under
+/// one `timeout`, the shortest of theirs, as a `timeout` and a shell per probe would cost the
+/// node more than most probes; a `command` check keeps its own. Should the shared limit run out
+/// (a probe hung), the probes left without an answer are made again, each under its own limit,
+/// in a second command: each check is judged as if it were made alone.
 pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts) -> Result<Vec<CheckResult>, SshError> {
     let probes: Vec<Result<String, Found>> = checks.iter().map(|check| probe(&check.kind, facts)).collect();
     let boundary = format!("kstack-check-{:016x}", rand::random::<u64>());
+    // A probe's command between lines that name it, with no input to take from the batch.
+    let framed_command = |index: usize, command: &str| {
+        format!("printf '%s begin {index}\\n' {boundary}\n{command} </dev/null 2>/dev/null\nprintf '\\n%s end {index} %d\\n' {boundary} $?\n")
+    };
+    let alone = |index: usize, probe: &str| framed_command(index, &format!("timeout -k 5 {} sh -c {}", checks[index].timeout_seconds, quote(probe)));
+    let ready: Vec<(usize, &String)> = probes.iter().enumerate().filter_map(|(index, probe)| probe.as_ref().ok().map(|p| (index, p))).collect();
+    let (own, commands): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(index, _)| !matches!(checks[*index].kind, CheckKind::Command { .. }));
     let mut script = String::new();
-    for (index, (check, probe)) in checks.iter().zip(&probes).enumerate() {
-        let Ok(probe) = probe else { continue };
-        // Each probe alone: no input to take from the batch, its own time limit.
-        script.push_str(&format!(
-            "printf '%s begin {index}\\n' {boundary}\ntimeout -k 5 {} sh -c {} </dev/null 2>/dev/null\nprintf '\\n%s end {index} %d\\n' {boundary} $?\n",
-            check.timeout_seconds,
-            quote(probe)
-        ));
+    if let Some(limit) = own.iter().map(|(index, _)| checks[*index].timeout_seconds).min() {
+        let together: String = own.iter().map(|(index, probe)| framed_command(*index, &format!("( {probe}\n)"))).collect();
+        script.push_str(&format!("timeout -k 5 {limit} sh -c {} </dev/null 2>/dev/null\n", quote(&together)));
     }
+    script.extend(commands.iter().map(|(index, probe)| alone(*index, probe)));
     let output = if script.is_empty() { String::new() } else { connection.run(&script, None).await?.stdout };
+    let unanswered: String =
+        own.iter().filter(|(index, _)| framed(&output, &boundary, *index).is_none()).map(|(index, probe)| alone(*index, probe)).collect();
+    let again = if unanswered.is_empty() { String::new() } else { connection.run(&unanswered, None).await?.stdout };
     Ok(checks
         .iter()
         .zip(probes)
@@ -70,7 +81,7 @@ pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts
         .map(|(index, (check, probe))| {
             let found = match probe {
                 Err(decided) => decided,
-                Ok(_) => match framed(&output, &boundary, index) {
+                Ok(_) => match framed(&output, &boundary, index).or_else(|| framed(&again, &boundary, index)) {
                     // coreutils `timeout`: 124 when the limit ran out, 137 when it had to kill.
                     Some(Probed { status: 124 | 137, .. }) => {
                         Found::Judged(false, format!("did not finish within {} s (timeout_seconds)", check.timeout_seconds))
@@ -104,14 +115,24 @@ fn probe(kind: &CheckKind, facts: &Facts) -> Result<String, Found> {
     let container = facts.container.then_some(facts.virtualization.as_str());
     Ok(match kind {
         CheckKind::Package { name, .. } => format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name)),
-        CheckKind::File { path, .. } => {
+        // Only what the check judges: its mode, its digest, its content (a process each).
+        CheckKind::File { path, mode, contains, sha256, .. } => {
             let p = quote(path);
-            format!(
-                "if [ -e {p} ]; then stat -c '%a' {p}; sha256sum {p} 2>/dev/null | cut -d' ' -f1; echo '--- kstack ---'; head -c 1048576 {p} 2>/dev/null; else echo absent; fi"
-            )
+            let mode = if mode.is_some() { format!("stat -c '%a' {p}") } else { String::from("echo") };
+            let digest = if sha256.is_some() { format!("h=$(sha256sum {p} 2>/dev/null); echo \"${{h%% *}}\"") } else { String::from("echo") };
+            let content = if contains.is_empty() { String::new() } else { format!("; head -c 1048576 {p} 2>/dev/null") };
+            format!("if [ -e {p} ]; then {mode}; {digest}; echo '--- kstack ---'{content}; else echo absent; fi")
         }
+        // One `systemctl` (about 7 ms of the node's time each), with `is-enabled` only where
+        // `show`'s file state is not plainly enabled, disabled, static or masked (a SysV
+        // script's generated unit, whose enablement is its init links).
         CheckKind::Service { name, .. } => {
-            format!("systemctl is-enabled {0} 2>/dev/null; echo; systemctl is-active {0} 2>/dev/null; echo", quote(name))
+            let unit = quote(name);
+            format!(
+                "o=$(systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null); a=${{o#*ActiveState=}}; e=${{o#*UnitFileState=}}\n\
+                 case \"$e\" in enabled*|disabled*|static*|masked*) ;; *) e=$(systemctl is-enabled -- {unit} 2>/dev/null) ;; esac\n\
+                 echo \"${{e%%\n*}}\"; echo \"${{a%%\n*}}\""
+            )
         }
         CheckKind::Sysctl { name, .. } => match container {
             Some(kind) => return Err(Found::Skipped(format!("kernel settings cannot be checked in a {kind} container"))),
@@ -158,9 +179,10 @@ fn judge(kind: &CheckKind, probed: &Probed) -> Found {
         }
         CheckKind::File { path, exists, mode, contains, sha256 } => file(path, *exists, mode.as_deref(), contains, sha256.as_deref(), found),
         CheckKind::Service { name, enabled, running } => {
-            let mut lines = found.lines().filter(|l| !l.is_empty());
-            let is_enabled = lines.next().unwrap_or("unknown").trim().to_owned();
-            let is_active = lines.next().unwrap_or("unknown").trim().to_owned();
+            // A line each, empty when systemctl said nothing.
+            let mut lines = found.lines().map(str::trim);
+            let mut state = || lines.next().filter(|l| !l.is_empty()).unwrap_or("unknown").to_owned();
+            let (is_enabled, is_active) = (state(), state());
             let enabled_ok = enabled.is_none_or(|e| e == (is_enabled == "enabled"));
             let running_ok = running.is_none_or(|r| r == (is_active == "active"));
             Found::Judged(enabled_ok && running_ok, format!("{name} is {is_enabled} and {is_active}"))

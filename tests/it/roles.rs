@@ -510,3 +510,39 @@ fn queries_without_facts_go_with_them_and_tasks_using_facts_see_the_hosts() {
     // its path); then the two whose paths the facts decide.
     assert_eq!(again.commands, 2);
 }
+
+/// kstack's own probes share one time limit; when one of them hangs, it and the probes it
+/// left unanswered are made again, each under its own limit, and every check is judged as if
+/// made alone.
+#[test]
+fn a_hung_probe_among_the_shared_ones_is_judged_alone_and_the_rest_still_answer() {
+    let key = ClientKey::new();
+    let node = Node::boot_with(&key, &kstack_testkit::node::next_address(), |root| {
+        // dpkg-query stuck on one package (root's PATH has /usr/local/bin first).
+        let wrapper = root.join("usr/local/bin/dpkg-query");
+        std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+        std::fs::write(&wrapper, "#!/bin/sh\ncase \"$*\" in *stuck-package*) exec sleep 3600 ;; esac\nexec /usr/bin/dpkg-query \"$@\"\n").unwrap();
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(root.join("etc/probed.conf"), "probed = yes\n").unwrap();
+        std::fs::set_permissions(root.join("etc/probed.conf"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    });
+    let dir = role_dir("stuck", "tasks: []\n");
+    std::fs::write(
+        dir.path().join("stuck/checks.yaml"),
+        "sshd installed:\n  package: { name: openssh-server }\n\
+         stuck:\n  package: { name: stuck-package }\n  timeout_seconds: 2\n\
+         settings:\n  file: { path: /etc/probed.conf, mode: '640', contains: [probed = yes] }\n\
+         ssh running:\n  service: { name: ssh.service, running: true }\n",
+    )
+    .unwrap();
+    let runner = Runner::new(&key, dir.path(), &["stuck"], Variables::new());
+    let started = std::time::Instant::now();
+    let verified = runner.verify(&node);
+    let results: Vec<(&str, bool, &str)> = verified.checks.iter().map(|c| (c.name.as_str(), c.passed, c.detail.as_str())).collect();
+    assert_eq!((results[0].0, results[0].1), ("sshd installed", true), "{results:?}");
+    assert_eq!(results[1], ("stuck", false, "did not finish within 2 s (timeout_seconds)"));
+    assert_eq!((results[2].0, results[2].1, results[3].0, results[3].1), ("settings", true, "ssh running", true), "{results:?}");
+    // The facts, the checks, and the unanswered ones again.
+    assert_eq!(verified.commands, 3);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+}
