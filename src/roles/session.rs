@@ -321,6 +321,24 @@ mod tests {
         assert_eq!(run(&batch), [(0, "a\nb\n".into(), String::new()), (0, String::new(), String::new()), (1, String::new(), "oops\n".into())]);
     }
 
+    /// A path found absent shows no owner's name: an account change queued after the read
+    /// leaves its answer standing, as it does not for a path found there.
+    #[test]
+    fn an_absent_paths_read_stands_through_account_changes() {
+        use crate::roles::modules::stat_query;
+        let session = HostSession::default();
+        let (absent, present) = (stat_query("/srv/new"), stat_query("/srv/old"));
+        let reads = |path: &str| vec![Touch::path(path), Touch::AccountNames];
+        let found = |stdout: &str| Output { status: 0, stdout: stdout.to_owned(), stderr: String::new() };
+        session.keep(
+            vec![(absent.clone(), reads("/srv/new")), (present.clone(), reads("/srv/old"))],
+            [found("absent\n\n\n"), found("directory\n\n755 app app\n")],
+        );
+        session.queue(step(Step::Script("useradd app".into()), vec![Touch::AccountNames]));
+        assert!(!session.conflicts(&session.fetched_reads(&absent).unwrap(), None));
+        assert!(session.conflicts(&session.fetched_reads(&present).unwrap(), None));
+    }
+
     fn write(path: &str, content: &str, owner: &str) -> QueuedChange {
         let write = FileWrite { path: path.into(), content: content.into(), mode: 0o640, owner: owner.into(), group: "root".into() };
         QueuedChange { task: 0, step: Step::Write(write), what: String::new(), touches: vec![Touch::path(path)] }
