@@ -55,7 +55,7 @@ struct Probed<'a> {
 /// (a probe hung), the probes left without an answer are made again, each under its own limit,
 /// in a second command: each check is judged as if it were made alone.
 pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts) -> Result<Vec<CheckResult>, SshError> {
-    let probes: Vec<Result<String, Found>> = checks.iter().map(|check| probe(&check.kind, facts)).collect();
+    let probes: Vec<Result<String, Found>> = checks.iter().map(|check| probe(check, facts)).collect();
     let boundary = format!("kstack-check-{:016x}", rand::random::<u64>());
     // A probe's command between lines that name it, with no input to take from the batch.
     let framed_command = |index: usize, command: &str| {
@@ -111,7 +111,8 @@ fn framed<'a>(output: &'a str, boundary: &str, index: usize) -> Option<Probed<'a
 
 /// The script that reads what a check judges, or the finding when it needs none: kernel
 /// state in a container is the host's, and only a VM (or a real machine) shows it.
-fn probe(kind: &CheckKind, facts: &Facts) -> Result<String, Found> {
+fn probe(check: &Pending, facts: &Facts) -> Result<String, Found> {
+    let kind = &check.kind;
     let container = facts.container.then_some(facts.virtualization.as_str());
     Ok(match kind {
         CheckKind::Package { name, .. } => format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name)),
@@ -125,13 +126,18 @@ fn probe(kind: &CheckKind, facts: &Facts) -> Result<String, Found> {
         }
         // One `systemctl` (about 7 ms of the node's time each), with `is-enabled` only where
         // `show`'s file state is not plainly enabled, disabled, static or masked (a SysV
-        // script's generated unit, whose enablement is its init links).
+        // script's generated unit, whose enablement is its init links). A unit on its way
+        // (activating, deactivating, reloading: just after boot) is asked again each second
+        // until it settles, for as long as the check's time allows.
         CheckKind::Service { name, .. } => {
             let unit = quote(name);
+            let polls = check.timeout_seconds.saturating_sub(2);
             format!(
-                "o=$(systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null); a=${{o#*ActiveState=}}; e=${{o#*UnitFileState=}}\n\
+                "n=0; while :; do o=$(systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null); a=${{o#*ActiveState=}}; a=\"${{a%%\n*}}\"\n\
+                 case \"$a\" in activating|deactivating|reloading|refreshing) [ \"$n\" -lt {polls} ] || break; n=$((n + 1)); sleep 1 ;; *) break ;; esac; done\n\
+                 e=${{o#*UnitFileState=}}\n\
                  case \"$e\" in enabled*|disabled*|static*|masked*) ;; *) e=$(systemctl is-enabled -- {unit} 2>/dev/null) ;; esac\n\
-                 echo \"${{e%%\n*}}\"; echo \"${{a%%\n*}}\""
+                 echo \"${{e%%\n*}}\"; echo \"$a\""
             )
         }
         CheckKind::Sysctl { name, .. } => match container {

@@ -443,12 +443,10 @@ mod tests {
 
     use super::{framed, shell_quote, write_input, write_script};
 
-    /// Runs a write of `length` bytes here, with `input`, then copies what input is left to
-    /// stdout.
-    fn write_here(path: &Path, length: usize, mode: u32, owner: &str, input: &[u8]) -> std::process::Output {
-        let script = format!("{}\ncat", write_script(path.to_str().unwrap(), length, mode, owner, owner));
+    /// Runs `script` with the local `sh`, as a node's would, with `input`.
+    fn sh(script: &str, input: &[u8]) -> std::process::Output {
         let mut child = std::process::Command::new("sh")
-            .args(["-c", &script])
+            .args(["-c", script])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -456,6 +454,12 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(input).unwrap();
         child.wait_with_output().unwrap()
+    }
+
+    /// Runs a write of `length` bytes here, with `input`, then copies what input is left to
+    /// stdout.
+    fn write_here(path: &Path, length: usize, mode: u32, owner: &str, input: &[u8]) -> std::process::Output {
+        sh(&format!("{}\ncat", write_script(path.to_str().unwrap(), length, mode, owner, owner)), input)
     }
 
     fn left_in(dir: &Path) -> Vec<String> {
@@ -521,16 +525,7 @@ mod tests {
     fn a_script_is_framed_by_its_length_and_runs_only_when_whole() {
         assert_eq!(framed("echo a\necho b"), "34\necho a\necho b\n: kstack script end\n");
         assert_eq!(framed("echo é\n"), "28\necho é\n: kstack script end\n", "bytes, not characters");
-        let run = |input: &[u8]| {
-            let mut child = std::process::Command::new("sh")
-                .args(["-c", super::RUN_FROM_INPUT])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(input).unwrap();
-            child.wait_with_output().unwrap()
-        };
+        let run = |input: &[u8]| sh(super::RUN_FROM_INPUT, input);
         let whole = format!("{}rest of the input", framed("echo ran; cat"));
         let output = run(whole.as_bytes());
         assert_eq!((output.status.code(), output.stdout.as_slice()), (Some(0), b"ran\nrest of the input".as_slice()));

@@ -426,6 +426,15 @@ fn a_sysv_service_is_enabled_and_started_once() {
     assert_eq!(statuses(again), ["init script", "reload for the generator", "legacy running"].map(|t| (t.to_owned(), TaskStatus::Ok)));
 }
 
+/// Puts a shell script of `body` in front of `program` on a node whose root is `root` (root's
+/// PATH has /usr/local/bin first).
+fn wrap(root: &std::path::Path, program: &str, body: &str) {
+    let wrapper = root.join("usr/local/bin").join(program);
+    std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
+    std::fs::write(&wrapper, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 /// A batch asks systemd about all its units in one `systemctl show` (those with a file) and
 /// one `is-active` (the others), yet each unit is judged as if asked alone: an enabled running
 /// unit, a disabled stopped one, one with no file, and an alias.
@@ -440,11 +449,8 @@ fn units_asked_together_are_each_judged_as_if_asked_alone() {
             std::fs::write(units.join(name), unit).unwrap();
         }
         std::os::unix::fs::symlink("/etc/systemd/system/up.service", units.join("multi-user.target.wants/up.service")).unwrap();
-        // Every systemctl the roles run, logged (root's PATH has /usr/local/bin first).
-        let wrapper = root.join("usr/local/bin/systemctl");
-        std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-        std::fs::write(&wrapper, "#!/bin/sh\necho \"$*\" >> /run/systemctl.log\nexec /usr/bin/systemctl \"$@\"\n").unwrap();
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // Every systemctl the roles run, logged.
+        wrap(root, "systemctl", "echo \"$*\" >> /run/systemctl.log\nexec /usr/bin/systemctl \"$@\"");
     });
     let tasks = "tasks:\n\
         \x20 - { name: up, service: { name: up.service, enabled: true, state: started } }\n\
@@ -518,11 +524,8 @@ fn queries_without_facts_go_with_them_and_tasks_using_facts_see_the_hosts() {
 fn a_hung_probe_among_the_shared_ones_is_judged_alone_and_the_rest_still_answer() {
     let key = ClientKey::new();
     let node = Node::boot_with(&key, &kstack_testkit::node::next_address(), |root| {
-        // dpkg-query stuck on one package (root's PATH has /usr/local/bin first).
-        let wrapper = root.join("usr/local/bin/dpkg-query");
-        std::fs::create_dir_all(wrapper.parent().unwrap()).unwrap();
-        std::fs::write(&wrapper, "#!/bin/sh\ncase \"$*\" in *stuck-package*) exec sleep 3600 ;; esac\nexec /usr/bin/dpkg-query \"$@\"\n").unwrap();
-        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // dpkg-query stuck on one package.
+        wrap(root, "dpkg-query", "case \"$*\" in *stuck-package*) exec sleep 3600 ;; esac\nexec /usr/bin/dpkg-query \"$@\"");
         std::fs::write(root.join("etc/probed.conf"), "probed = yes\n").unwrap();
         std::fs::set_permissions(root.join("etc/probed.conf"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     });
@@ -545,4 +548,22 @@ fn a_hung_probe_among_the_shared_ones_is_judged_alone_and_the_rest_still_answer(
     // The facts, the checks, and the unanswered ones again.
     assert_eq!(verified.commands, 3);
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+}
+
+/// A unit on its way up when `verify` looks (just after boot) is judged where it settles.
+#[test]
+fn a_service_still_activating_is_judged_once_it_settles() {
+    let key = ClientKey::new();
+    let node = Node::boot_with(&key, &kstack_testkit::node::next_address(), |root| {
+        let unit = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sleep 3\n";
+        std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+        std::fs::write(root.join("etc/systemd/system/slow.service"), unit).unwrap();
+    });
+    let dir = role_dir("slow", "tasks: []\n");
+    std::fs::write(dir.path().join("slow/checks.yaml"), "slow running:\n  service: { name: slow.service, running: true }\n").unwrap();
+    let runner = Runner::new(&key, dir.path(), &["slow"], Variables::new());
+    assert!(node.exec("systemctl start --no-block slow.service").status.success());
+    let verified = runner.verify(&node);
+    let results: Vec<(&str, bool, &str)> = verified.checks.iter().map(|c| (c.name.as_str(), c.passed, c.detail.as_str())).collect();
+    assert_eq!(results, [("slow running", true, "slow.service is static and active")]);
 }
