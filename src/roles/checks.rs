@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::modules::quote;
+use super::modules::{quote, state_field, unit_state, SHOW_STATE};
 use crate::ssh::{Connection, Facts, SshError};
 use kstack_project::roles::checks::CheckKind;
 
@@ -124,20 +124,17 @@ fn probe(check: &Pending, facts: &Facts) -> Result<String, Found> {
             let content = if contains.is_empty() { String::new() } else { format!("; head -c 1048576 {p} 2>/dev/null") };
             format!("if [ -e {p} ]; then {mode}; {digest}; echo '--- kstack ---'{content}; else echo absent; fi")
         }
-        // One `systemctl` (about 7 ms of the node's time each), with `is-enabled` only where
-        // `show`'s file state is not plainly enabled, disabled, static or masked (a SysV
-        // script's generated unit, whose enablement is its init links). A unit on its way
-        // (activating, deactivating, reloading: just after boot) is asked again each second
-        // until it settles, for as long as the check's time allows.
+        // One `systemctl` (about 7 ms of the node's time each), as a role's service task asks
+        // ([`unit_state`]). A unit on its way (activating, deactivating, reloading: just after
+        // boot) is asked again each second until it settles, for as long as the check's time
+        // allows.
         CheckKind::Service { name, .. } => {
-            let unit = quote(name);
             let polls = check.timeout_seconds.saturating_sub(2);
             format!(
-                "n=0; while :; do o=$(systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null); a=${{o#*ActiveState=}}; a=\"${{a%%\n*}}\"\n\
-                 case \"$a\" in activating|deactivating|reloading|refreshing) [ \"$n\" -lt {polls} ] || break; n=$((n + 1)); sleep 1 ;; *) break ;; esac; done\n\
-                 e=${{o#*UnitFileState=}}\n\
-                 case \"$e\" in enabled*|disabled*|static*|masked*) ;; *) e=$(systemctl is-enabled -- {unit} 2>/dev/null) ;; esac\n\
-                 echo \"${{e%%\n*}}\"; echo \"$a\""
+                "n=0; while :; do o=$({SHOW_STATE} {} 2>/dev/null); a=${{o#*ActiveState=}}; a=\"${{a%%\n*}}\"\n\
+                 case \"$a\" in activating|deactivating|reloading|refreshing) [ \"$n\" -lt {polls} ] || break; n=$((n + 1)); sleep 1 ;; *) break ;; esac; done\n{}",
+                quote(name),
+                unit_state(name)
             )
         }
         CheckKind::Sysctl { name, .. } => match container {
@@ -185,10 +182,8 @@ fn judge(kind: &CheckKind, probed: &Probed) -> Found {
         }
         CheckKind::File { path, exists, mode, contains, sha256 } => file(path, *exists, mode.as_deref(), contains, sha256.as_deref(), found),
         CheckKind::Service { name, enabled, running } => {
-            // A line each, empty when systemctl said nothing.
-            let mut lines = found.lines().map(str::trim);
-            let mut state = || lines.next().filter(|l| !l.is_empty()).unwrap_or("unknown").to_owned();
-            let (is_enabled, is_active) = (state(), state());
+            let state = |key: &str| Some(state_field(found, key)).filter(|v| !v.is_empty()).unwrap_or("unknown").to_owned();
+            let (is_enabled, is_active) = (state("UnitFileState="), state("ActiveState="));
             let enabled_ok = enabled.is_none_or(|e| e == (is_enabled == "enabled"));
             let running_ok = running.is_none_or(|r| r == (is_active == "active"));
             Found::Judged(enabled_ok && running_ok, format!("{name} is {is_enabled} and {is_active}"))

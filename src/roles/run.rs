@@ -456,7 +456,7 @@ fn queries_without_facts(roles: &[Role], variables: &Variables, host: &str) -> V
         .iter()
         .zip(&other)
         .filter(|(one, other)| match (one, other) {
-            (Ok(Some(one)), Ok(Some(other))) => modules::query(one).is_some() && modules::query(one) == modules::query(other),
+            (Ok(Some(one)), Ok(Some(other))) => matches!((modules::query(one), modules::query(other)), (Some(one), Some(other)) if one == other),
             _ => false,
         })
         .map(|(one, _)| one)

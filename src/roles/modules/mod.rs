@@ -17,7 +17,7 @@ mod systemd;
 pub(crate) use file::{reads_found, stat_ahead};
 use kstack_project::roles::modules::Module;
 use serde::Serialize;
-pub(crate) use systemd::units_ahead;
+pub(crate) use systemd::{state_field, unit_state, units_ahead, SHOW_STATE};
 #[cfg(test)]
 pub(crate) use {content::read_script, file::stat_query};
 

@@ -68,6 +68,27 @@ fn pulls_other_units(content: &str) -> bool {
     })
 }
 
+/// What a unit's state is asked with: its file state and whether it runs.
+pub(crate) const SHOW_STATE: &str = "systemctl show -p UnitFileState -p ActiveState --";
+
+/// After `$o` holds what [`SHOW_STATE`] printed of `unit`: prints it, then `is-enabled`'s
+/// answer as the file state where `show`'s is not plainly enabled, disabled, static or masked
+/// (a SysV script's generated unit: `is-enabled` asks its init links). Read it with
+/// [`state_field`].
+pub(crate) fn unit_state(unit: &str) -> String {
+    format!(
+        "echo \"$o\"\ncase \"$o\" in *UnitFileState=enabled*|*UnitFileState=disabled*|*UnitFileState=static*|*UnitFileState=masked*) ;;\n\
+         *) echo \"UnitFileState=$(systemctl is-enabled -- {} 2>/dev/null)\" ;; esac",
+        quote(unit)
+    )
+}
+
+/// The value of `key` (`UnitFileState=`, `ActiveState=`) in what [`unit_state`] printed: the
+/// last answer counts, as `is-enabled` follows `show` where only it knows.
+pub(crate) fn state_field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines().rev().find_map(|l| l.strip_prefix(key)).unwrap_or_default().trim()
+}
+
 /// A shell test that sets `$f` when systemd has a file for `unit` (an instance's may be its
 /// template's).
 fn has_file(unit: &str) -> String {
@@ -98,10 +119,10 @@ pub(crate) fn units_ahead<'a>(units: impl IntoIterator<Item = &'a str>) -> Optio
         for unit in &named {
             script.push_str(&format!("{}; if [ -n \"$f\" ]; then kn=\"$kn {unit}\"; else kx=\"$kx {unit}\"; fi\n", has_file(unit)));
         }
-        script.push_str(
-            "set -f\nku=; [ -z \"$kn\" ] || ku=$(systemctl show -p UnitFileState -p ActiveState -- $kn 2>/dev/null) || ku=\n\
-             kv=; [ -z \"$kx\" ] || kv=$(systemctl is-active -- $kx 2>/dev/null; true)\nset +f\n",
-        );
+        script.push_str(&format!(
+            "set -f\nku=; [ -z \"$kn\" ] || ku=$({SHOW_STATE} $kn 2>/dev/null) || ku=\n\
+             kv=; [ -z \"$kx\" ] || kv=$(systemctl is-active -- $kx 2>/dev/null; true)\nset +f\n"
+        ));
         for unit in &named {
             script.push_str(&format!(
                 "case \" $kn \" in *\" {unit} \"*) [ -z \"$ku\" ] || {}=${{ku%%\"\n\n\"*}}; case \"$ku\" in *\"\n\n\"*) ku=${{ku#*\"\n\n\"}} ;; *) ku= ;; esac ;;\n\
@@ -127,13 +148,12 @@ impl Query for Systemd {
         let (show, active) = (ahead_variable("show", &self.name), ahead_variable("active", &self.name));
         Some(format!(
             "{}\nfor d in {UNIT_PATHS}; do for s in .d .wants .requires .upholds; do [ -e \"$d\"/{unit}\"$s\" ] && echo \"linked=$d\"; done; done\n\
-             if [ -n \"$f\" ]; then if [ -n \"${{{show}+x}}\" ]; then o=${show}; else o=$(systemctl show -p UnitFileState -p ActiveState -- {unit} 2>/dev/null); fi; echo \"$o\"\n\
-             case \"$o\" in *UnitFileState=enabled*|*UnitFileState=disabled*|*UnitFileState=static*|*UnitFileState=masked*) ;;\n\
-             *) echo \"UnitFileState=$(systemctl is-enabled -- {unit} 2>/dev/null)\" ;; esac\n\
+             if [ -n \"$f\" ]; then if [ -n \"${{{show}+x}}\" ]; then o=${show}; else o=$({SHOW_STATE} {unit} 2>/dev/null); fi\n{}\n\
              elif [ -n \"${{{active}+x}}\" ]; then echo \"ActiveState=${active}\"\n\
              else echo \"ActiveState=$(systemctl is-active -- {unit} 2>/dev/null)\"; fi\n\
              echo '--- kstack ---'\n{}",
             has_file(&self.name),
+            unit_state(&self.name),
             content_query(&unit_file(self))
         ))
     }
@@ -149,10 +169,7 @@ impl Converge for Systemd {
         let file = unit_file(self);
         let text = host.query(&self.query().unwrap_or_default()).await?.stdout;
         let (status, current) = text.split_once("--- kstack ---\n").unwrap_or((&text, ""));
-        // The last answer counts: `is-enabled` follows `show` where only it knows (a SysV script's
-        // generated unit, an alias).
-        let field = |key: &str| status.lines().rev().find_map(|l| l.strip_prefix(key)).unwrap_or_default().trim().to_owned();
-        let (enabled, active) = (field("UnitFileState="), field("ActiveState="));
+        let (enabled, active) = (state_field(status, "UnitFileState=").to_owned(), state_field(status, "ActiveState=").to_owned());
         let linked = status.lines().any(|l| l.starts_with("linked="));
         // systemd has no file for the unit and does not run it: it loads the new file when the
         // unit is first asked for, so writing it needs no daemon-reload (about 130 ms of the
