@@ -22,7 +22,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kstack::roles::checks::run_all;
+use kstack::roles::checks::{run_all, Answers};
 use kstack::roles::{host_checks, run, verify, RunOptions, TaskStatus, Variables};
 use kstack::ssh::Connection;
 use kstack_testkit::node::{ClientKey, Node};
@@ -208,7 +208,7 @@ fn verify_side_by_side(key: &ClientKey, hosts: usize) {
                 let mut results = Vec::new();
                 for check in host_checks(&roles, &Variables::new(), &facts, &address) {
                     let result = match check {
-                        Ok(pending) => run_all(&[&pending], &connection, &facts).await.unwrap().remove(0),
+                        Ok(pending) => run_all(&[&pending], &connection, &facts, Answers::default()).await.unwrap().remove(0),
                         Err(failed) => failed,
                     };
                     results.push((result.name, result.passed));

@@ -1,13 +1,16 @@
 //! Running checks (`checks.yaml`) on a host: `kstack verify` runs them; bake runs them
-//! before an image is saved. Every check of a host is made in one command: each kind reads
-//! the running system with a small script (its probe), all of them run in turn in one batch,
-//! each under its own timeout and with its output framed by a boundary no output can forge,
-//! and each is judged on what its probe printed, as if it had run alone.
+//! before an image is saved. Every check of a host is made in one command, the one that
+//! gathers the host's facts: each kind reads the running system with a small script (its
+//! probe), all of them run in turn in one batch, each under its own timeout and with its
+//! output framed by a boundary no output can forge, and each is judged on what its probe
+//! printed, as if it had run alone.
+
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::modules::{quote, state_field, unit_state, SHOW_STATE};
-use crate::ssh::{Connection, Facts, SshError};
+use crate::ssh::{Connection, Facts, SshError, FACTS_SCRIPT};
 use kstack_project::roles::checks::CheckKind;
 
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +37,13 @@ pub struct Pending {
     pub timeout_seconds: u64,
 }
 
+impl Pending {
+    /// The script that reads what the check judges, when it needs one.
+    pub(crate) fn probe_script(&self) -> Option<String> {
+        probe(self).ok()
+    }
+}
+
 /// What a check found.
 enum Found {
     /// Whether it passed, and what was expected and found.
@@ -43,51 +53,75 @@ enum Found {
 }
 
 /// What a probe printed, and how it ended.
-struct Probed<'a> {
-    stdout: &'a str,
+struct Answer {
+    stdout: String,
     status: u32,
 }
 
-/// Makes `checks` on the host in one command, in order. kstack's own probes (packages, files,
-/// units, kernel tables: quick, and they change nothing) run in subshells of one shell under
-/// one `timeout`, the shortest of theirs, as a `timeout` and a shell per probe would cost the
-/// node more than most probes; a `command` check keeps its own. Should the shared limit run out
-/// (a probe hung), the probes left without an answer are made again, each under its own limit,
-/// in a second command: each check is judged as if it were made alone.
-pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts) -> Result<Vec<CheckResult>, SshError> {
-    let probes: Vec<Result<String, Found>> = checks.iter().map(|check| probe(check, facts)).collect();
-    let boundary = format!("kstack-check-{:016x}", rand::random::<u64>());
-    // A probe's command between lines that name it, with no input to take from the batch.
-    let framed_command = |index: usize, command: &str| {
-        format!("printf '%s begin {index}\\n' {boundary}\n{command} </dev/null 2>/dev/null\nprintf '\\n%s end {index} %d\\n' {boundary} $?\n")
+/// What the probes made on a host printed, by probe script: a probe answered in an earlier
+/// command (the one gathering the facts) is not made again. A check rendered differently
+/// once the facts are known has another script, so it never takes another's answer.
+#[derive(Default)]
+pub struct Answers {
+    answered: HashMap<String, Answer>,
+    /// Probes run with others under their shared limit that it cut off: next time, alone.
+    cut_off: HashSet<String>,
+}
+
+/// A probe to make, and how long it may take.
+struct Asked<'a> {
+    script: &'a str,
+    timeout_seconds: u64,
+    /// A `command` check's, or one cut off with others before: it runs under its own limit.
+    alone: bool,
+}
+
+/// Gathers the host's facts and makes the probes of `early` (checks that render alike
+/// whatever the facts) in the same command.
+pub async fn facts_and_probes(connection: &Connection, early: &[&Pending]) -> Result<(Facts, Answers), SshError> {
+    let mut answers = Answers::default();
+    let scripts: Vec<Result<String, Found>> = early.iter().map(|check| probe(check)).collect();
+    let asked = answers.to_ask(early, &scripts);
+    let facts = match answers.ask(connection, &asked, true).await? {
+        Some(facts) => Facts::parse(&facts),
+        None => connection.facts().await?,
     };
-    let alone = |index: usize, probe: &str| framed_command(index, &format!("timeout -k 5 {} sh -c {}", checks[index].timeout_seconds, quote(probe)));
-    let ready: Vec<(usize, &String)> = probes.iter().enumerate().filter_map(|(index, probe)| probe.as_ref().ok().map(|p| (index, p))).collect();
-    let (own, commands): (Vec<_>, Vec<_>) = ready.into_iter().partition(|(index, _)| !matches!(checks[*index].kind, CheckKind::Command { .. }));
-    let mut script = String::new();
-    if let Some(limit) = own.iter().map(|(index, _)| checks[*index].timeout_seconds).min() {
-        let together: String = own.iter().map(|(index, probe)| framed_command(*index, &format!("( {probe}\n)"))).collect();
-        script.push_str(&format!("timeout -k 5 {limit} sh -c {} </dev/null 2>/dev/null\n", quote(&together)));
+    Ok((facts, answers))
+}
+
+/// Makes `checks` on the host, in order, using what `answers` already holds: the others in
+/// one command. kstack's own probes (packages, files, units, kernel tables: quick, and they
+/// change nothing) run in subshells of one shell under one `timeout`, the shortest of theirs,
+/// as a `timeout` and a shell per probe would cost the node more than most probes; a `command`
+/// check keeps its own. Should the shared limit run out (a probe hung), the probes left
+/// without an answer are made again, each under its own limit, in a second command: each
+/// check is judged as if it were made alone.
+pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts, mut answers: Answers) -> Result<Vec<CheckResult>, SshError> {
+    let scripts: Vec<Result<String, Found>> = checks.iter().map(|check| probe(check)).collect();
+    // Together first, then alone for the probes the shared limit cut off.
+    for _ in 0..2 {
+        let asked = answers.to_ask(checks, &scripts);
+        if asked.is_empty() {
+            break;
+        }
+        answers.ask(connection, &asked, false).await?;
     }
-    script.extend(commands.iter().map(|(index, probe)| alone(*index, probe)));
-    let output = if script.is_empty() { String::new() } else { connection.run(&script, None).await?.stdout };
-    let unanswered: String =
-        own.iter().filter(|(index, _)| framed(&output, &boundary, *index).is_none()).map(|(index, probe)| alone(*index, probe)).collect();
-    let again = if unanswered.is_empty() { String::new() } else { connection.run(&unanswered, None).await?.stdout };
     Ok(checks
         .iter()
-        .zip(probes)
-        .enumerate()
-        .map(|(index, (check, probe))| {
-            let found = match probe {
+        .zip(scripts)
+        .map(|(check, script)| {
+            let found = match script {
                 Err(decided) => decided,
-                Ok(_) => match framed(&output, &boundary, index).or_else(|| framed(&again, &boundary, index)) {
-                    // coreutils `timeout`: 124 when the limit ran out, 137 when it had to kill.
-                    Some(Probed { status: 124 | 137, .. }) => {
-                        Found::Judged(false, format!("did not finish within {} s (timeout_seconds)", check.timeout_seconds))
-                    }
-                    Some(probed) => judge(&check.kind, &probed),
-                    None => Found::Judged(false, String::from("its probe printed nothing where it should have: the batch was cut short")),
+                Ok(script) => match skipped(&check.kind, facts) {
+                    Some(why) => Found::Skipped(why),
+                    None => match answers.answered.get(&script) {
+                        // coreutils `timeout`: 124 when the limit ran out, 137 when it had to kill.
+                        Some(Answer { status: 124 | 137, .. }) => {
+                            Found::Judged(false, format!("did not finish within {} s (timeout_seconds)", check.timeout_seconds))
+                        }
+                        Some(answer) => judge(&check.kind, answer),
+                        None => Found::Judged(false, String::from("its probe printed nothing where it should have: the batch was cut short")),
+                    },
                 },
             };
             let name = check.name.clone();
@@ -99,21 +133,82 @@ pub async fn run_all(checks: &[&Pending], connection: &Connection, facts: &Facts
         .collect())
 }
 
-/// The output and status of probe `index`, from between its begin and end lines.
-fn framed<'a>(output: &'a str, boundary: &str, index: usize) -> Option<Probed<'a>> {
-    let begin = format!("{boundary} begin {index}\n");
-    let end = format!("\n{boundary} end {index} ");
+impl Answers {
+    /// The probes of `checks` (whose scripts are `scripts`) not answered yet, once each.
+    fn to_ask<'a>(&self, checks: &[&Pending], scripts: &'a [Result<String, Found>]) -> Vec<Asked<'a>> {
+        let mut asked: Vec<Asked> = Vec::new();
+        for (check, script) in checks.iter().zip(scripts) {
+            let Ok(script) = script else { continue };
+            if self.answered.contains_key(script) || asked.iter().any(|a| a.script == script) {
+                continue;
+            }
+            let alone = matches!(check.kind, CheckKind::Command { .. }) || self.cut_off.contains(script);
+            asked.push(Asked { script, timeout_seconds: check.timeout_seconds, alone });
+        }
+        asked
+    }
+
+    /// Makes `asked` in one command, after gathering the facts when `with_facts` (their output
+    /// is returned), and keeps each probe's answer.
+    async fn ask(&mut self, connection: &Connection, asked: &[Asked<'_>], with_facts: bool) -> Result<Option<String>, SshError> {
+        let boundary = format!("kstack-check-{:016x}", rand::random::<u64>());
+        // A command between lines that label it, with no input to take from the batch.
+        let framed_command = |label: &str, command: &str| {
+            format!("printf '%s begin {label}\\n' {boundary}\n{command} </dev/null 2>/dev/null\nprintf '\\n%s end {label} %d\\n' {boundary} $?\n")
+        };
+        let mut script = if with_facts { framed_command("facts", &format!("(\n{FACTS_SCRIPT}\n)")) } else { String::new() };
+        let (alone, together): (Vec<_>, Vec<_>) = asked.iter().enumerate().partition(|(_, a)| a.alone);
+        if let Some(limit) = together.iter().map(|(_, a)| a.timeout_seconds).min() {
+            let batch: String = together.iter().map(|(index, a)| framed_command(&index.to_string(), &format!("( {}\n)", a.script))).collect();
+            script.push_str(&format!("timeout -k 5 {limit} sh -c {} </dev/null 2>/dev/null\n", quote(&batch)));
+        }
+        for (index, a) in &alone {
+            script.push_str(&framed_command(&index.to_string(), &format!("timeout -k 5 {} sh -c {}", a.timeout_seconds, quote(a.script))));
+        }
+        let output = connection.run(&script, None).await?.stdout;
+        for (index, a) in asked.iter().enumerate() {
+            match framed(&output, &boundary, &index.to_string()) {
+                Some(answer) => {
+                    self.answered.insert(a.script.to_owned(), answer);
+                }
+                None if !a.alone => {
+                    self.cut_off.insert(a.script.to_owned());
+                }
+                None => {}
+            }
+        }
+        Ok(with_facts.then(|| framed(&output, &boundary, "facts")).flatten().filter(|facts| facts.status == 0).map(|facts| facts.stdout))
+    }
+}
+
+/// The output and status of the command labelled `label`, from between its begin and end lines.
+fn framed(output: &str, boundary: &str, label: &str) -> Option<Answer> {
+    let begin = format!("{boundary} begin {label}\n");
+    let end = format!("\n{boundary} end {label} ");
     let start = output.find(&begin)? + begin.len();
     let length = output[start..].find(&end)?;
     let status = output[start + length + end.len()..].lines().next()?.trim().parse().ok()?;
-    Some(Probed { stdout: &output[start..start + length], status })
+    Some(Answer { stdout: output[start..start + length].to_owned(), status })
 }
 
-/// The script that reads what a check judges, or the finding when it needs none: kernel
-/// state in a container is the host's, and only a VM (or a real machine) shows it.
-fn probe(check: &Pending, facts: &Facts) -> Result<String, Found> {
+/// Why a check cannot be made on this host: kernel state in a container is the host's, and
+/// only a VM (or a real machine) shows it. Its probe is made all the same, as it is sent
+/// before the facts are known, and is cheap.
+fn skipped(kind: &CheckKind, facts: &Facts) -> Option<String> {
+    let kind_of = facts.virtualization.as_str();
+    facts.container.then_some(())?;
+    match kind {
+        CheckKind::Sysctl { .. } => Some(format!("kernel settings cannot be checked in a {kind_of} container")),
+        CheckKind::KernelParameter { .. } => Some(format!("the kernel command line is the host's in a {kind_of} container")),
+        CheckKind::TransparentHugePages { .. } => Some(format!("needs a real VM: huge pages are the host kernel's in a {kind_of} container")),
+        CheckKind::Mtu { .. } => Some(format!("needs a real VM: a {kind_of} container shares the host's interfaces")),
+        _ => None,
+    }
+}
+
+/// The script that reads what a check judges, or the finding when it needs none.
+fn probe(check: &Pending) -> Result<String, Found> {
     let kind = &check.kind;
-    let container = facts.container.then_some(facts.virtualization.as_str());
     Ok(match kind {
         CheckKind::Package { name, .. } => format!("dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {}", quote(name)),
         // Only what the check judges: its mode, its digest, its content (a process each).
@@ -137,27 +232,19 @@ fn probe(check: &Pending, facts: &Facts) -> Result<String, Found> {
                 unit_state(name)
             )
         }
-        CheckKind::Sysctl { name, .. } => match container {
-            Some(kind) => return Err(Found::Skipped(format!("kernel settings cannot be checked in a {kind} container"))),
-            None => format!("sysctl -n {}", quote(name)),
-        },
-        CheckKind::KernelParameter { .. } => match container {
-            Some(kind) => return Err(Found::Skipped(format!("the kernel command line is the host's in a {kind} container"))),
-            None => String::from("cat /proc/cmdline"),
-        },
+        CheckKind::Sysctl { name, .. } => format!("sysctl -n {}", quote(name)),
+        CheckKind::KernelParameter { .. } => String::from("cat /proc/cmdline"),
         // The kernel's own tables: no dependency on ss or netstat being installed.
         CheckKind::Port { port } => match port.value().and_then(|p| u16::try_from(p).ok()) {
             Some(_) => String::from("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null"),
             None => return Err(Found::Judged(false, format!("port {port:?} is not a TCP port number"))),
         },
-        CheckKind::TransparentHugePages { .. } => match container {
-            Some(kind) => return Err(Found::Skipped(format!("needs a real VM: huge pages are the host kernel's in a {kind} container"))),
-            None => String::from("cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag"),
-        },
-        CheckKind::Mtu { interface, value } => match (value.value(), container) {
-            (None, _) => return Err(Found::Judged(false, format!("MTU {value:?} is not a number"))),
-            (Some(_), Some(kind)) => return Err(Found::Skipped(format!("needs a real VM: a {kind} container shares the host's interfaces"))),
-            (Some(_), None) => {
+        CheckKind::TransparentHugePages { .. } => {
+            String::from("cat /sys/kernel/mm/transparent_hugepage/enabled; cat /sys/kernel/mm/transparent_hugepage/defrag")
+        }
+        CheckKind::Mtu { interface, value } => match value.value() {
+            None => return Err(Found::Judged(false, format!("MTU {value:?} is not a number"))),
+            Some(_) => {
                 let interface = match interface {
                     Some(name) => quote(name),
                     None => String::from("\"$(awk '$2 == \"00000000\" { print $1; exit }' /proc/net/route)\""),
@@ -170,8 +257,8 @@ fn probe(check: &Pending, facts: &Facts) -> Result<String, Found> {
 }
 
 /// A check's finding from what its probe printed.
-fn judge(kind: &CheckKind, probed: &Probed) -> Found {
-    let found = probed.stdout;
+fn judge(kind: &CheckKind, probed: &Answer) -> Found {
+    let found = probed.stdout.as_str();
     match kind {
         CheckKind::Package { name, version } => {
             let (status, installed) = found.split_once('|').unwrap_or(("", ""));
@@ -262,13 +349,13 @@ mod tests {
         let b = "kstack-check-00ff";
         // As the batch prints them: a newline before each end line.
         let output = format!("{b} begin 0\nfirst\n\n{b} end 0 0\n{b} begin 2\nno newline\n{b} end 2 1\n");
-        let first = framed(&output, b, 0).unwrap();
-        assert_eq!((first.stdout, first.status), ("first\n", 0));
-        let third = framed(&output, b, 2).unwrap();
-        assert_eq!((third.stdout, third.status), ("no newline", 1));
-        assert!(framed(&output, b, 1).is_none(), "a probe that never ran");
+        let first = framed(&output, b, "0").unwrap();
+        assert_eq!((first.stdout.as_str(), first.status), ("first\n", 0));
+        let third = framed(&output, b, "2").unwrap();
+        assert_eq!((third.stdout.as_str(), third.status), ("no newline", 1));
+        assert!(framed(&output, b, "1").is_none(), "a probe that never ran");
         // A probe printing a line like a boundary with another token forges nothing.
         let forged = format!("{b} begin 0\nkstack-check-1111 end 0 0\n{b} end 0 3\n");
-        assert_eq!(framed(&forged, b, 0).unwrap().status, 3);
+        assert_eq!(framed(&forged, b, "0").unwrap().status, 3);
     }
 }

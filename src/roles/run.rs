@@ -13,7 +13,7 @@ use super::checks::{self, CheckResult};
 use super::modules::{self, Host, TaskError, TaskOutcome};
 use super::session::{AheadQuery, HostSession, Made};
 use super::{Role, Task, Variables};
-use crate::ssh::{Connection, Facts, Login};
+use crate::ssh::{Connection, Facts, Login, SshError};
 use kstack_project::roles::checks::Check;
 use kstack_project::roles::modules::Module;
 
@@ -150,126 +150,156 @@ async fn for_each_host(
     reports.into_iter().map(|(_, report)| report).collect()
 }
 
+/// Why a host could not be worked on, with a hint where one helps.
+fn unreachable(error: SshError) -> String {
+    match crate::hint::Hint::hint(&error) {
+        Some(hint) => format!("{error} ({hint})"),
+        None => error.to_string(),
+    }
+}
+
 /// Connects and gathers the host's facts, reading `early` (see [`queries_without_facts`]) in
 /// the same command.
 async fn connect(host: &str, login: &Login, session: &HostSession, early: &[AheadQuery]) -> Result<(Connection, Facts), String> {
-    let connected = match Connection::open(host, login).await {
-        Ok(connection) => session.facts_and_prefetch(&connection, early.to_vec()).await.map(|facts| (connection, facts)),
-        Err(error) => Err(error),
-    };
-    connected.map_err(|error| match crate::hint::Hint::hint(&error) {
-        Some(hint) => format!("{error} ({hint})"),
-        None => error.to_string(),
-    })
+    let connection = Connection::open(host, login).await.map_err(unreachable)?;
+    let facts = session.facts_and_prefetch(&connection, early.to_vec()).await.map_err(unreachable)?;
+    Ok((connection, facts))
 }
 
 async fn on_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, work: &Work, events: &Events) -> HostReport {
     let mut report = HostReport { host: host.to_owned(), ..HostReport::default() };
+    let worked = match work {
+        Work::Converge { check } => converge(host, login, roles, variables, *check, events, &mut report).await,
+        Work::Verify => verify_host(host, login, roles, variables, &mut report).await,
+    };
+    if let Err(message) = worked {
+        events.event(Event::Roles(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() }));
+        report.unreachable = Some(message);
+    }
+    report
+}
+
+/// Applies `roles` to the host, filling `report`; an error says why the host could not be
+/// reached.
+async fn converge(
+    host: &str,
+    login: &Login,
+    roles: &[Role],
+    variables: &Variables,
+    check: bool,
+    events: &Events,
+    report: &mut HostReport,
+) -> Result<(), String> {
     let session = HostSession::default();
-    let early = match work {
-        Work::Converge { .. } => queries_without_facts(roles, variables, host),
-        Work::Verify => Vec::new(),
+    let early = queries_without_facts(roles, variables, host);
+    let (mut connection, mut facts) = connect(host, login, &session, &early).await?;
+    let mut role_index = 0;
+    // Handlers notified survive a dropped connection: the rerun finds those tasks done.
+    let mut notified: Vec<String> = Vec::new();
+    // Each role's template variables and tasks made ready, with the facts of the
+    // connection in use.
+    let ready = |facts: &Facts| -> (Vec<minijinja::Value>, Vec<Vec<Prepared>>) {
+        let jinja = crate::template::engine();
+        let contexts: Vec<minijinja::Value> = roles.iter().map(|r| context(r, variables, facts, host)).collect();
+        let prepared = roles.iter().zip(&contexts).map(|(r, c)| r.tasks.iter().map(|t| prepare(t, &jinja, c)).collect()).collect();
+        (contexts, prepared)
     };
-    let (mut connection, mut facts) = match connect(host, login, &session, &early).await {
-        Ok(connected) => connected,
-        Err(message) => {
-            events.event(Event::Roles(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() }));
-            report.unreachable = Some(message);
-            return report;
-        }
-    };
-    match work {
-        Work::Converge { check } => {
-            let mut role_index = 0;
-            // Handlers notified survive a dropped connection: the rerun finds those tasks done.
-            let mut notified: Vec<String> = Vec::new();
-            // Each role's template variables and tasks made ready, with the facts of the
-            // connection in use.
-            let ready = |facts: &Facts| -> (Vec<minijinja::Value>, Vec<Vec<Prepared>>) {
-                let jinja = crate::template::engine();
-                let contexts: Vec<minijinja::Value> = roles.iter().map(|r| context(r, variables, facts, host)).collect();
-                let prepared = roles.iter().zip(&contexts).map(|(r, c)| r.tasks.iter().map(|t| prepare(t, &jinja, c)).collect()).collect();
-                (contexts, prepared)
-            };
-            let (mut contexts, mut prepared) = ready(&facts);
-            while let Some(role) = roles.get(role_index) {
-                let on = OnHost { connection: &connection, facts: &facts, check: *check, host, events };
-                let run = RoleRun { on, session: &session, role, context: &contexts[role_index], done: Vec::new(), reported: 0 };
-                match run.converge(&prepared[role_index..], &mut notified).await {
-                    RoleOutcome::Done(tasks) => {
-                        report.tasks.extend(tasks);
-                        notified.clear();
-                        role_index += 1;
-                    }
-                    RoleOutcome::Failed(tasks) => {
-                        report.tasks.extend(tasks);
-                        break;
-                    }
-                    // Tasks converge, so the role runs again from its start on a new connection;
-                    // a file write cut off left the old file (writes go to a temporary + rename).
-                    RoleOutcome::Dropped(tasks) if report.reconnects < RECONNECTS => {
-                        // What ran before the drop stays in the report, as it did happen.
-                        report.tasks.extend(tasks);
-                        report.reconnects += 1;
-                        tracing::warn!("{host}: the connection dropped during role {}; reconnecting", role.name);
-                        report.commands += connection.commands_run();
-                        // What the dropped command did is unknown: the host is read again.
-                        session.forget();
-                        match connect(host, login, &session, &early).await {
-                            Ok(connected) => {
-                                (connection, facts) = connected;
-                                (contexts, prepared) = ready(&facts);
-                            }
-                            Err(message) => {
-                                events.event(Event::Roles(RunEvent::Unreachable { host: host.to_owned(), error: message.clone() }));
-                                report.unreachable = Some(message);
-                                return report;
-                            }
-                        }
-                    }
-                    RoleOutcome::Dropped(tasks) => {
-                        report.tasks.extend(tasks);
-                        break;
-                    }
-                }
+    let (mut contexts, mut prepared) = ready(&facts);
+    while let Some(role) = roles.get(role_index) {
+        let on = OnHost { connection: &connection, facts: &facts, check, host, events };
+        let run = RoleRun { on, session: &session, role, context: &contexts[role_index], done: Vec::new(), reported: 0 };
+        match run.converge(&prepared[role_index..], &mut notified).await {
+            RoleOutcome::Done(tasks) => {
+                report.tasks.extend(tasks);
+                notified.clear();
+                role_index += 1;
             }
-        }
-        Work::Verify => {
-            // Every check rendered first, then all made in one command, in the same order.
-            let rendered = host_checks(roles, variables, &facts, host);
-            let pending: Vec<&checks::Pending> = rendered.iter().filter_map(|check| check.as_ref().ok()).collect();
-            match checks::run_all(&pending, &connection, &facts).await {
-                Ok(results) => {
-                    let mut results = results.into_iter();
-                    report.checks = rendered.into_iter().filter_map(|check| check.err().or_else(|| results.next())).collect();
-                }
-                Err(error) => report.unreachable = Some(error.to_string()),
+            RoleOutcome::Failed(tasks) => {
+                report.tasks.extend(tasks);
+                break;
+            }
+            // Tasks converge, so the role runs again from its start on a new connection;
+            // a file write cut off left the old file (writes go to a temporary + rename).
+            RoleOutcome::Dropped(tasks) if report.reconnects < RECONNECTS => {
+                // What ran before the drop stays in the report, as it did happen.
+                report.tasks.extend(tasks);
+                report.reconnects += 1;
+                tracing::warn!("{host}: the connection dropped during role {}; reconnecting", role.name);
+                report.commands += connection.commands_run();
+                // What the dropped command did is unknown: the host is read again.
+                session.forget();
+                (connection, facts) = connect(host, login, &session, &early).await?;
+                (contexts, prepared) = ready(&facts);
+            }
+            RoleOutcome::Dropped(tasks) => {
+                report.tasks.extend(tasks);
+                break;
             }
         }
     }
     report.commands += connection.commands_run();
     connection.close().await;
-    report
+    Ok(())
+}
+
+/// Makes the checks of `roles` on the host, filling `report`. The checks that render alike
+/// whatever the facts are made in the command that gathers them; the rest (none, when no
+/// check uses the facts) in one more.
+async fn verify_host(host: &str, login: &Login, roles: &[Role], variables: &Variables, report: &mut HostReport) -> Result<(), String> {
+    let early = checks_without_facts(roles, variables, host);
+    let connection = Connection::open(host, login).await.map_err(unreachable)?;
+    let (facts, answers) = checks::facts_and_probes(&connection, &early.iter().collect::<Vec<_>>()).await.map_err(unreachable)?;
+    // Every check rendered with the facts, then made in order, each judged as if alone.
+    let rendered = host_checks(roles, variables, &facts, host);
+    let pending: Vec<&checks::Pending> = rendered.iter().filter_map(|check| check.as_ref().ok()).collect();
+    let results = checks::run_all(&pending, &connection, &facts, answers).await.map_err(unreachable)?;
+    let mut results = results.into_iter();
+    report.checks = rendered.into_iter().filter_map(|check| check.err().or_else(|| results.next())).collect();
+    report.commands += connection.commands_run();
+    connection.close().await;
+    Ok(())
 }
 
 /// The checks of `roles` that apply to a host (their `when:` holds), in order, rendered with the
 /// variables and facts the tasks use: ready to run, or failed already when one cannot be
 /// rendered.
 pub fn host_checks(roles: &[Role], variables: &Variables, facts: &Facts, host: &str) -> Vec<Result<checks::Pending, CheckResult>> {
+    each_check(roles, variables, facts, host).into_iter().flatten().collect()
+}
+
+/// The checks of `roles` that do not depend on the host's facts, so they can be made with the
+/// facts' gathering: those whose probes come out the same rendered with either of two unlike
+/// stand-ins for the facts (as [`queries_without_facts`] finds the tasks' queries).
+fn checks_without_facts(roles: &[Role], variables: &Variables, host: &str) -> Vec<checks::Pending> {
+    let [one, other] = Facts::stand_ins().map(|facts| each_check(roles, variables, &facts, host));
+    one.into_iter()
+        .zip(other)
+        .filter_map(|(one, other)| match (one, other) {
+            (Some(Ok(one)), Some(Ok(other))) if one.probe_script().is_some() && one.probe_script() == other.probe_script() => Some(one),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each check of `roles` rendered for a host: `None` where its `when:` is false.
+fn each_check(roles: &[Role], variables: &Variables, facts: &Facts, host: &str) -> Vec<Option<Result<checks::Pending, CheckResult>>> {
     let jinja = crate::template::engine();
     let mut rendered = Vec::new();
     for role in roles {
         let context = context(role, variables, facts, host);
         for check in &role.checks {
             let kind = match condition_holds(check.when.as_deref(), &jinja, &context) {
-                Ok(false) => continue,
+                Ok(false) => {
+                    rendered.push(None);
+                    continue;
+                }
                 Ok(true) => render(&check.body, &jinja, &context).and_then(Check::kind),
                 Err(error) => Err(error),
             };
-            rendered.push(match kind {
+            rendered.push(Some(match kind {
                 Ok(kind) => Ok(checks::Pending { name: check.name.clone(), kind, timeout_seconds: check.timeout_seconds }),
                 Err(error) => Err(CheckResult::failed(&check.name, error)),
-            });
+            }));
         }
     }
     rendered

@@ -326,9 +326,27 @@ fn verify_makes_every_check_in_one_command_and_judges_each_as_if_alone() {
     assert_eq!(detail("a hung probe"), "did not finish within 2 s (timeout_seconds)");
     assert!(verified.checks.iter().any(|c| c.skipped.is_some()));
     assert!(took < std::time::Duration::from_secs(30), "the hung probe was cut at its timeout: {took:?}");
-    // The facts, then every check: two commands on the host however many checks.
-    assert_eq!(verified.commands, 2, "{verified:#?}");
+    // The facts and every check: one command on the host however many checks.
+    assert_eq!(verified.commands, 1, "{verified:#?}");
     assert!(verified.unreachable.is_none());
+
+    // Checks are judged on this host's facts, never the stand-ins' they were first rendered
+    // with: one whose probe the facts decide is made once they are known, in one more
+    // command; one whose probe reads the same whatever the facts (a file's content, judged
+    // against the facts) is made with them.
+    std::fs::write(
+        dir.path().join("checked/checks.yaml"),
+        "sshd installed:\n  package: { name: openssh-server }\n\
+         probe from the facts:\n  command: { run: \"test \\\"$(cat /proc/sys/kernel/hostname)\\\" = '{{ facts.hostname }}'\" }\n\
+         judged on the facts:\n  file: { path: /proc/sys/kernel/hostname, contains: ['{{ facts.hostname }}'] }\n\
+         only outside containers:\n  file: { path: /etc/kstack-nothing-here }\n  when: not facts.container\n",
+    )
+    .unwrap();
+    let runner = Runner::new(&key, dir.path(), &["checked"], Variables::new());
+    let verified = runner.verify(&node);
+    let results: Vec<(&str, bool)> = verified.checks.iter().map(|c| (c.name.as_str(), c.passed)).collect();
+    assert_eq!(results, [("sshd installed", true), ("probe from the facts", true), ("judged on the facts", true)], "{:#?}", verified.checks);
+    assert_eq!(verified.commands, 2, "{verified:#?}");
 }
 
 /// The round trips a first run saves keep their meaning: a line after a copy of the same file
@@ -545,8 +563,8 @@ fn a_hung_probe_among_the_shared_ones_is_judged_alone_and_the_rest_still_answer(
     assert_eq!((results[0].0, results[0].1), ("sshd installed", true), "{results:?}");
     assert_eq!(results[1], ("stuck", false, "did not finish within 2 s (timeout_seconds)"));
     assert_eq!((results[2].0, results[2].1, results[3].0, results[3].1), ("settings", true, "ssh running", true), "{results:?}");
-    // The facts, the checks, and the unanswered ones again.
-    assert_eq!(verified.commands, 3);
+    // The facts with the checks, and the unanswered ones again.
+    assert_eq!(verified.commands, 2);
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }
 
