@@ -4,16 +4,23 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// Shell builtins where they do (files under /proc, `read`), a process only where none does.
+/// Shell builtins where they do (files under /proc and /sys, `read`), a process only where
+/// none does: the kernel names its architecture in /proc from Linux 6.1 (`uname` before);
+/// `cpus` are the CPUs online, as Ansible counts them; systemd, as a container's init, names the
+/// container in /run/systemd/container, where `systemd-detect-virt` would look first (a VM's
+/// hypervisor needs `systemd-detect-virt`).
 pub(crate) const SCRIPT: &str = r#". /etc/os-release 2>/dev/null
 echo "os_id=$ID"
 echo "os_version=$VERSION_ID"
 echo "os_codename=$VERSION_CODENAME"
 read -r kernel < /proc/sys/kernel/osrelease; echo "kernel=$kernel"
-echo "arch=$(uname -m)"
-echo "cpus=$(nproc)"
+if [ -r /proc/sys/kernel/arch ]; then read -r arch < /proc/sys/kernel/arch; else arch=$(uname -m); fi; echo "arch=$arch"
+cpus=0; online=; [ ! -r /sys/devices/system/cpu/online ] || read -r online < /sys/devices/system/cpu/online
+o=$IFS; IFS=,; for r in $online; do case "$r" in *-*) cpus=$((cpus + ${r#*-} - ${r%-*} + 1)) ;; ?*) cpus=$((cpus + 1)) ;; esac; done; IFS=$o
+[ "$cpus" -gt 0 ] || cpus=$(nproc); echo "cpus=$cpus"
 while read -r key value _; do [ "$key" = MemTotal: ] && echo "memory_kib=$value" && break; done < /proc/meminfo
-echo "virtualization=$(systemd-detect-virt 2>/dev/null || echo none)"
+if [ -s /run/systemd/container ]; then read -r virtualization < /run/systemd/container; else virtualization=$(systemd-detect-virt 2>/dev/null || echo none); fi
+echo "virtualization=$virtualization"
 read -r hostname < /proc/sys/kernel/hostname; echo "hostname=$hostname""#;
 
 /// What `systemd-detect-virt` calls the containers it knows.

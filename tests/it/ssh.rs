@@ -42,6 +42,9 @@ fn one_connection_runs_commands_writes_verified_files_and_gathers_facts() {
         assert_eq!(facts.os_codename, "bookworm");
         assert!(facts.cpus >= 1 && facts.memory_kib > 0, "{facts:?}");
         assert!(facts.container, "a test node is a container: {facts:?}");
+        // Read from /proc, /sys and /run without the tools, the facts say what the tools say.
+        let tools = String::from_utf8_lossy(&node.exec("uname -m; nproc; systemd-detect-virt").stdout).into_owned();
+        assert_eq!(format!("{}\n{}\n{}\n", facts.arch, facts.cpus, facts.virtualization), tools);
         connection.close().await;
     });
     assert_eq!(std::fs::read_to_string(node.file("/etc/kstack/it's here.conf")).unwrap(), "key=value\n");
