@@ -1,15 +1,27 @@
 //! Resolves images of `images/` to the newest AMI baked for them, and finds the AMIs that
 //! launch templates and configurations use.
 
-use crate::naming::{TAG_ENVIRONMENT, TAG_IMAGE};
+use crate::naming::{TAG_ENVIRONMENT, TAG_IMAGE, TAG_PROJECT};
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, Image};
 
 use super::{AwsError, Cloud};
 
-/// The newest available AMI of each named image; names without one are left out.
-pub async fn resolve_images(cloud: &Cloud, names: &[String]) -> Result<BTreeMap<String, String>, AwsError> {
+/// Whether `project` may launch `image`: its own bakes (tagged `kstack:project` with its name)
+/// and untagged ones (a project without a name bakes those, and a stand-in made by hand is
+/// one), never one tagged with another project's name. EC2 cannot filter on a tag's absence,
+/// so this is checked on what a call returned.
+pub fn usable_by(image: &Image, project: Option<&str>) -> bool {
+    match image.tags().iter().find(|t| t.key() == Some(TAG_PROJECT)) {
+        Some(tag) => project.is_some_and(|project| tag.value() == Some(project)),
+        None => true,
+    }
+}
+
+/// The newest available AMI of each named image that `project` may launch; names without one
+/// are left out.
+pub async fn resolve_images(cloud: &Cloud, names: &[String], project: Option<&str>) -> Result<BTreeMap<String, String>, AwsError> {
     if names.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -22,7 +34,7 @@ pub async fn resolve_images(cloud: &Cloud, names: &[String]) -> Result<BTreeMap<
         .send()
         .await?;
     let mut newest: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for image in images.images() {
+    for image in images.images().iter().filter(|image| usable_by(image, project)) {
         let Some(name) = image.tags().iter().find(|t| t.key() == Some(TAG_IMAGE)).and_then(|t| t.value()) else {
             continue;
         };

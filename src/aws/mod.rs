@@ -397,7 +397,7 @@ async fn delete_once(cloud: &Cloud, actual: &Observed, ids: &Ids) -> Result<(), 
 }
 
 pub use dns_record::{take_over as take_over_dns_record, zone_exists as dns_zone_exists};
-pub use image::{images_in_use, resolve_images};
+pub use image::{images_in_use, resolve_images, usable_by};
 pub use instances::{running_instances, tag_reboot_times, Instance};
 pub use launch_template::root_device;
 pub use tags::from_ec2;

@@ -14,7 +14,7 @@ use super::{image_tagged, BakeError};
 use crate::aws::Cloud;
 use crate::events::{Event, Watch};
 use crate::model::image::{Image, Share};
-use crate::naming::TAG_COPIED_FROM;
+use crate::naming::{TAG_COPIED_FROM, TAG_PROJECT};
 
 /// The AMI per region, the bake's own region first.
 pub(super) async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &dyn Watch) -> Result<BTreeMap<String, String>, BakeError> {
@@ -22,13 +22,15 @@ pub(super) async fn finish(cloud: &Cloud, image: &Image, ami: &str, progress: &d
     let tags: Vec<Tag> = made.tags().iter().filter(|t| !t.key().unwrap_or_default().starts_with("aws:")).cloned().collect();
     tag_snapshots(cloud, &made, &tags).await?;
     share(cloud, &image.share, &made, progress).await?;
+    // The copies are the image's project's, as their tags are its tags.
+    let project = tags.iter().find(|t| t.key() == Some(TAG_PROJECT)).and_then(|t| t.value());
     let mut copy_tags = tags.clone();
     copy_tags.push(Tag::builder().key(TAG_COPIED_FROM).value(ami).build());
     // Every copy is started before any is waited for: AWS copies them side by side.
     let mut copies = Vec::new();
     for copy in &image.copy_to {
         let there = cloud.in_region(&copy.region);
-        let copied = match image_tagged(&there, TAG_COPIED_FROM, ami).await? {
+        let copied = match image_tagged(&there, TAG_COPIED_FROM, ami, project).await? {
             Some(copied) => {
                 progress.event(Event::Bake(format!("{} has {copied} already", copy.region)));
                 copied

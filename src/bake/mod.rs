@@ -25,7 +25,7 @@ use serde::Serialize;
 pub use builder::cleanup_leftovers;
 pub use hash::content_hash;
 
-use crate::aws::{AwsError, Cloud};
+use crate::aws::{self, AwsError, Cloud};
 use crate::model::image::{Image, ImageSource};
 use crate::roles::Role;
 use crate::ssh::SshError;
@@ -173,19 +173,20 @@ pub async fn source_ami(cloud: &Cloud, image: &Image) -> Result<String, BakeErro
 }
 
 /// The AMI baked from the image's current definition (source, roles, variables), if any.
-pub async fn current_ami(cloud: &Cloud, image: &Image, roles: &[Role]) -> Result<Option<String>, BakeError> {
+pub async fn current_ami(cloud: &Cloud, image: &Image, roles: &[Role], project: Option<&str>) -> Result<Option<String>, BakeError> {
     let source = source_ami(cloud, image).await?;
-    existing(cloud, &content_hash(&source, image, roles)?).await
+    existing(cloud, &content_hash(&source, image, roles)?, project).await
 }
 
-/// An AMI baked from exactly this content, if there is one.
-async fn existing(cloud: &Cloud, hash: &str) -> Result<Option<String>, BakeError> {
-    image_tagged(cloud, TAG_HASH, hash).await
+/// An AMI baked from exactly this content that `project` may use ([`aws::usable_by`]), if
+/// there is one.
+async fn existing(cloud: &Cloud, hash: &str, project: Option<&str>) -> Result<Option<String>, BakeError> {
+    image_tagged(cloud, TAG_HASH, hash, project).await
 }
 
-/// An image of ours tagged `key=value` that is usable or becoming so: a failed image is no
-/// bake to reuse; a pending one is finished by `finish`.
-async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<String>, BakeError> {
+/// An image tagged `key=value` that `project` may use and that is usable or becoming so: a
+/// failed image is no bake to reuse; a pending one is finished by `finish`.
+async fn image_tagged(cloud: &Cloud, key: &str, value: &str, project: Option<&str>) -> Result<Option<String>, BakeError> {
     let found = cloud
         .ec2
         .describe_images()
@@ -195,7 +196,7 @@ async fn image_tagged(cloud: &Cloud, key: &str, value: &str) -> Result<Option<St
         .send()
         .await
         .map_err(|e| BakeError::Aws { doing: format!("looking for an image tagged {key}={value}"), error: e.into() })?;
-    Ok(found.images().iter().find_map(|i| i.image_id()).map(str::to_owned))
+    Ok(found.images().iter().filter(|i| aws::usable_by(i, project)).find_map(|i| i.image_id()).map(str::to_owned))
 }
 
 pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOptions, progress: Arc<dyn Watch>) -> Result<Manifest, BakeError> {
@@ -214,7 +215,7 @@ pub async fn bake(cloud: &Cloud, image: &Image, roles: &[Role], options: &BakeOp
             });
         }
     }
-    let reusable = if options.force { None } else { existing(cloud, &hash).await? };
+    let reusable = if options.force { None } else { existing(cloud, &hash, options.project.as_deref()).await? };
     let (amis, host_key) = match &reusable {
         Some(ami) => {
             progress.event(Event::Bake(format!("reusing {ami}: it was baked from the same source, roles and variables (hash {})", &hash[..12])));

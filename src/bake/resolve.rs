@@ -39,18 +39,20 @@ impl Hint for ResolveError {
 }
 
 /// Each of `names`' AMI; `definitions` holds the images (with their roles) whose current
-/// definition can be looked for.
+/// definition can be looked for. Only AMIs `project` may use count ([`aws::usable_by`]):
+/// another project's image of the same name is never launched.
 pub async fn resolve(
     cloud: &Cloud,
     definitions: &BTreeMap<&str, (&Image, &[Role])>,
     names: &[String],
+    project: Option<&str>,
 ) -> Result<BTreeMap<String, Resolved>, ResolveError> {
-    let newest = aws::resolve_images(cloud, names).await.map_err(|error| ResolveError::Aws { region: cloud.region.clone(), error })?;
+    let newest = aws::resolve_images(cloud, names, project).await.map_err(|error| ResolveError::Aws { region: cloud.region.clone(), error })?;
     let mut resolved = BTreeMap::new();
     for name in names {
         // A failure to find the current bake falls back to the newest, marked stale.
         let current = match definitions.get(name.as_str()) {
-            Some((image, roles)) => current_ami(cloud, image, roles).await.unwrap_or_else(|error: BakeError| {
+            Some((image, roles)) => current_ami(cloud, image, roles, project).await.unwrap_or_else(|error: BakeError| {
                 tracing::debug!("looking for the current bake of `{name}`: {error}");
                 None
             }),

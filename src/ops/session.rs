@@ -327,7 +327,8 @@ impl Session {
         let cloud = cloud.with_dns_zones(wanted_zones.chain(state.dns_zones()));
         let names = image_names(&graph);
         if !names.is_empty() {
-            let amis = resolve_named_images(&images, &cloud, &names, notice).await?;
+            let project = model.as_ref().and_then(|environment| environment.project.as_deref());
+            let amis = resolve_named_images(&images, &cloud, &names, project, notice).await?;
             resolve_images(&mut graph, &environment, &amis);
         }
         crate::identity::stamp(&mut graph, &identity);
@@ -437,10 +438,11 @@ async fn resolve_named_images(
     images: &BTreeMap<String, LoadedImage>,
     cloud: &Cloud,
     names: &[String],
+    project: Option<&str>,
     notice: &dyn Notice,
 ) -> Result<BTreeMap<String, String>, OpsError> {
     let definitions = images.iter().map(|(name, loaded)| (name.as_str(), (&loaded.image, loaded.roles.as_slice()))).collect();
-    let resolved = crate::bake::resolve::resolve(cloud, &definitions, names).await?;
+    let resolved = crate::bake::resolve::resolve(cloud, &definitions, names, project).await?;
     for (name, found) in resolved.iter().filter(|(_, found)| found.stale) {
         notice.warning(&format!(
             "image `{name}` changed since its newest AMI {} was baked; planning with that AMI. \

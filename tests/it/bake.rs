@@ -214,6 +214,31 @@ fn a_bake_makes_a_tagged_ami_leaves_nothing_behind_and_is_reused_the_second_time
     forced.wait().unwrap();
     project.kstack(&moto).args(["bake", "node", "--cleanup"]).assert().success();
     assert_eq!(leftovers(&aws, &rt), (0, 0));
+
+    // Another project's bake of an image also named `node`, newer and of the same content, is
+    // never this project's: not a bake to reuse, not its current bake, and not its newest once
+    // the definition changes.
+    let theirs = rt.block_on(async {
+        let ours = aws.ec2.describe_images().image_ids(&ami).send().await.unwrap();
+        let hash = ours.images()[0].tags().iter().find(|t| t.key() == Some("kstack:bake-hash")).unwrap().value().unwrap().to_owned();
+        let copied = aws.ec2.copy_image().source_image_id(&ami).source_region("eu-west-1").name("theirs").send().await.unwrap();
+        let theirs = copied.image_id().unwrap().to_owned();
+        let tag = |key: &str, value: &str| aws_sdk_ec2::types::Tag::builder().key(key).value(value).build();
+        let tags = [tag("kstack:image", "node"), tag("kstack:bake-hash", &hash), tag("kstack:project", "someone-else")];
+        aws.ec2.create_tags().resources(&theirs).set_tags(Some(tags.to_vec())).send().await.unwrap();
+        theirs
+    });
+    let plan = project.kstack(&moto).args(["plan", "fleet", "--json"]).output().unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let template = plan["plan"]["actions"].as_array().unwrap().iter().find(|a| a["address"] == "launch_template.app").unwrap();
+    let change = template["changes"].as_array().unwrap().iter().find(|c| c["path"] == "image.ami").unwrap();
+    assert_eq!(change["after"], ami.as_str(), "this project's own bake, not {theirs}");
+    let again = project.kstack(&moto).args(["bake", "node"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&format!("eu-west-1: {ami} (reused")), "not {theirs}: {again:?}");
+    project.edit("images/node.yaml", "  app_name: app\n", "  app_name: renamed\n");
+    let stale = project.kstack(&moto).args(["plan", "fleet"]).output().unwrap();
+    let warning = String::from_utf8_lossy(&stale.stderr);
+    assert!(warning.contains(&format!("image `node` changed since its newest AMI {ami} was baked")), "not {theirs}: {warning}");
 }
 
 #[test]
