@@ -6,6 +6,7 @@
 //! run each, at each fleet size given (default 10 and 100). Prints wall times, kstack's ratios
 //! against each peer, kstack's commands per host, and per host the CPU each tool spent and the
 //! CPU the whole machine spent (the nodes' sshd and commands too), first run / no-change run.
+//! Each timed run starts once the machine is quiet (`settle`).
 //! Then `kstack verify` of the shipped image's checks on 10 nodes, one command per host beside
 //! one command per check. Figures, not assertions.
 //!
@@ -58,6 +59,24 @@ fn machine_busy() -> Duration {
     Duration::from_millis(busy * 10)
 }
 
+/// Waits for the machine to be quiet before a run is timed: what the fleet's boot or the run
+/// before left in flight (dirty pages still to write back, systemd finishing its jobs, memory
+/// being freed) belongs to that, not to the next run, whose machine CPU would otherwise count
+/// it (on a real fleet each node has CPUs of its own). `sync`, then until half a second passes
+/// with the machine busy less than a tenth of one core, for at most 10 s. Every tool's runs wait
+/// alike.
+fn settle() {
+    let _ = Command::new("sync").status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = machine_busy();
+        std::thread::sleep(Duration::from_millis(500));
+        if machine_busy() - before < Duration::from_millis(50) || Instant::now() > deadline {
+            return;
+        }
+    }
+}
+
 /// CPU time so far of this process (`self`) or of its waited-for children, from
 /// `/proc/self/stat` (clock ticks of 1/100 s, Linux's USER_HZ).
 fn cpu_time(children: bool) -> Duration {
@@ -89,6 +108,7 @@ fn kstack_runs(key: &ClientKey, hosts: usize) -> Runs {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut runs = Runs { commands: Some([0.0; 2]), ..Runs::default() };
     for run_index in 0..2 {
+        settle();
         let (started, cpu, machine) = (Instant::now(), cpu_time(false), machine_busy());
         let reports = rt.block_on(run(&addresses, &login, &roles, &Variables::new(), &options, Arc::new(kstack::events::Unwatched)));
         runs.wall[run_index] = started.elapsed();
@@ -116,6 +136,7 @@ fn peer(need: kstack_testkit::Need, venv: &str, program: &str) -> PathBuf {
 fn peer_runs(tool: &str, hosts: usize, mut command: impl FnMut() -> Command, summary: impl Fn(&str) -> String) -> Runs {
     let mut runs = Runs::default();
     for run_index in 0..2 {
+        settle();
         let (started, cpu, machine) = (Instant::now(), cpu_time(true), machine_busy());
         let output = command().current_dir(bench_dir()).output().unwrap();
         runs.wall[run_index] = started.elapsed();
@@ -194,9 +215,11 @@ fn verify_side_by_side(key: &ClientKey, hosts: usize) {
     let addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
     let options = RunOptions { check: false, forks: forks(hosts), max_fail: None };
     let rt = tokio::runtime::Runtime::new().unwrap();
+    settle();
     let started = Instant::now();
     let batched = rt.block_on(verify(&addresses, &login, &roles, &Variables::new(), &options, Arc::new(kstack::events::Unwatched)));
     let batched_time = started.elapsed();
+    settle();
     let started = Instant::now();
     let one_by_one = rt.block_on(async {
         let mut running = tokio::task::JoinSet::new();
