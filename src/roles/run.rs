@@ -269,16 +269,13 @@ pub fn host_checks(roles: &[Role], variables: &Variables, facts: &Facts, host: &
 
 /// The checks of `roles` that do not depend on the host's facts, so they can be made with the
 /// facts' gathering: those whose probes come out the same rendered with either of two unlike
-/// stand-ins for the facts (as [`queries_without_facts`] finds the tasks' queries).
+/// stand-ins for the facts ([`alike_whatever_the_facts`], as for the tasks' queries).
 fn checks_without_facts(roles: &[Role], variables: &Variables, host: &str) -> Vec<checks::Pending> {
-    let [one, other] = Facts::stand_ins().map(|facts| each_check(roles, variables, &facts, host));
-    one.into_iter()
-        .zip(other)
-        .filter_map(|(one, other)| match (one, other) {
-            (Some(Ok(one)), Some(Ok(other))) if one.probe_script().is_some() && one.probe_script() == other.probe_script() => Some(one),
-            _ => None,
-        })
-        .collect()
+    let alike = alike_whatever_the_facts(
+        |facts| each_check(roles, variables, facts, host),
+        |check: &Option<Result<checks::Pending, CheckResult>>| check.as_ref().and_then(|c| c.as_ref().ok()).and_then(checks::Pending::probe_script),
+    );
+    alike.into_iter().flatten().filter_map(Result::ok).collect()
 }
 
 /// Each check of `roles` rendered for a host: `None` where its `when:` is false.
@@ -473,25 +470,34 @@ fn queries(ahead: &[&Prepared]) -> Vec<AheadQuery> {
 /// one command; a stand-in's query that differs from the real one is never used.
 fn queries_without_facts(roles: &[Role], variables: &Variables, host: &str) -> Vec<AheadQuery> {
     let jinja = crate::template::engine();
-    let [one, other] = Facts::stand_ins().map(|facts| {
-        roles
-            .iter()
-            .flat_map(|role| {
-                let context = context(role, variables, &facts, host);
-                role.tasks.iter().map(|task| prepare(task, &jinja, &context)).collect::<Vec<_>>()
-            })
-            .collect::<Vec<Prepared>>()
-    });
-    let alike: Vec<&Prepared> = one
-        .iter()
-        .zip(&other)
-        .filter(|(one, other)| match (one, other) {
-            (Ok(Some(one)), Ok(Some(other))) => matches!((modules::query(one), modules::query(other)), (Some(one), Some(other)) if one == other),
-            _ => false,
-        })
+    let alike = alike_whatever_the_facts(
+        |facts| {
+            roles
+                .iter()
+                .flat_map(|role| {
+                    let context = context(role, variables, facts, host);
+                    role.tasks.iter().map(|task| prepare(task, &jinja, &context)).collect::<Vec<_>>()
+                })
+                .collect()
+        },
+        |prepared: &Prepared| match prepared {
+            Ok(Some(module)) => modules::query(module),
+            _ => None,
+        },
+    );
+    queries(&alike.iter().collect::<Vec<_>>())
+}
+
+/// Of the items `render` makes for a host's facts, those whose script (`script`: what is sent
+/// to the host) comes out the same with either of two unlike stand-ins for the facts, as the
+/// first stand-in rendered them: what can go to the host before its facts are known.
+fn alike_whatever_the_facts<T>(render: impl Fn(&Facts) -> Vec<T>, script: impl Fn(&T) -> Option<String>) -> Vec<T> {
+    let [one, other] = Facts::stand_ins().map(|facts| render(&facts));
+    one.into_iter()
+        .zip(other)
+        .filter(|(one, other)| matches!((script(one), script(other)), (Some(one), Some(other)) if one == other))
         .map(|(one, _)| one)
-        .collect();
-    queries(&alike)
+        .collect()
 }
 
 /// Template variables: the role's defaults, overridden by the caller's merged variables,
